@@ -1,0 +1,180 @@
+//! PUBLISH (section 3.3) and its acknowledgements PUBACK, PUBREC, PUBREL and PUBCOMP (3.4-3.7).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::packet::PacketType;
+use crate::properties::{Properties, PropertyPlace};
+use crate::qos::{ProtocolVersion, QoS};
+use crate::reason::ReasonCode;
+use crate::string::MqttStr;
+use crate::topic::validate_topic_name;
+use crate::wire::{Reader, put_string, string_len};
+
+/// PUBLISH: an application message on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty only in MQTT 5 when a topic alias stands for it.
+    pub topic: MqttStr,
+    /// 0 at QoS 0, non-zero otherwise.
+    pub packet_id: u16,
+    pub properties: Properties,
+    pub payload: Bytes,
+}
+
+impl Publish {
+    pub(crate) fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain)
+    }
+
+    /// `flags` were checked with the fixed header: QoS is 0-2 and DUP is clear at QoS 0.
+    pub(crate) fn decode(
+        flags: u8,
+        mut r: Reader,
+        version: ProtocolVersion,
+    ) -> Result<Publish, DecodeError> {
+        let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQos)?;
+        let topic = r.string("topic name")?;
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            match r.u16("packet identifier")? {
+                0 => return Err(DecodeError::ZeroPacketId(PacketType::Publish)),
+                id => id,
+            }
+        };
+        let properties = if version.is_v5() {
+            Properties::decode(&mut r, PropertyPlace::Packet(PacketType::Publish))?
+        } else {
+            Properties::default()
+        };
+        if !topic.is_empty() {
+            validate_topic_name(&topic)?;
+        } else if !version.is_v5() {
+            return Err(DecodeError::EmptyTopicName);
+        } else if properties.topic_alias.is_none() {
+            return Err(DecodeError::EmptyTopicWithoutAlias);
+        }
+        Ok(Publish {
+            dup: flags & 0b1000 != 0,
+            qos,
+            retain: flags & 1 != 0,
+            topic,
+            packet_id,
+            properties,
+            payload: r.rest(),
+        })
+    }
+
+    pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let mut len = string_len(&self.topic) + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            if self.packet_id == 0 {
+                return Err(EncodeError::ZeroPacketId(PacketType::Publish));
+            }
+            len += 2;
+        }
+        if version.is_v5() {
+            self.properties
+                .check(PropertyPlace::Packet(PacketType::Publish))?;
+            len += self.properties.encoded_len();
+        }
+        Ok(len)
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        put_string(buf, &self.topic);
+        if self.qos != QoS::AtMostOnce {
+            buf.put_u16(self.packet_id);
+        }
+        if version.is_v5() {
+            self.properties.encode(buf);
+        }
+        buf.put_slice(&self.payload);
+    }
+}
+
+/// The shape shared by PUBACK, PUBREC, PUBREL and PUBCOMP: a packet identifier and, in MQTT 5, a
+/// reason code and properties (both left out on the wire when they say nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: u16,
+    /// Always `Success` in 3.x, which cannot carry another.
+    pub reason_code: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Ack {
+    /// A plain acknowledgement of `packet_id`.
+    pub fn new(packet_id: u16) -> Ack {
+        Ack {
+            packet_id,
+            reason_code: ReasonCode::Success,
+            properties: Properties::default(),
+        }
+    }
+
+    pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<Ack, DecodeError> {
+        let packet = r.packet();
+        let packet_id = match r.u16("packet identifier")? {
+            0 => return Err(DecodeError::ZeroPacketId(packet)),
+            id => id,
+        };
+        let mut ack = Ack::new(packet_id);
+        if version.is_v5() && !r.is_empty() {
+            let code = r.u8("reason code")?;
+            ack.reason_code = ReasonCode::from_u8(code)
+                .filter(|c| c.allowed_in(packet))
+                .ok_or(DecodeError::InvalidReasonCode { packet, code })?;
+            if !r.is_empty() {
+                ack.properties = Properties::decode(&mut r, PropertyPlace::Packet(packet))?;
+            }
+        }
+        r.finish()?;
+        Ok(ack)
+    }
+
+    pub(crate) fn body_len(
+        &self,
+        packet: PacketType,
+        version: ProtocolVersion,
+    ) -> Result<usize, EncodeError> {
+        if self.packet_id == 0 {
+            return Err(EncodeError::ZeroPacketId(packet));
+        }
+        if !version.is_v5() {
+            return Ok(2);
+        }
+        if !self.reason_code.allowed_in(packet) {
+            return Err(EncodeError::ReasonCodeNotAllowed {
+                packet,
+                code: self.reason_code,
+            });
+        }
+        self.properties.check(PropertyPlace::Packet(packet))?;
+        Ok(if !self.properties.is_empty() {
+            3 + self.properties.encoded_len()
+        } else if self.reason_code != ReasonCode::Success {
+            3
+        } else {
+            2
+        })
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id);
+        if !version.is_v5() {
+            return;
+        }
+        let has_properties = !self.properties.is_empty();
+        if has_properties || self.reason_code != ReasonCode::Success {
+            buf.put_u8(self.reason_code.as_u8());
+        }
+        if has_properties {
+            self.properties.encode(buf);
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The state all connections share: the session registry, the subscription index, the retained
+//! messages, the timers of offline sessions, the hooks and the counters.
+//!
+//! Lock order, everywhere: registry, then subscription index, then a session. Retained messages
+//! are locked alone. No code path takes them in another order, so they cannot deadlock.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use tern_codec::{MqttStr, QoS};
+
+use crate::config::BrokerConfig;
+use crate::hooks::{AllowAll, Authenticator, Authorizer};
+use crate::message::{Delivery, Message, SubscriptionIds};
+use crate::metrics::Metrics;
+use crate::retained::RetainedIndex;
+use crate::session::{ConnectionId, Enqueued, Session, SessionExpiry, SubscriptionRecord, Wakeup};
+use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
+
+/// A subscription in the index: the session and what it asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    pub(crate) session: Arc<Session>,
+    pub(crate) record: SubscriptionRecord,
+}
+
+impl IndexEntry for Subscriber {
+    fn same_subscriber(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.session, &other.session)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    SessionExpiry,
+    WillDelay,
+}
+
+/// A deadline of an offline session; checked against the session when it fires, so a stale
+/// timer (the client came back) does nothing.
+#[derive(Debug)]
+struct Timer {
+    at: Instant,
+    seq: u64,
+    kind: TimerKind,
+    session: Arc<Session>,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// The result of attaching a connection to a session at CONNECT.
+pub(crate) struct Attached {
+    pub(crate) session: Arc<Session>,
+    pub(crate) present: bool,
+}
+
+/// The shared broker state.
+pub struct Broker {
+    config: BrokerConfig,
+    sessions: Mutex<HashMap<MqttStr, Arc<Session>>>,
+    subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
+    retained: RwLock<RetainedIndex>,
+    timers: Mutex<BinaryHeap<Reverse<Timer>>>,
+    timer_seq: AtomicU64,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+    metrics: Metrics,
+    next_connection: AtomicU64,
+    client_id_seed: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Broker {
+    /// A broker that lets every client in and allows everything.
+    pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        Broker::with_hooks(config, Arc::new(AllowAll), Arc::new(AllowAll))
+    }
+
+    pub fn with_hooks(
+        config: BrokerConfig,
+        authenticator: Arc<dyn Authenticator>,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Arc<Broker> {
+        Arc::new(Broker {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(SubscriptionIndex::default()),
+            retained: RwLock::new(RetainedIndex::default()),
+            timers: Mutex::new(BinaryHeap::new()),
+            timer_seq: AtomicU64::new(0),
+            authenticator,
+            authorizer,
+            metrics: Metrics::default(),
+            next_connection: AtomicU64::new(1),
+            client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn authenticator(&self) -> &dyn Authenticator {
+        &*self.authenticator
+    }
+
+    pub(crate) fn authorizer(&self) -> &dyn Authorizer {
+        &*self.authorizer
+    }
+
+    pub(crate) fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A client identifier for a client that sent an empty one [MQTT-3.1.3-6]: unique within
+    /// this process, and unlikely to meet one of an earlier run.
+    pub(crate) fn assign_client_id(&self, connection: ConnectionId) -> MqttStr {
+        let text = format!("tern-{:016x}-{:x}", self.client_id_seed, connection.0);
+        MqttStr::try_from(text).unwrap_or_default()
+    }
+
+    /// Number of sessions, online and offline.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// The session of `client_id`, if there is one.
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(client_id).cloned()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        read(&self.subscriptions).len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+
+    /// Publishes a message: updates the retained message of its topic when RETAIN is set, then
+    /// routes it to every matching session. Returns the number of sessions it reached.
+    pub fn publish(&self, message: Message, now: Instant) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
+            self.retain(&message);
+        }
+        self.route(&message, now)
+    }
+
+    /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
+    fn retain(&self, message: &Arc<Message>) {
+        let mut retained = write(&self.retained);
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(Arc::new(message.compacted()));
+        }
+    }
+
+    /// Retained messages matching `filter` that have not expired.
+    pub(crate) fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        let mut found = read(&self.retained).matching(filter);
+        found.retain(|message| !message.is_expired(now));
+        found
+    }
+
+    /// Matches the message once and gives each matching session one delivery. A session with
+    /// several matching subscriptions gets one copy at the highest granted QoS, with the
+    /// identifiers of all of them [MQTT-3.3.4-2, MQTT-3.3.4-3]; a shared group gives one copy to
+    /// one member.
+    fn route(&self, message: &Arc<Message>, _now: Instant) -> usize {
+        let index = read(&self.subscriptions);
+        let mut targets: Vec<(&Subscriber, bool)> = Vec::new();
+        index.for_each_match(&message.topic, |matched| match matched {
+            Matched::Subscriber(subscriber) => {
+                let own = subscriber.record.options.no_local
+                    && message.publisher.as_ref() == Some(subscriber.session.client_id());
+                // No Local: not to the publisher's own connection [MQTT-3.8.3-3].
+                if !own {
+                    targets.push((subscriber, false));
+                }
+            }
+            Matched::Group(group) => {
+                if let Some(member) = group.pick(|member| member.session.is_online()) {
+                    targets.push((member, true));
+                }
+            }
+        });
+        if targets.len() > 1 {
+            targets.sort_by_key(|(subscriber, shared)| {
+                (Arc::as_ptr(&subscriber.session) as usize, *shared)
+            });
+        }
+        let mut reached = 0;
+        let mut compacted: Option<Arc<Message>> = None;
+        let mut start = 0;
+        while start < targets.len() {
+            let (first, shared) = targets[start];
+            // Non-shared subscriptions of one session (adjacent after the sort) merge into one
+            // delivery; a shared subscription always stands alone.
+            let mut end = start + 1;
+            if !shared {
+                while end < targets.len()
+                    && !targets[end].1
+                    && Arc::ptr_eq(&targets[end].0.session, &first.session)
+                {
+                    end += 1;
+                }
+            }
+            let delivery = self.delivery_for(
+                message,
+                &targets[start..end],
+                &mut compacted,
+                &first.session,
+            );
+            start = end;
+            reached += 1;
+            let outcome = first.session.enqueue(
+                delivery,
+                self.config.max_queued_messages,
+                self.config.queue_qos0_offline,
+            );
+            match outcome {
+                Enqueued::Queued => Metrics::bump(&self.metrics.messages_queued),
+                Enqueued::QueuedDroppingOldest => {
+                    Metrics::bump(&self.metrics.messages_queued);
+                    Metrics::bump(&self.metrics.messages_dropped_queue_full);
+                }
+                Enqueued::Discarded => Metrics::bump(&self.metrics.messages_dropped_offline_qos0),
+            }
+        }
+        reached
+    }
+
+    /// The delivery of `message` for the subscriptions `group` of one session. Messages that will
+    /// wait (offline session) get a compacted copy, made once per publish.
+    fn delivery_for(
+        &self,
+        message: &Arc<Message>,
+        group: &[(&Subscriber, bool)],
+        compacted: &mut Option<Arc<Message>>,
+        session: &Session,
+    ) -> Delivery {
+        let mut granted = QoS::AtMostOnce;
+        let mut retain_as_published = false;
+        let mut ids = SubscriptionIds::None;
+        for (subscriber, _) in group {
+            granted = granted.max(subscriber.record.options.qos);
+            retain_as_published |= subscriber.record.options.retain_as_published;
+            if let Some(id) = subscriber.record.identifier {
+                ids.push(id);
+            }
+        }
+        let shared = if session.is_online() {
+            message.clone()
+        } else {
+            compacted
+                .get_or_insert_with(|| Arc::new(message.compacted()))
+                .clone()
+        };
+        Delivery {
+            qos: message.qos.min(granted),
+            // RETAIN is cleared on forwarded messages unless Retain As Published [MQTT-3.3.1-12].
+            retain: message.retain && retain_as_published,
+            message: shared,
+            subscription_ids: ids,
+        }
+    }
+
+    /// Adds or replaces a subscription of `session`. Returns whether it replaced one, or `None`
+    /// when the session has ended meanwhile.
+    pub(crate) fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &MqttStr,
+        record: SubscriptionRecord,
+    ) -> Option<bool> {
+        let mut index = write(&self.subscriptions);
+        let mut state = session.lock();
+        if state.ended {
+            return None;
+        }
+        let existed = state.subscriptions.insert(filter.clone(), record).is_some();
+        drop(state);
+        index.insert(
+            filter,
+            Subscriber {
+                session: session.clone(),
+                record,
+            },
+        );
+        Some(existed)
+    }
+
+    /// Removes a subscription of `session`; returns whether it existed.
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let mut index = write(&self.subscriptions);
+        let existed = session.lock().subscriptions.remove(filter).is_some();
+        if existed {
+            let probe = Subscriber {
+                session: session.clone(),
+                record: SubscriptionRecord {
+                    options: Default::default(),
+                    identifier: None,
+                },
+            };
+            index.remove(filter, &probe);
+        }
+        existed
+    }
+
+    /// Attaches connection `owner` to the session of `client_id` at CONNECT: resumes the
+    /// existing session unless `clean_start`, ends it otherwise, and takes it over from a
+    /// connection still attached [MQTT-3.1.4-2] (which its wakeup tells).
+    pub(crate) fn attach(
+        &self,
+        client_id: &MqttStr,
+        clean_start: bool,
+        expiry: SessionExpiry,
+        owner: ConnectionId,
+        wakeup: Arc<dyn Wakeup>,
+        now: Instant,
+    ) -> Attached {
+        let mut sessions = lock(&self.sessions);
+        if !clean_start && let Some(session) = sessions.get(client_id).cloned() {
+            let mut state = session.lock();
+            if !state.ended {
+                if let Some(previous) = state.wakeup.take() {
+                    previous.wake();
+                }
+                state.owner = Some(owner);
+                session.publish_owner(state.owner);
+                state.wakeup = Some(wakeup);
+                state.expiry = expiry;
+                state.expires_at = None;
+                // Back before the will delay ran out: the will is not sent [MQTT-3.1.3-9].
+                state.pending_will = None;
+                state.mark_all_for_resend();
+                drop(state);
+                return Attached {
+                    session,
+                    present: true,
+                };
+            }
+        }
+        let session = Arc::new(Session::new(client_id.clone(), expiry));
+        {
+            let mut state = session.lock();
+            state.owner = Some(owner);
+            session.publish_owner(state.owner);
+            state.wakeup = Some(wakeup);
+        }
+        let replaced = sessions.insert(client_id.clone(), session.clone());
+        drop(sessions);
+        if let Some(old) = replaced {
+            self.end_session(&old, now);
+        }
+        Attached {
+            session,
+            present: false,
+        }
+    }
+
+    /// Called when connection `owner` leaves the session: ends it if its expiry is "at
+    /// disconnect", otherwise keeps it offline until it expires. Does nothing if another
+    /// connection has taken the session over.
+    pub(crate) fn detach(&self, session: &Arc<Session>, owner: ConnectionId, now: Instant) {
+        let mut state = session.lock();
+        if state.owner != Some(owner) || state.ended {
+            return;
+        }
+        state.detach();
+        session.publish_owner(None);
+        match state.expiry {
+            SessionExpiry::AtDisconnect => {
+                drop(state);
+                self.end_session(session, now);
+            }
+            SessionExpiry::After(duration) => {
+                let at = now + duration;
+                state.expires_at = Some(at);
+                drop(state);
+                self.add_timer(at, TimerKind::SessionExpiry, session);
+            }
+            SessionExpiry::Never => {}
+        }
+    }
+
+    /// Schedules the will of a session whose connection has gone, for when its delay runs out.
+    pub(crate) fn defer_will(&self, session: &Arc<Session>, will: Arc<Message>, at: Instant) {
+        session.lock().pending_will = Some(crate::session::PendingWill {
+            message: will,
+            publish_at: at,
+        });
+        self.add_timer(at, TimerKind::WillDelay, session);
+    }
+
+    fn add_timer(&self, at: Instant, kind: TimerKind, session: &Arc<Session>) {
+        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.timers).push(Reverse(Timer {
+            at,
+            seq,
+            kind,
+            session: session.clone(),
+        }));
+    }
+
+    /// Ends a session: removes it from the registry and its subscriptions from the index,
+    /// forgets its messages, and publishes a will still waiting for its delay [MQTT-3.1.3-9].
+    pub(crate) fn end_session(&self, session: &Arc<Session>, now: Instant) {
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions
+                .get(session.client_id())
+                .is_some_and(|current| Arc::ptr_eq(current, session))
+            {
+                sessions.remove(session.client_id());
+            }
+        }
+        let will = {
+            let mut index = write(&self.subscriptions);
+            let mut state = session.lock();
+            if state.ended {
+                return;
+            }
+            state.ended = true;
+            let filters: Vec<MqttStr> = state.subscriptions.keys().cloned().collect();
+            state.clear();
+            let will = state.pending_will.take();
+            if let Some(previous) = state.wakeup.take() {
+                previous.wake();
+            }
+            state.owner = None;
+            session.publish_owner(None);
+            drop(state);
+            let probe = Subscriber {
+                session: session.clone(),
+                record: SubscriptionRecord {
+                    options: Default::default(),
+                    identifier: None,
+                },
+            };
+            for filter in &filters {
+                index.remove(filter, &probe);
+            }
+            will
+        };
+        if let Some(will) = will {
+            self.publish_will(will.message, now);
+        }
+    }
+
+    /// Publishes a will (authorisation was checked at CONNECT).
+    pub(crate) fn publish_will(&self, will: Arc<Message>, now: Instant) {
+        Metrics::bump(&self.metrics.wills_published);
+        let message = Arc::unwrap_or_clone(will);
+        self.publish(message, now);
+    }
+
+    /// The earliest deadline of an offline session or delayed will.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        lock(&self.timers).peek().map(|Reverse(timer)| timer.at)
+    }
+
+    /// Ends sessions whose expiry has run out and publishes wills whose delay has.
+    pub fn handle_timeout(&self, now: Instant) {
+        loop {
+            let timer = {
+                let mut timers = lock(&self.timers);
+                match timers.peek() {
+                    Some(Reverse(timer)) if timer.at <= now => timers.pop().map(|Reverse(t)| t),
+                    _ => None,
+                }
+            };
+            let Some(timer) = timer else { return };
+            match timer.kind {
+                TimerKind::SessionExpiry => {
+                    let due = {
+                        let state = timer.session.lock();
+                        !state.ended && state.owner.is_none() && state.expires_at == Some(timer.at)
+                    };
+                    if due {
+                        Metrics::bump(&self.metrics.sessions_expired);
+                        self.end_session(&timer.session, now);
+                    }
+                }
+                TimerKind::WillDelay => {
+                    let will = {
+                        let mut state = timer.session.lock();
+                        match &state.pending_will {
+                            Some(will) if will.publish_at == timer.at && state.owner.is_none() => {
+                                state.pending_will.take()
+                            }
+                            _ => None,
+                        }
+                    };
+                    if let Some(will) = will {
+                        self.publish_will(will.message, now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .field("sessions", &self.session_count())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,58 @@
+//! The limits and switches of the broker core. Every field has a default that makes a useful local
+//! broker; `docs/configuration.md` says what each one protects against.
+
+use std::time::Duration;
+
+use tern_codec::QoS;
+
+/// Configuration of the broker core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    /// Largest packet accepted from a client, fixed header included, in bytes.
+    pub max_packet_size: u32,
+    /// Outbound QoS 1 and 2 messages that may await acknowledgement per client at once.
+    pub max_inflight: u16,
+    /// Messages waiting in a session's queue (offline, or beyond the in-flight window) before
+    /// the oldest is dropped.
+    pub max_queued_messages: usize,
+    /// Whether QoS 0 messages are queued for an offline persistent session.
+    pub queue_qos0_offline: bool,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Highest QoS granted to subscriptions and accepted on PUBLISH.
+    pub max_qos: QoS,
+    /// Whether retained messages are kept.
+    pub retain_available: bool,
+    /// How long a 3.x persistent session (clean session 0) outlives its connection;
+    /// `None` keeps it until the client cleans it.
+    pub persistent_session_expiry: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> BrokerConfig {
+        BrokerConfig {
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_qos0_offline: false,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            connect_timeout: Duration::from_secs(10),
+            max_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            persistent_session_expiry: None,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Whether a topic name or filter is within the length and level limits.
+    pub fn topic_within_limits(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_length
+            && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+    }
+}

@@ -1,0 +1,339 @@
+//! The state machine of one network connection, driven from outside: the server hands it decoded
+//! packets, decode errors, the end of the transport and the time, and asks it for the bytes to
+//! send and the next deadline. It reads no clock and owns no socket.
+//!
+//! A connection is first `AwaitingConnect`, where the only packet it accepts is CONNECT
+//! [MQTT-3.1.0-1]; then `Active`, holding the session, the protocol version and what the CONNECT
+//! negotiated; then `Closed`. Packet handlers live in `inbound.rs`, encoding in `outbound.rs`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_codec::{DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode};
+
+use crate::broker::Broker;
+use crate::hooks::ClientInfo;
+use crate::message::Message;
+use crate::session::{ConnectionId, Session, Wakeup};
+
+/// Why a connection ended; the server logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT (MQTT 5: with a reason that does not ask for the will).
+    ClientDisconnected,
+    /// MQTT 5 DISCONNECT with a reason other than 0x00 (0x04 or an error): the will is published.
+    ClientDisconnectedWithWill,
+    /// The transport ended without DISCONNECT.
+    TransportClosed,
+    /// No packet within 1.5 times the keep-alive [MQTT-3.1.2-24].
+    KeepAliveTimeout,
+    /// No CONNECT within the connect timeout.
+    ConnectTimeout,
+    /// CONNACK refused the connection with this code.
+    ConnectRefused(ReasonCode),
+    /// The client broke a rule; the code is the one sent (MQTT 5) or that would have been.
+    ProtocolError { code: ReasonCode, detail: String },
+    /// Another connection with the same client identifier took the session [MQTT-3.1.4-2].
+    SessionTakenOver,
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+impl CloseReason {
+    /// Whether the will is published for this ending [MQTT-3.1.2-8, MQTT-3.1.2-10].
+    fn publishes_will(&self) -> bool {
+        !matches!(
+            self,
+            CloseReason::ClientDisconnected
+                | CloseReason::ServerShutdown
+                | CloseReason::ConnectRefused(_)
+        )
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientDisconnected => f.write_str("client disconnected"),
+            CloseReason::ClientDisconnectedWithWill => f.write_str("client disconnected with will"),
+            CloseReason::TransportClosed => f.write_str("connection lost"),
+            CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::ConnectRefused(code) => write!(f, "connect refused: {code}"),
+            CloseReason::ProtocolError { code, detail } => {
+                write!(f, "protocol error: {detail} ({code})")
+            }
+            CloseReason::SessionTakenOver => f.write_str("session taken over"),
+            CloseReason::ServerShutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+/// A will as the connection keeps it until the connection ends.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedWill {
+    /// The will, without an expiry deadline yet.
+    pub(crate) message: Message,
+    /// Will Delay Interval.
+    pub(crate) delay: Duration,
+    /// Message Expiry Interval of the will, counted from its publication.
+    pub(crate) expiry_interval: Option<u32>,
+}
+
+impl PreparedWill {
+    /// The message to publish at `at`.
+    fn into_message(self, at: Instant) -> Arc<Message> {
+        let mut message = self.message;
+        message.expires_at = self
+            .expiry_interval
+            .map(|seconds| at + Duration::from_secs(u64::from(seconds)));
+        Arc::new(message)
+    }
+}
+
+/// What a successful CONNECT established.
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub(crate) version: ProtocolVersion,
+    pub(crate) client: ClientInfo,
+    pub(crate) session: Arc<Session>,
+    /// 1.5 times the keep-alive; `None` when keep-alive is off.
+    pub(crate) keep_alive_limit: Option<Duration>,
+    pub(crate) last_received: Instant,
+    pub(crate) will: Option<PreparedWill>,
+    /// Outbound QoS 1/2 messages allowed in flight: the smaller of our window and the client's
+    /// Receive Maximum.
+    pub(crate) send_window: usize,
+    /// The client's Maximum Packet Size (MQTT 5); `u32::MAX` when it set none.
+    pub(crate) client_max_packet_size: u32,
+    /// The Session Expiry Interval of CONNECT (MQTT 5), for the DISCONNECT rule [MQTT-3.14.2-2].
+    pub(crate) session_expiry_interval: u32,
+}
+
+#[derive(Debug)]
+pub(crate) enum Phase {
+    AwaitingConnect { deadline: Instant },
+    Active(Box<Active>),
+    Closed,
+}
+
+/// One network connection's MQTT state.
+pub struct Connection {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: ConnectionId,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) wakeup: Arc<dyn Wakeup>,
+    pub(crate) phase: Phase,
+    /// Control packets waiting to be encoded, in order.
+    pub(crate) outbox: VecDeque<Packet>,
+    pub(crate) close_reason: Option<CloseReason>,
+    /// The protocol version in use (the CONNECT's, once it came).
+    pub(crate) version: ProtocolVersion,
+    pub(crate) client_id: Option<MqttStr>,
+}
+
+impl Connection {
+    /// A new connection from `peer`; `wakeup` is called when deliveries wait for it or it has
+    /// been taken over.
+    pub fn new(
+        broker: Arc<Broker>,
+        wakeup: Arc<dyn Wakeup>,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Connection {
+        let deadline = now + broker.config().connect_timeout;
+        Connection {
+            id: broker.next_connection_id(),
+            broker,
+            peer,
+            wakeup,
+            phase: Phase::AwaitingConnect { deadline },
+            outbox: VecDeque::new(),
+            close_reason: None,
+            version: ProtocolVersion::V311,
+            client_id: None,
+        }
+    }
+
+    /// The protocol version to decode the next packet with.
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// The largest packet to accept from the client.
+    pub fn max_packet_size(&self) -> u32 {
+        self.broker.config().max_packet_size
+    }
+
+    /// The client identifier, once CONNECT has been handled (assigned ones included).
+    pub fn client_id(&self) -> Option<&MqttStr> {
+        self.client_id.as_ref()
+    }
+
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Whether CONNECT has been accepted.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.phase, Phase::Active(_))
+    }
+
+    /// Whether the connection has ended: the server sends what `poll_transmit` still gives,
+    /// then closes the transport.
+    pub fn is_closed(&self) -> bool {
+        self.close_reason.is_some()
+    }
+
+    /// Why it ended.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// The next moment `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::AwaitingConnect { deadline } => Some(*deadline),
+            Phase::Active(active) => active
+                .keep_alive_limit
+                .map(|limit| active.last_received + limit),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Closes the connection if the connect timeout or the keep-alive has run out.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(deadline) = self.poll_timeout() else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        match self.phase {
+            Phase::AwaitingConnect { .. } => self.close(CloseReason::ConnectTimeout, None, now),
+            _ => self.close(
+                CloseReason::KeepAliveTimeout,
+                Some(ReasonCode::KeepAliveTimeout),
+                now,
+            ),
+        }
+    }
+
+    /// The transport ended (end of stream or an error) without DISCONNECT.
+    pub fn handle_transport_closed(&mut self, now: Instant) {
+        if !self.is_closed() {
+            self.close(CloseReason::TransportClosed, None, now);
+        }
+    }
+
+    /// The server is shutting down: MQTT 5 clients get DISCONNECT 0x8B.
+    pub fn shutdown(&mut self, now: Instant) {
+        if !self.is_closed() {
+            self.close(
+                CloseReason::ServerShutdown,
+                Some(ReasonCode::ServerShuttingDown),
+                now,
+            );
+        }
+    }
+
+    /// The bytes from the client could not be decoded; the stream cannot go on.
+    pub fn handle_decode_error(&mut self, error: &DecodeError, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if let (Phase::AwaitingConnect { .. }, DecodeError::UnsupportedProtocolVersion(level)) =
+            (&self.phase, error)
+        {
+            // [MQTT-3.1.2-2]: refuse in the form the client can read.
+            self.version = if *level >= 5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V311
+            };
+            self.refuse(ReasonCode::UnsupportedProtocolVersion, now);
+            return;
+        }
+        self.protocol_error(error.reason_code(), error.to_string(), now);
+    }
+
+    /// Ends the connection for a broken rule: MQTT 5 clients get DISCONNECT with `code` (once
+    /// CONNACK has been sent), 3.x clients a plain close.
+    pub(crate) fn protocol_error(
+        &mut self,
+        code: ReasonCode,
+        detail: impl Into<String>,
+        now: Instant,
+    ) {
+        let detail = detail.into();
+        tracing::debug!(connection = self.id.0, %code, %detail, "protocol error");
+        self.close(CloseReason::ProtocolError { code, detail }, Some(code), now);
+    }
+
+    /// Ends the connection: queues a DISCONNECT for MQTT 5 clients past CONNACK
+    /// [MQTT-3.14.0-1], publishes or schedules the will as the reason demands, and leaves the
+    /// session to the broker.
+    pub(crate) fn close(
+        &mut self,
+        reason: CloseReason,
+        disconnect: Option<ReasonCode>,
+        now: Instant,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        if let Phase::Active(active) = phase {
+            if let (Some(code), ProtocolVersion::V5) = (disconnect, active.version) {
+                self.outbox
+                    .push_back(Packet::Disconnect(Disconnect::new(code)));
+            }
+            self.finish_session(*active, &reason, now);
+        }
+        self.close_reason = Some(reason);
+    }
+
+    /// The will and the session at the end of an active connection.
+    fn finish_session(&mut self, active: Active, reason: &CloseReason, now: Instant) {
+        let Active { session, will, .. } = active;
+        let owner = session.lock().owned_by(self.id);
+        if let Some(will) = will.filter(|_| reason.publishes_will()) {
+            if will.delay.is_zero() {
+                self.broker.publish_will(will.into_message(now), now);
+            } else if owner {
+                let at = now + will.delay;
+                self.broker.defer_will(&session, will.into_message(at), at);
+            } else if session.lock().ended {
+                // Taken over with a clean start: the session has ended, so the will is due.
+                self.broker.publish_will(will.into_message(now), now);
+            }
+            // Otherwise the session was resumed within the delay: no will [MQTT-3.1.3-9].
+        }
+        self.broker.detach(&session, self.id, now);
+    }
+
+    /// Refuses a CONNECT with a CONNACK carrying `code` [MQTT-3.2.2-4], then closes.
+    pub(crate) fn refuse(&mut self, code: ReasonCode, now: Instant) {
+        self.outbox.push_back(Packet::ConnAck(tern_codec::ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: Default::default(),
+        }));
+        crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
+        self.close(CloseReason::ConnectRefused(code), None, now);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("client_id", &self.client_id)
+            .field("version", &self.version)
+            .field("close_reason", &self.close_reason)
+            .finish_non_exhaustive()
+    }
+}

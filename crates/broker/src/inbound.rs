@@ -1,0 +1,398 @@
+//! Packets from an active client: PUBLISH and the acknowledgement flows of both directions,
+//! SUBSCRIBE, UNSUBSCRIBE, PINGREQ and DISCONNECT.
+
+use std::time::Instant;
+
+use tern_codec::{
+    Ack, Disconnect, Packet, PacketType, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+
+use crate::connection::{Active, CloseReason, Connection, Phase};
+use crate::message::{Delivery, Message, SubscriptionIds};
+use crate::metrics::Metrics;
+use crate::session::{InflightState, SessionExpiry, SubscriptionRecord};
+
+impl Connection {
+    /// Handles one decoded packet from the client, received at `now`.
+    pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
+        match &mut self.phase {
+            Phase::Closed => {}
+            Phase::AwaitingConnect { .. } => match packet {
+                Packet::Connect(connect) => self.handle_connect(*connect, now),
+                // [MQTT-3.1.0-1]: the first packet must be CONNECT; close without CONNACK.
+                other => self.protocol_error(
+                    ReasonCode::ProtocolError,
+                    format!(
+                        "first packet is {:?}, not CONNECT [MQTT-3.1.0-1]",
+                        other.packet_type()
+                    ),
+                    now,
+                ),
+            },
+            Phase::Active(active) => {
+                active.last_received = now;
+                if !active.session.is_owned_by(self.id) {
+                    return self.close(
+                        CloseReason::SessionTakenOver,
+                        Some(ReasonCode::SessionTakenOver),
+                        now,
+                    );
+                }
+                self.handle_active_packet(packet, now);
+            }
+        }
+    }
+
+    fn active(&self) -> Option<&Active> {
+        match &self.phase {
+            Phase::Active(active) => Some(active),
+            _ => None,
+        }
+    }
+
+    fn handle_active_packet(&mut self, packet: Packet, now: Instant) {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish, now),
+            Packet::PubAck(ack) => self.on_puback(&ack),
+            Packet::PubRec(ack) => self.on_pubrec(&ack),
+            Packet::PubRel(ack) => self.on_pubrel(&ack),
+            Packet::PubComp(ack) => self.on_pubcomp(&ack),
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, now),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            Packet::PingReq => self.outbox.push_back(Packet::PingResp),
+            Packet::Disconnect(disconnect) => self.on_disconnect(disconnect, now),
+            Packet::Connect(_) => self.protocol_error(
+                ReasonCode::ProtocolError,
+                "second CONNECT [MQTT-3.1.0-2]",
+                now,
+            ),
+            Packet::Auth(_) => self.protocol_error(
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method",
+                now,
+            ),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => self.protocol_error(
+                ReasonCode::ProtocolError,
+                format!("{:?} is sent only by servers", other.packet_type()),
+                now,
+            ),
+        }
+    }
+
+    fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode) {
+        let ack = Ack {
+            reason_code,
+            ..Ack::new(packet_id)
+        };
+        self.outbox.push_back(match packet {
+            PacketType::PubAck => Packet::PubAck(ack),
+            PacketType::PubRec => Packet::PubRec(ack),
+            PacketType::PubRel => Packet::PubRel(ack),
+            _ => Packet::PubComp(ack),
+        });
+    }
+
+    fn on_publish(&mut self, publish: Publish, now: Instant) {
+        let Some(active) = self.active() else { return };
+        let version = active.version;
+        let broker = self.broker.clone();
+        let config = broker.config();
+        Metrics::bump(&broker.metrics().messages_received);
+
+        if publish.qos > config.max_qos {
+            return self.protocol_error(
+                ReasonCode::QosNotSupported,
+                "QoS above the maximum [MQTT-3.2.2-11]",
+                now,
+            );
+        }
+        if publish.retain && !config.retain_available {
+            return self.protocol_error(
+                ReasonCode::RetainNotSupported,
+                "retain not available [MQTT-3.2.2-14]",
+                now,
+            );
+        }
+        if version.is_v5() {
+            if publish.properties.topic_alias.is_some() {
+                // The CONNACK announced no Topic Alias Maximum, so every alias is out of range.
+                return self.protocol_error(
+                    ReasonCode::TopicAliasInvalid,
+                    "topic alias above the maximum of 0",
+                    now,
+                );
+            }
+            if !publish.properties.subscription_identifiers.is_empty() {
+                return self.protocol_error(
+                    ReasonCode::ProtocolError,
+                    "subscription identifier in a PUBLISH from a client [MQTT-3.3.4-6]",
+                    now,
+                );
+            }
+        }
+        let ack_packet = match publish.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(PacketType::PubAck),
+            QoS::ExactlyOnce => Some(PacketType::PubRec),
+        };
+        let packet_id = publish.packet_id;
+
+        if let Some(refusal) = self.publish_refusal(&publish) {
+            Metrics::bump(&broker.metrics().messages_refused);
+            tracing::debug!(client_id = ?self.client_id, topic = %publish.topic, %refusal, "publish refused");
+            if let Some(ack) = ack_packet {
+                // 3.x has no way to refuse: acknowledge and drop [MQTT-3.3.5-2].
+                let code = if version.is_v5() {
+                    refusal
+                } else {
+                    ReasonCode::Success
+                };
+                self.ack(ack, packet_id, code);
+            }
+            return;
+        }
+
+        let Some(active) = self.active() else { return };
+        if publish.qos == QoS::ExactlyOnce {
+            let mut state = active.session.lock();
+            if state.inbound_qos2.contains(&packet_id) {
+                // A resent QoS 2 PUBLISH is acknowledged again but not forwarded twice
+                // [MQTT-4.3.3-9, MQTT-4.3.3-10].
+                drop(state);
+                return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success);
+            }
+            state.inbound_qos2.push(packet_id);
+        }
+
+        let message = Message::from_publish(publish, self.client_id.clone(), now);
+        let reached = broker.publish(message, now);
+        if let Some(ack) = ack_packet {
+            let code = if reached == 0 && version.is_v5() {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            };
+            self.ack(ack, packet_id, code);
+        }
+    }
+
+    /// Why a PUBLISH may not be forwarded, if it may not: topic limits, `$` topics (reserved for
+    /// the broker), or the authoriser.
+    fn publish_refusal(&self, publish: &Publish) -> Option<ReasonCode> {
+        let active = self.active()?;
+        let config = self.broker.config();
+        if !config.topic_within_limits(&publish.topic) {
+            return Some(ReasonCode::TopicNameInvalid);
+        }
+        if publish.topic.starts_with('$')
+            || !self
+                .broker
+                .authorizer()
+                .may_publish(&active.client, &publish.topic)
+        {
+            return Some(ReasonCode::NotAuthorized);
+        }
+        None
+    }
+
+    fn on_puback(&mut self, ack: &Ack) {
+        let Some(active) = self.active() else { return };
+        let mut state = active.session.lock();
+        if let Some(index) = state.inflight_position(ack.packet_id)
+            && state.inflight[index].state == InflightState::AwaitingPubAck
+        {
+            state.remove_inflight(index);
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: &Ack) {
+        let Some(active) = self.active() else { return };
+        let mut state = active.session.lock();
+        let reply = match state.inflight_position(ack.packet_id) {
+            Some(index) if ack.reason_code.is_error() => {
+                // MQTT 5: the client refused the message; the flow ends here.
+                state.remove_inflight(index);
+                None
+            }
+            Some(index) => {
+                let entry = &mut state.inflight[index];
+                entry.state = InflightState::AwaitingPubComp;
+                Some(ReasonCode::Success)
+            }
+            None => Some(ReasonCode::PacketIdentifierNotFound),
+        };
+        drop(state);
+        if let Some(code) = reply {
+            let code = if self.version.is_v5() {
+                code
+            } else {
+                ReasonCode::Success
+            };
+            self.ack(PacketType::PubRel, ack.packet_id, code);
+        }
+    }
+
+    fn on_pubcomp(&mut self, ack: &Ack) {
+        let Some(active) = self.active() else { return };
+        let mut state = active.session.lock();
+        if let Some(index) = state.inflight_position(ack.packet_id)
+            && state.inflight[index].state == InflightState::AwaitingPubComp
+        {
+            state.remove_inflight(index);
+        }
+    }
+
+    /// PUBREL of an inbound QoS 2 message: forget its identifier and complete [MQTT-4.3.3-11].
+    fn on_pubrel(&mut self, ack: &Ack) {
+        let Some(active) = self.active() else { return };
+        let mut state = active.session.lock();
+        let known = match state
+            .inbound_qos2
+            .iter()
+            .position(|&id| id == ack.packet_id)
+        {
+            Some(index) => {
+                state.inbound_qos2.swap_remove(index);
+                true
+            }
+            None => false,
+        };
+        drop(state);
+        let code = if known || !self.version.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.ack(PacketType::PubComp, ack.packet_id, code);
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe, now: Instant) {
+        let Some(active) = self.active() else { return };
+        let version = active.version;
+        let session = active.session.clone();
+        let client = active.client.clone();
+        let broker = self.broker.clone();
+        let config = broker.config();
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let failure = |v5_code: ReasonCode| {
+            if version.is_v5() {
+                v5_code
+            } else {
+                ReasonCode::UnspecifiedError
+            }
+        };
+
+        let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained = Vec::new();
+        for subscription in subscribe.subscriptions {
+            let filter = subscription.filter;
+            if !config.topic_within_limits(&filter) {
+                reason_codes.push(failure(ReasonCode::TopicFilterInvalid));
+                continue;
+            }
+            if !broker.authorizer().may_subscribe(&client, &filter) {
+                reason_codes.push(failure(ReasonCode::NotAuthorized));
+                continue;
+            }
+            let granted = subscription.options.qos.min(config.max_qos);
+            let record = SubscriptionRecord {
+                options: SubscriptionOptions {
+                    qos: granted,
+                    ..subscription.options
+                },
+                identifier,
+            };
+            let Some(existed) = broker.subscribe(&session, &filter, record) else {
+                reason_codes.push(failure(ReasonCode::UnspecifiedError));
+                continue;
+            };
+            reason_codes.push(granted_code(granted));
+            // Retained messages for the new subscription [MQTT-3.3.1-9, MQTT-3.8.4-3]; not
+            // for shared subscriptions.
+            let send_retained = match record.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained && tern_codec::topic::split_shared(&filter).is_none() {
+                for message in broker.retained_matching(&filter, now) {
+                    retained.push(Delivery {
+                        qos: message.qos.min(granted),
+                        retain: true,
+                        message,
+                        subscription_ids: identifier
+                            .map_or(SubscriptionIds::None, SubscriptionIds::One),
+                    });
+                }
+            }
+        }
+        self.outbox.push_back(Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Default::default(),
+            reason_codes,
+        }));
+        for delivery in retained {
+            session.enqueue(delivery, config.max_queued_messages, true);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let Some(active) = self.active() else { return };
+        let session = active.session.clone();
+        let reason_codes = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.broker.unsubscribe(&session, filter) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        // UNSUBACK is sent even when nothing was subscribed [MQTT-3.10.4-5].
+        self.outbox.push_back(Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Default::default(),
+            reason_codes,
+        }));
+    }
+
+    fn on_disconnect(&mut self, disconnect: Disconnect, now: Instant) {
+        let Some(active) = self.active() else { return };
+        if active.version == ProtocolVersion::V5 {
+            if let Some(interval) = disconnect.properties.session_expiry_interval {
+                if active.session_expiry_interval == 0 && interval != 0 {
+                    return self.protocol_error(
+                        ReasonCode::ProtocolError,
+                        "session expiry set at DISCONNECT after 0 at CONNECT [MQTT-3.14.2-2]",
+                        now,
+                    );
+                }
+                active.session.lock().expiry = SessionExpiry::from_interval(interval);
+            }
+            // Only Normal Disconnection removes the will [MQTT-3.1.2-10]; 0x04 and the error
+            // codes leave it to be published.
+            if disconnect.reason_code != ReasonCode::NORMAL_DISCONNECTION {
+                return self.close(CloseReason::ClientDisconnectedWithWill, None, now);
+            }
+        }
+        self.close(CloseReason::ClientDisconnected, None, now);
+    }
+}
+
+fn granted_code(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+    }
+}

@@ -1,0 +1,32 @@
+//! # tern-broker
+//!
+//! The MQTT broker as logic, with no sockets and no runtime: sessions, the subscription and
+//! retained indexes, the QoS flows, wills, expiry and limits. The server drives it:
+//!
+//! - one [`Broker`] holds what all connections share;
+//! - one [`Connection`] per network connection takes decoded packets and the time
+//!   ([`Connection::handle_packet`], [`Connection::handle_timeout`]) and gives back the bytes to
+//!   send ([`Connection::poll_transmit`]) and its next deadline ([`Connection::poll_timeout`]);
+//! - a [`Wakeup`] lets the core tell a connection's task that messages wait for it.
+
+mod broker;
+mod config;
+mod connect;
+mod connection;
+mod hooks;
+mod inbound;
+mod message;
+mod metrics;
+mod outbound;
+mod retained;
+mod session;
+pub mod subscriptions;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;
+pub use connection::{CloseReason, Connection};
+pub use hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, Credentials};
+pub use message::{Delivery, Message, SubscriptionIds};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use retained::RetainedIndex;
+pub use session::{ConnectionId, Session, SessionExpiry, Wakeup};

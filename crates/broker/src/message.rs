@@ -1,0 +1,140 @@
+//! An application message as the broker holds it, and the per-subscriber handle that refers to it.
+//!
+//! A publish is turned into one `Arc<Message>` and matched once; every subscriber gets a
+//! [`Delivery`] (the shared message plus its own QoS, retain flag and subscription identifiers), so
+//! the payload is never copied per subscriber.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_codec::{MqttStr, Properties, Publish, QoS};
+
+/// An application message inside the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: MqttStr,
+    pub payload: Bytes,
+    /// QoS as published.
+    pub qos: QoS,
+    /// RETAIN as published.
+    pub retain: bool,
+    /// The MQTT 5 properties that travel with the message (payload format, content type,
+    /// response topic, correlation data, user properties); `None` when there are none.
+    pub properties: Option<Box<Properties>>,
+    /// When the Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    /// Client identifier of the publisher, for No Local; `None` for messages of the broker.
+    pub publisher: Option<MqttStr>,
+}
+
+impl Message {
+    /// The message a PUBLISH carries. The topic must already be resolved (no alias left).
+    pub fn from_publish(publish: Publish, publisher: Option<MqttStr>, now: Instant) -> Message {
+        let Publish {
+            qos,
+            retain,
+            topic,
+            properties,
+            payload,
+            ..
+        } = publish;
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|seconds| now + Duration::from_secs(u64::from(seconds)));
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: forwarded_properties(properties),
+            expires_at,
+            publisher,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds left of the Message Expiry Interval, rounded up, to forward [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(seconds).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// A copy whose topic and payload own their memory, for messages kept long (retained,
+    /// queued for offline sessions), so they do not pin the read buffer they arrived in.
+    pub fn compacted(&self) -> Message {
+        let topic = MqttStr::from_bytes(Bytes::copy_from_slice(self.topic.as_bytes()))
+            .unwrap_or_else(|_| self.topic.clone());
+        Message {
+            topic,
+            payload: Bytes::copy_from_slice(&self.payload),
+            ..self.clone()
+        }
+    }
+}
+
+/// Keeps only the properties a message carries to its subscribers: Topic Alias and Subscription
+/// Identifier belong to one hop, and Message Expiry is recomputed on delivery.
+fn forwarded_properties(properties: Properties) -> Option<Box<Properties>> {
+    let forwarded = Properties {
+        payload_format_indicator: properties.payload_format_indicator,
+        content_type: properties.content_type,
+        response_topic: properties.response_topic,
+        correlation_data: properties.correlation_data,
+        user_properties: properties.user_properties,
+        ..Properties::default()
+    };
+    if forwarded.is_empty() {
+        None
+    } else {
+        Some(Box::new(forwarded))
+    }
+}
+
+/// Subscription identifiers of the subscriptions a delivery matched (MQTT 5).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SubscriptionIds {
+    #[default]
+    None,
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl SubscriptionIds {
+    pub fn push(&mut self, id: u32) {
+        *self = match std::mem::take(self) {
+            SubscriptionIds::None => SubscriptionIds::One(id),
+            SubscriptionIds::One(first) => SubscriptionIds::Many(Box::new([first, id])),
+            SubscriptionIds::Many(ids) => {
+                let mut ids = ids.into_vec();
+                ids.push(id);
+                SubscriptionIds::Many(ids.into_boxed_slice())
+            }
+        };
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        match self {
+            SubscriptionIds::None => &[],
+            SubscriptionIds::One(id) => std::slice::from_ref(id),
+            SubscriptionIds::Many(ids) => ids,
+        }
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send.
+    pub retain: bool,
+    pub subscription_ids: SubscriptionIds,
+}

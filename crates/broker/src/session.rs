@@ -1,0 +1,288 @@
+//! A session: what outlives a network connection. Its subscriptions, the messages waiting for it
+//! (bounded), the outbound QoS 1/2 messages in flight by packet identifier, the inbound QoS 2
+//! identifiers awaiting PUBREL, its expiry, and a will waiting for its delay.
+//!
+//! The session is shared: publishers push deliveries into its queue from their own tasks, while
+//! at most one connection (its owner) drains the queue and runs the acknowledgement flows. Every
+//! operation of the owner checks that it still owns the session, so a connection that has been
+//! taken over can do no harm.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tern_codec::{MqttStr, QoS, SubscriptionOptions};
+
+use crate::message::{Delivery, Message};
+
+/// Identifies one network connection for the life of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// How the broker reaches a connection task when something is waiting for it (a delivery, or a
+/// take-over). The server implements it over its runtime's notification primitive.
+pub trait Wakeup: Send + Sync {
+    fn wake(&self);
+}
+
+/// How long a session outlives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionExpiry {
+    /// Ends with the connection (expiry 0, or clean session in 3.x).
+    AtDisconnect,
+    After(Duration),
+    Never,
+}
+
+impl SessionExpiry {
+    /// The MQTT 5 Session Expiry Interval in seconds.
+    pub fn from_interval(seconds: u32) -> SessionExpiry {
+        match seconds {
+            0 => SessionExpiry::AtDisconnect,
+            u32::MAX => SessionExpiry::Never,
+            seconds => SessionExpiry::After(Duration::from_secs(u64::from(seconds))),
+        }
+    }
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// Where an outbound QoS 1 or 2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the spec's packet names read best here
+pub enum InflightState {
+    /// QoS 1 PUBLISH sent.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent.
+    AwaitingPubRec,
+    /// PUBREC received, PUBREL sent.
+    AwaitingPubComp,
+}
+
+/// An outbound message awaiting acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: InflightState,
+    /// Set when the entry must be sent again (after a reconnect).
+    pub resend: bool,
+}
+
+/// A will whose delay has not run out yet (MQTT 5 Will Delay Interval).
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    pub message: Arc<Message>,
+    pub publish_at: Instant,
+}
+
+/// The mutable part of a session, behind the session's lock.
+#[derive(Debug)]
+pub struct SessionState {
+    /// The connection attached to the session, if any.
+    pub(crate) owner: Option<ConnectionId>,
+    pub(crate) wakeup: Option<Arc<dyn Wakeup>>,
+    pub(crate) subscriptions: HashMap<MqttStr, SubscriptionRecord>,
+    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) inflight: VecDeque<Inflight>,
+    /// How many entries of `inflight` have `resend` set.
+    pub(crate) resend: usize,
+    /// Inbound QoS 2 packet identifiers whose PUBLISH was routed and whose PUBREL is awaited.
+    pub(crate) inbound_qos2: Vec<u16>,
+    next_packet_id: u16,
+    pub(crate) expiry: SessionExpiry,
+    /// When an offline session ends.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) pending_will: Option<PendingWill>,
+    /// Set once the session has ended; it then accepts nothing.
+    pub(crate) ended: bool,
+    /// Messages dropped because the queue was full.
+    pub(crate) dropped: u64,
+}
+
+impl std::fmt::Debug for dyn Wakeup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wakeup")
+    }
+}
+
+/// A session, shared by the registry, the subscription index and its connection.
+#[derive(Debug)]
+pub struct Session {
+    client_id: MqttStr,
+    /// Mirror of `SessionState::owner` (0 for none), readable without the lock.
+    owner_hint: AtomicU64,
+    state: Mutex<SessionState>,
+}
+
+/// What happened to a delivery pushed into a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued, and the oldest waiting message was dropped to make room.
+    QueuedDroppingOldest,
+    /// Not queued: QoS 0 for an offline session, or the session has ended.
+    Discarded,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: MqttStr, expiry: SessionExpiry) -> Session {
+        Session {
+            client_id,
+            owner_hint: AtomicU64::new(0),
+            state: Mutex::new(SessionState {
+                owner: None,
+                wakeup: None,
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: VecDeque::new(),
+                resend: 0,
+                inbound_qos2: Vec::new(),
+                next_packet_id: 1,
+                expiry,
+                expires_at: None,
+                pending_will: None,
+                ended: false,
+                dropped: 0,
+            }),
+        }
+    }
+
+    pub fn client_id(&self) -> &MqttStr {
+        &self.client_id
+    }
+
+    /// Whether a connection is attached (a hint: it may change right after).
+    pub fn is_online(&self) -> bool {
+        self.owner_hint.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether `connection` is (as far as a lock-free read can tell) the session's owner.
+    pub(crate) fn is_owned_by(&self, connection: ConnectionId) -> bool {
+        self.owner_hint.load(Ordering::Relaxed) == connection.0
+    }
+
+    /// Locks the session state. A poisoned lock (a panic elsewhere while holding it) still
+    /// yields the state: every update below leaves it consistent at each step.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the owner in the lock-free mirror; call with the state locked.
+    pub(crate) fn publish_owner(&self, owner: Option<ConnectionId>) {
+        self.owner_hint
+            .store(owner.map_or(0, |id| id.0), Ordering::Relaxed);
+    }
+
+    /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue
+    /// holds `max_queued` already. QoS 0 for an offline session is discarded unless
+    /// `queue_qos0_offline`.
+    pub(crate) fn enqueue(
+        &self,
+        delivery: Delivery,
+        max_queued: usize,
+        queue_qos0_offline: bool,
+    ) -> Enqueued {
+        let mut state = self.lock();
+        if state.ended || max_queued == 0 {
+            return Enqueued::Discarded;
+        }
+        if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
+            return Enqueued::Discarded;
+        }
+        let mut outcome = Enqueued::Queued;
+        if state.queue.len() >= max_queued {
+            state.queue.pop_front();
+            state.dropped += 1;
+            outcome = Enqueued::QueuedDroppingOldest;
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(delivery);
+        if was_empty && let Some(wakeup) = &state.wakeup {
+            wakeup.wake();
+        }
+        outcome
+    }
+
+    /// Number of waiting messages (for tests and metrics).
+    pub fn queued_len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Number of outbound messages awaiting acknowledgement.
+    pub fn inflight_len(&self) -> usize {
+        self.lock().inflight.len()
+    }
+
+    /// Messages dropped so far because the queue was full.
+    pub fn dropped_count(&self) -> u64 {
+        self.lock().dropped
+    }
+}
+
+impl SessionState {
+    /// A packet identifier not used by any outbound message in flight [MQTT-2.2.1-2].
+    /// The caller keeps the in-flight count below 65 535, so one is always free.
+    pub(crate) fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|entry| entry.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    pub(crate) fn inflight_position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|entry| entry.packet_id == packet_id)
+    }
+
+    /// Called when the owner's connection goes away: everything in flight is sent again, in
+    /// order, when a connection resumes the session [MQTT-4.4.0-1].
+    pub(crate) fn detach(&mut self) {
+        self.owner = None;
+        self.wakeup = None;
+        self.mark_all_for_resend();
+    }
+
+    /// Marks every message in flight to be sent again [MQTT-4.4.0-1].
+    pub(crate) fn mark_all_for_resend(&mut self) {
+        for entry in &mut self.inflight {
+            entry.resend = true;
+        }
+        self.resend = self.inflight.len();
+    }
+
+    /// Whether `connection` owns the session and it has not ended.
+    pub(crate) fn owned_by(&self, connection: ConnectionId) -> bool {
+        !self.ended && self.owner == Some(connection)
+    }
+
+    /// Removes the in-flight entry at `index`.
+    pub(crate) fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
+        let entry = self.inflight.remove(index)?;
+        if entry.resend {
+            self.resend -= 1;
+        }
+        Some(entry)
+    }
+
+    /// Empties the session for a clean start or its end.
+    pub(crate) fn clear(&mut self) {
+        self.subscriptions.clear();
+        self.queue.clear();
+        self.inflight.clear();
+        self.resend = 0;
+        self.inbound_qos2.clear();
+    }
+}

@@ -1,0 +1,203 @@
+//! The configuration file (TOML) of `tern serve`. Every key has a default; `docs/configuration.md`
+//! documents each with its unit and what it protects against. Unknown keys are an error, so a
+//! typo never passes silently.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern_broker::BrokerConfig;
+use tern_codec::QoS;
+
+/// Everything `tern serve` can be told.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to accept MQTT over TCP on.
+    pub listen: Vec<SocketAddr>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG` directive).
+    pub log_level: String,
+    pub limits: Limits,
+    pub mqtt: MqttOptions,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open client connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Bytes; largest packet accepted from a client.
+    pub max_packet_size: u32,
+    /// Outbound QoS 1/2 messages awaiting acknowledgement per client.
+    pub max_inflight: u16,
+    /// Messages waiting per session before the oldest is dropped.
+    pub max_queued_messages: usize,
+    /// Bytes of a topic name or filter.
+    pub max_topic_length: usize,
+    /// Levels of a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u64,
+}
+
+/// Protocol switches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttOptions {
+    /// Highest QoS granted and accepted: 0, 1 or 2.
+    pub max_qos: u8,
+    pub retain_available: bool,
+    /// Queue QoS 0 messages for offline persistent sessions.
+    pub queue_qos0_offline: bool,
+    /// Seconds a 3.x persistent session outlives its connection; 0 keeps it for ever.
+    pub persistent_session_expiry: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            log_level: "info".to_owned(),
+            limits: Limits::default(),
+            mqtt: MqttOptions::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let broker = BrokerConfig::default();
+        Limits {
+            max_connections: 100_000,
+            max_packet_size: broker.max_packet_size,
+            max_inflight: broker.max_inflight,
+            max_queued_messages: broker.max_queued_messages,
+            max_topic_length: broker.max_topic_length,
+            max_topic_levels: broker.max_topic_levels,
+            connect_timeout: broker.connect_timeout.as_secs(),
+        }
+    }
+}
+
+impl Default for MqttOptions {
+    fn default() -> MqttOptions {
+        let broker = BrokerConfig::default();
+        MqttOptions {
+            max_qos: broker.max_qos.as_u8(),
+            retain_available: broker.retain_available,
+            queue_qos0_offline: broker.queue_qos0_offline,
+            persistent_session_expiry: 0,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        ServerConfig::from_toml(&text).map_err(|error| match error {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        let config: ServerConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "configuration".to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |text: &str| Err(ConfigError::Invalid(text.to_owned()));
+        if self.listen.is_empty() {
+            return invalid("listen: at least one address is needed");
+        }
+        if QoS::from_u8(self.mqtt.max_qos).is_none() {
+            return invalid("mqtt.max_qos must be 0, 1 or 2");
+        }
+        if self.limits.max_inflight == 0 || self.limits.max_inflight == u16::MAX {
+            return invalid("limits.max_inflight must be between 1 and 65534");
+        }
+        if self.limits.max_packet_size < 64 {
+            return invalid("limits.max_packet_size must be at least 64 bytes");
+        }
+        if self.limits.max_topic_levels == 0 || self.limits.max_topic_length == 0 {
+            return invalid("limits.max_topic_length and limits.max_topic_levels must be positive");
+        }
+        Ok(())
+    }
+
+    /// The broker core's part of the configuration.
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            max_packet_size: self.limits.max_packet_size,
+            max_inflight: self.limits.max_inflight,
+            max_queued_messages: self.limits.max_queued_messages,
+            queue_qos0_offline: self.mqtt.queue_qos0_offline,
+            max_topic_length: self.limits.max_topic_length,
+            max_topic_levels: self.limits.max_topic_levels,
+            connect_timeout: Duration::from_secs(self.limits.connect_timeout),
+            max_qos: QoS::from_u8(self.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),
+            retain_available: self.mqtt.retain_available,
+            persistent_session_expiry: match self.mqtt.persistent_session_expiry {
+                0 => None,
+                seconds => Some(Duration::from_secs(seconds)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(
+            ServerConfig::from_toml("").unwrap(),
+            ServerConfig::default()
+        );
+    }
+
+    #[test]
+    fn keys_are_read_and_unknown_keys_refused() {
+        let config = ServerConfig::from_toml(
+            "listen = [\"127.0.0.1:1884\", \"[::1]:1885\"]\n[limits]\nmax_queued_messages = 5\n[mqtt]\nmax_qos = 1\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.broker_config().max_queued_messages, 5);
+        assert_eq!(config.broker_config().max_qos, QoS::AtLeastOnce);
+        assert!(ServerConfig::from_toml("lisen = []").is_err());
+        assert!(ServerConfig::from_toml("[mqtt]\nmax_qos = 3").is_err());
+    }
+}

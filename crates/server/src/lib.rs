@@ -1,0 +1,12 @@
+//! # tern-server
+//!
+//! The world around the broker core: TCP listeners, one tokio task per connection, the timers of
+//! the broker, the configuration file, and shutdown.
+
+mod config;
+mod connection;
+mod server;
+
+pub use config::{ConfigError, Limits, MqttOptions, ServerConfig};
+pub use server::{Server, ServerError};
+pub use tern_broker as broker;

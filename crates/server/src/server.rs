@@ -1,0 +1,183 @@
+//! The listeners and the life of the server: bind, accept (within the connection limit), spawn
+//! one task per connection, run the broker's timers, and shut down on request: stop accepting,
+//! tell every connection, wait for them to end.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tern_broker::Broker;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::config::ServerConfig;
+use crate::connection::serve_connection;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Open connections, and a signal when the last one ends.
+#[derive(Default)]
+struct ConnectionCount {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// Decrements the count when a connection task ends, however it ends.
+struct ConnectionGuard(Arc<ConnectionCount>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    config: ServerConfig,
+    broker: Arc<Broker>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Binds every listen address of `config`.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
+        let broker = Broker::new(config.broker_config());
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            config,
+            broker,
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect()
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection (MQTT 5 clients get
+    /// DISCONNECT 0x8B) and returns once they have ended, or after `grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let count = Arc::new(ConnectionCount::default());
+        for listener in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "listening for MQTT over TCP");
+            }
+            tokio::spawn(accept_loop(
+                listener,
+                self.broker.clone(),
+                stop_rx.clone(),
+                count.clone(),
+                self.config.limits.max_connections,
+            ));
+        }
+        tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let deadline = Instant::now() + grace;
+        loop {
+            let idle = count.idle.notified();
+            if count.open.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    open = count.open.load(Ordering::Acquire),
+                    "connections still open at the end of the shutdown grace period"
+                );
+                break;
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+    count: Arc<ConnectionCount>,
+    max_connections: usize,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if count.open.load(Ordering::Acquire) >= max_connections {
+            tracing::warn!(%peer, max_connections, "connection refused: limit reached");
+            drop(stream);
+            continue;
+        }
+        count.open.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnectionGuard(count.clone());
+        tokio::spawn(serve_tcp(stream, peer, broker.clone(), stop.clone(), guard));
+    }
+}
+
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+    _guard: ConnectionGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    serve_connection(reader, writer, peer, broker, stop).await;
+}
+
+/// Runs the broker's deadlines: session expiry and delayed wills.
+async fn run_timers(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    const MAX_NAP: Duration = Duration::from_secs(1);
+    loop {
+        let now = Instant::now();
+        let next = broker
+            .poll_timeout()
+            .map(Instant::from_std)
+            .map_or(now + MAX_NAP, |at| at.min(now + MAX_NAP));
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep_until(next) => broker.handle_timeout(Instant::now().into_std()),
+        }
+    }
+}

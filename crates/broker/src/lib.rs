@@ -9,6 +9,9 @@
 //!   send ([`Connection::poll_transmit`]) and its next deadline ([`Connection::poll_timeout`]);
 //! - a [`Wakeup`] lets the core tell a connection's task that messages wait for it.
 
+// Data from the network must never panic the broker: no unwrap or expect outside tests.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod broker;
 mod config;
 mod connect;

@@ -1,5 +1,8 @@
 //! `tern`: the MQTT broker and the tools beside it.
 
+// Data from the network must never panic the broker: no unwrap or expect outside tests.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

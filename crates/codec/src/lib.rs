@@ -10,6 +10,9 @@
 //! - Every check the specification puts on a receiver is made; each failure is a
 //!   [`DecodeError`] variant that names its rule and maps to the reason code to answer with.
 
+// Data from the network must never panic the broker: no unwrap or expect outside tests.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod connect;
 mod control;
 mod error;

@@ -3,6 +3,9 @@
 //! The world around the broker core: TCP listeners, one tokio task per connection, the timers of
 //! the broker, the configuration file, and shutdown.
 
+// Data from the network must never panic the broker: no unwrap or expect outside tests.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod config;
 mod connection;
 mod server;

@@ -15,11 +15,13 @@ use std::time::Instant;
 use tern_codec::{MqttStr, QoS};
 
 use crate::config::BrokerConfig;
-use crate::hooks::{AllowAll, Authenticator, Authorizer};
+use crate::hooks::{Authenticator, Authorizer, Hooks};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::retained::RetainedIndex;
-use crate::session::{ConnectionId, Enqueued, Session, SessionExpiry, SubscriptionRecord, Wakeup};
+use crate::session::{
+    ConnectionId, Enqueued, InflightState, Session, SessionExpiry, SubscriptionRecord, Wakeup,
+};
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 
 /// A subscription in the index: the session and what it asked for.
@@ -82,8 +84,7 @@ pub struct Broker {
     retained: RwLock<RetainedIndex>,
     timers: Mutex<BinaryHeap<Reverse<Timer>>>,
     timer_seq: AtomicU64,
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
+    hooks: Hooks,
     metrics: Metrics,
     next_connection: AtomicU64,
     client_id_seed: u64,
@@ -107,14 +108,10 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl Broker {
     /// A broker that lets every client in and allows everything.
     pub fn new(config: BrokerConfig) -> Arc<Broker> {
-        Broker::with_hooks(config, Arc::new(AllowAll), Arc::new(AllowAll))
+        Broker::with_hooks(config, Hooks::default())
     }
 
-    pub fn with_hooks(
-        config: BrokerConfig,
-        authenticator: Arc<dyn Authenticator>,
-        authorizer: Arc<dyn Authorizer>,
-    ) -> Arc<Broker> {
+    pub fn with_hooks(config: BrokerConfig, hooks: Hooks) -> Arc<Broker> {
         Arc::new(Broker {
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -122,8 +119,7 @@ impl Broker {
             retained: RwLock::new(RetainedIndex::default()),
             timers: Mutex::new(BinaryHeap::new()),
             timer_seq: AtomicU64::new(0),
-            authenticator,
-            authorizer,
+            hooks,
             metrics: Metrics::default(),
             next_connection: AtomicU64::new(1),
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
@@ -139,11 +135,15 @@ impl Broker {
     }
 
     pub(crate) fn authenticator(&self) -> &dyn Authenticator {
-        &*self.authenticator
+        &*self.hooks.authenticator
     }
 
     pub(crate) fn authorizer(&self) -> &dyn Authorizer {
-        &*self.authorizer
+        &*self.hooks.authorizer
+    }
+
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     pub(crate) fn next_connection_id(&self) -> ConnectionId {
@@ -208,19 +208,20 @@ impl Broker {
     /// one member.
     fn route(&self, message: &Arc<Message>, _now: Instant) -> usize {
         let index = read(&self.subscriptions);
-        let mut targets: Vec<(&Subscriber, bool)> = Vec::new();
+        // Each target with the shared subscription it came through, if any.
+        let mut targets: Vec<(&Subscriber, Option<&MqttStr>)> = Vec::new();
         index.for_each_match(&message.topic, |matched| match matched {
             Matched::Subscriber(subscriber) => {
                 let own = subscriber.record.options.no_local
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
                 // No Local: not to the publisher's own connection [MQTT-3.8.3-3].
                 if !own {
-                    targets.push((subscriber, false));
+                    targets.push((subscriber, None));
                 }
             }
             Matched::Group(group) => {
                 if let Some(member) = group.pick(|member| member.session.is_online()) {
-                    targets.push((member, true));
+                    targets.push((member, Some(&group.filter)));
                 }
             }
         });
@@ -237,9 +238,9 @@ impl Broker {
             // Non-shared subscriptions of one session (adjacent after the sort) merge into one
             // delivery; a shared subscription always stands alone.
             let mut end = start + 1;
-            if !shared {
+            if shared.is_none() {
                 while end < targets.len()
-                    && !targets[end].1
+                    && targets[end].1.is_none()
                     && Arc::ptr_eq(&targets[end].0.session, &first.session)
                 {
                     end += 1;
@@ -275,7 +276,7 @@ impl Broker {
     fn delivery_for(
         &self,
         message: &Arc<Message>,
-        group: &[(&Subscriber, bool)],
+        group: &[(&Subscriber, Option<&MqttStr>)],
         compacted: &mut Option<Arc<Message>>,
         session: &Session,
     ) -> Delivery {
@@ -302,6 +303,87 @@ impl Broker {
             retain: message.retain && retain_as_published,
             message: shared,
             subscription_ids: ids,
+            shared_filter: group.first().and_then(|(_, filter)| filter.cloned()),
+        }
+    }
+
+    /// Whether a retained message for `topic` fits the retained-message limit (a topic that
+    /// already has one always does).
+    pub(crate) fn retained_quota_allows(&self, topic: &str) -> bool {
+        let limit = self.config.max_retained_messages;
+        if limit == 0 {
+            return true;
+        }
+        let retained = read(&self.retained);
+        retained.len() < limit || retained.get(topic).is_some()
+    }
+
+    /// Whether `session` may add a subscription to `filter` within its limit (replacing one
+    /// always may).
+    pub(crate) fn subscription_quota_allows(&self, session: &Session, filter: &str) -> bool {
+        let limit = self.config.max_subscriptions_per_session;
+        if limit == 0 {
+            return true;
+        }
+        let state = session.lock();
+        state.subscriptions.len() < limit || state.subscriptions.contains_key(filter)
+    }
+
+    /// Gives the messages `session` holds for shared subscriptions, and that its client has not
+    /// received yet (queued, or sent and unacknowledged), to another member of the same group
+    /// (MQTT 5 section 4.8.2). Messages whose group has no other member stay.
+    pub(crate) fn hand_over_shared(&self, session: &Arc<Session>) {
+        let index = read(&self.subscriptions);
+        let other_member = |filter: &MqttStr| -> Option<&Subscriber> {
+            let group = index.find_group(filter)?;
+            let others = || {
+                group
+                    .members
+                    .iter()
+                    .filter(|m| !Arc::ptr_eq(&m.session, session))
+            };
+            others()
+                .find(|m| m.session.is_online())
+                .or_else(|| others().next())
+        };
+        let mut moved = Vec::new();
+        {
+            let mut state = session.lock();
+            let mut position = 0;
+            while position < state.inflight.len() {
+                let entry = &state.inflight[position];
+                let target = (entry.state != InflightState::AwaitingPubComp)
+                    .then(|| entry.delivery.shared_filter.as_ref().and_then(other_member))
+                    .flatten();
+                match target.and_then(|target| Some((target, state.remove_inflight(position)?))) {
+                    Some((target, entry)) => moved.push((target, entry.delivery)),
+                    None => position += 1,
+                }
+            }
+            let queue = std::mem::take(&mut state.queue);
+            for delivery in queue {
+                match delivery.shared_filter.as_ref().and_then(other_member) {
+                    Some(target) => moved.push((target, delivery)),
+                    None => state.queue.push_back(delivery),
+                }
+            }
+        }
+        for (target, delivery) in moved {
+            let handed = Delivery {
+                qos: delivery.message.qos.min(target.record.options.qos),
+                retain: false,
+                subscription_ids: target
+                    .record
+                    .identifier
+                    .map_or(SubscriptionIds::None, SubscriptionIds::One),
+                message: delivery.message,
+                shared_filter: delivery.shared_filter,
+            };
+            target.session.enqueue(
+                handed,
+                self.config.max_queued_messages,
+                self.config.queue_qos0_offline,
+            );
         }
     }
 
@@ -403,6 +485,9 @@ impl Broker {
     /// disconnect", otherwise keeps it offline until it expires. Does nothing if another
     /// connection has taken the session over.
     pub(crate) fn detach(&self, session: &Arc<Session>, owner: ConnectionId, now: Instant) {
+        if session.is_owned_by(owner) {
+            self.hand_over_shared(session);
+        }
         let mut state = session.lock();
         if state.owner != Some(owner) || state.ended {
             return;

@@ -30,6 +30,23 @@ pub struct BrokerConfig {
     /// How long a 3.x persistent session (clean session 0) outlives its connection;
     /// `None` keeps it until the client cleans it.
     pub persistent_session_expiry: Option<Duration>,
+    /// MQTT 5 Receive Maximum of the broker: QoS 2 messages a client may have awaiting PUBREL.
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may use towards the broker (0: none).
+    pub topic_alias_maximum: u16,
+    /// Topic aliases the broker uses towards an MQTT 5 client that allows them (at most the
+    /// client's Topic Alias Maximum; 0: none).
+    pub outbound_topic_aliases: u16,
+    /// Longest keep-alive granted to MQTT 5 clients, in seconds; a longer one (or 0) is replaced
+    /// by this value in CONNACK (Server Keep Alive). 0: no maximum.
+    pub max_keep_alive: u16,
+    pub wildcard_subscriptions: bool,
+    pub shared_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    /// Subscriptions one session may hold (0: no limit).
+    pub max_subscriptions_per_session: usize,
+    /// Topics with a retained message (0: no limit).
+    pub max_retained_messages: usize,
 }
 
 impl Default for BrokerConfig {
@@ -45,6 +62,15 @@ impl Default for BrokerConfig {
             max_qos: QoS::ExactlyOnce,
             retain_available: true,
             persistent_session_expiry: None,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            outbound_topic_aliases: 64,
+            max_keep_alive: 0,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            max_subscriptions_per_session: 0,
+            max_retained_messages: 0,
         }
     }
 }

@@ -1,63 +1,161 @@
-//! Handling of CONNECT (section 3.1.4): client identifier rules, authentication, the session
-//! (new, resumed or taken over) and the CONNACK that tells the client what it got.
+//! Handling of CONNECT (section 3.1.4): client identifier rules, authentication (plain and, in
+//! MQTT 5, enhanced with AUTH exchanges, section 4.12), the session (new, resumed or taken over)
+//! and the CONNACK that tells the client what it got.
 
 use std::time::{Duration, Instant};
 
-use tern_codec::{ConnAck, Connect, Properties, ProtocolVersion, QoS, ReasonCode};
+use bytes::Bytes;
+use tern_codec::{
+    Auth, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+};
 
-use crate::connection::{Active, Connection, Phase, PreparedWill};
-use crate::hooks::{ClientInfo, Credentials};
+use crate::connection::{Active, Connection, PendingAuth, Phase, PreparedWill};
+use crate::hooks::{AuthExchange, AuthStep, ClientInfo, Credentials};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::SessionExpiry;
 
+/// An AUTH packet of the exchange with `method`.
+pub(crate) fn auth_packet(
+    reason_code: ReasonCode,
+    method: &MqttStr,
+    data: Option<Bytes>,
+) -> Packet {
+    Packet::Auth(Auth {
+        reason_code,
+        properties: Properties {
+            authentication_method: Some(method.clone()),
+            authentication_data: data,
+            ..Properties::default()
+        },
+    })
+}
+
 impl Connection {
     pub(crate) fn handle_connect(&mut self, connect: Connect, now: Instant) {
-        let version = connect.protocol;
-        self.version = version;
-        let broker = self.broker.clone();
-        let config = broker.config();
-
-        let mut client_id = connect.client_id.clone();
-        let mut assigned = false;
-        if client_id.is_empty() {
-            match version {
-                // MQTT 3.1 requires 1 to 23 characters.
-                ProtocolVersion::V31 => {
-                    return self.refuse(ReasonCode::ClientIdentifierNotValid, now);
-                }
-                // [MQTT-3.1.3-8]: an empty identifier needs clean session in 3.1.1.
-                ProtocolVersion::V311 if !connect.clean_start => {
-                    return self.refuse(ReasonCode::ClientIdentifierNotValid, now);
-                }
-                // [MQTT-3.1.3-6, MQTT-3.1.3-7]: assign a unique one.
-                _ => {
-                    client_id = broker.assign_client_id(self.id);
-                    assigned = true;
-                }
-            }
-        }
-
-        if version.is_v5() && connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is configured.
-            return self.refuse(ReasonCode::BadAuthenticationMethod, now);
-        }
+        self.version = connect.protocol;
+        let (client_id, assigned) = match self.client_identifier(&connect) {
+            Ok(identifier) => identifier,
+            Err(code) => return self.refuse(code, now),
+        };
         let credentials = Credentials {
             client_id: &client_id,
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
             peer: self.peer,
-            protocol: version,
+            protocol: connect.protocol,
         };
-        if let Err(code) = broker.authenticator().authenticate(&credentials) {
+        if let Err(code) = self.broker.authenticator().authenticate(&credentials) {
             return self.refuse(code, now);
         }
+        let Some(method) = connect.properties.authentication_method.clone() else {
+            return self.accept(connect, client_id, assigned, None, now);
+        };
+        // Enhanced authentication (MQTT 5 only: the property exists nowhere else).
+        let Some(authenticator) = self.broker.hooks().enhanced_for(&method).cloned() else {
+            return self.refuse(ReasonCode::BadAuthenticationMethod, now);
+        };
+        let mut exchange = authenticator.begin(&client_id, connect.username.as_deref());
+        let step = exchange.step(connect.properties.authentication_data.as_deref());
+        self.connect_auth_step(
+            PendingAuth {
+                connect: Box::new(connect),
+                client_id,
+                assigned,
+                method,
+                exchange,
+                deadline: self.connect_deadline(now),
+            },
+            step,
+            now,
+        );
+    }
+
+    fn connect_deadline(&self, now: Instant) -> Instant {
+        match &self.phase {
+            Phase::AwaitingConnect { deadline } => *deadline,
+            _ => now + self.broker.config().connect_timeout,
+        }
+    }
+
+    /// The client identifier to use and whether the broker assigned it, or the CONNACK refusal.
+    fn client_identifier(&self, connect: &Connect) -> Result<(MqttStr, bool), ReasonCode> {
+        if !connect.client_id.is_empty() {
+            return Ok((connect.client_id.clone(), false));
+        }
+        match connect.protocol {
+            // MQTT 3.1 requires 1 to 23 characters.
+            ProtocolVersion::V31 => Err(ReasonCode::ClientIdentifierNotValid),
+            // [MQTT-3.1.3-8]: an empty identifier needs clean session in 3.1.1.
+            ProtocolVersion::V311 if !connect.clean_start => {
+                Err(ReasonCode::ClientIdentifierNotValid)
+            }
+            // [MQTT-3.1.3-6, MQTT-3.1.3-7]: assign a unique one.
+            _ => Ok((self.broker.assign_client_id(self.id), true)),
+        }
+    }
+
+    /// Acts on one step of the exchange that authenticates a CONNECT.
+    fn connect_auth_step(&mut self, pending: PendingAuth, step: AuthStep, now: Instant) {
+        match step {
+            AuthStep::Continue(data) => {
+                self.outbox.push_back(auth_packet(
+                    ReasonCode::ContinueAuthentication,
+                    &pending.method,
+                    data,
+                ));
+                self.phase = Phase::Authenticating(Box::new(pending));
+            }
+            AuthStep::Success(data) => {
+                let PendingAuth {
+                    connect,
+                    client_id,
+                    assigned,
+                    method,
+                    ..
+                } = pending;
+                self.accept(*connect, client_id, assigned, Some((method, data)), now);
+            }
+            AuthStep::Failure(code) => self.refuse(code, now),
+        }
+    }
+
+    /// AUTH from a client whose CONNECT is being authenticated.
+    pub(crate) fn handle_connect_auth(
+        &mut self,
+        auth: Auth,
+        mut pending: Box<PendingAuth>,
+        now: Instant,
+    ) {
+        // Until CONNACK, a refusal is the only way to end it [MQTT-3.14.0-1].
+        if auth.reason_code != ReasonCode::ContinueAuthentication
+            || auth.properties.authentication_method.as_ref() != Some(&pending.method)
+        {
+            return self.refuse(ReasonCode::ProtocolError, now);
+        }
+        let step = pending
+            .exchange
+            .step(auth.properties.authentication_data.as_deref());
+        self.connect_auth_step(*pending, step, now);
+    }
+
+    /// Completes an accepted CONNECT: will, session, CONNACK.
+    fn accept(
+        &mut self,
+        connect: Connect,
+        client_id: MqttStr,
+        assigned: bool,
+        auth: Option<(MqttStr, Option<Bytes>)>,
+        now: Instant,
+    ) {
+        let version = connect.protocol;
+        let broker = self.broker.clone();
+        let config = broker.config();
         let client = ClientInfo {
             client_id: client_id.clone(),
             username: connect.username.clone(),
             peer: self.peer,
         };
-
         let will = match connect.will {
             None => None,
             Some(will) => {
@@ -76,6 +174,7 @@ impl Connection {
                 let delay = Duration::from_secs(u64::from(
                     will.properties.will_delay_interval.unwrap_or(0),
                 ));
+                let expiry_interval = will.properties.message_expiry_interval;
                 let publish = tern_codec::Publish {
                     dup: false,
                     qos: will.qos,
@@ -85,7 +184,6 @@ impl Connection {
                     properties: will.properties,
                     payload: will.payload,
                 };
-                let expiry_interval = publish.properties.message_expiry_interval;
                 let mut message = Message::from_publish(publish, Some(client_id.clone()), now);
                 // The expiry of a will counts from when it is published, not from CONNECT.
                 message.expires_at = None;
@@ -108,6 +206,17 @@ impl Connection {
                 .map_or(SessionExpiry::Never, SessionExpiry::After)
         };
 
+        // Server Keep Alive: MQTT 5 clients asking for more than the maximum (or none) get it.
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if version.is_v5()
+            && config.max_keep_alive > 0
+            && (keep_alive == 0 || keep_alive > config.max_keep_alive)
+        {
+            keep_alive = config.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+
         let attached = broker.attach(
             &client_id,
             connect.clean_start,
@@ -119,18 +228,14 @@ impl Connection {
 
         let mut properties = Properties::default();
         if version.is_v5() {
-            if assigned {
-                properties.assigned_client_identifier = Some(client_id.clone());
-            }
-            properties.maximum_packet_size = Some(config.max_packet_size);
-            if config.max_qos < QoS::ExactlyOnce {
-                properties.maximum_qos = Some(config.max_qos);
-            }
-            if !config.retain_available {
-                properties.retain_available = Some(false);
+            properties =
+                self.connack_properties(assigned.then(|| client_id.clone()), server_keep_alive);
+            if let Some((method, data)) = &auth {
+                properties.authentication_method = Some(method.clone());
+                properties.authentication_data = data.clone();
             }
         }
-        self.outbox.push_back(tern_codec::Packet::ConnAck(ConnAck {
+        self.outbox.push_back(Packet::ConnAck(ConnAck {
             // [MQTT-3.2.2-1, MQTT-3.2.2-2, MQTT-3.2.2-3]
             session_present: attached.present,
             reason_code: ReasonCode::Success,
@@ -138,8 +243,16 @@ impl Connection {
         }));
         Metrics::bump(&broker.metrics().connections_accepted);
 
-        let receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        let keep_alive = connect.keep_alive;
+        let props = &connect.properties;
+        let receive_maximum = props.receive_maximum.unwrap_or(u16::MAX);
+        let outbound_aliases = if version.is_v5() {
+            props
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(config.outbound_topic_aliases)
+        } else {
+            0
+        };
         self.client_id = Some(client_id);
         self.phase = Phase::Active(Box::new(Active {
             version,
@@ -150,10 +263,104 @@ impl Connection {
             last_received: now,
             will,
             send_window: usize::from(receive_maximum.min(config.max_inflight)).max(1),
-            client_max_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             session_expiry_interval,
+            problem_information: props.request_problem_information.unwrap_or(true),
+            inbound_aliases: Vec::new(),
+            outbound_aliases: crate::connection::OutboundAliases::new(outbound_aliases),
+            auth_method: auth.map(|(method, _)| method),
+            reauth: None,
         }));
         // Messages queued while the client was away, and the in-flight ones to resend.
         self.wakeup.wake();
+    }
+
+    /// CONNACK properties that tell the truth about the configuration (section 3.2.2.3).
+    fn connack_properties(
+        &self,
+        assigned: Option<MqttStr>,
+        server_keep_alive: Option<u16>,
+    ) -> Properties {
+        let config = self.broker.config();
+        let unless = |available: bool| (!available).then_some(false);
+        Properties {
+            assigned_client_identifier: assigned,
+            server_keep_alive,
+            maximum_packet_size: Some(config.max_packet_size),
+            receive_maximum: (config.receive_maximum < u16::MAX).then_some(config.receive_maximum),
+            topic_alias_maximum: (config.topic_alias_maximum > 0)
+                .then_some(config.topic_alias_maximum),
+            maximum_qos: (config.max_qos < QoS::ExactlyOnce).then_some(config.max_qos),
+            retain_available: unless(config.retain_available),
+            wildcard_subscription_available: unless(config.wildcard_subscriptions),
+            subscription_identifier_available: unless(config.subscription_identifiers),
+            shared_subscription_available: unless(config.shared_subscriptions),
+            ..Properties::default()
+        }
+    }
+
+    /// AUTH from an active client: re-authentication (section 4.12.1).
+    pub(crate) fn handle_reauth(&mut self, auth: Auth, now: Instant) {
+        let Phase::Active(active) = &mut self.phase else {
+            return;
+        };
+        let Some(method) = active.auth_method.clone() else {
+            return self.protocol_error(
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method at CONNECT",
+                now,
+            );
+        };
+        if auth.properties.authentication_method.as_ref() != Some(&method) {
+            return self.protocol_error(
+                ReasonCode::ProtocolError,
+                "AUTH with another authentication method",
+                now,
+            );
+        }
+        let step = match (auth.reason_code, active.reauth.as_mut()) {
+            (ReasonCode::ReAuthenticate, None) => {
+                let Some(authenticator) = self.broker.hooks().enhanced_for(&method).cloned() else {
+                    return self.protocol_error(
+                        ReasonCode::BadAuthenticationMethod,
+                        "method no longer configured",
+                        now,
+                    );
+                };
+                let mut exchange: Box<dyn AuthExchange> = authenticator
+                    .begin(&active.client.client_id, active.client.username.as_deref());
+                let step = exchange.step(auth.properties.authentication_data.as_deref());
+                active.reauth = Some(exchange);
+                step
+            }
+            (ReasonCode::ContinueAuthentication, Some(exchange)) => {
+                exchange.step(auth.properties.authentication_data.as_deref())
+            }
+            _ => {
+                return self.protocol_error(ReasonCode::ProtocolError, "AUTH out of sequence", now);
+            }
+        };
+        match step {
+            AuthStep::Continue(data) => {
+                self.outbox.push_back(auth_packet(
+                    ReasonCode::ContinueAuthentication,
+                    &method,
+                    data,
+                ));
+            }
+            AuthStep::Success(data) => {
+                active.reauth = None;
+                self.outbox
+                    .push_back(auth_packet(ReasonCode::Success, &method, data));
+            }
+            AuthStep::Failure(code) => {
+                let code = if code.allowed_in(tern_codec::PacketType::Disconnect) {
+                    code
+                } else {
+                    ReasonCode::NotAuthorized
+                };
+                self.protocol_error(code, "re-authentication failed", now);
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! [MQTT-3.1.0-1]; then `Active`, holding the session, the protocol version and what the CONNECT
 //! negotiated; then `Closed`. Packet handlers live in `inbound.rs`, encoding in `outbound.rs`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tern_codec::{DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode};
 
 use crate::broker::Broker;
-use crate::hooks::ClientInfo;
+use crate::hooks::{AuthExchange, ClientInfo};
 use crate::message::Message;
 use crate::session::{ConnectionId, Session, Wakeup};
 
@@ -110,11 +110,87 @@ pub(crate) struct Active {
     pub(crate) client_max_packet_size: u32,
     /// The Session Expiry Interval of CONNECT (MQTT 5), for the DISCONNECT rule [MQTT-3.14.2-2].
     pub(crate) session_expiry_interval: u32,
+    /// Request Problem Information of CONNECT: whether reason strings and user properties may
+    /// go in packets other than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
+    pub(crate) problem_information: bool,
+    /// Topic aliases the client set up, by alias - 1 (MQTT 5).
+    pub(crate) inbound_aliases: Vec<Option<MqttStr>>,
+    pub(crate) outbound_aliases: OutboundAliases,
+    /// The Authentication Method of CONNECT, for re-authentication.
+    pub(crate) auth_method: Option<MqttStr>,
+    /// A re-authentication in progress.
+    pub(crate) reauth: Option<Box<dyn AuthExchange>>,
+}
+
+/// Topic aliases the broker uses towards the client: a topic gets the next free alias the first
+/// time it is sent; once all are taken, further topics go out in full.
+#[derive(Debug, Default)]
+pub(crate) struct OutboundAliases {
+    max: u16,
+    by_topic: HashMap<MqttStr, u16>,
+}
+
+impl OutboundAliases {
+    pub(crate) fn new(max: u16) -> OutboundAliases {
+        OutboundAliases {
+            max,
+            by_topic: HashMap::new(),
+        }
+    }
+
+    /// The alias for `topic` and whether the client already knows it; a new alias counts only
+    /// once [`OutboundAliases::confirm`] records that it was sent.
+    pub(crate) fn alias_for(&self, topic: &MqttStr) -> Option<(u16, bool)> {
+        if self.max == 0 {
+            return None;
+        }
+        if let Some(&alias) = self.by_topic.get(topic) {
+            return Some((alias, true));
+        }
+        let next = u16::try_from(self.by_topic.len() + 1)
+            .ok()
+            .filter(|&n| n <= self.max)?;
+        Some((next, false))
+    }
+
+    /// Records that `alias` went to the client together with `topic`.
+    pub(crate) fn confirm(&mut self, topic: &MqttStr, alias: u16) {
+        self.by_topic.insert(topic.clone(), alias);
+    }
+}
+
+/// A CONNECT waiting for its enhanced authentication to finish.
+pub(crate) struct PendingAuth {
+    pub(crate) connect: Box<tern_codec::Connect>,
+    pub(crate) client_id: MqttStr,
+    pub(crate) assigned: bool,
+    pub(crate) method: MqttStr,
+    pub(crate) exchange: Box<dyn AuthExchange>,
+    pub(crate) deadline: Instant,
+}
+
+impl std::fmt::Debug for dyn AuthExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthExchange")
+    }
+}
+
+impl std::fmt::Debug for PendingAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAuth")
+            .field("client_id", &self.client_id)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
 pub(crate) enum Phase {
-    AwaitingConnect { deadline: Instant },
+    AwaitingConnect {
+        deadline: Instant,
+    },
+    /// CONNECT received; AUTH packets go back and forth before CONNACK.
+    Authenticating(Box<PendingAuth>),
     Active(Box<Active>),
     Closed,
 }
@@ -196,6 +272,7 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::AwaitingConnect { deadline } => Some(*deadline),
+            Phase::Authenticating(pending) => Some(pending.deadline),
             Phase::Active(active) => active
                 .keep_alive_limit
                 .map(|limit| active.last_received + limit),
@@ -287,8 +364,10 @@ impl Connection {
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);
         if let Phase::Active(active) = phase {
             if let (Some(code), ProtocolVersion::V5) = (disconnect, active.version) {
-                self.outbox
-                    .push_back(Packet::Disconnect(Disconnect::new(code)));
+                let mut packet = Disconnect::new(code);
+                // A reason string is always allowed in DISCONNECT (section 3.14.2.2.3).
+                packet.properties.reason_string = MqttStr::try_from(reason.to_string()).ok();
+                self.outbox.push_back(Packet::Disconnect(packet));
             }
             self.finish_session(*active, &reason, now);
         }

@@ -3,7 +3,9 @@
 //! sees these traits. The defaults allow everything.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use tern_codec::{MqttStr, ProtocolVersion, ReasonCode};
 
 /// What a client presents in its CONNECT.
@@ -53,5 +55,64 @@ impl Authorizer for AllowAll {
 
     fn may_subscribe(&self, _: &ClientInfo, _: &str) -> bool {
         true
+    }
+}
+
+/// The result of one step of an enhanced authentication exchange (MQTT 5 section 4.12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send this Authentication Data to the client in AUTH 0x18 and wait for its answer.
+    Continue(Option<Bytes>),
+    /// Authenticated; the data (if any) goes to the client in CONNACK or AUTH 0x00.
+    Success(Option<Bytes>),
+    /// Refused with this reason code (CONNACK, or DISCONNECT during re-authentication).
+    Failure(ReasonCode),
+}
+
+/// One running exchange of an enhanced authentication method, for one connection.
+pub trait AuthExchange: Send {
+    /// Takes the client's Authentication Data (from CONNECT or AUTH) and decides the next step.
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
+/// An enhanced authentication method (such as SCRAM), named by its Authentication Method.
+pub trait EnhancedAuthenticator: Send + Sync {
+    /// The Authentication Method this implements, as clients name it.
+    fn method(&self) -> &str;
+    /// Starts an exchange for a client (at CONNECT, or at re-authentication).
+    fn begin(&self, client_id: &str, username: Option<&str>) -> Box<dyn AuthExchange>;
+}
+
+/// All the plug-ins of the core.
+#[derive(Clone)]
+pub struct Hooks {
+    pub authenticator: Arc<dyn Authenticator>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub enhanced: Vec<Arc<dyn EnhancedAuthenticator>>,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            authenticator: Arc::new(AllowAll),
+            authorizer: Arc::new(AllowAll),
+            enhanced: Vec::new(),
+        }
+    }
+}
+
+impl Hooks {
+    /// The enhanced authenticator for `method`, if one is configured.
+    pub fn enhanced_for(&self, method: &str) -> Option<&Arc<dyn EnhancedAuthenticator>> {
+        self.enhanced.iter().find(|auth| auth.method() == method)
+    }
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let methods: Vec<&str> = self.enhanced.iter().map(|auth| auth.method()).collect();
+        f.debug_struct("Hooks")
+            .field("enhanced", &methods)
+            .finish_non_exhaustive()
     }
 }

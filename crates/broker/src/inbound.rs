@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use tern_codec::topic::{has_wildcard, split_shared};
 use tern_codec::{
-    Ack, Disconnect, Packet, PacketType, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Ack, Disconnect, MqttStr, Packet, PacketType, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 use crate::connection::{Active, CloseReason, Connection, Phase};
@@ -18,6 +19,20 @@ impl Connection {
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
         match &mut self.phase {
             Phase::Closed => {}
+            Phase::Authenticating(_) => {
+                let Phase::Authenticating(pending) =
+                    std::mem::replace(&mut self.phase, Phase::Closed)
+                else {
+                    return;
+                };
+                match packet {
+                    Packet::Auth(auth) => self.handle_connect_auth(auth, pending, now),
+                    _ => {
+                        self.phase = Phase::Authenticating(pending);
+                        self.refuse(ReasonCode::ProtocolError, now);
+                    }
+                }
+            }
             Phase::AwaitingConnect { .. } => match packet {
                 Packet::Connect(connect) => self.handle_connect(*connect, now),
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT; close without CONNACK.
@@ -67,11 +82,7 @@ impl Connection {
                 "second CONNECT [MQTT-3.1.0-2]",
                 now,
             ),
-            Packet::Auth(_) => self.protocol_error(
-                ReasonCode::ProtocolError,
-                "AUTH without an authentication method",
-                now,
-            ),
+            Packet::Auth(auth) => self.handle_reauth(auth, now),
             other @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
@@ -86,6 +97,7 @@ impl Connection {
     fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode) {
         let ack = Ack {
             reason_code,
+            properties: self.problem_properties(reason_code),
             ..Ack::new(packet_id)
         };
         self.outbox.push_back(match packet {
@@ -96,7 +108,61 @@ impl Connection {
         });
     }
 
-    fn on_publish(&mut self, publish: Publish, now: Instant) {
+    /// Properties with a reason string explaining an error code, when the client allows them
+    /// [MQTT-3.1.2-29].
+    fn problem_properties(&self, code: ReasonCode) -> Properties {
+        let allowed = self
+            .active()
+            .is_some_and(|active| active.version.is_v5() && active.problem_information);
+        if !allowed || !code.is_error() {
+            return Properties::default();
+        }
+        Properties {
+            reason_string: MqttStr::try_from(reason_text(code)).ok(),
+            ..Properties::default()
+        }
+    }
+
+    /// Replaces a topic alias with its topic (MQTT 5 section 3.3.2.3.4), or records a new alias.
+    /// `Err` carries the DISCONNECT reason.
+    fn resolve_topic_alias(
+        &mut self,
+        publish: &mut Publish,
+    ) -> Result<(), (ReasonCode, &'static str)> {
+        let Some(alias) = publish.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        let maximum = self.broker.config().topic_alias_maximum;
+        let Phase::Active(active) = &mut self.phase else {
+            return Ok(());
+        };
+        if alias == 0 || alias > maximum {
+            return Err((
+                ReasonCode::TopicAliasInvalid,
+                "topic alias out of range [MQTT-3.3.2-9]",
+            ));
+        }
+        let index = usize::from(alias - 1);
+        if publish.topic.is_empty() {
+            match active.inbound_aliases.get(index).cloned().flatten() {
+                Some(topic) => publish.topic = topic,
+                None => {
+                    return Err((
+                        ReasonCode::ProtocolError,
+                        "topic alias used before it was set up",
+                    ));
+                }
+            }
+        } else {
+            if active.inbound_aliases.len() <= index {
+                active.inbound_aliases.resize(index + 1, None);
+            }
+            active.inbound_aliases[index] = Some(publish.topic.clone());
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, mut publish: Publish, now: Instant) {
         let Some(active) = self.active() else { return };
         let version = active.version;
         let broker = self.broker.clone();
@@ -118,13 +184,8 @@ impl Connection {
             );
         }
         if version.is_v5() {
-            if publish.properties.topic_alias.is_some() {
-                // The CONNACK announced no Topic Alias Maximum, so every alias is out of range.
-                return self.protocol_error(
-                    ReasonCode::TopicAliasInvalid,
-                    "topic alias above the maximum of 0",
-                    now,
-                );
+            if let Err((code, detail)) = self.resolve_topic_alias(&mut publish) {
+                return self.protocol_error(code, detail, now);
             }
             if !publish.properties.subscription_identifiers.is_empty() {
                 return self.protocol_error(
@@ -144,6 +205,14 @@ impl Connection {
         if let Some(refusal) = self.publish_refusal(&publish) {
             Metrics::bump(&broker.metrics().messages_refused);
             tracing::debug!(client_id = ?self.client_id, topic = %publish.topic, %refusal, "publish refused");
+            if refusal == ReasonCode::PayloadFormatInvalid && ack_packet.is_none() {
+                // QoS 0 has no acknowledgement to carry the refusal.
+                return self.protocol_error(
+                    refusal,
+                    "payload is not UTF-8 as its format indicator says",
+                    now,
+                );
+            }
             if let Some(ack) = ack_packet {
                 // 3.x has no way to refuse: acknowledge and drop [MQTT-3.3.5-2].
                 let code = if version.is_v5() {
@@ -164,6 +233,14 @@ impl Connection {
                 // [MQTT-4.3.3-9, MQTT-4.3.3-10].
                 drop(state);
                 return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success);
+            }
+            if version.is_v5() && state.inbound_qos2.len() >= usize::from(config.receive_maximum) {
+                drop(state);
+                return self.protocol_error(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "more QoS 2 messages awaiting PUBREL than the Receive Maximum [MQTT-3.3.4-9]",
+                    now,
+                );
             }
             state.inbound_qos2.push(packet_id);
         }
@@ -195,6 +272,19 @@ impl Connection {
                 .may_publish(&active.client, &publish.topic)
         {
             return Some(ReasonCode::NotAuthorized);
+        }
+        if active.version.is_v5()
+            && publish.properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            // [MQTT-3.3.2-4]: the payload claims to be UTF-8 and is not.
+            return Some(ReasonCode::PayloadFormatInvalid);
+        }
+        if publish.retain
+            && !publish.payload.is_empty()
+            && !self.broker.retained_quota_allows(&publish.topic)
+        {
+            return Some(ReasonCode::QuotaExceeded);
         }
         None
     }
@@ -282,6 +372,7 @@ impl Connection {
             .subscription_identifiers
             .first()
             .copied();
+        // 3.x has one failure code for every refusal.
         let failure = |v5_code: ReasonCode| {
             if version.is_v5() {
                 v5_code
@@ -289,17 +380,33 @@ impl Connection {
                 ReasonCode::UnspecifiedError
             }
         };
+        let id_in_use = session.lock().inbound_qos2.contains(&subscribe.packet_id);
 
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
         for subscription in subscribe.subscriptions {
             let filter = subscription.filter;
-            if !config.topic_within_limits(&filter) {
-                reason_codes.push(failure(ReasonCode::TopicFilterInvalid));
-                continue;
-            }
-            if !broker.authorizer().may_subscribe(&client, &filter) {
-                reason_codes.push(failure(ReasonCode::NotAuthorized));
+            let shared = split_shared(&filter).is_some();
+            let refusal = if id_in_use {
+                // The identifier still belongs to a QoS 2 PUBLISH awaiting PUBREL.
+                Some(ReasonCode::PacketIdentifierInUse)
+            } else if !config.topic_within_limits(&filter) {
+                Some(ReasonCode::TopicFilterInvalid)
+            } else if shared && !config.shared_subscriptions {
+                Some(ReasonCode::SharedSubscriptionsNotSupported)
+            } else if !config.wildcard_subscriptions && has_wildcard(&filter) {
+                Some(ReasonCode::WildcardSubscriptionsNotSupported)
+            } else if identifier.is_some() && !config.subscription_identifiers {
+                Some(ReasonCode::SubscriptionIdentifiersNotSupported)
+            } else if !broker.authorizer().may_subscribe(&client, &filter) {
+                Some(ReasonCode::NotAuthorized)
+            } else if !broker.subscription_quota_allows(&session, &filter) {
+                Some(ReasonCode::QuotaExceeded)
+            } else {
+                None
+            };
+            if let Some(code) = refusal {
+                reason_codes.push(failure(code));
                 continue;
             }
             let granted = subscription.options.qos.min(config.max_qos);
@@ -315,14 +422,14 @@ impl Connection {
                 continue;
             };
             reason_codes.push(granted_code(granted));
-            // Retained messages for the new subscription [MQTT-3.3.1-9, MQTT-3.8.4-3]; not
-            // for shared subscriptions.
+            // Retained messages for the new subscription [MQTT-3.3.1-6, MQTT-3.8.4-3], as Retain
+            // Handling says; never for a shared subscription.
             let send_retained = match record.options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
                 RetainHandling::SendAtSubscribeIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
-            if send_retained && tern_codec::topic::split_shared(&filter).is_none() {
+            if send_retained && !shared {
                 for message in broker.retained_matching(&filter, now) {
                     retained.push(Delivery {
                         qos: message.qos.min(granted),
@@ -330,13 +437,17 @@ impl Connection {
                         message,
                         subscription_ids: identifier
                             .map_or(SubscriptionIds::None, SubscriptionIds::One),
+                        shared_filter: None,
                     });
                 }
             }
         }
+        let worst = reason_codes.iter().copied().find(|code| code.is_error());
         self.outbox.push_back(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
-            properties: Default::default(),
+            properties: worst
+                .map(|code| self.problem_properties(code))
+                .unwrap_or_default(),
             reason_codes,
         }));
         for delivery in retained {
@@ -347,22 +458,36 @@ impl Connection {
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
         let Some(active) = self.active() else { return };
         let session = active.session.clone();
-        let reason_codes = unsubscribe
+        let client = active.client.clone();
+        let version = active.version;
+        let config = self.broker.config();
+        let reason_codes: Vec<ReasonCode> = unsubscribe
             .filters
             .iter()
             .map(|filter| {
-                if self.broker.unsubscribe(&session, filter) {
+                if !config.topic_within_limits(filter) {
+                    ReasonCode::TopicFilterInvalid
+                } else if !self.broker.authorizer().may_subscribe(&client, filter) {
+                    ReasonCode::NotAuthorized
+                } else if self.broker.unsubscribe(&session, filter) {
                     ReasonCode::Success
                 } else {
                     ReasonCode::NoSubscriptionExisted
                 }
             })
             .collect();
+        let worst = reason_codes.iter().copied().find(|code| code.is_error());
         // UNSUBACK is sent even when nothing was subscribed [MQTT-3.10.4-5].
         self.outbox.push_back(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
-            properties: Default::default(),
-            reason_codes,
+            properties: worst
+                .map(|code| self.problem_properties(code))
+                .unwrap_or_default(),
+            reason_codes: if version.is_v5() {
+                reason_codes
+            } else {
+                Vec::new()
+            },
         }));
     }
 
@@ -386,6 +511,23 @@ impl Connection {
             }
         }
         self.close(CloseReason::ClientDisconnected, None, now);
+    }
+}
+
+/// The reason string sent with an error code (when the client allows reason strings).
+fn reason_text(code: ReasonCode) -> &'static str {
+    match code {
+        ReasonCode::NotAuthorized => "not authorized",
+        ReasonCode::TopicNameInvalid => "topic name over the length or level limit",
+        ReasonCode::TopicFilterInvalid => "topic filter over the length or level limit",
+        ReasonCode::QuotaExceeded => "quota exceeded",
+        ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
+        ReasonCode::PacketIdentifierInUse => "packet identifier in use",
+        ReasonCode::PacketIdentifierNotFound => "packet identifier not found",
+        ReasonCode::SharedSubscriptionsNotSupported => "shared subscriptions are disabled",
+        ReasonCode::WildcardSubscriptionsNotSupported => "wildcard subscriptions are disabled",
+        ReasonCode::SubscriptionIdentifiersNotSupported => "subscription identifiers are disabled",
+        _ => "refused",
     }
 }
 

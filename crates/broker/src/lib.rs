@@ -28,7 +28,10 @@ pub mod subscriptions;
 pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection};
-pub use hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, Credentials};
+pub use hooks::{
+    AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
+    EnhancedAuthenticator, Hooks,
+};
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;

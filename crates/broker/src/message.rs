@@ -137,4 +137,7 @@ pub struct Delivery {
     /// The RETAIN flag to send.
     pub retain: bool,
     pub subscription_ids: SubscriptionIds,
+    /// For a delivery to a member of a shared subscription: that subscription's filter
+    /// (`$share/{group}/{filter}`), so the message can go to another member if this one leaves.
+    pub shared_filter: Option<MqttStr>,
 }

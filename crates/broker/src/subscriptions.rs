@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tern_codec::MqttStr;
 use tern_codec::topic::split_shared;
 
 /// What the index stores per subscription; `same_subscriber` identifies the session, so a second
@@ -28,6 +29,8 @@ pub trait IndexEntry {
 #[derive(Debug)]
 pub struct SharedGroup<V> {
     pub name: Box<str>,
+    /// The whole filter, `$share/{name}/{filter}`.
+    pub filter: MqttStr,
     pub members: Vec<V>,
     cursor: AtomicUsize,
 }
@@ -74,7 +77,7 @@ impl<V: IndexEntry> Slot<V> {
         self.subscribers.is_empty() && self.groups.is_empty()
     }
 
-    fn members(&mut self, group: Option<&str>) -> &mut Vec<V> {
+    fn members(&mut self, group: Option<&str>, filter: &str) -> &mut Vec<V> {
         let Some(name) = group else {
             return &mut self.subscribers;
         };
@@ -83,6 +86,7 @@ impl<V: IndexEntry> Slot<V> {
             None => {
                 self.groups.push(SharedGroup {
                     name: name.into(),
+                    filter: MqttStr::try_from(filter).unwrap_or_default(),
                     members: Vec::new(),
                     cursor: AtomicUsize::new(0),
                 });
@@ -93,8 +97,8 @@ impl<V: IndexEntry> Slot<V> {
     }
 
     /// Inserts or replaces; true when it replaced.
-    fn insert(&mut self, group: Option<&str>, entry: V) -> bool {
-        let members = self.members(group);
+    fn insert(&mut self, group: Option<&str>, filter: &str, entry: V) -> bool {
+        let members = self.members(group, filter);
         match members.iter_mut().find(|e| e.same_subscriber(&entry)) {
             Some(existing) => {
                 *existing = entry;
@@ -231,7 +235,7 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
         } else {
             &mut node.exact
         };
-        let replaced = slot.insert(path.group, entry);
+        let replaced = slot.insert(path.group, filter, entry);
         if !replaced {
             self.len += 1;
         }
@@ -246,6 +250,22 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
             self.len -= 1;
         }
         removed
+    }
+
+    /// The shared group of a `$share/{group}/{filter}` filter, if it has members.
+    pub fn find_group(&self, filter: &str) -> Option<&SharedGroup<V>> {
+        let path = parse_filter(filter);
+        let group = path.group?;
+        let mut node = &self.root;
+        for level in &path.levels {
+            node = if *level == "+" {
+                node.single.as_deref()?
+            } else {
+                node.children.get(*level)?
+            };
+        }
+        let slot = if path.multi { &node.multi } else { &node.exact };
+        slot.groups.iter().find(|g| &*g.name == group)
     }
 
     /// Calls `visit` for every subscription and shared group whose filter matches `topic`.

@@ -40,6 +40,16 @@ pub struct Limits {
     pub max_topic_levels: usize,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
+    /// MQTT 5 Receive Maximum: QoS 2 messages a client may have awaiting PUBREL.
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may use towards the broker (0: none).
+    pub topic_alias_maximum: u16,
+    /// Longest keep-alive granted to MQTT 5 clients, in seconds (0: no maximum).
+    pub max_keep_alive: u16,
+    /// Subscriptions per session (0: no limit).
+    pub max_subscriptions_per_session: usize,
+    /// Topics with a retained message (0: no limit).
+    pub max_retained_messages: usize,
 }
 
 /// Protocol switches.
@@ -53,6 +63,11 @@ pub struct MqttOptions {
     pub queue_qos0_offline: bool,
     /// Seconds a 3.x persistent session outlives its connection; 0 keeps it for ever.
     pub persistent_session_expiry: u64,
+    /// Topic aliases the broker uses towards MQTT 5 clients that accept them (0: none).
+    pub outbound_topic_aliases: u16,
+    pub wildcard_subscriptions: bool,
+    pub shared_subscriptions: bool,
+    pub subscription_identifiers: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +92,11 @@ impl Default for Limits {
             max_topic_length: broker.max_topic_length,
             max_topic_levels: broker.max_topic_levels,
             connect_timeout: broker.connect_timeout.as_secs(),
+            receive_maximum: broker.receive_maximum,
+            topic_alias_maximum: broker.topic_alias_maximum,
+            max_keep_alive: broker.max_keep_alive,
+            max_subscriptions_per_session: broker.max_subscriptions_per_session,
+            max_retained_messages: broker.max_retained_messages,
         }
     }
 }
@@ -89,6 +109,10 @@ impl Default for MqttOptions {
             retain_available: broker.retain_available,
             queue_qos0_offline: broker.queue_qos0_offline,
             persistent_session_expiry: 0,
+            outbound_topic_aliases: broker.outbound_topic_aliases,
+            wildcard_subscriptions: broker.wildcard_subscriptions,
+            shared_subscriptions: broker.shared_subscriptions,
+            subscription_identifiers: broker.subscription_identifiers,
         }
     }
 }
@@ -150,6 +174,9 @@ impl ServerConfig {
         if self.limits.max_packet_size < 64 {
             return invalid("limits.max_packet_size must be at least 64 bytes");
         }
+        if self.limits.receive_maximum == 0 {
+            return invalid("limits.receive_maximum must be at least 1");
+        }
         if self.limits.max_topic_levels == 0 || self.limits.max_topic_length == 0 {
             return invalid("limits.max_topic_length and limits.max_topic_levels must be positive");
         }
@@ -172,6 +199,15 @@ impl ServerConfig {
                 0 => None,
                 seconds => Some(Duration::from_secs(seconds)),
             },
+            receive_maximum: self.limits.receive_maximum,
+            topic_alias_maximum: self.limits.topic_alias_maximum,
+            outbound_topic_aliases: self.mqtt.outbound_topic_aliases,
+            max_keep_alive: self.limits.max_keep_alive,
+            wildcard_subscriptions: self.mqtt.wildcard_subscriptions,
+            shared_subscriptions: self.mqtt.shared_subscriptions,
+            subscription_identifiers: self.mqtt.subscription_identifiers,
+            max_subscriptions_per_session: self.limits.max_subscriptions_per_session,
+            max_retained_messages: self.limits.max_retained_messages,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tern_broker::Broker;
+use tern_broker::{Broker, Hooks};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -56,8 +56,16 @@ pub struct Server {
 impl Server {
     /// Binds every listen address of `config`.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        Server::bind_with_hooks(config, Hooks::default()).await
+    }
+
+    /// Binds with plug-ins for authentication and authorisation.
+    pub async fn bind_with_hooks(
+        config: ServerConfig,
+        hooks: Hooks,
+    ) -> Result<Server, ServerError> {
         config.validate()?;
-        let broker = Broker::new(config.broker_config());
+        let broker = Broker::with_hooks(config.broker_config(), hooks);
         let mut listeners = Vec::with_capacity(config.listen.len());
         for &addr in &config.listen {
             let listener = TcpListener::bind(addr)

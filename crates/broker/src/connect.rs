@@ -124,7 +124,7 @@ impl Connection {
     pub(crate) fn handle_connect_auth(
         &mut self,
         auth: Auth,
-        mut pending: Box<PendingAuth>,
+        mut pending: PendingAuth,
         now: Instant,
     ) {
         // Until CONNACK, a refusal is the only way to end it [MQTT-3.14.0-1].
@@ -136,7 +136,7 @@ impl Connection {
         let step = pending
             .exchange
             .step(auth.properties.authentication_data.as_deref());
-        self.connect_auth_step(*pending, step, now);
+        self.connect_auth_step(pending, step, now);
     }
 
     /// Completes an accepted CONNECT: will, session, CONNACK.

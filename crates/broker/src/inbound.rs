@@ -26,7 +26,7 @@ impl Connection {
                     return;
                 };
                 match packet {
-                    Packet::Auth(auth) => self.handle_connect_auth(auth, pending, now),
+                    Packet::Auth(auth) => self.handle_connect_auth(auth, *pending, now),
                     _ => {
                         self.phase = Phase::Authenticating(pending);
                         self.refuse(ReasonCode::ProtocolError, now);

@@ -3,6 +3,8 @@
 //! Every wait is bounded, so a broken broker fails a test instead of hanging it.
 #![allow(dead_code)]
 
+pub mod v5;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +70,14 @@ pub async fn start() -> TestBroker {
 }
 
 pub async fn start_with(config: ServerConfig) -> TestBroker {
-    let server = Server::bind(config).await.expect("bind");
+    start_with_hooks(config, tern_server::broker::Hooks::default()).await
+}
+
+pub async fn start_with_hooks(
+    config: ServerConfig,
+    hooks: tern_server::broker::Hooks,
+) -> TestBroker {
+    let server = Server::bind_with_hooks(config, hooks).await.expect("bind");
     let addr = server.local_addrs()[0];
     let broker = server.broker().clone();
     let (stop, stopped) = oneshot::channel();

@@ -1,0 +1,377 @@
+//! MQTT 5 SUBSCRIBE and UNSUBSCRIBE (sections 3.8-3.11): subscription options, identifiers,
+//! shared subscriptions, and every SUBACK and UNSUBACK reason code that applies.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::v5::{Client5, QoS};
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, RetainForwardRule, SubscribeProperties, SubscribeReasonCode as Code,
+};
+use tern_codec::{Ack, Packet, ProtocolVersion, ReasonCode, UnsubAck, Unsubscribe};
+use tern_server::broker::{Authorizer, ClientInfo, Hooks};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// Forbids every topic under `forbidden/`.
+struct DenyForbidden;
+
+impl Authorizer for DenyForbidden {
+    fn may_publish(&self, _: &ClientInfo, topic: &str) -> bool {
+        !topic.starts_with("forbidden/")
+    }
+
+    fn may_subscribe(&self, _: &ClientInfo, filter: &str) -> bool {
+        !filter.starts_with("forbidden/")
+    }
+}
+
+async fn start_denying(config: tern_server::ServerConfig) -> TestBroker {
+    let hooks = Hooks {
+        authorizer: Arc::new(DenyForbidden),
+        ..Hooks::default()
+    };
+    start_with_hooks(config, hooks).await
+}
+
+fn filter(path: &str, qos: QoS) -> Filter {
+    Filter::new(path, qos)
+}
+
+#[tokio::test]
+async fn no_local_keeps_own_messages_away_mqtt_3_8_3_3() {
+    let broker = start().await;
+    let mut client = Client5::simple(broker.addr, "nolocal").await;
+    let mut own = filter("nl/t", QoS::AtLeastOnce);
+    own.nolocal = true;
+    client.client.subscribe_many(vec![own]).await.unwrap();
+    client.suback().await;
+    let mut other = Client5::simple(broker.addr, "nolocal-other").await;
+    other.subscribe("nl/t", QoS::AtLeastOnce).await;
+    client
+        .client
+        .publish("nl/t", QoS::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
+    assert_eq!(&other.recv().await.payload[..], b"mine");
+    client.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn retain_as_published_keeps_the_flag_mqtt_3_3_1_12() {
+    let broker = start().await;
+    let mut keep = Client5::simple(broker.addr, "rap-keep").await;
+    let mut f = filter("rap/t", QoS::AtLeastOnce);
+    f.preserve_retain = true;
+    keep.client.subscribe_many(vec![f]).await.unwrap();
+    keep.suback().await;
+    let mut clear = Client5::simple(broker.addr, "rap-clear").await;
+    clear.subscribe("rap/t", QoS::AtLeastOnce).await;
+    let publisher = Client5::simple(broker.addr, "rap-pub").await;
+    publisher
+        .client
+        .publish("rap/t", QoS::AtLeastOnce, true, "r")
+        .await
+        .unwrap();
+    assert!(keep.recv().await.retain);
+    assert!(!clear.recv().await.retain);
+}
+
+#[tokio::test]
+async fn retain_handling_0_1_2_mqtt_3_3_1_9_to_11() {
+    let broker = start().await;
+    let publisher = Client5::simple(broker.addr, "rh-pub").await;
+    publisher
+        .client
+        .publish("rh/t", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let subscribe = |rule| {
+        let mut f = filter("rh/t", QoS::AtLeastOnce);
+        f.retain_forward_rule = rule;
+        vec![f]
+    };
+    // 0: on every subscribe.
+    let mut every = Client5::simple(broker.addr, "rh-0").await;
+    for _ in 0..2 {
+        every
+            .client
+            .subscribe_many(subscribe(RetainForwardRule::OnEverySubscribe))
+            .await
+            .unwrap();
+        every.suback().await;
+        assert!(every.recv().await.retain);
+    }
+    // 1: only when the subscription is new.
+    let mut new_only = Client5::simple(broker.addr, "rh-1").await;
+    new_only
+        .client
+        .subscribe_many(subscribe(RetainForwardRule::OnNewSubscribe))
+        .await
+        .unwrap();
+    new_only.suback().await;
+    assert!(new_only.recv().await.retain);
+    new_only
+        .client
+        .subscribe_many(subscribe(RetainForwardRule::OnNewSubscribe))
+        .await
+        .unwrap();
+    new_only.suback().await;
+    new_only.expect_silence(Duration::from_millis(300)).await;
+    // 2: never.
+    let mut never = Client5::simple(broker.addr, "rh-2").await;
+    never
+        .client
+        .subscribe_many(subscribe(RetainForwardRule::Never))
+        .await
+        .unwrap();
+    never.suback().await;
+    never.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn subscription_identifiers_come_back_on_delivery_mqtt_3_3_4_3() {
+    let broker = start().await;
+    let mut client = Client5::simple(broker.addr, "subid").await;
+    for (filter, id) in [("sid/+", 7), ("sid/#", 9)] {
+        let properties = SubscribeProperties {
+            id: Some(id),
+            user_properties: vec![],
+        };
+        client
+            .client
+            .subscribe_with_properties(filter, QoS::AtLeastOnce, properties)
+            .await
+            .unwrap();
+        client.suback().await;
+    }
+    let publisher = Client5::simple(broker.addr, "subid-pub").await;
+    publisher
+        .client
+        .publish("sid/x", QoS::AtLeastOnce, false, "both")
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("sid/x/y", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    let mut ids = client
+        .recv()
+        .await
+        .properties
+        .unwrap()
+        .subscription_identifiers;
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![7, 9],
+        "one copy with both identifiers [MQTT-3.3.4-4]"
+    );
+    assert_eq!(
+        client
+            .recv()
+            .await
+            .properties
+            .unwrap()
+            .subscription_identifiers,
+        vec![9]
+    );
+}
+
+#[tokio::test]
+async fn shared_subscription_member_that_leaves_hands_over_its_messages() {
+    let broker = start().await;
+    // Member A takes messages but never acknowledges them.
+    let (mut a, _) =
+        Raw::connected(broker.addr, V5, connect_packet(V5, "share-a5", true, 30)).await;
+    a.send(&subscribe_packet(
+        1,
+        &[("$share/g/work", tern_codec::QoS::AtLeastOnce)],
+    ))
+    .await;
+    assert!(matches!(a.recv().await, Some(Packet::SubAck(_))));
+    let mut b = Client5::simple(broker.addr, "share-b5").await;
+    b.subscribe("$share/g/work", QoS::AtLeastOnce).await;
+    let publisher = Client5::simple(broker.addr, "share-pub5").await;
+    for n in 0..4u8 {
+        publisher
+            .client
+            .publish("work", QoS::AtLeastOnce, false, vec![n])
+            .await
+            .unwrap();
+    }
+    let mut got_by_a = Vec::new();
+    while got_by_a.len() < 2 {
+        match a.recv().await {
+            Some(Packet::Publish(publish)) => got_by_a.push(publish.payload[0]),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut got_by_b = vec![b.recv().await.payload[0], b.recv().await.payload[0]];
+    // A leaves without acknowledging: its two messages go to B.
+    drop(a);
+    got_by_b.push(b.recv().await.payload[0]);
+    got_by_b.push(b.recv().await.payload[0]);
+    got_by_b.sort();
+    assert_eq!(got_by_b, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn suback_reason_codes_0x87_0x8f_0x97_0x9e_0xa1_0xa2() {
+    let mut config = config();
+    config.limits.max_topic_levels = 4;
+    config.limits.max_subscriptions_per_session = 2;
+    let broker = start_denying(config).await;
+    let mut client = Client5::simple(broker.addr, "suback-codes").await;
+    client
+        .client
+        .subscribe_many(vec![
+            filter("ok/1", QoS::ExactlyOnce),
+            filter("forbidden/x", QoS::AtMostOnce),
+            filter("a/b/c/d/e", QoS::AtMostOnce),
+            filter("ok/2", QoS::AtLeastOnce),
+            filter("ok/3", QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    let suback = client.suback().await;
+    assert_eq!(
+        suback.return_codes,
+        vec![
+            Code::Success(QoS::ExactlyOnce),
+            Code::NotAuthorized,
+            Code::TopicFilterInvalid,
+            Code::Success(QoS::AtLeastOnce),
+            Code::QuotaExceeded,
+        ]
+    );
+
+    let mut config = common::config();
+    config.mqtt.shared_subscriptions = false;
+    config.mqtt.wildcard_subscriptions = false;
+    config.mqtt.subscription_identifiers = false;
+    let broker = start_with(config).await;
+    let mut client = Client5::simple(broker.addr, "suback-off").await;
+    client
+        .client
+        .subscribe_many(vec![
+            filter("$share/g/t", QoS::AtMostOnce),
+            filter("w/+", QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        client.suback().await.return_codes,
+        vec![
+            Code::SharedSubscriptionsNotSupported,
+            Code::WildcardSubscriptionsNotSupported
+        ]
+    );
+    let properties = SubscribeProperties {
+        id: Some(3),
+        user_properties: vec![],
+    };
+    client
+        .client
+        .subscribe_with_properties("plain", QoS::AtMostOnce, properties)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.suback().await.return_codes,
+        vec![Code::SubscriptionIdNotSupported]
+    );
+}
+
+#[tokio::test]
+async fn suback_0x91_when_the_packet_identifier_is_in_use() {
+    let broker = start().await;
+    let (mut raw, _) =
+        Raw::connected(broker.addr, V5, connect_packet(V5, "pid-in-use", true, 30)).await;
+    raw.send(&Packet::Publish(publish_packet(
+        "pid/t",
+        tern_codec::QoS::ExactlyOnce,
+        11,
+        b"x",
+    )))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Packet::PubRec(_))));
+    // PUBREL not sent yet: identifier 11 is still in use.
+    raw.send(&subscribe_packet(
+        11,
+        &[("pid/#", tern_codec::QoS::AtMostOnce)],
+    ))
+    .await;
+    let Some(Packet::SubAck(suback)) = raw.recv().await else {
+        panic!()
+    };
+    assert_eq!(suback.reason_codes, vec![ReasonCode::PacketIdentifierInUse]);
+    raw.send(&Packet::PubRel(Ack::new(11))).await;
+    assert!(matches!(raw.recv().await, Some(Packet::PubComp(_))));
+}
+
+#[tokio::test]
+async fn unsuback_reason_codes_0x00_0x11_0x87_0x8f() {
+    let mut config = config();
+    config.limits.max_topic_levels = 3;
+    let broker = start_denying(config).await;
+    let (mut raw, _) =
+        Raw::connected(broker.addr, V5, connect_packet(V5, "unsuback5", true, 30)).await;
+    raw.send(&subscribe_packet(
+        1,
+        &[("u/t", tern_codec::QoS::AtMostOnce)],
+    ))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))));
+    raw.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Default::default(),
+        filters: vec![
+            text("u/t"),
+            text("never"),
+            text("forbidden/x"),
+            text("a/b/c/d"),
+        ],
+    }))
+    .await;
+    let Some(Packet::UnsubAck(UnsubAck {
+        packet_id,
+        reason_codes,
+        ..
+    })) = raw.recv().await
+    else {
+        panic!()
+    };
+    assert_eq!(packet_id, 2);
+    assert_eq!(
+        reason_codes,
+        vec![
+            ReasonCode::Success,
+            ReasonCode::NoSubscriptionExisted,
+            ReasonCode::NotAuthorized,
+            ReasonCode::TopicFilterInvalid,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn publish_not_authorized_gets_0x87() {
+    let broker = start_denying(config()).await;
+    let (mut raw, _) =
+        Raw::connected(broker.addr, V5, connect_packet(V5, "pub-denied", true, 30)).await;
+    raw.send(&Packet::Publish(publish_packet(
+        "forbidden/t",
+        tern_codec::QoS::AtLeastOnce,
+        4,
+        b"x",
+    )))
+    .await;
+    let Some(Packet::PubAck(ack)) = raw.recv().await else {
+        panic!()
+    };
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized);
+}

@@ -21,6 +21,7 @@ mod inbound;
 mod message;
 mod metrics;
 mod outbound;
+pub mod persist;
 mod retained;
 mod session;
 pub mod subscriptions;
@@ -35,4 +36,6 @@ pub use hooks::{
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;
-pub use session::{ConnectionId, Session, SessionExpiry, Wakeup};
+pub use session::{
+    ConnectionId, InflightState, Session, SessionExpiry, SubscriptionRecord, Wakeup,
+};

@@ -26,6 +26,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client identifier of the publisher, for No Local; `None` for messages of the broker.
     pub publisher: Option<MqttStr>,
+    /// The id under which the message body is stored; 0 when it is not stored.
+    pub id: crate::persist::MessageId,
 }
 
 impl Message {
@@ -50,6 +52,7 @@ impl Message {
             properties: forwarded_properties(properties),
             expires_at,
             publisher,
+            id: 0,
         }
     }
 

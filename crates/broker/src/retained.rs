@@ -166,6 +166,7 @@ mod tests {
             properties: None,
             expires_at: None,
             publisher: None,
+            id: 0,
         })
     }
 

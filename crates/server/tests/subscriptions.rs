@@ -55,6 +55,7 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
         properties: None,
         expires_at: None,
         publisher: None,
+        id: 0,
     };
     broker.broker.publish(message, std::time::Instant::now());
     assert_eq!(&sys.recv().await.payload[..], b"uptime");

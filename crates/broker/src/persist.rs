@@ -1,0 +1,155 @@
+//! The broker's durable state as the core sees it: the changes it emits while it runs, the trait
+//! through which they are made durable, and the state handed back at start-up.
+//!
+//! The core calls [`Persistence::submit`] for each change, in the order the changes happen (a
+//! session's changes are submitted under that session's lock, so they cannot be reordered), and
+//! gets a sequence number. An acknowledgement that promises durability (PUBACK, PUBREC, PUBCOMP,
+//! SUBACK, UNSUBACK, CONNACK, and PUBREL and QoS 2 PUBLISH towards subscribers) waits until
+//! [`Persistence::durable`] has reached the sequence number of the changes it depends on. What
+//! "durable" means (written to the OS, or synced) is the implementation's durability level.
+//!
+//! Only persistent sessions (expiry other than "at disconnect"), QoS 1 and 2 messages and
+//! retained messages produce changes; QoS 0 traffic and clean sessions never do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_codec::{MqttStr, QoS};
+
+use crate::message::{Message, SubscriptionIds};
+use crate::session::{InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
+
+/// Identifies a stored message body; queued and in-flight deliveries refer to it.
+pub type MessageId = u64;
+
+/// A delivery as stored: the message by id, and what is particular to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub message_id: MessageId,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: SubscriptionIds,
+    pub shared_filter: Option<MqttStr>,
+}
+
+/// One change of the durable state.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A message body, stored once however many deliveries refer to it. Submitted before the
+    /// first delivery that refers to it; the store forgets it once nothing refers to it.
+    Message(Arc<Message>),
+    /// A persistent session was created or resumed (`online`), or its connection went away.
+    Session {
+        client_id: MqttStr,
+        expiry: SessionExpiry,
+        online: bool,
+    },
+    /// The session ended: everything stored under it goes.
+    SessionEnded {
+        client_id: MqttStr,
+    },
+    Subscribed {
+        client_id: MqttStr,
+        filter: MqttStr,
+        record: SubscriptionRecord,
+    },
+    Unsubscribed {
+        client_id: MqttStr,
+        filter: MqttStr,
+    },
+    /// A delivery waits in the session's queue at `position` (increasing within a session).
+    Queued {
+        client_id: MqttStr,
+        position: u64,
+        delivery: StoredDelivery,
+    },
+    /// The delivery at `position` left the queue (sent, dropped, expired or handed over).
+    Unqueued {
+        client_id: MqttStr,
+        position: u64,
+    },
+    /// An outbound QoS 1/2 message in flight under `packet_id`, or its new state.
+    Inflight {
+        client_id: MqttStr,
+        packet_id: u16,
+        state: InflightState,
+        delivery: StoredDelivery,
+    },
+    /// The outbound flow of `packet_id` is complete.
+    InflightDone {
+        client_id: MqttStr,
+        packet_id: u16,
+    },
+    /// An inbound QoS 2 message was received under `packet_id`; PUBREL is awaited.
+    InboundQos2 {
+        client_id: MqttStr,
+        packet_id: u16,
+    },
+    /// PUBREL arrived for `packet_id`.
+    InboundQos2Released {
+        client_id: MqttStr,
+        packet_id: u16,
+    },
+    /// The retained message of the message's topic.
+    Retained(Arc<Message>),
+    RetainedCleared {
+        topic: MqttStr,
+    },
+    /// The will of a persistent session, published `delay` after its connection ends.
+    Will {
+        client_id: MqttStr,
+        message: Arc<Message>,
+        delay: Duration,
+    },
+    WillCleared {
+        client_id: MqttStr,
+    },
+}
+
+/// Where changes go to become durable. Implementations group many changes into one commit.
+pub trait Persistence: Send + Sync {
+    /// Queues a change; returns its sequence number (increasing, starting at 1).
+    fn submit(&self, change: Change) -> u64;
+    /// The highest sequence number whose change, and every change before it, is durable.
+    fn durable(&self) -> u64;
+    /// Calls `wakeup` once `seq` is durable (at once if it already is).
+    fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>);
+}
+
+/// A session read back at start-up.
+#[derive(Debug, Clone)]
+pub struct RecoveredSession {
+    pub client_id: MqttStr,
+    pub expiry: SessionExpiry,
+    /// How long ago (wall clock) the session lost its connection; zero if it was connected
+    /// when the broker stopped.
+    pub offline_for: Duration,
+    pub subscriptions: Vec<(MqttStr, SubscriptionRecord)>,
+    /// Queued deliveries with their positions, in order.
+    pub queue: Vec<(u64, RecoveredDelivery)>,
+    /// Outbound messages in flight, in the order they were sent.
+    pub inflight: Vec<(u16, InflightState, RecoveredDelivery)>,
+    pub inbound_qos2: Vec<u16>,
+    /// The will and its delay.
+    pub will: Option<(Arc<Message>, Duration)>,
+}
+
+/// A delivery read back at start-up, with its message.
+#[derive(Debug, Clone)]
+pub struct RecoveredDelivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: SubscriptionIds,
+    pub shared_filter: Option<MqttStr>,
+}
+
+/// Everything read back at start-up. Expired messages and sessions are already left out, and
+/// message expiry deadlines are converted to this run's clock.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub sessions: Vec<RecoveredSession>,
+    pub retained: Vec<Arc<Message>>,
+    /// The first message id not used by any stored message.
+    pub next_message_id: MessageId,
+}

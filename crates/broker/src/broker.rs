@@ -18,9 +18,13 @@ use crate::config::BrokerConfig;
 use crate::hooks::{Authenticator, Authorizer, Hooks};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
+use crate::persist::{
+    Change, MessageId, Persistence, Recovered, RecoveredDelivery, RecoveredSession,
+};
 use crate::retained::RetainedIndex;
 use crate::session::{
-    ConnectionId, Enqueued, InflightState, Session, SessionExpiry, SubscriptionRecord, Wakeup,
+    ConnectionId, Enqueued, Inflight, InflightState, PendingWill, QueuedDelivery, Session,
+    SessionExpiry, SessionState, SubscriptionRecord, Wakeup, is_stored,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 
@@ -74,6 +78,8 @@ impl Ord for Timer {
 pub(crate) struct Attached {
     pub(crate) session: Arc<Session>,
     pub(crate) present: bool,
+    /// Store sequence number the CONNACK waits for (0: none).
+    pub(crate) seq: u64,
 }
 
 /// The shared broker state.
@@ -85,6 +91,9 @@ pub struct Broker {
     timers: Mutex<BinaryHeap<Reverse<Timer>>>,
     timer_seq: AtomicU64,
     hooks: Hooks,
+    /// Where changes go to become durable; `None` keeps everything in memory.
+    persistence: Option<Arc<dyn Persistence>>,
+    next_message_id: AtomicU64,
     metrics: Metrics,
     next_connection: AtomicU64,
     client_id_seed: u64,
@@ -112,6 +121,15 @@ impl Broker {
     }
 
     pub fn with_hooks(config: BrokerConfig, hooks: Hooks) -> Arc<Broker> {
+        Broker::with_persistence(config, hooks, None)
+    }
+
+    /// A broker whose persistent sessions and retained messages are kept by `persistence`.
+    pub fn with_persistence(
+        config: BrokerConfig,
+        hooks: Hooks,
+        persistence: Option<Arc<dyn Persistence>>,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -120,6 +138,8 @@ impl Broker {
             timers: Mutex::new(BinaryHeap::new()),
             timer_seq: AtomicU64::new(0),
             hooks,
+            persistence,
+            next_message_id: AtomicU64::new(1),
             metrics: Metrics::default(),
             next_connection: AtomicU64::new(1),
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
@@ -146,6 +166,42 @@ impl Broker {
         &self.hooks
     }
 
+    pub(crate) fn persistence(&self) -> Option<&dyn Persistence> {
+        self.persistence.as_deref()
+    }
+
+    /// Submits a change to the store, if there is one; returns its sequence number (0: none).
+    pub(crate) fn persist(&self, change: impl FnOnce() -> Change) -> u64 {
+        match &self.persistence {
+            Some(persistence) => persistence.submit(change()),
+            None => 0,
+        }
+    }
+
+    /// The highest durable sequence number (everything, without a store).
+    pub(crate) fn durable(&self) -> u64 {
+        self.persistence.as_ref().map_or(u64::MAX, |p| p.durable())
+    }
+
+    /// A message id for a body that will be stored; 0 without a store.
+    pub(crate) fn new_message_id(&self) -> MessageId {
+        if self.persistence.is_some() {
+            self.next_message_id.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// `message` with a message id, so deliveries of it can be stored.
+    pub(crate) fn with_message_id(&self, message: Arc<Message>) -> Arc<Message> {
+        if message.id != 0 || self.persistence.is_none() {
+            return message;
+        }
+        let mut stored = Arc::unwrap_or_clone(message);
+        stored.id = self.new_message_id();
+        Arc::new(stored)
+    }
+
     pub(crate) fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
     }
@@ -155,6 +211,104 @@ impl Broker {
     pub(crate) fn assign_client_id(&self, connection: ConnectionId) -> MqttStr {
         let text = format!("tern-{:016x}-{:x}", self.client_id_seed, connection.0);
         MqttStr::try_from(text).unwrap_or_default()
+    }
+
+    /// Rebuilds the state read back from the store at start-up: sessions (offline, with their
+    /// subscriptions, queued and in-flight messages, inbound QoS 2 identifiers and wills),
+    /// retained messages, and the message id counter. Call before accepting connections.
+    pub fn restore(&self, recovered: Recovered, now: Instant) {
+        self.next_message_id
+            .fetch_max(recovered.next_message_id.max(1), Ordering::Relaxed);
+        {
+            let mut retained = write(&self.retained);
+            for message in recovered.retained {
+                retained.insert(message);
+            }
+        }
+        for recovered in recovered.sessions {
+            self.restore_session(recovered, now);
+        }
+    }
+
+    fn restore_session(&self, recovered: RecoveredSession, now: Instant) {
+        let RecoveredSession {
+            client_id,
+            expiry,
+            offline_for,
+            subscriptions,
+            queue,
+            inflight,
+            inbound_qos2,
+            will,
+        } = recovered;
+        let session = Arc::new(Session::new(client_id.clone(), expiry));
+        let delivery = |d: RecoveredDelivery| Delivery {
+            message: d.message,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids,
+            shared_filter: d.shared_filter,
+        };
+        let (expires_at, will_at) = {
+            let mut state = session.lock();
+            state.stored = true;
+            for (filter, record) in &subscriptions {
+                state.subscriptions.insert(filter.clone(), *record);
+            }
+            for (position, queued) in queue {
+                state.next_position = state.next_position.max(position + 1);
+                state.queue.push_back(QueuedDelivery {
+                    position,
+                    delivery: delivery(queued),
+                });
+            }
+            for (packet_id, flow, sent) in inflight {
+                // Everything in flight goes out again when the client returns [MQTT-4.4.0-1].
+                state.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery: delivery(sent),
+                    state: flow,
+                    pending: true,
+                    dup: true,
+                    send_after: 0,
+                });
+            }
+            state.pending = state.inflight.len();
+            state.inbound_qos2 = inbound_qos2;
+            let expires_at = match expiry {
+                SessionExpiry::After(duration) => Some(now + duration.saturating_sub(offline_for)),
+                SessionExpiry::Never | SessionExpiry::AtDisconnect => None,
+            };
+            state.expires_at = expires_at;
+            let will_at = will.map(|(message, delay)| {
+                let at = now + delay.saturating_sub(offline_for);
+                state.pending_will = Some(PendingWill {
+                    message,
+                    publish_at: at,
+                });
+                at
+            });
+            (expires_at, will_at)
+        };
+        {
+            let mut index = write(&self.subscriptions);
+            for (filter, record) in subscriptions {
+                index.insert(
+                    &filter,
+                    Subscriber {
+                        session: session.clone(),
+                        record,
+                    },
+                );
+            }
+        }
+        lock(&self.sessions).insert(client_id, session.clone());
+        if let Some(at) = expires_at {
+            self.add_timer(at, TimerKind::SessionExpiry, &session);
+        }
+        if let Some(at) = will_at {
+            self.add_timer(at, TimerKind::WillDelay, &session);
+        }
     }
 
     /// Number of sessions, online and offline.
@@ -178,20 +332,37 @@ impl Broker {
     /// Publishes a message: updates the retained message of its topic when RETAIN is set, then
     /// routes it to every matching session. Returns the number of sessions it reached.
     pub fn publish(&self, message: Message, now: Instant) -> usize {
-        let message = Arc::new(message);
-        if message.retain {
-            self.retain(&message);
+        self.publish_tracked(message, now).0
+    }
+
+    /// [`Broker::publish`], also returning the store sequence number its acknowledgement must
+    /// wait for (0: none).
+    pub(crate) fn publish_tracked(&self, mut message: Message, now: Instant) -> (usize, u64) {
+        if message.qos != QoS::AtMostOnce && message.id == 0 {
+            message.id = self.new_message_id();
         }
-        self.route(&message, now)
+        let message = Arc::new(message);
+        let mut seq = 0;
+        if message.retain {
+            seq = self.retain(&message);
+        }
+        let (reached, route_seq) = self.route(&message, now);
+        (reached, seq.max(route_seq))
     }
 
     /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
-    fn retain(&self, message: &Arc<Message>) {
+    /// The change is submitted under the retained lock, so the store sees them in order.
+    fn retain(&self, message: &Arc<Message>) -> u64 {
         let mut retained = write(&self.retained);
         if message.payload.is_empty() {
             retained.remove(&message.topic);
+            self.persist(|| Change::RetainedCleared {
+                topic: message.topic.clone(),
+            })
         } else {
-            retained.insert(Arc::new(message.compacted()));
+            let kept = Arc::new(message.compacted());
+            retained.insert(kept.clone());
+            self.persist(|| Change::Retained(kept))
         }
     }
 
@@ -206,7 +377,7 @@ impl Broker {
     /// several matching subscriptions gets one copy at the highest granted QoS, with the
     /// identifiers of all of them [MQTT-3.3.4-2, MQTT-3.3.4-3]; a shared group gives one copy to
     /// one member.
-    fn route(&self, message: &Arc<Message>, _now: Instant) -> usize {
+    fn route(&self, message: &Arc<Message>, _now: Instant) -> (usize, u64) {
         let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any.
         let mut targets: Vec<(&Subscriber, Option<&MqttStr>)> = Vec::new();
@@ -231,6 +402,8 @@ impl Broker {
             });
         }
         let mut reached = 0;
+        let mut seq = 0;
+        let mut body_stored = false;
         let mut compacted: Option<Arc<Message>> = None;
         let mut start = 0;
         while start < targets.len() {
@@ -254,11 +427,14 @@ impl Broker {
             );
             start = end;
             reached += 1;
-            let outcome = first.session.enqueue(
+            let (outcome, enqueue_seq) = first.session.enqueue(
                 delivery,
                 self.config.max_queued_messages,
                 self.config.queue_qos0_offline,
+                self.persistence(),
+                &mut body_stored,
             );
+            seq = seq.max(enqueue_seq);
             match outcome {
                 Enqueued::Queued => Metrics::bump(&self.metrics.messages_queued),
                 Enqueued::QueuedDroppingOldest => {
@@ -268,7 +444,7 @@ impl Broker {
                 Enqueued::Discarded => Metrics::bump(&self.metrics.messages_dropped_offline_qos0),
             }
         }
-        reached
+        (reached, seq)
     }
 
     /// The delivery of `message` for the subscriptions `group` of one session. Messages that will
@@ -349,6 +525,8 @@ impl Broker {
         let mut moved = Vec::new();
         {
             let mut state = session.lock();
+            let stored = state.is_persistent();
+            let client_id = session.client_id();
             let mut position = 0;
             while position < state.inflight.len() {
                 let entry = &state.inflight[position];
@@ -356,18 +534,42 @@ impl Broker {
                     .then(|| entry.delivery.shared_filter.as_ref().and_then(other_member))
                     .flatten();
                 match target.and_then(|target| Some((target, state.remove_inflight(position)?))) {
-                    Some((target, entry)) => moved.push((target, entry.delivery)),
+                    Some((target, entry)) => {
+                        if stored {
+                            self.persist(|| Change::InflightDone {
+                                client_id: client_id.clone(),
+                                packet_id: entry.packet_id,
+                            });
+                        }
+                        moved.push((target, entry.delivery));
+                    }
                     None => position += 1,
                 }
             }
             let queue = std::mem::take(&mut state.queue);
-            for delivery in queue {
-                match delivery.shared_filter.as_ref().and_then(other_member) {
-                    Some(target) => moved.push((target, delivery)),
-                    None => state.queue.push_back(delivery),
+            for queued in queue {
+                match queued
+                    .delivery
+                    .shared_filter
+                    .as_ref()
+                    .and_then(other_member)
+                {
+                    Some(target) => {
+                        if stored && is_stored(&queued.delivery) {
+                            self.persist(|| Change::Unqueued {
+                                client_id: client_id.clone(),
+                                position: queued.position,
+                            });
+                        }
+                        moved.push((target, queued.delivery));
+                    }
+                    None => state.queue.push_back(queued),
                 }
             }
         }
+        // The body is stored already if the leaving member stored it; submitting it again
+        // is harmless (stored once by id).
+        let mut body_stored = false;
         for (target, delivery) in moved {
             let handed = Delivery {
                 qos: delivery.message.qos.min(target.record.options.qos),
@@ -383,24 +585,36 @@ impl Broker {
                 handed,
                 self.config.max_queued_messages,
                 self.config.queue_qos0_offline,
+                self.persistence(),
+                &mut body_stored,
             );
+            body_stored = false;
         }
     }
 
-    /// Adds or replaces a subscription of `session`. Returns whether it replaced one, or `None`
-    /// when the session has ended meanwhile.
+    /// Adds or replaces a subscription of `session`. Returns whether it replaced one and the
+    /// store sequence number of the change, or `None` when the session has ended meanwhile.
     pub(crate) fn subscribe(
         &self,
         session: &Arc<Session>,
         filter: &MqttStr,
         record: SubscriptionRecord,
-    ) -> Option<bool> {
+    ) -> Option<(bool, u64)> {
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();
         if state.ended {
             return None;
         }
         let existed = state.subscriptions.insert(filter.clone(), record).is_some();
+        let seq = if state.is_persistent() {
+            self.persist(|| Change::Subscribed {
+                client_id: session.client_id().clone(),
+                filter: filter.clone(),
+                record,
+            })
+        } else {
+            0
+        };
         drop(state);
         index.insert(
             filter,
@@ -409,13 +623,24 @@ impl Broker {
                 record,
             },
         );
-        Some(existed)
+        Some((existed, seq))
     }
 
-    /// Removes a subscription of `session`; returns whether it existed.
-    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+    /// Removes a subscription of `session`; returns whether it existed and the store sequence
+    /// number of the change.
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &MqttStr) -> (bool, u64) {
         let mut index = write(&self.subscriptions);
-        let existed = session.lock().subscriptions.remove(filter).is_some();
+        let mut state = session.lock();
+        let existed = state.subscriptions.remove(filter).is_some();
+        let seq = if existed && state.is_persistent() {
+            self.persist(|| Change::Unsubscribed {
+                client_id: session.client_id().clone(),
+                filter: filter.clone(),
+            })
+        } else {
+            0
+        };
+        drop(state);
         if existed {
             let probe = Subscriber {
                 session: session.clone(),
@@ -426,12 +651,13 @@ impl Broker {
             };
             index.remove(filter, &probe);
         }
-        existed
+        (existed, seq)
     }
 
     /// Attaches connection `owner` to the session of `client_id` at CONNECT: resumes the
     /// existing session unless `clean_start`, ends it otherwise, and takes it over from a
-    /// connection still attached [MQTT-3.1.4-2] (which its wakeup tells).
+    /// connection still attached [MQTT-3.1.4-2] (which its wakeup tells). The registry stays
+    /// locked throughout, so the store sees the end of an old session before the new one.
     pub(crate) fn attach(
         &self,
         client_id: &MqttStr,
@@ -442,7 +668,8 @@ impl Broker {
         now: Instant,
     ) -> Attached {
         let mut sessions = lock(&self.sessions);
-        if !clean_start && let Some(session) = sessions.get(client_id).cloned() {
+        let existing = sessions.get(client_id).cloned();
+        if !clean_start && let Some(session) = existing.clone() {
             let mut state = session.lock();
             if !state.ended {
                 if let Some(previous) = state.wakeup.take() {
@@ -456,29 +683,112 @@ impl Broker {
                 // Back before the will delay ran out: the will is not sent [MQTT-3.1.3-9].
                 state.pending_will = None;
                 state.mark_all_for_resend();
+                let seq = self.store_session(&session, &mut state, true);
                 drop(state);
                 return Attached {
                     session,
                     present: true,
+                    seq,
                 };
             }
         }
+        let will = existing.and_then(|old| self.end_session_in(&mut sessions, &old));
         let session = Arc::new(Session::new(client_id.clone(), expiry));
-        {
+        let seq = {
             let mut state = session.lock();
             state.owner = Some(owner);
             session.publish_owner(state.owner);
             state.wakeup = Some(wakeup);
-        }
-        let replaced = sessions.insert(client_id.clone(), session.clone());
+            self.store_session(&session, &mut state, true)
+        };
+        sessions.insert(client_id.clone(), session.clone());
         drop(sessions);
-        if let Some(old) = replaced {
-            self.end_session(&old, now);
+        if let Some(will) = will {
+            self.publish_will(will.message, now);
         }
         Attached {
             session,
             present: false,
+            seq,
         }
+    }
+
+    /// Writes the session record after a change of connection or expiry: a session that
+    /// became persistent is written whole, one that stopped being persistent is removed.
+    /// Returns the sequence number of the last change (0: none).
+    fn store_session(&self, session: &Session, state: &mut SessionState, online: bool) -> u64 {
+        let Some(persistence) = self.persistence() else {
+            return 0;
+        };
+        let client_id = session.client_id();
+        if !state.is_persistent() {
+            if state.stored {
+                state.stored = false;
+                return persistence.submit(Change::SessionEnded {
+                    client_id: client_id.clone(),
+                });
+            }
+            return 0;
+        }
+        let mut seq = persistence.submit(Change::Session {
+            client_id: client_id.clone(),
+            expiry: state.expiry,
+            online,
+        });
+        if !state.stored {
+            state.stored = true;
+            seq = self.store_contents(persistence, client_id, state).max(seq);
+        }
+        seq
+    }
+
+    /// Writes everything a session holds: for a session that has just become persistent.
+    fn store_contents(
+        &self,
+        persistence: &dyn Persistence,
+        client_id: &MqttStr,
+        state: &SessionState,
+    ) -> u64 {
+        let mut seq = 0;
+        for (filter, record) in &state.subscriptions {
+            seq = persistence.submit(Change::Subscribed {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+                record: *record,
+            });
+        }
+        for queued in state
+            .queue
+            .iter()
+            .filter(|queued| is_stored(&queued.delivery))
+        {
+            persistence.submit(Change::Message(queued.delivery.message.clone()));
+            seq = persistence.submit(Change::Queued {
+                client_id: client_id.clone(),
+                position: queued.position,
+                delivery: queued.delivery.stored(),
+            });
+        }
+        for entry in state
+            .inflight
+            .iter()
+            .filter(|entry| is_stored(&entry.delivery))
+        {
+            persistence.submit(Change::Message(entry.delivery.message.clone()));
+            seq = persistence.submit(Change::Inflight {
+                client_id: client_id.clone(),
+                packet_id: entry.packet_id,
+                state: entry.state,
+                delivery: entry.delivery.stored(),
+            });
+        }
+        for &packet_id in &state.inbound_qos2 {
+            seq = persistence.submit(Change::InboundQos2 {
+                client_id: client_id.clone(),
+                packet_id,
+            });
+        }
+        seq
     }
 
     /// Called when connection `owner` leaves the session: ends it if its expiry is "at
@@ -502,10 +812,13 @@ impl Broker {
             SessionExpiry::After(duration) => {
                 let at = now + duration;
                 state.expires_at = Some(at);
+                self.store_session(session, &mut state, false);
                 drop(state);
                 self.add_timer(at, TimerKind::SessionExpiry, session);
             }
-            SessionExpiry::Never => {}
+            SessionExpiry::Never => {
+                self.store_session(session, &mut state, false);
+            }
         }
     }
 
@@ -531,46 +844,60 @@ impl Broker {
     /// Ends a session: removes it from the registry and its subscriptions from the index,
     /// forgets its messages, and publishes a will still waiting for its delay [MQTT-3.1.3-9].
     pub(crate) fn end_session(&self, session: &Arc<Session>, now: Instant) {
-        {
-            let mut sessions = lock(&self.sessions);
-            if sessions
-                .get(session.client_id())
-                .is_some_and(|current| Arc::ptr_eq(current, session))
-            {
-                sessions.remove(session.client_id());
-            }
-        }
         let will = {
-            let mut index = write(&self.subscriptions);
-            let mut state = session.lock();
-            if state.ended {
-                return;
-            }
-            state.ended = true;
-            let filters: Vec<MqttStr> = state.subscriptions.keys().cloned().collect();
-            state.clear();
-            let will = state.pending_will.take();
-            if let Some(previous) = state.wakeup.take() {
-                previous.wake();
-            }
-            state.owner = None;
-            session.publish_owner(None);
-            drop(state);
-            let probe = Subscriber {
-                session: session.clone(),
-                record: SubscriptionRecord {
-                    options: Default::default(),
-                    identifier: None,
-                },
-            };
-            for filter in &filters {
-                index.remove(filter, &probe);
-            }
-            will
+            let mut sessions = lock(&self.sessions);
+            self.end_session_in(&mut sessions, session)
         };
         if let Some(will) = will {
             self.publish_will(will.message, now);
         }
+    }
+
+    /// [`Broker::end_session`] with the registry locked by the caller; returns the will to
+    /// publish once the registry is unlocked.
+    fn end_session_in(
+        &self,
+        sessions: &mut HashMap<MqttStr, Arc<Session>>,
+        session: &Arc<Session>,
+    ) -> Option<PendingWill> {
+        if sessions
+            .get(session.client_id())
+            .is_some_and(|current| Arc::ptr_eq(current, session))
+        {
+            sessions.remove(session.client_id());
+        }
+        let mut index = write(&self.subscriptions);
+        let mut state = session.lock();
+        if state.ended {
+            return None;
+        }
+        state.ended = true;
+        if state.stored {
+            state.stored = false;
+            self.persist(|| Change::SessionEnded {
+                client_id: session.client_id().clone(),
+            });
+        }
+        let filters: Vec<MqttStr> = state.subscriptions.keys().cloned().collect();
+        state.clear();
+        let will = state.pending_will.take();
+        if let Some(previous) = state.wakeup.take() {
+            previous.wake();
+        }
+        state.owner = None;
+        session.publish_owner(None);
+        drop(state);
+        let probe = Subscriber {
+            session: session.clone(),
+            record: SubscriptionRecord {
+                options: Default::default(),
+                identifier: None,
+            },
+        };
+        for filter in &filters {
+            index.remove(filter, &probe);
+        }
+        will
     }
 
     /// Publishes a will (authorisation was checked at CONNECT).
@@ -619,6 +946,13 @@ impl Broker {
                     };
                     if let Some(will) = will {
                         self.publish_will(will.message, now);
+                        let session = &timer.session;
+                        let state = session.lock();
+                        if state.stored {
+                            self.persist(|| Change::WillCleared {
+                                client_id: session.client_id().clone(),
+                            });
+                        }
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! MQTT 5, enhanced with AUTH exchanges, section 4.12), the session (new, resumed or taken over)
 //! and the CONNACK that tells the client what it got.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use crate::connection::{Active, Connection, PendingAuth, Phase, PreparedWill};
 use crate::hooks::{AuthExchange, AuthStep, ClientInfo, Credentials};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::persist::Change;
 use crate::session::SessionExpiry;
 
 /// An AUTH packet of the exchange with `method`.
@@ -80,6 +82,11 @@ impl Connection {
 
     /// The client identifier to use and whether the broker assigned it, or the CONNACK refusal.
     fn client_identifier(&self, connect: &Connect) -> Result<(MqttStr, bool), ReasonCode> {
+        if connect.protocol == ProtocolVersion::V31 && connect.client_id.chars().count() > 23 {
+            // MQTT 3.1 section 3.1: the identifier is 1 to 23 characters; longer is refused
+            // with return code 2.
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
         if !connect.client_id.is_empty() {
             return Ok((connect.client_id.clone(), false));
         }
@@ -99,11 +106,10 @@ impl Connection {
     fn connect_auth_step(&mut self, pending: PendingAuth, step: AuthStep, now: Instant) {
         match step {
             AuthStep::Continue(data) => {
-                self.outbox.push_back(auth_packet(
-                    ReasonCode::ContinueAuthentication,
-                    &pending.method,
-                    data,
-                ));
+                self.send(
+                    auth_packet(ReasonCode::ContinueAuthentication, &pending.method, data),
+                    0,
+                );
                 self.phase = Phase::Authenticating(Box::new(pending));
             }
             AuthStep::Success(data) => {
@@ -235,12 +241,29 @@ impl Connection {
                 properties.authentication_data = data.clone();
             }
         }
-        self.outbox.push_back(Packet::ConnAck(ConnAck {
-            // [MQTT-3.2.2-1, MQTT-3.2.2-2, MQTT-3.2.2-3]
-            session_present: attached.present,
+        // The will of a persistent session is stored with it, to be published after a restart
+        // as after a lost connection.
+        let mut barrier = attached.seq;
+        let mut will_stored = false;
+        if let Some(will) = &will {
+            let state = attached.session.lock();
+            if state.stores() {
+                will_stored = true;
+                let message = Arc::new(will.message.clone());
+                barrier = barrier.max(broker.persist(|| Change::Will {
+                    client_id: client_id.clone(),
+                    message,
+                    delay: will.delay,
+                }));
+            }
+        }
+        let connack = ConnAck {
+            // [MQTT-3.2.2-1, MQTT-3.2.2-2, MQTT-3.2.2-3]; MQTT 3.1 has no such flag.
+            session_present: attached.present && version != ProtocolVersion::V31,
             reason_code: ReasonCode::Success,
             properties,
-        }));
+        };
+        self.send(Packet::ConnAck(connack), barrier);
         Metrics::bump(&broker.metrics().connections_accepted);
 
         let props = &connect.properties;
@@ -270,6 +293,7 @@ impl Connection {
             outbound_aliases: crate::connection::OutboundAliases::new(outbound_aliases),
             auth_method: auth.map(|(method, _)| method),
             reauth: None,
+            will_stored,
         }));
         // Messages queued while the client was away, and the in-flight ones to resend.
         self.wakeup.wake();
@@ -342,16 +366,14 @@ impl Connection {
         };
         match step {
             AuthStep::Continue(data) => {
-                self.outbox.push_back(auth_packet(
-                    ReasonCode::ContinueAuthentication,
-                    &method,
-                    data,
-                ));
+                self.send(
+                    auth_packet(ReasonCode::ContinueAuthentication, &method, data),
+                    0,
+                );
             }
             AuthStep::Success(data) => {
                 active.reauth = None;
-                self.outbox
-                    .push_back(auth_packet(ReasonCode::Success, &method, data));
+                self.send(auth_packet(ReasonCode::Success, &method, data), 0);
             }
             AuthStep::Failure(code) => {
                 let code = if code.allowed_in(tern_codec::PacketType::Disconnect) {

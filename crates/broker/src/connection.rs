@@ -120,6 +120,8 @@ pub(crate) struct Active {
     pub(crate) auth_method: Option<MqttStr>,
     /// A re-authentication in progress.
     pub(crate) reauth: Option<Box<dyn AuthExchange>>,
+    /// Whether the will was written to the store (persistent sessions).
+    pub(crate) will_stored: bool,
 }
 
 /// Topic aliases the broker uses towards the client: a topic gets the next free alias the first
@@ -202,12 +204,15 @@ pub struct Connection {
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) wakeup: Arc<dyn Wakeup>,
     pub(crate) phase: Phase,
-    /// Control packets waiting to be encoded, in order.
-    pub(crate) outbox: VecDeque<Packet>,
+    /// Control packets waiting to be encoded, in order, each with the store sequence number
+    /// that must be durable before it goes out (0: none).
+    pub(crate) outbox: VecDeque<(Packet, u64)>,
     pub(crate) close_reason: Option<CloseReason>,
     /// The protocol version in use (the CONNECT's, once it came).
     pub(crate) version: ProtocolVersion,
     pub(crate) client_id: Option<MqttStr>,
+    /// The highest store sequence number the connection asked to be woken for.
+    pub(crate) waiting_for_store: u64,
 }
 
 impl Connection {
@@ -230,6 +235,7 @@ impl Connection {
             close_reason: None,
             version: ProtocolVersion::V311,
             client_id: None,
+            waiting_for_store: 0,
         }
     }
 
@@ -367,7 +373,7 @@ impl Connection {
                 let mut packet = Disconnect::new(code);
                 // A reason string is always allowed in DISCONNECT (section 3.14.2.2.3).
                 packet.properties.reason_string = MqttStr::try_from(reason.to_string()).ok();
-                self.outbox.push_back(Packet::Disconnect(packet));
+                self.outbox.push_back((Packet::Disconnect(packet), 0));
             }
             self.finish_session(*active, &reason, now);
         }
@@ -376,8 +382,26 @@ impl Connection {
 
     /// The will and the session at the end of an active connection.
     fn finish_session(&mut self, active: Active, reason: &CloseReason, now: Instant) {
-        let Active { session, will, .. } = active;
+        let Active {
+            session,
+            will,
+            will_stored,
+            ..
+        } = active;
         let owner = session.lock().owned_by(self.id);
+        let deferred = owner
+            && reason.publishes_will()
+            && will.as_ref().is_some_and(|will| !will.delay.is_zero());
+        if will_stored && owner && !deferred {
+            // The will is published now or discarded: the store forgets it. (A deferred will
+            // stays stored, to be published after a restart too.)
+            let state = session.lock();
+            if state.stores() {
+                self.broker.persist(|| crate::persist::Change::WillCleared {
+                    client_id: session.client_id().clone(),
+                });
+            }
+        }
         if let Some(will) = will.filter(|_| reason.publishes_will()) {
             if will.delay.is_zero() {
                 self.broker.publish_will(will.into_message(now), now);
@@ -393,13 +417,19 @@ impl Connection {
         self.broker.detach(&session, self.id, now);
     }
 
+    /// Queues a control packet that may go out once `barrier` is durable (0: at once).
+    pub(crate) fn send(&mut self, packet: Packet, barrier: u64) {
+        self.outbox.push_back((packet, barrier));
+    }
+
     /// Refuses a CONNECT with a CONNACK carrying `code` [MQTT-3.2.2-4], then closes.
     pub(crate) fn refuse(&mut self, code: ReasonCode, now: Instant) {
-        self.outbox.push_back(Packet::ConnAck(tern_codec::ConnAck {
+        let connack = tern_codec::ConnAck {
             session_present: false,
             reason_code: code,
             properties: Default::default(),
-        }));
+        };
+        self.outbox.push_back((Packet::ConnAck(connack), 0));
         crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
         self.close(CloseReason::ConnectRefused(code), None, now);
     }

@@ -12,6 +12,7 @@ use tern_codec::{
 use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
+use crate::persist::Change;
 use crate::session::{InflightState, SessionExpiry, SubscriptionRecord};
 
 impl Connection {
@@ -75,7 +76,7 @@ impl Connection {
             Packet::PubComp(ack) => self.on_pubcomp(&ack),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, now),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
-            Packet::PingReq => self.outbox.push_back(Packet::PingResp),
+            Packet::PingReq => self.send(Packet::PingResp, 0),
             Packet::Disconnect(disconnect) => self.on_disconnect(disconnect, now),
             Packet::Connect(_) => self.protocol_error(
                 ReasonCode::ProtocolError,
@@ -94,18 +95,20 @@ impl Connection {
         }
     }
 
-    fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode) {
+    /// Queues an acknowledgement that goes out once `barrier` is durable.
+    fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode, barrier: u64) {
         let ack = Ack {
             reason_code,
             properties: self.problem_properties(reason_code),
             ..Ack::new(packet_id)
         };
-        self.outbox.push_back(match packet {
+        let packet = match packet {
             PacketType::PubAck => Packet::PubAck(ack),
             PacketType::PubRec => Packet::PubRec(ack),
             PacketType::PubRel => Packet::PubRel(ack),
             _ => Packet::PubComp(ack),
-        });
+        };
+        self.send(packet, barrier);
     }
 
     /// Properties with a reason string explaining an error code, when the client allows them
@@ -220,19 +223,20 @@ impl Connection {
                 } else {
                     ReasonCode::Success
                 };
-                self.ack(ack, packet_id, code);
+                self.ack(ack, packet_id, code, 0);
             }
             return;
         }
 
         let Some(active) = self.active() else { return };
+        let mut barrier = 0;
         if publish.qos == QoS::ExactlyOnce {
             let mut state = active.session.lock();
             if state.inbound_qos2.contains(&packet_id) {
                 // A resent QoS 2 PUBLISH is acknowledged again but not forwarded twice
                 // [MQTT-4.3.3-9, MQTT-4.3.3-10].
                 drop(state);
-                return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success);
+                return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success, 0);
             }
             if version.is_v5() && state.inbound_qos2.len() >= usize::from(config.receive_maximum) {
                 drop(state);
@@ -243,17 +247,24 @@ impl Connection {
                 );
             }
             state.inbound_qos2.push(packet_id);
+            if state.stores() {
+                barrier = broker.persist(|| Change::InboundQos2 {
+                    client_id: active.session.client_id().clone(),
+                    packet_id,
+                });
+            }
         }
 
         let message = Message::from_publish(publish, self.client_id.clone(), now);
-        let reached = broker.publish(message, now);
+        let (reached, seq) = broker.publish_tracked(message, now);
         if let Some(ack) = ack_packet {
             let code = if reached == 0 && version.is_v5() {
                 ReasonCode::NoMatchingSubscribers
             } else {
                 ReasonCode::Success
             };
-            self.ack(ack, packet_id, code);
+            // Acknowledged once the message is as durable as the store promises.
+            self.ack(ack, packet_id, code, barrier.max(seq));
         }
     }
 
@@ -289,57 +300,74 @@ impl Connection {
         None
     }
 
-    fn on_puback(&mut self, ack: &Ack) {
+    /// Ends the outbound flow of `packet_id` if it is in `expected` state.
+    fn complete_inflight(&mut self, packet_id: u16, expected: InflightState) {
         let Some(active) = self.active() else { return };
         let mut state = active.session.lock();
-        if let Some(index) = state.inflight_position(ack.packet_id)
-            && state.inflight[index].state == InflightState::AwaitingPubAck
+        if let Some(index) = state.inflight_position(packet_id)
+            && state.inflight[index].state == expected
         {
             state.remove_inflight(index);
+            if state.stores() {
+                self.broker.persist(|| Change::InflightDone {
+                    client_id: active.session.client_id().clone(),
+                    packet_id,
+                });
+            }
         }
     }
 
+    fn on_puback(&mut self, ack: &Ack) {
+        self.complete_inflight(ack.packet_id, InflightState::AwaitingPubAck);
+    }
+
+    /// PUBREC of an outbound QoS 2 message: the PUBREL goes out (from the in-flight entry, once
+    /// its new state is durable) [MQTT-4.3.3-4].
     fn on_pubrec(&mut self, ack: &Ack) {
+        if ack.reason_code.is_error() {
+            // MQTT 5: the client refused the message; the flow ends here.
+            return self.complete_inflight(ack.packet_id, InflightState::AwaitingPubRec);
+        }
         let Some(active) = self.active() else { return };
-        let mut state = active.session.lock();
-        let reply = match state.inflight_position(ack.packet_id) {
-            Some(index) if ack.reason_code.is_error() => {
-                // MQTT 5: the client refused the message; the flow ends here.
-                state.remove_inflight(index);
-                None
-            }
-            Some(index) => {
-                let entry = &mut state.inflight[index];
-                entry.state = InflightState::AwaitingPubComp;
-                Some(ReasonCode::Success)
-            }
-            None => Some(ReasonCode::PacketIdentifierNotFound),
-        };
-        drop(state);
-        if let Some(code) = reply {
+        let session = active.session.clone();
+        let mut state = session.lock();
+        let Some(index) = state.inflight_position(ack.packet_id) else {
+            drop(state);
             let code = if self.version.is_v5() {
-                code
+                ReasonCode::PacketIdentifierNotFound
             } else {
                 ReasonCode::Success
             };
-            self.ack(PacketType::PubRel, ack.packet_id, code);
+            return self.ack(PacketType::PubRel, ack.packet_id, code, 0);
+        };
+        let stores = state.stores();
+        let entry = &mut state.inflight[index];
+        entry.state = InflightState::AwaitingPubComp;
+        entry.send_after = if stores {
+            self.broker.persist(|| Change::Inflight {
+                client_id: session.client_id().clone(),
+                packet_id: entry.packet_id,
+                state: InflightState::AwaitingPubComp,
+                delivery: entry.delivery.stored(),
+            })
+        } else {
+            0
+        };
+        if !entry.pending {
+            entry.pending = true;
+            state.pending += 1;
         }
     }
 
     fn on_pubcomp(&mut self, ack: &Ack) {
-        let Some(active) = self.active() else { return };
-        let mut state = active.session.lock();
-        if let Some(index) = state.inflight_position(ack.packet_id)
-            && state.inflight[index].state == InflightState::AwaitingPubComp
-        {
-            state.remove_inflight(index);
-        }
+        self.complete_inflight(ack.packet_id, InflightState::AwaitingPubComp);
     }
 
     /// PUBREL of an inbound QoS 2 message: forget its identifier and complete [MQTT-4.3.3-11].
     fn on_pubrel(&mut self, ack: &Ack) {
         let Some(active) = self.active() else { return };
         let mut state = active.session.lock();
+        let mut barrier = 0;
         let known = match state
             .inbound_qos2
             .iter()
@@ -347,6 +375,13 @@ impl Connection {
         {
             Some(index) => {
                 state.inbound_qos2.swap_remove(index);
+                if state.stores() {
+                    // PUBCOMP waits for this: once the client has it, it may reuse the id.
+                    barrier = self.broker.persist(|| Change::InboundQos2Released {
+                        client_id: active.session.client_id().clone(),
+                        packet_id: ack.packet_id,
+                    });
+                }
                 true
             }
             None => false,
@@ -357,7 +392,7 @@ impl Connection {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.ack(PacketType::PubComp, ack.packet_id, code);
+        self.ack(PacketType::PubComp, ack.packet_id, code, barrier);
     }
 
     fn on_subscribe(&mut self, subscribe: Subscribe, now: Instant) {
@@ -384,6 +419,7 @@ impl Connection {
 
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
+        let mut barrier = 0;
         for subscription in subscribe.subscriptions {
             let filter = subscription.filter;
             let shared = split_shared(&filter).is_some();
@@ -417,10 +453,11 @@ impl Connection {
                 },
                 identifier,
             };
-            let Some(existed) = broker.subscribe(&session, &filter, record) else {
+            let Some((existed, seq)) = broker.subscribe(&session, &filter, record) else {
                 reason_codes.push(failure(ReasonCode::UnspecifiedError));
                 continue;
             };
+            barrier = barrier.max(seq);
             reason_codes.push(granted_code(granted));
             // Retained messages for the new subscription [MQTT-3.3.1-6, MQTT-3.8.4-3], as Retain
             // Handling says; never for a shared subscription.
@@ -431,8 +468,14 @@ impl Connection {
             };
             if send_retained && !shared {
                 for message in broker.retained_matching(&filter, now) {
+                    let qos = message.qos.min(granted);
+                    let message = if qos == QoS::AtMostOnce {
+                        message
+                    } else {
+                        broker.with_message_id(message)
+                    };
                     retained.push(Delivery {
-                        qos: message.qos.min(granted),
+                        qos,
                         retain: true,
                         message,
                         subscription_ids: identifier
@@ -443,15 +486,23 @@ impl Connection {
             }
         }
         let worst = reason_codes.iter().copied().find(|code| code.is_error());
-        self.outbox.push_back(Packet::SubAck(SubAck {
+        let suback = SubAck {
             packet_id: subscribe.packet_id,
             properties: worst
                 .map(|code| self.problem_properties(code))
                 .unwrap_or_default(),
             reason_codes,
-        }));
+        };
+        self.send(Packet::SubAck(suback), barrier);
         for delivery in retained {
-            session.enqueue(delivery, config.max_queued_messages, true);
+            let mut body_stored = false;
+            session.enqueue(
+                delivery,
+                config.max_queued_messages,
+                true,
+                broker.persistence(),
+                &mut body_stored,
+            );
         }
     }
 
@@ -461,15 +512,20 @@ impl Connection {
         let client = active.client.clone();
         let version = active.version;
         let config = self.broker.config();
+        let mut barrier = 0;
         let reason_codes: Vec<ReasonCode> = unsubscribe
             .filters
             .iter()
             .map(|filter| {
                 if !config.topic_within_limits(filter) {
-                    ReasonCode::TopicFilterInvalid
-                } else if !self.broker.authorizer().may_subscribe(&client, filter) {
-                    ReasonCode::NotAuthorized
-                } else if self.broker.unsubscribe(&session, filter) {
+                    return ReasonCode::TopicFilterInvalid;
+                }
+                if !self.broker.authorizer().may_subscribe(&client, filter) {
+                    return ReasonCode::NotAuthorized;
+                }
+                let (existed, seq) = self.broker.unsubscribe(&session, filter);
+                barrier = barrier.max(seq);
+                if existed {
                     ReasonCode::Success
                 } else {
                     ReasonCode::NoSubscriptionExisted
@@ -478,7 +534,7 @@ impl Connection {
             .collect();
         let worst = reason_codes.iter().copied().find(|code| code.is_error());
         // UNSUBACK is sent even when nothing was subscribed [MQTT-3.10.4-5].
-        self.outbox.push_back(Packet::UnsubAck(UnsubAck {
+        let unsuback = UnsubAck {
             packet_id: unsubscribe.packet_id,
             properties: worst
                 .map(|code| self.problem_properties(code))
@@ -488,7 +544,8 @@ impl Connection {
             } else {
                 Vec::new()
             },
-        }));
+        };
+        self.send(Packet::UnsubAck(unsuback), barrier);
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect, now: Instant) {

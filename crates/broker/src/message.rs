@@ -131,6 +131,19 @@ impl SubscriptionIds {
     }
 }
 
+impl Delivery {
+    /// The delivery as the store keeps it.
+    pub fn stored(&self) -> crate::persist::StoredDelivery {
+        crate::persist::StoredDelivery {
+            message_id: self.message.id,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids.clone(),
+            shared_filter: self.shared_filter.clone(),
+        }
+    }
+}
+
 /// One message on its way to one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

@@ -11,7 +11,8 @@ use crate::broker::Broker;
 use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
-use crate::session::{Inflight, InflightState, SessionState};
+use crate::persist::Change;
+use crate::session::{Inflight, InflightState, QueuedDelivery, SessionState, is_stored};
 
 /// Builds the PUBLISH of `delivery` for a client of `version`. `alias` is the topic alias to use
 /// and whether the client already knows it (then the topic is left out).
@@ -67,8 +68,23 @@ fn too_large(packet: &Packet, version: ProtocolVersion, max: u32) -> bool {
 impl Connection {
     /// Appends what is ready to send to `buf`, stopping once `buf` holds `budget` bytes.
     /// Returns true when more is ready than fit: call again once `buf` has been written.
+    /// Packets that wait for the store stay back (the connection is woken when they may go).
     pub fn poll_transmit(&mut self, buf: &mut BytesMut, budget: usize, now: Instant) -> bool {
-        while let Some(packet) = self.outbox.pop_front() {
+        let durable = self.broker.durable();
+        while let Some((packet, barrier)) = self.outbox.front() {
+            if *barrier > durable {
+                let barrier = *barrier;
+                // Nothing may reach the client before its CONNACK.
+                let before_connack = matches!(packet, Packet::ConnAck(_));
+                self.wait_for_store(barrier);
+                if before_connack {
+                    return false;
+                }
+                break;
+            }
+            let Some((packet, _)) = self.outbox.pop_front() else {
+                break;
+            };
             self.encode_control(packet, buf);
             if buf.len() >= budget {
                 return !self.outbox.is_empty() || self.is_active();
@@ -86,12 +102,39 @@ impl Connection {
                 Some(ReasonCode::SessionTakenOver),
                 now,
             );
-            while let Some(packet) = self.outbox.pop_front() {
+            while let Some((packet, _)) = self.outbox.pop_front() {
                 self.encode_control(packet, buf);
             }
             return false;
         }
-        transmit_messages(&self.broker, active, &mut state, buf, budget, now)
+        let mut out = Transmit {
+            broker: &self.broker,
+            active,
+            client_id: session.client_id(),
+            buf,
+            budget,
+            now,
+            durable,
+            waiting_for: None,
+        };
+        let more = out.messages(&mut state);
+        let waiting_for = out.waiting_for;
+        drop(state);
+        if let Some(seq) = waiting_for {
+            self.wait_for_store(seq);
+        }
+        more
+    }
+
+    /// Asks the store to wake the connection once `seq` is durable (once per sequence number).
+    fn wait_for_store(&mut self, seq: u64) {
+        if seq <= self.waiting_for_store {
+            return;
+        }
+        self.waiting_for_store = seq;
+        if let Some(persistence) = self.broker.persistence() {
+            persistence.wake_when_durable(seq, self.wakeup.clone());
+        }
     }
 
     fn is_active(&self) -> bool {
@@ -118,6 +161,194 @@ impl Connection {
     }
 }
 
+/// One round of sending the session's messages into the write buffer.
+struct Transmit<'a> {
+    broker: &'a Broker,
+    active: &'a mut Active,
+    client_id: &'a MqttStr,
+    buf: &'a mut BytesMut,
+    budget: usize,
+    now: Instant,
+    /// The durable store sequence number at the start of the round.
+    durable: u64,
+    /// Set when a message waits for the store.
+    waiting_for: Option<u64>,
+}
+
+impl Transmit<'_> {
+    fn full(&self) -> bool {
+        self.buf.len() >= self.budget
+    }
+
+    /// Sends the in-flight entries that wait to go out (in order), then queued messages while
+    /// the in-flight window allows. Returns true when the budget ran out with more to send.
+    fn messages(&mut self, state: &mut SessionState) -> bool {
+        if state.pending > 0 && !self.pending_inflight(state) {
+            // Something waits (budget or store); nothing overtakes it.
+            return state.pending > 0 && self.waiting_for.is_none();
+        }
+        self.queued(state)
+    }
+
+    /// Returns true when every pending entry went out.
+    fn pending_inflight(&mut self, state: &mut SessionState) -> bool {
+        let stores = state.stores();
+        let mut dropped = Vec::new();
+        let mut sent = 0;
+        for entry in state.inflight.iter_mut().filter(|entry| entry.pending) {
+            if entry.send_after > self.durable {
+                self.waiting_for = Some(entry.send_after);
+                break;
+            }
+            if self.full() {
+                break;
+            }
+            entry.pending = false;
+            sent += 1;
+            match entry.state {
+                // A resent PUBLISH keeps its identifier and has DUP set [MQTT-4.4.0-1,
+                // MQTT-3.3.1-1].
+                InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
+                    let id = entry.packet_id;
+                    if !self.send_publish(&entry.delivery, id, entry.dup) {
+                        dropped.push(id);
+                    }
+                    entry.dup = true;
+                }
+                InflightState::AwaitingPubComp => {
+                    let pubrel = Packet::PubRel(Ack::new(entry.packet_id));
+                    if let Err(error) = pubrel.encode(self.active.version, self.buf) {
+                        tracing::error!(%error, "cannot encode PUBREL");
+                    }
+                }
+            }
+        }
+        state.pending -= sent;
+        if !dropped.is_empty() {
+            state
+                .inflight
+                .retain(|entry| !dropped.contains(&entry.packet_id));
+            for packet_id in dropped.iter().copied().filter(|_| stores) {
+                self.broker.persist(|| Change::InflightDone {
+                    client_id: self.client_id.clone(),
+                    packet_id,
+                });
+            }
+        }
+        state.pending == 0
+    }
+
+    /// Sends queued messages in order; QoS 1/2 ones enter the in-flight window.
+    fn queued(&mut self, state: &mut SessionState) -> bool {
+        let metrics = self.broker.metrics();
+        loop {
+            if self.full() {
+                return !state.queue.is_empty();
+            }
+            let window_full = state.inflight.len() >= self.active.send_window;
+            let Some(front) = state.queue.front() else {
+                return false;
+            };
+            if window_full && front.delivery.qos != QoS::AtMostOnce {
+                // Order is kept: nothing overtakes a message waiting for the window.
+                return false;
+            }
+            let Some(QueuedDelivery { position, delivery }) = state.queue.pop_front() else {
+                return false;
+            };
+            let stored = state.stores() && is_stored(&delivery);
+            if stored {
+                self.broker.persist(|| Change::Unqueued {
+                    client_id: self.client_id.clone(),
+                    position,
+                });
+            }
+            if delivery.message.is_expired(self.now) {
+                // An expired message is not delivered [MQTT-3.3.2-5].
+                Metrics::bump(&metrics.messages_dropped_expired);
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                self.send_publish(&delivery, 0, false);
+                continue;
+            }
+            let probe = publish_packet(&delivery, 1, false, self.active.version, None, self.now);
+            if too_large(
+                &probe,
+                self.active.version,
+                self.active.client_max_packet_size,
+            ) {
+                // Dropped as if it had been sent [MQTT-3.1.2-25].
+                Metrics::bump(&metrics.messages_dropped_too_large);
+                continue;
+            }
+            let packet_id = state.allocate_packet_id();
+            let waiting = if delivery.qos == QoS::AtLeastOnce {
+                InflightState::AwaitingPubAck
+            } else {
+                InflightState::AwaitingPubRec
+            };
+            let seq = if stored {
+                self.broker.persist(|| Change::Inflight {
+                    client_id: self.client_id.clone(),
+                    packet_id,
+                    state: waiting,
+                    delivery: delivery.stored(),
+                })
+            } else {
+                0
+            };
+            // A QoS 2 PUBLISH goes out only once its identifier is durable, so a restart cannot
+            // make the client see it twice.
+            let gated = waiting == InflightState::AwaitingPubRec && seq > self.durable;
+            if !gated {
+                self.send_publish(&delivery, packet_id, false);
+            }
+            state.inflight.push_back(Inflight {
+                packet_id,
+                delivery,
+                state: waiting,
+                pending: gated,
+                dup: !gated,
+                send_after: seq,
+            });
+            if gated {
+                state.pending += 1;
+                self.waiting_for = Some(seq);
+                return false;
+            }
+        }
+    }
+
+    /// Encodes the PUBLISH of a delivery, with a topic alias when the client takes them.
+    /// Returns false when the packet exceeds the client's Maximum Packet Size: it is then
+    /// dropped as if it had been sent [MQTT-3.1.2-25].
+    fn send_publish(&mut self, delivery: &Delivery, packet_id: u16, dup: bool) -> bool {
+        let active = &mut *self.active;
+        let metrics = self.broker.metrics();
+        let topic = &delivery.message.topic;
+        let alias = active.outbound_aliases.alias_for(topic);
+        let packet = publish_packet(delivery, packet_id, dup, active.version, alias, self.now);
+        if too_large(&packet, active.version, active.client_max_packet_size) {
+            Metrics::bump(&metrics.messages_dropped_too_large);
+            return false;
+        }
+        match packet.encode(active.version, self.buf) {
+            Ok(()) => {
+                if let Some((alias, false)) = alias {
+                    active.outbound_aliases.confirm(topic, alias);
+                }
+                Metrics::bump(&metrics.messages_sent);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot encode PUBLISH");
+                false
+            }
+        }
+    }
+}
+
 /// Removes the reason string and user properties of an acknowledgement or DISCONNECT.
 fn strip_problem_information(packet: &mut Packet) {
     let properties = match packet {
@@ -133,122 +364,4 @@ fn strip_problem_information(packet: &mut Packet) {
     };
     properties.reason_string = None;
     properties.user_properties.clear();
-}
-
-/// Sends messages of the session: first those marked for resending, then queued ones.
-fn transmit_messages(
-    broker: &Broker,
-    active: &mut Active,
-    state: &mut SessionState,
-    buf: &mut BytesMut,
-    budget: usize,
-    now: Instant,
-) -> bool {
-    let metrics = broker.metrics();
-    if state.resend > 0 {
-        // Messages the client's (new) maximum packet size no longer admits.
-        let mut dropped = Vec::new();
-        for entry in state.inflight.iter_mut().filter(|entry| entry.resend) {
-            if buf.len() >= budget {
-                break;
-            }
-            entry.resend = false;
-            state.resend -= 1;
-            match entry.state {
-                // Resent with DUP set and the original identifier [MQTT-4.4.0-1, MQTT-3.3.1-1].
-                InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
-                    let id = entry.packet_id;
-                    if !send_publish(active, &entry.delivery, id, true, buf, metrics, now) {
-                        dropped.push(id);
-                    }
-                }
-                InflightState::AwaitingPubComp => {
-                    let pubrel = Packet::PubRel(Ack::new(entry.packet_id));
-                    if let Err(error) = pubrel.encode(active.version, buf) {
-                        tracing::error!(%error, "cannot encode PUBREL");
-                    }
-                }
-            }
-        }
-        state
-            .inflight
-            .retain(|entry| !dropped.contains(&entry.packet_id));
-        if state.resend > 0 {
-            return true;
-        }
-    }
-    loop {
-        if buf.len() >= budget {
-            return !state.queue.is_empty();
-        }
-        let window_full = state.inflight.len() >= active.send_window;
-        let Some(front) = state.queue.front() else {
-            return false;
-        };
-        if window_full && front.qos != QoS::AtMostOnce {
-            // Order is kept: nothing overtakes a message waiting for the window.
-            return false;
-        }
-        let Some(delivery) = state.queue.pop_front() else {
-            return false;
-        };
-        if delivery.message.is_expired(now) {
-            // An expired message is not delivered [MQTT-3.3.2-5].
-            Metrics::bump(&metrics.messages_dropped_expired);
-            continue;
-        }
-        let packet_id = if delivery.qos == QoS::AtMostOnce {
-            0
-        } else {
-            state.allocate_packet_id()
-        };
-        let sent = send_publish(active, &delivery, packet_id, false, buf, metrics, now);
-        if sent && delivery.qos != QoS::AtMostOnce {
-            let waiting = if delivery.qos == QoS::AtLeastOnce {
-                InflightState::AwaitingPubAck
-            } else {
-                InflightState::AwaitingPubRec
-            };
-            state.inflight.push_back(Inflight {
-                packet_id,
-                delivery,
-                state: waiting,
-                resend: false,
-            });
-        }
-    }
-}
-
-/// Encodes the PUBLISH of a delivery, with a topic alias when the client takes them. Returns
-/// false when the packet exceeds the client's Maximum Packet Size: it is then dropped as if it
-/// had been sent [MQTT-3.1.2-25].
-fn send_publish(
-    active: &mut Active,
-    delivery: &Delivery,
-    packet_id: u16,
-    dup: bool,
-    buf: &mut BytesMut,
-    metrics: &Metrics,
-    now: Instant,
-) -> bool {
-    let topic = &delivery.message.topic;
-    let alias = active.outbound_aliases.alias_for(topic);
-    let packet = publish_packet(delivery, packet_id, dup, active.version, alias, now);
-    if too_large(&packet, active.version, active.client_max_packet_size) {
-        Metrics::bump(&metrics.messages_dropped_too_large);
-        return false;
-    }
-    match packet.encode(active.version, buf) {
-        Ok(()) => {
-            if let Some((alias, false)) = alias {
-                active.outbound_aliases.confirm(topic, alias);
-            }
-            Metrics::bump(&metrics.messages_sent);
-            true
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot encode PUBLISH");
-            false
-        }
-    }
 }

@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 use tern_codec::{MqttStr, QoS, SubscriptionOptions};
 
 use crate::message::{Delivery, Message};
+use crate::persist::{Change, Persistence};
+
+/// Whether a delivery is stored when its session is persistent: QoS 1 and 2 messages with a
+/// stored body.
+pub(crate) fn is_stored(delivery: &Delivery) -> bool {
+    delivery.qos != QoS::AtMostOnce && delivery.message.id != 0
+}
 
 /// Identifies one network connection for the life of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,8 +78,21 @@ pub struct Inflight {
     pub packet_id: u16,
     pub delivery: Delivery,
     pub state: InflightState,
-    /// Set when the entry must be sent again (after a reconnect).
-    pub resend: bool,
+    /// Set while the packet of the current state (PUBLISH or PUBREL) still has to go out: it
+    /// waits for durability, or the connection was lost since it was sent.
+    pub pending: bool,
+    /// Whether the PUBLISH, when it goes out, is a retransmission (DUP set).
+    pub dup: bool,
+    /// Store sequence number that must be durable before the packet goes out (0: none).
+    pub send_after: u64,
+}
+
+/// A delivery waiting in a session's queue, at its position (increasing within the session;
+/// the store's key for it).
+#[derive(Debug, Clone)]
+pub struct QueuedDelivery {
+    pub position: u64,
+    pub delivery: Delivery,
 }
 
 /// A will whose delay has not run out yet (MQTT 5 Will Delay Interval).
@@ -89,10 +109,11 @@ pub struct SessionState {
     pub(crate) owner: Option<ConnectionId>,
     pub(crate) wakeup: Option<Arc<dyn Wakeup>>,
     pub(crate) subscriptions: HashMap<MqttStr, SubscriptionRecord>,
-    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) queue: VecDeque<QueuedDelivery>,
+    pub(crate) next_position: u64,
     pub(crate) inflight: VecDeque<Inflight>,
-    /// How many entries of `inflight` have `resend` set.
-    pub(crate) resend: usize,
+    /// How many entries of `inflight` have `pending` set.
+    pub(crate) pending: usize,
     /// Inbound QoS 2 packet identifiers whose PUBLISH was routed and whose PUBREL is awaited.
     pub(crate) inbound_qos2: Vec<u16>,
     next_packet_id: u16,
@@ -102,6 +123,8 @@ pub struct SessionState {
     pub(crate) pending_will: Option<PendingWill>,
     /// Set once the session has ended; it then accepts nothing.
     pub(crate) ended: bool,
+    /// Whether the session is in the store (it was persistent when last written).
+    pub(crate) stored: bool,
     /// Messages dropped because the queue was full.
     pub(crate) dropped: u64,
 }
@@ -141,14 +164,16 @@ impl Session {
                 wakeup: None,
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
+                next_position: 1,
                 inflight: VecDeque::new(),
-                resend: 0,
+                pending: 0,
                 inbound_qos2: Vec::new(),
                 next_packet_id: 1,
                 expiry,
                 expires_at: None,
                 pending_will: None,
                 ended: false,
+                stored: false,
                 dropped: 0,
             }),
         }
@@ -184,32 +209,58 @@ impl Session {
 
     /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue
     /// holds `max_queued` already. QoS 0 for an offline session is discarded unless
-    /// `queue_qos0_offline`.
+    /// `queue_qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
+    /// is submitted as it is queued, preceded by its message body unless `body_stored` says
+    /// that was done; returns the sequence number of the last change (0 for none).
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
         max_queued: usize,
         queue_qos0_offline: bool,
-    ) -> Enqueued {
+        persist: Option<&dyn Persistence>,
+        body_stored: &mut bool,
+    ) -> (Enqueued, u64) {
         let mut state = self.lock();
         if state.ended || max_queued == 0 {
-            return Enqueued::Discarded;
+            return (Enqueued::Discarded, 0);
         }
         if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
-            return Enqueued::Discarded;
+            return (Enqueued::Discarded, 0);
         }
+        let persist = persist.filter(|_| state.stored);
+        let mut seq = 0;
         let mut outcome = Enqueued::Queued;
-        if state.queue.len() >= max_queued {
-            state.queue.pop_front();
+        if state.queue.len() >= max_queued
+            && let Some(dropped) = state.queue.pop_front()
+        {
             state.dropped += 1;
             outcome = Enqueued::QueuedDroppingOldest;
+            if let Some(persist) = persist.filter(|_| is_stored(&dropped.delivery)) {
+                seq = persist.submit(Change::Unqueued {
+                    client_id: self.client_id.clone(),
+                    position: dropped.position,
+                });
+            }
+        }
+        let position = state.next_position;
+        state.next_position += 1;
+        if let Some(persist) = persist.filter(|_| is_stored(&delivery)) {
+            if !*body_stored {
+                persist.submit(Change::Message(delivery.message.clone()));
+                *body_stored = true;
+            }
+            seq = persist.submit(Change::Queued {
+                client_id: self.client_id.clone(),
+                position,
+                delivery: delivery.stored(),
+            });
         }
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(delivery);
+        state.queue.push_back(QueuedDelivery { position, delivery });
         if was_empty && let Some(wakeup) = &state.wakeup {
             wakeup.wake();
         }
-        outcome
+        (outcome, seq)
     }
 
     /// Number of waiting messages (for tests and metrics).
@@ -255,12 +306,23 @@ impl SessionState {
         self.mark_all_for_resend();
     }
 
-    /// Marks every message in flight to be sent again [MQTT-4.4.0-1].
+    /// Marks every message in flight to be sent again, PUBLISH with DUP set [MQTT-4.4.0-1].
     pub(crate) fn mark_all_for_resend(&mut self) {
         for entry in &mut self.inflight {
-            entry.resend = true;
+            entry.pending = true;
+            entry.dup = true;
         }
-        self.resend = self.inflight.len();
+        self.pending = self.inflight.len();
+    }
+
+    /// Whether the session outlives its connection, and so is stored.
+    pub(crate) fn is_persistent(&self) -> bool {
+        self.expiry != SessionExpiry::AtDisconnect
+    }
+
+    /// Whether changes of this session go to the store.
+    pub(crate) fn stores(&self) -> bool {
+        self.stored
     }
 
     /// Whether `connection` owns the session and it has not ended.
@@ -271,8 +333,8 @@ impl SessionState {
     /// Removes the in-flight entry at `index`.
     pub(crate) fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
         let entry = self.inflight.remove(index)?;
-        if entry.resend {
-            self.resend -= 1;
+        if entry.pending {
+            self.pending -= 1;
         }
         Some(entry)
     }
@@ -282,7 +344,7 @@ impl SessionState {
         self.subscriptions.clear();
         self.queue.clear();
         self.inflight.clear();
-        self.resend = 0;
+        self.pending = 0;
         self.inbound_qos2.clear();
     }
 }

@@ -257,30 +257,35 @@ impl Transmit<'_> {
                 return false;
             };
             let stored = state.stores() && is_stored(&delivery);
-            if stored {
-                self.broker.persist(|| Change::Unqueued {
-                    client_id: self.client_id.clone(),
-                    position,
-                });
-            }
+            // The store learns that the delivery left the queue after it learns where it went,
+            // so its message body is never without a reference in between.
+            let unqueued = || Change::Unqueued {
+                client_id: self.client_id.clone(),
+                position,
+            };
             if delivery.message.is_expired(self.now) {
                 // An expired message is not delivered [MQTT-3.3.2-5].
                 Metrics::bump(&metrics.messages_dropped_expired);
+                if stored {
+                    self.broker.persist(unqueued);
+                }
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 self.send_publish(&delivery, 0, false);
                 continue;
             }
-            let probe = publish_packet(&delivery, 1, false, self.active.version, None, self.now);
-            if too_large(
-                &probe,
-                self.active.version,
-                self.active.client_max_packet_size,
-            ) {
-                // Dropped as if it had been sent [MQTT-3.1.2-25].
-                Metrics::bump(&metrics.messages_dropped_too_large);
-                continue;
+            let max = self.active.client_max_packet_size;
+            if max != u32::MAX {
+                let probe = publish_packet(&delivery, 1, false, self.active.version, None, self.now);
+                if too_large(&probe, self.active.version, max) {
+                    // Dropped as if it had been sent [MQTT-3.1.2-25].
+                    Metrics::bump(&metrics.messages_dropped_too_large);
+                    if stored {
+                        self.broker.persist(unqueued);
+                    }
+                    continue;
+                }
             }
             let packet_id = state.allocate_packet_id();
             let waiting = if delivery.qos == QoS::AtLeastOnce {
@@ -289,12 +294,13 @@ impl Transmit<'_> {
                 InflightState::AwaitingPubRec
             };
             let seq = if stored {
-                self.broker.persist(|| Change::Inflight {
+                let seq = self.broker.persist(|| Change::Inflight {
                     client_id: self.client_id.clone(),
                     packet_id,
                     state: waiting,
                     delivery: delivery.stored(),
-                })
+                });
+                self.broker.persist(unqueued).max(seq)
             } else {
                 0
             };

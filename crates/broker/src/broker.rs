@@ -280,10 +280,14 @@ impl Broker {
                 SessionExpiry::Never | SessionExpiry::AtDisconnect => None,
             };
             state.expires_at = expires_at;
-            let will_at = will.map(|(message, delay)| {
-                let at = now + delay.saturating_sub(offline_for);
+            let will_at = will.map(|will| {
+                let at = now + will.delay.saturating_sub(offline_for);
+                let mut message = Arc::unwrap_or_clone(will.message);
+                message.expires_at = will
+                    .expiry_interval
+                    .map(|seconds| at + std::time::Duration::from_secs(u64::from(seconds)));
                 state.pending_will = Some(PendingWill {
-                    message,
+                    message: Arc::new(message),
                     publish_at: at,
                 });
                 at

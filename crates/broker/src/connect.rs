@@ -254,6 +254,7 @@ impl Connection {
                     client_id: client_id.clone(),
                     message,
                     delay: will.delay,
+                    expiry_interval: will.expiry_interval,
                 }));
             }
         }

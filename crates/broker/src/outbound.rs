@@ -277,7 +277,8 @@ impl Transmit<'_> {
             }
             let max = self.active.client_max_packet_size;
             if max != u32::MAX {
-                let probe = publish_packet(&delivery, 1, false, self.active.version, None, self.now);
+                let probe =
+                    publish_packet(&delivery, 1, false, self.active.version, None, self.now);
                 if too_large(&probe, self.active.version, max) {
                     // Dropped as if it had been sent [MQTT-3.1.2-25].
                     Metrics::bump(&metrics.messages_dropped_too_large);

@@ -95,11 +95,13 @@ pub enum Change {
     RetainedCleared {
         topic: MqttStr,
     },
-    /// The will of a persistent session, published `delay` after its connection ends.
+    /// The will of a persistent session, published `delay` after its connection ends, with
+    /// a Message Expiry Interval (seconds) counted from its publication.
     Will {
         client_id: MqttStr,
         message: Arc<Message>,
         delay: Duration,
+        expiry_interval: Option<u32>,
     },
     WillCleared {
         client_id: MqttStr,
@@ -130,8 +132,18 @@ pub struct RecoveredSession {
     /// Outbound messages in flight, in the order they were sent.
     pub inflight: Vec<(u16, InflightState, RecoveredDelivery)>,
     pub inbound_qos2: Vec<u16>,
-    /// The will and its delay.
-    pub will: Option<(Arc<Message>, Duration)>,
+    pub will: Option<RecoveredWill>,
+}
+
+/// A will read back at start-up.
+#[derive(Debug, Clone)]
+pub struct RecoveredWill {
+    /// The will, without an expiry deadline: its expiry counts from its publication.
+    pub message: Arc<Message>,
+    /// The Will Delay Interval.
+    pub delay: Duration,
+    /// The will's Message Expiry Interval, in seconds.
+    pub expiry_interval: Option<u32>,
 }
 
 /// A delivery read back at start-up, with its message.
@@ -144,8 +156,10 @@ pub struct RecoveredDelivery {
     pub shared_filter: Option<MqttStr>,
 }
 
-/// Everything read back at start-up. Expired messages and sessions are already left out, and
-/// message expiry deadlines are converted to this run's clock.
+/// Everything read back at start-up. Expired sessions, and messages that expired before their
+/// delivery started, are already left out (an in-flight message is kept even if it has
+/// expired since: its delivery has begun [MQTT-3.3.2-5]); expiry deadlines are converted to
+/// this run's clock.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,

@@ -3,7 +3,7 @@
 //! typo never passes silently.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -18,6 +18,12 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG` directive).
     pub log_level: String,
+    /// Directory of the store (persistent sessions, queued and in-flight messages, retained
+    /// messages). Unused with `durability = "memory"`.
+    pub data_dir: PathBuf,
+    /// What an acknowledged message survives: `memory` (nothing: no disk at all), `process`
+    /// (a crash or `kill -9` of the broker), `fsync` (a power loss).
+    pub durability: Durability,
     pub limits: Limits,
     pub mqtt: MqttOptions,
 }
@@ -70,11 +76,36 @@ pub struct MqttOptions {
     pub subscription_identifiers: bool,
 }
 
+/// The durability level of the broker's state; see [`ServerConfig::durability`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// No store: everything is lost when the broker stops.
+    Memory,
+    /// Written to the operating system before it is acknowledged: survives `kill -9`.
+    #[default]
+    Process,
+    /// Synced to the device before it is acknowledged: survives a power loss.
+    Fsync,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Memory => "memory",
+            Durability::Process => "process",
+            Durability::Fsync => "fsync",
+        })
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
             log_level: "info".to_owned(),
+            data_dir: PathBuf::from("tern-data"),
+            durability: Durability::default(),
             limits: Limits::default(),
             mqtt: MqttOptions::default(),
         }
@@ -234,6 +265,12 @@ mod tests {
         assert_eq!(config.broker_config().max_queued_messages, 5);
         assert_eq!(config.broker_config().max_qos, QoS::AtLeastOnce);
         assert!(ServerConfig::from_toml("lisen = []").is_err());
+        let stored =
+            ServerConfig::from_toml("data_dir = \"/var/lib/tern\"\ndurability = \"fsync\"")
+                .unwrap();
+        assert_eq!(stored.durability, Durability::Fsync);
+        assert_eq!(stored.data_dir, PathBuf::from("/var/lib/tern"));
+        assert!(ServerConfig::from_toml("durability = \"disk\"").is_err());
         assert!(ServerConfig::from_toml("[mqtt]\nmax_qos = 3").is_err());
     }
 }

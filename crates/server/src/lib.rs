@@ -10,6 +10,6 @@ mod config;
 mod connection;
 mod server;
 
-pub use config::{ConfigError, Limits, MqttOptions, ServerConfig};
+pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig};
 pub use server::{Server, ServerError};
 pub use tern_broker as broker;

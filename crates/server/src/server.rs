@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tern_broker::persist::Persistence;
 use tern_broker::{Broker, Hooks};
+use tern_store::Store;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::config::ServerConfig;
+use crate::config::{Durability, ServerConfig};
 use crate::connection::serve_connection;
 
 /// Why the server could not start.
@@ -26,6 +28,10 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] tern_store::StoreError),
+    #[error("the store failed, acknowledgements can no longer be made durable: {0}")]
+    StoreFailed(String),
 }
 
 /// Open connections, and a signal when the last one ends.
@@ -51,6 +57,7 @@ pub struct Server {
     config: ServerConfig,
     broker: Arc<Broker>,
     listeners: Vec<TcpListener>,
+    store: Option<Arc<Store>>,
 }
 
 impl Server {
@@ -65,7 +72,7 @@ impl Server {
         hooks: Hooks,
     ) -> Result<Server, ServerError> {
         config.validate()?;
-        let broker = Broker::with_hooks(config.broker_config(), hooks);
+        let (broker, store) = open_state(&config, hooks)?;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for &addr in &config.listen {
             let listener = TcpListener::bind(addr)
@@ -77,6 +84,7 @@ impl Server {
             config,
             broker,
             listeners,
+            store,
         })
     }
 
@@ -92,9 +100,14 @@ impl Server {
         &self.broker
     }
 
-    /// Serves until `shutdown` completes, then closes every connection (MQTT 5 clients get
-    /// DISCONNECT 0x8B) and returns once they have ended, or after `grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
+    /// Serves until `shutdown` completes (or the store fails), then closes every connection
+    /// (MQTT 5 clients get DISCONNECT 0x8B), closes the store, and returns once they have
+    /// ended, or after `grace`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let count = Arc::new(ConnectionCount::default());
         for listener in self.listeners {
@@ -110,7 +123,14 @@ impl Server {
             ));
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
-        shutdown.await;
+        let failed = tokio::select! {
+            () = shutdown => None,
+            failure = store_failure(self.store.clone()) => Some(failure),
+        };
+        if let Some(failure) = &failed {
+            // Acknowledgements wait for durability that will not come: stop rather than hang.
+            tracing::error!(%failure, "the store failed; shutting down");
+        }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let deadline = Instant::now() + grace;
@@ -127,7 +147,71 @@ impl Server {
                 break;
             }
         }
+        if let Some(store) = self.store
+            && let Err(error) = store.close()
+        {
+            tracing::error!(%error, "the store did not close cleanly");
+        }
+        match failed {
+            Some(failure) => Err(ServerError::StoreFailed(failure)),
+            None => Ok(()),
+        }
     }
+}
+
+/// Completes when the store reports a failure (never without a store).
+async fn store_failure(store: Option<Arc<Store>>) -> String {
+    let Some(store) = store else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(failure) = store.failure() {
+            return failure;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The broker, with its state read back from the store unless the durability is `memory`.
+fn open_state(
+    config: &ServerConfig,
+    hooks: Hooks,
+) -> Result<(Arc<Broker>, Option<Arc<Store>>), ServerError> {
+    let level = match config.durability {
+        Durability::Memory => {
+            tracing::info!("durability memory: nothing is stored");
+            return Ok((Broker::with_hooks(config.broker_config(), hooks), None));
+        }
+        Durability::Process => tern_store::Durability::Process,
+        Durability::Fsync => tern_store::Durability::Fsync,
+    };
+    let started = std::time::Instant::now();
+    let (store, recovered) = Store::open(&config.data_dir, level)?;
+    let sessions = recovered.sessions.len();
+    let retained = recovered.retained.len();
+    let report = store.load_report();
+    if report.journal_bytes_dropped > 0 {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            bytes = report.journal_bytes_dropped,
+            "the end of the store's journal did not read back intact and was dropped \
+             (a write cut short by a crash, or damage)"
+        );
+    }
+    let persistence: Arc<dyn Persistence> = store.clone();
+    let broker = Broker::with_persistence(config.broker_config(), hooks, Some(persistence));
+    broker.restore(recovered, std::time::Instant::now());
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        durability = %config.durability,
+        sessions,
+        retained,
+        expired_sessions = report.expired_sessions,
+        expired_messages = report.expired_messages,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state restored"
+    );
+    Ok((broker, Some(store)))
 }
 
 async fn accept_loop(

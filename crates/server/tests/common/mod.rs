@@ -58,9 +58,11 @@ impl Drop for TestBroker {
     }
 }
 
+/// A configuration for tests: an ephemeral loopback port, state in memory.
 pub fn config() -> ServerConfig {
     ServerConfig {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        durability: tern_server::Durability::Memory,
         ..ServerConfig::default()
     }
 }
@@ -81,12 +83,14 @@ pub async fn start_with_hooks(
     let addr = server.local_addrs()[0];
     let broker = server.broker().clone();
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(server.run(
-        async {
+    let task = tokio::spawn(async move {
+        let stopped = async {
             let _ = stopped.await;
-        },
-        Duration::from_secs(4),
-    ));
+        };
+        if let Err(error) = server.run(stopped, Duration::from_secs(4)).await {
+            panic!("server failed: {error}");
+        }
+    });
     TestBroker {
         addr,
         broker,

@@ -1,0 +1,116 @@
+//! Reclaiming the space of deleted entries, so that disk use follows the live data and not the
+//! history. The engine drops a deleted value only when its tombstone is compacted into the
+//! last level together with it; with leveled compaction that waits until levels fill up to
+//! their size targets (hundreds of MiB), so a broker that deletes about as much as it writes
+//! (every acknowledged message) would otherwise carry most of its history. After enough
+//! deletes in a keyspace (at least [`MIN_DELETES`], and at least as many as it holds live
+//! entries, so that the rewrite costs at most one live entry per delete), a maintenance thread
+//! flushes that keyspace's memtable and compacts it into its last level, which drops the
+//! deleted values and their tombstones.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use fjall::Keyspace;
+
+use crate::engine::{Batch, Engine, Index};
+use crate::keys::Space;
+
+/// Deletes in a keyspace before its space is reclaimed, however little it holds.
+pub(crate) const MIN_DELETES: u64 = 50_000;
+
+/// Counts deletes and hands keyspaces to the maintenance thread.
+pub(crate) struct Maintenance {
+    deletes: [u64; Space::ALL.len()],
+    sender: Option<Sender<Keyspace>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Maintenance {
+    pub(crate) fn start() -> Maintenance {
+        let (sender, receiver) = channel();
+        let thread = std::thread::Builder::new()
+            .name("tern-store-maintenance".into())
+            .spawn(move || run(receiver))
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot start the store's maintenance thread; deleted entries are reclaimed by the engine's own compaction only");
+            })
+            .ok();
+        Maintenance {
+            deletes: [0; Space::ALL.len()],
+            sender: thread.as_ref().map(|_| sender),
+            thread,
+        }
+    }
+
+    /// Counts the deletes `batch` committed; starts reclaiming where there are enough.
+    pub(crate) fn after_commit(&mut self, engine: &Engine, batch: &Batch) {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        for (space, deletes) in Space::ALL.into_iter().zip(batch.deletes()) {
+            let count = &mut self.deletes[space.index()];
+            *count += deletes;
+            if *count >= MIN_DELETES && *count >= live_entries(&engine.index, space) {
+                *count = 0;
+                if sender.send(engine.spaces.get(space).clone()).is_err() {
+                    self.sender = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Lets the maintenance thread finish its current work and waits for it.
+    pub(crate) fn stop(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the store's maintenance thread panicked");
+        }
+    }
+}
+
+/// How many entries `space` holds (as far as the index knows).
+fn live_entries(index: &Index, space: Space) -> u64 {
+    let per_client = |count: fn(&crate::engine::ClientEntries) -> usize| {
+        index.clients.values().map(count).sum::<usize>()
+    };
+    let live = match space {
+        Space::Messages => index.refs.len(),
+        Space::Sessions => index.clients.len(),
+        Space::Subscriptions => per_client(|entries| entries.subscriptions.len()),
+        Space::Queue => per_client(|entries| entries.queue.len()),
+        Space::Inflight => per_client(|entries| entries.inflight.len()),
+        Space::InboundQos2 => per_client(|entries| entries.inbound_qos2.len()),
+        Space::Wills => per_client(|entries| usize::from(entries.will)),
+        Space::Meta | Space::Retained => 0,
+    };
+    u64::try_from(live).unwrap_or(u64::MAX)
+}
+
+fn run(receiver: Receiver<Keyspace>) {
+    while let Ok(keyspace) = receiver.recv() {
+        let started = std::time::Instant::now();
+        let before = keyspace.disk_space();
+        // Flush first, so that the tombstones are in tables the compaction sees.
+        let result = keyspace
+            .rotate_memtable_and_wait()
+            .and_then(|()| keyspace.major_compact());
+        match result {
+            Ok(()) => tracing::debug!(
+                keyspace = %keyspace.name(),
+                before,
+                after = keyspace.disk_space(),
+                elapsed = ?started.elapsed(),
+                "reclaimed the space of deleted entries"
+            ),
+            Err(error) => tracing::warn!(
+                keyspace = %keyspace.name(),
+                %error,
+                "cannot reclaim the space of deleted entries"
+            ),
+        }
+    }
+}

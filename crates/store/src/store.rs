@@ -1,0 +1,202 @@
+//! The store as the server uses it: opening a data directory (lock, format check, read-back,
+//! commit thread), the core's `Persistence` trait over the commit thread, and closing.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tern_broker::Wakeup;
+use tern_broker::persist::{Change, Persistence, Recovered};
+
+use crate::clock::Clock;
+use crate::commit::{self, Shared};
+use crate::directory;
+use crate::durability::Durability;
+use crate::engine::Engine;
+use crate::error::StoreError;
+use crate::format;
+use crate::recover::{self, LoadReport};
+
+/// How long `close` lets a failing commit be retried before it gives up.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker's durable state in a data directory; see the crate documentation.
+pub struct Store {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+    durability: Durability,
+    report: LoadReport,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("durability", &self.durability)
+            .field("durable", &self.shared.durable())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir` (created if missing), reads back everything in it, and starts
+    /// the commit thread.
+    ///
+    /// Fails, leaving the directory as it was, if another process (or another `Store` of this
+    /// process) has it open, if it holds files a Tern store does not write, if its format
+    /// version is missing or not this build's, or if any record is damaged.
+    pub fn open(dir: &Path, durability: Durability) -> Result<(Arc<Store>, Recovered), StoreError> {
+        let started = Instant::now();
+        let prepared = directory::prepare(dir)?;
+        let clock = Clock::now();
+        let engine_path = prepared.engine_path.clone();
+        let existing = prepared.existing;
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            let opened = format::open_engine(&engine_path, dir, existing)?;
+            let mut loaded = recover::load(&opened.spaces, dir, &clock)?;
+            loaded.report.journal_bytes_dropped = opened.journal_bytes_dropped;
+            Ok::<_, StoreError>((opened.spaces, loaded))
+        }))
+        .map_err(|panic| StoreError::EnginePanic {
+            path: engine_path.clone(),
+            message: panic_message(panic.as_ref()),
+        })??;
+        let (spaces, loaded) = opened;
+        let engine = Engine {
+            spaces,
+            index: loaded.index,
+        };
+        // Deletes of what expired while the broker was down; re-done at the next start if lost.
+        engine
+            .commit(&loaded.cleanup, durability.persist_mode())
+            .map_err(|source| StoreError::Engine {
+                path: engine_path.clone(),
+                action: "delete expired entries from".into(),
+                source,
+            })?;
+        let report = loaded.report;
+        tracing::info!(
+            dir = %dir.display(),
+            %durability,
+            sessions = report.sessions,
+            messages = report.messages,
+            retained = report.retained,
+            expired_sessions = report.expired_sessions,
+            expired_messages = report.expired_messages + report.expired_retained,
+            expired_deliveries = report.expired_deliveries,
+            elapsed = ?started.elapsed(),
+            "store opened"
+        );
+        if report.journal_bytes_dropped > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                bytes = report.journal_bytes_dropped,
+                "the engine dropped the end of its journal that did not read back intact: a write torn by a crash or power loss (at most the last commit), or damage to the journal file (then the newest commits are lost); the store holds the state as of the last intact commit"
+            );
+        }
+        if report.orphans > 0 {
+            tracing::warn!(dir = %dir.display(), entries = report.orphans, "deleted stored entries whose session or message was missing");
+        }
+
+        let shared = Arc::new(Shared::new(dir.to_path_buf()));
+        let thread = {
+            let shared = shared.clone();
+            let mode = durability.persist_mode();
+            let lock = prepared.lock;
+            std::thread::Builder::new()
+                .name("tern-store-commit".into())
+                .spawn(move || commit::run(shared, engine, mode, lock))
+                .map_err(StoreError::Thread)?
+        };
+        let store = Arc::new(Store {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            dir: dir.to_path_buf(),
+            durability,
+            report,
+        });
+        Ok((store, loaded.recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// What the last start read back and deleted.
+    pub fn load_report(&self) -> LoadReport {
+        self.report
+    }
+
+    /// `Some(reason)` while commits fail (durability is stalled: acknowledgements that wait
+    /// for it are not sent), or after the commit thread died. A server may report it, or stop.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    /// Commits what is pending and stops the commit thread; the directory is unlocked when this
+    /// returns `Ok`. Waits at most [`CLOSE_TIMEOUT`] for a failing commit (then its changes
+    /// are lost and an error says so). Later calls do nothing.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        self.shared.request_stop(Instant::now() + CLOSE_TIMEOUT);
+        // A retry in progress may sleep up to 5 s more than the deadline.
+        let grace = CLOSE_TIMEOUT + Duration::from_secs(6);
+        if !self.shared.wait_finished(grace) {
+            return Err(StoreError::CloseTimedOut {
+                dir: self.dir.clone(),
+                seconds: grace.as_secs(),
+            });
+        }
+        if thread.join().is_err() {
+            tracing::error!(dir = %self.dir.display(), "the store's commit thread panicked");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            tracing::error!(%error, "closing the store");
+        }
+    }
+}
+
+impl Persistence for Store {
+    fn submit(&self, change: Change) -> u64 {
+        self.shared.submit(change)
+    }
+
+    fn durable(&self) -> u64 {
+        self.shared.durable()
+    }
+
+    fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>) {
+        self.shared.wake_when_durable(seq, wakeup);
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

@@ -254,7 +254,9 @@ impl ConnAck {
     }
 
     pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
-        buf.put_u8(u8::from(self.session_present));
+        // MQTT 3.1 has no Session Present flag: the byte is reserved there and stays 0.
+        let present = self.session_present && version != ProtocolVersion::V31;
+        buf.put_u8(u8::from(present));
         if version.is_v5() {
             buf.put_u8(self.reason_code.as_u8());
             self.properties.encode(buf);

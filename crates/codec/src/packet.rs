@@ -3,9 +3,11 @@
 //!
 //! Decoding looks at the fixed header first: type, flags and remaining length are checked, and a
 //! packet larger than the maximum is refused, before a single byte of its body is waited for or
-//! copied. A whole packet is then split off the read buffer and parsed from that shared slice.
+//! copied. A whole packet is then split off the read buffer and parsed from that shared slice;
+//! the shortest packets (an empty body, or an acknowledgement without properties) are read in
+//! place instead, as they keep nothing of the buffer.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::connect::{ConnAck, Connect};
 use crate::control::{Auth, Disconnect};
@@ -68,6 +70,17 @@ impl PacketType {
             _ => 0,
         }
     }
+
+    /// Whether a packet other than PUBLISH may carry `flags` in `version`.
+    ///
+    /// From 3.1.1 on the flags are fixed [MQTT-2.1.3-1]. MQTT 3.1 sends PUBREL, SUBSCRIBE and
+    /// UNSUBSCRIBE at QoS 1 and sets DUP when it sends one again (3.1 section 2.1, "DUP"), so
+    /// there 0b1010 is accepted as well as 0b0010.
+    const fn flags_allowed(self, flags: u8, version: ProtocolVersion) -> bool {
+        let fixed = self.fixed_flags();
+        flags == fixed
+            || (matches!(version, ProtocolVersion::V31) && fixed != 0 && flags == fixed | 0b1000)
+    }
 }
 
 /// One MQTT control packet.
@@ -129,7 +142,7 @@ impl FixedHeader {
             if qos == QoS::AtMostOnce && flags & 0b1000 != 0 {
                 return Err(DecodeError::DupOnQos0);
             }
-        } else if flags != packet_type.fixed_flags() {
+        } else if !packet_type.flags_allowed(flags, version) {
             return Err(DecodeError::InvalidFixedHeaderFlags {
                 packet: packet_type,
                 flags,
@@ -196,21 +209,48 @@ impl Packet {
         if buf.len() < len {
             return Ok(None);
         }
+        if header.remaining_len <= 3 {
+            // Short packets hold nothing to share with the buffer: read them in place, and skip
+            // splitting off a frame (which costs an allocation the first time a buffer is split).
+            use PacketType as P;
+            match header.packet_type {
+                P::PubAck | P::PubRec | P::PubRel | P::PubComp => {
+                    let body = &buf[header.header_len..len];
+                    let result = Ack::decode_short(header.packet_type, body, version);
+                    buf.advance(len);
+                    return result;
+                }
+                _ if header.remaining_len == 0 => {
+                    buf.advance(len);
+                    let reader = Reader::new(Bytes::new(), header.packet_type);
+                    return Packet::decode_body(header, reader, version);
+                }
+                _ => {}
+            }
+        }
         let mut frame = buf.split_to(len).freeze();
         frame.advance(header.header_len);
-        Packet::decode_body(header, Reader::new(frame, header.packet_type), version).map(Some)
+        let reader = Reader::new(frame, header.packet_type);
+        if header.packet_type == PacketType::Publish {
+            // The hot path: the decoder returns this function's result, built in place.
+            return Publish::decode(header.flags, reader, version);
+        }
+        Packet::decode_body(header, reader, version)
     }
 
+    /// Returns the caller's result type itself, so that the packet is moved once, from the
+    /// decoder of its type into place (a `Packet` is several hundred bytes).
+    #[inline]
     fn decode_body(
         header: FixedHeader,
         reader: Reader,
         version: ProtocolVersion,
-    ) -> Result<Packet, DecodeError> {
+    ) -> Result<Option<Packet>, DecodeError> {
         use PacketType as P;
-        Ok(match header.packet_type {
+        Ok(Some(match header.packet_type {
             P::Connect => Packet::Connect(Box::new(Connect::decode(reader)?)),
             P::ConnAck => Packet::ConnAck(ConnAck::decode(reader, version)?),
-            P::Publish => Packet::Publish(Publish::decode(header.flags, reader, version)?),
+            P::Publish => return Publish::decode(header.flags, reader, version),
             P::PubAck => Packet::PubAck(Ack::decode(reader, version)?),
             P::PubRec => Packet::PubRec(Ack::decode(reader, version)?),
             P::PubRel => Packet::PubRel(Ack::decode(reader, version)?),
@@ -229,7 +269,7 @@ impl Packet {
             }
             P::Disconnect => Packet::Disconnect(Disconnect::decode(reader, version)?),
             P::Auth => Packet::Auth(Auth::decode(reader)?),
-        })
+        }))
     }
 
     /// The low four bits of the first byte.

@@ -205,8 +205,67 @@ fn non_zero<T: Into<u32> + Copy + PartialEq + Default>(
 
 impl Properties {
     /// True when no property is set: the property length is then a single zero byte.
+    ///
+    /// Field by field, without building a default to compare with, and without branches (`&`,
+    /// not `&&`): it runs on every packet encoded. The destructuring names every field, so that a
+    /// new one cannot be forgotten here.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        let Properties {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            session_expiry_interval,
+            assigned_client_identifier,
+            server_keep_alive,
+            authentication_method,
+            authentication_data,
+            request_problem_information,
+            will_delay_interval,
+            request_response_information,
+            response_information,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user_properties,
+            maximum_packet_size,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        } = self;
+        payload_format_indicator.is_none()
+            & message_expiry_interval.is_none()
+            & content_type.is_none()
+            & response_topic.is_none()
+            & correlation_data.is_none()
+            & subscription_identifiers.is_empty()
+            & session_expiry_interval.is_none()
+            & assigned_client_identifier.is_none()
+            & server_keep_alive.is_none()
+            & authentication_method.is_none()
+            & authentication_data.is_none()
+            & request_problem_information.is_none()
+            & will_delay_interval.is_none()
+            & request_response_information.is_none()
+            & response_information.is_none()
+            & server_reference.is_none()
+            & reason_string.is_none()
+            & receive_maximum.is_none()
+            & topic_alias_maximum.is_none()
+            & topic_alias.is_none()
+            & maximum_qos.is_none()
+            & retain_available.is_none()
+            & user_properties.is_empty()
+            & maximum_packet_size.is_none()
+            & wildcard_subscription_available.is_none()
+            & subscription_identifier_available.is_none()
+            & shared_subscription_available.is_none()
     }
 
     /// Reads a Property Length and the properties it covers.
@@ -215,6 +274,10 @@ impl Properties {
         place: PropertyPlace,
     ) -> Result<Properties, DecodeError> {
         let len = reader.varint("property length")?;
+        if len == 0 {
+            // The common case: no properties, and no sub-reader to make (and drop).
+            return Ok(Properties::default());
+        }
         let mut reader = reader.take(len as usize, "properties")?;
         let mut props = Properties::default();
         while !reader.is_empty() {
@@ -439,6 +502,9 @@ impl Properties {
 
     /// Bytes on the wire: Property Length and properties.
     pub(crate) fn encoded_len(&self) -> usize {
+        if self.is_empty() {
+            return 1;
+        }
         let body = self.body_len();
         varint_len(body as u32) + body
     }
@@ -515,6 +581,9 @@ impl Properties {
     /// Checks what the types cannot: every property allowed at `place`, binary data that fits
     /// its prefix, subscription identifiers in range.
     pub(crate) fn check(&self, place: PropertyPlace) -> Result<(), EncodeError> {
+        if self.is_empty() {
+            return Ok(());
+        }
         if let Some((property, _)) = self
             .present()
             .into_iter()
@@ -544,6 +613,10 @@ impl Properties {
     /// Writes Property Length and properties, in order of identifier. The caller has run
     /// [`Properties::check`].
     pub(crate) fn encode(&self, buf: &mut BytesMut) {
+        if self.is_empty() {
+            buf.put_u8(0);
+            return;
+        }
         put_varint(buf, self.body_len() as u32);
         let put_flag = |buf: &mut BytesMut, property: u8, v: Option<bool>| {
             if let Some(v) = v {

@@ -168,13 +168,13 @@ impl ReasonCode {
             | R::RetainNotSupported
             | R::QosNotSupported
             | R::UseAnotherServer
-            | R::ServerMoved => &[P::ConnAck, P::Disconnect],
+            | R::ServerMoved
+            | R::ConnectionRateExceeded => &[P::ConnAck, P::Disconnect],
             R::UnsupportedProtocolVersion
             | R::ClientIdentifierNotValid
             | R::BadUserNameOrPassword
             | R::ServerUnavailable
-            | R::Banned
-            | R::ConnectionRateExceeded => &[P::ConnAck],
+            | R::Banned => &[P::ConnAck],
             R::ServerShuttingDown
             | R::KeepAliveTimeout
             | R::SessionTakenOver
@@ -262,6 +262,9 @@ mod tests {
         assert!(R::ServerBusy.allowed_in(P::ConnAck));
         assert!(R::QuotaExceeded.allowed_in(P::SubAck));
         assert!(!R::QuotaExceeded.allowed_in(P::UnsubAck));
+        // 0x9F is listed for CONNACK and DISCONNECT (table 2-6 and section 3.14.2.1).
+        assert!(R::ConnectionRateExceeded.allowed_in(P::ConnAck));
+        assert!(R::ConnectionRateExceeded.allowed_in(P::Disconnect));
     }
 
     #[test]

@@ -83,6 +83,26 @@ impl Reader {
         MqttStr::from_bytes(self.binary(field)?)
     }
 
+    /// A UTF-8 Encoded String that should be a topic name. Returns it with `true` when it is
+    /// already known to be one: plain ASCII without wildcards, and not empty. With `false` the
+    /// caller checks it with [`validate_topic_name`](crate::topic::validate_topic_name).
+    pub(crate) fn topic_name(
+        &mut self,
+        field: &'static str,
+    ) -> Result<(MqttStr, bool), DecodeError> {
+        MqttStr::from_bytes_topic(self.binary(field)?)
+    }
+
+    /// Consumes a Property Length of 0 (one zero byte) if one comes next.
+    pub(crate) fn skip_empty_properties(&mut self) -> bool {
+        if self.bytes.first() == Some(&0) {
+            self.bytes.advance(1);
+            true
+        } else {
+            false
+        }
+    }
+
     /// The next `len` bytes as a reader of their own.
     pub(crate) fn take(&mut self, len: usize, field: &'static str) -> Result<Reader, DecodeError> {
         self.need(len, field)?;
@@ -92,9 +112,9 @@ impl Reader {
         })
     }
 
-    /// Everything not read yet.
-    pub(crate) fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.bytes)
+    /// Everything not read yet. Consumes the reader: nothing is left to drop.
+    pub(crate) fn rest(self) -> Bytes {
+        self.bytes
     }
 
     /// Fails when bytes are left over: the remaining length said more than the content holds.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tern::bench;
 use tern_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Load-test a running broker and check every delivery.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -36,6 +39,13 @@ struct ServeArgs {
     /// Configuration file (TOML).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Directory of the store (sessions, queued and retained messages); default ./tern-data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep everything in memory: no data directory, nothing survives a restart
+    /// (same as durability = "memory").
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
     /// Log filter: error, warn, info, debug, trace (RUST_LOG takes precedence).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -45,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => bench::main(args),
     }
 }
 
@@ -59,6 +70,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(level) = &args.log_level {
         config.log_level = level.clone();
     }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if args.in_memory {
+        config.durability = tern_server::Durability::Memory;
+    }
     init_logging(&config.log_level)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +84,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
-        server.run(shutdown_signal(), SHUTDOWN_GRACE).await;
+        server.run(shutdown_signal(), SHUTDOWN_GRACE).await?;
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(Duration::from_millis(500));

@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# bench/compare.sh: Tern against Mosquitto (and rumqttd when it is on PATH) with `tern bench`.
+#
+# Every scenario runs against every broker in alternating order (A B, B A, A B, ...), each run
+# against a freshly started broker, and the table shows the median of the rounds and the ratio
+# Tern / Mosquitto. Every run also passes `tern bench`'s delivery check, or the table says so.
+#
+#   bench/compare.sh                      # 10 s per run, 3 rounds
+#   DURATION=5 ROUNDS=3 bench/compare.sh
+#
+# Environment: DURATION (seconds measured per run, default 10), ROUNDS (default 3), WARMUP
+# (seconds before measuring, default 1), PORT_BASE (first port used, default 18900), OUT
+# (directory for the JSON results and logs, default a new /tmp/tern-compare.*), TERN (the tern
+# binary, default target/release/tern, built if missing), MOSQUITTO, RUMQTTD (binaries),
+# SCENARIOS (space-separated subset of the scenario names below), INFLIGHT (outbound QoS 1/2
+# messages in flight per client allowed by every broker; default 0, no limit).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-1}
+PORT_BASE=${PORT_BASE:-18900}
+TERN=${TERN:-$ROOT/target/release/tern}
+OUT=${OUT:-$(mktemp -d /tmp/tern-compare.XXXXXX)}
+ONLY=${SCENARIOS:-}
+INFLIGHT=${INFLIGHT:-0}
+case $INFLIGHT in ''|*[!0-9]*) echo "compare.sh: INFLIGHT must be a number" >&2; exit 1 ;; esac
+if [ "$INFLIGHT" -eq 0 ]; then TERN_INFLIGHT=65534; RUMQTTD_INFLIGHT=65534; else TERN_INFLIGHT=$INFLIGHT; RUMQTTD_INFLIGHT=$INFLIGHT; fi
+mkdir -p "$OUT"
+
+# name | tern bench arguments (every run adds --json --quiet --port --pid)
+ALL_SCENARIOS=(
+  "fanin-q0|fanin --clients 8 --qos 0"
+  "fanin-q1|fanin --clients 8 --qos 1"
+  "fanin-q2|fanin --clients 8 --qos 2"
+  "fanout-q0|fanout --clients 100 --qos 0"
+  "pairs-q1|pairs --clients 100 --qos 1"
+  "latency-q1|latency --clients 1 --qos 1 --rate 1000"
+  "idle-10k|conn --clients 10000 --rate 2000"
+  "connect-rate|conn --clients 10000 --rate 0 --concurrency 100"
+)
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+# --- What is needed -------------------------------------------------------------------------
+
+command -v python3 >/dev/null || die "python3 is needed for the results table"
+MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || true)}
+if [ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ]; then MOSQUITTO=/usr/sbin/mosquitto; fi
+[ -n "$MOSQUITTO" ] && [ -x "$MOSQUITTO" ] || die "mosquitto not found. Install it:
+  Debian/Ubuntu: sudo apt-get install mosquitto   (the service it starts can stay stopped:
+                 sudo systemctl disable --now mosquitto)
+  Fedora:        sudo dnf install mosquitto
+  macOS:         brew install mosquitto
+or point MOSQUITTO at the binary."
+RUMQTTD=${RUMQTTD:-$(command -v rumqttd || true)}
+
+if [ ! -x "$TERN" ]; then
+  echo "building $TERN (cargo build --release -j2 -p tern)..." >&2
+  (cd "$ROOT" && cargo build --release -j2 -p tern) || die "cannot build tern"
+fi
+"$TERN" bench --help >/dev/null 2>&1 || die "$TERN has no bench command: rebuild it"
+
+# 10 000 connections need as many descriptors in the bench and in the broker (which inherits
+# this shell's limit): raise the soft limit to the hard limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10100 ]; then
+  echo "warning: open-files limit $(ulimit -n) < 10100: the 10 000-connection runs will fail;" \
+       "raise the hard limit (/etc/security/limits.conf) and rerun" >&2
+fi
+
+BROKERS=(tern mosquitto)
+[ -n "$RUMQTTD" ] && BROKERS+=(rumqttd)
+
+RUN=()
+for entry in "${ALL_SCENARIOS[@]}"; do
+  name=${entry%%|*}
+  if [ -z "$ONLY" ] || [[ " $ONLY " == *" $name "* ]]; then RUN+=("$entry"); fi
+done
+[ ${#RUN[@]} -gt 0 ] || die "no scenario matches SCENARIOS=$ONLY"
+
+# --- Brokers --------------------------------------------------------------------------------
+
+BROKER_PID=""
+cleanup() {
+  if [ -n "$BROKER_PID" ]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+TERN_SERVE_EXTRA=()
+# Mosquitto runs with persistence off; a Tern with a store runs in memory to match.
+if "$TERN" serve --help 2>/dev/null | grep -q -- '--in-memory'; then TERN_SERVE_EXTRA+=(--in-memory); fi
+
+# start_broker NAME PORT LOG: starts a fresh broker, sets BROKER_PID, waits for the port.
+start_broker() {
+  local name=$1 port=$2 log=$3 conf
+  case $name in
+    tern)
+      conf=$OUT/tern.toml
+      # No queue or in-flight limit distorts a closed-loop run (the bench bounds what is
+      # outstanding); Mosquitto gets the same below.
+      cat > "$conf" <<TOML
+log_level = "warn"
+[limits]
+max_connections = 1000000
+max_inflight = $TERN_INFLIGHT
+max_queued_messages = 100000000
+TOML
+      # Started in $OUT: a Tern that keeps a data directory by default keeps it there.
+      (cd "$OUT" && exec "$TERN" serve --listen "127.0.0.1:$port" --config "$conf" "${TERN_SERVE_EXTRA[@]}") >>"$log" 2>&1 &
+      ;;
+    mosquitto)
+      conf=$OUT/mosquitto-$port.conf
+      cat > "$conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+# 0: no limit (INFLIGHT=0), as for Tern; the bench's closed loop bounds what is outstanding.
+max_inflight_messages $INFLIGHT
+max_queued_messages 0
+max_connections -1
+set_tcp_nodelay true
+sys_interval 0
+log_dest stderr
+log_type error
+log_type warning
+CONF
+      "$MOSQUITTO" -c "$conf" >>"$log" 2>&1 &
+      ;;
+    rumqttd)
+      conf=$OUT/rumqttd-$port.toml
+      cat > "$conf" <<TOML
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = $RUMQTTD_INFLIGHT
+dynamic_filters = true
+TOML
+      "$RUMQTTD" -c "$conf" >>"$log" 2>&1 &
+      ;;
+  esac
+  BROKER_PID=$!
+  python3 - "$port" <<'PY' || { echo "broker $name did not listen on $port (see $log)" >&2; return 1; }
+import socket, sys, time
+deadline = time.time() + 10
+while time.time() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(1)
+PY
+}
+
+stop_broker() {
+  if [ -n "$BROKER_PID" ]; then
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+  fi
+}
+
+# --- Rounds ---------------------------------------------------------------------------------
+
+echo "results in $OUT; brokers: ${BROKERS[*]}; $ROUNDS rounds of ${#RUN[@]} scenarios," \
+     "${DURATION}s each after ${WARMUP}s warm-up; in-flight limit ${INFLIGHT} (0: none)" >&2
+port=$PORT_BASE
+for round in $(seq 1 "$ROUNDS"); do
+  order=("${BROKERS[@]}")
+  if [ $((round % 2)) -eq 0 ]; then
+    order=(); for ((i=${#BROKERS[@]}-1; i>=0; i--)); do order+=("${BROKERS[$i]}"); done
+  fi
+  for entry in "${RUN[@]}"; do
+    name=${entry%%|*}
+    read -r -a args <<<"${entry#*|}"
+    for broker in "${order[@]}"; do
+      port=$((port + 1))
+      base=$OUT/r$round-$broker-$name
+      if ! start_broker "$broker" "$port" "$base.broker.log"; then stop_broker; continue; fi
+      extra=(--warmup "$WARMUP" --duration "$DURATION")
+      # A client must not have more QoS 1/2 publishes in flight than the broker allows (MQTT
+      # 3.1.1 cannot tell it; Mosquitto drops the connection).
+      if [ "$INFLIGHT" -gt 0 ] && [ "$INFLIGHT" -lt 100 ]; then extra+=(--inflight "$INFLIGHT"); fi
+      if [ "${args[0]}" = conn ]; then extra=(--duration "$DURATION"); fi
+      set +e
+      "$TERN" bench "${args[@]}" "${extra[@]}" --port "$port" --pid "$BROKER_PID" --json --quiet \
+        >"$base.json" 2>"$base.log"
+      status=$?
+      set -e
+      stop_broker
+      verdict=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["check"])' "$base.json" 2>/dev/null || echo ERROR)
+      printf 'round %s  %-13s %-10s %s (exit %s)\n' "$round" "$name" "$broker" "$verdict" "$status" >&2
+      [ "$verdict" = ERROR ] && rm -f "$base.json" && tail -n 3 "$base.log" >&2
+    done
+  done
+done
+
+# --- Table ----------------------------------------------------------------------------------
+
+python3 - "$OUT" "${BROKERS[@]}" <<'PY' | tee "$OUT/results.md"
+import glob, json, os, re, statistics, sys
+
+out, brokers = sys.argv[1], sys.argv[2:]
+runs = {}
+for path in sorted(glob.glob(os.path.join(out, "r*-*.json"))):
+    m = re.match(r"r(\d+)-([a-z]+)-(.+)\.json$", os.path.basename(path))
+    try:
+        data = json.load(open(path))
+    except (OSError, ValueError):
+        continue
+    runs.setdefault((m.group(3), m.group(2)), []).append(data)
+
+def g(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+# scenario -> (metric label, getter, higher is better)
+METRICS = {
+    "fanin-q0": ("deliveries/s", lambda d: g(d, "received_per_s"), True),
+    "fanin-q1": ("deliveries/s", lambda d: g(d, "received_per_s"), True),
+    "fanin-q2": ("deliveries/s", lambda d: g(d, "received_per_s"), True),
+    "fanout-q0": ("deliveries/s", lambda d: g(d, "received_per_s"), True),
+    "pairs-q1": ("deliveries/s", lambda d: g(d, "received_per_s"), True),
+    "latency-q1": ("p99 latency µs", lambda d: g(d, "latency_us", "p99"), False),
+    "idle-10k": ("broker bytes/conn", lambda d: g(d, "connections", "bytes_per_connection"), False),
+    "connect-rate": ("connections/s", lambda d: g(d, "connections", "connect_rate"), True),
+}
+def per_core(d):
+    rate, cpu = g(d, "received_per_s"), g(d, "broker", "cpu_pct")
+    return rate / (cpu / 100) if rate is not None and cpu else None
+
+PER_CORE = ("deliveries per broker CPU-s", per_core, True)
+EXTRA = {
+    "fanin-q0": [PER_CORE], "fanin-q1": [PER_CORE], "fanin-q2": [PER_CORE],
+    "fanout-q0": [PER_CORE], "pairs-q1": [PER_CORE],
+    "latency-q1": [("p50 latency µs", lambda d: g(d, "latency_us", "p50"), False)],
+    "connect-rate": [("CONNACK p99 µs", lambda d: g(d, "connack_us", "p99"), False)],
+}
+
+def fmt(v):
+    if v is None:
+        return "-"
+    return f"{v:,.0f}".replace(",", " ") if abs(v) >= 100 else f"{v:.1f}"
+
+def cell(scenario, broker, getter):
+    data = runs.get((scenario, broker), [])
+    values = [getter(d) for d in data if getter(d) is not None]
+    if not values:
+        return None, "-"
+    checks = [d.get("check") for d in data]
+    median = statistics.median(values)
+    mark = "" if all(c == "PASS" for c in checks) else f" ({checks.count('FAIL')} FAIL)"
+    return median, fmt(median) + mark
+
+names = {"tern": "Tern", "mosquitto": "Mosquitto", "rumqttd": "rumqttd"}
+header = ["scenario", "metric"] + [names[b] for b in brokers] + ["Tern / Mosquitto"]
+print("| " + " | ".join(header) + " |")
+print("|" + "|".join("---" for _ in header) + "|")
+scenarios = [s for s in METRICS if any((s, b) in runs for b in brokers)]
+for scenario in scenarios:
+    for label, getter, higher in [METRICS[scenario]] + EXTRA.get(scenario, []):
+        row = [scenario, label]
+        medians = {}
+        for b in brokers:
+            medians[b], text = cell(scenario, b, getter)
+            row.append(text)
+        t, m = medians.get("tern"), medians.get("mosquitto")
+        if t is not None and m:
+            ratio = t / m
+            better = (ratio > 1) == higher if ratio != 1 else False
+            row.append(f"{ratio:.2f}" + (" (better)" if better else ""))
+        else:
+            row.append("-")
+        print("| " + " | ".join(row) + " |")
+
+print()
+cpu = {b: [g(d, "bench_cpu_pct") for (s, bb), ds in runs.items() if bb == b for d in ds] for b in brokers}
+cpu_text = ", ".join(f"{names[b]} runs max {max(v):.0f}%" for b, v in cpu.items() if v and all(x is not None for x in v))
+print(f"bench CPU (one thread, % of one core): {cpu_text}")
+bcpu = {}
+for (s, b), ds in runs.items():
+    for d in ds:
+        c = g(d, "broker", "cpu_pct")
+        if c is not None and s in ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "pairs-q1"):
+            bcpu.setdefault(b, []).append(c)
+print("broker CPU in throughput runs (median, % of one core): " +
+      ", ".join(f"{names[b]} {statistics.median(v):.0f}%" for b, v in bcpu.items()))
+others = [g(d, "other_cpu_pct") for ds in runs.values() for d in ds if g(d, "other_cpu_pct") is not None]
+if others:
+    med = statistics.median(others)
+    print(f"other processes on the machine during the runs: median {med:.0f}%, max {max(others):.0f}% of one core"
+          + (" -- the machine was busy: figures are disturbed, compare the per-CPU rows" if med > 15 else ""))
+fails = sorted({f"{s}/{b}" for (s, b), ds in runs.items() for d in ds if d.get("check") != "PASS"})
+if fails:
+    print("delivery check failed in: " + ", ".join(fails) + " (details in the JSON files)")
+print(f"medians of {max((len(v) for v in runs.values()), default=0)} rounds; raw results: {out}")
+PY

@@ -212,7 +212,11 @@ impl ConnAck {
     pub(crate) fn decode(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeError> {
         let flags = r.u8("connect acknowledge flags")?;
         // MQTT 3.1 has no Session Present flag: its first byte is reserved and not read.
-        let flags = if version == ProtocolVersion::V31 { 0 } else { flags };
+        let flags = if version == ProtocolVersion::V31 {
+            0
+        } else {
+            flags
+        };
         if flags & 0xFE != 0 {
             return Err(DecodeError::ConnAckReservedFlags);
         }

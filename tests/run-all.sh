@@ -15,5 +15,5 @@ cargo test -j"$jobs" --workspace
 
 if [ -d tests/interop ]; then
   cargo build -j"$jobs" -p tern
-  TERN_BIN="$PWD/target/debug/tern" python3 -m pytest -q tests/interop
+  TERN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/tern" python3 -m pytest -q tests/interop
 fi

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -97,6 +97,10 @@ pub struct Broker {
     metrics: Metrics,
     next_connection: AtomicU64,
     client_id_seed: u64,
+    /// Set when the server shuts down.
+    stopping: AtomicBool,
+    /// Every connection's wakeup, so a shutdown reaches those without a session too.
+    connections: Mutex<HashMap<u64, Arc<dyn Wakeup>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,6 +147,8 @@ impl Broker {
             metrics: Metrics::default(),
             next_connection: AtomicU64::new(1),
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
+            stopping: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
         })
     }
 
@@ -202,8 +208,29 @@ impl Broker {
         Arc::new(stored)
     }
 
-    pub(crate) fn next_connection_id(&self) -> ConnectionId {
-        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    /// A new connection: its id, and its wakeup registered for a shutdown.
+    pub(crate) fn register_connection(&self, wakeup: Arc<dyn Wakeup>) -> ConnectionId {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        lock(&self.connections).insert(id, wakeup);
+        ConnectionId(id)
+    }
+
+    pub(crate) fn deregister_connection(&self, id: ConnectionId) {
+        lock(&self.connections).remove(&id.0);
+    }
+
+    /// The server is shutting down: every connection is woken to close (MQTT 5 clients get
+    /// DISCONNECT 0x8B), and new CONNECTs are refused.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let wakeups: Vec<Arc<dyn Wakeup>> = lock(&self.connections).values().cloned().collect();
+        for wakeup in wakeups {
+            wakeup.wake();
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// A client identifier for a client that sent an empty one [MQTT-3.1.3-6]: unique within
@@ -286,10 +313,10 @@ impl Broker {
                 message.expires_at = will
                     .expiry_interval
                     .map(|seconds| at + std::time::Duration::from_secs(u64::from(seconds)));
-                state.pending_will = Some(PendingWill {
+                state.pending_will = Some(Box::new(PendingWill {
                     message: Arc::new(message),
                     publish_at: at,
-                });
+                }));
                 at
             });
             (expires_at, will_at)
@@ -828,10 +855,10 @@ impl Broker {
 
     /// Schedules the will of a session whose connection has gone, for when its delay runs out.
     pub(crate) fn defer_will(&self, session: &Arc<Session>, will: Arc<Message>, at: Instant) {
-        session.lock().pending_will = Some(crate::session::PendingWill {
+        session.lock().pending_will = Some(Box::new(crate::session::PendingWill {
             message: will,
             publish_at: at,
-        });
+        }));
         self.add_timer(at, TimerKind::WillDelay, session);
     }
 
@@ -863,7 +890,7 @@ impl Broker {
         &self,
         sessions: &mut HashMap<MqttStr, Arc<Session>>,
         session: &Arc<Session>,
-    ) -> Option<PendingWill> {
+    ) -> Option<Box<PendingWill>> {
         if sessions
             .get(session.client_id())
             .is_some_and(|current| Arc::ptr_eq(current, session))

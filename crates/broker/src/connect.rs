@@ -33,9 +33,18 @@ pub(crate) fn auth_packet(
     })
 }
 
+/// A copy of a string from the read buffer that owns its memory: what a connection keeps for
+/// its whole life must not pin the buffer its CONNECT arrived in.
+fn owned(text: &MqttStr) -> MqttStr {
+    MqttStr::try_from(text.as_str()).unwrap_or_else(|_| text.clone())
+}
+
 impl Connection {
     pub(crate) fn handle_connect(&mut self, connect: Connect, now: Instant) {
         self.version = connect.protocol;
+        if self.broker.is_shutting_down() {
+            return self.refuse(ReasonCode::ServerUnavailable, now);
+        }
         let (client_id, assigned) = match self.client_identifier(&connect) {
             Ok(identifier) => identifier,
             Err(code) => return self.refuse(code, now),
@@ -88,7 +97,7 @@ impl Connection {
             return Err(ReasonCode::ClientIdentifierNotValid);
         }
         if !connect.client_id.is_empty() {
-            return Ok((connect.client_id.clone(), false));
+            return Ok((owned(&connect.client_id), false));
         }
         match connect.protocol {
             // MQTT 3.1 requires 1 to 23 characters.
@@ -159,7 +168,7 @@ impl Connection {
         let config = broker.config();
         let client = ClientInfo {
             client_id: client_id.clone(),
-            username: connect.username.clone(),
+            username: connect.username.as_ref().map(owned),
             peer: self.peer,
         };
         let will = match connect.will {
@@ -190,14 +199,15 @@ impl Connection {
                     properties: will.properties,
                     payload: will.payload,
                 };
-                let mut message = Message::from_publish(publish, Some(client_id.clone()), now);
+                let mut message =
+                    Message::from_publish(publish, Some(client_id.clone()), now).compacted();
                 // The expiry of a will counts from when it is published, not from CONNECT.
                 message.expires_at = None;
-                Some(PreparedWill {
+                Some(Box::new(PreparedWill {
                     message,
                     delay,
                     expiry_interval,
-                })
+                }))
             }
         };
 
@@ -292,8 +302,12 @@ impl Connection {
             problem_information: props.request_problem_information.unwrap_or(true),
             inbound_aliases: Vec::new(),
             outbound_aliases: crate::connection::OutboundAliases::new(outbound_aliases),
-            auth_method: auth.map(|(method, _)| method),
-            reauth: None,
+            auth: auth.map(|(method, _)| {
+                Box::new(crate::connection::EnhancedAuth {
+                    method,
+                    reauth: None,
+                })
+            }),
             will_stored,
         }));
         // Messages queued while the client was away, and the in-flight ones to resend.
@@ -329,13 +343,14 @@ impl Connection {
         let Phase::Active(active) = &mut self.phase else {
             return;
         };
-        let Some(method) = active.auth_method.clone() else {
+        let Some(enhanced) = active.auth.as_deref_mut() else {
             return self.protocol_error(
                 ReasonCode::ProtocolError,
                 "AUTH without an authentication method at CONNECT",
                 now,
             );
         };
+        let method = enhanced.method.clone();
         if auth.properties.authentication_method.as_ref() != Some(&method) {
             return self.protocol_error(
                 ReasonCode::ProtocolError,
@@ -343,7 +358,7 @@ impl Connection {
                 now,
             );
         }
-        let step = match (auth.reason_code, active.reauth.as_mut()) {
+        let step = match (auth.reason_code, enhanced.reauth.as_mut()) {
             (ReasonCode::ReAuthenticate, None) => {
                 let Some(authenticator) = self.broker.hooks().enhanced_for(&method).cloned() else {
                     return self.protocol_error(
@@ -355,7 +370,7 @@ impl Connection {
                 let mut exchange: Box<dyn AuthExchange> = authenticator
                     .begin(&active.client.client_id, active.client.username.as_deref());
                 let step = exchange.step(auth.properties.authentication_data.as_deref());
-                active.reauth = Some(exchange);
+                enhanced.reauth = Some(exchange);
                 step
             }
             (ReasonCode::ContinueAuthentication, Some(exchange)) => {
@@ -373,7 +388,7 @@ impl Connection {
                 );
             }
             AuthStep::Success(data) => {
-                active.reauth = None;
+                enhanced.reauth = None;
                 self.send(auth_packet(ReasonCode::Success, &method, data), 0);
             }
             AuthStep::Failure(code) => {

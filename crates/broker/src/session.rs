@@ -120,7 +120,7 @@ pub struct SessionState {
     pub(crate) expiry: SessionExpiry,
     /// When an offline session ends.
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) pending_will: Option<PendingWill>,
+    pub(crate) pending_will: Option<Box<PendingWill>>,
     /// Set once the session has ended; it then accepts nothing.
     pub(crate) ended: bool,
     /// Whether the session is in the store (it was persistent when last written).

@@ -3,15 +3,18 @@
 //! everything ready). Reading stops while the write buffer is over its high-water mark, so a
 //! client that does not read cannot make the broker buffer without bound.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tern_broker::{Broker, Connection, Wakeup};
 use tern_codec::Packet;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, watch};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Bytes encoded into the write buffer per round before it is written.
@@ -23,13 +26,76 @@ const READ_CHUNK: usize = 4 * 1024;
 /// Time to flush the last packets (CONNACK refusal, DISCONNECT) before closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Wakes the connection task through a tokio `Notify` (a wake-up before the task waits is kept).
-pub(crate) struct NotifyWakeup(pub(crate) Notify);
+/// Wakes the connection task: a flag and the task's waker. A wake-up before the task waits is
+/// kept in the flag. Smaller than a `Notify` waiter, which matters with many idle connections.
+#[derive(Default)]
+pub(crate) struct TaskWakeup {
+    woken: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
 
-impl Wakeup for NotifyWakeup {
+impl Wakeup for TaskWakeup {
     fn wake(&self) {
-        self.0.notify_one();
+        self.woken.store(true, Ordering::Release);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
+}
+
+impl TaskWakeup {
+    /// Ready once `wake` has been called since the last time this was ready.
+    fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = self
+                .waker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match slot.as_ref() {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        }
+        // A wake between the first check and registering the waker is not lost.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// The reading side of a transport: readiness first, then a non-blocking read, so an idle
+/// connection holds no read buffer at all.
+pub(crate) trait ReadHalf: Send {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
+}
+
+impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The stream's own readiness slot: no waiter node in the connection's future.
+        AsRef::<tokio::net::TcpStream>::as_ref(self).poll_read_ready(cx)
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
+    }
+}
+
+/// What ended a wait of the connection task.
+enum Event {
+    Written(std::io::Result<usize>),
+    Readable(std::io::Result<()>),
+    Woken,
+    Timer,
 }
 
 /// Serves one client until the connection ends.
@@ -38,12 +104,13 @@ pub(crate) async fn serve_connection<R, W>(
     mut writer: W,
     peer: SocketAddr,
     broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
+    // Held for the life of the connection (the server counts open connections with it).
+    _guard: crate::server::ConnectionGuard,
 ) where
-    R: AsyncRead + Unpin,
+    R: ReadHalf,
     W: AsyncWrite + Unpin,
 {
-    let wakeup = Arc::new(NotifyWakeup(Notify::new()));
+    let wakeup = Arc::new(TaskWakeup::default());
     let mut conn = Connection::new(
         broker,
         wakeup.clone(),
@@ -54,9 +121,19 @@ pub(crate) async fn serve_connection<R, W>(
     let mut wbuf = BytesMut::new();
     let mut announced = false;
     let mut close_deadline: Option<Instant> = None;
+    // One timer for the connection's deadlines. Keep-alive deadlines only move later, so the
+    // timer is moved only when a deadline comes earlier; when it fires early, the connection
+    // finds nothing due and the timer is set again.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     loop {
         let now = Instant::now();
+        if !conn.is_closed() && conn.server_stopping() {
+            // Shutting down: say so to MQTT 5 clients and stop.
+            conn.shutdown(now.into_std());
+        }
         let mut more = false;
         if wbuf.len() < WRITE_BUDGET {
             more = conn.poll_transmit(&mut wbuf, WRITE_BUDGET, now.into_std());
@@ -79,36 +156,71 @@ pub(crate) async fn serve_connection<R, W>(
                 break;
             }
         }
-        let deadline = close_deadline.or_else(|| conn.poll_timeout().map(Instant::from_std));
-        let reading = !conn.is_closed() && wbuf.len() < WRITE_HIGH_WATER;
-        if reading && rbuf.capacity() - rbuf.len() < 512 {
-            rbuf.reserve(READ_CHUNK);
+        if wbuf.is_empty() && !more {
+            // Nothing to send: give back what the buffers hold while the connection waits.
+            if wbuf.capacity() > 0 {
+                wbuf = BytesMut::new();
+            }
+            conn.release_idle_memory();
         }
+        if rbuf.is_empty() && rbuf.capacity() > 0 {
+            rbuf = BytesMut::new();
+        }
+        let deadline = close_deadline.or_else(|| conn.poll_timeout().map(Instant::from_std));
+        if let Some(deadline) = deadline
+            && armed.is_none_or(|at| deadline < at)
+        {
+            timer.as_mut().reset(deadline);
+            armed = Some(deadline);
+        }
+        let reading = !conn.is_closed() && wbuf.len() < WRITE_HIGH_WATER;
 
-        tokio::select! {
-            changed = shutdown.changed(), if !conn.is_closed() => {
-                // Shutting down (or the server is gone): say so to MQTT 5 clients and stop.
-                let _ = changed;
-                conn.shutdown(Instant::now().into_std());
+        // One wait for everything, polled in a fixed order (write first, so replies are not
+        // held behind reading); no per-branch futures live in the task.
+        let closed = conn.is_closed();
+        let event = poll_fn(|cx| {
+            if !wbuf.is_empty()
+                && let Poll::Ready(written) = Pin::new(&mut writer).poll_write(cx, &wbuf)
+            {
+                return Poll::Ready(Event::Written(written));
             }
-            written = writer.write_buf(&mut wbuf), if !wbuf.is_empty() => {
-                match written {
-                    Ok(0) | Err(_) => {
-                        conn.handle_transport_closed(Instant::now().into_std());
-                        break;
-                    }
-                    Ok(_) => {}
-                }
+            if reading && let Poll::Ready(ready) = reader.poll_read_ready(cx) {
+                return Poll::Ready(Event::Readable(ready));
             }
-            read = reader.read_buf(&mut rbuf), if reading => {
+            if !closed && wakeup.poll_woken(cx).is_ready() {
+                return Poll::Ready(Event::Woken);
+            }
+            if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Written(Ok(n)) if n > 0 => wbuf.advance(n),
+            Event::Written(_) => {
+                conn.handle_transport_closed(Instant::now().into_std());
+                break;
+            }
+            Event::Readable(ready) => {
                 let now = Instant::now().into_std();
-                match read {
-                    Ok(0) | Err(_) => conn.handle_transport_closed(now),
+                if ready.is_err() {
+                    conn.handle_transport_closed(now);
+                    continue;
+                }
+                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+                    rbuf.reserve(READ_CHUNK);
+                }
+                match reader.try_read_buf(&mut rbuf) {
+                    Ok(0) => conn.handle_transport_closed(now),
                     Ok(_) => decode_all(&mut conn, &mut rbuf, now),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => conn.handle_transport_closed(now),
                 }
             }
-            () = wakeup.0.notified(), if !conn.is_closed() => {}
-            () = sleep_until(deadline), if deadline.is_some() => {
+            Event::Woken => {}
+            Event::Timer => {
+                armed = None;
                 conn.handle_timeout(Instant::now().into_std());
             }
         }
@@ -129,13 +241,6 @@ pub(crate) async fn serve_connection<R, W>(
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Decodes and handles every whole packet in `rbuf`.
 fn decode_all(conn: &mut Connection, rbuf: &mut BytesMut, now: std::time::Instant) {
     while !conn.is_closed() {
@@ -147,5 +252,22 @@ fn decode_all(conn: &mut Connection, rbuf: &mut BytesMut, now: std::time::Instan
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[tokio::test]
+    async fn future_size() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (r, w) = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap()
+            .into_split();
+        let broker = tern_broker::Broker::new(Default::default());
+        let guard = crate::server::ConnectionGuard(Default::default());
+        let fut = super::serve_connection(r, w, addr, broker, guard);
+        eprintln!("connection task future {}", std::mem::size_of_val(&fut));
     }
 }

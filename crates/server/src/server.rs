@@ -11,7 +11,7 @@ use std::time::Duration;
 use tern_broker::persist::Persistence;
 use tern_broker::{Broker, Hooks};
 use tern_store::Store;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -36,13 +36,13 @@ pub enum ServerError {
 
 /// Open connections, and a signal when the last one ends.
 #[derive(Default)]
-struct ConnectionCount {
+pub(crate) struct ConnectionCount {
     open: AtomicUsize,
     idle: Notify,
 }
 
 /// Decrements the count when a connection task ends, however it ends.
-struct ConnectionGuard(Arc<ConnectionCount>);
+pub(crate) struct ConnectionGuard(pub(crate) Arc<ConnectionCount>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -133,6 +133,7 @@ impl Server {
         }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
+        self.broker.begin_shutdown();
         let deadline = Instant::now() + grace;
         loop {
             let idle = count.idle.notified();
@@ -242,20 +243,18 @@ async fn accept_loop(
         }
         count.open.fetch_add(1, Ordering::AcqRel);
         let guard = ConnectionGuard(count.clone());
-        tokio::spawn(serve_tcp(stream, peer, broker.clone(), stop.clone(), guard));
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        // Spawned directly, not inside a wrapper future: every byte of the task is paid once
+        // per connection.
+        tokio::spawn(serve_connection(
+            reader,
+            writer,
+            peer,
+            broker.clone(),
+            guard,
+        ));
     }
-}
-
-async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
-    broker: Arc<Broker>,
-    stop: watch::Receiver<bool>,
-    _guard: ConnectionGuard,
-) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    serve_connection(reader, writer, peer, broker, stop).await;
 }
 
 /// Runs the broker's deadlines: session expiry and delayed wills.

@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -27,6 +27,66 @@ use crate::session::{
     SessionExpiry, SessionState, SubscriptionRecord, Wakeup, is_stored,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
+
+/// The session registry: sessions by client identifier (the key is the session's own, so an
+/// entry is one pointer).
+type Registry = HashSet<Registered>;
+
+/// A session in the registry, hashed and compared by its client identifier.
+struct Registered(Arc<Session>);
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id() == other.0.client_id()
+    }
+}
+
+impl Eq for Registered {}
+
+impl std::hash::Hash for Registered {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.client_id().as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Registered {
+    fn borrow(&self) -> &str {
+        self.0.client_id().as_str()
+    }
+}
+
+/// Every connection's wakeup, in slots reused as connections come and go.
+#[derive(Default)]
+struct ConnectionSlots {
+    slots: Vec<Option<Arc<dyn Wakeup>>>,
+    free: Vec<u32>,
+}
+
+impl ConnectionSlots {
+    fn insert(&mut self, wakeup: Arc<dyn Wakeup>) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(wakeup);
+                slot
+            }
+            None => {
+                self.slots.push(Some(wakeup));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(entry) = self.slots.get_mut(slot as usize)
+            && entry.take().is_some()
+        {
+            self.free.push(slot);
+        }
+    }
+}
+
+/// Clients the registries have room for before they first grow.
+const INITIAL_CLIENTS: usize = 4096;
 
 /// A subscription in the index: the session and what it asked for.
 #[derive(Debug, Clone)]
@@ -85,7 +145,7 @@ pub(crate) struct Attached {
 /// The shared broker state.
 pub struct Broker {
     config: BrokerConfig,
-    sessions: Mutex<HashMap<MqttStr, Arc<Session>>>,
+    sessions: Mutex<Registry>,
     subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
     retained: RwLock<RetainedIndex>,
     timers: Mutex<BinaryHeap<Reverse<Timer>>>,
@@ -100,7 +160,7 @@ pub struct Broker {
     /// Set when the server shuts down.
     stopping: AtomicBool,
     /// Every connection's wakeup, so a shutdown reaches those without a session too.
-    connections: Mutex<HashMap<u64, Arc<dyn Wakeup>>>,
+    connections: Mutex<ConnectionSlots>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,7 +196,9 @@ impl Broker {
     ) -> Arc<Broker> {
         Arc::new(Broker {
             config,
-            sessions: Mutex::new(HashMap::new()),
+            // Sized for a few thousand clients up front: growing a large table rehashes it
+            // under the registry lock, which stalls every CONNECT meanwhile.
+            sessions: Mutex::new(Registry::with_capacity(INITIAL_CLIENTS)),
             subscriptions: RwLock::new(SubscriptionIndex::default()),
             retained: RwLock::new(RetainedIndex::default()),
             timers: Mutex::new(BinaryHeap::new()),
@@ -148,7 +210,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
             stopping: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(ConnectionSlots::default()),
         })
     }
 
@@ -208,22 +270,29 @@ impl Broker {
         Arc::new(stored)
     }
 
-    /// A new connection: its id, and its wakeup registered for a shutdown.
-    pub(crate) fn register_connection(&self, wakeup: Arc<dyn Wakeup>) -> ConnectionId {
+    /// A new connection: its id, and the slot of its wakeup (registered for a shutdown).
+    pub(crate) fn register_connection(&self, wakeup: Arc<dyn Wakeup>) -> (ConnectionId, u32) {
+        // Starts at 1 and would need 2^64 connections to wrap.
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        lock(&self.connections).insert(id, wakeup);
-        ConnectionId(id)
+        let id = std::num::NonZeroU64::new(id).unwrap_or(std::num::NonZeroU64::MIN);
+        let slot = lock(&self.connections).insert(wakeup);
+        (ConnectionId(id), slot)
     }
 
-    pub(crate) fn deregister_connection(&self, id: ConnectionId) {
-        lock(&self.connections).remove(&id.0);
+    pub(crate) fn deregister_connection(&self, slot: u32) {
+        lock(&self.connections).remove(slot);
     }
 
     /// The server is shutting down: every connection is woken to close (MQTT 5 clients get
     /// DISCONNECT 0x8B), and new CONNECTs are refused.
     pub fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
-        let wakeups: Vec<Arc<dyn Wakeup>> = lock(&self.connections).values().cloned().collect();
+        let wakeups: Vec<Arc<dyn Wakeup>> = lock(&self.connections)
+            .slots
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
         for wakeup in wakeups {
             wakeup.wake();
         }
@@ -236,7 +305,7 @@ impl Broker {
     /// A client identifier for a client that sent an empty one [MQTT-3.1.3-6]: unique within
     /// this process, and unlikely to meet one of an earlier run.
     pub(crate) fn assign_client_id(&self, connection: ConnectionId) -> MqttStr {
-        let text = format!("tern-{:016x}-{:x}", self.client_id_seed, connection.0);
+        let text = format!("tern-{:016x}-{:x}", self.client_id_seed, connection.get());
         MqttStr::try_from(text).unwrap_or_default()
     }
 
@@ -333,7 +402,7 @@ impl Broker {
                 );
             }
         }
-        lock(&self.sessions).insert(client_id, session.clone());
+        lock(&self.sessions).insert(Registered(session.clone()));
         if let Some(at) = expires_at {
             self.add_timer(at, TimerKind::SessionExpiry, &session);
         }
@@ -349,7 +418,9 @@ impl Broker {
 
     /// The session of `client_id`, if there is one.
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
-        lock(&self.sessions).get(client_id).cloned()
+        lock(&self.sessions)
+            .get(client_id)
+            .map(|entry| entry.0.clone())
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -699,7 +770,9 @@ impl Broker {
         now: Instant,
     ) -> Attached {
         let mut sessions = lock(&self.sessions);
-        let existing = sessions.get(client_id).cloned();
+        let existing = sessions
+            .get(client_id.as_str())
+            .map(|entry| entry.0.clone());
         if !clean_start && let Some(session) = existing.clone() {
             let mut state = session.lock();
             if !state.ended {
@@ -732,7 +805,7 @@ impl Broker {
             state.wakeup = Some(wakeup);
             self.store_session(&session, &mut state, true)
         };
-        sessions.insert(client_id.clone(), session.clone());
+        sessions.insert(Registered(session.clone()));
         drop(sessions);
         if let Some(will) = will {
             self.publish_will(will.message, now);
@@ -886,16 +959,18 @@ impl Broker {
 
     /// [`Broker::end_session`] with the registry locked by the caller; returns the will to
     /// publish once the registry is unlocked.
+    // The registry hashes a session by its client identifier, which never changes.
+    #[allow(clippy::mutable_key_type)]
     fn end_session_in(
         &self,
-        sessions: &mut HashMap<MqttStr, Arc<Session>>,
+        sessions: &mut Registry,
         session: &Arc<Session>,
     ) -> Option<Box<PendingWill>> {
         if sessions
-            .get(session.client_id())
-            .is_some_and(|current| Arc::ptr_eq(current, session))
+            .get(session.client_id().as_str())
+            .is_some_and(|current| Arc::ptr_eq(&current.0, session))
         {
-            sessions.remove(session.client_id());
+            sessions.remove(session.client_id().as_str());
         }
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();

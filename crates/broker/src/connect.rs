@@ -292,15 +292,15 @@ impl Connection {
             version,
             client,
             session: attached.session,
-            keep_alive_limit: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            // 1.5 times the keep-alive, in milliseconds [MQTT-3.1.2-24].
+            keep_alive_limit: std::num::NonZeroU32::new(u32::from(keep_alive) * 1500),
             last_received: now,
             will,
             send_window: usize::from(receive_maximum.min(config.max_inflight)).max(1),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             session_expiry_interval,
             problem_information: props.request_problem_information.unwrap_or(true),
-            inbound_aliases: Vec::new(),
+            inbound_aliases: None,
             outbound_aliases: crate::connection::OutboundAliases::new(outbound_aliases),
             auth: auth.map(|(method, _)| {
                 Box::new(crate::connection::EnhancedAuth {

@@ -147,7 +147,11 @@ impl Connection {
         }
         let index = usize::from(alias - 1);
         if publish.topic.is_empty() {
-            match active.inbound_aliases.get(index).cloned().flatten() {
+            let known = active
+                .inbound_aliases
+                .as_deref()
+                .and_then(|aliases| aliases.get(index));
+            match known.cloned().flatten() {
                 Some(topic) => publish.topic = topic,
                 None => {
                     return Err((
@@ -157,10 +161,11 @@ impl Connection {
                 }
             }
         } else {
-            if active.inbound_aliases.len() <= index {
-                active.inbound_aliases.resize(index + 1, None);
+            let aliases = active.inbound_aliases.get_or_insert_with(Box::default);
+            if aliases.len() <= index {
+                aliases.resize(index + 1, None);
             }
-            active.inbound_aliases[index] = Some(publish.topic.clone());
+            aliases[index] = Some(publish.topic.clone());
         }
         Ok(())
     }

@@ -25,7 +25,13 @@ pub(crate) fn is_stored(delivery: &Delivery) -> bool {
 
 /// Identifies one network connection for the life of the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
+pub struct ConnectionId(pub std::num::NonZeroU64);
+
+impl ConnectionId {
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
 
 /// How the broker reaches a connection task when something is waiting for it (a delivery, or a
 /// take-over). The server implements it over its runtime's notification primitive.
@@ -190,7 +196,7 @@ impl Session {
 
     /// Whether `connection` is (as far as a lock-free read can tell) the session's owner.
     pub(crate) fn is_owned_by(&self, connection: ConnectionId) -> bool {
-        self.owner_hint.load(Ordering::Relaxed) == connection.0
+        self.owner_hint.load(Ordering::Relaxed) == connection.get()
     }
 
     /// Locks the session state. A poisoned lock (a panic elsewhere while holding it) still
@@ -204,7 +210,7 @@ impl Session {
     /// Records the owner in the lock-free mirror; call with the state locked.
     pub(crate) fn publish_owner(&self, owner: Option<ConnectionId>) {
         self.owner_hint
-            .store(owner.map_or(0, |id| id.0), Ordering::Relaxed);
+            .store(owner.map_or(0, ConnectionId::get), Ordering::Relaxed);
     }
 
     /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue

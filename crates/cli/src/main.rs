@@ -78,7 +78,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     init_logging(&config.log_level)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The connections are served by the server's worker threads, each with its own event
+    // loop; this one runs the signals, the broker's timers and the shutdown.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

@@ -16,6 +16,9 @@ use tern_codec::QoS;
 pub struct ServerConfig {
     /// Addresses to accept MQTT over TCP on.
     pub listen: Vec<SocketAddr>,
+    /// Threads serving connections, each with its own event loop and its own listening socket
+    /// per address; 0 for one per CPU core.
+    pub workers: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG` directive).
     pub log_level: String,
     /// Directory of the store (persistent sessions, queued and in-flight messages, retained
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            workers: 0,
             log_level: "info".to_owned(),
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::default(),
@@ -212,6 +216,14 @@ impl ServerConfig {
             return invalid("limits.max_topic_length and limits.max_topic_levels must be positive");
         }
         Ok(())
+    }
+
+    /// The number of worker threads: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The broker core's part of the configuration.

@@ -8,6 +8,7 @@
 
 mod config;
 mod connection;
+mod descriptors;
 mod server;
 
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig};

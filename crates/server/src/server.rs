@@ -30,6 +30,8 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] tern_store::StoreError),
+    #[error("cannot start a worker thread: {source}")]
+    Worker { source: std::io::Error },
     #[error("the store failed, acknowledgements can no longer be made durable: {0}")]
     StoreFailed(String),
 }
@@ -56,7 +58,9 @@ impl Drop for ConnectionGuard {
 pub struct Server {
     config: ServerConfig,
     broker: Arc<Broker>,
-    listeners: Vec<TcpListener>,
+    /// For each worker, its own listening socket of every address (SO_REUSEPORT: the kernel
+    /// spreads incoming connections over the workers).
+    listeners: Vec<Vec<std::net::TcpListener>>,
     store: Option<Arc<Store>>,
 }
 
@@ -72,13 +76,31 @@ impl Server {
         hooks: Hooks,
     ) -> Result<Server, ServerError> {
         config.validate()?;
+        if let Some(limit) = crate::descriptors::prepare(config.limits.max_connections) {
+            let needed = config.limits.max_connections as u64;
+            if limit < needed {
+                tracing::warn!(
+                    limit,
+                    max_connections = needed,
+                    "the file descriptor limit is below max_connections: raise it (ulimit -n)"
+                );
+            }
+        }
         let (broker, store) = open_state(&config, hooks)?;
-        let mut listeners = Vec::with_capacity(config.listen.len());
+        let workers = config.worker_count();
+        let mut listeners: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
         for &addr in &config.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            listeners.push(listener);
+            // The first socket resolves port 0; the others share its port.
+            let mut bound = addr;
+            for worker in &mut listeners {
+                let listener =
+                    bind_reuseport(bound).map_err(|source| ServerError::Bind { addr, source })?;
+                bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                worker.push(listener);
+            }
         }
         Ok(Server {
             config,
@@ -91,7 +113,9 @@ impl Server {
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
-            .iter()
+            .first()
+            .into_iter()
+            .flatten()
             .filter_map(|listener| listener.local_addr().ok())
             .collect()
     }
@@ -110,17 +134,24 @@ impl Server {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let count = Arc::new(ConnectionCount::default());
-        for listener in self.listeners {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening for MQTT over TCP");
-            }
-            tokio::spawn(accept_loop(
-                listener,
-                self.broker.clone(),
-                stop_rx.clone(),
-                count.clone(),
-                self.config.limits.max_connections,
-            ));
+        for addr in self.local_addrs() {
+            tracing::info!(%addr, workers = self.listeners.len(), "listening for MQTT over TCP");
+        }
+        let mut threads = Vec::with_capacity(self.listeners.len());
+        for (index, listeners) in self.listeners.into_iter().enumerate() {
+            let worker = Worker {
+                listeners,
+                broker: self.broker.clone(),
+                stop: stop_rx.clone(),
+                count: count.clone(),
+                max_connections: self.config.limits.max_connections,
+                grace,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("tern-worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|source| ServerError::Worker { source })?;
+            threads.push(thread);
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
         let failed = tokio::select! {
@@ -148,6 +179,13 @@ impl Server {
                 break;
             }
         }
+        // The workers end once their connections have (or the grace period is over).
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         if let Some(store) = self.store
             && let Err(error) = store.close()
         {
@@ -213,6 +251,82 @@ fn open_state(
         "state restored"
     );
     Ok((broker, Some(store)))
+}
+
+/// A listening socket that shares its address with the other workers' (SO_REUSEPORT).
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One thread serving connections on its own single-threaded event loop: it accepts on its
+/// sockets and runs the tasks of the connections it accepted, so a connection never moves
+/// between threads and an idle thread is not woken for another's work (thread per core).
+struct Worker {
+    listeners: Vec<std::net::TcpListener>,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+    count: Arc<ConnectionCount>,
+    max_connections: usize,
+    grace: Duration,
+}
+
+impl Worker {
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a worker's event loop");
+                return;
+            }
+        };
+        let Worker {
+            listeners,
+            broker,
+            mut stop,
+            count,
+            max_connections,
+            grace,
+        } = self;
+        runtime.block_on(async move {
+            for listener in listeners {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        tokio::spawn(accept_loop(
+                            listener,
+                            broker.clone(),
+                            stop.clone(),
+                            count.clone(),
+                            max_connections,
+                        ));
+                    }
+                    Err(error) => tracing::error!(%error, "cannot listen"),
+                }
+            }
+            let _ = stop.changed().await;
+            // Serve the connections of this thread until they have closed.
+            let deadline = Instant::now() + grace;
+            loop {
+                let idle = count.idle.notified();
+                if count.open.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
 }
 
 async fn accept_loop(

@@ -482,7 +482,7 @@ impl Connection {
                     retained.push(Delivery {
                         qos,
                         retain: true,
-                        message,
+                        message: std::sync::Arc::unwrap_or_clone(message),
                         subscription_ids: identifier
                             .map_or(SubscriptionIds::None, SubscriptionIds::One),
                         shared_filter: None,

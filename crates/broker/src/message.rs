@@ -1,8 +1,9 @@
 //! An application message as the broker holds it, and the per-subscriber handle that refers to it.
 //!
-//! A publish is turned into one `Arc<Message>` and matched once; every subscriber gets a
-//! [`Delivery`] (the shared message plus its own QoS, retain flag and subscription identifiers), so
-//! the payload is never copied per subscriber.
+//! A publish is turned into one `Message` and matched once; every subscriber gets a [`Delivery`]
+//! (the message, whose topic, payload and properties are shared buffers, plus its own QoS, retain
+//! flag and subscription identifiers), so neither the payload nor anything else is copied or
+//! allocated per subscriber.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,9 @@ pub struct Message {
     /// RETAIN as published.
     pub retain: bool,
     /// The MQTT 5 properties that travel with the message (payload format, content type,
-    /// response topic, correlation data, user properties); `None` when there are none.
-    pub properties: Option<Box<Properties>>,
+    /// response topic, correlation data, user properties); `None` when there are none. Shared,
+    /// so a copy of the message for another subscriber allocates nothing.
+    pub properties: Option<Arc<Properties>>,
     /// When the Message Expiry Interval runs out.
     pub expires_at: Option<Instant>,
     /// Client identifier of the publisher, for No Local; `None` for messages of the broker.
@@ -84,7 +86,7 @@ impl Message {
 
 /// Keeps only the properties a message carries to its subscribers: Topic Alias and Subscription
 /// Identifier belong to one hop, and Message Expiry is recomputed on delivery.
-fn forwarded_properties(properties: Properties) -> Option<Box<Properties>> {
+fn forwarded_properties(properties: Properties) -> Option<Arc<Properties>> {
     let forwarded = Properties {
         payload_format_indicator: properties.payload_format_indicator,
         content_type: properties.content_type,
@@ -96,7 +98,7 @@ fn forwarded_properties(properties: Properties) -> Option<Box<Properties>> {
     if forwarded.is_empty() {
         None
     } else {
-        Some(Box::new(forwarded))
+        Some(Arc::new(forwarded))
     }
 }
 
@@ -144,10 +146,11 @@ impl Delivery {
     }
 }
 
-/// One message on its way to one session.
+/// One message on its way to one session. The message is held by value: its topic, payload
+/// and properties are shared buffers, so a delivery per subscriber costs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub message: Arc<Message>,
+    pub message: Message,
     /// min(published QoS, granted QoS).
     pub qos: QoS,
     /// The RETAIN flag to send.

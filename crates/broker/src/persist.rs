@@ -37,7 +37,7 @@ pub struct StoredDelivery {
 pub enum Change {
     /// A message body, stored once however many deliveries refer to it. Submitted before the
     /// first delivery that refers to it; the store forgets it once nothing refers to it.
-    Message(Arc<Message>),
+    Message(Message),
     /// A persistent session was created or resumed (`online`), or its connection went away.
     Session {
         client_id: MqttStr,

@@ -89,7 +89,7 @@ fn message(id: u64, payload: &Bytes) -> Arc<Message> {
 
 /// One QoS 1 cycle of `client`; `wait`: wait for durability as a PUBACK would.
 fn cycle(store: &Store, client: &MqttStr, id: u64, position: u64, payload: &Bytes, wait: bool) {
-    store.submit(Change::Message(message(id, payload)));
+    store.submit(Change::Message((*message(id, payload)).clone()));
     let seq = store.submit(Change::Queued {
         client_id: client.clone(),
         position,

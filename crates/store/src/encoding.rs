@@ -538,7 +538,7 @@ fn read_message(r: &mut Reader<'_>, clock: &Clock) -> Decoded<DecodedMessage> {
         None
     };
     let properties = if flags & FLAG_PROPERTIES != 0 {
-        Some(Box::new(read_properties(r)?))
+        Some(std::sync::Arc::new(read_properties(r)?))
     } else {
         None
     };
@@ -628,7 +628,7 @@ mod tests {
             payload: Bytes::from_static(b"\x00\x01binary\xff"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties: Some(Box::new(Properties {
+            properties: Some(std::sync::Arc::new(Properties {
                 payload_format_indicator: Some(true),
                 content_type: Some(s("application/json")),
                 response_topic: Some(s("reply/here")),
@@ -685,7 +685,7 @@ mod tests {
         let now = Instant::now();
         let clock = Clock::at(now, 0);
         let mut message = full_message(now);
-        message.properties = Some(Box::new(Properties {
+        message.properties = Some(std::sync::Arc::new(Properties {
             topic_alias: Some(3),
             ..Properties::default()
         }));

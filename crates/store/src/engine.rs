@@ -510,7 +510,6 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
     use tern_broker::persist::StoredDelivery;
@@ -520,7 +519,7 @@ mod tests {
     use super::*;
 
     fn message(id: MessageId) -> Change {
-        Change::Message(Arc::new(Message {
+        Change::Message(Message {
             topic: MqttStr::from_static("t"),
             payload: Bytes::from_static(b"p"),
             qos: QoS::AtLeastOnce,
@@ -529,7 +528,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             id,
-        }))
+        })
     }
 
     fn delivery(message_id: MessageId) -> StoredDelivery {

@@ -364,8 +364,8 @@ fn expired_state_is_dropped_at_load_and_deleted() {
                     expiry: SessionExpiry::After(Duration::from_secs(3600)),
                     online: false,
                 },
-                Change::Message(std::sync::Arc::new(short.clone())),
-                Change::Message(std::sync::Arc::new(long)),
+                Change::Message(short.clone()),
+                Change::Message(long),
                 Change::Queued {
                     client_id: s("stays"),
                     position: 1,

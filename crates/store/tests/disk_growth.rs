@@ -22,7 +22,9 @@ fn churn(store: &tern_store::Store, first_id: u64) -> u64 {
         let group = group_start..(group_start + GROUP).min(CYCLES);
         for cycle in group.clone() {
             let id = first_id + cycle;
-            store.submit(Change::Message(message(id, "churn/topic", &payload)));
+            store.submit(Change::Message(
+                (*message(id, "churn/topic", &payload)).clone(),
+            ));
             store.submit(Change::Queued {
                 client_id: client.clone(),
                 position: cycle,

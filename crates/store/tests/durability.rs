@@ -126,7 +126,10 @@ fn durable_changes_survive_a_drop_without_close() {
         let (store, _) = open(scratch.path());
         commit(
             &store,
-            [session("kept"), Change::Message(message(1, "t", b"p"))],
+            [
+                session("kept"),
+                Change::Message((*message(1, "t", b"p")).clone()),
+            ],
         );
         commit(
             &store,
@@ -158,7 +161,7 @@ fn child_commits_then_aborts() {
         &store,
         [
             session("survivor"),
-            Change::Message(message(5, "t", b"durable")),
+            Change::Message((*message(5, "t", b"durable")).clone()),
         ],
     );
     commit(

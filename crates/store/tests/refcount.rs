@@ -105,7 +105,7 @@ fn a_body_is_stored_once_and_kept_while_any_delivery_refers_to_it() {
             session("a"),
             session("b"),
             session("c"),
-            Change::Message(message(1, "t", b"shared")),
+            Change::Message((*message(1, "t", b"shared")).clone()),
             queued("a", 0, 1),
             queued("b", 0, 1),
             inflight("c", 1, InflightState::AwaitingPubAck, 1),
@@ -139,7 +139,7 @@ fn an_inflight_state_update_does_not_count_twice() {
         vec![
             vec![
                 session("a"),
-                Change::Message(message(1, "t", b"qos2")),
+                Change::Message((*message(1, "t", b"qos2")).clone()),
                 inflight("a", 7, InflightState::AwaitingPubRec, 1),
             ],
             vec![inflight("a", 7, InflightState::AwaitingPubComp, 1)],
@@ -160,8 +160,8 @@ fn a_packet_id_reused_for_another_message_releases_the_first() {
         scratch.path(),
         vec![vec![
             session("a"),
-            Change::Message(message(1, "t", b"one")),
-            Change::Message(message(2, "t", b"two")),
+            Change::Message((*message(1, "t", b"one")).clone()),
+            Change::Message((*message(2, "t", b"two")).clone()),
             inflight("a", 7, InflightState::AwaitingPubAck, 1),
             queued("a", 0, 2),
         ]],
@@ -183,18 +183,18 @@ fn a_body_submitted_again_is_not_counted_again() {
         vec![
             vec![
                 session("a"),
-                Change::Message(message(1, "t", b"p")),
+                Change::Message((*message(1, "t", b"p")).clone()),
                 queued("a", 0, 1),
             ],
             // As when another session becomes persistent and writes its contents.
             vec![
                 session("b"),
-                Change::Message(message(1, "t", b"p")),
+                Change::Message((*message(1, "t", b"p")).clone()),
                 queued("b", 4, 1),
             ],
         ],
         vec![
-            vec![Change::Message(message(1, "t", b"p"))],
+            vec![Change::Message((*message(1, "t", b"p")).clone())],
             vec![unqueued("a", 0)],
             vec![unqueued("b", 4)],
         ],
@@ -210,7 +210,7 @@ fn changes_coalesced_within_one_commit_leave_nothing_behind() {
     // Submitted back to back: most land in one group commit.
     let mut last = 0;
     for n in 0..1000u64 {
-        store.submit(Change::Message(message(n + 1, "t", b"p")));
+        store.submit(Change::Message((*message(n + 1, "t", b"p")).clone()));
         store.submit(queued("a", n, n + 1));
         store.submit(unqueued("a", n));
         store.submit(inflight(
@@ -264,7 +264,7 @@ fn session_ended_removes_everything_of_the_session_and_nothing_else() {
                 filter: s("b"),
                 record,
             },
-            Change::Message(message(first_id, "t", b"own")),
+            Change::Message((*message(first_id, "t", b"own")).clone()),
             queued(client, 0, first_id),
             queued(client, 1, 100),
             inflight(client, 1, InflightState::AwaitingPubRec, 100),
@@ -281,7 +281,7 @@ fn session_ended_removes_everything_of_the_session_and_nothing_else() {
             },
         ]
     };
-    let mut first = vec![Change::Message(message(100, "t", b"shared"))];
+    let mut first = vec![Change::Message((*message(100, "t", b"shared")).clone())];
     first.extend(everything("gone", 1));
     first.extend(everything("gone-too", 2));
     // "gone" and "gone2" share a prefix with "gone-too"'s neighbours, not its keys.
@@ -337,7 +337,10 @@ fn session_ended_removes_everything_of_the_session_and_nothing_else() {
 fn a_body_no_delivery_refers_to_is_deleted_at_the_next_start() {
     let scratch = Scratch::new("unreferenced");
     let (store, _) = open(scratch.path());
-    commit(&store, [Change::Message(message(1, "t", b"orphan"))]);
+    commit(
+        &store,
+        [Change::Message((*message(1, "t", b"orphan")).clone())],
+    );
     store.close().unwrap();
     drop(store);
     assert_eq!(count(scratch.path(), "messages"), 1);
@@ -356,7 +359,7 @@ fn a_young_body_goes_once_the_fan_out_grace_has_passed() {
         &store,
         [
             session("a"),
-            Change::Message(message(1, "t", b"young")),
+            Change::Message((*message(1, "t", b"young")).clone()),
             queued("a", 0, 1),
         ],
     );

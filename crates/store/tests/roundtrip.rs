@@ -34,7 +34,7 @@ fn every_change_kind_round_trips() {
         payload: Bytes::from_static(b"{\"t\":21.5}"),
         qos: QoS::ExactlyOnce,
         retain: false,
-        properties: Some(Box::new(Properties {
+        properties: Some(Arc::new(Properties {
             payload_format_indicator: Some(true),
             content_type: Some(s("application/json")),
             response_topic: Some(s("reply")),
@@ -99,8 +99,8 @@ fn every_change_kind_round_trips() {
                     client_id: s("alice"),
                     filter: s("gone/#"),
                 },
-                Change::Message(rich.clone()),
-                Change::Message(plain.clone()),
+                Change::Message((*rich).clone()),
+                Change::Message((*plain).clone()),
                 // Queue: positions 300, 5, 256 submitted out of order, 5 removed again.
                 Change::Queued {
                     client_id: s("alice"),
@@ -292,7 +292,7 @@ fn state_survives_many_reopens_and_orders_keep_growing() {
                     expiry: SessionExpiry::Never,
                     online: true,
                 },
-                Change::Message(message(id, "t", b"p")),
+                Change::Message((*message(id, "t", b"p")).clone()),
                 Change::Inflight {
                     client_id: s("c"),
                     packet_id: 100 - round,

@@ -97,9 +97,10 @@ fn bench_retained(c: &mut Criterion) {
     assert_eq!(index.matching("sites/42/devices/+/status").len(), 1_000);
     let mut group = c.benchmark_group("retained index, 1 000 000 messages");
     group.sample_size(20);
-    group.bench_function("subscribe sites/42/devices/+/status (1 000 messages)", |b| {
-        b.iter(|| index.matching(black_box("sites/42/devices/+/status")).len())
-    });
+    group.bench_function(
+        "subscribe sites/42/devices/+/status (1 000 messages)",
+        |b| b.iter(|| index.matching(black_box("sites/42/devices/+/status")).len()),
+    );
     group.bench_function("subscribe sites/42/# (1 000 messages)", |b| {
         b.iter(|| index.matching(black_box("sites/42/#")).len())
     });

@@ -562,6 +562,9 @@ impl Broker {
                 Enqueued::Discarded => Metrics::bump(&self.metrics.messages_dropped_offline_qos0),
             }
         }
+        if body_stored {
+            self.persist(|| Change::MessageRouted { id: message.id });
+        }
         TARGETS.set(reuse(targets));
         (reached, seq)
     }
@@ -642,7 +645,7 @@ impl Broker {
         let mut moved = Vec::new();
         {
             let mut state = session.lock();
-            let stored = state.is_persistent();
+            let stored = state.stores();
             let client_id = session.client_id();
             let mut position = 0;
             while position < state.inflight.len() {
@@ -652,13 +655,16 @@ impl Broker {
                     .flatten();
                 match target.and_then(|target| Some((target, state.remove_inflight(position)?))) {
                     Some((target, entry)) => {
+                        // The body gets its router reference before the old delivery lets go
+                        // of it, so it is never without one.
+                        let body = stored && self.hold_body(&entry.delivery);
                         if stored {
                             self.persist(|| Change::InflightDone {
                                 client_id: client_id.clone(),
                                 packet_id: entry.packet_id,
                             });
                         }
-                        moved.push((target, entry.delivery));
+                        moved.push((target, entry.delivery, body));
                     }
                     None => position += 1,
                 }
@@ -672,22 +678,22 @@ impl Broker {
                     .and_then(other_member)
                 {
                     Some(target) => {
-                        if stored && is_stored(&queued.delivery) {
+                        let body = stored && self.hold_body(&queued.delivery);
+                        if body {
                             self.persist(|| Change::Unqueued {
                                 client_id: client_id.clone(),
                                 position: queued.position,
                             });
                         }
-                        moved.push((target, queued.delivery));
+                        moved.push((target, queued.delivery, body));
                     }
                     None => state.queue.push_back(queued),
                 }
             }
         }
-        // The body is stored already if the leaving member stored it; submitting it again
-        // is harmless (stored once by id).
-        let mut body_stored = false;
-        for (target, delivery) in moved {
+        for (target, delivery, body_held) in moved {
+            let id = delivery.message.id;
+            let mut body_stored = body_held;
             let handed = Delivery {
                 qos: delivery.message.qos.min(target.record.options.qos),
                 retain: false,
@@ -705,8 +711,20 @@ impl Broker {
                 self.persistence(),
                 &mut body_stored,
             );
-            body_stored = false;
+            if body_stored {
+                self.persist(|| Change::MessageRouted { id });
+            }
         }
+    }
+
+    /// Takes a router reference on the stored body of `delivery` (see [`Change::Message`]);
+    /// false when the delivery is not stored.
+    fn hold_body(&self, delivery: &Delivery) -> bool {
+        if !is_stored(delivery) || self.persistence.is_none() {
+            return false;
+        }
+        self.persist(|| Change::Message(delivery.message.clone()));
+        true
     }
 
     /// Adds or replaces a subscription of `session`. Returns whether it replaced one and the
@@ -887,6 +905,9 @@ impl Broker {
                 position: queued.position,
                 delivery: queued.delivery.stored(),
             });
+            persistence.submit(Change::MessageRouted {
+                id: queued.delivery.message.id,
+            });
         }
         for entry in state
             .inflight
@@ -899,6 +920,9 @@ impl Broker {
                 packet_id: entry.packet_id,
                 state: entry.state,
                 delivery: entry.delivery.stored(),
+            });
+            persistence.submit(Change::MessageRouted {
+                id: entry.delivery.message.id,
             });
         }
         for &packet_id in &state.inbound_qos2 {

@@ -500,6 +500,7 @@ impl Connection {
         };
         self.send(Packet::SubAck(suback), barrier);
         for delivery in retained {
+            let id = delivery.message.id;
             let mut body_stored = false;
             session.enqueue(
                 delivery,
@@ -508,6 +509,9 @@ impl Connection {
                 broker.persistence(),
                 &mut body_stored,
             );
+            if body_stored {
+                broker.persist(|| Change::MessageRouted { id });
+            }
         }
     }
 

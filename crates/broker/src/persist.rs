@@ -36,8 +36,15 @@ pub struct StoredDelivery {
 #[derive(Debug, Clone)]
 pub enum Change {
     /// A message body, stored once however many deliveries refer to it. Submitted before the
-    /// first delivery that refers to it; the store forgets it once nothing refers to it.
+    /// first delivery that refers to it, it also takes a reference for the router, which the
+    /// router gives back with [`Change::MessageRouted`] once it has queued the message for every
+    /// session; the store forgets the body once nothing refers to it.
     Message(Message),
+    /// The router has queued the message everywhere: releases the reference its
+    /// [`Change::Message`] took.
+    MessageRouted {
+        id: MessageId,
+    },
     /// A persistent session was created or resumed (`online`), or its connection went away.
     Session {
         client_id: MqttStr,

@@ -29,6 +29,7 @@ impl Clock {
         Clock { instant, wall_ms }
     }
 
+    #[cfg(test)]
     pub(crate) fn instant(&self) -> Instant {
         self.instant
     }

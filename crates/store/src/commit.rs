@@ -25,8 +25,6 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// First and longest wait between two tries of a failed commit.
 const FIRST_RETRY: Duration = Duration::from_millis(10);
 const LAST_RETRY: Duration = Duration::from_secs(5);
-/// How often young message bodies without references are looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What `submit` and the commit thread share.
 pub(crate) struct Shared {
@@ -209,20 +207,12 @@ impl Drop for FinishGuard<'_> {
 pub(crate) fn run(shared: Arc<Shared>, mut engine: Engine, mode: PersistMode, lock: DirLock) {
     let guard = FinishGuard(&shared);
     let mut maintenance = Maintenance::start();
-    let mut last_sweep = Instant::now();
     while let Some(changes) = shared.take() {
         let last_seq = changes.last().map(|(seq, _)| *seq);
         let clock = Clock::now();
         let mut batch = Batch::default();
         for (_, change) in changes {
             engine.apply(change, &mut batch, &clock);
-        }
-        if clock.instant().saturating_duration_since(last_sweep) >= SWEEP_INTERVAL {
-            last_sweep = clock.instant();
-            let swept = engine.index.sweep_unreferenced(clock.instant(), &mut batch);
-            if swept > 0 {
-                tracing::trace!(messages = swept, "deleted unreferenced message bodies");
-            }
         }
         if !commit_until_done(&shared, &engine, &batch, mode) {
             break;

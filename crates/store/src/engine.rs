@@ -4,7 +4,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, PersistMode, Slice};
 use tern_broker::persist::{Change, MessageId};
@@ -13,17 +12,6 @@ use tern_codec::MqttStr;
 use crate::clock::Clock;
 use crate::encoding::{self, InflightValue, SessionValue};
 use crate::keys::{self, Space};
-
-/// How long a message body is kept after it was stored even when no delivery refers to it.
-///
-/// The core submits a body, then one `Queued` per subscribing session, one session at a time,
-/// without a marker for the end of that fan-out; a session served early may complete its
-/// delivery (dropping the count to zero) before a later session's `Queued` is submitted.
-/// Deleting at zero then would lose the body that later delivery needs. So a body younger than
-/// this is deleted only once it is this old and still unreferenced (by the sweep, every
-/// second); an older one goes as soon as its count drops to zero. A body nothing ever refers
-/// to goes the same way. (Bodies read back at start-up are old: no fan-out is in progress.)
-pub(crate) const FAN_OUT_GRACE: Duration = Duration::from_secs(5);
 
 /// The engine and one handle per keyspace.
 pub(crate) struct Spaces {
@@ -73,12 +61,10 @@ impl ClientEntries {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub(crate) clients: HashMap<MqttStr, ClientEntries>,
-    /// Stored message bodies → number of queue and in-flight entries referring to them.
+    /// Stored message bodies → number of references: queue and in-flight entries referring to
+    /// them, and the router's while it fans a message out (from `Message` to `MessageRouted`).
+    /// A body goes when its count drops to zero.
     pub(crate) refs: HashMap<MessageId, u64>,
-    /// Bodies stored during this run less than [`FAN_OUT_GRACE`] ago, with when.
-    pub(crate) born: HashMap<MessageId, Instant>,
-    /// Young bodies that no delivery refers to (now), with when they were stored.
-    pub(crate) unreferenced: HashMap<MessageId, Instant>,
     /// Ids that deliveries refer to but whose body was never submitted (a bug of the caller);
     /// the body is written if it comes after all.
     pub(crate) missing: HashSet<MessageId>,
@@ -155,7 +141,6 @@ pub(crate) struct Engine {
 impl Index {
     /// Applies one change to the index and records its writes in `batch`.
     pub(crate) fn apply(&mut self, change: Change, batch: &mut Batch, clock: &Clock) {
-        let now = clock.instant();
         match change {
             Change::Message(message) => {
                 if message.id == 0 {
@@ -163,9 +148,11 @@ impl Index {
                     return;
                 }
                 // An id names one body for ever: a body stored already (the core submits it
-                // again when a session becomes persistent) is not written again.
+                // again to hold it while it moves a delivery) is not written again, only
+                // referenced once more, for the router.
                 let referenced_without_body = self.missing.remove(&message.id);
-                if self.refs.contains_key(&message.id) && !referenced_without_body {
+                if !referenced_without_body && let Some(count) = self.refs.get_mut(&message.id) {
+                    *count += 1;
                     return;
                 }
                 let value = encoding::encode_message(&message, clock);
@@ -175,12 +162,9 @@ impl Index {
                     value,
                     false,
                 );
-                if !referenced_without_body {
-                    self.refs.insert(message.id, 0);
-                    self.born.insert(message.id, now);
-                    self.unreferenced.insert(message.id, now);
-                }
+                *self.refs.entry(message.id).or_insert(0) += 1;
             }
+            Change::MessageRouted { id } => self.release_ref(id, batch),
             Change::Session {
                 client_id,
                 expiry,
@@ -196,7 +180,7 @@ impl Index {
                 batch.put(Space::Sessions, key, value, entries.session);
                 entries.session = true;
             }
-            Change::SessionEnded { client_id } => self.end_session(&client_id, batch, now),
+            Change::SessionEnded { client_id } => self.end_session(&client_id, batch),
             Change::Subscribed {
                 client_id,
                 filter,
@@ -230,7 +214,7 @@ impl Index {
                 batch.put(Space::Queue, key, value, previous.is_some());
                 self.add_ref(delivery.message_id);
                 if let Some(previous) = previous {
-                    self.release_ref(previous, batch, now);
+                    self.release_ref(previous, batch);
                 }
             }
             Change::Unqueued {
@@ -242,7 +226,7 @@ impl Index {
                     self.with_entries(&client_id, |entries| entries.queue.remove(&position));
                 batch.delete(Space::Queue, key, removed.is_some());
                 if let Some(message_id) = removed {
-                    self.release_ref(message_id, batch, now);
+                    self.release_ref(message_id, batch);
                 }
             }
             Change::Inflight {
@@ -277,7 +261,7 @@ impl Index {
                 // same message leaves the count as it was.
                 self.add_ref(message_id);
                 if let Some((_, previous)) = previous {
-                    self.release_ref(previous, batch, now);
+                    self.release_ref(previous, batch);
                 }
             }
             Change::InflightDone {
@@ -289,7 +273,7 @@ impl Index {
                     self.with_entries(&client_id, |entries| entries.inflight.remove(&packet_id));
                 batch.delete(Space::Inflight, key, removed.is_some());
                 if let Some((_, message_id)) = removed {
-                    self.release_ref(message_id, batch, now);
+                    self.release_ref(message_id, batch);
                 }
             }
             Change::InboundQos2 {
@@ -366,12 +350,7 @@ impl Index {
 
     fn add_ref(&mut self, message_id: MessageId) {
         match self.refs.get_mut(&message_id) {
-            Some(count) => {
-                if *count == 0 {
-                    self.unreferenced.remove(&message_id);
-                }
-                *count += 1;
-            }
+            Some(count) => *count += 1,
             None => {
                 // The body is not stored (never submitted, or swept): the delivery is kept, and
                 // dropped at load if its message is still missing then.
@@ -385,9 +364,8 @@ impl Index {
         }
     }
 
-    /// Drops one reference; the body goes with the last (once it is older than
-    /// [`FAN_OUT_GRACE`]).
-    fn release_ref(&mut self, message_id: MessageId, batch: &mut Batch, now: Instant) {
+    /// Drops one reference; the body goes with the last.
+    fn release_ref(&mut self, message_id: MessageId, batch: &mut Batch) {
         let Some(count) = self.refs.get_mut(&message_id) else {
             return;
         };
@@ -395,19 +373,11 @@ impl Index {
         if *count > 0 {
             return;
         }
-        if let Some(&born) = self.born.get(&message_id)
-            && now.saturating_duration_since(born) < FAN_OUT_GRACE
-        {
-            self.unreferenced.insert(message_id, born);
-            return;
-        }
         self.forget_body(message_id, batch);
     }
 
     fn forget_body(&mut self, message_id: MessageId, batch: &mut Batch) {
         self.refs.remove(&message_id);
-        self.born.remove(&message_id);
-        self.unreferenced.remove(&message_id);
         self.missing.remove(&message_id);
         batch.delete(
             Space::Messages,
@@ -417,7 +387,7 @@ impl Index {
     }
 
     /// Deletes everything stored under `client_id`.
-    fn end_session(&mut self, client_id: &MqttStr, batch: &mut Batch, now: Instant) {
+    fn end_session(&mut self, client_id: &MqttStr, batch: &mut Batch) {
         let Some(entries) = self.clients.remove(client_id) else {
             // Nothing is indexed, so nothing is stored; the session key is deleted anyway in
             // case the index missed it.
@@ -441,7 +411,7 @@ impl Index {
         }
         for (&position, &message_id) in &entries.queue {
             batch.delete(Space::Queue, keys::queue_key(client_id, position), true);
-            self.release_ref(message_id, batch, now);
+            self.release_ref(message_id, batch);
         }
         for (&packet_id, &(_, message_id)) in &entries.inflight {
             batch.delete(
@@ -449,7 +419,7 @@ impl Index {
                 keys::packet_key(client_id, packet_id),
                 true,
             );
-            self.release_ref(message_id, batch, now);
+            self.release_ref(message_id, batch);
         }
         for &packet_id in &entries.inbound_qos2 {
             batch.delete(
@@ -458,28 +428,6 @@ impl Index {
                 true,
             );
         }
-    }
-
-    /// Deletes the young bodies still unreferenced now that they are [`FAN_OUT_GRACE`] old;
-    /// returns how many.
-    pub(crate) fn sweep_unreferenced(&mut self, now: Instant, batch: &mut Batch) -> usize {
-        let old = |born: &Instant| now.saturating_duration_since(*born) >= FAN_OUT_GRACE;
-        self.born.retain(|_, born| !old(born));
-        let stale: Vec<MessageId> = self
-            .unreferenced
-            .iter()
-            .filter(|(_, born)| old(born))
-            .map(|(&id, _)| id)
-            .collect();
-        let mut deleted = 0;
-        for id in stale {
-            self.unreferenced.remove(&id);
-            if self.refs.get(&id) == Some(&0) {
-                self.forget_body(id, batch);
-                deleted += 1;
-            }
-        }
-        deleted
     }
 }
 
@@ -560,20 +508,26 @@ mod tests {
             })
     }
 
+    fn routed(id: MessageId) -> Change {
+        Change::MessageRouted { id }
+    }
+
     #[test]
-    fn bodies_without_references_are_swept_after_the_grace() {
+    fn a_body_nothing_refers_to_goes_once_routed() {
         let clock = Clock::now();
         let mut index = Index::default();
         let mut batch = Batch::default();
         index.apply(message(1), &mut batch, &clock);
         index.apply(message(2), &mut batch, &clock);
         index.apply(queued(0, 2), &mut batch, &clock);
-        let mut later = Batch::default();
-        assert_eq!(index.sweep_unreferenced(clock.instant(), &mut later), 0);
-        let after_grace = clock.instant() + FAN_OUT_GRACE;
-        assert_eq!(index.sweep_unreferenced(after_grace, &mut later), 1);
-        assert_eq!(message_write(&later, 1), Some("delete"));
-        assert_eq!(message_write(&later, 2), None, "referenced: kept");
+        index.apply(routed(1), &mut batch, &clock);
+        index.apply(routed(2), &mut batch, &clock);
+        assert_eq!(
+            message_write(&batch, 1),
+            Some("nothing"),
+            "created and dropped: no write"
+        );
+        assert_eq!(message_write(&batch, 2), Some("put"), "referenced: kept");
         assert_eq!(index.refs.get(&2), Some(&1));
     }
 
@@ -584,6 +538,7 @@ mod tests {
         let mut batch = Batch::default();
         index.apply(queued(0, 5), &mut batch, &clock);
         index.apply(message(5), &mut batch, &clock);
+        index.apply(routed(5), &mut batch, &clock);
         assert_eq!(message_write(&batch, 5), Some("put"));
         assert_eq!(index.refs.get(&5), Some(&1));
     }
@@ -596,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn a_young_body_outlives_a_zero_count_for_a_late_fan_out() {
+    fn the_router_reference_keeps_a_body_through_a_fan_out() {
         let clock = Clock::now();
         let mut index = Index::default();
         let mut batch = Batch::default();
@@ -604,7 +559,7 @@ mod tests {
         index.apply(message(1), &mut batch, &clock);
         index.apply(queued(0, 1), &mut batch, &clock);
         index.apply(unqueued(0), &mut batch, &clock);
-        assert_eq!(message_write(&batch, 1), Some("put"), "kept while young");
+        assert_eq!(message_write(&batch, 1), Some("put"), "held by the router");
         index.apply(
             Change::Queued {
                 client_id: MqttStr::from_static("d"),
@@ -614,34 +569,32 @@ mod tests {
             &mut batch,
             &clock,
         );
+        index.apply(routed(1), &mut batch, &clock);
         assert!(index.missing.is_empty());
         assert_eq!(index.refs.get(&1), Some(&1));
 
-        // Once the body is old, the last reference takes it along at once.
+        // The last reference takes the body along at once.
         let mut later = Batch::default();
-        let old = Clock::at(clock.instant() + FAN_OUT_GRACE, clock.wall_ms() + 5_000);
-        assert_eq!(index.sweep_unreferenced(old.instant(), &mut later), 0);
-        assert!(index.born.is_empty());
         index.apply(
             Change::Unqueued {
                 client_id: MqttStr::from_static("d"),
                 position: 0,
             },
             &mut later,
-            &old,
+            &clock,
         );
         assert_eq!(message_write(&later, 1), Some("delete"));
         assert!(index.refs.is_empty());
     }
 
     #[test]
-    fn a_cycle_within_one_batch_writes_only_the_body_until_the_sweep() {
+    fn a_cycle_within_one_batch_writes_nothing() {
         let clock = Clock::now();
         let mut index = Index::default();
         let mut batch = Batch::default();
         index.apply(message(1), &mut batch, &clock);
         index.apply(queued(0, 1), &mut batch, &clock);
-        index.apply(unqueued(0), &mut batch, &clock);
+        index.apply(routed(1), &mut batch, &clock);
         index.apply(
             Change::Inflight {
                 client_id: MqttStr::from_static("c"),
@@ -652,6 +605,7 @@ mod tests {
             &mut batch,
             &clock,
         );
+        index.apply(unqueued(0), &mut batch, &clock);
         index.apply(
             Change::InflightDone {
                 client_id: MqttStr::from_static("c"),
@@ -662,17 +616,10 @@ mod tests {
         );
         assert_eq!(
             batch.len(),
-            1,
-            "the queue and in-flight entries cost nothing"
+            0,
+            "a message delivered within one commit costs no write"
         );
-        assert_eq!(message_write(&batch, 1), Some("put"));
         assert!(index.clients.is_empty());
-        let mut later = Batch::default();
-        assert_eq!(
-            index.sweep_unreferenced(clock.instant() + FAN_OUT_GRACE, &mut later),
-            1
-        );
-        assert_eq!(message_write(&later, 1), Some("delete"));
-        assert!(index.refs.is_empty() && index.unreferenced.is_empty());
+        assert!(index.refs.is_empty());
     }
 }

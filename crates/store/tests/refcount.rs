@@ -176,7 +176,7 @@ fn a_packet_id_reused_for_another_message_releases_the_first() {
 }
 
 #[test]
-fn a_body_submitted_again_is_not_counted_again() {
+fn a_body_submitted_again_is_stored_once_and_held_per_submission() {
     let scratch = Scratch::new("refs-resubmit");
     run(
         scratch.path(),
@@ -185,18 +185,22 @@ fn a_body_submitted_again_is_not_counted_again() {
                 session("a"),
                 Change::Message((*message(1, "t", b"p")).clone()),
                 queued("a", 0, 1),
+                Change::MessageRouted { id: 1 },
             ],
             // As when another session becomes persistent and writes its contents.
             vec![
                 session("b"),
                 Change::Message((*message(1, "t", b"p")).clone()),
                 queued("b", 4, 1),
+                Change::MessageRouted { id: 1 },
             ],
         ],
         vec![
             vec![Change::Message((*message(1, "t", b"p")).clone())],
             vec![unqueued("a", 0)],
             vec![unqueued("b", 4)],
+            // The last holder, the router, lets go: the body goes.
+            vec![Change::MessageRouted { id: 1 }],
         ],
     );
     assert_eq!(count(scratch.path(), "messages"), 0);
@@ -352,8 +356,8 @@ fn a_body_no_delivery_refers_to_is_deleted_at_the_next_start() {
 }
 
 #[test]
-fn a_young_body_goes_once_the_fan_out_grace_has_passed() {
-    let scratch = Scratch::new("grace");
+fn a_body_goes_with_its_last_reference() {
+    let scratch = Scratch::new("last-reference");
     let (store, _) = open(scratch.path());
     commit(
         &store,
@@ -361,11 +365,14 @@ fn a_young_body_goes_once_the_fan_out_grace_has_passed() {
             session("a"),
             Change::Message((*message(1, "t", b"young")).clone()),
             queued("a", 0, 1),
+            Change::MessageRouted { id: 1 },
         ],
     );
+    store.close().unwrap();
+    drop(store);
+    assert_eq!(count(scratch.path(), "messages"), 1, "kept while queued");
+    let (store, _) = open(scratch.path());
     commit(&store, [unqueued("a", 0)]);
-    // The sweep runs about every second; the grace is 5 s.
-    std::thread::sleep(Duration::from_secs(7));
     store.close().unwrap();
     drop(store);
     assert_eq!(count(scratch.path(), "messages"), 0);

@@ -107,6 +107,10 @@ pub struct BenchArgs {
     /// Keep-alive in seconds announced in CONNECT; PINGREQ is sent when idle.
     #[arg(long, default_value_t = 60)]
     pub keepalive: u16,
+    /// Subscribers connect with a persistent session (clean session 0; MQTT 5: session expiry
+    /// 300 s), so a broker with a store writes their QoS 1/2 messages to it.
+    #[arg(long)]
+    pub persistent: bool,
     /// conn: connection attempts in progress at once.
     #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
@@ -153,6 +157,8 @@ pub struct BenchConfig {
     pub inflight: u16,
     pub grace: Duration,
     pub keep_alive: u16,
+    /// Subscribers keep a persistent session, so the broker stores their QoS 1/2 messages.
+    pub persistent: bool,
     pub concurrency: usize,
     pub pid: Option<u32>,
     pub topic_prefix: String,
@@ -186,6 +192,7 @@ impl BenchConfig {
             inflight: 100,
             grace: Duration::from_secs(5),
             keep_alive: 60,
+            persistent: false,
             concurrency: 100,
             pid: None,
             topic_prefix: format!("bench/{}", std::process::id()),
@@ -217,6 +224,7 @@ impl BenchConfig {
         config.window = args.window;
         config.inflight = args.inflight;
         config.keep_alive = args.keepalive;
+        config.persistent = args.persistent;
         config.concurrency = args.concurrency;
         config.pid = args.pid;
         if let Some(prefix) = &args.topic_prefix {

@@ -159,6 +159,18 @@ impl Conn {
         version: ProtocolVersion,
         keep_alive: u16,
     ) -> anyhow::Result<Conn> {
+        Conn::open_session(addr, client_id, version, keep_alive, false).await
+    }
+
+    /// [`Conn::open`], with a persistent session when `persistent` (clean session 0; MQTT 5:
+    /// session expiry 300 s).
+    pub async fn open_session(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+        keep_alive: u16,
+        persistent: bool,
+    ) -> anyhow::Result<Conn> {
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow::anyhow!("TCP connect to {addr} timed out"))?
@@ -171,11 +183,15 @@ impl Conn {
             version,
             receive_maximum: u16::MAX,
         };
+        let mut properties = Properties::default();
+        if persistent && version.is_v5() {
+            properties.session_expiry_interval = Some(300);
+        }
         let connect = Connect {
             protocol: version,
-            clean_start: true,
+            clean_start: !persistent,
             keep_alive,
-            properties: Properties::default(),
+            properties,
             client_id: MqttStr::try_from(client_id).context("client id")?,
             will: None,
             username: None,

@@ -247,10 +247,12 @@ async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<
         let handshakes = handshakes.clone();
         let client_id = format!("{id_prefix}-s{i}");
         let (version, keep_alive, qos) = (config.version, config.keep_alive, config.qos);
+        let persistent = config.persistent;
         sub_tasks.push(tokio::spawn(async move {
             let opened = async {
                 let _permit = handshakes.acquire().await?;
-                let mut conn = Conn::open(addr, &client_id, version, keep_alive).await?;
+                let mut conn =
+                    Conn::open_session(addr, &client_id, version, keep_alive, persistent).await?;
                 conn.subscribe(&sub_plan.filter, qos).await?;
                 anyhow::Ok(conn)
             }

@@ -603,15 +603,24 @@ impl Broker {
         }
     }
 
-    /// Whether a retained message for `topic` fits the retained-message limit (a topic that
-    /// already has one always does).
-    pub(crate) fn retained_quota_allows(&self, topic: &str) -> bool {
-        let limit = self.config.max_retained_messages;
-        if limit == 0 {
+    /// Whether a retained message of `payload_len` bytes for `topic` fits the limits on the
+    /// number of retained topics (a topic that already has one always does) and on the bytes
+    /// of all retained payloads (counting the replaced one out).
+    pub(crate) fn retained_quota_allows(&self, topic: &str, payload_len: usize) -> bool {
+        let (count_limit, bytes_limit) = (
+            self.config.max_retained_messages,
+            self.config.max_retained_bytes,
+        );
+        if count_limit == 0 && bytes_limit == 0 {
             return true;
         }
         let retained = read(&self.retained);
-        retained.len() < limit || retained.get(topic).is_some()
+        let existing = retained.get(topic);
+        let count_ok = count_limit == 0 || retained.len() < count_limit || existing.is_some();
+        let replaced = existing.map_or(0, |message| message.payload.len());
+        let bytes_ok =
+            bytes_limit == 0 || retained.payload_bytes() - replaced + payload_len <= bytes_limit;
+        count_ok && bytes_ok
     }
 
     /// Whether `session` may add a subscription to `filter` within its limit (replacing one

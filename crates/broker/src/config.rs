@@ -47,6 +47,8 @@ pub struct BrokerConfig {
     pub max_subscriptions_per_session: usize,
     /// Topics with a retained message (0: no limit).
     pub max_retained_messages: usize,
+    /// Bytes of all retained payloads together (0: no limit).
+    pub max_retained_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +73,7 @@ impl Default for BrokerConfig {
             subscription_identifiers: true,
             max_subscriptions_per_session: 0,
             max_retained_messages: 0,
+            max_retained_bytes: 0,
         }
     }
 }

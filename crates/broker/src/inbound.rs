@@ -298,7 +298,9 @@ impl Connection {
         }
         if publish.retain
             && !publish.payload.is_empty()
-            && !self.broker.retained_quota_allows(&publish.topic)
+            && !self
+                .broker
+                .retained_quota_allows(&publish.topic, publish.payload.len())
         {
             return Some(ReasonCode::QuotaExceeded);
         }

@@ -59,6 +59,8 @@ pub struct Limits {
     pub max_subscriptions_per_session: usize,
     /// Topics with a retained message (0: no limit).
     pub max_retained_messages: usize,
+    /// Bytes of all retained payloads together (0: no limit).
+    pub max_retained_bytes: usize,
 }
 
 /// Protocol switches.
@@ -132,6 +134,7 @@ impl Default for Limits {
             max_keep_alive: broker.max_keep_alive,
             max_subscriptions_per_session: broker.max_subscriptions_per_session,
             max_retained_messages: broker.max_retained_messages,
+            max_retained_bytes: broker.max_retained_bytes,
         }
     }
 }
@@ -251,6 +254,7 @@ impl ServerConfig {
             subscription_identifiers: self.mqtt.subscription_identifiers,
             max_subscriptions_per_session: self.limits.max_subscriptions_per_session,
             max_retained_messages: self.limits.max_retained_messages,
+            max_retained_bytes: self.limits.max_retained_bytes,
         }
     }
 }

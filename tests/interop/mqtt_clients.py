@@ -1,6 +1,6 @@
 """Thin, bounded-wait wrappers around the third-party clients the suite drives: paho-mqtt 2.x
-(Python) and mosquitto_pub / mosquitto_sub (Debian's mosquitto-clients). Every wait has a
-deadline; nothing here can block for ever."""
+(Python, MQTT 3.1, 3.1.1 and 5) and mosquitto_pub / mosquitto_sub (Debian's mosquitto-clients).
+Every wait has a deadline; nothing here can block for ever."""
 
 from __future__ import annotations
 
@@ -10,15 +10,20 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 #: Default bound of every wait, in seconds.
 TIMEOUT = 5.0
 
 PROTOCOLS = {"v31": mqtt.MQTTv31, "v311": mqtt.MQTTv311}
+#: MQTT 5 is not in PROTOCOLS: the 3.x tests are parametrized over that dict.
+MQTTV5 = mqtt.MQTTv5
 MOSQUITTO_VERSIONS = {"v31": "mqttv31", "v311": "mqttv311"}
 
 
@@ -29,12 +34,57 @@ class Received:
     qos: int
     retain: bool
     dup: bool
+    #: MQTT 5 only (None otherwise): the PUBLISH properties as paho decoded them.
+    properties: Any = field(default=None, compare=False)
+    #: MQTT 5 only: the topic as it was on the wire (empty when a known Topic Alias replaced it;
+    #: `topic` is then the one the alias stands for) and the alias, if any.
+    wire_topic: str | None = field(default=None, compare=False)
+    topic_alias: int | None = field(default=None, compare=False)
+    #: The packet identifier (for `PahoClient.ack` with `manual_ack`).
+    mid: int = field(default=0, compare=False)
+
+    def prop(self, name: str, default=None):
+        """An MQTT 5 property of the message by its paho name (`ContentType`, `UserProperty`,
+        ...), or `default` when absent."""
+        if self.properties is None:
+            return default
+        return getattr(self.properties, name, default)
 
 
 @dataclass(frozen=True)
 class ConnectResult:
     reason_code: int
     session_present: bool
+    #: MQTT 5 only: the CONNACK properties.
+    properties: Any = field(default=None, compare=False)
+
+    def prop(self, name: str, default=None):
+        if self.properties is None:
+            return default
+        return getattr(self.properties, name, default)
+
+
+@dataclass(frozen=True)
+class DisconnectEvent:
+    """One on_disconnect call: whether it came from a DISCONNECT packet of the server (MQTT 5),
+    its reason code, and its properties."""
+
+    from_server: bool
+    reason_code: int
+    properties: Any = field(default=None, compare=False)
+
+
+def v5_properties(packet_type: int, **values) -> Properties:
+    """A paho `Properties` of `packet_type` (a `PacketTypes` member) with the given values;
+    `UserProperty` takes a list of (name, value) pairs, kept in order."""
+    properties = Properties(packet_type)
+    for name, value in values.items():
+        if name == "UserProperty":
+            for pair in value:
+                properties.UserProperty = pair
+        else:
+            setattr(properties, name, value)
+    return properties
 
 
 class PahoClient:
@@ -53,15 +103,33 @@ class PahoClient:
         will: tuple | None = None,
         threaded: bool = True,
         manual_ack: bool = False,
+        session_expiry: int | None = None,
+        connect_properties: dict | None = None,
     ):
+        """`will` is (topic, payload, qos, retain) or, for MQTT 5, (topic, payload, qos, retain,
+        {will property: value}). MQTT 5: `clean_session` is sent as Clean Start;
+        `session_expiry` as the Session Expiry Interval and `connect_properties` (paho property
+        names, e.g. {"TopicAliasMaximum": 10}) as further CONNECT properties."""
         self.host, self.port = broker
         self.client_id = client_id
         self.keepalive = keepalive
         self.threaded = threaded
+        self.v5 = protocol == MQTTV5
+        self.clean_start = clean_session
+        self.connect_properties: Properties | None = None
+        if self.v5:
+            values = dict(connect_properties or {})
+            if session_expiry is not None:
+                values["SessionExpiryInterval"] = session_expiry
+            if values:
+                self.connect_properties = v5_properties(PacketTypes.CONNECT, **values)
+        else:
+            assert session_expiry is None and connect_properties is None, "MQTT 5 only"
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=clean_session,
+            # MQTT 5 has Clean Start (an argument of connect()) instead.
+            clean_session=None if self.v5 else clean_session,
             protocol=protocol,
             reconnect_on_failure=False,
             manual_ack=manual_ack,
@@ -69,34 +137,96 @@ class PahoClient:
         # paho keeps at most 20 QoS>0 messages in flight by default and queues the rest.
         self.client.max_queued_messages_set(0)
         if will is not None:
-            topic, payload, qos, retain = will
-            self.client.will_set(topic, payload, qos=qos, retain=retain)
+            topic, payload, qos, retain, *rest = will
+            will_properties = None
+            if rest and rest[0]:
+                will_properties = v5_properties(PacketTypes.WILLMESSAGE, **rest[0])
+            self.client.will_set(
+                topic, payload, qos=qos, retain=retain, properties=will_properties)
         self._cond = threading.Condition()
         self.messages: list[Received] = []
         self.connack: ConnectResult | None = None
         self.subacks: dict[int, list[int]] = {}
         self.unsubacks: set[int] = set()
+        #: MQTT 5: reason code and properties of each PUBACK / PUBCOMP, by message id (paho
+        #: also reports QoS 0 publishes, with 0; PUBREC codes are in `pubrecs`).
+        self.pubacks: dict[int, tuple[int, Any]] = {}
         self.disconnected = threading.Event()
         self.disconnect_reason = None
+        self.disconnects: list[DisconnectEvent] = []
+        #: Topic aliases the server set up on this connection (MQTT 5), alias -> topic.
+        self._aliases: dict[int, str] = {}
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        #: MQTT 5: reason code of each PUBREC, by message id (see `_observe_pubrec`).
+        self.pubrecs: dict[int, int] = {}
+        if self.v5:
+            self._observe_pubrec()
         self._loop_started = False
+
+    def _observe_pubrec(self) -> None:
+        """paho 2 ignores the reason code of PUBREC (it sends PUBREL even after a refusal at 0x80
+        or above, and on_publish then reports the PUBCOMP's code): record it by wrapping paho's
+        private PUBREC handler of this one client."""
+        handle = self.client._handle_pubrec
+
+        def observed():
+            try:
+                # Variable header: packet identifier, then (MQTT 5, when the remaining length is
+                # over 2) the reason code; absent means 0x00.
+                body = bytes(self.client._in_packet["packet"])
+                mid = int.from_bytes(body[:2], "big")
+                with self._cond:
+                    self.pubrecs[mid] = body[2] if len(body) > 2 else 0
+                    self._cond.notify_all()
+            except Exception:  # a paho change: leave it to paho
+                pass
+            return handle()
+
+        self.client._handle_pubrec = observed
 
     # --- callbacks (paho's thread) ----------------------------------------------------------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         with self._cond:
-            self.connack = ConnectResult(int(reason_code.value), bool(flags.session_present))
+            self.connack = ConnectResult(
+                int(reason_code.value), bool(flags.session_present),
+                properties if self.v5 else None)
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, msg):
         with self._cond:
-            self.messages.append(
-                Received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup))
-            )
+            if not self.v5:
+                self.messages.append(Received(
+                    msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup),
+                    mid=msg.mid))
+                self._cond.notify_all()
+                return
+            # paho 2 does not resolve the Topic Aliases of the server: it hands over the topic
+            # as sent (empty once the alias is known). Resolved here, in the order paho delivers
+            # messages — which for QoS 2 is at PUBREL, so tests that check outbound aliases use
+            # QoS 0 and 1 only.
+            wire_topic = msg.topic
+            alias = getattr(msg.properties, "TopicAlias", None)
+            topic = wire_topic
+            if alias is not None:
+                if wire_topic:
+                    self._aliases[alias] = wire_topic
+                else:
+                    topic = self._aliases.get(alias, "")
+            self.messages.append(Received(
+                topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup),
+                properties=msg.properties, wire_topic=wire_topic, topic_alias=alias,
+                mid=msg.mid))
+            self._cond.notify_all()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self._cond:
+            self.pubacks[mid] = (int(reason_code.value), properties)
             self._cond.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
@@ -112,6 +242,9 @@ class PahoClient:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self._cond:
             self.disconnect_reason = reason_code
+            self.disconnects.append(DisconnectEvent(
+                bool(flags.is_disconnect_packet_from_server), int(reason_code.value),
+                properties))
             self.disconnected.set()
             self._cond.notify_all()
 
@@ -153,21 +286,39 @@ class PahoClient:
         """Connects and waits for CONNACK."""
         with self._cond:
             self.connack = None
+            self._aliases.clear()  # aliases belong to one connection [MQTT-3.3.2-7]
         self.disconnected.clear()
-        self.client.connect(self.host, self.port, keepalive=self.keepalive)
+        if self.v5:
+            self.client.connect(
+                self.host, self.port, keepalive=self.keepalive,
+                clean_start=bool(self.clean_start), properties=self.connect_properties)
+        else:
+            self.client.connect(self.host, self.port, keepalive=self.keepalive)
         if self.threaded:
             self.client.loop_start()
             self._loop_started = True
         self._wait(lambda: self.connack is not None, timeout, "CONNACK")
         return self.connack
 
-    def subscribe(self, topics, qos: int = 0, timeout: float = TIMEOUT) -> list[int]:
-        """Subscribes to one filter (with `qos`) or a list of (filter, qos); waits for SUBACK and
-        returns its return codes."""
+    def subscribe(
+        self, topics, qos: int = 0, timeout: float = TIMEOUT, *, options=None,
+        subscription_id: int | None = None,
+    ) -> list[int]:
+        """Subscribes to one filter (with `qos`, or MQTT 5 `options`, a SubscribeOptions) or a
+        list of (filter, qos or SubscribeOptions); MQTT 5: with `subscription_id` as the
+        Subscription Identifier. Waits for SUBACK and returns its return / reason codes."""
+        properties = None
+        if subscription_id is not None:
+            properties = v5_properties(
+                PacketTypes.SUBSCRIBE, SubscriptionIdentifier=subscription_id)
         if isinstance(topics, str):
-            result, mid = self.client.subscribe(topics, qos)
+            if options is not None:
+                result, mid = self.client.subscribe(
+                    topics, options=options, properties=properties)
+            else:
+                result, mid = self.client.subscribe(topics, qos, properties=properties)
         else:
-            result, mid = self.client.subscribe(list(topics))
+            result, mid = self.client.subscribe(list(topics), properties=properties)
         assert result == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {result}"
         self._wait(lambda: mid in self.subacks, timeout, f"SUBACK {mid}")
         return self.subacks[mid]
@@ -180,11 +331,15 @@ class PahoClient:
 
     def publish(
         self, topic: str, payload=b"", qos: int = 0, retain: bool = False, wait: bool = True,
-        timeout: float = TIMEOUT,
+        timeout: float = TIMEOUT, properties: dict | None = None,
     ):
         """Publishes; with `wait`, returns once the flow is complete (PUBACK / PUBCOMP received,
-        or for QoS 0 the packet written)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        or for QoS 0 the packet written). MQTT 5: `properties` maps paho property names to
+        values (`UserProperty`: a list of pairs)."""
+        props = None
+        if properties:
+            props = v5_properties(PacketTypes.PUBLISH, **properties)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed locally: {info.rc}"
         if wait:
             self.wait_published(info, timeout)
@@ -198,6 +353,25 @@ class PahoClient:
         if not info.is_published():
             raise TimeoutError(
                 f"{self.client_id}: publish mid {info.mid} not completed in {timeout} s")
+
+    def puback_reason(self, info) -> int:
+        """MQTT 5: the reason code the server acknowledged publish `info` with (wait first)."""
+        with self._cond:
+            return self.pubacks[info.mid][0]
+
+    def ack(self, message: Received) -> None:
+        """Acknowledges `message` (clients made with `manual_ack`)."""
+        self.client.ack(message.mid, message.qos)
+
+    def wait_server_disconnect(self, timeout: float = TIMEOUT) -> DisconnectEvent:
+        """MQTT 5: waits for a DISCONNECT from the server; returns it."""
+
+        def from_server():
+            return [event for event in self.disconnects if event.from_server]
+
+        self._wait(lambda: bool(from_server()), timeout, "a DISCONNECT from the server")
+        with self._cond:
+            return from_server()[0]
 
     def wait_messages(
         self, count: int, timeout: float = TIMEOUT, topic: str | None = None
@@ -260,9 +434,19 @@ class PahoClient:
         sock.close()
         self.stop_loop()
 
-    def disconnect(self, timeout: float = TIMEOUT) -> None:
-        """Sends DISCONNECT and waits for the connection to close."""
-        self.client.disconnect()
+    def disconnect(
+        self, timeout: float = TIMEOUT, reason_code: int | None = None,
+        properties: dict | None = None,
+    ) -> None:
+        """Sends DISCONNECT (MQTT 5: with `reason_code` and `properties`, e.g.
+        {"SessionExpiryInterval": 0}) and waits for the connection to close."""
+        if reason_code is None and not properties:
+            self.client.disconnect()
+        else:
+            self.client.disconnect(
+                reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=reason_code or 0),
+                properties=v5_properties(PacketTypes.DISCONNECT, **(properties or {})),
+            )
         if not self.threaded:
             self.pump(0.05)
             self.disconnected.set()

@@ -109,7 +109,7 @@ pub(crate) struct Active {
     pub(crate) send_window: usize,
     /// The client's Maximum Packet Size (MQTT 5); `u32::MAX` when it set none.
     pub(crate) client_max_packet_size: u32,
-    /// The Session Expiry Interval of CONNECT (MQTT 5), for the DISCONNECT rule [MQTT-3.14.2-2].
+    /// The Session Expiry Interval of CONNECT (MQTT 5), for the DISCONNECT rule of section 3.14.2.2.2.
     pub(crate) session_expiry_interval: u32,
     /// Request Problem Information of CONNECT: whether reason strings and user properties may
     /// go in packets other than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].

@@ -566,7 +566,7 @@ impl Connection {
                 if active.session_expiry_interval == 0 && interval != 0 {
                     return self.protocol_error(
                         ReasonCode::ProtocolError,
-                        "session expiry set at DISCONNECT after 0 at CONNECT [MQTT-3.14.2-2]",
+                        "session expiry set at DISCONNECT after 0 at CONNECT (section 3.14.2.2.2)",
                         now,
                     );
                 }

@@ -262,6 +262,17 @@ impl Broker {
         }
     }
 
+    /// Opens an atomic group of changes (see [`Persistence::begin_group`]) that closes when the
+    /// returned guard drops; `None` without a store.
+    pub(crate) fn atomic(&self) -> Option<crate::persist::Group<'_>> {
+        self.persistence().map(crate::persist::Group::open)
+    }
+
+    /// The sequence number of the last change submitted (0: none, or no store).
+    pub(crate) fn submitted(&self) -> u64 {
+        self.persistence.as_ref().map_or(0, |p| p.submitted())
+    }
+
     /// The highest durable sequence number (everything, without a store).
     pub(crate) fn durable(&self) -> u64 {
         self.persistence.as_ref().map_or(u64::MAX, |p| p.durable())
@@ -996,6 +1007,9 @@ impl Broker {
     /// Ends a session: removes it from the registry and its subscriptions from the index,
     /// forgets its messages, and publishes a will still waiting for its delay [MQTT-3.1.3-9].
     pub(crate) fn end_session(&self, session: &Arc<Session>, now: Instant) {
+        // The end of the session (which forgets its stored will) and the will's publication
+        // become durable together.
+        let _group = self.atomic();
         let will = {
             let mut sessions = lock(&self.sessions);
             self.end_session_in(&mut sessions, session)
@@ -1099,6 +1113,8 @@ impl Broker {
                         }
                     };
                     if let Some(will) = will {
+                        // Published and forgotten in one commit: never lost, never twice.
+                        let _group = self.atomic();
                         self.publish_will(will.message, now);
                         let session = &timer.session;
                         let state = session.lock();

@@ -416,6 +416,14 @@ impl Connection {
         let deferred = owner
             && reason.publishes_will()
             && will.as_ref().is_some_and(|will| !will.delay.is_zero());
+        let broker = self.broker.clone();
+        // Forgetting the stored will and publishing it become durable together: a crash between
+        // them would lose the will or publish it twice.
+        let group = if will_stored && owner && !deferred {
+            broker.atomic()
+        } else {
+            None
+        };
         if will_stored && owner && !deferred {
             // The will is published now or discarded: the store forgets it. (A deferred will
             // stays stored, to be published after a restart too.)
@@ -439,6 +447,7 @@ impl Connection {
             }
             // Otherwise the session was resumed within the delay: no will [MQTT-3.1.3-9].
         }
+        drop(group);
         self.broker.detach(&session, self.id, now);
     }
 

@@ -235,13 +235,19 @@ impl Connection {
 
         let Some(active) = self.active() else { return };
         let mut barrier = 0;
+        // A stored QoS 2 identifier and the routing of its message become durable together: a
+        // crash between them would leave an identifier whose message is lost (the resent
+        // PUBLISH is taken for a duplicate) or a message routed again when it is resent.
+        let mut group = None;
         if publish.qos == QoS::ExactlyOnce {
             let mut state = active.session.lock();
             if state.inbound_qos2.contains(&packet_id) {
                 // A resent QoS 2 PUBLISH is acknowledged again but not forwarded twice
-                // [MQTT-4.3.3-9, MQTT-4.3.3-10].
+                // [MQTT-4.3.3-9, MQTT-4.3.3-10]; its PUBREC, like the first, waits until the
+                // message is durable (it may not be yet when the client reconnected quickly).
                 drop(state);
-                return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success, 0);
+                let barrier = broker.submitted();
+                return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success, barrier);
             }
             if version.is_v5() && state.inbound_qos2.len() >= usize::from(config.receive_maximum) {
                 drop(state);
@@ -253,6 +259,7 @@ impl Connection {
             }
             state.inbound_qos2.push(packet_id);
             if state.stores() {
+                group = broker.atomic();
                 barrier = broker.persist(|| Change::InboundQos2 {
                     client_id: active.session.client_id().clone(),
                     packet_id,
@@ -262,6 +269,7 @@ impl Connection {
 
         let message = Message::from_publish(publish, self.client_id.clone(), now);
         let (reached, seq) = broker.publish_tracked(message, now);
+        drop(group);
         if let Some(ack) = ack_packet {
             let code = if reached == 0 && version.is_v5() {
                 ReasonCode::NoMatchingSubscribers

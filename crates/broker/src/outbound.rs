@@ -257,8 +257,8 @@ impl Transmit<'_> {
                 return false;
             };
             let stored = state.stores() && is_stored(&delivery);
-            // The store learns that the delivery left the queue after it learns where it went,
-            // so its message body is never without a reference in between.
+            // A delivery dropped unsent only leaves the queue; one that is sent moves in flight
+            // with `Change::Dispatched`.
             let unqueued = || Change::Unqueued {
                 client_id: self.client_id.clone(),
                 position,
@@ -295,13 +295,13 @@ impl Transmit<'_> {
                 InflightState::AwaitingPubRec
             };
             let seq = if stored {
-                let seq = self.broker.persist(|| Change::Inflight {
+                self.broker.persist(|| Change::Dispatched {
                     client_id: self.client_id.clone(),
+                    position,
                     packet_id,
                     state: waiting,
                     delivery: delivery.stored(),
-                });
-                self.broker.persist(unqueued).max(seq)
+                })
             } else {
                 0
             };

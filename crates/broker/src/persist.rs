@@ -82,6 +82,16 @@ pub enum Change {
         state: InflightState,
         delivery: StoredDelivery,
     },
+    /// The queued delivery at `position` went in flight under `packet_id`: [`Change::Inflight`]
+    /// and [`Change::Unqueued`] as one change, so no crash can leave the delivery both queued
+    /// and in flight (sent twice after a restart).
+    Dispatched {
+        client_id: MqttStr,
+        position: u64,
+        packet_id: u16,
+        state: InflightState,
+        delivery: StoredDelivery,
+    },
     /// The outbound flow of `packet_id` is complete.
     InflightDone {
         client_id: MqttStr,
@@ -123,6 +133,36 @@ pub trait Persistence: Send + Sync {
     fn durable(&self) -> u64;
     /// Calls `wakeup` once `seq` is durable (at once if it already is).
     fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>);
+    /// The sequence number of the last change submitted (0: none yet).
+    fn submitted(&self) -> u64;
+    /// Opens an atomic group: no change submitted from now on (by any thread) is made durable
+    /// until the group is closed with [`Persistence::end_group`], and then the whole group in
+    /// one commit, so a crash keeps all of its changes or none. Returns the group's token.
+    /// Groups must be short: they hold back every commit after their start.
+    fn begin_group(&self) -> u64;
+    /// Closes the group `token` opened.
+    fn end_group(&self, token: u64);
+}
+
+/// An open atomic group ([`Persistence::begin_group`]), closed when dropped.
+pub(crate) struct Group<'a> {
+    persistence: &'a dyn Persistence,
+    token: u64,
+}
+
+impl<'a> Group<'a> {
+    pub(crate) fn open(persistence: &'a dyn Persistence) -> Group<'a> {
+        Group {
+            persistence,
+            token: persistence.begin_group(),
+        }
+    }
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        self.persistence.end_group(self.token);
+    }
 }
 
 /// A session read back at start-up.

@@ -41,9 +41,23 @@ pub(crate) struct Shared {
     dir: PathBuf,
 }
 
+impl Queue {
+    /// How many pending changes come before every open atomic group.
+    fn ready(&self) -> usize {
+        match self.open_groups.iter().min() {
+            None => self.changes.len(),
+            Some(&start) => self.changes.partition_point(|(seq, _)| *seq < start),
+        }
+    }
+}
+
 struct Queue {
+    /// Pending changes, in sequence order.
     changes: Vec<(u64, Change)>,
     next_seq: u64,
+    /// The first sequence number of each open atomic group: no change from the earliest on is
+    /// committed until that group closes.
+    open_groups: Vec<u64>,
     /// Set by `close`: commit what is pending, then stop; give up retrying after the deadline.
     stop: Option<Instant>,
     finished: bool,
@@ -63,6 +77,7 @@ impl Shared {
             queue: Mutex::new(Queue {
                 changes: Vec::new(),
                 next_seq: 1,
+                open_groups: Vec::new(),
                 stop: None,
                 finished: false,
             }),
@@ -93,6 +108,31 @@ impl Shared {
 
     pub(crate) fn durable(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+
+    /// The sequence number of the last change submitted.
+    pub(crate) fn submitted(&self) -> u64 {
+        lock(&self.queue).next_seq - 1
+    }
+
+    /// Opens an atomic group; returns its token, the sequence number its first change gets.
+    pub(crate) fn begin_group(&self) -> u64 {
+        let mut queue = lock(&self.queue);
+        let start = queue.next_seq;
+        queue.open_groups.push(start);
+        start
+    }
+
+    /// Closes the group `begin_group` returned `token` for, and lets the commit thread take
+    /// what it held back.
+    pub(crate) fn end_group(&self, token: u64) {
+        let mut queue = lock(&self.queue);
+        if let Some(index) = queue.open_groups.iter().position(|&start| start == token) {
+            queue.open_groups.swap_remove(index);
+        }
+        if queue.ready() > 0 {
+            self.work.notify_one();
+        }
     }
 
     pub(crate) fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>) {
@@ -129,20 +169,36 @@ impl Shared {
         *lock(&self.failure) = failure;
     }
 
-    /// Waits for changes (or a stop request, or the idle tick). `None`: stop now.
+    /// Waits for changes that may be committed (or a stop request, or the idle tick) and takes
+    /// them; changes of an open atomic group stay. `None`: stop now.
     fn take(&self) -> Option<Vec<(u64, Change)>> {
+        let deadline = Instant::now() + IDLE_TICK;
         let mut queue = lock(&self.queue);
-        if queue.changes.is_empty() && queue.stop.is_none() {
+        loop {
+            let ready = queue.ready();
+            let now = Instant::now();
+            match queue.stop {
+                Some(_) if queue.changes.is_empty() => return None,
+                // A group still open at the close deadline is never committed: all of it is
+                // lost, as the group promises, and `finish` reports the changes.
+                Some(deadline) if ready == 0 && now >= deadline => return None,
+                _ => {}
+            }
+            let left = deadline.saturating_duration_since(now);
+            if ready > 0 || left.is_zero() {
+                return Some(if ready == queue.changes.len() {
+                    std::mem::take(&mut queue.changes)
+                } else {
+                    queue.changes.drain(..ready).collect()
+                });
+            }
+            // Nothing pending, or all of it in an open group (which `end_group` signals).
             queue = self
                 .work
-                .wait_timeout(queue, IDLE_TICK)
+                .wait_timeout(queue, left)
                 .map(|(queue, _)| queue)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }
-        if queue.changes.is_empty() && queue.stop.is_some() {
-            return None;
-        }
-        Some(std::mem::take(&mut queue.changes))
     }
 
     /// Past the deadline `close` set: give up retrying.

@@ -264,6 +264,30 @@ impl Index {
                     self.release_ref(previous, batch);
                 }
             }
+            Change::Dispatched {
+                client_id,
+                position,
+                packet_id,
+                state,
+                delivery,
+            } => {
+                // In flight first, then out of the queue: the body keeps a reference throughout.
+                let inflight = Change::Inflight {
+                    client_id: client_id.clone(),
+                    packet_id,
+                    state,
+                    delivery,
+                };
+                self.apply(inflight, batch, clock);
+                self.apply(
+                    Change::Unqueued {
+                        client_id,
+                        position,
+                    },
+                    batch,
+                    clock,
+                );
+            }
             Change::InflightDone {
                 client_id,
                 packet_id,

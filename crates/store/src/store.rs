@@ -189,6 +189,18 @@ impl Persistence for Store {
     fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>) {
         self.shared.wake_when_durable(seq, wakeup);
     }
+
+    fn submitted(&self) -> u64 {
+        self.shared.submitted()
+    }
+
+    fn begin_group(&self) -> u64 {
+        self.shared.begin_group()
+    }
+
+    fn end_group(&self, token: u64) {
+        self.shared.end_group(token);
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

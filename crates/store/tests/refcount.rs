@@ -377,3 +377,33 @@ fn a_body_goes_with_its_last_reference() {
     drop(store);
     assert_eq!(count(scratch.path(), "messages"), 0);
 }
+
+#[test]
+fn a_dispatched_delivery_moves_from_the_queue_in_flight_in_one_change() {
+    let scratch = Scratch::new("refs-dispatched");
+    run(
+        scratch.path(),
+        vec![vec![
+            session("a"),
+            Change::Message((*message(1, "t", b"moved")).clone()),
+            queued("a", 3, 1),
+            Change::MessageRouted { id: 1 },
+        ]],
+        vec![vec![Change::Dispatched {
+            client_id: s("a"),
+            position: 3,
+            packet_id: 9,
+            state: InflightState::AwaitingPubRec,
+            delivery: delivery(1),
+        }]],
+    );
+    assert_eq!(count(scratch.path(), "queue"), 0);
+    assert_eq!(count(scratch.path(), "inflight"), 1);
+    assert_eq!(count(scratch.path(), "messages"), 1, "the body stays");
+    let (_store, recovered) = open(scratch.path());
+    let session = &recovered.sessions[0];
+    assert!(session.queue.is_empty());
+    assert_eq!(session.inflight.len(), 1);
+    assert_eq!(session.inflight[0].0, 9);
+    assert_eq!(&session.inflight[0].2.message.payload[..], b"moved");
+}

@@ -9,6 +9,9 @@
 //! Encode measures `Packet::encode` into a write buffer that is reused, as a connection's would be:
 //! clearing it is part of the loop and costs a store.
 //!
+//! `decode_stream` decodes a buffer of several packets, one after another, as a read loop does:
+//! its figures are per packet (criterion's time per iteration divided by the elements).
+//!
 //! Run with `cargo bench -j2 -p tern-codec`.
 
 // The benchmark packets are constants: failing to encode them is a bug to stop at.
@@ -94,6 +97,43 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Packets in a stream buffer: about what one 4 KiB read brings of 64-byte PUBLISHes.
+const STREAM_PACKETS: usize = 48;
+
+/// Decodes a buffer holding `STREAM_PACKETS` packets one after another, as a connection's read
+/// loop does after a read: only the first split of a fresh buffer allocates, so this is the
+/// per-packet cost a busy connection pays. Reported per packet.
+fn decode_stream(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_stream");
+    for (name, version, packet) in cases() {
+        let one = encoded(&packet, version);
+        let mut stream = BytesMut::new();
+        for _ in 0..STREAM_PACKETS {
+            stream.extend_from_slice(&one);
+        }
+        group.throughput(Throughput::Elements(STREAM_PACKETS as u64));
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || {
+                    (
+                        BytesMut::from(&stream[..]),
+                        Vec::<Packet>::with_capacity(STREAM_PACKETS),
+                    )
+                },
+                |(buf, packets)| {
+                    while let Ok(Some(packet)) =
+                        Packet::decode(buf, black_box(version), MAX_PACKET_SIZE)
+                    {
+                        packets.push(packet);
+                    }
+                },
+                BatchSize::NumIterations(16),
+            );
+        });
+    }
+    group.finish();
+}
+
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     for (name, version, packet) in cases() {
@@ -115,5 +155,5 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode);
+criterion_group!(benches, decode, decode_stream, encode);
 criterion_main!(benches);

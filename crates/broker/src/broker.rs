@@ -849,6 +849,8 @@ impl Broker {
                 };
             }
         }
+        // The old session's end and its pending will's publication become durable together.
+        let _group = existing.as_ref().and_then(|_| self.atomic());
         let will = existing.and_then(|old| self.end_session_in(&mut sessions, &old));
         let session = Arc::new(Session::new(client_id.clone(), expiry));
         let seq = {

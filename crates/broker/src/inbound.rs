@@ -243,8 +243,9 @@ impl Connection {
             let mut state = active.session.lock();
             if state.inbound_qos2.contains(&packet_id) {
                 // A resent QoS 2 PUBLISH is acknowledged again but not forwarded twice
-                // [MQTT-4.3.3-9, MQTT-4.3.3-10]; its PUBREC, like the first, waits until the
-                // message is durable (it may not be yet when the client reconnected quickly).
+                // [MQTT-4.3.3-9, MQTT-4.3.3-10]. Its PUBREC, like the first, waits until the
+                // message is durable (after a reconnect the CONNACK already waited for more, but
+                // the acknowledgement does not rely on that).
                 drop(state);
                 let barrier = broker.submitted();
                 return self.ack(PacketType::PubRec, packet_id, ReasonCode::Success, barrier);

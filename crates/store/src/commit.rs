@@ -41,16 +41,6 @@ pub(crate) struct Shared {
     dir: PathBuf,
 }
 
-impl Queue {
-    /// How many pending changes come before every open atomic group.
-    fn ready(&self) -> usize {
-        match self.open_groups.iter().min() {
-            None => self.changes.len(),
-            Some(&start) => self.changes.partition_point(|(seq, _)| *seq < start),
-        }
-    }
-}
-
 struct Queue {
     /// Pending changes, in sequence order.
     changes: Vec<(u64, Change)>,
@@ -61,6 +51,16 @@ struct Queue {
     /// Set by `close`: commit what is pending, then stop; give up retrying after the deadline.
     stop: Option<Instant>,
     finished: bool,
+}
+
+impl Queue {
+    /// How many pending changes come before every open atomic group.
+    fn ready(&self) -> usize {
+        match self.open_groups.iter().min() {
+            None => self.changes.len(),
+            Some(&start) => self.changes.partition_point(|(seq, _)| *seq < start),
+        }
+    }
 }
 
 /// Locks a mutex; a poisoned one (a panic while it was held) still yields its data, which
@@ -172,7 +172,7 @@ impl Shared {
     /// Waits for changes that may be committed (or a stop request, or the idle tick) and takes
     /// them; changes of an open atomic group stay. `None`: stop now.
     fn take(&self) -> Option<Vec<(u64, Change)>> {
-        let deadline = Instant::now() + IDLE_TICK;
+        let idle_until = Instant::now() + IDLE_TICK;
         let mut queue = lock(&self.queue);
         loop {
             let ready = queue.ready();
@@ -184,7 +184,7 @@ impl Shared {
                 Some(deadline) if ready == 0 && now >= deadline => return None,
                 _ => {}
             }
-            let left = deadline.saturating_duration_since(now);
+            let left = idle_until.saturating_duration_since(now);
             if ready > 0 || left.is_zero() {
                 return Some(if ready == queue.changes.len() {
                     std::mem::take(&mut queue.changes)

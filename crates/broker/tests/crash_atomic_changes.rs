@@ -1,0 +1,301 @@
+//! Changes that a crash must not split reach the store together. The store commits atomically
+//! and in order, so what survives a kill is a prefix of the changes cut between two commits; a
+//! change sequence is crash-safe when no cut the store may make falls inside it. A recording
+//! `Persistence` checks where the core allows cuts:
+//! - an inbound QoS 2 PUBLISH: its stored packet identifier and the routing of the message are
+//!   in one atomic group (a cut between them left an identifier without its message, and the
+//!   client's resent PUBLISH was then dropped as a duplicate [MQTT-4.3.3-9]);
+//! - a queued delivery that goes in flight is one change, never `Inflight` then `Unqueued`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tern_broker::persist::{Change, Persistence};
+use tern_broker::{Broker, BrokerConfig, Connection, Hooks, Wakeup};
+use tern_codec::{
+    Ack, Connect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    Subscription, SubscriptionOptions,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Submit(u64, &'static str),
+    Begin(u64),
+    End(u64),
+}
+
+/// Records every submission and group; durable up to what the test sets (everything at first).
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+    seq: Mutex<u64>,
+    durable: Mutex<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder {
+            events: Mutex::default(),
+            seq: Mutex::default(),
+            durable: Mutex::new(u64::MAX),
+        }
+    }
+}
+
+fn kind(change: &Change) -> &'static str {
+    match change {
+        Change::Message(_) => "Message",
+        Change::MessageRouted { .. } => "MessageRouted",
+        Change::Session { .. } => "Session",
+        Change::SessionEnded { .. } => "SessionEnded",
+        Change::Subscribed { .. } => "Subscribed",
+        Change::Unsubscribed { .. } => "Unsubscribed",
+        Change::Queued { .. } => "Queued",
+        Change::Unqueued { .. } => "Unqueued",
+        Change::Inflight { .. } => "Inflight",
+        Change::Dispatched { .. } => "Dispatched",
+        Change::InflightDone { .. } => "InflightDone",
+        Change::InboundQos2 { .. } => "InboundQos2",
+        Change::InboundQos2Released { .. } => "InboundQos2Released",
+        Change::Retained(_) => "Retained",
+        Change::RetainedCleared { .. } => "RetainedCleared",
+        Change::Will { .. } => "Will",
+        Change::WillCleared { .. } => "WillCleared",
+    }
+}
+
+impl Persistence for Recorder {
+    fn submit(&self, change: Change) -> u64 {
+        let mut seq = self.seq.lock().unwrap();
+        *seq += 1;
+        self.events
+            .lock()
+            .unwrap()
+            .push(Event::Submit(*seq, kind(&change)));
+        *seq
+    }
+
+    fn durable(&self) -> u64 {
+        *self.durable.lock().unwrap()
+    }
+
+    // The test polls its connections itself.
+    fn wake_when_durable(&self, _seq: u64, _wakeup: Arc<dyn Wakeup>) {}
+
+    fn submitted(&self) -> u64 {
+        *self.seq.lock().unwrap()
+    }
+
+    fn begin_group(&self) -> u64 {
+        let token = *self.seq.lock().unwrap() + 1;
+        self.events.lock().unwrap().push(Event::Begin(token));
+        token
+    }
+
+    fn end_group(&self, token: u64) {
+        self.events.lock().unwrap().push(Event::End(token));
+    }
+}
+
+impl Recorder {
+    fn set_durable(&self, seq: u64) {
+        *self.durable.lock().unwrap() = seq;
+    }
+
+    fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+/// The kinds submitted while a group was open, and those submitted outside any group.
+fn grouped(events: &[Event]) -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut open = 0usize;
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for event in events {
+        match event {
+            Event::Begin(_) => open += 1,
+            Event::End(_) => open -= 1,
+            Event::Submit(_, kind) if open > 0 => inside.push(*kind),
+            Event::Submit(_, kind) => outside.push(*kind),
+        }
+    }
+    assert_eq!(open, 0, "every group closes: {events:?}");
+    (inside, outside)
+}
+
+struct Quiet;
+
+impl Wakeup for Quiet {
+    fn wake(&self) {}
+}
+
+fn text(value: &str) -> MqttStr {
+    MqttStr::try_from(value).unwrap()
+}
+
+/// A persistent 3.1.1 session (clean session 0: it never expires).
+fn connect(broker: &Arc<Broker>, id: &str, now: Instant) -> Connection {
+    let mut conn = Connection::new(broker.clone(), Arc::new(Quiet), None, now);
+    conn.handle_packet(
+        Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V311,
+            clean_start: false,
+            keep_alive: 60,
+            properties: Properties::default(),
+            client_id: text(id),
+            will: None,
+            username: None,
+            password: None,
+        })),
+        now,
+    );
+    transmit(&mut conn, now);
+    conn
+}
+
+fn transmit(conn: &mut Connection, now: Instant) -> Vec<Packet> {
+    let mut out = BytesMut::new();
+    conn.poll_transmit(&mut out, usize::MAX, now);
+    let mut packets = Vec::new();
+    while let Some(packet) = Packet::decode(&mut out, ProtocolVersion::V311, u32::MAX).unwrap() {
+        packets.push(packet);
+    }
+    packets
+}
+
+fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
+    let recorder = Arc::new(Recorder::default());
+    let broker = Broker::with_persistence(
+        BrokerConfig::default(),
+        Hooks::default(),
+        Some(recorder.clone() as Arc<dyn Persistence>),
+    );
+    let now = Instant::now();
+    let mut subscriber = connect(&broker, "subscriber", now);
+    subscriber.handle_packet(
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: text("plant/#"),
+                options: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..Default::default()
+                },
+            }],
+        }),
+        now,
+    );
+    transmit(&mut subscriber, now);
+    let publisher = connect(&broker, "publisher", now);
+    recorder.take();
+    (recorder, broker, publisher, subscriber, now)
+}
+
+fn publish(packet_id: u16, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::ExactlyOnce,
+        retain,
+        topic: text("plant/boiler/alarm"),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"overheat"),
+    })
+}
+
+#[test]
+fn an_inbound_qos2_identifier_and_its_routing_are_one_atomic_group() {
+    let (recorder, _broker, mut publisher, _subscriber, now) = setup();
+    publisher.handle_packet(publish(7, true), now);
+    let (inside, outside) = grouped(&recorder.take());
+    for kind in ["InboundQos2", "Retained", "Message", "Queued"] {
+        assert!(inside.contains(&kind), "{kind} in the group: {inside:?}");
+    }
+    assert!(
+        outside.is_empty(),
+        "nothing of the publish outside it: {outside:?}"
+    );
+    assert!(matches!(
+        transmit(&mut publisher, now).as_slice(),
+        [Packet::PubRec(ack)] if ack.packet_id == 7
+    ));
+}
+
+#[test]
+fn a_queued_delivery_goes_in_flight_in_one_change() {
+    let (recorder, _broker, mut publisher, mut subscriber, now) = setup();
+    publisher.handle_packet(publish(8, false), now);
+    transmit(&mut publisher, now);
+    recorder.take();
+    let sent = transmit(&mut subscriber, now);
+    let Some(Packet::Publish(delivered)) = sent.first() else {
+        panic!("the subscriber got the message: {sent:?}");
+    };
+    let events = recorder.take();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Submit(_, kind) => Some(*kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["Dispatched"]);
+
+    // The rest of the flow: PUBREC moves it to awaiting PUBCOMP, PUBCOMP ends it.
+    subscriber.handle_packet(Packet::PubRec(Ack::new(delivered.packet_id)), now);
+    assert!(matches!(
+        transmit(&mut subscriber, now).as_slice(),
+        [Packet::PubRel(_)]
+    ));
+    subscriber.handle_packet(Packet::PubComp(Ack::new(delivered.packet_id)), now);
+    let kinds: Vec<Event> = recorder.take();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                Event::Submit(_, "Inflight"),
+                Event::Submit(_, "InflightDone")
+            ]
+        ),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_resent_qos2_publish_is_acknowledged_once_the_first_is_durable() {
+    let (recorder, broker, mut publisher, _subscriber, now) = setup();
+    recorder.set_durable(recorder.submitted());
+    publisher.handle_packet(publish(9, false), now);
+    let routed = recorder.submitted();
+    assert!(
+        transmit(&mut publisher, now).is_empty(),
+        "no PUBREC before the message is durable"
+    );
+    // The client loses its connection before the PUBREC and resends on a new one, while the
+    // store has still not committed the first copy [MQTT-4.4.0-1].
+    publisher.handle_transport_closed(now);
+    let mut again = connect(&broker, "publisher", now);
+    recorder.take();
+    let Packet::Publish(mut resent) = publish(9, false) else {
+        unreachable!()
+    };
+    resent.dup = true;
+    again.handle_packet(Packet::Publish(resent), now);
+    assert!(
+        !recorder
+            .take()
+            .iter()
+            .any(|event| matches!(event, Event::Submit(_, "Message" | "Queued"))),
+        "a duplicate is not routed again [MQTT-4.3.3-10]"
+    );
+    assert!(
+        transmit(&mut again, now).is_empty(),
+        "the resent PUBLISH's PUBREC waits for the first copy too"
+    );
+    recorder.set_durable(routed.max(recorder.submitted()));
+    assert!(matches!(
+        transmit(&mut again, now).as_slice(),
+        [Packet::ConnAck(_), Packet::PubRec(ack)] if ack.packet_id == 9
+    ));
+}

@@ -7,15 +7,18 @@
 //!   client's resent PUBLISH was then dropped as a duplicate [MQTT-4.3.3-9]);
 //! - a queued delivery that goes in flight is one change, never `Inflight` then `Unqueued`.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use common::{connect, text};
 use tern_broker::persist::{Change, Persistence};
 use tern_broker::{Broker, BrokerConfig, Connection, Hooks, Wakeup};
 use tern_codec::{
-    Ack, Connect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
-    Subscription, SubscriptionOptions,
+    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
+    SubscriptionOptions,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,36 +126,6 @@ fn grouped(events: &[Event]) -> (Vec<&'static str>, Vec<&'static str>) {
     (inside, outside)
 }
 
-struct Quiet;
-
-impl Wakeup for Quiet {
-    fn wake(&self) {}
-}
-
-fn text(value: &str) -> MqttStr {
-    MqttStr::try_from(value).unwrap()
-}
-
-/// A persistent 3.1.1 session (clean session 0: it never expires).
-fn connect(broker: &Arc<Broker>, id: &str, now: Instant) -> Connection {
-    let mut conn = Connection::new(broker.clone(), Arc::new(Quiet), None, now);
-    conn.handle_packet(
-        Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V311,
-            clean_start: false,
-            keep_alive: 60,
-            properties: Properties::default(),
-            client_id: text(id),
-            will: None,
-            username: None,
-            password: None,
-        })),
-        now,
-    );
-    transmit(&mut conn, now);
-    conn
-}
-
 fn transmit(conn: &mut Connection, now: Instant) -> Vec<Packet> {
     let mut out = BytesMut::new();
     conn.poll_transmit(&mut out, usize::MAX, now);
@@ -171,7 +144,7 @@ fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
         Some(recorder.clone() as Arc<dyn Persistence>),
     );
     let now = Instant::now();
-    let mut subscriber = connect(&broker, "subscriber", now);
+    let mut subscriber = connect(&broker, "subscriber", false, now);
     subscriber.handle_packet(
         Packet::Subscribe(Subscribe {
             packet_id: 1,
@@ -187,7 +160,7 @@ fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
         now,
     );
     transmit(&mut subscriber, now);
-    let publisher = connect(&broker, "publisher", now);
+    let publisher = connect(&broker, "publisher", false, now);
     recorder.take();
     (recorder, broker, publisher, subscriber, now)
 }
@@ -275,7 +248,7 @@ fn a_resent_qos2_publish_is_acknowledged_once_the_first_is_durable() {
     // The client loses its connection before the PUBREC and resends on a new one, while the
     // store has still not committed the first copy [MQTT-4.4.0-1].
     publisher.handle_transport_closed(now);
-    let mut again = connect(&broker, "publisher", now);
+    let mut again = connect(&broker, "publisher", false, now);
     recorder.take();
     let Packet::Publish(mut resent) = publish(9, false) else {
         unreachable!()

@@ -3,16 +3,17 @@
 //! write buffers reuses what is already there. Proven with a counting allocator, on the broker
 //! core alone (the server adds reads and writes around it, not allocations per message).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::{Broker, BrokerConfig, Connection, Wakeup};
+use common::{connect, text};
+use tern_broker::{Broker, BrokerConfig, Connection};
 use tern_codec::{
-    Connect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
+    Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription, SubscriptionOptions,
 };
 
 /// Counts allocations made by the current thread.
@@ -50,46 +51,16 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-struct Quiet;
-
-impl Wakeup for Quiet {
-    fn wake(&self) {}
-}
-
-fn text(value: &str) -> MqttStr {
-    MqttStr::try_from(value).unwrap()
-}
-
-fn connect(broker: &Arc<Broker>, id: &str, now: Instant) -> Connection {
-    let mut conn = Connection::new(broker.clone(), Arc::new(Quiet), None, now);
-    conn.handle_packet(
-        Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V311,
-            clean_start: true,
-            keep_alive: 60,
-            properties: Properties::default(),
-            client_id: text(id),
-            will: None,
-            username: None,
-            password: None,
-        })),
-        now,
-    );
-    let mut out = BytesMut::new();
-    conn.poll_transmit(&mut out, usize::MAX, now);
-    conn
-}
-
 #[test]
 fn qos0_forwarding_allocates_nothing_per_message() {
     const SUBSCRIBERS: usize = 10;
     const MESSAGES: usize = 2_000;
     let broker = Broker::new(BrokerConfig::default());
     let now = Instant::now();
-    let mut publisher = connect(&broker, "publisher", now);
+    let mut publisher = connect(&broker, "publisher", true, now);
     let mut subscribers: Vec<Connection> = (0..SUBSCRIBERS)
         .map(|n| {
-            let mut sub = connect(&broker, &format!("subscriber-{n}"), now);
+            let mut sub = connect(&broker, &format!("subscriber-{n}"), true, now);
             sub.handle_packet(
                 Packet::Subscribe(Subscribe {
                     packet_id: 1,

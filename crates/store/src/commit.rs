@@ -26,6 +26,9 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_millis(10);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
+/// The most changes whose room the queue keeps from one commit to the next.
+const MAX_KEPT_CHANGES: usize = 1 << 16;
+
 /// What `submit` and the commit thread share.
 pub(crate) struct Shared {
     queue: Mutex<Queue>,
@@ -44,6 +47,9 @@ pub(crate) struct Shared {
 struct Queue {
     /// Pending changes, in sequence order.
     changes: Vec<(u64, Change)>,
+    /// The vector the commit thread handed back, emptied: it becomes `changes` at the next take,
+    /// so a busy queue does not grow a new vector from nothing for every commit.
+    spare: Vec<(u64, Change)>,
     next_seq: u64,
     /// The first sequence number of each open atomic group: no change from the earliest on is
     /// committed until that group closes.
@@ -76,6 +82,7 @@ impl Shared {
         Shared {
             queue: Mutex::new(Queue {
                 changes: Vec::new(),
+                spare: Vec::new(),
                 next_seq: 1,
                 open_groups: Vec::new(),
                 stop: None,
@@ -187,7 +194,8 @@ impl Shared {
             let left = idle_until.saturating_duration_since(now);
             if ready > 0 || left.is_zero() {
                 return Some(if ready == queue.changes.len() {
-                    std::mem::take(&mut queue.changes)
+                    let spare = std::mem::take(&mut queue.spare);
+                    std::mem::replace(&mut queue.changes, spare)
                 } else {
                     queue.changes.drain(..ready).collect()
                 });
@@ -198,6 +206,19 @@ impl Shared {
                 .wait_timeout(queue, left)
                 .map(|(queue, _)| queue)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+
+    /// Takes back a vector `take` returned, emptied, to be filled again (unless a burst made it
+    /// larger than `MAX_KEPT_CHANGES`: that memory is given back).
+    fn recycle(&self, mut changes: Vec<(u64, Change)>) {
+        if changes.capacity() > MAX_KEPT_CHANGES {
+            return;
+        }
+        changes.clear();
+        let mut queue = lock(&self.queue);
+        if queue.spare.capacity() < changes.capacity() {
+            queue.spare = changes;
         }
     }
 
@@ -263,13 +284,15 @@ impl Drop for FinishGuard<'_> {
 pub(crate) fn run(shared: Arc<Shared>, mut engine: Engine, mode: PersistMode, lock: DirLock) {
     let guard = FinishGuard(&shared);
     let mut maintenance = Maintenance::start();
-    while let Some(changes) = shared.take() {
+    let mut batch = Batch::default();
+    while let Some(mut changes) = shared.take() {
         let last_seq = changes.last().map(|(seq, _)| *seq);
         let clock = Clock::now();
-        let mut batch = Batch::default();
-        for (_, change) in changes {
+        batch.clear();
+        for (_, change) in changes.drain(..) {
             engine.apply(change, &mut batch, &clock);
         }
+        shared.recycle(changes);
         if !commit_until_done(&shared, &engine, &batch, mode) {
             break;
         }

@@ -87,6 +87,9 @@ struct Pending {
     existed: bool,
 }
 
+/// The most writes whose room a batch keeps from one commit to the next.
+const MAX_KEPT_WRITES: usize = 1 << 16;
+
 /// The writes of one group commit, last write per key wins (the engine gives every write of a
 /// batch the same sequence number, so two writes of one key must never both reach it).
 #[derive(Debug, Default)]
@@ -95,6 +98,17 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// Empties the batch and keeps its capacity: the next commit of a busy broker is about as
+    /// large, and growing the map again from nothing costs rehashing and large allocations.
+    /// Beyond `MAX_KEPT_WRITES` (after a burst) the memory is given back instead.
+    pub(crate) fn clear(&mut self) {
+        if self.writes.capacity() > MAX_KEPT_WRITES {
+            self.writes = HashMap::new();
+        } else {
+            self.writes.clear();
+        }
+    }
+
     fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>, existed: bool) {
         self.write(space, key, Op::Put(Slice::from(value)), existed);
     }

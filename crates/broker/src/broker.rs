@@ -19,7 +19,7 @@ use crate::hooks::{Authenticator, Authorizer, Hooks};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::{
-    Change, MessageId, Persistence, Recovered, RecoveredDelivery, RecoveredSession,
+    Change, Group, MessageId, Persistence, Recovered, RecoveredDelivery, RecoveredSession,
 };
 use crate::retained::RetainedIndex;
 use crate::session::{
@@ -264,8 +264,8 @@ impl Broker {
 
     /// Opens an atomic group of changes (see [`Persistence::begin_group`]) that closes when the
     /// returned guard drops; `None` without a store.
-    pub(crate) fn atomic(&self) -> Option<crate::persist::Group<'_>> {
-        self.persistence().map(crate::persist::Group::open)
+    pub(crate) fn atomic(&self) -> Option<Group<'_>> {
+        self.persistence().map(Group::open)
     }
 
     /// The sequence number of the last change submitted (0: none, or no store).
@@ -849,8 +849,6 @@ impl Broker {
                 };
             }
         }
-        // The old session's end and its pending will's publication become durable together.
-        let _group = existing.as_ref().and_then(|_| self.atomic());
         let will = existing.and_then(|old| self.end_session_in(&mut sessions, &old));
         let session = Arc::new(Session::new(client_id.clone(), expiry));
         let seq = {
@@ -862,7 +860,7 @@ impl Broker {
         };
         sessions.insert(Registered(session.clone()));
         drop(sessions);
-        if let Some(will) = will {
+        if let Some((will, _group)) = will {
             self.publish_will(will.message, now);
         }
         Attached {
@@ -1009,27 +1007,26 @@ impl Broker {
     /// Ends a session: removes it from the registry and its subscriptions from the index,
     /// forgets its messages, and publishes a will still waiting for its delay [MQTT-3.1.3-9].
     pub(crate) fn end_session(&self, session: &Arc<Session>, now: Instant) {
-        // The end of the session (which forgets its stored will) and the will's publication
-        // become durable together.
-        let _group = self.atomic();
         let will = {
             let mut sessions = lock(&self.sessions);
             self.end_session_in(&mut sessions, session)
         };
-        if let Some(will) = will {
+        if let Some((will, _group)) = will {
             self.publish_will(will.message, now);
         }
     }
 
     /// [`Broker::end_session`] with the registry locked by the caller; returns the will to
-    /// publish once the registry is unlocked.
+    /// publish once the registry is unlocked. A stored session's end (which forgets its stored
+    /// will) and the will's publication must become durable together: the atomic group opened
+    /// for them comes with the will, to be dropped once it is published.
     // The registry hashes a session by its client identifier, which never changes.
     #[allow(clippy::mutable_key_type)]
     fn end_session_in(
         &self,
         sessions: &mut Registry,
         session: &Arc<Session>,
-    ) -> Option<Box<PendingWill>> {
+    ) -> Option<(Box<PendingWill>, Option<Group<'_>>)> {
         if sessions
             .get(session.client_id().as_str())
             .is_some_and(|current| Arc::ptr_eq(&current.0, session))
@@ -1042,6 +1039,11 @@ impl Broker {
             return None;
         }
         state.ended = true;
+        let group = if state.stored && state.pending_will.is_some() {
+            self.atomic()
+        } else {
+            None
+        };
         if state.stored {
             state.stored = false;
             self.persist(|| Change::SessionEnded {
@@ -1067,7 +1069,7 @@ impl Broker {
         for filter in &filters {
             index.remove(filter, &probe);
         }
-        will
+        will.map(|will| (will, group))
     }
 
     /// Publishes a will (authorisation was checked at CONNECT).
@@ -1115,10 +1117,12 @@ impl Broker {
                         }
                     };
                     if let Some(will) = will {
-                        // Published and forgotten in one commit: never lost, never twice.
-                        let _group = self.atomic();
-                        self.publish_will(will.message, now);
                         let session = &timer.session;
+                        // A stored will is published and forgotten in one commit: never lost,
+                        // never twice.
+                        let stored = session.lock().stored;
+                        let _group = if stored { self.atomic() } else { None };
+                        self.publish_will(will.message, now);
                         let state = session.lock();
                         if state.stored {
                             self.persist(|| Change::WillCleared {

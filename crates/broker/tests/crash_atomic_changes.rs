@@ -272,3 +272,49 @@ fn a_resent_qos2_publish_is_acknowledged_once_the_first_is_durable() {
         [Packet::ConnAck(_), Packet::PubRec(ack)] if ack.packet_id == 9
     ));
 }
+
+#[test]
+fn a_stored_session_ended_by_a_takeover_and_its_delayed_will_are_one_atomic_group() {
+    let (recorder, broker, _publisher, _subscriber, now) = setup();
+    // MQTT 5, session expiry 300 s, will delayed 60 s: the connection goes, the will waits.
+    let will_properties = Properties {
+        will_delay_interval: Some(60),
+        ..Default::default()
+    };
+    let properties = Properties {
+        session_expiry_interval: Some(300),
+        ..Default::default()
+    };
+    let connect = |clean_start: bool| {
+        Packet::Connect(Box::new(tern_codec::Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start,
+            keep_alive: 60,
+            properties: properties.clone(),
+            client_id: text("device"),
+            will: Some(tern_codec::Will {
+                topic: text("plant/device/gone"),
+                payload: Bytes::from_static(b"offline"),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                properties: will_properties.clone(),
+            }),
+            username: None,
+            password: None,
+        }))
+    };
+    let mut device = Connection::new(broker.clone(), Arc::new(common::Quiet), None, now);
+    device.handle_packet(connect(false), now);
+    device.poll_transmit(&mut BytesMut::new(), usize::MAX, now);
+    device.handle_transport_closed(now);
+    recorder.take();
+
+    // A clean start ends the stored session, and its will is due [MQTT-3.1.3-9]: the session's
+    // end (which forgets the stored will) and the will's routing must survive a crash together.
+    let mut again = Connection::new(broker.clone(), Arc::new(common::Quiet), None, now);
+    again.handle_packet(connect(true), now);
+    let (inside, _outside) = grouped(&recorder.take());
+    for kind in ["SessionEnded", "Message", "Queued"] {
+        assert!(inside.contains(&kind), "{kind} in the group: {inside:?}");
+    }
+}

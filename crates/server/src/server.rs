@@ -43,6 +43,22 @@ pub(crate) struct ConnectionCount {
     idle: Notify,
 }
 
+impl ConnectionCount {
+    /// Waits until no connection is open, at most until `deadline`; whether none is.
+    async fn wait_closed(&self, deadline: Instant) -> bool {
+        loop {
+            // Registered before the count is read, so the last close cannot slip in between.
+            let idle = self.idle.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 /// Decrements the count when a connection task ends, however it ends.
 pub(crate) struct ConnectionGuard(pub(crate) Arc<ConnectionCount>);
 
@@ -165,19 +181,11 @@ impl Server {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         self.broker.begin_shutdown();
-        let deadline = Instant::now() + grace;
-        loop {
-            let idle = count.idle.notified();
-            if count.open.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                tracing::warn!(
-                    open = count.open.load(Ordering::Acquire),
-                    "connections still open at the end of the shutdown grace period"
-                );
-                break;
-            }
+        if !count.wait_closed(Instant::now() + grace).await {
+            tracing::warn!(
+                open = count.open.load(Ordering::Acquire),
+                "connections still open at the end of the shutdown grace period"
+            );
         }
         // The workers end once their connections have (or the grace period is over).
         let _ = tokio::task::spawn_blocking(move || {
@@ -315,16 +323,7 @@ impl Worker {
             }
             let _ = stop.changed().await;
             // Serve the connections of this thread until they have closed.
-            let deadline = Instant::now() + grace;
-            loop {
-                let idle = count.idle.notified();
-                if count.open.load(Ordering::Acquire) == 0 {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                    break;
-                }
-            }
+            count.wait_closed(Instant::now() + grace).await;
         });
     }
 }

@@ -179,6 +179,28 @@ fn keep_error(errors: &mut Vec<String>, count: &mut usize, error: String) {
     }
 }
 
+/// The outcome of client task `i` (a `role`) joined within a timeout; a task that failed or
+/// did not stop is counted among the errors.
+fn finished<T>(
+    joined: Result<Result<Option<T>, tokio::task::JoinError>, tokio::time::error::Elapsed>,
+    role: &str,
+    i: usize,
+    errors: &mut Vec<String>,
+    count: &mut usize,
+) -> Option<T> {
+    match joined {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => {
+            keep_error(errors, count, format!("{role} {i} task failed: {error}"));
+            None
+        }
+        Err(_) => {
+            keep_error(errors, count, format!("{role} {i} did not stop"));
+            None
+        }
+    }
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -353,27 +375,14 @@ async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<
     for (i, task) in pub_tasks.into_iter().enumerate() {
         let joined = tokio::time::timeout(config.grace + Duration::from_secs(5), task).await;
         final_sent[i] = ctx.pubs[i].sent.load(Ordering::Acquire);
-        match joined {
-            Ok(Ok(Some(outcome))) => {
-                final_sent[i] = outcome.sent.max(final_sent[i]);
-                counts.unacked += outcome.unacked;
-                counts.rejected += outcome.rejected;
-                stalls += outcome.stalls;
-                if let Some(error) = outcome.error {
-                    keep_error(&mut errors, &mut error_count, error);
-                }
+        if let Some(outcome) = finished(joined, "publisher", i, &mut errors, &mut error_count) {
+            final_sent[i] = outcome.sent.max(final_sent[i]);
+            counts.unacked += outcome.unacked;
+            counts.rejected += outcome.rejected;
+            stalls += outcome.stalls;
+            if let Some(error) = outcome.error {
+                keep_error(&mut errors, &mut error_count, error);
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => keep_error(
-                &mut errors,
-                &mut error_count,
-                format!("publisher {i} task failed: {error}"),
-            ),
-            Err(_) => keep_error(
-                &mut errors,
-                &mut error_count,
-                format!("publisher {i} did not stop"),
-            ),
         }
     }
     counts.sent = final_sent.iter().sum();
@@ -407,32 +416,20 @@ async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<
 
     let mut latency = Histogram::new();
     for (i, task) in sub_tasks.into_iter().enumerate() {
-        match tokio::time::timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(Some(outcome))) => {
-                for (publisher, check) in &outcome.streams {
-                    check.add_to(final_sent[*publisher as usize], &mut counts);
-                }
-                counts.malformed += outcome.malformed;
-                counts.unexpected += outcome.unexpected;
-                counts.qos2_resent += outcome.qos2_resent;
-                counts.qos2_id_reused += outcome.qos2_id_reused;
-                counts.qos2_unreleased += outcome.qos2_unreleased;
-                latency.merge(&outcome.latency);
-                if let Some(error) = outcome.error {
-                    keep_error(&mut errors, &mut error_count, error);
-                }
+        let joined = tokio::time::timeout(Duration::from_secs(5), task).await;
+        if let Some(outcome) = finished(joined, "subscriber", i, &mut errors, &mut error_count) {
+            for (publisher, check) in &outcome.streams {
+                check.add_to(final_sent[*publisher as usize], &mut counts);
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => keep_error(
-                &mut errors,
-                &mut error_count,
-                format!("subscriber {i} task failed: {error}"),
-            ),
-            Err(_) => keep_error(
-                &mut errors,
-                &mut error_count,
-                format!("subscriber {i} did not stop"),
-            ),
+            counts.malformed += outcome.malformed;
+            counts.unexpected += outcome.unexpected;
+            counts.qos2_resent += outcome.qos2_resent;
+            counts.qos2_id_reused += outcome.qos2_id_reused;
+            counts.qos2_unreleased += outcome.qos2_unreleased;
+            latency.merge(&outcome.latency);
+            if let Some(error) = outcome.error {
+                keep_error(&mut errors, &mut error_count, error);
+            }
         }
     }
     if let Some(progress) = progress {

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Persistent QoS 1 throughput of Tern at each durability level (memory, process, fsync):
 # subscribers keep persistent sessions (tern bench --persistent), so their messages go through
-# the store. A fresh broker and data directory per level and round; prints one line per run.
+# the store. Each stored level runs twice: as configured by default (a delivery its subscriber
+# acknowledges within unstored_grace_ms is never written) and with unstored_grace_ms = 0
+# (levels `process/0`, `fsync/0`: every delivery is written before its publisher's PUBACK, the
+# store's own throughput). A fresh broker and data directory per level and round; prints one
+# line per run.
 # Settings: DURATION (seconds per run, default 5), ROUNDS (default 3), TERN (the binary, default
 # target/release/tern, built if missing), PORT (default 18840).
 set -euo pipefail
@@ -14,10 +18,12 @@ TERN=${TERN:-target/release/tern}
 OUT=$(mktemp -d /tmp/tern-durability.XXXXXX)
 echo "round level scenario deliveries/s check"
 for round in $(seq "$ROUNDS"); do
-  for level in memory process fsync; do
+  for level in memory process fsync process/0 fsync/0; do
     rm -rf "$OUT/data"
-    printf 'durability = "%s"\ndata_dir = "%s/data"\nlog_level = "warn"\n[limits]\nmax_queued_messages = 1000000\n' \
-      "$level" "$OUT" > "$OUT/tern.toml"
+    grace=5
+    [ "${level#*/}" = 0 ] && grace=0
+    printf 'durability = "%s"\nunstored_grace_ms = %s\ndata_dir = "%s/data"\nlog_level = "warn"\n[limits]\nmax_queued_messages = 1000000\n' \
+      "${level%/*}" "$grace" "$OUT" > "$OUT/tern.toml"
     "$TERN" serve --listen "127.0.0.1:$PORT" --config "$OUT/tern.toml" >>"$OUT/tern.log" 2>&1 &
     broker=$!
     sleep 0.7

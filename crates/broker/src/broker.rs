@@ -27,6 +27,7 @@ use crate::session::{
     SessionExpiry, SessionState, SubscriptionRecord, Wakeup, is_stored,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
+use crate::unstored::{AckGate, Sweeper};
 
 /// A subscription a message is routed to, with the shared subscription it came through.
 type Target<'a> = (&'a Subscriber, Option<&'a MqttStr>);
@@ -177,6 +178,8 @@ pub struct Broker {
     stopping: AtomicBool,
     /// Every connection's wakeup, so a shutdown reaches those without a session too.
     connections: Mutex<ConnectionSlots>,
+    /// Sessions holding deliveries not stored yet (see `unstored`).
+    sweeper: Sweeper,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,6 +214,7 @@ impl Broker {
         persistence: Option<Arc<dyn Persistence>>,
     ) -> Arc<Broker> {
         Arc::new(Broker {
+            sweeper: Sweeper::new(config.unstored_grace),
             config,
             // Sized for a few thousand clients up front: growing a large table rehashes it
             // under the registry lock, which stalls every CONNECT meanwhile.
@@ -383,6 +387,7 @@ impl Broker {
                 state.queue.push_back(QueuedDelivery {
                     position,
                     delivery: delivery(queued),
+                    unstored: None,
                 });
             }
             for (packet_id, flow, sent) in inflight {
@@ -394,6 +399,7 @@ impl Broker {
                     pending: true,
                     dup: true,
                     send_after: 0,
+                    unstored: None,
                 });
             }
             state.pending = state.inflight.len();
@@ -461,12 +467,18 @@ impl Broker {
     /// Publishes a message: updates the retained message of its topic when RETAIN is set, then
     /// routes it to every matching session. Returns the number of sessions it reached.
     pub fn publish(&self, message: Message, now: Instant) -> usize {
-        self.publish_tracked(message, now).0
+        self.publish_tracked(message, now, None).0
     }
 
     /// [`Broker::publish`], also returning the store sequence number its acknowledgement must
-    /// wait for (0: none).
-    pub(crate) fn publish_tracked(&self, mut message: Message, now: Instant) -> (usize, u64) {
+    /// wait for (0: none). With `gate`, QoS 1 deliveries to connected persistent sessions may
+    /// stay unstored, holding the gate (see `unstored`).
+    pub(crate) fn publish_tracked(
+        &self,
+        mut message: Message,
+        now: Instant,
+        gate: Option<&Arc<AckGate>>,
+    ) -> (usize, u64) {
         if message.qos != QoS::AtMostOnce && message.id == 0 {
             message.id = self.new_message_id();
         }
@@ -474,7 +486,7 @@ impl Broker {
         if message.retain {
             seq = self.retain(&message);
         }
-        let (reached, route_seq) = self.route(&message, now);
+        let (reached, route_seq) = self.route(&message, now, gate);
         (reached, seq.max(route_seq))
     }
 
@@ -505,7 +517,7 @@ impl Broker {
     /// several matching subscriptions gets one copy at the highest granted QoS, with the
     /// identifiers of all of them [MQTT-3.3.4-2, MQTT-3.3.4-3]; a shared group gives one copy to
     /// one member.
-    fn route(&self, message: &Message, _now: Instant) -> (usize, u64) {
+    fn route(&self, message: &Message, now: Instant, gate: Option<&Arc<AckGate>>) -> (usize, u64) {
         let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
@@ -556,13 +568,17 @@ impl Broker {
             );
             start = end;
             reached += 1;
-            let (outcome, enqueue_seq) = first.session.enqueue(
+            let (outcome, enqueue_seq, list) = first.session.enqueue(
                 delivery,
                 self.config.max_queued_messages,
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body_stored,
+                gate.map(|gate| (gate, now)),
             );
+            if list {
+                self.sweeper.list(&first.session, now);
+            }
             seq = seq.max(enqueue_seq);
             match outcome {
                 Enqueued::Queued => Metrics::bump(&self.metrics.messages_queued),
@@ -730,6 +746,7 @@ impl Broker {
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body_stored,
+                None,
             );
             if body_stored {
                 self.persist(|| Change::MessageRouted { id });
@@ -965,6 +982,8 @@ impl Broker {
         if state.owner != Some(owner) || state.ended {
             return;
         }
+        // Without a connection nothing acknowledges the unstored deliveries soon.
+        state.store_unstored(session.client_id(), self.persistence(), None);
         state.detach();
         session.publish_owner(None);
         match state.expiry {
@@ -1079,13 +1098,26 @@ impl Broker {
         self.publish(message, now);
     }
 
-    /// The earliest deadline of an offline session or delayed will.
+    /// The earliest deadline of an offline session or delayed will, or of the next sweep of
+    /// unstored deliveries.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        lock(&self.timers).peek().map(|Reverse(timer)| timer.at)
+        let timer = lock(&self.timers).peek().map(|Reverse(timer)| timer.at);
+        match (timer, self.sweeper.due()) {
+            (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
+            (timer, sweep) => timer.or(sweep),
+        }
     }
 
-    /// Ends sessions whose expiry has run out and publishes wills whose delay has.
+    /// Called when [`Broker::poll_timeout`] may move earlier than the caller last asked: the
+    /// first delivery left unstored needs a sweep within milliseconds.
+    pub fn set_timer_wakeup(&self, wakeup: Arc<dyn Wakeup>) {
+        self.sweeper.set_wakeup(wakeup);
+    }
+
+    /// Ends sessions whose expiry has run out, publishes wills whose delay has, and stores
+    /// deliveries left unstored for too long.
     pub fn handle_timeout(&self, now: Instant) {
+        self.sweeper.sweep(self.persistence(), now);
         loop {
             let timer = {
                 let mut timers = lock(&self.timers);

@@ -49,6 +49,10 @@ pub struct BrokerConfig {
     pub max_retained_messages: usize,
     /// Bytes of all retained payloads together (0: no limit).
     pub max_retained_bytes: usize,
+    /// How long a QoS 1 delivery to a connected persistent session may wait for its
+    /// subscriber's acknowledgement before it is stored; its publisher's PUBACK waits for one
+    /// or the other. Zero stores every such delivery before the PUBACK.
+    pub unstored_grace: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -74,6 +78,7 @@ impl Default for BrokerConfig {
             max_subscriptions_per_session: 0,
             max_retained_messages: 0,
             max_retained_bytes: 0,
+            unstored_grace: Duration::from_millis(5),
         }
     }
 }

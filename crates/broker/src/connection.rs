@@ -17,6 +17,7 @@ use crate::broker::Broker;
 use crate::hooks::{AuthExchange, ClientInfo};
 use crate::message::Message;
 use crate::session::{ConnectionId, Session, Wakeup};
+use crate::unstored::{AckGate, Barrier};
 
 /// Why a connection ended; the server logs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,9 +222,8 @@ pub struct Connection {
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) wakeup: Arc<dyn Wakeup>,
     pub(crate) phase: Phase,
-    /// Control packets waiting to be encoded, in order, each with the store sequence number
-    /// that must be durable before it goes out (0: none).
-    pub(crate) outbox: VecDeque<(Packet, u64)>,
+    /// Control packets waiting to be encoded, in order, each with what it waits for.
+    pub(crate) outbox: VecDeque<(Packet, Barrier)>,
     pub(crate) close_reason: Option<Box<CloseReason>>,
     /// The protocol version in use (the CONNECT's, once it came).
     pub(crate) version: ProtocolVersion,
@@ -397,7 +397,8 @@ impl Connection {
                 let mut packet = Disconnect::new(code);
                 // A reason string is always allowed in DISCONNECT (section 3.14.2.2.3).
                 packet.properties.reason_string = MqttStr::try_from(reason.to_string()).ok();
-                self.outbox.push_back((Packet::Disconnect(packet), 0));
+                self.outbox
+                    .push_back((Packet::Disconnect(packet), Barrier::Durable(0)));
             }
             self.finish_session(*active, &reason, now);
         }
@@ -461,7 +462,13 @@ impl Connection {
 
     /// Queues a control packet that may go out once `barrier` is durable (0: at once).
     pub(crate) fn send(&mut self, packet: Packet, barrier: u64) {
-        self.outbox.push_back((packet, barrier));
+        self.outbox.push_back((packet, Barrier::Durable(barrier)));
+    }
+
+    /// Queues a control packet that may go out once `gate` opens and what it then waits for is
+    /// durable.
+    pub(crate) fn send_gated(&mut self, packet: Packet, gate: Arc<AckGate>) {
+        self.outbox.push_back((packet, Barrier::Gate(gate)));
     }
 
     /// Refuses a CONNECT with a CONNACK carrying `code` [MQTT-3.2.2-4], then closes.
@@ -471,7 +478,8 @@ impl Connection {
             reason_code: code,
             properties: Default::default(),
         };
-        self.outbox.push_back((Packet::ConnAck(connack), 0));
+        self.outbox
+            .push_back((Packet::ConnAck(connack), Barrier::Durable(0)));
         crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
         self.close(CloseReason::ConnectRefused(code), None, now);
     }

@@ -14,6 +14,7 @@ use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::session::{InflightState, SessionExpiry, SubscriptionRecord};
+use crate::unstored::AckGate;
 
 impl Connection {
     /// Handles one decoded packet from the client, received at `now`.
@@ -97,18 +98,22 @@ impl Connection {
 
     /// Queues an acknowledgement that goes out once `barrier` is durable.
     fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode, barrier: u64) {
+        let packet = self.ack_packet(packet, packet_id, reason_code);
+        self.send(packet, barrier);
+    }
+
+    fn ack_packet(&self, packet: PacketType, packet_id: u16, reason_code: ReasonCode) -> Packet {
         let ack = Ack {
             reason_code,
             properties: self.problem_properties(reason_code),
             ..Ack::new(packet_id)
         };
-        let packet = match packet {
+        match packet {
             PacketType::PubAck => Packet::PubAck(ack),
             PacketType::PubRec => Packet::PubRec(ack),
             PacketType::PubRel => Packet::PubRel(ack),
             _ => Packet::PubComp(ack),
-        };
-        self.send(packet, barrier);
+        }
     }
 
     /// Properties with a reason string explaining an error code, when the client allows them
@@ -268,8 +273,14 @@ impl Connection {
             }
         }
 
+        // A QoS 1 message's acknowledgement may wait for its subscribers instead of the store
+        // (see `unstored`).
+        let gate = (publish.qos == QoS::AtLeastOnce
+            && broker.persistence().is_some()
+            && !config.unstored_grace.is_zero())
+        .then(|| AckGate::new(self.wakeup.clone()));
         let message = Message::from_publish(publish, self.client_id.clone(), now);
-        let (reached, seq) = broker.publish_tracked(message, now);
+        let (reached, seq) = broker.publish_tracked(message, now, gate.as_ref());
         drop(group);
         if let Some(ack) = ack_packet {
             let code = if reached == 0 && version.is_v5() {
@@ -277,8 +288,19 @@ impl Connection {
             } else {
                 ReasonCode::Success
             };
-            // Acknowledged once the message is as durable as the store promises.
-            self.ack(ack, packet_id, code, barrier.max(seq));
+            // Acknowledged once the message is as durable as the store promises, or delivered.
+            let barrier = barrier.max(seq);
+            match gate {
+                Some(gate) => {
+                    gate.wait_for(barrier);
+                    let packet = self.ack_packet(ack, packet_id, code);
+                    match gate.ready() {
+                        Some(seq) => self.send(packet, seq),
+                        None => self.send_gated(packet, gate),
+                    }
+                }
+                None => self.ack(ack, packet_id, code, barrier),
+            }
         }
     }
 
@@ -323,8 +345,9 @@ impl Connection {
         if let Some(index) = state.inflight_position(packet_id)
             && state.inflight[index].state == expected
         {
-            state.remove_inflight(index);
-            if state.stores() {
+            let entry = state.remove_inflight(index);
+            // An unstored delivery is not in the store: nothing to delete.
+            if state.stores() && entry.is_some_and(|entry| entry.unstored.is_none()) {
                 self.broker.persist(|| Change::InflightDone {
                     client_id: active.session.client_id().clone(),
                     packet_id,
@@ -519,6 +542,7 @@ impl Connection {
                 true,
                 broker.persistence(),
                 &mut body_stored,
+                None,
             );
             if body_stored {
                 broker.persist(|| Change::MessageRouted { id });

@@ -25,6 +25,7 @@ pub mod persist;
 mod retained;
 mod session;
 pub mod subscriptions;
+mod unstored;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;

@@ -72,8 +72,11 @@ impl Connection {
     pub fn poll_transmit(&mut self, buf: &mut BytesMut, budget: usize, now: Instant) -> bool {
         let durable = self.broker.durable();
         while let Some((packet, barrier)) = self.outbox.front() {
-            if *barrier > durable {
-                let barrier = *barrier;
+            // A gate's last delivery wakes the connection when it closes.
+            let Some(barrier) = barrier.seq() else {
+                break;
+            };
+            if barrier > durable {
                 // Nothing may reach the client before its CONNACK.
                 let before_connack = matches!(packet, Packet::ConnAck(_));
                 self.wait_for_store(barrier);
@@ -102,8 +105,14 @@ impl Connection {
                 Some(ReasonCode::SessionTakenOver),
                 now,
             );
-            while let Some((packet, _)) = self.outbox.pop_front() {
-                self.encode_control(packet, buf);
+            // The DISCONNECT, and what was ready before it; an acknowledgement whose message is
+            // not yet durable (or delivered) is not earned, and the client resends that PUBLISH
+            // on the connection that took over [MQTT-4.4.0-1].
+            let durable = self.broker.durable();
+            while let Some((packet, barrier)) = self.outbox.pop_front() {
+                if barrier.passed(durable) {
+                    self.encode_control(packet, buf);
+                }
             }
             return false;
         }
@@ -211,7 +220,7 @@ impl Transmit<'_> {
                 InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
                     let id = entry.packet_id;
                     if !self.send_publish(&entry.delivery, id, entry.dup) {
-                        dropped.push(id);
+                        dropped.push((id, entry.unstored.is_some()));
                     }
                     entry.dup = true;
                 }
@@ -227,8 +236,11 @@ impl Transmit<'_> {
         if !dropped.is_empty() {
             state
                 .inflight
-                .retain(|entry| !dropped.contains(&entry.packet_id));
-            for packet_id in dropped.iter().copied().filter(|_| stores) {
+                .retain(|entry| !dropped.iter().any(|&(id, _)| id == entry.packet_id));
+            let unstored = dropped.iter().filter(|&&(_, unstored)| unstored).count();
+            state.unstored = state.unstored.saturating_sub(unstored);
+            let stored = dropped.iter().filter(|&&(_, unstored)| stores && !unstored);
+            for &(packet_id, _) in stored {
                 self.broker.persist(|| Change::InflightDone {
                     client_id: self.client_id.clone(),
                     packet_id,
@@ -253,10 +265,21 @@ impl Transmit<'_> {
                 // Order is kept: nothing overtakes a message waiting for the window.
                 return false;
             }
-            let Some(QueuedDelivery { position, delivery }) = state.queue.pop_front() else {
+            let Some(QueuedDelivery {
+                position,
+                delivery,
+                unstored,
+            }) = state.queue.pop_front()
+            else {
                 return false;
             };
-            let stored = state.stores() && is_stored(&delivery);
+            // An unstored delivery goes in flight unstored; dropped, it just lets go of its
+            // publisher's acknowledgement.
+            let stored = state.stores() && is_stored(&delivery) && unstored.is_none();
+            if unstored.is_some() {
+                // Counted again if it goes in flight.
+                state.unstored = state.unstored.saturating_sub(1);
+            }
             // A delivery dropped unsent only leaves the queue; one that is sent moves in flight
             // with `Change::Dispatched`.
             let unqueued = || Change::Unqueued {
@@ -311,6 +334,9 @@ impl Transmit<'_> {
             if !gated {
                 self.send_publish(&delivery, packet_id, false);
             }
+            if unstored.is_some() {
+                state.unstored += 1;
+            }
             state.inflight.push_back(Inflight {
                 packet_id,
                 delivery,
@@ -318,6 +344,7 @@ impl Transmit<'_> {
                 pending: gated,
                 dup: !gated,
                 send_after: seq,
+                unstored,
             });
             if gated {
                 state.pending += 1;

@@ -16,6 +16,7 @@ use tern_codec::{MqttStr, QoS, SubscriptionOptions};
 
 use crate::message::{Delivery, Message};
 use crate::persist::{Change, Persistence};
+use crate::unstored::{AckGate, Unstored};
 
 /// Whether a delivery is stored when its session is persistent: QoS 1 and 2 messages with a
 /// stored body.
@@ -79,7 +80,7 @@ pub enum InflightState {
 }
 
 /// An outbound message awaiting acknowledgement.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Inflight {
     pub packet_id: u16,
     pub delivery: Delivery,
@@ -91,14 +92,18 @@ pub struct Inflight {
     pub dup: bool,
     /// Store sequence number that must be durable before the packet goes out (0: none).
     pub send_after: u64,
+    /// Set while the delivery of a stored session is not in the store yet (see `unstored`).
+    pub(crate) unstored: Option<Unstored>,
 }
 
 /// A delivery waiting in a session's queue, at its position (increasing within the session;
 /// the store's key for it).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct QueuedDelivery {
     pub position: u64,
     pub delivery: Delivery,
+    /// Set while the delivery of a stored session is not in the store yet (see `unstored`).
+    pub(crate) unstored: Option<Unstored>,
 }
 
 /// A will whose delay has not run out yet (MQTT 5 Will Delay Interval).
@@ -133,6 +138,11 @@ pub struct SessionState {
     pub(crate) stored: bool,
     /// Messages dropped because the queue was full.
     pub(crate) dropped: u64,
+    /// How many entries of `queue` and `inflight` are unstored (at least: an entry dropped
+    /// without counting down only makes a sweep look further).
+    pub(crate) unstored: usize,
+    /// Whether the session is on the broker's list of sessions to sweep.
+    pub(crate) listed: bool,
 }
 
 impl std::fmt::Debug for dyn Wakeup {
@@ -181,6 +191,8 @@ impl Session {
                 ended: false,
                 stored: false,
                 dropped: 0,
+                unstored: 0,
+                listed: false,
             }),
         }
     }
@@ -218,6 +230,11 @@ impl Session {
     /// `queue_qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
     /// is submitted as it is queued, preceded by its message body unless `body_stored` says
     /// that was done; returns the sequence number of the last change (0 for none).
+    ///
+    /// With `gate` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
+    /// QoS 1 delivery to a stored session whose client is connected is queued unstored
+    /// instead (see `unstored`); the third value is then true if the broker must add the
+    /// session to the sessions it sweeps.
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
@@ -225,13 +242,14 @@ impl Session {
         queue_qos0_offline: bool,
         persist: Option<&dyn Persistence>,
         body_stored: &mut bool,
-    ) -> (Enqueued, u64) {
+        gate: Option<(&Arc<AckGate>, Instant)>,
+    ) -> (Enqueued, u64, bool) {
         let mut state = self.lock();
         if state.ended || max_queued == 0 {
-            return (Enqueued::Discarded, 0);
+            return (Enqueued::Discarded, 0, false);
         }
         if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
-            return (Enqueued::Discarded, 0);
+            return (Enqueued::Discarded, 0, false);
         }
         let persist = persist.filter(|_| state.stored);
         let mut seq = 0;
@@ -241,7 +259,9 @@ impl Session {
         {
             state.dropped += 1;
             outcome = Enqueued::QueuedDroppingOldest;
-            if let Some(persist) = persist.filter(|_| is_stored(&dropped.delivery)) {
+            if dropped.unstored.is_some() {
+                state.unstored = state.unstored.saturating_sub(1);
+            } else if let Some(persist) = persist.filter(|_| is_stored(&dropped.delivery)) {
                 seq = persist.submit(Change::Unqueued {
                     client_id: self.client_id.clone(),
                     position: dropped.position,
@@ -250,7 +270,20 @@ impl Session {
         }
         let position = state.next_position;
         state.next_position += 1;
-        if let Some(persist) = persist.filter(|_| is_stored(&delivery)) {
+        let unstored = gate
+            .filter(|_| {
+                persist.is_some()
+                    && state.owner.is_some()
+                    && delivery.qos == QoS::AtLeastOnce
+                    && delivery.shared_filter.is_none()
+                    && is_stored(&delivery)
+            })
+            .map(|(gate, now)| Unstored::new(gate, now));
+        let mut list = false;
+        if unstored.is_some() {
+            state.unstored += 1;
+            list = !std::mem::replace(&mut state.listed, true);
+        } else if let Some(persist) = persist.filter(|_| is_stored(&delivery)) {
             if !*body_stored {
                 persist.submit(Change::Message(delivery.message.clone()));
                 *body_stored = true;
@@ -262,11 +295,15 @@ impl Session {
             });
         }
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(QueuedDelivery { position, delivery });
+        state.queue.push_back(QueuedDelivery {
+            position,
+            delivery,
+            unstored,
+        });
         if was_empty && let Some(wakeup) = &state.wakeup {
             wakeup.wake();
         }
-        (outcome, seq)
+        (outcome, seq, list)
     }
 
     /// Number of waiting messages (for tests and metrics).
@@ -282,6 +319,47 @@ impl Session {
     /// Messages dropped so far because the queue was full.
     pub fn dropped_count(&self) -> u64 {
         self.lock().dropped
+    }
+}
+
+/// One pass of [`SessionState::store_unstored`].
+struct Sweep<'a> {
+    persist: Option<&'a dyn Persistence>,
+    cutoff: Option<Instant>,
+    /// Deliveries left unstored, and when the oldest of them was routed.
+    kept: usize,
+    oldest: Option<Instant>,
+}
+
+impl Sweep<'_> {
+    /// Stores the delivery of one queue or in-flight entry if it is unstored and due
+    /// (`change` is its entry's change). Returns whether it was unstored.
+    fn entry(
+        &mut self,
+        slot: &mut Option<Unstored>,
+        delivery: &Delivery,
+        change: impl FnOnce() -> Change,
+    ) -> bool {
+        let Some(unstored) = slot.take() else {
+            return false;
+        };
+        if self.cutoff.is_some_and(|cutoff| unstored.since() > cutoff) {
+            let since = unstored.since();
+            *slot = Some(unstored);
+            self.kept += 1;
+            self.oldest = Some(self.oldest.map_or(since, |oldest| oldest.min(since)));
+            return true;
+        }
+        if let Some(persist) = self.persist {
+            // Body, entry and the router's release, as the router itself would have stored it.
+            persist.submit(Change::Message(delivery.message.clone()));
+            let seq = persist.submit(change());
+            persist.submit(Change::MessageRouted {
+                id: delivery.message.id,
+            });
+            unstored.stored(seq);
+        }
+        true
     }
 }
 
@@ -342,6 +420,9 @@ impl SessionState {
         if entry.pending {
             self.pending -= 1;
         }
+        if entry.unstored.is_some() {
+            self.unstored = self.unstored.saturating_sub(1);
+        }
         Some(entry)
     }
 
@@ -351,6 +432,58 @@ impl SessionState {
         self.queue.clear();
         self.inflight.clear();
         self.pending = 0;
+        self.unstored = 0;
         self.inbound_qos2.clear();
+    }
+
+    /// Submits the unstored deliveries routed at or before `cutoff` (all of them with `None`)
+    /// to the store, and lets their publishers' acknowledgements wait for that instead. A
+    /// session no longer stored keeps nothing: its deliveries just stop holding the
+    /// acknowledgements back. Returns when the oldest delivery left unstored was routed.
+    pub(crate) fn store_unstored(
+        &mut self,
+        client_id: &MqttStr,
+        persist: Option<&dyn Persistence>,
+        cutoff: Option<Instant>,
+    ) -> Option<Instant> {
+        let persist = persist.filter(|_| self.stored);
+        let mut sweep = Sweep {
+            persist,
+            cutoff,
+            kept: 0,
+            oldest: None,
+        };
+        let mut left = self.unstored;
+        // In flight first (bounded by the client's window), then the queue from the back:
+        // unstored deliveries are recent ones, so a long stored backlog is not walked.
+        for entry in self.inflight.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            let change = || Change::Inflight {
+                client_id: client_id.clone(),
+                packet_id: entry.packet_id,
+                state: entry.state,
+                delivery: entry.delivery.stored(),
+            };
+            if sweep.entry(&mut entry.unstored, &entry.delivery, change) {
+                left -= 1;
+            }
+        }
+        for queued in self.queue.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            let change = || Change::Queued {
+                client_id: client_id.clone(),
+                position: queued.position,
+                delivery: queued.delivery.stored(),
+            };
+            if sweep.entry(&mut queued.unstored, &queued.delivery, change) {
+                left -= 1;
+            }
+        }
+        self.unstored = sweep.kept;
+        sweep.oldest
     }
 }

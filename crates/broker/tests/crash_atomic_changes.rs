@@ -9,106 +9,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use common::{connect, text};
-use tern_broker::persist::{Change, Persistence};
-use tern_broker::{Broker, BrokerConfig, Connection, Hooks, Wakeup};
+use common::{Event, Recorder, connect, text, transmit};
+use tern_broker::persist::Persistence;
+use tern_broker::{Broker, BrokerConfig, Connection, Hooks};
 use tern_codec::{
     Ack, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
     SubscriptionOptions,
 };
-
-#[derive(Debug, Clone, PartialEq)]
-enum Event {
-    Submit(u64, &'static str),
-    Begin(u64),
-    End(u64),
-}
-
-/// Records every submission and group; durable up to what the test sets (everything at first).
-struct Recorder {
-    events: Mutex<Vec<Event>>,
-    seq: Mutex<u64>,
-    durable: Mutex<u64>,
-}
-
-impl Default for Recorder {
-    fn default() -> Recorder {
-        Recorder {
-            events: Mutex::default(),
-            seq: Mutex::default(),
-            durable: Mutex::new(u64::MAX),
-        }
-    }
-}
-
-fn kind(change: &Change) -> &'static str {
-    match change {
-        Change::Message(_) => "Message",
-        Change::MessageRouted { .. } => "MessageRouted",
-        Change::Session { .. } => "Session",
-        Change::SessionEnded { .. } => "SessionEnded",
-        Change::Subscribed { .. } => "Subscribed",
-        Change::Unsubscribed { .. } => "Unsubscribed",
-        Change::Queued { .. } => "Queued",
-        Change::Unqueued { .. } => "Unqueued",
-        Change::Inflight { .. } => "Inflight",
-        Change::Dispatched { .. } => "Dispatched",
-        Change::InflightDone { .. } => "InflightDone",
-        Change::InboundQos2 { .. } => "InboundQos2",
-        Change::InboundQos2Released { .. } => "InboundQos2Released",
-        Change::Retained(_) => "Retained",
-        Change::RetainedCleared { .. } => "RetainedCleared",
-        Change::Will { .. } => "Will",
-        Change::WillCleared { .. } => "WillCleared",
-    }
-}
-
-impl Persistence for Recorder {
-    fn submit(&self, change: Change) -> u64 {
-        let mut seq = self.seq.lock().unwrap();
-        *seq += 1;
-        self.events
-            .lock()
-            .unwrap()
-            .push(Event::Submit(*seq, kind(&change)));
-        *seq
-    }
-
-    fn durable(&self) -> u64 {
-        *self.durable.lock().unwrap()
-    }
-
-    // The test polls its connections itself.
-    fn wake_when_durable(&self, _seq: u64, _wakeup: Arc<dyn Wakeup>) {}
-
-    fn submitted(&self) -> u64 {
-        *self.seq.lock().unwrap()
-    }
-
-    fn begin_group(&self) -> u64 {
-        let token = *self.seq.lock().unwrap() + 1;
-        self.events.lock().unwrap().push(Event::Begin(token));
-        token
-    }
-
-    fn end_group(&self, token: u64) {
-        self.events.lock().unwrap().push(Event::End(token));
-    }
-}
-
-impl Recorder {
-    fn set_durable(&self, seq: u64) {
-        *self.durable.lock().unwrap() = seq;
-    }
-
-    fn take(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.events.lock().unwrap())
-    }
-}
 
 /// The kinds submitted while a group was open, and those submitted outside any group.
 fn grouped(events: &[Event]) -> (Vec<&'static str>, Vec<&'static str>) {
@@ -124,16 +35,6 @@ fn grouped(events: &[Event]) -> (Vec<&'static str>, Vec<&'static str>) {
     }
     assert_eq!(open, 0, "every group closes: {events:?}");
     (inside, outside)
-}
-
-fn transmit(conn: &mut Connection, now: Instant) -> Vec<Packet> {
-    let mut out = BytesMut::new();
-    conn.poll_transmit(&mut out, usize::MAX, now);
-    let mut packets = Vec::new();
-    while let Some(packet) = Packet::decode(&mut out, ProtocolVersion::V311, u32::MAX).unwrap() {
-        packets.push(packet);
-    }
-    packets
 }
 
 fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
@@ -205,14 +106,7 @@ fn a_queued_delivery_goes_in_flight_in_one_change() {
     let Some(Packet::Publish(delivered)) = sent.first() else {
         panic!("the subscriber got the message: {sent:?}");
     };
-    let events = recorder.take();
-    let kinds: Vec<&str> = events
-        .iter()
-        .filter_map(|event| match event {
-            Event::Submit(_, kind) => Some(*kind),
-            _ => None,
-        })
-        .collect();
+    let kinds = recorder.take_kinds();
     assert_eq!(kinds, ["Dispatched"]);
 
     // The rest of the flow: PUBREC moves it to awaiting PUBCOMP, PUBCOMP ends it.

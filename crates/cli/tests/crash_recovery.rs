@@ -1,7 +1,9 @@
 //! Nothing acknowledged is lost when the broker is killed: the real `tern` binary is killed with
 //! SIGKILL at a random moment while publishers send QoS 1, QoS 2 and retained messages to a
-//! persistent subscriber (online in some rounds, offline in others), several rounds on one data
-//! directory. After the last restart, every message that got its PUBACK is delivered at least
+//! persistent subscriber (online in some rounds, offline in others, and in others connected but
+//! silent: it takes the messages and never acknowledges them, so what the publishers get
+//! acknowledged must have been stored after the grace the broker gives unstored deliveries),
+//! several rounds on one data directory. After the last restart, every message that got its PUBACK is delivered at least
 //! once, every QoS 2 message that got its PUBREC exactly once (and none twice), and every
 //! acknowledged retained message is there.
 
@@ -22,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
-const ROUNDS: u32 = 4;
+const ROUNDS: u32 = 6;
 
 fn text(value: &str) -> MqttStr {
     MqttStr::try_from(value).unwrap()
@@ -383,6 +385,23 @@ async fn subscribe(addr: SocketAddr, ledger: Arc<Mutex<Ledger>>, quiet: Duration
     }
 }
 
+/// Connects as the persistent subscriber and reads without acknowledging or counting anything,
+/// as a client that crashes before it processes its messages, until the connection breaks.
+async fn subscribe_silently(addr: SocketAddr) {
+    let Some((mut conn, _)) = Conn::connect(addr, "crash-sub", false).await else {
+        return;
+    };
+    while conn.recv().await.is_some() {}
+}
+
+/// How the persistent subscriber behaves during a round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Subscriber {
+    Online,
+    Offline,
+    Silent,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9_in_every_round() {
     let dir = std::env::temp_dir().join(format!(
@@ -397,14 +416,19 @@ async fn acknowledged_messages_survive_kill_9_in_every_round() {
         if round == 0 {
             create_subscriber(broker.addr).await;
         }
-        let online = round % 2 == 0;
+        let mode =
+            [Subscriber::Online, Subscriber::Offline, Subscriber::Silent][round as usize % 3];
         let stop = Instant::now() + Duration::from_millis(2000);
-        let subscriber = tokio::spawn(subscribe(
-            broker.addr,
-            ledger.clone(),
-            Duration::from_secs(5),
-        ));
-        if !online {
+        let subscriber = if mode == Subscriber::Silent {
+            tokio::spawn(subscribe_silently(broker.addr))
+        } else {
+            tokio::spawn(subscribe(
+                broker.addr,
+                ledger.clone(),
+                Duration::from_secs(5),
+            ))
+        };
+        if mode == Subscriber::Offline {
             // Let it subscribe (round 0) or resume, then leave: messages queue for it.
             tokio::time::sleep(Duration::from_millis(200)).await;
             subscriber.abort();
@@ -426,7 +450,7 @@ async fn acknowledged_messages_survive_kill_9_in_every_round() {
         for task in [q1, q2] {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        if online {
+        if mode != Subscriber::Offline {
             let _ = tokio::time::timeout(Duration::from_secs(6), subscriber).await;
         }
     }

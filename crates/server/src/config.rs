@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// What an acknowledged message survives: `memory` (nothing: no disk at all), `process`
     /// (a crash or `kill -9` of the broker), `fsync` (a power loss).
     pub durability: Durability,
+    /// Milliseconds a QoS 1 delivery to a connected persistent session may wait for its
+    /// subscriber's acknowledgement before it is stored (0: stored at once).
+    pub unstored_grace_ms: u64,
     pub limits: Limits,
     pub mqtt: MqttOptions,
 }
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             log_level: "info".to_owned(),
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::default(),
+            unstored_grace_ms: 5,
             limits: Limits::default(),
             mqtt: MqttOptions::default(),
         }
@@ -154,6 +158,10 @@ impl Default for MqttOptions {
         }
     }
 }
+
+/// The longest `unstored_grace_ms`: a publisher whose subscriber stalls waits about this long
+/// for its PUBACK.
+const MAX_UNSTORED_GRACE_MS: u64 = 1000;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +226,9 @@ impl ServerConfig {
         if self.limits.max_topic_levels == 0 || self.limits.max_topic_length == 0 {
             return invalid("limits.max_topic_length and limits.max_topic_levels must be positive");
         }
+        if self.unstored_grace_ms > MAX_UNSTORED_GRACE_MS {
+            return invalid("unstored_grace_ms must be at most 1000");
+        }
         Ok(())
     }
 
@@ -255,6 +266,7 @@ impl ServerConfig {
             max_subscriptions_per_session: self.limits.max_subscriptions_per_session,
             max_retained_messages: self.limits.max_retained_messages,
             max_retained_bytes: self.limits.max_retained_bytes,
+            unstored_grace: Duration::from_millis(self.unstored_grace_ms),
         }
     }
 }
@@ -288,5 +300,28 @@ mod tests {
         assert_eq!(stored.data_dir, PathBuf::from("/var/lib/tern"));
         assert!(ServerConfig::from_toml("durability = \"disk\"").is_err());
         assert!(ServerConfig::from_toml("[mqtt]\nmax_qos = 3").is_err());
+    }
+
+    #[test]
+    fn the_unstored_grace_is_bounded_and_zero_turns_it_off() {
+        assert_eq!(
+            ServerConfig::default().broker_config().unstored_grace,
+            Duration::from_millis(5)
+        );
+        let off = ServerConfig::from_toml("unstored_grace_ms = 0").unwrap();
+        assert!(off.broker_config().unstored_grace.is_zero());
+        assert!(ServerConfig::from_toml("unstored_grace_ms = 1000").is_ok());
+        assert!(ServerConfig::from_toml("unstored_grace_ms = 1001").is_err());
+    }
+
+    #[test]
+    fn the_documented_example_is_the_default() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("an example") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        assert_eq!(
+            ServerConfig::from_toml(&doc[start..end]).unwrap(),
+            ServerConfig::default()
+        );
     }
 }

@@ -370,9 +370,21 @@ async fn accept_loop(
     }
 }
 
-/// Runs the broker's deadlines: session expiry and delayed wills.
+/// Wakes the timer task when the broker's next deadline moved earlier.
+struct TimerWakeup(Notify);
+
+impl tern_broker::Wakeup for TimerWakeup {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Runs the broker's deadlines: session expiry, delayed wills, and the sweep of deliveries not
+/// stored yet.
 async fn run_timers(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     const MAX_NAP: Duration = Duration::from_secs(1);
+    let wakeup = Arc::new(TimerWakeup(Notify::new()));
+    broker.set_timer_wakeup(wakeup.clone());
     loop {
         let now = Instant::now();
         let next = broker
@@ -382,6 +394,7 @@ async fn run_timers(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep_until(next) => broker.handle_timeout(Instant::now().into_std()),
+            () = wakeup.0.notified() => {}
         }
     }
 }

@@ -164,6 +164,43 @@ async fn unacknowledged_messages_come_back_with_dup_after_a_restart_mqtt_4_4_0_1
     assert_eq!(broker.broker.session("inflight").unwrap().inflight_len(), 0);
 }
 
+/// A QoS 1 message for a connected persistent subscriber starts unstored; when the subscriber
+/// does not acknowledge it in time, the broker stores it, and only then acknowledges it to the
+/// publisher [MQTT-4.3.2-2 with the store's promise]. It comes back with DUP after a restart
+/// [MQTT-4.4.0-1].
+#[tokio::test]
+async fn an_unacknowledged_delivery_to_a_connected_session_is_stored_before_the_puback() {
+    let dir = TempDir::new("unstored");
+    let broker = start_with(stored(&dir)).await;
+    let mut options = persistent(&broker, "holds");
+    options.set_manual_acks(true);
+    let (mut subscriber, _) = Client::connect(options).await;
+    subscriber.subscribe("unstored/#", R::AtLeastOnce).await;
+    let mut publisher = Client::simple(broker.addr, "unstored-pub").await;
+    publisher
+        .publish("unstored/t", R::AtLeastOnce, false, b"kept".to_vec())
+        .await;
+    let first = subscriber.recv().await;
+    assert!(!first.dup);
+    // Never acknowledged by the subscriber, still connected: the PUBACK comes all the same.
+    publisher
+        .next_matching(|event| {
+            matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
+        })
+        .await
+        .expect("the publisher's PUBACK");
+    subscriber.kill();
+    publisher.disconnect().await;
+    broker.shutdown().await;
+
+    let broker = start_with(stored(&dir)).await;
+    let (mut subscriber, connack) = Client::connect(persistent(&broker, "holds")).await;
+    assert!(connack.session_present);
+    let again = subscriber.recv().await;
+    assert_eq!(&again.payload[..], b"kept");
+    assert!(again.dup, "sent again with DUP [MQTT-3.3.1-1]");
+}
+
 #[tokio::test]
 async fn inbound_qos2_stays_exactly_once_across_a_restart_mqtt_4_3_3_9() {
     let dir = TempDir::new("inbound-qos2");

@@ -2,10 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tern_broker::persist::{Change, Persistence};
 use tern_broker::{Broker, Connection, Wakeup};
 use tern_codec::{Connect, MqttStr, Packet, Properties, ProtocolVersion};
 
@@ -40,4 +41,115 @@ pub fn connect(broker: &Arc<Broker>, id: &str, clean_start: bool, now: Instant) 
     let mut out = BytesMut::new();
     conn.poll_transmit(&mut out, usize::MAX, now);
     conn
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Submit(u64, &'static str),
+    Begin(u64),
+    End(u64),
+}
+
+/// Records every submission and group; durable up to what the test sets (everything at first).
+pub struct Recorder {
+    events: Mutex<Vec<Event>>,
+    seq: Mutex<u64>,
+    durable: Mutex<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder {
+            events: Mutex::default(),
+            seq: Mutex::default(),
+            durable: Mutex::new(u64::MAX),
+        }
+    }
+}
+
+pub fn kind(change: &Change) -> &'static str {
+    match change {
+        Change::Message(_) => "Message",
+        Change::MessageRouted { .. } => "MessageRouted",
+        Change::Session { .. } => "Session",
+        Change::SessionEnded { .. } => "SessionEnded",
+        Change::Subscribed { .. } => "Subscribed",
+        Change::Unsubscribed { .. } => "Unsubscribed",
+        Change::Queued { .. } => "Queued",
+        Change::Unqueued { .. } => "Unqueued",
+        Change::Inflight { .. } => "Inflight",
+        Change::Dispatched { .. } => "Dispatched",
+        Change::InflightDone { .. } => "InflightDone",
+        Change::InboundQos2 { .. } => "InboundQos2",
+        Change::InboundQos2Released { .. } => "InboundQos2Released",
+        Change::Retained(_) => "Retained",
+        Change::RetainedCleared { .. } => "RetainedCleared",
+        Change::Will { .. } => "Will",
+        Change::WillCleared { .. } => "WillCleared",
+    }
+}
+
+impl Persistence for Recorder {
+    fn submit(&self, change: Change) -> u64 {
+        let mut seq = self.seq.lock().unwrap();
+        *seq += 1;
+        self.events
+            .lock()
+            .unwrap()
+            .push(Event::Submit(*seq, kind(&change)));
+        *seq
+    }
+
+    fn durable(&self) -> u64 {
+        *self.durable.lock().unwrap()
+    }
+
+    // The test polls its connections itself.
+    fn wake_when_durable(&self, _seq: u64, _wakeup: Arc<dyn Wakeup>) {}
+
+    fn submitted(&self) -> u64 {
+        *self.seq.lock().unwrap()
+    }
+
+    fn begin_group(&self) -> u64 {
+        let token = *self.seq.lock().unwrap() + 1;
+        self.events.lock().unwrap().push(Event::Begin(token));
+        token
+    }
+
+    fn end_group(&self, token: u64) {
+        self.events.lock().unwrap().push(Event::End(token));
+    }
+}
+
+impl Recorder {
+    /// The kinds of the changes submitted since the last `take`.
+    pub fn take_kinds(&self) -> Vec<&'static str> {
+        self.take()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Submit(_, kind) => Some(kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn set_durable(&self, seq: u64) {
+        *self.durable.lock().unwrap() = seq;
+    }
+
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+/// Everything the connection has to send now, decoded.
+pub fn transmit(conn: &mut Connection, now: Instant) -> Vec<Packet> {
+    let mut out = BytesMut::new();
+    conn.poll_transmit(&mut out, usize::MAX, now);
+    let mut packets = Vec::new();
+    while let Some(packet) = Packet::decode(&mut out, ProtocolVersion::V311, u32::MAX).unwrap() {
+        packets.push(packet);
+    }
+    packets
 }

@@ -1,0 +1,254 @@
+//! Deliveries to online persistent sessions that are kept out of the store while their
+//! acknowledgement may come first, and the publisher acknowledgements that wait for them.
+//!
+//! A QoS 1 message routed to a persistent session whose client is connected is usually
+//! acknowledged by that client within a millisecond or two. Storing it (body, queue entry, in
+//! flight entry) and then deleting it again is most of what the store does under such traffic,
+//! and buys nothing when the subscriber's PUBACK arrives first. So such a delivery starts
+//! *unstored*: the publisher's PUBACK waits on an [`AckGate`] until each of its unstored
+//! deliveries is either acknowledged by its subscriber (nothing left to keep) or stored and
+//! durable. A delivery still unacknowledged after the grace period (`unstored_grace` in the
+//! broker's configuration) is stored like any other (by the broker's sweep), as is every
+//! unstored delivery of a session whose connection goes.
+//! Nothing acknowledged to a publisher is ever held only in memory.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::persist::Persistence;
+use crate::session::{Session, Wakeup};
+
+/// What a publisher's acknowledgement waits for besides its own store sequence number: its
+/// deliveries that are neither acknowledged nor stored yet.
+pub(crate) struct AckGate {
+    /// Deliveries of the message that are unstored (each one an [`Unstored`] alive).
+    open: AtomicUsize,
+    /// The store sequence number the acknowledgement waits for: the highest of the deliveries
+    /// stored since, and whatever the publisher set (retained message, other sessions).
+    seq: AtomicU64,
+    /// The publisher connection's, woken when the last delivery closes.
+    wakeup: Arc<dyn Wakeup>,
+}
+
+impl fmt::Debug for AckGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckGate")
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("seq", &self.seq.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AckGate {
+    pub(crate) fn new(wakeup: Arc<dyn Wakeup>) -> Arc<AckGate> {
+        Arc::new(AckGate {
+            open: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+            wakeup,
+        })
+    }
+
+    /// `None` while a delivery is still open; then the sequence number that must be durable.
+    pub(crate) fn ready(&self) -> Option<u64> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.seq.load(Ordering::Acquire))
+    }
+
+    /// The acknowledgement also waits for `seq` to be durable.
+    pub(crate) fn wait_for(&self, seq: u64) {
+        self.seq.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+/// One unstored delivery's hold on its publisher's [`AckGate`]: the acknowledgement waits while
+/// it lives. Dropping it (the subscriber acknowledged, or the delivery was discarded with its
+/// session or by a limit) lets the acknowledgement go; [`Unstored::stored`] makes it wait for
+/// the store instead.
+pub(crate) struct Unstored {
+    gate: Arc<AckGate>,
+    /// When the delivery was routed.
+    since: Instant,
+}
+
+impl fmt::Debug for Unstored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unstored")
+            .field("since", &self.since)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Unstored {
+    pub(crate) fn new(gate: &Arc<AckGate>, now: Instant) -> Unstored {
+        gate.open.fetch_add(1, Ordering::AcqRel);
+        Unstored {
+            gate: gate.clone(),
+            since: now,
+        }
+    }
+
+    pub(crate) fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The delivery was submitted to the store as change `seq`: the acknowledgement now waits
+    /// for that to be durable.
+    pub(crate) fn stored(self, seq: u64) {
+        // Raised before the drop below closes the delivery, so whoever sees it closed sees
+        // the sequence number too.
+        self.gate.wait_for(seq);
+    }
+}
+
+impl Drop for Unstored {
+    fn drop(&mut self) {
+        if self.gate.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gate.wakeup.wake();
+        }
+    }
+}
+
+/// What an outgoing control packet waits for before it may be sent.
+#[derive(Debug)]
+pub(crate) enum Barrier {
+    /// This store sequence number is durable (0: nothing).
+    Durable(u64),
+    /// The gate of a PUBLISH with unstored deliveries.
+    Gate(Arc<AckGate>),
+}
+
+impl Barrier {
+    /// The sequence number that must be durable, or `None` while a gate is closed.
+    pub(crate) fn seq(&self) -> Option<u64> {
+        match self {
+            Barrier::Durable(seq) => Some(*seq),
+            Barrier::Gate(gate) => gate.ready(),
+        }
+    }
+
+    /// Whether the packet may go out with `durable` durable.
+    pub(crate) fn passed(&self, durable: u64) -> bool {
+        self.seq().is_some_and(|seq| seq <= durable)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The sessions holding unstored deliveries, swept every half grace period by the broker's
+/// timer task while there are any: a delivery is stored between one and one and a half grace
+/// periods after it was routed.
+pub(crate) struct Sweeper {
+    grace: Duration,
+    /// Each session at most once (its `listed` flag says whether it is here).
+    sessions: Mutex<Vec<Arc<Session>>>,
+    /// When the list last stopped being empty, or was last swept.
+    last: Mutex<Option<Instant>>,
+    /// The timer task's, woken when the list stops being empty.
+    wakeup: Mutex<Option<Arc<dyn Wakeup>>>,
+}
+
+impl Sweeper {
+    pub(crate) fn new(grace: Duration) -> Sweeper {
+        Sweeper {
+            grace,
+            sessions: Mutex::default(),
+            last: Mutex::default(),
+            wakeup: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn set_wakeup(&self, wakeup: Arc<dyn Wakeup>) {
+        *lock(&self.wakeup) = Some(wakeup);
+    }
+
+    /// Adds a session whose `listed` flag its caller has just set.
+    pub(crate) fn list(&self, session: &Arc<Session>, now: Instant) {
+        let first = {
+            let mut sessions = lock(&self.sessions);
+            sessions.push(session.clone());
+            sessions.len() == 1
+        };
+        if first {
+            *lock(&self.last) = Some(now);
+            if let Some(wakeup) = lock(&self.wakeup).as_ref() {
+                wakeup.wake();
+            }
+        }
+    }
+
+    /// When the next sweep is due, if anything is listed.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        if lock(&self.sessions).is_empty() {
+            return None;
+        }
+        lock(&self.last).map(|last| last + self.grace / 2)
+    }
+
+    /// Stores the deliveries unstored for longer than the grace period, if a sweep is due.
+    pub(crate) fn sweep(&self, persist: Option<&dyn Persistence>, now: Instant) {
+        if self.due().is_none_or(|due| due > now) {
+            return;
+        }
+        *lock(&self.last) = Some(now);
+        let cutoff = now.checked_sub(self.grace);
+        let sessions = std::mem::take(&mut *lock(&self.sessions));
+        let mut still = Vec::new();
+        for session in sessions {
+            let mut state = session.lock();
+            let left = match cutoff {
+                Some(cutoff) => state.store_unstored(session.client_id(), persist, Some(cutoff)),
+                None => None,
+            };
+            if left.is_some() || (cutoff.is_none() && state.unstored > 0) {
+                drop(state);
+                still.push(session);
+            } else {
+                state.listed = false;
+            }
+        }
+        if !still.is_empty() {
+            lock(&self.sessions).append(&mut still);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wakeup for Flag {
+        fn wake(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_gate_opens_when_every_delivery_is_acknowledged_or_stored() {
+        let flag = Arc::new(Flag::default());
+        let gate = AckGate::new(flag.clone());
+        let now = Instant::now();
+        let first = Unstored::new(&gate, now);
+        let second = Unstored::new(&gate, now);
+        gate.wait_for(3);
+        assert_eq!(gate.ready(), None);
+        first.stored(9);
+        assert_eq!(gate.ready(), None, "one delivery is still open");
+        assert!(!flag.0.load(Ordering::SeqCst));
+        drop(second);
+        assert_eq!(gate.ready(), Some(9), "waits for the stored delivery");
+        assert!(flag.0.load(Ordering::SeqCst), "the publisher is woken");
+    }
+}

@@ -1,0 +1,194 @@
+//! QoS 1 deliveries to connected persistent sessions start unstored: the publisher's PUBACK
+//! waits until each is acknowledged by its subscriber (then nothing is ever written) or stored
+//! and durable (after the grace period, or when the subscriber's connection goes). Whatever
+//! the publisher got a PUBACK for is delivered or durable: "nothing acknowledged is lost".
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Recorder, connect, text, transmit};
+use tern_broker::persist::Persistence;
+use tern_broker::{Broker, BrokerConfig, Connection, Hooks};
+use tern_codec::{
+    Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription, SubscriptionOptions,
+};
+
+const DELIVERY_CHANGES: [&str; 6] = [
+    "Message",
+    "Queued",
+    "Dispatched",
+    "Inflight",
+    "InflightDone",
+    "Unqueued",
+];
+
+fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
+    let recorder = Arc::new(Recorder::default());
+    let broker = Broker::with_persistence(
+        BrokerConfig::default(),
+        Hooks::default(),
+        Some(recorder.clone() as Arc<dyn Persistence>),
+    );
+    let now = Instant::now();
+    let mut subscriber = connect(&broker, "subscriber", false, now);
+    subscriber.handle_packet(
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: text("meters/#"),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            }],
+        }),
+        now,
+    );
+    transmit(&mut subscriber, now);
+    let publisher = connect(&broker, "publisher", true, now);
+    recorder.take();
+    (recorder, broker, publisher, subscriber, now)
+}
+
+fn publish(packet_id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: text("meters/7/energy"),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"1532 kWh"),
+    })
+}
+
+fn delivered(packets: &[Packet]) -> u16 {
+    match packets {
+        [Packet::Publish(publish)] => publish.packet_id,
+        other => panic!("one PUBLISH to the subscriber: {other:?}"),
+    }
+}
+
+fn is_puback(packets: &[Packet], packet_id: u16) -> bool {
+    matches!(packets, [Packet::PubAck(ack)] if ack.packet_id == packet_id)
+}
+
+#[test]
+fn a_delivery_acknowledged_in_time_is_never_stored_and_the_puback_follows_it_mqtt_4_3_2() {
+    let (recorder, _broker, mut publisher, mut subscriber, now) = setup();
+    publisher.handle_packet(publish(5), now);
+    assert!(
+        transmit(&mut publisher, now).is_empty(),
+        "no PUBACK while the only copy is unacknowledged and unstored"
+    );
+    let packet_id = delivered(&transmit(&mut subscriber, now));
+    subscriber.handle_packet(Packet::PubAck(Ack::new(packet_id)), now);
+    assert!(is_puback(&transmit(&mut publisher, now), 5));
+    let kinds = recorder.take_kinds();
+    assert!(
+        kinds.iter().all(|kind| !DELIVERY_CHANGES.contains(kind)),
+        "nothing of the delivery reached the store: {kinds:?}"
+    );
+}
+
+#[test]
+fn an_unacknowledged_delivery_is_stored_after_the_grace_and_the_puback_waits_for_it() {
+    let (recorder, broker, mut publisher, mut subscriber, now) = setup();
+    recorder.set_durable(recorder.submitted());
+    publisher.handle_packet(publish(6), now);
+    let packet_id = delivered(&transmit(&mut subscriber, now));
+
+    // Within the grace period nothing is stored, and the PUBACK waits.
+    broker.handle_timeout(now + Duration::from_millis(1));
+    assert!(recorder.take_kinds().is_empty());
+    assert!(transmit(&mut publisher, now).is_empty());
+    assert!(
+        broker.poll_timeout().is_some(),
+        "the broker asks to be called for the sweep"
+    );
+
+    // Past it, the delivery is stored as in flight (body, entry, router's release) ...
+    let later = now + Duration::from_millis(20);
+    broker.handle_timeout(later);
+    assert_eq!(
+        recorder.take_kinds(),
+        ["Message", "Inflight", "MessageRouted"]
+    );
+    assert!(
+        transmit(&mut publisher, later).is_empty(),
+        "the PUBACK waits for the stored delivery to be durable"
+    );
+    // ... and the PUBACK goes once that is durable [MQTT-4.3.2-2 with the store's promise].
+    recorder.set_durable(recorder.submitted());
+    assert!(is_puback(&transmit(&mut publisher, later), 6));
+
+    // It is now an ordinary stored delivery: its PUBACK deletes it.
+    subscriber.handle_packet(Packet::PubAck(Ack::new(packet_id)), later);
+    assert_eq!(recorder.take_kinds(), ["InflightDone"]);
+}
+
+#[test]
+fn a_subscriber_that_leaves_gets_its_unstored_deliveries_stored_at_once() {
+    let (recorder, _broker, mut publisher, mut subscriber, now) = setup();
+    recorder.set_durable(recorder.submitted());
+    publisher.handle_packet(publish(7), now);
+    publisher.handle_packet(publish(8), now);
+    // One went out and waits for its PUBACK, the other is still queued, when the client goes.
+    subscriber.poll_transmit(&mut bytes::BytesMut::new(), 1, now);
+    subscriber.handle_transport_closed(now);
+    let kinds = recorder.take_kinds();
+    assert_eq!(
+        kinds.iter().filter(|kind| **kind == "Message").count(),
+        2,
+        "both bodies: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"Inflight") && kinds.contains(&"Queued"),
+        "{kinds:?}"
+    );
+    assert!(transmit(&mut publisher, now).is_empty());
+    recorder.set_durable(recorder.submitted());
+    let acks = transmit(&mut publisher, now);
+    assert!(
+        matches!(acks.as_slice(), [Packet::PubAck(a), Packet::PubAck(b)] if a.packet_id == 7 && b.packet_id == 8),
+        "{acks:?}"
+    );
+}
+
+#[test]
+fn a_delivery_to_an_offline_session_is_stored_before_the_puback() {
+    let (recorder, _broker, mut publisher, mut subscriber, now) = setup();
+    subscriber.handle_transport_closed(now);
+    recorder.take();
+    recorder.set_durable(recorder.submitted());
+    publisher.handle_packet(publish(9), now);
+    assert_eq!(
+        recorder.take_kinds(),
+        ["Message", "Queued", "MessageRouted"]
+    );
+    assert!(transmit(&mut publisher, now).is_empty());
+    recorder.set_durable(recorder.submitted());
+    assert!(is_puback(&transmit(&mut publisher, now), 9));
+}
+
+#[test]
+fn a_taken_over_connection_gets_no_puback_it_has_not_earned_mqtt_4_4_0_1() {
+    let (recorder, broker, mut publisher, _subscriber, now) = setup();
+    recorder.set_durable(recorder.submitted());
+    publisher.handle_packet(publish(10), now);
+    // The client reconnects before its subscriber acknowledged (and before anything was
+    // stored): the old connection closes without the PUBACK; the client resends the PUBLISH on
+    // the new one.
+    let _again = connect(&broker, "publisher", true, now);
+    let flushed = transmit(&mut publisher, now);
+    assert!(
+        !flushed
+            .iter()
+            .any(|packet| matches!(packet, Packet::PubAck(_))),
+        "{flushed:?}"
+    );
+}

@@ -898,6 +898,9 @@ impl Broker {
         if !state.is_persistent() {
             if state.stored {
                 state.stored = false;
+                // Nothing of the session is kept now: its unstored deliveries stop holding
+                // their publishers' acknowledgements back.
+                state.store_unstored(client_id, None, None);
                 return persistence.submit(Change::SessionEnded {
                     client_id: client_id.clone(),
                 });
@@ -982,8 +985,10 @@ impl Broker {
         if state.owner != Some(owner) || state.ended {
             return;
         }
-        // Without a connection nothing acknowledges the unstored deliveries soon.
-        state.store_unstored(session.client_id(), self.persistence(), None);
+        // Without a connection nothing acknowledges the unstored deliveries soon. A session
+        // that ends with its connection keeps nothing, so nothing is stored for it.
+        let persistence = self.persistence().filter(|_| state.is_persistent());
+        state.store_unstored(session.client_id(), persistence, None);
         state.detach();
         session.publish_owner(None);
         match state.expiry {

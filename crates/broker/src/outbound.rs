@@ -317,6 +317,10 @@ impl Transmit<'_> {
             } else {
                 InflightState::AwaitingPubRec
             };
+            if stored {
+                // Unstored deliveries sent before it reach the store before it does.
+                state.store_unstored_inflight(self.client_id, self.broker.persistence());
+            }
             let seq = if stored {
                 self.broker.persist(|| Change::Dispatched {
                     client_id: self.client_id.clone(),

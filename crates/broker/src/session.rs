@@ -332,18 +332,24 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    /// Stores the delivery of one queue or in-flight entry if it is unstored and due
+    /// Whether an unstored delivery is old enough to be stored.
+    fn due(&self, unstored: &Unstored) -> bool {
+        self.cutoff.is_none_or(|cutoff| unstored.since() <= cutoff)
+    }
+
+    /// Stores the delivery of one queue or in-flight entry if it is unstored and `due`
     /// (`change` is its entry's change). Returns whether it was unstored.
     fn entry(
         &mut self,
         slot: &mut Option<Unstored>,
         delivery: &Delivery,
+        due: bool,
         change: impl FnOnce() -> Change,
     ) -> bool {
         let Some(unstored) = slot.take() else {
             return false;
         };
-        if self.cutoff.is_some_and(|cutoff| unstored.since() > cutoff) {
+        if !due {
             let since = unstored.since();
             *slot = Some(unstored);
             self.kept += 1;
@@ -453,10 +459,18 @@ impl SessionState {
             kept: 0,
             oldest: None,
         };
+        // In flight: the store numbers in-flight entries in the order they reach it, and sends
+        // them again in that order after a restart [MQTT-4.6.0-1]; so everything unstored
+        // before the last due entry goes too, oldest first (routing times of two publishers
+        // may be out of order by a little).
+        let last_due = self.inflight.iter().rposition(|entry| {
+            entry
+                .unstored
+                .as_ref()
+                .is_some_and(|unstored| sweep.due(unstored))
+        });
         let mut left = self.unstored;
-        // In flight first (bounded by the client's window), then the queue from the back:
-        // unstored deliveries are recent ones, so a long stored backlog is not walked.
-        for entry in self.inflight.iter_mut().rev() {
+        for (index, entry) in self.inflight.iter_mut().enumerate() {
             if left == 0 {
                 break;
             }
@@ -466,10 +480,13 @@ impl SessionState {
                 state: entry.state,
                 delivery: entry.delivery.stored(),
             };
-            if sweep.entry(&mut entry.unstored, &entry.delivery, change) {
+            let due = last_due.is_some_and(|last| index <= last);
+            if sweep.entry(&mut entry.unstored, &entry.delivery, due, change) {
                 left -= 1;
             }
         }
+        // The queue (whose order is in its keys) from the back: unstored deliveries are recent
+        // ones, so a long stored backlog is not walked.
         for queued in self.queue.iter_mut().rev() {
             if left == 0 {
                 break;
@@ -479,11 +496,47 @@ impl SessionState {
                 position: queued.position,
                 delivery: queued.delivery.stored(),
             };
-            if sweep.entry(&mut queued.unstored, &queued.delivery, change) {
+            let due = queued
+                .unstored
+                .as_ref()
+                .is_some_and(|unstored| sweep.due(unstored));
+            if sweep.entry(&mut queued.unstored, &queued.delivery, due, change) {
                 left -= 1;
             }
         }
         self.unstored = sweep.kept;
         sweep.oldest
+    }
+
+    /// Stores every unstored delivery in flight: before a stored delivery goes in flight
+    /// behind them, so the store keeps the order they were sent in.
+    pub(crate) fn store_unstored_inflight(
+        &mut self,
+        client_id: &MqttStr,
+        persist: Option<&dyn Persistence>,
+    ) {
+        if self.unstored == 0 || self.inflight.iter().all(|entry| entry.unstored.is_none()) {
+            return;
+        }
+        let persist = persist.filter(|_| self.stored);
+        let mut sweep = Sweep {
+            persist,
+            cutoff: None,
+            kept: 0,
+            oldest: None,
+        };
+        let mut stored = 0;
+        for entry in &mut self.inflight {
+            let change = || Change::Inflight {
+                client_id: client_id.clone(),
+                packet_id: entry.packet_id,
+                state: entry.state,
+                delivery: entry.delivery.stored(),
+            };
+            if sweep.entry(&mut entry.unstored, &entry.delivery, true, change) {
+                stored += 1;
+            }
+        }
+        self.unstored = self.unstored.saturating_sub(stored);
     }
 }

@@ -192,3 +192,82 @@ fn a_taken_over_connection_gets_no_puback_it_has_not_earned_mqtt_4_4_0_1() {
         "{flushed:?}"
     );
 }
+
+fn publish_qos2(packet_id: u16) -> Packet {
+    let Packet::Publish(publish) = publish(packet_id) else {
+        unreachable!()
+    };
+    Packet::Publish(Publish {
+        qos: QoS::ExactlyOnce,
+        ..publish
+    })
+}
+
+fn sent_ids(packets: &[Packet]) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some(publish.packet_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The store sends in-flight messages again after a restart in the order it got them, so
+/// unstored ones reach it in the order they were sent [MQTT-4.6.0-1]: oldest first when swept,
+/// and before a stored delivery sent after them.
+#[test]
+fn unstored_deliveries_reach_the_store_in_the_order_they_were_sent_mqtt_4_6_0_1() {
+    let (recorder, broker, mut publisher, mut subscriber, now) = setup();
+    for packet_id in 1..=3 {
+        publisher.handle_packet(publish(packet_id), now);
+    }
+    let sent = sent_ids(&transmit(&mut subscriber, now));
+    assert_eq!(sent.len(), 3);
+    broker.handle_timeout(now + Duration::from_millis(20));
+    assert_eq!(recorder.take_inflight(), sent, "swept oldest first");
+
+    // Two more unstored in flight, then a QoS 2 message (stored at once) sent behind them.
+    let later = now + Duration::from_millis(40);
+    publisher.handle_packet(publish(4), later);
+    publisher.handle_packet(publish(5), later);
+    publisher.handle_packet(publish_qos2(6), later);
+    let sent = sent_ids(&transmit(&mut subscriber, later));
+    assert_eq!(sent.len(), 3);
+    assert_eq!(
+        recorder.take_inflight(),
+        sent,
+        "stored before the QoS 2 one"
+    );
+}
+
+/// A session that stops being persistent (MQTT 5 reconnect with Session Expiry 0) keeps
+/// nothing: its unstored deliveries are not written, and their publishers are acknowledged.
+#[test]
+fn a_session_that_stops_being_persistent_stores_nothing_and_releases_its_publishers() {
+    let (recorder, broker, mut publisher, _subscriber, now) = setup();
+    recorder.set_durable(recorder.submitted());
+    publisher.handle_packet(publish(11), now);
+    let mut again = Connection::new(broker.clone(), Arc::new(common::Quiet), None, now);
+    again.handle_packet(
+        Packet::Connect(Box::new(tern_codec::Connect {
+            protocol: tern_codec::ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 60,
+            properties: Properties::default(),
+            client_id: text("subscriber"),
+            will: None,
+            username: None,
+            password: None,
+        })),
+        now,
+    );
+    let kinds = recorder.take_kinds();
+    assert!(kinds.contains(&"SessionEnded"), "{kinds:?}");
+    assert!(
+        kinds.iter().all(|kind| !DELIVERY_CHANGES.contains(kind)),
+        "nothing of the delivery is written: {kinds:?}"
+    );
+    recorder.set_durable(recorder.submitted());
+    assert!(is_puback(&transmit(&mut publisher, now), 11));
+}

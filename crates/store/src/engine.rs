@@ -478,7 +478,11 @@ impl Engine {
     /// Writes `batch` to the journal atomically and persists it with `mode`. The batch is kept
     /// by the caller, so a failed commit can be tried again with the same writes.
     pub(crate) fn commit(&self, batch: &Batch, mode: PersistMode) -> fjall::Result<()> {
-        let mut writes = self.spaces.db.batch().durability(Some(mode));
+        // Sized up front: grown by doubling, the engine's batch of a busy commit was copied
+        // a dozen times.
+        let mut writes =
+            fjall::OwnedWriteBatch::with_capacity(self.spaces.db.clone(), batch.writes.len())
+                .durability(Some(mode));
         for ((space, key), pending) in &batch.writes {
             match &pending.op {
                 Op::Put(value) => {

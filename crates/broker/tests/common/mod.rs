@@ -55,6 +55,8 @@ pub struct Recorder {
     events: Mutex<Vec<Event>>,
     seq: Mutex<u64>,
     durable: Mutex<u64>,
+    /// The packet identifiers of `Inflight` and `Dispatched` changes, in submission order.
+    inflight: Mutex<Vec<u16>>,
 }
 
 impl Default for Recorder {
@@ -63,6 +65,7 @@ impl Default for Recorder {
             events: Mutex::default(),
             seq: Mutex::default(),
             durable: Mutex::new(u64::MAX),
+            inflight: Mutex::default(),
         }
     }
 }
@@ -93,6 +96,9 @@ impl Persistence for Recorder {
     fn submit(&self, change: Change) -> u64 {
         let mut seq = self.seq.lock().unwrap();
         *seq += 1;
+        if let Change::Inflight { packet_id, .. } | Change::Dispatched { packet_id, .. } = &change {
+            self.inflight.lock().unwrap().push(*packet_id);
+        }
         self.events
             .lock()
             .unwrap()
@@ -123,6 +129,11 @@ impl Persistence for Recorder {
 }
 
 impl Recorder {
+    /// The packet identifiers stored in flight since the last call, in submission order.
+    pub fn take_inflight(&self) -> Vec<u16> {
+        std::mem::take(&mut *self.inflight.lock().unwrap())
+    }
+
     /// The kinds of the changes submitted since the last `take`.
     pub fn take_kinds(&self) -> Vec<&'static str> {
         self.take()

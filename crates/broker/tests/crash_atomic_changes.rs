@@ -13,13 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use common::{Event, Recorder, connect, text, transmit};
+use common::{Event, Recorder, connect, recorded_broker, text, transmit};
 use tern_broker::persist::Persistence;
-use tern_broker::{Broker, BrokerConfig, Connection, Hooks};
-use tern_codec::{
-    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
-};
+use tern_broker::{Broker, Connection};
+use tern_codec::{Ack, Packet, Properties, ProtocolVersion, Publish, QoS};
 
 /// The kinds submitted while a group was open, and those submitted outside any group.
 fn grouped(events: &[Event]) -> (Vec<&'static str>, Vec<&'static str>) {
@@ -38,32 +35,7 @@ fn grouped(events: &[Event]) -> (Vec<&'static str>, Vec<&'static str>) {
 }
 
 fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
-    let recorder = Arc::new(Recorder::default());
-    let broker = Broker::with_persistence(
-        BrokerConfig::default(),
-        Hooks::default(),
-        Some(recorder.clone() as Arc<dyn Persistence>),
-    );
-    let now = Instant::now();
-    let mut subscriber = connect(&broker, "subscriber", false, now);
-    subscriber.handle_packet(
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: text("plant/#"),
-                options: SubscriptionOptions {
-                    qos: QoS::ExactlyOnce,
-                    ..Default::default()
-                },
-            }],
-        }),
-        now,
-    );
-    transmit(&mut subscriber, now);
-    let publisher = connect(&broker, "publisher", false, now);
-    recorder.take();
-    (recorder, broker, publisher, subscriber, now)
+    recorded_broker("plant/#", QoS::ExactlyOnce, false)
 }
 
 fn publish(packet_id: u16, retain: bool) -> Packet {

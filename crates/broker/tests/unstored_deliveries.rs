@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Recorder, connect, text, transmit};
+use common::{Recorder, connect, recorded_broker, text, transmit};
 use tern_broker::persist::Persistence;
-use tern_broker::{Broker, BrokerConfig, Connection, Hooks};
-use tern_codec::{
-    Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription, SubscriptionOptions,
-};
+use tern_broker::{Broker, Connection};
+use tern_codec::{Ack, Packet, Properties, Publish, QoS};
 
 const DELIVERY_CHANGES: [&str; 6] = [
     "Message",
@@ -26,32 +24,7 @@ const DELIVERY_CHANGES: [&str; 6] = [
 ];
 
 fn setup() -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
-    let recorder = Arc::new(Recorder::default());
-    let broker = Broker::with_persistence(
-        BrokerConfig::default(),
-        Hooks::default(),
-        Some(recorder.clone() as Arc<dyn Persistence>),
-    );
-    let now = Instant::now();
-    let mut subscriber = connect(&broker, "subscriber", false, now);
-    subscriber.handle_packet(
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: text("meters/#"),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-        }),
-        now,
-    );
-    transmit(&mut subscriber, now);
-    let publisher = connect(&broker, "publisher", true, now);
-    recorder.take();
-    (recorder, broker, publisher, subscriber, now)
+    recorded_broker("meters/#", QoS::AtLeastOnce, true)
 }
 
 fn publish(packet_id: u16) -> Packet {

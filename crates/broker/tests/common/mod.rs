@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tern_broker::persist::{Change, Persistence};
-use tern_broker::{Broker, Connection, Wakeup};
-use tern_codec::{Connect, MqttStr, Packet, Properties, ProtocolVersion};
+use tern_broker::{Broker, BrokerConfig, Connection, Hooks, Wakeup};
+use tern_codec::{
+    Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, Subscribe, Subscription,
+    SubscriptionOptions,
+};
 
 /// A wakeup that does nothing: the tests poll their connections themselves.
 pub struct Quiet;
@@ -163,4 +166,40 @@ pub fn transmit(conn: &mut Connection, now: Instant) -> Vec<Packet> {
         packets.push(packet);
     }
     packets
+}
+
+/// A broker whose changes `Recorder` records, with a persistent "subscriber" (subscribed to
+/// `filter` at `qos`) and a "publisher" (persistent unless `clean_publisher`), both 3.1.1 and
+/// connected. Returns the recorder emptied, the broker, publisher, subscriber, and the time.
+pub fn recorded_broker(
+    filter: &str,
+    qos: QoS,
+    clean_publisher: bool,
+) -> (Arc<Recorder>, Arc<Broker>, Connection, Connection, Instant) {
+    let recorder = Arc::new(Recorder::default());
+    let broker = Broker::with_persistence(
+        BrokerConfig::default(),
+        Hooks::default(),
+        Some(recorder.clone() as Arc<dyn Persistence>),
+    );
+    let now = Instant::now();
+    let mut subscriber = connect(&broker, "subscriber", false, now);
+    subscriber.handle_packet(
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: text(filter),
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
+        }),
+        now,
+    );
+    transmit(&mut subscriber, now);
+    let publisher = connect(&broker, "publisher", clean_publisher, now);
+    recorder.take();
+    (recorder, broker, publisher, subscriber, now)
 }

@@ -27,7 +27,7 @@ use crate::session::{
     SessionExpiry, SessionState, SubscriptionRecord, Wakeup, is_stored,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
-use crate::unstored::{AckGate, Sweeper};
+use crate::unstored::{AckHold, Sweeper};
 
 /// A subscription a message is routed to, with the shared subscription it came through.
 type Target<'a> = (&'a Subscriber, Option<&'a MqttStr>);
@@ -471,13 +471,13 @@ impl Broker {
     }
 
     /// [`Broker::publish`], also returning the store sequence number its acknowledgement must
-    /// wait for (0: none). With `gate`, QoS 1 deliveries to connected persistent sessions may
-    /// stay unstored, holding the gate (see `unstored`).
+    /// wait for (0: none). With `hold`, QoS 1 deliveries to connected persistent sessions may
+    /// stay unstored, holding back the acknowledgement (see `unstored`).
     pub(crate) fn publish_tracked(
         &self,
         mut message: Message,
         now: Instant,
-        gate: Option<&Arc<AckGate>>,
+        hold: Option<&mut AckHold<'_>>,
     ) -> (usize, u64) {
         if message.qos != QoS::AtMostOnce && message.id == 0 {
             message.id = self.new_message_id();
@@ -486,7 +486,7 @@ impl Broker {
         if message.retain {
             seq = self.retain(&message);
         }
-        let (reached, route_seq) = self.route(&message, now, gate);
+        let (reached, route_seq) = self.route(&message, now, hold);
         (reached, seq.max(route_seq))
     }
 
@@ -517,7 +517,12 @@ impl Broker {
     /// several matching subscriptions gets one copy at the highest granted QoS, with the
     /// identifiers of all of them [MQTT-3.3.4-2, MQTT-3.3.4-3]; a shared group gives one copy to
     /// one member.
-    fn route(&self, message: &Message, now: Instant, gate: Option<&Arc<AckGate>>) -> (usize, u64) {
+    fn route(
+        &self,
+        message: &Message,
+        now: Instant,
+        mut hold: Option<&mut AckHold<'_>>,
+    ) -> (usize, u64) {
         let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
@@ -574,7 +579,7 @@ impl Broker {
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body_stored,
-                gate.map(|gate| (gate, now)),
+                hold.as_deref_mut().map(|hold| (hold, now)),
             );
             if list {
                 self.sweeper.list(&first.session, now);

@@ -14,7 +14,7 @@ use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::session::{InflightState, SessionExpiry, SubscriptionRecord};
-use crate::unstored::AckGate;
+use crate::unstored::AckHold;
 
 impl Connection {
     /// Handles one decoded packet from the client, received at `now`.
@@ -275,12 +275,13 @@ impl Connection {
 
         // A QoS 1 message's acknowledgement may wait for its subscribers instead of the store
         // (see `unstored`).
-        let gate = (publish.qos == QoS::AtLeastOnce
+        let mut hold = (publish.qos == QoS::AtLeastOnce
             && broker.persistence().is_some()
             && !config.unstored_grace.is_zero())
-        .then(|| AckGate::new(self.wakeup.clone()));
+        .then(|| AckHold::new(&self.wakeup));
         let message = Message::from_publish(publish, self.client_id.clone(), now);
-        let (reached, seq) = broker.publish_tracked(message, now, gate.as_ref());
+        let (reached, seq) = broker.publish_tracked(message, now, hold.as_mut());
+        let gate = hold.and_then(AckHold::into_gate);
         drop(group);
         if let Some(ack) = ack_packet {
             let code = if reached == 0 && version.is_v5() {

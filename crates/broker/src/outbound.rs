@@ -317,11 +317,9 @@ impl Transmit<'_> {
             } else {
                 InflightState::AwaitingPubRec
             };
-            if stored {
+            let seq = if stored {
                 // Unstored deliveries sent before it reach the store before it does.
                 state.store_unstored_inflight(self.client_id, self.broker.persistence());
-            }
-            let seq = if stored {
                 self.broker.persist(|| Change::Dispatched {
                     client_id: self.client_id.clone(),
                     position,

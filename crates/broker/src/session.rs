@@ -16,7 +16,7 @@ use tern_codec::{MqttStr, QoS, SubscriptionOptions};
 
 use crate::message::{Delivery, Message};
 use crate::persist::{Change, Persistence};
-use crate::unstored::{AckGate, Unstored};
+use crate::unstored::{AckHold, Unstored};
 
 /// Whether a delivery is stored when its session is persistent: QoS 1 and 2 messages with a
 /// stored body.
@@ -231,7 +231,7 @@ impl Session {
     /// is submitted as it is queued, preceded by its message body unless `body_stored` says
     /// that was done; returns the sequence number of the last change (0 for none).
     ///
-    /// With `gate` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
+    /// With `hold` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
     /// QoS 1 delivery to a stored session whose client is connected is queued unstored
     /// instead (see `unstored`); the third value is then true if the broker must add the
     /// session to the sessions it sweeps.
@@ -242,7 +242,7 @@ impl Session {
         queue_qos0_offline: bool,
         persist: Option<&dyn Persistence>,
         body_stored: &mut bool,
-        gate: Option<(&Arc<AckGate>, Instant)>,
+        hold: Option<(&mut AckHold<'_>, Instant)>,
     ) -> (Enqueued, u64, bool) {
         let mut state = self.lock();
         if state.ended || max_queued == 0 {
@@ -270,7 +270,7 @@ impl Session {
         }
         let position = state.next_position;
         state.next_position += 1;
-        let unstored = gate
+        let unstored = hold
             .filter(|_| {
                 persist.is_some()
                     && state.owner.is_some()
@@ -278,7 +278,7 @@ impl Session {
                     && delivery.shared_filter.is_none()
                     && is_stored(&delivery)
             })
-            .map(|(gate, now)| Unstored::new(gate, now));
+            .map(|(hold, now)| hold.unstored(now));
         let mut list = false;
         if unstored.is_some() {
             state.unstored += 1;
@@ -331,7 +331,16 @@ struct Sweep<'a> {
     oldest: Option<Instant>,
 }
 
-impl Sweep<'_> {
+impl<'a> Sweep<'a> {
+    fn new(persist: Option<&'a dyn Persistence>, cutoff: Option<Instant>) -> Sweep<'a> {
+        Sweep {
+            persist,
+            cutoff,
+            kept: 0,
+            oldest: None,
+        }
+    }
+
     /// Whether an unstored delivery is old enough to be stored.
     fn due(&self, unstored: &Unstored) -> bool {
         self.cutoff.is_none_or(|cutoff| unstored.since() <= cutoff)
@@ -452,39 +461,16 @@ impl SessionState {
         persist: Option<&dyn Persistence>,
         cutoff: Option<Instant>,
     ) -> Option<Instant> {
-        let persist = persist.filter(|_| self.stored);
-        let mut sweep = Sweep {
-            persist,
-            cutoff,
-            kept: 0,
-            oldest: None,
-        };
-        // In flight: the store numbers in-flight entries in the order they reach it, and sends
-        // them again in that order after a restart [MQTT-4.6.0-1]; so everything unstored
-        // before the last due entry goes too, oldest first (routing times of two publishers
-        // may be out of order by a little).
+        let mut sweep = Sweep::new(persist.filter(|_| self.stored), cutoff);
         let last_due = self.inflight.iter().rposition(|entry| {
             entry
                 .unstored
                 .as_ref()
                 .is_some_and(|unstored| sweep.due(unstored))
         });
-        let mut left = self.unstored;
-        for (index, entry) in self.inflight.iter_mut().enumerate() {
-            if left == 0 {
-                break;
-            }
-            let change = || Change::Inflight {
-                client_id: client_id.clone(),
-                packet_id: entry.packet_id,
-                state: entry.state,
-                delivery: entry.delivery.stored(),
-            };
-            let due = last_due.is_some_and(|last| index <= last);
-            if sweep.entry(&mut entry.unstored, &entry.delivery, due, change) {
-                left -= 1;
-            }
-        }
+        let mut left = self
+            .unstored
+            .saturating_sub(self.sweep_inflight(client_id, &mut sweep, last_due));
         // The queue (whose order is in its keys) from the back: unstored deliveries are recent
         // ones, so a long stored backlog is not walked.
         for queued in self.queue.iter_mut().rev() {
@@ -515,28 +501,38 @@ impl SessionState {
         client_id: &MqttStr,
         persist: Option<&dyn Persistence>,
     ) {
-        if self.unstored == 0 || self.inflight.iter().all(|entry| entry.unstored.is_none()) {
+        if self.unstored == 0 {
             return;
         }
-        let persist = persist.filter(|_| self.stored);
-        let mut sweep = Sweep {
-            persist,
-            cutoff: None,
-            kept: 0,
-            oldest: None,
-        };
-        let mut stored = 0;
-        for entry in &mut self.inflight {
+        let mut sweep = Sweep::new(persist.filter(|_| self.stored), None);
+        let seen = self.sweep_inflight(client_id, &mut sweep, Some(usize::MAX));
+        self.unstored = self.unstored.saturating_sub(seen);
+    }
+
+    /// Stores the unstored in-flight deliveries up to index `through`, oldest first, and keeps
+    /// the later ones: the store numbers in-flight entries in the order they reach it and sends
+    /// them again in that order after a restart [MQTT-4.6.0-1], so none may overtake an older
+    /// one (routing times of two publishers may be out of order by a little). Returns how many
+    /// were unstored.
+    fn sweep_inflight(
+        &mut self,
+        client_id: &MqttStr,
+        sweep: &mut Sweep<'_>,
+        through: Option<usize>,
+    ) -> usize {
+        let mut seen = 0;
+        for (index, entry) in self.inflight.iter_mut().enumerate() {
             let change = || Change::Inflight {
                 client_id: client_id.clone(),
                 packet_id: entry.packet_id,
                 state: entry.state,
                 delivery: entry.delivery.stored(),
             };
-            if sweep.entry(&mut entry.unstored, &entry.delivery, true, change) {
-                stored += 1;
+            let due = through.is_some_and(|last| index <= last);
+            if sweep.entry(&mut entry.unstored, &entry.delivery, due, change) {
+                seen += 1;
             }
         }
-        self.unstored = self.unstored.saturating_sub(stored);
+        seen
     }
 }

@@ -64,6 +64,33 @@ impl AckGate {
     }
 }
 
+/// A QoS 1 PUBLISH's acknowledgement while its message is routed: the gate is made when the
+/// first delivery stays unstored, so a publish without one allocates nothing for it.
+pub(crate) struct AckHold<'a> {
+    wakeup: &'a Arc<dyn Wakeup>,
+    gate: Option<Arc<AckGate>>,
+}
+
+impl<'a> AckHold<'a> {
+    /// `wakeup` is the publisher connection's.
+    pub(crate) fn new(wakeup: &'a Arc<dyn Wakeup>) -> AckHold<'a> {
+        AckHold { wakeup, gate: None }
+    }
+
+    /// The hold of one more delivery left unstored, routed at `now`.
+    pub(crate) fn unstored(&mut self, now: Instant) -> Unstored {
+        let gate = self
+            .gate
+            .get_or_insert_with(|| AckGate::new(self.wakeup.clone()));
+        Unstored::new(gate, now)
+    }
+
+    /// The gate, if a delivery stayed unstored.
+    pub(crate) fn into_gate(self) -> Option<Arc<AckGate>> {
+        self.gate
+    }
+}
+
 /// One unstored delivery's hold on its publisher's [`AckGate`]: the acknowledgement waits while
 /// it lives. Dropping it (the subscriber acknowledged, or the delivery was discarded with its
 /// session or by a limit) lets the acknowledgement go; [`Unstored::stored`] makes it wait for
@@ -147,20 +174,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// periods after it was routed.
 pub(crate) struct Sweeper {
     grace: Duration,
-    /// Each session at most once (its `listed` flag says whether it is here).
-    sessions: Mutex<Vec<Arc<Session>>>,
-    /// When the list last stopped being empty, or was last swept.
-    last: Mutex<Option<Instant>>,
+    listed: Mutex<Listed>,
     /// The timer task's, woken when the list stops being empty.
     wakeup: Mutex<Option<Arc<dyn Wakeup>>>,
+}
+
+#[derive(Default)]
+struct Listed {
+    /// Each session at most once (its `listed` flag says whether it is here).
+    sessions: Vec<Arc<Session>>,
+    /// When the list last stopped being empty, or was last swept.
+    since: Option<Instant>,
 }
 
 impl Sweeper {
     pub(crate) fn new(grace: Duration) -> Sweeper {
         Sweeper {
             grace,
-            sessions: Mutex::default(),
-            last: Mutex::default(),
+            listed: Mutex::default(),
             wakeup: Mutex::default(),
         }
     }
@@ -172,34 +203,41 @@ impl Sweeper {
     /// Adds a session whose `listed` flag its caller has just set.
     pub(crate) fn list(&self, session: &Arc<Session>, now: Instant) {
         let first = {
-            let mut sessions = lock(&self.sessions);
-            sessions.push(session.clone());
-            sessions.len() == 1
-        };
-        if first {
-            *lock(&self.last) = Some(now);
-            if let Some(wakeup) = lock(&self.wakeup).as_ref() {
-                wakeup.wake();
+            let mut listed = lock(&self.listed);
+            listed.sessions.push(session.clone());
+            if listed.sessions.len() == 1 {
+                listed.since = Some(now);
             }
+            listed.sessions.len() == 1
+        };
+        if first && let Some(wakeup) = lock(&self.wakeup).as_ref() {
+            wakeup.wake();
         }
     }
 
     /// When the next sweep is due, if anything is listed.
     pub(crate) fn due(&self) -> Option<Instant> {
-        if lock(&self.sessions).is_empty() {
+        self.due_for(&lock(&self.listed))
+    }
+
+    fn due_for(&self, listed: &Listed) -> Option<Instant> {
+        if listed.sessions.is_empty() {
             return None;
         }
-        lock(&self.last).map(|last| last + self.grace / 2)
+        listed.since.map(|since| since + self.grace / 2)
     }
 
     /// Stores the deliveries unstored for longer than the grace period, if a sweep is due.
     pub(crate) fn sweep(&self, persist: Option<&dyn Persistence>, now: Instant) {
-        if self.due().is_none_or(|due| due > now) {
-            return;
-        }
-        *lock(&self.last) = Some(now);
+        let sessions = {
+            let mut listed = lock(&self.listed);
+            if self.due_for(&listed).is_none_or(|due| due > now) {
+                return;
+            }
+            listed.since = Some(now);
+            std::mem::take(&mut listed.sessions)
+        };
         let cutoff = now.checked_sub(self.grace);
-        let sessions = std::mem::take(&mut *lock(&self.sessions));
         let mut still = Vec::new();
         for session in sessions {
             let mut state = session.lock();
@@ -215,7 +253,7 @@ impl Sweeper {
             }
         }
         if !still.is_empty() {
-            lock(&self.sessions).append(&mut still);
+            lock(&self.listed).sessions.append(&mut still);
         }
     }
 }

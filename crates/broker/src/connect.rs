@@ -175,7 +175,6 @@ impl Connection {
             None => None,
             Some(will) => {
                 let allowed = config.topic_within_limits(&will.topic)
-                    && !will.topic.starts_with('$')
                     && broker.authorizer().may_publish(&client, &will.topic);
                 if !allowed {
                     return self.refuse(ReasonCode::NotAuthorized, now);

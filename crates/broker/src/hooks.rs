@@ -1,6 +1,7 @@
 //! The plug-in points of the core: authentication of a CONNECT and authorisation of each publish
 //! and subscribe. The server plugs in password files, ACLs or remote back ends; the core only
-//! sees these traits. The defaults allow everything.
+//! sees these traits. The defaults let every client in and allow everything but publishing to
+//! the broker's own `$` topics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,15 +33,40 @@ pub struct ClientInfo {
     pub peer: Option<SocketAddr>,
 }
 
-/// Decides, per topic, what an authenticated client may do.
+/// Decides, per topic, what an authenticated client may do. Topics that begin with `$` (such as
+/// `$SYS/...`) are the broker's [MQTT-4.7.2-1]: the core treats them like any other topic, so
+/// an authorizer that opens one to clients (an access rule) is obeyed; [`DefaultAccess`]
+/// refuses them all.
 pub trait Authorizer: Send + Sync {
     fn may_publish(&self, client: &ClientInfo, topic: &str) -> bool;
     fn may_subscribe(&self, client: &ClientInfo, filter: &str) -> bool;
 }
 
-/// Lets everyone in and allows everything.
+/// Lets everyone in and allows everything, `$` topics included.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
+
+/// The default authorizer: every subscription, and every publish except to a topic that begins
+/// with `$`, which clients may not write into (a client could otherwise forge `$SYS` values).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultAccess;
+
+impl DefaultAccess {
+    /// Whether `topic` is one of the broker's own (`$SYS/...` and the like).
+    pub fn is_reserved(topic: &str) -> bool {
+        topic.starts_with('$')
+    }
+}
+
+impl Authorizer for DefaultAccess {
+    fn may_publish(&self, _: &ClientInfo, topic: &str) -> bool {
+        !DefaultAccess::is_reserved(topic)
+    }
+
+    fn may_subscribe(&self, _: &ClientInfo, _: &str) -> bool {
+        true
+    }
+}
 
 impl Authenticator for AllowAll {
     fn authenticate(&self, _: &Credentials<'_>) -> Result<(), ReasonCode> {
@@ -95,7 +121,7 @@ impl Default for Hooks {
     fn default() -> Hooks {
         Hooks {
             authenticator: Arc::new(AllowAll),
-            authorizer: Arc::new(AllowAll),
+            authorizer: Arc::new(DefaultAccess),
             enhanced: Vec::new(),
         }
     }

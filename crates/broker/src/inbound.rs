@@ -305,19 +305,18 @@ impl Connection {
         }
     }
 
-    /// Why a PUBLISH may not be forwarded, if it may not: topic limits, `$` topics (reserved for
-    /// the broker), or the authoriser.
+    /// Why a PUBLISH may not be forwarded, if it may not: topic limits, or the authoriser (whose
+    /// default refuses the broker's `$` topics).
     fn publish_refusal(&self, publish: &Publish) -> Option<ReasonCode> {
         let active = self.active()?;
         let config = self.broker.config();
         if !config.topic_within_limits(&publish.topic) {
             return Some(ReasonCode::TopicNameInvalid);
         }
-        if publish.topic.starts_with('$')
-            || !self
-                .broker
-                .authorizer()
-                .may_publish(&active.client, &publish.topic)
+        if !self
+            .broker
+            .authorizer()
+            .may_publish(&active.client, &publish.topic)
         {
             return Some(ReasonCode::NotAuthorized);
         }

@@ -31,7 +31,7 @@ pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection};
 pub use hooks::{
-    AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
+    AllowAll, AuthExchange, DefaultAccess, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
     EnhancedAuthenticator, Hooks,
 };
 pub use message::{Delivery, Message, SubscriptionIds};

@@ -4,9 +4,8 @@
 //! Lock order, everywhere: registry, then subscription index, then a session. Retained messages
 //! are locked alone. No code path takes them in another order, so they cannot deadlock.
 
-use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -124,31 +123,15 @@ enum TimerKind {
     WillDelay,
 }
 
-/// A deadline of an offline session; checked against the session when it fires, so a stale
-/// timer (the client came back) does nothing.
-#[derive(Debug)]
-struct Timer {
-    at: Instant,
-    seq: u64,
-    kind: TimerKind,
-    session: Arc<Session>,
-}
+/// A deadline of an offline session: when, which session (by address: unique while the timer
+/// holds the session) and what for. The key is made from the session's own state (its
+/// `expires_at`, its pending will's `publish_at`), so whoever changes that state can find the
+/// timer and cancel it: a client that comes back removes its timers, and 10 000 reconnects
+/// leave at most one timer of each kind per session, not 10 000.
+type TimerKey = (Instant, usize, TimerKind);
 
-impl PartialEq for Timer {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Timer {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
+fn timer_key(at: Instant, kind: TimerKind, session: &Arc<Session>) -> TimerKey {
+    (at, Arc::as_ptr(session) as usize, kind)
 }
 
 /// The result of attaching a connection to a session at CONNECT.
@@ -165,8 +148,10 @@ pub struct Broker {
     sessions: Mutex<Registry>,
     subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
     retained: RwLock<RetainedIndex>,
-    timers: Mutex<BinaryHeap<Reverse<Timer>>>,
-    timer_seq: AtomicU64,
+    /// Deadlines of offline sessions and delayed wills, earliest first. An entry goes when it
+    /// fires, when the session resumes, or when the session ends (see [`TimerKey`]). Locked
+    /// alone or last: no other lock is taken while it is held.
+    timers: Mutex<BTreeMap<TimerKey, Arc<Session>>>,
     hooks: Hooks,
     /// Where changes go to become durable; `None` keeps everything in memory.
     persistence: Option<Arc<dyn Persistence>>,
@@ -221,8 +206,7 @@ impl Broker {
             sessions: Mutex::new(Registry::with_capacity(INITIAL_CLIENTS)),
             subscriptions: RwLock::new(SubscriptionIndex::default()),
             retained: RwLock::new(RetainedIndex::default()),
-            timers: Mutex::new(BinaryHeap::new()),
-            timer_seq: AtomicU64::new(0),
+            timers: Mutex::new(BTreeMap::new()),
             hooks,
             persistence,
             next_message_id: AtomicU64::new(1),
@@ -858,9 +842,9 @@ impl Broker {
                 session.publish_owner(state.owner);
                 state.wakeup = Some(wakeup);
                 state.expiry = expiry;
-                state.expires_at = None;
-                // Back before the will delay ran out: the will is not sent [MQTT-3.1.3-9].
-                state.pending_will = None;
+                // Back in time: the session does not expire, and a will whose delay has not run
+                // out is not sent [MQTT-3.1.3-9]; their timers go with them.
+                self.cancel_timers(&session, &mut state);
                 state.mark_all_for_resend();
                 let seq = self.store_session(&session, &mut state, true);
                 drop(state);
@@ -1003,7 +987,10 @@ impl Broker {
             }
             SessionExpiry::After(duration) => {
                 let at = now + duration;
-                state.expires_at = Some(at);
+                // (The will's timer, set just before, stays.)
+                if let Some(earlier) = state.expires_at.replace(at) {
+                    self.remove_timer(earlier, TimerKind::SessionExpiry, session);
+                }
                 self.store_session(session, &mut state, false);
                 drop(state);
                 self.add_timer(at, TimerKind::SessionExpiry, session);
@@ -1016,21 +1003,40 @@ impl Broker {
 
     /// Schedules the will of a session whose connection has gone, for when its delay runs out.
     pub(crate) fn defer_will(&self, session: &Arc<Session>, will: Arc<Message>, at: Instant) {
-        session.lock().pending_will = Some(Box::new(crate::session::PendingWill {
-            message: will,
-            publish_at: at,
-        }));
+        let replaced = session
+            .lock()
+            .pending_will
+            .replace(Box::new(crate::session::PendingWill {
+                message: will,
+                publish_at: at,
+            }));
+        if let Some(replaced) = replaced {
+            self.remove_timer(replaced.publish_at, TimerKind::WillDelay, session);
+        }
         self.add_timer(at, TimerKind::WillDelay, session);
     }
 
     fn add_timer(&self, at: Instant, kind: TimerKind, session: &Arc<Session>) {
-        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
-        lock(&self.timers).push(Reverse(Timer {
-            at,
-            seq,
-            kind,
-            session: session.clone(),
-        }));
+        lock(&self.timers).insert(timer_key(at, kind, session), session.clone());
+    }
+
+    fn remove_timer(&self, at: Instant, kind: TimerKind, session: &Arc<Session>) {
+        lock(&self.timers).remove(&timer_key(at, kind, session));
+    }
+
+    /// Clears the session's expiry deadline and pending will, and removes their timers.
+    fn cancel_timers(&self, session: &Arc<Session>, state: &mut SessionState) {
+        if let Some(at) = state.expires_at.take() {
+            self.remove_timer(at, TimerKind::SessionExpiry, session);
+        }
+        if let Some(will) = &state.pending_will {
+            self.remove_timer(will.publish_at, TimerKind::WillDelay, session);
+        }
+    }
+
+    /// Timers waiting to fire: session expiries and delayed wills of offline sessions.
+    pub fn pending_timers(&self) -> usize {
+        lock(&self.timers).len()
     }
 
     /// Ends a session: removes it from the registry and its subscriptions from the index,
@@ -1068,6 +1074,12 @@ impl Broker {
             return None;
         }
         state.ended = true;
+        if let Some(at) = state.expires_at.take() {
+            self.remove_timer(at, TimerKind::SessionExpiry, session);
+        }
+        if let Some(will) = &state.pending_will {
+            self.remove_timer(will.publish_at, TimerKind::WillDelay, session);
+        }
         let group = if state.stored && state.pending_will.is_some() {
             self.atomic()
         } else {
@@ -1111,7 +1123,7 @@ impl Broker {
     /// The earliest deadline of an offline session or delayed will, or of the next sweep of
     /// unstored deliveries.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timer = lock(&self.timers).peek().map(|Reverse(timer)| timer.at);
+        let timer = lock(&self.timers).first_key_value().map(|(&(at, ..), _)| at);
         match (timer, self.sweeper.due()) {
             (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
             (timer, sweep) => timer.or(sweep),
@@ -1131,35 +1143,37 @@ impl Broker {
         loop {
             let timer = {
                 let mut timers = lock(&self.timers);
-                match timers.peek() {
-                    Some(Reverse(timer)) if timer.at <= now => timers.pop().map(|Reverse(t)| t),
+                match timers.first_key_value() {
+                    Some((&(at, ..), _)) if at <= now => timers.pop_first(),
                     _ => None,
                 }
             };
-            let Some(timer) = timer else { return };
-            match timer.kind {
+            let Some(((at, _, kind), session)) = timer else {
+                return;
+            };
+            match kind {
                 TimerKind::SessionExpiry => {
                     let due = {
-                        let state = timer.session.lock();
-                        !state.ended && state.owner.is_none() && state.expires_at == Some(timer.at)
+                        let state = session.lock();
+                        !state.ended && state.owner.is_none() && state.expires_at == Some(at)
                     };
                     if due {
                         Metrics::bump(&self.metrics.sessions_expired);
-                        self.end_session(&timer.session, now);
+                        self.end_session(&session, now);
                     }
                 }
                 TimerKind::WillDelay => {
                     let will = {
-                        let mut state = timer.session.lock();
+                        let mut state = session.lock();
                         match &state.pending_will {
-                            Some(will) if will.publish_at == timer.at && state.owner.is_none() => {
+                            Some(will) if will.publish_at == at && state.owner.is_none() => {
                                 state.pending_will.take()
                             }
                             _ => None,
                         }
                     };
                     if let Some(will) = will {
-                        let session = &timer.session;
+                        let session = &session;
                         // A stored will is published and forgotten in one commit: never lost,
                         // never twice.
                         let stored = session.lock().stored;

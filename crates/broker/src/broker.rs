@@ -1,8 +1,9 @@
 //! The state all connections share: the session registry, the subscription index, the retained
 //! messages, the timers of offline sessions, the hooks and the counters.
 //!
-//! Lock order, everywhere: registry, then subscription index, then a session. Retained messages
-//! are locked alone. No code path takes them in another order, so they cannot deadlock.
+//! Lock order, everywhere: registry, then subscription index, then a session, then the retained
+//! messages (a session streaming its retained set reads them under its lock); the timers are
+//! locked last. No code path takes them in another order, so they cannot deadlock.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet};
@@ -490,11 +491,16 @@ impl Broker {
         }
     }
 
-    /// Retained messages matching `filter` that have not expired.
-    pub(crate) fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
-        let mut found = read(&self.retained).matching(filter);
-        found.retain(|message| !message.is_expired(now));
-        found
+    /// Appends up to `limit` retained messages matching `filter` whose topics come after
+    /// `after` in the index's order; true once none is left (see `retained_stream`).
+    pub(crate) fn retained_batch(
+        &self,
+        filter: &str,
+        after: Option<&MqttStr>,
+        limit: usize,
+        out: &mut Vec<Arc<Message>>,
+    ) -> bool {
+        read(&self.retained).matching_after(filter, after.map(MqttStr::as_str), limit, out)
     }
 
     /// Matches the message once and gives each matching session one delivery. A session with
@@ -793,6 +799,8 @@ impl Broker {
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();
         let existed = state.subscriptions.remove(filter).is_some();
+        // No more of its retained set either [MQTT-3.10.4-2].
+        state.stop_retained(filter);
         let seq = if existed && state.is_persistent() {
             self.persist(|| Change::Unsubscribed {
                 client_id: session.client_id().clone(),

@@ -10,7 +10,7 @@ use tern_codec::{
 };
 
 use crate::connection::{Active, CloseReason, Connection, Phase};
-use crate::message::{Delivery, Message, SubscriptionIds};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::session::{InflightState, SessionExpiry, SubscriptionRecord};
@@ -75,7 +75,7 @@ impl Connection {
             Packet::PubRec(ack) => self.on_pubrec(&ack),
             Packet::PubRel(ack) => self.on_pubrel(&ack),
             Packet::PubComp(ack) => self.on_pubcomp(&ack),
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, now),
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => self.send(Packet::PingResp, 0),
             Packet::Disconnect(disconnect) => self.on_disconnect(disconnect, now),
@@ -434,7 +434,7 @@ impl Connection {
         self.ack(PacketType::PubComp, ack.packet_id, code, barrier);
     }
 
-    fn on_subscribe(&mut self, subscribe: Subscribe, now: Instant) {
+    fn on_subscribe(&mut self, subscribe: Subscribe) {
         let Some(active) = self.active() else { return };
         let version = active.version;
         let session = active.session.clone();
@@ -506,22 +506,7 @@ impl Connection {
                 RetainHandling::DoNotSend => false,
             };
             if send_retained && !shared {
-                for message in broker.retained_matching(&filter, now) {
-                    let qos = message.qos.min(granted);
-                    let message = if qos == QoS::AtMostOnce {
-                        message
-                    } else {
-                        broker.with_message_id(message)
-                    };
-                    retained.push(Delivery {
-                        qos,
-                        retain: true,
-                        message: std::sync::Arc::unwrap_or_clone(message),
-                        subscription_ids: identifier
-                            .map_or(SubscriptionIds::None, SubscriptionIds::One),
-                        shared_filter: None,
-                    });
-                }
+                retained.push((filter, granted));
             }
         }
         let worst = reason_codes.iter().copied().find(|code| code.is_error());
@@ -533,19 +518,12 @@ impl Connection {
             reason_codes,
         };
         self.send(Packet::SubAck(suback), barrier);
-        for delivery in retained {
-            let id = delivery.message.id;
-            let mut body_stored = false;
-            session.enqueue(
-                delivery,
-                config.max_queued_messages,
-                true,
-                broker.persistence(),
-                &mut body_stored,
-                None,
-            );
-            if body_stored {
-                broker.persist(|| Change::MessageRouted { id });
+        // Streamed from the index as the connection can take them, not copied into the queue
+        // (whose limit would cut a large set): see `retained_stream`.
+        if !retained.is_empty() {
+            let mut state = session.lock();
+            for (filter, granted) in retained {
+                state.stream_retained(filter, granted, identifier);
             }
         }
     }

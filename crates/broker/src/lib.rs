@@ -23,6 +23,7 @@ mod metrics;
 mod outbound;
 pub mod persist;
 mod retained;
+mod retained_stream;
 mod session;
 pub mod subscriptions;
 mod unstored;

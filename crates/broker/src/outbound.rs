@@ -13,6 +13,7 @@ use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::session::{Inflight, InflightState, QueuedDelivery, SessionState, is_stored};
+use crate::unstored::Unstored;
 
 /// Builds the PUBLISH of `delivery` for a client of `version`. `alias` is the topic alias to use
 /// and whether the client already knows it (then the topic is left out).
@@ -250,27 +251,15 @@ impl Transmit<'_> {
         state.pending == 0
     }
 
-    /// Sends queued messages in order; QoS 1/2 ones enter the in-flight window.
+    /// Sends queued messages in order, taking turns with the retained sets being streamed for
+    /// new subscriptions; QoS 1/2 ones enter the in-flight window.
     fn queued(&mut self, state: &mut SessionState) -> bool {
         let metrics = self.broker.metrics();
         loop {
             if self.full() {
-                return !state.queue.is_empty();
+                return !state.queue.is_empty() || state.retained.is_some();
             }
-            let window_full = state.inflight.len() >= self.active.send_window;
-            let Some(front) = state.queue.front() else {
-                return false;
-            };
-            if window_full && front.delivery.qos != QoS::AtMostOnce {
-                // Order is kept: nothing overtakes a message waiting for the window.
-                return false;
-            }
-            let Some(QueuedDelivery {
-                position,
-                delivery,
-                unstored,
-            }) = state.queue.pop_front()
-            else {
+            let Some((position, delivery, unstored)) = self.next_delivery(state) else {
                 return false;
             };
             // An unstored delivery goes in flight unstored; dropped, it just lets go of its
@@ -280,18 +269,20 @@ impl Transmit<'_> {
                 // Counted again if it goes in flight.
                 state.unstored = state.unstored.saturating_sub(1);
             }
-            // A delivery dropped unsent only leaves the queue; one that is sent moves in flight
-            // with `Change::Dispatched`.
-            let unqueued = || Change::Unqueued {
-                client_id: self.client_id.clone(),
-                position,
+            // A queued delivery dropped unsent only leaves the queue; one that is sent moves in
+            // flight with `Change::Dispatched`. A streamed retained one was never stored.
+            let unqueued = |position: Option<u64>| {
+                if let Some(position) = position.filter(|_| stored) {
+                    self.broker.persist(|| Change::Unqueued {
+                        client_id: self.client_id.clone(),
+                        position,
+                    });
+                }
             };
             if delivery.message.is_expired(self.now) {
                 // An expired message is not delivered [MQTT-3.3.2-5].
                 Metrics::bump(&metrics.messages_dropped_expired);
-                if stored {
-                    self.broker.persist(unqueued);
-                }
+                unqueued(position);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
@@ -305,9 +296,7 @@ impl Transmit<'_> {
                 if too_large(&probe, self.active.version, max) {
                     // Dropped as if it had been sent [MQTT-3.1.2-25].
                     Metrics::bump(&metrics.messages_dropped_too_large);
-                    if stored {
-                        self.broker.persist(unqueued);
-                    }
+                    unqueued(position);
                     continue;
                 }
             }
@@ -320,13 +309,7 @@ impl Transmit<'_> {
             let seq = if stored {
                 // Unstored deliveries sent before it reach the store before it does.
                 state.store_unstored_inflight(self.client_id, self.broker.persistence());
-                self.broker.persist(|| Change::Dispatched {
-                    client_id: self.client_id.clone(),
-                    position,
-                    packet_id,
-                    state: waiting,
-                    delivery: delivery.stored(),
-                })
+                self.store_dispatched(position, packet_id, waiting, &delivery)
             } else {
                 0
             };
@@ -352,6 +335,80 @@ impl Transmit<'_> {
                 state.pending += 1;
                 self.waiting_for = Some(seq);
                 return false;
+            }
+        }
+    }
+
+    /// The next delivery to send — its queue position (none for a streamed retained message)
+    /// and whether it is unstored — from the queue or a retained stream, whichever may go;
+    /// when both may, they take turns. A QoS 1/2 delivery waits while the in-flight window is
+    /// full, and nothing in the queue overtakes one that waits.
+    fn next_delivery(
+        &mut self,
+        state: &mut SessionState,
+    ) -> Option<(Option<u64>, Delivery, Option<Unstored>)> {
+        let window_full = state.inflight.len() >= self.active.send_window;
+        let may_go = |qos: QoS| !window_full || qos == QoS::AtMostOnce;
+        let queue_ready = state
+            .queue
+            .front()
+            .is_some_and(|front| may_go(front.delivery.qos));
+        let streams = state.retained.as_mut();
+        let stream_qos = streams.and_then(|streams| streams.next_qos(self.broker));
+        if stream_qos.is_none() {
+            // Every retained set has been sent.
+            state.retained = None;
+        }
+        let stream_ready = stream_qos.is_some_and(may_go);
+        let from_stream = match (queue_ready, stream_ready) {
+            (false, false) => return None,
+            (true, false) => false,
+            (false, true) => true,
+            (true, true) => state.retained.as_mut().is_some_and(|s| s.take_turn()),
+        };
+        if from_stream {
+            let delivery = state.retained.as_mut()?.take(self.broker)?;
+            return Some((None, delivery, None));
+        }
+        let QueuedDelivery {
+            position,
+            delivery,
+            unstored,
+        } = state.queue.pop_front()?;
+        Some((Some(position), delivery, unstored))
+    }
+
+    /// Submits a delivery going in flight: a queued one moves from the queue in one change; a
+    /// streamed retained one is stored with its body, as the router would store it.
+    fn store_dispatched(
+        &self,
+        position: Option<u64>,
+        packet_id: u16,
+        waiting: InflightState,
+        delivery: &Delivery,
+    ) -> u64 {
+        let client_id = || self.client_id.clone();
+        match position {
+            Some(position) => self.broker.persist(|| Change::Dispatched {
+                client_id: client_id(),
+                position,
+                packet_id,
+                state: waiting,
+                delivery: delivery.stored(),
+            }),
+            None => {
+                self.broker
+                    .persist(|| Change::Message(delivery.message.clone()));
+                let seq = self.broker.persist(|| Change::Inflight {
+                    client_id: client_id(),
+                    packet_id,
+                    state: waiting,
+                    delivery: delivery.stored(),
+                });
+                self.broker.persist(|| Change::MessageRouted {
+                    id: delivery.message.id,
+                });
+                seq
             }
         }
     }

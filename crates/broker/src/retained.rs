@@ -5,8 +5,16 @@
 //! whole subtree (the node itself included). The cost of a look-up is the number of nodes the
 //! filter's wildcards cover, not the number of retained messages. As for subscriptions, a filter
 //! whose first level is a wildcard does not reach topics that begin with `$` [MQTT-4.7.2-1].
+//!
+//! Children are ordered by level name, so a look-up walks the matching topics in one fixed
+//! order: a topic before the topics below it, siblings by name. A look-up can therefore stop
+//! after a batch and resume after the last topic it returned ([`RetainedIndex::matching_after`]),
+//! which is how a subscription to a large retained set is streamed to its client without
+//! copying the set: a resumed walk costs one descent along the last topic's path
+//! (`O(depth × log fan-out)`) plus the batch.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound::{Included, Unbounded};
 use std::sync::Arc;
 
 use crate::message::Message;
@@ -14,7 +22,7 @@ use crate::subscriptions::split_level;
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: BTreeMap<Box<str>, Node>,
     message: Option<Arc<Message>>,
 }
 
@@ -23,13 +31,117 @@ impl Node {
         self.children.is_empty() && self.message.is_none()
     }
 
-    fn collect_all<'a>(&'a self, out: &mut Vec<&'a Arc<Message>>) {
-        out.extend(self.message.iter());
-        for child in self.children.values() {
-            child.collect_all(out);
+    /// The children that come after `from` in walk order, each with its own part of the bound.
+    fn children_after<'n, 'b>(
+        &'n self,
+        from: From<'b>,
+    ) -> impl Iterator<Item = (&'n str, &'n Node, From<'b>)> {
+        // Below the resume point's path, `rest` names the next level of that path: the child of
+        // that name continues the bound, later siblings are all new, earlier ones are done.
+        let (range, on_path) = match from {
+            From::Start | From::After(None) => ((Unbounded, Unbounded), None),
+            From::After(Some(rest)) => {
+                let (level, below) = split_level(rest);
+                ((Included(level), Unbounded), Some((level, below)))
+            }
+        };
+        self.children
+            .range::<str, _>(range)
+            .map(move |(name, child)| {
+                let bound = match on_path {
+                    Some((level, below)) if &**name == level => From::After(below),
+                    _ => From::Start,
+                };
+                (&**name, child, bound)
+            })
+    }
+}
+
+/// Where a walk resumes, relative to the node it is at.
+#[derive(Debug, Clone, Copy)]
+enum From<'a> {
+    /// Everything at and below the node is new.
+    Start,
+    /// The resume point is at (`None`) or below (`Some(rest of its topic)`) this node: the
+    /// node's own message was returned before, and only what follows the point is new.
+    After(Option<&'a str>),
+}
+
+/// A walk that stops once `out` holds `limit` messages.
+struct Walk<'o> {
+    out: &'o mut Vec<Arc<Message>>,
+    limit: usize,
+}
+
+impl Walk<'_> {
+    /// Adds the node's message if it is new; false once the batch is full.
+    fn emit(&mut self, node: &Node, from: From<'_>) -> bool {
+        if matches!(from, From::Start)
+            && let Some(message) = &node.message
+        {
+            if self.out.len() >= self.limit {
+                return false;
+            }
+            self.out.push(message.clone());
+        }
+        true
+    }
+
+    /// Every message at and below `node`.
+    fn all(&mut self, node: &Node, from: From<'_>) -> bool {
+        if !self.emit(node, from) {
+            return false;
+        }
+        node.children_after(from)
+            .all(|(_, child, bound)| self.all(child, bound))
+    }
+
+    /// The messages under `node` that match `filter` (the part of the filter below `node`).
+    fn matching(&mut self, node: &Node, filter: &str, root: bool, from: From<'_>) -> bool {
+        let (level, below) = split_level(filter);
+        let visible = |name: &str| !(root && name.starts_with('$'));
+        match level {
+            "#" => {
+                // `a/#` matches `a` itself as well as everything below it.
+                if !root && !self.emit(node, from) {
+                    return false;
+                }
+                node.children_after(from)
+                    .filter(|(name, ..)| visible(name))
+                    .all(|(_, child, bound)| self.all(child, bound))
+            }
+            "+" => node
+                .children_after(from)
+                .filter(|(name, ..)| visible(name))
+                .all(|(_, child, bound)| self.descend(child, below, bound)),
+            literal => {
+                let Some(child) = node.children.get(literal) else {
+                    return true;
+                };
+                let bound = match from {
+                    From::Start | From::After(None) => From::Start,
+                    From::After(Some(rest)) => {
+                        let (on_path, rest_below) = split_level(rest);
+                        match literal.cmp(on_path) {
+                            std::cmp::Ordering::Less => return true,
+                            std::cmp::Ordering::Equal => From::After(rest_below),
+                            std::cmp::Ordering::Greater => From::Start,
+                        }
+                    }
+                };
+                self.descend(child, below, bound)
+            }
+        }
+    }
+
+    fn descend(&mut self, child: &Node, below: Option<&str>, from: From<'_>) -> bool {
+        match below {
+            Some(below) => self.matching(child, below, false, from),
+            None => self.emit(child, from),
         }
     }
 }
+
 
 /// All retained messages.
 #[derive(Debug, Default)]
@@ -95,8 +207,27 @@ impl RetainedIndex {
     /// Every retained message whose topic matches `filter` (a plain filter, without `$share`).
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let mut out = Vec::new();
-        collect(&self.root, filter, true, &mut out);
-        out.into_iter().cloned().collect()
+        self.matching_after(filter, None, usize::MAX, &mut out);
+        out
+    }
+
+    /// Appends to `out`, in walk order, up to `limit` retained messages matching `filter`
+    /// whose topics come after `after` (from the first with `None`). Returns true when the walk
+    /// reached the end: no matching topic is left after the last one appended.
+    pub fn matching_after(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        limit: usize,
+        out: &mut Vec<Arc<Message>>,
+    ) -> bool {
+        let limit = out.len().saturating_add(limit);
+        let from = match after {
+            Some(topic) => From::After(Some(topic)),
+            None => From::Start,
+        };
+        let mut walk = Walk { out, limit };
+        walk.matching(&self.root, filter, true, from)
     }
 }
 
@@ -111,44 +242,6 @@ fn remove_at(node: &mut Node, topic: &str) -> Option<Arc<Message>> {
         node.children.remove(level);
     }
     removed
-}
-
-/// Collects the messages under `node` that match `filter` (the part of the filter below `node`).
-fn collect<'a>(node: &'a Node, filter: &str, root: bool, out: &mut Vec<&'a Arc<Message>>) {
-    let (level, below) = split_level(filter);
-    let visible = |name: &str| !(root && name.starts_with('$'));
-    match level {
-        "#" => {
-            // `a/#` matches `a` itself as well as everything below it.
-            if !root {
-                out.extend(node.message.iter());
-            }
-            for (name, child) in &node.children {
-                if visible(name) {
-                    child.collect_all(out);
-                }
-            }
-        }
-        "+" => {
-            for (name, child) in &node.children {
-                if visible(name) {
-                    descend(child, below, out);
-                }
-            }
-        }
-        literal => {
-            if let Some(child) = node.children.get(literal) {
-                descend(child, below, out);
-            }
-        }
-    }
-}
-
-fn descend<'a>(child: &'a Node, below: Option<&str>, out: &mut Vec<&'a Arc<Message>>) {
-    match below {
-        Some(below) => collect(child, below, false, out),
-        None => out.extend(child.message.iter()),
-    }
 }
 
 #[cfg(test)]
@@ -209,5 +302,59 @@ mod tests {
         assert!(index.remove("a/b").is_none());
         assert_eq!((index.len(), index.payload_bytes()), (0, 0));
         assert!(index.root.is_empty());
+    }
+
+    /// Resumes after each batch of `size` and returns the topics in the order they came.
+    fn in_batches(index: &RetainedIndex, filter: &str, size: usize) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            let after = seen.last().cloned();
+            let done = index.matching_after(filter, after.as_deref(), size, &mut batch);
+            assert!(batch.len() <= size);
+            seen.extend(batch.iter().map(|m| m.topic.to_string()));
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn a_resumed_walk_returns_each_matching_topic_once_in_order() {
+        let mut index = RetainedIndex::default();
+        let topics_in = [
+            "a", "a/b", "a/b/c", "a/x/c", "a//c", "b", "/a", "$SYS/x", "a/b/c/d", "ab", "a/c",
+        ];
+        for topic in topics_in {
+            index.insert(message(topic));
+        }
+        for filter in ["#", "a/#", "a/+/c", "+", "+/+", "a/b/#", "$SYS/#", "a", "+/c", "x/#"] {
+            let whole = topics(&index, filter);
+            for size in [1, 2, 3, 100] {
+                let streamed = in_batches(&index, filter, size);
+                let mut sorted = streamed.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), streamed.len(), "{filter} by {size}: a topic twice");
+                assert_eq!(sorted, whole, "{filter} by {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_resumes_after_a_topic_removed_meanwhile() {
+        let mut index = RetainedIndex::default();
+        for topic in ["s/1", "s/2", "s/3", "s/4"] {
+            index.insert(message(topic));
+        }
+        let mut batch = Vec::new();
+        assert!(!index.matching_after("s/#", None, 2, &mut batch));
+        index.remove("s/2");
+        index.insert(message("s/0"));
+        let mut rest = Vec::new();
+        assert!(index.matching_after("s/#", Some("s/2"), 10, &mut rest));
+        let rest: Vec<&str> = rest.iter().map(|m| m.topic.as_str()).collect();
+        // Topics added before the resume point are not sent by this walk; the rest are.
+        assert_eq!(rest, ["s/3", "s/4"]);
     }
 }

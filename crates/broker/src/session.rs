@@ -16,6 +16,7 @@ use tern_codec::{MqttStr, QoS, SubscriptionOptions};
 
 use crate::message::{Delivery, Message};
 use crate::persist::{Change, Persistence};
+use crate::retained_stream::RetainedStreams;
 use crate::unstored::{AckHold, Unstored};
 
 /// Whether a delivery is stored when its session is persistent: QoS 1 and 2 messages with a
@@ -143,6 +144,9 @@ pub struct SessionState {
     pub(crate) unstored: usize,
     /// Whether the session is on the broker's list of sessions to sweep.
     pub(crate) listed: bool,
+    /// Retained sets being sent for new subscriptions (boxed: rare, and an idle session
+    /// should cost little).
+    pub(crate) retained: Option<Box<RetainedStreams>>,
 }
 
 impl std::fmt::Debug for dyn Wakeup {
@@ -193,6 +197,7 @@ impl Session {
                 dropped: 0,
                 unstored: 0,
                 listed: false,
+                retained: None,
             }),
         }
     }
@@ -314,6 +319,12 @@ impl Session {
     /// Number of outbound messages awaiting acknowledgement.
     pub fn inflight_len(&self) -> usize {
         self.lock().inflight.len()
+    }
+
+    /// Retained messages taken from the index for new subscriptions and not sent yet: at most
+    /// a small batch per subscription, whatever the size of the retained set.
+    pub fn retained_buffered(&self) -> usize {
+        self.lock().retained.as_ref().map_or(0, |streams| streams.buffered())
     }
 
     /// Messages dropped so far because the queue was full.
@@ -449,6 +460,24 @@ impl SessionState {
         self.pending = 0;
         self.unstored = 0;
         self.inbound_qos2.clear();
+        self.retained = None;
+    }
+
+    /// Starts sending the retained set of a new subscription (see `retained_stream`).
+    pub(crate) fn stream_retained(&mut self, filter: MqttStr, granted: QoS, identifier: Option<u32>) {
+        self.retained
+            .get_or_insert_with(Box::default)
+            .start(filter, granted, identifier);
+    }
+
+    /// Stops sending the retained set of `filter`, if it is still being sent.
+    pub(crate) fn stop_retained(&mut self, filter: &str) {
+        if let Some(streams) = &mut self.retained {
+            streams.stop(filter);
+            if streams.is_empty() {
+                self.retained = None;
+            }
+        }
     }
 
     /// Submits the unstored deliveries routed at or before `cutoff` (all of them with `None`)

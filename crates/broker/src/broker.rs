@@ -22,10 +22,8 @@ use crate::persist::{
     Change, Group, MessageId, Persistence, Recovered, RecoveredDelivery, RecoveredSession,
 };
 use crate::retained::RetainedIndex;
-use crate::session::{
-    ConnectionId, Enqueued, Inflight, InflightState, PendingWill, QueuedDelivery, Session,
-    SessionExpiry, SessionState, SubscriptionRecord, Wakeup, is_stored,
-};
+use crate::session::{Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, is_stored};
+use crate::types::{Seq, ConnectionId, InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 use crate::unstored::{AckHold, Sweeper};
 
@@ -139,8 +137,8 @@ fn timer_key(at: Instant, kind: TimerKind, session: &Arc<Session>) -> TimerKey {
 pub(crate) struct Attached {
     pub(crate) session: Arc<Session>,
     pub(crate) present: bool,
-    /// Store sequence number the CONNACK waits for (0: none).
-    pub(crate) seq: u64,
+    /// Store sequence number the CONNACK waits for ([`Seq::NONE`]: none).
+    pub(crate) seq: Seq,
 }
 
 /// The shared broker state.
@@ -243,11 +241,12 @@ impl Broker {
         self.persistence.as_deref()
     }
 
-    /// Submits a change to the store, if there is one; returns its sequence number (0: none).
-    pub(crate) fn persist(&self, change: impl FnOnce() -> Change) -> u64 {
+    /// Submits a change to the store, if there is one; returns its sequence number
+    /// ([`Seq::NONE`] without a store).
+    pub(crate) fn persist(&self, change: impl FnOnce() -> Change) -> Seq {
         match &self.persistence {
             Some(persistence) => persistence.submit(change()),
-            None => 0,
+            None => Seq::NONE,
         }
     }
 
@@ -257,14 +256,14 @@ impl Broker {
         self.persistence().map(Group::open)
     }
 
-    /// The sequence number of the last change submitted (0: none, or no store).
-    pub(crate) fn submitted(&self) -> u64 {
-        self.persistence.as_ref().map_or(0, |p| p.submitted())
+    /// The sequence number of the last change submitted ([`Seq::NONE`] without a store).
+    pub(crate) fn submitted(&self) -> Seq {
+        self.persistence.as_ref().map_or(Seq::NONE, |p| p.submitted())
     }
 
     /// The highest durable sequence number (everything, without a store).
-    pub(crate) fn durable(&self) -> u64 {
-        self.persistence.as_ref().map_or(u64::MAX, |p| p.durable())
+    pub(crate) fn durable(&self) -> Seq {
+        self.persistence.as_ref().map_or(Seq::ALL, |p| p.durable())
     }
 
     /// A message id for a body that will be stored; 0 without a store.
@@ -383,7 +382,7 @@ impl Broker {
                     state: flow,
                     pending: true,
                     dup: true,
-                    send_after: 0,
+                    send_after: Seq::NONE,
                     unstored: None,
                 });
             }
@@ -456,18 +455,18 @@ impl Broker {
     }
 
     /// [`Broker::publish`], also returning the store sequence number its acknowledgement must
-    /// wait for (0: none). With `hold`, QoS 1 deliveries to connected persistent sessions may
+    /// wait for ([`Seq::NONE`]: none). With `hold`, QoS 1 deliveries to connected persistent sessions may
     /// stay unstored, holding back the acknowledgement (see `unstored`).
     pub(crate) fn publish_tracked(
         &self,
         mut message: Message,
         now: Instant,
         hold: Option<&mut AckHold<'_>>,
-    ) -> (usize, u64) {
+    ) -> (usize, Seq) {
         if message.qos != QoS::AtMostOnce && message.id == 0 {
             message.id = self.new_message_id();
         }
-        let mut seq = 0;
+        let mut seq = Seq::NONE;
         if message.retain {
             seq = self.retain(&message);
         }
@@ -477,7 +476,7 @@ impl Broker {
 
     /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
     /// The change is submitted under the retained lock, so the store sees them in order.
-    fn retain(&self, message: &Message) -> u64 {
+    fn retain(&self, message: &Message) -> Seq {
         let mut retained = write(&self.retained);
         if message.payload.is_empty() {
             retained.remove(&message.topic);
@@ -512,7 +511,7 @@ impl Broker {
         message: &Message,
         now: Instant,
         mut hold: Option<&mut AckHold<'_>>,
-    ) -> (usize, u64) {
+    ) -> (usize, Seq) {
         let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
@@ -538,7 +537,7 @@ impl Broker {
             });
         }
         let mut reached = 0;
-        let mut seq = 0;
+        let mut seq = Seq::NONE;
         let mut body_stored = false;
         let mut compacted: Option<Message> = None;
         let mut start = 0;
@@ -766,7 +765,7 @@ impl Broker {
         session: &Arc<Session>,
         filter: &MqttStr,
         record: SubscriptionRecord,
-    ) -> Option<(bool, u64)> {
+    ) -> Option<(bool, Seq)> {
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();
         if state.ended {
@@ -780,7 +779,7 @@ impl Broker {
                 record,
             })
         } else {
-            0
+            Seq::NONE
         };
         drop(state);
         index.insert(
@@ -795,7 +794,7 @@ impl Broker {
 
     /// Removes a subscription of `session`; returns whether it existed and the store sequence
     /// number of the change.
-    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &MqttStr) -> (bool, u64) {
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &MqttStr) -> (bool, Seq) {
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();
         let existed = state.subscriptions.remove(filter).is_some();
@@ -807,7 +806,7 @@ impl Broker {
                 filter: filter.clone(),
             })
         } else {
-            0
+            Seq::NONE
         };
         drop(state);
         if existed {
@@ -886,10 +885,10 @@ impl Broker {
 
     /// Writes the session record after a change of connection or expiry: a session that
     /// became persistent is written whole, one that stopped being persistent is removed.
-    /// Returns the sequence number of the last change (0: none).
-    fn store_session(&self, session: &Session, state: &mut SessionState, online: bool) -> u64 {
+    /// Returns the sequence number of the last change ([`Seq::NONE`]: none).
+    fn store_session(&self, session: &Session, state: &mut SessionState, online: bool) -> Seq {
         let Some(persistence) = self.persistence() else {
-            return 0;
+            return Seq::NONE;
         };
         let client_id = session.client_id();
         if !state.is_persistent() {
@@ -902,7 +901,7 @@ impl Broker {
                     client_id: client_id.clone(),
                 });
             }
-            return 0;
+            return Seq::NONE;
         }
         let mut seq = persistence.submit(Change::Session {
             client_id: client_id.clone(),
@@ -922,8 +921,8 @@ impl Broker {
         persistence: &dyn Persistence,
         client_id: &MqttStr,
         state: &SessionState,
-    ) -> u64 {
-        let mut seq = 0;
+    ) -> Seq {
+        let mut seq = Seq::NONE;
         for (filter, record) in &state.subscriptions {
             seq = persistence.submit(Change::Subscribed {
                 client_id: client_id.clone(),

@@ -15,7 +15,7 @@ use crate::hooks::{AuthExchange, AuthStep, ClientInfo, Credentials};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
-use crate::session::SessionExpiry;
+use crate::types::{Seq, SessionExpiry};
 
 /// An AUTH packet of the exchange with `method`.
 pub(crate) fn auth_packet(
@@ -116,9 +116,7 @@ impl Connection {
         match step {
             AuthStep::Continue(data) => {
                 self.send(
-                    auth_packet(ReasonCode::ContinueAuthentication, &pending.method, data),
-                    0,
-                );
+                    auth_packet(ReasonCode::ContinueAuthentication, &pending.method, data), Seq::NONE);
                 self.phase = Phase::Authenticating(Box::new(pending));
             }
             AuthStep::Success(data) => {
@@ -382,13 +380,11 @@ impl Connection {
         match step {
             AuthStep::Continue(data) => {
                 self.send(
-                    auth_packet(ReasonCode::ContinueAuthentication, &method, data),
-                    0,
-                );
+                    auth_packet(ReasonCode::ContinueAuthentication, &method, data), Seq::NONE);
             }
             AuthStep::Success(data) => {
                 enhanced.reauth = None;
-                self.send(auth_packet(ReasonCode::Success, &method, data), 0);
+                self.send(auth_packet(ReasonCode::Success, &method, data), Seq::NONE);
             }
             AuthStep::Failure(code) => {
                 let code = if code.allowed_in(tern_codec::PacketType::Disconnect) {

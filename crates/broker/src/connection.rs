@@ -16,7 +16,8 @@ use tern_codec::{DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, Reas
 use crate::broker::Broker;
 use crate::hooks::{AuthExchange, ClientInfo};
 use crate::message::Message;
-use crate::session::{ConnectionId, Session, Wakeup};
+use crate::session::Session;
+use crate::types::{Seq, ConnectionId, Wakeup};
 use crate::unstored::{AckGate, Barrier};
 
 /// Why a connection ended; the server logs it.
@@ -229,7 +230,7 @@ pub struct Connection {
     pub(crate) version: ProtocolVersion,
     pub(crate) client_id: Option<MqttStr>,
     /// The highest store sequence number the connection asked to be woken for.
-    pub(crate) waiting_for_store: u64,
+    pub(crate) waiting_for_store: Seq,
 }
 
 impl Connection {
@@ -254,7 +255,7 @@ impl Connection {
             close_reason: None,
             version: ProtocolVersion::V311,
             client_id: None,
-            waiting_for_store: 0,
+            waiting_for_store: Seq::NONE,
         }
     }
 
@@ -398,7 +399,7 @@ impl Connection {
                 // A reason string is always allowed in DISCONNECT (section 3.14.2.2.3).
                 packet.properties.reason_string = MqttStr::try_from(reason.to_string()).ok();
                 self.outbox
-                    .push_back((Packet::Disconnect(packet), Barrier::Durable(0)));
+                    .push_back((Packet::Disconnect(packet), Barrier::Durable(Seq::NONE)));
             }
             self.finish_session(*active, &reason, now);
         }
@@ -461,7 +462,7 @@ impl Connection {
     }
 
     /// Queues a control packet that may go out once `barrier` is durable (0: at once).
-    pub(crate) fn send(&mut self, packet: Packet, barrier: u64) {
+    pub(crate) fn send(&mut self, packet: Packet, barrier: Seq) {
         self.outbox.push_back((packet, Barrier::Durable(barrier)));
     }
 
@@ -479,7 +480,7 @@ impl Connection {
             properties: Default::default(),
         };
         self.outbox
-            .push_back((Packet::ConnAck(connack), Barrier::Durable(0)));
+            .push_back((Packet::ConnAck(connack), Barrier::Durable(Seq::NONE)));
         crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
         self.close(CloseReason::ConnectRefused(code), None, now);
     }

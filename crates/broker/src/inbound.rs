@@ -13,7 +13,7 @@ use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
-use crate::session::{InflightState, SessionExpiry, SubscriptionRecord};
+use crate::types::{Seq, InflightState, SessionExpiry, SubscriptionRecord};
 use crate::unstored::AckHold;
 
 impl Connection {
@@ -77,7 +77,7 @@ impl Connection {
             Packet::PubComp(ack) => self.on_pubcomp(&ack),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
-            Packet::PingReq => self.send(Packet::PingResp, 0),
+            Packet::PingReq => self.send(Packet::PingResp, Seq::NONE),
             Packet::Disconnect(disconnect) => self.on_disconnect(disconnect, now),
             Packet::Connect(_) => self.protocol_error(
                 ReasonCode::ProtocolError,
@@ -97,7 +97,7 @@ impl Connection {
     }
 
     /// Queues an acknowledgement that goes out once `barrier` is durable.
-    fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode, barrier: u64) {
+    fn ack(&mut self, packet: PacketType, packet_id: u16, reason_code: ReasonCode, barrier: Seq) {
         let packet = self.ack_packet(packet, packet_id, reason_code);
         self.send(packet, barrier);
     }
@@ -233,13 +233,13 @@ impl Connection {
                 } else {
                     ReasonCode::Success
                 };
-                self.ack(ack, packet_id, code, 0);
+                self.ack(ack, packet_id, code, Seq::NONE);
             }
             return;
         }
 
         let Some(active) = self.active() else { return };
-        let mut barrier = 0;
+        let mut barrier = Seq::NONE;
         // A stored QoS 2 identifier and the routing of its message become durable together: a
         // crash between them would leave an identifier whose message is lost (the resent
         // PUBLISH is taken for a duplicate) or a message routed again when it is resent.
@@ -377,7 +377,7 @@ impl Connection {
             } else {
                 ReasonCode::Success
             };
-            return self.ack(PacketType::PubRel, ack.packet_id, code, 0);
+            return self.ack(PacketType::PubRel, ack.packet_id, code, Seq::NONE);
         };
         let stores = state.stores();
         let entry = &mut state.inflight[index];
@@ -390,7 +390,7 @@ impl Connection {
                 delivery: entry.delivery.stored(),
             })
         } else {
-            0
+            Seq::NONE
         };
         if !entry.pending {
             entry.pending = true;
@@ -406,7 +406,7 @@ impl Connection {
     fn on_pubrel(&mut self, ack: &Ack) {
         let Some(active) = self.active() else { return };
         let mut state = active.session.lock();
-        let mut barrier = 0;
+        let mut barrier = Seq::NONE;
         let known = match state
             .inbound_qos2
             .iter()
@@ -458,7 +458,7 @@ impl Connection {
 
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
-        let mut barrier = 0;
+        let mut barrier = Seq::NONE;
         for subscription in subscribe.subscriptions {
             let filter = subscription.filter;
             let shared = split_shared(&filter).is_some();
@@ -534,7 +534,7 @@ impl Connection {
         let client = active.client.clone();
         let version = active.version;
         let config = self.broker.config();
-        let mut barrier = 0;
+        let mut barrier = Seq::NONE;
         let reason_codes: Vec<ReasonCode> = unsubscribe
             .filters
             .iter()

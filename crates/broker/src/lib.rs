@@ -26,6 +26,7 @@ mod retained;
 mod retained_stream;
 mod session;
 pub mod subscriptions;
+mod types;
 mod unstored;
 
 pub use broker::Broker;
@@ -38,6 +39,5 @@ pub use hooks::{
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;
-pub use session::{
-    ConnectionId, InflightState, Session, SessionExpiry, SubscriptionRecord, Wakeup,
-};
+pub use session::Session;
+pub use types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};

@@ -29,7 +29,7 @@ pub struct Message {
     /// Client identifier of the publisher, for No Local; `None` for messages of the broker.
     pub publisher: Option<MqttStr>,
     /// The id under which the message body is stored; 0 when it is not stored.
-    pub id: crate::persist::MessageId,
+    pub id: crate::types::MessageId,
 }
 
 impl Message {

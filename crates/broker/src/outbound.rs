@@ -12,7 +12,8 @@ use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::persist::Change;
-use crate::session::{Inflight, InflightState, QueuedDelivery, SessionState, is_stored};
+use crate::session::{Inflight, QueuedDelivery, SessionState, is_stored};
+use crate::types::{Seq, InflightState};
 use crate::unstored::Unstored;
 
 /// Builds the PUBLISH of `delivery` for a client of `version`. `alias` is the topic alias to use
@@ -137,7 +138,7 @@ impl Connection {
     }
 
     /// Asks the store to wake the connection once `seq` is durable (once per sequence number).
-    fn wait_for_store(&mut self, seq: u64) {
+    fn wait_for_store(&mut self, seq: Seq) {
         if seq <= self.waiting_for_store {
             return;
         }
@@ -180,9 +181,9 @@ struct Transmit<'a> {
     budget: usize,
     now: Instant,
     /// The durable store sequence number at the start of the round.
-    durable: u64,
+    durable: Seq,
     /// Set when a message waits for the store.
-    waiting_for: Option<u64>,
+    waiting_for: Option<Seq>,
 }
 
 impl Transmit<'_> {
@@ -311,7 +312,7 @@ impl Transmit<'_> {
                 state.store_unstored_inflight(self.client_id, self.broker.persistence());
                 self.store_dispatched(position, packet_id, waiting, &delivery)
             } else {
-                0
+                Seq::NONE
             };
             // A QoS 2 PUBLISH goes out only once its identifier is durable, so a restart cannot
             // make the client see it twice.
@@ -386,7 +387,7 @@ impl Transmit<'_> {
         packet_id: u16,
         waiting: InflightState,
         delivery: &Delivery,
-    ) -> u64 {
+    ) -> Seq {
         let client_id = || self.client_id.clone();
         match position {
             Some(position) => self.broker.persist(|| Change::Dispatched {

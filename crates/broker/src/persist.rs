@@ -17,10 +17,8 @@ use std::time::Duration;
 use tern_codec::{MqttStr, QoS};
 
 use crate::message::{Message, SubscriptionIds};
-use crate::session::{InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
-
-/// Identifies a stored message body; queued and in-flight deliveries refer to it.
-pub type MessageId = u64;
+pub use crate::types::{MessageId, Seq};
+use crate::types::{InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
 
 /// A delivery as stored: the message by id, and what is particular to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,14 +125,15 @@ pub enum Change {
 
 /// Where changes go to become durable. Implementations group many changes into one commit.
 pub trait Persistence: Send + Sync {
-    /// Queues a change; returns its sequence number (increasing, starting at 1).
-    fn submit(&self, change: Change) -> u64;
+    /// Queues a change; returns its sequence number (increasing, the first after
+    /// [`Seq::NONE`]).
+    fn submit(&self, change: Change) -> Seq;
     /// The highest sequence number whose change, and every change before it, is durable.
-    fn durable(&self) -> u64;
+    fn durable(&self) -> Seq;
     /// Calls `wakeup` once `seq` is durable (at once if it already is).
-    fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>);
-    /// The sequence number of the last change submitted (0: none yet).
-    fn submitted(&self) -> u64;
+    fn wake_when_durable(&self, seq: Seq, wakeup: Arc<dyn Wakeup>);
+    /// The sequence number of the last change submitted ([`Seq::NONE`] before the first).
+    fn submitted(&self) -> Seq;
     /// Opens an atomic group: no change submitted from now on (by any thread) is made durable
     /// until the group is closed with [`Persistence::end_group`], and then the whole group in
     /// one commit, so a crash keeps all of its changes or none. Returns the group's token.

@@ -10,11 +10,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tern_codec::{MqttStr, QoS, SubscriptionOptions};
+use tern_codec::{MqttStr, QoS};
 
 use crate::message::{Delivery, Message};
+use crate::types::{Seq, ConnectionId, InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
 use crate::persist::{Change, Persistence};
 use crate::retained_stream::RetainedStreams;
 use crate::unstored::{AckHold, Unstored};
@@ -23,61 +24,6 @@ use crate::unstored::{AckHold, Unstored};
 /// stored body.
 pub(crate) fn is_stored(delivery: &Delivery) -> bool {
     delivery.qos != QoS::AtMostOnce && delivery.message.id != 0
-}
-
-/// Identifies one network connection for the life of the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub std::num::NonZeroU64);
-
-impl ConnectionId {
-    pub fn get(self) -> u64 {
-        self.0.get()
-    }
-}
-
-/// How the broker reaches a connection task when something is waiting for it (a delivery, or a
-/// take-over). The server implements it over its runtime's notification primitive.
-pub trait Wakeup: Send + Sync {
-    fn wake(&self);
-}
-
-/// How long a session outlives its connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionExpiry {
-    /// Ends with the connection (expiry 0, or clean session in 3.x).
-    AtDisconnect,
-    After(Duration),
-    Never,
-}
-
-impl SessionExpiry {
-    /// The MQTT 5 Session Expiry Interval in seconds.
-    pub fn from_interval(seconds: u32) -> SessionExpiry {
-        match seconds {
-            0 => SessionExpiry::AtDisconnect,
-            u32::MAX => SessionExpiry::Never,
-            seconds => SessionExpiry::After(Duration::from_secs(u64::from(seconds))),
-        }
-    }
-}
-
-/// A subscription as the session remembers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscriptionRecord {
-    pub options: SubscriptionOptions,
-    pub identifier: Option<u32>,
-}
-
-/// Where an outbound QoS 1 or 2 message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(clippy::enum_variant_names)] // the spec's packet names read best here
-pub enum InflightState {
-    /// QoS 1 PUBLISH sent.
-    AwaitingPubAck,
-    /// QoS 2 PUBLISH sent.
-    AwaitingPubRec,
-    /// PUBREC received, PUBREL sent.
-    AwaitingPubComp,
 }
 
 /// An outbound message awaiting acknowledgement.
@@ -91,8 +37,8 @@ pub struct Inflight {
     pub pending: bool,
     /// Whether the PUBLISH, when it goes out, is a retransmission (DUP set).
     pub dup: bool,
-    /// Store sequence number that must be durable before the packet goes out (0: none).
-    pub send_after: u64,
+    /// Store sequence number that must be durable before the packet goes out ([`Seq::NONE`]: none).
+    pub send_after: Seq,
     /// Set while the delivery of a stored session is not in the store yet (see `unstored`).
     pub(crate) unstored: Option<Unstored>,
 }
@@ -149,11 +95,6 @@ pub struct SessionState {
     pub(crate) retained: Option<Box<RetainedStreams>>,
 }
 
-impl std::fmt::Debug for dyn Wakeup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Wakeup")
-    }
-}
 
 /// A session, shared by the registry, the subscription index and its connection.
 #[derive(Debug)]
@@ -234,7 +175,7 @@ impl Session {
     /// holds `max_queued` already. QoS 0 for an offline session is discarded unless
     /// `queue_qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
     /// is submitted as it is queued, preceded by its message body unless `body_stored` says
-    /// that was done; returns the sequence number of the last change (0 for none).
+    /// that was done; returns the sequence number of the last change ([`Seq::NONE`] for none).
     ///
     /// With `hold` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
     /// QoS 1 delivery to a stored session whose client is connected is queued unstored
@@ -248,16 +189,16 @@ impl Session {
         persist: Option<&dyn Persistence>,
         body_stored: &mut bool,
         hold: Option<(&mut AckHold<'_>, Instant)>,
-    ) -> (Enqueued, u64, bool) {
+    ) -> (Enqueued, Seq, bool) {
         let mut state = self.lock();
         if state.ended || max_queued == 0 {
-            return (Enqueued::Discarded, 0, false);
+            return (Enqueued::Discarded, Seq::NONE, false);
         }
         if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
-            return (Enqueued::Discarded, 0, false);
+            return (Enqueued::Discarded, Seq::NONE, false);
         }
         let persist = persist.filter(|_| state.stored);
-        let mut seq = 0;
+        let mut seq = Seq::NONE;
         let mut outcome = Enqueued::Queued;
         if state.queue.len() >= max_queued
             && let Some(dropped) = state.queue.pop_front()

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::persist::Persistence;
-use crate::session::{Session, Wakeup};
+use crate::session::Session;
+use crate::types::{Seq, Wakeup};
 
 /// What a publisher's acknowledgement waits for besides its own store sequence number: its
 /// deliveries that are neither acknowledged nor stored yet.
@@ -51,16 +52,16 @@ impl AckGate {
     }
 
     /// `None` while a delivery is still open; then the sequence number that must be durable.
-    pub(crate) fn ready(&self) -> Option<u64> {
+    pub(crate) fn ready(&self) -> Option<Seq> {
         if self.open.load(Ordering::Acquire) > 0 {
             return None;
         }
-        Some(self.seq.load(Ordering::Acquire))
+        Some(Seq(self.seq.load(Ordering::Acquire)))
     }
 
     /// The acknowledgement also waits for `seq` to be durable.
-    pub(crate) fn wait_for(&self, seq: u64) {
-        self.seq.fetch_max(seq, Ordering::AcqRel);
+    pub(crate) fn wait_for(&self, seq: Seq) {
+        self.seq.fetch_max(seq.get(), Ordering::AcqRel);
     }
 }
 
@@ -124,7 +125,7 @@ impl Unstored {
 
     /// The delivery was submitted to the store as change `seq`: the acknowledgement now waits
     /// for that to be durable.
-    pub(crate) fn stored(self, seq: u64) {
+    pub(crate) fn stored(self, seq: Seq) {
         // Raised before the drop below closes the delivery, so whoever sees it closed sees
         // the sequence number too.
         self.gate.wait_for(seq);
@@ -142,15 +143,15 @@ impl Drop for Unstored {
 /// What an outgoing control packet waits for before it may be sent.
 #[derive(Debug)]
 pub(crate) enum Barrier {
-    /// This store sequence number is durable (0: nothing).
-    Durable(u64),
+    /// This store sequence number is durable.
+    Durable(Seq),
     /// The gate of a PUBLISH with unstored deliveries.
     Gate(Arc<AckGate>),
 }
 
 impl Barrier {
     /// The sequence number that must be durable, or `None` while a gate is closed.
-    pub(crate) fn seq(&self) -> Option<u64> {
+    pub(crate) fn seq(&self) -> Option<Seq> {
         match self {
             Barrier::Durable(seq) => Some(*seq),
             Barrier::Gate(gate) => gate.ready(),
@@ -158,7 +159,7 @@ impl Barrier {
     }
 
     /// Whether the packet may go out with `durable` durable.
-    pub(crate) fn passed(&self, durable: u64) -> bool {
+    pub(crate) fn passed(&self, durable: Seq) -> bool {
         self.seq().is_some_and(|seq| seq <= durable)
     }
 }
@@ -280,13 +281,13 @@ mod tests {
         let now = Instant::now();
         let first = Unstored::new(&gate, now);
         let second = Unstored::new(&gate, now);
-        gate.wait_for(3);
+        gate.wait_for(Seq(3));
         assert_eq!(gate.ready(), None);
-        first.stored(9);
+        first.stored(Seq(9));
         assert_eq!(gate.ready(), None, "one delivery is still open");
         assert!(!flag.0.load(Ordering::SeqCst));
         drop(second);
-        assert_eq!(gate.ready(), Some(9), "waits for the stored delivery");
+        assert_eq!(gate.ready(), Some(Seq(9)), "waits for the stored delivery");
         assert!(flag.0.load(Ordering::SeqCst), "the publisher is woken");
     }
 }

@@ -54,7 +54,7 @@ impl Wakeup for Unpark {
     }
 }
 
-fn wait_durable(store: &Store, seq: u64) {
+fn wait_durable(store: &Store, seq: tern_broker::Seq) {
     if store.durable() >= seq {
         return;
     }
@@ -177,7 +177,7 @@ fn populate(dir: &Path, sessions: u64, retained: u64) -> Option<Duration> {
         },
         identifier: None,
     };
-    let mut last = 0;
+    let mut last = tern_broker::Seq::NONE;
     for n in 0..sessions {
         let client = s(&format!("client-{n:06}"));
         store.submit(Change::Session {

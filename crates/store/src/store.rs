@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tern_broker::Wakeup;
+use tern_broker::{Seq, Wakeup};
 use tern_broker::persist::{Change, Persistence, Recovered};
 
 use crate::clock::Clock;
@@ -178,20 +178,20 @@ impl Drop for Store {
 }
 
 impl Persistence for Store {
-    fn submit(&self, change: Change) -> u64 {
-        self.shared.submit(change)
+    fn submit(&self, change: Change) -> Seq {
+        Seq(self.shared.submit(change))
     }
 
-    fn durable(&self) -> u64 {
-        self.shared.durable()
+    fn durable(&self) -> Seq {
+        Seq(self.shared.durable())
     }
 
-    fn wake_when_durable(&self, seq: u64, wakeup: Arc<dyn Wakeup>) {
-        self.shared.wake_when_durable(seq, wakeup);
+    fn wake_when_durable(&self, seq: Seq, wakeup: Arc<dyn Wakeup>) {
+        self.shared.wake_when_durable(seq.get(), wakeup);
     }
 
-    fn submitted(&self) -> u64 {
-        self.shared.submitted()
+    fn submitted(&self) -> Seq {
+        Seq(self.shared.submitted())
     }
 
     fn begin_group(&self) -> u64 {

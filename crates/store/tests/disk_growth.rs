@@ -14,7 +14,7 @@ const GROUP: u64 = 100;
 
 fn churn(store: &tern_store::Store, first_id: u64) -> u64 {
     let client = s("churner");
-    let mut last = 0;
+    let mut last = tern_broker::Seq::NONE;
     let mut previous: Option<std::ops::Range<u64>> = None;
     let payload = [b'x'; 200];
     let mut group_start = 0;

@@ -3,6 +3,7 @@
 
 mod common;
 
+use tern_broker::Seq;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +26,13 @@ fn sequence_numbers_start_at_one_and_become_durable() {
     for durability in [Durability::Process, Durability::Fsync] {
         let scratch = Scratch::new("seq");
         let (store, _) = Store::open(scratch.path(), durability).unwrap();
-        assert_eq!(store.durable(), 0);
-        let seqs: Vec<u64> = (0..50)
+        assert_eq!(store.durable(), Seq::NONE);
+        let seqs: Vec<Seq> = (0..50)
             .map(|n| store.submit(session(&format!("c{n}"))))
             .collect();
-        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
-        wait_durable(&store, 50);
-        assert_eq!(store.durable(), 50);
+        assert_eq!(seqs, (1..=50).map(Seq).collect::<Vec<_>>());
+        wait_durable(&store, Seq(50));
+        assert_eq!(store.durable(), Seq(50));
         assert!(store.failure().is_none());
     }
 }
@@ -45,7 +46,7 @@ fn wakeups_fire_once_durable_and_at_once_when_already() {
     store.wake_when_durable(seq, pending.clone());
     let later = Arc::new(Counter::default());
     // Registered for a sequence number not submitted yet: waits for it.
-    store.wake_when_durable(seq + 1, later.clone());
+    store.wake_when_durable(seq.next(), later.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     while pending.count() == 0 {
         assert!(Instant::now() < deadline, "not woken");
@@ -64,7 +65,7 @@ fn wakeups_fire_once_durable_and_at_once_when_already() {
     assert_eq!(done.count(), 1, "already durable: woken at once");
 
     let next = store.submit(session("b"));
-    assert_eq!(next, seq + 1);
+    assert_eq!(next, seq.next());
     wait_durable(&store, next);
     let deadline = Instant::now() + Duration::from_secs(10);
     while later.count() == 0 {
@@ -96,7 +97,7 @@ fn many_submitters_share_commits_and_every_change_lands() {
     for thread in threads {
         thread.join().unwrap();
     }
-    assert_eq!(store.durable(), 400);
+    assert_eq!(store.durable(), Seq(400));
     store.close().unwrap();
     drop(store);
     let (_store, recovered) = open(scratch.path());
@@ -107,7 +108,7 @@ fn many_submitters_share_commits_and_every_change_lands() {
 fn close_commits_what_is_pending() {
     let scratch = Scratch::new("close");
     let (store, _) = open(scratch.path());
-    let mut last = 0;
+    let mut last = Seq::NONE;
     for n in 0..1000 {
         last = store.submit(session(&format!("c{n:04}")));
     }

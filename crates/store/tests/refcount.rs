@@ -212,7 +212,7 @@ fn changes_coalesced_within_one_commit_leave_nothing_behind() {
     let (store, _) = open(scratch.path());
     commit(&store, [session("a")]);
     // Submitted back to back: most land in one group commit.
-    let mut last = 0;
+    let mut last = tern_broker::Seq::NONE;
     for n in 0..1000u64 {
         store.submit(Change::Message((*message(n + 1, "t", b"p")).clone()));
         store.submit(queued("a", n, n + 1));

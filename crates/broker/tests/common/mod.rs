@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tern_broker::persist::{Change, Persistence};
+use tern_broker::persist::{Change, Persistence, Seq};
 use tern_broker::{Broker, BrokerConfig, Connection, Hooks, Wakeup};
 use tern_codec::{
     Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, Subscribe, Subscription,
@@ -96,7 +96,7 @@ pub fn kind(change: &Change) -> &'static str {
 }
 
 impl Persistence for Recorder {
-    fn submit(&self, change: Change) -> u64 {
+    fn submit(&self, change: Change) -> Seq {
         let mut seq = self.seq.lock().unwrap();
         *seq += 1;
         if let Change::Inflight { packet_id, .. } | Change::Dispatched { packet_id, .. } = &change {
@@ -106,18 +106,18 @@ impl Persistence for Recorder {
             .lock()
             .unwrap()
             .push(Event::Submit(*seq, kind(&change)));
-        *seq
+        Seq(*seq)
     }
 
-    fn durable(&self) -> u64 {
-        *self.durable.lock().unwrap()
+    fn durable(&self) -> Seq {
+        Seq(*self.durable.lock().unwrap())
     }
 
     // The test polls its connections itself.
-    fn wake_when_durable(&self, _seq: u64, _wakeup: Arc<dyn Wakeup>) {}
+    fn wake_when_durable(&self, _seq: Seq, _wakeup: Arc<dyn Wakeup>) {}
 
-    fn submitted(&self) -> u64 {
-        *self.seq.lock().unwrap()
+    fn submitted(&self) -> Seq {
+        Seq(*self.seq.lock().unwrap())
     }
 
     fn begin_group(&self) -> u64 {
@@ -148,8 +148,8 @@ impl Recorder {
             .collect()
     }
 
-    pub fn set_durable(&self, seq: u64) {
-        *self.durable.lock().unwrap() = seq;
+    pub fn set_durable(&self, seq: Seq) {
+        *self.durable.lock().unwrap() = seq.get();
     }
 
     pub fn take(&self) -> Vec<Event> {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use tern_broker::Seq;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -70,8 +71,8 @@ pub fn delivery(message_id: u64) -> StoredDelivery {
 }
 
 /// Submits every change and waits until the last is durable.
-pub fn commit(store: &Store, changes: impl IntoIterator<Item = Change>) -> u64 {
-    let mut last = 0;
+pub fn commit(store: &Store, changes: impl IntoIterator<Item = Change>) -> Seq {
+    let mut last = Seq::NONE;
     for change in changes {
         last = store.submit(change);
     }
@@ -79,10 +80,10 @@ pub fn commit(store: &Store, changes: impl IntoIterator<Item = Change>) -> u64 {
     last
 }
 
-pub fn wait_durable(store: &Store, seq: u64) {
+pub fn wait_durable(store: &Store, seq: Seq) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.durable() < seq {
-        assert!(Instant::now() < deadline, "seq {seq} not durable in time");
+        assert!(Instant::now() < deadline, "{seq:?} not durable in time");
         std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -20,11 +20,14 @@ use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::{
     Change, Group, MessageId, Persistence, Recovered, RecoveredDelivery, RecoveredSession,
+    RoutedBody,
 };
 use crate::retained::RetainedIndex;
-use crate::session::{Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, is_stored};
-use crate::types::{Seq, ConnectionId, InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
+use crate::session::{
+    Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, is_stored,
+};
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
+use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
 use crate::unstored::{AckHold, Sweeper};
 
 /// A subscription a message is routed to, with the shared subscription it came through.
@@ -258,7 +261,9 @@ impl Broker {
 
     /// The sequence number of the last change submitted ([`Seq::NONE`] without a store).
     pub(crate) fn submitted(&self) -> Seq {
-        self.persistence.as_ref().map_or(Seq::NONE, |p| p.submitted())
+        self.persistence
+            .as_ref()
+            .map_or(Seq::NONE, |p| p.submitted())
     }
 
     /// The highest durable sequence number (everything, without a store).
@@ -538,7 +543,7 @@ impl Broker {
         }
         let mut reached = 0;
         let mut seq = Seq::NONE;
-        let mut body_stored = false;
+        let mut body = RoutedBody::new(self.persistence());
         let mut compacted: Option<Message> = None;
         let mut start = 0;
         while start < targets.len() {
@@ -567,7 +572,7 @@ impl Broker {
                 self.config.max_queued_messages,
                 self.config.queue_qos0_offline,
                 self.persistence(),
-                &mut body_stored,
+                &mut body,
                 hold.as_deref_mut().map(|hold| (hold, now)),
             );
             if list {
@@ -583,9 +588,8 @@ impl Broker {
                 Enqueued::Discarded => Metrics::bump(&self.metrics.messages_dropped_offline_qos0),
             }
         }
-        if body_stored {
-            self.persist(|| Change::MessageRouted { id: message.id });
-        }
+        // The body's router reference goes once every delivery is placed.
+        drop(body);
         TARGETS.set(reuse(targets));
         (reached, seq)
     }
@@ -687,7 +691,7 @@ impl Broker {
                     Some((target, entry)) => {
                         // The body gets its router reference before the old delivery lets go
                         // of it, so it is never without one.
-                        let body = stored && self.hold_body(&entry.delivery);
+                        let body = self.hold_body(stored, &entry.delivery);
                         if stored {
                             self.persist(|| Change::InflightDone {
                                 client_id: client_id.clone(),
@@ -708,8 +712,8 @@ impl Broker {
                     .and_then(other_member)
                 {
                     Some(target) => {
-                        let body = stored && self.hold_body(&queued.delivery);
-                        if body {
+                        let body = self.hold_body(stored, &queued.delivery);
+                        if body.held() {
                             self.persist(|| Change::Unqueued {
                                 client_id: client_id.clone(),
                                 position: queued.position,
@@ -721,9 +725,7 @@ impl Broker {
                 }
             }
         }
-        for (target, delivery, body_held) in moved {
-            let id = delivery.message.id;
-            let mut body_stored = body_held;
+        for (target, delivery, mut body) in moved {
             let handed = Delivery {
                 qos: delivery.message.qos.min(target.record.options.qos),
                 retain: false,
@@ -739,23 +741,20 @@ impl Broker {
                 self.config.max_queued_messages,
                 self.config.queue_qos0_offline,
                 self.persistence(),
-                &mut body_stored,
+                &mut body,
                 None,
             );
-            if body_stored {
-                self.persist(|| Change::MessageRouted { id });
-            }
         }
     }
 
-    /// Takes a router reference on the stored body of `delivery` (see [`Change::Message`]);
-    /// false when the delivery is not stored.
-    fn hold_body(&self, delivery: &Delivery) -> bool {
-        if !is_stored(delivery) || self.persistence.is_none() {
-            return false;
+    /// Takes a router reference on the body of `delivery` if it is stored (see
+    /// [`Change::Message`]), given back when the guard drops.
+    fn hold_body(&self, stored: bool, delivery: &Delivery) -> RoutedBody<'_> {
+        let mut body = RoutedBody::new(self.persistence());
+        if stored && is_stored(delivery) {
+            body.hold(&delivery.message);
         }
-        self.persist(|| Change::Message(delivery.message.clone()));
-        true
+        body
     }
 
     /// Adds or replaces a subscription of `session`. Returns whether it replaced one and the
@@ -935,14 +934,12 @@ impl Broker {
             .iter()
             .filter(|queued| is_stored(&queued.delivery))
         {
-            persistence.submit(Change::Message(queued.delivery.message.clone()));
+            let mut body = RoutedBody::new(Some(persistence));
+            body.hold(&queued.delivery.message);
             seq = persistence.submit(Change::Queued {
                 client_id: client_id.clone(),
                 position: queued.position,
                 delivery: queued.delivery.stored(),
-            });
-            persistence.submit(Change::MessageRouted {
-                id: queued.delivery.message.id,
             });
         }
         for entry in state
@@ -950,15 +947,13 @@ impl Broker {
             .iter()
             .filter(|entry| is_stored(&entry.delivery))
         {
-            persistence.submit(Change::Message(entry.delivery.message.clone()));
+            let mut body = RoutedBody::new(Some(persistence));
+            body.hold(&entry.delivery.message);
             seq = persistence.submit(Change::Inflight {
                 client_id: client_id.clone(),
                 packet_id: entry.packet_id,
                 state: entry.state,
                 delivery: entry.delivery.stored(),
-            });
-            persistence.submit(Change::MessageRouted {
-                id: entry.delivery.message.id,
             });
         }
         for &packet_id in &state.inbound_qos2 {
@@ -1130,7 +1125,9 @@ impl Broker {
     /// The earliest deadline of an offline session or delayed will, or of the next sweep of
     /// unstored deliveries.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timer = lock(&self.timers).first_key_value().map(|(&(at, ..), _)| at);
+        let timer = lock(&self.timers)
+            .first_key_value()
+            .map(|(&(at, ..), _)| at);
         match (timer, self.sweeper.due()) {
             (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
             (timer, sweep) => timer.or(sweep),

@@ -116,7 +116,9 @@ impl Connection {
         match step {
             AuthStep::Continue(data) => {
                 self.send(
-                    auth_packet(ReasonCode::ContinueAuthentication, &pending.method, data), Seq::NONE);
+                    auth_packet(ReasonCode::ContinueAuthentication, &pending.method, data),
+                    Seq::NONE,
+                );
                 self.phase = Phase::Authenticating(Box::new(pending));
             }
             AuthStep::Success(data) => {
@@ -380,7 +382,9 @@ impl Connection {
         match step {
             AuthStep::Continue(data) => {
                 self.send(
-                    auth_packet(ReasonCode::ContinueAuthentication, &method, data), Seq::NONE);
+                    auth_packet(ReasonCode::ContinueAuthentication, &method, data),
+                    Seq::NONE,
+                );
             }
             AuthStep::Success(data) => {
                 enhanced.reauth = None;

@@ -17,7 +17,7 @@ use crate::broker::Broker;
 use crate::hooks::{AuthExchange, ClientInfo};
 use crate::message::Message;
 use crate::session::Session;
-use crate::types::{Seq, ConnectionId, Wakeup};
+use crate::types::{ConnectionId, Seq, Wakeup};
 use crate::unstored::{AckGate, Barrier};
 
 /// Why a connection ended; the server logs it.

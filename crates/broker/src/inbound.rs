@@ -13,7 +13,7 @@ use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
-use crate::types::{Seq, InflightState, SessionExpiry, SubscriptionRecord};
+use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::AckHold;
 
 impl Connection {

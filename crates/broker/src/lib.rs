@@ -33,8 +33,8 @@ pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection};
 pub use hooks::{
-    AllowAll, AuthExchange, DefaultAccess, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
-    EnhancedAuthenticator, Hooks,
+    AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
+    DefaultAccess, EnhancedAuthenticator, Hooks,
 };
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Metrics, MetricsSnapshot};

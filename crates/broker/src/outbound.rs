@@ -11,9 +11,9 @@ use crate::broker::Broker;
 use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
-use crate::persist::Change;
+use crate::persist::{Change, RoutedBody};
 use crate::session::{Inflight, QueuedDelivery, SessionState, is_stored};
-use crate::types::{Seq, InflightState};
+use crate::types::{InflightState, Seq};
 use crate::unstored::Unstored;
 
 /// Builds the PUBLISH of `delivery` for a client of `version`. `alias` is the topic alias to use
@@ -398,18 +398,14 @@ impl Transmit<'_> {
                 delivery: delivery.stored(),
             }),
             None => {
-                self.broker
-                    .persist(|| Change::Message(delivery.message.clone()));
-                let seq = self.broker.persist(|| Change::Inflight {
+                let mut body = RoutedBody::new(self.broker.persistence());
+                body.hold(&delivery.message);
+                self.broker.persist(|| Change::Inflight {
                     client_id: client_id(),
                     packet_id,
                     state: waiting,
                     delivery: delivery.stored(),
-                });
-                self.broker.persist(|| Change::MessageRouted {
-                    id: delivery.message.id,
-                });
-                seq
+                })
             }
         }
     }

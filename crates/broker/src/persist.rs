@@ -17,8 +17,8 @@ use std::time::Duration;
 use tern_codec::{MqttStr, QoS};
 
 use crate::message::{Message, SubscriptionIds};
-pub use crate::types::{MessageId, Seq};
 use crate::types::{InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
+pub use crate::types::{MessageId, Seq};
 
 /// A delivery as stored: the message by id, and what is particular to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +141,49 @@ pub trait Persistence: Send + Sync {
     fn begin_group(&self) -> u64;
     /// Closes the group `token` opened.
     fn end_group(&self, token: u64);
+}
+
+/// The router's reference on a stored message body while it places the message's deliveries
+/// (see [`Change::Message`]). The body is submitted with the first stored delivery that refers
+/// to it, and the reference is given back ([`Change::MessageRouted`]) when the guard drops, so
+/// no path can forget the release and leave the body in the store until the next restart.
+pub(crate) struct RoutedBody<'a> {
+    persistence: Option<&'a dyn Persistence>,
+    /// The body submitted, if a stored delivery needed it.
+    held: Option<MessageId>,
+}
+
+impl<'a> RoutedBody<'a> {
+    /// A guard that holds nothing yet; with no store, it never will.
+    pub(crate) fn new(persistence: Option<&'a dyn Persistence>) -> RoutedBody<'a> {
+        RoutedBody {
+            persistence,
+            held: None,
+        }
+    }
+
+    /// Submits the body of `message` (once) before a stored delivery that refers to it.
+    pub(crate) fn hold(&mut self, message: &Message) {
+        if self.held.is_none()
+            && let Some(persistence) = self.persistence
+        {
+            persistence.submit(Change::Message(message.clone()));
+            self.held = Some(message.id);
+        }
+    }
+
+    /// Whether the body is held (a stored delivery refers to it).
+    pub(crate) fn held(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl Drop for RoutedBody<'_> {
+    fn drop(&mut self) {
+        if let (Some(persistence), Some(id)) = (self.persistence, self.held) {
+            persistence.submit(Change::MessageRouted { id });
+        }
+    }
 }
 
 /// An open atomic group ([`Persistence::begin_group`]), closed when dropped.

@@ -142,7 +142,6 @@ impl Walk<'_> {
     }
 }
 
-
 /// All retained messages.
 #[derive(Debug, Default)]
 pub struct RetainedIndex {
@@ -328,14 +327,20 @@ mod tests {
         for topic in topics_in {
             index.insert(message(topic));
         }
-        for filter in ["#", "a/#", "a/+/c", "+", "+/+", "a/b/#", "$SYS/#", "a", "+/c", "x/#"] {
+        for filter in [
+            "#", "a/#", "a/+/c", "+", "+/+", "a/b/#", "$SYS/#", "a", "+/c", "x/#",
+        ] {
             let whole = topics(&index, filter);
             for size in [1, 2, 3, 100] {
                 let streamed = in_batches(&index, filter, size);
                 let mut sorted = streamed.clone();
                 sorted.sort();
                 sorted.dedup();
-                assert_eq!(sorted.len(), streamed.len(), "{filter} by {size}: a topic twice");
+                assert_eq!(
+                    sorted.len(),
+                    streamed.len(),
+                    "{filter} by {size}: a topic twice"
+                );
                 assert_eq!(sorted, whole, "{filter} by {size}");
             }
         }

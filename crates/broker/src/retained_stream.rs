@@ -82,7 +82,8 @@ impl RetainedStreams {
 
     /// Stops the stream of `filter` (the subscription went).
     pub(crate) fn stop(&mut self, filter: &str) {
-        self.streams.retain(|stream| stream.filter.as_str() != filter);
+        self.streams
+            .retain(|stream| stream.filter.as_str() != filter);
     }
 
     pub(crate) fn is_empty(&self) -> bool {

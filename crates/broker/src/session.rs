@@ -15,9 +15,9 @@ use std::time::Instant;
 use tern_codec::{MqttStr, QoS};
 
 use crate::message::{Delivery, Message};
-use crate::types::{Seq, ConnectionId, InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
-use crate::persist::{Change, Persistence};
+use crate::persist::{Change, Persistence, RoutedBody};
 use crate::retained_stream::RetainedStreams;
+use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
 use crate::unstored::{AckHold, Unstored};
 
 /// Whether a delivery is stored when its session is persistent: QoS 1 and 2 messages with a
@@ -94,7 +94,6 @@ pub struct SessionState {
     /// should cost little).
     pub(crate) retained: Option<Box<RetainedStreams>>,
 }
-
 
 /// A session, shared by the registry, the subscription index and its connection.
 #[derive(Debug)]
@@ -174,8 +173,7 @@ impl Session {
     /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue
     /// holds `max_queued` already. QoS 0 for an offline session is discarded unless
     /// `queue_qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
-    /// is submitted as it is queued, preceded by its message body unless `body_stored` says
-    /// that was done; returns the sequence number of the last change ([`Seq::NONE`] for none).
+    /// is submitted as it is queued, after the message body that `body` holds for it; returns the sequence number of the last change ([`Seq::NONE`] for none).
     ///
     /// With `hold` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
     /// QoS 1 delivery to a stored session whose client is connected is queued unstored
@@ -187,7 +185,7 @@ impl Session {
         max_queued: usize,
         queue_qos0_offline: bool,
         persist: Option<&dyn Persistence>,
-        body_stored: &mut bool,
+        body: &mut RoutedBody<'_>,
         hold: Option<(&mut AckHold<'_>, Instant)>,
     ) -> (Enqueued, Seq, bool) {
         let mut state = self.lock();
@@ -230,10 +228,7 @@ impl Session {
             state.unstored += 1;
             list = !std::mem::replace(&mut state.listed, true);
         } else if let Some(persist) = persist.filter(|_| is_stored(&delivery)) {
-            if !*body_stored {
-                persist.submit(Change::Message(delivery.message.clone()));
-                *body_stored = true;
-            }
+            body.hold(&delivery.message);
             seq = persist.submit(Change::Queued {
                 client_id: self.client_id.clone(),
                 position,
@@ -265,7 +260,10 @@ impl Session {
     /// Retained messages taken from the index for new subscriptions and not sent yet: at most
     /// a small batch per subscription, whatever the size of the retained set.
     pub fn retained_buffered(&self) -> usize {
-        self.lock().retained.as_ref().map_or(0, |streams| streams.buffered())
+        self.lock()
+            .retained
+            .as_ref()
+            .map_or(0, |streams| streams.buffered())
     }
 
     /// Messages dropped so far because the queue was full.
@@ -319,12 +317,9 @@ impl<'a> Sweep<'a> {
         }
         if let Some(persist) = self.persist {
             // Body, entry and the router's release, as the router itself would have stored it.
-            persist.submit(Change::Message(delivery.message.clone()));
-            let seq = persist.submit(change());
-            persist.submit(Change::MessageRouted {
-                id: delivery.message.id,
-            });
-            unstored.stored(seq);
+            let mut body = RoutedBody::new(Some(persist));
+            body.hold(&delivery.message);
+            unstored.stored(persist.submit(change()));
         }
         true
     }
@@ -405,7 +400,12 @@ impl SessionState {
     }
 
     /// Starts sending the retained set of a new subscription (see `retained_stream`).
-    pub(crate) fn stream_retained(&mut self, filter: MqttStr, granted: QoS, identifier: Option<u32>) {
+    pub(crate) fn stream_retained(
+        &mut self,
+        filter: MqttStr,
+        granted: QoS,
+        identifier: Option<u32>,
+    ) {
         self.retained
             .get_or_insert_with(Box::default)
             .start(filter, granted, identifier);

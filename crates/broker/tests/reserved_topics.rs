@@ -10,8 +10,8 @@ use bytes::Bytes;
 use common::{Quiet, connect, text, transmit};
 use tern_broker::{Authorizer, Broker, BrokerConfig, ClientInfo, Connection, Hooks};
 use tern_codec::{
-    Connect, Will, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
+    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
+    SubscriptionOptions, Will,
 };
 
 /// Opens `$app/...` to clients, and nothing else of the `$` space.

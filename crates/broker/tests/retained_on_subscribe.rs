@@ -99,7 +99,10 @@ fn a_new_subscriber_gets_every_retained_message_past_the_queue_limit() {
         }
         for packet in packets {
             if let Packet::Publish(publish) = packet {
-                assert!(publish.retain, "sent because of a new subscription [MQTT-3.3.1-8]");
+                assert!(
+                    publish.retain,
+                    "sent because of a new subscription [MQTT-3.3.1-8]"
+                );
                 topics.push(publish.topic.to_string());
             }
         }
@@ -167,7 +170,10 @@ fn live_traffic_keeps_flowing_while_a_retained_set_streams() {
         }
     }
     let live_at = live_at.expect("the live message was delivered");
-    assert!(live_at < 1_000, "live message waited for {live_at} retained ones");
+    assert!(
+        live_at < 1_000,
+        "live message waited for {live_at} retained ones"
+    );
 }
 
 #[test]
@@ -269,5 +275,8 @@ fn a_retained_message_changed_while_streaming_is_sent_as_it_is_now() {
     // The live copy, then the stream's: both the new value, never the old one after it.
     let last: Vec<_> = seen.iter().filter(|(t, _)| t == &last_topic).collect();
     assert_eq!(last.len(), 2);
-    assert!(last.iter().all(|(_, payload)| payload == &Bytes::from_static(b"new")));
+    assert!(
+        last.iter()
+            .all(|(_, payload)| payload == &Bytes::from_static(b"new"))
+    );
 }

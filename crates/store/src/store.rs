@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tern_broker::{Seq, Wakeup};
 use tern_broker::persist::{Change, Persistence, Recovered};
+use tern_broker::{Seq, Wakeup};
 
 use crate::clock::Clock;
 use crate::commit::{self, Shared};

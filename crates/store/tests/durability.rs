@@ -3,10 +3,10 @@
 
 mod common;
 
-use tern_broker::Seq;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tern_broker::Seq;
 
 use common::*;
 use tern_broker::SessionExpiry;

@@ -3,11 +3,11 @@
 
 #![allow(dead_code)]
 
-use tern_broker::Seq;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tern_broker::Seq;
 
 use bytes::Bytes;
 use tern_broker::persist::{Change, Persistence, StoredDelivery};

@@ -24,11 +24,11 @@ use crate::persist::{
 };
 use crate::retained::RetainedIndex;
 use crate::session::{
-    Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, is_stored,
+    Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, belongs_in_store,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
-use crate::unstored::{AckHold, Sweeper};
+use crate::unstored::{AckHold, Durability, Sweeper};
 
 /// A subscription a message is routed to, with the shared subscription it came through.
 type Target<'a> = (&'a Subscriber, Option<&'a MqttStr>);
@@ -376,7 +376,7 @@ impl Broker {
                 state.queue.push_back(QueuedDelivery {
                     position,
                     delivery: delivery(queued),
-                    unstored: None,
+                    durability: Durability::Stored,
                 });
             }
             for (packet_id, flow, sent) in inflight {
@@ -388,7 +388,7 @@ impl Broker {
                     pending: true,
                     dup: true,
                     send_after: Seq::NONE,
-                    unstored: None,
+                    durability: Durability::Stored,
                 });
             }
             state.pending = state.inflight.len();
@@ -567,7 +567,7 @@ impl Broker {
             );
             start = end;
             reached += 1;
-            let (outcome, enqueue_seq, list) = first.session.enqueue(
+            let pushed = first.session.enqueue(
                 delivery,
                 self.config.max_queued_messages,
                 self.config.queue_qos0_offline,
@@ -575,11 +575,11 @@ impl Broker {
                 &mut body,
                 hold.as_deref_mut().map(|hold| (hold, now)),
             );
-            if list {
+            if pushed.sweep {
                 self.sweeper.list(&first.session, now);
             }
-            seq = seq.max(enqueue_seq);
-            match outcome {
+            seq = seq.max(pushed.seq);
+            match pushed.outcome {
                 Enqueued::Queued => Metrics::bump(&self.metrics.messages_queued),
                 Enqueued::QueuedDroppingOldest => {
                     Metrics::bump(&self.metrics.messages_queued);
@@ -679,7 +679,6 @@ impl Broker {
         let mut moved = Vec::new();
         {
             let mut state = session.lock();
-            let stored = state.stores();
             let client_id = session.client_id();
             let mut position = 0;
             while position < state.inflight.len() {
@@ -691,8 +690,8 @@ impl Broker {
                     Some((target, entry)) => {
                         // The body gets its router reference before the old delivery lets go
                         // of it, so it is never without one.
-                        let body = self.hold_body(stored, &entry.delivery);
-                        if stored {
+                        let body = self.hold_body(&entry.durability, &entry.delivery);
+                        if entry.durability.is_stored() {
                             self.persist(|| Change::InflightDone {
                                 client_id: client_id.clone(),
                                 packet_id: entry.packet_id,
@@ -712,8 +711,8 @@ impl Broker {
                     .and_then(other_member)
                 {
                     Some(target) => {
-                        let body = self.hold_body(stored, &queued.delivery);
-                        if body.held() {
+                        let body = self.hold_body(&queued.durability, &queued.delivery);
+                        if queued.durability.is_stored() {
                             self.persist(|| Change::Unqueued {
                                 client_id: client_id.clone(),
                                 position: queued.position,
@@ -749,9 +748,9 @@ impl Broker {
 
     /// Takes a router reference on the body of `delivery` if it is stored (see
     /// [`Change::Message`]), given back when the guard drops.
-    fn hold_body(&self, stored: bool, delivery: &Delivery) -> RoutedBody<'_> {
+    fn hold_body(&self, durability: &Durability, delivery: &Delivery) -> RoutedBody<'_> {
         let mut body = RoutedBody::new(self.persistence());
-        if stored && is_stored(delivery) {
+        if durability.is_stored() {
             body.hold(&delivery.message);
         }
         body
@@ -894,8 +893,10 @@ impl Broker {
             if state.stored {
                 state.stored = false;
                 // Nothing of the session is kept now: its unstored deliveries stop holding
-                // their publishers' acknowledgements back.
+                // their publishers' acknowledgements back, and none of its deliveries is in
+                // the store any more.
                 state.store_unstored(client_id, None, None);
+                state.forget_stored();
                 return persistence.submit(Change::SessionEnded {
                     client_id: client_id.clone(),
                 });
@@ -919,7 +920,7 @@ impl Broker {
         &self,
         persistence: &dyn Persistence,
         client_id: &MqttStr,
-        state: &SessionState,
+        state: &mut SessionState,
     ) -> Seq {
         let mut seq = Seq::NONE;
         for (filter, record) in &state.subscriptions {
@@ -931,9 +932,10 @@ impl Broker {
         }
         for queued in state
             .queue
-            .iter()
-            .filter(|queued| is_stored(&queued.delivery))
+            .iter_mut()
+            .filter(|queued| belongs_in_store(&queued.delivery) && !queued.durability.is_unstored())
         {
+            queued.durability = Durability::Stored;
             let mut body = RoutedBody::new(Some(persistence));
             body.hold(&queued.delivery.message);
             seq = persistence.submit(Change::Queued {
@@ -944,9 +946,10 @@ impl Broker {
         }
         for entry in state
             .inflight
-            .iter()
-            .filter(|entry| is_stored(&entry.delivery))
+            .iter_mut()
+            .filter(|entry| belongs_in_store(&entry.delivery) && !entry.durability.is_unstored())
         {
+            entry.durability = Durability::Stored;
             let mut body = RoutedBody::new(Some(persistence));
             body.hold(&entry.delivery.message);
             seq = persistence.submit(Change::Inflight {

@@ -346,8 +346,8 @@ impl Connection {
             && state.inflight[index].state == expected
         {
             let entry = state.remove_inflight(index);
-            // An unstored delivery is not in the store: nothing to delete.
-            if state.stores() && entry.is_some_and(|entry| entry.unstored.is_none()) {
+            // Only a stored delivery has anything in the store to delete.
+            if entry.is_some_and(|entry| entry.durability.is_stored()) {
                 self.broker.persist(|| Change::InflightDone {
                     client_id: active.session.client_id().clone(),
                     packet_id,
@@ -379,10 +379,9 @@ impl Connection {
             };
             return self.ack(PacketType::PubRel, ack.packet_id, code, Seq::NONE);
         };
-        let stores = state.stores();
         let entry = &mut state.inflight[index];
         entry.state = InflightState::AwaitingPubComp;
-        entry.send_after = if stores {
+        entry.send_after = if entry.durability.is_stored() {
             self.broker.persist(|| Change::Inflight {
                 client_id: session.client_id().clone(),
                 packet_id: entry.packet_id,

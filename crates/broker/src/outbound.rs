@@ -12,9 +12,9 @@ use crate::connection::{Active, CloseReason, Connection, Phase};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::persist::{Change, RoutedBody};
-use crate::session::{Inflight, QueuedDelivery, SessionState, is_stored};
+use crate::session::{Inflight, QueuedDelivery, SessionState, belongs_in_store};
 use crate::types::{InflightState, Seq};
-use crate::unstored::Unstored;
+use crate::unstored::Durability;
 
 /// Builds the PUBLISH of `delivery` for a client of `version`. `alias` is the topic alias to use
 /// and whether the client already knows it (then the topic is left out).
@@ -203,7 +203,6 @@ impl Transmit<'_> {
 
     /// Returns true when every pending entry went out.
     fn pending_inflight(&mut self, state: &mut SessionState) -> bool {
-        let stores = state.stores();
         let mut dropped = Vec::new();
         let mut sent = 0;
         for entry in state.inflight.iter_mut().filter(|entry| entry.pending) {
@@ -222,7 +221,7 @@ impl Transmit<'_> {
                 InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
                     let id = entry.packet_id;
                     if !self.send_publish(&entry.delivery, id, entry.dup) {
-                        dropped.push((id, entry.unstored.is_some()));
+                        dropped.push(id);
                     }
                     entry.dup = true;
                 }
@@ -235,14 +234,11 @@ impl Transmit<'_> {
             }
         }
         state.pending -= sent;
-        if !dropped.is_empty() {
-            state
-                .inflight
-                .retain(|entry| !dropped.iter().any(|&(id, _)| id == entry.packet_id));
-            let unstored = dropped.iter().filter(|&&(_, unstored)| unstored).count();
-            state.unstored = state.unstored.saturating_sub(unstored);
-            let stored = dropped.iter().filter(|&&(_, unstored)| stores && !unstored);
-            for &(packet_id, _) in stored {
+        for packet_id in dropped {
+            let entry = state
+                .inflight_position(packet_id)
+                .and_then(|index| state.remove_inflight(index));
+            if entry.is_some_and(|entry| entry.durability.is_stored()) {
                 self.broker.persist(|| Change::InflightDone {
                     client_id: self.client_id.clone(),
                     packet_id,
@@ -260,18 +256,19 @@ impl Transmit<'_> {
             if self.full() {
                 return !state.queue.is_empty() || state.retained.is_some();
             }
-            let Some((position, delivery, unstored)) = self.next_delivery(state) else {
+            let Some((position, delivery, durability)) = self.next_delivery(state) else {
                 return false;
             };
             // An unstored delivery goes in flight unstored; dropped, it just lets go of its
             // publisher's acknowledgement.
-            let stored = state.stores() && is_stored(&delivery) && unstored.is_none();
-            if unstored.is_some() {
+            let stored = durability.is_stored();
+            if durability.is_unstored() {
                 // Counted again if it goes in flight.
                 state.unstored = state.unstored.saturating_sub(1);
             }
             // A queued delivery dropped unsent only leaves the queue; one that is sent moves in
-            // flight with `Change::Dispatched`. A streamed retained one was never stored.
+            // flight with `Change::Dispatched`. A streamed retained one is not in the store
+            // before it is sent.
             let unqueued = |position: Option<u64>| {
                 if let Some(position) = position.filter(|_| stored) {
                     self.broker.persist(|| Change::Unqueued {
@@ -320,7 +317,7 @@ impl Transmit<'_> {
             if !gated {
                 self.send_publish(&delivery, packet_id, false);
             }
-            if unstored.is_some() {
+            if durability.is_unstored() {
                 state.unstored += 1;
             }
             state.inflight.push_back(Inflight {
@@ -330,7 +327,7 @@ impl Transmit<'_> {
                 pending: gated,
                 dup: !gated,
                 send_after: seq,
-                unstored,
+                durability,
             });
             if gated {
                 state.pending += 1;
@@ -341,13 +338,14 @@ impl Transmit<'_> {
     }
 
     /// The next delivery to send — its queue position (none for a streamed retained message)
-    /// and whether it is unstored — from the queue or a retained stream, whichever may go;
+    /// and its durability (for a streamed one, whether it is to be stored when it goes in
+    /// flight) — from the queue or a retained stream, whichever may go;
     /// when both may, they take turns. A QoS 1/2 delivery waits while the in-flight window is
     /// full, and nothing in the queue overtakes one that waits.
     fn next_delivery(
         &mut self,
         state: &mut SessionState,
-    ) -> Option<(Option<u64>, Delivery, Option<Unstored>)> {
+    ) -> Option<(Option<u64>, Delivery, Durability)> {
         let window_full = state.inflight.len() >= self.active.send_window;
         let may_go = |qos: QoS| !window_full || qos == QoS::AtMostOnce;
         let queue_ready = state
@@ -369,14 +367,19 @@ impl Transmit<'_> {
         };
         if from_stream {
             let delivery = state.retained.as_mut()?.take(self.broker)?;
-            return Some((None, delivery, None));
+            let durability = if state.stores() && belongs_in_store(&delivery) {
+                Durability::Stored
+            } else {
+                Durability::Volatile
+            };
+            return Some((None, delivery, durability));
         }
         let QueuedDelivery {
             position,
             delivery,
-            unstored,
+            durability,
         } = state.queue.pop_front()?;
-        Some((Some(position), delivery, unstored))
+        Some((Some(position), delivery, durability))
     }
 
     /// Submits a delivery going in flight: a queued one moves from the queue in one change; a

@@ -171,11 +171,6 @@ impl<'a> RoutedBody<'a> {
             self.held = Some(message.id);
         }
     }
-
-    /// Whether the body is held (a stored delivery refers to it).
-    pub(crate) fn held(&self) -> bool {
-        self.held.is_some()
-    }
 }
 
 impl Drop for RoutedBody<'_> {

@@ -18,11 +18,11 @@ use crate::message::{Delivery, Message};
 use crate::persist::{Change, Persistence, RoutedBody};
 use crate::retained_stream::RetainedStreams;
 use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
-use crate::unstored::{AckHold, Unstored};
+use crate::unstored::{AckHold, Durability};
 
-/// Whether a delivery is stored when its session is persistent: QoS 1 and 2 messages with a
-/// stored body.
-pub(crate) fn is_stored(delivery: &Delivery) -> bool {
+/// Whether a delivery belongs in the store when its session is stored: QoS 1 and 2 messages
+/// whose body has a message id. (Where it actually stands is its [`Durability`].)
+pub(crate) fn belongs_in_store(delivery: &Delivery) -> bool {
     delivery.qos != QoS::AtMostOnce && delivery.message.id != 0
 }
 
@@ -39,8 +39,8 @@ pub struct Inflight {
     pub dup: bool,
     /// Store sequence number that must be durable before the packet goes out ([`Seq::NONE`]: none).
     pub send_after: Seq,
-    /// Set while the delivery of a stored session is not in the store yet (see `unstored`).
-    pub(crate) unstored: Option<Unstored>,
+    /// Whether the entry is in the store, held back from it, or never goes there.
+    pub(crate) durability: Durability,
 }
 
 /// A delivery waiting in a session's queue, at its position (increasing within the session;
@@ -49,8 +49,8 @@ pub struct Inflight {
 pub struct QueuedDelivery {
     pub position: u64,
     pub delivery: Delivery,
-    /// Set while the delivery of a stored session is not in the store yet (see `unstored`).
-    pub(crate) unstored: Option<Unstored>,
+    /// Whether the entry is in the store, held back from it, or never goes there.
+    pub(crate) durability: Durability,
 }
 
 /// A will whose delay has not run out yet (MQTT 5 Will Delay Interval).
@@ -102,6 +102,17 @@ pub struct Session {
     /// Mirror of `SessionState::owner` (0 for none), readable without the lock.
     owner_hint: AtomicU64,
     state: Mutex<SessionState>,
+}
+
+/// What pushing a delivery into a session did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pushed {
+    pub(crate) outcome: Enqueued,
+    /// The sequence number of the last change submitted ([`Seq::NONE`] for none).
+    pub(crate) seq: Seq,
+    /// Whether the broker must add the session to the sessions it sweeps (its first unstored
+    /// delivery).
+    pub(crate) sweep: bool,
 }
 
 /// What happened to a delivery pushed into a session.
@@ -173,12 +184,11 @@ impl Session {
     /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue
     /// holds `max_queued` already. QoS 0 for an offline session is discarded unless
     /// `queue_qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
-    /// is submitted as it is queued, after the message body that `body` holds for it; returns the sequence number of the last change ([`Seq::NONE`] for none).
+    /// is submitted as it is queued, after the message body that `body` holds for it.
     ///
     /// With `hold` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
     /// QoS 1 delivery to a stored session whose client is connected is queued unstored
-    /// instead (see `unstored`); the third value is then true if the broker must add the
-    /// session to the sessions it sweeps.
+    /// instead (see `unstored`).
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
@@ -187,13 +197,21 @@ impl Session {
         persist: Option<&dyn Persistence>,
         body: &mut RoutedBody<'_>,
         hold: Option<(&mut AckHold<'_>, Instant)>,
-    ) -> (Enqueued, Seq, bool) {
+    ) -> Pushed {
         let mut state = self.lock();
         if state.ended || max_queued == 0 {
-            return (Enqueued::Discarded, Seq::NONE, false);
+            return Pushed {
+                outcome: Enqueued::Discarded,
+                seq: Seq::NONE,
+                sweep: false,
+            };
         }
         if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
-            return (Enqueued::Discarded, Seq::NONE, false);
+            return Pushed {
+                outcome: Enqueued::Discarded,
+                seq: Seq::NONE,
+                sweep: false,
+            };
         }
         let persist = persist.filter(|_| state.stored);
         let mut seq = Seq::NONE;
@@ -203,48 +221,59 @@ impl Session {
         {
             state.dropped += 1;
             outcome = Enqueued::QueuedDroppingOldest;
-            if dropped.unstored.is_some() {
-                state.unstored = state.unstored.saturating_sub(1);
-            } else if let Some(persist) = persist.filter(|_| is_stored(&dropped.delivery)) {
-                seq = persist.submit(Change::Unqueued {
-                    client_id: self.client_id.clone(),
-                    position: dropped.position,
-                });
+            match (&dropped.durability, persist) {
+                (Durability::Unstored(_), _) => {
+                    state.unstored = state.unstored.saturating_sub(1);
+                }
+                (Durability::Stored, Some(persist)) => {
+                    seq = persist.submit(Change::Unqueued {
+                        client_id: self.client_id.clone(),
+                        position: dropped.position,
+                    });
+                }
+                (Durability::Stored | Durability::Volatile, _) => {}
             }
         }
         let position = state.next_position;
         state.next_position += 1;
-        let unstored = hold
-            .filter(|_| {
-                persist.is_some()
-                    && state.owner.is_some()
-                    && delivery.qos == QoS::AtLeastOnce
-                    && delivery.shared_filter.is_none()
-                    && is_stored(&delivery)
-            })
-            .map(|(hold, now)| hold.unstored(now));
+        let may_wait = state.owner.is_some()
+            && delivery.qos == QoS::AtLeastOnce
+            && delivery.shared_filter.is_none();
         let mut list = false;
-        if unstored.is_some() {
-            state.unstored += 1;
-            list = !std::mem::replace(&mut state.listed, true);
-        } else if let Some(persist) = persist.filter(|_| is_stored(&delivery)) {
-            body.hold(&delivery.message);
-            seq = persist.submit(Change::Queued {
-                client_id: self.client_id.clone(),
-                position,
-                delivery: delivery.stored(),
-            });
-        }
+        let durability = match (
+            persist.filter(|_| belongs_in_store(&delivery)),
+            hold.filter(|_| may_wait),
+        ) {
+            (None, _) => Durability::Volatile,
+            (Some(_), Some((hold, now))) => {
+                state.unstored += 1;
+                list = !std::mem::replace(&mut state.listed, true);
+                Durability::Unstored(hold.unstored(now))
+            }
+            (Some(persist), None) => {
+                body.hold(&delivery.message);
+                seq = persist.submit(Change::Queued {
+                    client_id: self.client_id.clone(),
+                    position,
+                    delivery: delivery.stored(),
+                });
+                Durability::Stored
+            }
+        };
         let was_empty = state.queue.is_empty();
         state.queue.push_back(QueuedDelivery {
             position,
             delivery,
-            unstored,
+            durability,
         });
         if was_empty && let Some(wakeup) = &state.wakeup {
             wakeup.wake();
         }
-        (outcome, seq, list)
+        Pushed {
+            outcome,
+            seq,
+            sweep: list,
+        }
     }
 
     /// Number of waiting messages (for tests and metrics).
@@ -269,59 +298,6 @@ impl Session {
     /// Messages dropped so far because the queue was full.
     pub fn dropped_count(&self) -> u64 {
         self.lock().dropped
-    }
-}
-
-/// One pass of [`SessionState::store_unstored`].
-struct Sweep<'a> {
-    persist: Option<&'a dyn Persistence>,
-    cutoff: Option<Instant>,
-    /// Deliveries left unstored, and when the oldest of them was routed.
-    kept: usize,
-    oldest: Option<Instant>,
-}
-
-impl<'a> Sweep<'a> {
-    fn new(persist: Option<&'a dyn Persistence>, cutoff: Option<Instant>) -> Sweep<'a> {
-        Sweep {
-            persist,
-            cutoff,
-            kept: 0,
-            oldest: None,
-        }
-    }
-
-    /// Whether an unstored delivery is old enough to be stored.
-    fn due(&self, unstored: &Unstored) -> bool {
-        self.cutoff.is_none_or(|cutoff| unstored.since() <= cutoff)
-    }
-
-    /// Stores the delivery of one queue or in-flight entry if it is unstored and `due`
-    /// (`change` is its entry's change). Returns whether it was unstored.
-    fn entry(
-        &mut self,
-        slot: &mut Option<Unstored>,
-        delivery: &Delivery,
-        due: bool,
-        change: impl FnOnce() -> Change,
-    ) -> bool {
-        let Some(unstored) = slot.take() else {
-            return false;
-        };
-        if !due {
-            let since = unstored.since();
-            *slot = Some(unstored);
-            self.kept += 1;
-            self.oldest = Some(self.oldest.map_or(since, |oldest| oldest.min(since)));
-            return true;
-        }
-        if let Some(persist) = self.persist {
-            // Body, entry and the router's release, as the router itself would have stored it.
-            let mut body = RoutedBody::new(Some(persist));
-            body.hold(&delivery.message);
-            unstored.stored(persist.submit(change()));
-        }
-        true
     }
 }
 
@@ -382,7 +358,7 @@ impl SessionState {
         if entry.pending {
             self.pending -= 1;
         }
-        if entry.unstored.is_some() {
+        if entry.durability.is_unstored() {
             self.unstored = self.unstored.saturating_sub(1);
         }
         Some(entry)
@@ -397,6 +373,18 @@ impl SessionState {
         self.unstored = 0;
         self.inbound_qos2.clear();
         self.retained = None;
+    }
+
+    /// The session is no longer in the store: none of its deliveries is either (call after
+    /// the unstored ones were released).
+    pub(crate) fn forget_stored(&mut self) {
+        let entries = self.queue.iter_mut().map(|queued| &mut queued.durability);
+        for durability in entries.chain(self.inflight.iter_mut().map(|entry| &mut entry.durability))
+        {
+            if durability.is_stored() {
+                *durability = Durability::Volatile;
+            }
+        }
     }
 
     /// Starts sending the retained set of a new subscription (see `retained_stream`).
@@ -419,90 +407,5 @@ impl SessionState {
                 self.retained = None;
             }
         }
-    }
-
-    /// Submits the unstored deliveries routed at or before `cutoff` (all of them with `None`)
-    /// to the store, and lets their publishers' acknowledgements wait for that instead. A
-    /// session no longer stored keeps nothing: its deliveries just stop holding the
-    /// acknowledgements back. Returns when the oldest delivery left unstored was routed.
-    pub(crate) fn store_unstored(
-        &mut self,
-        client_id: &MqttStr,
-        persist: Option<&dyn Persistence>,
-        cutoff: Option<Instant>,
-    ) -> Option<Instant> {
-        let mut sweep = Sweep::new(persist.filter(|_| self.stored), cutoff);
-        let last_due = self.inflight.iter().rposition(|entry| {
-            entry
-                .unstored
-                .as_ref()
-                .is_some_and(|unstored| sweep.due(unstored))
-        });
-        let mut left = self
-            .unstored
-            .saturating_sub(self.sweep_inflight(client_id, &mut sweep, last_due));
-        // The queue (whose order is in its keys) from the back: unstored deliveries are recent
-        // ones, so a long stored backlog is not walked.
-        for queued in self.queue.iter_mut().rev() {
-            if left == 0 {
-                break;
-            }
-            let change = || Change::Queued {
-                client_id: client_id.clone(),
-                position: queued.position,
-                delivery: queued.delivery.stored(),
-            };
-            let due = queued
-                .unstored
-                .as_ref()
-                .is_some_and(|unstored| sweep.due(unstored));
-            if sweep.entry(&mut queued.unstored, &queued.delivery, due, change) {
-                left -= 1;
-            }
-        }
-        self.unstored = sweep.kept;
-        sweep.oldest
-    }
-
-    /// Stores every unstored delivery in flight: before a stored delivery goes in flight
-    /// behind them, so the store keeps the order they were sent in.
-    pub(crate) fn store_unstored_inflight(
-        &mut self,
-        client_id: &MqttStr,
-        persist: Option<&dyn Persistence>,
-    ) {
-        if self.unstored == 0 {
-            return;
-        }
-        let mut sweep = Sweep::new(persist.filter(|_| self.stored), None);
-        let seen = self.sweep_inflight(client_id, &mut sweep, Some(usize::MAX));
-        self.unstored = self.unstored.saturating_sub(seen);
-    }
-
-    /// Stores the unstored in-flight deliveries up to index `through`, oldest first, and keeps
-    /// the later ones: the store numbers in-flight entries in the order they reach it and sends
-    /// them again in that order after a restart [MQTT-4.6.0-1], so none may overtake an older
-    /// one (routing times of two publishers may be out of order by a little). Returns how many
-    /// were unstored.
-    fn sweep_inflight(
-        &mut self,
-        client_id: &MqttStr,
-        sweep: &mut Sweep<'_>,
-        through: Option<usize>,
-    ) -> usize {
-        let mut seen = 0;
-        for (index, entry) in self.inflight.iter_mut().enumerate() {
-            let change = || Change::Inflight {
-                client_id: client_id.clone(),
-                packet_id: entry.packet_id,
-                state: entry.state,
-                delivery: entry.delivery.stored(),
-            };
-            let due = through.is_some_and(|last| index <= last);
-            if sweep.entry(&mut entry.unstored, &entry.delivery, due, change) {
-                seen += 1;
-            }
-        }
-        seen
     }
 }

@@ -1,24 +1,11 @@
-//! Deliveries to online persistent sessions that are kept out of the store while their
-//! acknowledgement may come first, and the publisher acknowledgements that wait for them.
-//!
-//! A QoS 1 message routed to a persistent session whose client is connected is usually
-//! acknowledged by that client within a millisecond or two. Storing it (body, queue entry, in
-//! flight entry) and then deleting it again is most of what the store does under such traffic,
-//! and buys nothing when the subscriber's PUBACK arrives first. So such a delivery starts
-//! *unstored*: the publisher's PUBACK waits on an [`AckGate`] until each of its unstored
-//! deliveries is either acknowledged by its subscriber (nothing left to keep) or stored and
-//! durable. A delivery still unacknowledged after the grace period (`unstored_grace` in the
-//! broker's configuration) is stored like any other (by the broker's sweep), as is every
-//! unstored delivery of a session whose connection goes.
-//! Nothing acknowledged to a publisher is ever held only in memory.
+//! The publisher's side of unstored deliveries: the gate its acknowledgement waits on, and each
+//! unstored delivery's hold on that gate.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::persist::Persistence;
-use crate::session::Session;
 use crate::types::{Seq, Wakeup};
 
 /// What a publisher's acknowledgement waits for besides its own store sequence number: its
@@ -161,101 +148,6 @@ impl Barrier {
     /// Whether the packet may go out with `durable` durable.
     pub(crate) fn passed(&self, durable: Seq) -> bool {
         self.seq().is_some_and(|seq| seq <= durable)
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The sessions holding unstored deliveries, swept every half grace period by the broker's
-/// timer task while there are any: a delivery is stored between one and one and a half grace
-/// periods after it was routed.
-pub(crate) struct Sweeper {
-    grace: Duration,
-    listed: Mutex<Listed>,
-    /// The timer task's, woken when the list stops being empty.
-    wakeup: Mutex<Option<Arc<dyn Wakeup>>>,
-}
-
-#[derive(Default)]
-struct Listed {
-    /// Each session at most once (its `listed` flag says whether it is here).
-    sessions: Vec<Arc<Session>>,
-    /// When the list last stopped being empty, or was last swept.
-    since: Option<Instant>,
-}
-
-impl Sweeper {
-    pub(crate) fn new(grace: Duration) -> Sweeper {
-        Sweeper {
-            grace,
-            listed: Mutex::default(),
-            wakeup: Mutex::default(),
-        }
-    }
-
-    pub(crate) fn set_wakeup(&self, wakeup: Arc<dyn Wakeup>) {
-        *lock(&self.wakeup) = Some(wakeup);
-    }
-
-    /// Adds a session whose `listed` flag its caller has just set.
-    pub(crate) fn list(&self, session: &Arc<Session>, now: Instant) {
-        let first = {
-            let mut listed = lock(&self.listed);
-            listed.sessions.push(session.clone());
-            if listed.sessions.len() == 1 {
-                listed.since = Some(now);
-            }
-            listed.sessions.len() == 1
-        };
-        if first && let Some(wakeup) = lock(&self.wakeup).as_ref() {
-            wakeup.wake();
-        }
-    }
-
-    /// When the next sweep is due, if anything is listed.
-    pub(crate) fn due(&self) -> Option<Instant> {
-        self.due_for(&lock(&self.listed))
-    }
-
-    fn due_for(&self, listed: &Listed) -> Option<Instant> {
-        if listed.sessions.is_empty() {
-            return None;
-        }
-        listed.since.map(|since| since + self.grace / 2)
-    }
-
-    /// Stores the deliveries unstored for longer than the grace period, if a sweep is due.
-    pub(crate) fn sweep(&self, persist: Option<&dyn Persistence>, now: Instant) {
-        let sessions = {
-            let mut listed = lock(&self.listed);
-            if self.due_for(&listed).is_none_or(|due| due > now) {
-                return;
-            }
-            listed.since = Some(now);
-            std::mem::take(&mut listed.sessions)
-        };
-        let cutoff = now.checked_sub(self.grace);
-        let mut still = Vec::new();
-        for session in sessions {
-            let mut state = session.lock();
-            let left = match cutoff {
-                Some(cutoff) => state.store_unstored(session.client_id(), persist, Some(cutoff)),
-                None => None,
-            };
-            if left.is_some() || (cutoff.is_none() && state.unstored > 0) {
-                drop(state);
-                still.push(session);
-            } else {
-                state.listed = false;
-            }
-        }
-        if !still.is_empty() {
-            lock(&self.listed).sessions.append(&mut still);
-        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::persist::{
     RoutedBody,
 };
 use crate::retained::RetainedIndex;
+use crate::retained_stream::RetainedSource;
 use crate::session::{
     Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, belongs_in_store,
 };
@@ -280,16 +281,6 @@ impl Broker {
         }
     }
 
-    /// `message` with a message id, so deliveries of it can be stored.
-    pub(crate) fn with_message_id(&self, message: Arc<Message>) -> Arc<Message> {
-        if message.id != 0 || self.persistence.is_none() {
-            return message;
-        }
-        let mut stored = Arc::unwrap_or_clone(message);
-        stored.id = self.new_message_id();
-        Arc::new(stored)
-    }
-
     /// A new connection: its id, and the slot of its wakeup (registered for a shutdown).
     pub(crate) fn register_connection(&self, wakeup: Arc<dyn Wakeup>) -> (ConnectionId, u32) {
         // Starts at 1 and would need 2^64 connections to wrap.
@@ -493,18 +484,6 @@ impl Broker {
             retained.insert(kept.clone());
             self.persist(|| Change::Retained(kept))
         }
-    }
-
-    /// Appends up to `limit` retained messages matching `filter` whose topics come after
-    /// `after` in the index's order; true once none is left (see `retained_stream`).
-    pub(crate) fn retained_batch(
-        &self,
-        filter: &str,
-        after: Option<&MqttStr>,
-        limit: usize,
-        out: &mut Vec<Arc<Message>>,
-    ) -> bool {
-        read(&self.retained).matching_after(filter, after.map(MqttStr::as_str), limit, out)
     }
 
     /// Matches the message once and gives each matching session one delivery. A session with
@@ -1196,6 +1175,18 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+impl RetainedSource for Broker {
+    fn retained_batch(
+        &self,
+        filter: &str,
+        after: Option<&MqttStr>,
+        limit: usize,
+        out: &mut Vec<Arc<Message>>,
+    ) -> bool {
+        read(&self.retained).matching_after(filter, after.map(MqttStr::as_str), limit, out)
     }
 }
 

@@ -133,19 +133,6 @@ impl SubscriptionIds {
     }
 }
 
-impl Delivery {
-    /// The delivery as the store keeps it.
-    pub fn stored(&self) -> crate::persist::StoredDelivery {
-        crate::persist::StoredDelivery {
-            message_id: self.message.id,
-            qos: self.qos,
-            retain: self.retain,
-            subscription_ids: self.subscription_ids.clone(),
-            shared_filter: self.shared_filter.clone(),
-        }
-    }
-}
-
 /// One message on its way to one session. The message is held by value: its topic, payload
 /// and properties are shared buffers, so a delivery per subscriber costs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]

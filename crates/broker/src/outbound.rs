@@ -366,7 +366,11 @@ impl Transmit<'_> {
             (true, true) => state.retained.as_mut().is_some_and(|s| s.take_turn()),
         };
         if from_stream {
-            let delivery = state.retained.as_mut()?.take(self.broker)?;
+            let mut delivery = state.retained.as_mut()?.take(self.broker)?;
+            if delivery.qos != QoS::AtMostOnce && delivery.message.id == 0 {
+                // Stored in flight under its body, if the session is stored.
+                delivery.message.id = self.broker.new_message_id();
+            }
             let durability = if state.stores() && belongs_in_store(&delivery) {
                 Durability::Stored
             } else {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tern_codec::{MqttStr, QoS};
 
-use crate::message::{Message, SubscriptionIds};
+use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::types::{InflightState, SessionExpiry, SubscriptionRecord, Wakeup};
 pub use crate::types::{MessageId, Seq};
 
@@ -28,6 +28,19 @@ pub struct StoredDelivery {
     pub retain: bool,
     pub subscription_ids: SubscriptionIds,
     pub shared_filter: Option<MqttStr>,
+}
+
+impl Delivery {
+    /// The delivery as the store keeps it.
+    pub fn stored(&self) -> StoredDelivery {
+        StoredDelivery {
+            message_id: self.message.id,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids.clone(),
+            shared_filter: self.shared_filter.clone(),
+        }
+    }
 }
 
 /// One change of the durable state.

@@ -20,8 +20,20 @@ use std::sync::Arc;
 
 use tern_codec::{MqttStr, QoS};
 
-use crate::broker::Broker;
 use crate::message::{Delivery, Message, SubscriptionIds};
+
+/// Where a stream takes its messages from: the broker's retained index, behind its lock.
+pub(crate) trait RetainedSource {
+    /// Appends up to `limit` retained messages matching `filter` whose topics come after
+    /// `after` in the index's order; true once none is left.
+    fn retained_batch(
+        &self,
+        filter: &str,
+        after: Option<&MqttStr>,
+        limit: usize,
+        out: &mut Vec<Arc<Message>>,
+    ) -> bool;
+}
 
 /// Messages taken from the index ahead of sending, per stream.
 pub(crate) const BATCH: usize = 64;
@@ -43,11 +55,11 @@ struct RetainedStream {
 
 impl RetainedStream {
     /// The next message of the stream, refilling the batch from the index when it is empty.
-    fn front(&mut self, broker: &Broker) -> Option<&Arc<Message>> {
+    fn front(&mut self, source: &dyn RetainedSource) -> Option<&Arc<Message>> {
         if self.batch.is_empty() && !self.walked {
             let mut taken = Vec::with_capacity(BATCH);
             self.walked =
-                broker.retained_batch(&self.filter, self.after.as_ref(), BATCH, &mut taken);
+                source.retained_batch(&self.filter, self.after.as_ref(), BATCH, &mut taken);
             if let Some(last) = taken.last() {
                 self.after = Some(last.topic.clone());
             }
@@ -97,11 +109,11 @@ impl RetainedStreams {
 
     /// The QoS of the next delivery, or `None` once every stream is done (finished streams
     /// are removed here).
-    pub(crate) fn next_qos(&mut self, broker: &Broker) -> Option<QoS> {
+    pub(crate) fn next_qos(&mut self, source: &dyn RetainedSource) -> Option<QoS> {
         loop {
             let stream = self.streams.front_mut()?;
             let granted = stream.granted;
-            match stream.front(broker) {
+            match stream.front(source) {
                 Some(message) => return Some(message.qos.min(granted)),
                 None => {
                     self.streams.pop_front();
@@ -110,18 +122,14 @@ impl RetainedStreams {
         }
     }
 
-    /// Takes the next delivery (after [`RetainedStreams::next_qos`] said there is one).
-    pub(crate) fn take(&mut self, broker: &Broker) -> Option<Delivery> {
-        self.next_qos(broker)?;
+    /// Takes the next delivery (after [`RetainedStreams::next_qos`] said there is one). A
+    /// retained message has no message id: the caller gives a QoS 1/2 one an id if it is to
+    /// be stored.
+    pub(crate) fn take(&mut self, source: &dyn RetainedSource) -> Option<Delivery> {
+        self.next_qos(source)?;
         let stream = self.streams.front_mut()?;
         let message = stream.batch.pop_front()?;
         let qos = message.qos.min(stream.granted);
-        let message = if qos == QoS::AtMostOnce {
-            message
-        } else {
-            // A QoS 1/2 delivery of a persistent session is stored in flight, under its body.
-            broker.with_message_id(message)
-        };
         Some(Delivery {
             qos,
             retain: true,

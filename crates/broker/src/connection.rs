@@ -351,15 +351,16 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        if let (Phase::AwaitingConnect { .. }, DecodeError::UnsupportedProtocolVersion(level)) =
+        if let (Phase::AwaitingConnect { .. }, DecodeError::UnsupportedProtocolVersion(_)) =
             (&self.phase, error)
         {
-            // [MQTT-3.1.2-2]: refuse in the form the client can read.
-            self.version = if *level >= 5 {
-                ProtocolVersion::V5
-            } else {
-                ProtocolVersion::V311
-            };
+            // [MQTT-3.1.2-2]: CONNACK return code 0x01 (unacceptable protocol version), in the
+            // 3.1.1 layout (`20 02 00 01`), whatever the level. It is the one answer every
+            // client can read: 3.1 has the same layout and code, and a client of a level we do
+            // not know cannot be expected to read the MQTT 5 layout (Mosquitto answers so too).
+            // The codec also gets here for a known level under the other version's name
+            // ("MQTT" 3, "MQIsdp" 4 or 5), which the same answer suits.
+            self.version = ProtocolVersion::V311;
             self.refuse(ReasonCode::UnsupportedProtocolVersion, now);
             return;
         }

@@ -32,6 +32,9 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// No CONNECT within the connect timeout.
     ConnectTimeout,
+    /// The enhanced authentication of CONNECT (MQTT 5, section 4.12) did not finish within the
+    /// connect timeout; refused with CONNACK 0x87.
+    AuthenticationTimeout,
     /// CONNACK refused the connection with this code.
     ConnectRefused(ReasonCode),
     /// The client broke a rule; the code is the one sent (MQTT 5) or that would have been.
@@ -50,6 +53,7 @@ impl CloseReason {
             CloseReason::ClientDisconnected
                 | CloseReason::ServerShutdown
                 | CloseReason::ConnectRefused(_)
+                | CloseReason::AuthenticationTimeout
         )
     }
 }
@@ -62,6 +66,9 @@ impl std::fmt::Display for CloseReason {
             CloseReason::TransportClosed => f.write_str("connection lost"),
             CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
             CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::AuthenticationTimeout => {
+                f.write_str("enhanced authentication not completed in time")
+            }
             CloseReason::ConnectRefused(code) => write!(f, "connect refused: {code}"),
             CloseReason::ProtocolError { code, detail } => {
                 write!(f, "protocol error: {detail} ({code})")
@@ -310,7 +317,8 @@ impl Connection {
         }
     }
 
-    /// Closes the connection if the connect timeout or the keep-alive has run out.
+    /// Closes the connection if the connect timeout (which also bounds an enhanced
+    /// authentication exchange) or the keep-alive has run out.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(deadline) = self.poll_timeout() else {
             return;
@@ -320,7 +328,19 @@ impl Connection {
         }
         match self.phase {
             Phase::AwaitingConnect { .. } => self.close(CloseReason::ConnectTimeout, None, now),
-            _ => self.close(
+            // Before CONNACK a refusal is the only packet that can carry a reason: no DISCONNECT
+            // before a successful CONNACK [MQTT-3.14.0-1], and the server that rejects an
+            // authentication "MAY send a CONNACK with a Reason Code of 0x80 or above" and then
+            // closes [MQTT-4.12.0-4]. 0x87 Not authorized: the client did not prove who it is,
+            // so it may not connect. Not 0x8D Keep Alive timeout, which CONNACK cannot carry
+            // and which names another rule; not 0x8C Bad authentication method, as the method
+            // was accepted; not 0x86, which is about a user name and password.
+            Phase::Authenticating(_) => self.refuse_as(
+                ReasonCode::NotAuthorized,
+                CloseReason::AuthenticationTimeout,
+                now,
+            ),
+            Phase::Active(_) | Phase::Closed => self.close(
                 CloseReason::KeepAliveTimeout,
                 Some(ReasonCode::KeepAliveTimeout),
                 now,
@@ -474,6 +494,11 @@ impl Connection {
 
     /// Refuses a CONNECT with a CONNACK carrying `code` [MQTT-3.2.2-4], then closes.
     pub(crate) fn refuse(&mut self, code: ReasonCode, now: Instant) {
+        self.refuse_as(code, CloseReason::ConnectRefused(code), now);
+    }
+
+    /// Refuses a CONNECT with a CONNACK carrying `code`, then closes for `reason`.
+    fn refuse_as(&mut self, code: ReasonCode, reason: CloseReason, now: Instant) {
         let connack = tern_codec::ConnAck {
             session_present: false,
             reason_code: code,
@@ -482,7 +507,7 @@ impl Connection {
         self.outbox
             .push_back((Packet::ConnAck(connack), Barrier::Durable(0)));
         crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
-        self.close(CloseReason::ConnectRefused(code), None, now);
+        self.close(reason, None, now);
     }
 }
 

@@ -33,6 +33,9 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// No CONNECT within the connect timeout.
     ConnectTimeout,
+    /// The enhanced authentication of CONNECT (MQTT 5, section 4.12) did not finish within the
+    /// connect timeout; refused with CONNACK 0x87.
+    AuthenticationTimeout,
     /// CONNACK refused the connection with this code.
     ConnectRefused(ReasonCode),
     /// The client broke a rule; the code is the one sent (MQTT 5) or that would have been.
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::ClientDisconnected
                 | CloseReason::ServerShutdown
                 | CloseReason::ConnectRefused(_)
+                | CloseReason::AuthenticationTimeout
         )
     }
 }
@@ -63,6 +67,9 @@ impl std::fmt::Display for CloseReason {
             CloseReason::TransportClosed => f.write_str("connection lost"),
             CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
             CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::AuthenticationTimeout => {
+                f.write_str("enhanced authentication not completed in time")
+            }
             CloseReason::ConnectRefused(code) => write!(f, "connect refused: {code}"),
             CloseReason::ProtocolError { code, detail } => {
                 write!(f, "protocol error: {detail} ({code})")
@@ -311,7 +318,8 @@ impl Connection {
         }
     }
 
-    /// Closes the connection if the connect timeout or the keep-alive has run out.
+    /// Closes the connection if the connect timeout (which also bounds an enhanced
+    /// authentication exchange) or the keep-alive has run out.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(deadline) = self.poll_timeout() else {
             return;
@@ -321,7 +329,19 @@ impl Connection {
         }
         match self.phase {
             Phase::AwaitingConnect { .. } => self.close(CloseReason::ConnectTimeout, None, now),
-            _ => self.close(
+            // Before CONNACK a refusal is the only packet that can carry a reason: no DISCONNECT
+            // before a successful CONNACK [MQTT-3.14.0-1], and the server that rejects an
+            // authentication "MAY send a CONNACK with a Reason Code of 0x80 or above" and then
+            // closes [MQTT-4.12.0-4]. 0x87 Not authorized: the client did not prove who it is,
+            // so it may not connect. Not 0x8D Keep Alive timeout, which CONNACK cannot carry
+            // and which names another rule; not 0x8C Bad authentication method, as the method
+            // was accepted; not 0x86, which is about a user name and password.
+            Phase::Authenticating(_) => self.refuse_as(
+                ReasonCode::NotAuthorized,
+                CloseReason::AuthenticationTimeout,
+                now,
+            ),
+            Phase::Active(_) | Phase::Closed => self.close(
                 CloseReason::KeepAliveTimeout,
                 Some(ReasonCode::KeepAliveTimeout),
                 now,
@@ -352,15 +372,16 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        if let (Phase::AwaitingConnect { .. }, DecodeError::UnsupportedProtocolVersion(level)) =
+        if let (Phase::AwaitingConnect { .. }, DecodeError::UnsupportedProtocolVersion(_)) =
             (&self.phase, error)
         {
-            // [MQTT-3.1.2-2]: refuse in the form the client can read.
-            self.version = if *level >= 5 {
-                ProtocolVersion::V5
-            } else {
-                ProtocolVersion::V311
-            };
+            // [MQTT-3.1.2-2]: CONNACK return code 0x01 (unacceptable protocol version), in the
+            // 3.1.1 layout (`20 02 00 01`), whatever the level. It is the one answer every
+            // client can read: 3.1 has the same layout and code, and a client of a level we do
+            // not know cannot be expected to read the MQTT 5 layout (Mosquitto answers so too).
+            // The codec also gets here for a known level under the other version's name
+            // ("MQTT" 3, "MQIsdp" 4 or 5), which the same answer suits.
+            self.version = ProtocolVersion::V311;
             self.refuse(ReasonCode::UnsupportedProtocolVersion, now);
             return;
         }
@@ -474,6 +495,11 @@ impl Connection {
 
     /// Refuses a CONNECT with a CONNACK carrying `code` [MQTT-3.2.2-4], then closes.
     pub(crate) fn refuse(&mut self, code: ReasonCode, now: Instant) {
+        self.refuse_as(code, CloseReason::ConnectRefused(code), now);
+    }
+
+    /// Refuses a CONNECT with a CONNACK carrying `code`, then closes for `reason`.
+    fn refuse_as(&mut self, code: ReasonCode, reason: CloseReason, now: Instant) {
         let connack = tern_codec::ConnAck {
             session_present: false,
             reason_code: code,
@@ -482,7 +508,7 @@ impl Connection {
         self.outbox
             .push_back((Packet::ConnAck(connack), Barrier::Durable(Seq::NONE)));
         crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
-        self.close(CloseReason::ConnectRefused(code), None, now);
+        self.close(reason, None, now);
     }
 }
 

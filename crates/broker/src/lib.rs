@@ -11,6 +11,7 @@
 
 // Data from the network must never panic the broker: no unwrap or expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 mod broker;
 mod config;

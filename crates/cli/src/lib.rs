@@ -3,5 +3,6 @@
 
 // Data from the network must never panic the bench: no unwrap or expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 pub mod bench;

@@ -2,6 +2,7 @@
 
 // Data from the network must never panic the broker: no unwrap or expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

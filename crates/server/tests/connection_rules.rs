@@ -59,7 +59,7 @@ async fn unsupported_protocol_level_gets_connack_0x01_mqtt_3_1_2_2() {
 }
 
 #[tokio::test]
-async fn unknown_protocol_level_above_5_gets_mqtt5_connack_0x84() {
+async fn unknown_protocol_level_above_5_gets_connack_0x01_mqtt_3_1_2_2() {
     let broker = start().await;
     let mut raw = Raw::open(broker.addr, ProtocolVersion::V5).await;
     raw.send_bytes(&[
@@ -68,7 +68,8 @@ async fn unknown_protocol_level_above_5_gets_mqtt5_connack_0x84() {
     .await;
     let mut bytes = Vec::new();
     raw.stream_read_to_end(&mut bytes).await;
-    assert_eq!(bytes, vec![0x20, 0x03, 0x00, 0x84, 0x00]);
+    // The 3.1.1 layout, return code 1: the answer a client of any level can read.
+    assert_eq!(bytes, vec![0x20, 0x02, 0x00, 0x01]);
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@ use tern_codec::{MqttStr, QoS};
 struct Entry(u32);
 
 impl IndexEntry for Entry {
-    fn same_subscriber(&self, other: &Self) -> bool {
-        self.0 == other.0
+    fn key(&self) -> usize {
+        self.0 as usize
     }
 }
 

@@ -115,8 +115,10 @@ pub(crate) struct Subscriber {
 }
 
 impl IndexEntry for Subscriber {
-    fn same_subscriber(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.session, &other.session)
+    /// The session's address: unique among the sessions in the index, whose entries keep them
+    /// alive.
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.session) as usize
     }
 }
 

@@ -4,25 +4,39 @@
 //! hash map, one child for `+`, and two slots of subscriptions: filters that end at the node
 //! (`a/b`) and filters that end with `#` below it (`a/b/#`, which also matches `a/b`). A slot holds
 //! plain subscribers and shared-subscription groups (`$share/{group}/a/b` lives where `a/b` would).
+//! The subscribers of a slot, like the members of a group, are a dense vector, which is what
+//! matching walks; once there are 32 of them, a map from each subscriber's key (its session) to
+//! its position in the vector sits beside it.
 //!
 //! Matching a topic of L levels follows at most two branches per level (the literal and `+`), so
 //! it costs O(L · 2^w) node visits where w is the number of levels that have `+` siblings on the
 //! path — in practice O(L) hash lookups, independent of the number of subscriptions; then one step
-//! per matching subscription. Subscribing and unsubscribing walk one path: O(L).
+//! per matching subscription, along a vector. Subscribing and unsubscribing walk one path, O(L),
+//! then find the session in its slot: O(1) through the map (amortised: the vector and the map
+//! grow by doubling), or a scan of fewer than 32 entries. Removal moves the slot's last entry into
+//! the freed place and updates its position. Why: both run under the index's write lock, which
+//! every publish waits for, and a filter may have 100 000 subscribers (every device of a fleet on
+//! one broadcast topic); a scan of the slot, as before, held the lock for about 100 µs per
+//! subscribe and unsubscribe there (docs/performance.md). The map is kept only for large slots
+//! because most filters have one subscriber, and a map per slot would cost memory for nothing.
+//! Groups are found in their slot by a scan of the slot's groups (few per filter).
 //!
 //! Topics beginning with `$` are not matched by filters whose first level is a wildcard
 //! [MQTT-4.7.2-1]: at the root, `+` and `#` are skipped for them.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tern_codec::MqttStr;
 use tern_codec::topic::split_shared;
 
-/// What the index stores per subscription; `same_subscriber` identifies the session, so a second
-/// subscription of a session to the same filter replaces the first.
+/// What the index stores per subscription.
 pub trait IndexEntry {
-    fn same_subscriber(&self, other: &Self) -> bool;
+    /// Identifies the subscriber (the broker uses the session's address): a second subscription
+    /// with the same key to the same filter replaces the first [MQTT-3.8.4-3]. It must not change
+    /// while the entry is in the index, and two subscribers present at once must not share one.
+    fn key(&self) -> usize;
 }
 
 /// A shared subscription group: the members share the messages of one filter.
@@ -31,7 +45,10 @@ pub struct SharedGroup<V> {
     pub name: Box<str>,
     /// The whole filter, `$share/{name}/{filter}`.
     pub filter: MqttStr,
+    /// Read-only outside the index (which hands out only shared references): `positions` must
+    /// follow every change.
     pub members: Vec<V>,
+    positions: Positions,
     cursor: AtomicUsize,
 }
 
@@ -57,9 +74,96 @@ pub enum Matched<'a, V> {
     Group(&'a SharedGroup<V>),
 }
 
+/// From this many subscribers on, a slot or group keeps a map of their positions; below it a
+/// scan of the vector is as fast and costs no memory (most filters have one subscriber).
+const MAP_FROM: usize = 32;
+/// The map is dropped again at this size: well below `MAP_FROM`, so that a filter whose
+/// subscribers come and go around the threshold does not rebuild its map on every change.
+const MAP_UNTIL: usize = 8;
+
+/// Hashes a subscriber key with one multiplication whose 128-bit product is folded, so that the
+/// low bits (which pick the bucket) depend on every bit of the key: session addresses have their
+/// low bits zero. The keys are addresses the allocator chose, not data from clients, so a keyed
+/// hash against flooding is not needed.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_usize(&mut self, key: usize) {
+        self.0 = key as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        let product = u128::from(self.0) * 0x9e37_79b9_7f4a_7c15;
+        (product as u64) ^ ((product >> 64) as u64)
+    }
+}
+
+/// Where each subscriber of a slot or group sits in its vector, once there are `MAP_FROM` of
+/// them: finding one (to replace or remove it) is then O(1) instead of a scan.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // one word in every slot, most of which never have a map
+struct Positions(Option<Box<HashMap<usize, usize, BuildHasherDefault<KeyHasher>>>>);
+
+impl Positions {
+    fn find<V: IndexEntry>(&self, entries: &[V], key: usize) -> Option<usize> {
+        match &self.0 {
+            Some(map) => map.get(&key).copied(),
+            None => entries.iter().position(|e| e.key() == key),
+        }
+    }
+
+    /// Inserts or replaces in place; true when it replaced.
+    fn insert<V: IndexEntry>(&mut self, entries: &mut Vec<V>, entry: V) -> bool {
+        let key = entry.key();
+        if let Some(at) = self.find(entries, key) {
+            entries[at] = entry;
+            return true;
+        }
+        entries.push(entry);
+        match &mut self.0 {
+            Some(map) => {
+                map.insert(key, entries.len() - 1);
+            }
+            None if entries.len() >= MAP_FROM => {
+                let map = entries.iter().enumerate().map(|(at, e)| (e.key(), at));
+                self.0 = Some(Box::new(map.collect()));
+            }
+            None => {}
+        }
+        false
+    }
+
+    /// Removes the entry of `key`; the last entry takes its place (order within a slot means
+    /// nothing, and a shared group's round robin stays fair).
+    fn remove<V: IndexEntry>(&mut self, entries: &mut Vec<V>, key: usize) -> Option<V> {
+        let at = match &mut self.0 {
+            Some(map) => map.remove(&key)?,
+            None => entries.iter().position(|e| e.key() == key)?,
+        };
+        let removed = entries.swap_remove(at);
+        if let Some(map) = &mut self.0 {
+            if let Some(moved) = entries.get(at) {
+                map.insert(moved.key(), at);
+            }
+            if entries.len() <= MAP_UNTIL {
+                self.0 = None;
+            }
+        }
+        Some(removed)
+    }
+}
+
 #[derive(Debug)]
 struct Slot<V> {
     subscribers: Vec<V>,
+    positions: Positions,
     groups: Vec<SharedGroup<V>>,
 }
 
@@ -67,6 +171,7 @@ impl<V> Default for Slot<V> {
     fn default() -> Self {
         Slot {
             subscribers: Vec::new(),
+            positions: Positions::default(),
             groups: Vec::new(),
         }
     }
@@ -77,49 +182,39 @@ impl<V: IndexEntry> Slot<V> {
         self.subscribers.is_empty() && self.groups.is_empty()
     }
 
-    fn members(&mut self, group: Option<&str>, filter: &str) -> &mut Vec<V> {
+    /// Inserts or replaces; true when it replaced.
+    fn insert(&mut self, group: Option<&str>, filter: &str, entry: V) -> bool {
         let Some(name) = group else {
-            return &mut self.subscribers;
+            return self.positions.insert(&mut self.subscribers, entry);
         };
-        let index = match self.groups.iter().position(|g| &*g.name == name) {
-            Some(index) => index,
+        let at = match self.groups.iter().position(|g| &*g.name == name) {
+            Some(at) => at,
             None => {
                 self.groups.push(SharedGroup {
                     name: name.into(),
                     filter: MqttStr::try_from(filter).unwrap_or_default(),
                     members: Vec::new(),
+                    positions: Positions::default(),
                     cursor: AtomicUsize::new(0),
                 });
                 self.groups.len() - 1
             }
         };
-        &mut self.groups[index].members
-    }
-
-    /// Inserts or replaces; true when it replaced.
-    fn insert(&mut self, group: Option<&str>, filter: &str, entry: V) -> bool {
-        let members = self.members(group, filter);
-        match members.iter_mut().find(|e| e.same_subscriber(&entry)) {
-            Some(existing) => {
-                *existing = entry;
-                true
-            }
-            None => {
-                members.push(entry);
-                false
-            }
-        }
+        let group = &mut self.groups[at];
+        group.positions.insert(&mut group.members, entry)
     }
 
     fn remove(&mut self, group: Option<&str>, probe: &V) -> Option<V> {
-        let members = match group {
-            None => &mut self.subscribers,
-            Some(name) => &mut self.groups.iter_mut().find(|g| &*g.name == name)?.members,
+        let Some(name) = group else {
+            return self.positions.remove(&mut self.subscribers, probe.key());
         };
-        let index = members.iter().position(|e| e.same_subscriber(probe))?;
-        let removed = members.swap_remove(index);
-        self.groups.retain(|g| !g.members.is_empty());
-        Some(removed)
+        let at = self.groups.iter().position(|g| &*g.name == name)?;
+        let group = &mut self.groups[at];
+        let removed = group.positions.remove(&mut group.members, probe.key());
+        if group.members.is_empty() {
+            self.groups.swap_remove(at);
+        }
+        removed
     }
 
     fn visit<'a>(&'a self, visit: &mut impl FnMut(Matched<'a, V>)) {
@@ -338,8 +433,8 @@ mod tests {
     struct Sub(u32, u8);
 
     impl IndexEntry for Sub {
-        fn same_subscriber(&self, other: &Self) -> bool {
-            self.0 == other.0
+        fn key(&self) -> usize {
+            self.0 as usize
         }
     }
 

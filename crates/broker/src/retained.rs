@@ -37,6 +37,9 @@ fn level_key(level: &str) -> (u64, &str) {
     (level_hash(level), level)
 }
 
+/// The walk order of a node's children: `(hash, name)`, as [`level_key`] gives it.
+type ChildOrderSet = BTreeSet<(u64, Box<str>)>;
+
 /// Children a node may have before it keeps their walk order beside them.
 const WIDE: usize = 64;
 
@@ -46,7 +49,7 @@ struct Node {
     /// The walk order of the children, kept once they are more than [`WIDE`]: a walk resumes in
     /// it in `O(log k)` instead of sorting `k` children at every batch (boxed: most nodes have
     /// a handful of children and no order of their own).
-    order: Option<Box<BTreeSet<(u64, Box<str>)>>>,
+    order: Option<Box<ChildOrderSet>>,
     message: Option<Arc<Message>>,
     /// Messages at and below the node: a walk that can take all of them (with room to spare)
     /// visits the node's children in the map's own order, as fast as a walk can be, since it
@@ -67,7 +70,7 @@ impl Node {
                     order.insert((level_hash(level), level.into()));
                 }
                 None if self.children.len() >= WIDE => {
-                    let mut order: BTreeSet<(u64, Box<str>)> = self
+                    let mut order: ChildOrderSet = self
                         .children
                         .keys()
                         .map(|name| (level_hash(name), name.clone()))

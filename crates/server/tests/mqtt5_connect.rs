@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::v5::{Client5, QoS, options};
+use common::v5::{Client5, QoS};
 use common::*;
 use tern_codec::{Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
 
@@ -82,57 +82,6 @@ async fn disconnect_may_shorten_the_expiry_but_not_set_it_after_zero_mqtt_3_14_2
 }
 
 #[tokio::test]
-async fn clean_start_discards_an_existing_session_mqtt_3_2_2_2() {
-    let broker = start().await;
-    let mut opts = options(broker.addr, "cs5");
-    opts.set_clean_start(false);
-    opts.set_session_expiry_interval(Some(60));
-    let (client, connack) = Client5::connect(opts.clone()).await;
-    assert!(!connack.session_present);
-    client.disconnect().await;
-    let (client, connack) = Client5::connect(opts.clone()).await;
-    assert!(connack.session_present, "resumed");
-    client.disconnect().await;
-    opts.set_clean_start(true);
-    let (_client, connack) = Client5::connect(opts).await;
-    assert!(!connack.session_present, "clean start");
-}
-
-#[tokio::test]
-async fn empty_client_id_gets_an_assigned_client_identifier_mqtt_3_2_2_16() {
-    let broker = start().await;
-    let (_client, connack) = Client5::connect(options(broker.addr, "")).await;
-    let assigned = connack
-        .properties
-        .and_then(|p| p.assigned_client_identifier)
-        .expect("Assigned Client Identifier in CONNACK");
-    assert!(!assigned.is_empty());
-    assert!(broker.broker.session(&assigned).is_some());
-}
-
-#[tokio::test]
-async fn server_keep_alive_caps_the_keep_alive_mqtt_3_2_2_21() {
-    let mut config = config();
-    config.limits.max_keep_alive = 1;
-    let broker = start_with(config).await;
-    let (mut raw, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "ska", true, 600)).await;
-    assert_eq!(connack.properties.server_keep_alive, Some(1));
-    // The broker holds the client to the keep-alive it gave.
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::KeepAliveTimeout
-    );
-    let (_raw, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "ska0", true, 0)).await;
-    assert_eq!(
-        connack.properties.server_keep_alive,
-        Some(1),
-        "0 is replaced too"
-    );
-}
-
-#[tokio::test]
 async fn connack_properties_tell_the_configuration() {
     let broker = start().await;
     let (_raw, connack) =
@@ -174,16 +123,6 @@ async fn connack_properties_tell_the_configuration() {
 }
 
 #[tokio::test]
-async fn unknown_authentication_method_gets_0x8c() {
-    let broker = start().await;
-    let mut connect = connect_packet(V5, "auth-method", true, 30);
-    connect.properties.authentication_method = Some(text("NO-SUCH-METHOD"));
-    let (mut raw, connack) = Raw::connected(broker.addr, V5, connect).await;
-    assert_eq!(connack.reason_code, ReasonCode::BadAuthenticationMethod);
-    assert_eq!(raw.until_closed().await, vec![]);
-}
-
-#[tokio::test]
 async fn shutdown_sends_disconnect_0x8b() {
     let broker = start().await;
     let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "bye", true, 30)).await;
@@ -191,30 +130,6 @@ async fn shutdown_sends_disconnect_0x8b() {
     assert_eq!(
         disconnect_reason(&mut raw).await,
         ReasonCode::ServerShuttingDown
-    );
-}
-
-#[tokio::test]
-async fn take_over_sends_disconnect_0x8e_mqtt_3_1_4_3() {
-    let broker = start().await;
-    let (mut first, _) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "dup5", true, 30)).await;
-    let (_second, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "dup5", true, 30)).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    assert_eq!(
-        disconnect_reason(&mut first).await,
-        ReasonCode::SessionTakenOver
-    );
-}
-
-#[tokio::test]
-async fn keep_alive_timeout_sends_disconnect_0x8d() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "ka5", true, 1)).await;
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::KeepAliveTimeout
     );
 }
 

@@ -3,19 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::v5::{Client5, QoS};
 use common::*;
-use tern_codec::{Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
+use tern_codec::{Packet, Properties, ProtocolVersion, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-fn connect5(id: &str, clean_start: bool, session_expiry: Option<u32>) -> tern_codec::Connect {
-    let mut connect = connect_packet(V5, id, clean_start, 30);
-    connect.properties.session_expiry_interval = session_expiry;
-    connect
-}
 
 /// Waits for the DISCONNECT the broker sends, and the close after it.
 async fn disconnect_reason(raw: &mut Raw) -> ReasonCode {
@@ -24,61 +16,6 @@ async fn disconnect_reason(raw: &mut Raw) -> ReasonCode {
         Some(Packet::Disconnect(disconnect)) => disconnect.reason_code,
         other => panic!("expected DISCONNECT, got {other:?} (all: {packets:?})"),
     }
-}
-
-#[tokio::test]
-async fn session_expiry_zero_ends_the_session_with_the_connection_mqtt_3_1_2_11() {
-    let broker = start().await;
-    let (mut raw, connack) = Raw::connected(broker.addr, V5, connect5("exp0", true, None)).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.until_closed().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(broker.broker.session("exp0").is_none());
-}
-
-#[tokio::test]
-async fn session_outlives_the_connection_for_its_expiry_interval() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect5("exp1", true, Some(1))).await;
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.until_closed().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        broker.broker.session("exp1").is_some(),
-        "kept during the interval"
-    );
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert!(broker.broker.session("exp1").is_none(), "ended after it");
-    // 0xFFFFFFFF never expires.
-    let (mut raw, _) =
-        Raw::connected(broker.addr, V5, connect5("exp-max", true, Some(u32::MAX))).await;
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.until_closed().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(broker.broker.session("exp-max").is_some());
-}
-
-#[tokio::test]
-async fn disconnect_may_shorten_the_expiry_but_not_set_it_after_zero_mqtt_3_14_2_2() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect5("exp-zero", true, None)).await;
-    let mut disconnect = Disconnect::default();
-    disconnect.properties.session_expiry_interval = Some(60);
-    raw.send(&Packet::Disconnect(disconnect)).await;
-    assert_eq!(disconnect_reason(&mut raw).await, ReasonCode::ProtocolError);
-
-    let (mut raw, _) =
-        Raw::connected(broker.addr, V5, connect5("exp-change", true, Some(600))).await;
-    let mut disconnect = Disconnect::default();
-    disconnect.properties.session_expiry_interval = Some(0);
-    raw.send(&Packet::Disconnect(disconnect)).await;
-    assert_eq!(raw.until_closed().await, vec![]);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        broker.broker.session("exp-change").is_none(),
-        "expiry set to 0 at DISCONNECT"
-    );
 }
 
 #[tokio::test]

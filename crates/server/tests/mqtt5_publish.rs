@@ -221,67 +221,6 @@ async fn outbound_topic_aliases_replace_repeated_topics() {
 }
 
 #[tokio::test]
-async fn client_receive_maximum_limits_messages_in_flight_mqtt_3_3_4_7() {
-    let broker = start().await;
-    let mut connect = connect_packet(V5, "rm-out", true, 30);
-    connect.properties.receive_maximum = Some(2);
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect).await;
-    raw.send(&subscribe_packet(
-        1,
-        &[("rm/t", tern_codec::QoS::AtLeastOnce)],
-    ))
-    .await;
-    assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))));
-    let publisher = Client5::simple(broker.addr, "rm-out-pub").await;
-    for n in 0..4u8 {
-        publisher
-            .client
-            .publish("rm/t", QoS::AtLeastOnce, false, vec![n])
-            .await
-            .unwrap();
-    }
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let Some(Packet::Publish(publish)) = raw.recv().await else {
-            panic!()
-        };
-        ids.push(publish.packet_id);
-    }
-    assert!(
-        raw.recv_within(Duration::from_millis(300)).await.is_err(),
-        "no third before an ack"
-    );
-    raw.send(&Packet::PubAck(Ack::new(ids[0]))).await;
-    let Some(Packet::Publish(publish)) = raw.recv().await else {
-        panic!()
-    };
-    assert_eq!(publish.payload[..], [2]);
-}
-
-#[tokio::test]
-async fn exceeding_the_receive_maximum_gets_0x93_mqtt_3_3_4_9() {
-    let mut config = config();
-    config.limits.receive_maximum = 2;
-    let broker = start_with(config).await;
-    let (mut raw, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "rm-in", true, 30)).await;
-    assert_eq!(connack.properties.receive_maximum, Some(2));
-    for id in 1..=3 {
-        raw.send(&Packet::Publish(publish5(
-            "rm/in",
-            tern_codec::QoS::ExactlyOnce,
-            id,
-            b"x",
-        )))
-        .await;
-    }
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::ReceiveMaximumExceeded
-    );
-}
-
-#[tokio::test]
 async fn message_over_the_client_maximum_packet_size_is_dropped_mqtt_3_1_2_25() {
     let broker = start().await;
     let mut connect = connect_packet(V5, "small-client", true, 30);

@@ -11,7 +11,7 @@ use common::*;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, RetainForwardRule, SubscribeProperties, SubscribeReasonCode as Code,
 };
-use tern_codec::{Ack, Packet, ProtocolVersion, ReasonCode, UnsubAck, Unsubscribe};
+use tern_codec::{Packet, ProtocolVersion, ReasonCode, UnsubAck, Unsubscribe};
 use tern_server::broker::{Authorizer, ClientInfo, Hooks};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -285,33 +285,6 @@ async fn suback_reason_codes_0x87_0x8f_0x97_0x9e_0xa1_0xa2() {
         client.suback().await.return_codes,
         vec![Code::SubscriptionIdNotSupported]
     );
-}
-
-#[tokio::test]
-async fn suback_0x91_when_the_packet_identifier_is_in_use() {
-    let broker = start().await;
-    let (mut raw, _) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "pid-in-use", true, 30)).await;
-    raw.send(&Packet::Publish(publish_packet(
-        "pid/t",
-        tern_codec::QoS::ExactlyOnce,
-        11,
-        b"x",
-    )))
-    .await;
-    assert!(matches!(raw.recv().await, Some(Packet::PubRec(_))));
-    // PUBREL not sent yet: identifier 11 is still in use.
-    raw.send(&subscribe_packet(
-        11,
-        &[("pid/#", tern_codec::QoS::AtMostOnce)],
-    ))
-    .await;
-    let Some(Packet::SubAck(suback)) = raw.recv().await else {
-        panic!()
-    };
-    assert_eq!(suback.reason_codes, vec![ReasonCode::PacketIdentifierInUse]);
-    raw.send(&Packet::PubRel(Ack::new(11))).await;
-    assert!(matches!(raw.recv().await, Some(Packet::PubComp(_))));
 }
 
 #[tokio::test]

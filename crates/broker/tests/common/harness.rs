@@ -402,3 +402,11 @@ pub fn subscribe_packet(packet_id: u16, filters: &[(&str, QoS)]) -> Packet {
 pub fn ack(packet: fn(Ack) -> Packet, packet_id: u16) -> Packet {
     packet(Ack::new(packet_id))
 }
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP with a reason code (MQTT 5) and no properties.
+pub fn ack_with(packet: fn(Ack) -> Packet, packet_id: u16, reason_code: ReasonCode) -> Packet {
+    packet(Ack {
+        reason_code,
+        ..Ack::new(packet_id)
+    })
+}

@@ -326,44 +326,6 @@ async fn puback_reason_codes_0x10_0x87_0x97_0x99() {
     );
 }
 
-/// The retained payload bytes limit: a retained message that would take the total past it is
-/// refused with Quota exceeded (0x97) and not stored; replacing a topic's message counts the
-/// old payload out [MQTT-3.3.1-5] (the broker stores what it accepts, and only that).
-#[tokio::test]
-async fn retained_bytes_limit_answers_quota_exceeded() {
-    async fn retain(client: &mut Client5, topic: &str, payload: &'static str) -> PubAckReason {
-        client
-            .client
-            .publish(topic, QoS::AtLeastOnce, true, payload)
-            .await
-            .unwrap();
-        puback_reason(client).await
-    }
-    let mut config = config();
-    config.limits.max_retained_bytes = 10;
-    let broker = start_with(config).await;
-    let mut client = Client5::simple(broker.addr, "bytes5").await;
-    let stored = PubAckReason::NoMatchingSubscribers;
-    assert_eq!(retain(&mut client, "bytes/a", "123456").await, stored);
-    assert_eq!(
-        retain(&mut client, "bytes/b", "12345").await,
-        PubAckReason::QuotaExceeded
-    );
-    // Replacing bytes/a's six bytes with ten fits: the old payload no longer counts.
-    assert_eq!(retain(&mut client, "bytes/a", "1234567890").await, stored);
-    // Deleting it (an empty retained payload) is always allowed and frees the room.
-    assert_eq!(retain(&mut client, "bytes/a", "").await, stored);
-    assert_eq!(retain(&mut client, "bytes/b", "12345").await, stored);
-    let mut subscriber = Client5::simple(broker.addr, "bytes5-sub").await;
-    subscriber.subscribe("bytes/#", QoS::AtLeastOnce).await;
-    let retained = subscriber.recv().await;
-    assert_eq!(
-        (&retained.topic[..], &retained.payload[..]),
-        (&b"bytes/b"[..], &b"12345"[..])
-    );
-    subscriber.expect_silence(Duration::from_millis(300)).await;
-}
-
 #[tokio::test]
 async fn reason_strings_only_when_the_client_allows_problem_information_mqtt_3_1_2_29() {
     let broker = start().await;

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use common::v5::{Client5, QoS};
 use common::*;
-use rumqttc::v5::mqttbytes::v5::{
-    Filter, RetainForwardRule, SubscribeProperties, SubscribeReasonCode as Code,
-};
+use rumqttc::v5::mqttbytes::v5::{Filter, SubscribeProperties, SubscribeReasonCode as Code};
 use tern_codec::{Packet, ProtocolVersion, ReasonCode, UnsubAck, Unsubscribe};
 use tern_server::broker::{Authorizer, ClientInfo, Hooks};
 
@@ -58,79 +56,6 @@ async fn no_local_keeps_own_messages_away_mqtt_3_8_3_3() {
         .unwrap();
     assert_eq!(&other.recv().await.payload[..], b"mine");
     client.expect_silence(Duration::from_millis(300)).await;
-}
-
-#[tokio::test]
-async fn retain_as_published_keeps_the_flag_mqtt_3_3_1_12() {
-    let broker = start().await;
-    let mut keep = Client5::simple(broker.addr, "rap-keep").await;
-    let mut f = filter("rap/t", QoS::AtLeastOnce);
-    f.preserve_retain = true;
-    keep.client.subscribe_many(vec![f]).await.unwrap();
-    keep.suback().await;
-    let mut clear = Client5::simple(broker.addr, "rap-clear").await;
-    clear.subscribe("rap/t", QoS::AtLeastOnce).await;
-    let publisher = Client5::simple(broker.addr, "rap-pub").await;
-    publisher
-        .client
-        .publish("rap/t", QoS::AtLeastOnce, true, "r")
-        .await
-        .unwrap();
-    assert!(keep.recv().await.retain);
-    assert!(!clear.recv().await.retain);
-}
-
-#[tokio::test]
-async fn retain_handling_0_1_2_mqtt_3_3_1_9_to_11() {
-    let broker = start().await;
-    let publisher = Client5::simple(broker.addr, "rh-pub").await;
-    publisher
-        .client
-        .publish("rh/t", QoS::AtLeastOnce, true, "kept")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let subscribe = |rule| {
-        let mut f = filter("rh/t", QoS::AtLeastOnce);
-        f.retain_forward_rule = rule;
-        vec![f]
-    };
-    // 0: on every subscribe.
-    let mut every = Client5::simple(broker.addr, "rh-0").await;
-    for _ in 0..2 {
-        every
-            .client
-            .subscribe_many(subscribe(RetainForwardRule::OnEverySubscribe))
-            .await
-            .unwrap();
-        every.suback().await;
-        assert!(every.recv().await.retain);
-    }
-    // 1: only when the subscription is new.
-    let mut new_only = Client5::simple(broker.addr, "rh-1").await;
-    new_only
-        .client
-        .subscribe_many(subscribe(RetainForwardRule::OnNewSubscribe))
-        .await
-        .unwrap();
-    new_only.suback().await;
-    assert!(new_only.recv().await.retain);
-    new_only
-        .client
-        .subscribe_many(subscribe(RetainForwardRule::OnNewSubscribe))
-        .await
-        .unwrap();
-    new_only.suback().await;
-    new_only.expect_silence(Duration::from_millis(300)).await;
-    // 2: never.
-    let mut never = Client5::simple(broker.addr, "rh-2").await;
-    never
-        .client
-        .subscribe_many(subscribe(RetainForwardRule::Never))
-        .await
-        .unwrap();
-    never.suback().await;
-    never.expect_silence(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]

@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use rumqttc::QoS as R;
-use tern_codec::{Ack, Packet, ProtocolVersion, QoS};
 
 #[tokio::test]
 async fn order_is_kept_per_topic_and_publisher_mqtt_4_6_0_5() {
@@ -27,23 +24,4 @@ async fn order_is_kept_per_topic_and_publisher_mqtt_4_6_0_5() {
             assert_eq!(publish.payload[..], n.to_be_bytes(), "{qos:?}");
         }
     }
-}
-
-#[tokio::test]
-async fn clients_cannot_publish_to_dollar_topics() {
-    let broker = start().await;
-    let mut subscriber = Client::simple(broker.addr, "dollar-sub").await;
-    subscriber.subscribe("$SYS/#", R::AtLeastOnce).await;
-    let connect = connect_packet(ProtocolVersion::V311, "dollar-pub", true, 30);
-    let (mut raw, _) = Raw::connected(broker.addr, ProtocolVersion::V311, connect).await;
-    raw.send(&Packet::Publish(publish_packet(
-        "$SYS/fake",
-        QoS::AtLeastOnce,
-        3,
-        b"x",
-    )))
-    .await;
-    // 3.1.1 cannot refuse: the PUBLISH is acknowledged and dropped [MQTT-3.3.5-2].
-    assert_eq!(raw.recv().await, Some(Packet::PubAck(Ack::new(3))));
-    subscriber.expect_silence(Duration::from_millis(300)).await;
 }

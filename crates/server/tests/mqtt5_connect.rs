@@ -1,11 +1,11 @@
-//! MQTT 5 CONNECT and CONNACK (sections 3.1, 3.2): session expiry, clean start, assigned client
-//! identifiers, Server Keep Alive, CONNACK properties, the server's DISCONNECT reason codes.
+//! MQTT 5 through the server: its configuration reaches CONNACK, and shutdown sends DISCONNECT
+//! 0x8B. The CONNECT rules and the DISCONNECT reason codes are tested on the core's harness in
+//! `crates/broker/tests/connect.rs`, `keep_alive.rs` and `limits.rs`.
 
 mod common;
 
-use common::v5::{Client5, QoS};
 use common::*;
-use tern_codec::{Packet, Properties, ProtocolVersion, ReasonCode};
+use tern_codec::{Packet, ProtocolVersion, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
@@ -19,7 +19,7 @@ async fn disconnect_reason(raw: &mut Raw) -> ReasonCode {
 }
 
 #[tokio::test]
-async fn connack_properties_tell_the_configuration() {
+async fn the_server_configuration_reaches_connack() {
     let broker = start().await;
     let (_raw, connack) =
         Raw::connected(broker.addr, V5, connect_packet(V5, "truth1", true, 30)).await;
@@ -68,50 +68,4 @@ async fn shutdown_sends_disconnect_0x8b() {
         disconnect_reason(&mut raw).await,
         ReasonCode::ServerShuttingDown
     );
-}
-
-#[tokio::test]
-async fn malformed_packet_gets_0x81_and_protocol_error_0x82() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "mal5", true, 30)).await;
-    // PUBLISH QoS 1 whose topic contains a wildcard.
-    raw.send_bytes(&[0x32, 0x08, 0x00, 0x03, b'a', b'/', b'#', 0x00, 0x01, 0x00])
-        .await;
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::MalformedPacket
-    );
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "pe5", true, 30)).await;
-    raw.send(&Packet::Connect(Box::new(connect_packet(
-        V5, "pe5", true, 30,
-    ))))
-    .await;
-    assert_eq!(disconnect_reason(&mut raw).await, ReasonCode::ProtocolError);
-}
-
-#[tokio::test]
-async fn packet_over_the_maximum_gets_0x95() {
-    let mut config = config();
-    config.limits.max_packet_size = 256;
-    let broker = start_with(config).await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "big5", true, 30)).await;
-    let publish = tern_codec::Publish {
-        payload: bytes::Bytes::from(vec![1u8; 300]),
-        properties: Properties::default(),
-        ..publish_packet("big/t", tern_codec::QoS::AtMostOnce, 0, b"")
-    };
-    raw.send(&Packet::Publish(publish)).await;
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::PacketTooLarge
-    );
-    // Others are unaffected.
-    let mut client = Client5::simple(broker.addr, "big5-ok").await;
-    client.subscribe("ok/t", QoS::AtLeastOnce).await;
-    client
-        .client
-        .publish("ok/t", QoS::AtLeastOnce, false, "fine")
-        .await
-        .unwrap();
-    assert_eq!(&client.recv().await.payload[..], b"fine");
 }

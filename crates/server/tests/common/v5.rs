@@ -112,6 +112,7 @@ impl Client5 {
         }
     }
 
+    /// Sends DISCONNECT and waits until the broker has closed the connection after it.
     pub async fn disconnect(mut self) {
         self.client.disconnect().await.expect("disconnect request");
         let _ = self
@@ -119,8 +120,8 @@ impl Client5 {
                 matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)).then_some(())
             })
             .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.task.abort();
+        // The event loop ends with an error once the broker closes the socket.
+        let _ = self.next_matching(|_| None::<()>).await;
     }
 
     pub fn kill(self) {

@@ -1,6 +1,6 @@
 //! CONNECT and CONNACK (sections 3.1 and 3.2) in all three versions: CONNECT first and once,
-//! the connect timeout, protocol levels, client identifiers, take-over, the CONNACK properties
-//! of MQTT 5 and authentication methods. Keep-alive has its own file.
+//! the connect timeout, client identifiers, take-over, the CONNACK properties of MQTT 5 and
+//! authentication methods. Keep-alive and protocol levels have their own files.
 
 mod common;
 
@@ -37,30 +37,6 @@ fn no_connect_within_the_timeout_closes_the_connection() {
     net.advance(1);
     client.closed_silently();
     assert_eq!(client.close_reason(), Some(CloseReason::ConnectTimeout));
-}
-
-#[test]
-fn unsupported_protocol_level_gets_connack_0x01_mqtt_3_1_2_2() {
-    let net = Net::new();
-    let mut client = net.open(V311);
-    // "MQTT" with level 3 (3.1 uses "MQIsdp"): CONNECT of 3.1.1 form, unsupported level.
-    client.send_bytes(&[
-        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3C, 0x00, 0x00,
-    ]);
-    // CONNACK, session present 0, return code 1 (unacceptable protocol version).
-    assert_eq!(&client.received_bytes()[..], [0x20, 0x02, 0x00, 0x01]);
-    assert!(client.is_closed());
-}
-
-#[test]
-fn unknown_protocol_level_above_5_gets_mqtt5_connack_0x84() {
-    let net = Net::new();
-    let mut client = net.open(V5);
-    client.send_bytes(&[
-        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00,
-    ]);
-    assert_eq!(&client.received_bytes()[..], [0x20, 0x03, 0x00, 0x84, 0x00]);
-    assert!(client.is_closed());
 }
 
 #[test]

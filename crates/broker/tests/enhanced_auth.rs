@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -141,21 +140,6 @@ fn failed_enhanced_authentication_is_refused_in_connack() {
     assert_eq!(connack.reason_code, ReasonCode::NotAuthorized);
     client.closed_silently();
     assert!(net.session("enhanced-bad").is_none());
-}
-
-#[test]
-fn an_unfinished_exchange_ends_at_the_connect_timeout() {
-    let net = net_with_auth(BrokerConfig {
-        connect_timeout: Duration::from_secs(2),
-        ..BrokerConfig::default()
-    });
-    let mut client = connect_with_method(&net, "enhanced-slow");
-    challenge(&mut client);
-    net.advance(1999);
-    assert!(!client.is_closed());
-    net.advance(1);
-    client.closed_silently();
-    assert!(net.session("enhanced-slow").is_none());
 }
 
 #[test]

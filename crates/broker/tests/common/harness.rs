@@ -319,8 +319,8 @@ impl Client {
         packet_id
     }
 
-    /// Acknowledges a received PUBLISH as its QoS asks (PUBACK, or PUBREC then PUBREL's answer
-    /// PUBCOMP is left to the test).
+    /// Answers a received PUBLISH as its QoS asks: PUBACK for QoS 1, PUBREC for QoS 2 (the
+    /// PUBCOMP after the broker's PUBREL is left to the test).
     pub fn ack(&mut self, publish: &Publish) {
         match publish.qos {
             QoS::AtMostOnce => {}

@@ -203,16 +203,6 @@ impl Client {
         .expect("a PUBLISH")
     }
 
-    /// Asserts that no PUBLISH arrives within `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            if let Ok(Event::Incoming(RPacket::Publish(publish))) = event {
-                panic!("unexpected PUBLISH: {publish:?}");
-            }
-        }
-    }
-
     /// Waits until the connection ends (the broker closed it); returns the error.
     pub async fn closed(&mut self) -> String {
         match self.next_matching(|_| None::<()>).await {

@@ -103,15 +103,6 @@ impl Client5 {
         .expect("a PUBLISH")
     }
 
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = event {
-                panic!("unexpected PUBLISH: {publish:?}");
-            }
-        }
-    }
-
     /// Sends DISCONNECT and waits until the broker has closed the connection after it.
     pub async fn disconnect(mut self) {
         self.client.disconnect().await.expect("disconnect request");

@@ -1,21 +1,13 @@
-//! MQTT 5 CONNECT and CONNACK (sections 3.1, 3.2): session expiry, clean start, assigned client
-//! identifiers, Server Keep Alive, CONNACK properties, the server's DISCONNECT reason codes.
+//! MQTT 5 through the server: its configuration reaches CONNACK, and shutdown sends DISCONNECT
+//! 0x8B. The CONNECT rules and the DISCONNECT reason codes are tested on the core's harness in
+//! `crates/broker/tests/connect.rs`, `keep_alive.rs` and `limits.rs`.
 
 mod common;
 
-use std::time::Duration;
-
-use common::v5::{Client5, QoS, options};
 use common::*;
-use tern_codec::{Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
+use tern_codec::{Packet, ProtocolVersion, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-fn connect5(id: &str, clean_start: bool, session_expiry: Option<u32>) -> tern_codec::Connect {
-    let mut connect = connect_packet(V5, id, clean_start, 30);
-    connect.properties.session_expiry_interval = session_expiry;
-    connect
-}
 
 /// Waits for the DISCONNECT the broker sends, and the close after it.
 async fn disconnect_reason(raw: &mut Raw) -> ReasonCode {
@@ -27,113 +19,7 @@ async fn disconnect_reason(raw: &mut Raw) -> ReasonCode {
 }
 
 #[tokio::test]
-async fn session_expiry_zero_ends_the_session_with_the_connection_mqtt_3_1_2_11() {
-    let broker = start().await;
-    let (mut raw, connack) = Raw::connected(broker.addr, V5, connect5("exp0", true, None)).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.until_closed().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(broker.broker.session("exp0").is_none());
-}
-
-#[tokio::test]
-async fn session_outlives_the_connection_for_its_expiry_interval() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect5("exp1", true, Some(1))).await;
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.until_closed().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        broker.broker.session("exp1").is_some(),
-        "kept during the interval"
-    );
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert!(broker.broker.session("exp1").is_none(), "ended after it");
-    // 0xFFFFFFFF never expires.
-    let (mut raw, _) =
-        Raw::connected(broker.addr, V5, connect5("exp-max", true, Some(u32::MAX))).await;
-    raw.send(&Packet::Disconnect(Disconnect::default())).await;
-    raw.until_closed().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(broker.broker.session("exp-max").is_some());
-}
-
-#[tokio::test]
-async fn disconnect_may_shorten_the_expiry_but_not_set_it_after_zero_mqtt_3_14_2_2() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect5("exp-zero", true, None)).await;
-    let mut disconnect = Disconnect::default();
-    disconnect.properties.session_expiry_interval = Some(60);
-    raw.send(&Packet::Disconnect(disconnect)).await;
-    assert_eq!(disconnect_reason(&mut raw).await, ReasonCode::ProtocolError);
-
-    let (mut raw, _) =
-        Raw::connected(broker.addr, V5, connect5("exp-change", true, Some(600))).await;
-    let mut disconnect = Disconnect::default();
-    disconnect.properties.session_expiry_interval = Some(0);
-    raw.send(&Packet::Disconnect(disconnect)).await;
-    assert_eq!(raw.until_closed().await, vec![]);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        broker.broker.session("exp-change").is_none(),
-        "expiry set to 0 at DISCONNECT"
-    );
-}
-
-#[tokio::test]
-async fn clean_start_discards_an_existing_session_mqtt_3_2_2_2() {
-    let broker = start().await;
-    let mut opts = options(broker.addr, "cs5");
-    opts.set_clean_start(false);
-    opts.set_session_expiry_interval(Some(60));
-    let (client, connack) = Client5::connect(opts.clone()).await;
-    assert!(!connack.session_present);
-    client.disconnect().await;
-    let (client, connack) = Client5::connect(opts.clone()).await;
-    assert!(connack.session_present, "resumed");
-    client.disconnect().await;
-    opts.set_clean_start(true);
-    let (_client, connack) = Client5::connect(opts).await;
-    assert!(!connack.session_present, "clean start");
-}
-
-#[tokio::test]
-async fn empty_client_id_gets_an_assigned_client_identifier_mqtt_3_2_2_16() {
-    let broker = start().await;
-    let (_client, connack) = Client5::connect(options(broker.addr, "")).await;
-    let assigned = connack
-        .properties
-        .and_then(|p| p.assigned_client_identifier)
-        .expect("Assigned Client Identifier in CONNACK");
-    assert!(!assigned.is_empty());
-    assert!(broker.broker.session(&assigned).is_some());
-}
-
-#[tokio::test]
-async fn server_keep_alive_caps_the_keep_alive_mqtt_3_2_2_21() {
-    let mut config = config();
-    config.limits.max_keep_alive = 1;
-    let broker = start_with(config).await;
-    let (mut raw, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "ska", true, 600)).await;
-    assert_eq!(connack.properties.server_keep_alive, Some(1));
-    // The broker holds the client to the keep-alive it gave.
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::KeepAliveTimeout
-    );
-    let (_raw, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "ska0", true, 0)).await;
-    assert_eq!(
-        connack.properties.server_keep_alive,
-        Some(1),
-        "0 is replaced too"
-    );
-}
-
-#[tokio::test]
-async fn connack_properties_tell_the_configuration() {
+async fn the_server_configuration_reaches_connack() {
     let broker = start().await;
     let (_raw, connack) =
         Raw::connected(broker.addr, V5, connect_packet(V5, "truth1", true, 30)).await;
@@ -174,16 +60,6 @@ async fn connack_properties_tell_the_configuration() {
 }
 
 #[tokio::test]
-async fn unknown_authentication_method_gets_0x8c() {
-    let broker = start().await;
-    let mut connect = connect_packet(V5, "auth-method", true, 30);
-    connect.properties.authentication_method = Some(text("NO-SUCH-METHOD"));
-    let (mut raw, connack) = Raw::connected(broker.addr, V5, connect).await;
-    assert_eq!(connack.reason_code, ReasonCode::BadAuthenticationMethod);
-    assert_eq!(raw.until_closed().await, vec![]);
-}
-
-#[tokio::test]
 async fn shutdown_sends_disconnect_0x8b() {
     let broker = start().await;
     let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "bye", true, 30)).await;
@@ -192,74 +68,4 @@ async fn shutdown_sends_disconnect_0x8b() {
         disconnect_reason(&mut raw).await,
         ReasonCode::ServerShuttingDown
     );
-}
-
-#[tokio::test]
-async fn take_over_sends_disconnect_0x8e_mqtt_3_1_4_3() {
-    let broker = start().await;
-    let (mut first, _) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "dup5", true, 30)).await;
-    let (_second, connack) =
-        Raw::connected(broker.addr, V5, connect_packet(V5, "dup5", true, 30)).await;
-    assert_eq!(connack.reason_code, ReasonCode::Success);
-    assert_eq!(
-        disconnect_reason(&mut first).await,
-        ReasonCode::SessionTakenOver
-    );
-}
-
-#[tokio::test]
-async fn keep_alive_timeout_sends_disconnect_0x8d() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "ka5", true, 1)).await;
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::KeepAliveTimeout
-    );
-}
-
-#[tokio::test]
-async fn malformed_packet_gets_0x81_and_protocol_error_0x82() {
-    let broker = start().await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "mal5", true, 30)).await;
-    // PUBLISH QoS 1 whose topic contains a wildcard.
-    raw.send_bytes(&[0x32, 0x08, 0x00, 0x03, b'a', b'/', b'#', 0x00, 0x01, 0x00])
-        .await;
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::MalformedPacket
-    );
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "pe5", true, 30)).await;
-    raw.send(&Packet::Connect(Box::new(connect_packet(
-        V5, "pe5", true, 30,
-    ))))
-    .await;
-    assert_eq!(disconnect_reason(&mut raw).await, ReasonCode::ProtocolError);
-}
-
-#[tokio::test]
-async fn packet_over_the_maximum_gets_0x95() {
-    let mut config = config();
-    config.limits.max_packet_size = 256;
-    let broker = start_with(config).await;
-    let (mut raw, _) = Raw::connected(broker.addr, V5, connect_packet(V5, "big5", true, 30)).await;
-    let publish = tern_codec::Publish {
-        payload: bytes::Bytes::from(vec![1u8; 300]),
-        properties: Properties::default(),
-        ..publish_packet("big/t", tern_codec::QoS::AtMostOnce, 0, b"")
-    };
-    raw.send(&Packet::Publish(publish)).await;
-    assert_eq!(
-        disconnect_reason(&mut raw).await,
-        ReasonCode::PacketTooLarge
-    );
-    // Others are unaffected.
-    let mut client = Client5::simple(broker.addr, "big5-ok").await;
-    client.subscribe("ok/t", QoS::AtLeastOnce).await;
-    client
-        .client
-        .publish("ok/t", QoS::AtLeastOnce, false, "fine")
-        .await
-        .unwrap();
-    assert_eq!(&client.recv().await.payload[..], b"fine");
 }

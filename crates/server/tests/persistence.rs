@@ -100,7 +100,12 @@ async fn queued_messages_and_retained_survive_a_restart_in_order() {
         };
         assert_eq!(publish.qos, expected);
     }
-    subscriber.expect_silence(Duration::from_millis(300)).await;
+    // Nothing more was kept: a message published now is the next to arrive.
+    let marker = Client::simple(broker.addr, "restart-marker").await;
+    marker
+        .publish("restart/q/t", R::AtLeastOnce, false, "marker")
+        .await;
+    assert_eq!(&subscriber.recv().await.payload[..], b"marker");
     let mut late = Client::simple(broker.addr, "late").await;
     late.subscribe("restart/r/#", R::AtLeastOnce).await;
     let mut values = Vec::new();
@@ -137,7 +142,7 @@ async fn unacknowledged_messages_come_back_with_dup_after_a_restart_mqtt_4_4_0_1
         sent.push(publish);
     }
     drop(raw);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    offline(&broker, "inflight").await;
     broker.shutdown().await;
 
     let broker = start_with(stored(&dir)).await;
@@ -213,9 +218,21 @@ async fn inbound_qos2_stays_exactly_once_across_a_restart_mqtt_4_3_3_9() {
     raw.send(&Packet::Publish(publish.clone())).await;
     assert_eq!(raw.recv().await, Some(Packet::PubRec(Ack::new(5))));
     assert_eq!(&subscriber.recv().await.payload[..], b"only once");
+    // The subscriber's side of the flow completes before it goes: a new rumqttc client would
+    // not know the PUBREL the broker must otherwise send it again.
+    subscriber
+        .next_matching(|event| {
+            matches!(
+                event,
+                rumqttc::Event::Outgoing(rumqttc::Outgoing::PubComp(_))
+            )
+            .then_some(())
+        })
+        .await
+        .expect("PUBCOMP sent");
     subscriber.disconnect().await;
     drop(raw);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    offline(&broker, "q2-sender").await;
     broker.shutdown().await;
 
     let broker = start_with(stored(&dir)).await;
@@ -229,7 +246,15 @@ async fn inbound_qos2_stays_exactly_once_across_a_restart_mqtt_4_3_3_9() {
     assert_eq!(raw.recv().await, Some(Packet::PubRec(Ack::new(5))));
     raw.send(&Packet::PubRel(Ack::new(5))).await;
     assert_eq!(raw.recv().await, Some(Packet::PubComp(Ack::new(5))));
-    subscriber.expect_silence(Duration::from_millis(400)).await;
+    // Not forwarded again: the next message from the same client is the next to arrive.
+    raw.send(&Packet::Publish(publish_packet(
+        "q2r/t",
+        QoS::AtMostOnce,
+        0,
+        b"marker",
+    )))
+    .await;
+    assert_eq!(&subscriber.recv().await.payload[..], b"marker");
 }
 
 #[tokio::test]
@@ -247,9 +272,13 @@ async fn expired_sessions_are_dropped_at_load() {
     let (raw_keep, _) = Raw::connected(broker.addr, ProtocolVersion::V5, keep).await;
     drop(raw);
     drop(raw_keep);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    offline(&broker, "short-lived").await;
+    offline(&broker, "long-lived").await;
+    // The store counts the time offline on the wall clock, across the restart: more than the
+    // one second of expiry must really pass.
+    let offline_at = tokio::time::Instant::now();
     broker.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep_until(offline_at + Duration::from_millis(1100)).await;
 
     let broker = start_with(stored(&dir)).await;
     assert!(broker.broker.session("short-lived").is_none());
@@ -277,7 +306,12 @@ async fn clean_sessions_and_qos0_never_reach_the_store() {
     assert!(broker.broker.session("clean-one").is_none());
     let (mut kept, connack) = Client::connect(persistent(&broker, "kept-q0")).await;
     assert!(connack.session_present);
-    kept.expect_silence(Duration::from_millis(300)).await;
+    // The QoS 0 message was not kept: a message published now is the first to arrive.
+    let publisher = Client::simple(broker.addr, "clean-pub").await;
+    publisher
+        .publish("clean/t", R::AtLeastOnce, false, "marker")
+        .await;
+    assert_eq!(&kept.recv().await.payload[..], b"marker");
 }
 
 #[tokio::test]

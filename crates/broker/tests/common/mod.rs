@@ -2,6 +2,12 @@
 
 #![allow(dead_code)]
 
+mod harness;
+
+// Each test binary uses a part of the harness.
+#[allow(unused_imports)]
+pub use harness::*;
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 

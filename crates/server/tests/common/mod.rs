@@ -203,16 +203,6 @@ impl Client {
         .expect("a PUBLISH")
     }
 
-    /// Asserts that no PUBLISH arrives within `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            if let Ok(Event::Incoming(RPacket::Publish(publish))) = event {
-                panic!("unexpected PUBLISH: {publish:?}");
-            }
-        }
-    }
-
     /// Waits until the connection ends (the broker closed it); returns the error.
     pub async fn closed(&mut self) -> String {
         match self.next_matching(|_| None::<()>).await {
@@ -221,7 +211,7 @@ impl Client {
         }
     }
 
-    /// Sends DISCONNECT and waits for the event loop to see it out.
+    /// Sends DISCONNECT and waits until the broker has closed the connection after it.
     pub async fn disconnect(mut self) {
         self.client.disconnect().await.expect("disconnect request");
         let _ = self
@@ -229,14 +219,37 @@ impl Client {
                 matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)).then_some(())
             })
             .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.task.abort();
+        self.closed().await;
     }
 
     /// Drops the connection without DISCONNECT.
     pub fn kill(self) {
         self.task.abort();
     }
+}
+
+/// Waits until `condition` holds, looking every 2 ms, for a state change no event announces
+/// (the server noticing a closed socket); panics after `WAIT`.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the server has let go of `client_id`'s session (its connection has ended).
+pub async fn offline(broker: &TestBroker, client_id: &str) {
+    wait_until(&format!("{client_id} is offline"), || {
+        broker
+            .broker
+            .session(client_id)
+            .is_none_or(|session| !session.is_online())
+    })
+    .await;
 }
 
 /// A client speaking raw bytes, with tern-codec to build and read packets.

@@ -103,15 +103,7 @@ impl Client5 {
         .expect("a PUBLISH")
     }
 
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            if let Ok(Event::Incoming(Packet::Publish(publish))) = event {
-                panic!("unexpected PUBLISH: {publish:?}");
-            }
-        }
-    }
-
+    /// Sends DISCONNECT and waits until the broker has closed the connection after it.
     pub async fn disconnect(mut self) {
         self.client.disconnect().await.expect("disconnect request");
         let _ = self
@@ -119,8 +111,8 @@ impl Client5 {
                 matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)).then_some(())
             })
             .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.task.abort();
+        // The event loop ends with an error once the broker closes the socket.
+        let _ = self.next_matching(|_| None::<()>).await;
     }
 
     pub fn kill(self) {

@@ -4,15 +4,12 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use common::{Quiet, connect, text, transmit};
-use tern_broker::{Authorizer, Broker, BrokerConfig, ClientInfo, Connection, Hooks};
-use tern_codec::{
-    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions, Will,
-};
+use common::text;
+use common::{Net, V311, connect_packet};
+use tern_broker::{Authorizer, BrokerConfig, ClientInfo, Hooks};
+use tern_codec::{Packet, Properties, QoS, Will};
 
 /// Opens `$app/...` to clients, and nothing else of the `$` space.
 struct OpensApp;
@@ -27,119 +24,66 @@ impl Authorizer for OpensApp {
     }
 }
 
-fn subscribe(conn: &mut Connection, filter: &str, now: Instant) {
-    conn.handle_packet(
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: text(filter),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-        }),
-        now,
-    );
-    transmit(conn, now);
+fn opens_app() -> Net {
+    let hooks = Hooks {
+        authorizer: Arc::new(OpensApp),
+        ..Hooks::default()
+    };
+    Net::with_hooks(BrokerConfig::default(), hooks)
 }
 
-fn publish(conn: &mut Connection, topic: &str, now: Instant) -> Vec<Packet> {
-    conn.handle_packet(
-        Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: text(topic),
-            packet_id: 7,
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"v"),
-        }),
-        now,
-    );
-    transmit(conn, now)
-}
-
-fn topics(packets: &[Packet]) -> Vec<String> {
-    packets
-        .iter()
-        .filter_map(|packet| match packet {
-            Packet::Publish(publish) => Some(publish.topic.to_string()),
-            _ => None,
-        })
-        .collect()
+fn topics(packets: Vec<tern_codec::Publish>) -> Vec<String> {
+    packets.iter().map(|p| p.topic.to_string()).collect()
 }
 
 #[test]
 fn the_default_authorizer_refuses_publishing_to_dollar_topics() {
-    let broker = Broker::new(BrokerConfig::default());
-    let now = Instant::now();
-    let mut subscriber = connect(&broker, "sub", true, now);
-    subscribe(&mut subscriber, "$SYS/#", now);
-    let mut publisher = connect(&broker, "pub", true, now);
+    let net = Net::new();
+    let mut subscriber = net.connected(V311, "sub");
+    subscriber.subscribe("$SYS/#", QoS::AtLeastOnce);
+    let mut publisher = net.connected(V311, "pub");
+    let id = publisher.publish("$SYS/broker/uptime", QoS::AtLeastOnce, b"v");
     // 3.1.1 has no refusal code for PUBLISH: acknowledged, and not forwarded.
-    let answer = publish(&mut publisher, "$SYS/broker/uptime", now);
-    assert!(matches!(answer.as_slice(), [Packet::PubAck(ack)] if ack.packet_id == 7));
-    assert!(topics(&transmit(&mut subscriber, now)).is_empty());
+    assert!(
+        matches!(publisher.received().as_slice(), [Packet::PubAck(ack)] if ack.packet_id == id)
+    );
+    assert!(subscriber.publishes().is_empty());
 }
 
 #[test]
 fn an_authorizer_can_open_a_dollar_topic_to_clients() {
-    let hooks = Hooks {
-        authorizer: Arc::new(OpensApp),
-        ..Hooks::default()
-    };
-    let broker = Broker::with_hooks(BrokerConfig::default(), hooks);
-    let now = Instant::now();
-    let mut subscriber = connect(&broker, "sub", true, now);
-    subscribe(&mut subscriber, "$app/#", now);
-    subscribe(&mut subscriber, "$SYS/#", now);
-    let mut publisher = connect(&broker, "pub", true, now);
-    publish(&mut publisher, "$app/config", now);
-    publish(&mut publisher, "$SYS/forged", now);
-    assert_eq!(topics(&transmit(&mut subscriber, now)), ["$app/config"]);
+    let net = opens_app();
+    let mut subscriber = net.connected(V311, "sub");
+    subscriber.subscribe("$app/#", QoS::AtLeastOnce);
+    subscriber.subscribe("$SYS/#", QoS::AtLeastOnce);
+    let mut publisher = net.connected(V311, "pub");
+    publisher.publish("$app/config", QoS::AtLeastOnce, b"v");
+    publisher.publish("$SYS/forged", QoS::AtLeastOnce, b"v");
+    assert_eq!(topics(subscriber.publishes()), ["$app/config"]);
 }
 
 #[test]
 fn a_will_on_a_dollar_topic_follows_the_authorizer() {
-    let will_connect = |topic: &str| {
-        Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V311,
-            clean_start: true,
-            keep_alive: 60,
+    let willing = || {
+        let mut connect = connect_packet(V311, "willing");
+        connect.will = Some(Will {
+            topic: text("$app/status"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
             properties: Properties::default(),
-            client_id: text("willing"),
-            will: Some(Will {
-                topic: text(topic),
-                payload: Bytes::from_static(b"gone"),
-                qos: QoS::AtMostOnce,
-                retain: false,
-                properties: Properties::default(),
-            }),
-            username: None,
-            password: None,
-        }))
+        });
+        connect
     };
-    let now = Instant::now();
     // Refused by default: CONNACK 0x05 (not authorized) in 3.1.1.
-    let broker = Broker::new(BrokerConfig::default());
-    let mut conn = Connection::new(broker, Arc::new(Quiet), None, now);
-    conn.handle_packet(will_connect("$app/status"), now);
-    let answer = transmit(&mut conn, now);
-    assert!(matches!(answer.as_slice(), [Packet::ConnAck(ack)] if ack.reason_code.is_error()));
+    let (_, connack) = Net::new().connect(willing());
+    assert!(connack.reason_code.is_error());
 
-    let hooks = Hooks {
-        authorizer: Arc::new(OpensApp),
-        ..Hooks::default()
-    };
-    let broker = Broker::with_hooks(BrokerConfig::default(), hooks);
-    let mut subscriber = connect(&broker, "sub", true, now);
-    subscribe(&mut subscriber, "$app/#", now);
-    let mut conn = Connection::new(broker, Arc::new(Quiet), None, now);
-    conn.handle_packet(will_connect("$app/status"), now);
-    let answer = transmit(&mut conn, now);
-    assert!(matches!(answer.as_slice(), [Packet::ConnAck(ack)] if !ack.reason_code.is_error()));
-    conn.handle_transport_closed(now);
-    assert_eq!(topics(&transmit(&mut subscriber, now)), ["$app/status"]);
+    let net = opens_app();
+    let mut subscriber = net.connected(V311, "sub");
+    subscriber.subscribe("$app/#", QoS::AtMostOnce);
+    let client = net.accepted(willing());
+    // Lost without DISCONNECT: the will goes out.
+    drop(client);
+    assert_eq!(topics(subscriber.publishes()), ["$app/status"]);
 }

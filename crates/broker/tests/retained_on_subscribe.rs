@@ -4,172 +4,106 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Instant;
+use common::{Client, Net, V311, persistent, retained};
+use tern_codec::{Packet, Properties, QoS, Unsubscribe};
 
-use bytes::{Bytes, BytesMut};
-use common::{Quiet, connect, text};
-use tern_broker::{Broker, BrokerConfig, Connection, Message};
-use tern_codec::{
-    Ack, Connect, Packet, Properties, ProtocolVersion, QoS, Subscribe, Subscription,
-    SubscriptionOptions, Unsubscribe,
-};
-
-/// Poll budget of one round, as the server's.
+/// What the server asks the connection for in one round of its loop.
 const BUDGET: usize = 64 * 1024;
 
-fn retained(topic: &str, qos: QoS) -> Message {
-    Message {
-        topic: text(topic),
-        payload: Bytes::from_static(b"state"),
-        qos,
-        retain: true,
-        properties: None,
-        expires_at: None,
-        publisher: None,
-        id: 0,
-    }
+fn topic(i: usize) -> String {
+    format!("a/{}/{i}", i % 50)
 }
 
-fn broker_with_retained(count: usize, qos: QoS) -> Arc<Broker> {
-    let broker = Broker::new(BrokerConfig::default());
-    let now = Instant::now();
+/// A broker holding `count` retained messages under `a/`.
+fn with_retained(count: usize, qos: QoS) -> Net {
+    let net = Net::new();
+    let mut publisher = net.connected(V311, "publisher");
     for i in 0..count {
-        broker.publish(retained(&format!("a/{}/{}", i % 50, i), qos), now);
+        publisher.publish_with(retained(&topic(i), qos, b"state"));
+        publisher.received();
     }
-    assert_eq!(broker.retained_count(), count);
-    broker
+    assert_eq!(net.broker.retained_count(), count);
+    net
 }
 
-fn subscribe(conn: &mut Connection, filter: &str, qos: QoS, now: Instant) {
-    conn.handle_packet(
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: text(filter),
-                options: SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            }],
-        }),
-        now,
-    );
-}
-
-/// One round of the server's loop: what fits the budget, decoded.
-fn round(conn: &mut Connection, now: Instant) -> Vec<Packet> {
-    let mut out = BytesMut::new();
-    conn.poll_transmit(&mut out, BUDGET, now);
-    let mut packets = Vec::new();
-    while let Some(packet) = Packet::decode(&mut out, ProtocolVersion::V311, u32::MAX).unwrap() {
-        packets.push(packet);
-    }
-    packets
-}
-
-/// Acknowledges every QoS 1 PUBLISH in `packets`; returns the topics of all PUBLISHes.
-fn ack_all(conn: &mut Connection, packets: &[Packet], now: Instant) -> Vec<String> {
-    let mut topics = Vec::new();
-    for packet in packets {
-        if let Packet::Publish(publish) = packet {
-            topics.push(publish.topic.to_string());
-            if publish.qos == QoS::AtLeastOnce {
-                conn.handle_packet(Packet::PubAck(Ack::new(publish.packet_id)), now);
+/// Rounds of the server's loop until the broker has nothing more, acknowledging each QoS 1
+/// PUBLISH as it arrives; `check` sees the client after every round. Returns the PUBLISHes.
+fn drain(client: &mut Client, mut check: impl FnMut(&mut Client)) -> Vec<tern_codec::Publish> {
+    let mut got = Vec::new();
+    loop {
+        let packets = client.received_within(BUDGET);
+        check(client);
+        if packets.is_empty() {
+            return got;
+        }
+        for packet in packets {
+            if let Packet::Publish(publish) = packet {
+                client.ack(&publish);
+                got.push(publish);
             }
         }
     }
-    topics
+}
+
+fn distinct(publishes: &[tern_codec::Publish]) -> usize {
+    let mut topics: Vec<&str> = publishes.iter().map(|p| p.topic.as_str()).collect();
+    topics.sort();
+    topics.dedup();
+    topics.len()
 }
 
 #[test]
 fn a_new_subscriber_gets_every_retained_message_past_the_queue_limit() {
     // 5 000 retained messages against the default queue limit of 1 000.
-    let broker = broker_with_retained(5_000, QoS::AtMostOnce);
-    assert_eq!(broker.config().max_queued_messages, 1_000);
-    let now = Instant::now();
-    let mut conn = connect(&broker, "late", true, now);
-    subscribe(&mut conn, "#", QoS::AtMostOnce, now);
-    let mut topics = Vec::new();
-    for _ in 0..1_000 {
-        let packets = round(&mut conn, now);
-        if packets.is_empty() {
-            break;
-        }
-        for packet in packets {
-            if let Packet::Publish(publish) = packet {
-                assert!(
-                    publish.retain,
-                    "sent because of a new subscription [MQTT-3.3.1-8]"
-                );
-                topics.push(publish.topic.to_string());
-            }
-        }
-    }
-    assert_eq!(topics.len(), 5_000);
-    topics.sort();
-    topics.dedup();
-    assert_eq!(topics.len(), 5_000, "each retained message once");
+    let net = with_retained(5_000, QoS::AtMostOnce);
+    assert_eq!(net.broker.config().max_queued_messages, 1_000);
+    let mut late = net.connected(V311, "late");
+    late.send(common::subscribe_packet(1, &[("#", QoS::AtMostOnce)]));
+    let got = drain(&mut late, |_| {});
+    // Sent because of a new subscription: RETAIN set [MQTT-3.3.1-8].
+    assert!(got.iter().all(|p| p.retain));
+    assert_eq!(got.len(), 5_000);
+    assert_eq!(distinct(&got), 5_000, "each retained message once");
 }
 
 #[test]
 fn the_retained_set_streams_in_bounded_memory_through_the_inflight_window() {
-    let broker = broker_with_retained(20_000, QoS::AtLeastOnce);
-    let now = Instant::now();
-    let mut conn = connect(&broker, "late", true, now);
-    subscribe(&mut conn, "a/#", QoS::AtLeastOnce, now);
-    let session = broker.session("late").unwrap();
-    let window = broker.config().max_inflight as usize;
-    let mut received = 0;
-    loop {
-        let packets = round(&mut conn, now);
+    let net = with_retained(20_000, QoS::AtLeastOnce);
+    let window = usize::from(net.broker.config().max_inflight);
+    let mut late = net.connected(V311, "late");
+    late.send(common::subscribe_packet(1, &[("a/#", QoS::AtLeastOnce)]));
+    let session = net.session("late").unwrap();
+    let got = drain(&mut late, |_| {
         // Nothing is copied into the queue; at most one batch waits, taken from the index.
         assert_eq!(session.queued_len(), 0);
         assert!(session.retained_buffered() <= 64);
         assert!(session.inflight_len() <= window);
-        let topics = ack_all(&mut conn, &packets, now);
-        if packets.is_empty() {
-            break;
-        }
-        received += topics.len();
-    }
-    assert_eq!(received, 20_000);
+    });
+    assert_eq!(distinct(&got), 20_000);
     assert_eq!(session.retained_buffered(), 0);
 }
 
 #[test]
 fn live_traffic_keeps_flowing_while_a_retained_set_streams() {
-    let broker = broker_with_retained(5_000, QoS::AtLeastOnce);
-    let now = Instant::now();
-    let mut conn = connect(&broker, "late", true, now);
-    subscribe(&mut conn, "#", QoS::AtLeastOnce, now);
+    let net = with_retained(5_000, QoS::AtLeastOnce);
+    let mut late = net.connected(V311, "late");
+    late.send(common::subscribe_packet(1, &[("#", QoS::AtLeastOnce)]));
     // The first round fills the in-flight window with retained messages.
-    let first = round(&mut conn, now);
-    ack_all(&mut conn, &first, now);
+    let first = late.received_within(BUDGET);
+    assert!(first.len() > 1);
     // A live message on another topic arrives while most of the set is still to come.
-    broker.publish(
-        Message {
-            retain: false,
-            ..retained("live/alarm", QoS::AtLeastOnce)
-        },
-        now,
-    );
-    let mut live_at = None;
-    let mut sent = 0;
-    loop {
-        let packets = round(&mut conn, now);
-        if packets.is_empty() {
-            break;
-        }
-        for topic in ack_all(&mut conn, &packets, now) {
-            if topic == "live/alarm" {
-                live_at = Some(sent);
-            }
-            sent += 1;
+    let mut alarm = net.connected(V311, "alarm");
+    alarm.publish("live/alarm", QoS::AtLeastOnce, b"fire");
+    for packet in first {
+        if let Packet::Publish(publish) = packet {
+            late.ack(&publish);
         }
     }
-    let live_at = live_at.expect("the live message was delivered");
+    let got = drain(&mut late, |_| {});
+    let live_at = got
+        .iter()
+        .position(|p| p.topic.as_str() == "live/alarm")
+        .expect("the live message was delivered");
     assert!(
         live_at < 1_000,
         "live message waited for {live_at} retained ones"
@@ -177,105 +111,69 @@ fn live_traffic_keeps_flowing_while_a_retained_set_streams() {
 }
 
 #[test]
-fn unsubscribing_stops_the_stream_and_a_resumed_session_finishes_it() {
-    let broker = broker_with_retained(3_000, QoS::AtLeastOnce);
-    let now = Instant::now();
-    let mut conn = connect(&broker, "late", false, now);
-    subscribe(&mut conn, "a/#", QoS::AtLeastOnce, now);
-    let first = round(&mut conn, now);
-    let mut topics = ack_all(&mut conn, &first, now);
-    assert!(topics.len() < 3_000);
-    // The connection drops half-way: the resumed session sends what is left (and resends
-    // what was in flight, with DUP [MQTT-4.4.0-1]).
-    conn.handle_transport_closed(now);
-    let mut conn = Connection::new(broker.clone(), Arc::new(Quiet), None, now);
-    conn.handle_packet(
-        Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V311,
-            clean_start: false,
-            keep_alive: 60,
-            properties: Properties::default(),
-            client_id: text("late"),
-            will: None,
-            username: None,
-            password: None,
-        })),
-        now,
-    );
-    loop {
-        let packets = round(&mut conn, now);
-        if packets.is_empty() {
-            break;
-        }
-        topics.extend(ack_all(&mut conn, &packets, now));
-    }
-    topics.sort();
-    topics.dedup();
-    assert_eq!(topics.len(), 3_000);
+fn a_resumed_session_finishes_the_stream_and_unsubscribing_stops_it() {
+    let net = with_retained(3_000, QoS::AtLeastOnce);
+    let mut late = net.accepted(persistent(V311, "late"));
+    late.send(common::subscribe_packet(1, &[("a/#", QoS::AtLeastOnce)]));
+    let mut got: Vec<_> = late
+        .received_within(BUDGET)
+        .into_iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        })
+        .collect();
+    assert!(got.len() < 3_000);
+    // The connection drops half-way, nothing acknowledged: the resumed session sends what
+    // was in flight again (DUP [MQTT-4.4.0-1]) and then the rest of the set.
+    drop(late);
+    let mut late = net.open(V311);
+    late.send(Packet::Connect(Box::new(persistent(V311, "late"))));
+    got.extend(drain(&mut late, |_| {}));
+    assert_eq!(distinct(&got), 3_000);
 
     // Unsubscribed mid-stream: no more of it [MQTT-3.10.4-2].
-    subscribe(&mut conn, "a/#", QoS::AtMostOnce, now);
-    let first = round(&mut conn, now);
-    assert!(first.len() > 1);
-    conn.handle_packet(
-        Packet::Unsubscribe(Unsubscribe {
-            packet_id: 2,
-            properties: Properties::default(),
-            filters: vec![text("a/#")],
-        }),
-        now,
-    );
-    let after = round(&mut conn, now);
+    late.send(common::subscribe_packet(2, &[("a/#", QoS::AtMostOnce)]));
+    assert!(late.received_within(BUDGET).len() > 1);
+    late.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: 3,
+        properties: Properties::default(),
+        filters: vec![common::text("a/#")],
+    }));
+    let after = late.received_within(BUDGET);
     assert!(
-        after
-            .iter()
-            .all(|packet| matches!(packet, Packet::UnsubAck(_))),
+        after.iter().all(|p| matches!(p, Packet::UnsubAck(_))),
         "{after:?}"
     );
-    assert_eq!(broker.session("late").unwrap().retained_buffered(), 0);
+    assert_eq!(net.session("late").unwrap().retained_buffered(), 0);
 }
 
 #[test]
 fn a_retained_message_changed_while_streaming_is_sent_as_it_is_now() {
     // Large enough to take several rounds.
-    let broker = broker_with_retained(20_000, QoS::AtMostOnce);
-    let mut changed_topic = String::new();
-    let now = Instant::now();
-    let mut conn = connect(&broker, "late", true, now);
-    subscribe(&mut conn, "a/#", QoS::AtMostOnce, now);
-    let mut seen = Vec::new();
-    let mut changed = false;
-    loop {
-        let packets = round(&mut conn, now);
-        if packets.is_empty() {
-            break;
-        }
-        for packet in packets {
-            if let Packet::Publish(publish) = packet {
-                seen.push((publish.topic.to_string(), publish.payload.clone()));
-            }
-        }
-        if !changed {
-            changed = true;
-            // A topic the stream has not reached yet changes.
-            changed_topic = (0..20_000)
-                .map(|i| format!("a/{}/{i}", i % 50))
-                .find(|topic| seen.iter().all(|(seen, _)| seen != topic))
-                .unwrap();
-            broker.publish(
-                Message {
-                    payload: Bytes::from_static(b"new"),
-                    ..retained(&changed_topic, QoS::AtMostOnce)
-                },
-                now,
-            );
-        }
-    }
+    let net = with_retained(20_000, QoS::AtMostOnce);
+    let mut late = net.connected(V311, "late");
+    late.send(common::subscribe_packet(1, &[("a/#", QoS::AtMostOnce)]));
+    let first: Vec<String> = late
+        .received_within(BUDGET)
+        .iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some(publish.topic.to_string()),
+            _ => None,
+        })
+        .collect();
+    // A topic the stream has not reached yet changes.
+    let changed = (0..20_000)
+        .map(topic)
+        .find(|topic| !first.contains(topic))
+        .unwrap();
+    let mut publisher = net.connected(V311, "publisher-2");
+    publisher.publish_with(retained(&changed, QoS::AtMostOnce, b"new"));
+    let copies: Vec<_> = drain(&mut late, |_| {})
+        .into_iter()
+        .filter(|p| p.topic.as_str() == changed)
+        .collect();
     // The live copy, then the stream's: both the new value, never the old one after it.
-    let last: Vec<_> = seen.iter().filter(|(t, _)| t == &changed_topic).collect();
-    assert_eq!(last.len(), 2);
-    assert!(
-        last.iter()
-            .all(|(_, payload)| payload == &Bytes::from_static(b"new"))
-    );
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().all(|p| &p.payload[..] == b"new"));
 }

@@ -1,5 +1,5 @@
-//! Every stored message body the router takes a reference on ([`Change::Message`]) gets its
-//! release ([`Change::MessageRouted`]): otherwise the store would keep the body until the next
+//! Every stored message body the router takes a reference on (`Change::Message`) gets its
+//! release (`Change::MessageRouted`): otherwise the store would keep the body until the next
 //! restart. The release is a guard's drop, so each path that stores a delivery — routing to an
 //! offline session, a retained message streamed to a persistent subscriber, the sweep of
 //! unstored deliveries, a shared subscription handing its messages to another member — is
@@ -7,120 +7,93 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use common::{Recorder, connect, recorded_broker, text, transmit};
-use tern_broker::Message;
-use tern_codec::{Packet, Properties, Publish, QoS, Subscribe, Subscription, SubscriptionOptions};
+use common::{Net, Recorder, V311, persistent, retained};
+use tern_broker::persist::Persistence;
+use tern_broker::{BrokerConfig, Hooks};
+use tern_codec::QoS;
 
-fn balanced(recorder: &Recorder) -> (usize, usize) {
+fn recorded() -> (Arc<Recorder>, Net) {
+    let recorder = Arc::new(Recorder::default());
+    let net = Net::with_persistence(
+        BrokerConfig::default(),
+        Hooks::default(),
+        Some(recorder.clone() as Arc<dyn Persistence>),
+    );
+    (recorder, net)
+}
+
+/// How many bodies were taken and released since the last call.
+fn bodies(recorder: &Recorder) -> (usize, usize) {
     let kinds = recorder.take_kinds();
     let count = |kind: &str| kinds.iter().filter(|k| **k == kind).count();
     (count("Message"), count("MessageRouted"))
 }
 
-fn publish(packet_id: u16, topic: &str) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: text(topic),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"v"),
-    })
-}
-
-fn subscribe(filter: &str) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: 9,
-        properties: Properties::default(),
-        subscriptions: vec![Subscription {
-            filter: text(filter),
-            options: SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        }],
-    })
-}
-
 #[test]
 fn routing_to_an_offline_session_releases_the_body() {
-    let (recorder, _broker, mut publisher, mut subscriber, now) =
-        recorded_broker("m/#", QoS::AtLeastOnce, true);
-    subscriber.handle_transport_closed(now);
+    let (recorder, net) = recorded();
+    let mut subscriber = net.accepted(persistent(V311, "sub"));
+    subscriber.subscribe("m/#", QoS::AtLeastOnce);
+    drop(subscriber);
+    let mut publisher = net.connected(V311, "pub");
     recorder.take();
-    publisher.handle_packet(publish(1, "m/1"), now);
-    let (bodies, released) = balanced(&recorder);
-    assert_eq!((bodies, released), (1, 1));
+    publisher.publish("m/1", QoS::AtLeastOnce, b"v");
+    assert_eq!(bodies(&recorder), (1, 1));
 }
 
 #[test]
 fn a_sweep_of_unstored_deliveries_releases_each_body() {
-    let (recorder, broker, mut publisher, mut subscriber, now) =
-        recorded_broker("m/#", QoS::AtLeastOnce, true);
-    for id in 1..=3 {
-        publisher.handle_packet(publish(id, "m/1"), now);
+    let (recorder, net) = recorded();
+    let mut subscriber = net.accepted(persistent(V311, "sub"));
+    subscriber.subscribe("m/#", QoS::AtLeastOnce);
+    let mut publisher = net.connected(V311, "pub");
+    for _ in 0..3 {
+        publisher.publish("m/1", QoS::AtLeastOnce, b"v");
     }
-    transmit(&mut subscriber, now);
-    assert_eq!(balanced(&recorder), (0, 0), "unstored: nothing yet");
-    let later = now + broker.config().unstored_grace * 2 + Duration::from_millis(1);
-    broker.handle_timeout(later);
-    broker.handle_timeout(later + broker.config().unstored_grace);
-    assert_eq!(balanced(&recorder), (3, 3));
+    assert_eq!(subscriber.publishes().len(), 3);
+    recorder.take();
+    // Unacknowledged past the grace period: the sweep stores them.
+    let grace = net.broker.config().unstored_grace.as_millis() as u64;
+    net.advance(grace * 4);
+    assert_eq!(bodies(&recorder), (3, 3));
 }
 
 #[test]
 fn a_retained_message_streamed_to_a_persistent_subscriber_releases_its_body() {
-    let (recorder, broker, _publisher, _subscriber, now) =
-        recorded_broker("m/#", QoS::AtLeastOnce, true);
+    let (recorder, net) = recorded();
+    let mut publisher = net.connected(V311, "pub");
     for n in 0..5 {
-        broker.publish(
-            Message {
-                topic: text(&format!("r/{n}")),
-                payload: Bytes::from_static(b"state"),
-                qos: QoS::AtLeastOnce,
-                retain: true,
-                properties: None,
-                expires_at: None,
-                publisher: None,
-                id: 0,
-            },
-            now,
-        );
+        publisher.publish_with(retained(&format!("r/{n}"), QoS::AtLeastOnce, b"state"));
     }
+    let mut late = net.accepted(persistent(V311, "late"));
     recorder.take();
-    let mut late = connect(&broker, "late", false, now);
-    late.handle_packet(subscribe("r/#"), now);
-    let sent = transmit(&mut late, now);
-    assert_eq!(sent.len(), 6, "SUBACK and five retained: {sent:?}");
-    assert_eq!(balanced(&recorder), (5, 5));
+    late.subscribe("r/#", QoS::AtLeastOnce);
+    assert_eq!(late.publishes().len(), 5);
+    assert_eq!(bodies(&recorder), (5, 5));
 }
 
 #[test]
 fn a_shared_subscription_handing_over_its_messages_releases_their_bodies() {
-    let (recorder, broker, mut publisher, _subscriber, now) =
-        recorded_broker("unused/#", QoS::AtLeastOnce, true);
-    let mut first = connect(&broker, "first", false, now);
-    first.handle_packet(subscribe("$share/g/jobs/#"), now);
-    transmit(&mut first, now);
-    let mut second = connect(&broker, "second", false, now);
-    second.handle_packet(subscribe("$share/g/jobs/#"), now);
-    transmit(&mut second, now);
-    second.handle_transport_closed(now);
-    // Both go to `first` (the only member online), queued past its window or in flight.
-    for id in 1..=40 {
-        publisher.handle_packet(publish(id, "jobs/1"), now);
+    let (recorder, net) = recorded();
+    let mut first = net.accepted(persistent(V311, "first"));
+    first.subscribe("$share/g/jobs/#", QoS::AtLeastOnce);
+    let mut second = net.accepted(persistent(V311, "second"));
+    second.subscribe("$share/g/jobs/#", QoS::AtLeastOnce);
+    drop(second);
+    // All go to `first`, the only member online: in flight, or queued behind its window.
+    let mut publisher = net.connected(V311, "pub");
+    for _ in 0..40 {
+        publisher.publish("jobs/1", QoS::AtLeastOnce, b"v");
     }
     recorder.take();
     // `first` leaves with its messages unacknowledged: they move to `second`.
-    first.handle_transport_closed(now);
-    let (bodies, released) = balanced(&recorder);
+    drop(first);
+    let (taken, released) = bodies(&recorder);
     assert!(
-        bodies > 0,
+        taken > 0,
         "the handed-over deliveries are stored for `second`"
     );
-    assert_eq!(bodies, released);
+    assert_eq!(taken, released);
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tern_broker::persist::Persistence;
 use tern_broker::{Broker, BrokerConfig, CloseReason, Connection, Hooks, Session};
 use tern_codec::{
     Ack, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
@@ -48,8 +49,17 @@ impl Net {
     }
 
     pub fn with_hooks(config: BrokerConfig, hooks: Hooks) -> Net {
+        Net::with_persistence(config, hooks, None)
+    }
+
+    /// A broker whose changes go to `persistence` (a recording double, say).
+    pub fn with_persistence(
+        config: BrokerConfig,
+        hooks: Hooks,
+        persistence: Option<Arc<dyn Persistence>>,
+    ) -> Net {
         Net {
-            broker: Broker::with_hooks(config, hooks),
+            broker: Broker::with_persistence(config, hooks, persistence),
             clock: Rc::new(Cell::new(Instant::now())),
             connections: RefCell::default(),
         }
@@ -186,6 +196,22 @@ impl Client {
             .borrow_mut()
             .poll_transmit(&mut out, usize::MAX, self.clock.get());
         out
+    }
+
+    /// What the broker sends in one round of the server's loop, which asks for at most
+    /// `budget` bytes at a time, decoded.
+    pub fn received_within(&mut self, budget: usize) -> Vec<Packet> {
+        let mut bytes = BytesMut::new();
+        self.connection
+            .borrow_mut()
+            .poll_transmit(&mut bytes, budget, self.clock.get());
+        let mut packets = Vec::new();
+        while let Some(packet) = Packet::decode(&mut bytes, self.version, u32::MAX)
+            .expect("the broker sends valid packets")
+        {
+            packets.push(packet);
+        }
+        packets
     }
 
     /// Every packet the broker has for this client now, decoded, in order.

@@ -841,14 +841,24 @@ impl Broker {
                 };
             }
         }
+        let old_stored = existing.as_ref().is_some_and(|old| old.lock().stores());
         let will = existing.and_then(|old| self.end_session_in(&mut sessions, &old));
+        // The CONNACK says a stored old session is gone [MQTT-3.1.2-4]: it waits until that end
+        // is durable, or a crash would bring the old session back to a client told otherwise.
+        // (What was submitted up to now includes the end; a little more costs nothing but the
+        // same commit.)
+        let ended = if old_stored {
+            self.submitted()
+        } else {
+            Seq::NONE
+        };
         let session = Arc::new(Session::new(client_id.clone(), expiry));
         let seq = {
             let mut state = session.lock();
             state.owner = Some(owner);
             session.publish_owner(state.owner);
             state.wakeup = Some(wakeup);
-            self.store_session(&session, &mut state, true)
+            self.store_session(&session, &mut state, true).max(ended)
         };
         sessions.insert(Registered(session.clone()));
         drop(sessions);

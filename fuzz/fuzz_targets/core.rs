@@ -994,16 +994,17 @@ impl Harness {
         let mut window = usize::from(self.config.max_inflight);
         if version.is_v5() {
             properties.session_expiry_interval = Some(session_expiry(expiry));
-            if receive_maximum % 4 != 0 {
-                let maximum = u16::from(receive_maximum % 4);
+            let maximum = u16::from(receive_maximum % 4);
+            if maximum != 0 {
                 properties.receive_maximum = Some(maximum);
                 window = window.min(usize::from(maximum));
             }
         }
         let will = will.map(|spec| {
             let mut properties = Properties::default();
-            if version.is_v5() && spec.delay % 3 != 0 {
-                properties.will_delay_interval = Some(u32::from(spec.delay % 3));
+            let delay = u32::from(spec.delay % 3);
+            if version.is_v5() && delay != 0 {
+                properties.will_delay_interval = Some(delay);
             }
             Will {
                 topic: text(TOPICS[usize::from(spec.topic) % (TOPICS.len() - 1)]),

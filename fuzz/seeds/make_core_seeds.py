@@ -53,6 +53,10 @@ seeds = {
     + op("Restart") + connect(0,1,0) + connect(1,2,0,3) + op("Resend",1,0) + op("Resend",1,1)
     + op("Commit") + op("PollAll") + op("AckAll",0) + op("Commit") + op("PollAll") + op("AckAll",0)
     + op("Commit") + op("PollAll") + op("Release",1,0) + op("Release",1,0) + op("Commit") + op("PollAll"),
+ # A take-over publishes the old connection's QoS 2 will; a restart must not publish it again.
+ "takeover-will-restart": config(max_inflight=3, max_queued=1, v3_expiry=1, store=1)
+    + connect(0,0,0,0,0,0,[3,2,1,0]) + connect(0,0,0,0,0,3) + sub(1,3,2) + op("PollAll")
+    + op("Restart") + op("Advance",15) + connect(0,0,0,0,0,0),
  # Publisher-side QoS 2: resent before PUBREL, released, queue overflow for an offline session.
  "qos2-publisher-queue": config(max_queued=1, store=1) + connect(0,1,0) + sub(0,3,2) + op("TransportClosed",0)
     + connect(1,2,0,3) + pub(0,1,2) + op("Resend",0,0) + op("Poll",0,0) + op("Resend",0,0)

@@ -455,7 +455,21 @@ fn recover(log: &[Change]) -> Recovered {
             shared_filter: delivery.shared_filter.clone(),
         }
     };
-    let next_message_id = messages.keys().max().map_or(1, |id| id + 1);
+    // As tern-store counts it: every id the store still holds (bodies, deliveries, retained
+    // messages, wills), so no new message takes the id of one that comes back.
+    let max_id = messages
+        .keys()
+        .copied()
+        .chain(retained.values().map(|message| message.id))
+        .chain(sessions.values().flat_map(|session| {
+            let queued = session.queue.values().map(|delivery| delivery.message_id);
+            let inflight = session.inflight.iter().map(|(_, _, d)| d.message_id);
+            let will = session.will.iter().map(|will| will.message.id);
+            queued.chain(inflight).chain(will)
+        }))
+        .max()
+        .unwrap_or(0);
+    let next_message_id = max_id + 1;
     Recovered {
         sessions: sessions
             .into_iter()

@@ -641,8 +641,9 @@ impl Broker {
     }
 
     /// Gives the messages `session` holds for shared subscriptions, and that its client has not
-    /// received yet (queued, or sent and unacknowledged), to another member of the same group
-    /// (MQTT 5 section 4.8.2). Messages whose group has no other member stay.
+    /// received yet (queued, or sent at QoS 1 and unacknowledged), to another member of the same
+    /// group (MQTT 5 section 4.8.2). Messages whose group has no other member stay, and so do
+    /// QoS 2 messages already sent.
     pub(crate) fn hand_over_shared(&self, session: &Arc<Session>) {
         let index = read(&self.subscriptions);
         let other_member = |filter: &MqttStr| -> Option<&Subscriber> {
@@ -664,7 +665,16 @@ impl Broker {
             let mut position = 0;
             while position < state.inflight.len() {
                 let entry = &state.inflight[position];
-                let target = (entry.state != InflightState::AwaitingPubComp)
+                // A QoS 2 message whose PUBLISH may have reached the client is completed to that
+                // client when it reconnects, never sent to another [MQTT-4.8.2-4, MQTT-4.8.2-5]:
+                // moved, it would reach two clients, and could come back to the first under a new
+                // packet identifier. (`dup` is set once the PUBLISH has gone out.)
+                let movable = match entry.state {
+                    InflightState::AwaitingPubAck => true,
+                    InflightState::AwaitingPubRec => !entry.dup,
+                    InflightState::AwaitingPubComp => false,
+                };
+                let target = movable
                     .then(|| entry.delivery.shared_filter.as_ref().and_then(other_member))
                     .flatten();
                 match target.and_then(|target| Some((target, state.remove_inflight(position)?))) {

@@ -266,6 +266,16 @@ impl Connection {
                     expiry_interval: will.expiry_interval,
                 }));
             }
+        } else if attached.present {
+            // A resumed session forgets the will its previous connection stored: published at
+            // a take-over, or waiting for a delay the client came back within [MQTT-3.1.3-9],
+            // it would otherwise be published (again) after a restart.
+            let state = attached.session.lock();
+            if state.stores() {
+                barrier = barrier.max(broker.persist(|| Change::WillCleared {
+                    client_id: client_id.clone(),
+                }));
+            }
         }
         let connack = ConnAck {
             // [MQTT-3.2.2-1, MQTT-3.2.2-2, MQTT-3.2.2-3]; MQTT 3.1 has no such flag.

@@ -286,6 +286,12 @@ impl Connection {
         self.client_id.as_ref()
     }
 
+    /// The connection's identifier (what [`crate::Session::owner`] names).
+    #[doc(hidden)]
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
     }

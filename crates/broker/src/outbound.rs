@@ -195,19 +195,34 @@ impl Transmit<'_> {
     /// the in-flight window allows. Returns true when the budget ran out with more to send.
     fn messages(&mut self, state: &mut SessionState) -> bool {
         if state.pending > 0 && !self.pending_inflight(state) {
-            // Something waits (budget or store); nothing overtakes it.
-            return state.pending > 0 && self.waiting_for.is_none();
+            // Something waits (budget, store or window); nothing overtakes it. Only the budget
+            // makes it worth calling again at once.
+            return self.full() && self.waiting_for.is_none();
         }
         self.queued(state)
     }
 
     /// Returns true when every pending entry went out.
     fn pending_inflight(&mut self, state: &mut SessionState) -> bool {
+        let window = self.active.send_window;
         let mut dropped = Vec::new();
         let mut sent = 0;
-        for entry in state.inflight.iter_mut().filter(|entry| entry.pending) {
+        for (index, entry) in state
+            .inflight
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, entry)| entry.pending)
+        {
             if entry.send_after > self.durable {
                 self.waiting_for = Some(entry.send_after);
+                break;
+            }
+            // A session resumed with a smaller Receive Maximum than its messages went out
+            // under: only the oldest `window` of them are sent again now, the others as
+            // acknowledgements make room [MQTT-3.3.4-7]. (Every message sent on this
+            // connection sits within the first `window` entries, so the client never has more
+            // unacknowledged.)
+            if index >= window {
                 break;
             }
             if self.full() {

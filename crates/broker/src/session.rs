@@ -299,6 +299,24 @@ impl Session {
     pub fn dropped_count(&self) -> u64 {
         self.lock().dropped
     }
+
+    /// The packet identifiers of the outbound messages in flight, oldest first (for tests and
+    /// the fuzz target, which check that they are unique).
+    #[doc(hidden)]
+    pub fn inflight_packet_ids(&self) -> Vec<u16> {
+        self.lock()
+            .inflight
+            .iter()
+            .map(|entry| entry.packet_id)
+            .collect()
+    }
+
+    /// The connection attached to the session, read under its lock (for tests and the fuzz
+    /// target, which check that only a live connection owns it).
+    #[doc(hidden)]
+    pub fn owner(&self) -> Option<ConnectionId> {
+        self.lock().owner
+    }
 }
 
 impl SessionState {

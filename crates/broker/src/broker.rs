@@ -662,15 +662,20 @@ impl Broker {
         {
             let mut state = session.lock();
             let client_id = session.client_id();
+            // A session that outlives its connection keeps the messages whose PUBLISH may have
+            // reached its client, and sends them again when the client returns (MQTT 5 section
+            // 4.8.2 lets the broker wait): given to another member, the message's packet
+            // identifier would be free while the client still holds it unacknowledged, and the
+            // next message under it would look like a resend [MQTT-2.2.1-4]. A session that ends
+            // now gives them all away, QoS 1 at least once, but never a QoS 2 one already sent,
+            // which would reach two clients [MQTT-4.8.2-4, MQTT-4.8.2-5]. (`dup` is set once the
+            // PUBLISH has gone out.)
+            let keeps_sent = state.is_persistent();
             let mut position = 0;
             while position < state.inflight.len() {
                 let entry = &state.inflight[position];
-                // A QoS 2 message whose PUBLISH may have reached the client is completed to that
-                // client when it reconnects, never sent to another [MQTT-4.8.2-4, MQTT-4.8.2-5]:
-                // moved, it would reach two clients, and could come back to the first under a new
-                // packet identifier. (`dup` is set once the PUBLISH has gone out.)
                 let movable = match entry.state {
-                    InflightState::AwaitingPubAck => true,
+                    InflightState::AwaitingPubAck => !(keeps_sent && entry.dup),
                     InflightState::AwaitingPubRec => !entry.dup,
                     InflightState::AwaitingPubComp => false,
                 };

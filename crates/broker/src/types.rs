@@ -31,11 +31,6 @@ impl Seq {
     pub fn next(self) -> Seq {
         Seq(self.0 + 1)
     }
-
-    /// Whether this waits for anything.
-    pub fn is_none(self) -> bool {
-        self == Seq::NONE
-    }
 }
 
 /// Identifies one network connection for the life of the broker.

@@ -8,28 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Quiet, connect, text, transmit};
+use common::{Quiet, connect, subscribe_packet, text, transmit};
 use tern_broker::{Broker, BrokerConfig, Connection};
-use tern_codec::{
-    Ack, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
-};
+use tern_codec::{Ack, Connect, Packet, Properties, ProtocolVersion, Publish, QoS};
 
 fn subscribe(conn: &mut Connection, filter: &str, qos: QoS, now: Instant) {
-    conn.handle_packet(
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: text(filter),
-                options: SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            }],
-        }),
-        now,
-    );
+    conn.handle_packet(subscribe_packet(1, &[(filter, qos)]), now);
     transmit(conn, now);
 }
 

@@ -14,10 +14,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tern_broker::persist::{Change, Persistence, Seq};
 use tern_broker::{Broker, BrokerConfig, Connection, Hooks, Wakeup};
-use tern_codec::{
-    Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
-};
+use tern_codec::{Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS};
 
 /// A wakeup that does nothing: the tests poll their connections themselves.
 pub struct Quiet;
@@ -190,20 +187,7 @@ pub fn recorded_broker(
     );
     let now = Instant::now();
     let mut subscriber = connect(&broker, "subscriber", false, now);
-    subscriber.handle_packet(
-        Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: text(filter),
-                options: SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            }],
-        }),
-        now,
-    );
+    subscriber.handle_packet(subscribe_packet(1, &[(filter, qos)]), now);
     transmit(&mut subscriber, now);
     let publisher = connect(&broker, "publisher", clean_publisher, now);
     recorder.take();

@@ -154,6 +154,22 @@ pub trait Persistence: Send + Sync {
     fn begin_group(&self) -> u64;
     /// Closes the group `token` opened.
     fn end_group(&self, token: u64);
+    /// Whether the store takes new durable work: message bodies, retained messages and
+    /// subscriptions. `false` while its disk is short of space (below the low watermark) or
+    /// its commits fail. The core then refuses what would need such a write (a PUBLISH or a
+    /// SUBSCRIBE: Quota exceeded in MQTT 5, no acknowledgement and a bounded close in 3.x)
+    /// and keeps serving everything else. Changes that advance or remove what is stored
+    /// (acknowledgements, deletes, sessions going on- and offline, wills) are still
+    /// submitted: the watermark leaves room for them. A cheap check (an atomic load).
+    fn accepts_new_work(&self) -> bool {
+        true
+    }
+    /// Whether more changes wait to be made durable than the store keeps in memory (a slow
+    /// disk): a connection whose own changes are not durable yet stops reading until they
+    /// are, so memory stays bounded and publishers are slowed, not dropped. A cheap check.
+    fn congested(&self) -> bool {
+        false
+    }
 }
 
 /// The router's reference on a stored message body while it places the message's deliveries

@@ -262,6 +262,20 @@ impl Broker {
         self.persistence().map(Group::open)
     }
 
+    /// Whether the store takes new durable work (always, without a store): see
+    /// [`Persistence::accepts_new_work`].
+    pub fn accepts_new_work(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_none_or(|p| p.accepts_new_work())
+    }
+
+    /// Whether the store holds more pending changes than it keeps in memory (never, without
+    /// a store): see [`Persistence::congested`].
+    pub(crate) fn store_congested(&self) -> bool {
+        self.persistence.as_ref().is_some_and(|p| p.congested())
+    }
+
     /// The sequence number of the last change submitted ([`Seq::NONE`] without a store).
     pub(crate) fn submitted(&self) -> Seq {
         self.persistence
@@ -449,23 +463,26 @@ impl Broker {
     /// Publishes a message: updates the retained message of its topic when RETAIN is set, then
     /// routes it to every matching session. Returns the number of sessions it reached.
     pub fn publish(&self, message: Message, now: Instant) -> usize {
-        self.publish_tracked(message, now, None).0
+        self.publish_tracked(message, now, None, true).0
     }
 
     /// [`Broker::publish`], also returning the store sequence number its acknowledgement must
     /// wait for ([`Seq::NONE`]: none). With `hold`, QoS 1 deliveries to connected persistent sessions may
-    /// stay unstored, holding back the acknowledgement (see `unstored`).
+    /// stay unstored, holding back the acknowledgement (see `unstored`). Without `retain`, a
+    /// message with RETAIN set is forwarded as such but does not replace the topic's retained
+    /// message.
     pub(crate) fn publish_tracked(
         &self,
         mut message: Message,
         now: Instant,
         hold: Option<&mut AckHold<'_>>,
+        retain: bool,
     ) -> (usize, Seq) {
         if message.qos != QoS::AtMostOnce && message.id == 0 {
             message.id = self.new_message_id();
         }
         let mut seq = Seq::NONE;
-        if message.retain {
+        if message.retain && retain {
             seq = self.retain(&message);
         }
         let (reached, route_seq) = self.route(&message, now, hold);
@@ -486,6 +503,46 @@ impl Broker {
             retained.insert(kept.clone());
             self.persist(|| Change::Retained(kept))
         }
+    }
+
+    /// Whether publishing a message of `qos` (with `retain`, a non-empty payload when
+    /// `sets_retained`) from `publisher` to `topic` would need new durable work: a retained
+    /// message to store, or a QoS 1/2 delivery to a stored session (queued, or in flight
+    /// where it may have to be stored if its acknowledgement is late). Conservative for a
+    /// shared group: any stored member counts, whichever would be picked. Only asked while
+    /// the store refuses new work, so the extra match costs nothing in normal operation.
+    pub(crate) fn needs_new_storage(
+        &self,
+        topic: &str,
+        qos: QoS,
+        sets_retained: bool,
+        publisher: Option<&MqttStr>,
+    ) -> bool {
+        if self.persistence.is_none() || qos == QoS::AtMostOnce {
+            return false;
+        }
+        if sets_retained {
+            return true;
+        }
+        let stored = |subscriber: &Subscriber| {
+            subscriber.record.options.qos != QoS::AtMostOnce && subscriber.session.lock().stores()
+        };
+        let index = read(&self.subscriptions);
+        let mut needed = false;
+        index.for_each_match(topic, |matched| {
+            if needed {
+                return;
+            }
+            needed = match matched {
+                Matched::Subscriber(subscriber) => {
+                    let own = subscriber.record.options.no_local
+                        && publisher == Some(subscriber.session.client_id());
+                    !own && stored(subscriber)
+                }
+                Matched::Group(group) => group.members.iter().any(stored),
+            };
+        });
+        needed
     }
 
     /// Matches the message once and gives each matching session one delivery. A session with

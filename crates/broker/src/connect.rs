@@ -318,6 +318,7 @@ impl Connection {
                 })
             }),
             will_stored,
+            storage_close_at: None,
         }));
         // Messages queued while the client was away, and the in-flight ones to resend.
         self.wakeup.wake();

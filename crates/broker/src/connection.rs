@@ -44,7 +44,17 @@ pub enum CloseReason {
     SessionTakenOver,
     /// The server is shutting down.
     ServerShutdown,
+    /// A 3.x client sent a PUBLISH the store could not take (its disk is full, or failing):
+    /// 3.x has no negative acknowledgement, so the message was not acknowledged and the
+    /// connection is closed after [`STORAGE_REFUSAL_CLOSE`], for the client to send it again
+    /// after it reconnects.
+    StorageUnavailable,
 }
+
+/// How long a 3.x connection stays open after a PUBLISH the store could not take, before it is
+/// closed (see [`CloseReason::StorageUnavailable`]). Long enough that a client reconnecting at
+/// once does not spin against a full disk; short enough that it is not stuck for long.
+pub const STORAGE_REFUSAL_CLOSE: Duration = Duration::from_secs(5);
 
 impl CloseReason {
     /// Whether the will is published for this ending [MQTT-3.1.2-8, MQTT-3.1.2-10].
@@ -76,6 +86,9 @@ impl std::fmt::Display for CloseReason {
             }
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
+            CloseReason::StorageUnavailable => f.write_str(
+                "a message could not be stored (the broker's disk is full or failing); closed so that the client sends it again",
+            ),
         }
     }
 }
@@ -131,6 +144,9 @@ pub(crate) struct Active {
     pub(crate) auth: Option<Box<EnhancedAuth>>,
     /// Whether the will was written to the store (persistent sessions).
     pub(crate) will_stored: bool,
+    /// When the connection is closed because the store could not take a PUBLISH of this 3.x
+    /// client (see [`CloseReason::StorageUnavailable`]).
+    pub(crate) storage_close_at: Option<Instant>,
 }
 
 /// The enhanced authentication a connection was accepted with.
@@ -238,6 +254,10 @@ pub struct Connection {
     pub(crate) client_id: Option<MqttStr>,
     /// The highest store sequence number the connection asked to be woken for.
     pub(crate) waiting_for_store: Seq,
+    /// The highest store sequence number of the changes the client's own packets caused
+    /// (PUBLISH, SUBSCRIBE, ...), while they may not be durable: while the store is congested,
+    /// the connection takes no input until they are (see [`Connection::wants_input`]).
+    pub(crate) input_barrier: Seq,
 }
 
 impl Connection {
@@ -263,6 +283,7 @@ impl Connection {
             version: ProtocolVersion::V311,
             client_id: None,
             waiting_for_store: Seq::NONE,
+            input_barrier: Seq::NONE,
         }
     }
 
@@ -317,11 +338,38 @@ impl Connection {
         match &self.phase {
             Phase::AwaitingConnect { deadline } => Some(*deadline),
             Phase::Authenticating(pending) => Some(pending.deadline),
-            Phase::Active(active) => active
-                .keep_alive_limit
-                .map(|limit| active.last_received + Duration::from_millis(u64::from(limit.get()))),
+            Phase::Active(active) => {
+                let keep_alive = active.keep_alive_limit.map(|limit| {
+                    active.last_received + Duration::from_millis(u64::from(limit.get()))
+                });
+                match (keep_alive, active.storage_close_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             Phase::Closed => None,
         }
+    }
+
+    /// Whether the server should read and hand over more input. `false` while the store is
+    /// congested (a slow disk: more changes wait than it keeps in memory) and changes this
+    /// client's packets caused are not durable yet; the connection is woken when they are.
+    /// So a publisher is slowed to the disk's pace (its acknowledgements wait as well) and
+    /// the store's backlog stays bounded, while clients that wait for nothing from the store
+    /// (QoS 0, clean sessions) read on.
+    pub fn wants_input(&mut self) -> bool {
+        if self.input_barrier == Seq::NONE {
+            return true;
+        }
+        if self.input_barrier <= self.broker.durable() {
+            self.input_barrier = Seq::NONE;
+            return true;
+        }
+        if !self.broker.store_congested() {
+            return true;
+        }
+        self.wait_for_store(self.input_barrier);
+        false
     }
 
     /// Closes the connection if the connect timeout (which also bounds an enhanced
@@ -347,6 +395,9 @@ impl Connection {
                 CloseReason::AuthenticationTimeout,
                 now,
             ),
+            Phase::Active(ref active) if active.storage_close_at.is_some_and(|at| at <= now) => {
+                self.close(CloseReason::StorageUnavailable, None, now);
+            }
             Phase::Active(_) | Phase::Closed => self.close(
                 CloseReason::KeepAliveTimeout,
                 Some(ReasonCode::KeepAliveTimeout),

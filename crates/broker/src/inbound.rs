@@ -9,7 +9,7 @@ use tern_codec::{
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
-use crate::connection::{Active, CloseReason, Connection, Phase};
+use crate::connection::{Active, CloseReason, Connection, Phase, STORAGE_REFUSAL_CLOSE};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
@@ -238,6 +238,40 @@ impl Connection {
             return;
         }
 
+        // A full or failing disk: what would need new durable work is refused, the rest goes
+        // on (see `Persistence::accepts_new_work`).
+        let mut store_retained = true;
+        if !broker.accepts_new_work() {
+            let sets_retained = publish.retain && !publish.payload.is_empty();
+            match ack_packet {
+                // QoS 0 has no acknowledgement to refuse with: the message is forwarded but
+                // does not replace the retained one (which would be lost with the next start).
+                None if sets_retained => {
+                    store_retained = false;
+                    Metrics::bump(&broker.metrics().retained_dropped_storage_full);
+                }
+                None => {}
+                Some(ack) => {
+                    // A QoS 2 PUBLISH sent again after its PUBREC was lost was taken already:
+                    // it is acknowledged again below, not refused.
+                    let resent = publish.qos == QoS::ExactlyOnce
+                        && self.active().is_some_and(|active| {
+                            active.session.lock().inbound_qos2.contains(&packet_id)
+                        });
+                    if !resent
+                        && broker.needs_new_storage(
+                            &publish.topic,
+                            publish.qos,
+                            sets_retained,
+                            self.client_id.as_ref(),
+                        )
+                    {
+                        return self.refuse_for_storage(ack, packet_id, now);
+                    }
+                }
+            }
+        }
+
         let Some(active) = self.active() else { return };
         let mut barrier = Seq::NONE;
         // A stored QoS 2 identifier and the routing of its message become durable together: a
@@ -280,9 +314,11 @@ impl Connection {
             && !config.unstored_grace.is_zero())
         .then(|| AckHold::new(&self.wakeup));
         let message = Message::from_publish(publish, self.client_id.clone(), now);
-        let (reached, seq) = broker.publish_tracked(message, now, hold.as_mut());
+        let (reached, seq) = broker.publish_tracked(message, now, hold.as_mut(), store_retained);
         let gate = hold.and_then(AckHold::into_gate);
         drop(group);
+        // The changes this PUBLISH caused hold back further input while the store is congested.
+        self.input_barrier = self.input_barrier.max(barrier.max(seq));
         if let Some(ack) = ack_packet {
             let code = if reached == 0 && version.is_v5() {
                 ReasonCode::NoMatchingSubscribers
@@ -302,6 +338,31 @@ impl Connection {
                 }
                 None => self.ack(ack, packet_id, code, barrier),
             }
+        }
+    }
+
+    /// Refuses a QoS 1/2 PUBLISH that would need new durable work while the store takes none:
+    /// MQTT 5 PUBACK/PUBREC 0x97 Quota exceeded (no identifier is kept, so the flow ends
+    /// there [MQTT-4.3.3-4]); a 3.x client gets no acknowledgement (none could say "not
+    /// stored") and its connection is closed after [`STORAGE_REFUSAL_CLOSE`], so that it
+    /// reconnects and sends the message again. Nothing is forwarded.
+    fn refuse_for_storage(&mut self, ack: PacketType, packet_id: u16, now: Instant) {
+        Metrics::bump(&self.broker.metrics().messages_refused_storage_full);
+        tracing::debug!(client_id = ?self.client_id, "publish refused: the store takes no new messages");
+        if self.version.is_v5() {
+            let mut packet = self.ack_packet(ack, packet_id, ReasonCode::QuotaExceeded);
+            // The reason string, where the client allows one, says which quota.
+            if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet
+                && ack.properties.reason_string.is_some()
+            {
+                ack.properties.reason_string = MqttStr::try_from(STORAGE_FULL_TEXT).ok();
+            }
+            return self.send(packet, Seq::NONE);
+        }
+        if let Phase::Active(active) = &mut self.phase {
+            active
+                .storage_close_at
+                .get_or_insert(now + STORAGE_REFUSAL_CLOSE);
         }
     }
 
@@ -425,6 +486,7 @@ impl Connection {
             None => false,
         };
         drop(state);
+        self.input_barrier = self.input_barrier.max(barrier);
         let code = if known || !self.version.is_v5() {
             ReasonCode::Success
         } else {
@@ -453,7 +515,16 @@ impl Connection {
                 ReasonCode::UnspecifiedError
             }
         };
-        let id_in_use = session.lock().inbound_qos2.contains(&subscribe.packet_id);
+        let (id_in_use, stored) = {
+            let state = session.lock();
+            (
+                state.inbound_qos2.contains(&subscribe.packet_id),
+                state.stores(),
+            )
+        };
+        // A full or failing disk: a stored session may replace a subscription (the write
+        // takes the place of the old one) but not add one.
+        let refuses_new = stored && !broker.accepts_new_work();
 
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
@@ -475,6 +546,9 @@ impl Connection {
             } else if !broker.authorizer().may_subscribe(&client, &filter) {
                 Some(ReasonCode::NotAuthorized)
             } else if !broker.subscription_quota_allows(&session, &filter) {
+                Some(ReasonCode::QuotaExceeded)
+            } else if refuses_new && !session.lock().subscriptions.contains_key(&filter) {
+                Metrics::bump(&broker.metrics().subscriptions_refused_storage_full);
                 Some(ReasonCode::QuotaExceeded)
             } else {
                 None
@@ -516,6 +590,7 @@ impl Connection {
                 .unwrap_or_default(),
             reason_codes,
         };
+        self.input_barrier = self.input_barrier.max(barrier);
         self.send(Packet::SubAck(suback), barrier);
         // Streamed from the index as the connection can take them, not copied into the queue
         // (whose limit would cut a large set): see `retained_stream`.
@@ -566,6 +641,7 @@ impl Connection {
                 Vec::new()
             },
         };
+        self.input_barrier = self.input_barrier.max(barrier);
         self.send(Packet::UnsubAck(unsuback), barrier);
     }
 
@@ -591,6 +667,9 @@ impl Connection {
         self.close(CloseReason::ClientDisconnected, None, now);
     }
 }
+
+/// The reason string of a refusal for want of storage.
+const STORAGE_FULL_TEXT: &str = "the broker's storage is full: not stored, try again later";
 
 /// The reason string sent with an error code (when the client allows reason strings).
 fn reason_text(code: ReasonCode) -> &'static str {

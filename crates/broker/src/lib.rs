@@ -32,7 +32,7 @@ mod unstored;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
-pub use connection::{CloseReason, Connection};
+pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{
     AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
     DefaultAccess, EnhancedAuthenticator, Hooks,

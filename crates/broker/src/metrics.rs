@@ -48,6 +48,14 @@ counters! {
     messages_dropped_offline_qos0,
     /// Published messages refused by the authoriser or the topic limits.
     messages_refused,
+    /// QoS 1/2 PUBLISH packets refused because they needed new durable work while the store
+    /// took none (disk full or failing): MQTT 5 PUBACK/PUBREC 0x97, 3.x not acknowledged.
+    messages_refused_storage_full,
+    /// QoS 0 retained messages forwarded without replacing the retained message, because
+    /// the store took no new work.
+    retained_dropped_storage_full,
+    /// Subscriptions of stored sessions refused because the store took no new work.
+    subscriptions_refused_storage_full,
     /// Wills published.
     wills_published,
     /// Sessions that ended by expiry.

@@ -138,7 +138,7 @@ impl Connection {
     }
 
     /// Asks the store to wake the connection once `seq` is durable (once per sequence number).
-    fn wait_for_store(&mut self, seq: Seq) {
+    pub(crate) fn wait_for_store(&mut self, seq: Seq) {
         if seq <= self.waiting_for_store {
             return;
         }

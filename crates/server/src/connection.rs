@@ -138,6 +138,11 @@ pub(crate) async fn serve_connection<R, W>(
 
     loop {
         let now = Instant::now();
+        // Whole packets left in the read buffer when the connection stopped taking input (a
+        // congested store) are handled once it takes input again.
+        if !rbuf.is_empty() && !conn.is_closed() && conn.wants_input() {
+            decode_all(&mut conn, &mut rbuf, now.into_std());
+        }
         if !conn.is_closed() && conn.server_stopping() {
             // Shutting down: say so to MQTT 5 clients and stop.
             conn.shutdown(now.into_std());
@@ -181,7 +186,9 @@ pub(crate) async fn serve_connection<R, W>(
             timer.as_mut().reset(deadline);
             armed = Some(deadline);
         }
-        let reading = !conn.is_closed() && wbuf.len() < WRITE_HIGH_WATER;
+        // Reading also waits while the store is congested with this client's changes (see
+        // `Connection::wants_input`): a publisher goes at the disk's pace.
+        let reading = !conn.is_closed() && wbuf.len() < WRITE_HIGH_WATER && conn.wants_input();
 
         // One wait for everything, polled in a fixed order (write first, so replies are not
         // held behind reading); no per-branch futures live in the task.
@@ -314,9 +321,9 @@ async fn close_gracefully<R, W>(
     }
 }
 
-/// Decodes and handles every whole packet in `rbuf`.
+/// Decodes and handles the whole packets in `rbuf`, until the connection wants no more input.
 fn decode_all(conn: &mut Connection, rbuf: &mut BytesMut, now: std::time::Instant) {
-    while !conn.is_closed() {
+    while !conn.is_closed() && conn.wants_input() {
         match Packet::decode(rbuf, conn.protocol_version(), conn.max_packet_size()) {
             Ok(Some(packet)) => conn.handle_packet(packet, now),
             Ok(None) => return,

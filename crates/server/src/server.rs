@@ -32,8 +32,6 @@ pub enum ServerError {
     Store(#[from] tern_store::StoreError),
     #[error("cannot start a worker thread: {source}")]
     Worker { source: std::io::Error },
-    #[error("the store failed, acknowledgements can no longer be made durable: {0}")]
-    StoreFailed(String),
 }
 
 /// Open connections, and a signal when the last one ends.
@@ -140,7 +138,7 @@ impl Server {
         &self.broker
     }
 
-    /// Serves until `shutdown` completes (or the store fails), then closes every connection
+    /// Serves until `shutdown` completes, then closes every connection
     /// (MQTT 5 clients get DISCONNECT 0x8B), closes the store, and returns once they have
     /// ended, or after `grace`.
     pub async fn run(
@@ -170,14 +168,10 @@ impl Server {
             threads.push(thread);
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
-        let failed = tokio::select! {
-            () = shutdown => None,
-            failure = store_failure(self.store.clone()) => Some(failure),
-        };
-        if let Some(failure) = &failed {
-            // Acknowledgements wait for durability that will not come: stop rather than hang.
-            tracing::error!(%failure, "the store failed; shutting down");
-        }
+        // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
+        // new durable work, recovers by itself when it can, and says so in the log; the
+        // broker serves whatever needs no disk meanwhile.
+        shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         self.broker.begin_shutdown();
@@ -199,23 +193,7 @@ impl Server {
         {
             tracing::error!(%error, "the store did not close cleanly");
         }
-        match failed {
-            Some(failure) => Err(ServerError::StoreFailed(failure)),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Completes when the store reports a failure (never without a store).
-async fn store_failure(store: Option<Arc<Store>>) -> String {
-    let Some(store) = store else {
-        return std::future::pending().await;
-    };
-    loop {
-        if let Some(failure) = store.failure() {
-            return failure;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
     }
 }
 

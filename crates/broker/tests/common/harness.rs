@@ -287,6 +287,11 @@ impl Client {
         self.connection.borrow().is_closed()
     }
 
+    /// Whether the server would read more from this client now.
+    pub fn wants_input(&self) -> bool {
+        self.connection.borrow_mut().wants_input()
+    }
+
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.connection.borrow().close_reason().cloned()
     }

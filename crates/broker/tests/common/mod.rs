@@ -8,6 +8,7 @@ mod harness;
 #[allow(unused_imports)]
 pub use harness::*;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -63,6 +64,9 @@ pub struct Recorder {
     durable: Mutex<u64>,
     /// The packet identifiers of `Inflight` and `Dispatched` changes, in submission order.
     inflight: Mutex<Vec<u16>>,
+    /// What `accepts_new_work` and `congested` answer (a full or a slow disk).
+    accepting: AtomicBool,
+    congested: AtomicBool,
 }
 
 impl Default for Recorder {
@@ -72,6 +76,8 @@ impl Default for Recorder {
             seq: Mutex::default(),
             durable: Mutex::new(u64::MAX),
             inflight: Mutex::default(),
+            accepting: AtomicBool::new(true),
+            congested: AtomicBool::new(false),
         }
     }
 }
@@ -132,6 +138,14 @@ impl Persistence for Recorder {
     fn end_group(&self, token: u64) {
         self.events.lock().unwrap().push(Event::End(token));
     }
+
+    fn accepts_new_work(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    fn congested(&self) -> bool {
+        self.congested.load(Ordering::Relaxed)
+    }
 }
 
 impl Recorder {
@@ -149,6 +163,16 @@ impl Recorder {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A full disk (`false`) or one with room again.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.accepting.store(accepting, Ordering::Relaxed);
+    }
+
+    /// A slow disk: more changes pending than the store keeps.
+    pub fn set_congested(&self, congested: bool) {
+        self.congested.store(congested, Ordering::Relaxed);
     }
 
     pub fn set_durable(&self, seq: Seq) {

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use tern_broker::BrokerConfig;
 use tern_codec::QoS;
+use tern_store::DiskReserve;
 
 /// Everything `tern serve` can be told.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -27,11 +28,50 @@ pub struct ServerConfig {
     /// What an acknowledged message survives: `memory` (nothing: no disk at all), `process`
     /// (a crash or `kill -9` of the broker), `fsync` (a power loss).
     pub durability: Durability,
+    /// Free space the store leaves on the data directory's file system: below it, new durable
+    /// work (messages for persistent sessions, retained messages, subscriptions of persistent
+    /// sessions) is refused until space returns. Bytes (`"256MB"`, `"1GiB"`) or a percentage
+    /// of the file system (`"5%"`).
+    #[serde(deserialize_with = "parsed")]
+    pub min_free_disk: DiskReserve,
     /// Milliseconds a QoS 1 delivery to a connected persistent session may wait for its
     /// subscriber's acknowledgement before it is stored (0: stored at once).
     pub unstored_grace_ms: u64,
     pub limits: Limits,
     pub mqtt: MqttOptions,
+    /// Settings of the store that tests change; not in the configuration file.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub store_tuning: StoreTuning,
+}
+
+/// The store's bound on changes waiting for a commit, and a delay before each commit (a slow
+/// disk). For tests: the file does not set them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreTuning {
+    pub max_pending_bytes: usize,
+    pub commit_delay: Duration,
+}
+
+impl Default for StoreTuning {
+    fn default() -> StoreTuning {
+        StoreTuning {
+            max_pending_bytes: tern_store::StoreOptions::DEFAULT_MAX_PENDING_BYTES,
+            commit_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Reads a value written as text (a size, say) with its `FromStr`.
+fn parsed<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 /// Resource limits.
@@ -115,9 +155,11 @@ impl Default for ServerConfig {
             log_level: "info".to_owned(),
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::default(),
+            min_free_disk: DiskReserve::DEFAULT,
             unstored_grace_ms: 5,
             limits: Limits::default(),
             mqtt: MqttOptions::default(),
+            store_tuning: StoreTuning::default(),
         }
     }
 }
@@ -300,6 +342,18 @@ mod tests {
         assert_eq!(stored.data_dir, PathBuf::from("/var/lib/tern"));
         assert!(ServerConfig::from_toml("durability = \"disk\"").is_err());
         assert!(ServerConfig::from_toml("[mqtt]\nmax_qos = 3").is_err());
+    }
+
+    #[test]
+    fn min_free_disk_is_a_size_or_a_percentage() {
+        assert_eq!(ServerConfig::default().min_free_disk, DiskReserve::DEFAULT);
+        let bytes = ServerConfig::from_toml("min_free_disk = \"1GiB\"").unwrap();
+        assert_eq!(bytes.min_free_disk, DiskReserve::Bytes(1 << 30));
+        let percent = ServerConfig::from_toml("min_free_disk = \"5%\"").unwrap();
+        assert_eq!(percent.min_free_disk, DiskReserve::Percent(5));
+        let error = ServerConfig::from_toml("min_free_disk = \"lots\"").unwrap_err();
+        assert!(error.to_string().contains("min_free_disk"), "{error}");
+        assert!(ServerConfig::from_toml("min_free_disk = 5").is_err());
     }
 
     #[test]

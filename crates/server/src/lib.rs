@@ -11,6 +11,7 @@ mod connection;
 mod descriptors;
 mod server;
 
-pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig};
+pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
 pub use server::{Server, ServerError};
 pub use tern_broker as broker;
+pub use tern_store as store;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tern_broker::persist::Persistence;
 use tern_broker::{Broker, Hooks};
-use tern_store::Store;
+use tern_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -138,6 +138,11 @@ impl Server {
         &self.broker
     }
 
+    /// The store, unless the durability is `memory`.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
     /// Serves until `shutdown` completes, then closes every connection
     /// (MQTT 5 clients get DISCONNECT 0x8B), closes the store, and returns once they have
     /// ended, or after `grace`.
@@ -211,7 +216,13 @@ fn open_state(
         Durability::Fsync => tern_store::Durability::Fsync,
     };
     let started = std::time::Instant::now();
-    let (store, recovered) = Store::open(&config.data_dir, level)?;
+    let options = StoreOptions {
+        durability: level,
+        min_free_disk: config.min_free_disk,
+        max_pending_bytes: config.store_tuning.max_pending_bytes,
+        commit_delay: config.store_tuning.commit_delay,
+    };
+    let (store, recovered) = Store::open_with(&config.data_dir, options)?;
     let sessions = recovered.sessions.len();
     let retained = recovered.retained.len();
     let report = store.load_report();

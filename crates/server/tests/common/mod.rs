@@ -31,6 +31,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub broker: Arc<Broker>,
+    pub store: Option<Arc<tern_server::store::Store>>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -82,6 +83,7 @@ pub async fn start_with_hooks(
     let server = Server::bind_with_hooks(config, hooks).await.expect("bind");
     let addr = server.local_addrs()[0];
     let broker = server.broker().clone();
+    let store = server.store().cloned();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
         let stopped = async {
@@ -94,6 +96,7 @@ pub async fn start_with_hooks(
     TestBroker {
         addr,
         broker,
+        store,
         stop: Some(stop),
         task: Some(task),
     }
@@ -148,9 +151,18 @@ impl Client {
     /// Waits for an event `pick` accepts; `Err` with the connection error if the connection ends.
     pub async fn next_matching<T>(
         &mut self,
+        pick: impl FnMut(&Event) -> Option<T>,
+    ) -> Result<T, String> {
+        self.next_matching_within(WAIT, pick).await
+    }
+
+    /// [`Client::next_matching`], waiting at most `wait`.
+    pub async fn next_matching_within<T>(
+        &mut self,
+        wait: Duration,
         mut pick: impl FnMut(&Event) -> Option<T>,
     ) -> Result<T, String> {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let event = tokio::time::timeout_at(deadline, self.events.recv())
                 .await

@@ -50,11 +50,14 @@ mod error;
 mod format;
 mod keys;
 mod maintenance;
+mod options;
 mod recover;
+mod space;
 mod store;
 
 pub use durability::{Durability, DurabilityLevel, ParseDurabilityError};
 pub use error::StoreError;
 pub use format::STORE_FORMAT_VERSION;
+pub use options::{DiskReserve, ParseDiskReserveError, StoreOptions};
 pub use recover::LoadReport;
-pub use store::{CLOSE_TIMEOUT, Store};
+pub use store::{CLOSE_TIMEOUT, Store, StoreStatus};

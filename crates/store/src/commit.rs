@@ -589,8 +589,11 @@ impl Committer {
         if self.spaces.is_none() {
             return;
         }
+        let started = Instant::now();
         thread.maintenance.stop();
+        let stopped = started.elapsed();
         self.spaces = None;
+        tracing::debug!(dir = %self.dir.display(), maintenance = ?stopped, elapsed = ?started.elapsed(), "closed the storage engine");
     }
 
     /// Reopens the engine from disk, as the last successful commit (or the failed one, if the

@@ -18,9 +18,11 @@ pub struct StoreOptions {
     /// and keeps the rest for the bookkeeping that frees space. Default
     /// [`DiskReserve::DEFAULT`] (256 MB).
     pub min_free_disk: DiskReserve,
-    /// Above this many bytes of changes submitted and not yet durable, the store reports
-    /// congestion (see [`Persistence::congested`](tern_broker::persist::Persistence::congested)).
-    /// Default [`StoreOptions::DEFAULT_MAX_PENDING_BYTES`] (64 MiB).
+    /// Above this many bytes of changes submitted and not yet durable (an estimate: payload,
+    /// topic, properties and names), the store reports congestion (see
+    /// [`Persistence::congested`](tern_broker::persist::Persistence::congested)). Not a hard
+    /// cap: the bytes pending reach at most this plus what connections submit before they see
+    /// the congestion. Default [`StoreOptions::DEFAULT_MAX_PENDING_BYTES`] (64 MiB).
     pub max_pending_bytes: usize,
     /// Sleeps this long before each commit: a slow disk, for tests. Zero (the default) in
     /// production.

@@ -221,7 +221,10 @@ mod tests {
         let state = SpaceState::new(0);
         let mut watch = SpaceWatch::new(std::env::temp_dir(), DiskReserve::Bytes(0));
         assert!(watch.maybe_check(&state, false).is_some(), "first check");
+        // As if just measured, however slowly this test runs.
+        watch.last_check = Some(Instant::now() + Duration::from_secs(3600));
         assert!(watch.maybe_check(&state, false).is_none(), "just checked");
+        watch.last_check = Some(Instant::now() + Duration::from_secs(3600));
         watch.wrote(CHECK_BYTES);
         assert!(watch.maybe_check(&state, false).is_some(), "1 MiB written");
         assert!(watch.maybe_check(&state, true).is_some(), "forced");

@@ -464,3 +464,60 @@ fn a_slow_disk_reports_congestion_and_pending_bytes_stay_bounded() {
     assert!(!store.congested());
     assert_eq!(status.pending_bytes, 0, "{status:?}");
 }
+
+/// Overwrites the start of the file at `path` in place (no new block needed on a full disk).
+fn overwrite(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom};
+    let mut file = OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.write_all(bytes).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// An engine that cannot be reopened after a failed commit (here its version marker is
+/// damaged) is reported with what the operator must do, the store refuses new work and keeps
+/// trying, without a panic or an exit; once the directory is repaired and there is room, the
+/// failed batch commits.
+#[test]
+fn an_engine_that_cannot_be_reopened_is_reported_and_retried_until_repaired() {
+    let Some(disk) = Tmpfs::mount("damaged", 16) else {
+        return;
+    };
+    let (store, _) = Store::open_with(&disk.data(), options(DiskReserve::Bytes(0))).unwrap();
+    commit(&store, queued_session("alice", 1));
+    let marker = disk.data().join("engine").join("version");
+    let original = std::fs::read(&marker).unwrap();
+
+    disk.fill_to(0);
+    let seq = store.submit(retained("during/big", vec![0xb2; 256 << 10]));
+    wait_for("the commit to fail", || store.failure().is_some());
+    // Damaged while the engine is closed for a reopen (or at the latest before the next one).
+    overwrite(&marker, &vec![b'?'; original.len()]);
+    wait_for("the reopen to fail", || {
+        store
+            .failure()
+            .is_some_and(|failure| failure.contains("cannot reopen"))
+    });
+    let failure = store.failure().unwrap();
+    assert!(
+        failure.contains("restore it from a backup") && failure.contains("stop it to repair"),
+        "{failure}"
+    );
+    assert!(!store.accepts_new_work());
+    assert!(store.durable() < seq);
+
+    overwrite(&marker, &original);
+    disk.remove_filler();
+    wait_durable(&store, seq);
+    wait_for("accepting again", || store.accepts_new_work());
+    assert_eq!(store.failure(), None);
+    store.close().unwrap();
+
+    let (_store, recovered) = Store::open(&disk.data(), Durability::Process).unwrap();
+    let (sessions, retained) = summary(&recovered);
+    assert_eq!(sessions, vec!["alice queue=[(1, 1)]".to_owned()]);
+    assert_eq!(
+        retained,
+        vec![("during/big".to_owned(), Bytes::from(vec![0xb2; 256 << 10]))]
+    );
+}

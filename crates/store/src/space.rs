@@ -150,10 +150,15 @@ impl SpaceWatch {
         if state.low.swap(low, Ordering::AcqRel) == low {
             return;
         }
+        let Some(free) = free else {
+            // Reached only from low to not low, after a failed measurement (logged already).
+            tracing::info!(dir = %self.dir.display(), "accepting new messages, retained messages and subscriptions again: free space is unknown");
+            return;
+        };
         if low {
             tracing::warn!(
                 dir = %self.dir.display(),
-                free = free.unwrap_or_default(),
+                free,
                 watermark,
                 min_free_disk = %self.reserve,
                 "data directory's file system is below its low watermark: refusing new messages, retained messages and subscriptions; free space to recover"
@@ -161,7 +166,7 @@ impl SpaceWatch {
         } else {
             tracing::info!(
                 dir = %self.dir.display(),
-                free = free.unwrap_or_default(),
+                free,
                 watermark,
                 "data directory's file system is above its low watermark again: accepting new messages, retained messages and subscriptions"
             );

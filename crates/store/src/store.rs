@@ -224,7 +224,8 @@ impl Store {
             return Ok(());
         };
         self.shared.request_stop(Instant::now() + CLOSE_TIMEOUT);
-        // A retry in progress may sleep up to 5 s more than the deadline.
+        // A retry in progress may take a few seconds past the deadline: its wait ends within
+        // 100 ms, but a reopen of the engine replays its journal.
         let grace = CLOSE_TIMEOUT + Duration::from_secs(6);
         if !self.shared.wait_finished(grace) {
             return Err(StoreError::CloseTimedOut {

@@ -89,9 +89,14 @@ pub(crate) fn prepare(dir: &Path) -> Result<Prepared, StoreError> {
         }
         Err(TryLockError::Error(source)) => return Err(io("lock the lock file")(source)),
     }
-    // Name the holder, for the error a second broker reports.
-    file.set_len(0).map_err(io("write the lock file"))?;
-    writeln!(file, "{}", std::process::id()).map_err(io("write the lock file"))?;
+    // Name the holder, for the error a second broker reports. Best effort: on a full disk the
+    // write may fail, and the store must still open (the lock itself is held).
+    if let Err(error) = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+    {
+        tracing::warn!(lock_file = %lock_path.display(), %error, "cannot write the process id into the lock file (is the disk full?); the directory is locked all the same");
+    }
 
     let engine_path = dir.join(ENGINE_DIR);
     let existing = engine_path

@@ -424,6 +424,40 @@ fn stored_property_count(properties: &Properties) -> usize {
         + properties.user_properties.len()
 }
 
+/// About how many bytes `message` takes stored (payload, topic, publisher, properties and
+/// fixed fields): what a pending change holds in memory until it is committed.
+pub(crate) fn message_size_estimate(message: &Message) -> u64 {
+    let properties = message.properties.as_deref().map_or(0, |properties| {
+        properties
+            .content_type
+            .as_ref()
+            .map_or(0, |text| text.len() + 3)
+            + properties
+                .response_topic
+                .as_ref()
+                .map_or(0, |text| text.len() + 3)
+            + properties
+                .correlation_data
+                .as_ref()
+                .map_or(0, |data| data.len() + 3)
+            + properties
+                .user_properties
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 5)
+                .sum::<usize>()
+            + 6
+    });
+    let bytes = 32
+        + message.payload.len()
+        + message.topic.len()
+        + message
+            .publisher
+            .as_ref()
+            .map_or(0, |publisher| publisher.len())
+        + properties;
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 fn put_properties(w: &mut Writer, properties: &Properties) {
     w.u32(u32::try_from(stored_property_count(properties)).unwrap_or(u32::MAX));
     if let Some(indicator) = properties.payload_format_indicator {

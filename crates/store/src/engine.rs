@@ -137,6 +137,10 @@ impl Batch {
         deletes
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
     /// Number of writes that will reach the engine.
     pub(crate) fn len(&self) -> usize {
         self.writes
@@ -144,12 +148,6 @@ impl Batch {
             .filter(|pending| pending.existed || matches!(pending.op, Op::Put(_)))
             .count()
     }
-}
-
-/// The engine with the index: applies changes and commits them.
-pub(crate) struct Engine {
-    pub(crate) spaces: Spaces,
-    pub(crate) index: Index,
 }
 
 impl Index {
@@ -469,27 +467,22 @@ impl Index {
     }
 }
 
-impl Engine {
-    /// Applies one change to the index and records its writes in `batch`.
-    pub(crate) fn apply(&mut self, change: Change, batch: &mut Batch, clock: &Clock) {
-        self.index.apply(change, batch, clock);
-    }
-
+impl Spaces {
     /// Writes `batch` to the journal atomically and persists it with `mode`. The batch is kept
-    /// by the caller, so a failed commit can be tried again with the same writes.
+    /// by the caller, so a failed commit can be tried again with the same writes, on this
+    /// engine or on one reopened from disk (see `commit.rs`).
     pub(crate) fn commit(&self, batch: &Batch, mode: PersistMode) -> fjall::Result<()> {
         // Sized up front: grown by doubling, the engine's batch of a busy commit was copied
         // a dozen times.
-        let mut writes =
-            fjall::OwnedWriteBatch::with_capacity(self.spaces.db.clone(), batch.writes.len())
-                .durability(Some(mode));
+        let mut writes = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch.writes.len())
+            .durability(Some(mode));
         for ((space, key), pending) in &batch.writes {
             match &pending.op {
                 Op::Put(value) => {
-                    writes.insert(self.spaces.get(*space), key.as_slice(), value.clone());
+                    writes.insert(self.get(*space), key.as_slice(), value.clone());
                 }
                 Op::Delete if pending.existed => {
-                    writes.remove(self.spaces.get(*space), key.as_slice());
+                    writes.remove(self.get(*space), key.as_slice());
                 }
                 Op::Delete => {}
             }

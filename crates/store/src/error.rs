@@ -58,7 +58,7 @@ pub enum StoreError {
     },
 
     /// The storage engine refused to open or read the directory.
-    #[error("storage engine failed to {action} {}: {source}; {DAMAGED}", path.display())]
+    #[error("storage engine failed to {action} {}: {source}; {}", path.display(), engine_advice(source))]
     Engine {
         path: PathBuf,
         action: String,
@@ -92,7 +92,43 @@ pub enum StoreError {
     CloseTimedOut { dir: PathBuf, seconds: u64 },
 }
 
+/// What to do about an engine error: a full file system is not damage.
+fn engine_advice(source: &fjall::Error) -> &'static str {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return "the data directory's file system is full: free space on it";
+        }
+        current = error.source();
+    }
+    DAMAGED
+}
+
 /// A key as text for an error message: printable ASCII as is, other bytes escaped.
 pub(crate) fn printable_key(key: &[u8]) -> String {
     key.escape_ascii().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_not_called_damage() {
+        let error = |source| StoreError::Engine {
+            path: PathBuf::from("/data/engine"),
+            action: "open".into(),
+            source,
+        };
+        let full = error(fjall::Error::Io(std::io::Error::from_raw_os_error(28))).to_string();
+        assert!(full.contains("file system is full: free space"), "{full}");
+        assert!(!full.contains("damaged"), "{full}");
+        let damaged = error(fjall::Error::InvalidVersion(None)).to_string();
+        assert!(damaged.contains("restore it from a backup"), "{damaged}");
+    }
 }

@@ -12,6 +12,46 @@
 //!   pending, writes it as one atomic batch and persists it at the configured [`Durability`]
 //!   (group commit), then publishes the durable sequence number and wakes who waits for it.
 //! - [`Store::close`] commits what is pending and releases the directory.
+//! - [`Store::open_with`] takes [`StoreOptions`]: the durability, the low watermark
+//!   (`min_free_disk`, a [`DiskReserve`]) and the bound on changes waiting for a commit
+//!   (`max_pending_bytes`). [`Store::status`] reports the state for logs and metrics.
+//!
+//! ## When the disk is full
+//!
+//! - **Low watermark.** The commit thread measures the free space of the data directory's file
+//!   system (before a commit once 100 ms have passed or 1 MiB was written since the last
+//!   measurement, and every idle second). Below `min_free_disk` (default 256 MB, or a
+//!   percentage such as `"5%"`) the store stops taking new durable work
+//!   ([`Persistence::accepts_new_work`](tern_broker::persist::Persistence::accepts_new_work)
+//!   is false: the core refuses new messages, retained messages and subscriptions) but keeps
+//!   committing the bookkeeping that advances or removes what is stored (acknowledgements,
+//!   deletes, sessions going offline, wills): the space left under the watermark is for it.
+//!   It takes new work again once free space is back above the watermark by a margin (a
+//!   tenth of the watermark, at least 1 MiB), so it does not flap. Each change is logged
+//!   once (a warning when it starts refusing, an info when it accepts again). A file system
+//!   that cannot be measured is never taken for a full one.
+//! - **A commit that fails anyway** (the disk filled faster than measured, a watermark of 0,
+//!   an I/O error) poisons the engine: fjall refuses every later write. The commit thread then
+//!   drops the engine and reopens it from disk (which drops the failed batch's torn write from
+//!   the journal), keeps its in-memory index, and retries the same batch, with backoff, for as
+//!   long as it fails; on a full disk it retries as soon as space comes back. Nothing past the
+//!   failed batch becomes durable meanwhile, so no acknowledgement lies; new work is refused,
+//!   and [`Store::failure`] says why and what to do. When a commit succeeds again, the store
+//!   takes new work again by itself. If the engine cannot be reopened because the directory
+//!   is damaged, the error says so and what the operator must do, and the store keeps trying
+//!   every 30 s; it never stops the broker.
+//! - **Start-up on a full disk.** The store opens if it can read its data: the lock file's
+//!   process id is written if possible, and the deletes of what expired while the broker was
+//!   down are the commit thread's first batch, retried like any other. Below the watermark it
+//!   starts out refusing new work.
+//! - **A slow disk.** Changes submitted and not yet durable are counted (an estimate of their
+//!   size, released when their commit is durable). Above `max_pending_bytes` (default
+//!   64 MiB) the store reports
+//!   [`Persistence::congested`](tern_broker::persist::Persistence::congested), and connections
+//!   whose changes are not durable yet stop reading until they are. The bytes pending stay
+//!   within `max_pending_bytes` plus what connections submit before they see the congestion
+//!   (at most what each processes from one read); the batch being committed is counted
+//!   until it is durable.
 //!
 //! ## On disk
 //!
@@ -50,11 +90,14 @@ mod error;
 mod format;
 mod keys;
 mod maintenance;
+mod options;
 mod recover;
+mod space;
 mod store;
 
 pub use durability::{Durability, DurabilityLevel, ParseDurabilityError};
 pub use error::StoreError;
 pub use format::STORE_FORMAT_VERSION;
+pub use options::{DiskReserve, ParseDiskReserveError, StoreOptions};
 pub use recover::LoadReport;
-pub use store::{CLOSE_TIMEOUT, Store};
+pub use store::{CLOSE_TIMEOUT, Store, StoreStatus};

@@ -87,16 +87,14 @@ async fn a_slow_disk_slows_publishers_and_bounds_what_waits_for_it() {
         let store = store.clone();
         tokio::spawn(async move {
             loop {
-                let pending = store.status().pending_bytes as u64;
+                let pending = store.status().pending_bytes;
                 peak.fetch_max(pending, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
-    let mut congested = false;
     let mut slowest = Duration::ZERO;
     for round in 0..40u32 {
-        congested |= store.status().pending_bytes > BOUND / 2;
         let sent = tokio::time::Instant::now();
         chat_pub
             .publish("chat/t", R::AtMostOnce, false, round.to_be_bytes().to_vec())
@@ -115,8 +113,14 @@ async fn a_slow_disk_slows_publishers_and_bounds_what_waits_for_it() {
     eprintln!(
         "slow disk: peak backlog {peak} bytes (bound {BOUND}), {acked} PUBACKs in 4 s, slowest QoS 0 delivery {slowest:?}"
     );
-    assert!(congested, "the publishers filled the backlog (peak {peak})");
-    assert!(peak <= BOUND + SLACK, "backlog {peak} over {BOUND} + {SLACK}");
+    assert!(
+        peak > BOUND / 2,
+        "the publishers filled the backlog (peak {peak})"
+    );
+    assert!(
+        peak <= BOUND + SLACK,
+        "backlog {peak} over {BOUND} + {SLACK}"
+    );
     assert!(acked > 0, "publishers are slowed, not stopped");
     assert!(
         slowest < Duration::from_secs(1),

@@ -40,8 +40,16 @@ fn owned(text: &MqttStr) -> MqttStr {
 }
 
 impl Connection {
-    pub(crate) fn handle_connect(&mut self, connect: Connect, now: Instant) {
+    pub(crate) fn handle_connect(&mut self, mut connect: Connect, now: Instant) {
         self.version = connect.protocol;
+        // A username the listener took from the client certificate stands for the client.
+        if let Some(username) = self
+            .transport
+            .as_ref()
+            .and_then(|identity| identity.username.clone())
+        {
+            connect.username = Some(username);
+        }
         if self.broker.is_shutting_down() {
             return self.refuse(ReasonCode::ServerUnavailable, now);
         }
@@ -55,6 +63,7 @@ impl Connection {
             password: connect.password.as_deref(),
             peer: self.peer,
             protocol: connect.protocol,
+            transport: self.transport.as_deref(),
         };
         if let Err(code) = self.broker.authenticator().authenticate(&credentials) {
             return self.refuse(code, now);
@@ -170,6 +179,10 @@ impl Connection {
             client_id: client_id.clone(),
             username: connect.username.as_ref().map(owned),
             peer: self.peer,
+            listener: self
+                .transport
+                .as_ref()
+                .and_then(|identity| identity.listener.clone()),
         };
         let will = match connect.will {
             None => None,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tern_codec::{DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode};
 
 use crate::broker::Broker;
-use crate::hooks::{AuthExchange, ClientInfo};
+use crate::hooks::{AuthExchange, ClientInfo, TransportIdentity};
 use crate::message::Message;
 use crate::session::Session;
 use crate::types::{ConnectionId, Seq, Wakeup};
@@ -252,6 +252,10 @@ pub struct Connection {
     /// The protocol version in use (the CONNECT's, once it came).
     pub(crate) version: ProtocolVersion,
     pub(crate) client_id: Option<MqttStr>,
+    /// What the transport knows of the client (listener, client certificate): shared by the
+    /// connections of a listener when it is only the listener's name, so an idle connection
+    /// pays a pointer for it.
+    pub(crate) transport: Option<Arc<TransportIdentity>>,
     /// The highest store sequence number the connection asked to be woken for.
     pub(crate) waiting_for_store: Seq,
     /// The highest store sequence number of the changes the client's own packets caused
@@ -269,6 +273,18 @@ impl Connection {
         peer: Option<SocketAddr>,
         now: Instant,
     ) -> Connection {
+        Connection::with_transport(broker, wakeup, peer, None, now)
+    }
+
+    /// [`Connection::new`] for a client whose transport vouches for something: the listener
+    /// it came through, a verified client certificate (see [`TransportIdentity`]).
+    pub fn with_transport(
+        broker: Arc<Broker>,
+        wakeup: Arc<dyn Wakeup>,
+        peer: Option<SocketAddr>,
+        transport: Option<Arc<TransportIdentity>>,
+        now: Instant,
+    ) -> Connection {
         let deadline = now + broker.config().connect_timeout;
         let (id, slot) = broker.register_connection(wakeup.clone());
         Connection {
@@ -276,6 +292,7 @@ impl Connection {
             slot,
             broker,
             peer,
+            transport,
             wakeup,
             phase: Phase::AwaitingConnect { deadline },
             outbox: VecDeque::new(),

@@ -9,14 +9,41 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tern_codec::{MqttStr, ProtocolVersion, ReasonCode};
 
-/// What a client presents in its CONNECT.
+/// What the transport knows of a client before its CONNECT: the listener it came through and,
+/// over TLS with a client certificate, the certificate's verified identity. The server sets it
+/// when it creates the connection; a plain TCP connection on the default listener has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportIdentity {
+    /// The name of the listener (`[[listeners]] name`).
+    pub listener: Option<Arc<str>>,
+    /// The client certificate the TLS handshake verified, if the client sent one.
+    pub certificate: Option<CertificateIdentity>,
+    /// A username the listener takes from the certificate (`use_identity_as_username`): it
+    /// replaces the one in CONNECT, and no password is needed to prove it.
+    pub username: Option<MqttStr>,
+}
+
+/// The identity of a verified client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateIdentity {
+    /// The subject's common name (CN), if it has one.
+    pub common_name: Option<String>,
+    /// The subject alternative names: DNS names, e-mail addresses, URIs and IP addresses, as
+    /// text.
+    pub alt_names: Vec<String>,
+}
+
+/// What a client presents in its CONNECT, and what its transport vouches for.
 #[derive(Debug, Clone, Copy)]
 pub struct Credentials<'a> {
     pub client_id: &'a str,
+    /// The CONNECT's username, or the one the transport took from the client certificate.
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
     pub peer: Option<SocketAddr>,
     pub protocol: ProtocolVersion,
+    /// The listener and the client certificate, if the transport knows them.
+    pub transport: Option<&'a TransportIdentity>,
 }
 
 /// Decides whether a CONNECT may proceed.
@@ -31,6 +58,8 @@ pub struct ClientInfo {
     pub client_id: MqttStr,
     pub username: Option<MqttStr>,
     pub peer: Option<SocketAddr>,
+    /// The name of the listener the client connected through, if it has one.
+    pub listener: Option<Arc<str>>,
 }
 
 /// Decides, per topic, what an authenticated client may do. Topics that begin with `$` (such as

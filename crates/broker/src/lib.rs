@@ -34,8 +34,8 @@ pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{
-    AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials,
-    DefaultAccess, EnhancedAuthenticator, Hooks,
+    AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, CertificateIdentity, ClientInfo,
+    Credentials, DefaultAccess, EnhancedAuthenticator, Hooks, TransportIdentity,
 };
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Metrics, MetricsSnapshot};

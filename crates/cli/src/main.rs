@@ -30,6 +30,12 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a running broker and check every delivery.
     Bench(bench::BenchArgs),
+    /// Check a configuration file (syntax, values, listeners and their certificates) without
+    /// starting anything; exits 0 when it can be used.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -57,7 +63,25 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::main(args),
+        Command::CheckConfig { file } => check_config(&file),
     }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = ServerConfig::from_file(file)?;
+    tern_server::check_config(&config)
+        .with_context(|| format!("{} cannot be used", file.display()))?;
+    println!(
+        "{}: ok ({} listener{})",
+        file.display(),
+        config.listen.len() + config.listeners.len(),
+        if config.listen.len() + config.listeners.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

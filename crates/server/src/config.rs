@@ -11,12 +11,17 @@ use tern_broker::BrokerConfig;
 use tern_codec::QoS;
 use tern_store::DiskReserve;
 
+use crate::listener_config::{ListenerConfig, validate_all};
+
 /// Everything `tern serve` can be told.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Addresses to accept MQTT over TCP on.
+    /// Addresses to accept MQTT over TCP on (beside `listeners`). Its default,
+    /// 127.0.0.1:1883, applies only to a file without `[[listeners]]`.
     pub listen: Vec<SocketAddr>,
+    /// Listeners of every kind (`[[listeners]]`): TCP, TLS, WebSockets, with their settings.
+    pub listeners: Vec<ListenerConfig>,
     /// Threads serving connections, each with its own event loop and its own listening socket
     /// per address; 0 for one per CPU core.
     pub workers: usize,
@@ -151,6 +156,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listeners: Vec::new(),
             workers: 0,
             log_level: "info".to_owned(),
             data_dir: PathBuf::from("tern-data"),
@@ -229,17 +235,21 @@ impl ServerConfig {
             path: path.display().to_string(),
             source,
         })?;
-        ServerConfig::from_toml(&text).map_err(|error| match error {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
-            other => other,
-        })
+        let mut config = ServerConfig::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // Certificate paths are relative to the file that names them.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for listener in &mut config.listeners {
+            listener.resolve_paths(base);
+        }
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
-        let config: ServerConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config = ServerConfig::parse(text).map_err(|source| ConfigError::Parse {
             path: "configuration".to_owned(),
             source,
         })?;
@@ -247,12 +257,26 @@ impl ServerConfig {
         Ok(config)
     }
 
+    /// Parses without validating. A file with `[[listeners]]` and no `listen` opens only its
+    /// listeners, not the default 127.0.0.1:1883 beside them.
+    fn parse(text: &str) -> Result<ServerConfig, toml::de::Error> {
+        let mut config: ServerConfig = toml::from_str(text)?;
+        if !config.listeners.is_empty() {
+            let table: toml::Table = toml::from_str(text)?;
+            if !table.contains_key("listen") {
+                config.listen.clear();
+            }
+        }
+        Ok(config)
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |text: &str| Err(ConfigError::Invalid(text.to_owned()));
-        if self.listen.is_empty() {
-            return invalid("listen: at least one address is needed");
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            return invalid("no listener: give listen addresses or [[listeners]]");
         }
+        validate_all(&self.listen, &self.listeners).map_err(ConfigError::Invalid)?;
         if QoS::from_u8(self.mqtt.max_qos).is_none() {
             return invalid("mqtt.max_qos must be 0, 1 or 2");
         }

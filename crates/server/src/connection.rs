@@ -13,17 +13,16 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tern_broker::{Broker, Connection, Wakeup};
+use tern_broker::{Broker, Connection, TransportIdentity, Wakeup};
 use tern_codec::Packet;
-use tokio::io::AsyncWrite;
 use tokio::time::Instant;
+
+use crate::transport::Transport;
 
 /// Bytes encoded into the write buffer per round before it is written.
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Reading pauses while this many bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Bytes reserved for each read.
-const READ_CHUNK: usize = 4 * 1024;
 /// Longest time from the end of a connection to the close of its socket: flushing the last
 /// packets (CONNACK refusal, DISCONNECT), then the drain (see [`close_gracefully`]). Bounded so
 /// that a client that neither reads nor stops writing cannot hold its task, its socket and
@@ -80,49 +79,30 @@ impl TaskWakeup {
     }
 }
 
-/// The reading side of a transport: readiness first, then a non-blocking read, so an idle
-/// connection holds no read buffer at all.
-pub(crate) trait ReadHalf: Send {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
-    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
-}
-
-impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // The stream's own readiness slot: no waiter node in the connection's future.
-        AsRef::<tokio::net::TcpStream>::as_ref(self).poll_read_ready(cx)
-    }
-
-    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
-    }
-}
-
 /// What ended a wait of the connection task.
 enum Event {
     Written(std::io::Result<usize>),
-    Readable(std::io::Result<()>),
+    Read(std::io::Result<usize>),
     Woken,
     Timer,
 }
 
-/// Serves one client until the connection ends.
-pub(crate) async fn serve_connection<R, W>(
-    mut reader: R,
-    mut writer: W,
+/// Serves one client until the connection ends. `identity` is what the transport vouches
+/// for (the listener's name, a client certificate).
+pub(crate) async fn serve_connection<T: Transport>(
+    mut transport: T,
     peer: SocketAddr,
+    identity: Option<Arc<TransportIdentity>>,
     broker: Arc<Broker>,
     // Held for the life of the connection (the server counts open connections with it).
     _guard: crate::server::ConnectionGuard,
-) where
-    R: ReadHalf,
-    W: AsyncWrite + Unpin,
-{
+) {
     let wakeup = Arc::new(TaskWakeup::default());
-    let mut conn = Connection::new(
+    let mut conn = Connection::with_transport(
         broker,
         wakeup.clone(),
         Some(peer),
+        identity,
         Instant::now().into_std(),
     );
     let mut rbuf = BytesMut::new();
@@ -194,13 +174,16 @@ pub(crate) async fn serve_connection<R, W>(
         // held behind reading); no per-branch futures live in the task.
         let closed = conn.is_closed();
         let event = poll_fn(|cx| {
-            if !wbuf.is_empty()
-                && let Poll::Ready(written) = Pin::new(&mut writer).poll_write(cx, &wbuf)
-            {
-                return Poll::Ready(Event::Written(written));
+            if !wbuf.is_empty() {
+                if let Poll::Ready(written) = transport.poll_write(cx, &wbuf) {
+                    return Poll::Ready(Event::Written(written));
+                }
+            } else if let Poll::Ready(Err(error)) = transport.poll_flush(cx) {
+                // What the transport buffered itself (TLS records, frames) goes out meanwhile.
+                return Poll::Ready(Event::Written(Err(error)));
             }
-            if reading && let Poll::Ready(ready) = reader.poll_read_ready(cx) {
-                return Poll::Ready(Event::Readable(ready));
+            if reading && let Poll::Ready(read) = transport.poll_read(cx, &mut rbuf) {
+                return Poll::Ready(Event::Read(read));
             }
             if !closed && wakeup.poll_woken(cx).is_ready() {
                 return Poll::Ready(Event::Woken);
@@ -217,20 +200,11 @@ pub(crate) async fn serve_connection<R, W>(
                 conn.handle_transport_closed(Instant::now().into_std());
                 break;
             }
-            Event::Readable(ready) => {
+            Event::Read(read) => {
                 let now = Instant::now().into_std();
-                if ready.is_err() {
-                    conn.handle_transport_closed(now);
-                    continue;
-                }
-                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-                    rbuf.reserve(READ_CHUNK);
-                }
-                match reader.try_read_buf(&mut rbuf) {
-                    Ok(0) => conn.handle_transport_closed(now),
+                match read {
+                    Ok(0) | Err(_) => conn.handle_transport_closed(now),
                     Ok(_) => decode_all(&mut conn, &mut rbuf, now),
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => conn.handle_transport_closed(now),
                 }
             }
             Event::Woken => {}
@@ -245,7 +219,7 @@ pub(crate) async fn serve_connection<R, W>(
     drop(conn);
     let deadline = close_deadline.unwrap_or_else(|| Instant::now() + CLOSE_TIMEOUT);
     timer.as_mut().reset(deadline);
-    close_gracefully(&mut reader, &mut writer, &mut rbuf, timer.as_mut()).await;
+    close_gracefully(&mut transport, &mut rbuf, timer.as_mut()).await;
 }
 
 /// Logs why the connection ended.
@@ -275,18 +249,14 @@ fn log_close(conn: &Connection, peer: SocketAddr, announced: bool) {
 /// own, run after the loop with no state beyond its arguments (the deadline lives in `timer`),
 /// so the connection's future, paid by every idle connection, does not grow (the size probe
 /// below: 624 bytes in a debug build before and after).
-async fn close_gracefully<R, W>(
-    reader: &mut R,
-    writer: &mut W,
+async fn close_gracefully<T: Transport>(
+    transport: &mut T,
     buf: &mut BytesMut,
     mut timer: Pin<&mut tokio::time::Sleep>,
-) where
-    R: ReadHalf,
-    W: AsyncWrite + Unpin,
-{
+) {
     // A transport that flushes on shutdown (TLS) could wait on a client that does not read.
     let shut = poll_fn(|cx| {
-        if let Poll::Ready(result) = Pin::new(&mut *writer).poll_shutdown(cx) {
+        if let Poll::Ready(result) = transport.poll_shutdown(cx) {
             return Poll::Ready(result.is_ok());
         }
         timer.as_mut().poll(cx).map(|()| false)
@@ -297,26 +267,18 @@ async fn close_gracefully<R, W>(
     }
     let mut drained = 0;
     while drained < CLOSE_DRAIN_BYTES {
-        let readable = poll_fn(|cx| {
-            if let Poll::Ready(ready) = reader.poll_read_ready(cx) {
-                return Poll::Ready(ready.is_ok());
+        buf.clear();
+        let read = poll_fn(|cx| {
+            if let Poll::Ready(read) = transport.poll_read(cx, buf) {
+                return Poll::Ready(Some(read));
             }
-            timer.as_mut().poll(cx).map(|()| false)
+            timer.as_mut().poll(cx).map(|()| None)
         })
         .await;
-        if !readable {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
-        }
-        match reader.try_read_buf(buf) {
+        match read {
             // The client closed its side: both sides are done, an orderly close.
-            Ok(0) => return,
-            Ok(n) => drained += n,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+            Some(Ok(0)) | Some(Err(_)) | None => return,
+            Some(Ok(n)) => drained += n,
         }
     }
 }
@@ -341,13 +303,11 @@ mod size_probe {
     async fn future_size() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (r, w) = tokio::net::TcpStream::connect(addr)
-            .await
-            .unwrap()
-            .into_split();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let broker = tern_broker::Broker::new(Default::default());
-        let guard = crate::server::ConnectionGuard(Default::default());
-        let fut = super::serve_connection(r, w, addr, broker, guard);
+        let guard = crate::server::ConnectionGuard::new(Default::default(), None);
+        let transport = crate::transport::TcpTransport::new(stream);
+        let fut = super::serve_connection(transport, addr, None, broker, guard);
         eprintln!("connection task future {}", std::mem::size_of_val(&fut));
     }
 }

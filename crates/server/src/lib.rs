@@ -9,9 +9,16 @@
 mod config;
 mod connection;
 mod descriptors;
+mod listener;
+mod listener_config;
 mod server;
+mod transport;
 
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
-pub use server::{Server, ServerError};
+pub use listener_config::{
+    ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,
+    TlsVersion,
+};
+pub use server::{Server, ServerError, check_config};
 pub use tern_broker as broker;
 pub use tern_store as store;

@@ -16,13 +16,14 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::config::{Durability, ServerConfig};
-use crate::connection::serve_connection;
+use crate::listener::{AcceptContext, Listener, ListenerSlot, accept_loop};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("listener {listener}: cannot listen on {addr}: {source}")]
     Bind {
+        listener: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -42,6 +43,10 @@ pub(crate) struct ConnectionCount {
 }
 
 impl ConnectionCount {
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Waits until no connection is open, at most until `deadline`; whether none is.
     async fn wait_closed(&self, deadline: Instant) -> bool {
         loop {
@@ -57,24 +62,48 @@ impl ConnectionCount {
     }
 }
 
-/// Decrements the count when a connection task ends, however it ends.
-pub(crate) struct ConnectionGuard(pub(crate) Arc<ConnectionCount>);
+/// Counts a connection while its task lives, however it ends: in the server's count and, if
+/// its listener has a limit of its own, in the listener's.
+pub(crate) struct ConnectionGuard {
+    count: Arc<ConnectionCount>,
+    _listener: Option<ListenerSlot>,
+}
+
+impl ConnectionGuard {
+    pub(crate) fn new(count: Arc<ConnectionCount>, listener: Option<ListenerSlot>) -> Self {
+        count.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard {
+            count,
+            _listener: listener,
+        }
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        if self.count.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.count.idle.notify_waiters();
         }
     }
+}
+
+/// Checks what a configuration needs beyond its syntax and values, without binding or
+/// opening anything: each listener's certificates and keys can be read and used.
+pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
+    config.validate()?;
+    for listener in &config.listeners {
+        Listener::configured(listener.clone()).prepare()?;
+    }
+    Ok(())
 }
 
 /// A bound, not yet running, server.
 pub struct Server {
     config: ServerConfig,
     broker: Arc<Broker>,
-    /// For each worker, its own listening socket of every address (SO_REUSEPORT: the kernel
+    /// For each worker, its own listening socket of every listener (SO_REUSEPORT: the kernel
     /// spreads incoming connections over the workers).
-    listeners: Vec<Vec<std::net::TcpListener>>,
+    listeners: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>>,
     store: Option<Arc<Store>>,
 }
 
@@ -102,18 +131,32 @@ impl Server {
         }
         let (broker, store) = open_state(&config, hooks)?;
         let workers = config.worker_count();
-        let mut listeners: Vec<Vec<std::net::TcpListener>> =
+        let planned: Vec<Arc<Listener>> = config
+            .listen
+            .iter()
+            .map(|&addr| Arc::new(Listener::plain(addr)))
+            .chain(
+                config
+                    .listeners
+                    .iter()
+                    .map(|listener| Arc::new(Listener::configured(listener.clone()))),
+            )
+            .collect();
+        let mut listeners: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>> =
             (0..workers).map(|_| Vec::new()).collect();
-        for &addr in &config.listen {
+        for listener in planned {
+            let addr = listener.bind;
+            let failed = |source| ServerError::Bind {
+                listener: listener.label(),
+                addr,
+                source,
+            };
             // The first socket resolves port 0; the others share its port.
             let mut bound = addr;
             for worker in &mut listeners {
-                let listener =
-                    bind_reuseport(bound).map_err(|source| ServerError::Bind { addr, source })?;
-                bound = listener
-                    .local_addr()
-                    .map_err(|source| ServerError::Bind { addr, source })?;
-                worker.push(listener);
+                let socket = bind_reuseport(bound).map_err(failed)?;
+                bound = socket.local_addr().map_err(failed)?;
+                worker.push((socket, listener.clone()));
             }
         }
         Ok(Server {
@@ -124,14 +167,24 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The addresses actually bound (port 0 resolved), `listen` first, then `[[listeners]]`
+    /// in order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .first()
             .into_iter()
             .flatten()
-            .filter_map(|listener| listener.local_addr().ok())
+            .filter_map(|(socket, _)| socket.local_addr().ok())
             .collect()
+    }
+
+    /// The address the listener named `name` is bound to (port 0 resolved).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .first()?
+            .iter()
+            .find(|(_, listener)| listener.config.as_ref().is_some_and(|c| c.name == name))
+            .and_then(|(socket, _)| socket.local_addr().ok())
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -153,8 +206,12 @@ impl Server {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let count = Arc::new(ConnectionCount::default());
-        for addr in self.local_addrs() {
-            tracing::info!(%addr, workers = self.listeners.len(), "listening for MQTT over TCP");
+        if let Some(first) = self.listeners.first() {
+            for (socket, listener) in first {
+                let addr = socket.local_addr().unwrap_or(listener.bind);
+                let name = listener.config.as_ref().map(|config| config.name.as_str());
+                tracing::info!(%addr, listener = name.unwrap_or(""), workers = self.listeners.len(), "{}", listener.describe());
+            }
         }
         let mut threads = Vec::with_capacity(self.listeners.len());
         for (index, listeners) in self.listeners.into_iter().enumerate() {
@@ -267,7 +324,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// sockets and runs the tasks of the connections it accepted, so a connection never moves
 /// between threads and an idle thread is not woken for another's work (thread per core).
 struct Worker {
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Arc<Listener>)>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
     count: Arc<ConnectionCount>,
@@ -296,66 +353,26 @@ impl Worker {
             grace,
         } = self;
         runtime.block_on(async move {
-            for listener in listeners {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        tokio::spawn(accept_loop(
-                            listener,
-                            broker.clone(),
-                            stop.clone(),
-                            count.clone(),
-                            max_connections,
-                        ));
+            let context = AcceptContext {
+                broker,
+                stop: stop.clone(),
+                count: count.clone(),
+                max_connections,
+            };
+            for (socket, listener) in listeners {
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => {
+                        tokio::spawn(accept_loop(socket, listener, context.clone()));
                     }
-                    Err(error) => tracing::error!(%error, "cannot listen"),
+                    Err(error) => {
+                        tracing::error!(%error, listener = %listener.label(), "cannot listen")
+                    }
                 }
             }
             let _ = stop.changed().await;
             // Serve the connections of this thread until they have closed.
             count.wait_closed(Instant::now() + grace).await;
         });
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    mut stop: watch::Receiver<bool>,
-    count: Arc<ConnectionCount>,
-    max_connections: usize,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: wait a little instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if count.open.load(Ordering::Acquire) >= max_connections {
-            tracing::warn!(%peer, max_connections, "connection refused: limit reached");
-            drop(stream);
-            continue;
-        }
-        count.open.fetch_add(1, Ordering::AcqRel);
-        let guard = ConnectionGuard(count.clone());
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        // Spawned directly, not inside a wrapper future: every byte of the task is paid once
-        // per connection.
-        tokio::spawn(serve_connection(
-            reader,
-            writer,
-            peer,
-            broker.clone(),
-            guard,
-        ));
     }
 }
 

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tern_broker::persist::Persistence;
-use tern_broker::{Broker, BrokerConfig, CloseReason, Connection, Hooks, Session};
+use tern_broker::{
+    Broker, BrokerConfig, CloseReason, Connection, Hooks, Session, TransportIdentity,
+};
 use tern_codec::{
     Ack, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
     ReasonCode, SubAck, Subscribe, Subscription, SubscriptionOptions,
@@ -104,7 +106,22 @@ impl Net {
 
     /// A new network connection that has sent nothing yet; it speaks `version`.
     pub fn open(&self, version: ProtocolVersion) -> Client {
-        let connection = Connection::new(self.broker.clone(), Arc::new(Quiet), None, self.now());
+        self.open_with_transport(version, None)
+    }
+
+    /// A new connection whose transport vouches for `identity` (listener, client certificate).
+    pub fn open_with_transport(
+        &self,
+        version: ProtocolVersion,
+        identity: Option<TransportIdentity>,
+    ) -> Client {
+        let connection = Connection::with_transport(
+            self.broker.clone(),
+            Arc::new(Quiet),
+            None,
+            identity.map(Arc::new),
+            self.now(),
+        );
         let connection = Rc::new(RefCell::new(connection));
         self.connections
             .borrow_mut()

@@ -11,6 +11,7 @@ mod connection;
 mod descriptors;
 mod listener;
 mod listener_config;
+mod proxy;
 mod server;
 mod transport;
 

@@ -176,14 +176,51 @@ pub(crate) async fn accept_loop(
 }
 
 /// The steps before MQTT (PROXY header, TLS, WebSocket upgrade), bounded by the connect
-/// timeout; then the connection loop.
+/// timeout; then the connection loop. A client that stalls or sends garbage in any of them is
+/// closed when the timeout runs out, and costs nothing but its own task meanwhile.
 async fn establish(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     listener: Arc<Listener>,
     broker: Arc<Broker>,
     guard: ConnectionGuard,
 ) {
-    let _ = (stream, broker, guard);
-    tracing::warn!(%peer, listener = %listener.label(), kind = %listener.kind, "this kind of listener is not implemented yet; connection closed");
+    let Some(config) = listener.config.as_ref() else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + broker.config().connect_timeout;
+    let steps = async {
+        if config.proxy_protocol {
+            peer = crate::proxy::read_header(&mut stream, peer, &config.trusted_proxies).await?;
+        }
+        match listener.kind {
+            ListenerKind::Mqtt => Ok(Established::Tcp(TcpTransport::new(stream))),
+            ListenerKind::Mqtts | ListenerKind::Wss | ListenerKind::Ws => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "this kind of listener is not implemented yet",
+            )),
+        }
+    };
+    let established = match tokio::time::timeout_at(deadline, steps).await {
+        Ok(Ok(established)) => established,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, listener = %listener.label(), %error, "connection closed before MQTT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, listener = %listener.label(), "connection closed: not established within the connect timeout");
+            return;
+        }
+    };
+    let identity = listener.identity.clone();
+    match established {
+        Established::Tcp(transport) => {
+            serve_connection(transport, peer, identity, broker, guard).await;
+        }
+    }
+}
+
+/// A connection ready for MQTT, by transport.
+enum Established {
+    Tcp(TcpTransport),
 }

@@ -270,6 +270,14 @@ impl Broker {
             .is_none_or(|p| p.accepts_new_work())
     }
 
+    /// Whether the store's commits fail (never, without a store): see
+    /// [`Persistence::commits_failing`].
+    pub(crate) fn commits_failing(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.commits_failing())
+    }
+
     /// Whether the store holds more pending changes than it keeps in memory (never, without
     /// a store): see [`Persistence::congested`].
     pub(crate) fn store_congested(&self) -> bool {
@@ -1209,6 +1217,9 @@ impl Broker {
     /// Ends sessions whose expiry has run out, publishes wills whose delay has, and stores
     /// deliveries left unstored for too long.
     pub fn handle_timeout(&self, now: Instant) {
+        // The storage alarm follows the store (the server calls this at least every second).
+        let alarm = u64::from(!self.accepts_new_work());
+        self.metrics.storage_alarm.store(alarm, Ordering::Relaxed);
         self.sweeper.sweep(self.persistence(), now);
         loop {
             let timer = {

@@ -233,6 +233,12 @@ impl Connection {
                 .persistent_session_expiry
                 .map_or(SessionExpiry::Never, SessionExpiry::After)
         };
+        // While the store's commits fail, the CONNACK of a persistent session would wait for
+        // the session's write with no bound: refused instead (0x88, 3.x: 0x03 Server
+        // unavailable), so the client retries later; clean sessions need no write.
+        if expiry != SessionExpiry::AtDisconnect && self.broker.commits_failing() {
+            return self.refuse(ReasonCode::ServerUnavailable, now);
+        }
 
         // Server Keep Alive: MQTT 5 clients asking for more than the maximum (or none) get it.
         let mut keep_alive = connect.keep_alive;

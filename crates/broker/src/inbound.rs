@@ -258,13 +258,21 @@ impl Connection {
                         && self.active().is_some_and(|active| {
                             active.session.lock().inbound_qos2.contains(&packet_id)
                         });
+                    // While commits fail, even the packet identifier of a stored session's QoS 2
+                    // PUBLISH would wait for one with no bound.
+                    let stalls = publish.qos == QoS::ExactlyOnce
+                        && broker.commits_failing()
+                        && self
+                            .active()
+                            .is_some_and(|active| active.session.lock().stores());
                     if !resent
-                        && broker.needs_new_storage(
-                            &publish.topic,
-                            publish.qos,
-                            sets_retained,
-                            self.client_id.as_ref(),
-                        )
+                        && (stalls
+                            || broker.needs_new_storage(
+                                &publish.topic,
+                                publish.qos,
+                                sets_retained,
+                                self.client_id.as_ref(),
+                            ))
                     {
                         return self.refuse_for_storage(ack, packet_id, now);
                     }
@@ -309,9 +317,12 @@ impl Connection {
 
         // A QoS 1 message's acknowledgement may wait for its subscribers instead of the store
         // (see `unstored`).
+        // Not while the store is congested: held deliveries would be stored later by the sweep,
+        // beyond the reach of this connection's input barrier, which bounds the backlog.
         let mut hold = (publish.qos == QoS::AtLeastOnce
             && broker.persistence().is_some()
-            && !config.unstored_grace.is_zero())
+            && !config.unstored_grace.is_zero()
+            && !broker.store_congested())
         .then(|| AckHold::new(&self.wakeup));
         let message = Message::from_publish(publish, self.client_id.clone(), now);
         let (reached, seq) = broker.publish_tracked(message, now, hold.as_mut(), store_retained);

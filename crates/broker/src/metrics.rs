@@ -56,6 +56,10 @@ counters! {
     retained_dropped_storage_full,
     /// Subscriptions of stored sessions refused because the store took no new work.
     subscriptions_refused_storage_full,
+    /// A gauge, not a counter: 1 while the store refuses new durable work (free disk space
+    /// below `min_free_disk`, or commits failing), 0 otherwise. It clears itself; the server
+    /// updates it at least every second, and the store logs each change.
+    storage_alarm,
     /// Wills published.
     wills_published,
     /// Sessions that ended by expiry.

@@ -170,6 +170,15 @@ pub trait Persistence: Send + Sync {
     fn congested(&self) -> bool {
         false
     }
+    /// Whether commits are failing (the engine hit a full disk or an I/O error and retries):
+    /// nothing submitted becomes durable until they succeed again, which may take long. The
+    /// core then also refuses what would wait on a commit with no bound: a QoS 2 PUBLISH of a
+    /// stored session (its PUBREC waits for the stored packet identifier) and the CONNECT of
+    /// a persistent session (its CONNACK waits for the session). Implies
+    /// `!accepts_new_work()`. A cheap check.
+    fn commits_failing(&self) -> bool {
+        false
+    }
 }
 
 /// The router's reference on a stored message body while it places the message's deliveries

@@ -322,3 +322,64 @@ fn a_publisher_waits_for_a_congested_store_and_others_do_not() {
     assert!(publisher.wants_input(), "its changes are durable");
     assert_eq!(only_ack(&mut publisher).reason_code, ReasonCode::Success);
 }
+
+/// While the store is congested, a QoS 1 message for a *connected* persistent session is
+/// stored at once rather than held for its subscriber's acknowledgement (which the sweep would
+/// store later, out of reach of the publisher's input barrier): the publisher waits too.
+#[test]
+fn while_congested_deliveries_to_connected_sessions_are_stored_at_once() {
+    let (net, recorder) = broker();
+    let _online = stored_subscriber(&net, "online", "meters/#");
+    let mut publisher = net.connected(V5, "publisher");
+    recorder.set_durable(Seq::NONE);
+    recorder.set_congested(true);
+    recorder.take();
+    publisher.publish("meters/1", QoS::AtLeastOnce, b"1");
+    assert!(growth(&recorder).contains(&"Message"), "stored at once");
+    assert!(!publisher.wants_input());
+}
+
+/// While commits fail, what would wait on one with no bound is refused: a stored session's
+/// QoS 2 PUBLISH (PUBREC 0x97, even with no stored subscriber) and the CONNECT of a persistent
+/// session (CONNACK 0x88 Server unavailable; 3.1.1: return code 3). Clean sessions carry on.
+#[test]
+fn while_commits_fail_nothing_waits_on_them_without_a_bound() {
+    let (net, recorder) = broker();
+    let mut clean_sub = net.connected(V5, "clean-sub");
+    clean_sub.subscribe("room/#", QoS::ExactlyOnce);
+    let mut stored_pub = net.accepted(persistent(V5, "stored-pub"));
+    recorder.set_failing(true);
+
+    let id = stored_pub.publish("room/1", QoS::ExactlyOnce, b"x");
+    let ack = only_ack(&mut stored_pub);
+    assert_eq!(
+        (ack.packet_id, ack.reason_code),
+        (id, ReasonCode::QuotaExceeded)
+    );
+    clean_sub.nothing();
+    let (_, connack) = net.connect(persistent(V5, "returning"));
+    assert_eq!(connack.reason_code, ReasonCode::ServerUnavailable);
+    let (_, connack) = net.connect(persistent(V311, "returning-old"));
+    assert_eq!(connack.reason_code, ReasonCode::ServerUnavailable);
+    let (_, connack) = net.connect(connect_packet(V5, "clean"));
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+
+    recorder.set_failing(false);
+    let (_, connack) = net.connect(persistent(V5, "returning"));
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+}
+
+/// The storage alarm is a gauge that follows the store and clears itself.
+#[test]
+fn the_storage_alarm_follows_the_store() {
+    let (net, recorder) = broker();
+    let alarm = || net.broker.metrics().snapshot().storage_alarm;
+    net.advance(1000);
+    assert_eq!(alarm(), 0);
+    recorder.set_accepting(false);
+    net.broker.handle_timeout(net.now());
+    assert_eq!(alarm(), 1);
+    recorder.set_accepting(true);
+    net.broker.handle_timeout(net.now());
+    assert_eq!(alarm(), 0);
+}

@@ -277,6 +277,10 @@ impl Persistence for Store {
         self.shared.accepts_new_work()
     }
 
+    fn commits_failing(&self) -> bool {
+        self.shared.failing()
+    }
+
     fn congested(&self) -> bool {
         self.shared.congested()
     }

@@ -67,6 +67,7 @@ pub struct Recorder {
     /// What `accepts_new_work` and `congested` answer (a full or a slow disk).
     accepting: AtomicBool,
     congested: AtomicBool,
+    failing: AtomicBool,
 }
 
 impl Default for Recorder {
@@ -78,6 +79,7 @@ impl Default for Recorder {
             inflight: Mutex::default(),
             accepting: AtomicBool::new(true),
             congested: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
         }
     }
 }
@@ -146,6 +148,10 @@ impl Persistence for Recorder {
     fn congested(&self) -> bool {
         self.congested.load(Ordering::Relaxed)
     }
+
+    fn commits_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
 }
 
 impl Recorder {
@@ -168,6 +174,12 @@ impl Recorder {
     /// A full disk (`false`) or one with room again.
     pub fn set_accepting(&self, accepting: bool) {
         self.accepting.store(accepting, Ordering::Relaxed);
+    }
+
+    /// Commits that fail (the engine met a full disk): also refuses new work.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+        self.set_accepting(!failing);
     }
 
     /// A slow disk: more changes pending than the store keeps.

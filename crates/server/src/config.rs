@@ -226,6 +226,48 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A value of a file that parses but cannot be used, with the line it is on.
+    #[error("{path}:{line}: {message}")]
+    InvalidAt {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The line (1-based) of `text` that an `Invalid` message is about: the `[[listeners]]` header
+/// of the listener it names, or the line that sets the key it starts with.
+fn locate(text: &str, message: &str) -> Option<usize> {
+    if let Some(rest) = message.strip_prefix("listener \"")
+        && let Some(name) = rest.split('"').next()
+    {
+        let mut header = None;
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.starts_with("[[listeners]]") {
+                header = Some(index + 1);
+            } else if let Some(value) = line.strip_prefix("name")
+                && let Some(value) = value.trim_start().strip_prefix('=')
+                && value.trim().trim_matches('"') == name
+            {
+                return header.or(Some(index + 1));
+            }
+        }
+        return None;
+    }
+    let key = message
+        .split([' ', ':'])
+        .next()?
+        .rsplit('.')
+        .next()
+        .filter(|key| !key.is_empty())?;
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|index| index + 1)
 }
 
 impl ServerConfig {
@@ -244,7 +286,17 @@ impl ServerConfig {
         for listener in &mut config.listeners {
             listener.resolve_paths(base);
         }
-        config.validate()?;
+        config.validate().map_err(|error| match error {
+            ConfigError::Invalid(message) => match locate(&text, &message) {
+                Some(line) => ConfigError::InvalidAt {
+                    path: path.display().to_string(),
+                    line,
+                    message,
+                },
+                None => ConfigError::Invalid(message),
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -378,6 +430,26 @@ mod tests {
         let error = ServerConfig::from_toml("min_free_disk = \"lots\"").unwrap_err();
         assert!(error.to_string().contains("min_free_disk"), "{error}");
         assert!(ServerConfig::from_toml("min_free_disk = 5").is_err());
+    }
+
+    #[test]
+    fn an_invalid_value_is_reported_with_its_line() {
+        let text = "workers = 1\nunstored_grace_ms = 5000\n";
+        let message = ServerConfig::from_toml(text).unwrap_err().to_string();
+        assert_eq!(
+            locate(text, message.trim_start_matches("invalid configuration: ")),
+            Some(2)
+        );
+        let text = "[[listeners]]\nname = \"a\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:1\"\n\n[[listeners]]\nname = \"b\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:2\"\n";
+        let message = ServerConfig::from_toml(text).unwrap_err().to_string();
+        assert!(
+            message.contains("listener \"b\" (mqtts): needs tls"),
+            "{message}"
+        );
+        assert_eq!(
+            locate(text, message.trim_start_matches("invalid configuration: ")),
+            Some(6)
+        );
     }
 
     #[test]

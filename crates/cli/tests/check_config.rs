@@ -1,0 +1,97 @@
+//! `tern check-config FILE` checks a configuration without starting anything: 0 and "ok" for a
+//! usable file; otherwise 1 and every error with the file and, where it can tell, the line.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-check-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Exit success and everything printed.
+fn check(path: &PathBuf) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn a_usable_file_is_ok() {
+    let path = file(
+        "good.toml",
+        "listen = [\"127.0.0.1:1883\"]\n\n[[listeners]]\nname = \"lan\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1884\"\nmax_connections = 10\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok (2 listeners)"), "{text}");
+}
+
+#[test]
+fn a_syntax_error_names_its_line() {
+    let path = file("syntax.toml", "workers = 2\nlog_level = \"info\n");
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(text.contains("syntax.toml"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+}
+
+#[test]
+fn an_unknown_key_names_its_line() {
+    let path = file(
+        "unknown.toml",
+        "workers = 2\n\n[limits]\nmax_conections = 5\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("line 4") && text.contains("max_conections"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unusable_value_names_its_line() {
+    let path = file("value.toml", "workers = 2\nunstored_grace_ms = 5000\n");
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(text.contains("value.toml:2: unstored_grace_ms"), "{text}");
+}
+
+#[test]
+fn two_listeners_on_one_address_are_refused_naming_both() {
+    let path = file(
+        "clash.toml",
+        "listen = [\"127.0.0.1:1883\"]\n\n[[listeners]]\nname = \"everywhere\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1883\"\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("clash.toml:3:")
+            && text.contains("listener \"everywhere\"")
+            && text.contains("listen address 127.0.0.1:1883"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_tls_listener_without_certificates_is_refused_naming_it() {
+    let path = file(
+        "notls.toml",
+        "[[listeners]]\nname = \"devices\"\nkind = \"mqtts\"\nbind = \"0.0.0.0:8883\"\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("listener \"devices\" (mqtts): needs tls"),
+        "{text}"
+    );
+}

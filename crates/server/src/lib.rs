@@ -14,6 +14,7 @@ mod listener_config;
 mod proxy;
 mod server;
 mod transport;
+mod ws;
 
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
 pub use listener_config::{

@@ -195,7 +195,15 @@ async fn establish(
         }
         match listener.kind {
             ListenerKind::Mqtt => Ok(Established::Tcp(TcpTransport::new(stream))),
-            ListenerKind::Mqtts | ListenerKind::Wss | ListenerKind::Ws => Err(std::io::Error::new(
+            // WebSockets: the upgrade; the client's address may come from X-Forwarded-For.
+            ListenerKind::Ws => {
+                let max_packet_size = broker.config().max_packet_size;
+                let (transport, client) =
+                    crate::ws::accept(stream, peer, config, max_packet_size).await?;
+                peer = client;
+                Ok(Established::Ws(transport))
+            }
+            ListenerKind::Mqtts | ListenerKind::Wss => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "this kind of listener is not implemented yet",
             )),
@@ -217,10 +225,15 @@ async fn establish(
         Established::Tcp(transport) => {
             serve_connection(transport, peer, identity, broker, guard).await;
         }
+        Established::Ws(transport) => {
+            serve_connection(transport, peer, identity, broker, guard).await;
+        }
     }
 }
 
 /// A connection ready for MQTT, by transport.
 enum Established {
     Tcp(TcpTransport),
+    /// The WebSocket state is boxed inside (`WsTransport` is two words).
+    Ws(crate::ws::WsTransport<TcpStream>),
 }

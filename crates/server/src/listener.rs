@@ -198,8 +198,10 @@ async fn establish(
             // WebSockets: the upgrade; the client's address may come from X-Forwarded-For.
             ListenerKind::Ws => {
                 let max_packet_size = broker.config().max_packet_size;
+                // Boxed: the upgrade's state is needed only until it is done, and would
+                // otherwise stay in the task of every connection of this listener.
                 let (transport, client) =
-                    crate::ws::accept(stream, peer, config, max_packet_size).await?;
+                    Box::pin(crate::ws::accept(stream, peer, config, max_packet_size)).await?;
                 peer = client;
                 Ok(Established::Ws(transport))
             }

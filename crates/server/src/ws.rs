@@ -33,7 +33,7 @@ const MAX_HEADERS: usize = 64;
 /// tungstenite's read buffer: allocated for the life of the connection, and the most read from
 /// the socket at once. The idle cost of a connection against the number of reads for a large
 /// packet (docs/architecture.md, "Transports: WebSockets").
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Most bytes sent in one frame: tungstenite keeps its write buffer at the size of the largest
 /// frame, so this bounds what a connection keeps after a burst.
 const MAX_FRAME_OUT: usize = 16 * 1024;
@@ -162,11 +162,13 @@ where
     );
     stream.write_all(response.as_bytes()).await?;
     stream.flush().await?;
-    // What the client sent after the request (its first frames) is the WebSocket's.
-    buf.drain(..head_len);
+    // What the client sent after the request (its first frames) is the WebSocket's: copied
+    // out, so that tungstenite's buffer is not the request's (up to 64 KiB) for good.
+    let after_request = buf[head_len..].to_vec();
+    drop(buf);
     let ws = WebSocketStream::from_partially_read(
         stream,
-        buf,
+        after_request,
         Role::Server,
         Some(frame_config(max_packet_size)),
     )
@@ -685,5 +687,16 @@ mod tests {
             parse_head(b"\x16\x03\x01\x02\x00"),
             Err(Refusal::Malformed(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        eprintln!(
+            "WebSocketStream<TcpStream> {}",
+            std::mem::size_of::<super::WebSocketStream<tokio::net::TcpStream>>()
+        );
     }
 }

@@ -105,11 +105,19 @@ class PahoClient:
         manual_ack: bool = False,
         session_expiry: int | None = None,
         connect_properties: dict | None = None,
+        transport: str = "tcp",
+        ws_path: str = "/mqtt",
+        ws_headers: dict | None = None,
+        tls: dict | None = None,
     ):
         """`will` is (topic, payload, qos, retain) or, for MQTT 5, (topic, payload, qos, retain,
         {will property: value}). MQTT 5: `clean_session` is sent as Clean Start;
         `session_expiry` as the Session Expiry Interval and `connect_properties` (paho property
-        names, e.g. {"TopicAliasMaximum": 10}) as further CONNECT properties."""
+        names, e.g. {"TopicAliasMaximum": 10}) as further CONNECT properties.
+        `transport` is "tcp" or "websockets" (then the upgrade goes to `ws_path`, with
+        `ws_headers` added); `tls`, if given, are the arguments of paho's `tls_set` (e.g.
+        {"ca_certs": path}, with "certfile" and "keyfile" for a client certificate): MQTT over
+        TLS, or over WebSockets over TLS."""
         self.host, self.port = broker
         self.client_id = client_id
         self.keepalive = keepalive
@@ -133,7 +141,12 @@ class PahoClient:
             protocol=protocol,
             reconnect_on_failure=False,
             manual_ack=manual_ack,
+            transport=transport,
         )
+        if transport == "websockets":
+            self.client.ws_set_options(path=ws_path, headers=ws_headers)
+        if tls is not None:
+            self.client.tls_set(**tls)
         # paho keeps at most 20 QoS>0 messages in flight by default and queues the rest.
         self.client.max_queued_messages_set(0)
         if will is not None:
@@ -426,6 +439,8 @@ class PahoClient:
         """Ends the TCP connection abruptly, without DISCONNECT (as a crashed client would)."""
         sock = self.client.socket()
         assert sock is not None, "not connected"
+        # Over WebSockets paho's socket is a wrapper around the real one.
+        sock = getattr(sock, "_socket", sock)
         try:
             # shutdown() sends FIN at once, even while paho's thread is blocked in select().
             sock.shutdown(socket.SHUT_RDWR)

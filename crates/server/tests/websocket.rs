@@ -566,19 +566,37 @@ async fn first_frame_behind_the_request_kept_and_2gb_frame_refused() {
     assert_eq!(&rest[..4], &[0x88, 2, 0x03, 0xF1], "{rest:?}");
 }
 
-/// Issue 11: upgrades that stall (half a request) are closed within the connect timeout, and
-/// meanwhile a client on the plain TCP listener of the same server keeps its latency.
+/// Upgrades, sends a frame header announcing 2 GB (and only a little of it), and returns all
+/// the broker sent after the 101 until it closed the connection.
+async fn announce_2gb_frame(addr: SocketAddr) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut bytes = upgrade_request("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n").into_bytes();
+    bytes.extend(masked_frame_header(0x2, 2 << 30));
+    bytes.extend_from_slice(&[0u8; 512]);
+    stream.write_all(&bytes).await.unwrap();
+    let mut rest = read_switching_protocols(&mut stream).await;
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    rest
+}
+
+/// Issue 11, bad input: upgrades that stall (half a request) are closed within the connect
+/// timeout; upgrades with the wrong path or subprotocol, 64 KiB of headers and a frame
+/// announcing 2 GB are refused at once, over and over; meanwhile a client on the plain TCP
+/// listener of the same server keeps its latency.
 #[tokio::test]
-async fn stalled_upgrades_closed_within_connect_timeout_tcp_client_unaffected() {
+async fn bad_upgrades_closed_within_connect_timeout_tcp_client_keeps_latency() {
     let server = WsServer::start_with(
         WS,
         |config| config.limits.connect_timeout = 1,
         Hooks::default(),
     )
     .await;
+    let ws = server.addr("ws");
     let mut stalled = Vec::new();
     for _ in 0..50 {
-        let mut stream = TcpStream::connect(server.addr("ws")).await.unwrap();
+        let mut stream = TcpStream::connect(ws).await.unwrap();
         stream
             .write_all(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: webs")
             .await
@@ -586,6 +604,22 @@ async fn stalled_upgrades_closed_within_connect_timeout_tcp_client_unaffected() 
         stalled.push(stream);
     }
     let opened = Instant::now();
+    let bad_input = tokio::spawn(async move {
+        let proto = "Sec-WebSocket-Protocol: mqtt\r\n";
+        let big_headers = format!("{proto}X-Big: {}\r\n", "a".repeat(64 * 1024));
+        for _ in 0..5 {
+            for (request, expected) in [
+                (upgrade_request("/other", proto), 404),
+                (upgrade_request("/mqtt", ""), 400),
+                (upgrade_request("/mqtt", &big_headers), 431),
+            ] {
+                let (status, response, closed) = http_exchange(ws, request.as_bytes()).await;
+                assert_eq!((status, closed), (expected, true), "{response}");
+            }
+            let rest = announce_2gb_frame(ws).await;
+            assert_eq!(&rest[..4], &[0x88, 2, 0x03, 0xF1], "{rest:?}");
+        }
+    });
 
     let mut client = Client::simple(server.tcp, "steady").await;
     client.subscribe("steady/t", QoS::AtMostOnce).await;
@@ -600,6 +634,7 @@ async fn stalled_upgrades_closed_within_connect_timeout_tcp_client_unaffected() 
         worst = worst.max(sent.elapsed());
     }
     assert!(worst < Duration::from_millis(250), "round trip {worst:?}");
+    bad_input.await.expect("every bad upgrade refused");
 
     for mut stream in stalled {
         let mut rest = Vec::new();

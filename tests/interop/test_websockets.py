@@ -110,9 +110,10 @@ def test_pub_sub_over_websockets(endpoint, clients, unique, version, qos):
     sub.disconnect()
 
 
-def test_custom_path(tmp_path, clients, unique):
+def test_custom_path(request, tmp_path, clients, unique):
     """Issue 11: the upgrade path is configurable; the default path is then refused (404)."""
     endpoint = _start("ws", tmp_path, CUSTOM_PATH)
+    request.node._tern_broker = endpoint.broker
     try:
         client = ws_client(endpoint, clients, f"{unique}-c", mqtt.MQTTv311)
         assert client.connect().reason_code == 0

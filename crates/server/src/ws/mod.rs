@@ -245,3 +245,59 @@ mod size_probe {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::*;
+
+    /// `accept` and `WsTransport` work over any stream (here an in-memory one, for `wss` a TLS
+    /// stream): the upgrade, a frame each way, and the close frame at shutdown.
+    #[tokio::test]
+    async fn upgrade_and_frames_over_any_stream() {
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        let config: ListenerConfig =
+            toml::from_str("name = \"w\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n").unwrap();
+        let peer: SocketAddr = "192.0.2.1:4711".parse().unwrap();
+        let server =
+            tokio::spawn(async move { accept(server_side, peer, &config, 1024 * 1024).await });
+        let mut request = "ws://localhost/mqtt".into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+        let (mut client, _) = tokio_tungstenite::client_async(request, client_side)
+            .await
+            .unwrap();
+        let (mut transport, client_addr) = server.await.unwrap().unwrap();
+        assert_eq!(client_addr, peer);
+
+        client
+            .send(Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let n = poll_fn(|cx| transport.poll_read(cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!((n, &buf[..]), (3, &[1u8, 2, 3][..]));
+
+        let n = poll_fn(|cx| transport.poll_write(cx, b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        poll_fn(|cx| transport.poll_flush(cx)).await.unwrap();
+        match client.next().await {
+            Some(Ok(Message::Binary(data))) => assert_eq!(&data[..], b"abc"),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+
+        poll_fn(|cx| transport.poll_shutdown(cx)).await.unwrap();
+        match client.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}

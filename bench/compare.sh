@@ -19,7 +19,9 @@
 # listener of that kind on every broker: rumqttd only over tcp), KEY_TYPE (the test
 # certificates' key for tls and wss: ec, P-256, the default, or rsa, 2048 bits; made with
 # openssl at run time, in $OUT/certs), BROKERS (space-separated subset of tern mosquitto
-# rumqttd; default all that are installed).
+# rumqttd; default all that are installed), BENCH_THREADS (the bench's runtime threads, default
+# 1; a full TLS handshake costs the bench about what it costs the broker, so the TLS connect
+# rate may need 2 where cores are to spare).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +37,8 @@ TRANSPORTS=${TRANSPORTS:-tcp}
 ONLY_BROKERS=${BROKERS:-}
 unset BROKERS
 KEY_TYPE=${KEY_TYPE:-ec}
+BENCH_THREADS=${BENCH_THREADS:-1}
+case $BENCH_THREADS in ''|*[!0-9]*|0) echo "compare.sh: BENCH_THREADS must be a positive number" >&2; exit 1 ;; esac
 for transport in $TRANSPORTS; do
   case $transport in tcp|tls|ws|wss) ;; *) echo "compare.sh: TRANSPORTS: unknown transport $transport (tcp tls ws wss)" >&2; exit 1 ;; esac
 done
@@ -289,7 +293,7 @@ for round in $(seq 1 "$ROUNDS"); do
       # 3.1.1 cannot tell it; Mosquitto drops the connection).
       if [ "$INFLIGHT" -gt 0 ] && [ "$INFLIGHT" -lt 100 ]; then extra+=(--inflight "$INFLIGHT"); fi
       if [ "${args[0]}" = conn ]; then extra=(--duration "$DURATION"); fi
-      extra+=(--transport "$transport")
+      extra+=(--transport "$transport" --threads "$BENCH_THREADS")
       case $transport in tls|wss) extra+=(--cafile "$CERTS/ca.pem") ;; esac
       set +e
       "$TERN" bench "${args[@]}" "${extra[@]}" --port "$port" --pid "$BROKER_PID" --json --quiet \
@@ -396,7 +400,9 @@ for scenario in scenarios:
 print()
 cpu = {b: [g(d, "bench_cpu_pct") for (s, bb), ds in runs.items() if bb == b for d in ds] for b in brokers}
 cpu_text = ", ".join(f"{names[b]} runs max {max(v):.0f}%" for b, v in cpu.items() if v and all(x is not None for x in v))
-print(f"bench CPU (one thread, % of one core): {cpu_text}")
+threads = {d.get("bench_threads") for ds in runs.values() for d in ds if d.get("bench_threads")}
+thread_text = "one thread" if threads in (set(), {1}) else f"{'/'.join(str(t) for t in sorted(threads))} threads"
+print(f"bench CPU ({thread_text}, % of one core): {cpu_text}")
 bcpu = {}
 for (s, b), ds in runs.items():
     for d in ds:

@@ -7,13 +7,21 @@
 #
 #   bench/compare.sh                      # 10 s per run, 3 rounds
 #   DURATION=5 ROUNDS=3 bench/compare.sh
+#   TRANSPORTS="tcp tls ws wss" SCENARIOS="fanin-q1 idle-10k connect-rate" bench/compare.sh
 #
 # Environment: DURATION (seconds measured per run, default 10), ROUNDS (default 3), WARMUP
 # (seconds before measuring, default 1), PORT_BASE (first port used, default 18900), OUT
 # (directory for the JSON results and logs, default a new /tmp/tern-compare.*), TERN (the tern
 # binary, default target/release/tern, built if missing), MOSQUITTO, RUMQTTD (binaries),
 # SCENARIOS (space-separated subset of the scenario names below), INFLIGHT (outbound QoS 1/2
-# messages in flight per client allowed by every broker; default 0, no limit).
+# messages in flight per client allowed by every broker; default 0, no limit), TRANSPORTS
+# (space-separated: tcp tls ws wss; default tcp; every scenario runs over each, against a
+# listener of that kind on every broker: rumqttd only over tcp), KEY_TYPE (the test
+# certificates' key for tls and wss: ec, P-256, the default, or rsa, 2048 bits; made with
+# openssl at run time, in $OUT/certs), BROKERS (space-separated subset of tern mosquitto
+# rumqttd; default all that are installed), BENCH_THREADS (the bench's runtime threads, default
+# 1; a full TLS handshake costs the bench about what it costs the broker, so the TLS connect
+# rate may need 2 where cores are to spare).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +33,16 @@ TERN=${TERN:-$ROOT/target/release/tern}
 OUT=${OUT:-$(mktemp -d /tmp/tern-compare.XXXXXX)}
 ONLY=${SCENARIOS:-}
 INFLIGHT=${INFLIGHT:-0}
+TRANSPORTS=${TRANSPORTS:-tcp}
+ONLY_BROKERS=${BROKERS:-}
+unset BROKERS
+KEY_TYPE=${KEY_TYPE:-ec}
+BENCH_THREADS=${BENCH_THREADS:-1}
+case $BENCH_THREADS in ''|*[!0-9]*|0) echo "compare.sh: BENCH_THREADS must be a positive number" >&2; exit 1 ;; esac
+for transport in $TRANSPORTS; do
+  case $transport in tcp|tls|ws|wss) ;; *) echo "compare.sh: TRANSPORTS: unknown transport $transport (tcp tls ws wss)" >&2; exit 1 ;; esac
+done
+case $KEY_TYPE in ec|rsa) ;; *) echo "compare.sh: KEY_TYPE must be ec or rsa" >&2; exit 1 ;; esac
 case $INFLIGHT in ''|*[!0-9]*) echo "compare.sh: INFLIGHT must be a number" >&2; exit 1 ;; esac
 if [ "$INFLIGHT" -eq 0 ]; then TERN_INFLIGHT=65534; RUMQTTD_INFLIGHT=65534; else TERN_INFLIGHT=$INFLIGHT; RUMQTTD_INFLIGHT=$INFLIGHT; fi
 mkdir -p "$OUT"
@@ -72,6 +90,14 @@ fi
 
 BROKERS=(tern mosquitto)
 [ -n "$RUMQTTD" ] && BROKERS+=(rumqttd)
+if [ -n "$ONLY_BROKERS" ]; then
+  chosen=()
+  for broker in "${BROKERS[@]}"; do
+    if [[ " $ONLY_BROKERS " == *" $broker "* ]]; then chosen+=("$broker"); fi
+  done
+  [ ${#chosen[@]} -gt 0 ] || die "BROKERS=$ONLY_BROKERS: none of them is available (${BROKERS[*]})"
+  BROKERS=("${chosen[@]}")
+fi
 
 RUN=()
 for entry in "${ALL_SCENARIOS[@]}"; do
@@ -79,6 +105,33 @@ for entry in "${ALL_SCENARIOS[@]}"; do
   if [ -z "$ONLY" ] || [[ " $ONLY " == *" $name "* ]]; then RUN+=("$entry"); fi
 done
 [ ${#RUN[@]} -gt 0 ] || die "no scenario matches SCENARIOS=$ONLY"
+
+# --- Certificates (tls, wss) ------------------------------------------------------------------
+
+# A CA and a server certificate for 127.0.0.1 and localhost, X.509 v3 (rustls refuses v1), made
+# fresh for this run: nothing private is kept in the repository.
+CERTS=$OUT/certs
+make_certificates() {
+  command -v openssl >/dev/null || die "openssl is needed for the tls and wss transports"
+  mkdir -p "$CERTS"
+  local newkey
+  case $KEY_TYPE in
+    ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    rsa) newkey=(-newkey rsa:2048) ;;
+  esac
+  (
+    cd "$CERTS"
+    openssl req -x509 "${newkey[@]}" -nodes -days 7 -subj "/CN=tern compare CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout ca.key -out ca.pem
+    openssl req "${newkey[@]}" -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+      -extfile server.ext -out server.pem
+  ) >"$OUT/certs.log" 2>&1 || die "openssl could not make the test certificates (see $OUT/certs.log)"
+}
+if [[ " $TRANSPORTS " == *" tls "* || " $TRANSPORTS " == *" wss "* ]]; then make_certificates; fi
 
 # --- Brokers --------------------------------------------------------------------------------
 
@@ -93,9 +146,23 @@ TERN_SERVE_EXTRA=()
 # Mosquitto runs with persistence off; a Tern with a store runs in memory to match.
 if "$TERN" serve --help 2>/dev/null | grep -q -- '--in-memory'; then TERN_SERVE_EXTRA+=(--in-memory); fi
 
-# start_broker NAME PORT LOG: starts a fresh broker, sets BROKER_PID, waits for the port.
+# The listener of each transport: Tern's [[listeners]] kind, Mosquitto's listener lines.
+tern_kind() {
+  case $1 in tcp) echo mqtt ;; tls) echo mqtts ;; ws) echo ws ;; wss) echo wss ;; esac
+}
+mosquitto_listener() {
+  local transport=$1 port=$2
+  echo "listener $port 127.0.0.1"
+  case $transport in ws|wss) echo "protocol websockets" ;; esac
+  case $transport in
+    tls|wss) printf '%s\n' "cafile $CERTS/ca.pem" "certfile $CERTS/server.pem" "keyfile $CERTS/server.key" ;;
+  esac
+}
+
+# start_broker NAME PORT LOG TRANSPORT: starts a fresh broker with a listener of TRANSPORT on
+# PORT, sets BROKER_PID, waits for the port.
 start_broker() {
-  local name=$1 port=$2 log=$3 conf
+  local name=$1 port=$2 log=$3 transport=${4:-tcp} conf
   case $name in
     tern)
       conf=$OUT/tern.toml
@@ -108,13 +175,32 @@ max_connections = 1000000
 max_inflight = $TERN_INFLIGHT
 max_queued_messages = 100000000
 TOML
+      local listen=(--listen "127.0.0.1:$port")
+      if [ "$transport" != tcp ]; then
+        # A file with [[listeners]] and no `listen` opens only its listeners.
+        listen=()
+        cat >> "$conf" <<TOML
+
+[[listeners]]
+name = "bench-$transport"
+kind = "$(tern_kind "$transport")"
+bind = "127.0.0.1:$port"
+TOML
+        case $transport in
+          tls|wss) echo "tls = { cert = \"$CERTS/server.pem\", key = \"$CERTS/server.key\" }" >> "$conf" ;;
+        esac
+        case $transport in ws|wss) echo 'path = "/mqtt"' >> "$conf" ;; esac
+      fi
       # Started in $OUT: a Tern that keeps a data directory by default keeps it there.
-      (cd "$OUT" && exec "$TERN" serve --listen "127.0.0.1:$port" --config "$conf" "${TERN_SERVE_EXTRA[@]}") >>"$log" 2>&1 &
+      (cd "$OUT" && exec "$TERN" serve "${listen[@]}" --config "$conf" "${TERN_SERVE_EXTRA[@]}") >>"$log" 2>&1 &
       ;;
     mosquitto)
       conf=$OUT/mosquitto-$port.conf
+      # `user`: run as root, Mosquitto would otherwise switch to its own user, who cannot
+      # read the keys in $OUT (no effect when not root).
       cat > "$conf" <<CONF
-listener $port 127.0.0.1
+user $(id -un)
+$(mosquitto_listener "$transport" "$port")
 allow_anonymous true
 persistence false
 # 0: no limit (INFLIGHT=0), as for Tern; the bench's closed loop bounds what is outstanding.
@@ -127,6 +213,11 @@ log_dest stderr
 log_type error
 log_type warning
 CONF
+      if [ "$transport" = ws ] || [ "$transport" = wss ]; then
+        # Mosquitto 2.0.11 refuses to start with websockets listeners only ("Unable to start
+        # any listening sockets"): give it a unix socket nobody uses as well.
+        echo "listener 0 $OUT/mosquitto-$port.sock" >> "$conf"
+      fi
       "$MOSQUITTO" -c "$conf" >>"$log" 2>&1 &
       ;;
     rumqttd)
@@ -176,26 +267,34 @@ stop_broker() {
 
 # --- Rounds ---------------------------------------------------------------------------------
 
-echo "results in $OUT; brokers: ${BROKERS[*]}; $ROUNDS rounds of ${#RUN[@]} scenarios," \
-     "${DURATION}s each after ${WARMUP}s warm-up; in-flight limit ${INFLIGHT} (0: none)" >&2
+echo "results in $OUT; brokers: ${BROKERS[*]}; $ROUNDS rounds of ${#RUN[@]} scenarios" \
+     "over $TRANSPORTS, ${DURATION}s each after ${WARMUP}s warm-up; in-flight limit" \
+     "${INFLIGHT} (0: none)$( [[ " $TRANSPORTS " == *" tls "* || " $TRANSPORTS " == *" wss "* ]] && echo "; $KEY_TYPE keys")" >&2
 port=$PORT_BASE
 for round in $(seq 1 "$ROUNDS"); do
   order=("${BROKERS[@]}")
   if [ $((round % 2)) -eq 0 ]; then
     order=(); for ((i=${#BROKERS[@]}-1; i>=0; i--)); do order+=("${BROKERS[$i]}"); done
   fi
+  for transport in $TRANSPORTS; do
   for entry in "${RUN[@]}"; do
     name=${entry%%|*}
+    # Results over tcp keep the plain scenario name; other transports add @transport.
+    label=$name
+    [ "$transport" = tcp ] || label=$name@$transport
     read -r -a args <<<"${entry#*|}"
     for broker in "${order[@]}"; do
+      if [ "$broker" = rumqttd ] && [ "$transport" != tcp ]; then continue; fi
       port=$((port + 1))
-      base=$OUT/r$round-$broker-$name
-      if ! start_broker "$broker" "$port" "$base.broker.log"; then stop_broker; continue; fi
+      base=$OUT/r$round-$broker-$label
+      if ! start_broker "$broker" "$port" "$base.broker.log" "$transport"; then stop_broker; continue; fi
       extra=(--warmup "$WARMUP" --duration "$DURATION")
       # A client must not have more QoS 1/2 publishes in flight than the broker allows (MQTT
       # 3.1.1 cannot tell it; Mosquitto drops the connection).
       if [ "$INFLIGHT" -gt 0 ] && [ "$INFLIGHT" -lt 100 ]; then extra+=(--inflight "$INFLIGHT"); fi
       if [ "${args[0]}" = conn ]; then extra=(--duration "$DURATION"); fi
+      extra+=(--transport "$transport" --threads "$BENCH_THREADS")
+      case $transport in tls|wss) extra+=(--cafile "$CERTS/ca.pem") ;; esac
       set +e
       "$TERN" bench "${args[@]}" "${extra[@]}" --port "$port" --pid "$BROKER_PID" --json --quiet \
         >"$base.json" 2>"$base.log"
@@ -203,9 +302,10 @@ for round in $(seq 1 "$ROUNDS"); do
       set -e
       stop_broker
       verdict=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["check"])' "$base.json" 2>/dev/null || echo ERROR)
-      printf 'round %s  %-13s %-10s %s (exit %s)\n' "$round" "$name" "$broker" "$verdict" "$status" >&2
+      printf 'round %s  %-17s %-10s %s (exit %s)\n' "$round" "$label" "$broker" "$verdict" "$status" >&2
       [ "$verdict" = ERROR ] && rm -f "$base.json" && tail -n 3 "$base.log" >&2
     done
+  done
   done
 done
 
@@ -273,9 +373,16 @@ names = {"tern": "Tern", "mosquitto": "Mosquitto", "rumqttd": "rumqttd"}
 header = ["scenario", "metric"] + [names[b] for b in brokers] + ["Tern / Mosquitto"]
 print("| " + " | ".join(header) + " |")
 print("|" + "|".join("---" for _ in header) + "|")
-scenarios = [s for s in METRICS if any((s, b) in runs for b in brokers)]
+# Rows: each scenario over tcp, then over the other transports ("fanin-q1@tls").
+transports = ["tcp", "tls", "ws", "wss"]
+def key(s):
+    base, _, transport = s.partition("@")
+    return (transports.index(transport or "tcp") if (transport or "tcp") in transports else 9,
+            list(METRICS).index(base) if base in METRICS else 99)
+scenarios = sorted({s for (s, b) in runs if s.partition("@")[0] in METRICS}, key=key)
 for scenario in scenarios:
-    for label, getter, higher in [METRICS[scenario]] + EXTRA.get(scenario, []):
+    base = scenario.partition("@")[0]
+    for label, getter, higher in [METRICS[base]] + EXTRA.get(base, []):
         row = [scenario, label]
         medians = {}
         for b in brokers:
@@ -293,12 +400,14 @@ for scenario in scenarios:
 print()
 cpu = {b: [g(d, "bench_cpu_pct") for (s, bb), ds in runs.items() if bb == b for d in ds] for b in brokers}
 cpu_text = ", ".join(f"{names[b]} runs max {max(v):.0f}%" for b, v in cpu.items() if v and all(x is not None for x in v))
-print(f"bench CPU (one thread, % of one core): {cpu_text}")
+threads = {d.get("bench_threads") for ds in runs.values() for d in ds if d.get("bench_threads")}
+thread_text = "one thread" if threads in (set(), {1}) else f"{'/'.join(str(t) for t in sorted(threads))} threads"
+print(f"bench CPU ({thread_text}, % of one core): {cpu_text}")
 bcpu = {}
 for (s, b), ds in runs.items():
     for d in ds:
         c = g(d, "broker", "cpu_pct")
-        if c is not None and s in ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "pairs-q1"):
+        if c is not None and s.partition("@")[0] in ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "pairs-q1"):
             bcpu.setdefault(b, []).append(c)
 print("broker CPU in throughput runs (median, % of one core): " +
       ", ".join(f"{names[b]} {statistics.median(v):.0f}%" for b, v in bcpu.items()))

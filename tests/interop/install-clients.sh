@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party MQTT clients the interop suite (tests/interop) drives, when missing:
 #   - mosquitto_pub / mosquitto_sub  (Debian package mosquitto-clients, via apt-get)
+#   - haproxy                         (Debian package haproxy, via apt-get; the PROXY protocol tests)
 #   - paho-mqtt 2.x and pytest        (PyPI, via python3 -m pip)
 # Idempotent: prints nothing and changes nothing when everything is already there.
 set -euo pipefail
@@ -30,6 +31,15 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
     # A fresh machine often has no package lists yet: update once, then try again.
     as_root apt-get update -q >/dev/null
     apt_install mosquitto-clients >/dev/null
+  fi
+fi
+
+# --- haproxy (in front of tern in test_proxy_protocol.py) ------------------------------------
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  log "installing haproxy"
+  if ! apt_install haproxy >/dev/null 2>&1; then
+    as_root apt-get update -q >/dev/null
+    apt_install haproxy >/dev/null
   fi
 fi
 

@@ -228,7 +228,6 @@ impl<'de> Deserialize<'de> for IpNet {
 }
 
 /// Whether `peer` is one of `trusted`.
-#[allow(dead_code)] // for the PROXY protocol and X-Forwarded-For, which come next
 pub fn is_trusted(trusted: &[IpNet], peer: IpAddr) -> bool {
     trusted.iter().any(|net| net.contains(peer))
 }

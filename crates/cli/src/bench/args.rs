@@ -2,12 +2,14 @@
 //! defaults (clients, rate) are filled in here, and impossible combinations refused, so the
 //! rest of the bench works from one checked `BenchConfig`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 use tern_codec::{ProtocolVersion, QoS};
 
 use super::payload::HEADER_LEN;
+use super::transport::{TlsOptions, Transport};
 
 /// What a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,7 +54,9 @@ Examples:
   tern bench fanin --clients 8 --qos 1 --duration 10
   tern bench fanout --clients 100
   tern bench latency --qos 1 --rate 1000
-  tern bench conn --clients 10000 --rate 1000 --pid $(pidof tern)";
+  tern bench conn --clients 10000 --rate 1000 --pid $(pidof tern)
+  tern bench conn --transport tls --port 8883 --cafile ca.pem --clients 2000 --rate 0
+  tern bench fanin --transport wss --port 8443 --insecure --qos 1";
 
 /// Load generator and delivery check against a running MQTT broker.
 #[derive(clap::Args, Debug, Clone)]
@@ -67,6 +71,27 @@ pub struct BenchArgs {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// What carries MQTT: tcp, tls, ws (WebSockets) or wss (WebSockets over TLS).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// TLS: the CA certificates (PEM) the broker's certificate must chain to.
+    #[arg(long)]
+    pub cafile: Option<PathBuf>,
+    /// TLS: accept any broker certificate (signatures in the handshake are still checked).
+    #[arg(long)]
+    pub insecure: bool,
+    /// TLS: a client certificate chain (PEM), for brokers that ask for one (with --key).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// TLS: the name to ask for (SNI) and to find in the certificate; default: --host.
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// WebSockets: the HTTP path of the upgrade.
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
     /// QoS of publishes and subscriptions: 0, 1 or 2.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
@@ -144,6 +169,11 @@ pub struct BenchConfig {
     pub scenario: Scenario,
     pub host: String,
     pub port: u16,
+    pub transport: Transport,
+    /// For tls and wss.
+    pub tls: TlsOptions,
+    /// For ws and wss.
+    pub ws_path: String,
     pub qos: QoS,
     pub size: usize,
     pub duration: Duration,
@@ -181,6 +211,9 @@ impl BenchConfig {
             scenario,
             host: "127.0.0.1".to_owned(),
             port: 1883,
+            transport: Transport::Tcp,
+            tls: TlsOptions::default(),
+            ws_path: "/mqtt".to_owned(),
             qos: QoS::AtMostOnce,
             size: 64,
             duration: Duration::from_secs(10),
@@ -206,6 +239,15 @@ impl BenchConfig {
         let mut config = BenchConfig::new(args.scenario);
         config.host = args.host.clone();
         config.port = args.port;
+        config.transport = args.transport;
+        config.tls = TlsOptions {
+            cafile: args.cafile.clone(),
+            insecure: args.insecure,
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            server_name: args.server_name.clone(),
+        };
+        config.ws_path = args.ws_path.clone();
         config.qos = match QoS::from_u8(args.qos) {
             Some(qos) => qos,
             None => bail!("--qos must be 0, 1 or 2"),
@@ -268,6 +310,29 @@ impl BenchConfig {
         }
         if self.scenario == Scenario::Latency && self.rate == 0 {
             bail!("latency needs a fixed --rate (messages/s per publisher)");
+        }
+        let tls = &self.tls;
+        let tls_options = tls.cafile.is_some()
+            || tls.insecure
+            || tls.cert.is_some()
+            || tls.key.is_some()
+            || tls.server_name.is_some();
+        if tls_options && !self.transport.uses_tls() {
+            bail!(
+                "--cafile, --insecure, --cert, --key and --server-name are for --transport tls or wss"
+            );
+        }
+        if self.transport.uses_tls() && tls.cafile.is_none() && !tls.insecure {
+            bail!(
+                "--transport {} needs --cafile (the CA of the broker's certificate) or --insecure",
+                self.transport.name()
+            );
+        }
+        if self.ws_path != "/mqtt" && !self.transport.uses_websockets() {
+            bail!("--ws-path is for --transport ws or wss");
+        }
+        if !self.ws_path.starts_with('/') || self.ws_path.contains(char::is_whitespace) {
+            bail!("--ws-path must begin with / and have no spaces");
         }
         if let Some(pid) = self.pid {
             if !super::sys::process_exists(pid) {
@@ -336,6 +401,34 @@ mod tests {
         assert_eq!(config.port, 1999);
         assert_eq!(config.window, 0);
         assert!(config.json && !config.progress);
+        assert_eq!(config.transport, Transport::Tcp);
+    }
+
+    #[test]
+    fn transports() {
+        let tls = parse(&["conn", "--transport", "tls", "--cafile", "ca.pem"]).unwrap();
+        assert_eq!(tls.transport, Transport::Tls);
+        assert_eq!(
+            tls.tls.cafile.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+        let wss = parse(&[
+            "fanin",
+            "--transport",
+            "wss",
+            "--insecure",
+            "--ws-path",
+            "/ws",
+            "--server-name",
+            "broker.test",
+        ])
+        .unwrap();
+        assert_eq!(wss.transport, Transport::Wss);
+        assert!(wss.tls.insecure);
+        assert_eq!(wss.ws_path, "/ws");
+        assert_eq!(wss.tls.server_name.as_deref(), Some("broker.test"));
+        let ws = parse(&["pairs", "--transport", "ws"]).unwrap();
+        assert_eq!(ws.ws_path, "/mqtt");
     }
 
     #[test]
@@ -347,5 +440,20 @@ mod tests {
         assert!(parse(&["latency", "--rate", "0"]).is_err());
         assert!(parse(&["pairs", "--duration", "-1"]).is_err());
         assert!(parse(&["pairs", "--topic-prefix", "a/+"]).is_err());
+        assert!(parse(&["pairs", "--transport", "tls"]).is_err());
+        assert!(parse(&["pairs", "--insecure"]).is_err());
+        assert!(parse(&["pairs", "--ws-path", "/x"]).is_err());
+        assert!(parse(&["pairs", "--transport", "ws", "--ws-path", "x"]).is_err());
+        assert!(
+            parse(&[
+                "pairs",
+                "--transport",
+                "tls",
+                "--insecure",
+                "--cert",
+                "c.pem"
+            ])
+            .is_err()
+        );
     }
 }

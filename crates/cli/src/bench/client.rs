@@ -1,6 +1,7 @@
-//! The bench's MQTT client, one task per connection over tokio TCP with tern-codec, batched I/O:
-//! the publisher loop (closed-loop window, in-flight bound, rate, QoS 1/2 flows), the subscriber
-//! loop (acknowledgements, feeding the delivery checker) and idle connections.
+//! The bench's MQTT client, one task per connection with tern-codec, batched I/O: the publisher
+//! loop (closed-loop window, in-flight bound, rate, QoS 1/2 flows), the subscriber loop
+//! (acknowledgements, feeding the delivery checker) and idle connections. Generic over the
+//! transport's stream (`transport.rs`): TCP, TLS, WebSockets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,13 +15,13 @@ use tern_codec::{
     QoS, ReasonCode, Subscribe, Subscription, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::check::StreamCheck;
 use super::payload::{self, Header};
 use super::stats::Histogram;
+use super::transport::{BenchStream, Connector};
 
 /// Largest packet accepted from the broker: the most MQTT can express.
 const MAX_PACKET: u32 = 268_435_460;
@@ -121,29 +122,14 @@ impl RunCtx {
     }
 }
 
-/// Turns connection errors into advice.
-fn connect_error(error: std::io::Error, addr: SocketAddr) -> anyhow::Error {
-    match error.raw_os_error() {
-        Some(23 | 24) => anyhow::anyhow!(
-            "too many open files (EMFILE): raise the limit with `ulimit -n` (hard limit: \
-             `ulimit -Hn`)"
-        ),
-        Some(99) => anyhow::anyhow!("out of local ports (EADDRNOTAVAIL) connecting to {addr}"),
-        _ if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-            anyhow::anyhow!("connection refused by {addr}: is the broker running?")
-        }
-        _ => anyhow::Error::new(error).context(format!("cannot connect to {addr}")),
-    }
-}
-
 /// Whether an error is the process running out of file descriptors.
 pub(crate) fn is_fd_exhaustion(error: &anyhow::Error) -> bool {
     error.to_string().contains("EMFILE")
 }
 
 /// An MQTT connection past CONNACK.
-pub(crate) struct Conn {
-    stream: TcpStream,
+pub(crate) struct Conn<S> {
+    stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     version: ProtocolVersion,
@@ -151,31 +137,29 @@ pub(crate) struct Conn {
     receive_maximum: u16,
 }
 
-impl Conn {
+impl<S: BenchStream> Conn<S> {
     /// Connects, sends CONNECT with a clean session and waits for a successful CONNACK.
-    pub async fn open(
+    pub async fn open<C: Connector<Stream = S>>(
+        connector: &C,
         addr: SocketAddr,
         client_id: &str,
         version: ProtocolVersion,
         keep_alive: u16,
-    ) -> anyhow::Result<Conn> {
-        Conn::open_session(addr, client_id, version, keep_alive, false).await
+    ) -> anyhow::Result<Conn<S>> {
+        Conn::open_session(connector, addr, client_id, version, keep_alive, false).await
     }
 
     /// [`Conn::open`], with a persistent session when `persistent` (clean session 0; MQTT 5:
     /// session expiry 300 s).
-    pub async fn open_session(
+    pub async fn open_session<C: Connector<Stream = S>>(
+        connector: &C,
         addr: SocketAddr,
         client_id: &str,
         version: ProtocolVersion,
         keep_alive: u16,
         persistent: bool,
-    ) -> anyhow::Result<Conn> {
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow::anyhow!("TCP connect to {addr} timed out"))?
-            .map_err(|error| connect_error(error, addr))?;
-        stream.set_nodelay(true).context("TCP_NODELAY")?;
+    ) -> anyhow::Result<Conn<S>> {
+        let stream = connector.connect(addr).await?;
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(64),
@@ -212,9 +196,12 @@ impl Conn {
 
     async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
         packet.encode(self.version, &mut self.wbuf)?;
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.stream.write_all_buf(&mut self.wbuf))
-            .await
-            .context("write timed out")??;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            self.stream.write_all_buf(&mut self.wbuf).await?;
+            self.stream.flush().await
+        })
+        .await
+        .context("write timed out")??;
         Ok(())
     }
 
@@ -271,7 +258,7 @@ impl Conn {
     }
 
     /// The socket alone, its buffers freed: what an idle connection keeps.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> S {
         self.stream
     }
 }
@@ -419,6 +406,27 @@ pub(crate) struct PublisherOutcome {
     pub error: Option<String>,
 }
 
+/// What a [`write_step`] did.
+enum Written {
+    Bytes(usize),
+    Flushed,
+}
+
+/// One step of a client loop's writing: some of `wbuf`; or, once it is all written, a flush of
+/// what the transport holds (TLS records, WebSocket frames; under load the next write pushes
+/// them out anyway). For TCP (`BUFFERS_WRITES` false) this is the plain write: the loops call
+/// it only with bytes to write, as they did before transports.
+async fn write_step<S: BenchStream, W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<Written> {
+    if !S::BUFFERS_WRITES || !wbuf.is_empty() {
+        writer.write_buf(wbuf).await.map(Written::Bytes)
+    } else {
+        writer.flush().await.map(|()| Written::Flushed)
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -433,8 +441,8 @@ fn ping_interval(keep_alive: u16) -> Option<Duration> {
 
 /// Publishes on `topic` from the start of `Run` to the start of `Drain`, then waits for the last
 /// acknowledgements (up to the grace period) and disconnects.
-pub(crate) async fn run_publisher(
-    mut conn: Conn,
+pub(crate) async fn run_publisher<S: BenchStream>(
+    mut conn: Conn<S>,
     ctx: Arc<RunCtx>,
     id: u32,
     publishers: u32,
@@ -466,18 +474,19 @@ pub(crate) async fn run_publisher(
     outcome
 }
 
-async fn goodbye(conn: &mut Conn) -> anyhow::Result<()> {
+async fn goodbye<S: BenchStream>(conn: &mut Conn<S>) -> anyhow::Result<()> {
     Packet::Disconnect(Disconnect::default()).encode(conn.version, &mut conn.wbuf)?;
     tokio::time::timeout(GOODBYE_TIMEOUT, async {
         conn.stream.write_all_buf(&mut conn.wbuf).await?;
+        conn.stream.flush().await?;
         conn.stream.shutdown().await
     })
     .await??;
     Ok(())
 }
 
-async fn publish(
-    conn: &mut Conn,
+async fn publish<S: BenchStream>(
+    conn: &mut Conn<S>,
     ctx: &RunCtx,
     id: u32,
     publishers: u32,
@@ -520,6 +529,8 @@ async fn publish(
         stream, rbuf, wbuf, ..
     } = conn;
     let (mut reader, mut writer) = stream.split();
+    // Written bytes that may wait in the transport (TLS, WebSockets) until flushed.
+    let mut unflushed = false;
 
     // The loop is a block so that what was sent and what is unacknowledged are recorded
     // however it ends.
@@ -628,11 +639,15 @@ async fn publish(
                 }
                 // Writes first: PUBRELs and new PUBLISHes must not wait while acknowledgements
                 // keep arriving.
-                written = writer.write_buf(wbuf), if !wbuf.is_empty() => {
-                    if written.context("write")? == 0 {
-                        bail!("broker closed the connection");
+                written = write_step::<S, _>(&mut writer, wbuf), if !wbuf.is_empty() || unflushed => {
+                    match written.context("write")? {
+                        Written::Bytes(0) => bail!("broker closed the connection"),
+                        Written::Bytes(_) => {
+                            unflushed = S::BUFFERS_WRITES;
+                            last_write = Instant::now();
+                        }
+                        Written::Flushed => unflushed = false,
                     }
-                    last_write = Instant::now();
                 }
                 read = reader.read_buf(rbuf) => {
                     if read.context("read")? == 0 {
@@ -731,8 +746,8 @@ pub(crate) struct SubscriberOutcome {
 }
 
 /// Receives until `Stop`, acknowledging QoS 1/2 deliveries and checking every payload.
-pub(crate) async fn run_subscriber(
-    mut conn: Conn,
+pub(crate) async fn run_subscriber<S: BenchStream>(
+    mut conn: Conn<S>,
     ctx: Arc<RunCtx>,
     id: usize,
     plan: SubscriberPlan,
@@ -760,8 +775,8 @@ pub(crate) async fn run_subscriber(
 /// No stream: the delivery was malformed or from a publisher this subscriber does not hear.
 const NO_STREAM: u32 = u32::MAX;
 
-async fn subscribe_loop(
-    conn: &mut Conn,
+async fn subscribe_loop<S: BenchStream>(
+    conn: &mut Conn<S>,
     ctx: &RunCtx,
     plan: &SubscriberPlan,
     phase: &mut watch::Receiver<Phase>,
@@ -787,6 +802,8 @@ async fn subscribe_loop(
         stream, rbuf, wbuf, ..
     } = conn;
     let (mut reader, mut writer) = stream.split();
+    // Written bytes that may wait in the transport (TLS, WebSockets) until flushed.
+    let mut unflushed = false;
 
     loop {
         outcome.qos2_unreleased = u64::from(awaiting_release.len);
@@ -806,11 +823,15 @@ async fn subscribe_loop(
             }
             // Acknowledgements go out before more is read: under a steady stream of
             // deliveries a read is always ready, and PUBACK/PUBREC must not wait for a pause.
-            written = writer.write_buf(wbuf), if !wbuf.is_empty() => {
-                if written.context("write")? == 0 {
-                    bail!("broker closed the connection");
+            written = write_step::<S, _>(&mut writer, wbuf), if !wbuf.is_empty() || unflushed => {
+                match written.context("write")? {
+                    Written::Bytes(0) => bail!("broker closed the connection"),
+                    Written::Bytes(_) => {
+                        unflushed = S::BUFFERS_WRITES;
+                        last_write = Instant::now();
+                    }
+                    Written::Flushed => unflushed = false,
                 }
-                last_write = Instant::now();
             }
             read = reader.read_buf(rbuf) => {
                 if read.context("read")? == 0 {
@@ -947,8 +968,8 @@ async fn wait_for_stop(phase: &mut watch::Receiver<Phase>) {
 
 /// Keeps an idle connection open until `Stop`, answering keep-alive; an error if the broker
 /// closes it first.
-pub(crate) async fn hold_idle(
-    mut stream: TcpStream,
+pub(crate) async fn hold_idle<S: BenchStream>(
+    mut stream: S,
     version: ProtocolVersion,
     keep_alive: u16,
     mut phase: watch::Receiver<Phase>,
@@ -966,6 +987,7 @@ pub(crate) async fn hold_idle(
                 Packet::Disconnect(Disconnect::default()).encode(version, &mut bye)?;
                 let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
                     stream.write_all(&bye).await?;
+                    stream.flush().await?;
                     stream.shutdown().await
                 })
                 .await;
@@ -980,6 +1002,7 @@ pub(crate) async fn hold_idle(
                 let mut ping = BytesMut::with_capacity(2);
                 Packet::PingReq.encode(version, &mut ping)?;
                 stream.write_all(&ping).await.context("write")?;
+                stream.flush().await.context("write")?;
                 last_write = Instant::now();
             }
         }

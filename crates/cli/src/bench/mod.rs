@@ -10,6 +10,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod sys;
+mod transport;
 
 use std::io::Write;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use check::{DeliveryCounts, Verdict};
 pub use report::{BrokerFigures, ConnFigures, MessageFigures, Report};
 pub use scenarios::run;
 pub use stats::Percentiles;
+pub use transport::{TlsOptions, Transport};
 
 /// `tern bench`: runs the scenario, prints the summary (and JSON with `--json`), and exits with
 /// status 1 when the delivery check fails.

@@ -8,12 +8,14 @@ use tern_codec::{ProtocolVersion, QoS};
 use super::args::Scenario;
 use super::check::{DeliveryCounts, Verdict};
 use super::stats::Percentiles;
+use super::transport::Transport;
 
 /// Everything a run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub scenario: Scenario,
     pub target: String,
+    pub transport: Transport,
     pub version: ProtocolVersion,
     pub qos: QoS,
     pub clients: usize,
@@ -129,9 +131,10 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "tern bench {} against {} (MQTT {}, QoS {}, {} clients, {} B payload)",
+            "tern bench {} against {} over {} (MQTT {}, QoS {}, {} clients, {} B payload)",
             self.scenario.name(),
             self.target,
+            self.transport.name(),
             self.version,
             self.qos.as_u8(),
             self.clients,
@@ -301,6 +304,7 @@ impl Report {
         j.open(None);
         j.str("scenario", self.scenario.name());
         j.str("target", &self.target);
+        j.str("transport", self.transport.name());
         j.str(
             "mqtt",
             match self.version {
@@ -507,6 +511,7 @@ mod tests {
         Report {
             scenario: Scenario::Fanin,
             target: "127.0.0.1:1883".to_owned(),
+            transport: Transport::Tcp,
             version: ProtocolVersion::V311,
             qos: QoS::AtLeastOnce,
             clients: 8,

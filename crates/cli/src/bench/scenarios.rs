@@ -21,6 +21,7 @@ use super::client::{
 use super::report::{BrokerFigures, ConnFigures, MessageFigures, Report, fmt_count};
 use super::stats::Histogram;
 use super::sys;
+use super::transport::{Connector, Tcp, Tls, Transport, Ws};
 
 /// Errors kept in words in the report; the rest are only counted.
 const ERRORS_KEPT: usize = 10;
@@ -38,9 +39,33 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Report> {
         .next()
         .with_context(|| format!("{} has no address", config.host))?;
     check_fd_limit(config)?;
+    // tungstenite allocates its read buffer per connection: small when connections idle.
+    let ws_read = if config.scenario == Scenario::Conn {
+        4 * 1024
+    } else {
+        64 * 1024
+    };
+    let (host, port, path) = (config.host.as_str(), config.port, config.ws_path.as_str());
+    // One compiled copy of the client loops per transport: TCP's has no trace of the others.
+    match config.transport {
+        Transport::Tcp => run_over(config, addr, Tcp).await,
+        Transport::Tls => run_over(config, addr, Tls::new(&config.tls, host)?).await,
+        Transport::Ws => run_over(config, addr, Ws::new(Tcp, host, port, path, ws_read)).await,
+        Transport::Wss => {
+            let tls = Tls::new(&config.tls, host)?;
+            run_over(config, addr, Ws::new(tls, host, port, path, ws_read)).await
+        }
+    }
+}
+
+async fn run_over<C: Connector>(
+    config: &BenchConfig,
+    addr: SocketAddr,
+    connector: C,
+) -> anyhow::Result<Report> {
     match config.scenario {
-        Scenario::Conn => run_conn(config, addr).await,
-        _ => run_messages(config, addr).await,
+        Scenario::Conn => run_conn(config, addr, connector).await,
+        _ => run_messages(config, addr, connector).await,
     }
 }
 
@@ -219,7 +244,11 @@ fn broker_figures(
     })
 }
 
-async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<Report> {
+async fn run_messages<C: Connector>(
+    config: &BenchConfig,
+    addr: SocketAddr,
+    connector: C,
+) -> anyhow::Result<Report> {
     let Plan {
         topics,
         subscribers,
@@ -270,11 +299,14 @@ async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<
         let client_id = format!("{id_prefix}-s{i}");
         let (version, keep_alive, qos) = (config.version, config.keep_alive, config.qos);
         let persistent = config.persistent;
+        let connector = connector.clone();
         sub_tasks.push(tokio::spawn(async move {
             let opened = async {
                 let _permit = handshakes.acquire().await?;
-                let mut conn =
-                    Conn::open_session(addr, &client_id, version, keep_alive, persistent).await?;
+                let mut conn = Conn::open_session(
+                    &connector, addr, &client_id, version, keep_alive, persistent,
+                )
+                .await?;
                 conn.subscribe(&sub_plan.filter, qos).await?;
                 anyhow::Ok(conn)
             }
@@ -304,10 +336,11 @@ async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<
         let handshakes = handshakes.clone();
         let client_id = format!("{id_prefix}-p{i}");
         let (version, keep_alive) = (config.version, config.keep_alive);
+        let connector = connector.clone();
         pub_tasks.push(tokio::spawn(async move {
             let opened = async {
                 let _permit = handshakes.acquire().await?;
-                Conn::open(addr, &client_id, version, keep_alive).await
+                Conn::open(&connector, addr, &client_id, version, keep_alive).await
             }
             .await;
             match opened {
@@ -456,6 +489,7 @@ async fn run_messages(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<
     Ok(Report {
         scenario: config.scenario,
         target: addr.to_string(),
+        transport: config.transport,
         version: config.version,
         qos: config.qos,
         clients: config.clients,
@@ -513,7 +547,11 @@ impl ConnTally {
     }
 }
 
-async fn run_conn(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<Report> {
+async fn run_conn<C: Connector>(
+    config: &BenchConfig,
+    addr: SocketAddr,
+    connector: C,
+) -> anyhow::Result<Report> {
     let target = config.clients;
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
     let tally = Arc::new(ConnTally::default());
@@ -559,9 +597,10 @@ async fn run_conn(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<Repo
         let phase = phase_rx.clone();
         let client_id = format!("{id_prefix}-c{i}");
         let (version, keep_alive) = (config.version, config.keep_alive);
+        let connector = connector.clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let opened = Conn::open(addr, &client_id, version, keep_alive).await;
+            let opened = Conn::open(&connector, addr, &client_id, version, keep_alive).await;
             let now = Instant::now();
             match opened {
                 Ok(conn) => {
@@ -657,6 +696,7 @@ async fn run_conn(config: &BenchConfig, addr: SocketAddr) -> anyhow::Result<Repo
     Ok(Report {
         scenario: Scenario::Conn,
         target: addr.to_string(),
+        transport: config.transport,
         version: config.version,
         qos: config.qos,
         clients: target,

@@ -13,6 +13,7 @@ mod listener;
 mod listener_config;
 mod proxy;
 mod server;
+mod tls;
 mod transport;
 
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
@@ -21,5 +22,6 @@ pub use listener_config::{
     TlsVersion,
 };
 pub use server::{Server, ServerError, check_config};
+pub use tls::{TlsError, TlsProblem, TlsReloader};
 pub use tern_broker as broker;
 pub use tern_store as store;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::connection::serve_connection;
 use crate::listener_config::{ListenerConfig, ListenerKind};
 use crate::server::{ConnectionCount, ConnectionGuard};
+use crate::tls::{TlsListener, TlsTransport};
 use crate::transport::TcpTransport;
 
 /// A listener as the accept loops of every worker share it.
@@ -31,6 +32,8 @@ pub(crate) struct Listener {
     pub(crate) identity: Option<Arc<TransportIdentity>>,
     /// Open connections of this listener, against its own `max_connections`.
     open: AtomicUsize,
+    /// The TLS material of `mqtts` and `wss` listeners (loaded by `prepare`).
+    pub(crate) tls: Option<TlsListener>,
 }
 
 impl Listener {
@@ -42,6 +45,7 @@ impl Listener {
             bind,
             identity: None,
             open: AtomicUsize::new(0),
+            tls: None,
         }
     }
 
@@ -51,11 +55,16 @@ impl Listener {
             listener: Some(Arc::from(config.name.as_str())),
             ..TransportIdentity::default()
         };
+        let tls = match (&config.tls, config.kind.uses_tls()) {
+            (Some(tls), true) => Some(TlsListener::new(&config.name, tls.clone(), config.kind)),
+            _ => None,
+        };
         Listener {
             kind: config.kind,
             bind: config.bind,
             identity: Some(Arc::new(identity)),
             open: AtomicUsize::new(0),
+            tls,
             config: Some(config),
         }
     }
@@ -63,6 +72,9 @@ impl Listener {
     /// Loads what the listener needs before it can accept (certificates and keys): an error
     /// names the listener and the file.
     pub(crate) fn prepare(&self) -> Result<(), crate::server::ServerError> {
+        if let Some(tls) = &self.tls {
+            tls.load()?;
+        }
         Ok(())
     }
 
@@ -195,7 +207,11 @@ async fn establish(
         }
         match listener.kind {
             ListenerKind::Mqtt => Ok(Established::Tcp(TcpTransport::new(stream))),
-            ListenerKind::Mqtts | ListenerKind::Wss | ListenerKind::Ws => Err(std::io::Error::new(
+            ListenerKind::Mqtts => {
+                let (stream, identity) = crate::tls::accept_tls(&listener, stream).await?;
+                Ok(Established::Tls(TlsTransport::new(stream), identity))
+            }
+            ListenerKind::Wss | ListenerKind::Ws => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "this kind of listener is not implemented yet",
             )),
@@ -217,10 +233,15 @@ async fn establish(
         Established::Tcp(transport) => {
             serve_connection(transport, peer, identity, broker, guard).await;
         }
+        Established::Tls(transport, identity) => {
+            serve_connection(transport, peer, identity, broker, guard).await;
+        }
     }
 }
 
 /// A connection ready for MQTT, by transport.
 enum Established {
     Tcp(TcpTransport),
+    /// With what the transport vouches for (the listener's, or the client certificate's).
+    Tls(TlsTransport, Option<Arc<TransportIdentity>>),
 }

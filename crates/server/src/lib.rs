@@ -22,6 +22,6 @@ pub use listener_config::{
     TlsVersion,
 };
 pub use server::{Server, ServerError, check_config};
-pub use tls::{TlsError, TlsProblem, TlsReloader};
 pub use tern_broker as broker;
 pub use tern_store as store;
+pub use tls::{TlsError, TlsProblem, TlsReloader};

@@ -256,10 +256,7 @@ impl Server {
             threads.push(thread);
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
-        tokio::spawn(crate::tls::watch_files(
-            reloader,
-            stop_rx.clone(),
-        ));
+        tokio::spawn(crate::tls::watch_files(reloader, stop_rx.clone()));
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.

@@ -220,13 +220,11 @@ impl TlsListener {
                 }
                 // Only the client's own certificate is checked against the CRLs, and a
                 // certificate whose issuer has no CRL here passes (as OpenSSL's CRL check).
-                let mut verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider.clone(),
-                )
-                .with_crls(crls)
-                .only_check_end_entity_revocation()
-                .allow_unknown_revocation_status();
+                let mut verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .with_crls(crls)
+                        .only_check_end_entity_revocation()
+                        .allow_unknown_revocation_status();
                 if auth == ClientAuth::Optional {
                     verifier = verifier.allow_unauthenticated();
                 }
@@ -355,7 +353,10 @@ pub(crate) async fn accept_tls(
         .accept(stream)
         .await?;
     let (_, connection) = stream.get_ref();
-    let Some(end_entity) = connection.peer_certificates().and_then(|chain| chain.first()) else {
+    let Some(end_entity) = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    else {
         return Ok((stream, listener.identity.clone()));
     };
     let certificate = certificate_identity(end_entity)?;
@@ -386,9 +387,9 @@ fn certificate_identity(der: &CertificateDer<'_>) -> io::Result<CertificateIdent
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             match name {
-                GeneralName::DNSName(text) | GeneralName::RFC822Name(text) | GeneralName::URI(text) => {
-                    alt_names.push((*text).to_owned())
-                }
+                GeneralName::DNSName(text)
+                | GeneralName::RFC822Name(text)
+                | GeneralName::URI(text) => alt_names.push((*text).to_owned()),
                 GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
                         4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
@@ -412,7 +413,10 @@ fn certificate_identity(der: &CertificateDer<'_>) -> io::Result<CertificateIdent
 fn username_from(identity: &CertificateIdentity, field: IdentityField) -> io::Result<MqttStr> {
     let (value, what) = match field {
         IdentityField::Cn => (identity.common_name.clone(), "a subject CN"),
-        IdentityField::San => (identity.alt_names.first().cloned(), "a subject alternative name"),
+        IdentityField::San => (
+            identity.alt_names.first().cloned(),
+            "a subject alternative name",
+        ),
     };
     let refused = || {
         io::Error::new(

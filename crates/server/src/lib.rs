@@ -14,6 +14,7 @@ mod listener_config;
 mod proxy;
 mod server;
 mod tls;
+mod tls_transport;
 mod transport;
 
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};

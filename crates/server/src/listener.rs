@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use crate::connection::serve_connection;
 use crate::listener_config::{ListenerConfig, ListenerKind};
 use crate::server::{ConnectionCount, ConnectionGuard};
-use crate::tls::{TlsListener, TlsTransport};
+use crate::tls::TlsListener;
+use crate::tls_transport::TlsTransport;
 use crate::transport::TcpTransport;
 
 /// A listener as the accept loops of every worker share it.
@@ -208,8 +209,8 @@ async fn establish(
         match listener.kind {
             ListenerKind::Mqtt => Ok(Established::Tcp(TcpTransport::new(stream))),
             ListenerKind::Mqtts => {
-                let (stream, identity) = crate::tls::accept_tls(&listener, stream).await?;
-                Ok(Established::Tls(TlsTransport::new(stream), identity))
+                let (transport, identity) = crate::tls::accept_tls(&listener, stream).await?;
+                Ok(Established::Tls(transport, identity))
             }
             ListenerKind::Wss | ListenerKind::Ws => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -234,7 +235,9 @@ async fn establish(
             serve_connection(transport, peer, identity, broker, guard).await;
         }
         Established::Tls(transport, identity) => {
-            serve_connection(transport, peer, identity, broker, guard).await;
+            // A task of its own: this one, sized for the handshake's state (several copies of
+            // rustls's connection), ends here, and the idle connection pays only for the loop.
+            tokio::spawn(serve_connection(transport, peer, identity, broker, guard));
         }
     }
 }

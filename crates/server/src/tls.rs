@@ -11,12 +11,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
-
-use bytes::BytesMut;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -26,13 +22,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tern_broker::{CertificateIdentity, TransportIdentity};
 use tern_codec::MqttStr;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use crate::listener::Listener;
 use crate::listener_config::{ClientAuth, IdentityField, ListenerKind, TlsConfig, TlsVersion};
-use crate::transport::{READ_CHUNK, Transport};
+use crate::tls_transport::TlsTransport;
 
 /// Why a listener's TLS material cannot be used: the listener, the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -335,29 +329,27 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The TLS handshake of a new connection on a TLS listener (`mqtts`, and `wss` before its
-/// WebSocket upgrade); the caller bounds it with the connect timeout. Returns the stream and
-/// what the transport vouches for: the listener's shared identity, or, with a verified client
-/// certificate, one of the connection's own with the certificate's names (and the username
-/// taken from it under `use_identity_as_username`).
+/// WebSocket upgrade: the transport is also an `AsyncRead + AsyncWrite` stream); the caller
+/// bounds it with the connect timeout. Returns the connection and what the transport vouches
+/// for: the listener's shared identity, or, with a verified client certificate, one of the
+/// connection's own with the certificate's names (and the username taken from it under
+/// `use_identity_as_username`).
 pub(crate) async fn accept_tls(
     listener: &Listener,
     stream: TcpStream,
-) -> io::Result<(TlsStream<TcpStream>, Option<Arc<TransportIdentity>>)> {
+) -> io::Result<(TlsTransport, Option<Arc<TransportIdentity>>)> {
     let Some(tls) = listener.tls.as_ref() else {
         return Err(io::Error::other("not a TLS listener"));
     };
     let Some(config) = tls.config() else {
         return Err(io::Error::other("TLS material not loaded"));
     };
-    let stream = tokio_rustls::TlsAcceptor::from(config)
-        .accept(stream)
-        .await?;
-    let (_, connection) = stream.get_ref();
-    let Some(end_entity) = connection
+    let transport = TlsTransport::accept(config, stream).await?;
+    let Some(end_entity) = transport
         .peer_certificates()
         .and_then(|chain| chain.first())
     else {
-        return Ok((stream, listener.identity.clone()));
+        return Ok((transport, listener.identity.clone()));
     };
     let certificate = certificate_identity(end_entity)?;
     let username = match tls.settings.use_identity_as_username {
@@ -369,7 +361,7 @@ pub(crate) async fn accept_tls(
         certificate: Some(certificate),
         username,
     };
-    Ok((stream, Some(Arc::new(identity))))
+    Ok((transport, Some(Arc::new(identity))))
 }
 
 /// The subject CN and the subject alternative names of a (verified) certificate.
@@ -490,40 +482,5 @@ pub(crate) async fn watch_files(
             _ = stop.changed() => return,
             _ = tick.tick() => reloader.reload_changed(),
         }
-    }
-}
-
-/// MQTT over TLS (tokio-rustls). Reads go through a buffer on the stack and are copied into
-/// the connection's buffer, so an idle connection holds no read buffer of ours (rustls keeps
-/// its own).
-pub(crate) struct TlsTransport {
-    stream: TlsStream<TcpStream>,
-}
-
-impl TlsTransport {
-    pub(crate) fn new(stream: TlsStream<TcpStream>) -> TlsTransport {
-        TlsTransport { stream }
-    }
-}
-
-impl Transport for TlsTransport {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut read = ReadBuf::new(&mut chunk);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
-        buf.extend_from_slice(read.filled());
-        Poll::Ready(Ok(read.filled().len()))
-    }
-
-    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -49,7 +49,8 @@ enum Step {
 /// One TLS connection over TCP: the handshake, then a [`Transport`].
 pub(crate) struct TlsTransport {
     stream: TcpStream,
-    conn: UnbufferedServerConnection,
+    /// Boxed: a kilobyte, moved from the handshake to the connection's task.
+    conn: Box<UnbufferedServerConnection>,
     /// TLS bytes received and not yet taken by rustls.
     incoming: BytesMut,
     /// TLS bytes to send.
@@ -68,7 +69,7 @@ impl TlsTransport {
         config: Arc<ServerConfig>,
         stream: TcpStream,
     ) -> io::Result<TlsTransport> {
-        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        let conn = Box::new(UnbufferedServerConnection::new(config).map_err(io::Error::other)?);
         let mut tls = TlsTransport {
             stream,
             conn,

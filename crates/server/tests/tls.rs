@@ -574,9 +574,12 @@ async fn mutual_tls_optional_lets_clients_with_and_without_certificates_in() {
     );
 }
 
+/// What authentication was given for one CONNECT: client id, username, transport identity.
+type Authenticated = (String, Option<String>, Option<TransportIdentity>);
+
 /// Records what authentication is given.
 #[derive(Default)]
-struct Seen(Mutex<Vec<(String, Option<String>, Option<TransportIdentity>)>>);
+struct Seen(Mutex<Vec<Authenticated>>);
 
 impl Authenticator for Seen {
     fn authenticate(&self, credentials: &Credentials<'_>) -> Result<(), ReasonCode> {

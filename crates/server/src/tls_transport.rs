@@ -399,6 +399,85 @@ impl AsyncWrite for TlsTransport {
 }
 
 #[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[allow(deprecated)] // the ring provider: see tls.rs
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// The transport as a byte stream (what the WebSocket layer of `wss` reads and writes):
+    /// a read smaller than what arrived keeps the rest, writes arrive whole, shutdown sends
+    /// close_notify and the client sees a clean end; an idle transport holds no buffer.
+    #[tokio::test]
+    async fn async_read_and_write_over_the_unbuffered_connection() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_pem = certified.cert.pem();
+        let key_pem = certified.signing_key.serialize_pem();
+        let server_config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_config))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            tls.write_all(b"hello, server").await.unwrap();
+            let mut echo = vec![0u8; 100_000];
+            tls.read_exact(&mut echo).await.unwrap();
+            assert!(echo.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = super::TlsTransport::accept(Arc::new(server_config), tcp)
+            .await
+            .unwrap();
+        let mut first = [0u8; 5];
+        tls.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"hello");
+        let mut rest = [0u8; 8];
+        tls.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b", server");
+        assert_eq!(
+            (tls.incoming.capacity(), tls.plaintext.capacity()),
+            (0, 0),
+            "an idle transport holds no buffer"
+        );
+        let big: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+        tls.write_all(&big).await.unwrap();
+        tls.flush().await.unwrap();
+        assert_eq!(tls.outgoing.capacity(), 0);
+        tls.shutdown().await.unwrap();
+        client.await.unwrap();
+    }
+}
+
+#[cfg(test)]
 mod size_probe {
     #[test]
     fn sizes() {

@@ -57,10 +57,10 @@ pub enum TlsProblem {
     NoKey,
     #[error("the private key cannot be used: {0}")]
     Key(#[source] rustls::Error),
-    #[error(
-        "the certificate cannot be used with this key: {0} (rustls accepts X.509 v3 certificates only)"
-    )]
+    #[error("the certificate cannot be used: {0} (rustls accepts X.509 v3 certificates only)")]
     Certificate(#[source] rustls::Error),
+    #[error("the private key {} does not belong to this certificate", .0.display())]
+    KeyMismatch(PathBuf),
     #[error("a CA certificate cannot be used: {0}")]
     CaCertificate(#[source] rustls::Error),
     #[error("no CA certificate in it")]
@@ -265,9 +265,12 @@ impl TlsListener {
             .load_private_key(der)
             .map_err(|e| self.fail(Some(key), TlsProblem::Key(e)))?;
         let certified = CertifiedKey::new(chain, signing);
-        certified
-            .keys_match()
-            .map_err(|e| self.fail(Some(cert), TlsProblem::Certificate(e)))?;
+        certified.keys_match().map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                self.fail(Some(cert), TlsProblem::KeyMismatch(key.to_path_buf()))
+            }
+            e => self.fail(Some(cert), TlsProblem::Certificate(e)),
+        })?;
         Ok(Arc::new(certified))
     }
 

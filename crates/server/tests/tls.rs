@@ -779,8 +779,9 @@ async fn changed_files_are_reloaded() {
     }
 }
 
-/// Issue 11: a TLS listener whose certificate is missing or whose key cannot be read stops the
-/// start with an error naming the listener and the file.
+/// Issue 11: a TLS listener whose certificate is missing, whose key cannot be read, holds no
+/// key or is not the certificate's stops the start (and `check_config`) with an error naming
+/// the listener and the file.
 #[tokio::test]
 async fn start_errors_name_the_listener_and_the_file() {
     let dir = dir("start-errors");
@@ -790,10 +791,12 @@ async fn start_errors_name_the_listener_and_the_file() {
     let unreadable = dir.join("a-directory.key");
     std::fs::create_dir_all(&unreadable).unwrap();
     let keyless = write(&dir, "keyless.key", &ca.pem);
+    let (_, other_key) = write_pair(&dir, "other", &ca.server());
     for (name, cert, key, bad) in [
         ("no-cert", missing.clone(), key.clone(), missing),
         ("bad-key", cert.clone(), unreadable.clone(), unreadable),
-        ("keyless", cert, keyless.clone(), keyless),
+        ("keyless", cert.clone(), keyless.clone(), keyless),
+        ("mismatch", cert, other_key.clone(), other_key),
     ] {
         let config = server_config(vec![tls_listener(name, tls_settings(cert, key))]);
         let error = match Server::bind(config.clone()).await {

@@ -235,8 +235,8 @@ async fn establish(
             serve_connection(transport, peer, identity, broker, guard).await;
         }
         Established::Tls(transport, identity) => {
-            // A task of its own: this one, sized for the handshake's state (several copies of
-            // rustls's connection), ends here, and the idle connection pays only for the loop.
+            // A task of its own: this one is sized for the steps before MQTT (the handshake's
+            // state, the timeout) and ends here; an idle connection pays only for the loop.
             tokio::spawn(serve_connection(transport, peer, identity, broker, guard));
         }
     }

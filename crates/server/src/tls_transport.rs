@@ -477,6 +477,9 @@ mod tests {
     }
 }
 
+/// What an idle TLS connection holds besides its buffers (all freed while idle): the transport
+/// in the connection's task (152 bytes in a debug build) and rustls's connection in its box
+/// (1 088 bytes; the buffered `ServerConnection` is 1 168 plus its 4 KiB read buffer).
 #[cfg(test)]
 mod size_probe {
     #[test]

@@ -722,6 +722,48 @@ async fn reload_serves_the_new_certificate_and_keeps_established_connections() {
     assert_eq!(&before.recv().await.payload[..], b"still here");
 }
 
+/// Issue 11, reload: client CAs and CRLs are read again too: a certificate revoked in the
+/// new CRL is refused after the reload, and one from a CA added to the bundle is let in.
+#[tokio::test]
+async fn reload_reads_the_client_cas_and_crls_again() {
+    let pki = Mutual::new("reload-crl");
+    let settings = pki.settings(ClientAuth::Required);
+    let server = start(
+        server_config(vec![tls_listener("mtls", settings)]),
+        Hooks::default(),
+    )
+    .await;
+    let addr = server.addr("mtls");
+    let other = Ca::new("another client ca");
+    let newcomer = other.issue("newcomer", &[], 20, true, false);
+    assert!(
+        probe(addr, pki.client(Some(&pki.valid)), "localhost")
+            .await
+            .is_ok()
+    );
+    assert!(
+        probe(addr, pki.client(Some(&newcomer)), "localhost")
+            .await
+            .is_err()
+    );
+
+    write(&pki.dir, "crl.pem", &pki.ca.crl(&[10, 12]));
+    write(&pki.dir, "ca.pem", &format!("{}{}", pki.ca.pem, other.pem));
+    server.reloader.reload().expect("reload");
+    let refused = probe(addr, pki.client(Some(&pki.valid)), "localhost").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.contains("CertificateRevoked")),
+        "{refused:?}"
+    );
+    assert!(
+        probe(addr, pki.client(Some(&newcomer)), "localhost")
+            .await
+            .is_ok()
+    );
+}
+
 /// Issue 11, reload: a reload that fails (a key file that holds no key) keeps the material in
 /// use, and the error names the listener and the file.
 #[tokio::test]

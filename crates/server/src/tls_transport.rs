@@ -262,9 +262,13 @@ impl Transport for TlsTransport {
                 Step::Again | Step::Encrypted(_) => {}
                 Step::PeerClosed | Step::Closed => self.read_closed = true,
                 Step::NeedInput { .. } => {
-                    // What rustls answered by itself (a key update) goes out meanwhile.
-                    if let Poll::Ready(Err(error)) = self.poll_send(cx) {
-                        return Poll::Ready(Err(error));
+                    // What rustls answered by itself (a key update) goes out meanwhile; a
+                    // client that makes it answer without reading is read no further until
+                    // it does, so those answers stay bounded.
+                    match self.poll_send(cx) {
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending if self.outgoing.len() > MAX_WRITE => return Poll::Pending,
+                        _ => {}
                     }
                     if ready!(self.poll_receive(cx))? == 0 {
                         self.read_closed = true;

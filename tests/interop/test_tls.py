@@ -192,3 +192,47 @@ def test_reload_when_files_change(tls_broker, pki):
         check_swapped(broker, ports["tls"], pki, before, timeout=10.0)
     finally:
         before.close()
+
+
+def make_server_key(dir: Path, name: str, kind: str) -> None:
+    """`{name}.key` in the PEM form under test: RSA in PKCS#1 ("BEGIN RSA PRIVATE KEY"), ECDSA
+    in SEC1 ("BEGIN EC PRIVATE KEY"), Ed25519 in PKCS#8 ("BEGIN PRIVATE KEY")."""
+    if kind == "rsa":
+        openssl("genrsa", "-traditional", "-out", f"{name}.key", "2048", cwd=dir)
+        marker = "BEGIN RSA PRIVATE KEY"
+    elif kind == "sec1":
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key",
+                cwd=dir)
+        marker = "BEGIN EC PRIVATE KEY"
+    else:
+        openssl("genpkey", "-algorithm", "ed25519", "-out", f"{name}.key", cwd=dir)
+        marker = "BEGIN PRIVATE KEY"
+    assert marker in (dir / f"{name}.key").read_text()
+
+
+def test_key_formats(tmp_path):
+    """Issue 11, TLS: server keys in PEM as RSA (PKCS#1), ECDSA (SEC1) and Ed25519 (PKCS#8) are
+    loaded, and mosquitto_pub completes a TLS handshake with each."""
+    make_ca(tmp_path, "ca")
+    listeners = []
+    for kind in ("rsa", "sec1", "ed25519"):
+        make_server_key(tmp_path, kind, kind)
+        (tmp_path / f"{kind}.ext").write_text(SERVER_EXT)
+        openssl("req", "-new", "-key", f"{kind}.key", "-out", f"{kind}.csr",
+                "-subj", "/CN=localhost", cwd=tmp_path)
+        openssl("x509", "-req", "-in", f"{kind}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{kind}.pem", "-days", "30",
+                "-extfile", f"{kind}.ext", cwd=tmp_path)
+        listeners.append(f'[[listeners]]\nname = "{kind}"\nkind = "mqtts"\n'
+                         f'bind = "127.0.0.1:0"\n'
+                         f'tls = {{ cert = "{kind}.pem", key = "{kind}.key" }}\n')
+    broker = _start_broker(tmp_path, "\n".join(listeners))
+    try:
+        for kind in ("rsa", "sec1", "ed25519"):
+            pattern = rf"listening for MQTT over TLS addr=127\.0\.0\.1:(\d+) listener=\"{kind}\""
+            assert broker.wait_for_log(pattern), broker.log()
+            port = int(re.search(pattern, broker.log()).group(1))
+            result = pub(port, "--cafile", str(tmp_path / "ca.pem"), message=kind)
+            assert result.returncode == 0, (kind, result.stderr)
+    finally:
+        _stop_broker(broker)

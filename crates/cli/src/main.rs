@@ -111,6 +111,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(server.tls_reloader()));
         server.run(shutdown_signal(), SHUTDOWN_GRACE).await?;
         anyhow::Ok(())
     })?;
@@ -130,6 +132,24 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
+}
+
+/// Reloads the TLS listeners' certificates, keys, CAs and CRLs on each SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(reloader: tern_server::TlsReloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP: TLS reloads only when files change");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading TLS certificates");
+        // A failure is logged by the listener, which keeps its previous material.
+        let _ = reloader.reload();
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -95,3 +95,41 @@ fn a_tls_listener_without_certificates_is_refused_naming_it() {
         "{text}"
     );
 }
+
+/// Issue 11: a TLS listener whose certificate file is missing, or whose key file holds no key,
+/// is reported naming the listener and the file (the same check `tern serve` makes before it
+/// binds anything).
+#[test]
+fn unusable_tls_files_are_reported_naming_the_listener_and_the_file() {
+    let missing = file(
+        "missing-cert.toml",
+        "[[listeners]]\nname = \"secure\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:8883\"\ntls = { cert = \"no-such-cert.pem\", key = \"no-such-key.pem\" }\n",
+    );
+    let (ok, text) = check(&missing);
+    assert!(!ok);
+    assert!(
+        text.contains("listener \"secure\"")
+            && text.contains("no-such-cert.pem")
+            && text.contains("cannot read it"),
+        "{text}"
+    );
+    let dir = missing.parent().unwrap();
+    std::fs::write(
+        dir.join("cert-only.pem"),
+        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty.key"), "no key here\n").unwrap();
+    let keyless = file(
+        "keyless.toml",
+        "[[listeners]]\nname = \"secure\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:8883\"\ntls = { cert = \"cert-only.pem\", key = \"empty.key\" }\n",
+    );
+    let (ok, text) = check(&keyless);
+    assert!(!ok);
+    assert!(
+        text.contains("listener \"secure\"")
+            && text.contains("empty.key")
+            && text.contains("no private key"),
+        "{text}"
+    );
+}

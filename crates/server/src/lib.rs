@@ -13,6 +13,8 @@ mod listener;
 mod listener_config;
 mod proxy;
 mod server;
+mod tls;
+mod tls_transport;
 mod transport;
 mod ws;
 
@@ -24,3 +26,4 @@ pub use listener_config::{
 pub use server::{Server, ServerError, check_config};
 pub use tern_broker as broker;
 pub use tern_store as store;
+pub use tls::{TlsError, TlsProblem, TlsReloader};

@@ -18,6 +18,8 @@ use tokio::sync::watch;
 use crate::connection::serve_connection;
 use crate::listener_config::{ListenerConfig, ListenerKind};
 use crate::server::{ConnectionCount, ConnectionGuard};
+use crate::tls::TlsListener;
+use crate::tls_transport::TlsTransport;
 use crate::transport::TcpTransport;
 
 /// A listener as the accept loops of every worker share it.
@@ -31,6 +33,8 @@ pub(crate) struct Listener {
     pub(crate) identity: Option<Arc<TransportIdentity>>,
     /// Open connections of this listener, against its own `max_connections`.
     open: AtomicUsize,
+    /// The TLS material of `mqtts` and `wss` listeners (loaded by `prepare`).
+    pub(crate) tls: Option<TlsListener>,
 }
 
 impl Listener {
@@ -42,6 +46,7 @@ impl Listener {
             bind,
             identity: None,
             open: AtomicUsize::new(0),
+            tls: None,
         }
     }
 
@@ -51,11 +56,16 @@ impl Listener {
             listener: Some(Arc::from(config.name.as_str())),
             ..TransportIdentity::default()
         };
+        let tls = match (&config.tls, config.kind.uses_tls()) {
+            (Some(tls), true) => Some(TlsListener::new(&config.name, tls.clone(), config.kind)),
+            _ => None,
+        };
         Listener {
             kind: config.kind,
             bind: config.bind,
             identity: Some(Arc::new(identity)),
             open: AtomicUsize::new(0),
+            tls,
             config: Some(config),
         }
     }
@@ -63,6 +73,9 @@ impl Listener {
     /// Loads what the listener needs before it can accept (certificates and keys): an error
     /// names the listener and the file.
     pub(crate) fn prepare(&self) -> Result<(), crate::server::ServerError> {
+        if let Some(tls) = &self.tls {
+            tls.load()?;
+        }
         Ok(())
     }
 
@@ -194,7 +207,9 @@ async fn establish(
             peer = crate::proxy::read_header(&mut stream, peer, &config.trusted_proxies).await?;
         }
         match listener.kind {
-            ListenerKind::Mqtt => Ok(Established::Tcp(TcpTransport::new(stream))),
+            ListenerKind::Mqtt => {
+                Ok::<_, std::io::Error>(Established::Tcp(TcpTransport::new(stream)))
+            }
             // WebSockets: the upgrade; the client's address may come from X-Forwarded-For.
             ListenerKind::Ws => {
                 let max_packet_size = broker.config().max_packet_size;
@@ -205,10 +220,19 @@ async fn establish(
                 peer = client;
                 Ok(Established::Ws(transport))
             }
-            ListenerKind::Mqtts | ListenerKind::Wss => Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "this kind of listener is not implemented yet",
-            )),
+            ListenerKind::Mqtts => {
+                let (transport, identity) = crate::tls::accept_tls(&listener, stream).await?;
+                Ok(Established::Tls(transport, identity))
+            }
+            // The TLS handshake, then the WebSocket upgrade inside it.
+            ListenerKind::Wss => {
+                let (tls, identity) = crate::tls::accept_tls(&listener, stream).await?;
+                let max_packet_size = broker.config().max_packet_size;
+                let (transport, client) =
+                    Box::pin(crate::ws::accept(tls, peer, config, max_packet_size)).await?;
+                peer = client;
+                Ok(Established::Wss(transport, identity))
+            }
         }
     };
     let established = match tokio::time::timeout_at(deadline, steps).await {
@@ -230,6 +254,14 @@ async fn establish(
         Established::Ws(transport) => {
             serve_connection(transport, peer, identity, broker, guard).await;
         }
+        Established::Tls(transport, identity) => {
+            // A task of its own: this one is sized for the steps before MQTT (the handshake's
+            // state, the timeout) and ends here; an idle connection pays only for the loop.
+            tokio::spawn(serve_connection(transport, peer, identity, broker, guard));
+        }
+        Established::Wss(transport, identity) => {
+            tokio::spawn(serve_connection(transport, peer, identity, broker, guard));
+        }
     }
 }
 
@@ -238,4 +270,11 @@ enum Established {
     Tcp(TcpTransport),
     /// The WebSocket state is boxed inside (`WsTransport` is two words).
     Ws(crate::ws::WsTransport<TcpStream>),
+    /// With what the transport vouches for (the listener's, or the client certificate's).
+    Tls(TlsTransport, Option<Arc<TransportIdentity>>),
+    /// WebSockets inside TLS, with the TLS side's identity.
+    Wss(
+        crate::ws::WsTransport<TlsTransport>,
+        Option<Arc<TransportIdentity>>,
+    ),
 }

@@ -33,6 +33,8 @@ pub enum ServerError {
     Store(#[from] tern_store::StoreError),
     #[error("cannot start a worker thread: {source}")]
     Worker { source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Open connections, and a signal when the last one ends.
@@ -129,8 +131,6 @@ impl Server {
                 );
             }
         }
-        let (broker, store) = open_state(&config, hooks)?;
-        let workers = config.worker_count();
         let planned: Vec<Arc<Listener>> = config
             .listen
             .iter()
@@ -142,6 +142,12 @@ impl Server {
                     .map(|listener| Arc::new(Listener::configured(listener.clone()))),
             )
             .collect();
+        // Certificates and keys are read before anything is bound or opened.
+        for listener in &planned {
+            listener.prepare()?;
+        }
+        let (broker, store) = open_state(&config, hooks)?;
+        let workers = config.worker_count();
         let mut listeners: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>> =
             (0..workers).map(|_| Vec::new()).collect();
         for listener in planned {
@@ -187,6 +193,24 @@ impl Server {
             .and_then(|(socket, _)| socket.local_addr().ok())
     }
 
+    /// A handle that reloads the certificates, keys, CAs and CRLs of the TLS listeners (the
+    /// binary calls it on SIGHUP); it stays valid while the server runs.
+    pub fn tls_reloader(&self) -> crate::tls::TlsReloader {
+        crate::tls::TlsReloader::new(
+            self.listeners
+                .first()
+                .into_iter()
+                .flatten()
+                .map(|(_, listener)| listener.clone())
+                .collect(),
+        )
+    }
+
+    /// Reloads the TLS listeners' material now (see [`Server::tls_reloader`]).
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        self.tls_reloader().reload()
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
@@ -213,6 +237,8 @@ impl Server {
                 tracing::info!(%addr, listener = name.unwrap_or(""), workers = self.listeners.len(), "{}", listener.describe());
             }
         }
+        // Certificates are read again when their files change (every 2 s).
+        let reloader = self.tls_reloader();
         let mut threads = Vec::with_capacity(self.listeners.len());
         for (index, listeners) in self.listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -230,6 +256,7 @@ impl Server {
             threads.push(thread);
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
+        tokio::spawn(crate::tls::watch_files(reloader, stop_rx.clone()));
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.

@@ -1,0 +1,489 @@
+//! TLS for the `mqtts` and `wss` listeners: the listener's certificates, keys, client CAs and
+//! CRLs loaded into a rustls `ServerConfig` (ring provider), the handshake of a connection with
+//! the verified client certificate's identity, and the reload of that material (SIGHUP, changed
+//! files) without touching established connections.
+//!
+//! Each listener holds its current `ServerConfig` behind a lock taken only to clone an `Arc`
+//! at the start of a handshake; a reload builds a whole new one and swaps it in, or, if any file
+//! is unusable, keeps the old one and says why.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tern_broker::{CertificateIdentity, TransportIdentity};
+use tern_codec::MqttStr;
+use tokio::net::TcpStream;
+
+use crate::listener::Listener;
+use crate::listener_config::{ClientAuth, IdentityField, ListenerKind, TlsConfig, TlsVersion};
+use crate::tls_transport::TlsTransport;
+
+/// Why a listener's TLS material cannot be used: the listener, the file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {listener:?}: {}{problem}", file_prefix(.path.as_deref()))]
+pub struct TlsError {
+    pub listener: String,
+    /// The file at fault, when one is.
+    pub path: Option<PathBuf>,
+    #[source]
+    pub problem: TlsProblem,
+}
+
+fn file_prefix(path: Option<&Path>) -> String {
+    path.map(|path| format!("{}: ", path.display()))
+        .unwrap_or_default()
+}
+
+/// What is wrong with a TLS file or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsProblem {
+    #[error("cannot read it: {0}")]
+    Read(#[source] io::Error),
+    #[error("not valid PEM: {0}")]
+    Pem(#[source] rustls_pki_types::pem::Error),
+    #[error("no certificate in it (PEM \"BEGIN CERTIFICATE\" expected)")]
+    NoCertificate,
+    #[error("no private key in it (PEM PKCS#8, RSA or EC private key expected)")]
+    NoKey,
+    #[error("the private key cannot be used: {0}")]
+    Key(#[source] rustls::Error),
+    #[error("the certificate cannot be used: {0} (rustls accepts X.509 v3 certificates only)")]
+    Certificate(#[source] rustls::Error),
+    #[error("the private key {} does not belong to this certificate", .0.display())]
+    KeyMismatch(PathBuf),
+    #[error("a CA certificate cannot be used: {0}")]
+    CaCertificate(#[source] rustls::Error),
+    #[error("no CA certificate in it")]
+    NoCaCertificate,
+    #[error("no certificate revocation list in it")]
+    NoCrl,
+    #[error("client certificate verification cannot be set up: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("{0}")]
+    Config(#[source] rustls::Error),
+}
+
+/// What a change of a file is recognised by: its modification time and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp(Option<(Option<SystemTime>, u64)>);
+
+impl FileStamp {
+    fn of(path: &Path) -> FileStamp {
+        FileStamp(
+            std::fs::metadata(path)
+                .ok()
+                .map(|meta| (meta.modified().ok(), meta.len())),
+        )
+    }
+}
+
+/// The TLS side of one listener: its settings and the material in use.
+#[derive(Debug)]
+pub(crate) struct TlsListener {
+    name: Arc<str>,
+    settings: TlsConfig,
+    /// ALPN protocol offered: `mqtt` for `mqtts`, `http/1.1` for `wss`.
+    alpn: &'static [u8],
+    /// The configuration new handshakes use; `None` until loaded.
+    current: RwLock<Option<Arc<ServerConfig>>>,
+    /// The stamps of the files as they were last read (loaded or not), so a change is acted on
+    /// once, and a file being replaced in several steps is read again after the last step.
+    seen: Mutex<Vec<FileStamp>>,
+}
+
+impl TlsListener {
+    pub(crate) fn new(name: &str, settings: TlsConfig, kind: ListenerKind) -> TlsListener {
+        TlsListener {
+            name: Arc::from(name),
+            settings,
+            alpn: if kind.uses_websockets() {
+                b"http/1.1"
+            } else {
+                b"mqtt"
+            },
+            current: RwLock::new(None),
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Loads the material (at start: an error stops the server).
+    pub(crate) fn load(&self) -> Result<(), TlsError> {
+        let stamps = self.stamps();
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
+        let config = self.build()?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        Ok(())
+    }
+
+    /// Reads every file again; new handshakes use the new material. On an error the old
+    /// material stays and the error is logged (and returned).
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
+        let stamps = self.stamps();
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
+        match self.build() {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(config);
+                tracing::info!(listener = %self.name, "TLS certificates reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(listener = %self.name, %error, "TLS reload failed: the previous certificates stay in use");
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads if any file changed (time or size) since it was last read.
+    pub(crate) fn reload_if_changed(&self) {
+        let stamps = self.stamps();
+        let changed = *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != stamps;
+        if changed {
+            let _ = self.reload();
+        }
+    }
+
+    /// The configuration for a new handshake.
+    fn config(&self) -> Option<Arc<ServerConfig>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        let tls = &self.settings;
+        let mut files = vec![tls.cert.as_path(), tls.key.as_path()];
+        files.extend(tls.client_ca.as_deref());
+        files.extend(tls.crl.iter().map(PathBuf::as_path));
+        for sni in &tls.sni {
+            files.push(&sni.cert);
+            files.push(&sni.key);
+        }
+        files
+    }
+
+    fn stamps(&self) -> Vec<FileStamp> {
+        self.files().into_iter().map(FileStamp::of).collect()
+    }
+
+    fn fail(&self, path: Option<&Path>, problem: TlsProblem) -> TlsError {
+        TlsError {
+            listener: self.name.to_string(),
+            path: path.map(Path::to_path_buf),
+            problem,
+        }
+    }
+
+    /// Reads every file and builds the configuration.
+    fn build(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let tls = &self.settings;
+        let provider = Arc::new(ring_provider());
+        let default = self.certified_key(&tls.cert, &tls.key, &provider)?;
+        let mut by_name = HashMap::new();
+        for sni in &tls.sni {
+            let key = self.certified_key(&sni.cert, &sni.key, &provider)?;
+            for name in &sni.names {
+                by_name.insert(normalise_name(name), key.clone());
+            }
+        }
+        let resolver = Arc::new(SniResolver { default, by_name });
+        let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| self.fail(None, TlsProblem::Config(e)))?;
+        let builder = match (tls.client_auth, &tls.client_ca) {
+            (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
+            (auth, Some(ca)) => {
+                let roots = self.client_roots(ca)?;
+                let mut crls = Vec::new();
+                for path in &tls.crl {
+                    crls.extend(self.crls(path)?);
+                }
+                // Only the client's own certificate is checked against the CRLs, and a
+                // certificate whose issuer has no CRL here passes (as OpenSSL's CRL check).
+                let mut verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .with_crls(crls)
+                        .only_check_end_entity_revocation()
+                        .allow_unknown_revocation_status();
+                if auth == ClientAuth::Optional {
+                    verifier = verifier.allow_unauthenticated();
+                }
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| self.fail(Some(ca), TlsProblem::Verifier(e)))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = vec![self.alpn.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>, TlsError> {
+        std::fs::read(path).map_err(|e| self.fail(Some(path), TlsProblem::Read(e)))
+    }
+
+    fn certificates(&self, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let bytes = self.read(path)?;
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(Some(path), TlsProblem::Pem(e)))?;
+        Ok(certs)
+    }
+
+    fn certified_key(
+        &self,
+        cert: &Path,
+        key: &Path,
+        provider: &CryptoProvider,
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
+        let chain = self.certificates(cert)?;
+        if chain.is_empty() {
+            return Err(self.fail(Some(cert), TlsProblem::NoCertificate));
+        }
+        let bytes = self.read(key)?;
+        let der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => self.fail(Some(key), TlsProblem::NoKey),
+            e => self.fail(Some(key), TlsProblem::Pem(e)),
+        })?;
+        let signing = provider
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| self.fail(Some(key), TlsProblem::Key(e)))?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match().map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                self.fail(Some(cert), TlsProblem::KeyMismatch(key.to_path_buf()))
+            }
+            e => self.fail(Some(cert), TlsProblem::Certificate(e)),
+        })?;
+        Ok(Arc::new(certified))
+    }
+
+    fn client_roots(&self, path: &Path) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in self.certificates(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| self.fail(Some(path), TlsProblem::CaCertificate(e)))?;
+        }
+        if roots.is_empty() {
+            return Err(self.fail(Some(path), TlsProblem::NoCaCertificate));
+        }
+        Ok(roots)
+    }
+
+    /// A CRL file: PEM (one or more lists) or a single DER list.
+    fn crls(&self, path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        let bytes = self.read(path)?;
+        if !bytes.starts_with(b"-----") && !bytes.is_empty() && bytes[0] == 0x30 {
+            return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+        }
+        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(Some(path), TlsProblem::Pem(e)))?;
+        if crls.is_empty() {
+            return Err(self.fail(Some(path), TlsProblem::NoCrl));
+        }
+        Ok(crls)
+    }
+}
+
+/// The ring provider: rustls 0.23.48 deprecates it for lacking post-quantum key exchange, but
+/// the other provider (aws-lc-rs) needs a C toolchain and cmake, which the project avoids.
+#[allow(deprecated)]
+fn ring_provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+fn normalise_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Picks the certificate by the name the client asked for (SNI); the listener's `cert` for any
+/// other name and for clients that ask for none.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.by_name.get(&normalise_name(name)));
+        Some(chosen.unwrap_or(&self.default).clone())
+    }
+}
+
+/// The TLS handshake of a new connection on a TLS listener (`mqtts`, and `wss` before its
+/// WebSocket upgrade: the transport is also an `AsyncRead + AsyncWrite` stream); the caller
+/// bounds it with the connect timeout. Returns the connection and what the transport vouches
+/// for: the listener's shared identity, or, with a verified client certificate, one of the
+/// connection's own with the certificate's names (and the username taken from it under
+/// `use_identity_as_username`).
+pub(crate) async fn accept_tls(
+    listener: &Listener,
+    stream: TcpStream,
+) -> io::Result<(TlsTransport, Option<Arc<TransportIdentity>>)> {
+    let Some(tls) = listener.tls.as_ref() else {
+        return Err(io::Error::other("not a TLS listener"));
+    };
+    let Some(config) = tls.config() else {
+        return Err(io::Error::other("TLS material not loaded"));
+    };
+    let transport = TlsTransport::accept(config, stream).await?;
+    let Some(end_entity) = transport
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    else {
+        return Ok((transport, listener.identity.clone()));
+    };
+    let certificate = certificate_identity(end_entity)?;
+    let username = match tls.settings.use_identity_as_username {
+        None => None,
+        Some(field) => Some(username_from(&certificate, field)?),
+    };
+    let identity = TransportIdentity {
+        listener: Some(tls.name.clone()),
+        certificate: Some(certificate),
+        username,
+    };
+    Ok((transport, Some(Arc::new(identity))))
+}
+
+/// The subject CN and the subject alternative names of a (verified) certificate.
+fn certificate_identity(der: &CertificateDer<'_>) -> io::Result<CertificateIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    let mut alt_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(text)
+                | GeneralName::RFC822Name(text)
+                | GeneralName::URI(text) => alt_names.push((*text).to_owned()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    alt_names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertificateIdentity {
+        common_name,
+        alt_names,
+    })
+}
+
+/// The username `use_identity_as_username` takes: a certificate without that field (or with
+/// one that is no MQTT string) is refused rather than falling back to the CONNECT's username.
+fn username_from(identity: &CertificateIdentity, field: IdentityField) -> io::Result<MqttStr> {
+    let (value, what) = match field {
+        IdentityField::Cn => (identity.common_name.clone(), "a subject CN"),
+        IdentityField::San => (
+            identity.alt_names.first().cloned(),
+            "a subject alternative name",
+        ),
+    };
+    let refused = || {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the client certificate has no usable {what} (use_identity_as_username)"),
+        )
+    };
+    MqttStr::try_from(value.ok_or_else(refused)?).map_err(|_| refused())
+}
+
+/// Reloads every TLS listener of a running server (SIGHUP, tests).
+#[derive(Clone, Debug)]
+pub struct TlsReloader {
+    listeners: Vec<Arc<Listener>>,
+}
+
+impl TlsReloader {
+    pub(crate) fn new(listeners: Vec<Arc<Listener>>) -> TlsReloader {
+        TlsReloader {
+            listeners: listeners
+                .into_iter()
+                .filter(|listener| listener.tls.is_some())
+                .collect(),
+        }
+    }
+
+    /// Reads every TLS listener's files again. A listener whose files cannot be used keeps its
+    /// previous material (logged); the first such error is returned.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let mut first = Ok(());
+        for listener in &self.listeners {
+            if let Some(tls) = &listener.tls
+                && let Err(error) = tls.reload()
+                && first.is_ok()
+            {
+                first = Err(error);
+            }
+        }
+        first
+    }
+
+    /// Reloads the listeners whose files changed since they were last read.
+    pub(crate) fn reload_changed(&self) {
+        for listener in &self.listeners {
+            if let Some(tls) = &listener.tls {
+                tls.reload_if_changed();
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+}
+
+/// How often the files of the TLS listeners are checked for changes.
+pub(crate) const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads a TLS listener's material when its files change, until the server stops.
+pub(crate) async fn watch_files(
+    reloader: TlsReloader,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if reloader.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => reloader.reload_changed(),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+"""TLS and mutual TLS listeners (issue 11) with mosquitto_pub / mosquitto_sub (OpenSSL clients):
+--cafile for TLS, --cert/--key for mutual TLS, and the reload of the certificates on SIGHUP and
+when the files change. Certificates are made with the openssl CLI at test time (X.509 v3)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import _start_broker, _stop_broker
+from mqtt_clients import MOSQUITTO_PUB, MosquittoSub
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+
+
+def make_ca(dir: Path, name: str) -> None:
+    """`{name}.pem` / `{name}.key`: a self-signed v3 CA."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "30",
+            "-subj", f"/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=dir)
+
+
+def issue(dir: Path, ca: str, name: str, cn: str, extensions: str) -> None:
+    """`{name}.pem` / `{name}.key`: a v3 certificate signed by `ca` with `extensions`."""
+    (dir / f"{name}.ext").write_text(extensions)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=dir)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "30",
+            "-extfile", f"{name}.ext", cwd=dir)
+
+
+SERVER_EXT = ("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+              "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+CLIENT_EXT = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """ca1 (the listener's server certificate `server.pem` and a client certificate
+    `client.pem`), and ca2 with `server2.pem` to swap in."""
+    make_ca(tmp_path, "ca1")
+    make_ca(tmp_path, "ca2")
+    issue(tmp_path, "ca1", "server", "localhost", SERVER_EXT)
+    issue(tmp_path, "ca1", "client", "device-1", CLIENT_EXT)
+    issue(tmp_path, "ca2", "server2", "localhost", SERVER_EXT)
+    return tmp_path
+
+
+CONFIG = """
+[[listeners]]
+name = "tls"
+kind = "mqtts"
+bind = "127.0.0.1:0"
+tls = { cert = "server.pem", key = "server.key" }
+
+[[listeners]]
+name = "mtls"
+kind = "mqtts"
+bind = "127.0.0.1:0"
+tls = { cert = "server.pem", key = "server.key", client_ca = "ca1.pem", client_auth = "required", use_identity_as_username = "cn" }
+"""
+
+
+@pytest.fixture
+def tls_broker(pki: Path):
+    """`tern serve` with a TLS listener and a mutual TLS one; yields (broker, {name: port})."""
+    broker = _start_broker(pki, CONFIG)
+    try:
+        ports = {}
+        for name in ("tls", "mtls"):
+            pattern = rf"listening for MQTT over TLS addr=127\.0\.0\.1:(\d+) listener=\"{name}\""
+            assert broker.wait_for_log(pattern), broker.log()
+            ports[name] = int(re.search(pattern, broker.log()).group(1))
+        yield broker, ports
+    finally:
+        _stop_broker(broker)
+
+
+def pub(port: int, *args: str, topic: str = "tls/t", message: str = "m") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-m", message,
+         "-q", "1", *args],
+        capture_output=True, timeout=15, stdin=subprocess.DEVNULL)
+
+
+def sub(broker, port: int, *tls_args: str) -> MosquittoSub:
+    """mosquitto_sub on tls/# that exits after one message (and the ready message)."""
+    return MosquittoSub((broker.host, port), ["tls/#"], qos=1, count=2, ready_topic="ready/tls",
+                        extra=list(tls_args))
+
+
+def put_ready(port: int, *tls_args: str) -> None:
+    result = pub(port, *tls_args, "-r", topic="ready/tls", message="ready")
+    assert result.returncode == 0, result.stderr
+
+
+def test_mosquitto_over_tls_with_cafile(tls_broker, pki):
+    """Issue 11, TLS: mosquitto_sub and mosquitto_pub with --cafile (the server certificate
+    verified against its CA, name 127.0.0.1) exchange a message over TLS."""
+    broker, ports = tls_broker
+    ca = ["--cafile", str(pki / "ca1.pem")]
+    put_ready(ports["tls"], *ca)
+    s = sub(broker, ports["tls"], *ca)
+    try:
+        s.wait_ready()
+        result = pub(ports["tls"], *ca, message="over tls")
+        assert result.returncode == 0, result.stderr
+        assert [l.payload for l in s.wait_data(1)] == [b"over tls"]
+    finally:
+        s.close()
+
+
+def test_mosquitto_mutual_tls_required(tls_broker, pki):
+    """Issue 11, mutual TLS: with --cert/--key from the client CA a client is served (its CN
+    becomes the username); without a certificate the handshake is refused."""
+    broker, ports = tls_broker
+    ca = ["--cafile", str(pki / "ca1.pem")]
+    cert = ["--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    put_ready(ports["mtls"], *ca, *cert)
+    s = sub(broker, ports["mtls"], *ca, *cert)
+    try:
+        s.wait_ready()
+        result = pub(ports["mtls"], *ca, *cert, message="mutual")
+        assert result.returncode == 0, result.stderr
+        assert [l.payload for l in s.wait_data(1)] == [b"mutual"]
+    finally:
+        s.close()
+    refused = pub(ports["mtls"], *ca, message="no certificate")
+    assert refused.returncode != 0
+
+
+def swap_certificate(pki: Path) -> None:
+    """Replaces server.pem / server.key with the certificate of ca2 (key first: a reload
+    between the two writes fails and keeps the old pair until the second)."""
+    (pki / "server.key").write_bytes((pki / "server2.key").read_bytes())
+    (pki / "server.pem").write_bytes((pki / "server2.pem").read_bytes())
+
+
+def check_swapped(broker, port: int, pki: Path, before: MosquittoSub, timeout: float) -> None:
+    """New connections get ca2's certificate (ca1 no longer verifies it) and the subscriber
+    connected before the swap still gets messages."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = pub(port, "--cafile", str(pki / "ca2.pem"), message="after reload")
+        if result.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"not reloaded: {result.stderr!r}\n{broker.log()}"
+        time.sleep(0.2)
+    assert pub(port, "--cafile", str(pki / "ca1.pem")).returncode != 0
+    assert [l.payload for l in before.wait_data(1)] == [b"after reload"]
+
+
+def test_reload_on_sighup(tls_broker, pki):
+    """Issue 11, reload: the files are swapped and tern gets SIGHUP; a new connection sees the
+    new certificate, a connection opened before keeps working."""
+    broker, ports = tls_broker
+    ca1 = ["--cafile", str(pki / "ca1.pem")]
+    put_ready(ports["tls"], *ca1)
+    before = sub(broker, ports["tls"], *ca1)
+    try:
+        before.wait_ready()
+        swap_certificate(pki)
+        broker.proc.send_signal(signal.SIGHUP)
+        assert broker.wait_for_log(r"TLS certificates reloaded"), broker.log()
+        check_swapped(broker, ports["tls"], pki, before, timeout=1.0)
+    finally:
+        before.close()
+
+
+def test_reload_when_files_change(tls_broker, pki):
+    """Issue 11, reload: the files are only swapped (no signal); within a few polls of the
+    files (every 2 s) a new connection sees the new certificate, and one opened before keeps
+    working."""
+    broker, ports = tls_broker
+    ca1 = ["--cafile", str(pki / "ca1.pem")]
+    put_ready(ports["tls"], *ca1)
+    before = sub(broker, ports["tls"], *ca1)
+    try:
+        before.wait_ready()
+        swap_certificate(pki)
+        check_swapped(broker, ports["tls"], pki, before, timeout=10.0)
+    finally:
+        before.close()
+
+
+def make_server_key(dir: Path, name: str, kind: str) -> None:
+    """`{name}.key` in the PEM form under test: RSA in PKCS#1 ("BEGIN RSA PRIVATE KEY"), ECDSA
+    in SEC1 ("BEGIN EC PRIVATE KEY"), Ed25519 in PKCS#8 ("BEGIN PRIVATE KEY")."""
+    if kind == "rsa":
+        openssl("genrsa", "-traditional", "-out", f"{name}.key", "2048", cwd=dir)
+        marker = "BEGIN RSA PRIVATE KEY"
+    elif kind == "sec1":
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key",
+                cwd=dir)
+        marker = "BEGIN EC PRIVATE KEY"
+    else:
+        openssl("genpkey", "-algorithm", "ed25519", "-out", f"{name}.key", cwd=dir)
+        marker = "BEGIN PRIVATE KEY"
+    assert marker in (dir / f"{name}.key").read_text()
+
+
+def test_key_formats(tmp_path):
+    """Issue 11, TLS: server keys in PEM as RSA (PKCS#1), ECDSA (SEC1) and Ed25519 (PKCS#8) are
+    loaded, and mosquitto_pub completes a TLS handshake with each."""
+    make_ca(tmp_path, "ca")
+    listeners = []
+    for kind in ("rsa", "sec1", "ed25519"):
+        make_server_key(tmp_path, kind, kind)
+        (tmp_path / f"{kind}.ext").write_text(SERVER_EXT)
+        openssl("req", "-new", "-key", f"{kind}.key", "-out", f"{kind}.csr",
+                "-subj", "/CN=localhost", cwd=tmp_path)
+        openssl("x509", "-req", "-in", f"{kind}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{kind}.pem", "-days", "30",
+                "-extfile", f"{kind}.ext", cwd=tmp_path)
+        listeners.append(f'[[listeners]]\nname = "{kind}"\nkind = "mqtts"\n'
+                         f'bind = "127.0.0.1:0"\n'
+                         f'tls = {{ cert = "{kind}.pem", key = "{kind}.key" }}\n')
+    broker = _start_broker(tmp_path, "\n".join(listeners))
+    try:
+        for kind in ("rsa", "sec1", "ed25519"):
+            pattern = rf"listening for MQTT over TLS addr=127\.0\.0\.1:(\d+) listener=\"{kind}\""
+            assert broker.wait_for_log(pattern), broker.log()
+            port = int(re.search(pattern, broker.log()).group(1))
+            result = pub(port, "--cafile", str(tmp_path / "ca.pem"), message=kind)
+            assert result.returncode == 0, (kind, result.stderr)
+    finally:
+        _stop_broker(broker)

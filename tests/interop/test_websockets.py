@@ -1,8 +1,8 @@
 """MQTT over WebSockets with paho-mqtt (`transport="websockets"`), issue 11: QoS 0/1/2 both
-ways, MQTT 3.1.1 and 5, a custom path, retained messages and wills, against a `ws` listener.
+ways, MQTT 3.1.1 and 5, a custom path, retained messages and wills, against a `ws` listener and
+a `wss` one (WebSockets over TLS, with a v3 certificate made by the openssl CLI at test time).
 
-Every test takes the `endpoint` fixture, parametrized by listener kind. A `wss` variant is one
-more entry in ENDPOINT_KINDS plus its TLS table and CA in `_listener()`: the tests themselves
+Every test takes the `endpoint` fixture, parametrized by listener kind: the tests themselves
 only pass `endpoint.client_options` to paho.
 """
 
@@ -15,9 +15,10 @@ import pytest
 
 from conftest import HOST, _start_broker, _stop_broker, free_port
 from mqtt_clients import MQTTV5, PahoClient
+from test_tls import SERVER_EXT, issue, make_ca
 
 #: The listener kinds every test here runs against.
-ENDPOINT_KINDS = ["ws"]
+ENDPOINT_KINDS = ["ws", "wss"]
 VERSIONS = {"v311": mqtt.MQTTv311, "v5": MQTTV5}
 CUSTOM_PATH = "/tern/mqtt-ws"
 
@@ -40,7 +41,15 @@ def _listener(kind: str, port: int, path: str | None, tmp_path) -> tuple[str, di
     if path is not None:
         table += f'path = "{path}"\n'
     options = {"transport": "websockets", "ws_path": path or "/mqtt"}
-    if kind != "ws":
+    if kind == "wss":
+        # A CA and a server certificate for 127.0.0.1, made once per test directory.
+        if not (tmp_path / "server.pem").exists():
+            make_ca(tmp_path, "ca")
+            issue(tmp_path, "ca", "server", "localhost", SERVER_EXT)
+        table += (f'tls = {{ cert = "{tmp_path / "server.pem"}", '
+                  f'key = "{tmp_path / "server.key"}" }}\n')
+        options["tls"] = {"ca_certs": str(tmp_path / "ca.pem")}
+    elif kind != "ws":
         raise NotImplementedError(f"listener kind {kind}")
     return table, options
 

@@ -219,19 +219,16 @@ async fn transport_smoke(transport: Transport, kind: ListenerKind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the TLS/WS listeners"]
 async fn tls_transport_passes() {
     transport_smoke(Transport::Tls, ListenerKind::Mqtts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the TLS/WS listeners"]
 async fn ws_transport_passes() {
     transport_smoke(Transport::Ws, ListenerKind::Ws).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the TLS/WS listeners"]
 async fn wss_transport_passes() {
     transport_smoke(Transport::Wss, ListenerKind::Wss).await;
 }

@@ -16,7 +16,8 @@
 # SCENARIOS (space-separated subset of the scenario names below), INFLIGHT (outbound QoS 1/2
 # messages in flight per client allowed by every broker; default 0, no limit), TRANSPORTS
 # (space-separated: tcp tls ws wss; default tcp; every scenario runs over each, against a
-# listener of that kind on every broker: rumqttd only over tcp), KEY_TYPE (the test
+# listener of that kind on every broker; rumqttd needs its default features for tls, ws and
+# wss: `cargo install rumqttd --version 0.20.0`, and a build without them has empty rows), KEY_TYPE (the test
 # certificates' key for tls and wss: ec, P-256, the default, or rsa, 2048 bits; made with
 # openssl at run time, in $OUT/certs), BROKERS (space-separated subset of tern mosquitto
 # rumqttd; default all that are installed), BENCH_THREADS (the bench's runtime threads, default
@@ -222,6 +223,10 @@ CONF
       ;;
     rumqttd)
       conf=$OUT/rumqttd-$port.toml
+      # rumqttd's WebSocket servers are [ws.N], its MQTT 3.1.1 ones [v4.N]; either takes a
+      # [.tls] table (built with its default features; without capath no client certificate).
+      local section=v4.1
+      case $transport in ws|wss) section=ws.1 ;; esac
       cat > "$conf" <<TOML
 id = 0
 [router]
@@ -230,16 +235,20 @@ max_connections = 20010
 max_outgoing_packet_count = 1000
 max_segment_size = 104857600
 max_segment_count = 10
-[v4.1]
-name = "v4-1"
+[$section]
+name = "bench-$transport"
 listen = "127.0.0.1:$port"
 next_connection_delay_ms = 0
-[v4.1.connections]
+[$section.connections]
 connection_timeout_ms = 60000
 max_payload_size = 20480
 max_inflight_count = $RUMQTTD_INFLIGHT
 dynamic_filters = true
 TOML
+      case $transport in
+        tls|wss) printf '%s\n' "[$section.tls]" "certpath = \"$CERTS/server.pem\"" \
+          "keypath = \"$CERTS/server.key\"" >> "$conf" ;;
+      esac
       "$RUMQTTD" -c "$conf" >>"$log" 2>&1 &
       ;;
   esac
@@ -284,7 +293,6 @@ for round in $(seq 1 "$ROUNDS"); do
     [ "$transport" = tcp ] || label=$name@$transport
     read -r -a args <<<"${entry#*|}"
     for broker in "${order[@]}"; do
-      if [ "$broker" = rumqttd ] && [ "$transport" != tcp ]; then continue; fi
       port=$((port + 1))
       base=$OUT/r$round-$broker-$label
       if ! start_broker "$broker" "$port" "$base.broker.log" "$transport"; then stop_broker; continue; fi

@@ -72,9 +72,7 @@ tls = { cert = "server.pem", key = "server.key", client_ca = "ca1.pem", client_a
 """
 
 
-@pytest.fixture
-def tls_broker(pki: Path):
-    """`tern serve` with a TLS listener and a mutual TLS one; yields (broker, {name: port})."""
+def _tls_broker(pki: Path):
     broker = _start_broker(pki, CONFIG)
     try:
         ports = {}
@@ -85,6 +83,20 @@ def tls_broker(pki: Path):
         yield broker, ports
     finally:
         _stop_broker(broker)
+
+
+@pytest.fixture
+def tls_broker(pki: Path):
+    """`tern serve` with a TLS listener and a mutual TLS one; yields (broker, {name: port})."""
+    yield from _tls_broker(pki)
+
+
+@pytest.fixture
+def tls_broker_sighup_only(pki: Path, monkeypatch):
+    """As `tls_broker`, with the poll of the files turned off (the tuning variable
+    TERN_TLS_WATCH_INTERVAL_MS=0): a reload can then only come from SIGHUP."""
+    monkeypatch.setenv("TERN_TLS_WATCH_INTERVAL_MS", "0")
+    yield from _tls_broker(pki)
 
 
 def pub(port: int, *args: str, topic: str = "tls/t", message: str = "m") -> subprocess.CompletedProcess:
@@ -140,6 +152,63 @@ def test_mosquitto_mutual_tls_required(tls_broker, pki):
     assert refused.returncode != 0
 
 
+CA_CNF = """[ ca ]
+default_ca = CA_default
+[ CA_default ]
+database = index.txt
+crlnumber = crlnumber
+default_md = sha256
+default_crl_days = 30
+"""
+
+
+def revoke_and_make_crl(dir: Path, ca: str, revoked: str) -> None:
+    """`crl.pem`: the CRL of `ca` (made with `openssl ca`), revoking `{revoked}.pem`."""
+    (dir / "ca.cnf").write_text(CA_CNF)
+    (dir / "index.txt").write_text("")
+    (dir / "crlnumber").write_text("01\n")
+    openssl("ca", "-config", "ca.cnf", "-keyfile", f"{ca}.key", "-cert", f"{ca}.pem",
+            "-revoke", f"{revoked}.pem", cwd=dir)
+    openssl("ca", "-config", "ca.cnf", "-keyfile", f"{ca}.key", "-cert", f"{ca}.pem",
+            "-gencrl", "-out", "crl.pem", cwd=dir)
+
+
+def test_mosquitto_crl(pki):
+    """Issue 11, mutual TLS with a CRL file (made by OpenSSL): mosquitto_pub with a revoked
+    certificate is refused in the handshake, one with a valid certificate of the same CA is
+    served, and one from a CA the listener trusts but has no CRL for is refused too (with
+    `crl` set, unknown revocation status fails closed, as OpenSSL's CRL check)."""
+    issue(pki, "ca1", "revoked", "revoked-1", CLIENT_EXT)
+    issue(pki, "ca2", "uncovered", "uncovered-1", CLIENT_EXT)
+    revoke_and_make_crl(pki, "ca1", "revoked")
+    (pki / "client-cas.pem").write_text((pki / "ca1.pem").read_text()
+                                        + (pki / "ca2.pem").read_text())
+    config = ('[[listeners]]\nname = "crl"\nkind = "mqtts"\nbind = "127.0.0.1:0"\n'
+              'tls = { cert = "server.pem", key = "server.key", client_ca = "client-cas.pem", '
+              'client_auth = "required", crl = ["crl.pem"] }\n')
+    broker = _start_broker(pki, config)
+    try:
+        pattern = r"listening for MQTT over TLS addr=127\.0\.0\.1:(\d+) listener=\"crl\""
+        assert broker.wait_for_log(pattern), broker.log()
+        port = int(re.search(pattern, broker.log()).group(1))
+        ca = ["--cafile", str(pki / "ca1.pem")]
+
+        def with_cert(name: str) -> subprocess.CompletedProcess:
+            return pub(port, *ca, "--cert", str(pki / f"{name}.pem"),
+                       "--key", str(pki / f"{name}.key"), message=name)
+
+        valid = with_cert("client")
+        assert valid.returncode == 0, valid.stderr
+        assert with_cert("revoked").returncode != 0
+        assert with_cert("uncovered").returncode != 0
+        # The broker says why (debug log): rustls's CertificateError for each.
+        assert broker.wait_for_log(r"invalid peer certificate: Revoked"), broker.log()
+        assert broker.wait_for_log(r"invalid peer certificate: UnknownRevocationStatus"), \
+            broker.log()
+    finally:
+        _stop_broker(broker)
+
+
 def swap_certificate(pki: Path) -> None:
     """Replaces server.pem / server.key with the certificate of ca2 (key first: a reload
     between the two writes fails and keeps the old pair until the second)."""
@@ -161,17 +230,23 @@ def check_swapped(broker, port: int, pki: Path, before: MosquittoSub, timeout: f
     assert [l.payload for l in before.wait_data(1)] == [b"after reload"]
 
 
-def test_reload_on_sighup(tls_broker, pki):
+def test_reload_on_sighup(tls_broker_sighup_only, pki):
     """Issue 11, reload: the files are swapped and tern gets SIGHUP; a new connection sees the
-    new certificate, a connection opened before keeps working."""
-    broker, ports = tls_broker
+    new certificate, a connection opened before keeps working. The file poll is off, and the
+    old certificate is still served after the swap until the signal: the SIGHUP did it."""
+    broker, ports = tls_broker_sighup_only
+    assert broker.wait_for_log(r"TLS files are not watched"), broker.log()
     ca1 = ["--cafile", str(pki / "ca1.pem")]
     put_ready(ports["tls"], *ca1)
     before = sub(broker, ports["tls"], *ca1)
     try:
         before.wait_ready()
         swap_certificate(pki)
+        still_old = pub(ports["tls"], "--cafile", str(pki / "ca2.pem"), message="too early")
+        assert still_old.returncode != 0, "reloaded without SIGHUP"
+        assert broker.count_log(r"TLS certificates reloaded") == 0, broker.log()
         broker.proc.send_signal(signal.SIGHUP)
+        assert broker.wait_for_log(r"SIGHUP: reloading TLS certificates"), broker.log()
         assert broker.wait_for_log(r"TLS certificates reloaded"), broker.log()
         check_swapped(broker, ports["tls"], pki, before, timeout=1.0)
     finally:

@@ -110,9 +110,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
+        // Handled from here on: binding (the store's recovery) can take a while, and a SIGHUP
+        // meanwhile must not kill the process (its default action).
+        #[cfg(unix)]
+        let hangup = hangup_signal();
         let server = Server::bind(config).await?;
         #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(server.tls_reloader()));
+        tokio::spawn(reload_on_sighup(hangup, server.tls_reloader()));
         server.run(shutdown_signal(), SHUTDOWN_GRACE).await?;
         anyhow::Ok(())
     })?;
@@ -134,21 +138,33 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads the TLS listeners' certificates, keys, CAs and CRLs on each SIGHUP.
+/// The SIGHUP stream; from its creation on, SIGHUP no longer ends the process.
 #[cfg(unix)]
-async fn reload_on_sighup(reloader: tern_server::TlsReloader) {
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => hangup,
+    match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
         Err(error) => {
             tracing::warn!(%error, "cannot handle SIGHUP: TLS reloads only when files change");
-            return;
+            None
         }
+    }
+}
+
+/// Reloads the TLS listeners' certificates, keys, CAs and CRLs on each SIGHUP (on tokio's
+/// blocking pool: the files are read and parsed off the runtime that runs the timers).
+#[cfg(unix)]
+async fn reload_on_sighup(
+    hangup: Option<tokio::signal::unix::Signal>,
+    reloader: tern_server::TlsReloader,
+) {
+    let Some(mut hangup) = hangup else {
+        return;
     };
     while hangup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading TLS certificates");
         // A failure is logged by the listener, which keeps its previous material.
-        let _ = reloader.reload();
+        let _ = reloader.reload_in_background().await;
     }
 }
 

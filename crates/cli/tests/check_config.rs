@@ -133,3 +133,22 @@ fn unusable_tls_files_are_reported_naming_the_listener_and_the_file() {
         "{text}"
     );
 }
+
+/// Issue 11 (review finding 5): `use_identity_as_username` with `client_auth = "optional"` is
+/// refused, naming the listener and its line: a client without a certificate could claim any
+/// username (Mosquitto allows the option only with require_certificate).
+#[test]
+fn use_identity_as_username_without_required_client_auth_is_refused_naming_the_listener() {
+    let path = file(
+        "identity-optional.toml",
+        "workers = 2\n\n[[listeners]]\nname = \"devices\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:8883\"\ntls = { cert = \"s.pem\", key = \"s.key\", client_ca = \"ca.pem\", client_auth = \"optional\", use_identity_as_username = \"cn\" }\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("identity-optional.toml:3:")
+            && text.contains("listener \"devices\"")
+            && text.contains("use_identity_as_username needs client_auth = \"required\""),
+        "{text}"
+    );
+}

@@ -88,7 +88,9 @@ enum Event {
 }
 
 /// Serves one client until the connection ends. `identity` is what the transport vouches
-/// for (the listener's name, a client certificate).
+/// for (the listener's name, a client certificate). `accepted` is when the socket was
+/// accepted: the connect timeout counts from then, so the steps before MQTT (PROXY header,
+/// TLS, WebSocket upgrade) and the CONNECT share one budget.
 pub(crate) async fn serve_connection<T: Transport>(
     mut transport: T,
     peer: SocketAddr,
@@ -96,6 +98,7 @@ pub(crate) async fn serve_connection<T: Transport>(
     broker: Arc<Broker>,
     // Held for the life of the connection (the server counts open connections with it).
     _guard: crate::server::ConnectionGuard,
+    accepted: Instant,
 ) {
     let wakeup = Arc::new(TaskWakeup::default());
     let mut conn = Connection::with_transport(
@@ -103,7 +106,7 @@ pub(crate) async fn serve_connection<T: Transport>(
         wakeup.clone(),
         Some(peer),
         identity,
-        Instant::now().into_std(),
+        accepted.into_std(),
     );
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
@@ -307,7 +310,14 @@ mod size_probe {
         let broker = tern_broker::Broker::new(Default::default());
         let guard = crate::server::ConnectionGuard::new(Default::default(), None);
         let transport = crate::transport::TcpTransport::new(stream);
-        let fut = super::serve_connection(transport, addr, None, broker, guard);
+        let fut = super::serve_connection(
+            transport,
+            addr,
+            None,
+            broker,
+            guard,
+            tokio::time::Instant::now(),
+        );
         eprintln!("connection task future {}", std::mem::size_of_val(&fut));
     }
 }

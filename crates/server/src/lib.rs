@@ -23,7 +23,7 @@ pub use listener_config::{
     ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,
     TlsVersion,
 };
-pub use server::{Server, ServerError, check_config};
+pub use server::{OpenConnections, Server, ServerError, check_config};
 pub use tern_broker as broker;
 pub use tern_store as store;
 pub use tls::{TlsError, TlsProblem, TlsReloader};

@@ -164,6 +164,8 @@ pub(crate) async fn accept_loop(
             }
             None => None,
         };
+        // The connect timeout counts from here, whatever comes before CONNECT.
+        let accepted_at = tokio::time::Instant::now();
         let guard = ConnectionGuard::new(context.count.clone(), slot);
         let _ = stream.set_nodelay(true);
         if listener.is_plain() {
@@ -175,6 +177,7 @@ pub(crate) async fn accept_loop(
                 listener.identity.clone(),
                 context.broker.clone(),
                 guard,
+                accepted_at,
             ));
         } else {
             tokio::spawn(establish(
@@ -183,13 +186,15 @@ pub(crate) async fn accept_loop(
                 listener.clone(),
                 context.broker.clone(),
                 guard,
+                accepted_at,
             ));
         }
     }
 }
 
 /// The steps before MQTT (PROXY header, TLS, WebSocket upgrade), bounded by the connect
-/// timeout; then the connection loop. A client that stalls or sends garbage in any of them is
+/// timeout counted from `accepted_at`; then the connection loop, whose CONNECT must come within
+/// what is left of the same timeout. A client that stalls or sends garbage in any of them is
 /// closed when the timeout runs out, and costs nothing but its own task meanwhile.
 async fn establish(
     mut stream: TcpStream,
@@ -197,11 +202,12 @@ async fn establish(
     listener: Arc<Listener>,
     broker: Arc<Broker>,
     guard: ConnectionGuard,
+    accepted_at: tokio::time::Instant,
 ) {
     let Some(config) = listener.config.as_ref() else {
         return;
     };
-    let deadline = tokio::time::Instant::now() + broker.config().connect_timeout;
+    let deadline = accepted_at + broker.config().connect_timeout;
     let steps = async {
         if config.proxy_protocol {
             peer = crate::proxy::read_header(&mut stream, peer, &config.trusted_proxies).await?;
@@ -249,18 +255,32 @@ async fn establish(
     let identity = listener.identity.clone();
     match established {
         Established::Tcp(transport) => {
-            serve_connection(transport, peer, identity, broker, guard).await;
+            serve_connection(transport, peer, identity, broker, guard, accepted_at).await;
         }
         Established::Ws(transport) => {
-            serve_connection(transport, peer, identity, broker, guard).await;
+            serve_connection(transport, peer, identity, broker, guard, accepted_at).await;
         }
         Established::Tls(transport, identity) => {
             // A task of its own: this one is sized for the steps before MQTT (the handshake's
             // state, the timeout) and ends here; an idle connection pays only for the loop.
-            tokio::spawn(serve_connection(transport, peer, identity, broker, guard));
+            tokio::spawn(serve_connection(
+                transport,
+                peer,
+                identity,
+                broker,
+                guard,
+                accepted_at,
+            ));
         }
         Established::Wss(transport, identity) => {
-            tokio::spawn(serve_connection(transport, peer, identity, broker, guard));
+            tokio::spawn(serve_connection(
+                transport,
+                peer,
+                identity,
+                broker,
+                guard,
+                accepted_at,
+            ));
         }
     }
 }

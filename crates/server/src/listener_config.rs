@@ -260,17 +260,28 @@ impl ListenerConfig {
                     }
                 ));
             }
-            if tls.client_auth == ClientAuth::None
-                && (tls.use_identity_as_username.is_some() || !tls.crl.is_empty())
-            {
+            if tls.client_auth == ClientAuth::None && !tls.crl.is_empty() {
                 return fail(
-                    "use_identity_as_username and crl need client certificates (client_auth \"optional\" or \"required\")"
+                    "crl needs client certificates (client_auth \"optional\" or \"required\")"
+                        .to_owned(),
+                );
+            }
+            // With "optional", a client without a certificate would keep the CONNECT's
+            // username, and could claim a name meant for certificate holders.
+            if tls.use_identity_as_username.is_some() && tls.client_auth != ClientAuth::Required {
+                return fail(
+                    "use_identity_as_username needs client_auth = \"required\" (with \"optional\", a client without a certificate could claim any username)"
                         .to_owned(),
                 );
             }
             for sni in &tls.sni {
                 if sni.names.is_empty() {
                     return fail("an sni entry needs at least one name".to_owned());
+                }
+                if let Some(name) = sni.names.iter().find(|name| name.contains('*')) {
+                    return fail(format!(
+                        "sni name {name:?}: wildcards are not matched, list each host name"
+                    ));
                 }
             }
         }
@@ -379,6 +390,40 @@ mod tests {
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("example.com".parse::<IpNet>().is_err());
+    }
+
+    fn tls_listener(tls: &str) -> ListenerConfig {
+        toml::from_str(&format!(
+            "name = \"l\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:0\"\ntls = {tls}\n"
+        ))
+        .unwrap()
+    }
+
+    /// Review finding 5: use_identity_as_username only with required client certificates;
+    /// finding 13: wildcard SNI names (never matched) are refused, naming the listener.
+    #[test]
+    fn tls_settings_that_cannot_work_safely_are_refused() {
+        let required = tls_listener(
+            r#"{ cert = "c", key = "k", client_ca = "ca", client_auth = "required", use_identity_as_username = "cn" }"#,
+        );
+        assert_eq!(required.validate(), Ok(()));
+        let optional = tls_listener(
+            r#"{ cert = "c", key = "k", client_ca = "ca", client_auth = "optional", use_identity_as_username = "san" }"#,
+        );
+        let error = optional.validate().unwrap_err();
+        assert!(
+            error.starts_with("listener \"l\"")
+                && error.contains("use_identity_as_username needs client_auth = \"required\""),
+            "{error}"
+        );
+        let wildcard = tls_listener(
+            r#"{ cert = "c", key = "k", sni = [{ names = ["a.example.org", "*.example.org"], cert = "s", key = "t" }] }"#,
+        );
+        let error = wildcard.validate().unwrap_err();
+        assert!(
+            error.starts_with("listener \"l\"") && error.contains("\"*.example.org\""),
+            "{error}"
+        );
     }
 
     #[test]

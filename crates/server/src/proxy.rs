@@ -219,13 +219,18 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
         return Ok(header(None));
     }
     let needed = match family {
-        0x00 => 0,          // UNSPEC
+        0x00 => 0,          // UNSPEC (its block is ignored below)
         0x11 => 12,         // TCP over IPv4
         0x21 => 36,         // TCP over IPv6
         0x31 | 0x32 => 216, // UNIX stream, datagram
         // UDP, and values the specification does not define.
         _ => return Err(ProxyError::V2Family(family)),
     };
+    // UNSPEC: the specification says the receiver must ignore the address block, whatever
+    // the proxy put there (no addresses, no TLVs to check).
+    if family == 0x00 {
+        return Ok(header(None));
+    }
     let addresses = payload.get(..needed).ok_or(ProxyError::V2ShortAddresses {
         len: payload_len,
         needed,
@@ -510,6 +515,18 @@ mod tests {
         assert_eq!(check_prefixes(&v2(0, 0x11, &[1, 2, 3])).addresses, None);
         assert_eq!(check_prefixes(&v2(1, 0x00, &[])).addresses, None);
         assert_eq!(check_prefixes(&v2(1, 0x31, &[0; 216])).addresses, None);
+    }
+
+    /// PROXY protocol v2, section 2.2: with the UNSPEC family "the receiver MUST ignore" the
+    /// address block: whatever a proxy puts there (bytes that are no TLVs) is skipped whole,
+    /// not refused, and the socket's own address is kept.
+    #[test]
+    fn v2_unspec_ignores_whatever_its_address_block_holds() {
+        let block = [0x01, 0x00, 0x05, b'x', 0xff];
+        let (h, len) = header(parse(&v2(1, 0x00, &block)));
+        assert_eq!(h.addresses, None);
+        assert_eq!(len, 16 + block.len());
+        assert_eq!(check_prefixes(&v2(1, 0x00, &block)).addresses, None);
     }
 
     #[test]

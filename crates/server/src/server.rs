@@ -64,6 +64,18 @@ impl ConnectionCount {
     }
 }
 
+/// The number of open connections of a server, read while it runs: every accepted socket
+/// that holds a place under `max_connections`, those still in the steps before MQTT (PROXY
+/// header, TLS handshake, WebSocket upgrade) included.
+#[derive(Clone)]
+pub struct OpenConnections(Arc<ConnectionCount>);
+
+impl OpenConnections {
+    pub fn get(&self) -> usize {
+        self.0.open()
+    }
+}
+
 /// Counts a connection while its task lives, however it ends: in the server's count and, if
 /// its listener has a limit of its own, in the listener's.
 pub(crate) struct ConnectionGuard {
@@ -107,6 +119,7 @@ pub struct Server {
     /// spreads incoming connections over the workers).
     listeners: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>>,
     store: Option<Arc<Store>>,
+    count: Arc<ConnectionCount>,
 }
 
 impl Server {
@@ -170,6 +183,7 @@ impl Server {
             broker,
             listeners,
             store,
+            count: Arc::new(ConnectionCount::default()),
         })
     }
 
@@ -206,6 +220,11 @@ impl Server {
         )
     }
 
+    /// A handle on the number of open connections, valid once the server runs.
+    pub fn open_connections(&self) -> OpenConnections {
+        OpenConnections(self.count.clone())
+    }
+
     /// Reloads the TLS listeners' material now (see [`Server::tls_reloader`]).
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         self.tls_reloader().reload()
@@ -229,7 +248,7 @@ impl Server {
         grace: Duration,
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let count = Arc::new(ConnectionCount::default());
+        let count = self.count.clone();
         if let Some(first) = self.listeners.first() {
             for (socket, listener) in first {
                 let addr = socket.local_addr().unwrap_or(listener.bind);

@@ -73,18 +73,32 @@ pub enum TlsProblem {
     Config(#[source] rustls::Error),
 }
 
-/// What a change of a file is recognised by: its modification time and size.
+/// What a change of a file is recognised by: its modification time and size, and on Unix its
+/// inode and status-change time, so that a replacement of the same size within the
+/// modification time's resolution (a rename over it, a copy that keeps the time) is seen too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp(Option<(Option<SystemTime>, u64)>);
+struct FileStamp(Option<(Option<SystemTime>, u64, [i64; 3])>);
 
 impl FileStamp {
     fn of(path: &Path) -> FileStamp {
         FileStamp(
             std::fs::metadata(path)
                 .ok()
-                .map(|meta| (meta.modified().ok(), meta.len())),
+                .map(|meta| (meta.modified().ok(), meta.len(), unix_identity(&meta))),
         )
     }
+}
+
+/// The inode and the status-change time (seconds, nanoseconds) of a file.
+#[cfg(unix)]
+fn unix_identity(meta: &std::fs::Metadata) -> [i64; 3] {
+    use std::os::unix::fs::MetadataExt;
+    [meta.ino() as i64, meta.ctime(), meta.ctime_nsec()]
+}
+
+#[cfg(not(unix))]
+fn unix_identity(_: &std::fs::Metadata) -> [i64; 3] {
+    [0; 3]
 }
 
 /// The TLS side of one listener: its settings and the material in use.
@@ -192,8 +206,15 @@ impl TlsListener {
         let mut by_name = HashMap::new();
         for sni in &tls.sni {
             let key = self.certified_key(&sni.cert, &sni.key, &provider)?;
+            let covered = key.end_entity_cert().ok().map(dns_names);
             for name in &sni.names {
-                by_name.insert(normalise_name(name), key.clone());
+                let name = normalise_name(name);
+                if let Some(covered) = &covered
+                    && !covers(covered, &name)
+                {
+                    tracing::warn!(listener = %self.name, name = %name, cert = %sni.cert.display(), "the sni certificate does not name this host: clients that check it will refuse it");
+                }
+                by_name.insert(name, key.clone());
             }
         }
         let resolver = Arc::new(SniResolver { default, by_name });
@@ -212,13 +233,14 @@ impl TlsListener {
                 for path in &tls.crl {
                     crls.extend(self.crls(path)?);
                 }
-                // Only the client's own certificate is checked against the CRLs, and a
-                // certificate whose issuer has no CRL here passes (as OpenSSL's CRL check).
+                // Only the client's own certificate is checked against the CRLs. With `crl`
+                // set, a certificate whose issuer has no CRL here is refused (unknown
+                // revocation status fails closed, as OpenSSL's CRL check); without it, no
+                // revocation check is made.
                 let mut verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .with_crls(crls)
-                        .only_check_end_entity_revocation()
-                        .allow_unknown_revocation_status();
+                        .only_check_end_entity_revocation();
                 if auth == ClientAuth::Optional {
                     verifier = verifier.allow_unauthenticated();
                 }
@@ -312,6 +334,37 @@ fn ring_provider() -> CryptoProvider {
 
 fn normalise_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The DNS names a certificate is for (its DNS subject alternative names), normalised; none
+/// if it cannot be parsed.
+fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(text) => Some(normalise_name(text)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a certificate for `names` is valid for `host` (RFC 6125: a wildcard stands for
+/// exactly one whole left-most label).
+fn covers(names: &[String], host: &str) -> bool {
+    names.iter().any(|name| match name.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => name == host,
+    })
 }
 
 /// Picks the certificate by the name the client asked for (SNI); the listener's `cert` for any
@@ -453,6 +506,19 @@ impl TlsReloader {
         first
     }
 
+    /// [`TlsReloader::reload`] on tokio's blocking pool (file reads, PEM and CRL parsing and
+    /// the verifier's construction stay off the runtime's threads).
+    pub async fn reload_in_background(&self) -> Result<(), TlsError> {
+        let reloader = self.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(result) => result,
+            // A panic in the reload is a bug: raised here as it would have been inline.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Cancelled: the runtime is shutting down, nothing more to load.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Reloads the listeners whose files changed since they were last read.
     pub(crate) fn reload_changed(&self) {
         for listener in &self.listeners {
@@ -470,7 +536,27 @@ impl TlsReloader {
 /// How often the files of the TLS listeners are checked for changes.
 pub(crate) const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reloads a TLS listener's material when its files change, until the server stops.
+/// Tuning (not part of the configuration): the interval of the file poll in milliseconds, 0 to
+/// turn it off (reloads then come only from SIGHUP); the tests that prove SIGHUP does the
+/// reload set it to 0.
+const WATCH_INTERVAL_ENV: &str = "TERN_TLS_WATCH_INTERVAL_MS";
+
+fn watch_interval() -> Option<std::time::Duration> {
+    match std::env::var(WATCH_INTERVAL_ENV) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(0) => None,
+            Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+            Err(_) => {
+                tracing::warn!(value = %text, "{WATCH_INTERVAL_ENV} is not a number of milliseconds: ignored");
+                Some(WATCH_INTERVAL)
+            }
+        },
+        Err(_) => Some(WATCH_INTERVAL),
+    }
+}
+
+/// Reloads a TLS listener's material when its files change, until the server stops. The files
+/// are read and parsed on the blocking pool, not on the runtime that runs the timers.
 pub(crate) async fn watch_files(
     reloader: TlsReloader,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -478,12 +564,66 @@ pub(crate) async fn watch_files(
     if reloader.is_empty() {
         return;
     }
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    let Some(interval) = watch_interval() else {
+        tracing::info!(
+            "{WATCH_INTERVAL_ENV}=0: TLS files are not watched, reloads come from SIGHUP only"
+        );
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tick.tick() => reloader.reload_changed(),
+            _ = tick.tick() => {
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload_changed()).await;
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding 13: the check that an SNI entry's certificate names its host (RFC 6125
+    /// wildcards: one whole left-most label).
+    #[test]
+    fn certificate_names_cover_hosts() {
+        let names = vec![
+            "mqtt.example.org".to_owned(),
+            "*.devices.example.org".to_owned(),
+        ];
+        assert!(covers(&names, "mqtt.example.org"));
+        assert!(covers(&names, "a.devices.example.org"));
+        assert!(!covers(&names, "devices.example.org"));
+        assert!(!covers(&names, "a.b.devices.example.org"));
+        assert!(!covers(&names, "other.example.org"));
+    }
+
+    /// Review finding 13: a file replaced by one of the same size and modification time
+    /// (renamed over it) is still seen as changed, by its inode and change time.
+    #[cfg(unix)]
+    #[test]
+    fn a_same_size_same_time_replacement_is_seen() {
+        let dir = std::env::temp_dir().join(format!("tern-filestamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cert.pem");
+        let other = dir.join("cert.pem.new");
+        std::fs::write(&path, "aaaa").unwrap();
+        std::fs::write(&other, "bbbb").unwrap();
+        let time = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+        let before = FileStamp::of(&path);
+        std::fs::rename(&other, &path).unwrap();
+        let after = FileStamp::of(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(before, after);
     }
 }

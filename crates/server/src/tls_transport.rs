@@ -249,6 +249,16 @@ fn invalid(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
+impl TlsTransport {
+    /// After rustls failed on the connection: the alert it queued for the error is encoded and
+    /// sent as far as the socket takes it now (never waited for), then the error is returned.
+    fn fail(&mut self, cx: &mut Context<'_>, error: rustls::Error) -> io::Error {
+        while let Ok(Step::Again) = self.process(None) {}
+        let _ = self.poll_send(cx);
+        invalid(error)
+    }
+}
+
 impl Transport for TlsTransport {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         loop {
@@ -258,7 +268,11 @@ impl Transport for TlsTransport {
             if self.read_closed {
                 return Poll::Ready(Ok(0));
             }
-            match self.process(None).map_err(invalid)? {
+            let step = match self.process(None) {
+                Ok(step) => step,
+                Err(error) => return Poll::Ready(Err(self.fail(cx, error))),
+            };
+            match step {
                 Step::Again | Step::Encrypted(_) => {}
                 Step::PeerClosed | Step::Closed => self.read_closed = true,
                 Step::NeedInput { .. } => {
@@ -271,6 +285,14 @@ impl Transport for TlsTransport {
                         _ => {}
                     }
                     if ready!(self.poll_receive(cx))? == 0 {
+                        if !self.incoming.is_empty() {
+                            // MQTT frames its own packets, so nothing is mistaken for whole;
+                            // the connection ends as for any end of stream.
+                            tracing::debug!(
+                                bytes = self.incoming.len(),
+                                "TLS peer ended the stream in the middle of a record, without close_notify"
+                            );
+                        }
                         self.read_closed = true;
                     }
                 }
@@ -283,7 +305,11 @@ impl Transport for TlsTransport {
         ready!(self.poll_send(cx))?;
         let data = &buf[..buf.len().min(MAX_WRITE)];
         let written = loop {
-            match self.process(Some(data)).map_err(invalid)? {
+            let step = match self.process(Some(data)) {
+                Ok(step) => step,
+                Err(error) => return Poll::Ready(Err(self.fail(cx, error))),
+            };
+            match step {
                 Step::Encrypted(n) => break n,
                 Step::Again => {}
                 Step::PeerClosed => self.read_closed = true,
@@ -307,7 +333,7 @@ impl Transport for TlsTransport {
         if !self.close_notify_sent {
             self.close_notify_sent = true;
             loop {
-                let UnbufferedStatus { discard, state } =
+                let UnbufferedStatus { mut discard, state } =
                     self.conn.process_tls_records(&mut self.incoming[..]);
                 let done = match state {
                     Ok(ConnectionState::WriteTraffic(mut traffic)) => {
@@ -324,8 +350,11 @@ impl Transport for TlsTransport {
                         true
                     }
                     Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                        // Data the reader will no longer take: dropped.
-                        while let Some(Ok(_)) = traffic.next_record() {}
+                        // Data the reader will no longer take: dropped, and its records
+                        // discarded from `incoming` as in `process`.
+                        while let Some(Ok(record)) = traffic.next_record() {
+                            discard += record.discard;
+                        }
                         false
                     }
                     Ok(ConnectionState::EncodeTlsData(mut encode)) => {

@@ -311,3 +311,27 @@ async fn proxy_protocol_without_trusted_proxies_is_refused() {
     assert!(error.contains("behind-haproxy"), "{error}");
     assert!(error.contains("trusted_proxies"), "{error}");
 }
+
+/// Issue 11, one connect timeout (review finding 3): the budget counts from the accept and
+/// covers the PROXY header and the CONNECT together. A proxy that takes most of it to send its
+/// header, after which the client sends nothing, is closed at the original deadline (2 s after
+/// the accept), not a fresh timeout after the header (3.5 s).
+#[tokio::test]
+async fn connect_timeout_counts_from_the_accept_not_from_the_header() {
+    let mut config = config();
+    config.listen = Vec::new();
+    config.listeners = vec![proxy_listener(&["127.0.0.1"])];
+    config.limits.connect_timeout = 2;
+    let broker = start_with(config).await;
+    let started = Instant::now();
+    let mut raw = Raw::open(broker.addr, ProtocolVersion::V311).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    raw.send_bytes(&v1_tcp4("192.0.2.8:8".parse().unwrap(), broker.addr))
+        .await;
+    assert_eq!(raw.until_closed().await, vec![]);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(3000),
+        "closed {elapsed:?} after the accept"
+    );
+}

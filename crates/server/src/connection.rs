@@ -87,18 +87,42 @@ enum Event {
     Timer,
 }
 
+/// When a connection's socket was accepted: the connect timeout counts from then.
+pub(crate) trait Accepted {
+    fn instant(self) -> Instant;
+}
+
+/// The instant of the accept, for connections that went through steps before MQTT (PROXY
+/// header, TLS, WebSocket upgrade): those and the CONNECT share one budget.
+impl Accepted for Instant {
+    fn instant(self) -> Instant {
+        self
+    }
+}
+
+/// A plain TCP connection, whose task is spawned as its socket is accepted: the task's start
+/// is the accept, and the task carries no instant (an argument of the task's future is kept
+/// for the task's life: 16 bytes per idle connection).
+pub(crate) struct AcceptedNow;
+
+impl Accepted for AcceptedNow {
+    fn instant(self) -> Instant {
+        Instant::now()
+    }
+}
+
 /// Serves one client until the connection ends. `identity` is what the transport vouches
 /// for (the listener's name, a client certificate). `accepted` is when the socket was
 /// accepted: the connect timeout counts from then, so the steps before MQTT (PROXY header,
 /// TLS, WebSocket upgrade) and the CONNECT share one budget.
-pub(crate) async fn serve_connection<T: Transport>(
+pub(crate) async fn serve_connection<T: Transport, A: Accepted>(
     mut transport: T,
     peer: SocketAddr,
     identity: Option<Arc<TransportIdentity>>,
     broker: Arc<Broker>,
     // Held for the life of the connection (the server counts open connections with it).
     _guard: crate::server::ConnectionGuard,
-    accepted: Instant,
+    accepted: A,
 ) {
     let wakeup = Arc::new(TaskWakeup::default());
     let mut conn = Connection::with_transport(
@@ -106,7 +130,7 @@ pub(crate) async fn serve_connection<T: Transport>(
         wakeup.clone(),
         Some(peer),
         identity,
-        accepted.into_std(),
+        accepted.instant().into_std(),
     );
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
@@ -310,14 +334,7 @@ mod size_probe {
         let broker = tern_broker::Broker::new(Default::default());
         let guard = crate::server::ConnectionGuard::new(Default::default(), None);
         let transport = crate::transport::TcpTransport::new(stream);
-        let fut = super::serve_connection(
-            transport,
-            addr,
-            None,
-            broker,
-            guard,
-            tokio::time::Instant::now(),
-        );
+        let fut = super::serve_connection(transport, addr, None, broker, guard, super::AcceptedNow);
         eprintln!("connection task future {}", std::mem::size_of_val(&fut));
     }
 }

@@ -15,7 +15,7 @@ use tern_broker::{Broker, TransportIdentity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::connection::serve_connection;
+use crate::connection::{AcceptedNow, serve_connection};
 use crate::listener_config::{ListenerConfig, ListenerKind};
 use crate::server::{ConnectionCount, ConnectionGuard};
 use crate::tls::TlsListener;
@@ -164,22 +164,23 @@ pub(crate) async fn accept_loop(
             }
             None => None,
         };
-        // The connect timeout counts from here, whatever comes before CONNECT.
-        let accepted_at = tokio::time::Instant::now();
         let guard = ConnectionGuard::new(context.count.clone(), slot);
         let _ = stream.set_nodelay(true);
         if listener.is_plain() {
             // Spawned directly, not inside a wrapper future: every byte of the task is paid
-            // once per connection.
+            // once per connection (the connect timeout counts from the task's start, which
+            // is the accept: no instant is carried).
             tokio::spawn(serve_connection(
                 TcpTransport::new(stream),
                 peer,
                 listener.identity.clone(),
                 context.broker.clone(),
                 guard,
-                accepted_at,
+                AcceptedNow,
             ));
         } else {
+            // The connect timeout counts from here, whatever comes before CONNECT.
+            let accepted_at = tokio::time::Instant::now();
             tokio::spawn(establish(
                 stream,
                 peer,

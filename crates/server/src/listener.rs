@@ -15,7 +15,7 @@ use tern_broker::{Broker, TransportIdentity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::connection::{AcceptedNow, serve_connection};
+use crate::connection::serve_connection;
 use crate::listener_config::{ListenerConfig, ListenerKind};
 use crate::server::{ConnectionCount, ConnectionGuard};
 use crate::tls::TlsListener;
@@ -176,7 +176,7 @@ pub(crate) async fn accept_loop(
                 listener.identity.clone(),
                 context.broker.clone(),
                 guard,
-                AcceptedNow,
+                tokio::time::Instant::now(),
             ));
         } else {
             // The connect timeout counts from here, whatever comes before CONNECT.

@@ -195,15 +195,16 @@ pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     let phase = phase % 4;
     let mut rotated = key;
     rotated.rotate_left(phase);
-    let word = u64::from_ne_bytes([
-        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2],
-        rotated[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
+    // 16 bytes at a time: fast in an unoptimised build too (twice 8 at a time there), and
+    // vectorised by the compiler in an optimised one.
+    // The key four times over (the same bytes whatever the byte order: the lanes are equal).
+    let lane = u128::from(u32::from_ne_bytes(rotated));
+    let word = lane | lane << 32 | lane << 64 | lane << 96;
+    let mut chunks = data.chunks_exact_mut(16);
     for chunk in &mut chunks {
-        let mut bytes = [0u8; 8];
+        let mut bytes = [0u8; 16];
         bytes.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+        chunk.copy_from_slice(&(u128::from_ne_bytes(bytes) ^ word).to_ne_bytes());
     }
     let tail = chunks.into_remainder();
     for (i, byte) in tail.iter_mut().enumerate() {

@@ -14,7 +14,6 @@ mod frame;
 mod upgrade;
 
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -233,10 +232,10 @@ where
         let this = &mut *self.inner;
         // Read into a buffer on the stack, so that nothing is held while the stream has nothing
         // to read; payloads are unmasked from it into `buf`.
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut chunk = [0u8; READ_CHUNK];
         loop {
             if this.discarding {
-                let mut read = ReadBuf::uninit(&mut chunk);
+                let mut read = ReadBuf::new(&mut chunk);
                 ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
                 return Poll::Ready(Ok(read.filled().len()));
             }
@@ -263,7 +262,7 @@ where
             if this.out.len() > OUT_LIMIT {
                 ready!(this.poll_send(cx))?;
             }
-            let mut read = ReadBuf::uninit(&mut chunk);
+            let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 this.read_closed = true;

@@ -289,7 +289,7 @@ async fn establish(
 /// A connection ready for MQTT, by transport.
 enum Established {
     Tcp(TcpTransport),
-    /// The WebSocket state is boxed inside (`WsTransport` is two words).
+    /// The WebSocket state is boxed inside (`WsTransport` is one pointer).
     Ws(crate::ws::WsTransport<TcpStream>),
     /// With what the transport vouches for (the listener's, or the client certificate's).
     Tls(TlsTransport, Option<Arc<TransportIdentity>>),

@@ -566,6 +566,55 @@ async fn first_frame_behind_the_request_kept_and_2gb_frame_refused() {
     assert_eq!(&rest[..4], &[0x88, 2, 0x03, 0xF1], "{rest:?}");
 }
 
+/// Reads from `stream` until `buf` holds at least `n` bytes (within `WAIT`).
+async fn read_at_least(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
+    while buf.len() < n {
+        let mut chunk = [0u8; 256];
+        let got = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        assert!(got > 0, "closed early: {buf:?}");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// RFC 6455 section 5.4 and [MQTT-6.0.0-2]: a CONNECT in a fragmented message (a binary frame
+/// and two continuation frames) with a ping between the fragments: the pong comes at once, the
+/// CONNACK once the packet is whole.
+#[tokio::test]
+async fn fragmented_message_with_a_ping_between_fragments() {
+    let server = WsServer::start(WS).await;
+    let mut stream = TcpStream::connect(server.addr("ws")).await.unwrap();
+    let connect = encode(&[mqtt::Packet::Connect(mqtt::Connect::new("fragments"))]);
+    let frame = |fin: bool, opcode: u8, payload: &[u8]| {
+        let mut frame = masked_frame_header(opcode, payload.len() as u64);
+        if !fin {
+            frame[0] &= 0x7F;
+        }
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let mut bytes = upgrade_request("/mqtt", "Sec-WebSocket-Protocol: mqtt\r\n").into_bytes();
+    bytes.extend(frame(false, 0x2, &connect[..2]));
+    stream.write_all(&bytes).await.unwrap();
+    let mut got = read_switching_protocols(&mut stream).await;
+    stream.write_all(&frame(true, 0x9, b"hi")).await.unwrap();
+    read_at_least(&mut stream, &mut got, 4).await;
+    assert_eq!(&got[..], &[0x8A, 2, b'h', b'i'], "the pong");
+    got.clear();
+    stream
+        .write_all(&frame(false, 0x0, &connect[2..5]))
+        .await
+        .unwrap();
+    stream
+        .write_all(&frame(true, 0x0, &connect[5..]))
+        .await
+        .unwrap();
+    read_at_least(&mut stream, &mut got, 6).await;
+    assert_eq!(&got[..6], &[0x82, 4, 0x20, 2, 0, 0], "the CONNACK");
+}
+
 /// Upgrades, sends a frame header announcing 2 GB (and only a little of it), and returns all
 /// the broker sent after the 101 until it closed the connection.
 async fn announce_2gb_frame(addr: SocketAddr) -> Vec<u8> {
@@ -633,7 +682,7 @@ async fn bad_upgrades_closed_within_connect_timeout_tcp_client_keeps_latency() {
         assert_eq!(&got.payload[..], &[i]);
         worst = worst.max(sent.elapsed());
     }
-    assert!(worst < Duration::from_millis(250), "round trip {worst:?}");
+    assert!(worst < Duration::from_secs(1), "worst round trip {worst:?}");
     bad_input.await.expect("every bad upgrade refused");
 
     for mut stream in stalled {

@@ -17,6 +17,9 @@ use crate::listener_config::{IpNet, ListenerConfig, is_trusted};
 pub(crate) const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// Most header lines in the upgrade request: past it, 431. Browsers send about 15.
 const MAX_HEADERS: usize = 64;
+/// Up to this size the request head is parsed after every read (then only once more, and when
+/// it has ended).
+const SHORT_HEAD: usize = 1024;
 /// After a refusal, how long and how much of what the client still sends is read and dropped,
 /// so that the close is not a reset that loses the response.
 const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(1);
@@ -88,8 +91,10 @@ pub(super) struct Upgrade {
 
 /// Reads until the end of the request head is in `buf`: `Ok(Ok(head length))`, or the refusal
 /// of a head that is too large or not HTTP. Bytes after the head stay in `buf`. Parsing is run
-/// only on a first short read and when an empty line has come, so a client sending a byte at a
-/// time costs a bounded amount of work.
+/// while the buffer is short (up to 1 KiB), once when it first grows past that (so that bytes
+/// that are not HTTP, like a TLS ClientHello of 2 KiB in one read, get their 400 at once), and
+/// when an empty line has come, so a client sending a byte at a time costs a bounded amount of
+/// work.
 pub(super) async fn read_request_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -101,13 +106,15 @@ pub(super) async fn read_request_head<S: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(2048);
         }
-        let searched = buf.len().saturating_sub(3);
+        let before = buf.len();
+        let searched = before.saturating_sub(3);
         if stream.read_buf(buf).await? == 0 {
             return Err(UpgradeError::Closed);
         }
         let ended = buf[searched..].windows(2).any(|w| w == b"\n\n")
             || buf[searched..].windows(3).any(|w| w == b"\n\r\n");
-        if !ended && buf.len() > 1024 {
+        let crossed = before <= SHORT_HEAD && buf.len() > SHORT_HEAD;
+        if !ended && !crossed && buf.len() > SHORT_HEAD {
             continue;
         }
         match parse_head(buf) {
@@ -448,6 +455,28 @@ mod tests {
                 Some(addr.parse().unwrap())
             );
         }
+    }
+
+    /// Review finding 11: bytes that are not HTTP (here a TLS ClientHello of 1.8 KB, and
+    /// garbage) arriving in one read over 1 KiB, with no empty line, are refused at once rather
+    /// than read until 64 KiB or the timeout.
+    #[tokio::test]
+    async fn long_first_read_that_is_not_http_refused_at_once() {
+        let mut hello = vec![0x16, 0x03, 0x01, 0x07, 0x00, 0x01];
+        hello.resize(1800, 0xAB);
+        for input in [hello, vec![0; 2000]] {
+            let mut stream = &input[..];
+            let mut buf = Vec::new();
+            let result = read_request_head(&mut stream, &mut buf).await.unwrap();
+            assert!(matches!(result, Err(Refusal::Malformed(_))), "{result:?}");
+        }
+        // A long request that is HTTP so far is still read to its end.
+        let mut long = request("Sec-WebSocket-Protocol: mqtt\r\n");
+        long.insert_str(20, &format!("X-Pad: {}\r\n", "p".repeat(1500)));
+        let mut stream = long.as_bytes();
+        let mut buf = Vec::new();
+        let result = read_request_head(&mut stream, &mut buf).await.unwrap();
+        assert_eq!(result, Ok(long.len()));
     }
 
     #[test]

@@ -158,9 +158,9 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
-    /// Some rule with `bit` matches `topic`.
-    fn any(&self, topic: &str, bit: u8) -> bool {
-        self.trie.any(topic, bit)
+    /// The bits among `wanted` of the rules that match `topic`.
+    fn matching(&self, topic: &str, wanted: u8) -> u8 {
+        self.trie.matching(topic, wanted)
     }
 
     /// Some rule with `bit` matches every topic of `filter`.
@@ -477,18 +477,20 @@ impl ClientRules {
     }
 
     fn allows(&self, topic: &str, bit: u8) -> bool {
+        let wanted = bit | DENY;
         if let Some(user) = &self.user {
-            if user.any(topic, DENY) {
+            let found = user.matching(topic, wanted);
+            if found & DENY != 0 {
                 return false;
             }
-            if user.any(topic, bit) {
+            if found & bit != 0 {
                 return true;
             }
         }
-        if self.patterns().any(|set| set.any(topic, DENY)) {
-            return false;
-        }
-        self.patterns().any(|set| set.any(topic, bit))
+        let found = self
+            .patterns()
+            .fold(0, |found, set| found | set.matching(topic, wanted));
+        found & DENY == 0 && found & bit != 0
     }
 
     /// What a subscription to `filter` may receive (see the module documentation). A shared

@@ -10,8 +10,36 @@
 //! a 10 000-rule file 10 000 comparisons on every PUBLISH.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::filter::{Filter, Level};
+
+/// FNV-1a: topic levels are short, and SipHash's resistance to chosen collisions is not needed
+/// here: the keys in the table are the operator's rules, not the clients' topics (a client
+/// chooses only what is looked up, which cannot make the table's chains longer).
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Children = HashMap<Box<str>, Node, BuildHasherDefault<Fnv1a>>;
 
 /// Access bits, as Mosquitto's: read = 1, write = 2; deny is a separate bit here so that one
 /// trie can hold both grants and denials.
@@ -21,7 +49,7 @@ pub(crate) const DENY: u8 = 4;
 
 #[derive(Debug, Default, Clone)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children,
     plus: Option<Box<Node>>,
     /// Bits of the rules whose filter ends at this node.
     end: u8,
@@ -56,19 +84,30 @@ impl RuleTrie {
     }
 
     /// Whether some rule with `bit` matches `topic` (a topic name).
+    #[cfg(test)]
     pub(crate) fn any(&self, topic: &str, bit: u8) -> bool {
-        walk(&self.root, Some(topic), true, bit)
+        self.matching(topic, bit) & bit != 0
+    }
+
+    /// The union of the bits, among `wanted`, of every rule that matches `topic`: one walk
+    /// answers "denied?" and "granted?" together.
+    pub(crate) fn matching(&self, topic: &str, wanted: u8) -> u8 {
+        let mut found = 0;
+        walk(&self.root, Some(topic), true, wanted, &mut found);
+        found
     }
 }
 
-/// `rest` is what is left of the topic below `node` (`None`: every level is matched).
-fn walk(node: &Node, rest: Option<&str>, first: bool, bit: u8) -> bool {
-    if node.below & bit == 0 {
-        return false;
+/// `rest` is what is left of the topic below `node` (`None`: every level is matched). Adds to
+/// `found` the bits among `wanted` of the rules that match; stops early once all are found.
+fn walk(node: &Node, rest: Option<&str>, first: bool, wanted: u8, found: &mut u8) {
+    if node.below & wanted & !*found == 0 {
+        return;
     }
     let Some(rest) = rest else {
         // The topic ends here: rules that end here, and `#` rules, which match the parent.
-        return (node.end | node.hash) & bit != 0;
+        *found |= (node.end | node.hash) & wanted;
+        return;
     };
     let (level, tail) = match rest.split_once('/') {
         Some((level, tail)) => (level, Some(tail)),
@@ -76,19 +115,16 @@ fn walk(node: &Node, rest: Option<&str>, first: bool, bit: u8) -> bool {
     };
     // Wildcards in the first level do not match a `$` topic [MQTT-4.7.2-1].
     let wildcards = !(first && level.starts_with('$'));
-    if wildcards && node.hash & bit != 0 {
-        return true;
+    if wildcards {
+        *found |= node.hash & wanted;
     }
-    if node
-        .children
-        .get(level)
-        .is_some_and(|child| walk(child, tail, false, bit))
-    {
-        return true;
+    if let Some(child) = node.children.get(level) {
+        walk(child, tail, false, wanted, found);
     }
-    match &node.plus {
-        Some(plus) if wildcards => walk(plus, tail, false, bit),
-        _ => false,
+    if wildcards {
+        if let Some(plus) = &node.plus {
+            walk(plus, tail, false, wanted, found);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use tern_auth::{PasswordFileEditor, SetOutcome, hash_argon2id, validate_username};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 #[command(
     after_help = "Without -b, the password is asked twice on the terminal, not echoed; \
     when standard input is not a terminal, it is read as two lines from it."

@@ -332,6 +332,7 @@ fn errors_name_their_line_and_warnings_are_returned() {
         assert_eq!((error.line, error.kind), (line, kind), "{text:?}");
     }
     let acl = acl();
+    assert_eq!(acl.rule_count(), 14);
     assert_eq!(acl.warnings().len(), 1);
     assert_eq!(acl.warnings()[0].line, 23);
     let acl = Acl::parse("user x\ntopic read %u/#\n").unwrap();
@@ -356,4 +357,15 @@ fn lines_are_read_as_mosquitto_reads_them() {
     let rules = Acl::parse("").unwrap().for_client(Some("u"), "c");
     assert!(!rules.may_read("a") && !rules.may_write("a"));
     assert_eq!(rules.classify("#"), Denied);
+}
+
+/// The server shares these across its threads and connections.
+#[test]
+fn the_types_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Acl>();
+    shared::<ClientRules>();
+    shared::<tern_auth::PasswordFile>();
+    shared::<tern_auth::StoredHash>();
+    shared::<tern_auth::CredentialDigester>();
 }

@@ -385,6 +385,16 @@ impl Acl {
         Ok(builder.build())
     }
 
+    /// How many rules the ACL holds (every `topic` and `pattern` line), for the server's log.
+    pub fn rule_count(&self) -> usize {
+        let sets = self
+            .anonymous
+            .iter()
+            .chain(self.users.values())
+            .chain(&self.fixed_patterns);
+        sets.map(|set| set.rules.len()).sum::<usize>() + self.templates.len()
+    }
+
     /// Warnings found while parsing (a `pattern` without `%u`/`%c`, a `topic` with them).
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings

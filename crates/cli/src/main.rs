@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tern::bench;
+use tern::{bench, passwd};
 use tern_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +30,9 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a running broker and check every delivery.
     Bench(bench::BenchArgs),
+    /// Add, change or delete a user in a password file (argon2id; reads and keeps
+    /// Mosquitto's formats). Flags as `mosquitto_passwd`: -c, -b, -D.
+    Passwd(passwd::PasswdArgs),
     /// Check a configuration file (syntax, values, listeners and their certificates) without
     /// starting anything; exits 0 when it can be used.
     CheckConfig {
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::main(args),
+        Command::Passwd(args) => passwd::main(args),
         Command::CheckConfig { file } => check_config(&file),
     }
 }

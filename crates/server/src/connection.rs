@@ -96,7 +96,7 @@ enum Event {
 /// function is kept in its future for the task's whole life, so the future takes only what the
 /// loop needs (the peer's address, the broker and the identity live in the `Connection`), and
 /// every idle connection is that much smaller.
-pub(crate) fn serve_connection<T: Transport>(
+pub(crate) fn serve_connection<T: Transport + 'static>(
     transport: T,
     peer: SocketAddr,
     identity: Option<Arc<TransportIdentity>>,
@@ -104,10 +104,7 @@ pub(crate) fn serve_connection<T: Transport>(
     // Held for the life of the connection (the server counts open connections with it).
     guard: crate::server::ConnectionGuard,
     accepted: Instant,
-) -> impl Future<Output = ()> + Send + 'static
-where
-    T: 'static,
-{
+) -> impl Future<Output = ()> + Send + 'static {
     let wakeup = Arc::new(TaskWakeup::default());
     let conn = Connection::with_transport(
         broker,
@@ -122,6 +119,7 @@ where
 /// The connection's loop (see [`serve_connection`]). An `async move` block rather than an
 /// `async fn`: the block works on what it captured in place, where an `async fn` would keep
 /// its arguments and a moved copy of each (the `Connection` twice).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn run_connection<T: Transport + 'static>(
     mut transport: T,
     mut conn: Connection,

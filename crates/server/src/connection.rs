@@ -173,12 +173,12 @@ fn run_connection<T: Transport + 'static>(
             }
             if wbuf.is_empty() && !more {
                 // Nothing to send: give back what the buffers hold while the connection waits.
-                if wbuf.capacity() > 0 {
-                    wbuf = BytesMut::new();
-                }
+                // Always replaced: a buffer advanced to its end reports no capacity but keeps
+                // its allocation; a new empty one allocates nothing.
+                wbuf = BytesMut::new();
                 conn.release_idle_memory();
             }
-            if rbuf.is_empty() && rbuf.capacity() > 0 {
+            if rbuf.is_empty() {
                 rbuf = BytesMut::new();
             }
             let deadline = close_deadline.or_else(|| conn.poll_timeout().map(Instant::from_std));

@@ -168,8 +168,8 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         if listener.is_plain() {
             // Spawned directly, not inside a wrapper future: every byte of the task is paid
-            // once per connection (the connect timeout counts from the task's start, which
-            // is the accept: no instant is carried).
+            // once per connection. The connection's state is made here, at the accept, and the
+            // connect timeout counts from now.
             tokio::spawn(serve_connection(
                 TcpTransport::new(stream),
                 peer,

@@ -166,7 +166,9 @@ impl TlsTransport {
             Ok(_) => Err(rustls::Error::General("unexpected TLS state".to_owned())),
         };
         self.incoming.advance(discard);
-        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+        if self.incoming.is_empty() {
+            // Not `capacity() > 0`: a buffer advanced to its end reports no capacity but keeps
+            // its allocation. A new empty one allocates nothing.
             self.incoming = BytesMut::new();
         }
         step
@@ -181,9 +183,8 @@ impl TlsTransport {
             }
             self.outgoing.advance(n);
         }
-        if self.outgoing.capacity() > 0 {
-            self.outgoing = BytesMut::new();
-        }
+        // Freed even when it reports no capacity (advanced to its end, it keeps its allocation).
+        self.outgoing = BytesMut::new();
         Poll::Ready(Ok(()))
     }
 

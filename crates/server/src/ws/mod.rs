@@ -26,8 +26,8 @@ use crate::transport::{READ_CHUNK, Transport};
 use frame::{Control, FrameError, FrameReader, MAX_SERVER_HEADER, Opcode, encode_header};
 use upgrade::{Refusal, check_request, read_request_head, refuse};
 
-/// Most bytes sent in one frame.
-const MAX_FRAME_OUT: usize = 16 * 1024;
+/// Most bytes sent in one frame: with its 4-byte header, one full TLS record (16 KiB) over wss.
+const MAX_FRAME_OUT: usize = 16 * 1024 - 4;
 /// A frame may be this much over the maximum packet size, for a client that puts a full packet
 /// and a few small ones in one frame.
 const FRAME_SLACK: usize = 64 * 1024;
@@ -180,7 +180,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 Ok(progress) => {
                     input = &input[progress.consumed..];
                     match progress.control {
-                        Some(Control::Ping(payload)) => self.queue_control(Opcode::Pong, &payload),
+                        // Not after our close (RFC 6455 section 5.5.1: nothing follows it), and
+                        // not while answers already wait unread: a Pong may answer only the
+                        // latest Ping (section 5.5.3), so what is queued stays bounded.
+                        Some(Control::Ping(payload))
+                            if !self.close_sent && self.out.len() < OUT_LIMIT =>
+                        {
+                            self.queue_control(Opcode::Pong, &payload)
+                        }
+                        Some(Control::Ping(_)) => {}
                         Some(Control::Pong) | None => {}
                         Some(Control::Close(code)) => {
                             // The client's code echoed (RFC 6455 section 5.5.1).
@@ -208,9 +216,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             }
             self.out.advance(n);
         }
-        if self.out.capacity() > 0 {
-            self.out = BytesMut::new();
-        }
+        // Freed even when it reports no capacity (advanced to its end, it keeps its allocation).
+        self.out = BytesMut::new();
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 

@@ -6,16 +6,16 @@
 //! locked last. No code path takes them in another order, so they cannot deadlock.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use tern_codec::{MqttStr, QoS};
+use tern_codec::{MqttStr, QoS, ReasonCode};
 
 use crate::config::BrokerConfig;
-use crate::hooks::{Authenticator, Authorizer, Hooks};
+use crate::hooks::{AuthRequestId, Authenticator, Authorizer, Hooks, Principal};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::{
@@ -170,6 +170,15 @@ pub struct Broker {
     connections: Mutex<ConnectionSlots>,
     /// Sessions holding deliveries not stored yet (see `unstored`).
     sweeper: Sweeper,
+    /// Deferred authentications waiting for their answer (see [`AuthCompletion`]), by id.
+    deferred_auth: Mutex<HashMap<u64, DeferredAuthSlot>>,
+    next_auth_request: AtomicU64,
+}
+
+/// Where the answer to one deferred authentication waits for its connection.
+struct DeferredAuthSlot {
+    wakeup: Arc<dyn Wakeup>,
+    result: Option<Result<Principal, ReasonCode>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,6 +229,8 @@ impl Broker {
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
             stopping: AtomicBool::new(false),
             connections: Mutex::new(ConnectionSlots::default()),
+            deferred_auth: Mutex::new(HashMap::new()),
+            next_auth_request: AtomicU64::new(1),
         })
     }
 
@@ -233,6 +244,52 @@ impl Broker {
 
     pub(crate) fn authenticator(&self) -> &dyn Authenticator {
         &*self.hooks.authenticator
+    }
+
+    /// Registers a deferred authentication; its answer wakes `wakeup`.
+    pub(crate) fn defer_auth(&self, wakeup: Arc<dyn Wakeup>) -> AuthRequestId {
+        let id = self.next_auth_request.fetch_add(1, Ordering::Relaxed);
+        lock(&self.deferred_auth).insert(
+            id,
+            DeferredAuthSlot {
+                wakeup,
+                result: None,
+            },
+        );
+        AuthRequestId(id)
+    }
+
+    /// The answer to a deferred authentication, from wherever the server decided it: kept for
+    /// its connection, which is woken. An unknown id (the connection gave up) is ignored.
+    pub fn complete_auth(&self, id: AuthRequestId, result: Result<Principal, ReasonCode>) {
+        let wakeup = {
+            let mut pending = lock(&self.deferred_auth);
+            let Some(slot) = pending.get_mut(&id.0) else {
+                return;
+            };
+            if slot.result.is_some() {
+                return;
+            }
+            slot.result = Some(result);
+            slot.wakeup.clone()
+        };
+        wakeup.wake();
+    }
+
+    /// The answer for `id`, if it came (the request is then forgotten).
+    pub(crate) fn take_auth_result(
+        &self,
+        id: AuthRequestId,
+    ) -> Option<Result<Principal, ReasonCode>> {
+        let mut pending = lock(&self.deferred_auth);
+        let result = pending.get_mut(&id.0)?.result.take()?;
+        pending.remove(&id.0);
+        Some(result)
+    }
+
+    /// Forgets a deferred authentication whose connection no longer waits for it.
+    pub(crate) fn forget_auth(&self, id: AuthRequestId) {
+        lock(&self.deferred_auth).remove(&id.0);
     }
 
     pub(crate) fn authorizer(&self) -> &dyn Authorizer {

@@ -21,6 +21,9 @@ impl Connection {
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
         match &mut self.phase {
             Phase::Closed => {}
+            // [MQTT-3.1.4-5]: held until the CONNECT is authenticated (a driver that asks
+            // `wants_input` hands nothing over meanwhile).
+            Phase::Deciding(deciding) => deciding.held.push(packet),
             Phase::Authenticating(_) => {
                 let Phase::Authenticating(pending) =
                     std::mem::replace(&mut self.phase, Phase::Closed)

@@ -96,6 +96,7 @@ enum Event {
 /// function is kept in its future for the task's whole life, so the future takes only what the
 /// loop needs (the peer's address, the broker and the identity live in the `Connection`), and
 /// every idle connection is that much smaller.
+#[allow(clippy::multiple_bound_locations)] // `T: 'static` apart: it is the task's need
 pub(crate) fn serve_connection<T: Transport>(
     transport: T,
     peer: SocketAddr,
@@ -122,6 +123,8 @@ where
 /// The connection's loop (see [`serve_connection`]). An `async move` block rather than an
 /// `async fn`: the block works on what it captured in place, where an `async fn` would keep
 /// its arguments and a moved copy of each (the `Connection` twice).
+// An `async fn` would keep its arguments and a moved copy of each in the future (see above).
+#[allow(clippy::manual_async_fn)]
 fn run_connection<T: Transport + 'static>(
     mut transport: T,
     mut conn: Connection,
@@ -150,6 +153,11 @@ fn run_connection<T: Transport + 'static>(
             if !conn.is_closed() && conn.server_stopping() {
                 // Shutting down: say so to MQTT 5 clients and stop.
                 conn.shutdown(now.into_std());
+            }
+            // A CONNECT whose authentication the core deferred: decided in a task of its own;
+            // the answer wakes this one (and `poll_transmit` takes it).
+            if let Some(request) = conn.take_auth_request() {
+                crate::auth::spawn_deferred(guard.authenticator(), request);
             }
             let mut more = false;
             if wbuf.len() < WRITE_BUDGET {

@@ -568,10 +568,24 @@ impl Connection {
     fn finish_session(&mut self, active: Active, reason: &CloseReason, now: Instant) {
         let Active {
             session,
-            will,
+            mut will,
             will_stored,
+            client,
             ..
         } = active;
+        // A will is checked when it is set (CONNECT) and again when it is published or
+        // scheduled: the access rules may have changed meanwhile (a reload).
+        if will.as_ref().is_some_and(|will| {
+            reason.publishes_will()
+                && !self
+                    .broker
+                    .authorizer()
+                    .may_publish(&client, &will.message.topic)
+        }) {
+            tracing::debug!(client_id = %client.client_id, "will not published: not authorized");
+            crate::metrics::Metrics::bump(&self.broker.metrics().messages_refused);
+            will = None;
+        }
         let owner = session.lock().owned_by(self.id);
         let deferred = owner
             && reason.publishes_will()

@@ -229,6 +229,14 @@ impl Connection {
                     now,
                 );
             }
+            if refusal == ReasonCode::NotAuthorized
+                && !version.is_v5()
+                && broker.config().deny_publish_disconnects_v3
+            {
+                // Configured to close a 3.x client that publishes where it may not (3.x has no
+                // negative acknowledgement; the other choice acknowledges and drops).
+                return self.protocol_error(refusal, "publish not authorized", now);
+            }
             if let Some(ack) = ack_packet {
                 // 3.x has no way to refuse: acknowledge and drop [MQTT-3.3.5-2].
                 let code = if version.is_v5() {

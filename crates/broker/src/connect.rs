@@ -387,6 +387,14 @@ impl Connection {
             now,
         );
 
+        // The session keeps who its client is (partial subscriptions are checked against it,
+        // and re-checks after a reload); a resumed session's subscriptions are judged again
+        // for this principal, which may not be the last one's.
+        attached.session.lock().principal = Some(Arc::new(client.clone()));
+        if attached.present {
+            broker.recheck_session(&attached.session);
+        }
+
         let mut properties = Properties::default();
         if version.is_v5() {
             properties =

@@ -1,6 +1,7 @@
 //! Packets from an active client: PUBLISH and the acknowledgement flows of both directions,
 //! SUBSCRIBE, UNSUBSCRIBE, PINGREQ and DISCONNECT.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tern_codec::topic::{has_wildcard, split_shared};
@@ -10,6 +11,7 @@ use tern_codec::{
 };
 
 use crate::connection::{Active, CloseReason, Connection, Phase, STORAGE_REFUSAL_CLOSE};
+use crate::hooks::FilterAccess;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
@@ -554,6 +556,11 @@ impl Connection {
         for subscription in subscribe.subscriptions {
             let filter = subscription.filter;
             let shared = split_shared(&filter).is_some();
+            // Access is decided for the filter, once (issue 12): all of it, none, or part of
+            // it (then checked per message). A shared subscription is judged by its filter.
+            let access = broker
+                .authorizer()
+                .classify(&client, split_shared(&filter).map_or(&filter, |(_, f)| f));
             let refusal = if id_in_use {
                 // The identifier still belongs to a QoS 2 PUBLISH awaiting PUBREL.
                 Some(ReasonCode::PacketIdentifierInUse)
@@ -565,7 +572,8 @@ impl Connection {
                 Some(ReasonCode::WildcardSubscriptionsNotSupported)
             } else if identifier.is_some() && !config.subscription_identifiers {
                 Some(ReasonCode::SubscriptionIdentifiersNotSupported)
-            } else if !broker.authorizer().may_subscribe(&client, &filter) {
+            } else if access == FilterAccess::Denied {
+                // 3.1.1 SUBACK 0x80, MQTT 5 0x87.
                 Some(ReasonCode::NotAuthorized)
             } else if !broker.subscription_quota_allows(&session, &filter) {
                 Some(ReasonCode::QuotaExceeded)
@@ -587,7 +595,8 @@ impl Connection {
                 },
                 identifier,
             };
-            let Some((existed, seq)) = broker.subscribe(&session, &filter, record) else {
+            let partial = access == FilterAccess::Partial;
+            let Some((existed, seq)) = broker.subscribe(&session, &filter, record, partial) else {
                 reason_codes.push(failure(ReasonCode::UnspecifiedError));
                 continue;
             };
@@ -601,7 +610,7 @@ impl Connection {
                 RetainHandling::DoNotSend => false,
             };
             if send_retained && !shared {
-                retained.push((filter, granted));
+                retained.push((filter, granted, partial));
             }
         }
         let worst = reason_codes.iter().copied().find(|code| code.is_error());
@@ -618,8 +627,13 @@ impl Connection {
         // (whose limit would cut a large set): see `retained_stream`.
         if !retained.is_empty() {
             let mut state = session.lock();
-            for (filter, granted) in retained {
-                state.stream_retained(filter, granted, identifier);
+            let reader = retained
+                .iter()
+                .any(|(_, _, partial)| *partial)
+                .then(|| Arc::new(client.clone()));
+            for (filter, granted, partial) in retained {
+                let reader = if partial { reader.clone() } else { None };
+                state.stream_retained(filter, granted, identifier, reader);
             }
         }
     }

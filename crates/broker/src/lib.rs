@@ -30,7 +30,7 @@ pub mod subscriptions;
 mod types;
 mod unstored;
 
-pub use broker::Broker;
+pub use broker::{Broker, RecheckSummary};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{

@@ -221,3 +221,126 @@ fn clients_without_rules_fall_back_to_the_default() {
         got => panic!("expected PUBACK 0x87, got {got:?}"),
     }
 }
+
+/// SUBSCRIBE is judged by filter: one entirely outside what the client may read is refused,
+/// SUBACK 0x80 in 3.1.1 [MQTT-3.9.3-2 failure code] and 0x87 Not authorized in MQTT 5.
+#[test]
+fn a_denied_filter_is_refused_in_suback() {
+    let rules = Prefixes::new("mine/", "mine/");
+    let net = net(&rules);
+    let mut v3 = net.connected(V311, "limited");
+    assert_eq!(
+        v3.subscribe("theirs/#", QoS::AtMostOnce).reason_codes,
+        vec![ReasonCode::UnspecifiedError]
+    );
+    v3.disconnect();
+    let mut v5 = net.connected(V5, "limited");
+    assert_eq!(
+        v5.subscribe("theirs/#", QoS::AtMostOnce).reason_codes,
+        vec![ReasonCode::NotAuthorized]
+    );
+    assert_eq!(
+        v5.subscribe("mine/#", QoS::AtMostOnce).reason_codes,
+        vec![ReasonCode::Success]
+    );
+}
+
+/// A filter that overlaps what may be read (a `#` subscriber who may read only `mine/`) is
+/// granted and filtered per message; only that subscription pays a check, a granted one
+/// none (issue 12: "only those subscriptions pay a check").
+#[test]
+fn a_partial_subscription_is_filtered_per_message() {
+    let rules = Prefixes::new("", "mine/");
+    let net = net(&rules);
+    let mut limited = net.connected(V5, "limited");
+    assert_eq!(
+        limited.subscribe("#", QoS::AtMostOnce).reason_codes,
+        vec![ReasonCode::Success]
+    );
+    let mut publisher = net.connected(V5, "publisher");
+    publisher.publish("mine/a", QoS::AtMostOnce, b"1");
+    publisher.publish("theirs/b", QoS::AtMostOnce, b"2");
+    assert_eq!(limited.payloads(), vec![Bytes::from_static(b"1")]);
+    assert_eq!(rules.read_checks.load(Ordering::Relaxed), 2);
+
+    // A granted subscription (inside what may be read) is not checked per message.
+    let mut granted = net.connected(V5, "limited2");
+    drop(limited);
+    granted.subscribe("mine/#", QoS::AtMostOnce);
+    let before = rules.read_checks.load(Ordering::Relaxed);
+    publisher.publish("mine/c", QoS::AtMostOnce, b"3");
+    assert_eq!(granted.payloads(), vec![Bytes::from_static(b"3")]);
+    assert_eq!(rules.read_checks.load(Ordering::Relaxed), before);
+}
+
+/// Retained messages sent for a partial subscription [MQTT-3.3.1-6] pass the same check.
+#[test]
+fn retained_messages_for_a_partial_subscription_are_filtered() {
+    let rules = Prefixes::new("", "mine/");
+    let net = net(&rules);
+    let mut publisher = net.connected(V5, "publisher");
+    publisher.publish_with(common::retained("mine/r", QoS::AtMostOnce, b"ok"));
+    publisher.publish_with(common::retained("theirs/r", QoS::AtMostOnce, b"secret"));
+    let mut limited = net.connected(V5, "limited");
+    limited.subscribe("#", QoS::AtMostOnce);
+    assert_eq!(limited.payloads(), vec![Bytes::from_static(b"ok")]);
+}
+
+/// Rules that make everything readable under `keep/` only (a reload that took rights away).
+#[derive(Debug)]
+struct KeepOnly;
+
+impl tern_broker::Authorizer for KeepOnly {
+    fn may_publish(&self, _: &Principal, _: &str) -> bool {
+        true
+    }
+
+    fn may_subscribe(&self, client: &Principal, filter: &str) -> bool {
+        self.classify(client, filter) != FilterAccess::Denied
+    }
+
+    fn classify(&self, _: &Principal, filter: &str) -> FilterAccess {
+        if filter.starts_with("keep/") {
+            FilterAccess::Granted
+        } else if filter == "#" {
+            FilterAccess::Partial
+        } else {
+            FilterAccess::Denied
+        }
+    }
+
+    fn may_read(&self, _: &Principal, topic: &str) -> bool {
+        topic.starts_with("keep/")
+    }
+}
+
+/// The authorizer can be swapped at run time, and `recheck_access` re-evaluates existing
+/// subscriptions against it (issue 12: "a reload re-checks existing subscriptions"): denied
+/// ones are removed (the store is told, as an unsubscribe would), partial ones are checked
+/// per message from then on.
+#[test]
+fn recheck_after_swapping_the_authorizer() {
+    let rules = Prefixes::new("", "");
+    let net = net(&rules);
+    let mut client = net.connected(V5, "client");
+    client.subscribe("a/#", QoS::AtMostOnce);
+    client.subscribe("keep/#", QoS::AtMostOnce);
+    client.subscribe("#", QoS::AtMostOnce);
+    let mut publisher = net.connected(V5, "publisher");
+    assert_eq!(net.broker.subscription_count(), 3);
+
+    net.broker.set_authorizer(Arc::new(KeepOnly));
+    // New SUBSCRIBEs are judged by the new rules at once.
+    assert_eq!(
+        client.subscribe("b/#", QoS::AtMostOnce).reason_codes,
+        vec![ReasonCode::NotAuthorized]
+    );
+    let summary = net.broker.recheck_access();
+    assert_eq!(summary.removed, 1, "{summary:?}");
+    assert_eq!(summary.partial, 1, "{summary:?}");
+    assert_eq!(net.broker.subscription_count(), 2);
+
+    publisher.publish("a/x", QoS::AtMostOnce, b"gone");
+    publisher.publish("keep/x", QoS::AtMostOnce, b"kept");
+    assert_eq!(client.payloads(), vec![Bytes::from_static(b"kept")]);
+}

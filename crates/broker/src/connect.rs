@@ -191,10 +191,6 @@ impl Connection {
         principal.client_id = client_id.clone();
         principal.peer = self.peer;
         principal.transport = self.transport.clone();
-        principal.listener = self
-            .transport
-            .as_ref()
-            .and_then(|identity| identity.listener.clone());
         if principal.username.is_none() {
             principal.username = connect.username.as_ref().map(owned);
         }
@@ -390,7 +386,8 @@ impl Connection {
         // The session keeps who its client is (partial subscriptions are checked against it,
         // and re-checks after a reload); a resumed session's subscriptions are judged again
         // for this principal, which may not be the last one's.
-        attached.session.lock().principal = Some(Arc::new(client.clone()));
+        let client = Arc::new(client);
+        attached.session.lock().principal = Some(client.clone());
         if attached.present {
             broker.recheck_session(&attached.session);
         }

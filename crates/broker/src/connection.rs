@@ -130,7 +130,8 @@ impl PreparedWill {
 #[derive(Debug)]
 pub(crate) struct Active {
     pub(crate) version: ProtocolVersion,
-    pub(crate) client: ClientInfo,
+    /// Who the client is; shared with its session (`SessionState::principal`).
+    pub(crate) client: Arc<ClientInfo>,
     pub(crate) session: Arc<Session>,
     /// 1.5 times the keep-alive; `None` when keep-alive is off.
     pub(crate) keep_alive_limit: Option<std::num::NonZeroU32>,
@@ -678,5 +679,29 @@ impl std::fmt::Debug for Connection {
             .field("version", &self.version)
             .field("close_reason", &self.close_reason)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    /// What every connection (and every session, and every subscription) costs, printed so
+    /// that growth is seen: `cargo test -p tern-broker --lib size_probe -- --nocapture`.
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Connection", size_of::<super::Connection>()),
+            ("Phase", size_of::<super::Phase>()),
+            ("Active", size_of::<super::Active>()),
+            ("ClientInfo", size_of::<crate::hooks::ClientInfo>()),
+            ("SessionState", size_of::<crate::session::SessionState>()),
+            ("Subscriber", size_of::<crate::broker::Subscriber>()),
+        ];
+        for (name, size) in sizes {
+            eprintln!("{name} {size}");
+        }
+        // The connection itself does not grow for deferred authentication: its pending state
+        // is one more boxed phase.
+        assert!(size_of::<super::Connection>() <= 184);
     }
 }

@@ -101,10 +101,9 @@ pub struct Principal {
     /// the authenticator decided, e.g. a token's subject).
     pub username: Option<MqttStr>,
     pub peer: Option<SocketAddr>,
-    /// The name of the listener the client connected through, if it has one.
-    pub listener: Option<Arc<str>>,
-    /// What the transport vouched for (the client certificate's identity), shared with the
-    /// connection.
+    /// What the transport vouched for (the listener's name, the client certificate's
+    /// identity), shared with the connection: see [`Principal::listener`] and
+    /// [`Principal::certificate`].
     pub transport: Option<Arc<TransportIdentity>>,
     /// The client's own permissions, if its authenticator computed them (see
     /// [`ClientAccess`] and [`PrincipalAccess`]).
@@ -126,13 +125,15 @@ impl Principal {
                 .username
                 .and_then(|name| MqttStr::try_from(name).ok()),
             peer: credentials.peer,
-            listener: credentials
-                .transport
-                .and_then(|identity| identity.listener.clone()),
-            transport: None,
+            transport: credentials.transport.cloned().map(Arc::new),
             access: None,
             expires_at: None,
         }
+    }
+
+    /// The name of the listener the client connected through, if it has one.
+    pub fn listener(&self) -> Option<&str> {
+        self.transport.as_deref()?.listener.as_deref()
     }
 
     /// The certificate the client's TLS handshake verified, if any.

@@ -1,7 +1,6 @@
 //! Packets from an active client: PUBLISH and the acknowledgement flows of both directions,
 //! SUBSCRIBE, UNSUBSCRIBE, PINGREQ and DISCONNECT.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tern_codec::topic::{has_wildcard, split_shared};
@@ -630,7 +629,7 @@ impl Connection {
             let reader = retained
                 .iter()
                 .any(|(_, _, partial)| *partial)
-                .then(|| Arc::new(client.clone()));
+                .then(|| client.clone());
             for (filter, granted, partial) in retained {
                 let reader = if partial { reader.clone() } else { None };
                 state.stream_retained(filter, granted, identifier, reader);

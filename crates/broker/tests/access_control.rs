@@ -344,3 +344,77 @@ fn recheck_after_swapping_the_authorizer() {
     publisher.publish("keep/x", QoS::AtMostOnce, b"kept");
     assert_eq!(client.payloads(), vec![Bytes::from_static(b"kept")]);
 }
+
+/// A denied subscription removed by a re-check is removed from the store too, as an
+/// UNSUBSCRIBE would; and a resumed session's subscriptions are judged again at CONNECT for
+/// the principal of the new connection (which may hold other rights than the last one).
+#[test]
+fn recheck_tells_the_store_and_resumed_sessions_are_judged_again() {
+    let recorder = Arc::new(common::Recorder::default());
+    let rules = Prefixes::new("", "");
+    let net = Net::with_persistence(
+        BrokerConfig::default(),
+        Hooks {
+            authenticator: Arc::new(Grants {
+                limited: "limited",
+                rules: rules.clone(),
+            }),
+            authorizer: Arc::new(PrincipalAccess::default()),
+            enhanced: Vec::new(),
+        },
+        Some(recorder.clone()),
+    );
+    let mut client = net.connected(V5, "durable");
+    client.disconnect();
+    let mut client = net.accepted(common::persistent(V5, "durable"));
+    client.subscribe("a/#", QoS::AtMostOnce);
+    recorder.take_kinds();
+    net.broker.set_authorizer(Arc::new(KeepOnly));
+    net.broker.recheck_access();
+    assert!(
+        recorder.take_kinds().contains(&"Unsubscribed"),
+        "the store forgets the subscription"
+    );
+    assert_eq!(net.broker.subscription_count(), 0);
+
+    drop(client);
+}
+
+/// Gives the rules to clients that connect with the username "guest"; others have none.
+struct ByUsername(Arc<Prefixes>);
+
+impl Authenticator for ByUsername {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
+        let mut principal = Principal::from_credentials(credentials);
+        if credentials.username == Some("guest") {
+            principal.access = Some(self.0.clone());
+        }
+        AuthDecision::Allow(principal)
+    }
+}
+
+/// A resumed session's subscriptions are judged again at CONNECT for the principal of the new
+/// connection, which may hold other rights than the last one's: a `#` made by an unrestricted
+/// user is partial when the session is resumed as a guest who may read only `mine/`.
+#[test]
+fn a_resumed_session_is_judged_for_its_new_principal() {
+    let rules = Prefixes::new("", "mine/");
+    let net = Net::with_hooks(
+        BrokerConfig::default(),
+        Hooks {
+            authenticator: Arc::new(ByUsername(rules.clone())),
+            authorizer: Arc::new(PrincipalAccess::default()),
+            enhanced: Vec::new(),
+        },
+    );
+    let mut first = net.accepted(common::persistent(V5, "shared-device"));
+    first.subscribe("#", QoS::AtMostOnce);
+    first.disconnect();
+    let mut connect = common::persistent(V5, "shared-device");
+    connect.username = Some(text("guest"));
+    let mut guest = net.accepted(connect);
+    let mut publisher = net.connected(V5, "publisher");
+    publisher.publish("mine/x", QoS::AtMostOnce, b"1");
+    publisher.publish("theirs/x", QoS::AtMostOnce, b"2");
+    assert_eq!(guest.payloads(), vec![Bytes::from_static(b"1")]);
+}

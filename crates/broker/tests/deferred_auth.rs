@@ -103,7 +103,6 @@ fn principal(client_id: &str, username: Option<&str>) -> Principal {
         client_id: text(client_id),
         username: username.map(text),
         peer: None,
-        listener: None,
         transport: None,
         access: None,
         expires_at: None,

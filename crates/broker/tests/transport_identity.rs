@@ -86,7 +86,7 @@ fn the_certificate_and_listener_reach_authentication_and_authorisation() {
         &[(Some("alice".to_owned()), Some(identity))]
     );
     let clients = seen.clients.lock().unwrap();
-    assert_eq!(clients[0].listener.as_deref(), Some("devices"));
+    assert_eq!(clients[0].listener(), Some("devices"));
     assert_eq!(clients[0].username.as_deref(), Some("alice"));
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, Raw, config, connect_packet, options, text};
-use tern_codec::{Packet, ProtocolVersion, ReasonCode};
+use tern_codec::{ProtocolVersion, ReasonCode};
 use tern_server::broker::{
     AuthDecision, AuthRequest, Authenticator, Credentials, Hooks, Principal,
 };

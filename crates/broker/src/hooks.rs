@@ -34,8 +34,9 @@ pub struct CertificateIdentity {
     pub alt_names: Vec<String>,
 }
 
-/// What a client presents in its CONNECT, and what its transport vouches for.
-#[derive(Debug, Clone, Copy)]
+/// What a client presents in its CONNECT, and what its transport vouches for. (Its `Debug`
+/// leaves the password out: no secret reaches a log.)
+#[derive(Clone, Copy)]
 pub struct Credentials<'a> {
     pub client_id: &'a str,
     /// The CONNECT's username, or the one the transport took from the client certificate.
@@ -147,7 +148,7 @@ impl Principal {
 pub struct AuthRequestId(pub u64);
 
 /// A deferred authentication, owned, for the server to decide off the connection's thread.
-#[derive(Debug)]
+/// (Its `Debug` leaves the password out.)
 pub struct AuthRequest {
     pub id: AuthRequestId,
     pub client_id: String,
@@ -159,6 +160,34 @@ pub struct AuthRequest {
     /// The MQTT 5 Authentication Method of CONNECT, if any: its exchange follows an Allow.
     pub authentication_method: Option<String>,
     pub(crate) completion: AuthCompletion,
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .field("peer", &self.peer)
+            .field("protocol", &self.protocol)
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("peer", &self.peer)
+            .field("protocol", &self.protocol)
+            .field("transport", &self.transport)
+            .field("authentication_method", &self.authentication_method)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthRequest {

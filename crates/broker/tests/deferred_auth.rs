@@ -374,3 +374,22 @@ fn expired_credentials_end_the_connection() {
         ReasonCode::NotAuthorized
     );
 }
+
+/// No secret reaches a log (issue 12): the request's and the credentials' `Debug` leave the
+/// password out.
+#[test]
+fn the_password_is_not_in_debug_output() {
+    let (net, _) = deferring(Arc::new(tern_broker::DefaultAccess));
+    let mut client = net.open(V311);
+    let mut connect = connect_packet(V311, "dbg");
+    connect.username = Some(text("alice"));
+    connect.password = Some(Bytes::from_static(b"hunter2-secret"));
+    client.send(Packet::Connect(Box::new(connect)));
+    let request = client.take_auth_request().unwrap();
+    let shown = format!("{request:?} {:?}", request.credentials());
+    assert!(!shown.contains("hunter2"), "{shown}");
+    // Not as bytes either: 104 117 110 = "hun".
+    assert!(!shown.contains("104, 117, 110"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert!(shown.contains("alice"), "{shown}");
+}

@@ -128,3 +128,40 @@ async fn an_unanswered_connect_is_refused_at_the_connect_timeout() {
     let (addr, _stop) = start(config, Some(Arc::new(Silent))).await;
     assert_eq!(refusal(addr, None).await, ReasonCode::ServerUnavailable);
 }
+
+/// [MQTT-3.1.4-5]: packets that arrive right behind a deferred CONNECT (in the same write) are
+/// not processed until it is authenticated, and are processed once it is: the PUBLISH sent
+/// with the CONNECT reaches a subscriber after the hook allowed the client.
+#[tokio::test]
+async fn packets_behind_a_deferred_connect_are_handled_after_the_answer() {
+    let (addr, _stop) = start(config(), Some(Arc::new(SlowPasswords))).await;
+    let mut opts = options(addr, "watcher");
+    opts.set_credentials("alice", "pw");
+    let (mut watcher, _) = Client::connect(opts).await;
+    watcher.subscribe("t", rumqttc::QoS::AtMostOnce).await;
+
+    let mut connect = connect_packet(ProtocolVersion::V311, "pipelined", true, 30);
+    connect.username = Some(text("alice"));
+    connect.password = Some(bytes::Bytes::from_static(b"pw"));
+    let mut bytes = bytes::BytesMut::new();
+    tern_codec::Packet::Connect(Box::new(connect))
+        .encode(ProtocolVersion::V311, &mut bytes)
+        .unwrap();
+    tern_codec::Packet::Publish(common::publish_packet(
+        "t",
+        tern_codec::QoS::AtMostOnce,
+        0,
+        b"behind",
+    ))
+    .encode(ProtocolVersion::V311, &mut bytes)
+    .unwrap();
+    let mut raw = Raw::open(addr, ProtocolVersion::V311).await;
+    raw.send_bytes(&bytes).await;
+    match raw.recv().await {
+        Some(tern_codec::Packet::ConnAck(connack)) => {
+            assert_eq!(connack.reason_code, ReasonCode::Success)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert_eq!(&watcher.recv().await.payload[..], b"behind");
+}

@@ -321,6 +321,12 @@ impl Broker {
         Some(result)
     }
 
+    /// Deferred authentications waiting for their answer (for tests and metrics).
+    #[doc(hidden)]
+    pub fn pending_auth_count(&self) -> usize {
+        lock(&self.deferred_auth).len()
+    }
+
     /// Forgets a deferred authentication whose connection no longer waits for it.
     pub(crate) fn forget_auth(&self, id: AuthRequestId) {
         lock(&self.deferred_auth).remove(&id.0);

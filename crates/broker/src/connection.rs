@@ -666,6 +666,10 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Phase::Deciding(deciding) = &self.phase {
+            // Dropped while its authentication was being decided: a late answer is dropped.
+            self.broker.forget_auth(deciding.id);
+        }
         self.broker.deregister_connection(self.slot);
     }
 }

@@ -393,3 +393,30 @@ fn the_password_is_not_in_debug_output() {
     assert!(shown.contains("<redacted>"), "{shown}");
     assert!(shown.contains("alice"), "{shown}");
 }
+
+/// A request whose connection went (closed, timed out, or answered) leaves nothing behind:
+/// a late answer through its completion handle is dropped.
+#[test]
+fn nothing_is_left_behind_by_requests_that_ended() {
+    let (net, _) = deferring(Arc::new(tern_broker::DefaultAccess));
+    let mut gone = net.open(V5);
+    gone.send(Packet::Connect(Box::new(connect_packet(V5, "g1"))));
+    let gone_request = gone.take_auth_request().unwrap();
+    let mut timed_out = net.open(V5);
+    timed_out.send(Packet::Connect(Box::new(connect_packet(V5, "g2"))));
+    let timed_out_request = timed_out.take_auth_request().unwrap();
+    assert_eq!(net.broker.pending_auth_count(), 2);
+    drop(gone);
+    assert_eq!(net.broker.pending_auth_count(), 1);
+    net.advance(CONNECT_TIMEOUT.as_millis() as u64);
+    assert_eq!(net.broker.pending_auth_count(), 0);
+    gone_request
+        .completion()
+        .complete(Ok(principal("g1", None)));
+    timed_out_request
+        .completion()
+        .complete(Ok(principal("g2", None)));
+    assert_eq!(net.broker.pending_auth_count(), 0);
+    timed_out.received();
+    assert!(net.session("g2").is_none());
+}

@@ -6,16 +6,16 @@
 //! locked last. No code path takes them in another order, so they cannot deadlock.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use tern_codec::{MqttStr, QoS};
+use tern_codec::{MqttStr, QoS, ReasonCode};
 
 use crate::config::BrokerConfig;
-use crate::hooks::{Authenticator, Authorizer, Hooks};
+use crate::hooks::{AuthRequestId, Authenticator, Authorizer, FilterAccess, Hooks, Principal};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::{
@@ -112,6 +112,23 @@ const INITIAL_CLIENTS: usize = 4096;
 pub(crate) struct Subscriber {
     pub(crate) session: Arc<Session>,
     pub(crate) record: SubscriptionRecord,
+    /// The authorizer found the filter only partly readable (`FilterAccess::Partial`): each
+    /// message routed through it is checked with `may_read` against the session's principal.
+    /// (In the record's padding: the index does not grow for it.)
+    pub(crate) partial: bool,
+}
+
+impl Subscriber {
+    /// Whether a message on `topic` may go through this subscription: always for a granted
+    /// one (no cost beyond this flag), after a check for a partial one. Fails closed: a
+    /// session with no principal gets nothing through a partial subscription.
+    fn may_read(&self, broker: &Broker, topic: &str) -> bool {
+        if !self.partial {
+            return true;
+        }
+        let principal = self.session.lock().principal.clone();
+        principal.is_some_and(|principal| broker.authorizer().may_read(&principal, topic))
+    }
 }
 
 impl IndexEntry for Subscriber {
@@ -170,6 +187,30 @@ pub struct Broker {
     connections: Mutex<ConnectionSlots>,
     /// Sessions holding deliveries not stored yet (see `unstored`).
     sweeper: Sweeper,
+    /// Deferred authentications waiting for their answer (see [`AuthCompletion`]), by id.
+    deferred_auth: Mutex<HashMap<u64, DeferredAuthSlot>>,
+    /// The authorizer in use: `hooks.authorizer` at first, replaced by
+    /// [`Broker::set_authorizer`]. A read lock per check, as the subscription index already
+    /// takes per publish; written only at a reload.
+    authorizer: RwLock<Arc<dyn Authorizer>>,
+    next_auth_request: AtomicU64,
+}
+
+/// What [`Broker::recheck_access`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecheckSummary {
+    /// Sessions looked at.
+    pub sessions: usize,
+    /// Subscriptions removed, now denied.
+    pub removed: usize,
+    /// Subscriptions now checked per message.
+    pub partial: usize,
+}
+
+/// Where the answer to one deferred authentication waits for its connection.
+struct DeferredAuthSlot {
+    wakeup: Arc<dyn Wakeup>,
+    result: Option<Result<Principal, ReasonCode>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,6 +244,7 @@ impl Broker {
         hooks: Hooks,
         persistence: Option<Arc<dyn Persistence>>,
     ) -> Arc<Broker> {
+        let authorizer = RwLock::new(hooks.authorizer.clone());
         Arc::new(Broker {
             sweeper: Sweeper::new(config.unstored_grace),
             config,
@@ -220,6 +262,9 @@ impl Broker {
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
             stopping: AtomicBool::new(false),
             connections: Mutex::new(ConnectionSlots::default()),
+            deferred_auth: Mutex::new(HashMap::new()),
+            authorizer,
+            next_auth_request: AtomicU64::new(1),
         })
     }
 
@@ -235,8 +280,68 @@ impl Broker {
         &*self.hooks.authenticator
     }
 
-    pub(crate) fn authorizer(&self) -> &dyn Authorizer {
-        &*self.hooks.authorizer
+    /// Registers a deferred authentication; its answer wakes `wakeup`.
+    pub(crate) fn defer_auth(&self, wakeup: Arc<dyn Wakeup>) -> AuthRequestId {
+        let id = self.next_auth_request.fetch_add(1, Ordering::Relaxed);
+        lock(&self.deferred_auth).insert(
+            id,
+            DeferredAuthSlot {
+                wakeup,
+                result: None,
+            },
+        );
+        AuthRequestId(id)
+    }
+
+    /// The answer to a deferred authentication, from wherever the server decided it: kept for
+    /// its connection, which is woken. An unknown id (the connection gave up) is ignored.
+    pub fn complete_auth(&self, id: AuthRequestId, result: Result<Principal, ReasonCode>) {
+        let wakeup = {
+            let mut pending = lock(&self.deferred_auth);
+            let Some(slot) = pending.get_mut(&id.0) else {
+                return;
+            };
+            if slot.result.is_some() {
+                return;
+            }
+            slot.result = Some(result);
+            slot.wakeup.clone()
+        };
+        wakeup.wake();
+    }
+
+    /// The answer for `id`, if it came (the request is then forgotten).
+    pub(crate) fn take_auth_result(
+        &self,
+        id: AuthRequestId,
+    ) -> Option<Result<Principal, ReasonCode>> {
+        let mut pending = lock(&self.deferred_auth);
+        let result = pending.get_mut(&id.0)?.result.take()?;
+        pending.remove(&id.0);
+        Some(result)
+    }
+
+    /// Deferred authentications waiting for their answer (for tests and metrics).
+    #[doc(hidden)]
+    pub fn pending_auth_count(&self) -> usize {
+        lock(&self.deferred_auth).len()
+    }
+
+    /// Forgets a deferred authentication whose connection no longer waits for it.
+    pub(crate) fn forget_auth(&self, id: AuthRequestId) {
+        lock(&self.deferred_auth).remove(&id.0);
+    }
+
+    /// The authorizer in use (held for the length of a check).
+    pub(crate) fn authorizer(&self) -> RwLockReadGuard<'_, Arc<dyn Authorizer>> {
+        read(&self.authorizer)
+    }
+
+    /// Replaces the authorizer (access rules reloaded): checks from now on ask `authorizer`.
+    /// Subscriptions already made keep what they were granted until
+    /// [`Broker::recheck_access`].
+    pub fn set_authorizer(&self, authorizer: Arc<dyn Authorizer>) {
+        *write(&self.authorizer) = authorizer;
     }
 
     pub(crate) fn hooks(&self) -> &Hooks {
@@ -435,6 +540,7 @@ impl Broker {
                     Subscriber {
                         session: session.clone(),
                         record,
+                        partial: false,
                     },
                 );
             }
@@ -572,12 +678,14 @@ impl Broker {
                 let own = subscriber.record.options.no_local
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
                 // No Local: not to the publisher's own connection [MQTT-3.8.3-3].
-                if !own {
+                if !own && subscriber.may_read(self, &message.topic) {
                     targets.push((subscriber, None));
                 }
             }
             Matched::Group(group) => {
-                if let Some(member) = group.pick(|member| member.session.is_online()) {
+                if let Some(member) = group.pick(|member| {
+                    member.session.is_online() && member.may_read(self, &message.topic)
+                }) {
                     targets.push((member, Some(&group.filter)));
                 }
             }
@@ -824,6 +932,7 @@ impl Broker {
         session: &Arc<Session>,
         filter: &MqttStr,
         record: SubscriptionRecord,
+        partial: bool,
     ) -> Option<(bool, Seq)> {
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();
@@ -846,9 +955,84 @@ impl Broker {
             Subscriber {
                 session: session.clone(),
                 record,
+                partial,
             },
         );
         Some((existed, seq))
+    }
+
+    /// Re-evaluates every session's subscriptions against the authorizer in use (after
+    /// [`Broker::set_authorizer`], or when the rules behind it were reloaded): a subscription
+    /// now denied is removed, as an UNSUBSCRIBE would (the store is told; the client is not,
+    /// MQTT has no way to); one now partial is checked per message from now on, one granted
+    /// again is not. Sessions are judged by the principal of their last connection; a session
+    /// restored from the store whose client has not connected since is left as it is (it is
+    /// re-checked when its client connects).
+    pub fn recheck_access(&self) -> RecheckSummary {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions)
+            .iter()
+            .map(|registered| registered.0.clone())
+            .collect();
+        let mut summary = RecheckSummary::default();
+        for session in &sessions {
+            let (removed, partial) = self.recheck_session(session);
+            summary.sessions += 1;
+            summary.removed += removed;
+            summary.partial += partial;
+        }
+        summary
+    }
+
+    /// [`Broker::recheck_access`] for one session: subscriptions removed and partial.
+    pub(crate) fn recheck_session(&self, session: &Arc<Session>) -> (usize, usize) {
+        let (principal, subscriptions) = {
+            let state = session.lock();
+            if state.ended {
+                return (0, 0);
+            }
+            let subscriptions: Vec<(MqttStr, SubscriptionRecord)> = state
+                .subscriptions
+                .iter()
+                .map(|(filter, record)| (filter.clone(), *record))
+                .collect();
+            (state.principal.clone(), subscriptions)
+        };
+        let Some(principal) = principal else {
+            return (0, 0);
+        };
+        // A clone, not the guard: the index is locked below, and checks on the publish path
+        // take the authorizer's lock under the index's.
+        let authorizer = self.authorizer().clone();
+        let (mut removed, mut partial) = (0, 0);
+        for (filter, record) in subscriptions {
+            let plain =
+                tern_codec::topic::split_shared(&filter).map_or(filter.as_str(), |(_, f)| f);
+            let access = authorizer.classify(&principal, plain);
+            if access == FilterAccess::Denied {
+                if self.unsubscribe(session, &filter).0 {
+                    removed += 1;
+                }
+                continue;
+            }
+            let is_partial = access == FilterAccess::Partial;
+            let mut index = write(&self.subscriptions);
+            let state = session.lock();
+            if state.ended || state.subscriptions.get(&filter) != Some(&record) {
+                // Changed meanwhile by the client itself: its own SUBSCRIBE was judged.
+                continue;
+            }
+            drop(state);
+            index.insert(
+                &filter,
+                Subscriber {
+                    session: session.clone(),
+                    record,
+                    partial: is_partial,
+                },
+            );
+            partial += usize::from(is_partial);
+        }
+        (removed, partial)
     }
 
     /// Removes a subscription of `session`; returns whether it existed and the store sequence
@@ -875,6 +1059,7 @@ impl Broker {
                     options: Default::default(),
                     identifier: None,
                 },
+                partial: false,
             };
             index.remove(filter, &probe);
         }
@@ -1182,6 +1367,7 @@ impl Broker {
                 options: Default::default(),
                 identifier: None,
             },
+            partial: false,
         };
         for filter in &filters {
             index.remove(filter, &probe);
@@ -1282,6 +1468,10 @@ impl RetainedSource for Broker {
         out: &mut Vec<Arc<Message>>,
     ) -> bool {
         read(&self.retained).matching_after(filter, after.map(MqttStr::as_str), limit, out)
+    }
+
+    fn may_read(&self, reader: &Principal, topic: &str) -> bool {
+        self.authorizer().may_read(reader, topic)
     }
 }
 

@@ -53,6 +53,10 @@ pub struct BrokerConfig {
     /// subscriber's acknowledgement before it is stored; its publisher's PUBACK waits for one
     /// or the other. Zero stores every such delivery before the PUBACK.
     pub unstored_grace: Duration,
+    /// What a PUBLISH the authorizer refuses does to a 3.x client, which has no negative
+    /// acknowledgement: `false` acknowledges it and drops it (Mosquitto's behaviour), `true`
+    /// closes the connection. (MQTT 5 clients get PUBACK/PUBREC 0x87 either way.)
+    pub deny_publish_disconnects_v3: bool,
 }
 
 impl Default for BrokerConfig {
@@ -79,6 +83,7 @@ impl Default for BrokerConfig {
             max_retained_messages: 0,
             max_retained_bytes: 0,
             unstored_grace: Duration::from_millis(5),
+            deny_publish_disconnects_v3: false,
         }
     }
 }

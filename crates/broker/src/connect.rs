@@ -10,8 +10,11 @@ use tern_codec::{
     Auth, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
 };
 
-use crate::connection::{Active, Connection, PendingAuth, Phase, PreparedWill};
-use crate::hooks::{AuthExchange, AuthStep, ClientInfo, Credentials};
+use crate::connection::{Active, Connection, Deciding, PendingAuth, Phase, PreparedWill};
+use crate::hooks::{
+    AuthCompletion, AuthDecision, AuthExchange, AuthRequest, AuthRequestId, AuthStep, Credentials,
+    Principal,
+};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
@@ -37,6 +40,16 @@ pub(crate) fn auth_packet(
 /// its whole life must not pin the buffer its CONNECT arrived in.
 fn owned(text: &MqttStr) -> MqttStr {
     MqttStr::try_from(text.as_str()).unwrap_or_else(|_| text.clone())
+}
+
+/// A refusal code that CONNACK can carry: an authenticator's code that it cannot (a
+/// DISCONNECT-only code, a success) becomes 0x87 Not authorized, failing closed.
+fn connack_refusal(code: ReasonCode) -> ReasonCode {
+    if code.is_error() && code.allowed_in(tern_codec::PacketType::ConnAck) {
+        code
+    } else {
+        ReasonCode::NotAuthorized
+    }
 }
 
 impl Connection {
@@ -65,11 +78,128 @@ impl Connection {
             protocol: connect.protocol,
             transport: self.transport.as_deref(),
         };
-        if let Err(code) = self.broker.authenticator().authenticate(&credentials) {
-            return self.refuse(code, now);
+        let principal = match self.broker.authenticator().authenticate(&credentials) {
+            AuthDecision::Allow(principal) => principal,
+            AuthDecision::Deny(code) => return self.refuse(connack_refusal(code), now),
+            AuthDecision::Defer => return self.defer_auth(connect, client_id, assigned, now),
+        };
+        self.authenticated(connect, client_id, assigned, principal, now);
+    }
+
+    /// Waits for the answer of a deferred authentication.
+    fn defer_auth(&mut self, connect: Connect, client_id: MqttStr, assigned: bool, now: Instant) {
+        let id = self.broker.defer_auth(self.wakeup.clone());
+        let request = AuthRequest {
+            id,
+            client_id: client_id.to_string(),
+            username: connect.username.as_ref().map(ToString::to_string),
+            password: connect.password.as_ref().map(|password| password.to_vec()),
+            peer: self.peer,
+            protocol: connect.protocol,
+            transport: self.transport.clone(),
+            authentication_method: connect
+                .properties
+                .authentication_method
+                .as_ref()
+                .map(ToString::to_string),
+            completion: AuthCompletion {
+                broker: Arc::downgrade(&self.broker),
+                id,
+            },
+        };
+        let deadline = self.connect_deadline(now);
+        self.phase = Phase::Deciding(Box::new(Deciding {
+            connect,
+            client_id,
+            assigned,
+            id,
+            request: Some(request),
+            deadline,
+            held: Vec::new(),
+        }));
+    }
+
+    /// The deferred authentication waiting to be decided, once: the server decides it (off
+    /// the connection's thread if it likes) and gives the answer back with
+    /// [`Connection::handle_auth_result`] or the request's [`AuthRequest::completion`].
+    pub fn take_auth_request(&mut self) -> Option<AuthRequest> {
+        match &mut self.phase {
+            Phase::Deciding(deciding) => deciding.request.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether a deferred authentication is waiting for its answer.
+    pub fn is_deciding(&self) -> bool {
+        matches!(self.phase, Phase::Deciding(_))
+    }
+
+    /// Takes an answer the server gave through an [`AuthCompletion`], if one came.
+    pub(crate) fn collect_auth_result(&mut self, now: Instant) {
+        let Phase::Deciding(deciding) = &self.phase else {
+            return;
+        };
+        let id = deciding.id;
+        if let Some(result) = self.broker.take_auth_result(id) {
+            self.handle_auth_result(id, result, now);
+        }
+    }
+
+    /// The answer to the deferred authentication `id`: the CONNECT goes on (to its enhanced
+    /// authentication, if it asked for one, or to CONNACK) or is refused with the code. An
+    /// answer for another request (stale, or unknown) is ignored.
+    pub fn handle_auth_result(
+        &mut self,
+        id: AuthRequestId,
+        result: Result<Principal, ReasonCode>,
+        now: Instant,
+    ) {
+        match &self.phase {
+            Phase::Deciding(deciding) if deciding.id == id => {}
+            _ => return,
+        }
+        let Phase::Deciding(deciding) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return;
+        };
+        self.broker.forget_auth(id);
+        let Deciding {
+            connect,
+            client_id,
+            assigned,
+            held,
+            ..
+        } = *deciding;
+        match result {
+            Ok(principal) => self.authenticated(connect, client_id, assigned, principal, now),
+            Err(code) => self.refuse(connack_refusal(code), now),
+        }
+        for packet in held {
+            self.handle_packet(packet, now);
+        }
+    }
+
+    /// Goes on with a CONNECT whose plain authentication said who the client is.
+    fn authenticated(
+        &mut self,
+        connect: Connect,
+        client_id: MqttStr,
+        assigned: bool,
+        mut principal: Principal,
+        now: Instant,
+    ) {
+        // What the core knows of the connection is not the authenticator's to change.
+        principal.client_id = client_id.clone();
+        principal.peer = self.peer;
+        principal.transport = self.transport.clone();
+        if principal.username.is_none() {
+            principal.username = connect.username.as_ref().map(owned);
+        }
+        if principal.expires_at.is_some_and(|at| at <= now) {
+            // Credentials that have expired already do not let a client in.
+            return self.refuse(ReasonCode::NotAuthorized, now);
         }
         let Some(method) = connect.properties.authentication_method.clone() else {
-            return self.accept(connect, client_id, assigned, None, now);
+            return self.accept(connect, principal, assigned, None, now);
         };
         // Enhanced authentication (MQTT 5 only: the property exists nowhere else).
         let Some(authenticator) = self.broker.hooks().enhanced_for(&method).cloned() else {
@@ -80,6 +210,7 @@ impl Connection {
         self.connect_auth_step(
             PendingAuth {
                 connect: Box::new(connect),
+                principal,
                 client_id,
                 assigned,
                 method,
@@ -133,12 +264,12 @@ impl Connection {
             AuthStep::Success(data) => {
                 let PendingAuth {
                     connect,
-                    client_id,
+                    principal,
                     assigned,
                     method,
                     ..
                 } = pending;
-                self.accept(*connect, client_id, assigned, Some((method, data)), now);
+                self.accept(*connect, principal, assigned, Some((method, data)), now);
             }
             AuthStep::Failure(code) => self.refuse(code, now),
         }
@@ -167,7 +298,7 @@ impl Connection {
     fn accept(
         &mut self,
         connect: Connect,
-        client_id: MqttStr,
+        client: Principal,
         assigned: bool,
         auth: Option<(MqttStr, Option<Bytes>)>,
         now: Instant,
@@ -175,15 +306,7 @@ impl Connection {
         let version = connect.protocol;
         let broker = self.broker.clone();
         let config = broker.config();
-        let client = ClientInfo {
-            client_id: client_id.clone(),
-            username: connect.username.as_ref().map(owned),
-            peer: self.peer,
-            listener: self
-                .transport
-                .as_ref()
-                .and_then(|identity| identity.listener.clone()),
-        };
+        let client_id = client.client_id.clone();
         let will = match connect.will {
             None => None,
             Some(will) => {
@@ -259,6 +382,15 @@ impl Connection {
             self.wakeup.clone(),
             now,
         );
+
+        // The session keeps who its client is (partial subscriptions are checked against it,
+        // and re-checks after a reload); a resumed session's subscriptions are judged again
+        // for this principal, which may not be the last one's.
+        let client = Arc::new(client);
+        attached.session.lock().principal = Some(client.clone());
+        if attached.present {
+            broker.recheck_session(&attached.session);
+        }
 
         let mut properties = Properties::default();
         if version.is_v5() {

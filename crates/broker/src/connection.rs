@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tern_codec::{DecodeError, Disconnect, MqttStr, Packet, ProtocolVersion, ReasonCode};
 
 use crate::broker::Broker;
-use crate::hooks::{AuthExchange, ClientInfo, TransportIdentity};
+use crate::hooks::{
+    AuthExchange, AuthRequest, AuthRequestId, ClientInfo, Principal, TransportIdentity,
+};
 use crate::message::Message;
 use crate::session::Session;
 use crate::types::{ConnectionId, Seq, Wakeup};
@@ -36,6 +38,12 @@ pub enum CloseReason {
     /// The enhanced authentication of CONNECT (MQTT 5, section 4.12) did not finish within the
     /// connect timeout; refused with CONNACK 0x87.
     AuthenticationTimeout,
+    /// A deferred authentication (see [`crate::AuthDecision::Defer`]) was not answered within
+    /// the connect timeout; refused with CONNACK 0x88 Server unavailable (3.x: 3).
+    AuthenticatorTimeout,
+    /// The client's credentials expired while it was connected (a token's `exp`); MQTT 5
+    /// clients get DISCONNECT 0x87 Not authorized.
+    CredentialsExpired,
     /// CONNACK refused the connection with this code.
     ConnectRefused(ReasonCode),
     /// The client broke a rule; the code is the one sent (MQTT 5) or that would have been.
@@ -65,6 +73,7 @@ impl CloseReason {
                 | CloseReason::ServerShutdown
                 | CloseReason::ConnectRefused(_)
                 | CloseReason::AuthenticationTimeout
+                | CloseReason::AuthenticatorTimeout
         )
     }
 }
@@ -80,6 +89,8 @@ impl std::fmt::Display for CloseReason {
             CloseReason::AuthenticationTimeout => {
                 f.write_str("enhanced authentication not completed in time")
             }
+            CloseReason::AuthenticatorTimeout => f.write_str("authentication not answered in time"),
+            CloseReason::CredentialsExpired => f.write_str("credentials expired"),
             CloseReason::ConnectRefused(code) => write!(f, "connect refused: {code}"),
             CloseReason::ProtocolError { code, detail } => {
                 write!(f, "protocol error: {detail} ({code})")
@@ -119,7 +130,8 @@ impl PreparedWill {
 #[derive(Debug)]
 pub(crate) struct Active {
     pub(crate) version: ProtocolVersion,
-    pub(crate) client: ClientInfo,
+    /// Who the client is; shared with its session (`SessionState::principal`).
+    pub(crate) client: Arc<ClientInfo>,
     pub(crate) session: Arc<Session>,
     /// 1.5 times the keep-alive; `None` when keep-alive is off.
     pub(crate) keep_alive_limit: Option<std::num::NonZeroU32>,
@@ -204,11 +216,30 @@ impl OutboundAliases {
 /// A CONNECT waiting for its enhanced authentication to finish.
 pub(crate) struct PendingAuth {
     pub(crate) connect: Box<tern_codec::Connect>,
+    /// Who the plain authentication (if any) said the client is.
+    pub(crate) principal: Principal,
     pub(crate) client_id: MqttStr,
     pub(crate) assigned: bool,
     pub(crate) method: MqttStr,
     pub(crate) exchange: Box<dyn AuthExchange>,
     pub(crate) deadline: Instant,
+}
+
+/// A CONNECT whose authentication was deferred, waiting for the answer
+/// ([`Connection::handle_auth_result`]). Nothing the client sent after it is handled before
+/// [MQTT-3.1.4-5]: the connection takes no input meanwhile.
+#[derive(Debug)]
+pub(crate) struct Deciding {
+    pub(crate) connect: tern_codec::Connect,
+    pub(crate) client_id: MqttStr,
+    pub(crate) assigned: bool,
+    pub(crate) id: AuthRequestId,
+    /// The request, until the server takes it.
+    pub(crate) request: Option<AuthRequest>,
+    pub(crate) deadline: Instant,
+    /// Packets handed over meanwhile by a driver that did not ask [`Connection::wants_input`]:
+    /// handled, in order, once the connection is accepted.
+    pub(crate) held: Vec<Packet>,
 }
 
 impl std::fmt::Debug for dyn AuthExchange {
@@ -231,6 +262,8 @@ pub(crate) enum Phase {
     AwaitingConnect {
         deadline: Instant,
     },
+    /// CONNECT received, its authentication deferred: waiting for the answer.
+    Deciding(Box<Deciding>),
     /// CONNECT received; AUTH packets go back and forth before CONNACK.
     Authenticating(Box<PendingAuth>),
     Active(Box<Active>),
@@ -354,15 +387,20 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::AwaitingConnect { deadline } => Some(*deadline),
+            Phase::Deciding(deciding) => Some(deciding.deadline),
             Phase::Authenticating(pending) => Some(pending.deadline),
             Phase::Active(active) => {
                 let keep_alive = active.keep_alive_limit.map(|limit| {
                     active.last_received + Duration::from_millis(u64::from(limit.get()))
                 });
-                match (keep_alive, active.storage_close_at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [
+                    keep_alive,
+                    active.storage_close_at,
+                    active.client.expires_at,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
             Phase::Closed => None,
         }
@@ -375,6 +413,10 @@ impl Connection {
     /// the store's backlog stays bounded, while clients that wait for nothing from the store
     /// (QoS 0, clean sessions) read on.
     pub fn wants_input(&mut self) -> bool {
+        if let Phase::Deciding(_) = self.phase {
+            // [MQTT-3.1.4-5]: nothing after CONNECT is handled before it is authenticated.
+            return false;
+        }
         if self.input_barrier == Seq::NONE {
             return true;
         }
@@ -412,6 +454,25 @@ impl Connection {
                 CloseReason::AuthenticationTimeout,
                 now,
             ),
+            // The authenticator did not answer: fail closed. 0x88 Server unavailable (3.x: 3),
+            // not 0x86/0x87: the credentials were not judged, the back end is the one at fault,
+            // and a client that reads it retries later rather than giving up on them.
+            Phase::Deciding(_) => self.refuse_as(
+                ReasonCode::ServerUnavailable,
+                CloseReason::AuthenticatorTimeout,
+                now,
+            ),
+            Phase::Active(ref active) if active.client.expires_at.is_some_and(|at| at <= now) => {
+                // Section 4.12 and 3.14.2.1: the client is no longer authorized. 0x87 Not
+                // authorized rather than 0xA0 Maximum connect time: the end comes from the
+                // client's credentials, not a limit of the server's, and reconnecting with the
+                // same token would be refused.
+                self.close(
+                    CloseReason::CredentialsExpired,
+                    Some(ReasonCode::NotAuthorized),
+                    now,
+                );
+            }
             Phase::Active(ref active) if active.storage_close_at.is_some_and(|at| at <= now) => {
                 self.close(CloseReason::StorageUnavailable, None, now);
             }
@@ -488,6 +549,9 @@ impl Connection {
             return;
         }
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        if let Phase::Deciding(deciding) = &phase {
+            self.broker.forget_auth(deciding.id);
+        }
         if let Phase::Active(active) = phase {
             if let (Some(code), ProtocolVersion::V5) = (disconnect, active.version) {
                 let mut packet = Disconnect::new(code);
@@ -505,10 +569,24 @@ impl Connection {
     fn finish_session(&mut self, active: Active, reason: &CloseReason, now: Instant) {
         let Active {
             session,
-            will,
+            mut will,
             will_stored,
+            client,
             ..
         } = active;
+        // A will is checked when it is set (CONNECT) and again when it is published or
+        // scheduled: the access rules may have changed meanwhile (a reload).
+        if will.as_ref().is_some_and(|will| {
+            reason.publishes_will()
+                && !self
+                    .broker
+                    .authorizer()
+                    .may_publish(&client, &will.message.topic)
+        }) {
+            tracing::debug!(client_id = %client.client_id, "will not published: not authorized");
+            crate::metrics::Metrics::bump(&self.broker.metrics().messages_refused);
+            will = None;
+        }
         let owner = session.lock().owned_by(self.id);
         let deferred = owner
             && reason.publishes_will()
@@ -588,6 +666,10 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Phase::Deciding(deciding) = &self.phase {
+            // Dropped while its authentication was being decided: a late answer is dropped.
+            self.broker.forget_auth(deciding.id);
+        }
         self.broker.deregister_connection(self.slot);
     }
 }
@@ -601,5 +683,29 @@ impl std::fmt::Debug for Connection {
             .field("version", &self.version)
             .field("close_reason", &self.close_reason)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    /// What every connection (and every session, and every subscription) costs, printed so
+    /// that growth is seen: `cargo test -p tern-broker --lib size_probe -- --nocapture`.
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Connection", size_of::<super::Connection>()),
+            ("Phase", size_of::<super::Phase>()),
+            ("Active", size_of::<super::Active>()),
+            ("ClientInfo", size_of::<crate::hooks::ClientInfo>()),
+            ("SessionState", size_of::<crate::session::SessionState>()),
+            ("Subscriber", size_of::<crate::broker::Subscriber>()),
+        ];
+        for (name, size) in sizes {
+            eprintln!("{name} {size}");
+        }
+        // The connection itself does not grow for deferred authentication: its pending state
+        // is one more boxed phase.
+        assert!(size_of::<super::Connection>() <= 184);
     }
 }

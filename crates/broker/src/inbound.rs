@@ -10,6 +10,7 @@ use tern_codec::{
 };
 
 use crate::connection::{Active, CloseReason, Connection, Phase, STORAGE_REFUSAL_CLOSE};
+use crate::hooks::FilterAccess;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Change;
@@ -21,6 +22,9 @@ impl Connection {
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
         match &mut self.phase {
             Phase::Closed => {}
+            // [MQTT-3.1.4-5]: held until the CONNECT is authenticated (a driver that asks
+            // `wants_input` hands nothing over meanwhile).
+            Phase::Deciding(deciding) => deciding.held.push(packet),
             Phase::Authenticating(_) => {
                 let Phase::Authenticating(pending) =
                     std::mem::replace(&mut self.phase, Phase::Closed)
@@ -225,6 +229,14 @@ impl Connection {
                     "payload is not UTF-8 as its format indicator says",
                     now,
                 );
+            }
+            if refusal == ReasonCode::NotAuthorized
+                && !version.is_v5()
+                && broker.config().deny_publish_disconnects_v3
+            {
+                // Configured to close a 3.x client that publishes where it may not (3.x has no
+                // negative acknowledgement; the other choice acknowledges and drops).
+                return self.protocol_error(refusal, "publish not authorized", now);
             }
             if let Some(ack) = ack_packet {
                 // 3.x has no way to refuse: acknowledge and drop [MQTT-3.3.5-2].
@@ -543,6 +555,11 @@ impl Connection {
         for subscription in subscribe.subscriptions {
             let filter = subscription.filter;
             let shared = split_shared(&filter).is_some();
+            // Access is decided for the filter, once (issue 12): all of it, none, or part of
+            // it (then checked per message). A shared subscription is judged by its filter.
+            let access = broker
+                .authorizer()
+                .classify(&client, split_shared(&filter).map_or(&filter, |(_, f)| f));
             let refusal = if id_in_use {
                 // The identifier still belongs to a QoS 2 PUBLISH awaiting PUBREL.
                 Some(ReasonCode::PacketIdentifierInUse)
@@ -554,7 +571,8 @@ impl Connection {
                 Some(ReasonCode::WildcardSubscriptionsNotSupported)
             } else if identifier.is_some() && !config.subscription_identifiers {
                 Some(ReasonCode::SubscriptionIdentifiersNotSupported)
-            } else if !broker.authorizer().may_subscribe(&client, &filter) {
+            } else if access == FilterAccess::Denied {
+                // 3.1.1 SUBACK 0x80, MQTT 5 0x87.
                 Some(ReasonCode::NotAuthorized)
             } else if !broker.subscription_quota_allows(&session, &filter) {
                 Some(ReasonCode::QuotaExceeded)
@@ -576,7 +594,8 @@ impl Connection {
                 },
                 identifier,
             };
-            let Some((existed, seq)) = broker.subscribe(&session, &filter, record) else {
+            let partial = access == FilterAccess::Partial;
+            let Some((existed, seq)) = broker.subscribe(&session, &filter, record, partial) else {
                 reason_codes.push(failure(ReasonCode::UnspecifiedError));
                 continue;
             };
@@ -590,7 +609,7 @@ impl Connection {
                 RetainHandling::DoNotSend => false,
             };
             if send_retained && !shared {
-                retained.push((filter, granted));
+                retained.push((filter, granted, partial));
             }
         }
         let worst = reason_codes.iter().copied().find(|code| code.is_error());
@@ -607,8 +626,13 @@ impl Connection {
         // (whose limit would cut a large set): see `retained_stream`.
         if !retained.is_empty() {
             let mut state = session.lock();
-            for (filter, granted) in retained {
-                state.stream_retained(filter, granted, identifier);
+            let reader = retained
+                .iter()
+                .any(|(_, _, partial)| *partial)
+                .then(|| client.clone());
+            for (filter, granted, partial) in retained {
+                let reader = if partial { reader.clone() } else { None };
+                state.stream_retained(filter, granted, identifier, reader);
             }
         }
     }

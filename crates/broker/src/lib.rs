@@ -30,12 +30,14 @@ pub mod subscriptions;
 mod types;
 mod unstored;
 
-pub use broker::Broker;
+pub use broker::{Broker, RecheckSummary};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{
-    AllowAll, AuthExchange, AuthStep, Authenticator, Authorizer, CertificateIdentity, ClientInfo,
-    Credentials, DefaultAccess, EnhancedAuthenticator, Hooks, TransportIdentity,
+    AllowAll, AuthCompletion, AuthDecision, AuthExchange, AuthRequest, AuthRequestId, AuthStep,
+    Authenticator, Authorizer, CertificateIdentity, ClientAccess, ClientInfo, Credentials,
+    DefaultAccess, EnhancedAuthenticator, FilterAccess, Hooks, Principal, PrincipalAccess,
+    TransportIdentity,
 };
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Metrics, MetricsSnapshot};

@@ -72,6 +72,10 @@ impl Connection {
     /// Returns true when more is ready than fit: call again once `buf` has been written.
     /// Packets that wait for the store stay back (the connection is woken when they may go).
     pub fn poll_transmit(&mut self, buf: &mut BytesMut, budget: usize, now: Instant) -> bool {
+        if let Phase::Deciding(_) = self.phase {
+            // The answer to a deferred authentication, if it came while the connection waited.
+            self.collect_auth_result(now);
+        }
         let durable = self.broker.durable();
         while let Some((packet, barrier)) = self.outbox.front() {
             // A gate's last delivery wakes the connection when it closes.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use tern_codec::{MqttStr, QoS};
 
+use crate::hooks::Principal;
 use crate::message::{Delivery, Message, SubscriptionIds};
 
 /// Where a stream takes its messages from: the broker's retained index, behind its lock.
@@ -33,6 +34,9 @@ pub(crate) trait RetainedSource {
         limit: usize,
         out: &mut Vec<Arc<Message>>,
     ) -> bool;
+
+    /// Whether `reader` may receive a message on `topic` (for a partial subscription).
+    fn may_read(&self, reader: &Principal, topic: &str) -> bool;
 }
 
 /// Messages taken from the index ahead of sending, per stream.
@@ -51,17 +55,23 @@ struct RetainedStream {
     batch: VecDeque<Arc<Message>>,
     /// Whether the walk has taken the last matching message.
     walked: bool,
+    /// For a partial subscription (`FilterAccess::Partial`), who subscribed: each message is
+    /// checked against its rules.
+    reader: Option<Arc<Principal>>,
 }
 
 impl RetainedStream {
     /// The next message of the stream, refilling the batch from the index when it is empty.
     fn front(&mut self, source: &dyn RetainedSource) -> Option<&Arc<Message>> {
-        if self.batch.is_empty() && !self.walked {
+        while self.batch.is_empty() && !self.walked {
             let mut taken = Vec::with_capacity(BATCH);
             self.walked =
                 source.retained_batch(&self.filter, self.after.as_ref(), BATCH, &mut taken);
             if let Some(last) = taken.last() {
                 self.after = Some(last.topic.clone());
+            }
+            if let Some(reader) = &self.reader {
+                taken.retain(|message| source.may_read(reader, &message.topic));
             }
             self.batch.extend(taken);
         }
@@ -80,7 +90,13 @@ pub(crate) struct RetainedStreams {
 impl RetainedStreams {
     /// Starts sending the retained set of a new (or replaced) subscription to `filter`; a
     /// stream already running for the same filter starts over.
-    pub(crate) fn start(&mut self, filter: MqttStr, granted: QoS, identifier: Option<u32>) {
+    pub(crate) fn start(
+        &mut self,
+        filter: MqttStr,
+        granted: QoS,
+        identifier: Option<u32>,
+        reader: Option<Arc<Principal>>,
+    ) {
         self.stop(&filter);
         self.streams.push_back(RetainedStream {
             filter,
@@ -89,6 +105,7 @@ impl RetainedStreams {
             after: None,
             batch: VecDeque::new(),
             walked: false,
+            reader,
         });
     }
 

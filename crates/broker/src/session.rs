@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tern_codec::{MqttStr, QoS};
 
+use crate::hooks::Principal;
 use crate::message::{Delivery, Message};
 use crate::persist::{Change, Persistence, RoutedBody};
 use crate::retained_stream::RetainedStreams;
@@ -93,6 +94,10 @@ pub struct SessionState {
     /// Retained sets being sent for new subscriptions (boxed: rare, and an idle session
     /// should cost little).
     pub(crate) retained: Option<Box<RetainedStreams>>,
+    /// Who the client of the session is, as its last connection was authenticated: partial
+    /// subscriptions are checked against it, and a re-check after a reload uses it. `None`
+    /// for a session restored from the store whose client has not connected since.
+    pub(crate) principal: Option<Arc<Principal>>,
 }
 
 /// A session, shared by the registry, the subscription index and its connection.
@@ -149,6 +154,7 @@ impl Session {
                 unstored: 0,
                 listed: false,
                 retained: None,
+                principal: None,
             }),
         }
     }
@@ -411,10 +417,11 @@ impl SessionState {
         filter: MqttStr,
         granted: QoS,
         identifier: Option<u32>,
+        reader: Option<Arc<Principal>>,
     ) {
         self.retained
             .get_or_insert_with(Box::default)
-            .start(filter, granted, identifier);
+            .start(filter, granted, identifier, reader);
     }
 
     /// Stops sending the retained set of `filter`, if it is still being sent.

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{Net, V5, V311, connect_packet, text};
 use tern_broker::{
-    Authenticator, Authorizer, BrokerConfig, CertificateIdentity, ClientInfo, Credentials, Hooks,
-    TransportIdentity,
+    AuthDecision, Authenticator, Authorizer, BrokerConfig, CertificateIdentity, ClientInfo,
+    Credentials, Hooks, Principal, TransportIdentity,
 };
 use tern_codec::{QoS, ReasonCode};
 
@@ -21,16 +21,18 @@ struct Seen {
 }
 
 impl Authenticator for Seen {
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<(), ReasonCode> {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
         self.credentials.lock().unwrap().push((
             credentials.username.map(str::to_owned),
             credentials.transport.cloned(),
         ));
         // Only the certificate's holder may be "sensor-7".
         match (credentials.username, credentials.transport) {
-            (Some("sensor-7"), Some(identity)) if identity.certificate.is_some() => Ok(()),
-            (Some("sensor-7"), _) => Err(ReasonCode::NotAuthorized),
-            _ => Ok(()),
+            (Some("sensor-7"), Some(identity)) if identity.certificate.is_some() => {
+                AuthDecision::Allow(Principal::from_credentials(credentials))
+            }
+            (Some("sensor-7"), _) => AuthDecision::Deny(ReasonCode::NotAuthorized),
+            _ => AuthDecision::Allow(Principal::from_credentials(credentials)),
         }
     }
 }
@@ -84,7 +86,7 @@ fn the_certificate_and_listener_reach_authentication_and_authorisation() {
         &[(Some("alice".to_owned()), Some(identity))]
     );
     let clients = seen.clients.lock().unwrap();
-    assert_eq!(clients[0].listener.as_deref(), Some("devices"));
+    assert_eq!(clients[0].listener(), Some("devices"));
     assert_eq!(clients[0].username.as_deref(), Some("alice"));
 }
 

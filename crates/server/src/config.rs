@@ -385,6 +385,8 @@ impl ServerConfig {
             max_retained_messages: self.limits.max_retained_messages,
             max_retained_bytes: self.limits.max_retained_bytes,
             unstored_grace: Duration::from_millis(self.unstored_grace_ms),
+            // Not configurable yet (the `[auth]` wave exposes it): Mosquitto's behaviour.
+            deny_publish_disconnects_v3: false,
         }
     }
 }

@@ -149,6 +149,11 @@ fn run_connection<T: Transport + 'static>(
                 // Shutting down: say so to MQTT 5 clients and stop.
                 conn.shutdown(now.into_std());
             }
+            // A CONNECT whose authentication the core deferred: decided in a task of its own;
+            // the answer wakes this one (and `poll_transmit` takes it).
+            if let Some(request) = conn.take_auth_request() {
+                crate::auth::spawn_deferred(guard.authenticator(), request);
+            }
             let mut more = false;
             if wbuf.len() < WRITE_BUDGET {
                 more = conn.poll_transmit(&mut wbuf, WRITE_BUDGET, now.into_std());

@@ -6,6 +6,7 @@
 // Data from the network must never panic the broker: no unwrap or expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod config;
 mod connection;
 mod descriptors;
@@ -18,6 +19,7 @@ mod tls_transport;
 mod transport;
 mod ws;
 
+pub use auth::{AsyncAuthenticator, AuthFuture, DenyDeferred};
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
 pub use listener_config::{
     ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::auth::{AsyncAuthenticator, DenyDeferred};
 use crate::config::{Durability, ServerConfig};
 use crate::listener::{AcceptContext, Listener, ListenerSlot, accept_loop};
 
@@ -37,14 +38,30 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Open connections, and a signal when the last one ends.
-#[derive(Default)]
+/// Open connections, and a signal when the last one ends; and what every connection task
+/// shares besides (reached through its [`ConnectionGuard`], so that the task's future does not
+/// grow for it): the authenticator of deferred CONNECTs.
 pub(crate) struct ConnectionCount {
     open: AtomicUsize,
     idle: Notify,
+    authenticator: Arc<dyn AsyncAuthenticator>,
+}
+
+impl Default for ConnectionCount {
+    fn default() -> Self {
+        ConnectionCount::new(Arc::new(DenyDeferred))
+    }
 }
 
 impl ConnectionCount {
+    pub(crate) fn new(authenticator: Arc<dyn AsyncAuthenticator>) -> Self {
+        ConnectionCount {
+            open: AtomicUsize::new(0),
+            idle: Notify::new(),
+            authenticator,
+        }
+    }
+
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -84,6 +101,11 @@ pub(crate) struct ConnectionGuard {
 }
 
 impl ConnectionGuard {
+    /// Where the connection's deferred authentication goes.
+    pub(crate) fn authenticator(&self) -> &Arc<dyn AsyncAuthenticator> {
+        &self.count.authenticator
+    }
+
     pub(crate) fn new(count: Arc<ConnectionCount>, listener: Option<ListenerSlot>) -> Self {
         count.open.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard {
@@ -132,6 +154,16 @@ impl Server {
     pub async fn bind_with_hooks(
         config: ServerConfig,
         hooks: Hooks,
+    ) -> Result<Server, ServerError> {
+        Server::bind_with_auth(config, hooks, Arc::new(DenyDeferred)).await
+    }
+
+    /// Binds with plug-ins for authentication and authorisation, and `authenticator` for the
+    /// CONNECTs the core's authenticator defers (see [`AsyncAuthenticator`]).
+    pub async fn bind_with_auth(
+        config: ServerConfig,
+        hooks: Hooks,
+        authenticator: Arc<dyn AsyncAuthenticator>,
     ) -> Result<Server, ServerError> {
         config.validate()?;
         if let Some(limit) = crate::descriptors::prepare(config.limits.max_connections) {
@@ -183,7 +215,7 @@ impl Server {
             broker,
             listeners,
             store,
-            count: Arc::new(ConnectionCount::default()),
+            count: Arc::new(ConnectionCount::new(authenticator)),
         })
     }
 

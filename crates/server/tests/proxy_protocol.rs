@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tern_codec::{Packet, ProtocolVersion, ReasonCode};
-use tern_server::broker::{AllowAll, Authenticator, Credentials, Hooks};
+use tern_codec::{Packet, ProtocolVersion};
+use tern_server::broker::{AllowAll, AuthDecision, Authenticator, Credentials, Hooks};
 use tern_server::{IpNet, ListenerConfig, ListenerKind, Server, ServerConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,7 @@ const CONNECT_TIMEOUT_SECS: u64 = 1;
 struct SeenPeers(Mutex<Vec<(String, Option<SocketAddr>)>>);
 
 impl Authenticator for SeenPeers {
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<(), ReasonCode> {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
         if let Ok(mut seen) = self.0.lock() {
             seen.push((credentials.client_id.to_owned(), credentials.peer));
         }

@@ -20,8 +20,9 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
-use tern_codec::ReasonCode;
-use tern_server::broker::{Authenticator, Credentials, DefaultAccess, Hooks, TransportIdentity};
+use tern_server::broker::{
+    AuthDecision, Authenticator, Credentials, DefaultAccess, Hooks, Principal, TransportIdentity,
+};
 use tern_server::{
     ClientAuth, IdentityField, ListenerConfig, ListenerKind, OpenConnections, Server, ServerConfig,
     SniCertificate, TlsConfig, TlsReloader, TlsVersion,
@@ -653,13 +654,13 @@ type Authenticated = (String, Option<String>, Option<TransportIdentity>);
 struct Seen(Mutex<Vec<Authenticated>>);
 
 impl Authenticator for Seen {
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<(), ReasonCode> {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
         self.0.lock().unwrap().push((
             credentials.client_id.to_owned(),
             credentials.username.map(str::to_owned),
             credentials.transport.cloned(),
         ));
-        Ok(())
+        AuthDecision::Allow(Principal::from_credentials(credentials))
     }
 }
 

@@ -15,7 +15,7 @@ use common::{Client, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4 as mqtt;
 use rumqttc::{MqttOptions, QoS, Transport};
-use tern_server::broker::{AllowAll, Authenticator, Broker, Credentials, Hooks};
+use tern_server::broker::{AllowAll, AuthDecision, Authenticator, Broker, Credentials, Hooks};
 use tern_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -702,7 +702,7 @@ async fn bad_upgrades_closed_within_connect_timeout_tcp_client_keeps_latency() {
 struct PeerRecorder(Mutex<HashMap<String, Option<SocketAddr>>>);
 
 impl Authenticator for PeerRecorder {
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<(), tern_codec::ReasonCode> {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
         self.0
             .lock()
             .unwrap()

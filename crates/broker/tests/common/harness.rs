@@ -206,6 +206,23 @@ impl Client {
         }
     }
 
+    /// The deferred authentication the connection waits on, once (what the server takes).
+    pub fn take_auth_request(&mut self) -> Option<tern_broker::AuthRequest> {
+        self.connection.borrow_mut().take_auth_request()
+    }
+
+    /// The server's answer to a deferred authentication arrives now.
+    pub fn auth_result(
+        &mut self,
+        id: tern_broker::AuthRequestId,
+        result: Result<tern_broker::Principal, ReasonCode>,
+    ) {
+        let now = self.clock.get();
+        self.connection
+            .borrow_mut()
+            .handle_auth_result(id, result, now);
+    }
+
     /// The bytes the broker has ready for this client now.
     pub fn received_bytes(&mut self) -> BytesMut {
         let mut out = BytesMut::new();

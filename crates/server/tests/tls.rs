@@ -168,6 +168,7 @@ fn tls_listener(name: &str, tls: TlsConfig) -> ListenerConfig {
         tls: Some(tls),
         path: "/mqtt".to_owned(),
         allowed_origins: Vec::new(),
+        auth: None,
     }
 }
 

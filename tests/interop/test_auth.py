@@ -78,7 +78,7 @@ def test_right_and_wrong_passwords(auth_broker):
         assert "refused" in bad.stderr.lower() or "not authori" in bad.stderr.lower(), bad.stderr
     anonymous = pub(auth_broker, None, None, "alice/x", "hello")
     assert anonymous.returncode != 0
-    assert auth_broker.wait_for_log(r"auth failed.*username=mallory")
+    assert auth_broker.wait_for_log(r"auth failed.*username=\"?mallory")
     assert "alice-pw" not in auth_broker.log()
 
 

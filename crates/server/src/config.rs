@@ -503,6 +503,44 @@ mod tests {
         assert!(ServerConfig::from_toml("unstored_grace_ms = 1001").is_err());
     }
 
+    /// Issue 12: `[auth]` and a listener's `auth` are read, their paths resolved against the
+    /// configuration file's directory, `deny_publish` reaches the core, and `deny_publish` in
+    /// a listener's table is refused naming the listener.
+    #[test]
+    fn auth_tables_are_read_and_resolved() {
+        let dir = std::env::temp_dir().join(format!("tern-auth-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.toml");
+        std::fs::write(
+            &path,
+            "listen = [\"127.0.0.1:1883\"]\n[auth]\npassword_file = \"users\"\ndeny_publish = \"disconnect\"\n\n[[listeners]]\nname = \"lan\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1884\"\nauth = { acl_file = \"/etc/lan.acl\", allow_anonymous = true }\n",
+        )
+        .unwrap();
+        let config = ServerConfig::from_file(&path).unwrap();
+        assert_eq!(config.auth.password_file, Some(dir.join("users")));
+        assert!(config.broker_config().deny_publish_disconnects_v3);
+        assert!(
+            !ServerConfig::default()
+                .broker_config()
+                .deny_publish_disconnects_v3
+        );
+        let lan = config.auth_for(Some("lan"));
+        assert_eq!(lan.acl_file, Some(PathBuf::from("/etc/lan.acl")));
+        assert_eq!(
+            lan.password_file, None,
+            "a listener's table replaces [auth] whole"
+        );
+        assert_eq!(config.auth_for(None).password_file, Some(dir.join("users")));
+        let text = "[[listeners]]\nname = \"l\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:1\"\nauth = { deny_publish = \"drop\" }\n";
+        let error = ServerConfig::from_toml(text).unwrap_err().to_string();
+        assert!(
+            error.contains("listener \"l\"") && error.contains("deny_publish"),
+            "{error}"
+        );
+        assert!(ServerConfig::from_toml("[auth]\ndeny_publish = \"kick\"").is_err());
+        assert!(ServerConfig::from_toml("[auth]\npassword = \"x\"").is_err());
+    }
+
     #[test]
     fn the_documented_example_is_the_default() {
         let doc = include_str!("../../../docs/configuration.md");

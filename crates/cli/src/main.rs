@@ -59,6 +59,10 @@ struct ServeArgs {
     /// Log filter: error, warn, info, debug, trace (RUST_LOG takes precedence).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Let clients without a username in (same as `allow_anonymous = true` in `[auth]`):
+    /// needed to listen on a non-loopback address without a password file.
+    #[arg(long)]
+    allow_anonymous: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +109,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.in_memory {
         config.durability = tern_server::Durability::Memory;
     }
+    if args.allow_anonymous {
+        config.auth.allow_anonymous = Some(true);
+    }
     init_logging(&config.log_level)?;
 
     // The connections are served by the server's worker threads, each with its own event
@@ -120,7 +127,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let hangup = hangup_signal();
         let server = Server::bind(config).await?;
         #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(hangup, server.tls_reloader()));
+        tokio::spawn(reload_on_sighup(
+            hangup,
+            server.tls_reloader(),
+            server.auth_reloader(),
+        ));
         server.run(shutdown_signal(), SHUTDOWN_GRACE).await?;
         anyhow::Ok(())
     })?;
@@ -155,20 +166,24 @@ fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-/// Reloads the TLS listeners' certificates, keys, CAs and CRLs on each SIGHUP (on tokio's
-/// blocking pool: the files are read and parsed off the runtime that runs the timers).
+/// Reloads the TLS listeners' certificates, keys, CAs and CRLs, and the password and ACL
+/// files, on each SIGHUP (on tokio's blocking pool: the files are read and parsed off the
+/// runtime that runs the timers).
 #[cfg(unix)]
 async fn reload_on_sighup(
     hangup: Option<tokio::signal::unix::Signal>,
     reloader: tern_server::TlsReloader,
+    auth: tern_server::AuthReloader,
 ) {
     let Some(mut hangup) = hangup else {
         return;
     };
     while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading TLS certificates");
+        tracing::info!("SIGHUP: reloading TLS certificates, password and ACL files");
         // A failure is logged by the listener, which keeps its previous material.
         let _ = reloader.reload_in_background().await;
+        // Likewise: a file that cannot be used is kept as it was, with a warning.
+        auth.reload_in_background(true).await;
     }
 }
 

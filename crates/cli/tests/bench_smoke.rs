@@ -180,6 +180,7 @@ async fn start_listener(kind: ListenerKind, cert: &Path, key: &Path) -> Broker {
             tls,
             path: "/mqtt".to_owned(),
             allowed_origins: Vec::new(),
+            auth: None,
         }],
         durability: Durability::Memory,
         ..ServerConfig::default()

@@ -28,7 +28,7 @@ fn check(path: &PathBuf) -> (bool, String) {
 fn a_usable_file_is_ok() {
     let path = file(
         "good.toml",
-        "listen = [\"127.0.0.1:1883\"]\n\n[[listeners]]\nname = \"lan\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1884\"\nmax_connections = 10\n",
+        "listen = [\"127.0.0.1:1883\"]\n\n[[listeners]]\nname = \"lan\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1884\"\nmax_connections = 10\nauth = { allow_anonymous = true }\n",
     );
     let (ok, text) = check(&path);
     assert!(ok, "{text}");
@@ -151,4 +151,65 @@ fn use_identity_as_username_without_required_client_auth_is_refused_naming_the_l
             && text.contains("use_identity_as_username needs client_auth = \"required\""),
         "{text}"
     );
+}
+
+/// Issue 12 (secure by default): a listener on a non-loopback address with no password file and
+/// no explicit allow_anonymous is refused, naming it and its line, saying what to add.
+#[test]
+fn a_network_listener_without_authentication_is_refused() {
+    let path = file(
+        "open.toml",
+        "listen = [\"127.0.0.1:1883\"]\n\n[[listeners]]\nname = \"lan\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1884\"\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("open.toml:3:")
+            && text.contains("listener \"lan\"")
+            && text.contains("password_file")
+            && text.contains("allow_anonymous = true"),
+        "{text}"
+    );
+    let address = file(
+        "open-listen.toml",
+        "workers = 1\nlisten = [\"0.0.0.0:1883\"]\n",
+    );
+    let (ok, text) = check(&address);
+    assert!(!ok);
+    assert!(
+        text.contains("open-listen.toml:2:") && text.contains("listen address 0.0.0.0:1883"),
+        "{text}"
+    );
+    let users = file(
+        "users.passwd",
+        "alice:$7$101$yXEnakcxPrZ0zOg1$XLw2qSoOKPgo3P5QCgH/Iawvvgs/+ci5Gm6G2N2fyLfpQOui0Csk0Sc6D8u62Mfn5w+KxYlMlx/BKIFg31VhCw==\n",
+    );
+    assert!(users.exists());
+    let with_users = file(
+        "with-users.toml",
+        "listen = [\"0.0.0.0:1883\"]\n[auth]\npassword_file = \"users.passwd\"\n",
+    );
+    let (ok, text) = check(&with_users);
+    assert!(ok, "{text}");
+}
+
+/// Issue 12: password and ACL files that cannot be parsed are reported with the file and the
+/// line (never a hash).
+#[test]
+fn unusable_password_and_acl_files_name_the_file_and_line() {
+    file("bad.passwd", "# users\nalice:$7$101$yXEn\nbob\n");
+    let path = file("bad-users.toml", "[auth]\npassword_file = \"bad.passwd\"\n");
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(text.contains("bad.passwd:2:"), "{text}");
+    assert!(!text.contains("yXEn"), "{text}");
+    file("bad.acl", "user alice\ntopic read a/#\ntopic sometimes b\n");
+    let path = file("bad-acl.toml", "[auth]\nacl_file = \"bad.acl\"\n");
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(text.contains("bad.acl:3:"), "{text}");
+    let path = file("no-acl.toml", "[auth]\nacl_file = \"no-such.acl\"\n");
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(text.contains("no-such.acl"), "{text}");
 }

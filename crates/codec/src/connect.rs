@@ -18,8 +18,9 @@ const FLAG_WILL_RETAIN: u8 = 0x20;
 const FLAG_PASSWORD: u8 = 0x40;
 const FLAG_USERNAME: u8 = 0x80;
 
-/// CONNECT: the first packet of every connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// CONNECT: the first packet of every connection. (Its `Debug` leaves the password out: no
+/// secret reaches a log, whatever is logged.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     /// Read from the protocol name and level; the version of the whole connection.
     pub protocol: ProtocolVersion,
@@ -33,6 +34,21 @@ pub struct Connect {
     pub will: Option<Will>,
     pub username: Option<MqttStr>,
     pub password: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("protocol", &self.protocol)
+            .field("clean_start", &self.clean_start)
+            .field("keep_alive", &self.keep_alive)
+            .field("properties", &self.properties)
+            .field("client_id", &self.client_id)
+            .field("will", &self.will)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The Will Message of a CONNECT.
@@ -269,5 +285,31 @@ impl ConnAck {
         } else {
             buf.put_u8(connack_v3_code(self.reason_code));
         }
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    /// Issue 12: no secret reaches a log at any level, even a CONNECT logged whole.
+    #[test]
+    fn the_debug_of_connect_leaves_the_password_out() {
+        let connect = Connect {
+            protocol: ProtocolVersion::V311,
+            clean_start: true,
+            keep_alive: 30,
+            properties: Properties::default(),
+            client_id: MqttStr::try_from("c").unwrap(),
+            will: None,
+            username: Some(MqttStr::try_from("alice").unwrap()),
+            password: Some(Bytes::from_static(b"hunter2")),
+        };
+        let text = format!("{connect:?}");
+        assert!(
+            text.contains("alice") && text.contains("<redacted>"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

@@ -11,6 +11,7 @@ use tern_broker::BrokerConfig;
 use tern_codec::QoS;
 use tern_store::DiskReserve;
 
+use crate::auth_config::{AuthConfig, DenyPublish};
 use crate::listener_config::{ListenerConfig, validate_all};
 
 /// Everything `tern serve` can be told.
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub unstored_grace_ms: u64,
     pub limits: Limits,
     pub mqtt: MqttOptions,
+    /// Authentication and access rules (`[auth]`) of every listener without its own `auth`.
+    pub auth: AuthConfig,
     /// Settings of the store that tests change; not in the configuration file.
     #[doc(hidden)]
     #[serde(skip)]
@@ -165,6 +168,7 @@ impl Default for ServerConfig {
             unstored_grace_ms: 5,
             limits: Limits::default(),
             mqtt: MqttOptions::default(),
+            auth: AuthConfig::default(),
             store_tuning: StoreTuning::default(),
         }
     }
@@ -286,6 +290,7 @@ impl ServerConfig {
         for listener in &mut config.listeners {
             listener.resolve_paths(base);
         }
+        config.auth.resolve_paths(base);
         config.validate().map_err(|error| match error {
             ConfigError::Invalid(message) => match locate(&text, &message) {
                 Some(line) => ConfigError::InvalidAt {
@@ -329,6 +334,7 @@ impl ServerConfig {
             return invalid("no listener: give listen addresses or [[listeners]]");
         }
         validate_all(&self.listen, &self.listeners).map_err(ConfigError::Invalid)?;
+        self.validate_auth().map_err(ConfigError::Invalid)?;
         if QoS::from_u8(self.mqtt.max_qos).is_none() {
             return invalid("mqtt.max_qos must be 0, 1 or 2");
         }
@@ -348,6 +354,38 @@ impl ServerConfig {
             return invalid("unstored_grace_ms must be at most 1000");
         }
         Ok(())
+    }
+
+    /// Checks each listener's authentication settings (its own `auth`, or `[auth]`).
+    fn validate_auth(&self) -> Result<(), String> {
+        for addr in &self.listen {
+            self.auth
+                .validate_for(&format!("listen address {addr}"), addr.ip(), false)?;
+        }
+        for listener in &self.listeners {
+            if let Some(own) = &listener.auth
+                && own.deny_publish.is_some()
+            {
+                return Err(format!(
+                    "listener {:?}: deny_publish applies to the whole broker: set it in [auth]",
+                    listener.name
+                ));
+            }
+            let auth = listener.auth.as_ref().unwrap_or(&self.auth);
+            auth.validate_for(
+                &format!("listener {:?}", listener.name),
+                listener.bind.ip(),
+                listener.certificates_required(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The authentication settings of the listener named `name` (`None`: a `listen` address).
+    pub fn auth_for(&self, name: Option<&str>) -> &AuthConfig {
+        name.and_then(|name| self.listeners.iter().find(|l| l.name == name))
+            .and_then(|listener| listener.auth.as_ref())
+            .unwrap_or(&self.auth)
     }
 
     /// The number of worker threads: `workers`, or one per core.
@@ -385,8 +423,7 @@ impl ServerConfig {
             max_retained_messages: self.limits.max_retained_messages,
             max_retained_bytes: self.limits.max_retained_bytes,
             unstored_grace: Duration::from_millis(self.unstored_grace_ms),
-            // Not configurable yet (the `[auth]` wave exposes it): Mosquitto's behaviour.
-            deny_publish_disconnects_v3: false,
+            deny_publish_disconnects_v3: self.auth.deny_publish == Some(DenyPublish::Disconnect),
         }
     }
 }
@@ -464,6 +501,44 @@ mod tests {
         assert!(off.broker_config().unstored_grace.is_zero());
         assert!(ServerConfig::from_toml("unstored_grace_ms = 1000").is_ok());
         assert!(ServerConfig::from_toml("unstored_grace_ms = 1001").is_err());
+    }
+
+    /// Issue 12: `[auth]` and a listener's `auth` are read, their paths resolved against the
+    /// configuration file's directory, `deny_publish` reaches the core, and `deny_publish` in
+    /// a listener's table is refused naming the listener.
+    #[test]
+    fn auth_tables_are_read_and_resolved() {
+        let dir = std::env::temp_dir().join(format!("tern-auth-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.toml");
+        std::fs::write(
+            &path,
+            "listen = [\"127.0.0.1:1883\"]\n[auth]\npassword_file = \"users\"\ndeny_publish = \"disconnect\"\n\n[[listeners]]\nname = \"lan\"\nkind = \"mqtt\"\nbind = \"0.0.0.0:1884\"\nauth = { acl_file = \"/etc/lan.acl\", allow_anonymous = true }\n",
+        )
+        .unwrap();
+        let config = ServerConfig::from_file(&path).unwrap();
+        assert_eq!(config.auth.password_file, Some(dir.join("users")));
+        assert!(config.broker_config().deny_publish_disconnects_v3);
+        assert!(
+            !ServerConfig::default()
+                .broker_config()
+                .deny_publish_disconnects_v3
+        );
+        let lan = config.auth_for(Some("lan"));
+        assert_eq!(lan.acl_file, Some(PathBuf::from("/etc/lan.acl")));
+        assert_eq!(
+            lan.password_file, None,
+            "a listener's table replaces [auth] whole"
+        );
+        assert_eq!(config.auth_for(None).password_file, Some(dir.join("users")));
+        let text = "[[listeners]]\nname = \"l\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:1\"\nauth = { deny_publish = \"drop\" }\n";
+        let error = ServerConfig::from_toml(text).unwrap_err().to_string();
+        assert!(
+            error.contains("listener \"l\"") && error.contains("deny_publish"),
+            "{error}"
+        );
+        assert!(ServerConfig::from_toml("[auth]\ndeny_publish = \"kick\"").is_err());
+        assert!(ServerConfig::from_toml("[auth]\npassword = \"x\"").is_err());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod auth_config;
 mod config;
 mod connection;
 mod descriptors;
+mod file_auth;
 mod listener;
 mod listener_config;
 mod proxy;
@@ -20,12 +22,14 @@ mod transport;
 mod ws;
 
 pub use auth::{AsyncAuthenticator, AuthFuture, DenyDeferred};
+pub use auth_config::{AuthConfig, DenyPublish};
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
+pub use file_auth::{AuthError, AuthReload, FileAuth};
 pub use listener_config::{
     ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,
     TlsVersion,
 };
-pub use server::{OpenConnections, Server, ServerError, check_config};
+pub use server::{AuthReloader, OpenConnections, Server, ServerError, check_config};
 pub use tern_broker as broker;
 pub use tern_store as store;
 pub use tls::{TlsError, TlsProblem, TlsReloader};

@@ -41,6 +41,10 @@ pub struct ListenerConfig {
     /// empty: any origin, or none.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Authentication and access rules of this listener, replacing the top-level `[auth]`
+    /// whole (same keys; `deny_publish` is top-level only).
+    #[serde(default)]
+    pub auth: Option<crate::auth_config::AuthConfig>,
 }
 
 fn default_path() -> String {
@@ -303,8 +307,19 @@ impl ListenerConfig {
         Ok(())
     }
 
-    /// Resolves the TLS paths against `base` (the configuration file's directory).
+    /// Whether every client of this listener proves a certificate (TLS with
+    /// `client_auth = "required"`).
+    pub fn certificates_required(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_auth == ClientAuth::Required)
+    }
+
+    /// Resolves the TLS and auth paths against `base` (the configuration file's directory).
     pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(auth) = &mut self.auth {
+            auth.resolve_paths(base);
+        }
         let resolve = |path: &mut PathBuf| {
             if path.is_relative() {
                 *path = base.join(&*path);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tern_broker::persist::Persistence;
-use tern_broker::{Broker, Hooks};
+use tern_broker::{Broker, Hooks, PrincipalAccess};
 use tern_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AsyncAuthenticator, DenyDeferred};
 use crate::config::{Durability, ServerConfig};
+use crate::file_auth::{AuthReload, FileAuth};
 use crate::listener::{AcceptContext, Listener, ListenerSlot, accept_loop};
 
 /// Why the server could not start.
@@ -36,6 +37,8 @@ pub enum ServerError {
     Worker { source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::file_auth::AuthError),
 }
 
 /// Open connections, and a signal when the last one ends; and what every connection task
@@ -130,6 +133,8 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     for listener in &config.listeners {
         Listener::configured(listener.clone()).prepare()?;
     }
+    // The password and ACL files parse (an error names the file and the line).
+    FileAuth::from_config(config)?;
     Ok(())
 }
 
@@ -142,12 +147,26 @@ pub struct Server {
     listeners: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>>,
     store: Option<Arc<Store>>,
     count: Arc<ConnectionCount>,
+    /// The password and ACL files of `[auth]` and the listeners' `auth`, if any.
+    auth: Option<FileAuth>,
 }
 
 impl Server {
-    /// Binds every listen address of `config`.
+    /// Binds every listen address of `config`, with the users and access rules of its
+    /// `[auth]` and listeners' `auth` tables.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        Server::bind_with_hooks(config, Hooks::default()).await
+        config.validate()?;
+        let Some(auth) = FileAuth::from_config(&config)? else {
+            return Server::bind_with_hooks(config, Hooks::default()).await;
+        };
+        let hooks = Hooks {
+            authenticator: Arc::new(auth.clone()),
+            authorizer: Arc::new(PrincipalAccess::default()),
+            ..Hooks::default()
+        };
+        let mut server = Server::bind_with_auth(config, hooks, Arc::new(auth.clone())).await?;
+        server.auth = Some(auth);
+        Ok(server)
     }
 
     /// Binds with plug-ins for authentication and authorisation.
@@ -216,6 +235,7 @@ impl Server {
             listeners,
             store,
             count: Arc::new(ConnectionCount::new(authenticator)),
+            auth: None,
         })
     }
 
@@ -250,6 +270,15 @@ impl Server {
                 .map(|(_, listener)| listener.clone())
                 .collect(),
         )
+    }
+
+    /// A handle that reloads the password and ACL files (the binary calls it on SIGHUP); it
+    /// stays valid while the server runs.
+    pub fn auth_reloader(&self) -> AuthReloader {
+        AuthReloader {
+            auth: self.auth.clone(),
+            broker: self.broker.clone(),
+        }
     }
 
     /// A handle on the number of open connections, valid once the server runs.
@@ -290,6 +319,7 @@ impl Server {
         }
         // Certificates are read again when their files change (every 2 s).
         let reloader = self.tls_reloader();
+        let auth_reloader = self.auth_reloader();
         let mut threads = Vec::with_capacity(self.listeners.len());
         for (index, listeners) in self.listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -308,6 +338,7 @@ impl Server {
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
         tokio::spawn(crate::tls::watch_files(reloader, stop_rx.clone()));
+        tokio::spawn(watch_auth_files(auth_reloader, stop_rx.clone()));
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.
@@ -334,6 +365,73 @@ impl Server {
             tracing::error!(%error, "the store did not close cleanly");
         }
         Ok(())
+    }
+}
+
+/// Reloads the password and ACL files: new connections use the new users (the cache of
+/// verifications is cleared); connected clients' rules are compiled again from the new ACL and
+/// their subscriptions re-checked (`Broker::recheck_access`).
+#[derive(Clone)]
+pub struct AuthReloader {
+    auth: Option<FileAuth>,
+    broker: Arc<Broker>,
+}
+
+impl AuthReloader {
+    /// Reads the files that changed (all of them with `force`); a file that cannot be used is
+    /// kept as it was, with a warning naming it. Blocking (reads files): call it off the
+    /// event loops.
+    pub fn reload(&self, force: bool) -> AuthReload {
+        let Some(auth) = &self.auth else {
+            return AuthReload::default();
+        };
+        let changed = auth.reload(force);
+        if changed.acl_files > 0 {
+            let summary = self.broker.recheck_access();
+            tracing::info!(
+                sessions = summary.sessions,
+                removed = summary.removed,
+                partial = summary.partial,
+                "subscriptions re-checked against the new access rules"
+            );
+        }
+        changed
+    }
+
+    /// [`AuthReloader::reload`] on tokio's blocking pool.
+    pub async fn reload_in_background(&self, force: bool) -> AuthReload {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reload(force))
+            .await
+            .unwrap_or_default()
+    }
+}
+
+/// How often the password and ACL files are looked at for changes.
+const AUTH_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads the password and ACL files when they change, until the server stops.
+async fn watch_auth_files(reloader: AuthReloader, mut stop: watch::Receiver<bool>) {
+    if reloader.auth.is_none() {
+        return;
+    }
+    let interval = match std::env::var("TERN_AUTH_WATCH_INTERVAL_MS") {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(0) => return,
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => AUTH_WATCH_INTERVAL,
+        },
+        Err(_) => AUTH_WATCH_INTERVAL,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                reloader.reload_in_background(false).await;
+            }
+        }
     }
 }
 

@@ -60,6 +60,7 @@ fn proxy_listener(trusted: &[&str]) -> ListenerConfig {
         tls: None,
         path: "/mqtt".to_owned(),
         allowed_origins: Vec::new(),
+        auth: None,
     }
 }
 

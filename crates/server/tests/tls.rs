@@ -168,6 +168,7 @@ fn tls_listener(name: &str, tls: TlsConfig) -> ListenerConfig {
         tls: Some(tls),
         path: "/mqtt".to_owned(),
         allowed_origins: Vec::new(),
+        auth: None,
     }
 }
 
@@ -1240,4 +1241,61 @@ async fn connect_timeout_counts_from_the_accept_not_from_the_handshake() {
         took >= Duration::from_millis(2900) && took < Duration::from_millis(4300),
         "closed {took:?} after the accept (handshake done at {handshaken:?})"
     );
+}
+
+/// Issue 12 with mutual TLS identity: on a listener with `use_identity_as_username` and a
+/// password file (`[auth]`), the certificate's username is authenticated by the certificate
+/// (no password, or a wrong one, still gets in), and the ACL applies to that username: a
+/// subscription inside its rules is granted, one outside refused (3.1.1 SUBACK 0x80).
+#[tokio::test]
+async fn a_certificate_username_needs_no_password_and_meets_the_acl() {
+    let pki = Mutual::new("identity-auth");
+    let mut by_cn = pki.settings(ClientAuth::Required);
+    by_cn.use_identity_as_username = Some(IdentityField::Cn);
+    let mut config = server_config(vec![tls_listener("by-cn", by_cn)]);
+    // alice:alice-pw ($7$, mosquitto_passwd); nobody called sensor-7.
+    config.auth.password_file = Some(write(
+        &pki.dir,
+        "users",
+        "alice:$7$101$Y9id20v9IF0Jl3XZ$tuI/wNIywuMaQd9gB99rtGESSnVmdpWI+L3gEbxSMeeSJati61GR2j4ZQgjI01lXX0FgLLVoV/ajiVGi2zmE3g==\n",
+    ));
+    config.auth.acl_file = Some(write(
+        &pki.dir,
+        "acl",
+        "user sensor-7\ntopic readwrite sensor/#\n",
+    ));
+    let server = Server::bind(config).await.expect("bind");
+    let addr = server.listener_addr("by-cn").unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        server.run(stopped, Duration::from_secs(2)).await.unwrap();
+    });
+    let valid = pki.client(Some(&pki.valid));
+    for (id, password) in [("no-password", None), ("wrong-password", Some("wrong"))] {
+        let mut options = tls_options(addr, id, valid.clone());
+        if let Some(password) = password {
+            options.set_credentials("alice", password);
+        }
+        let (mut client, ack) = Client::connect(options).await;
+        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{id}");
+        let granted = client
+            .subscribe("sensor/#", rumqttc::QoS::AtLeastOnce)
+            .await;
+        assert_eq!(
+            granted.return_codes,
+            vec![rumqttc::SubscribeReasonCode::Success(
+                rumqttc::QoS::AtLeastOnce
+            )]
+        );
+        let refused = client.subscribe("alice/#", rumqttc::QoS::AtLeastOnce).await;
+        assert_eq!(
+            refused.return_codes,
+            vec![rumqttc::SubscribeReasonCode::Failure]
+        );
+        client.disconnect().await;
+    }
+    drop(stop);
 }

@@ -1,0 +1,774 @@
+//! Users from a password file and access rules from an ACL file, per listener (`[auth]` and a
+//! listener's own `auth`), plugged into the core's hooks and the server's deferred
+//! authentication:
+//!
+//! - the core's synchronous [`Authenticator`] answers at once what costs a map lookup: an
+//!   anonymous client (let in or not), a username proven by a client certificate, and a
+//!   username/password remembered from an earlier success (a keyed digest, never the password);
+//!   everything else is [`AuthDecision::Defer`]red;
+//! - the [`AsyncAuthenticator`] verifies the hash on tokio's blocking pool, behind a semaphore
+//!   that caps concurrent verifications (argon2 costs milliseconds and megabytes each), and
+//!   remembers successes;
+//! - each client's access rules (`Acl::for_client`) go in its principal, wrapped in [`Rules`],
+//!   which rebuilds them when the ACL file is reloaded;
+//! - failed authentications are counted per source address and per client id: after a few,
+//!   each next verification waits (exponential backoff), then the address or client id is
+//!   refused for a while (CONNACK 0x9F Connection rate exceeded) without any verification.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tern_auth::{Acl, ClientRules, CredentialDigest, CredentialDigester, PasswordFile};
+use tern_broker::{
+    AuthDecision, AuthRequest, Authenticator, ClientAccess, Credentials, FilterAccess, Principal,
+    TransportIdentity,
+};
+use tern_codec::ReasonCode;
+use tokio::sync::Semaphore;
+
+use crate::auth::{AsyncAuthenticator, AuthFuture};
+use crate::auth_config::AuthConfig;
+use crate::config::ServerConfig;
+
+/// Successful verifications remembered, per generation (two generations: at most twice this).
+const CACHE_CAPACITY: usize = 10_000;
+/// Failures tracked per source address and per client id (each map at most this many).
+const TRACKED_MAX: usize = 10_000;
+/// Failures let through with no delay.
+const FREE_FAILURES: u32 = 3;
+/// The delay before the verification after the first failure beyond the free ones; doubled at
+/// each further failure, up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_millis(50);
+const MAX_DELAY: Duration = Duration::from_secs(2);
+/// Failures after which the address or client id is refused without verification.
+const BAN_FAILURES: u32 = 8;
+/// How long a ban lasts, and how long failures are remembered, from the last one.
+const BAN_TIME: Duration = Duration::from_secs(60);
+
+/// A password or ACL file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A line of the file at fault (the message never quotes a hash or a password).
+    #[error("{}:{line}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("cannot make the key of the verification cache: {0}")]
+    Random(String),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A file's modification time and length: a change of either is a change of the file.
+type Stamp = (Option<SystemTime>, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok(), metadata.len()))
+}
+
+/// What a watched file parses into.
+trait Loadable: Sized + Send + Sync + 'static {
+    const WHAT: &'static str;
+    fn load(path: &Path) -> Result<Self, AuthError>;
+}
+
+fn read(path: &Path) -> Result<String, AuthError> {
+    std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Loadable for PasswordFile {
+    const WHAT: &'static str = "password file";
+    fn load(path: &Path) -> Result<Self, AuthError> {
+        let file = PasswordFile::parse(&read(path)?).map_err(|error| AuthError::Parse {
+            path: path.to_owned(),
+            line: error.line,
+            message: error.kind.to_string(),
+        })?;
+        for warning in file.warnings() {
+            tracing::warn!(file = %path.display(), "password file: {warning}");
+        }
+        Ok(file)
+    }
+}
+
+impl Loadable for Acl {
+    const WHAT: &'static str = "ACL file";
+    fn load(path: &Path) -> Result<Self, AuthError> {
+        let acl = Acl::parse(&read(path)?).map_err(|error| AuthError::Parse {
+            path: path.to_owned(),
+            line: error.line,
+            message: error.kind.to_string(),
+        })?;
+        for warning in acl.warnings() {
+            tracing::warn!(file = %path.display(), "ACL file: {warning}");
+        }
+        Ok(acl)
+    }
+}
+
+/// A file's parsed content, replaced when the file is reloaded. `generation` counts the
+/// replacements, so that what was derived from an older content can tell.
+struct Watched<T> {
+    path: PathBuf,
+    current: RwLock<(u64, Arc<T>)>,
+    generation: AtomicU64,
+    stamp: Mutex<Option<Stamp>>,
+}
+
+impl<T: Loadable> Watched<T> {
+    fn open(path: &Path) -> Result<Watched<T>, AuthError> {
+        let before = stamp(path);
+        let value = T::load(path)?;
+        Ok(Watched {
+            path: path.to_owned(),
+            current: RwLock::new((0, Arc::new(value))),
+            generation: AtomicU64::new(0),
+            stamp: Mutex::new(before),
+        })
+    }
+
+    fn current(&self) -> Arc<T> {
+        self.snapshot().1
+    }
+
+    fn snapshot(&self) -> (u64, Arc<T>) {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        (current.0, current.1.clone())
+    }
+
+    /// Reads the file again (if it changed, or whatever with `force`); whether the content
+    /// was replaced. A file that cannot be used keeps the previous content: the error says
+    /// why, naming the file.
+    fn reload(&self, force: bool) -> Result<bool, AuthError> {
+        let now = stamp(&self.path);
+        {
+            let mut last = lock(&self.stamp);
+            if !force && *last == now {
+                return Ok(false);
+            }
+            // Remembered even if the new content fails: one warning per change, not one per
+            // poll.
+            *last = now;
+        }
+        let value = T::load(&self.path)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let generation = current.0 + 1;
+        *current = (generation, Arc::new(value));
+        self.generation.store(generation, Ordering::Release);
+        tracing::info!(file = %self.path.display(), "{} reloaded", T::WHAT);
+        Ok(true)
+    }
+}
+
+/// One client's access rules (tern-auth's [`ClientRules`]) as the core asks them. Compiled at
+/// authentication; compiled again, at the next check, after the ACL file was reloaded.
+struct Rules {
+    source: Arc<Watched<Acl>>,
+    username: Option<Box<str>>,
+    client_id: Box<str>,
+    compiled: RwLock<(u64, ClientRules)>,
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules")
+            .field("acl", &self.source.path)
+            .field("username", &self.username)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rules {
+    fn new(source: Arc<Watched<Acl>>, username: Option<&str>, client_id: &str) -> Rules {
+        let (generation, acl) = source.snapshot();
+        let rules = acl.for_client(username, client_id);
+        Rules {
+            source,
+            username: username.map(Box::from),
+            client_id: Box::from(client_id),
+            compiled: RwLock::new((generation, rules)),
+        }
+    }
+
+    fn with<R>(&self, check: impl Fn(&ClientRules) -> R) -> R {
+        let generation = self.source.generation.load(Ordering::Acquire);
+        {
+            let compiled = self.compiled.read().unwrap_or_else(|p| p.into_inner());
+            if compiled.0 == generation {
+                return check(&compiled.1);
+            }
+        }
+        let (generation, acl) = self.source.snapshot();
+        let rules = acl.for_client(self.username.as_deref(), &self.client_id);
+        let answer = check(&rules);
+        *self.compiled.write().unwrap_or_else(|p| p.into_inner()) = (generation, rules);
+        answer
+    }
+}
+
+impl ClientAccess for Rules {
+    fn may_write(&self, topic: &str) -> bool {
+        self.with(|rules| rules.may_write(topic))
+    }
+
+    fn may_read(&self, topic: &str) -> bool {
+        self.with(|rules| rules.may_read(topic))
+    }
+
+    fn classify(&self, filter: &str) -> FilterAccess {
+        self.with(|rules| match rules.classify(filter) {
+            tern_auth::FilterAccess::Granted => FilterAccess::Granted,
+            tern_auth::FilterAccess::Denied => FilterAccess::Denied,
+            tern_auth::FilterAccess::Partial => FilterAccess::Partial,
+        })
+    }
+}
+
+/// What one listener (or the `listen` addresses) asks of its clients.
+#[derive(Clone)]
+struct Policy {
+    allow_anonymous: bool,
+    passwords: Option<Arc<Watched<PasswordFile>>>,
+    acl: Option<Arc<Watched<Acl>>>,
+}
+
+/// Remembers successful verifications by their keyed digest, in two generations: when the
+/// newer is full it becomes the older and the older is forgotten; a hit in the older moves to
+/// the newer. Bounded, and what is in use stays.
+#[derive(Default)]
+struct SuccessCache {
+    current: HashSet<CredentialDigest>,
+    previous: HashSet<CredentialDigest>,
+}
+
+impl SuccessCache {
+    fn contains(&mut self, digest: &CredentialDigest) -> bool {
+        if self.current.contains(digest) {
+            return true;
+        }
+        if self.previous.remove(digest) {
+            self.insert(*digest);
+            return true;
+        }
+        false
+    }
+
+    fn insert(&mut self, digest: CredentialDigest) {
+        if self.current.len() >= CACHE_CAPACITY {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(digest);
+    }
+
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
+/// Recent failures of one source address or client id.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// What the failures so far impose on the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Penalty {
+    None,
+    Delay(Duration),
+    Banned,
+}
+
+fn penalty_of(failures: Option<&Failures>, now: Instant) -> Penalty {
+    let Some(failures) = failures else {
+        return Penalty::None;
+    };
+    if now.duration_since(failures.last) >= BAN_TIME {
+        return Penalty::None;
+    }
+    if failures.count >= BAN_FAILURES {
+        return Penalty::Banned;
+    }
+    if failures.count < FREE_FAILURES {
+        return Penalty::None;
+    }
+    let doublings = (failures.count - FREE_FAILURES).min(16);
+    Penalty::Delay(FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY))
+}
+
+fn worse(a: Penalty, b: Penalty) -> Penalty {
+    match (a, b) {
+        (Penalty::Banned, _) | (_, Penalty::Banned) => Penalty::Banned,
+        (Penalty::Delay(a), Penalty::Delay(b)) => Penalty::Delay(a.max(b)),
+        (Penalty::Delay(d), _) | (_, Penalty::Delay(d)) => Penalty::Delay(d),
+        _ => Penalty::None,
+    }
+}
+
+/// Failures per key, in a map of bounded size.
+struct FailureMap<K> {
+    entries: HashMap<K, Failures>,
+}
+
+impl<K: Hash + Eq> FailureMap<K> {
+    fn new() -> Self {
+        FailureMap {
+            entries: HashMap::new(),
+        }
+    }
+
+    fn record(&mut self, key: K, now: Instant) {
+        if !self.entries.contains_key(&key) && self.entries.len() >= TRACKED_MAX {
+            self.entries
+                .retain(|_, failures| now.duration_since(failures.last) < BAN_TIME);
+            if self.entries.len() >= TRACKED_MAX {
+                // Full of recent failures: the newcomer is not tracked (the other map, or
+                // the next purge, still limits it).
+                return;
+            }
+        }
+        let entry = self.entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.duration_since(entry.last) >= BAN_TIME {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+    }
+
+    fn penalty<Q>(&self, key: &Q, now: Instant) -> Penalty
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        penalty_of(self.entries.get(key), now)
+    }
+
+    fn forget<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.remove(key);
+    }
+}
+
+struct FailureLimiter {
+    by_addr: FailureMap<IpAddr>,
+    by_client: FailureMap<Box<str>>,
+}
+
+impl FailureLimiter {
+    fn penalty(&self, addr: Option<IpAddr>, client_id: &str, now: Instant) -> Penalty {
+        let by_addr = addr.map_or(Penalty::None, |addr| self.by_addr.penalty(&addr, now));
+        worse(by_addr, self.by_client.penalty(client_id, now))
+    }
+
+    fn failed(&mut self, addr: Option<IpAddr>, client_id: &str, now: Instant) {
+        if let Some(addr) = addr {
+            self.by_addr.record(addr, now);
+        }
+        if !client_id.is_empty() {
+            self.by_client.record(Box::from(client_id), now);
+        }
+    }
+
+    fn succeeded(&mut self, client_id: &str) {
+        self.by_client.forget(client_id);
+    }
+}
+
+struct Inner {
+    /// The `listen` addresses'.
+    default: Policy,
+    /// Each `[[listeners]]`'s, by name.
+    listeners: HashMap<Box<str>, Policy>,
+    password_files: Vec<Arc<Watched<PasswordFile>>>,
+    acl_files: Vec<Arc<Watched<Acl>>>,
+    digester: CredentialDigester,
+    cache: Mutex<SuccessCache>,
+    verifications: Arc<Semaphore>,
+    limiter: Mutex<FailureLimiter>,
+}
+
+/// Authentication from password files and access rules from ACL files, per listener: the core's
+/// [`Authenticator`] and the server's [`AsyncAuthenticator`] at once (see the module's notes).
+#[derive(Clone)]
+pub struct FileAuth {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FileAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileAuth")
+            .field("listeners", &self.inner.listeners.len())
+            .field("password_files", &self.inner.password_files.len())
+            .field("acl_files", &self.inner.acl_files.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthReload {
+    pub password_files: usize,
+    pub acl_files: usize,
+}
+
+impl FileAuth {
+    /// Reads the password and ACL files of every listener; `None` when no listener has one
+    /// (clients are then let in as the core's defaults do).
+    pub fn from_config(config: &ServerConfig) -> Result<Option<FileAuth>, AuthError> {
+        let mut tables = std::iter::once(&config.auth)
+            .chain(config.listeners.iter().filter_map(|l| l.auth.as_ref()));
+        if !tables.any(|auth| auth.password_file.is_some() || auth.acl_file.is_some()) {
+            return Ok(None);
+        }
+        let mut password_files: HashMap<PathBuf, Arc<Watched<PasswordFile>>> = HashMap::new();
+        let mut acl_files: HashMap<PathBuf, Arc<Watched<Acl>>> = HashMap::new();
+        let mut policy =
+            |auth: &AuthConfig, addr: IpAddr, certificates: bool| -> Result<Policy, AuthError> {
+                let passwords = match &auth.password_file {
+                    Some(path) => Some(match password_files.get(path) {
+                        Some(file) => file.clone(),
+                        None => {
+                            let file = Arc::new(Watched::open(path)?);
+                            password_files.insert(path.clone(), file.clone());
+                            file
+                        }
+                    }),
+                    None => None,
+                };
+                let acl = match &auth.acl_file {
+                    Some(path) => Some(match acl_files.get(path) {
+                        Some(file) => file.clone(),
+                        None => {
+                            let file = Arc::new(Watched::open(path)?);
+                            acl_files.insert(path.clone(), file.clone());
+                            file
+                        }
+                    }),
+                    None => None,
+                };
+                Ok(Policy {
+                    allow_anonymous: auth.anonymous_allowed(addr, certificates),
+                    passwords,
+                    acl,
+                })
+            };
+        // The `listen` addresses share the top-level table; anonymous clients are let in if
+        // every one of them allows it (validation refused the others).
+        let default_addr = config
+            .listen
+            .iter()
+            .map(|addr| addr.ip())
+            .find(|ip| !crate::auth_config::is_loopback(*ip))
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let default = policy(&config.auth, default_addr, false)?;
+        let mut listeners = HashMap::new();
+        for listener in &config.listeners {
+            let auth = listener.auth.as_ref().unwrap_or(&config.auth);
+            listeners.insert(
+                Box::from(listener.name.as_str()),
+                policy(auth, listener.bind.ip(), listener.certificates_required())?,
+            );
+        }
+        let digester =
+            CredentialDigester::new().map_err(|error| AuthError::Random(error.to_string()))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Some(FileAuth {
+            inner: Arc::new(Inner {
+                default,
+                listeners,
+                password_files: password_files.into_values().collect(),
+                acl_files: acl_files.into_values().collect(),
+                digester,
+                cache: Mutex::new(SuccessCache::default()),
+                verifications: Arc::new(Semaphore::new(cores)),
+                limiter: Mutex::new(FailureLimiter {
+                    by_addr: FailureMap::new(),
+                    by_client: FailureMap::new(),
+                }),
+            }),
+        }))
+    }
+
+    /// Reads the files again: those that changed, or all with `force` (SIGHUP). A new password
+    /// file clears the cache of verifications; a file that cannot be used keeps the previous
+    /// content, with a warning that names it. The caller re-checks subscriptions when an ACL
+    /// changed (`Broker::recheck_access`).
+    pub fn reload(&self, force: bool) -> AuthReload {
+        let mut changed = AuthReload::default();
+        for file in &self.inner.password_files {
+            match file.reload(force) {
+                Ok(true) => changed.password_files += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "the password file is kept as it was"),
+            }
+        }
+        if changed.password_files > 0 {
+            lock(&self.inner.cache).clear();
+        }
+        for file in &self.inner.acl_files {
+            match file.reload(force) {
+                Ok(true) => changed.acl_files += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "the ACL file is kept as it was"),
+            }
+        }
+        changed
+    }
+
+    /// Successful verifications remembered now.
+    pub fn cached_verifications(&self) -> usize {
+        lock(&self.inner.cache).len()
+    }
+}
+
+impl Inner {
+    fn policy(&self, transport: Option<&TransportIdentity>) -> &Policy {
+        match transport.and_then(|t| t.listener.as_deref()) {
+            Some(name) => self.listeners.get(name).unwrap_or(&self.default),
+            None => &self.default,
+        }
+    }
+
+    fn allow(&self, policy: &Policy, credentials: &Credentials<'_>) -> Principal {
+        let mut principal = Principal::from_credentials(credentials);
+        if let Some(acl) = &policy.acl {
+            principal.access = Some(Arc::new(Rules::new(
+                acl.clone(),
+                credentials.username,
+                credentials.client_id,
+            )));
+        }
+        principal
+    }
+
+    /// Counts a failure and logs it: one line, never the password.
+    fn failed(&self, credentials: &Credentials<'_>, reason: &str) {
+        lock(&self.limiter).failed(
+            credentials.peer.map(|peer| peer.ip()),
+            credentials.client_id,
+            Instant::now(),
+        );
+        log_failure(credentials, reason);
+    }
+}
+
+fn log_failure(credentials: &Credentials<'_>, reason: &str) {
+    tracing::info!(
+        client_id = credentials.client_id,
+        username = credentials.username.unwrap_or(""),
+        peer = %credentials.peer.map_or_else(String::new, |peer| peer.to_string()),
+        listener = credentials
+            .transport
+            .and_then(|t| t.listener.as_deref())
+            .unwrap_or(""),
+        reason,
+        "auth failed"
+    );
+}
+
+impl Authenticator for FileAuth {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
+        let inner = &*self.inner;
+        let policy = inner.policy(credentials.transport);
+        // A username the TLS listener took from a verified client certificate is proven by it.
+        if credentials.transport.is_some_and(|t| t.username.is_some()) {
+            return AuthDecision::Allow(inner.allow(policy, credentials));
+        }
+        let Some(username) = credentials.username else {
+            if policy.allow_anonymous {
+                return AuthDecision::Allow(inner.allow(policy, credentials));
+            }
+            inner.failed(credentials, "anonymous");
+            return AuthDecision::Deny(ReasonCode::NotAuthorized);
+        };
+        let Some(passwords) = &policy.passwords else {
+            // No users here: anonymous clients are let in (validated), with the username
+            // they give.
+            return AuthDecision::Allow(inner.allow(policy, credentials));
+        };
+        let Some(password) = credentials.password else {
+            inner.failed(credentials, "no password");
+            return AuthDecision::Deny(ReasonCode::BadUserNameOrPassword);
+        };
+        let file = passwords.current();
+        if let Some(stored) = file.lookup(username) {
+            let digest = inner.digester.digest(username, password, stored);
+            if lock(&inner.cache).contains(&digest) {
+                return AuthDecision::Allow(inner.allow(policy, credentials));
+            }
+        }
+        let penalty = lock(&inner.limiter).penalty(
+            credentials.peer.map(|peer| peer.ip()),
+            credentials.client_id,
+            Instant::now(),
+        );
+        if penalty == Penalty::Banned {
+            log_failure(credentials, "too many failures");
+            return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
+        }
+        AuthDecision::Defer
+    }
+}
+
+impl AsyncAuthenticator for FileAuth {
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.verify(request).await })
+    }
+}
+
+impl Inner {
+    async fn verify(self: Arc<Self>, request: AuthRequest) -> Result<Principal, ReasonCode> {
+        let policy = self.policy(request.transport.as_deref()).clone();
+        let (Some(passwords), Some(username), Some(password)) = (
+            policy.passwords.clone(),
+            request.username.clone(),
+            request.password.clone(),
+        ) else {
+            // Not something the synchronous authenticator defers.
+            return Err(ReasonCode::NotAuthorized);
+        };
+        let penalty = lock(&self.limiter).penalty(
+            request.peer.map(|peer| peer.ip()),
+            &request.client_id,
+            Instant::now(),
+        );
+        match penalty {
+            Penalty::Banned => {
+                log_failure(&request.credentials(), "too many failures");
+                return Err(ReasonCode::ConnectionRateExceeded);
+            }
+            Penalty::Delay(delay) => tokio::time::sleep(delay).await,
+            Penalty::None => {}
+        }
+        let permit = self
+            .verifications
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ReasonCode::ServerUnavailable)?;
+        let file = passwords.current();
+        let this = self.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match file.lookup(&username) {
+                Some(stored) => stored
+                    .verify(&password)
+                    .then(|| this.digester.digest(&username, &password, stored)),
+                None => {
+                    // The same cost as a wrong password: timing does not tell who exists.
+                    let _ = file.check(&username, &password);
+                    None
+                }
+            }
+        })
+        .await;
+        let credentials = request.credentials();
+        match verified {
+            Ok(Some(digest)) => {
+                lock(&self.cache).insert(digest);
+                lock(&self.limiter).succeeded(&request.client_id);
+                Ok(self.allow(&policy, &credentials))
+            }
+            Ok(None) => {
+                self.failed(&credentials, "bad username or password");
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+            Err(_) => Err(ReasonCode::ServerUnavailable),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: failures are limited, backoff then a temporary ban, per key, and forgotten
+    /// after the ban time.
+    #[test]
+    fn backoff_then_ban_then_forgotten() {
+        let mut map = FailureMap::<IpAddr>::new();
+        let addr = IpAddr::from([192, 0, 2, 1]);
+        let start = Instant::now();
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(map.penalty(&addr, start), Penalty::None);
+            map.record(addr, start);
+        }
+        assert_eq!(map.penalty(&addr, start), Penalty::Delay(FIRST_DELAY));
+        map.record(addr, start);
+        assert_eq!(map.penalty(&addr, start), Penalty::Delay(FIRST_DELAY * 2));
+        for _ in FREE_FAILURES + 1..BAN_FAILURES {
+            map.record(addr, start);
+        }
+        assert_eq!(map.penalty(&addr, start), Penalty::Banned);
+        assert_eq!(map.penalty(&addr, start + BAN_TIME), Penalty::None);
+        map.record(addr, start + BAN_TIME);
+        assert_eq!(map.entries[&addr].count, 1);
+    }
+
+    /// Issue 12: the tracking maps are bounded.
+    #[test]
+    fn tracking_is_bounded() {
+        let mut map = FailureMap::<u32>::new();
+        let now = Instant::now();
+        for key in 0..(TRACKED_MAX as u32 + 50) {
+            map.record(key, now);
+        }
+        assert_eq!(map.entries.len(), TRACKED_MAX);
+        map.record(u32::MAX, now + BAN_TIME);
+        assert_eq!(map.entries.len(), 1);
+    }
+
+    /// Issue 12: the cache of successes is bounded and keeps what is in use.
+    #[test]
+    fn the_cache_is_bounded() {
+        let digester = CredentialDigester::with_key(&[7; 32]);
+        let stored = tern_auth::StoredHash::parse(
+            "$7$101$yXEnakcxPrZ0zOg1$XLw2qSoOKPgo3P5QCgH/Iawvvgs/+ci5Gm6G2N2fyLfpQOui0Csk0Sc6D8u62Mfn5w+KxYlMlx/BKIFg31VhCw==",
+        )
+        .unwrap();
+        let mut cache = SuccessCache::default();
+        let first = digester.digest("u0", b"p", &stored);
+        cache.insert(first);
+        for n in 1..(CACHE_CAPACITY * 3) {
+            cache.insert(digester.digest(&format!("u{n}"), b"p", &stored));
+            if n % 1000 == 0 {
+                assert!(cache.contains(&first));
+            }
+        }
+        assert!(cache.len() <= 2 * CACHE_CAPACITY);
+    }
+}

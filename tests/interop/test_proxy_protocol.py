@@ -56,6 +56,7 @@ kind = "mqtt"
 bind = "{HOST}:{port}"
 proxy_protocol = true
 trusted_proxies = ["127.0.0.1/32"]
+auth = {{ allow_anonymous = true }}
 """
     broker = _start_broker(tmp_path, config)
     try:

@@ -374,7 +374,7 @@ impl ServerConfig {
             let auth = listener.auth.as_ref().unwrap_or(&self.auth);
             auth.validate_for(
                 &format!("listener {:?}", listener.name),
-                listener.bind.ip(),
+                listener.reach(),
                 listener.certificates_required(),
             )?;
         }
@@ -501,6 +501,29 @@ mod tests {
         assert!(off.broker_config().unstored_grace.is_zero());
         assert!(ServerConfig::from_toml("unstored_grace_ms = 1000").is_ok());
         assert!(ServerConfig::from_toml("unstored_grace_ms = 1001").is_err());
+    }
+
+    /// Issue 12, secure by default: a listener on 127.0.0.1 behind a proxy (PROXY header or
+    /// trusted `X-Forwarded-For`) serves other hosts' clients, so without authentication and
+    /// without an explicit `allow_anonymous` it does not start; the same listener without the
+    /// proxy does.
+    #[test]
+    fn a_loopback_listener_behind_a_proxy_needs_authentication() {
+        let listener = |extra: &str| {
+            format!("[[listeners]]\nname = \"p\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:1\"\n{extra}")
+        };
+        assert!(ServerConfig::from_toml(&listener("")).is_ok());
+        for proxy in [
+            "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            "trusted_proxies = [\"127.0.0.1\"]\n",
+        ] {
+            let error = ServerConfig::from_toml(&listener(proxy))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("password_file"), "{error}");
+            let open = format!("{proxy}auth = {{ allow_anonymous = true }}\n");
+            assert!(ServerConfig::from_toml(&listener(&open)).is_ok());
+        }
     }
 
     /// Issue 12: `[auth]` and a listener's `auth` are read, their paths resolved against the

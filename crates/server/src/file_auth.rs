@@ -499,7 +499,7 @@ impl FileAuth {
             let auth = listener.auth.as_ref().unwrap_or(&config.auth);
             listeners.insert(
                 Box::from(listener.name.as_str()),
-                policy(auth, listener.bind.ip(), listener.certificates_required())?,
+                policy(auth, listener.reach(), listener.certificates_required())?,
             );
         }
         let digester =

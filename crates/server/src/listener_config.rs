@@ -307,6 +307,18 @@ impl ListenerConfig {
         Ok(())
     }
 
+    /// The address whose reach decides whether anonymous clients are let in by default: the
+    /// bind address, or, behind a proxy that forwards other hosts' clients (a PROXY header or
+    /// `X-Forwarded-For` from `trusted_proxies`), the unspecified address: a listener on
+    /// 127.0.0.1 behind HAProxy serves the network.
+    pub fn reach(&self) -> std::net::IpAddr {
+        if self.proxy_protocol || !self.trusted_proxies.is_empty() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            self.bind.ip()
+        }
+    }
+
     /// Whether every client of this listener proves a certificate (TLS with
     /// `client_auth = "required"`).
     pub fn certificates_required(&self) -> bool {

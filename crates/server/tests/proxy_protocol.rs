@@ -60,7 +60,11 @@ fn proxy_listener(trusted: &[&str]) -> ListenerConfig {
         tls: None,
         path: "/mqtt".to_owned(),
         allowed_origins: Vec::new(),
-        auth: None,
+        // Behind a proxy the clients are other hosts': anonymous ones only when said so.
+        auth: Some(tern_server::AuthConfig {
+            allow_anonymous: Some(true),
+            ..Default::default()
+        }),
     }
 }
 

@@ -728,12 +728,14 @@ name = "behind-proxy"
 kind = "ws"
 bind = "127.0.0.1:0"
 trusted_proxies = ["127.0.0.0/8"]
+auth = { allow_anonymous = true }
 
 [[listeners]]
 name = "open"
 kind = "ws"
 bind = "127.0.0.1:0"
 trusted_proxies = ["10.0.0.0/8"]
+auth = { allow_anonymous = true }
 "#,
         |_| {},
         hooks,

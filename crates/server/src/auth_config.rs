@@ -149,4 +149,21 @@ mod tests {
         assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!is_loopback("::".parse().unwrap()));
     }
+
+    /// Issue 12, JWT: `jwt` counts as an authenticator (a network listener starts, anonymous
+    /// clients are refused by default), and a table that cannot verify anything is refused.
+    #[test]
+    fn jwt_is_an_authenticator() {
+        let lan: IpAddr = "0.0.0.0".parse().unwrap();
+        let table: AuthConfig =
+            toml::from_str("jwt = { algorithms = [\"HS256\"], secret_file = \"s\" }").unwrap();
+        assert!(table.validate_for("x", lan, false).is_ok());
+        assert!(!table.anonymous_allowed("127.0.0.1".parse().unwrap(), false));
+        let no_key: AuthConfig = toml::from_str("jwt = { algorithms = [\"ES256\"] }").unwrap();
+        let error = no_key.validate_for("x", lan, false).unwrap_err();
+        assert!(error.contains("key_file or jwks_file"), "{error}");
+        let no_secret: AuthConfig = toml::from_str("jwt = { algorithms = [\"HS256\"] }").unwrap();
+        assert!(no_secret.validate_for("x", lan, false).is_err());
+        assert!(toml::from_str::<AuthConfig>("jwt = { algorithms = [\"none\"] }").is_err());
+    }
 }

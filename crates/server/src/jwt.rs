@@ -509,3 +509,108 @@ fn check_signature(
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        Base64UrlUnpadded::encode_string(bytes)
+    }
+
+    fn dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tern-jwt-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn hs256(secret: &[u8], claims: &str) -> String {
+        let message = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(claims.as_bytes()));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let tag = ring::hmac::sign(&key, message.as_bytes());
+        format!("{message}.{}", b64(tag.as_ref()))
+    }
+
+    /// Issue 12, JWT: keys reloaded with the other files: a new secret applies, the old one's
+    /// tokens are refused; a file that cannot be used keeps the previous keys.
+    #[test]
+    fn the_secret_is_reloaded() {
+        let path = dir().join("reload.secret");
+        std::fs::write(&path, "first secret\n").unwrap();
+        let config: JwtConfig = toml::from_str(&format!(
+            "algorithms = [\"HS256\"]\nsecret_file = {:?}",
+            path.display().to_string()
+        ))
+        .unwrap();
+        let verifier = JwtVerifier::new(&config).unwrap();
+        let claims = format!(r#"{{"exp":{}}}"#, now_unix() + 60);
+        let first = hs256(b"first secret", &claims);
+        let second = hs256(b"the second secret", &claims);
+        assert!(verifier.verify(first.as_bytes(), "c", None).is_ok());
+        std::fs::write(&path, "the second secret").unwrap();
+        assert!(verifier.reload(true).unwrap());
+        assert_eq!(
+            verifier.verify(first.as_bytes(), "c", None).unwrap_err(),
+            "token: bad signature"
+        );
+        assert!(verifier.verify(second.as_bytes(), "c", None).is_ok());
+        std::fs::write(&path, "").unwrap();
+        assert!(verifier.reload(true).is_err());
+        assert!(verifier.verify(second.as_bytes(), "c", None).is_ok());
+    }
+
+    /// Issue 12, JWT: ES256 with a PEM public key (`key_file`, made by rcgen), `nbf`,
+    /// issuer and username binding; the shape test of a password.
+    #[test]
+    fn es256_with_a_pem_key() {
+        let rng = ring::rand::SystemRandom::new();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let path = dir().join("es256.pem");
+        std::fs::write(&path, pair.public_key_pem()).unwrap();
+        let config: JwtConfig = toml::from_str(&format!(
+            "algorithms = [\"ES256\"]\nkey_file = {:?}\nissuer = \"me\"\nbind_username = \"name\"",
+            path.display().to_string()
+        ))
+        .unwrap();
+        let verifier = JwtVerifier::new(&config).unwrap();
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &pair.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        let sign = |claims: &str| {
+            let message = format!("{}.{}", b64(br#"{"alg":"ES256"}"#), b64(claims.as_bytes()));
+            let signature = signer.sign(&rng, message.as_bytes()).unwrap();
+            format!("{message}.{}", b64(signature.as_ref()))
+        };
+        let exp = now_unix() + 60;
+        let good = sign(&format!(r#"{{"exp":{exp},"iss":"me","name":"ann"}}"#));
+        assert!(verifier.verify(good.as_bytes(), "c", Some("ann")).is_ok());
+        assert!(looks_like_jwt(good.as_bytes()));
+        assert!(!looks_like_jwt(b"a plain password"));
+        assert_eq!(
+            verifier
+                .verify(good.as_bytes(), "c", Some("bob"))
+                .unwrap_err(),
+            "token: username does not match"
+        );
+        let other_issuer = sign(&format!(r#"{{"exp":{exp},"iss":"you","name":"ann"}}"#));
+        assert_eq!(
+            verifier
+                .verify(other_issuer.as_bytes(), "c", Some("ann"))
+                .unwrap_err(),
+            "token: wrong issuer"
+        );
+        let later = sign(&format!(
+            r#"{{"exp":{exp},"nbf":{},"iss":"me","name":"ann"}}"#,
+            exp - 1
+        ));
+        assert_eq!(
+            verifier
+                .verify(later.as_bytes(), "c", Some("ann"))
+                .unwrap_err(),
+            "token: not yet valid"
+        );
+    }
+}

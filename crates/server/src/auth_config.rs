@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::jwt::JwtConfig;
+
 /// Authentication and access rules, for every listener without its own `auth`, or one
 /// listener's (which replaces the top-level table whole for that listener).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -24,6 +26,8 @@ pub struct AuthConfig {
     /// What a denied PUBLISH does to an MQTT 3.1.1 client: `drop` (acknowledged and dropped,
     /// Mosquitto's behaviour) or `disconnect`. Broker-wide: top-level `[auth]` only.
     pub deny_publish: Option<DenyPublish>,
+    /// JSON Web Tokens in the password field (see [`JwtConfig`]).
+    pub jwt: Option<JwtConfig>,
 }
 
 /// See [`AuthConfig::deny_publish`].
@@ -40,7 +44,7 @@ impl AuthConfig {
     /// clients all proved a certificate if `certificates_required`).
     pub fn anonymous_allowed(&self, addr: IpAddr, certificates_required: bool) -> bool {
         self.allow_anonymous
-            .unwrap_or(self.password_file.is_none() && (is_loopback(addr) || certificates_required))
+            .unwrap_or(!self.has_authenticator() && (is_loopback(addr) || certificates_required))
     }
 
     /// Checks that a listener on `addr`, called `what` in the message, may start with these
@@ -53,7 +57,10 @@ impl AuthConfig {
         addr: IpAddr,
         certificates_required: bool,
     ) -> Result<(), String> {
-        if self.password_file.is_none()
+        if let Some(jwt) = &self.jwt {
+            jwt.check().map_err(|error| format!("{what}: {error}"))?;
+        }
+        if !self.has_authenticator()
             && self.allow_anonymous.is_none()
             && !certificates_required
             && !is_loopback(addr)
@@ -64,7 +71,7 @@ impl AuthConfig {
                  auth = {{ ... }}, or allow_anonymous = true to let anyone in"
             ));
         }
-        if self.allow_anonymous == Some(false) && self.password_file.is_none() {
+        if self.allow_anonymous == Some(false) && !self.has_authenticator() {
             return Err(format!(
                 "{what}: allow_anonymous = false with no password_file lets nobody in: add password_file"
             ));
@@ -72,11 +79,22 @@ impl AuthConfig {
         Ok(())
     }
 
+    /// Whether clients can prove who they are here (a password file or tokens).
+    pub fn has_authenticator(&self) -> bool {
+        self.password_file.is_some() || self.jwt.is_some()
+    }
+
     /// Resolves the file paths against `base` (the configuration file's directory).
     pub fn resolve_paths(&mut self, base: &Path) {
+        let jwt = self
+            .jwt
+            .as_mut()
+            .into_iter()
+            .flat_map(|jwt| jwt.paths_mut());
         for path in [&mut self.password_file, &mut self.acl_file]
             .into_iter()
             .flatten()
+            .chain(jwt)
         {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -130,5 +148,22 @@ mod tests {
         assert!(is_loopback("::1".parse().unwrap()));
         assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!is_loopback("::".parse().unwrap()));
+    }
+
+    /// Issue 12, JWT: `jwt` counts as an authenticator (a network listener starts, anonymous
+    /// clients are refused by default), and a table that cannot verify anything is refused.
+    #[test]
+    fn jwt_is_an_authenticator() {
+        let lan: IpAddr = "0.0.0.0".parse().unwrap();
+        let table: AuthConfig =
+            toml::from_str("jwt = { algorithms = [\"HS256\"], secret_file = \"s\" }").unwrap();
+        assert!(table.validate_for("x", lan, false).is_ok());
+        assert!(!table.anonymous_allowed("127.0.0.1".parse().unwrap(), false));
+        let no_key: AuthConfig = toml::from_str("jwt = { algorithms = [\"ES256\"] }").unwrap();
+        let error = no_key.validate_for("x", lan, false).unwrap_err();
+        assert!(error.contains("key_file or jwks_file"), "{error}");
+        let no_secret: AuthConfig = toml::from_str("jwt = { algorithms = [\"HS256\"] }").unwrap();
+        assert!(no_secret.validate_for("x", lan, false).is_err());
+        assert!(toml::from_str::<AuthConfig>("jwt = { algorithms = [\"none\"] }").is_err());
     }
 }

@@ -34,6 +34,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{AsyncAuthenticator, AuthFuture};
 use crate::auth_config::AuthConfig;
 use crate::config::ServerConfig;
+use crate::jwt::{JwtVerifier, looks_like_jwt};
 
 /// Successful verifications remembered, per generation (two generations: at most twice this).
 const CACHE_CAPACITY: usize = 10_000;
@@ -251,6 +252,29 @@ struct Policy {
     allow_anonymous: bool,
     passwords: Option<Arc<Watched<PasswordFile>>>,
     acl: Option<Arc<Watched<Acl>>>,
+    jwt: Option<Arc<JwtVerifier>>,
+}
+
+/// A token's own permissions (its publish/subscribe claims), compiled once at CONNECT.
+#[derive(Debug)]
+struct TokenAccess(ClientRules);
+
+impl ClientAccess for TokenAccess {
+    fn may_write(&self, topic: &str) -> bool {
+        self.0.may_write(topic)
+    }
+
+    fn may_read(&self, topic: &str) -> bool {
+        self.0.may_read(topic)
+    }
+
+    fn classify(&self, filter: &str) -> FilterAccess {
+        match self.0.classify(filter) {
+            tern_auth::FilterAccess::Granted => FilterAccess::Granted,
+            tern_auth::FilterAccess::Denied => FilterAccess::Denied,
+            tern_auth::FilterAccess::Partial => FilterAccess::Partial,
+        }
+    }
 }
 
 /// Remembers successful verifications by their keyed digest, in two generations: when the
@@ -414,6 +438,7 @@ struct Inner {
     listeners: HashMap<Box<str>, Policy>,
     password_files: Vec<Arc<Watched<PasswordFile>>>,
     acl_files: Vec<Arc<Watched<Acl>>>,
+    jwt: Vec<Arc<JwtVerifier>>,
     digester: CredentialDigester,
     cache: Mutex<SuccessCache>,
     verifications: Arc<Semaphore>,
@@ -442,6 +467,7 @@ impl std::fmt::Debug for FileAuth {
 pub struct AuthReload {
     pub password_files: usize,
     pub acl_files: usize,
+    pub jwt_keys: usize,
 }
 
 impl FileAuth {
@@ -450,11 +476,14 @@ impl FileAuth {
     pub fn from_config(config: &ServerConfig) -> Result<Option<FileAuth>, AuthError> {
         let mut tables = std::iter::once(&config.auth)
             .chain(config.listeners.iter().filter_map(|l| l.auth.as_ref()));
-        if !tables.any(|auth| auth.password_file.is_some() || auth.acl_file.is_some()) {
+        if !tables.any(|auth| {
+            auth.password_file.is_some() || auth.acl_file.is_some() || auth.jwt.is_some()
+        }) {
             return Ok(None);
         }
         let mut password_files: HashMap<PathBuf, Arc<Watched<PasswordFile>>> = HashMap::new();
         let mut acl_files: HashMap<PathBuf, Arc<Watched<Acl>>> = HashMap::new();
+        let mut jwt_verifiers: Vec<Arc<JwtVerifier>> = Vec::new();
         let mut policy =
             |auth: &AuthConfig, addr: IpAddr, certificates: bool| -> Result<Policy, AuthError> {
                 let passwords = match &auth.password_file {
@@ -479,10 +508,19 @@ impl FileAuth {
                     }),
                     None => None,
                 };
+                let jwt = match &auth.jwt {
+                    Some(config) => {
+                        let verifier = Arc::new(JwtVerifier::new(config)?);
+                        jwt_verifiers.push(verifier.clone());
+                        Some(verifier)
+                    }
+                    None => None,
+                };
                 Ok(Policy {
                     allow_anonymous: auth.anonymous_allowed(addr, certificates),
                     passwords,
                     acl,
+                    jwt,
                 })
             };
         // The `listen` addresses share the top-level table; anonymous clients are let in if
@@ -511,6 +549,7 @@ impl FileAuth {
                 listeners,
                 password_files: password_files.into_values().collect(),
                 acl_files: acl_files.into_values().collect(),
+                jwt: jwt_verifiers,
                 digester,
                 cache: Mutex::new(SuccessCache::default()),
                 verifications: Arc::new(Semaphore::new(cores)),
@@ -545,6 +584,13 @@ impl FileAuth {
                 Err(error) => tracing::warn!(%error, "the ACL file is kept as it was"),
             }
         }
+        for verifier in &self.inner.jwt {
+            match verifier.reload(force) {
+                Ok(true) => changed.jwt_keys += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "the JWT keys are kept as they were"),
+            }
+        }
         changed
     }
 
@@ -572,6 +618,54 @@ impl Inner {
             )));
         }
         principal
+    }
+
+    /// A JWT in the password field, verified inline (see the jwt module: microseconds).
+    fn token(
+        &self,
+        policy: &Policy,
+        jwt: &JwtVerifier,
+        token: &[u8],
+        credentials: &Credentials<'_>,
+    ) -> AuthDecision {
+        let penalty = lock(&self.limiter).penalty(
+            credentials.peer.map(|peer| peer.ip()),
+            credentials.client_id,
+            Instant::now(),
+        );
+        if penalty == Penalty::Banned {
+            log_failure(credentials, "too many failures");
+            return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
+        }
+        let verified = match jwt.verify(token, credentials.client_id, credentials.username) {
+            Ok(verified) => verified,
+            Err(reason) => {
+                self.failed(credentials, reason);
+                return AuthDecision::Deny(ReasonCode::BadUserNameOrPassword);
+            }
+        };
+        let mut principal = self.allow(policy, credentials);
+        if let Some(permissions) = &verified.permissions {
+            match Acl::from_permissions(permissions) {
+                Ok(acl) => {
+                    let rules = acl.for_client(credentials.username, credentials.client_id);
+                    principal.access = Some(Arc::new(TokenAccess(rules)));
+                }
+                Err(error) => {
+                    self.failed(credentials, "token: a permission filter is invalid");
+                    tracing::debug!(%error, "token permissions refused");
+                    return AuthDecision::Deny(ReasonCode::BadUserNameOrPassword);
+                }
+            }
+        }
+        let remaining = verified.exp.saturating_sub(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        principal.expires_at = Instant::now().checked_add(Duration::from_secs(remaining));
+        lock(&self.limiter).succeeded(credentials.client_id);
+        AuthDecision::Allow(principal)
     }
 
     /// Counts a failure and logs it: one line, never the password.
@@ -607,6 +701,17 @@ impl Authenticator for FileAuth {
         if credentials.transport.is_some_and(|t| t.username.is_some()) {
             return AuthDecision::Allow(inner.allow(policy, credentials));
         }
+        if let (Some(jwt), Some(password)) = (&policy.jwt, credentials.password)
+            && looks_like_jwt(password)
+            && !credentials.username.is_some_and(|user| {
+                policy
+                    .passwords
+                    .as_ref()
+                    .is_some_and(|file| file.current().lookup(user).is_some())
+            })
+        {
+            return inner.token(policy, jwt, password, credentials);
+        }
         let Some(username) = credentials.username else {
             if policy.allow_anonymous {
                 return AuthDecision::Allow(inner.allow(policy, credentials));
@@ -615,6 +720,11 @@ impl Authenticator for FileAuth {
             return AuthDecision::Deny(ReasonCode::NotAuthorized);
         };
         let Some(passwords) = &policy.passwords else {
+            if policy.jwt.is_some() {
+                // Tokens only here, and this password is none.
+                inner.failed(credentials, "not a token");
+                return AuthDecision::Deny(ReasonCode::BadUserNameOrPassword);
+            }
             // No users here: anonymous clients are let in (validated), with the username
             // they give.
             return AuthDecision::Allow(inner.allow(policy, credentials));

@@ -12,6 +12,7 @@ mod config;
 mod connection;
 mod descriptors;
 mod file_auth;
+mod jwt;
 mod listener;
 mod listener_config;
 mod proxy;
@@ -25,6 +26,7 @@ pub use auth::{AsyncAuthenticator, AuthFuture, DenyDeferred};
 pub use auth_config::{AuthConfig, DenyPublish};
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
 pub use file_auth::{AuthError, AuthReload, FileAuth};
+pub use jwt::{JwtAlgorithm, JwtConfig};
 pub use listener_config::{
     ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,
     TlsVersion,

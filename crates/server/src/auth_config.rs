@@ -67,8 +67,8 @@ impl AuthConfig {
         {
             return Err(format!(
                 "{what} listens on {addr}, reachable from the network, with no authentication: \
-                 add password_file = \"...\" (users made with `tern passwd`) to [auth] or to its \
-                 auth = {{ ... }}, or allow_anonymous = true to let anyone in"
+                 add password_file = \"...\" (users made with `tern passwd`) or jwt = {{ ... }} \
+                 to [auth] or to its auth = {{ ... }}, or allow_anonymous = true to let anyone in"
             ));
         }
         if self.allow_anonymous == Some(false) && !self.has_authenticator() {

@@ -387,7 +387,19 @@ impl Connection {
         // and re-checks after a reload); a resumed session's subscriptions are judged again
         // for this principal, which may not be the last one's.
         let client = Arc::new(client);
-        attached.session.lock().principal = Some(client.clone());
+        let judge_below = {
+            let mut state = attached.session.lock();
+            state.principal = Some(client.clone());
+            // What waits was routed for the session's last client (or, restored from the
+            // store, for a client nobody has authenticated since): this one gets only what it
+            // may read.
+            let backlog = !state.queue.is_empty() || !state.inflight.is_empty();
+            if attached.present && backlog {
+                state.next_position.max(1)
+            } else {
+                0
+            }
+        };
         if attached.present {
             broker.recheck_session(&attached.session);
         }
@@ -470,6 +482,7 @@ impl Connection {
             }),
             will_stored,
             storage_close_at: None,
+            judge_below,
         }));
         // Messages queued while the client was away, and the in-flight ones to resend.
         self.wakeup.wake();

@@ -159,6 +159,11 @@ pub(crate) struct Active {
     /// When the connection is closed because the store could not take a PUBLISH of this 3.x
     /// client (see [`CloseReason::StorageUnavailable`]).
     pub(crate) storage_close_at: Option<Instant>,
+    /// Queue positions below this were queued before this connection's client took the session
+    /// up (for another principal, or none: a session restored from the store): each is checked
+    /// with `may_read` before it is sent, as are the entries in flight, until the queue has
+    /// moved past it (0: nothing to check).
+    pub(crate) judge_below: u64,
 }
 
 /// The enhanced authentication a connection was accepted with.

@@ -651,13 +651,14 @@ impl Connection {
                 if !config.topic_within_limits(filter) {
                     return ReasonCode::TopicFilterInvalid;
                 }
-                if !self.broker.authorizer().may_subscribe(&client, filter) {
-                    return ReasonCode::NotAuthorized;
-                }
+                // A subscription that exists is always removed: that cannot widen what the
+                // client sees, and it must be able to drop one its rights no longer cover.
                 let (existed, seq) = self.broker.unsubscribe(&session, filter);
                 barrier = barrier.max(seq);
                 if existed {
                     ReasonCode::Success
+                } else if !self.broker.authorizer().may_subscribe(&client, filter) {
+                    ReasonCode::NotAuthorized
                 } else {
                     ReasonCode::NoSubscriptionExisted
                 }

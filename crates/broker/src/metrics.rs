@@ -46,6 +46,9 @@ counters! {
     messages_dropped_too_large,
     /// QoS 0 messages not queued for offline sessions.
     messages_dropped_offline_qos0,
+    /// Messages queued or in flight for a session that were not sent to the client that took it
+    /// up, because that client may not read their topic.
+    messages_dropped_denied,
     /// Published messages refused by the authoriser or the topic limits.
     messages_refused,
     /// QoS 1/2 PUBLISH packets refused because they needed new durable work while the store

@@ -239,6 +239,12 @@ impl Transmit<'_> {
                 // MQTT-3.3.1-1].
                 InflightState::AwaitingPubAck | InflightState::AwaitingPubRec => {
                     let id = entry.packet_id;
+                    if self.active.judge_below != 0 && !self.may_read(&entry.delivery) {
+                        // Sent to the session's last client; not for this one.
+                        Metrics::bump(&self.broker.metrics().messages_dropped_denied);
+                        dropped.push(id);
+                        continue;
+                    }
                     if !self.send_publish(&entry.delivery, id, entry.dup) {
                         dropped.push(id);
                     }
@@ -267,6 +273,14 @@ impl Transmit<'_> {
         state.pending == 0
     }
 
+    /// Whether the connection's client may read the delivery's topic (for what was queued
+    /// before it took the session up).
+    fn may_read(&self, delivery: &Delivery) -> bool {
+        self.broker
+            .authorizer()
+            .may_read(&self.active.client, &delivery.message.topic)
+    }
+
     /// Sends queued messages in order, taking turns with the retained sets being streamed for
     /// new subscriptions; QoS 1/2 ones enter the in-flight window.
     fn queued(&mut self, state: &mut SessionState) -> bool {
@@ -276,8 +290,14 @@ impl Transmit<'_> {
                 return !state.queue.is_empty() || state.retained.is_some();
             }
             let Some((position, delivery, durability)) = self.next_delivery(state) else {
+                self.active.judge_below = 0;
                 return false;
             };
+            let judged = position.is_some_and(|position| position < self.active.judge_below);
+            if position.is_some() && !judged {
+                // The queue has moved past what was there when the client took the session up.
+                self.active.judge_below = 0;
+            }
             // An unstored delivery goes in flight unstored; dropped, it just lets go of its
             // publisher's acknowledgement.
             let stored = durability.is_stored();
@@ -299,6 +319,11 @@ impl Transmit<'_> {
             if delivery.message.is_expired(self.now) {
                 // An expired message is not delivered [MQTT-3.3.2-5].
                 Metrics::bump(&metrics.messages_dropped_expired);
+                unqueued(position);
+                continue;
+            }
+            if judged && !self.may_read(&delivery) {
+                Metrics::bump(&metrics.messages_dropped_denied);
                 unqueued(position);
                 continue;
             }

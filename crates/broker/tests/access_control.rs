@@ -418,3 +418,94 @@ fn a_resumed_session_is_judged_for_its_new_principal() {
     publisher.publish("theirs/x", QoS::AtMostOnce, b"2");
     assert_eq!(guest.payloads(), vec![Bytes::from_static(b"1")]);
 }
+
+/// Messages queued for a session while it was offline were routed for its last client; the
+/// client that takes it up gets only those it may read (a guest resuming the session of an
+/// unrestricted `#` subscriber does not receive what was queued for the other).
+#[test]
+fn what_was_queued_for_the_last_client_goes_only_where_the_new_one_may_read() {
+    let rules = Prefixes::new("", "mine/");
+    let net = Net::with_hooks(
+        BrokerConfig::default(),
+        Hooks {
+            authenticator: Arc::new(ByUsername(rules.clone())),
+            authorizer: Arc::new(PrincipalAccess::default()),
+            enhanced: Vec::new(),
+        },
+    );
+    let mut first = net.accepted(common::persistent(V5, "shared-device"));
+    first.subscribe("#", QoS::AtLeastOnce);
+    first.disconnect();
+    let mut publisher = net.connected(V5, "publisher");
+    publisher.publish("mine/1", QoS::AtLeastOnce, b"1");
+    publisher.publish("theirs/2", QoS::AtLeastOnce, b"2");
+    publisher.publish("mine/3", QoS::AtLeastOnce, b"3");
+    let mut connect = common::persistent(V5, "shared-device");
+    connect.username = Some(text("guest"));
+    let mut guest = net.accepted(connect);
+    assert_eq!(
+        guest.payloads(),
+        vec![Bytes::from_static(b"1"), Bytes::from_static(b"3")]
+    );
+    assert_eq!(net.broker.metrics().snapshot().messages_dropped_denied, 1);
+    // What is routed from now on is judged by the subscription, as always.
+    publisher.publish("theirs/4", QoS::AtLeastOnce, b"4");
+    publisher.publish("mine/5", QoS::AtLeastOnce, b"5");
+    assert_eq!(guest.payloads(), vec![Bytes::from_static(b"5")]);
+}
+
+/// Messages in flight to the last client are sent again when the session is resumed
+/// [MQTT-4.4.0-1], but not to a client that may not read them.
+#[test]
+fn what_was_in_flight_to_the_last_client_is_resent_only_where_the_new_one_may_read() {
+    let rules = Prefixes::new("", "mine/");
+    let net = Net::with_hooks(
+        BrokerConfig::default(),
+        Hooks {
+            authenticator: Arc::new(ByUsername(rules.clone())),
+            authorizer: Arc::new(PrincipalAccess::default()),
+            enhanced: Vec::new(),
+        },
+    );
+    let mut first = net.accepted(common::persistent(V5, "shared-device"));
+    first.subscribe("#", QoS::AtLeastOnce);
+    let mut publisher = net.connected(V5, "publisher");
+    publisher.publish("theirs/1", QoS::AtLeastOnce, b"1");
+    publisher.publish("mine/2", QoS::AtLeastOnce, b"2");
+    // Received, never acknowledged.
+    assert_eq!(first.publishes().len(), 2);
+    drop(first);
+    let mut connect = common::persistent(V5, "shared-device");
+    connect.username = Some(text("guest"));
+    let mut guest = net.accepted(connect);
+    let resent = guest.publishes();
+    assert_eq!(resent.len(), 1, "{resent:?}");
+    assert_eq!(resent[0].payload, Bytes::from_static(b"2"));
+    assert!(resent[0].dup, "a resent PUBLISH has DUP set [MQTT-3.3.1-1]");
+    let session = net.session("shared-device").unwrap();
+    assert_eq!(session.inflight_len(), 1);
+}
+
+/// UNSUBSCRIBE removes a subscription that exists even when the client's rights no longer
+/// cover its filter (the authorizer swapped without a re-check): removing it cannot widen what
+/// the client sees. One that does not exist, on a filter it may not subscribe to, gets 0x87.
+#[test]
+fn an_existing_subscription_can_always_be_unsubscribed() {
+    let net = Net::new();
+    let mut client = net.connected(V5, "limited");
+    client.subscribe("theirs/x", QoS::AtMostOnce);
+    net.broker.set_authorizer(Arc::new(KeepOnly));
+    client.send(Packet::Unsubscribe(tern_codec::Unsubscribe {
+        packet_id: 9,
+        properties: Properties::default(),
+        filters: vec![text("theirs/x"), text("theirs/y")],
+    }));
+    match client.next() {
+        Some(Packet::UnsubAck(unsuback)) => assert_eq!(
+            unsuback.reason_codes,
+            vec![ReasonCode::Success, ReasonCode::NotAuthorized]
+        ),
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    assert_eq!(net.broker.subscription_count(), 0);
+}

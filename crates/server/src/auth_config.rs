@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth_failures::FailureLimit;
 use crate::jwt::JwtConfig;
 
 /// Authentication and access rules, for every listener without its own `auth`, or one
@@ -28,6 +29,9 @@ pub struct AuthConfig {
     pub deny_publish: Option<DenyPublish>,
     /// JSON Web Tokens in the password field (see [`JwtConfig`]).
     pub jwt: Option<JwtConfig>,
+    /// How failed authentications are slowed down and banned (see [`FailureLimit`]).
+    /// Broker-wide: top-level `[auth]` only.
+    pub failure_limit: Option<FailureLimit>,
 }
 
 /// See [`AuthConfig::deny_publish`].

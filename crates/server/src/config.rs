@@ -358,18 +358,25 @@ impl ServerConfig {
 
     /// Checks each listener's authentication settings (its own `auth`, or `[auth]`).
     fn validate_auth(&self) -> Result<(), String> {
+        if let Some(limit) = &self.auth.failure_limit {
+            limit.check()?;
+        }
         for addr in &self.listen {
             self.auth
                 .validate_for(&format!("listen address {addr}"), addr.ip(), false)?;
         }
         for listener in &self.listeners {
-            if let Some(own) = &listener.auth
-                && own.deny_publish.is_some()
-            {
-                return Err(format!(
-                    "listener {:?}: deny_publish applies to the whole broker: set it in [auth]",
-                    listener.name
-                ));
+            if let Some(own) = &listener.auth {
+                let broker_wide = [
+                    ("deny_publish", own.deny_publish.is_some()),
+                    ("failure_limit", own.failure_limit.is_some()),
+                ];
+                if let Some((key, _)) = broker_wide.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "listener {:?}: {key} applies to the whole broker: set it in [auth]",
+                        listener.name
+                    ));
+                }
             }
             let auth = listener.auth.as_ref().unwrap_or(&self.auth);
             auth.validate_for(
@@ -562,6 +569,31 @@ mod tests {
         );
         assert!(ServerConfig::from_toml("[auth]\ndeny_publish = \"kick\"").is_err());
         assert!(ServerConfig::from_toml("[auth]\npassword = \"x\"").is_err());
+    }
+
+    /// Issue 12: the failure limits are configuration, top-level only, checked at load.
+    #[test]
+    fn failure_limit_is_read_and_checked() {
+        let config = ServerConfig::from_toml(
+            "[auth]\nfailure_limit = { ban_after = 0, max_delay_ms = 500, by_client_id = false }\n",
+        )
+        .unwrap();
+        let limit = config.auth.failure_limit.unwrap();
+        assert_eq!(limit.ban_after, 0);
+        assert_eq!(limit.max_delay_ms, 500);
+        assert!(!limit.by_client_id);
+        assert_eq!(limit.free, crate::FailureLimit::default().free);
+        let error = ServerConfig::from_toml("[auth]\nfailure_limit = { ban_after = 2 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ban_after"), "{error}");
+        assert!(ServerConfig::from_toml("[auth]\nfailure_limit = { bans = 2 }\n").is_err());
+        let text = "[[listeners]]\nname = \"l\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:1\"\nauth = { failure_limit = { free = 1 } }\n";
+        let error = ServerConfig::from_toml(text).unwrap_err().to_string();
+        assert!(
+            error.contains("listener \"l\"") && error.contains("failure_limit"),
+            "{error}"
+        );
     }
 
     #[test]

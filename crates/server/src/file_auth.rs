@@ -13,10 +13,10 @@
 //!   which rebuilds them when the ACL file is reloaded;
 //! - failed authentications are counted per source address and per client id: after a few,
 //!   each next verification waits (exponential backoff), then the address or client id is
-//!   refused for a while (CONNACK 0x9F Connection rate exceeded) without any verification.
+//!   refused for a while (CONNACK 0x9F Connection rate exceeded) without any verification
+//!   (`auth_failures.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,24 +33,12 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{AsyncAuthenticator, AuthFuture};
 use crate::auth_config::AuthConfig;
+use crate::auth_failures::{FailureLimiter, Penalty};
 use crate::config::ServerConfig;
 use crate::jwt::{JwtVerifier, looks_like_jwt};
 
 /// Successful verifications remembered, per generation (two generations: at most twice this).
 const CACHE_CAPACITY: usize = 10_000;
-/// Failures tracked per source address and per client id (each map at most this many).
-const TRACKED_MAX: usize = 10_000;
-/// Failures let through with no delay.
-const FREE_FAILURES: u32 = 3;
-/// The delay before the verification after the first failure beyond the free ones; doubled at
-/// each further failure, up to [`MAX_DELAY`].
-const FIRST_DELAY: Duration = Duration::from_millis(50);
-const MAX_DELAY: Duration = Duration::from_secs(2);
-/// Failures after which the address or client id is refused without verification.
-const BAN_FAILURES: u32 = 8;
-/// How long a ban lasts, and how long failures are remembered, from the last one.
-const BAN_TIME: Duration = Duration::from_secs(60);
-
 /// A password or ACL file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -315,122 +303,6 @@ impl SuccessCache {
     }
 }
 
-/// Recent failures of one source address or client id.
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    last: Instant,
-}
-
-/// What the failures so far impose on the next attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Penalty {
-    None,
-    Delay(Duration),
-    Banned,
-}
-
-fn penalty_of(failures: Option<&Failures>, now: Instant) -> Penalty {
-    let Some(failures) = failures else {
-        return Penalty::None;
-    };
-    if now.duration_since(failures.last) >= BAN_TIME {
-        return Penalty::None;
-    }
-    if failures.count >= BAN_FAILURES {
-        return Penalty::Banned;
-    }
-    if failures.count < FREE_FAILURES {
-        return Penalty::None;
-    }
-    let doublings = (failures.count - FREE_FAILURES).min(16);
-    Penalty::Delay(FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY))
-}
-
-fn worse(a: Penalty, b: Penalty) -> Penalty {
-    match (a, b) {
-        (Penalty::Banned, _) | (_, Penalty::Banned) => Penalty::Banned,
-        (Penalty::Delay(a), Penalty::Delay(b)) => Penalty::Delay(a.max(b)),
-        (Penalty::Delay(d), _) | (_, Penalty::Delay(d)) => Penalty::Delay(d),
-        _ => Penalty::None,
-    }
-}
-
-/// Failures per key, in a map of bounded size.
-struct FailureMap<K> {
-    entries: HashMap<K, Failures>,
-}
-
-impl<K: Hash + Eq> FailureMap<K> {
-    fn new() -> Self {
-        FailureMap {
-            entries: HashMap::new(),
-        }
-    }
-
-    fn record(&mut self, key: K, now: Instant) {
-        if !self.entries.contains_key(&key) && self.entries.len() >= TRACKED_MAX {
-            self.entries
-                .retain(|_, failures| now.duration_since(failures.last) < BAN_TIME);
-            if self.entries.len() >= TRACKED_MAX {
-                // Full of recent failures: the newcomer is not tracked (the other map, or
-                // the next purge, still limits it).
-                return;
-            }
-        }
-        let entry = self.entries.entry(key).or_insert(Failures {
-            count: 0,
-            last: now,
-        });
-        if now.duration_since(entry.last) >= BAN_TIME {
-            entry.count = 0;
-        }
-        entry.count = entry.count.saturating_add(1);
-        entry.last = now;
-    }
-
-    fn penalty<Q>(&self, key: &Q, now: Instant) -> Penalty
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        penalty_of(self.entries.get(key), now)
-    }
-
-    fn forget<Q>(&mut self, key: &Q)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.entries.remove(key);
-    }
-}
-
-struct FailureLimiter {
-    by_addr: FailureMap<IpAddr>,
-    by_client: FailureMap<Box<str>>,
-}
-
-impl FailureLimiter {
-    fn penalty(&self, addr: Option<IpAddr>, client_id: &str, now: Instant) -> Penalty {
-        let by_addr = addr.map_or(Penalty::None, |addr| self.by_addr.penalty(&addr, now));
-        worse(by_addr, self.by_client.penalty(client_id, now))
-    }
-
-    fn failed(&mut self, addr: Option<IpAddr>, client_id: &str, now: Instant) {
-        if let Some(addr) = addr {
-            self.by_addr.record(addr, now);
-        }
-        if !client_id.is_empty() {
-            self.by_client.record(Box::from(client_id), now);
-        }
-    }
-
-    fn succeeded(&mut self, client_id: &str) {
-        self.by_client.forget(client_id);
-    }
-}
-
 struct Inner {
     /// The `listen` addresses'.
     default: Policy,
@@ -553,10 +425,9 @@ impl FileAuth {
                 digester,
                 cache: Mutex::new(SuccessCache::default()),
                 verifications: Arc::new(Semaphore::new(cores)),
-                limiter: Mutex::new(FailureLimiter {
-                    by_addr: FailureMap::new(),
-                    by_client: FailureMap::new(),
-                }),
+                limiter: Mutex::new(FailureLimiter::new(
+                    config.auth.failure_limit.unwrap_or_default(),
+                )),
             }),
         }))
     }
@@ -825,42 +696,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Issue 12: failures are limited, backoff then a temporary ban, per key, and forgotten
-    /// after the ban time.
-    #[test]
-    fn backoff_then_ban_then_forgotten() {
-        let mut map = FailureMap::<IpAddr>::new();
-        let addr = IpAddr::from([192, 0, 2, 1]);
-        let start = Instant::now();
-        for _ in 0..FREE_FAILURES {
-            assert_eq!(map.penalty(&addr, start), Penalty::None);
-            map.record(addr, start);
-        }
-        assert_eq!(map.penalty(&addr, start), Penalty::Delay(FIRST_DELAY));
-        map.record(addr, start);
-        assert_eq!(map.penalty(&addr, start), Penalty::Delay(FIRST_DELAY * 2));
-        for _ in FREE_FAILURES + 1..BAN_FAILURES {
-            map.record(addr, start);
-        }
-        assert_eq!(map.penalty(&addr, start), Penalty::Banned);
-        assert_eq!(map.penalty(&addr, start + BAN_TIME), Penalty::None);
-        map.record(addr, start + BAN_TIME);
-        assert_eq!(map.entries[&addr].count, 1);
-    }
-
-    /// Issue 12: the tracking maps are bounded.
-    #[test]
-    fn tracking_is_bounded() {
-        let mut map = FailureMap::<u32>::new();
-        let now = Instant::now();
-        for key in 0..(TRACKED_MAX as u32 + 50) {
-            map.record(key, now);
-        }
-        assert_eq!(map.entries.len(), TRACKED_MAX);
-        map.record(u32::MAX, now + BAN_TIME);
-        assert_eq!(map.entries.len(), 1);
-    }
 
     /// Issue 12: the cache of successes is bounded and keeps what is in use.
     #[test]

@@ -8,6 +8,7 @@
 
 mod auth;
 mod auth_config;
+mod auth_failures;
 mod config;
 mod connection;
 mod descriptors;
@@ -24,6 +25,7 @@ mod ws;
 
 pub use auth::{AsyncAuthenticator, AuthFuture, DenyDeferred};
 pub use auth_config::{AuthConfig, DenyPublish};
+pub use auth_failures::FailureLimit;
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
 pub use file_auth::{AuthError, AuthReload, FileAuth};
 pub use jwt::{JwtAlgorithm, JwtConfig};

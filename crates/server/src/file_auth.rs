@@ -661,6 +661,17 @@ impl Inner {
             .acquire_owned()
             .await
             .map_err(|_| ReasonCode::ServerUnavailable)?;
+        // Others from the same address may have failed while this one waited its turn (a
+        // burst of guesses arrives before the first is judged): a ban they earned holds now.
+        let banned = lock(&self.limiter).penalty(
+            request.peer.map(|peer| peer.ip()),
+            &request.client_id,
+            Instant::now(),
+        ) == Penalty::Banned;
+        if banned {
+            log_failure(&request.credentials(), "too many failures");
+            return Err(ReasonCode::ConnectionRateExceeded);
+        }
         let file = passwords.current();
         let this = self.clone();
         let verified = tokio::task::spawn_blocking(move || {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -380,4 +380,100 @@ async fn failed_authentications_are_limited() {
         refused(addr, "bob", Some(("bob", "bob-pw"))).await,
         ReasonCode::ConnectionRateExceeded
     );
+}
+
+/// Issue 12, "1 000 failing CONNECTs a second from one address while a legitimate client
+/// connects": a guesser on 127.0.0.2 sends wrong passwords at about 1 000 CONNECTs a second for
+/// three seconds; meanwhile legitimate clients (rumqttc, from 127.0.0.1, never verified before)
+/// connect, subscribe and publish. Every guess is refused (0x86, then 0x9F once the address is
+/// banned, with no verification), every legitimate client gets in and its message through.
+/// Bounded: 3 000 attempts at most, at most 200 in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_failing_connects_does_not_keep_others_out() {
+    const ATTEMPTS: usize = 3000;
+    let broker = start(config(auth(
+        Some(write("users-flood", &format!("{USERS}{CAROL}"))),
+        None,
+    )))
+    .await;
+    let addr = broker.addr();
+    let flood = tokio::spawn(async move {
+        let in_progress = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
+        let mut ticks = tokio::time::interval(Duration::from_millis(1));
+        let mut attempts = tokio::task::JoinSet::new();
+        for n in 0..ATTEMPTS {
+            ticks.tick().await;
+            let Ok(permit) = in_progress.clone().try_acquire_owned() else {
+                // As a real flood would: an attempt that cannot start now is skipped.
+                continue;
+            };
+            attempts.spawn(async move {
+                let _permit = permit;
+                let source = IpAddr::from([127, 0, 0, 2]);
+                let mut raw = Raw::open_from(addr, ProtocolVersion::V5, source).await;
+                let mut connect = connect_packet(ProtocolVersion::V5, &format!("g{n}"), true, 30);
+                connect.username = Some(text("bob"));
+                connect.password = Some(Bytes::from_static(b"guess"));
+                raw.send(&Packet::Connect(Box::new(connect))).await;
+                match raw.recv().await {
+                    Some(Packet::ConnAck(connack)) => connack.reason_code,
+                    other => panic!("expected CONNACK, got {other:?}"),
+                }
+            });
+        }
+        let mut codes = Vec::new();
+        while let Some(code) = attempts.join_next().await {
+            codes.push(code.expect("an attempt"));
+        }
+        codes
+    });
+
+    // The legitimate clients, while the flood runs: each user's first verification.
+    let mut subscriber_options = rumqttc_with(addr, "alice-sub", "alice", "alice-pw");
+    subscriber_options.set_clean_session(true);
+    let (mut subscriber, ack) = Client::connect(subscriber_options).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    subscriber
+        .subscribe("fleet/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    for (user, password) in [("bob", "bob-pw"), ("carol", "carol-pw")] {
+        let (publisher, ack) =
+            Client::connect(rumqttc_with(addr, &format!("{user}-pub"), user, password)).await;
+        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{user}");
+        publisher
+            .publish(
+                &format!("fleet/{user}"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                user,
+            )
+            .await;
+        let message = subscriber.recv().await;
+        assert_eq!(message.payload, Bytes::from(user.as_bytes().to_vec()));
+        publisher.disconnect().await;
+    }
+    assert!(
+        !flood.is_finished(),
+        "the legitimate clients ran during the flood"
+    );
+
+    let codes = flood.await.expect("the flood");
+    assert!(codes.len() >= ATTEMPTS / 3, "only {} attempts", codes.len());
+    let banned = codes
+        .iter()
+        .filter(|code| **code == ReasonCode::ConnectionRateExceeded)
+        .count();
+    assert!(
+        codes.iter().all(|code| matches!(
+            code,
+            ReasonCode::BadUserNameOrPassword | ReasonCode::ConnectionRateExceeded
+        )),
+        "every guess refused"
+    );
+    assert!(
+        banned + 50 >= codes.len(),
+        "banned without verification: {banned} of {}",
+        codes.len()
+    );
+    subscriber.disconnect().await;
 }

@@ -5,7 +5,7 @@
 
 pub mod v5;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -325,6 +325,23 @@ pub fn subscribe_packet(packet_id: u16, filters: &[(&str, QoS)]) -> Packet {
 impl Raw {
     pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
         let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
+    /// Opens a connection from `source` (a loopback address such as 127.0.0.2).
+    pub async fn open_from(addr: SocketAddr, version: ProtocolVersion, source: IpAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr))
             .await
             .expect("connect in time")
             .expect("connect");

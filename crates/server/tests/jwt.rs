@@ -263,3 +263,79 @@ async fn expiry_while_connected_disconnects() {
         }
     }
 }
+
+/// The fixture's RSA key pair (2048 bits, made with `openssl genpkey`): the signer of the
+/// RS256 tests, and its public half as PEM and as JWKS `n`/`e`.
+fn rsa_fixture() -> ring::signature::RsaKeyPair {
+    let pem = include_str!("fixtures/jwt-rsa-private.pem");
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let der = base64ct::Base64::decode_vec(&body).expect("base64");
+    ring::signature::RsaKeyPair::from_pkcs8(&der).expect("a PKCS#8 RSA key")
+}
+
+fn rs256(pair: &ring::signature::RsaKeyPair, header: &str, claims: &str) -> String {
+    let message = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let mut signature = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        message.as_bytes(),
+        &mut signature,
+    )
+    .expect("sign");
+    format!("{message}.{}", b64(&signature))
+}
+
+/// Issue 12, JWT: RS256 tokens verified with the public key from a PEM file (`key_file`) and
+/// from a JWKS file (`n`, `e`); a token whose claims were changed after signing, or whose
+/// signature was changed, is refused (0x86).
+#[tokio::test]
+async fn rs256_with_a_pem_key_and_with_a_jwks_file() {
+    let pair = rsa_fixture();
+    let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"RSA","kid":"r1","n":"{}","e":"{}"}}]}}"#,
+        b64(&public.n),
+        b64(&public.e)
+    );
+    let jwks = write("rsa.jwks", jwks.as_bytes());
+    let pem = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt-rsa-public.pem"
+    ));
+    let claims = format!(r#"{{"exp":{}}}"#, now() + 600);
+    for (source, header) in [
+        (
+            format!("key_file = {:?}", pem.display().to_string()),
+            r#"{"alg":"RS256"}"#,
+        ),
+        (
+            format!("jwks_file = {:?}", jwks.display().to_string()),
+            r#"{"alg":"RS256","kid":"r1"}"#,
+        ),
+    ] {
+        let jwt: JwtConfig =
+            toml::from_str(&format!("algorithms = [\"RS256\"]\n{source}\n")).unwrap();
+        let broker = start(config(jwt)).await;
+        let token = rs256(&pair, header, &claims);
+        let (client, ack) = Client::connect(with_token(broker.addr, "rs", &token)).await;
+        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{source}");
+        client.disconnect().await;
+        // Claims changed after signing: refused.
+        let original: Vec<&str> = token.split('.').collect();
+        let mut parts = original.clone();
+        let forged_claims = b64(format!(r#"{{"exp":{}}}"#, now() + 6000).as_bytes());
+        parts[1] = &forged_claims;
+        let (_, code) = connack(broker.addr, "forged", &parts.join(".")).await;
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword, "{source}");
+        // A signature changed in one byte: refused.
+        let mut signature = Base64UrlUnpadded::decode_vec(parts[2]).unwrap();
+        signature[10] ^= 1;
+        let tampered = format!("{}.{}.{}", original[0], original[1], b64(&signature));
+        let (_, code) = connack(broker.addr, "tampered", &tampered).await;
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword, "{source}");
+    }
+}

@@ -29,7 +29,7 @@ enum Command {
     /// Run the broker.
     Serve(ServeArgs),
     /// Load-test a running broker and check every delivery.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Add, change or delete a user in a password file (argon2id; reads and keeps
     /// Mosquitto's formats). Flags as `mosquitto_passwd`: -c, -b, -D.
     Passwd(passwd::PasswdArgs),
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => bench::main(args),
+        Command::Bench(args) => bench::main(*args),
         Command::Passwd(args) => passwd::main(args),
         Command::CheckConfig { file } => check_config(&file),
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tern_codec::{ProtocolVersion, QoS};
 
+use super::client::Login;
 use super::payload::HEADER_LEN;
 use super::transport::{TlsOptions, Transport};
 
@@ -55,6 +56,7 @@ Examples:
   tern bench fanout --clients 100
   tern bench latency --qos 1 --rate 1000
   tern bench conn --clients 10000 --rate 1000 --pid $(pidof tern)
+  tern bench conn --clients 10000 --rate 0 --username 'dev%i' --password 'pw%i'
   tern bench conn --transport tls --port 8883 --cafile ca.pem --clients 2000 --rate 0
   tern bench fanin --transport wss --port 8443 --insecure --qos 1";
 
@@ -92,6 +94,13 @@ pub struct BenchArgs {
     /// WebSockets: the HTTP path of the upgrade.
     #[arg(long, default_value = "/mqtt")]
     pub ws_path: String,
+    /// The username every client presents; `%i` is replaced with the client's number
+    /// (subscribers first, then publishers), so `dev%i` gives each client its own user.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// The password every client presents (`%i` as in --username).
+    #[arg(long)]
+    pub password: Option<String>,
     /// QoS of publishes and subscriptions: 0, 1 or 2.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
@@ -174,6 +183,8 @@ pub struct BenchConfig {
     pub tls: TlsOptions,
     /// For ws and wss.
     pub ws_path: String,
+    /// What each client presents (a template; see [`Login::for_client`]).
+    pub login: Login,
     pub qos: QoS,
     pub size: usize,
     pub duration: Duration,
@@ -214,6 +225,7 @@ impl BenchConfig {
             transport: Transport::Tcp,
             tls: TlsOptions::default(),
             ws_path: "/mqtt".to_owned(),
+            login: Login::default(),
             qos: QoS::AtMostOnce,
             size: 64,
             duration: Duration::from_secs(10),
@@ -248,6 +260,10 @@ impl BenchConfig {
             server_name: args.server_name.clone(),
         };
         config.ws_path = args.ws_path.clone();
+        config.login = Login {
+            username: args.username.clone(),
+            password: args.password.clone(),
+        };
         config.qos = match QoS::from_u8(args.qos) {
             Some(qos) => qos,
             None => bail!("--qos must be 0, 1 or 2"),

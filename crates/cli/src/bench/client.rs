@@ -127,6 +127,29 @@ pub(crate) fn is_fd_exhaustion(error: &anyhow::Error) -> bool {
     error.to_string().contains("EMFILE")
 }
 
+/// The username and password bench clients present; `%i` in either is replaced with the
+/// client's number within its role (`--username dev%i --password pw%i`: a user per client).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Login {
+    /// The login of client number `i`.
+    pub fn for_client(&self, i: usize) -> Login {
+        let fill = |template: &Option<String>| {
+            template
+                .as_ref()
+                .map(|text| text.replace("%i", &i.to_string()))
+        };
+        Login {
+            username: fill(&self.username),
+            password: fill(&self.password),
+        }
+    }
+}
+
 /// An MQTT connection past CONNACK.
 pub(crate) struct Conn<S> {
     stream: S,
@@ -145,8 +168,12 @@ impl<S: BenchStream> Conn<S> {
         client_id: &str,
         version: ProtocolVersion,
         keep_alive: u16,
+        login: &Login,
     ) -> anyhow::Result<Conn<S>> {
-        Conn::open_session(connector, addr, client_id, version, keep_alive, false).await
+        Conn::open_session(
+            connector, addr, client_id, version, keep_alive, false, login,
+        )
+        .await
     }
 
     /// [`Conn::open`], with a persistent session when `persistent` (clean session 0; MQTT 5:
@@ -158,6 +185,7 @@ impl<S: BenchStream> Conn<S> {
         version: ProtocolVersion,
         keep_alive: u16,
         persistent: bool,
+        login: &Login,
     ) -> anyhow::Result<Conn<S>> {
         let stream = connector.connect(addr).await?;
         let mut conn = Conn {
@@ -178,8 +206,14 @@ impl<S: BenchStream> Conn<S> {
             properties,
             client_id: MqttStr::try_from(client_id).context("client id")?,
             will: None,
-            username: None,
-            password: None,
+            username: match &login.username {
+                Some(username) => Some(MqttStr::try_from(username.as_str()).context("username")?),
+                None => None,
+            },
+            password: login
+                .password
+                .as_ref()
+                .map(|password| bytes::Bytes::copy_from_slice(password.as_bytes())),
         };
         conn.send(&Packet::Connect(Box::new(connect))).await?;
         match conn.read_packet().await? {

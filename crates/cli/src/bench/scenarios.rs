@@ -300,11 +300,12 @@ async fn run_messages<C: Connector>(
         let (version, keep_alive, qos) = (config.version, config.keep_alive, config.qos);
         let persistent = config.persistent;
         let connector = connector.clone();
+        let login = config.login.for_client(i);
         sub_tasks.push(tokio::spawn(async move {
             let opened = async {
                 let _permit = handshakes.acquire().await?;
                 let mut conn = Conn::open_session(
-                    &connector, addr, &client_id, version, keep_alive, persistent,
+                    &connector, addr, &client_id, version, keep_alive, persistent, &login,
                 )
                 .await?;
                 conn.subscribe(&sub_plan.filter, qos).await?;
@@ -337,10 +338,12 @@ async fn run_messages<C: Connector>(
         let client_id = format!("{id_prefix}-p{i}");
         let (version, keep_alive) = (config.version, config.keep_alive);
         let connector = connector.clone();
+        // Numbered after the subscribers, so `%i` names every client once.
+        let login = config.login.for_client(subscriber_count + i);
         pub_tasks.push(tokio::spawn(async move {
             let opened = async {
                 let _permit = handshakes.acquire().await?;
-                Conn::open(&connector, addr, &client_id, version, keep_alive).await
+                Conn::open(&connector, addr, &client_id, version, keep_alive, &login).await
             }
             .await;
             match opened {
@@ -598,9 +601,11 @@ async fn run_conn<C: Connector>(
         let client_id = format!("{id_prefix}-c{i}");
         let (version, keep_alive) = (config.version, config.keep_alive);
         let connector = connector.clone();
+        let login = config.login.for_client(i);
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let opened = Conn::open(&connector, addr, &client_id, version, keep_alive).await;
+            let opened =
+                Conn::open(&connector, addr, &client_id, version, keep_alive, &login).await;
             let now = Instant::now();
             match opened {
                 Ok(conn) => {

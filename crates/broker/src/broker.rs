@@ -527,6 +527,7 @@ impl Broker {
                 state.pending_will = Some(Box::new(PendingWill {
                     message: Arc::new(message),
                     publish_at: at,
+                    principal: None,
                 }));
                 at
             });
@@ -1128,7 +1129,7 @@ impl Broker {
         sessions.insert(Registered(session.clone()));
         drop(sessions);
         if let Some((will, _group)) = will {
-            self.publish_will(will.message, now);
+            self.publish_pending_will(will, now);
         }
         Attached {
             session,
@@ -1263,13 +1264,20 @@ impl Broker {
     }
 
     /// Schedules the will of a session whose connection has gone, for when its delay runs out.
-    pub(crate) fn defer_will(&self, session: &Arc<Session>, will: Arc<Message>, at: Instant) {
+    pub(crate) fn defer_will(
+        &self,
+        session: &Arc<Session>,
+        will: Arc<Message>,
+        at: Instant,
+        principal: Arc<Principal>,
+    ) {
         let replaced = session
             .lock()
             .pending_will
             .replace(Box::new(crate::session::PendingWill {
                 message: will,
                 publish_at: at,
+                principal: Some(principal),
             }));
         if let Some(replaced) = replaced {
             self.remove_timer(replaced.publish_at, TimerKind::WillDelay, session);
@@ -1308,7 +1316,7 @@ impl Broker {
             self.end_session_in(&mut sessions, session)
         };
         if let Some((will, _group)) = will {
-            self.publish_will(will.message, now);
+            self.publish_pending_will(will, now);
         }
     }
 
@@ -1375,7 +1383,23 @@ impl Broker {
         will.map(|will| (will, group))
     }
 
-    /// Publishes a will (authorisation was checked at CONNECT).
+    /// Publishes a will whose delay ran out (or whose session ended first), if the client
+    /// that set it may still publish on its topic: the rules may have changed since (a reload).
+    fn publish_pending_will(&self, will: Box<PendingWill>, now: Instant) {
+        let PendingWill {
+            message, principal, ..
+        } = *will;
+        if let Some(principal) = principal
+            && !self.authorizer().may_publish(&principal, &message.topic)
+        {
+            tracing::debug!(client_id = %principal.client_id, "will not published: not authorized");
+            Metrics::bump(&self.metrics.messages_refused);
+            return;
+        }
+        self.publish_will(message, now);
+    }
+
+    /// Publishes a will (authorisation checked by the caller).
     pub(crate) fn publish_will(&self, will: Arc<Message>, now: Instant) {
         Metrics::bump(&self.metrics.wills_published);
         let message = Arc::unwrap_or_clone(will);
@@ -1445,7 +1469,7 @@ impl Broker {
                         // never twice.
                         let stored = session.lock().stored;
                         let _group = if stored { self.atomic() } else { None };
-                        self.publish_will(will.message, now);
+                        self.publish_pending_will(will, now);
                         let state = session.lock();
                         if state.stored {
                             self.persist(|| Change::WillCleared {

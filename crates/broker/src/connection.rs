@@ -579,8 +579,9 @@ impl Connection {
             client,
             ..
         } = active;
-        // A will is checked when it is set (CONNECT) and again when it is published or
-        // scheduled: the access rules may have changed meanwhile (a reload).
+        // A will is checked when it is set (CONNECT), again when the connection ends, and a
+        // delayed one once more when its delay runs out: the access rules may have changed
+        // meanwhile (a reload).
         if will.as_ref().is_some_and(|will| {
             reason.publishes_will()
                 && !self
@@ -620,7 +621,8 @@ impl Connection {
                 self.broker.publish_will(will.into_message(now), now);
             } else if owner {
                 let at = now + will.delay;
-                self.broker.defer_will(&session, will.into_message(at), at);
+                self.broker
+                    .defer_will(&session, will.into_message(at), at, client.clone());
             } else if session.lock().ended {
                 // Taken over with a clean start: the session has ended, so the will is due.
                 self.broker.publish_will(will.into_message(now), now);

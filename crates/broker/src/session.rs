@@ -59,6 +59,9 @@ pub struct QueuedDelivery {
 pub struct PendingWill {
     pub message: Arc<Message>,
     pub publish_at: Instant,
+    /// Who set it: the will is checked again for them when it is published (`None`: restored
+    /// from the store, checked when it was set, before the restart).
+    pub principal: Option<Arc<crate::hooks::Principal>>,
 }
 
 /// The mutable part of a session, behind the session's lock.

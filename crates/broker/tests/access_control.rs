@@ -509,3 +509,36 @@ fn an_existing_subscription_can_always_be_unsubscribed() {
     }
     assert_eq!(net.broker.subscription_count(), 0);
 }
+
+/// A will with a delay (MQTT 5 Will Delay Interval) is checked again when its delay runs out,
+/// not only when the connection ends: rules that changed during the delay (a reload that took
+/// the right away) keep it from being published [issue 12: "checked when set and when
+/// published"].
+#[test]
+fn a_delayed_will_is_checked_when_its_delay_runs_out() {
+    let rules = Prefixes::new("mine/", "mine/");
+    let net = net(&rules);
+    let mut watcher = net.connected(V5, "watcher");
+    watcher.subscribe("#", QoS::AtMostOnce);
+    let delayed = |id: &'static str| {
+        let mut connect = with_will(V5, id, "mine/status");
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval = Some(600);
+        if let Some(will) = connect.will.as_mut() {
+            will.properties.will_delay_interval = Some(5);
+        }
+        connect
+    };
+    drop(net.accepted(delayed("limited")));
+    // Allowed when the connection ended; the right goes during the delay.
+    rules.writable.store(false, Ordering::Relaxed);
+    net.advance(6_000);
+    watcher.nothing();
+    assert_eq!(net.broker.metrics().snapshot().wills_published, 0);
+
+    // With the right kept, the same will is published when its delay runs out.
+    rules.writable.store(true, Ordering::Relaxed);
+    drop(net.accepted(delayed("limited")));
+    net.advance(6_000);
+    assert_eq!(watcher.payloads(), vec![Bytes::from_static(b"gone")]);
+}

@@ -1129,7 +1129,7 @@ impl Broker {
         sessions.insert(Registered(session.clone()));
         drop(sessions);
         if let Some((will, _group)) = will {
-            self.publish_pending_will(will, now);
+            self.publish_pending_will(*will, now);
         }
         Attached {
             session,
@@ -1316,7 +1316,7 @@ impl Broker {
             self.end_session_in(&mut sessions, session)
         };
         if let Some((will, _group)) = will {
-            self.publish_pending_will(will, now);
+            self.publish_pending_will(*will, now);
         }
     }
 
@@ -1385,10 +1385,10 @@ impl Broker {
 
     /// Publishes a will whose delay ran out (or whose session ended first), if the client
     /// that set it may still publish on its topic: the rules may have changed since (a reload).
-    fn publish_pending_will(&self, will: Box<PendingWill>, now: Instant) {
+    fn publish_pending_will(&self, will: PendingWill, now: Instant) {
         let PendingWill {
             message, principal, ..
-        } = *will;
+        } = will;
         if let Some(principal) = principal
             && !self.authorizer().may_publish(&principal, &message.topic)
         {
@@ -1469,7 +1469,7 @@ impl Broker {
                         // never twice.
                         let stored = session.lock().stored;
                         let _group = if stored { self.atomic() } else { None };
-                        self.publish_pending_will(will, now);
+                        self.publish_pending_will(*will, now);
                         let state = session.lock();
                         if state.stored {
                             self.persist(|| Change::WillCleared {

@@ -311,3 +311,51 @@ def test_key_formats(tmp_path):
             assert result.returncode == 0, (kind, result.stderr)
     finally:
         _stop_broker(broker)
+
+
+ACL_BY_CN = """\
+pattern readwrite devices/%u/#
+pattern readwrite ready/%u
+"""
+
+IDENTITY_CONFIG = """
+[[listeners]]
+name = "mtls"
+kind = "mqtts"
+bind = "127.0.0.1:0"
+tls = { cert = "server.pem", key = "server.key", client_ca = "ca1.pem", client_auth = "required", use_identity_as_username = "cn" }
+auth = { acl_file = "tern.acl" }
+"""
+
+
+def test_certificate_identity_is_the_username_of_the_access_rules(pki):
+    """Issue 12, "mutual TLS identity as username": the client certificate's CN (device-1)
+    is the username the ACL's `%u` sees. mosquitto_sub with the certificate may subscribe to
+    devices/device-1/# and gets what mosquitto_pub sends there; devices/device-2/# is refused
+    (MQTT 5 SUBACK 0x87: 'denied')."""
+    (pki / "tern.acl").write_text(ACL_BY_CN)
+    broker = _start_broker(pki, IDENTITY_CONFIG)
+    try:
+        pattern = r"listening for MQTT over TLS addr=127\.0\.0\.1:(\d+) listener=\"mtls\""
+        assert broker.wait_for_log(pattern), broker.log()
+        port = int(re.search(pattern, broker.log()).group(1))
+        tls = ["--cafile", str(pki / "ca1.pem"), "--cert", str(pki / "client.pem"),
+               "--key", str(pki / "client.key")]
+        ready = pub(port, *tls, "-r", topic="ready/device-1", message="ready")
+        assert ready.returncode == 0, ready.stderr
+        s = MosquittoSub((broker.host, port), ["devices/device-1/#"], qos=1, count=2,
+                         ready_topic="ready/device-1", extra=tls)
+        try:
+            s.wait_ready()
+            sent = pub(port, *tls, topic="devices/device-1/temp", message="21.5")
+            assert sent.returncode == 0, sent.stderr
+            assert [l.payload for l in s.wait_data(1)] == [b"21.5"]
+        finally:
+            s.close()
+        denied = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "devices/device-2/#",
+             "-V", "mqttv5", "-C", "1", "-W", "5", *tls],
+            capture_output=True, text=True, timeout=15, stdin=subprocess.DEVNULL)
+        assert "denied" in (denied.stderr + denied.stdout).lower(), denied.stderr
+    finally:
+        _stop_broker(broker)

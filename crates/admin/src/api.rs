@@ -1,0 +1,227 @@
+//! What the admin API can ask of the broker and the shapes of the answers: the contract
+//! between the HTTP layer (this crate) and the server that implements [`AdminBackend`].
+//! The JSON the API sends is these types serialized as they are, so a field added here is a
+//! field added to the API (documented in the OpenAPI description); none is ever renamed.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+/// A page of a listing: at most `limit` entries (the HTTP layer caps it at
+/// [`Page::MAX_LIMIT`]) whose key (client id, topic, ...) sorts after `after`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+impl Page {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+}
+
+/// The broker in figures (`GET /api/v1/stats`; the dashboard polls it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub version: String,
+    pub uptime_s: u64,
+    /// Open MQTT connections (past CONNACK).
+    pub connections: u64,
+    pub sessions_connected: u64,
+    pub sessions_offline: u64,
+    pub subscriptions: u64,
+    pub retained_messages: u64,
+    pub retained_bytes: u64,
+    /// Counters since start.
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub messages_dropped: u64,
+    pub auth_failures: u64,
+    /// Messages waiting in session queues, and in flight to clients.
+    pub queued_messages: u64,
+    pub inflight_messages: u64,
+    /// The store: whether it takes new durable work (false: disk full or failing), its size on
+    /// disk when known.
+    pub store_accepting: bool,
+    pub store_bytes: Option<u64>,
+}
+
+/// A connected client (`GET /api/v1/clients`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSummary {
+    pub client_id: String,
+    pub username: Option<String>,
+    /// `ip:port` of the client as the broker sees it (after the PROXY protocol, if any).
+    pub peer: Option<String>,
+    /// The `[[listeners]]` name; `None` for a `listen` address.
+    pub listener: Option<String>,
+    /// "3.1", "3.1.1" or "5".
+    pub protocol: String,
+    /// Seconds since the Unix epoch.
+    pub connected_at: u64,
+    pub keep_alive_s: u16,
+    pub clean_start: bool,
+    pub subscriptions: usize,
+    pub queued: usize,
+    pub inflight: usize,
+}
+
+/// One client in detail (`GET /api/v1/clients/{client_id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientDetail {
+    #[serde(flatten)]
+    pub summary: ClientSummary,
+    pub subscriptions: Vec<SubscriptionInfo>,
+    /// The session's expiry once the client is gone, in seconds; `None`: never.
+    pub session_expiry_s: Option<u64>,
+    /// Messages dropped because the session's queue was full.
+    pub dropped: u64,
+    /// Whether per-client debug tracing is on.
+    pub tracing: bool,
+}
+
+/// A session, connected or not (`GET /api/v1/sessions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub client_id: String,
+    pub connected: bool,
+    /// Seconds until an offline session ends; `None` while connected or for a session that
+    /// never expires.
+    pub expires_in_s: Option<u64>,
+    pub subscriptions: usize,
+    pub queued: usize,
+    pub inflight: usize,
+}
+
+/// Which subscriptions to list: every one, a client's, or those whose filter is `filter`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionQuery {
+    pub client_id: Option<String>,
+    pub filter: Option<String>,
+    pub page: Page,
+}
+
+/// A subscription (`GET /api/v1/subscriptions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    pub client_id: String,
+    /// As subscribed, `$share/group/...` included.
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub identifier: Option<u32>,
+}
+
+/// A retained message in a listing (`GET /api/v1/retained?filter=...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedSummary {
+    pub topic: String,
+    pub qos: u8,
+    pub payload_bytes: usize,
+}
+
+/// A retained message whole (`GET /api/v1/retained/message?topic=...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedMessage {
+    pub topic: String,
+    pub qos: u8,
+    /// The payload as text when it is UTF-8, else `None` (see `payload_base64`).
+    pub payload: Option<String>,
+    /// The payload in standard base64, always.
+    pub payload_base64: String,
+    pub content_type: Option<String>,
+    /// Seconds left before it expires (MQTT 5 Message Expiry Interval); `None`: never.
+    pub expires_in_s: Option<u64>,
+}
+
+/// `POST /api/v1/publish`: a message published by the broker itself (as no client), with
+/// the given QoS and retain flag. Exactly one of `payload` (UTF-8) and `payload_base64`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    pub topic: String,
+    #[serde(default)]
+    pub payload: Option<String>,
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+    /// MQTT 5 Message Expiry Interval, seconds.
+    #[serde(default)]
+    pub message_expiry_s: Option<u32>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// What a reload did (`POST /api/v1/reload`, and SIGHUP in the log): what was read again,
+/// and what changed in the file but needs a restart to apply (reported, never ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// `GET /api/v1/ready`: ready when every listener is bound and the store takes work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub reasons: Vec<String>,
+}
+
+/// Why a request to the backend failed; the HTTP layer maps each to a status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// 404.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 400: the request is not valid (a bad topic, both payload fields, ...).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// 503: the broker cannot do it now (shutting down, the store refuses work).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A boxed future, for the backend's one asynchronous call.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the admin API asks of the broker. The calls are quick (in-memory walks, bounded by
+/// the page) and may be made from any thread; the HTTP layer runs them off its event loop
+/// when a page is large.
+pub trait AdminBackend: Send + Sync + 'static {
+    fn stats(&self) -> Stats;
+    fn readiness(&self) -> Readiness;
+    /// Connected clients, by client id.
+    fn clients(&self, page: &Page) -> Vec<ClientSummary>;
+    fn client(&self, client_id: &str) -> Option<ClientDetail>;
+    /// Closes a client's connection (MQTT 5: DISCONNECT 0x98 Administrative action; the will
+    /// is published as for any other close); false when it is not connected.
+    fn kick(&self, client_id: &str) -> bool;
+    /// Sessions, connected or not, by client id.
+    fn sessions(&self, page: &Page) -> Vec<SessionSummary>;
+    /// Ends a session (and closes its connection, if any, as `kick`); false when none.
+    fn delete_session(&self, client_id: &str) -> bool;
+    fn subscriptions(&self, query: &SubscriptionQuery) -> Vec<SubscriptionInfo>;
+    /// Retained messages whose topic matches `filter`, by topic.
+    fn retained(&self, filter: &str, page: &Page) -> Result<Vec<RetainedSummary>, AdminError>;
+    fn retained_message(&self, topic: &str) -> Option<RetainedMessage>;
+    /// Clears a retained message (and from the store); false when there was none.
+    fn delete_retained(&self, topic: &str) -> Result<bool, AdminError>;
+    fn publish(&self, request: PublishRequest) -> Result<(), AdminError>;
+    /// Turns per-client debug tracing on or off; false when the client is not connected.
+    fn set_client_tracing(&self, client_id: &str, on: bool) -> bool;
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    fn metrics_text(&self) -> String;
+    /// The running configuration, secrets (passwords, keys, tokens) replaced by "<redacted>".
+    fn config(&self) -> serde_json::Value;
+    /// Reads the configuration file and the files it names again, applies what can change at
+    /// run time, reports the rest.
+    fn reload(&self) -> BoxFuture<'_, ReloadReport>;
+}

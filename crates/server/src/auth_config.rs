@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::http_auth::HttpConfig;
 use crate::jwt::JwtConfig;
 
 /// Authentication and access rules, for every listener without its own `auth`, or one
@@ -28,6 +29,8 @@ pub struct AuthConfig {
     pub deny_publish: Option<DenyPublish>,
     /// JSON Web Tokens in the password field (see [`JwtConfig`]).
     pub jwt: Option<JwtConfig>,
+    /// An HTTP service that decides (see [`HttpConfig`]).
+    pub http: Option<HttpConfig>,
 }
 
 /// See [`AuthConfig::deny_publish`].
@@ -60,6 +63,9 @@ impl AuthConfig {
         if let Some(jwt) = &self.jwt {
             jwt.check().map_err(|error| format!("{what}: {error}"))?;
         }
+        if let Some(http) = &self.http {
+            http.check().map_err(|error| format!("{what}: {error}"))?;
+        }
         if !self.has_authenticator()
             && self.allow_anonymous.is_none()
             && !certificates_required
@@ -81,7 +87,7 @@ impl AuthConfig {
 
     /// Whether clients can prove who they are here (a password file or tokens).
     pub fn has_authenticator(&self) -> bool {
-        self.password_file.is_some() || self.jwt.is_some()
+        self.password_file.is_some() || self.jwt.is_some() || self.http.is_some()
     }
 
     /// Resolves the file paths against `base` (the configuration file's directory).
@@ -90,7 +96,8 @@ impl AuthConfig {
             .jwt
             .as_mut()
             .into_iter()
-            .flat_map(|jwt| jwt.paths_mut());
+            .flat_map(|jwt| jwt.paths_mut())
+            .chain(self.http.iter_mut().flat_map(|http| http.paths_mut()));
         for path in [&mut self.password_file, &mut self.acl_file]
             .into_iter()
             .flatten()

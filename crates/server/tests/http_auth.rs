@@ -1,0 +1,429 @@
+//! Issue 12, HTTP: the credentials and the connection's facts POSTed as JSON to a service the
+//! test starts (hyper, port 0); allow/deny and permissions from its answer; fail closed when
+//! it is down, slow, errs or answers junk; a TTL cache of allow answers; bounded concurrency;
+//! keep-alive connections reused. rumqttc where a client we did not write shows it; raw
+//! packets where the exact reason code matters.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::v5::{Client5, QoS};
+use common::{Client, Raw, connect_packet, text};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tern_codec::{ProtocolVersion, ReasonCode};
+use tern_server::{AuthConfig, ListenerConfig, Server, ServerConfig};
+use tokio::sync::oneshot;
+
+/// What the test service saw.
+#[derive(Default)]
+struct Seen {
+    requests: Mutex<Vec<Value>>,
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl Seen {
+    fn count(&self, username: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r["username"] == username)
+            .count()
+    }
+
+    fn last(&self, username: &str) -> Value {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r["username"] == username)
+            .cloned()
+            .expect("a request for this user")
+    }
+}
+
+/// The answer the service gives, by username.
+async fn answer(seen: &Seen, delay: Duration, body: Value) -> Response<Full<Bytes>> {
+    let json = |status: u16, text: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(text)))
+            .unwrap()
+    };
+    let user = body["username"].as_str().unwrap_or("").to_owned();
+    seen.requests.lock().unwrap().push(body);
+    tokio::time::sleep(delay).await;
+    match user.as_str() {
+        "mallory" => json(200, r#"{"result":"deny"}"#.into()),
+        "perm" => json(
+            200,
+            r#"{"result":"allow","publish":["out/%c"],"subscribe":["in/%u/#"]}"#.into(),
+        ),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            json(200, r#"{"result":"allow"}"#.into())
+        }
+        "err500" => json(500, r#"{"result":"allow"}"#.into()),
+        "junk" => json(200, "this is not JSON".into()),
+        "maybe" => json(200, r#"{"result":"perhaps"}"#.into()),
+        "big" => json(
+            200,
+            format!(r#"{{"result":"allow","pad":"{}"}}"#, "x".repeat(100_000)),
+        ),
+        _ => json(200, r#"{"result":"allow"}"#.into()),
+    }
+}
+
+/// A hyper HTTP/1 service on 127.0.0.1:0 (keep-alive on), each answer after `delay`.
+async fn service(delay: Duration) -> (SocketAddr, Arc<Seen>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let state = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            state.connections.fetch_add(1, Ordering::SeqCst);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let handler = service_fn(move |request: Request<Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                        let body: Value = serde_json::from_slice(&bytes).unwrap();
+                        let response = answer(&state, delay, body).await;
+                        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), handler)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn http_auth(url: &str, extra: &str) -> AuthConfig {
+    toml::from_str(&format!("http = {{ url = {url:?}{extra} }}")).unwrap()
+}
+
+struct Running {
+    addrs: Vec<SocketAddr>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(config: ServerConfig) -> Running {
+    let server = Server::bind(config).await.expect("bind");
+    let addrs = server.local_addrs();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let _ = server.run(stopped, Duration::from_secs(2)).await;
+    });
+    Running {
+        addrs,
+        _stop: stop,
+    }
+}
+
+async fn broker(service: SocketAddr, extra: &str) -> Running {
+    start(ServerConfig {
+        auth: http_auth(&format!("http://{service}/mqtt/auth"), extra),
+        ..common::config()
+    })
+    .await
+}
+
+/// The CONNACK code of a raw CONNECT with a username and password.
+async fn connack(
+    addr: SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+    username: &str,
+    password: &[u8],
+) -> (Raw, ReasonCode) {
+    let mut connect = connect_packet(version, client_id, true, 30);
+    connect.username = Some(text(username));
+    connect.password = Some(Bytes::copy_from_slice(password));
+    let (raw, connack) = Raw::connected(addr, version, connect).await;
+    (raw, connack.reason_code)
+}
+
+/// A refused CONNECT's code (MQTT 5), and the connection closed after it [MQTT-3.2.2-7].
+async fn refused(addr: SocketAddr, client_id: &str, username: &str) -> ReasonCode {
+    let (mut raw, code) = connack(addr, ProtocolVersion::V5, client_id, username, b"pw").await;
+    assert_ne!(code, ReasonCode::Success, "{username}");
+    assert!(raw.recv().await.is_none(), "closed after the refusal");
+    code
+}
+
+fn v311(addr: SocketAddr, id: &str, user: &str) -> rumqttc::MqttOptions {
+    let mut opts = common::options(addr, id);
+    opts.set_credentials(user, "secret-pw");
+    opts
+}
+
+/// Issue 12, HTTP: an allow answer lets a rumqttc client in; a deny answer refuses with 0x86
+/// Bad user name or password (3.1.1: return code 4), and denials go through the failure
+/// limiter like wrong passwords.
+#[tokio::test]
+async fn allow_and_deny() {
+    let (service, seen) = service(Duration::ZERO).await;
+    let broker = broker(service, ", cache_ttl_s = 0").await;
+    let addr = broker.addrs[0];
+    let (client, ack) = Client::connect(v311(addr, "dev1", "alice")).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    client.disconnect().await;
+    assert_eq!(
+        refused(addr, "m1", "mallory").await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    let (_, code) = connack(addr, ProtocolVersion::V311, "m2", "mallory", b"x").await;
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+    assert_eq!(seen.count("mallory"), 2);
+    // Anonymous clients are not sent to the service: refused (0x87), no request.
+    let (_, code) = Raw::connected(
+        addr,
+        ProtocolVersion::V5,
+        connect_packet(ProtocolVersion::V5, "anon", true, 30),
+    )
+    .await;
+    assert_eq!(code.reason_code, ReasonCode::NotAuthorized);
+    assert_eq!(seen.requests.lock().unwrap().len(), 3);
+}
+
+/// Issue 12, HTTP: permissions from the answer (`%u`/`%c` substituted) for an MQTT 5 client:
+/// a publish outside them is refused with PUBACK 0x87, a subscription outside them with
+/// SUBACK 0x87; inside them both are granted.
+#[tokio::test]
+async fn permissions_from_the_answer() {
+    let (service, _) = service(Duration::ZERO).await;
+    let broker = broker(service, "").await;
+    let mut opts = common::v5::options(broker.addrs[0], "c9");
+    opts.set_credentials("perm", "pw");
+    let (mut client, ack) = Client5::connect(opts).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    let suback = client.subscribe("in/other/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        suback.return_codes,
+        vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::NotAuthorized]
+    );
+    let suback = client.subscribe("in/perm/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        suback.return_codes,
+        vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(
+            QoS::AtLeastOnce
+        )]
+    );
+    for (topic, expected) in [
+        (
+            "out/other",
+            rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized,
+        ),
+        (
+            "out/c9",
+            rumqttc::v5::mqttbytes::v5::PubAckReason::NoMatchingSubscribers,
+        ),
+    ] {
+        client
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        let reason = client
+            .next_matching(|event| match event {
+                rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(ack)) => {
+                    Some(ack.reason)
+                }
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(reason, expected, "{topic}");
+    }
+}
+
+/// Issue 12, HTTP, fail closed: a service that is down, answers 500, answers malformed JSON,
+/// an unknown result or an oversized body refuses the client with 0x88 Server unavailable
+/// (3.1.1: return code 3), retryable, never lets it in.
+#[tokio::test]
+async fn a_failing_service_refuses_retryably() {
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let down = broker(closed, "").await;
+    assert_eq!(
+        refused(down.addrs[0], "d1", "alice").await,
+        ReasonCode::ServerUnavailable
+    );
+    let (_, code) = connack(down.addrs[0], ProtocolVersion::V311, "d2", "alice", b"x").await;
+    assert_eq!(code, ReasonCode::ServerUnavailable);
+
+    let (service, seen) = service(Duration::ZERO).await;
+    let broker = broker(service, "").await;
+    for user in ["err500", "junk", "maybe", "big"] {
+        assert_eq!(
+            refused(broker.addrs[0], user, user).await,
+            ReasonCode::ServerUnavailable,
+            "{user}"
+        );
+        assert_eq!(seen.count(user), 1, "{user}");
+    }
+    // Failures of the service are not the client's: not counted against its address (many
+    // more than the ban threshold), a good client from the same address still gets in.
+    for n in 0..10 {
+        refused(broker.addrs[0], &format!("e{n}"), "err500").await;
+    }
+    let (_, code) = connack(broker.addrs[0], ProtocolVersion::V5, "ok", "alice", b"x").await;
+    assert_eq!(code, ReasonCode::Success);
+}
+
+/// Issue 12, HTTP: a service slower than `timeout_ms` refuses the client at the timeout (0x88),
+/// and a client connecting meanwhile is not held up by it.
+#[tokio::test]
+async fn a_slow_service_times_out_and_others_go_on() {
+    let (service, _) = service(Duration::ZERO).await;
+    let broker = broker(service, ", timeout_ms = 300").await;
+    let addr = broker.addrs[0];
+    let start = Instant::now();
+    let slow = tokio::spawn(async move { refused(addr, "s1", "slow").await });
+    let (client, ack) = Client::connect(v311(addr, "fast", "alice")).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    assert!(start.elapsed() < Duration::from_millis(300), "not held up");
+    client.disconnect().await;
+    assert_eq!(slow.await.unwrap(), ReasonCode::ServerUnavailable);
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "refused at the timeout, after {elapsed:?}"
+    );
+}
+
+/// Issue 12, HTTP: an allow answer is remembered for `cache_ttl_s`: the same credentials
+/// again do not reach the service; other credentials do; after the TTL they do again.
+#[tokio::test]
+async fn allow_answers_are_cached_for_the_ttl() {
+    let (service, seen) = service(Duration::ZERO).await;
+    let broker = broker(service, ", cache_ttl_s = 1").await;
+    let addr = broker.addrs[0];
+    for _ in 0..3 {
+        let (_, code) = connack(addr, ProtocolVersion::V5, "k1", "alice", b"pw").await;
+        assert_eq!(code, ReasonCode::Success);
+    }
+    assert_eq!(seen.count("alice"), 1, "answered from the cache");
+    let (_, code) = connack(addr, ProtocolVersion::V5, "k1", "alice", b"other").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(seen.count("alice"), 2, "another password is asked about");
+    // Denials are not remembered.
+    for _ in 0..2 {
+        refused(addr, "m", "mallory").await;
+    }
+    assert_eq!(seen.count("mallory"), 2);
+    // The TTL is a time to let pass: no event to await.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, code) = connack(addr, ProtocolVersion::V5, "k1", "alice", b"pw").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(seen.count("alice"), 3, "asked again after the TTL");
+}
+
+/// Issue 12, HTTP: at most `max_concurrent` requests in flight (the service sees at most 2 of
+/// 8 simultaneous CONNECTs at once; the others wait and all get in), over keep-alive
+/// connections reused (no more connections than the bound).
+#[tokio::test]
+async fn concurrency_is_bounded_and_connections_reused() {
+    let (service, seen) = service(Duration::from_millis(100)).await;
+    let broker = broker(service, ", max_concurrent = 2, cache_ttl_s = 0").await;
+    let addr = broker.addrs[0];
+    let connects = (0..8).map(|n| async move {
+        let (_raw, code) = connack(
+            addr,
+            ProtocolVersion::V5,
+            &format!("p{n}"),
+            &format!("u{n}"),
+            b"pw",
+        )
+        .await;
+        code
+    });
+    let codes = futures_util::future::join_all(connects).await;
+    assert!(codes.iter().all(|code| *code == ReasonCode::Success));
+    assert_eq!(seen.requests.lock().unwrap().len(), 8);
+    assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 2);
+    assert!(seen.connections.load(Ordering::SeqCst) <= 2);
+}
+
+/// Issue 12, HTTP: the request carries the facts: client id, username, password (UTF-8, or
+/// base64 with a flag), peer address and port, listener name, transport kind, protocol
+/// version, no certificate on plain TCP.
+#[tokio::test]
+async fn the_request_carries_the_facts() {
+    let (service, seen) = service(Duration::ZERO).await;
+    let mut config = common::config();
+    let named: ListenerConfig = toml::from_str(&format!(
+        "name = \"edge\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\
+         auth = {{ http = {{ url = \"http://{service}/mqtt/auth?x=1\", cache_ttl_s = 0 }} }}\n"
+    ))
+    .unwrap();
+    config.listeners.push(named);
+    config.auth = AuthConfig {
+        allow_anonymous: Some(true),
+        ..AuthConfig::default()
+    };
+    let broker = start(config).await;
+    let edge = broker.addrs[1];
+    let (raw, code) = connack(edge, ProtocolVersion::V311, "dev-7", "facts", b"p\xc3\xa9").await;
+    assert_eq!(code, ReasonCode::Success);
+    let local = raw_local_addr(&raw);
+    let body = seen.last("facts");
+    assert_eq!(body["client_id"], "dev-7");
+    assert_eq!(body["password"], "pé");
+    assert_eq!(body["password_base64"], false);
+    assert_eq!(body["peer_address"], "127.0.0.1");
+    assert_eq!(body["peer_port"], local.port());
+    assert_eq!(body["listener"], "edge");
+    assert_eq!(body["transport"], "mqtt");
+    assert_eq!(body["protocol_version"], 4);
+    assert!(body["certificate"].is_null());
+    let (_, code) = connack(edge, ProtocolVersion::V5, "dev-8", "facts", b"\xff\x00\x01").await;
+    assert_eq!(code, ReasonCode::Success);
+    let body = seen.last("facts");
+    assert_eq!(body["password"], "/wAB");
+    assert_eq!(body["password_base64"], true);
+    assert_eq!(body["protocol_version"], 5);
+    // The top-level [auth] of the `listen` address has no http: nothing sent from there.
+    let before = seen.requests.lock().unwrap().len();
+    let (_, code) = connack(broker.addrs[0], ProtocolVersion::V5, "x", "facts", b"p").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(seen.requests.lock().unwrap().len(), before);
+}
+
+fn raw_local_addr(raw: &Raw) -> SocketAddr {
+    raw.stream.local_addr().unwrap()
+}

@@ -443,6 +443,7 @@ struct Inner {
     password_files: Vec<Arc<Watched<PasswordFile>>>,
     acl_files: Vec<Arc<Watched<Acl>>>,
     jwt: Vec<Arc<JwtVerifier>>,
+    http: Vec<Arc<HttpAuth>>,
     digester: CredentialDigester,
     cache: Mutex<SuccessCache>,
     verifications: Arc<Semaphore>,
@@ -497,56 +498,56 @@ impl FileAuth {
                           certificates: bool,
                           kind: &'static str|
          -> Result<Policy, AuthError> {
-                let passwords = match &auth.password_file {
-                    Some(path) => Some(match password_files.get(path) {
-                        Some(file) => file.clone(),
-                        None => {
-                            let file = Arc::new(Watched::open(path)?);
-                            password_files.insert(path.clone(), file.clone());
-                            file
-                        }
-                    }),
-                    None => None,
-                };
-                let acl = match &auth.acl_file {
-                    Some(path) => Some(match acl_files.get(path) {
-                        Some(file) => file.clone(),
-                        None => {
-                            let file = Arc::new(Watched::open(path)?);
-                            acl_files.insert(path.clone(), file.clone());
-                            file
-                        }
-                    }),
-                    None => None,
-                };
-                let jwt = match &auth.jwt {
-                    Some(config) => {
-                        let verifier = Arc::new(JwtVerifier::new(config)?);
-                        jwt_verifiers.push(verifier.clone());
-                        Some(verifier)
+            let passwords = match &auth.password_file {
+                Some(path) => Some(match password_files.get(path) {
+                    Some(file) => file.clone(),
+                    None => {
+                        let file = Arc::new(Watched::open(path)?);
+                        password_files.insert(path.clone(), file.clone());
+                        file
                     }
-                    None => None,
-                };
-                // One client (pool, cache, concurrency bound) per distinct table.
-                let http = match &auth.http {
-                    Some(config) => Some(match http_clients.iter().find(|(c, _)| c == config) {
-                        Some((_, client)) => (client.clone(), kind),
-                        None => {
-                            let client = Arc::new(HttpAuth::new(config)?);
-                            http_clients.push((config.clone(), client.clone()));
-                            (client, kind)
-                        }
-                    }),
-                    None => None,
-                };
-                Ok(Policy {
-                    allow_anonymous: auth.anonymous_allowed(addr, certificates),
-                    passwords,
-                    acl,
-                    jwt,
-                    http,
-                })
+                }),
+                None => None,
             };
+            let acl = match &auth.acl_file {
+                Some(path) => Some(match acl_files.get(path) {
+                    Some(file) => file.clone(),
+                    None => {
+                        let file = Arc::new(Watched::open(path)?);
+                        acl_files.insert(path.clone(), file.clone());
+                        file
+                    }
+                }),
+                None => None,
+            };
+            let jwt = match &auth.jwt {
+                Some(config) => {
+                    let verifier = Arc::new(JwtVerifier::new(config)?);
+                    jwt_verifiers.push(verifier.clone());
+                    Some(verifier)
+                }
+                None => None,
+            };
+            // One client (pool, cache, concurrency bound) per distinct table.
+            let http = match &auth.http {
+                Some(config) => Some(match http_clients.iter().find(|(c, _)| c == config) {
+                    Some((_, client)) => (client.clone(), kind),
+                    None => {
+                        let client = Arc::new(HttpAuth::new(config)?);
+                        http_clients.push((config.clone(), client.clone()));
+                        (client, kind)
+                    }
+                }),
+                None => None,
+            };
+            Ok(Policy {
+                allow_anonymous: auth.anonymous_allowed(addr, certificates),
+                passwords,
+                acl,
+                jwt,
+                http,
+            })
+        };
         // The `listen` addresses share the top-level table; anonymous clients are let in if
         // every one of them allows it (validation refused the others).
         let default_addr = config
@@ -579,6 +580,7 @@ impl FileAuth {
                 password_files: password_files.into_values().collect(),
                 acl_files: acl_files.into_values().collect(),
                 jwt: jwt_verifiers,
+                http: http_clients.into_iter().map(|(_, client)| client).collect(),
                 digester,
                 cache: Mutex::new(SuccessCache::default()),
                 verifications: Arc::new(Semaphore::new(cores)),
@@ -618,6 +620,13 @@ impl FileAuth {
                 Ok(true) => changed.jwt_keys += 1,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "the JWT keys are kept as they were"),
+            }
+        }
+        if force {
+            // SIGHUP: what the HTTP services allowed is asked again (a revocation is seen
+            // at once).
+            for http in &self.inner.http {
+                http.clear_cache();
             }
         }
         changed
@@ -891,7 +900,9 @@ impl Inner {
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
         match http.cached(credentials, kind) {
-            Some(allowed) => AuthDecision::Allow(self.http_principal(policy, &allowed, credentials)),
+            Some(allowed) => {
+                AuthDecision::Allow(self.http_principal(policy, &allowed, credentials))
+            }
             None => AuthDecision::Defer,
         }
     }

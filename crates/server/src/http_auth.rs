@@ -100,7 +100,11 @@ fn parse_url(url: &str) -> Result<Target, String> {
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("http: url {url:?} must start with http:// or https://")),
+        _ => {
+            return Err(format!(
+                "http: url {url:?} must start with http:// or https://"
+            ));
+        }
     };
     let Some(authority) = uri.authority() else {
         return Err(format!("http: url {url:?} has no host"));
@@ -113,7 +117,10 @@ fn parse_url(url: &str) -> Result<Target, String> {
         return Err(format!("http: url {url:?} has no host"));
     }
     // `[::1]` in a URL, `::1` to connect to.
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path = uri
         .path_and_query()
@@ -384,9 +391,7 @@ impl HttpAuth {
             None => context.update(&[0]),
         };
         let ip = credentials.peer.map(|peer| peer.ip().to_string());
-        let certificate = credentials
-            .transport
-            .and_then(|t| t.certificate.as_ref());
+        let certificate = credentials.transport.and_then(|t| t.certificate.as_ref());
         field(Some(credentials.client_id.as_bytes()));
         field(credentials.username.map(str::as_bytes));
         field(credentials.password);
@@ -419,6 +424,13 @@ impl HttpAuth {
         }
         let key = self.key(credentials, transport);
         lock(&self.cache).get(&key, self.ttl, Instant::now(), unix_now())
+    }
+
+    /// Forgets every remembered answer (SIGHUP).
+    pub(crate) fn clear_cache(&self) {
+        let mut cache = lock(&self.cache);
+        cache.current.clear();
+        cache.previous.clear();
     }
 
     /// Allow answers remembered now.
@@ -679,16 +691,10 @@ mod tests {
                 expires_at: None
             }))
         ));
-        assert!(matches!(
-            decide(br#"{"result":"deny"}"#),
-            Ok(Outcome::Deny)
-        ));
+        assert!(matches!(decide(br#"{"result":"deny"}"#), Ok(Outcome::Deny)));
         match decide(br#"{"result":"allow","publish":["a/%u"],"extra":1}"#) {
             Ok(Outcome::Allow(allowed)) => {
-                let rules = allowed
-                    .permissions
-                    .unwrap()
-                    .for_client(Some("u1"), "c1");
+                let rules = allowed.permissions.unwrap().for_client(Some("u1"), "c1");
                 assert!(rules.may_write("a/u1") && !rules.may_write("a/u2"));
                 assert!(!rules.may_read("a/u1"));
             }

@@ -78,6 +78,16 @@ async fn answer(seen: &Seen, delay: Duration, body: Value) -> Response<Full<Byte
             tokio::time::sleep(Duration::from_secs(30)).await;
             json(200, r#"{"result":"allow"}"#.into())
         }
+        "brief" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            json(
+                200,
+                format!(r#"{{"result":"allow","expires_at":{}}}"#, now + 2),
+            )
+        }
         "err500" => json(500, r#"{"result":"allow"}"#.into()),
         "junk" => json(200, "this is not JSON".into()),
         "maybe" => json(200, r#"{"result":"perhaps"}"#.into()),
@@ -91,6 +101,14 @@ async fn answer(seen: &Seen, delay: Duration, body: Value) -> Response<Full<Byte
 
 /// A hyper HTTP/1 service on 127.0.0.1:0 (keep-alive on), each answer after `delay`.
 async fn service(delay: Duration) -> (SocketAddr, Arc<Seen>) {
+    service_with(delay, None).await
+}
+
+/// The same over TLS when `tls` is given.
+async fn service_with(
+    delay: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -102,6 +120,7 @@ async fn service(delay: Duration) -> (SocketAddr, Arc<Seen>) {
             };
             state.connections.fetch_add(1, Ordering::SeqCst);
             let state = state.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let handler = service_fn(move |request: Request<Incoming>| {
                     let state = state.clone();
@@ -115,9 +134,18 @@ async fn service(delay: Duration) -> (SocketAddr, Arc<Seen>) {
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), handler)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), handler).await;
+                    }
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let _ = http.serve_connection(TokioIo::new(stream), handler).await;
+                    }
+                }
             });
         }
     });
@@ -130,12 +158,14 @@ fn http_auth(url: &str, extra: &str) -> AuthConfig {
 
 struct Running {
     addrs: Vec<SocketAddr>,
+    reloader: tern_server::AuthReloader,
     _stop: oneshot::Sender<()>,
 }
 
 async fn start(config: ServerConfig) -> Running {
     let server = Server::bind(config).await.expect("bind");
     let addrs = server.local_addrs();
+    let reloader = server.auth_reloader();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let stopped = async {
@@ -145,6 +175,7 @@ async fn start(config: ServerConfig) -> Running {
     });
     Running {
         addrs,
+        reloader,
         _stop: stop,
     }
 }
@@ -351,6 +382,58 @@ async fn allow_answers_are_cached_for_the_ttl() {
     let (_, code) = connack(addr, ProtocolVersion::V5, "k1", "alice", b"pw").await;
     assert_eq!(code, ReasonCode::Success);
     assert_eq!(seen.count("alice"), 3, "asked again after the TTL");
+    // SIGHUP forgets what was remembered.
+    let (_, code) = connack(addr, ProtocolVersion::V5, "k1", "alice", b"pw").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(seen.count("alice"), 3, "from the cache");
+    broker.reloader.reload(true);
+    let (_, code) = connack(addr, ProtocolVersion::V5, "k1", "alice", b"pw").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(seen.count("alice"), 4, "asked again after SIGHUP");
+}
+
+/// Issue 12, HTTP: denials go through the failure limiter like wrong passwords: after a few,
+/// each next one waits, then the address is refused with 0x9F Connection rate exceeded
+/// without asking the service.
+#[tokio::test]
+async fn denials_are_limited() {
+    let (service, seen) = service(Duration::ZERO).await;
+    let broker = broker(service, "").await;
+    let addr = broker.addrs[0];
+    let mut codes = Vec::new();
+    for n in 0..9 {
+        codes.push(refused(addr, &format!("g{n}"), "mallory").await);
+    }
+    assert!(
+        codes[..8]
+            .iter()
+            .all(|code| *code == ReasonCode::BadUserNameOrPassword)
+    );
+    assert_eq!(codes[8], ReasonCode::ConnectionRateExceeded);
+    assert_eq!(seen.count("mallory"), 8, "the banned attempt was not sent");
+}
+
+/// Issue 12, HTTP: an answer's `expires_at` bounds the session: the MQTT 5 client is
+/// disconnected (DISCONNECT 0x87 Not authorized) when it passes. Bounded wait.
+#[tokio::test]
+async fn expires_at_disconnects() {
+    let (service, _) = service(Duration::ZERO).await;
+    let broker = broker(service, "").await;
+    let (mut raw, code) = connack(broker.addrs[0], ProtocolVersion::V5, "b1", "brief", b"pw").await;
+    assert_eq!(code, ReasonCode::Success);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match raw.recv_within(left).await {
+            Ok(Some(tern_codec::Packet::Disconnect(disconnect))) => {
+                assert_eq!(disconnect.reason_code, ReasonCode::NotAuthorized);
+                break;
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("closed without DISCONNECT"),
+            Err(()) => panic!("not disconnected within 6 s"),
+        }
+    }
 }
 
 /// Issue 12, HTTP: at most `max_concurrent` requests in flight (the service sees at most 2 of
@@ -426,4 +509,70 @@ async fn the_request_carries_the_facts() {
 
 fn raw_local_addr(raw: &Raw) -> SocketAddr {
     raw.stream.local_addr().unwrap()
+}
+
+#[allow(deprecated)] // the ring provider: see tls.rs
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A self-signed certificate for `localhost`, its PEM written to a file: (acceptor, ca file).
+fn tls_service_config(name: &str) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    use rustls_pki_types::pem::PemObject;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(
+                certified.signing_key.serialize_pem().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("tern-http-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, cert_pem).unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), path)
+}
+
+/// Issue 12, HTTP over https: the service's certificate verified against `ca_file` (allow and
+/// deny answered); a certificate from another authority fails closed (0x88).
+#[tokio::test]
+async fn https_with_a_ca_file() {
+    let (acceptor, ca) = tls_service_config("ca.pem");
+    let (service, seen) = service_with(Duration::ZERO, Some(acceptor)).await;
+    let url = format!("https://localhost:{}/auth", service.port());
+    let extra = format!(", ca_file = {:?}", ca.display().to_string());
+    let broker = start(ServerConfig {
+        auth: http_auth(&url, &extra),
+        ..common::config()
+    })
+    .await;
+    let addr = broker.addrs[0];
+    let (client, ack) = Client::connect(v311(addr, "tls1", "alice")).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    client.disconnect().await;
+    assert_eq!(
+        refused(addr, "tls2", "mallory").await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(seen.requests.lock().unwrap().len(), 2);
+
+    let (_, other_ca) = tls_service_config("other-ca.pem");
+    let extra = format!(", ca_file = {:?}", other_ca.display().to_string());
+    let untrusted = start(ServerConfig {
+        auth: http_auth(&url, &extra),
+        ..common::config()
+    })
+    .await;
+    assert_eq!(
+        refused(untrusted.addrs[0], "tls3", "alice").await,
+        ReasonCode::ServerUnavailable
+    );
+    assert_eq!(seen.requests.lock().unwrap().len(), 2, "nothing sent");
 }

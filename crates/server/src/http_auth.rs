@@ -66,7 +66,9 @@ fn default_cache_ttl_s() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `http://host[:port]/path` or `https://...` (https needs `ca_file`).
+    /// `http://host[:port]/path` or `https://...` (https needs `ca_file`). Checked as it is
+    /// read, so that `tern check-config` points at its line.
+    #[serde(deserialize_with = "checked_url")]
     pub url: String,
     /// The whole exchange (connection, TLS, request, answer), in milliseconds.
     #[serde(default = "default_timeout_ms")]
@@ -132,6 +134,12 @@ fn parse_url(url: &str) -> Result<Target, String> {
         authority: authority.as_str().to_owned(),
         path,
     })
+}
+
+fn checked_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let url = String::deserialize(deserializer)?;
+    parse_url(&url).map_err(serde::de::Error::custom)?;
+    Ok(url)
 }
 
 impl HttpConfig {
@@ -667,18 +675,39 @@ mod tests {
         for (url, needle) in [
             ("ftp://x/", "http:// or https://"),
             ("/relative", "http:// or https://"),
-            ("https://x/", "ca_file"),
             ("http://user:pw@x/", "credentials"),
             ("not a url", "not a URL"),
         ] {
-            let error = config(url).check().unwrap_err();
-            assert!(error.contains(needle), "{url}: {error}");
+            let error = toml::from_str::<HttpConfig>(&format!("url = {url:?}")).unwrap_err();
+            assert!(error.to_string().contains(needle), "{url}: {error}");
+            assert!(error.to_string().contains("line 1"), "{error}");
         }
+        let error = config("https://x/").check().unwrap_err();
+        assert!(error.contains("ca_file"), "{error}");
         let zero: HttpConfig = toml::from_str("url = \"http://x/\"\ntimeout_ms = 0").unwrap();
         assert!(zero.check().unwrap_err().contains("timeout_ms"));
         let none: HttpConfig = toml::from_str("url = \"http://x/\"\nmax_concurrent = 0").unwrap();
         assert!(none.check().unwrap_err().contains("max_concurrent"));
         assert!(toml::from_str::<HttpConfig>("url = \"http://x/\"\nurll = 1").is_err());
+    }
+
+    /// Issue 12, HTTP: `http` counts as an authenticator for the secure-by-default rule (a
+    /// network listener starts; anonymous clients refused unless said), and its errors name
+    /// the listener.
+    #[test]
+    fn http_is_an_authenticator() {
+        let lan: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        let table: crate::AuthConfig =
+            toml::from_str("http = { url = \"http://127.0.0.1:8080/auth\" }").unwrap();
+        assert!(table.has_authenticator());
+        assert!(table.validate_for("x", lan, false).is_ok());
+        assert!(!table.anonymous_allowed("127.0.0.1".parse().unwrap(), false));
+        let https: crate::AuthConfig =
+            toml::from_str("http = { url = \"https://auth.example/\" }").unwrap();
+        let error = https
+            .validate_for("listener \"edge\"", lan, false)
+            .unwrap_err();
+        assert!(error.starts_with("listener \"edge\": http:") && error.contains("ca_file"));
     }
 
     /// Issue 12, HTTP: allow/deny, permissions, and every malformed answer refused.

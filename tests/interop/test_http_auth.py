@@ -92,7 +92,8 @@ def test_mosquitto_pub_allowed_and_denied(http_broker):
 
 @pytest.mark.parametrize("protocol", [MQTTv311, MQTTv5])
 def test_paho_allowed_and_denied(http_broker, protocol):
-    for password, code in [("alice-pw", 0), ("nope", 0x86 if protocol == MQTTv5 else 4)]:
+    # paho 2 reports 3.1.1's return code 4 as its MQTT 5 equivalent, 0x86.
+    for password, code in [("alice-pw", 0), ("nope", 0x86)]:
         client = PahoClient((http_broker.host, http_broker.port), "p-" + password, protocol)
         client.client.username_pw_set("alice", password)
         try:

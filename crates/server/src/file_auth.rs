@@ -493,6 +493,8 @@ impl FileAuth {
         let mut acl_files: HashMap<PathBuf, Arc<Watched<Acl>>> = HashMap::new();
         let mut jwt_verifiers: Vec<Arc<JwtVerifier>> = Vec::new();
         let mut http_clients: Vec<(HttpConfig, Arc<HttpAuth>)> = Vec::new();
+        // A CONNECT waiting longer than this for the HTTP service is refused anyway.
+        let queue_limit = Duration::from_secs(config.limits.connect_timeout);
         let mut policy = |auth: &AuthConfig,
                           addr: IpAddr,
                           certificates: bool,
@@ -530,11 +532,11 @@ impl FileAuth {
             };
             // One client (pool, cache, concurrency bound) per distinct table.
             let http = match &auth.http {
-                Some(config) => Some(match http_clients.iter().find(|(c, _)| c == config) {
+                Some(table) => Some(match http_clients.iter().find(|(c, _)| c == table) {
                     Some((_, client)) => (client.clone(), kind),
                     None => {
-                        let client = Arc::new(HttpAuth::new(config)?);
-                        http_clients.push((config.clone(), client.clone()));
+                        let client = Arc::new(HttpAuth::new(table, queue_limit)?);
+                        http_clients.push((table.clone(), client.clone()));
                         (client, kind)
                     }
                 }),
@@ -890,6 +892,11 @@ impl Inner {
         kind: &str,
         credentials: &Credentials<'_>,
     ) -> AuthDecision {
+        // Before the ban, as for passwords: a client allowed before keeps connecting from an
+        // address a guesser shares.
+        if let Some(allowed) = http.cached(credentials, kind) {
+            return AuthDecision::Allow(self.http_principal(policy, &allowed, credentials));
+        }
         let penalty = lock(&self.limiter).penalty(
             credentials.peer.map(|peer| peer.ip()),
             credentials.client_id,
@@ -899,12 +906,7 @@ impl Inner {
             log_failure(credentials, "too many failures");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
-        match http.cached(credentials, kind) {
-            Some(allowed) => {
-                AuthDecision::Allow(self.http_principal(policy, &allowed, credentials))
-            }
-            None => AuthDecision::Defer,
-        }
+        AuthDecision::Defer
     }
 
     /// HTTP, deferred: the failure limiter's delay, then the service's answer. A denial counts

@@ -197,6 +197,8 @@ pub(crate) enum Outcome {
 enum Failure {
     #[error("timed out")]
     Timeout,
+    #[error("max_concurrent requests in flight for longer than the connect timeout")]
+    Saturated,
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("TLS: {0}")]
@@ -300,10 +302,14 @@ fn unix_now() -> u64 {
 
 /// One `http = { ... }` table's client: shared by the listeners that use the same table.
 pub(crate) struct HttpAuth {
+    /// The url without its query (which might carry a key): for the logs.
     url: String,
     target: Target,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     timeout: Duration,
+    /// How long a request may wait for a permit: the connect timeout (its client is gone
+    /// after that; asking for it would only load the service more).
+    queue_limit: Duration,
     ttl: Duration,
     permits: Semaphore,
     max_idle: usize,
@@ -324,7 +330,7 @@ impl std::fmt::Debug for HttpAuth {
 impl HttpAuth {
     /// The client of one table: checks it, reads `ca_file`, makes the cache's key. Opens no
     /// connection (none is needed to check a configuration).
-    pub(crate) fn new(config: &HttpConfig) -> Result<HttpAuth, AuthError> {
+    pub(crate) fn new(config: &HttpConfig, queue_limit: Duration) -> Result<HttpAuth, AuthError> {
         let invalid = |message: String| AuthError::Parse {
             path: PathBuf::from("[auth] http"),
             line: 0,
@@ -368,11 +374,18 @@ impl HttpAuth {
         let mut key = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
             .map_err(|_| AuthError::Random("no randomness for the HTTP cache's key".into()))?;
+        let url = format!(
+            "{}://{}{}",
+            if target.https { "https" } else { "http" },
+            target.authority,
+            target.path.split('?').next().unwrap_or("")
+        );
         Ok(HttpAuth {
-            url: config.url.clone(),
+            url,
             target,
             tls,
             timeout: Duration::from_millis(config.timeout_ms),
+            queue_limit,
             ttl: Duration::from_secs(config.cache_ttl_s),
             permits: Semaphore::new(config.max_concurrent),
             max_idle: config.max_concurrent,
@@ -452,12 +465,14 @@ impl HttpAuth {
         let body = Bytes::from(body(credentials, transport).to_string());
         let key = (!self.ttl.is_zero()).then(|| self.key(credentials, transport));
         let answer = {
-            let Ok(_permit) = self.permits.acquire().await else {
-                return Outcome::Unavailable;
-            };
-            match tokio::time::timeout(self.timeout, self.exchange(body)).await {
-                Ok(answer) => answer,
-                Err(_) => Err(Failure::Timeout),
+            match tokio::time::timeout(self.queue_limit, self.permits.acquire()).await {
+                Ok(Ok(_permit)) => {
+                    match tokio::time::timeout(self.timeout, self.exchange(body)).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(Failure::Timeout),
+                    }
+                }
+                Ok(Err(_)) | Err(_) => Err(Failure::Saturated),
             }
         };
         match answer.and_then(|bytes| decide(&bytes)) {
@@ -751,7 +766,9 @@ mod tests {
     /// base64 with a flag; the cache key ignores the peer's port, depends on the rest.
     #[test]
     fn body_and_key() {
-        let auth = HttpAuth::new(&config("http://127.0.0.1:1/")).unwrap();
+        let auth =
+            HttpAuth::new(&config("http://127.0.0.1:1/?key=k"), Duration::from_secs(1)).unwrap();
+        assert_eq!(auth.url, "http://127.0.0.1:1/");
         let mut credentials = Credentials {
             client_id: "c",
             username: Some("u"),

@@ -576,3 +576,36 @@ async fn https_with_a_ca_file() {
     );
     assert_eq!(seen.requests.lock().unwrap().len(), 2, "nothing sent");
 }
+
+/// Issue 12, HTTP: with `max_concurrent` requests in flight, a further CONNECT waits for a
+/// permit, bounded by the core's connect timeout (then CONNACK 0x88), and its request is never
+/// sent to the saturated service.
+#[tokio::test]
+async fn a_saturated_service_is_bounded_by_the_connect_timeout() {
+    let (service, seen) = service(Duration::ZERO).await;
+    let mut config = ServerConfig {
+        auth: http_auth(
+            &format!("http://{service}/mqtt/auth"),
+            ", max_concurrent = 1, timeout_ms = 60000",
+        ),
+        ..common::config()
+    };
+    config.limits.connect_timeout = 1;
+    let broker = start(config).await;
+    let addr = broker.addrs[0];
+    let _slow =
+        tokio::spawn(async move { connack(addr, ProtocolVersion::V5, "s", "slow", b"p").await });
+    common::wait_until("the slow request reached the service", || {
+        seen.count("slow") == 1
+    })
+    .await;
+    let start = Instant::now();
+    let (_, code) = connack(addr, ProtocolVersion::V5, "q", "alice", b"pw").await;
+    assert_eq!(code, ReasonCode::ServerUnavailable);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(seen.count("alice"), 0);
+}

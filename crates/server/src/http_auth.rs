@@ -546,10 +546,12 @@ impl HttpAuth {
                 Err(error) => return Err(Failure::Http(error)),
             };
             let status = response.status();
-            let close = response
-                .headers()
-                .get(CONNECTION)
-                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+            // HTTP/1.0 closes after each answer unless it says otherwise; we do not ask it to.
+            let close = response.version() < hyper::Version::HTTP_11
+                || response
+                    .headers()
+                    .get(CONNECTION)
+                    .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
             let bytes = Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
                 .await

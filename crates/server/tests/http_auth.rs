@@ -609,3 +609,51 @@ async fn a_saturated_service_is_bounded_by_the_connect_timeout() {
     );
     assert_eq!(seen.count("alice"), 0);
 }
+
+/// Issue 12, HTTP: the connect rate through the service, cold (every CONNECT asks it) and warm
+/// (answered from the cache). A measurement, not a check: `cargo test -p tern-server --test
+/// http_auth -- --ignored --nocapture connect_rate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn connect_rate() {
+    const CLIENTS: usize = 2000;
+    const PARALLEL: usize = 32;
+    let (service, seen) = service(Duration::ZERO).await;
+    let broker = broker(service, ", cache_ttl_s = 600").await;
+    let addr = broker.addrs[0];
+    for round in ["cold", "warm"] {
+        let start = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let workers = (0..PARALLEL).map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= CLIENTS {
+                        return;
+                    }
+                    let (_, code) = connack(
+                        addr,
+                        ProtocolVersion::V5,
+                        &format!("r{n}"),
+                        &format!("user{n}"),
+                        b"pw",
+                    )
+                    .await;
+                    assert_eq!(code, ReasonCode::Success);
+                }
+            })
+        });
+        for worker in futures_util::future::join_all(workers).await {
+            worker.unwrap();
+        }
+        let elapsed = start.elapsed();
+        println!(
+            "{round}: {CLIENTS} connects in {elapsed:?}, {:.0}/s; service asked {} times so far, \
+             {} connections",
+            CLIENTS as f64 / elapsed.as_secs_f64(),
+            seen.requests.lock().unwrap().len(),
+            seen.connections.load(Ordering::SeqCst)
+        );
+    }
+}

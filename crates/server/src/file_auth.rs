@@ -495,61 +495,58 @@ impl FileAuth {
         let mut http_clients: Vec<(HttpConfig, Arc<HttpAuth>)> = Vec::new();
         // A CONNECT waiting longer than this for the HTTP service is refused anyway.
         let queue_limit = Duration::from_secs(config.limits.connect_timeout);
-        let mut policy = |auth: &AuthConfig,
-                          addr: IpAddr,
-                          certificates: bool,
-                          kind: &'static str|
-         -> Result<Policy, AuthError> {
-            let passwords = match &auth.password_file {
-                Some(path) => Some(match password_files.get(path) {
-                    Some(file) => file.clone(),
-                    None => {
-                        let file = Arc::new(Watched::open(path)?);
-                        password_files.insert(path.clone(), file.clone());
-                        file
+        let mut policy =
+            |auth: &AuthConfig, addr: IpAddr, certificates: bool| -> Result<Policy, AuthError> {
+                let passwords = match &auth.password_file {
+                    Some(path) => Some(match password_files.get(path) {
+                        Some(file) => file.clone(),
+                        None => {
+                            let file = Arc::new(Watched::open(path)?);
+                            password_files.insert(path.clone(), file.clone());
+                            file
+                        }
+                    }),
+                    None => None,
+                };
+                let acl = match &auth.acl_file {
+                    Some(path) => Some(match acl_files.get(path) {
+                        Some(file) => file.clone(),
+                        None => {
+                            let file = Arc::new(Watched::open(path)?);
+                            acl_files.insert(path.clone(), file.clone());
+                            file
+                        }
+                    }),
+                    None => None,
+                };
+                let jwt = match &auth.jwt {
+                    Some(config) => {
+                        let verifier = Arc::new(JwtVerifier::new(config)?);
+                        jwt_verifiers.push(verifier.clone());
+                        Some(verifier)
                     }
-                }),
-                None => None,
+                    None => None,
+                };
+                // One client (pool, cache, concurrency bound) per distinct table.
+                let http = match &auth.http {
+                    Some(table) => Some(match http_clients.iter().find(|(c, _)| c == table) {
+                        Some((_, client)) => (client.clone(), "mqtt"),
+                        None => {
+                            let client = Arc::new(HttpAuth::new(table, queue_limit)?);
+                            http_clients.push((table.clone(), client.clone()));
+                            (client, "mqtt")
+                        }
+                    }),
+                    None => None,
+                };
+                Ok(Policy {
+                    allow_anonymous: auth.anonymous_allowed(addr, certificates),
+                    passwords,
+                    acl,
+                    jwt,
+                    http,
+                })
             };
-            let acl = match &auth.acl_file {
-                Some(path) => Some(match acl_files.get(path) {
-                    Some(file) => file.clone(),
-                    None => {
-                        let file = Arc::new(Watched::open(path)?);
-                        acl_files.insert(path.clone(), file.clone());
-                        file
-                    }
-                }),
-                None => None,
-            };
-            let jwt = match &auth.jwt {
-                Some(config) => {
-                    let verifier = Arc::new(JwtVerifier::new(config)?);
-                    jwt_verifiers.push(verifier.clone());
-                    Some(verifier)
-                }
-                None => None,
-            };
-            // One client (pool, cache, concurrency bound) per distinct table.
-            let http = match &auth.http {
-                Some(table) => Some(match http_clients.iter().find(|(c, _)| c == table) {
-                    Some((_, client)) => (client.clone(), kind),
-                    None => {
-                        let client = Arc::new(HttpAuth::new(table, queue_limit)?);
-                        http_clients.push((table.clone(), client.clone()));
-                        (client, kind)
-                    }
-                }),
-                None => None,
-            };
-            Ok(Policy {
-                allow_anonymous: auth.anonymous_allowed(addr, certificates),
-                passwords,
-                acl,
-                jwt,
-                http,
-            })
-        };
         // The `listen` addresses share the top-level table; anonymous clients are let in if
         // every one of them allows it (validation refused the others).
         let default_addr = config
@@ -558,19 +555,16 @@ impl FileAuth {
             .map(|addr| addr.ip())
             .find(|ip| !crate::auth_config::is_loopback(*ip))
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let default = policy(&config.auth, default_addr, false, "mqtt")?;
+        let default = policy(&config.auth, default_addr, false)?;
         let mut listeners = HashMap::new();
         for listener in &config.listeners {
             let auth = listener.auth.as_ref().unwrap_or(&config.auth);
-            listeners.insert(
-                Box::from(listener.name.as_str()),
-                policy(
-                    auth,
-                    listener.reach(),
-                    listener.certificates_required(),
-                    listener.kind.as_str(),
-                )?,
-            );
+            let mut own = policy(auth, listener.reach(), listener.certificates_required())?;
+            if let Some((_, kind)) = &mut own.http {
+                // What the HTTP service is told (a `listen` address: plain MQTT).
+                *kind = listener.kind.as_str();
+            }
+            listeners.insert(Box::from(listener.name.as_str()), own);
         }
         let digester =
             CredentialDigester::new().map_err(|error| AuthError::Random(error.to_string()))?;

@@ -463,8 +463,8 @@ async fn concurrency_is_bounded_and_connections_reused() {
 }
 
 /// Issue 12, HTTP: the request carries the facts: client id, username, password (UTF-8, or
-/// base64 with a flag), peer address and port, listener name, transport kind, protocol
-/// version, no certificate on plain TCP.
+/// base64 with a flag), peer address and port, listener name, transport kind (`mqtt`, `ws`),
+/// protocol version, no certificate on plain TCP.
 #[tokio::test]
 async fn the_request_carries_the_facts() {
     let (service, seen) = service(Duration::ZERO).await;
@@ -475,6 +475,12 @@ async fn the_request_carries_the_facts() {
     ))
     .unwrap();
     config.listeners.push(named);
+    let web: ListenerConfig = toml::from_str(&format!(
+        "name = \"web\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n\
+         auth = {{ http = {{ url = \"http://{service}/mqtt/auth?x=1\", cache_ttl_s = 0 }} }}\n"
+    ))
+    .unwrap();
+    config.listeners.push(web);
     config.auth = AuthConfig {
         allow_anonymous: Some(true),
         ..AuthConfig::default()
@@ -500,6 +506,18 @@ async fn the_request_carries_the_facts() {
     assert_eq!(body["password"], "/wAB");
     assert_eq!(body["password_base64"], true);
     assert_eq!(body["protocol_version"], 5);
+    // Over WebSockets (rumqttc), on another listener sharing the table: its name and kind.
+    let ws = broker.addrs[2];
+    let mut opts = rumqttc::MqttOptions::new("dev-ws", format!("ws://{ws}/mqtt"), ws.port());
+    opts.set_transport(rumqttc::Transport::Ws);
+    opts.set_credentials("facts-ws", "pw");
+    let (client, ack) = Client::connect(opts).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    client.disconnect().await;
+    let body = seen.last("facts-ws");
+    assert_eq!(body["listener"], "web");
+    assert_eq!(body["transport"], "ws");
+    assert_eq!(body["client_id"], "dev-ws");
     // The top-level [auth] of the `listen` address has no http: nothing sent from there.
     let before = seen.requests.lock().unwrap().len();
     let (_, code) = connack(broker.addrs[0], ProtocolVersion::V5, "x", "facts", b"p").await;

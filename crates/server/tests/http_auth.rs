@@ -675,3 +675,96 @@ async fn connect_rate() {
         );
     }
 }
+
+/// A CA and a certificate it signs (PEM): (ca, cert, key).
+fn issue(ca_name: &str, cn: &str, sans: &[&str], client: bool) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let key = KeyPair::generate().unwrap();
+    let cert = params
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+/// Issue 12, HTTP: on a TLS listener with client certificates, the request carries the
+/// certificate's identity (CN and SANs) beside the CONNECT's username, and the transport
+/// `mqtts`.
+#[tokio::test]
+async fn the_request_carries_the_client_certificate() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::env::temp_dir().join(format!("tern-http-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let put = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (server_ca, server_cert, server_key) =
+        issue("server ca", "tern", &["localhost", "127.0.0.1"], false);
+    let (client_ca, client_cert, client_key) =
+        issue("client ca", "sensor-7", &["sensor-7.example"], true);
+    let (service, seen) = service(Duration::ZERO).await;
+    let mut config = common::config();
+    let listener: ListenerConfig = toml::from_str(&format!(
+        "name = \"secure\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:0\"\n\
+         tls = {{ cert = {:?}, key = {:?}, client_ca = {:?}, client_auth = \"required\" }}\n\
+         auth = {{ http = {{ url = \"http://{service}/auth\", cache_ttl_s = 0 }} }}\n",
+        put("server.pem", &server_cert),
+        put("server.key", &server_key),
+        put("client-ca.pem", &client_ca),
+    ))
+    .unwrap();
+    config.listeners.push(listener);
+    let broker = start(config).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut opts = v311(broker.addrs[1], "dev-tls", "certified");
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(Arc::new(client)),
+    ));
+    let (client, ack) = Client::connect(opts).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    client.disconnect().await;
+    let body = seen.last("certified");
+    assert_eq!(body["transport"], "mqtts");
+    assert_eq!(body["listener"], "secure");
+    assert_eq!(body["certificate"]["common_name"], "sensor-7");
+    assert_eq!(
+        body["certificate"]["alt_names"],
+        serde_json::json!(["sensor-7.example"])
+    );
+}

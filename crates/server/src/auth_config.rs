@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::auth_failures::FailureLimit;
+use crate::http_auth::HttpConfig;
 use crate::jwt::JwtConfig;
 
 /// Authentication and access rules, for every listener without its own `auth`, or one
@@ -32,6 +33,8 @@ pub struct AuthConfig {
     /// How failed authentications are slowed down and banned (see [`FailureLimit`]).
     /// Broker-wide: top-level `[auth]` only.
     pub failure_limit: Option<FailureLimit>,
+    /// An HTTP service that decides (see [`HttpConfig`]).
+    pub http: Option<HttpConfig>,
 }
 
 /// See [`AuthConfig::deny_publish`].
@@ -64,6 +67,9 @@ impl AuthConfig {
         if let Some(jwt) = &self.jwt {
             jwt.check().map_err(|error| format!("{what}: {error}"))?;
         }
+        if let Some(http) = &self.http {
+            http.check().map_err(|error| format!("{what}: {error}"))?;
+        }
         if !self.has_authenticator()
             && self.allow_anonymous.is_none()
             && !certificates_required
@@ -85,7 +91,7 @@ impl AuthConfig {
 
     /// Whether clients can prove who they are here (a password file or tokens).
     pub fn has_authenticator(&self) -> bool {
-        self.password_file.is_some() || self.jwt.is_some()
+        self.password_file.is_some() || self.jwt.is_some() || self.http.is_some()
     }
 
     /// Resolves the file paths against `base` (the configuration file's directory).
@@ -94,7 +100,8 @@ impl AuthConfig {
             .jwt
             .as_mut()
             .into_iter()
-            .flat_map(|jwt| jwt.paths_mut());
+            .flat_map(|jwt| jwt.paths_mut())
+            .chain(self.http.iter_mut().flat_map(|http| http.paths_mut()));
         for path in [&mut self.password_file, &mut self.acl_file]
             .into_iter()
             .flatten()

@@ -35,6 +35,7 @@ use crate::auth::{AsyncAuthenticator, AuthFuture};
 use crate::auth_config::AuthConfig;
 use crate::auth_failures::{FailureLimiter, Penalty};
 use crate::config::ServerConfig;
+use crate::http_auth::{Allowed, HttpAuth, HttpConfig, Outcome};
 use crate::jwt::{JwtVerifier, looks_like_jwt};
 
 /// Successful verifications remembered, per generation (two generations: at most twice this).
@@ -241,6 +242,9 @@ struct Policy {
     passwords: Option<Arc<Watched<PasswordFile>>>,
     acl: Option<Arc<Watched<Acl>>>,
     jwt: Option<Arc<JwtVerifier>>,
+    /// An HTTP service, asked about users not in the password file, and the listener's kind
+    /// (`mqtt`, `ws`, ...) it is told.
+    http: Option<(Arc<HttpAuth>, &'static str)>,
 }
 
 /// A token's own permissions (its publish/subscribe claims), compiled once at CONNECT.
@@ -311,6 +315,7 @@ struct Inner {
     password_files: Vec<Arc<Watched<PasswordFile>>>,
     acl_files: Vec<Arc<Watched<Acl>>>,
     jwt: Vec<Arc<JwtVerifier>>,
+    http: Vec<Arc<HttpAuth>>,
     digester: CredentialDigester,
     cache: Mutex<SuccessCache>,
     verifications: Arc<Semaphore>,
@@ -349,13 +354,19 @@ impl FileAuth {
         let mut tables = std::iter::once(&config.auth)
             .chain(config.listeners.iter().filter_map(|l| l.auth.as_ref()));
         if !tables.any(|auth| {
-            auth.password_file.is_some() || auth.acl_file.is_some() || auth.jwt.is_some()
+            auth.password_file.is_some()
+                || auth.acl_file.is_some()
+                || auth.jwt.is_some()
+                || auth.http.is_some()
         }) {
             return Ok(None);
         }
         let mut password_files: HashMap<PathBuf, Arc<Watched<PasswordFile>>> = HashMap::new();
         let mut acl_files: HashMap<PathBuf, Arc<Watched<Acl>>> = HashMap::new();
         let mut jwt_verifiers: Vec<Arc<JwtVerifier>> = Vec::new();
+        let mut http_clients: Vec<(HttpConfig, Arc<HttpAuth>)> = Vec::new();
+        // A CONNECT waiting longer than this for the HTTP service is refused anyway.
+        let queue_limit = Duration::from_secs(config.limits.connect_timeout);
         let mut policy =
             |auth: &AuthConfig, addr: IpAddr, certificates: bool| -> Result<Policy, AuthError> {
                 let passwords = match &auth.password_file {
@@ -388,11 +399,24 @@ impl FileAuth {
                     }
                     None => None,
                 };
+                // One client (pool, cache, concurrency bound) per distinct table.
+                let http = match &auth.http {
+                    Some(table) => Some(match http_clients.iter().find(|(c, _)| c == table) {
+                        Some((_, client)) => (client.clone(), "mqtt"),
+                        None => {
+                            let client = Arc::new(HttpAuth::new(table, queue_limit)?);
+                            http_clients.push((table.clone(), client.clone()));
+                            (client, "mqtt")
+                        }
+                    }),
+                    None => None,
+                };
                 Ok(Policy {
                     allow_anonymous: auth.anonymous_allowed(addr, certificates),
                     passwords,
                     acl,
                     jwt,
+                    http,
                 })
             };
         // The `listen` addresses share the top-level table; anonymous clients are let in if
@@ -407,10 +431,12 @@ impl FileAuth {
         let mut listeners = HashMap::new();
         for listener in &config.listeners {
             let auth = listener.auth.as_ref().unwrap_or(&config.auth);
-            listeners.insert(
-                Box::from(listener.name.as_str()),
-                policy(auth, listener.reach(), listener.certificates_required())?,
-            );
+            let mut own = policy(auth, listener.reach(), listener.certificates_required())?;
+            if let Some((_, kind)) = &mut own.http {
+                // What the HTTP service is told (a `listen` address: plain MQTT).
+                *kind = listener.kind.as_str();
+            }
+            listeners.insert(Box::from(listener.name.as_str()), own);
         }
         let digester =
             CredentialDigester::new().map_err(|error| AuthError::Random(error.to_string()))?;
@@ -422,6 +448,7 @@ impl FileAuth {
                 password_files: password_files.into_values().collect(),
                 acl_files: acl_files.into_values().collect(),
                 jwt: jwt_verifiers,
+                http: http_clients.into_iter().map(|(_, client)| client).collect(),
                 digester,
                 cache: Mutex::new(SuccessCache::default()),
                 verifications: Arc::new(Semaphore::new(cores)),
@@ -460,6 +487,13 @@ impl FileAuth {
                 Ok(true) => changed.jwt_keys += 1,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "the JWT keys are kept as they were"),
+            }
+        }
+        if force {
+            // SIGHUP: what the HTTP services allowed is asked again (a revocation is seen
+            // at once).
+            for http in &self.inner.http {
+                http.clear_cache();
             }
         }
         changed
@@ -590,6 +624,9 @@ impl Authenticator for FileAuth {
             inner.failed(credentials, "anonymous");
             return AuthDecision::Deny(ReasonCode::NotAuthorized);
         };
+        if let Some((http, kind)) = policy.http_for(Some(username)) {
+            return inner.http_cached(policy, http, kind, credentials);
+        }
         let Some(passwords) = &policy.passwords else {
             if policy.jwt.is_some() {
                 // Tokens only here, and this password is none.
@@ -634,6 +671,9 @@ impl AsyncAuthenticator for FileAuth {
 impl Inner {
     async fn verify(self: Arc<Self>, request: AuthRequest) -> Result<Principal, ReasonCode> {
         let policy = self.policy(request.transport.as_deref()).clone();
+        if let Some((http, kind)) = policy.http_for(request.username.as_deref()) {
+            return self.verify_http(&policy, http, kind, &request).await;
+        }
         let (Some(passwords), Some(username), Some(password)) = (
             policy.passwords.clone(),
             request.username.clone(),
@@ -701,6 +741,112 @@ impl Inner {
             }
             Err(_) => Err(ReasonCode::ServerUnavailable),
         }
+    }
+}
+
+impl Policy {
+    /// The HTTP service, if it decides for this user: one is configured and the user is not
+    /// in the password file (a token-shaped password went to jwt before).
+    fn http_for(&self, username: Option<&str>) -> Option<(&Arc<HttpAuth>, &'static str)> {
+        let (http, kind) = self.http.as_ref()?;
+        let known = username.is_some_and(|user| {
+            self.passwords
+                .as_ref()
+                .is_some_and(|file| file.current().lookup(user).is_some())
+        });
+        (!known).then_some((http, *kind))
+    }
+}
+
+impl Inner {
+    /// HTTP, the synchronous part: a ban refuses, a remembered allow answer lets in, anything
+    /// else asks the service (deferred).
+    fn http_cached(
+        &self,
+        policy: &Policy,
+        http: &HttpAuth,
+        kind: &str,
+        credentials: &Credentials<'_>,
+    ) -> AuthDecision {
+        // Before the ban, as for passwords: a client allowed before keeps connecting from an
+        // address a guesser shares.
+        if let Some(allowed) = http.cached(credentials, kind) {
+            return AuthDecision::Allow(self.http_principal(policy, &allowed, credentials));
+        }
+        let penalty = lock(&self.limiter).penalty(
+            credentials.peer.map(|peer| peer.ip()),
+            credentials.client_id,
+            Instant::now(),
+        );
+        if penalty == Penalty::Banned {
+            log_failure(credentials, "too many failures");
+            return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
+        }
+        AuthDecision::Defer
+    }
+
+    /// HTTP, deferred: the failure limiter's delay, then the service's answer. A denial counts
+    /// as a failure (0x86); a failing service refuses retryably (0x88) without counting
+    /// against the client.
+    async fn verify_http(
+        &self,
+        policy: &Policy,
+        http: &HttpAuth,
+        kind: &str,
+        request: &AuthRequest,
+    ) -> Result<Principal, ReasonCode> {
+        let credentials = request.credentials();
+        let penalty = lock(&self.limiter).penalty(
+            request.peer.map(|peer| peer.ip()),
+            &request.client_id,
+            Instant::now(),
+        );
+        match penalty {
+            Penalty::Banned => {
+                log_failure(&credentials, "too many failures");
+                return Err(ReasonCode::ConnectionRateExceeded);
+            }
+            Penalty::Delay(delay) => tokio::time::sleep(delay).await,
+            Penalty::None => {}
+        }
+        match http.ask(&credentials, kind).await {
+            Outcome::Allow(allowed) => {
+                lock(&self.limiter).succeeded(&request.client_id);
+                Ok(self.http_principal(policy, &allowed, &credentials))
+            }
+            Outcome::Deny => {
+                self.failed(&credentials, "http: denied");
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+            Outcome::Unavailable => {
+                log_failure(&credentials, "http: service unavailable");
+                Err(ReasonCode::ServerUnavailable)
+            }
+        }
+    }
+
+    /// The principal of an allow answer: its permissions (else the listener's ACL file), its
+    /// expiry.
+    fn http_principal(
+        &self,
+        policy: &Policy,
+        allowed: &Allowed,
+        credentials: &Credentials<'_>,
+    ) -> Principal {
+        let mut principal = self.allow(policy, credentials);
+        if let Some(acl) = &allowed.permissions {
+            let rules = acl.for_client(credentials.username, credentials.client_id);
+            principal.access = Some(Arc::new(TokenAccess(rules)));
+        }
+        if let Some(at) = allowed.expires_at {
+            let remaining = at.saturating_sub(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            );
+            principal.expires_at = Instant::now().checked_add(Duration::from_secs(remaining));
+        }
+        principal
     }
 }
 

@@ -13,6 +13,7 @@ mod config;
 mod connection;
 mod descriptors;
 mod file_auth;
+mod http_auth;
 mod jwt;
 mod listener;
 mod listener_config;
@@ -28,6 +29,7 @@ pub use auth_config::{AuthConfig, DenyPublish};
 pub use auth_failures::FailureLimit;
 pub use config::{ConfigError, Durability, Limits, MqttOptions, ServerConfig, StoreTuning};
 pub use file_auth::{AuthError, AuthReload, FileAuth};
+pub use http_auth::HttpConfig;
 pub use jwt::{JwtAlgorithm, JwtConfig};
 pub use listener_config::{
     ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,

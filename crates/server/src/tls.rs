@@ -328,7 +328,7 @@ impl TlsListener {
 /// The ring provider: rustls 0.23.48 deprecates it for lacking post-quantum key exchange, but
 /// the other provider (aws-lc-rs) needs a C toolchain and cmake, which the project avoids.
 #[allow(deprecated)]
-fn ring_provider() -> CryptoProvider {
+pub(crate) fn ring_provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

@@ -44,6 +44,7 @@ pub use password::hash::{
     hash_argon2id_with, hash_scram,
 };
 pub use scram::{
-    ScramCredentials, ScramError, ScramKeys, ScramMechanism, ScramServer, ScramServerKeys,
+    ScramCredentials, ScramDecoys, ScramError, ScramKeys, ScramMechanism, ScramServer,
+    ScramServerKeys, ScramSession,
 };
 pub use warning::Warning;

@@ -228,6 +228,34 @@ impl ScramServerKeys {
     }
 }
 
+/// The decoys of one server: [`ScramServerKeys::decoy`] under a random key made at start-up,
+/// so an unknown user's salt is stable for the life of the process.
+#[derive(Clone)]
+pub struct ScramDecoys {
+    secret: [u8; 32],
+}
+
+impl fmt::Debug for ScramDecoys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ScramDecoys(..)")
+    }
+}
+
+impl ScramDecoys {
+    /// Decoys under a fresh random key.
+    pub fn new() -> Result<ScramDecoys, ScramError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|_| ScramError::Random)?;
+        Ok(ScramDecoys { secret })
+    }
+
+    /// The decoy keys of `username` for `mechanism`, with [`DEFAULT_ITERATIONS`].
+    pub fn keys(&self, mechanism: ScramMechanism, username: &str) -> ScramServerKeys {
+        let iterations = NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN);
+        ScramServerKeys::decoy(&self.secret, mechanism, username, iterations)
+    }
+}
+
 /// Why an exchange failed. [`ScramError::server_error`] gives RFC 5802's `e=` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ScramError {
@@ -441,6 +469,54 @@ impl<D: EagerHash> ScramServer<D> {
     fn fail<T>(&mut self, error: ScramError) -> Result<T, ScramError> {
         self.state = State::Done;
         Err(error)
+    }
+}
+
+/// A [`ScramServer`] for a mechanism chosen at run time (the one a client names).
+#[derive(Debug)]
+pub enum ScramSession {
+    Sha256(ScramServer<Sha256>),
+    Sha512(ScramServer<Sha512>),
+}
+
+impl ScramSession {
+    /// An exchange for `mechanism`, with a fresh server nonce.
+    pub fn new(mechanism: ScramMechanism) -> Result<ScramSession, ScramError> {
+        Ok(match mechanism {
+            ScramMechanism::Sha256 => ScramSession::Sha256(ScramServer::new()?),
+            ScramMechanism::Sha512 => ScramSession::Sha512(ScramServer::new()?),
+        })
+    }
+
+    pub fn mechanism(&self) -> ScramMechanism {
+        match self {
+            ScramSession::Sha256(_) => ScramMechanism::Sha256,
+            ScramSession::Sha512(_) => ScramMechanism::Sha512,
+        }
+    }
+
+    /// See [`ScramServer::client_first`].
+    pub fn client_first(&mut self, message: &[u8]) -> Result<&str, ScramError> {
+        match self {
+            ScramSession::Sha256(server) => server.client_first(message),
+            ScramSession::Sha512(server) => server.client_first(message),
+        }
+    }
+
+    /// See [`ScramServer::server_first`].
+    pub fn server_first(&mut self, keys: ScramServerKeys) -> Result<String, ScramError> {
+        match self {
+            ScramSession::Sha256(server) => server.server_first(keys),
+            ScramSession::Sha512(server) => server.server_first(keys),
+        }
+    }
+
+    /// See [`ScramServer::client_final`].
+    pub fn client_final(&mut self, message: &[u8]) -> Result<String, ScramError> {
+        match self {
+            ScramSession::Sha256(server) => server.client_final(message),
+            ScramSession::Sha512(server) => server.client_final(message),
+        }
     }
 }
 

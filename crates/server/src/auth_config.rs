@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::jwt::JwtConfig;
+use crate::scram_auth::ScramConfig;
 
 /// Authentication and access rules, for every listener without its own `auth`, or one
 /// listener's (which replaces the top-level table whole for that listener).
@@ -28,6 +29,9 @@ pub struct AuthConfig {
     pub deny_publish: Option<DenyPublish>,
     /// JSON Web Tokens in the password field (see [`JwtConfig`]).
     pub jwt: Option<JwtConfig>,
+    /// SCRAM over MQTT 5 enhanced authentication, with the `$scram$` users of `password_file`
+    /// (see [`ScramConfig`]).
+    pub scram: Option<ScramConfig>,
 }
 
 /// See [`AuthConfig::deny_publish`].
@@ -59,6 +63,11 @@ impl AuthConfig {
     ) -> Result<(), String> {
         if let Some(jwt) = &self.jwt {
             jwt.check().map_err(|error| format!("{what}: {error}"))?;
+        }
+        if let Some(scram) = &self.scram {
+            scram
+                .check(self.password_file.is_some())
+                .map_err(|error| format!("{what}: {error}"))?;
         }
         if !self.has_authenticator()
             && self.allow_anonymous.is_none()

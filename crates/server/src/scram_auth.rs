@@ -257,3 +257,48 @@ impl AuthExchange for ScramExchange {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::auth_config::AuthConfig;
+
+    use super::*;
+
+    /// Issue 12, SCRAM configuration: `true`, `false` or a list; unknown names, an empty list
+    /// and SCRAM without a password file are refused at load.
+    #[test]
+    fn the_scram_key() {
+        let lan: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        let both: AuthConfig = toml::from_str("password_file = \"p\"\nscram = true").unwrap();
+        assert_eq!(
+            both.scram.as_ref().unwrap().mechanisms(),
+            ScramMechanism::ALL
+        );
+        assert!(both.validate_for("x", lan, false).is_ok());
+        let one: AuthConfig =
+            toml::from_str("password_file = \"p\"\nscram = [\"SCRAM-SHA-512\"]").unwrap();
+        assert_eq!(
+            one.scram.as_ref().unwrap().mechanisms(),
+            [ScramMechanism::Sha512]
+        );
+        let off: AuthConfig = toml::from_str("scram = false\nallow_anonymous = true").unwrap();
+        assert!(off.scram.as_ref().unwrap().mechanisms().is_empty());
+        assert!(off.validate_for("x", lan, false).is_ok());
+        for (text, expected) in [
+            (
+                "password_file = \"p\"\nscram = [\"SCRAM-SHA-1\"]",
+                "unknown mechanism",
+            ),
+            ("password_file = \"p\"\nscram = []", "scram = []"),
+            (
+                "allow_anonymous = true\nscram = true",
+                "needs password_file",
+            ),
+        ] {
+            let table: AuthConfig = toml::from_str(text).unwrap();
+            let error = table.validate_for("x", lan, false).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(toml::from_str::<AuthConfig>("scram = 3").is_err());
+    }
+}

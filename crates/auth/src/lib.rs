@@ -16,6 +16,9 @@
 //!   ([`ClientRules::classify`] → [`FilterAccess`]). Permissions from a JWT's claims or an
 //!   HTTP answer use the same engine ([`Acl::from_permissions`]).
 //!
+//! - [`scram`]: the server side of SCRAM-SHA-256/-512 (RFC 5802, RFC 7677) and the
+//!   credentials a password file stores for it (`$scram$`, written by `tern passwd --scram`).
+//!
 //! The file formats are described for users in `docs/auth.md`.
 
 // Data from the network must never panic the broker: no unwrap or expect outside tests.
@@ -24,6 +27,7 @@
 
 pub mod acl;
 pub mod password;
+pub mod scram;
 mod warning;
 
 pub use acl::{
@@ -37,6 +41,10 @@ pub use password::file::{
 };
 pub use password::hash::{
     Argon2Params, HashError, HashFormatError, HashScheme, StoredHash, hash_argon2id,
-    hash_argon2id_with,
+    hash_argon2id_with, hash_scram,
+};
+pub use scram::{
+    ScramCredentials, ScramDecoys, ScramError, ScramKeys, ScramMechanism, ScramServer,
+    ScramServerKeys, ScramSession,
 };
 pub use warning::Warning;

@@ -77,6 +77,7 @@ impl Connection {
             peer: self.peer,
             protocol: connect.protocol,
             transport: self.transport.as_deref(),
+            authentication_method: connect.properties.authentication_method.as_deref(),
         };
         let principal = match self.broker.authenticator().authenticate(&credentials) {
             AuthDecision::Allow(principal) => principal,
@@ -205,7 +206,7 @@ impl Connection {
         let Some(authenticator) = self.broker.hooks().enhanced_for(&method).cloned() else {
             return self.refuse(ReasonCode::BadAuthenticationMethod, now);
         };
-        let mut exchange = authenticator.begin(&client_id, connect.username.as_deref());
+        let mut exchange = authenticator.begin_for(&principal);
         let step = exchange.step(connect.properties.authentication_data.as_deref());
         self.connect_auth_step(
             PendingAuth {
@@ -264,11 +265,23 @@ impl Connection {
             AuthStep::Success(data) => {
                 let PendingAuth {
                     connect,
-                    principal,
+                    mut principal,
+                    client_id,
                     assigned,
                     method,
+                    mut exchange,
                     ..
                 } = pending;
+                // What the exchange proved becomes the principal (section 4.12).
+                if let Err(code) = exchange.authenticated(&mut principal) {
+                    return self.refuse(connack_refusal(code), now);
+                }
+                principal.client_id = client_id;
+                principal.peer = self.peer;
+                principal.transport = self.transport.clone();
+                if principal.expires_at.is_some_and(|at| at <= now) {
+                    return self.refuse(ReasonCode::NotAuthorized, now);
+                }
                 self.accept(*connect, principal, assigned, Some((method, data)), now);
             }
             AuthStep::Failure(code) => self.refuse(code, now),
@@ -541,8 +554,7 @@ impl Connection {
                         now,
                     );
                 };
-                let mut exchange: Box<dyn AuthExchange> = authenticator
-                    .begin(&active.client.client_id, active.client.username.as_deref());
+                let mut exchange: Box<dyn AuthExchange> = authenticator.begin_for(&active.client);
                 let step = exchange.step(auth.properties.authentication_data.as_deref());
                 enhanced.reauth = Some(exchange);
                 step
@@ -562,7 +574,43 @@ impl Connection {
                 );
             }
             AuthStep::Success(data) => {
-                enhanced.reauth = None;
+                let Some(mut exchange) = enhanced.reauth.take() else {
+                    return;
+                };
+                // The re-authentication's principal replaces the connection's: new access
+                // rules, new expiry. A different user is refused: a connection does not
+                // change users (its session, subscriptions and will are the first one's).
+                let mut principal = Principal::clone(&active.client);
+                if let Err(code) = exchange.authenticated(&mut principal) {
+                    let code = if code.allowed_in(tern_codec::PacketType::Disconnect) {
+                        code
+                    } else {
+                        ReasonCode::NotAuthorized
+                    };
+                    return self.protocol_error(code, "re-authentication refused", now);
+                }
+                principal.client_id = active.client.client_id.clone();
+                principal.peer = active.client.peer;
+                principal.transport = active.client.transport.clone();
+                if principal.username != active.client.username {
+                    return self.protocol_error(
+                        ReasonCode::NotAuthorized,
+                        "re-authentication as another user",
+                        now,
+                    );
+                }
+                if principal.expires_at.is_some_and(|at| at <= now) {
+                    return self.protocol_error(
+                        ReasonCode::NotAuthorized,
+                        "re-authentication with expired credentials",
+                        now,
+                    );
+                }
+                let client = Arc::new(principal);
+                active.client = client.clone();
+                let session = active.session.clone();
+                session.lock().principal = Some(client);
+                self.broker.recheck_session(&session);
                 self.send(auth_packet(ReasonCode::Success, &method, data), Seq::NONE);
             }
             AuthStep::Failure(code) => {

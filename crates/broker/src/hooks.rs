@@ -46,6 +46,11 @@ pub struct Credentials<'a> {
     pub protocol: ProtocolVersion,
     /// The listener and the client certificate, if the transport knows them.
     pub transport: Option<&'a TransportIdentity>,
+    /// The MQTT 5 Authentication Method of CONNECT, if any: an enhanced authentication
+    /// (section 4.12) follows an Allow, so a plain authenticator may let such a CONNECT through
+    /// without a password (the exchange proves who the client is) or refuse a method it does
+    /// not offer (0x8C Bad authentication method).
+    pub authentication_method: Option<&'a str>,
 }
 
 /// What an authenticator answers for a CONNECT.
@@ -171,6 +176,7 @@ impl std::fmt::Debug for Credentials<'_> {
             .field("peer", &self.peer)
             .field("protocol", &self.protocol)
             .field("transport", &self.transport)
+            .field("authentication_method", &self.authentication_method)
             .finish()
     }
 }
@@ -200,6 +206,7 @@ impl AuthRequest {
             peer: self.peer,
             protocol: self.protocol,
             transport: self.transport.as_deref(),
+            authentication_method: self.authentication_method.as_deref(),
         }
     }
 
@@ -358,6 +365,19 @@ pub enum AuthStep {
 pub trait AuthExchange: Send {
     /// Takes the client's Authentication Data (from CONNECT or AUTH) and decides the next step.
     fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+
+    /// Called once after [`AuthStep::Success`], with the principal the connection will have:
+    /// at CONNECT, the one the plain [`Authenticator`] allowed; at re-authentication, the
+    /// connection's current one. The exchange sets what it proved (the username it
+    /// authenticated, that user's [`Principal::access`], a new [`Principal::expires_at`]), or
+    /// refuses with a code. The core keeps the client id, peer and transport as they are, and
+    /// at re-authentication refuses (DISCONNECT 0x87 Not authorized) a principal whose
+    /// username differs from the connection's: a connection does not change users. The
+    /// default changes nothing.
+    fn authenticated(&mut self, principal: &mut Principal) -> Result<(), ReasonCode> {
+        let _ = principal;
+        Ok(())
+    }
 }
 
 /// An enhanced authentication method (such as SCRAM), named by its Authentication Method.
@@ -366,6 +386,14 @@ pub trait EnhancedAuthenticator: Send + Sync {
     fn method(&self) -> &str;
     /// Starts an exchange for a client (at CONNECT, or at re-authentication).
     fn begin(&self, client_id: &str, username: Option<&str>) -> Box<dyn AuthExchange>;
+
+    /// Starts an exchange for a client known by this principal (at CONNECT, the plain
+    /// authenticator's; at re-authentication, the connection's): what the core calls. The
+    /// default calls [`EnhancedAuthenticator::begin`]; an authenticator that depends on the
+    /// listener (or anything else of the principal) overrides this.
+    fn begin_for(&self, principal: &Principal) -> Box<dyn AuthExchange> {
+        self.begin(&principal.client_id, principal.username.as_deref())
+    }
 }
 
 /// All the plug-ins of the core.

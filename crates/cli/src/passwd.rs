@@ -1,5 +1,6 @@
 //! `tern passwd`: add, change or delete a user of a password file, with `mosquitto_passwd`'s
-//! flags (`-c` create, `-b` batch, `-D` delete), writing argon2id hashes. Other lines
+//! flags (`-c` create, `-b` batch, `-D` delete), writing argon2id hashes, or with `--scram`
+//! SCRAM-SHA-256/512 credentials (`$scram$`, which also verify a plain password). Other lines
 //! (comments, other users, Mosquitto's `$6$`/`$7$` hashes) stay as they were. The file is
 //! written whole to a temporary file beside it with mode 0600, synced, then renamed over the
 //! old one, so a reader (the broker's reload) sees the old file or the new one, never half.
@@ -9,7 +10,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use tern_auth::{PasswordFileEditor, SetOutcome, hash_argon2id, validate_username};
+use tern_auth::scram::DEFAULT_ITERATIONS;
+use tern_auth::{PasswordFileEditor, SetOutcome, hash_argon2id, hash_scram, validate_username};
 
 #[derive(clap::Args)]
 #[command(
@@ -27,6 +29,14 @@ pub struct PasswdArgs {
     /// Delete USER from the file.
     #[arg(short = 'D', long = "delete")]
     pub delete: bool,
+    /// Store SCRAM-SHA-256 and SCRAM-SHA-512 credentials (`$scram$...`) instead of an argon2id
+    /// hash: for MQTT 5 clients that authenticate with SCRAM (the line also verifies a plain
+    /// CONNECT password). The password must be printable ASCII.
+    #[arg(long = "scram", conflicts_with = "delete")]
+    pub scram: bool,
+    /// PBKDF2 iterations of the SCRAM credentials (RFC 7677's minimum, 4096, by default).
+    #[arg(long = "iterations", requires = "scram", value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: Option<u32>,
     /// The password file.
     pub file: PathBuf,
     /// The username.
@@ -62,7 +72,16 @@ pub fn main(args: PasswdArgs) -> anyhow::Result<()> {
     } else {
         PasswordFileEditor::parse(&read(&args.file)?)
     };
-    let hash = hash_argon2id(password.as_bytes())?;
+    let hash = if args.scram {
+        let iterations = std::num::NonZeroU32::new(args.iterations.unwrap_or(DEFAULT_ITERATIONS))
+            .context("the iteration count must be at least 1")?;
+        if iterations.get() < DEFAULT_ITERATIONS {
+            eprintln!("warning: fewer than {DEFAULT_ITERATIONS} iterations (RFC 7677's minimum)");
+        }
+        hash_scram(password.as_bytes(), iterations).map_err(|error| anyhow!("{error}"))?
+    } else {
+        hash_argon2id(password.as_bytes())?
+    };
     let outcome = editor
         .set(&args.user, &hash)
         .map_err(|error| anyhow!("{error}"))?;

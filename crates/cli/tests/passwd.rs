@@ -149,3 +149,44 @@ fn mistakes_are_refused_without_writing() {
         assert!(!file.exists(), "{args:?}");
     }
 }
+
+/// Issue 12 (SCRAM: "credentials for it stored by `tern passwd --scram`"): `--scram` writes a
+/// `$scram$` line with the default 4096 iterations (or `--iterations`) into a
+/// `mosquitto_passwd` file whose other lines stay valid; the line verifies the plain password
+/// too; a non-ASCII password is refused (no SASLprep) without writing.
+#[test]
+fn scram_lines_beside_mosquitto_lines() {
+    let file = path("scram");
+    std::fs::write(&file, format!("{ALICE}\n")).unwrap();
+    let output = tern(&["--scram", "-b", "FILE", "sam", "pencil"], &file, "");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = tern(
+        &[
+            "--scram",
+            "--iterations",
+            "8192",
+            "-b",
+            "FILE",
+            "tim",
+            "pencil",
+        ],
+        &file,
+        "",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], ALICE);
+    assert!(lines[1].starts_with("sam:$scram$4096$"), "{text}");
+    assert!(lines[2].starts_with("tim:$scram$8192$"), "{text}");
+    let passwords = parse(&file);
+    assert!(passwords.check("alice", b"alice-secret"));
+    assert!(passwords.check("sam", b"pencil"));
+    assert!(!passwords.check("sam", b"pencil2"));
+    assert_eq!(passwords.lookup("sam").unwrap().scheme(), HashScheme::Scram);
+    assert!(passwords.lookup("sam").unwrap().scram().is_some());
+    let output = tern(&["--scram", "-b", "FILE", "uma", "caf\u{e9}"], &file, "");
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("ASCII"), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::auth_failures::FailureLimit;
 use crate::http_auth::HttpConfig;
 use crate::jwt::JwtConfig;
+use crate::scram_auth::ScramConfig;
 
 /// Authentication and access rules, for every listener without its own `auth`, or one
 /// listener's (which replaces the top-level table whole for that listener).
@@ -35,6 +36,9 @@ pub struct AuthConfig {
     pub failure_limit: Option<FailureLimit>,
     /// An HTTP service that decides (see [`HttpConfig`]).
     pub http: Option<HttpConfig>,
+    /// SCRAM over MQTT 5 enhanced authentication, with the `$scram$` users of `password_file`
+    /// (see [`ScramConfig`]).
+    pub scram: Option<ScramConfig>,
 }
 
 /// See [`AuthConfig::deny_publish`].
@@ -70,6 +74,11 @@ impl AuthConfig {
         if let Some(http) = &self.http {
             http.check().map_err(|error| format!("{what}: {error}"))?;
         }
+        if let Some(scram) = &self.scram {
+            scram
+                .check(self.password_file.is_some())
+                .map_err(|error| format!("{what}: {error}"))?;
+        }
         if !self.has_authenticator()
             && self.allow_anonymous.is_none()
             && !certificates_required
@@ -77,8 +86,9 @@ impl AuthConfig {
         {
             return Err(format!(
                 "{what} listens on {addr}, reachable from the network, with no authentication: \
-                 add password_file = \"...\" (users made with `tern passwd`) or jwt = {{ ... }} \
-                 to [auth] or to its auth = {{ ... }}, or allow_anonymous = true to let anyone in"
+                 add password_file = \"...\" (users made with `tern passwd`), jwt = {{ ... }} or \
+                 http = {{ ... }} to [auth] or to its auth = {{ ... }}, or allow_anonymous = true \
+                 to let anyone in"
             ));
         }
         if self.allow_anonymous == Some(false) && !self.has_authenticator() {

@@ -23,10 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tern_auth::{Acl, ClientRules, CredentialDigest, CredentialDigester, PasswordFile};
+use tern_auth::{
+    Acl, ClientRules, CredentialDigest, CredentialDigester, PasswordFile, ScramDecoys,
+    ScramMechanism, ScramServerKeys,
+};
 use tern_broker::{
-    AuthDecision, AuthRequest, Authenticator, ClientAccess, Credentials, FilterAccess, Principal,
-    TransportIdentity,
+    AuthDecision, AuthRequest, Authenticator, ClientAccess, Credentials, EnhancedAuthenticator,
+    FilterAccess, Principal, TransportIdentity,
 };
 use tern_codec::ReasonCode;
 use tokio::sync::Semaphore;
@@ -37,6 +40,7 @@ use crate::auth_failures::{FailureLimiter, Penalty};
 use crate::config::ServerConfig;
 use crate::http_auth::{Allowed, HttpAuth, HttpConfig, Outcome};
 use crate::jwt::{JwtVerifier, looks_like_jwt};
+use crate::scram_auth::ScramAuthenticator;
 
 /// Successful verifications remembered, per generation (two generations: at most twice this).
 const CACHE_CAPACITY: usize = 10_000;
@@ -245,6 +249,8 @@ struct Policy {
     /// An HTTP service, asked about users not in the password file, and the listener's kind
     /// (`mqtt`, `ws`, ...) it is told.
     http: Option<(Arc<HttpAuth>, &'static str)>,
+    /// The SCRAM mechanisms offered here (none: `scram` unset).
+    scram: Vec<ScramMechanism>,
 }
 
 /// A token's own permissions (its publish/subscribe claims), compiled once at CONNECT.
@@ -317,6 +323,8 @@ struct Inner {
     jwt: Vec<Arc<JwtVerifier>>,
     http: Vec<Arc<HttpAuth>>,
     digester: CredentialDigester,
+    /// Salts for unknown SCRAM users (scram_auth.rs).
+    scram_decoys: ScramDecoys,
     cache: Mutex<SuccessCache>,
     verifications: Arc<Semaphore>,
     limiter: Mutex<FailureLimiter>,
@@ -358,6 +366,7 @@ impl FileAuth {
                 || auth.acl_file.is_some()
                 || auth.jwt.is_some()
                 || auth.http.is_some()
+                || auth.scram.is_some()
         }) {
             return Ok(None);
         }
@@ -417,6 +426,11 @@ impl FileAuth {
                     acl,
                     jwt,
                     http,
+                    scram: auth
+                        .scram
+                        .as_ref()
+                        .map(|scram| scram.mechanisms())
+                        .unwrap_or_default(),
                 })
             };
         // The `listen` addresses share the top-level table; anonymous clients are let in if
@@ -440,6 +454,8 @@ impl FileAuth {
         }
         let digester =
             CredentialDigester::new().map_err(|error| AuthError::Random(error.to_string()))?;
+        let scram_decoys =
+            ScramDecoys::new().map_err(|error| AuthError::Random(error.to_string()))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Some(FileAuth {
             inner: Arc::new(Inner {
@@ -450,6 +466,7 @@ impl FileAuth {
                 jwt: jwt_verifiers,
                 http: http_clients.into_iter().map(|(_, client)| client).collect(),
                 digester,
+                scram_decoys,
                 cache: Mutex::new(SuccessCache::default()),
                 verifications: Arc::new(Semaphore::new(cores)),
                 limiter: Mutex::new(FailureLimiter::new(
@@ -602,6 +619,10 @@ impl Authenticator for FileAuth {
     fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision {
         let inner = &*self.inner;
         let policy = inner.policy(credentials.transport);
+        // MQTT 5 enhanced authentication: the exchange proves who the client is (scram_auth.rs).
+        if let Some(method) = credentials.authentication_method {
+            return inner.enhanced_connect(policy, method, credentials);
+        }
         // A username the TLS listener took from a verified client certificate is proven by it.
         if credentials.transport.is_some_and(|t| t.username.is_some()) {
             return AuthDecision::Allow(inner.allow(policy, credentials));
@@ -847,6 +868,109 @@ impl Inner {
             principal.expires_at = Instant::now().checked_add(Duration::from_secs(remaining));
         }
         principal
+    }
+}
+
+/// A CONNECT that names an Authentication Method, and what the SCRAM exchanges
+/// (scram_auth.rs) need of the listeners' password and ACL files and the failure limiter.
+impl Inner {
+    /// Let through to its exchange (no password: the exchange proves who the client is) if
+    /// this listener offers the method; refused with 0x8C Bad authentication method if not.
+    fn enhanced_connect(
+        &self,
+        policy: &Policy,
+        method: &str,
+        credentials: &Credentials<'_>,
+    ) -> AuthDecision {
+        let offered = ScramMechanism::from_name(method)
+            .is_some_and(|mechanism| policy.scram.contains(&mechanism));
+        if !offered {
+            log_failure(credentials, "authentication method not offered");
+            return AuthDecision::Deny(ReasonCode::BadAuthenticationMethod);
+        }
+        if self.banned(credentials) {
+            log_failure(credentials, "too many failures");
+            return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
+        }
+        // The username and access rules are set when the exchange succeeds
+        // (`AuthExchange::authenticated`).
+        AuthDecision::Allow(Principal::from_credentials(credentials))
+    }
+
+    fn banned(&self, credentials: &Credentials<'_>) -> bool {
+        lock(&self.limiter).penalty(
+            credentials.peer.map(|peer| peer.ip()),
+            credentials.client_id,
+            Instant::now(),
+        ) == Penalty::Banned
+    }
+}
+
+impl FileAuth {
+    /// One enhanced authenticator per SCRAM mechanism some listener offers, for the core's
+    /// hooks.
+    pub(crate) fn enhanced_authenticators(&self) -> Vec<Arc<dyn EnhancedAuthenticator>> {
+        let inner = &self.inner;
+        let policies = std::iter::once(&inner.default).chain(inner.listeners.values());
+        let offered: HashSet<ScramMechanism> = policies
+            .flat_map(|policy| policy.scram.iter().copied())
+            .collect();
+        ScramMechanism::ALL
+            .into_iter()
+            .filter(|mechanism| offered.contains(mechanism))
+            .map(|mechanism| {
+                Arc::new(ScramAuthenticator::new(mechanism, self.clone()))
+                    as Arc<dyn EnhancedAuthenticator>
+            })
+            .collect()
+    }
+
+    /// Whether the listener of `transport` offers `mechanism`.
+    pub(crate) fn scram_offered(
+        &self,
+        transport: Option<&TransportIdentity>,
+        mechanism: ScramMechanism,
+    ) -> bool {
+        self.inner.policy(transport).scram.contains(&mechanism)
+    }
+
+    /// The salt, iterations and keys of `username` in the listener's password file, or a
+    /// decoy (stable per name) if it has no `$scram$` line there.
+    pub(crate) fn scram_keys(
+        &self,
+        transport: Option<&TransportIdentity>,
+        mechanism: ScramMechanism,
+        username: &str,
+    ) -> ScramServerKeys {
+        let policy = self.inner.policy(transport);
+        let stored = policy.passwords.as_ref().and_then(|file| {
+            file.current()
+                .lookup(username)
+                .and_then(|hash| hash.scram().map(|scram| scram.server_keys(mechanism)))
+        });
+        stored.unwrap_or_else(|| self.inner.scram_decoys.keys(mechanism, username))
+    }
+
+    /// The access rules of an authenticated client (the listener's ACL file), if any.
+    pub(crate) fn access_for(
+        &self,
+        credentials: &Credentials<'_>,
+    ) -> Option<Arc<dyn ClientAccess>> {
+        let policy = self.inner.policy(credentials.transport);
+        self.inner.allow(policy, credentials).access
+    }
+
+    pub(crate) fn is_banned(&self, credentials: &Credentials<'_>) -> bool {
+        self.inner.banned(credentials)
+    }
+
+    /// Counts a failure and logs it (`auth failed`), as for a wrong password.
+    pub(crate) fn record_failure(&self, credentials: &Credentials<'_>, reason: &str) {
+        self.inner.failed(credentials, reason);
+    }
+
+    pub(crate) fn record_success(&self, client_id: &str) {
+        lock(&self.inner.limiter).succeeded(client_id);
     }
 }
 

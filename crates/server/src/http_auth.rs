@@ -778,6 +778,7 @@ mod tests {
             peer: Some("192.0.2.1:4000".parse().unwrap()),
             protocol: tern_codec::ProtocolVersion::V5,
             transport: None,
+            authentication_method: None,
         };
         let value = body(&credentials, "mqtt");
         assert_eq!(value["password"], "/wA=");

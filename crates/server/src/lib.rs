@@ -18,6 +18,7 @@ mod jwt;
 mod listener;
 mod listener_config;
 mod proxy;
+mod scram_auth;
 mod server;
 mod tls;
 mod tls_transport;
@@ -35,6 +36,7 @@ pub use listener_config::{
     ClientAuth, IdentityField, IpNet, ListenerConfig, ListenerKind, SniCertificate, TlsConfig,
     TlsVersion,
 };
+pub use scram_auth::ScramConfig;
 pub use server::{AuthReloader, OpenConnections, Server, ServerError, check_config};
 pub use tern_broker as broker;
 pub use tern_store as store;

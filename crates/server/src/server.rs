@@ -162,7 +162,8 @@ impl Server {
         let hooks = Hooks {
             authenticator: Arc::new(auth.clone()),
             authorizer: Arc::new(PrincipalAccess::default()),
-            ..Hooks::default()
+            // SCRAM-SHA-256/-512, if a listener offers them (scram_auth.rs).
+            enhanced: auth.enhanced_authenticators(),
         };
         let mut server = Server::bind_with_auth(config, hooks, Arc::new(auth.clone())).await?;
         server.auth = Some(auth);

@@ -6,6 +6,7 @@
 //! | `$6$`         | SHA-512(password ‖ salt), Mosquitto's own (not crypt)  | `mosquitto_passwd -H sha512`, Mosquitto ≤ 1.6 |
 //! | `$7$`         | PBKDF2-HMAC-SHA512, 64-byte key, any iterations/salt   | `mosquitto_passwd` 2.0  |
 //! | `$argon2id$`  | argon2id PHC string (`v=19`, `m`, `t`, `p`)            | `tern passwd`, Mosquitto 2.1 |
+//! | `$scram$`     | SCRAM-SHA-256 and -512 keys (salt, iterations, StoredKey, ServerKey) | `tern passwd --scram` |
 //!
 //! Salts and hashes of `$6$`/`$7$` are standard base64 (with padding, as OpenSSL writes it);
 //! PHC strings use unpadded base64. Every comparison of a computed hash with a stored one is
@@ -19,6 +20,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use base64ct::{Base64, Base64Unpadded, Encoding};
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
+
+use crate::scram::{ScramCredentials, ScramError, ScramKeys};
 
 /// Length of a SHA-512 digest, the key length of `$6$` and `$7$`.
 const SHA512_LEN: usize = 64;
@@ -69,6 +72,8 @@ pub enum HashScheme {
     MosquittoPbkdf2Sha512,
     /// `$argon2id$`.
     Argon2id,
+    /// `$scram$`: SCRAM-SHA-256 and SCRAM-SHA-512 credentials.
+    Scram,
 }
 
 impl fmt::Display for HashScheme {
@@ -77,6 +82,7 @@ impl fmt::Display for HashScheme {
             HashScheme::MosquittoSha512 => "$6$ (salted SHA-512)",
             HashScheme::MosquittoPbkdf2Sha512 => "$7$ (PBKDF2-SHA512)",
             HashScheme::Argon2id => "$argon2id$",
+            HashScheme::Scram => "$scram$ (SCRAM-SHA-256/512)",
         })
     }
 }
@@ -85,7 +91,7 @@ impl fmt::Display for HashScheme {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HashFormatError {
     #[error(
-        "not a password hash (expected $6$, $7$ or $argon2id$; a clear-text password is not accepted)"
+        "not a password hash (expected $6$, $7$, $argon2id$ or $scram$; a clear-text password is not accepted)"
     )]
     UnknownScheme,
     #[error("{0}: wrong number of `$`-separated fields")]
@@ -94,8 +100,8 @@ pub enum HashFormatError {
     Salt(&'static str),
     #[error("{0}: the hash is not valid base64 or has the wrong length")]
     Hash(&'static str),
-    #[error("$7$: the iteration count must be a whole number of at least 1")]
-    Iterations,
+    #[error("{0}: the iteration count must be a whole number of at least 1")]
+    Iterations(&'static str),
     #[error("$argon2id$: unsupported version (expected v=16 or v=19)")]
     Version,
     #[error(
@@ -134,6 +140,10 @@ pub enum StoredHash {
         salt: Box<[u8]>,
         hash: Box<[u8]>,
     },
+    /// `$scram$<iterations>$<salt>$<StoredKey>:<ServerKey>$<StoredKey>:<ServerKey>`: SCRAM
+    /// credentials, SHA-256's keys then SHA-512's (boxed: the rare case stays out of the
+    /// common size).
+    Scram(Box<ScramCredentials>),
 }
 
 impl fmt::Debug for StoredHash {
@@ -152,6 +162,8 @@ impl StoredHash {
             parse_pbkdf2(rest)
         } else if let Some(rest) = text.strip_prefix("$argon2id$") {
             parse_argon2id(rest)
+        } else if let Some(rest) = text.strip_prefix("$scram$") {
+            parse_scram(rest)
         } else {
             Err(HashFormatError::UnknownScheme)
         }
@@ -163,6 +175,15 @@ impl StoredHash {
             StoredHash::MosquittoSha512 { .. } => HashScheme::MosquittoSha512,
             StoredHash::MosquittoPbkdf2Sha512 { .. } => HashScheme::MosquittoPbkdf2Sha512,
             StoredHash::Argon2id { .. } => HashScheme::Argon2id,
+            StoredHash::Scram(_) => HashScheme::Scram,
+        }
+    }
+
+    /// The SCRAM credentials, if this is a `$scram$` entry.
+    pub fn scram(&self) -> Option<&ScramCredentials> {
+        match self {
+            StoredHash::Scram(credentials) => Some(credentials),
+            _ => None,
         }
     }
 
@@ -186,6 +207,12 @@ impl StoredHash {
                 [params.m_cost(), params.t_cost(), params.p_cost()],
                 salt,
                 hash,
+            ),
+            StoredHash::Scram(credentials) => (
+                b'S',
+                [credentials.iterations.get(), 0, 0],
+                &credentials.salt,
+                &credentials.sha256.stored_key,
             ),
         };
         sink(&[tag]);
@@ -234,6 +261,7 @@ impl StoredHash {
                     Err(_) => false,
                 }
             }
+            StoredHash::Scram(credentials) => credentials.verify(password),
         }
     }
 }
@@ -284,6 +312,23 @@ impl fmt::Display for StoredHash {
                     Base64Unpadded::encode_string(hash)
                 )
             }
+            StoredHash::Scram(credentials) => {
+                let keys = |keys: &ScramKeys| {
+                    format!(
+                        "{}:{}",
+                        Base64::encode_string(&keys.stored_key),
+                        Base64::encode_string(&keys.server_key)
+                    )
+                };
+                write!(
+                    f,
+                    "$scram${}${}${}${}",
+                    credentials.iterations,
+                    Base64::encode_string(&credentials.salt),
+                    keys(&credentials.sha256),
+                    keys(&credentials.sha512)
+                )
+            }
         }
     }
 }
@@ -327,6 +372,49 @@ fn hash_argon2id_salted(
     .to_string())
 }
 
+/// SCRAM credentials for `password` (printable ASCII) with `iterations` and a random salt,
+/// in their password-file form (`$scram$...`).
+pub fn hash_scram(password: &[u8], iterations: NonZeroU32) -> Result<String, ScramError> {
+    Ok(StoredHash::Scram(Box::new(ScramCredentials::new(password, iterations)?)).to_string())
+}
+
+/// `<iterations>$<salt>$<stored>:<server>$<stored>:<server>` after `$scram$`.
+fn parse_scram(rest: &str) -> Result<StoredHash, HashFormatError> {
+    const NAME: &str = "$scram$";
+    let mut fields = rest.split('$');
+    let (Some(iterations), Some(salt), Some(sha256), Some(sha512), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return Err(HashFormatError::Fields(NAME));
+    };
+    let iterations = decimal(iterations)
+        .and_then(NonZeroU32::new)
+        .ok_or(HashFormatError::Iterations(NAME))?;
+    let keys = |field: &str, length: usize| -> Result<ScramKeys, HashFormatError> {
+        let (stored, server) = field.split_once(':').ok_or(HashFormatError::Hash(NAME))?;
+        let decode = |key: &str| {
+            decode_base64(key)
+                .filter(|key| key.len() == length)
+                .map(Vec::into_boxed_slice)
+                .ok_or(HashFormatError::Hash(NAME))
+        };
+        Ok(ScramKeys {
+            stored_key: decode(stored)?,
+            server_key: decode(server)?,
+        })
+    };
+    Ok(StoredHash::Scram(Box::new(ScramCredentials {
+        iterations,
+        salt: decode_salt(salt, NAME)?,
+        sha256: keys(sha256, 32)?,
+        sha512: keys(sha512, 64)?,
+    })))
+}
+
 /// `<salt>$<hash>` after `$6$`.
 fn parse_sha512(rest: &str) -> Result<StoredHash, HashFormatError> {
     const NAME: &str = "$6$";
@@ -353,7 +441,7 @@ fn parse_pbkdf2(rest: &str) -> Result<StoredHash, HashFormatError> {
         .parse::<u32>()
         .ok()
         .and_then(NonZeroU32::new)
-        .ok_or(HashFormatError::Iterations)?;
+        .ok_or(HashFormatError::Iterations(NAME))?;
     Ok(StoredHash::MosquittoPbkdf2Sha512 {
         iterations,
         salt: decode_salt(salt, NAME)?,
@@ -489,11 +577,11 @@ mod tests {
         );
         assert_eq!(
             StoredHash::parse("$7$0$c2FsdA==$aGFzaA==").unwrap_err(),
-            HashFormatError::Iterations
+            HashFormatError::Iterations("$7$")
         );
         assert_eq!(
             StoredHash::parse("$7$-1$c2FsdA==$aGFzaA==").unwrap_err(),
-            HashFormatError::Iterations
+            HashFormatError::Iterations("$7$")
         );
         assert_eq!(
             StoredHash::parse("$7$101$!!$aGFzaA==").unwrap_err(),

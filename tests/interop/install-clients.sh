@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party MQTT clients the interop suite (tests/interop) drives, when missing:
 #   - mosquitto_pub / mosquitto_sub  (Debian package mosquitto-clients, via apt-get)
+#   - mosquitto_passwd                (Debian package mosquitto, via apt-get; password files)
 #   - haproxy                         (Debian package haproxy, via apt-get; the PROXY protocol tests)
 #   - paho-mqtt 2.x and pytest        (PyPI, via python3 -m pip)
 # Idempotent: prints nothing and changes nothing when everything is already there.
@@ -31,6 +32,15 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
     # A fresh machine often has no package lists yet: update once, then try again.
     as_root apt-get update -q >/dev/null
     apt_install mosquitto-clients >/dev/null
+  fi
+fi
+
+# --- mosquitto (mosquitto_passwd makes the password files of test_auth.py) -------------------
+if ! command -v mosquitto_passwd >/dev/null 2>&1; then
+  log "installing mosquitto (for mosquitto_passwd)"
+  if ! apt_install mosquitto >/dev/null 2>&1; then
+    as_root apt-get update -q >/dev/null
+    apt_install mosquitto >/dev/null
   fi
 fi
 

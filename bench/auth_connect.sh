@@ -11,7 +11,7 @@
 #   client count, so fewer users measure it as well).
 # Needs a release build (cargo build --release -j2 -p tern) and mosquitto (apt-get install mosquitto).
 # Mosquitto runs with `user root` so it can read the files of the temporary directory.
-# Environment: N (10000), ARGON (2000), ROUNDS (3), TERN, MOSQUITTO.
+# Environment: N (10000), ARGON (2000), ROUNDS (3), TERN, MOSQUITTO, TW_BUCKETS (2048).
 set -u
 N=${N:-10000}
 ARGON=${ARGON:-2000}
@@ -20,7 +20,21 @@ T=${TERN:-$(dirname "$0")/../target/release/tern}
 M=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 D=$(mktemp -d)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-echo "files in $D (commit $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null))" >&2
+# Tens of thousands of connections opened and closed within a minute leave as many sockets in
+# TIME_WAIT, which slow the next runs' handshakes down on loopback whichever broker is measured;
+# a load-generating host caps them (net.ipv4.tcp_max_tw_buckets; TW_BUCKETS=0 leaves it alone).
+TW_BUCKETS=${TW_BUCKETS:-2048}
+TW_FILE=/proc/sys/net/ipv4/tcp_max_tw_buckets
+TW_OLD=$(cat "$TW_FILE" 2>/dev/null || echo)
+cleanup() {
+  [ -n "$TW_OLD" ] && [ "$TW_BUCKETS" != 0 ] && echo "$TW_OLD" > "$TW_FILE" 2>/dev/null
+  rm -rf "$D"
+}
+trap cleanup EXIT
+if [ "$TW_BUCKETS" != 0 ] && ! echo "$TW_BUCKETS" > "$TW_FILE" 2>/dev/null; then
+  echo "cannot set $TW_FILE (not root?): later rounds may measure TIME_WAIT more than the broker" >&2
+fi
+echo "scratch files in $D, removed at exit (commit $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null))" >&2
 
 # Mosquitto's $7$ format: $7$<iterations>$<base64 salt>$<base64 PBKDF2-SHA512>.
 python3 - "$D" "$N" <<'PY'
@@ -45,7 +59,10 @@ printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous false\npassword_file %
   PORT "$D/pbkdf2.passwd" > "$D/mosquitto.template"
 
 port=19950
-wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; }
+wait_port() {
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
+  echo "the broker never listened on port $1" >&2; exit 1
+}
 run() { # who kind clients
   local who=$1 kind=$2 clients=$3 pid
   port=$((port + 1))
@@ -57,7 +74,7 @@ run() { # who kind clients
   for phase in cold warm; do
     "$T" bench conn --port $port --clients "$clients" --rate 0 --concurrency 100 --duration 1 \
       --username 'dev%i' --password 'pw%i' --pid $pid --json --quiet \
-      > "$D/$who-$kind-$phase-$round.json" 2>/dev/null
+      > "$D/$who-$kind-$phase-$round.json" 2> "$D/$who-$kind-$phase-$round.err"
   done
   kill $pid; wait $pid 2>/dev/null
 }

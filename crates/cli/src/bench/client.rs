@@ -1019,9 +1019,14 @@ pub(crate) async fn hold_idle<S: BenchStream>(
             () = wait_for_stop(&mut phase) => {
                 let mut bye = BytesMut::with_capacity(2);
                 Packet::Disconnect(Disconnect::default()).encode(version, &mut bye)?;
+                // The broker closes the connection after DISCONNECT: waiting for its close
+                // (rather than closing first) leaves the TIME_WAIT on the broker's side, so
+                // thousands of connections closed at once do not use up the bench's ports
+                // for the next run.
                 let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
                     stream.write_all(&bye).await?;
                     stream.flush().await?;
+                    while stream.read(&mut scratch).await? > 0 {}
                     stream.shutdown().await
                 })
                 .await;

@@ -566,11 +566,17 @@ impl Inner {
                 return AuthDecision::Deny(ReasonCode::BadUserNameOrPassword);
             }
         };
-        let mut principal = self.allow(policy, credentials);
+        // The rules are those of the user the token vouches for, not of whatever username
+        // the CONNECT carries.
+        let vouched = Credentials {
+            username: verified.username.as_deref(),
+            ..*credentials
+        };
+        let mut principal = self.allow(policy, &vouched);
         if let Some(permissions) = &verified.permissions {
             match Acl::from_permissions(permissions) {
                 Ok(acl) => {
-                    let rules = acl.for_client(credentials.username, credentials.client_id);
+                    let rules = acl.for_client(vouched.username, credentials.client_id);
                     principal.access = Some(Arc::new(TokenAccess(rules)));
                 }
                 Err(error) => {

@@ -282,6 +282,10 @@ pub(crate) struct Verified {
     pub exp: u64,
     /// The token's topic permissions, if it carries a publish or subscribe claim.
     pub permissions: Option<Permissions>,
+    /// The username the token vouches for, which the access rules use (`user` blocks, `%u`):
+    /// the CONNECT's when `bind_username` ties it to a claim, else the `sub` claim's; `None`
+    /// when neither (the CONNECT's username is not trusted: anyone can write any).
+    pub username: Option<String>,
 }
 
 /// Whether a password has the shape of a JWS compact token (three base64url parts).
@@ -443,7 +447,15 @@ impl JwtVerifier {
         } else {
             None
         };
-        Ok(Verified { exp, permissions })
+        let username = match &self.config.bind_username {
+            Some(_) => username.map(str::to_owned),
+            None => claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+        };
+        Ok(Verified {
+            exp,
+            permissions,
+            username,
+        })
     }
 }
 

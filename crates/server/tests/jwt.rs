@@ -339,3 +339,46 @@ async fn rs256_with_a_pem_key_and_with_a_jwks_file() {
         assert_eq!(code, ReasonCode::BadUserNameOrPassword, "{source}");
     }
 }
+
+/// Issue 12, JWT and the ACL file: the CONNECT's username is not trusted when no claim binds
+/// it (anyone can write any), so it does not pick the ACL's `user` block or `%u`: a valid token
+/// without `sub`, sent with the username of a user the ACL favours, gets only the rules for
+/// clients without a username; a token whose `sub` names that user gets that user's rules.
+#[tokio::test]
+async fn the_acl_user_is_the_one_the_token_vouches_for() {
+    let acl = write(
+        "vouched.acl",
+        b"topic read public/#\nuser alice\ntopic read secret/#\npattern read devices/%u/#\n",
+    );
+    let mut server_config = config(jwt_config(""));
+    server_config.auth.acl_file = Some(acl);
+    let broker = start(server_config).await;
+    let cases = [
+        (
+            "no sub, username alice",
+            format!(r#"{{"exp":{}}}"#, now() + 600),
+            false,
+        ),
+        (
+            "sub alice",
+            format!(r#"{{"exp":{},"sub":"alice"}}"#, now() + 600),
+            true,
+        ),
+    ];
+    for (what, claims, alice) in cases {
+        let mut opts = options(broker.addr, "vouched");
+        opts.set_credentials("alice", hs256(&claims));
+        let (mut client, ack) = Client::connect(opts).await;
+        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{what}");
+        let granted = rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce);
+        let code = |suback: rumqttc::SubAck| suback.return_codes[0];
+        for filter in ["secret/#", "devices/alice/#"] {
+            let suback = client.subscribe(filter, rumqttc::QoS::AtMostOnce).await;
+            assert_eq!(code(suback) == granted, alice, "{what}: {filter}");
+        }
+        // The lines before any `user` are for clients without a username (Mosquitto's rule).
+        let public = client.subscribe("public/#", rumqttc::QoS::AtMostOnce).await;
+        assert_eq!(code(public) == granted, !alice, "{what}: public/#");
+        client.disconnect().await;
+    }
+}

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// Keys tracked per map (source addresses, client ids): each map holds at most this many.
 const TRACKED_MAX: usize = 10_000;
+/// How often a full map may be searched for stale entries.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// `[auth] failure_limit = { ... }`: how failed authentications are slowed down and banned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -27,9 +29,10 @@ pub struct FailureLimit {
     pub ban_after: u32,
     /// How long a ban lasts, and how long failures are remembered, from the last one.
     pub ban_seconds: u64,
-    /// Whether failures are also counted per client id (not only per source address). Counting
-    /// them lets nobody guess one device's password from many addresses, but lets anyone who
-    /// knows a client id slow its logins down.
+    /// Whether failures are also counted per client id (not only per source address): they
+    /// delay guesses at one device's password from many addresses (a client id is delayed,
+    /// never banned), at the price of letting anyone who knows a client id slow its logins
+    /// down (by at most `max_delay_ms`).
     pub by_client_id: bool,
 }
 
@@ -88,6 +91,14 @@ pub(crate) enum Penalty {
 }
 
 impl Penalty {
+    /// A ban turned into the longest delay.
+    fn no_ban(self, limit: &FailureLimit) -> Penalty {
+        match self {
+            Penalty::Banned => Penalty::Delay(Duration::from_millis(limit.max_delay_ms)),
+            other => other,
+        }
+    }
+
     fn worse(self, other: Penalty) -> Penalty {
         match (self, other) {
             (Penalty::Banned, _) | (_, Penalty::Banned) => Penalty::Banned,
@@ -98,38 +109,73 @@ impl Penalty {
     }
 }
 
-/// Failures per key, in a map of bounded size.
+/// What `failures` impose under `limit` at `now`.
+fn penalty_of(failures: &Failures, limit: &FailureLimit, now: Instant) -> Penalty {
+    if now.duration_since(failures.last) >= limit.memory() {
+        return Penalty::None;
+    }
+    if limit.ban_after != 0 && failures.count >= limit.ban_after {
+        return Penalty::Banned;
+    }
+    if failures.count < limit.free {
+        return Penalty::None;
+    }
+    let doublings = (failures.count - limit.free).min(16);
+    let first = Duration::from_millis(limit.first_delay_ms);
+    Penalty::Delay(
+        first
+            .saturating_mul(1 << doublings)
+            .min(Duration::from_millis(limit.max_delay_ms)),
+    )
+}
+
+/// Adds one failure at `now` (a count older than the memory starts again).
+fn count(failures: &mut Failures, limit: &FailureLimit, now: Instant) {
+    if now.duration_since(failures.last) >= limit.memory() {
+        failures.count = 0;
+    }
+    failures.count = failures.count.saturating_add(1);
+    failures.last = now;
+}
+
+/// Failures per key, in a map of bounded size. When the map is full of recent failures (a
+/// flood from more keys than it holds), newcomers are counted together in one overflow entry
+/// whose delay (never a ban: legitimate newcomers share it) applies to every key not tracked:
+/// a flood slows unknown sources down rather than escaping the count.
 struct FailureMap<K> {
     entries: HashMap<K, Failures>,
+    overflow: Failures,
+    /// When stale entries were last purged (at most once a second, not at every failure).
+    purged: Instant,
 }
 
 impl<K: Hash + Eq> FailureMap<K> {
     fn new() -> Self {
+        let now = Instant::now();
         FailureMap {
             entries: HashMap::new(),
+            overflow: Failures {
+                count: 0,
+                last: now,
+            },
+            purged: now,
         }
     }
 
     fn record(&mut self, key: K, limit: &FailureLimit, now: Instant) {
-        let memory = limit.memory();
-        if !self.entries.contains_key(&key) && self.entries.len() >= TRACKED_MAX {
+        if let Some(failures) = self.entries.get_mut(&key) {
+            return count(failures, limit, now);
+        }
+        if self.entries.len() >= TRACKED_MAX && now.duration_since(self.purged) >= PURGE_EVERY {
+            let memory = limit.memory();
             self.entries
                 .retain(|_, failures| now.duration_since(failures.last) < memory);
-            if self.entries.len() >= TRACKED_MAX {
-                // Full of recent failures: the newcomer is not tracked (the other map, or
-                // the next purge, still limits it).
-                return;
-            }
+            self.purged = now;
         }
-        let entry = self.entries.entry(key).or_insert(Failures {
-            count: 0,
-            last: now,
-        });
-        if now.duration_since(entry.last) >= memory {
-            entry.count = 0;
+        if self.entries.len() >= TRACKED_MAX {
+            return count(&mut self.overflow, limit, now);
         }
-        entry.count = entry.count.saturating_add(1);
-        entry.last = now;
+        self.entries.insert(key, Failures { count: 1, last: now });
     }
 
     fn penalty<Q>(&self, key: &Q, limit: &FailureLimit, now: Instant) -> Penalty
@@ -137,25 +183,10 @@ impl<K: Hash + Eq> FailureMap<K> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(failures) = self.entries.get(key) else {
-            return Penalty::None;
-        };
-        if now.duration_since(failures.last) >= limit.memory() {
-            return Penalty::None;
+        match self.entries.get(key) {
+            Some(failures) => penalty_of(failures, limit, now),
+            None => penalty_of(&self.overflow, limit, now).no_ban(limit),
         }
-        if limit.ban_after != 0 && failures.count >= limit.ban_after {
-            return Penalty::Banned;
-        }
-        if failures.count < limit.free {
-            return Penalty::None;
-        }
-        let doublings = (failures.count - limit.free).min(16);
-        let first = Duration::from_millis(limit.first_delay_ms);
-        Penalty::Delay(
-            first
-                .saturating_mul(1 << doublings)
-                .min(Duration::from_millis(limit.max_delay_ms)),
-        )
     }
 
     fn forget<Q>(&mut self, key: &Q)
@@ -167,7 +198,23 @@ impl<K: Hash + Eq> FailureMap<K> {
     }
 }
 
-/// Failures by source address and by client id, under one set of limits.
+/// The key of a source address: an IPv4 address (an IPv4-mapped IPv6 one included) as it is,
+/// an IPv6 address by its /64 (anyone with IPv6 holds a /64, 2^64 addresses: counting them
+/// one by one would limit nothing).
+fn address_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// Failures by source address and by client id, under one set of limits. A source address is
+/// delayed and then banned; a client id only delayed, never banned: anyone who knows a client
+/// id could otherwise keep that device out (a ban per client id would lock it out from every
+/// address).
 pub(crate) struct FailureLimiter {
     limit: FailureLimit,
     by_addr: FailureMap<IpAddr>,
@@ -187,17 +234,17 @@ impl FailureLimiter {
     pub(crate) fn penalty(&self, addr: Option<IpAddr>, client_id: &str, now: Instant) -> Penalty {
         let limit = &self.limit;
         let by_addr = addr.map_or(Penalty::None, |addr| {
-            self.by_addr.penalty(&addr, limit, now)
+            self.by_addr.penalty(&address_key(addr), limit, now)
         });
         if !limit.by_client_id {
             return by_addr;
         }
-        by_addr.worse(self.by_client.penalty(client_id, limit, now))
+        by_addr.worse(self.by_client.penalty(client_id, limit, now).no_ban(limit))
     }
 
     pub(crate) fn failed(&mut self, addr: Option<IpAddr>, client_id: &str, now: Instant) {
         if let Some(addr) = addr {
-            self.by_addr.record(addr, &self.limit, now);
+            self.by_addr.record(address_key(addr), &self.limit, now);
         }
         if self.limit.by_client_id && !client_id.is_empty() {
             self.by_client
@@ -298,17 +345,69 @@ mod tests {
         FailureLimit::default().check().unwrap();
     }
 
-    /// Issue 12: the tracking maps are bounded.
+    /// Issue 12: the tracking maps are bounded, and a full map does not let newcomers escape
+    /// the count: they share one overflow entry whose delay (not a ban) applies to every key
+    /// not tracked; stale entries make room again.
     #[test]
-    fn tracking_is_bounded() {
+    fn tracking_is_bounded_and_a_full_map_still_counts() {
         let limit = FailureLimit::default();
         let mut map = FailureMap::<u32>::new();
         let now = Instant::now();
-        for key in 0..(TRACKED_MAX as u32 + 50) {
+        for key in 0..TRACKED_MAX as u32 {
             map.record(key, &limit, now);
         }
         assert_eq!(map.entries.len(), TRACKED_MAX);
-        map.record(u32::MAX, &limit, now + limit.memory());
-        assert_eq!(map.entries.len(), 1);
+        let newcomer = u32::MAX;
+        for _ in 0..limit.ban_after * 2 {
+            assert_ne!(map.penalty(&newcomer, &limit, now), Penalty::Banned);
+            map.record(newcomer, &limit, now);
+        }
+        assert_eq!(map.entries.len(), TRACKED_MAX);
+        let max = Penalty::Delay(Duration::from_millis(limit.max_delay_ms));
+        assert_eq!(map.penalty(&newcomer, &limit, now), max);
+        assert_eq!(map.penalty(&(u32::MAX - 1), &limit, now), max, "any untracked key");
+        let later = now + limit.memory();
+        map.record(newcomer, &limit, later);
+        assert_eq!(map.entries.len(), 1, "stale entries purged");
+        assert_eq!(map.penalty(&(u32::MAX - 1), &limit, later), Penalty::None);
+    }
+
+    /// Issue 12: an IPv6 source is counted by its /64 (one holder has 2^64 addresses); an
+    /// IPv4-mapped one as the IPv4 address.
+    #[test]
+    fn ipv6_sources_are_counted_by_their_64() {
+        let limit = FailureLimit::default();
+        let mut limiter = FailureLimiter::new(limit);
+        let now = Instant::now();
+        for n in 0..limit.ban_after {
+            let addr = IpAddr::from([0x2001, 0xdb8, 0, 7, n as u16, 1, 2, 3]);
+            limiter.failed(Some(addr), &format!("c{n}"), now);
+        }
+        let same_64 = IpAddr::from([0x2001, 0xdb8, 0, 7, 0xffff, 9, 9, 9]);
+        assert_eq!(limiter.penalty(Some(same_64), "new", now), Penalty::Banned);
+        let other_64 = IpAddr::from([0x2001, 0xdb8, 0, 8, 0, 0, 0, 1]);
+        assert_eq!(limiter.penalty(Some(other_64), "new", now), Penalty::None);
+        for _ in 0..limit.ban_after {
+            limiter.failed(Some(IpAddr::from([192, 0, 2, 9])), "v4", now);
+        }
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert_eq!(limiter.penalty(Some(mapped), "x", now), Penalty::Banned);
+    }
+
+    /// Issue 12: a client id is delayed, never banned: failures with a device's client id from
+    /// many addresses do not lock that device out.
+    #[test]
+    fn a_client_id_is_delayed_never_banned() {
+        let limit = FailureLimit::default();
+        let mut limiter = FailureLimiter::new(limit);
+        let now = Instant::now();
+        for n in 0..limit.ban_after * 3 {
+            limiter.failed(Some(IpAddr::from([198, 51, 100, n as u8])), "device-7", now);
+        }
+        let home = Some(IpAddr::from([203, 0, 113, 1]));
+        assert_eq!(
+            limiter.penalty(home, "device-7", now),
+            Penalty::Delay(Duration::from_millis(limit.max_delay_ms))
+        );
     }
 }

@@ -327,6 +327,14 @@ impl Broker {
         lock(&self.deferred_auth).len()
     }
 
+    /// Whether the connection of deferred authentication `id` still waits for its answer (it
+    /// has not closed, timed out or been answered): a back end skips work nobody waits for.
+    pub fn is_auth_wanted(&self, id: AuthRequestId) -> bool {
+        lock(&self.deferred_auth)
+            .get(&id.0)
+            .is_some_and(|slot| slot.result.is_none())
+    }
+
     /// Forgets a deferred authentication whose connection no longer waits for it.
     pub(crate) fn forget_auth(&self, id: AuthRequestId) {
         lock(&self.deferred_auth).remove(&id.0);

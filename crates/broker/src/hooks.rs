@@ -214,6 +214,11 @@ impl AuthRequest {
     pub fn completion(&self) -> AuthCompletion {
         self.completion.clone()
     }
+
+    /// Whether the connection still waits for the answer (see [`AuthCompletion::is_wanted`]).
+    pub fn is_wanted(&self) -> bool {
+        self.completion.is_wanted()
+    }
 }
 
 /// Hands the answer to a deferred authentication back to its connection, which is woken and
@@ -228,6 +233,13 @@ pub struct AuthCompletion {
 impl AuthCompletion {
     pub fn id(&self) -> AuthRequestId {
         self.id
+    }
+
+    /// Whether the connection still waits for this answer (see [`crate::Broker::is_auth_wanted`]).
+    pub fn is_wanted(&self) -> bool {
+        self.broker
+            .upgrade()
+            .is_some_and(|broker| broker.is_auth_wanted(self.id))
     }
 
     pub fn complete(self, result: Result<Principal, ReasonCode>) {

@@ -175,7 +175,13 @@ impl<K: Hash + Eq> FailureMap<K> {
         if self.entries.len() >= TRACKED_MAX {
             return count(&mut self.overflow, limit, now);
         }
-        self.entries.insert(key, Failures { count: 1, last: now });
+        self.entries.insert(
+            key,
+            Failures {
+                count: 1,
+                last: now,
+            },
+        );
     }
 
     fn penalty<Q>(&self, key: &Q, limit: &FailureLimit, now: Instant) -> Penalty
@@ -365,7 +371,11 @@ mod tests {
         assert_eq!(map.entries.len(), TRACKED_MAX);
         let max = Penalty::Delay(Duration::from_millis(limit.max_delay_ms));
         assert_eq!(map.penalty(&newcomer, &limit, now), max);
-        assert_eq!(map.penalty(&(u32::MAX - 1), &limit, now), max, "any untracked key");
+        assert_eq!(
+            map.penalty(&(u32::MAX - 1), &limit, now),
+            max,
+            "any untracked key"
+        );
         let later = now + limit.memory();
         map.record(newcomer, &limit, later);
         assert_eq!(map.entries.len(), 1, "stale entries purged");

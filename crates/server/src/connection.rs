@@ -23,6 +23,8 @@ use crate::transport::Transport;
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Reading pauses while this many bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Bytes read ahead (kept, not handled) while a deferred authentication is decided.
+const DECIDING_READ_MAX: usize = 64 * 1024;
 /// Longest time from the end of a connection to the close of its socket: flushing the last
 /// packets (CONNACK refusal, DISCONNECT), then the drain (see [`close_gracefully`]). Bounded so
 /// that a client that neither reads nor stops writing cannot hold its task, its socket and
@@ -195,7 +197,12 @@ fn run_connection<T: Transport + 'static>(
             }
             // Reading also waits while the store is congested with this client's changes (see
             // `Connection::wants_input`): a publisher goes at the disk's pace.
-            let reading = !conn.is_closed() && wbuf.len() < WRITE_HIGH_WATER && conn.wants_input();
+            // While a deferred authentication is decided, nothing is handled [MQTT-3.1.4-5],
+            // but reading goes on into the buffer (up to `DECIDING_READ_MAX`), kept for after:
+            // a client that goes away meanwhile is seen, and its verification skipped.
+            let reading = !conn.is_closed()
+                && wbuf.len() < WRITE_HIGH_WATER
+                && (conn.wants_input() || (conn.is_deciding() && rbuf.len() < DECIDING_READ_MAX));
 
             // One wait for everything, polled in a fixed order (write first, so replies are not
             // held behind reading); no per-branch futures live in the task.

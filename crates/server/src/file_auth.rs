@@ -44,6 +44,9 @@ use crate::scram_auth::ScramAuthenticator;
 
 /// Successful verifications remembered, per generation (two generations: at most twice this).
 const CACHE_CAPACITY: usize = 10_000;
+/// Password verifications that may wait their turn, per core; more are refused at once
+/// (CONNACK 0x89 Server busy), so a flood cannot pile up work and memory behind the pool.
+const WAITING_PER_CORE: usize = 64;
 /// A password or ACL file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -327,6 +330,10 @@ struct Inner {
     scram_decoys: ScramDecoys,
     cache: Mutex<SuccessCache>,
     verifications: Arc<Semaphore>,
+    /// Verifications waiting for one of `verifications`' permits (or their backoff delay).
+    waiting: Arc<Semaphore>,
+    /// Hashes verified (see [`FileAuth::verifications_done`]).
+    verified: AtomicU64,
     limiter: Mutex<FailureLimiter>,
 }
 
@@ -469,6 +476,8 @@ impl FileAuth {
                 scram_decoys,
                 cache: Mutex::new(SuccessCache::default()),
                 verifications: Arc::new(Semaphore::new(cores)),
+                waiting: Arc::new(Semaphore::new(cores * WAITING_PER_CORE)),
+                verified: AtomicU64::new(0),
                 limiter: Mutex::new(FailureLimiter::new(
                     config.auth.failure_limit.unwrap_or_default(),
                 )),
@@ -519,6 +528,12 @@ impl FileAuth {
     /// Successful verifications remembered now.
     pub fn cached_verifications(&self) -> usize {
         lock(&self.inner.cache).len()
+    }
+
+    /// Password hashes verified since start (for tests: work skipped is not counted).
+    #[doc(hidden)]
+    pub fn verifications_done(&self) -> u64 {
+        self.inner.verified.load(Ordering::Relaxed)
     }
 }
 
@@ -709,6 +724,16 @@ impl Inner {
             // Not something the synchronous authenticator defers.
             return Err(ReasonCode::NotAuthorized);
         };
+        // Work nobody waits for is not done: a client that sent CONNECT and went away costs
+        // no verification (checked again after each wait below).
+        if !request.is_wanted() {
+            return Err(ReasonCode::ServerUnavailable);
+        }
+        // At most `WAITING_PER_CORE` per core wait their turn; beyond that the broker is busy.
+        let Ok(_waiting) = self.waiting.clone().try_acquire_owned() else {
+            log_failure(&request.credentials(), "too many verifications waiting");
+            return Err(ReasonCode::ServerBusy);
+        };
         let penalty = lock(&self.limiter).penalty(
             request.peer.map(|peer| peer.ip()),
             &request.client_id,
@@ -722,25 +747,27 @@ impl Inner {
             Penalty::Delay(delay) => tokio::time::sleep(delay).await,
             Penalty::None => {}
         }
+        if !request.is_wanted() {
+            return Err(ReasonCode::ServerUnavailable);
+        }
         let permit = self
             .verifications
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ReasonCode::ServerUnavailable)?;
+        if !request.is_wanted() {
+            return Err(ReasonCode::ServerUnavailable);
+        }
         // Others from the same address may have failed while this one waited its turn (a
         // burst of guesses arrives before the first is judged): a ban they earned holds now.
-        let banned = lock(&self.limiter).penalty(
-            request.peer.map(|peer| peer.ip()),
-            &request.client_id,
-            Instant::now(),
-        ) == Penalty::Banned;
-        if banned {
+        if self.banned(&request.credentials()) {
             log_failure(&request.credentials(), "too many failures");
             return Err(ReasonCode::ConnectionRateExceeded);
         }
         let file = passwords.current();
         let this = self.clone();
+        self.verified.fetch_add(1, Ordering::Relaxed);
         let verified = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             match file.lookup(&username) {
@@ -836,7 +863,21 @@ impl Inner {
             Penalty::Delay(delay) => tokio::time::sleep(delay).await,
             Penalty::None => {}
         }
-        match http.ask(&credentials, kind).await {
+        if !request.is_wanted() {
+            return Err(ReasonCode::ServerUnavailable);
+        }
+        let go_on = || {
+            if !request.is_wanted() {
+                return Err(ReasonCode::ServerUnavailable);
+            }
+            if self.banned(&credentials) {
+                log_failure(&credentials, "too many failures");
+                return Err(ReasonCode::ConnectionRateExceeded);
+            }
+            Ok(())
+        };
+        match http.ask(&credentials, kind, go_on).await {
+            Outcome::Refused(code) => Err(code),
             Outcome::Allow(allowed) => {
                 lock(&self.limiter).succeeded(&request.client_id);
                 Ok(self.http_principal(policy, &allowed, &credentials))

@@ -39,6 +39,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tern_auth::{Acl, Permissions};
 use tern_broker::Credentials;
+use tern_codec::ReasonCode;
 use tokio::sync::Semaphore;
 
 use crate::file_auth::AuthError;
@@ -190,6 +191,8 @@ pub(crate) enum Outcome {
     Deny,
     /// The service failed (the reason was logged): refuse, retryably.
     Unavailable,
+    /// Not asked: refused with this code before the request was sent (see [`HttpAuth::ask`]).
+    Refused(ReasonCode),
 }
 
 /// Why an exchange failed (logged; never a secret).
@@ -461,12 +464,23 @@ impl HttpAuth {
     }
 
     /// Asks the service (waiting for a permit if `max_concurrent` are in flight).
-    pub(crate) async fn ask(&self, credentials: &Credentials<'_>, transport: &str) -> Outcome {
+    /// Asks the service. `go_on` is asked once a request permit is held, before anything is
+    /// sent: an `Err` (the client gave up meanwhile, or a ban was earned by others from its
+    /// address while it waited) ends it with that code, the service not asked.
+    pub(crate) async fn ask(
+        &self,
+        credentials: &Credentials<'_>,
+        transport: &str,
+        go_on: impl FnOnce() -> Result<(), ReasonCode>,
+    ) -> Outcome {
         let body = Bytes::from(body(credentials, transport).to_string());
         let key = (!self.ttl.is_zero()).then(|| self.key(credentials, transport));
         let answer = {
             match tokio::time::timeout(self.queue_limit, self.permits.acquire()).await {
                 Ok(Ok(_permit)) => {
+                    if let Err(code) = go_on() {
+                        return Outcome::Refused(code);
+                    }
                     match tokio::time::timeout(self.timeout, self.exchange(body)).await {
                         Ok(answer) => answer,
                         Err(_) => Err(Failure::Timeout),
@@ -487,6 +501,9 @@ impl HttpAuth {
                 Outcome::Allow(allowed)
             }
             Ok(outcome) => outcome,
+            // A service that answers a denial with 401 or 403 (a common habit) has judged the
+            // credentials: a denial, counted by the failure limiter, not an outage.
+            Err(Failure::Status(401 | 403)) => Outcome::Deny,
             Err(failure) => {
                 self.warn(credentials, &failure);
                 Outcome::Unavailable

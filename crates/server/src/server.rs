@@ -178,6 +178,12 @@ impl Server {
         Server::bind_with_auth(config, hooks, Arc::new(DenyDeferred)).await
     }
 
+    /// The password and ACL files' authenticator, when the configuration has one (for tests).
+    #[doc(hidden)]
+    pub fn file_auth(&self) -> Option<&FileAuth> {
+        self.auth.as_ref()
+    }
+
     /// Binds with plug-ins for authentication and authorisation, and `authenticator` for the
     /// CONNECTs the core's authenticator defers (see [`AsyncAuthenticator`]).
     pub async fn bind_with_auth(

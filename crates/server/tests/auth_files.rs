@@ -52,6 +52,7 @@ fn config(auth: AuthConfig) -> ServerConfig {
 struct Running {
     addrs: Vec<SocketAddr>,
     reloader: AuthReloader,
+    auth: Option<tern_server::FileAuth>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -65,6 +66,7 @@ async fn start(config: ServerConfig) -> Running {
     let server = Server::bind(config).await.expect("bind");
     let addrs = server.local_addrs();
     let reloader = server.auth_reloader();
+    let auth = server.file_auth().cloned();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let stopped = async {
@@ -75,6 +77,7 @@ async fn start(config: ServerConfig) -> Running {
     Running {
         addrs,
         reloader,
+        auth,
         _stop: stop,
     }
 }
@@ -476,4 +479,40 @@ async fn a_flood_of_failing_connects_does_not_keep_others_out() {
         codes.len()
     );
     subscriber.disconnect().await;
+}
+
+/// Issue 12, "hashing is a denial-of-service door": a client that sends CONNECT with a
+/// password and goes away at once costs no verification once its turn comes (the work is
+/// skipped when nobody waits for the answer). 200 such clients, each from its own address (so
+/// no ban interferes) against 2 verification slots: far fewer than 200 hashes are verified,
+/// and a legitimate client still gets in.
+#[tokio::test]
+async fn verifications_nobody_waits_for_are_skipped() {
+    // argon2id (tern passwd's parameters): each verification costs milliseconds.
+    let argon = "dave:$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Yyq0Z5mKqzXPjXXh2j6PSwZQFwLd0AnqA6ukqL0a3fA\n";
+    let broker = start(config(auth(
+        Some(write("users-gone", &format!("{USERS}{argon}"))),
+        None,
+    )))
+    .await;
+    let addr = broker.addr();
+    for n in 0..200u32 {
+        let source = IpAddr::from([127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8]);
+        let mut raw = Raw::open_from(addr, ProtocolVersion::V311, source).await;
+        let mut connect = connect_packet(ProtocolVersion::V311, &format!("gone-{n}"), true, 30);
+        connect.username = Some(text("dave"));
+        connect.password = Some(Bytes::from_static(b"wrong"));
+        raw.send(&Packet::Connect(Box::new(connect))).await;
+        drop(raw);
+    }
+    // A legitimate client after them: verified in its turn.
+    let (alice, ack) = Client::connect(rumqttc_with(addr, "alice", "alice", "alice-pw")).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    alice.disconnect().await;
+    let done = broker
+        .auth
+        .as_ref()
+        .expect("file auth")
+        .verifications_done();
+    assert!(done < 100, "{done} verifications for 200 clients gone");
 }

@@ -89,6 +89,8 @@ async fn answer(seen: &Seen, delay: Duration, body: Value) -> Response<Full<Byte
             )
         }
         "err500" => json(500, r#"{"result":"allow"}"#.into()),
+        "forbidden" => json(403, r#"{"error":"bad credentials"}"#.into()),
+        "unauthorized" => json(401, "".into()),
         "junk" => json(200, "this is not JSON".into()),
         "maybe" => json(200, r#"{"result":"perhaps"}"#.into()),
         "big" => json(
@@ -411,6 +413,28 @@ async fn denials_are_limited() {
     );
     assert_eq!(codes[8], ReasonCode::ConnectionRateExceeded);
     assert_eq!(seen.count("mallory"), 8, "the banned attempt was not sent");
+}
+
+/// Issue 12, HTTP: a service that says no with a 401 or 403 status (as many do) denies: 0x86,
+/// counted by the failure limiter like a `deny` answer (not taken for an outage, which would
+/// let guesses through unlimited).
+#[tokio::test]
+async fn status_401_and_403_are_denials() {
+    let (service, _) = service(Duration::ZERO).await;
+    let broker = broker(service, "").await;
+    let addr = broker.addrs[0];
+    let mut codes = Vec::new();
+    for n in 0..9 {
+        let user = if n % 2 == 0 { "forbidden" } else { "unauthorized" };
+        codes.push(refused(addr, &format!("s{n}"), user).await);
+    }
+    assert!(
+        codes[..8]
+            .iter()
+            .all(|code| *code == ReasonCode::BadUserNameOrPassword),
+        "{codes:?}"
+    );
+    assert_eq!(codes[8], ReasonCode::ConnectionRateExceeded);
 }
 
 /// Issue 12, HTTP: an answer's `expires_at` bounds the session: the MQTT 5 client is

@@ -400,12 +400,17 @@ impl Connection {
         // and re-checks after a reload); a resumed session's subscriptions are judged again
         // for this principal, which may not be the last one's.
         let client = Arc::new(client);
+        attached.session.lock().principal = Some(client.clone());
+        if attached.present {
+            broker.recheck_session(&attached.session);
+        }
+        // What waits was routed for the session's last client (or, restored from the store,
+        // for a client nobody has authenticated since): this one gets only what it may read.
+        // Taken after the re-check: a message routed through a subscription as it was judged
+        // for the last client sits below this mark (the re-check replaced each entry under the
+        // index's write lock, which every routing holds for reading).
         let judge_below = {
-            let mut state = attached.session.lock();
-            state.principal = Some(client.clone());
-            // What waits was routed for the session's last client (or, restored from the
-            // store, for a client nobody has authenticated since): this one gets only what it
-            // may read.
+            let state = attached.session.lock();
             let backlog = !state.queue.is_empty() || !state.inflight.is_empty();
             if attached.present && backlog {
                 state.next_position.max(1)
@@ -413,9 +418,6 @@ impl Connection {
                 0
             }
         };
-        if attached.present {
-            broker.recheck_session(&attached.session);
-        }
 
         let mut properties = Properties::default();
         if version.is_v5() {

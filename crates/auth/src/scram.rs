@@ -228,11 +228,14 @@ impl ScramServerKeys {
     }
 }
 
-/// The decoys of one server: [`ScramServerKeys::decoy`] under a random key made at start-up,
-/// so an unknown user's salt is stable for the life of the process.
+/// The decoys of unknown users: [`ScramServerKeys::decoy`] under a secret key, so an unknown
+/// user's salt is the same at each try. With the key of a password file
+/// ([`crate::PasswordFile::decoy_key`]) it stays the same across restarts too, as a real
+/// user's does.
 #[derive(Clone)]
 pub struct ScramDecoys {
     secret: [u8; 32],
+    iterations: NonZeroU32,
 }
 
 impl fmt::Debug for ScramDecoys {
@@ -242,17 +245,27 @@ impl fmt::Debug for ScramDecoys {
 }
 
 impl ScramDecoys {
-    /// Decoys under a fresh random key.
+    /// Decoys under a fresh random key, with [`DEFAULT_ITERATIONS`].
     pub fn new() -> Result<ScramDecoys, ScramError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|_| ScramError::Random)?;
-        Ok(ScramDecoys { secret })
+        Ok(ScramDecoys::with_key(secret, None))
     }
 
-    /// The decoy keys of `username` for `mechanism`, with [`DEFAULT_ITERATIONS`].
+    /// Decoys under `secret`, announcing `iterations` (default [`DEFAULT_ITERATIONS`]): for a
+    /// password file, its [`crate::PasswordFile::decoy_key`] and the iteration count most of
+    /// its users have, so a decoy looks like its neighbours.
+    pub fn with_key(secret: [u8; 32], iterations: Option<NonZeroU32>) -> ScramDecoys {
+        let default = NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN);
+        ScramDecoys {
+            secret,
+            iterations: iterations.unwrap_or(default),
+        }
+    }
+
+    /// The decoy keys of `username` for `mechanism`.
     pub fn keys(&self, mechanism: ScramMechanism, username: &str) -> ScramServerKeys {
-        let iterations = NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN);
-        ScramServerKeys::decoy(&self.secret, mechanism, username, iterations)
+        ScramServerKeys::decoy(&self.secret, mechanism, username, self.iterations)
     }
 }
 

@@ -129,3 +129,38 @@ fn argon2id_lines_sit_beside_mosquitto_lines() {
     assert!(file.check("alice", b"alice-secret"));
     assert!(!file.check("erin", b"alice-secret"));
 }
+
+/// Review of issue 12: what an unknown user costs and announces looks like the users around
+/// it — the decoy hash is of the file's most common scheme (not merely the first line's), the
+/// SCRAM decoys announce the iteration count most `$scram$` lines have, and their key comes
+/// from the file (stable across restarts while the file is unchanged, different for another).
+#[test]
+fn decoys_look_like_the_users_around_them() {
+    let iterations = std::num::NonZeroU32::new(8192).unwrap();
+    let mut text = String::from(MOSQUITTO_2_0_FILE.lines().next().unwrap());
+    text.push('\n');
+    for user in ["s1", "s2", "s3"] {
+        let hash = tern_auth::hash_scram(user.as_bytes(), iterations).unwrap();
+        text.push_str(&format!("{user}:{hash}\n"));
+    }
+    let file = PasswordFile::parse(&text).unwrap();
+    assert_eq!(file.scram_iterations(), Some(iterations));
+    let again = PasswordFile::parse(&text).unwrap();
+    assert_eq!(
+        file.decoy_key(),
+        again.decoy_key(),
+        "stable for the same file"
+    );
+    let other = PasswordFile::parse(MOSQUITTO_2_0_FILE).unwrap();
+    assert_ne!(file.decoy_key(), other.decoy_key());
+    assert_eq!(other.scram_iterations(), None);
+    // The decoy is a $scram$ hash (three of four lines): an unknown user costs a PBKDF2-SHA256
+    // of 8192 iterations, as the SCRAM users do, not the $7$ of the first line.
+    assert_eq!(file.decoy_scheme(), Some(HashScheme::Scram));
+    assert_eq!(
+        other.decoy_scheme(),
+        Some(HashScheme::MosquittoPbkdf2Sha512),
+        "a tie goes to the first"
+    );
+    assert!(!file.check("nobody", b"guess"));
+}

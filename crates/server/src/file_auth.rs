@@ -990,12 +990,14 @@ impl FileAuth {
         username: &str,
     ) -> ScramServerKeys {
         let policy = self.inner.policy(transport);
-        let stored = policy.passwords.as_ref().and_then(|file| {
-            file.current()
-                .lookup(username)
-                .and_then(|hash| hash.scram().map(|scram| scram.server_keys(mechanism)))
-        });
-        stored.unwrap_or_else(|| self.inner.scram_decoys.keys(mechanism, username))
+        let Some(file) = policy.passwords.as_ref().map(|file| file.current()) else {
+            return self.inner.scram_decoys.keys(mechanism, username);
+        };
+        if let Some(scram) = file.lookup(username).and_then(|hash| hash.scram()) {
+            return scram.server_keys(mechanism);
+        }
+        // A decoy under the file's own key, with the iterations its users have.
+        ScramDecoys::with_key(*file.decoy_key(), file.scram_iterations()).keys(mechanism, username)
     }
 
     /// The access rules of an authenticated client (the listener's ACL file), if any.

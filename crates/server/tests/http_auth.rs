@@ -425,7 +425,11 @@ async fn status_401_and_403_are_denials() {
     let addr = broker.addrs[0];
     let mut codes = Vec::new();
     for n in 0..9 {
-        let user = if n % 2 == 0 { "forbidden" } else { "unauthorized" };
+        let user = if n % 2 == 0 {
+            "forbidden"
+        } else {
+            "unauthorized"
+        };
         codes.push(refused(addr, &format!("s{n}"), user).await);
     }
     assert!(

@@ -11,6 +11,9 @@
 //! the first entry, as in Mosquitto, with a warning.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use sha2::{Digest, Sha256};
 
 use super::hash::{HashFormatError, HashScheme, StoredHash};
 use crate::warning::Warning;
@@ -46,8 +49,16 @@ pub enum ParseErrorKind {
 #[derive(Debug, Default, Clone)]
 pub struct PasswordFile {
     users: HashMap<Box<str>, StoredHash>,
-    /// The first user's hash, verified (and refused) for unknown users.
+    /// A hash of the file's most common scheme (its first user's), verified (and refused) for
+    /// unknown users: an unknown user costs what most users cost.
     decoy: Option<StoredHash>,
+    /// The iteration count most `$scram$` lines have: the SCRAM decoys of unknown users
+    /// announce it, as the users around them do.
+    scram_iterations: Option<NonZeroU32>,
+    /// A key derived from the whole file (as secret as the file): unknown SCRAM users get
+    /// decoy salts under it, stable across restarts while the file is unchanged, as real
+    /// users' salts are.
+    decoy_key: [u8; 32],
     warnings: Vec<Warning>,
 }
 
@@ -55,6 +66,9 @@ impl PasswordFile {
     /// Parses the whole file. See the module documentation for the syntax.
     pub fn parse(text: &str) -> Result<PasswordFile, ParseError> {
         let mut file = PasswordFile::default();
+        // Per scheme: how many users, and the first one's hash.
+        let mut schemes: Vec<(HashScheme, usize, StoredHash)> = Vec::new();
+        let mut iterations: HashMap<NonZeroU32, usize> = HashMap::new();
         for (index, raw) in text.split('\n').enumerate() {
             let line = index + 1;
             let Some((user, hash)) = split_entry(raw).map_err(|kind| ParseError { line, kind })?
@@ -84,12 +98,48 @@ impl PasswordFile {
                     ),
                 });
             }
-            if file.decoy.is_none() {
-                file.decoy = Some(hash.clone());
+            let scheme = hash.scheme();
+            let seen = schemes.iter_mut().find(|(known, ..)| *known == scheme);
+            match seen {
+                Some((_, count, _)) => *count += 1,
+                None => schemes.push((scheme, 1, hash.clone())),
+            }
+            if let Some(scram) = hash.scram() {
+                *iterations.entry(scram.iterations).or_insert(0usize) += 1;
             }
             file.users.insert(user.into(), hash);
         }
+        // Ties go to the scheme met first (`max_by_key` keeps the last maximum: reversed).
+        file.decoy = schemes
+            .into_iter()
+            .rev()
+            .max_by_key(|(_, count, _)| *count)
+            .map(|(_, _, hash)| hash);
+        file.scram_iterations = iterations
+            .into_iter()
+            .max_by_key(|(iterations, count)| (*count, *iterations))
+            .map(|(iterations, _)| iterations);
+        file.decoy_key = Sha256::new()
+            .chain_update(b"tern: SCRAM decoys of a password file\0")
+            .chain_update(text.as_bytes())
+            .finalize()
+            .into();
         Ok(file)
+    }
+
+    /// The scheme of the hash an unknown user is verified against (the file's most common).
+    pub fn decoy_scheme(&self) -> Option<HashScheme> {
+        self.decoy.as_ref().map(StoredHash::scheme)
+    }
+
+    /// The iteration count most of the file's `$scram$` lines have.
+    pub fn scram_iterations(&self) -> Option<NonZeroU32> {
+        self.scram_iterations
+    }
+
+    /// The key of the SCRAM decoys of unknown users (see [`crate::ScramDecoys`]).
+    pub fn decoy_key(&self) -> &[u8; 32] {
+        &self.decoy_key
     }
 
     /// The stored hash of `username`, if the file lists it.

@@ -516,3 +516,71 @@ async fn verifications_nobody_waits_for_are_skipped() {
         .verifications_done();
     assert!(done < 100, "{done} verifications for 200 clients gone");
 }
+
+/// Issue 12 with the store: a persistent session restored after a restart has no principal
+/// until its client connects again (nobody has authenticated for it since). What is queued for
+/// it meanwhile goes, when a client takes it up, only where that client may read: alice (who
+/// may read everything) subscribed `#` before the restart; after it, bob (who may read `b/#`
+/// only) takes the session up with the same client id and gets `b/x` but not `a/x`.
+#[tokio::test]
+async fn a_restored_session_gives_its_new_client_only_what_it_may_read() {
+    let dir = std::env::temp_dir().join(format!("tern-auth-restored-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let acl = write(
+        "restored.acl",
+        "user alice\ntopic read #\nuser bob\ntopic read b/#\nuser carol\ntopic write #\n",
+    );
+    let mut server_config = config(auth(
+        Some(write("users-restored", &format!("{USERS}{CAROL}"))),
+        Some(acl),
+    ));
+    server_config.durability = tern_server::Durability::Process;
+    server_config.data_dir = dir.clone();
+    let run = |config: ServerConfig| async move {
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let _ = server.run(stopped, Duration::from_secs(2)).await;
+        });
+        (addr, stop, task)
+    };
+    let persistent = |addr, id: &str, user: &str, password: &str| {
+        let mut opts = rumqttc_with(addr, id, user, password);
+        opts.set_clean_session(false);
+        opts
+    };
+
+    let (addr, stop, task) = run(server_config.clone()).await;
+    let (mut alice, _) = Client::connect(persistent(addr, "shared", "alice", "alice-pw")).await;
+    alice.subscribe("#", rumqttc::QoS::AtLeastOnce).await;
+    alice.disconnect().await;
+    drop(stop);
+    task.await.expect("the first broker stops");
+
+    let (addr, _stop, _task) = run(server_config).await;
+    let (carol, _) = Client::connect(rumqttc_with(addr, "carol", "carol", "carol-pw")).await;
+    for topic in ["a/x", "b/x"] {
+        carol
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, topic)
+            .await;
+    }
+    carol.disconnect().await;
+    let (mut bob, ack) = Client::connect(persistent(addr, "shared", "bob", "bob-pw")).await;
+    assert!(ack.session_present, "the restored session is taken up");
+    let first = bob.recv().await;
+    assert_eq!(first.topic, "b/x");
+    // Nothing else comes: a/x was dropped (bounded wait for an absence).
+    let more = bob
+        .next_matching_within(Duration::from_millis(500), |event| match event {
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) => Some(publish.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(more.is_err(), "only b/x: {more:?}");
+    bob.disconnect().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -47,6 +47,16 @@ const CACHE_CAPACITY: usize = 10_000;
 /// Password verifications that may wait their turn, per core; more are refused at once
 /// (CONNACK 0x89 Server busy), so a flood cannot pile up work and memory behind the pool.
 const WAITING_PER_CORE: usize = 64;
+/// The longest a token's or an HTTP answer's expiry is taken to be (ten years): a value past
+/// what the clock can hold must not read as "never expires".
+const MAX_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// When credentials valid for `seconds` more expire, capped at [`MAX_CREDENTIAL_LIFETIME`].
+fn expiry_after(seconds: u64) -> Option<Instant> {
+    let lifetime = Duration::from_secs(seconds).min(MAX_CREDENTIAL_LIFETIME);
+    Instant::now().checked_add(lifetime)
+}
+
 /// A password or ACL file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -606,7 +616,7 @@ impl Inner {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         );
-        principal.expires_at = Instant::now().checked_add(Duration::from_secs(remaining));
+        principal.expires_at = expiry_after(remaining);
         lock(&self.limiter).succeeded(credentials.client_id);
         AuthDecision::Allow(principal)
     }
@@ -912,7 +922,7 @@ impl Inner {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
             );
-            principal.expires_at = Instant::now().checked_add(Duration::from_secs(remaining));
+            principal.expires_at = expiry_after(remaining);
         }
         principal
     }

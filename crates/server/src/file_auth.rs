@@ -632,10 +632,78 @@ impl Inner {
     }
 }
 
+/// `auth failed` lines written per second at most; the others are counted and reported in one
+/// line when the next second begins (a flood of failing CONNECTs must not fill the disk).
+const FAILURE_LINES_PER_SECOND: u32 = 20;
+/// Longest username or client id written in an `auth failed` line (longer ones are cut).
+const LOGGED_TEXT_MAX: usize = 256;
+
+/// Lines written and suppressed in the current second.
+struct FailureLog {
+    second: Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+static FAILURE_LOG: Mutex<Option<FailureLog>> = Mutex::new(None);
+
+impl FailureLog {
+    /// Whether a line may be written at `now`, and how many were suppressed in the seconds
+    /// before (reported once, with the first line of a new second).
+    fn allow(&mut self, now: Instant) -> (bool, u64) {
+        let mut reported = 0;
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            reported = std::mem::take(&mut self.suppressed);
+            self.second = now;
+            self.written = 0;
+        }
+        if self.written < FAILURE_LINES_PER_SECOND {
+            self.written += 1;
+            (true, reported)
+        } else {
+            self.suppressed += 1;
+            (false, reported)
+        }
+    }
+}
+
+/// [`FailureLog::allow`] for the process's log.
+fn failure_line_allowed(now: Instant) -> (bool, u64) {
+    lock(&FAILURE_LOG)
+        .get_or_insert(FailureLog {
+            second: now,
+            written: 0,
+            suppressed: 0,
+        })
+        .allow(now)
+}
+
+/// `text` cut to at most [`LOGGED_TEXT_MAX`] bytes, at a character boundary.
+fn cut(text: &str) -> &str {
+    if text.len() <= LOGGED_TEXT_MAX {
+        return text;
+    }
+    let mut end = LOGGED_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn log_failure(credentials: &Credentials<'_>, reason: &str) {
+    let (allowed, suppressed) = failure_line_allowed(Instant::now());
+    if suppressed > 0 {
+        tracing::info!(
+            count = suppressed,
+            "auth failures not logged (over 20 a second)"
+        );
+    }
+    if !allowed {
+        return;
+    }
     tracing::info!(
-        client_id = credentials.client_id,
-        username = credentials.username.unwrap_or(""),
+        client_id = cut(credentials.client_id),
+        username = cut(credentials.username.unwrap_or("")),
         peer = %credentials.peer.map_or_else(String::new, |peer| peer.to_string()),
         listener = credentials
             .transport
@@ -1036,6 +1104,25 @@ impl FileAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review of issue 12: `auth failed` lines are limited to 20 a second; the others are
+    /// counted and reported once; long usernames are cut at a character boundary.
+    #[test]
+    fn failure_lines_are_limited() {
+        let start = Instant::now();
+        let mut log = FailureLog {
+            second: start,
+            written: 0,
+            suppressed: 0,
+        };
+        let allowed = (0..100).filter(|_| log.allow(start).0).count();
+        assert_eq!(allowed, FAILURE_LINES_PER_SECOND as usize);
+        assert_eq!(log.allow(start + Duration::from_secs(1)), (true, 80));
+        assert_eq!(log.allow(start + Duration::from_secs(1)), (true, 0));
+        let long = "é".repeat(200);
+        assert!(cut(&long).len() <= LOGGED_TEXT_MAX && cut(&long).len() >= LOGGED_TEXT_MAX - 1);
+        assert_eq!(cut("short"), "short");
+    }
 
     /// Issue 12: the cache of successes is bounded and keeps what is in use.
     #[test]

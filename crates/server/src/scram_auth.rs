@@ -166,6 +166,11 @@ impl ScramExchange {
     /// Ends the exchange: counted and logged as a failed authentication.
     fn fail(&mut self, username: Option<&str>, error: ScramError) -> AuthStep {
         self.state = State::Done;
+        if error == ScramError::Random {
+            // The server's random source failed: not the client's doing, not counted.
+            tracing::error!("SCRAM: the random source failed; exchange refused (retryable)");
+            return AuthStep::Failure(ReasonCode::ServerUnavailable);
+        }
         let reason = match error {
             ScramError::UnknownUser => "SCRAM: unknown user or no SCRAM credentials".to_owned(),
             error => format!("SCRAM: {error}"),
@@ -175,7 +180,6 @@ impl ScramExchange {
         AuthStep::Failure(match error {
             // An unknown user is refused exactly as a wrong password.
             ScramError::InvalidProof | ScramError::UnknownUser => ReasonCode::BadUserNameOrPassword,
-            ScramError::Random => ReasonCode::ServerUnavailable,
             _ => ReasonCode::NotAuthorized,
         })
     }

@@ -12,7 +12,8 @@
 //!    the channel binding, the nonce and the proof (constant time) and returns
 //!    `v=ServerSignature`.
 //!
-//! Any error ends the exchange; [`ScramError::server_error`] is its `e=` message.
+//! Any error ends the exchange; [`ScramError::server_error`] gives RFC 5802's `e=` value for
+//! callers that carry one (MQTT refuses with a reason code instead, and Tern sends no `e=`).
 //!
 //! Channel binding is not offered: a gs2 header `n,,` (client does not support it) or `y,,`
 //! (client does but thinks the server does not) is accepted, `p=` is refused.

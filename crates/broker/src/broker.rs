@@ -194,6 +194,8 @@ pub struct Broker {
     /// takes per publish; written only at a reload.
     authorizer: RwLock<Arc<dyn Authorizer>>,
     next_auth_request: AtomicU64,
+    /// Bumped when the access rules change (`set_authorizer`, `recheck_access`).
+    access_epoch: AtomicU64,
 }
 
 /// What [`Broker::recheck_access`] did.
@@ -265,6 +267,7 @@ impl Broker {
             deferred_auth: Mutex::new(HashMap::new()),
             authorizer,
             next_auth_request: AtomicU64::new(1),
+            access_epoch: AtomicU64::new(0),
         })
     }
 
@@ -335,6 +338,11 @@ impl Broker {
             .is_some_and(|slot| slot.result.is_none())
     }
 
+    /// How many times the access rules changed (see [`Broker::recheck_access`]).
+    pub(crate) fn access_epoch(&self) -> u64 {
+        self.access_epoch.load(Ordering::SeqCst)
+    }
+
     /// Forgets a deferred authentication whose connection no longer waits for it.
     pub(crate) fn forget_auth(&self, id: AuthRequestId) {
         lock(&self.deferred_auth).remove(&id.0);
@@ -350,6 +358,8 @@ impl Broker {
     /// [`Broker::recheck_access`].
     pub fn set_authorizer(&self, authorizer: Arc<dyn Authorizer>) {
         *write(&self.authorizer) = authorizer;
+        // After the change: a SUBSCRIBE that reads the new epoch judges with the new rules.
+        self.access_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn hooks(&self) -> &Hooks {
@@ -978,6 +988,9 @@ impl Broker {
     /// restored from the store whose client has not connected since is left as it is (it is
     /// re-checked when its client connects).
     pub fn recheck_access(&self) -> RecheckSummary {
+        // Before any session is looked at: a SUBSCRIBE judged under the old rules that lands
+        // after its session was looked at sees the change and judges its session again.
+        self.access_epoch.fetch_add(1, Ordering::SeqCst);
         let sessions: Vec<Arc<Session>> = lock(&self.sessions)
             .iter()
             .map(|registered| registered.0.clone())

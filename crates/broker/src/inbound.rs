@@ -552,6 +552,8 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
         let mut barrier = Seq::NONE;
+        // Rules reloaded while this SUBSCRIBE was judged (see below).
+        let access_epoch = broker.access_epoch();
         for subscription in subscribe.subscriptions {
             let filter = subscription.filter;
             let shared = split_shared(&filter).is_some();
@@ -612,6 +614,13 @@ impl Connection {
                 retained.push((filter, granted, partial));
             }
         }
+        // A re-check of the rules (a reload) that ran while these filters were judged may have
+        // missed what this SUBSCRIBE added after it looked at the session: judge the session
+        // again under the new rules (rare; the common path pays one atomic load).
+        let rejudged = broker.access_epoch() != access_epoch;
+        if rejudged {
+            broker.recheck_session(&session);
+        }
         let worst = reason_codes.iter().copied().find(|code| code.is_error());
         let suback = SubAck {
             packet_id: subscribe.packet_id,
@@ -626,12 +635,12 @@ impl Connection {
         // (whose limit would cut a large set): see `retained_stream`.
         if !retained.is_empty() {
             let mut state = session.lock();
-            let reader = retained
-                .iter()
-                .any(|(_, _, partial)| *partial)
-                .then(|| client.clone());
             for (filter, granted, partial) in retained {
-                let reader = if partial { reader.clone() } else { None };
+                let reader = if partial || rejudged {
+                    Some(client.clone())
+                } else {
+                    None
+                };
                 state.stream_retained(filter, granted, identifier, reader);
             }
         }

@@ -542,3 +542,65 @@ fn a_delayed_will_is_checked_when_its_delay_runs_out() {
     net.advance(6_000);
     assert_eq!(watcher.payloads(), vec![Bytes::from_static(b"gone")]);
 }
+
+/// Rules that close `secret/` when first asked about it, and run the re-check a reload runs
+/// right then: a reload that happens while a SUBSCRIBE is being judged.
+struct ClosesWhileJudging {
+    broker: std::sync::OnceLock<std::sync::Weak<tern_broker::Broker>>,
+    open: AtomicBool,
+}
+
+impl tern_broker::Authorizer for ClosesWhileJudging {
+    fn may_publish(&self, _: &Principal, _: &str) -> bool {
+        true
+    }
+
+    fn may_subscribe(&self, client: &Principal, filter: &str) -> bool {
+        self.classify(client, filter) != FilterAccess::Denied
+    }
+
+    fn classify(&self, _: &Principal, filter: &str) -> FilterAccess {
+        let verdict = if self.open.load(Ordering::SeqCst) || !filter.starts_with("secret/") {
+            FilterAccess::Granted
+        } else {
+            FilterAccess::Denied
+        };
+        if filter.starts_with("secret/") && self.open.swap(false, Ordering::SeqCst) {
+            // The reload: rules changed, then every session re-checked (this one has not
+            // added the subscription yet, so the re-check finds nothing to do).
+            if let Some(broker) = self.broker.get().and_then(std::sync::Weak::upgrade) {
+                broker.recheck_access();
+            }
+        }
+        verdict
+    }
+
+    fn may_read(&self, _: &Principal, topic: &str) -> bool {
+        !topic.starts_with("secret/") || self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// A reload (rules changed, then `recheck_access`) that runs while a SUBSCRIBE is judged under
+/// the old rules does not leave the old grant behind: the SUBSCRIBE sees the rules changed
+/// and judges its session again (issue 12: "a reload re-checks existing subscriptions").
+#[test]
+fn a_reload_while_a_subscribe_is_judged_leaves_no_stale_grant() {
+    let rules = Arc::new(ClosesWhileJudging {
+        broker: std::sync::OnceLock::new(),
+        open: AtomicBool::new(true),
+    });
+    let net = Net::with_hooks(
+        BrokerConfig::default(),
+        Hooks {
+            authorizer: rules.clone(),
+            ..Hooks::default()
+        },
+    );
+    let _ = rules.broker.set(Arc::downgrade(&net.broker));
+    let mut client = net.connected(V5, "subscriber");
+    client.subscribe("secret/#", QoS::AtMostOnce);
+    assert_eq!(net.broker.subscription_count(), 0, "judged again: removed");
+    let mut publisher = net.connected(V5, "publisher");
+    publisher.publish("secret/x", QoS::AtMostOnce, b"no");
+    client.nothing();
+}

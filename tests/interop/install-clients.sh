@@ -2,6 +2,7 @@
 # Installs the third-party MQTT clients the interop suite (tests/interop) drives, when missing:
 #   - mosquitto_pub / mosquitto_sub  (Debian package mosquitto-clients, via apt-get)
 #   - haproxy                         (Debian package haproxy, via apt-get; the PROXY protocol tests)
+#   - chromium                        (Debian package chromium, via apt-get; the dashboard test)
 #   - paho-mqtt 2.x and pytest        (PyPI, via python3 -m pip)
 # Idempotent: prints nothing and changes nothing when everything is already there.
 set -euo pipefail
@@ -40,6 +41,15 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   if ! apt_install haproxy >/dev/null 2>&1; then
     as_root apt-get update -q >/dev/null
     apt_install haproxy >/dev/null
+  fi
+fi
+
+# --- chromium (headless: the dashboard's browser test, crates/admin/tests/dashboard.rs) -------
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium"
+  if ! apt_install chromium fonts-dejavu-core >/dev/null 2>&1; then
+    as_root apt-get update -q >/dev/null
+    apt_install chromium fonts-dejavu-core >/dev/null
   fi
 fi
 

@@ -169,6 +169,12 @@ function drawChart(canvas, series) {
       if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
     });
     g.stroke();
+    if (n === 1) { // one poll so far: a dot, not an invisible line
+      g.fillStyle = g.strokeStyle;
+      g.beginPath();
+      g.arc(pad.left + plotW, pad.top + plotH - (s.values[0] / max) * plotH, 2.5, 0, 2 * Math.PI);
+      g.fill();
+    }
   }
 }
 

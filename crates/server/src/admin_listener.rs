@@ -56,6 +56,19 @@ impl AdminListener {
         }))
     }
 
+    /// For `tern check-config`: a token file that exists must hold a usable token (one that
+    /// does not is generated at start).
+    pub(crate) fn check(config: &ServerConfig) -> Result<(), ServerError> {
+        if config.admin.bind.is_none() {
+            return Ok(());
+        }
+        let path = config.admin.token_path(&config.data_dir);
+        if path.exists() {
+            Token::read(&path)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
     }

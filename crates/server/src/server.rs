@@ -138,6 +138,7 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     }
     // The password and ACL files parse (an error names the file and the line).
     FileAuth::from_config(config)?;
+    AdminListener::check(config)?;
     Ok(())
 }
 

@@ -154,7 +154,7 @@ async fn pending_backend_until_one_is_set() {
         },
         Duration::from_secs(2),
     ));
-    let _client = tokio::net::TcpStream::connect(mqtt).await.unwrap();
+    let client = tokio::net::TcpStream::connect(mqtt).await.unwrap();
     let (status, body) = http(addr, "GET", "/api/v1/stats", Some(&token)).await;
     assert_eq!(status, 200);
     assert!(body.contains("\"version\""), "{body}");
@@ -165,6 +165,7 @@ async fn pending_backend_until_one_is_set() {
     );
     assert_eq!(http(addr, "GET", "/metrics", None).await.0, 401);
     assert_eq!(http(addr, "GET", "/metrics", Some(&token)).await.0, 200);
+    drop(client);
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), running)
         .await
@@ -183,5 +184,20 @@ async fn busy_admin_port_fails_the_start() {
     let result = Server::bind(config(&dir, &format!("bind = \"127.0.0.1:{port}\""))).await;
     let error = result.err().expect("the port is taken").to_string();
     assert!(error.contains("admin"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `check_config` refuses an `[admin] token_file` that holds no usable token (too short), and
+/// accepts one that does not exist yet (generated at start).
+#[test]
+fn check_config_reads_the_token_file() {
+    let dir = temp_dir("check");
+    let config = config(&dir, "bind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"");
+    tern_server::check_config(&config).unwrap();
+    std::fs::write(dir.join("admin.token"), "short\n").unwrap();
+    let error = tern_server::check_config(&config).unwrap_err().to_string();
+    assert!(error.contains("too short"), "{error}");
+    std::fs::write(dir.join("admin.token"), "a-long-enough-token-of-mine\n").unwrap();
+    tern_server::check_config(&config).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

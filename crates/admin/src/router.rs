@@ -85,8 +85,9 @@ pub fn router(backend: Arc<dyn AdminBackend>, options: AdminOptions) -> Router {
     } else {
         (protected, metrics)
     };
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let protected = protected
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::map_response(no_store));
     Router::new()
         .route("/api/v1/health", get(handlers::health))
         .merge(dashboard::routes())
@@ -107,6 +108,15 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         Some(token) if state.options.token.matches(token) => next.run(request).await,
         _ => ApiError::unauthorized(),
     }
+}
+
+/// Answers that need the token are never kept by a cache (a proxy's or the browser's).
+async fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// The credentials of a `Bearer` Authorization header (the scheme is case-insensitive).

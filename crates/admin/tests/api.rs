@@ -191,6 +191,7 @@ async fn stats_config_and_reload() {
     let app = app(&fake, false);
     let stats = get(&app, "/api/v1/stats").await;
     assert_eq!(stats.status, StatusCode::OK);
+    assert_eq!(stats.headers[header::CACHE_CONTROL], "no-store");
     assert_eq!(stats.json()["connections"], 2);
     assert_eq!(stats.json()["store_accepting"], true);
     let config = get(&app, "/api/v1/config").await.json();

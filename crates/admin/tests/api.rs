@@ -18,8 +18,8 @@ fn app(fake: &FakeBackend, metrics_auth: bool) -> Router {
     tern_admin::router(
         Arc::new(fake.clone()),
         AdminOptions {
-            token: Token::new(TOKEN).unwrap(),
             metrics_auth,
+            ..AdminOptions::new(Token::new(TOKEN).unwrap())
         },
     )
 }
@@ -579,10 +579,7 @@ async fn serves_on_a_socket_until_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = AdminOptions {
-        token: Token::new(TOKEN).unwrap(),
-        metrics_auth: false,
-    };
+    let options = AdminOptions::new(Token::new(TOKEN).unwrap());
     let server = tokio::spawn(tern_admin::serve(
         listener,
         Arc::new(FakeBackend::sample()),
@@ -607,4 +604,49 @@ async fn serves_on_a_socket_until_shutdown() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// The admin listener's bounds: a connection that sends nothing is closed after the idle
+/// timeout, and past `max_connections` a new one is not served until another ends.
+#[tokio::test]
+async fn idle_connections_closed_and_connections_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = AdminOptions {
+        max_connections: 1,
+        idle_timeout: std::time::Duration::from_millis(300),
+        ..AdminOptions::new(Token::new(TOKEN).unwrap())
+    };
+    tokio::spawn(tern_admin::serve(
+        listener,
+        Arc::new(FakeBackend::sample()),
+        options,
+        std::future::pending(),
+    ));
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The second connection is not served while the silent one holds the only slot...
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // ...the silent one is closed by the idle timeout (EOF, or a reset)...
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the idle connection is closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // ...and then the second is answered.
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        second.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
 }

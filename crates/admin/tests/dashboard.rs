@@ -40,10 +40,7 @@ fn serve(fake: &FakeBackend) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let backend = Arc::new(fake.clone());
     std::thread::spawn(move || {
-        let options = AdminOptions {
-            token: Token::new(TOKEN).unwrap(),
-            metrics_auth: false,
-        };
+        let options = AdminOptions::new(Token::new(TOKEN).unwrap());
         let _ = runtime.block_on(tern_admin::serve(
             listener,
             backend,

@@ -50,8 +50,8 @@ impl AdminListener {
         Ok(Some(AdminListener {
             socket,
             options: AdminOptions {
-                token,
                 metrics_auth: config.admin.metrics_auth,
+                ..AdminOptions::new(token)
             },
         }))
     }

@@ -21,6 +21,9 @@ pub struct FakeState {
     pub reloads: usize,
     pub metrics: String,
     pub config: serde_json::Value,
+    /// Messages counted in and out at each `stats` call (a broker with traffic, for the
+    /// dashboard's rates).
+    pub traffic_per_poll: (u64, u64),
 }
 
 /// The fake backend: a [`FakeState`] behind a mutex.
@@ -185,7 +188,11 @@ fn matches(filter: &str, topic: &str) -> bool {
 
 impl AdminBackend for FakeBackend {
     fn stats(&self) -> Stats {
-        self.lock().stats.clone()
+        let mut state = self.lock();
+        let (received, sent) = state.traffic_per_poll;
+        state.stats.messages_received += received;
+        state.stats.messages_sent += sent;
+        state.stats.clone()
     }
 
     fn readiness(&self) -> Readiness {

@@ -110,6 +110,7 @@ fn dashboard_shows_clients_retained_and_store_in_chromium() {
         return;
     };
     let fake = FakeBackend::sample();
+    fake.lock().traffic_per_poll = (50, 120);
     let addr = serve(&fake);
     let url = format!("http://{addr}/#token={TOKEN}");
     let dom = browse(&browser, "dom", &url, &["--dump-dom"]);
@@ -135,6 +136,11 @@ fn dashboard_shows_clients_retained_and_store_in_chromium() {
     );
     assert!(dom.contains("id=\"stat-connections\">2<"), "{dom}");
     assert!(dom.contains("class=\"pill ok\">ready<"), "{dom}");
+    // Traffic between two polls shows as a rate.
+    assert!(
+        !dom.contains("id=\"stat-rate-out\">0.0<"),
+        "no message rate:\n{dom}"
+    );
     // The token left the URL (not in the history, not in a screenshot's address bar).
     assert!(!dom.contains(TOKEN), "the token is in the DOM");
 

@@ -95,6 +95,7 @@ function renderStats(stats, now) {
   text($("stat-auth-failures"), stats.auth_failures);
   text($("stat-uptime"), duration(stats.uptime_s));
   let rateIn = 0, rateOut = 0;
+  const first = previous === null; // no rate yet: a rate needs two polls
   if (previous) {
     const seconds = Math.max((now - previous.at) / 1000, 0.001);
     rateIn = Math.max(stats.messages_received - previous.stats.messages_received, 0) / seconds;
@@ -103,7 +104,9 @@ function renderStats(stats, now) {
   previous = { at: now, stats };
   text($("stat-rate-in"), rate(rateIn));
   text($("stat-rate-out"), rate(rateOut));
-  for (const [name, value] of [["t", now], ["connections", stats.connections], ["rateIn", rateIn], ["rateOut", rateOut]]) {
+  const samples = [["t", now], ["connections", stats.connections]];
+  if (!first) samples.push(["rateIn", rateIn], ["rateOut", rateOut]);
+  for (const [name, value] of samples) {
     points[name].push(value);
     if (points[name].length > HISTORY) points[name].shift();
   }

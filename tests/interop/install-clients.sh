@@ -3,6 +3,7 @@
 #   - mosquitto_pub / mosquitto_sub  (Debian package mosquitto-clients, via apt-get)
 #   - mosquitto_passwd                (Debian package mosquitto, via apt-get; password files)
 #   - haproxy                         (Debian package haproxy, via apt-get; the PROXY protocol tests)
+#   - chromium                        (Debian package chromium, via apt-get; the dashboard test)
 #   - paho-mqtt 2.x and pytest        (PyPI, via python3 -m pip)
 # Idempotent: prints nothing and changes nothing when everything is already there.
 set -euo pipefail
@@ -50,6 +51,15 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   if ! apt_install haproxy >/dev/null 2>&1; then
     as_root apt-get update -q >/dev/null
     apt_install haproxy >/dev/null
+  fi
+fi
+
+# --- chromium (headless: the dashboard's browser test, crates/admin/tests/dashboard.rs) -------
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium"
+  if ! apt_install chromium fonts-dejavu-core >/dev/null 2>&1; then
+    as_root apt-get update -q >/dev/null
+    apt_install chromium fonts-dejavu-core >/dev/null
   fi
 fi
 

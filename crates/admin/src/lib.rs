@@ -3,10 +3,78 @@
 //! [`AdminBackend`] the server implements, with the plain data types of [`api`], so the HTTP
 //! layer is tested against a fake backend and the server against the trait.
 
+// Requests come from the network: never panic on them.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
+
 pub mod api;
+mod bounded;
+mod dashboard;
+mod error;
+mod handlers;
+mod openapi;
+mod router;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod token;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use api::{
     AdminBackend, AdminError, ClientDetail, ClientSummary, Page, PublishRequest, Readiness,
     ReloadReport, RetainedMessage, RetainedSummary, SessionSummary, Stats, SubscriptionInfo,
     SubscriptionQuery,
 };
+pub use handlers::{Listing, TracingRequest};
+pub use openapi::OPENAPI_JSON;
+pub use router::{ROUTES, router};
+pub use token::{Token, TokenError};
+
+/// How the admin listener serves: the bearer token it asks for, whether `/metrics` asks for
+/// it too, and the bounds on its connections.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    pub token: Token,
+    /// `[admin] metrics_auth`: `/metrics` needs the token (default: it does not, so a
+    /// Prometheus without credentials can scrape a loopback listener).
+    pub metrics_auth: bool,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection with no byte in either direction for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl AdminOptions {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Options with `token`, `/metrics` open, and the default bounds.
+    pub fn new(token: Token) -> AdminOptions {
+        AdminOptions {
+            token,
+            metrics_auth: false,
+            max_connections: AdminOptions::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: AdminOptions::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Serves the admin API, `/metrics` and the dashboard on `listener` until `shutdown`
+/// completes; requests in progress then finish, idle connections close.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    backend: Arc<dyn AdminBackend>,
+    options: AdminOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, metrics_auth = options.metrics_auth, "admin API, /metrics and the dashboard");
+    }
+    let listener =
+        bounded::BoundedListener::new(listener, options.max_connections, options.idle_timeout);
+    axum::serve(listener, router(backend, options))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

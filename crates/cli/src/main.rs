@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tern::{bench, passwd};
+use tern::{bench, ctl, passwd};
 use tern_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +39,8 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
+    /// Ask a running broker's admin API (clients, sessions, retained, kick, publish, stats...).
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::main(*args),
         Command::Passwd(args) => passwd::main(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Ctl(args) => ctl::main(args),
     }
 }
 

@@ -213,3 +213,41 @@ fn unusable_password_and_acl_files_name_the_file_and_line() {
     assert!(!ok);
     assert!(text.contains("no-such.acl"), "{text}");
 }
+
+/// Issue 13, packaging: the sample configuration shipped in dist/ (what the systemd unit
+/// reads) is accepted as it is, admin listener included.
+#[test]
+fn the_dist_sample_is_ok() {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dist/tern.toml");
+    let (ok, text) = check(&sample);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok (1 listener)"), "{text}");
+    let config = tern_server::ServerConfig::from_file(&sample).unwrap();
+    assert_eq!(config.admin.bind, Some("127.0.0.1:9883".parse().unwrap()));
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/tern"));
+}
+
+/// The systemd unit runs the broker as its own user with the hardening the issue names.
+#[test]
+fn the_dist_unit_is_hardened() {
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dist/tern.service"),
+    )
+    .unwrap();
+    for line in [
+        "User=tern",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/tern",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "CapabilityBoundingSet=\n",
+        "LimitNOFILE=",
+        "ExecStart=/usr/local/bin/tern serve --config /etc/tern/tern.toml",
+    ] {
+        assert!(
+            unit.contains(line),
+            "{line:?} missing from dist/tern.service"
+        );
+    }
+}

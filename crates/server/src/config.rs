@@ -11,6 +11,7 @@ use tern_broker::BrokerConfig;
 use tern_codec::QoS;
 use tern_store::DiskReserve;
 
+use crate::admin_config::AdminConfig;
 use crate::auth_config::{AuthConfig, DenyPublish};
 use crate::listener_config::{ListenerConfig, validate_all};
 
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     pub mqtt: MqttOptions,
     /// Authentication and access rules (`[auth]`) of every listener without its own `auth`.
     pub auth: AuthConfig,
+    /// The admin listener (`[admin]`): HTTP API, `/metrics`, dashboard.
+    pub admin: AdminConfig,
     /// Settings of the store that tests change; not in the configuration file.
     #[doc(hidden)]
     #[serde(skip)]
@@ -169,6 +172,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             mqtt: MqttOptions::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             store_tuning: StoreTuning::default(),
         }
     }
@@ -291,6 +295,7 @@ impl ServerConfig {
             listener.resolve_paths(base);
         }
         config.auth.resolve_paths(base);
+        config.admin.resolve_paths(base);
         config.validate().map_err(|error| match error {
             ConfigError::Invalid(message) => match locate(&text, &message) {
                 Some(line) => ConfigError::InvalidAt {

@@ -6,6 +6,8 @@
 // Data from the network must never panic the broker: no unwrap or expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_config;
+mod admin_listener;
 mod auth;
 mod auth_config;
 mod auth_failures;
@@ -25,6 +27,8 @@ mod tls_transport;
 mod transport;
 mod ws;
 
+pub use admin_config::AdminConfig;
+pub use admin_listener::PendingBackend;
 pub use auth::{AsyncAuthenticator, AuthFuture, DenyDeferred};
 pub use auth_config::{AuthConfig, DenyPublish};
 pub use auth_failures::FailureLimit;

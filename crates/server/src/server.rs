@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::admin_listener::AdminListener;
 use crate::auth::{AsyncAuthenticator, DenyDeferred};
 use crate::config::{Durability, ServerConfig};
 use crate::file_auth::{AuthReload, FileAuth};
@@ -39,6 +40,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::file_auth::AuthError),
+    #[error(transparent)]
+    AdminToken(#[from] tern_admin::TokenError),
 }
 
 /// Open connections, and a signal when the last one ends; and what every connection task
@@ -135,6 +138,7 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     }
     // The password and ACL files parse (an error names the file and the line).
     FileAuth::from_config(config)?;
+    AdminListener::check(config)?;
     Ok(())
 }
 
@@ -149,6 +153,9 @@ pub struct Server {
     count: Arc<ConnectionCount>,
     /// The password and ACL files of `[auth]` and the listeners' `auth`, if any.
     auth: Option<FileAuth>,
+    /// `[admin]`: the admin listener, bound, and the backend it will serve.
+    admin: Option<AdminListener>,
+    admin_backend: Option<Arc<dyn tern_admin::AdminBackend>>,
 }
 
 impl Server {
@@ -237,12 +244,14 @@ impl Server {
             }
         }
         Ok(Server {
-            config,
             broker,
             listeners,
             store,
             count: Arc::new(ConnectionCount::new(authenticator)),
             auth: None,
+            admin: AdminListener::prepare(&config)?,
+            admin_backend: None,
+            config,
         })
     }
 
@@ -286,6 +295,17 @@ impl Server {
             auth: self.auth.clone(),
             broker: self.broker.clone(),
         }
+    }
+
+    /// The admin listener's address (port 0 resolved), when `[admin] bind` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(AdminListener::local_addr)
+    }
+
+    /// The backend the admin listener serves (the broker's queries and commands); without
+    /// one, [`crate::PendingBackend`].
+    pub fn set_admin_backend(&mut self, backend: Arc<dyn tern_admin::AdminBackend>) {
+        self.admin_backend = Some(backend);
     }
 
     /// A handle on the number of open connections, valid once the server runs.
@@ -346,6 +366,12 @@ impl Server {
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
         tokio::spawn(crate::tls::watch_files(reloader, stop_rx.clone()));
         tokio::spawn(watch_auth_files(auth_reloader, stop_rx.clone()));
+        if let Some(admin) = self.admin {
+            let backend = self.admin_backend.unwrap_or_else(|| {
+                Arc::new(crate::PendingBackend::new(OpenConnections(count.clone())))
+            });
+            admin.spawn(backend, stop_rx.clone());
+        }
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.

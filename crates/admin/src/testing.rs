@@ -1,0 +1,355 @@
+//! A fake [`AdminBackend`] with state the tests set and inspect: the HTTP layer's tests and
+//! `tern ctl`'s run against it (feature `testing`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::api::*;
+
+/// What the fake broker holds. Everything public: a test arranges it, then reads what the
+/// API did to it.
+#[derive(Debug, Default, Clone)]
+pub struct FakeState {
+    pub stats: Stats,
+    pub ready: bool,
+    pub clients: BTreeMap<String, ClientDetail>,
+    /// Offline sessions (connected ones are the clients).
+    pub offline_sessions: BTreeMap<String, SessionSummary>,
+    pub retained: BTreeMap<String, RetainedMessage>,
+    pub published: Vec<PublishRequest>,
+    pub kicked: Vec<String>,
+    pub reloads: usize,
+    pub metrics: String,
+    pub config: serde_json::Value,
+    /// Messages counted in and out at each `stats` call (a broker with traffic, for the
+    /// dashboard's rates).
+    pub traffic_per_poll: (u64, u64),
+}
+
+/// The fake backend: a [`FakeState`] behind a mutex.
+#[derive(Debug, Clone, Default)]
+pub struct FakeBackend {
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeBackend {
+    pub fn new() -> FakeBackend {
+        FakeBackend::default()
+    }
+
+    /// A backend with two connected clients (`alpha`, `beta` with one subscription each),
+    /// one offline session (`gamma`), and two retained messages.
+    pub fn sample() -> FakeBackend {
+        let fake = FakeBackend::new();
+        {
+            let mut state = fake.lock();
+            state.ready = true;
+            state.stats = Stats {
+                version: "0.1.0".into(),
+                uptime_s: 42,
+                connections: 2,
+                sessions_connected: 2,
+                sessions_offline: 1,
+                subscriptions: 2,
+                retained_messages: 2,
+                retained_bytes: 7,
+                store_accepting: true,
+                ..Stats::default()
+            };
+            for (id, filter) in [("alpha", "sensors/#"), ("beta", "alerts/+")] {
+                state.add_client(id, &[filter]);
+            }
+            state.offline_sessions.insert(
+                "gamma".into(),
+                SessionSummary {
+                    client_id: "gamma".into(),
+                    connected: false,
+                    expires_in_s: Some(3600),
+                    subscriptions: 0,
+                    queued: 3,
+                    inflight: 0,
+                },
+            );
+            state.set_retained("sensors/temp", b"21.5");
+            state.set_retained("sensors/bin", &[0xff, 0x00, 0x01]);
+            state.metrics = "# TYPE tern_connections gauge\ntern_connections 2\n".into();
+            state.config = serde_json::json!({
+                "listen": ["127.0.0.1:1883"],
+                "auth": { "password_file": "<redacted>" },
+            });
+        }
+        fake
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl FakeState {
+    /// A connected client with subscriptions to `filters` at QoS 1.
+    pub fn add_client(&mut self, client_id: &str, filters: &[&str]) {
+        let subscriptions: Vec<SubscriptionInfo> = filters
+            .iter()
+            .map(|filter| SubscriptionInfo {
+                client_id: client_id.into(),
+                filter: (*filter).into(),
+                qos: 1,
+                ..SubscriptionInfo::default()
+            })
+            .collect();
+        let summary = ClientSummary {
+            client_id: client_id.into(),
+            username: Some(format!("user-{client_id}")),
+            peer: Some("127.0.0.1:50000".into()),
+            listener: None,
+            protocol: "5".into(),
+            connected_at: 1_700_000_000,
+            keep_alive_s: 60,
+            clean_start: true,
+            subscriptions: subscriptions.len(),
+            queued: 0,
+            inflight: 0,
+        };
+        self.clients.insert(
+            client_id.into(),
+            ClientDetail {
+                summary,
+                subscriptions,
+                session_expiry_s: None,
+                dropped: 0,
+                tracing: false,
+            },
+        );
+    }
+
+    pub fn set_retained(&mut self, topic: &str, payload: &[u8]) {
+        self.retained.insert(
+            topic.into(),
+            RetainedMessage {
+                topic: topic.into(),
+                qos: 0,
+                payload: std::str::from_utf8(payload).ok().map(str::to_owned),
+                payload_base64: base64(payload),
+                content_type: None,
+                expires_in_s: None,
+            },
+        );
+    }
+}
+
+/// Standard base64 with padding (enough for test payloads).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The entries of `map` whose key sorts after `page.after`, at most `page.limit`.
+fn paged<'a, V>(map: impl Iterator<Item = (&'a String, V)>, page: &Page) -> Vec<V> {
+    map.filter(|(key, _)| {
+        page.after
+            .as_deref()
+            .is_none_or(|after| key.as_str() > after)
+    })
+    .take(page.limit)
+    .map(|(_, value)| value)
+    .collect()
+}
+
+/// MQTT topic matching, enough for the tests (`+` and `#`).
+fn matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match (part, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (part, Some(level)) if part == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+impl AdminBackend for FakeBackend {
+    fn stats(&self) -> Stats {
+        let mut state = self.lock();
+        let (received, sent) = state.traffic_per_poll;
+        state.stats.messages_received += received;
+        state.stats.messages_sent += sent;
+        state.stats.clone()
+    }
+
+    fn readiness(&self) -> Readiness {
+        let ready = self.lock().ready;
+        Readiness {
+            ready,
+            reasons: if ready {
+                Vec::new()
+            } else {
+                vec!["the store refuses work".into()]
+            },
+        }
+    }
+
+    fn clients(&self, page: &Page) -> Vec<ClientSummary> {
+        let state = self.lock();
+        paged(
+            state.clients.iter().map(|(k, v)| (k, v.summary.clone())),
+            page,
+        )
+    }
+
+    fn client(&self, client_id: &str) -> Option<ClientDetail> {
+        self.lock().clients.get(client_id).cloned()
+    }
+
+    fn kick(&self, client_id: &str) -> bool {
+        let mut state = self.lock();
+        let kicked = state.clients.remove(client_id).is_some();
+        if kicked {
+            state.kicked.push(client_id.into());
+        }
+        kicked
+    }
+
+    fn sessions(&self, page: &Page) -> Vec<SessionSummary> {
+        let state = self.lock();
+        let mut all: BTreeMap<String, SessionSummary> = state.offline_sessions.clone();
+        for (id, client) in &state.clients {
+            all.insert(
+                id.clone(),
+                SessionSummary {
+                    client_id: id.clone(),
+                    connected: true,
+                    expires_in_s: None,
+                    subscriptions: client.summary.subscriptions,
+                    queued: client.summary.queued,
+                    inflight: client.summary.inflight,
+                },
+            );
+        }
+        paged(all.iter(), page).into_iter().cloned().collect()
+    }
+
+    fn delete_session(&self, client_id: &str) -> bool {
+        let mut state = self.lock();
+        let offline = state.offline_sessions.remove(client_id).is_some();
+        offline || state.clients.remove(client_id).is_some()
+    }
+
+    fn subscriptions(&self, query: &SubscriptionQuery) -> Vec<SubscriptionInfo> {
+        let state = self.lock();
+        let all: BTreeMap<String, SubscriptionInfo> = state
+            .clients
+            .values()
+            .flat_map(|client| client.subscriptions.iter())
+            .filter(|s| query.client_id.as_ref().is_none_or(|id| *id == s.client_id))
+            .filter(|s| query.filter.as_ref().is_none_or(|f| *f == s.filter))
+            .map(|s| (format!("{}\u{0}{}", s.client_id, s.filter), s.clone()))
+            .collect();
+        paged(all.iter(), &query.page)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    fn retained(&self, filter: &str, page: &Page) -> Result<Vec<RetainedSummary>, AdminError> {
+        if filter.is_empty() {
+            return Err(AdminError::Invalid("an empty topic filter".into()));
+        }
+        let state = self.lock();
+        Ok(paged(
+            state
+                .retained
+                .iter()
+                .filter(|(topic, _)| matches(filter, topic))
+                .map(|(topic, m)| {
+                    (
+                        topic,
+                        RetainedSummary {
+                            topic: topic.clone(),
+                            qos: m.qos,
+                            payload_bytes: m.payload_base64.len() / 4 * 3
+                                - m.payload_base64.matches('=').count(),
+                        },
+                    )
+                }),
+            page,
+        ))
+    }
+
+    fn retained_message(&self, topic: &str) -> Option<RetainedMessage> {
+        self.lock().retained.get(topic).cloned()
+    }
+
+    fn delete_retained(&self, topic: &str) -> Result<bool, AdminError> {
+        if topic.contains(['+', '#']) {
+            return Err(AdminError::Invalid("a topic name has no wildcards".into()));
+        }
+        Ok(self.lock().retained.remove(topic).is_some())
+    }
+
+    fn publish(&self, request: PublishRequest) -> Result<(), AdminError> {
+        if request.topic.is_empty() || request.topic.contains(['+', '#']) {
+            return Err(AdminError::Invalid(format!(
+                "not a topic name: {:?}",
+                request.topic
+            )));
+        }
+        let mut state = self.lock();
+        if !state.ready {
+            return Err(AdminError::Unavailable("shutting down".into()));
+        }
+        if request.retain {
+            let payload = request.payload.clone().unwrap_or_default();
+            state.set_retained(&request.topic, payload.as_bytes());
+        }
+        state.published.push(request);
+        Ok(())
+    }
+
+    fn set_client_tracing(&self, client_id: &str, on: bool) -> bool {
+        match self.lock().clients.get_mut(client_id) {
+            Some(client) => {
+                client.tracing = on;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        self.lock().metrics.clone()
+    }
+
+    fn config(&self) -> serde_json::Value {
+        self.lock().config.clone()
+    }
+
+    fn reload(&self) -> BoxFuture<'_, ReloadReport> {
+        Box::pin(async move {
+            self.lock().reloads += 1;
+            ReloadReport {
+                applied: vec!["limits".into(), "log_level".into()],
+                needs_restart: vec!["listen".into()],
+                errors: Vec::new(),
+            }
+        })
+    }
+}

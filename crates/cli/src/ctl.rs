@@ -1,0 +1,457 @@
+//! `tern ctl`: the admin API from the shell. One HTTP/1.1 request per call (hyper 1), the
+//! answer as a table (listings), `key: value` lines (one object) or, with `--json`, the JSON
+//! the API returned. Listings are walked page by page to the end.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// Entries asked per page while a listing is walked.
+const PAGE: usize = 1000;
+/// Pages walked at most (a listing that never ends is a bug, not a reason to loop forever).
+const MAX_PAGES: usize = 10_000;
+
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    /// The admin API's base URL (http only).
+    #[arg(long, default_value = "http://127.0.0.1:9883", global = true)]
+    pub url: String,
+    /// The bearer token (default: read from --token-file).
+    #[arg(long, global = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// The file holding the token; default: admin.token in --data-dir.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The broker's data directory, where it generated the token.
+    #[arg(long, value_name = "DIR", default_value = "tern-data", global = true)]
+    pub data_dir: PathBuf,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Connected clients.
+    Clients,
+    /// One connected client in detail.
+    Client { client_id: String },
+    /// Close a client's connection (MQTT 5: DISCONNECT 0x98 Administrative action).
+    Kick { client_id: String },
+    /// Sessions, connected or not.
+    Sessions,
+    /// End a session (and close its connection, if any).
+    DeleteSession { client_id: String },
+    /// Subscriptions, every one or a client's.
+    Subscriptions {
+        #[arg(long = "client", value_name = "ID")]
+        client_id: Option<String>,
+        /// Only subscriptions to exactly this filter.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Retained messages whose topic matches FILTER (default #).
+    Retained { filter: Option<String> },
+    /// One retained message whole.
+    RetainedGet { topic: String },
+    /// Clear a retained message.
+    RetainedDelete { topic: String },
+    /// Publish a message as the broker.
+    Publish {
+        topic: String,
+        message: String,
+        #[arg(short, long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+        #[arg(short, long)]
+        retain: bool,
+    },
+    /// The broker in figures.
+    Stats,
+    /// The running configuration (secrets redacted).
+    Config,
+    /// Read the configuration file again (as SIGHUP).
+    Reload,
+    /// Per-client debug tracing on or off.
+    Trace {
+        client_id: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+}
+
+pub fn main(args: CtlArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let output = runtime.block_on(run(&args))?;
+    if !output.is_empty() {
+        println!("{output}");
+    }
+    Ok(())
+}
+
+/// Runs the command; what to print.
+pub async fn run(args: &CtlArgs) -> anyhow::Result<String> {
+    let api = Api::new(args)?;
+    let out = |value: Value, table: fn(&Value) -> String| {
+        if args.json {
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        } else {
+            table(&value)
+        }
+    };
+    Ok(match &args.command {
+        CtlCommand::Clients => out(api.listing("/api/v1/clients", &[]).await?, |v| {
+            table(
+                v,
+                &[
+                    "client_id",
+                    "username",
+                    "peer",
+                    "protocol",
+                    "keep_alive_s",
+                    "subscriptions",
+                    "queued",
+                    "inflight",
+                ],
+            )
+        }),
+        CtlCommand::Client { client_id } => out(
+            api.get(&format!("/api/v1/clients/{}", encode(client_id)))
+                .await?,
+            fields,
+        ),
+        CtlCommand::Kick { client_id } => {
+            api.call(
+                Method::DELETE,
+                &format!("/api/v1/clients/{}", encode(client_id)),
+                None,
+            )
+            .await?;
+            done(args, format!("kicked {client_id}"))
+        }
+        CtlCommand::Sessions => out(api.listing("/api/v1/sessions", &[]).await?, |v| {
+            table(
+                v,
+                &[
+                    "client_id",
+                    "connected",
+                    "expires_in_s",
+                    "subscriptions",
+                    "queued",
+                    "inflight",
+                ],
+            )
+        }),
+        CtlCommand::DeleteSession { client_id } => {
+            api.call(
+                Method::DELETE,
+                &format!("/api/v1/sessions/{}", encode(client_id)),
+                None,
+            )
+            .await?;
+            done(args, format!("deleted the session of {client_id}"))
+        }
+        CtlCommand::Subscriptions { client_id, filter } => {
+            let mut query = Vec::new();
+            if let Some(id) = client_id {
+                query.push(("client_id", id.as_str()));
+            }
+            if let Some(filter) = filter {
+                query.push(("filter", filter.as_str()));
+            }
+            out(api.listing("/api/v1/subscriptions", &query).await?, |v| {
+                table(
+                    v,
+                    &[
+                        "client_id",
+                        "filter",
+                        "qos",
+                        "no_local",
+                        "retain_as_published",
+                        "retain_handling",
+                        "identifier",
+                    ],
+                )
+            })
+        }
+        CtlCommand::Retained { filter } => out(
+            api.listing(
+                "/api/v1/retained",
+                &[("filter", filter.as_deref().unwrap_or("#"))],
+            )
+            .await?,
+            |v| table(v, &["topic", "qos", "payload_bytes"]),
+        ),
+        CtlCommand::RetainedGet { topic } => out(
+            api.get(&format!("/api/v1/retained/message?topic={}", encode(topic)))
+                .await?,
+            fields,
+        ),
+        CtlCommand::RetainedDelete { topic } => {
+            api.call(
+                Method::DELETE,
+                &format!("/api/v1/retained/message?topic={}", encode(topic)),
+                None,
+            )
+            .await?;
+            done(args, format!("cleared the retained message on {topic}"))
+        }
+        CtlCommand::Publish {
+            topic,
+            message,
+            qos,
+            retain,
+        } => {
+            let body = json!({ "topic": topic, "payload": message, "qos": qos, "retain": retain });
+            api.call(Method::POST, "/api/v1/publish", Some(body))
+                .await?;
+            done(args, format!("published to {topic}"))
+        }
+        CtlCommand::Stats => out(api.get("/api/v1/stats").await?, fields),
+        CtlCommand::Config => serde_json::to_string_pretty(&api.get("/api/v1/config").await?)?,
+        CtlCommand::Reload => out(
+            api.call(Method::POST, "/api/v1/reload", None).await?,
+            fields,
+        ),
+        CtlCommand::Trace { client_id, state } => {
+            let body = json!({ "on": state == "on" });
+            let path = format!("/api/v1/clients/{}/tracing", encode(client_id));
+            out(api.call(Method::POST, &path, Some(body)).await?, fields)
+        }
+    })
+}
+
+/// What an action that returns nothing prints: a line, or `{"ok": true}` with --json.
+fn done(args: &CtlArgs, line: String) -> String {
+    if args.json {
+        "{\"ok\":true}".to_owned()
+    } else {
+        line
+    }
+}
+
+/// The admin API at a base URL, with a token.
+struct Api {
+    host: String,
+    /// `host:port` to connect to.
+    authority: String,
+    /// The URL's path prefix, without a trailing slash.
+    prefix: String,
+    token: String,
+}
+
+impl Api {
+    fn new(args: &CtlArgs) -> anyhow::Result<Api> {
+        let Some(rest) = args.url.strip_prefix("http://") else {
+            bail!("--url must be http://HOST:PORT (got {:?})", args.url);
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            bail!("--url has no host: {:?}", args.url);
+        }
+        let host = authority.to_owned();
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let token = match (&args.token, &args.token_file) {
+            (Some(token), _) => token.trim().to_owned(),
+            (None, file) => {
+                let path = file
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("admin.token"));
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "cannot read the admin token from {} (give --token or --token-file)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Api {
+            host,
+            authority,
+            prefix: prefix.to_owned(),
+            token,
+        })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Every page of a listing, its entries in one array.
+    async fn listing(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut uri = format!("{path}?limit={PAGE}");
+            for (key, value) in query {
+                uri.push_str(&format!("&{key}={}", encode(value)));
+            }
+            if let Some(after) = &after {
+                uri.push_str(&format!("&after={}", encode(after)));
+            }
+            let page = self.get(&uri).await?;
+            if let Some(entries) = page["items"].as_array() {
+                items.extend(entries.iter().cloned());
+            }
+            match page["next_after"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+        bail!("{path}: more than {MAX_PAGES} pages")
+    }
+
+    /// One request; the JSON answer (`null` for 204), or the API's error as an error.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .with_context(|| format!("cannot connect to the admin API at {}", self.authority))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the admin API")?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(header::HOST, &self.host)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the admin API did not answer")?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the admin API's answer")?
+            .to_bytes();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if !status.is_success() {
+            let message = value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            bail!("{} ({})", message, status.as_u16());
+        }
+        Ok(value)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An array of objects as aligned columns, headed by the keys.
+fn table(rows: &Value, columns: &[&str]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| columns.iter().map(|c| cell(&row[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(text, width)| format!("{text:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(columns.iter().map(|c| c.to_uppercase()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+/// An object as `key: value` lines (nested values as JSON).
+fn fields(value: &Value) -> String {
+    match value.as_object() {
+        Some(object) => object
+            .iter()
+            .map(|(key, value)| format!("{key}: {}", cell(value)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => cell(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_reserved_characters() {
+        assert_eq!(encode("a b/c#+"), "a%20b%2Fc%23%2B");
+        assert_eq!(encode("x\u{0}y"), "x%00y");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = json!([{"a": "x", "b": 1}, {"a": "longer", "b": null}]);
+        assert_eq!(table(&rows, &["a", "b"]), "A       B\nx       1\nlonger  -");
+    }
+}

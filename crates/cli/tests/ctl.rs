@@ -1,0 +1,233 @@
+//! Issue 13, `tern ctl`: the admin API from the shell, against a running API (tern-admin's
+//! router over a fake backend, 127.0.0.1 port 0): every command, table and `--json` output,
+//! the token from a file, errors on stderr with exit 1.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tern_admin::testing::FakeBackend;
+use tern_admin::{AdminOptions, Token};
+
+const TOKEN: &str = "ctl-test-token-0123456789abcdef";
+
+/// Serves the API over `fake` on its own runtime thread; the address.
+fn serve(fake: &FakeBackend) -> SocketAddr {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = Arc::new(fake.clone());
+    std::thread::spawn(move || {
+        let options = AdminOptions::new(Token::new(TOKEN).unwrap());
+        // Ends with the test process.
+        let _ = runtime.block_on(tern_admin::serve(
+            listener,
+            backend,
+            options,
+            std::future::pending(),
+        ));
+    });
+    addr
+}
+
+/// Runs `tern ctl --url ... ARGS`; (exit success, stdout, stderr).
+fn ctl(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("ctl")
+        .arg("--url")
+        .arg(format!("http://{addr}"))
+        .arg("--token")
+        .arg(TOKEN)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn ok(addr: SocketAddr, args: &[&str]) -> String {
+    let (success, stdout, stderr) = ctl(addr, args);
+    assert!(success, "tern ctl {args:?}: {stderr}");
+    stdout
+}
+
+fn json(addr: SocketAddr, args: &[&str]) -> Value {
+    let mut with = vec!["--json"];
+    with.extend_from_slice(args);
+    serde_json::from_str(&ok(addr, &with)).unwrap()
+}
+
+/// Issue 13: `tern ctl clients`, `client ID`, `kick ID` as a table and as JSON.
+#[test]
+fn clients_client_kick() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let table = ok(addr, &["clients"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CLIENT_ID  USERNAME"), "{table}");
+    assert!(lines[1].starts_with("alpha      user-alpha"), "{table}");
+    assert_eq!(lines.len(), 3, "{table}");
+    let list = json(addr, &["clients"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let detail = ok(addr, &["client", "beta"]);
+    assert!(detail.contains("client_id: beta"), "{detail}");
+    assert!(detail.contains("username: user-beta"), "{detail}");
+    assert_eq!(ok(addr, &["kick", "alpha"]).trim(), "kicked alpha");
+    assert_eq!(fake.lock().kicked, ["alpha"]);
+    let (success, _, stderr) = ctl(addr, &["kick", "alpha"]);
+    assert!(!success);
+    assert!(
+        stderr.contains("no client connected as \"alpha\" (404)"),
+        "{stderr}"
+    );
+}
+
+/// Listings are walked to the end, page after page (1000 a page).
+#[test]
+fn clients_listing_walks_every_page() {
+    let fake = FakeBackend::new();
+    for i in 0..1203 {
+        fake.lock().add_client(&format!("c{i:04}"), &[]);
+    }
+    let addr = serve(&fake);
+    let list = json(addr, &["clients"]);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1203);
+    assert_eq!(ids[1202], "c1202");
+}
+
+#[test]
+fn sessions_and_delete_session() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let table = ok(addr, &["sessions"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("gamma") && l.contains("false") && l.contains("3600")),
+        "{table}"
+    );
+    assert_eq!(
+        ok(addr, &["delete-session", "gamma"]).trim(),
+        "deleted the session of gamma"
+    );
+    assert!(!fake.lock().offline_sessions.contains_key("gamma"));
+}
+
+#[test]
+fn subscriptions_all_and_by_client() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let all = json(addr, &["subscriptions"]);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let beta = json(addr, &["subscriptions", "--client", "beta"]);
+    assert_eq!(beta[0]["filter"], "alerts/+");
+    let table = ok(addr, &["subscriptions", "--client", "alpha"]);
+    assert!(table.contains("sensors/#"), "{table}");
+}
+
+/// `retained [FILTER]`, `retained-get TOPIC`, `retained-delete TOPIC`.
+#[test]
+fn retained_list_get_delete() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let table = ok(addr, &["retained"]);
+    assert!(
+        table.contains("sensors/temp") && table.contains("sensors/bin"),
+        "{table}"
+    );
+    let only = json(addr, &["retained", "sensors/temp"]);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let message = ok(addr, &["retained-get", "sensors/temp"]);
+    assert!(message.contains("payload: 21.5"), "{message}");
+    assert!(ok(addr, &["retained-delete", "sensors/temp"]).contains("cleared"));
+    let (success, _, stderr) = ctl(addr, &["retained-get", "sensors/temp"]);
+    assert!(!success && stderr.contains("404"), "{stderr}");
+}
+
+/// `publish TOPIC MESSAGE -q 1 -r` reaches the backend as a publish request.
+#[test]
+fn publish_with_qos_and_retain() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    assert_eq!(
+        ok(addr, &["publish", "cmd/lamp", "on", "-q", "1", "-r"]).trim(),
+        "published to cmd/lamp"
+    );
+    let state = fake.lock();
+    let published = &state.published[0];
+    assert_eq!(
+        (
+            published.topic.as_str(),
+            published.payload.as_deref(),
+            published.qos,
+            published.retain
+        ),
+        ("cmd/lamp", Some("on"), 1, true)
+    );
+}
+
+#[test]
+fn stats_config_reload_trace() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    assert!(ok(addr, &["stats"]).contains("connections: 2"));
+    assert_eq!(json(addr, &["stats"])["retained_messages"], 2);
+    assert!(ok(addr, &["config"]).contains("<redacted>"));
+    assert!(ok(addr, &["reload"]).contains("needs_restart: [\"listen\"]"));
+    assert_eq!(fake.lock().reloads, 1);
+    assert!(ok(addr, &["trace", "beta", "on"]).contains("tracing: true"));
+    assert!(fake.lock().clients["beta"].tracing);
+    ok(addr, &["trace", "beta", "off"]);
+    assert!(!fake.lock().clients["beta"].tracing);
+}
+
+/// The token from `--token-file`; a wrong token refused (401) with exit 1.
+#[test]
+fn token_file_and_wrong_token() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let dir = std::env::temp_dir().join(format!("tern-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["ctl", "--url", &format!("http://{addr}"), "--data-dir"])
+        .arg(&dir)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "ctl",
+            "--url",
+            &format!("http://{addr}"),
+            "--token",
+            "not-the-token-at-all",
+            "clients",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("(401)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -575,12 +575,7 @@ impl Inner {
         token: &[u8],
         credentials: &Credentials<'_>,
     ) -> AuthDecision {
-        let penalty = lock(&self.limiter).penalty(
-            credentials.peer.map(|peer| peer.ip()),
-            credentials.client_id,
-            Instant::now(),
-        );
-        if penalty == Penalty::Banned {
+        if self.banned(credentials) {
             log_failure(credentials, "too many failures");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
@@ -768,12 +763,7 @@ impl Authenticator for FileAuth {
                 return AuthDecision::Allow(inner.allow(policy, credentials));
             }
         }
-        let penalty = lock(&inner.limiter).penalty(
-            credentials.peer.map(|peer| peer.ip()),
-            credentials.client_id,
-            Instant::now(),
-        );
-        if penalty == Penalty::Banned {
+        if inner.banned(credentials) {
             log_failure(credentials, "too many failures");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
@@ -812,19 +802,7 @@ impl Inner {
             log_failure(&request.credentials(), "too many verifications waiting");
             return Err(ReasonCode::ServerBusy);
         };
-        let penalty = lock(&self.limiter).penalty(
-            request.peer.map(|peer| peer.ip()),
-            &request.client_id,
-            Instant::now(),
-        );
-        match penalty {
-            Penalty::Banned => {
-                log_failure(&request.credentials(), "too many failures");
-                return Err(ReasonCode::ConnectionRateExceeded);
-            }
-            Penalty::Delay(delay) => tokio::time::sleep(delay).await,
-            Penalty::None => {}
-        }
+        self.bear_penalty(&request.credentials()).await?;
         if !request.is_wanted() {
             return Err(ReasonCode::ServerUnavailable);
         }
@@ -905,12 +883,7 @@ impl Inner {
         if let Some(allowed) = http.cached(credentials, kind) {
             return AuthDecision::Allow(self.http_principal(policy, &allowed, credentials));
         }
-        let penalty = lock(&self.limiter).penalty(
-            credentials.peer.map(|peer| peer.ip()),
-            credentials.client_id,
-            Instant::now(),
-        );
-        if penalty == Penalty::Banned {
+        if self.banned(credentials) {
             log_failure(credentials, "too many failures");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
@@ -928,19 +901,7 @@ impl Inner {
         request: &AuthRequest,
     ) -> Result<Principal, ReasonCode> {
         let credentials = request.credentials();
-        let penalty = lock(&self.limiter).penalty(
-            request.peer.map(|peer| peer.ip()),
-            &request.client_id,
-            Instant::now(),
-        );
-        match penalty {
-            Penalty::Banned => {
-                log_failure(&credentials, "too many failures");
-                return Err(ReasonCode::ConnectionRateExceeded);
-            }
-            Penalty::Delay(delay) => tokio::time::sleep(delay).await,
-            Penalty::None => {}
-        }
+        self.bear_penalty(&request.credentials()).await?;
         if !request.is_wanted() {
             return Err(ReasonCode::ServerUnavailable);
         }
@@ -1020,6 +981,25 @@ impl Inner {
         // The username and access rules are set when the exchange succeeds
         // (`AuthExchange::authenticated`).
         AuthDecision::Allow(Principal::from_credentials(credentials))
+    }
+
+    /// What earlier failures impose before a verification: a ban refuses (0x9F), a delay
+    /// is waited out.
+    async fn bear_penalty(&self, credentials: &Credentials<'_>) -> Result<(), ReasonCode> {
+        let penalty = lock(&self.limiter).penalty(
+            credentials.peer.map(|peer| peer.ip()),
+            credentials.client_id,
+            Instant::now(),
+        );
+        match penalty {
+            Penalty::Banned => {
+                log_failure(credentials, "too many failures");
+                return Err(ReasonCode::ConnectionRateExceeded);
+            }
+            Penalty::Delay(delay) => tokio::time::sleep(delay).await,
+            Penalty::None => {}
+        }
+        Ok(())
     }
 
     fn banned(&self, credentials: &Credentials<'_>) -> bool {

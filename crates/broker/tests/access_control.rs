@@ -393,20 +393,25 @@ impl Authenticator for ByUsername {
     }
 }
 
-/// A resumed session's subscriptions are judged again at CONNECT for the principal of the new
-/// connection, which may hold other rights than the last one's: a `#` made by an unrestricted
-/// user is partial when the session is resumed as a guest who may read only `mine/`.
-#[test]
-fn a_resumed_session_is_judged_for_its_new_principal() {
-    let rules = Prefixes::new("", "mine/");
-    let net = Net::with_hooks(
+/// A broker whose clients with the username "guest" get `rules` (see [`ByUsername`]).
+fn net_by_username(rules: &Arc<Prefixes>) -> Net {
+    Net::with_hooks(
         BrokerConfig::default(),
         Hooks {
             authenticator: Arc::new(ByUsername(rules.clone())),
             authorizer: Arc::new(PrincipalAccess::default()),
             enhanced: Vec::new(),
         },
-    );
+    )
+}
+
+/// A resumed session's subscriptions are judged again at CONNECT for the principal of the new
+/// connection, which may hold other rights than the last one's: a `#` made by an unrestricted
+/// user is partial when the session is resumed as a guest who may read only `mine/`.
+#[test]
+fn a_resumed_session_is_judged_for_its_new_principal() {
+    let rules = Prefixes::new("", "mine/");
+    let net = net_by_username(&rules);
     let mut first = net.accepted(common::persistent(V5, "shared-device"));
     first.subscribe("#", QoS::AtMostOnce);
     first.disconnect();
@@ -425,14 +430,7 @@ fn a_resumed_session_is_judged_for_its_new_principal() {
 #[test]
 fn what_was_queued_for_the_last_client_goes_only_where_the_new_one_may_read() {
     let rules = Prefixes::new("", "mine/");
-    let net = Net::with_hooks(
-        BrokerConfig::default(),
-        Hooks {
-            authenticator: Arc::new(ByUsername(rules.clone())),
-            authorizer: Arc::new(PrincipalAccess::default()),
-            enhanced: Vec::new(),
-        },
-    );
+    let net = net_by_username(&rules);
     let mut first = net.accepted(common::persistent(V5, "shared-device"));
     first.subscribe("#", QoS::AtLeastOnce);
     first.disconnect();
@@ -459,14 +457,7 @@ fn what_was_queued_for_the_last_client_goes_only_where_the_new_one_may_read() {
 #[test]
 fn what_was_in_flight_to_the_last_client_is_resent_only_where_the_new_one_may_read() {
     let rules = Prefixes::new("", "mine/");
-    let net = Net::with_hooks(
-        BrokerConfig::default(),
-        Hooks {
-            authenticator: Arc::new(ByUsername(rules.clone())),
-            authorizer: Arc::new(PrincipalAccess::default()),
-            enhanced: Vec::new(),
-        },
-    );
+    let net = net_by_username(&rules);
     let mut first = net.accepted(common::persistent(V5, "shared-device"));
     first.subscribe("#", QoS::AtLeastOnce);
     let mut publisher = net.connected(V5, "publisher");

@@ -7,3 +7,4 @@
 
 pub mod bench;
 pub mod passwd;
+pub mod pubsub;

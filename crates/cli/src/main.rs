@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tern::{bench, passwd};
+use tern::{bench, passwd, pubsub};
 use tern_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +33,12 @@ enum Command {
     /// Add, change or delete a user in a password file (argon2id; reads and keeps
     /// Mosquitto's formats). Flags as `mosquitto_passwd`: -c, -b, -D.
     Passwd(passwd::PasswdArgs),
+    /// Publish a message, as mosquitto_pub does (same options, output and exit codes).
+    #[command(disable_help_flag = true)]
+    Pub(Box<pubsub::PubArgs>),
+    /// Subscribe and print messages, as mosquitto_sub does (same options, output and exit codes).
+    #[command(disable_help_flag = true)]
+    Sub(Box<pubsub::SubArgs>),
     /// Check a configuration file (syntax, values, listeners and their certificates) without
     /// starting anything; exits 0 when it can be used.
     CheckConfig {
@@ -72,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::main(*args),
         Command::Passwd(args) => passwd::main(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Pub(args) => std::process::exit(pubsub::pub_main(*args)),
+        Command::Sub(args) => std::process::exit(pubsub::sub_main(*args)),
     }
 }
 

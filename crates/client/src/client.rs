@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::ClientError;
-use crate::options::ClientOptions;
+use crate::options::{ClientOptions, Direction, PacketObserver};
 use crate::session::{PublishOutcome, Reply, Session};
 use crate::transport::{AnyStream, Dialer};
 
@@ -33,6 +33,8 @@ pub struct Message {
     pub retain: bool,
     /// Received only: the broker sent it before (3.3.1.1).
     pub dup: bool,
+    /// Received only: the packet identifier it came with (0 for QoS 0).
+    pub packet_id: u16,
     /// MQTT 5: message expiry, content type, response topic, correlation data, user
     /// properties; on receipt also the subscription identifiers.
     pub properties: Properties,
@@ -335,7 +337,9 @@ async fn establish(
         let endpoint = &options.endpoint;
         let mut stream = dialer.dial(&endpoint.host, endpoint.port).await?;
         let mut buf = BytesMut::new();
-        Packet::Connect(Box::new(connect_packet(options)?)).encode(options.version, &mut buf)?;
+        let connect = Packet::Connect(Box::new(connect_packet(options)?));
+        observe(&options.observer, Direction::Sent, &connect);
+        connect.encode(options.version, &mut buf)?;
         stream.write_all(&buf).await?;
         stream.flush().await?;
         let mut read = BytesMut::with_capacity(READ_CHUNK);
@@ -343,6 +347,7 @@ async fn establish(
             if let Some(packet) =
                 Packet::decode(&mut read, options.version, options.max_packet_size)?
             {
+                observe(&options.observer, Direction::Received, &packet);
                 return match packet {
                     Packet::ConnAck(connack) if connack.reason_code.is_error() => {
                         Err(ClientError::Refused {
@@ -421,10 +426,18 @@ struct Link {
     ping_sent: Option<Instant>,
     /// The broker's Maximum Packet Size.
     max_outgoing: u32,
+    observer: Option<PacketObserver>,
+}
+
+fn observe(observer: &Option<PacketObserver>, direction: Direction, packet: &Packet) {
+    if let Some(observer) = observer {
+        (observer.0)(direction, packet);
+    }
 }
 
 impl Link {
     fn encode(&mut self, packet: &Packet) -> Result<(), ClientError> {
+        observe(&self.observer, Direction::Sent, packet);
         packet.encode(self.version, &mut self.write)?;
         Ok(())
     }
@@ -464,6 +477,7 @@ impl Task {
             last_sent: Instant::now(),
             ping_sent: None,
             max_outgoing: properties.maximum_packet_size.unwrap_or(u32::MAX),
+            observer: self.options.observer.clone(),
         };
         let receive_maximum = properties.receive_maximum.unwrap_or(u16::MAX);
         let mut out = self
@@ -598,6 +612,7 @@ fn take_packets(
     max_packet_size: u32,
 ) -> Result<(), ClientError> {
     while let Some(packet) = Packet::decode(read, link.version, max_packet_size)? {
+        observe(&link.observer, Direction::Received, &packet);
         on_packet(session, packet, link, out)?;
         for packet in out.drain(..) {
             link.encode(&packet)?;
@@ -635,6 +650,7 @@ fn on_packet(
                     qos: publish.qos,
                     retain: publish.retain,
                     dup: publish.dup,
+                    packet_id: publish.packet_id,
                     properties: publish.properties,
                 }));
             }

@@ -34,10 +34,11 @@ pub mod transport;
 
 pub use client::{Client, Connected, Event, Events, Message, Pending};
 pub use error::ClientError;
-pub use options::{Backoff, ClientOptions, LastWill};
+pub use options::{Backoff, ClientOptions, Direction, LastWill, PacketObserver};
 pub use session::PublishOutcome;
+pub use tern_codec::ConnAck as ConnAckPacket;
 pub use tern_codec::{
-    Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, SubscriptionOptions,
-    UnsubAck,
+    MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
+    SubscriptionOptions, UnsubAck,
 };
 pub use transport::{Endpoint, TlsOptions, Transport, TransportError};

@@ -1,10 +1,11 @@
 //! What a client is told before it connects: the endpoint, the CONNECT it sends, its limits
 //! (in-flight window, queues) and how it reconnects.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern_codec::{Properties, ProtocolVersion, QoS};
+use tern_codec::{Packet, Properties, ProtocolVersion, QoS};
 
 use crate::transport::Endpoint;
 
@@ -68,6 +69,27 @@ fn random_unit() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Which way a packet went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+/// Sees every packet the client sends (as it is queued for writing) and receives (as it is
+/// decoded): for debug output such as `tern sub -d`. It runs on the client's task: keep it short.
+#[derive(Clone)]
+pub struct PacketObserver(pub Arc<ObserverFn>);
+
+/// The function a [`PacketObserver`] calls.
+pub type ObserverFn = dyn Fn(Direction, &Packet) + Send + Sync;
+
+impl std::fmt::Debug for PacketObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PacketObserver")
+    }
+}
+
 /// Everything a [`Client`](crate::Client) needs to connect.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -101,6 +123,7 @@ pub struct ClientOptions {
     pub max_packet_size: u32,
     /// Time for the connection and the CONNACK.
     pub connect_timeout: Duration,
+    pub observer: Option<PacketObserver>,
 }
 
 impl ClientOptions {
@@ -123,6 +146,7 @@ impl ClientOptions {
             event_capacity: 256,
             max_packet_size: 256 * 1024 * 1024 - 1,
             connect_timeout: Duration::from_secs(15),
+            observer: None,
         }
     }
 }

@@ -105,7 +105,7 @@ pub struct ConnArgs {
     pub ws_path: String,
     /// MQTT 5 property: -D command name value [value], e.g. -D publish user-property k v.
     #[arg(short = 'D', long = "property", num_args = 3..=4, action = ArgAction::Append,
-          value_names = ["COMMAND", "NAME", "VALUE"], allow_hyphen_values = true)]
+          value_names = ["COMMAND", "NAME", "VALUE"])]
     pub properties: Vec<String>,
     /// Print the packets sent and received.
     #[arg(short = 'd', long = "debug")]

@@ -328,101 +328,102 @@ fn percent(
     }
 }
 
-fn json_string(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// A JSON string as cJSON (mosquitto_sub 2.0's) prints a C string: it ends at the first NUL
+/// byte; quotes, backslashes and control characters are escaped, other bytes go as they are.
+fn json_string(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
+    for &byte in value.iter().take_while(|&&b| b != 0) {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0C => out.extend_from_slice(b"\\f"),
+            b if b < 0x20 => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            b => out.push(b),
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// `%j` / `%J`: mosquitto_sub's JSON line. Properties in the order the wire carries them
 /// (by identifier, as Tern encodes them); user properties as one object.
 fn json(out: &mut Vec<u8>, message: &Message, mid: u16, now: Now, escaped: bool) {
     let (y, mo, d, h, mi, s) = civil(now.secs);
-    let mut j = format!(
-        "{{\"tst\":\"{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z+0000\",\"topic\":",
-        now.nanos / 1000
+    out.extend_from_slice(
+        format!(
+            "{{\"tst\":\"{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z+0000\",\"topic\":",
+            now.nanos / 1000
+        )
+        .as_bytes(),
     );
-    json_string(&mut j, &message.topic);
-    j.push_str(&format!(
-        ",\"qos\":{},\"retain\":{},\"payloadlen\":{}",
-        message.qos.as_u8(),
-        u8::from(message.retain),
-        message.payload.len()
-    ));
+    json_string(out, message.topic.as_bytes());
+    out.extend_from_slice(
+        format!(
+            ",\"qos\":{},\"retain\":{},\"payloadlen\":{}",
+            message.qos.as_u8(),
+            u8::from(message.retain),
+            message.payload.len()
+        )
+        .as_bytes(),
+    );
     if message.qos.as_u8() > 0 {
-        j.push_str(&format!(",\"mid\":{mid}"));
+        out.extend_from_slice(format!(",\"mid\":{mid}").as_bytes());
     }
     let p = &message.properties;
-    let mut fields: Vec<String> = Vec::new();
+    let mut fields: Vec<Vec<u8>> = Vec::new();
     if let Some(v) = p.payload_format_indicator {
-        fields.push(format!("\"payload-format-indicator\":{}", u8::from(v)));
+        fields.push(format!("\"payload-format-indicator\":{}", u8::from(v)).into_bytes());
     }
     if let Some(v) = p.message_expiry_interval {
-        fields.push(format!("\"message-expiry-interval\":{v}"));
+        fields.push(format!("\"message-expiry-interval\":{v}").into_bytes());
     }
-    let mut string_field = |name: &str, value: &str| {
-        let mut field = format!("\"{name}\":");
+    let string_field = |name: &str, value: &[u8]| {
+        let mut field = format!("\"{name}\":").into_bytes();
         json_string(&mut field, value);
-        fields.push(field);
+        field
     };
     if let Some(v) = &p.content_type {
-        string_field("content-type", v.as_str());
+        fields.push(string_field("content-type", v.as_str().as_bytes()));
     }
     if let Some(v) = &p.response_topic {
-        string_field("response-topic", v.as_str());
+        fields.push(string_field("response-topic", v.as_str().as_bytes()));
     }
     if let Some(v) = &p.correlation_data {
-        string_field("correlation-data", &String::from_utf8_lossy(v));
+        fields.push(string_field("correlation-data", v));
     }
     for id in &p.subscription_identifiers {
-        fields.push(format!("\"subscription-identifier\":{id}"));
+        fields.push(format!("\"subscription-identifier\":{id}").into_bytes());
     }
     if let Some(v) = p.topic_alias {
-        fields.push(format!("\"topic-alias\":{v}"));
+        fields.push(format!("\"topic-alias\":{v}").into_bytes());
     }
     if !p.user_properties.is_empty() {
-        let mut users = String::from("\"user-properties\":{");
+        let mut users = b"\"user-properties\":{".to_vec();
         for (n, (k, v)) in p.user_properties.iter().enumerate() {
             if n > 0 {
-                users.push(',');
+                users.push(b',');
             }
-            json_string(&mut users, k.as_str());
-            users.push(':');
-            json_string(&mut users, v.as_str());
+            json_string(&mut users, k.as_str().as_bytes());
+            users.push(b':');
+            json_string(&mut users, v.as_str().as_bytes());
         }
-        users.push('}');
+        users.push(b'}');
         fields.push(users);
     }
     if !fields.is_empty() {
-        j.push_str(",\"properties\":{");
-        j.push_str(&fields.join(","));
-        j.push('}');
+        out.extend_from_slice(b",\"properties\":{");
+        out.extend_from_slice(&fields.join(&b',')[..]);
+        out.push(b'}');
     }
-    j.push_str(",\"payload\":");
-    out.extend_from_slice(j.as_bytes());
+    out.extend_from_slice(b",\"payload\":");
     let body = &message.payload[..];
-    if escaped {
-        // Printable ASCII as a string, anything else as an array of byte values.
-        if body.iter().all(|b| (0x20..0x7F).contains(b)) {
-            let mut quoted = String::new();
-            json_string(&mut quoted, &String::from_utf8_lossy(body));
-            out.extend_from_slice(quoted.as_bytes());
-        } else {
-            let bytes: Vec<String> = body.iter().map(|b| b.to_string()).collect();
-            out.extend_from_slice(format!("[{}]", bytes.join(",")).as_bytes());
-        }
+    if body.is_empty() {
+        out.extend_from_slice(b"null");
+    } else if escaped {
+        json_string(out, body);
     } else {
         out.extend_from_slice(body);
     }

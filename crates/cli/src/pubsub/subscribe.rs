@@ -136,7 +136,19 @@ pub async fn run(args: SubArgs) -> i32 {
         ReasonCode::NORMAL_DISCONNECTION
     };
     loop {
+        // Biased, SUBACK first: it resolves as the packet is read, before the messages that
+        // follow it become events, so -E exits before printing them (as mosquitto_sub).
         tokio::select! {
+            biased;
+            ack = wait_suback(&mut suback) => {
+                suback = None;
+                // An error means the connection went: the next Connected subscribes again.
+                if ack.is_ok() && args.exit_after_subscribe {
+                    let normal = ReasonCode::NORMAL_DISCONNECTION;
+                    let _ = client.disconnect_with(normal, properties.disconnect.clone()).await;
+                    return 0;
+                }
+            }
             event = events.recv() => match event {
                 Some(Event::Message(message)) => {
                     match handle(&client, &args, &output, &message, &mut received).await {
@@ -157,15 +169,6 @@ pub async fn run(args: SubArgs) -> i32 {
                     return 7;
                 }
             },
-            ack = wait_suback(&mut suback) => {
-                suback = None;
-                // An error means the connection went: the next Connected subscribes again.
-                if ack.is_ok() && args.exit_after_subscribe {
-                    let normal = ReasonCode::NORMAL_DISCONNECTION;
-                    let _ = client.disconnect_with(normal, properties.disconnect.clone()).await;
-                    return 0;
-                }
-            }
             () = sleep_until(deadline) => {
                 complain(quiet, "Timed out");
                 let _ = client.disconnect_with(with_will, properties.disconnect.clone()).await;

@@ -15,7 +15,7 @@ use tern_codec::{
     Connect, Disconnect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -336,42 +336,65 @@ async fn establish(
     let attempt = async {
         let endpoint = &options.endpoint;
         let mut stream = dialer.dial(&endpoint.host, endpoint.port).await?;
-        let mut buf = BytesMut::new();
-        let connect = Packet::Connect(Box::new(connect_packet(options)?));
-        observe(&options.observer, Direction::Sent, &connect);
-        connect.encode(options.version, &mut buf)?;
-        stream.write_all(&buf).await?;
-        stream.flush().await?;
         let mut read = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            if let Some(packet) =
-                Packet::decode(&mut read, options.version, options.max_packet_size)?
-            {
-                observe(&options.observer, Direction::Received, &packet);
-                return match packet {
-                    Packet::ConnAck(connack) if connack.reason_code.is_error() => {
-                        Err(ClientError::Refused {
-                            reason_code: connack.reason_code,
-                            version: options.version,
-                            reason_string: connack
-                                .properties
-                                .reason_string
-                                .as_ref()
-                                .map(|s| s.as_str().to_owned()),
-                        })
-                    }
-                    Packet::ConnAck(connack) => Ok((stream, read, connack)),
-                    other => Err(ClientError::Unexpected(other.packet_type())),
-                };
-            }
-            if stream.read_buf(&mut read).await? == 0 {
-                return Err(ClientError::ClosedByBroker);
-            }
-        }
+        let connack = handshake(
+            &mut stream,
+            connect_packet(options)?,
+            options.max_packet_size,
+            &mut read,
+            options.observer.as_ref(),
+        )
+        .await?;
+        Ok((stream, read, connack))
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await
         .map_err(|_| ClientError::ConnectTimeout)?
+}
+
+/// The MQTT handshake on a stream just opened: sends `connect` and waits for a successful
+/// CONNACK, which it returns; bytes read past it stay in `read` (packets the broker sent right
+/// behind). For code that drives its own stream (the bench's hot loops); no timeout: wrap it.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    connect: Connect,
+    max_packet_size: u32,
+    read: &mut BytesMut,
+    observer: Option<&PacketObserver>,
+) -> Result<tern_codec::ConnAck, ClientError> {
+    let version = connect.protocol;
+    let connect = Packet::Connect(Box::new(connect));
+    observe(observer, Direction::Sent, &connect);
+    let mut buf = BytesMut::new();
+    connect.encode(version, &mut buf)?;
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    loop {
+        if let Some(packet) = Packet::decode(read, version, max_packet_size)? {
+            observe(observer, Direction::Received, &packet);
+            return match packet {
+                Packet::ConnAck(connack) if connack.reason_code.is_error() => {
+                    Err(ClientError::Refused {
+                        reason_code: connack.reason_code,
+                        version,
+                        reason_string: connack
+                            .properties
+                            .reason_string
+                            .as_ref()
+                            .map(|s| s.as_str().to_owned()),
+                    })
+                }
+                Packet::ConnAck(connack) => Ok(connack),
+                other => Err(ClientError::Unexpected(other.packet_type())),
+            };
+        }
+        if read.capacity() == read.len() {
+            read.reserve(256);
+        }
+        if stream.read_buf(read).await? == 0 {
+            return Err(ClientError::ClosedByBroker);
+        }
+    }
 }
 
 fn connect_packet(options: &ClientOptions) -> Result<Connect, ClientError> {
@@ -429,7 +452,7 @@ struct Link {
     observer: Option<PacketObserver>,
 }
 
-fn observe(observer: &Option<PacketObserver>, direction: Direction, packet: &Packet) {
+fn observe(observer: Option<&PacketObserver>, direction: Direction, packet: &Packet) {
     if let Some(observer) = observer {
         (observer.0)(direction, packet);
     }
@@ -437,7 +460,7 @@ fn observe(observer: &Option<PacketObserver>, direction: Direction, packet: &Pac
 
 impl Link {
     fn encode(&mut self, packet: &Packet) -> Result<(), ClientError> {
-        observe(&self.observer, Direction::Sent, packet);
+        observe(self.observer.as_ref(), Direction::Sent, packet);
         packet.encode(self.version, &mut self.write)?;
         Ok(())
     }
@@ -612,7 +635,7 @@ fn take_packets(
     max_packet_size: u32,
 ) -> Result<(), ClientError> {
     while let Some(packet) = Packet::decode(read, link.version, max_packet_size)? {
-        observe(&link.observer, Direction::Received, &packet);
+        observe(link.observer.as_ref(), Direction::Received, &packet);
         on_packet(session, packet, link, out)?;
         for packet in out.drain(..) {
             link.encode(&packet)?;

@@ -32,13 +32,13 @@ mod options;
 mod session;
 pub mod transport;
 
-pub use client::{Client, Connected, Event, Events, Message, Pending};
+pub use client::{Client, Connected, Event, Events, Message, Pending, handshake};
 pub use error::ClientError;
 pub use options::{Backoff, ClientOptions, Direction, LastWill, PacketObserver};
 pub use session::PublishOutcome;
 pub use tern_codec::ConnAck as ConnAckPacket;
 pub use tern_codec::{
-    MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
+    Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
     SubscriptionOptions, UnsubAck,
 };
 pub use transport::{Endpoint, TlsOptions, Transport, TransportError};

@@ -399,6 +399,33 @@ mod tests {
         assert!(matches!(&again[1], Packet::Publish(p) if p.dup && p.packet_id == ids[1]));
     }
 
+    /// MQTT 5 3.2.2.1.1 (session present 0): the broker forgot the session, so publishes
+    /// unacknowledged go again as new ones (no DUP, new ids), and a QoS 2 message already
+    /// released counts as delivered.
+    #[test]
+    fn resume_without_session_renews_publishes_and_settles_releases() {
+        let mut session = Session::new(10);
+        session.resume(false, 10);
+        let (tx_rel, mut rx_rel) = oneshot::channel();
+        session.publish(publish(QoS::ExactlyOnce), Some(tx_rel));
+        session.publish(publish(QoS::AtLeastOnce), None);
+        let mut out = Vec::new();
+        session.next_to_send(&mut out);
+        let Packet::Publish(first) = &out[0] else {
+            panic!("{out:?}")
+        };
+        session.acknowledgement(Packet::PubRec(Ack::new(first.packet_id)), &mut Vec::new());
+        let again = session.resume(false, 10);
+        assert!(again.is_empty(), "nothing is resent as is: {again:?}");
+        let outcome = rx_rel.try_recv().expect("settled").expect("delivered");
+        assert_eq!(outcome.reason_code, ReasonCode::Success);
+        let mut renewed = Vec::new();
+        session.next_to_send(&mut renewed);
+        assert!(
+            matches!(renewed.as_slice(), [Packet::Publish(p)] if !p.dup && p.qos == QoS::AtLeastOnce)
+        );
+    }
+
     /// MQTT-4.3.3-9: a QoS 2 message sent again before PUBREL is not delivered twice.
     #[test]
     fn inbound_qos2_held_until_pubrel_mqtt_4_3_3_9() {

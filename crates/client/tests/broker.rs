@@ -375,3 +375,39 @@ async fn reconnects_and_resumes_across_a_broker_restart_mqtt_4_4_0_1() {
     client.disconnect().await.expect("disconnect");
     broker.shutdown().await;
 }
+
+/// MQTT-3.1.2-23 (keep alive): with nothing else to send, the client sends PINGREQ within the
+/// keep-alive and the broker's PINGRESP keeps the connection up; traffic goes on after it.
+#[tokio::test]
+async fn keep_alive_pings_an_idle_connection_mqtt_3_1_2_23() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tern_client::{Direction, Packet, PacketObserver};
+    let broker = Broker::memory().await;
+    let pongs = Arc::new(AtomicUsize::new(0));
+    let seen = pongs.clone();
+    let (notify, mut notified) = mpsc::unbounded_channel();
+    let mut idle = options(&broker, "idle", ProtocolVersion::V5);
+    idle.keep_alive = 1;
+    idle.observer = Some(PacketObserver(Arc::new(move |direction, packet| {
+        if direction == Direction::Received && matches!(packet, Packet::PingResp) {
+            seen.fetch_add(1, Ordering::Relaxed);
+            let _ = notify.send(());
+        }
+    })));
+    let (client, mut events, _) = Client::connect(idle).await.expect("connect");
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, notified.recv())
+            .await
+            .expect("PINGRESP within the keep-alive")
+            .expect("observer alive");
+    }
+    subscribe(&client, "alive/t", QoS::AtMostOnce, Properties::default()).await;
+    client
+        .publish(Message::new("alive/t", "still here", QoS::AtMostOnce))
+        .await
+        .expect("queued");
+    assert_eq!(&next_message(&mut events).await.payload[..], b"still here");
+    assert!(pongs.load(Ordering::Relaxed) >= 2);
+    broker.shutdown().await;
+}

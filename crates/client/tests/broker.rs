@@ -411,3 +411,48 @@ async fn keep_alive_pings_an_idle_connection_mqtt_3_1_2_23() {
     assert!(pongs.load(Ordering::Relaxed) >= 2);
     broker.shutdown().await;
 }
+
+/// MQTT-3.8.3-3 (No Local) and 3.8.3.1 (Retain As Published): subscription options reach the
+/// broker: the client's own publish is not sent back to it, another client's is, with the
+/// retain flag as published.
+#[tokio::test]
+async fn subscription_options_no_local_and_retain_as_published_mqtt_3_8_3_3() {
+    let broker = Broker::memory().await;
+    let (me, mut events, _) = Client::connect(options(&broker, "nolocal", ProtocolVersion::V5))
+        .await
+        .expect("connect");
+    let options_no_local = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        ..SubscriptionOptions::default()
+    };
+    me.subscribe(
+        [("nl/t".to_owned(), options_no_local)],
+        Properties::default(),
+    )
+    .await
+    .expect("queued")
+    .await
+    .expect("SUBACK");
+    me.publish(Message::new("nl/t", "mine", QoS::AtLeastOnce))
+        .await
+        .expect("queued")
+        .await
+        .expect("PUBACK");
+    let (other, _e, _) = Client::connect(options(&broker, "other", ProtocolVersion::V5))
+        .await
+        .expect("connect");
+    let mut theirs = Message::new("nl/t", "theirs", QoS::AtLeastOnce);
+    theirs.retain = true;
+    other
+        .publish(theirs)
+        .await
+        .expect("queued")
+        .await
+        .expect("PUBACK");
+    let got = next_message(&mut events).await;
+    assert_eq!(&got.payload[..], b"theirs", "own message not echoed");
+    assert!(got.retain, "retain as published");
+    broker.shutdown().await;
+}

@@ -295,3 +295,24 @@ def test_url_and_will__issue13(broker, tools, unique):
     dying.proc.kill()
     code, out, _ = watcher.finish()
     assert out == f"{unique}/url ready\n{unique}/will gone\n".encode()
+
+
+def test_remove_retained_clears_what_it_prints__issue13(broker, unique):
+    """--remove-retained: each retained message received is cleared (an empty retained
+    publish), so a later mosquitto_sub finds none."""
+    for n in range(2):
+        mosquitto_pub(broker, "-t", f"{unique}/r/{n}", "-m", f"old {n}", "-r")
+    host, port = broker
+    run = subprocess.run(
+        [str(tern_bin()), "sub", "-h", host, "-p", str(port), "-t", f"{unique}/r/#",
+         "--remove-retained", "-C", "2", "-v"],
+        capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == [f"{unique}/r/0 old 0".encode(),
+                                                f"{unique}/r/1 old 1".encode()]
+    after = subprocess.run(
+        [MOSQUITTO_SUB, "-h", host, "-p", str(port), "-t", f"{unique}/r/#", "-W", "1"],
+        capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL,
+    )
+    assert (after.returncode, after.stdout) == (27, b"")

@@ -316,3 +316,32 @@ def test_remove_retained_clears_what_it_prints__issue13(broker, unique):
         capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL,
     )
     assert (after.returncode, after.stdout) == (27, b"")
+
+
+from test_tls import pki, tls_broker  # noqa: E402,F401 (fixtures: a CA and a TLS broker)
+
+
+def test_tls_cafile_and_client_certificate__issue13(tls_broker, pki, tools):  # noqa: F811
+    """--cafile (the broker's certificate checked against its CA) and --cert/--key (mutual TLS)
+    of tern pub and tern sub; without a client certificate the mutual TLS listener refuses."""
+    broker, ports = tls_broker
+    ca = ["--cafile", str(pki / "ca1.pem")]
+    cert = ["--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    for name, extra in (("tls", ca), ("mtls", ca + cert)):
+        where = ("127.0.0.1", ports[name])
+        ready = subprocess.run(pub_argv("tern", where, ["-t", f"{name}/ready", "-m", "ready",
+                                                        "-r", *extra]),
+                               capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+        assert ready.returncode == 0, ready.stderr
+        sub = tools(sub_argv("tern", where, ["-t", f"{name}/#", "-C", "2", "-v", *extra]))
+        sub.wait_output()
+        sent = subprocess.run(pub_argv("tern", where, ["-t", f"{name}/x", "-m", f"over {name}",
+                                                       "-q", "1", *extra]),
+                              capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+        assert sent.returncode == 0, sent.stderr
+        code, out, err = sub.finish()
+        assert (code, out) == (0, f"{name}/ready ready\n{name}/x over {name}\n".encode()), err
+    refused = subprocess.run(pub_argv("tern", ("127.0.0.1", ports["mtls"]), ["-t", "x", "-m", "x",
+                                                                             *ca]),
+                             capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+    assert refused.returncode != 0

@@ -12,15 +12,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tern_codec::{
-    Connect, Disconnect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    Disconnect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::ClientError;
-use crate::options::{ClientOptions, Direction, PacketObserver};
+use crate::handshake::establish;
+use crate::link::{Link, Progress, command_to, sleep_until, take_packets, write_or_flush};
+use crate::options::ClientOptions;
 use crate::session::{PublishOutcome, Reply, Session};
 use crate::transport::{AnyStream, Dialer};
 
@@ -99,7 +101,7 @@ impl<T> Future for Pending<T> {
     }
 }
 
-enum Command {
+pub(crate) enum Command {
     Publish(Publish, Reply<PublishOutcome>),
     Subscribe(Subscribe, Reply<SubAck>),
     Unsubscribe(Unsubscribe, Reply<UnsubAck>),
@@ -117,7 +119,7 @@ pub struct Client {
 /// Commands the application may have in the channel before `publish` waits.
 const COMMAND_CAPACITY: usize = 64;
 /// Bytes read at a time.
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 /// Encoded bytes waiting to be written beyond which commands wait.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
@@ -328,153 +330,6 @@ fn fail(command: Command) {
     }
 }
 
-/// Opens the stream, sends CONNECT and waits for a successful CONNACK.
-async fn establish(
-    options: &ClientOptions,
-    dialer: &Dialer,
-) -> Result<(Box<dyn AnyStream>, BytesMut, tern_codec::ConnAck), ClientError> {
-    let attempt = async {
-        let endpoint = &options.endpoint;
-        let mut stream = dialer.dial(&endpoint.host, endpoint.port).await?;
-        let mut read = BytesMut::with_capacity(READ_CHUNK);
-        let connack = handshake(
-            &mut stream,
-            connect_packet(options)?,
-            options.max_packet_size,
-            &mut read,
-            options.observer.as_ref(),
-        )
-        .await?;
-        Ok((stream, read, connack))
-    };
-    tokio::time::timeout(options.connect_timeout, attempt)
-        .await
-        .map_err(|_| ClientError::ConnectTimeout)?
-}
-
-/// The MQTT handshake on a stream just opened: sends `connect` and waits for a successful
-/// CONNACK, which it returns; bytes read past it stay in `read` (packets the broker sent right
-/// behind). For code that drives its own stream (the bench's hot loops); no timeout: wrap it.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
-    stream: &mut S,
-    connect: Connect,
-    max_packet_size: u32,
-    read: &mut BytesMut,
-    observer: Option<&PacketObserver>,
-) -> Result<tern_codec::ConnAck, ClientError> {
-    let version = connect.protocol;
-    let connect = Packet::Connect(Box::new(connect));
-    observe(observer, Direction::Sent, &connect);
-    let mut buf = BytesMut::new();
-    connect.encode(version, &mut buf)?;
-    stream.write_all(&buf).await?;
-    stream.flush().await?;
-    loop {
-        if let Some(packet) = Packet::decode(read, version, max_packet_size)? {
-            observe(observer, Direction::Received, &packet);
-            return match packet {
-                Packet::ConnAck(connack) if connack.reason_code.is_error() => {
-                    Err(ClientError::Refused {
-                        reason_code: connack.reason_code,
-                        version,
-                        reason_string: connack
-                            .properties
-                            .reason_string
-                            .as_ref()
-                            .map(|s| s.as_str().to_owned()),
-                    })
-                }
-                Packet::ConnAck(connack) => Ok(connack),
-                other => Err(ClientError::Unexpected(other.packet_type())),
-            };
-        }
-        if read.capacity() == read.len() {
-            read.reserve(256);
-        }
-        if stream.read_buf(read).await? == 0 {
-            return Err(ClientError::ClosedByBroker);
-        }
-    }
-}
-
-fn connect_packet(options: &ClientOptions) -> Result<Connect, ClientError> {
-    let v5 = options.version.is_v5();
-    let mut properties = if v5 {
-        options.properties.clone()
-    } else {
-        Properties::default()
-    };
-    if v5 && properties.maximum_packet_size.is_none() {
-        properties.maximum_packet_size = Some(options.max_packet_size);
-    }
-    let will = match &options.will {
-        Some(will) => Some(Will {
-            topic: MqttStr::try_from(will.topic.as_str())?,
-            payload: will.payload.clone(),
-            qos: will.qos,
-            retain: will.retain,
-            properties: if v5 {
-                will.properties.clone()
-            } else {
-                Properties::default()
-            },
-        }),
-        None => None,
-    };
-    Ok(Connect {
-        protocol: options.version,
-        clean_start: options.clean_start,
-        keep_alive: options.keep_alive,
-        properties,
-        client_id: MqttStr::try_from(options.client_id.as_str())?,
-        will,
-        username: options
-            .username
-            .as_deref()
-            .map(MqttStr::try_from)
-            .transpose()?,
-        password: options.password.clone(),
-    })
-}
-
-/// What one connection knows besides the session.
-struct Link {
-    version: ProtocolVersion,
-    write: BytesMut,
-    unflushed: bool,
-    /// Events not yet taken by the channel (bounded by `event_capacity`: reading stops).
-    events: VecDeque<Event>,
-    keep_alive: Option<Duration>,
-    last_sent: Instant,
-    ping_sent: Option<Instant>,
-    /// The broker's Maximum Packet Size.
-    max_outgoing: u32,
-    observer: Option<PacketObserver>,
-}
-
-fn observe(observer: Option<&PacketObserver>, direction: Direction, packet: &Packet) {
-    if let Some(observer) = observer {
-        (observer.0)(direction, packet);
-    }
-}
-
-impl Link {
-    fn encode(&mut self, packet: &Packet) -> Result<(), ClientError> {
-        observe(self.observer.as_ref(), Direction::Sent, packet);
-        packet.encode(self.version, &mut self.write)?;
-        Ok(())
-    }
-
-    /// When the keep-alive wants something done: a PINGREQ sent, or the broker's answer late.
-    fn keep_alive_deadline(&self) -> Option<Instant> {
-        let interval = self.keep_alive?;
-        Some(match self.ping_sent {
-            Some(sent) => sent + interval,
-            None => self.last_sent + interval,
-        })
-    }
-}
-
 impl Task {
     /// Serves one connection until it ends.
     async fn connected(
@@ -605,149 +460,6 @@ impl Task {
     }
 }
 
-enum Progress {
-    Wrote,
-    Flushed,
-}
-
-/// One step of the writer: a write of what is pending, or, once all is written, a flush.
-/// Cancel-safe: a write either happened (and `buf` advanced) or not.
-async fn write_or_flush(
-    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
-    buf: &mut BytesMut,
-) -> Result<Progress, ClientError> {
-    if buf.is_empty() {
-        writer.flush().await?;
-        return Ok(Progress::Flushed);
-    }
-    if writer.write_buf(buf).await? == 0 {
-        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
-    }
-    Ok(Progress::Wrote)
-}
-
-/// Decodes every whole packet in `read` and acts on it.
-fn take_packets(
-    session: &mut Session,
-    read: &mut BytesMut,
-    link: &mut Link,
-    out: &mut Vec<Packet>,
-    max_packet_size: u32,
-) -> Result<(), ClientError> {
-    while let Some(packet) = Packet::decode(read, link.version, max_packet_size)? {
-        observe(link.observer.as_ref(), Direction::Received, &packet);
-        on_packet(session, packet, link, out)?;
-        for packet in out.drain(..) {
-            link.encode(&packet)?;
-        }
-    }
-    if read.capacity() - read.len() < READ_CHUNK / 4 {
-        read.reserve(READ_CHUNK);
-    }
-    Ok(())
-}
-
-fn on_packet(
-    session: &mut Session,
-    packet: Packet,
-    link: &mut Link,
-    out: &mut Vec<Packet>,
-) -> Result<(), ClientError> {
-    match packet {
-        Packet::Publish(publish) => {
-            let deliver = match publish.qos {
-                QoS::AtMostOnce => true,
-                QoS::AtLeastOnce => {
-                    out.push(Packet::PubAck(tern_codec::Ack::new(publish.packet_id)));
-                    true
-                }
-                QoS::ExactlyOnce => {
-                    out.push(Packet::PubRec(tern_codec::Ack::new(publish.packet_id)));
-                    session.inbound_qos2(publish.packet_id)
-                }
-            };
-            if deliver {
-                link.events.push_back(Event::Message(Message {
-                    topic: publish.topic.as_str().to_owned(),
-                    payload: publish.payload,
-                    qos: publish.qos,
-                    retain: publish.retain,
-                    dup: publish.dup,
-                    packet_id: publish.packet_id,
-                    properties: publish.properties,
-                }));
-            }
-        }
-        Packet::PubRel(ack) => out.push(session.release(ack.packet_id)),
-        Packet::PingResp => link.ping_sent = None,
-        Packet::Disconnect(disconnect) => {
-            return Err(ClientError::Disconnected {
-                reason_code: disconnect.reason_code,
-                reason_string: disconnect
-                    .properties
-                    .reason_string
-                    .map(|s| s.as_str().to_owned()),
-            });
-        }
-        ack @ (Packet::PubAck(_)
-        | Packet::PubRec(_)
-        | Packet::PubComp(_)
-        | Packet::SubAck(_)
-        | Packet::UnsubAck(_)) => session.acknowledgement(ack, out),
-        other => return Err(ClientError::Unexpected(other.packet_type())),
-    }
-    Ok(())
-}
-
-fn command_to(
-    session: &mut Session,
-    command: Command,
-    link: &mut Link,
-    out: &mut Vec<Packet>,
-) -> Result<(), ClientError> {
-    match command {
-        Command::Publish(mut publish, reply) => {
-            if publish.qos != QoS::AtMostOnce {
-                // A placeholder for the size check: the window gives the real one.
-                publish.packet_id = 1;
-            }
-            let packet = Packet::Publish(publish);
-            let size = match packet.encoded_len(link.version) {
-                Ok(size) => size,
-                Err(error) => {
-                    let _ = reply.send(Err(error.into()));
-                    return Ok(());
-                }
-            };
-            if size > link.max_outgoing as usize {
-                let _ = reply.send(Err(ClientError::PacketTooLarge {
-                    size,
-                    max: link.max_outgoing,
-                }));
-                return Ok(());
-            }
-            let Packet::Publish(publish) = packet else {
-                return Ok(());
-            };
-            if let Some(packet) = session.publish(publish, Some(reply)) {
-                out.push(packet);
-            }
-            session.next_to_send(out);
-        }
-        Command::Subscribe(subscribe, reply) => {
-            out.extend(session.subscribe(subscribe, reply));
-        }
-        Command::Unsubscribe(unsubscribe, reply) => {
-            out.extend(session.unsubscribe(unsubscribe, reply));
-        }
-        Command::Disconnect(_, done) => drop(done.send(())),
-    }
-    for packet in out.drain(..) {
-        link.encode(&packet)?;
-    }
-    Ok(())
-}
-
 impl Task {
     /// Waits `delay` before the next attempt, taking commands meanwhile: QoS 1 and 2 publishes
     /// and requests wait for the connection; a QoS 0 publish fails (at most once). Returns
@@ -781,12 +493,5 @@ impl Task {
                 },
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

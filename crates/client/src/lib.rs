@@ -28,12 +28,15 @@
 
 mod client;
 mod error;
+mod handshake;
+mod link;
 mod options;
 mod session;
 pub mod transport;
 
-pub use client::{Client, Connected, Event, Events, Message, Pending, handshake};
+pub use client::{Client, Connected, Event, Events, Message, Pending};
 pub use error::ClientError;
+pub use handshake::handshake;
 pub use options::{Backoff, ClientOptions, Direction, LastWill, PacketObserver};
 pub use session::PublishOutcome;
 pub use tern_codec::ConnAck as ConnAckPacket;

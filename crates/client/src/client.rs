@@ -355,6 +355,8 @@ impl Task {
             last_sent: Instant::now(),
             ping_sent: None,
             max_outgoing: properties.maximum_packet_size.unwrap_or(u32::MAX),
+            maximum_qos: properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
+            retain_available: properties.retain_available.unwrap_or(true),
             observer: self.options.observer.clone(),
         };
         let receive_maximum = properties.receive_maximum.unwrap_or(u16::MAX);

@@ -1,7 +1,7 @@
 //! The client's errors: one variant per cause.
 
 use tern_codec::{
-    DecodeError, EncodeError, InvalidMqttStr, PacketType, ProtocolVersion, ReasonCode,
+    DecodeError, EncodeError, InvalidMqttStr, PacketType, ProtocolVersion, QoS, ReasonCode,
 };
 
 use crate::transport::TransportError;
@@ -54,6 +54,12 @@ pub enum ClientError {
     /// The packet is larger than the broker's Maximum Packet Size.
     #[error("packet of {size} bytes is larger than the broker accepts ({max})")]
     PacketTooLarge { size: usize, max: u32 },
+    /// The broker's Maximum QoS is lower than the publish's.
+    #[error("the broker takes QoS {} at most", .0.as_u8())]
+    QosNotSupported(QoS),
+    /// The broker does not keep retained messages.
+    #[error("the broker does not keep retained messages")]
+    RetainNotSupported,
     /// All 65 535 packet identifiers are in use.
     #[error("no free packet identifier")]
     NoPacketId,

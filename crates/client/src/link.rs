@@ -27,6 +27,9 @@ pub(crate) struct Link {
     pub(crate) ping_sent: Option<Instant>,
     /// The broker's Maximum Packet Size.
     pub(crate) max_outgoing: u32,
+    /// The broker's Maximum QoS and Retain Available (MQTT 5 CONNACK).
+    pub(crate) maximum_qos: QoS,
+    pub(crate) retain_available: bool,
     pub(crate) observer: Option<PacketObserver>,
 }
 
@@ -149,6 +152,16 @@ pub(crate) fn command_to(
 ) -> Result<(), ClientError> {
     match command {
         Command::Publish(mut publish, reply) => {
+            // What the broker said it does not take would be a protocol error
+            // [MQTT-3.2.2-11, MQTT-3.2.2-14]: refused here instead.
+            if publish.qos > link.maximum_qos {
+                let _ = reply.send(Err(ClientError::QosNotSupported(link.maximum_qos)));
+                return Ok(());
+            }
+            if publish.retain && !link.retain_available {
+                let _ = reply.send(Err(ClientError::RetainNotSupported));
+                return Ok(());
+            }
             if publish.qos != QoS::AtMostOnce {
                 // A placeholder for the size check: the window gives the real one.
                 publish.packet_id = 1;

@@ -456,3 +456,46 @@ async fn subscription_options_no_local_and_retain_as_published_mqtt_3_8_3_3() {
     assert!(got.retain, "retain as published");
     broker.shutdown().await;
 }
+
+/// MQTT-3.2.2-11 / MQTT-3.2.2-14: a client does not send a QoS above the broker's Maximum QoS
+/// nor a retained message when Retain Available is 0; tern-client refuses them itself, and
+/// what the broker takes still goes through.
+#[tokio::test]
+async fn maximum_qos_and_retain_available_are_respected_mqtt_3_2_2_11() {
+    let mut config = config(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.mqtt.max_qos = 1;
+    config.mqtt.retain_available = false;
+    let broker = Broker::start(config).await;
+    let (client, _events, connack) =
+        Client::connect(options(&broker, "limits", ProtocolVersion::V5))
+            .await
+            .expect("connect");
+    assert_eq!(connack.properties.maximum_qos, Some(QoS::AtLeastOnce));
+    let too_high = client
+        .publish(Message::new("lim/t", "x", QoS::ExactlyOnce))
+        .await
+        .expect("queued")
+        .await;
+    assert!(
+        matches!(
+            too_high,
+            Err(tern_client::ClientError::QosNotSupported(QoS::AtLeastOnce))
+        ),
+        "{too_high:?}"
+    );
+    let mut retained = Message::new("lim/t", "x", QoS::AtLeastOnce);
+    retained.retain = true;
+    let refused = client.publish(retained).await.expect("queued").await;
+    assert!(
+        matches!(refused, Err(tern_client::ClientError::RetainNotSupported)),
+        "{refused:?}"
+    );
+    let fine = client
+        .publish(Message::new("lim/t", "x", QoS::AtLeastOnce))
+        .await
+        .expect("queued")
+        .await
+        .expect("PUBACK");
+    assert!(!fine.reason_code.is_error(), "{fine:?}");
+    broker.shutdown().await;
+}

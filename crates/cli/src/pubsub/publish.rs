@@ -204,6 +204,13 @@ fn failed(error: &ClientError, quiet: bool) -> i32 {
             complain(quiet, "Error: Message payload is too large.");
             1
         }
+        ClientError::QosNotSupported(_) => {
+            complain(
+                quiet,
+                "Error: Message QoS not supported on broker, try a lower QoS.",
+            );
+            1
+        }
         other => {
             complain(quiet, &format!("Error: {other}"));
             1

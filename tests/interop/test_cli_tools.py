@@ -345,3 +345,24 @@ def test_tls_cafile_and_client_certificate__issue13(tls_broker, pki, tools):  # 
                                                                              *ca]),
                              capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
     assert refused.returncode != 0
+
+
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
+def test_persistent_session_c_and_x__issue13(broker, unique, version):
+    """-c (MQTT 5: with -x) keeps the session: a QoS 1 message published while the subscriber
+    is away is delivered when it comes back, to tern sub as to mosquitto_sub."""
+    outputs = {}
+    for which in ("mosquitto", "tern"):
+        cid = f"{unique}{which[0]}"
+        topic = f"{unique}/{which}/q"
+        session = ["-c", "-i", cid, "-q", "1", "-V", version]
+        if version == "mqttv5":
+            session += ["-x", "60"]
+        first = subprocess.run(sub_argv(which, broker, ["-t", topic, "-E", *session]),
+                               capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+        assert first.returncode == 0, first.stderr
+        mosquitto_pub(broker, "-t", topic, "-m", "while away", "-q", "1", version=version)
+        back = subprocess.run(sub_argv(which, broker, ["-t", topic, "-C", "1", "-v", *session]),
+                              capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+        outputs[which] = (back.returncode, back.stdout.replace(which.encode(), b"X"))
+    assert outputs["tern"] == outputs["mosquitto"] == (0, f"{unique}/X/q while away\n".encode())

@@ -72,7 +72,15 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        // mosquitto_pub and mosquitto_sub exit 1 on a usage error; so do `tern pub`/`tern sub`.
+        let tool = std::env::args().nth(1);
+        if error.use_stderr() && matches!(tool.as_deref(), Some("pub" | "sub")) {
+            let _ = error.print();
+            std::process::exit(1);
+        }
+        error.exit()
+    });
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::main(*args),

@@ -275,6 +275,10 @@ def test_unreachable_and_usage_errors__issue13(broker):
     m, t = run_both("sub", broker, [])
     assert t.returncode == m.returncode == 1
     assert m.stderr.splitlines()[0] == t.stderr.splitlines()[0]
+    # Two payload options, or an unknown option: a usage error, status 1 for both.
+    for kind, args in (("pub", ["-t", "a", "-m", "x", "-n"]), ("sub", ["-t", "a", "--bogus"])):
+        m, t = run_both(kind, broker, args)
+        assert t.returncode == m.returncode == 1, (kind, t.stderr)
 
 
 def test_url_and_will__issue13(broker, tools, unique):

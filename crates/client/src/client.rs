@@ -406,7 +406,10 @@ impl Task {
                 }
                 return Ok(End::Shutdown);
             }
-            let event_room = link.events.len() < event_capacity;
+            // Reading stops while the application has not taken its events, or while the
+            // answers to what was read (acknowledgements) cannot be written.
+            let read_room =
+                link.events.len() < event_capacity && link.write.len() < WRITE_HIGH_WATER;
             let command_room = disconnecting.is_none()
                 && self.session.queued() < self.options.max_queued
                 && link.write.len() < WRITE_HIGH_WATER;
@@ -429,7 +432,7 @@ impl Task {
                         _ => link.events.clear(),
                     }
                 }
-                got = reader.read_buf(read), if event_room => {
+                got = reader.read_buf(read), if read_room => {
                     if got? == 0 {
                         return Err(ClientError::ClosedByBroker);
                     }

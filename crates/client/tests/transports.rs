@@ -40,6 +40,15 @@ fn certificates(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (dir, ca, cert, key)
 }
 
+/// Removes the certificates' directory when the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Starts a broker with one listener of `kind`; returns its address and a stopper.
 async fn start(kind: &str, cert: &Path, key: &Path) -> (SocketAddr, oneshot::Sender<()>) {
     let tls = if kind == "mqtts" || kind == "wss" {
@@ -68,7 +77,8 @@ async fn start(kind: &str, cert: &Path, key: &Path) -> (SocketAddr, oneshot::Sen
 }
 
 async fn round_trip(transport: Transport, kind: &str) {
-    let (_dir, ca, cert, key) = certificates(kind);
+    let (dir, ca, cert, key) = certificates(kind);
+    let _cleanup = RemoveOnDrop(dir);
     let (addr, _stop) = start(kind, &cert, &key).await;
     let endpoint = Endpoint {
         transport,
@@ -134,8 +144,9 @@ async fn websockets_over_tls() {
 /// A certificate that does not chain to the CA file is refused (no `insecure`).
 #[tokio::test]
 async fn tls_refuses_a_certificate_of_another_ca() {
-    let (_dir, _ca, cert, key) = certificates("other-ca");
-    let (_odir, other_ca, _c, _k) = certificates("other-ca-2");
+    let (dir, _ca, cert, key) = certificates("other-ca");
+    let (other_dir, other_ca, _c, _k) = certificates("other-ca-2");
+    let _cleanup = (RemoveOnDrop(dir), RemoveOnDrop(other_dir));
     let (addr, _stop) = start("mqtts", &cert, &key).await;
     let endpoint = Endpoint {
         transport: Transport::Tls,

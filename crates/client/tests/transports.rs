@@ -164,3 +164,25 @@ async fn tls_refuses_a_certificate_of_another_ca() {
         .expect("refused");
     assert!(error.to_string().contains("TLS"), "{error}");
 }
+
+/// `insecure`: any broker certificate is accepted (its handshake signatures still checked).
+#[tokio::test]
+async fn tls_insecure_accepts_any_certificate() {
+    let (dir, _ca, cert, key) = certificates("insecure");
+    let _cleanup = RemoveOnDrop(dir);
+    let (addr, _stop) = start("mqtts", &cert, &key).await;
+    let endpoint = Endpoint {
+        transport: Transport::Tls,
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+        ws_path: "/mqtt".into(),
+        tls: TlsOptions {
+            insecure: true,
+            ..TlsOptions::default()
+        },
+    };
+    let (client, _events, _) = Client::connect(ClientOptions::new(endpoint, "insecure"))
+        .await
+        .expect("connects without a CA file");
+    client.disconnect().await.expect("disconnect");
+}

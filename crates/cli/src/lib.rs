@@ -8,3 +8,4 @@
 pub mod bench;
 pub mod ctl;
 pub mod passwd;
+pub mod pubsub;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tern::{bench, ctl, passwd};
+use tern::{bench, ctl, passwd, pubsub};
 use tern_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +33,12 @@ enum Command {
     /// Add, change or delete a user in a password file (argon2id; reads and keeps
     /// Mosquitto's formats). Flags as `mosquitto_passwd`: -c, -b, -D.
     Passwd(passwd::PasswdArgs),
+    /// Publish a message, as mosquitto_pub does (same options, output and exit codes).
+    #[command(disable_help_flag = true)]
+    Pub(Box<pubsub::PubArgs>),
+    /// Subscribe and print messages, as mosquitto_sub does (same options, output and exit codes).
+    #[command(disable_help_flag = true)]
+    Sub(Box<pubsub::SubArgs>),
     /// Check a configuration file (syntax, values, listeners and their certificates) without
     /// starting anything; exits 0 when it can be used.
     CheckConfig {
@@ -68,13 +74,23 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        // mosquitto_pub and mosquitto_sub exit 1 on a usage error; so do `tern pub`/`tern sub`.
+        let tool = std::env::args().nth(1);
+        if error.use_stderr() && matches!(tool.as_deref(), Some("pub" | "sub")) {
+            let _ = error.print();
+            std::process::exit(1);
+        }
+        error.exit()
+    });
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::main(*args),
         Command::Passwd(args) => passwd::main(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Ctl(args) => ctl::main(args),
+        Command::Pub(args) => std::process::exit(pubsub::pub_main(*args)),
+        Command::Sub(args) => std::process::exit(pubsub::sub_main(*args)),
     }
 }
 

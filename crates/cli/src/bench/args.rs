@@ -74,7 +74,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
     /// What carries MQTT: tcp, tls, ws (WebSockets) or wss (WebSockets over TLS).
-    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    #[arg(long, default_value = "tcp", value_parser = |v: &str| v.parse::<Transport>())]
     pub transport: Transport,
     /// TLS: the CA certificates (PEM) the broker's certificate must chain to.
     #[arg(long)]

@@ -187,14 +187,8 @@ impl<S: BenchStream> Conn<S> {
         persistent: bool,
         login: &Login,
     ) -> anyhow::Result<Conn<S>> {
-        let stream = connector.connect(addr).await?;
-        let mut conn = Conn {
-            stream,
-            rbuf: BytesMut::with_capacity(64),
-            wbuf: BytesMut::with_capacity(64),
-            version,
-            receive_maximum: u16::MAX,
-        };
+        let mut stream = connector.connect(addr).await?;
+        let mut rbuf = BytesMut::with_capacity(64);
         let mut properties = Properties::default();
         if persistent && version.is_v5() {
             properties.session_expiry_interval = Some(300);
@@ -215,17 +209,20 @@ impl<S: BenchStream> Conn<S> {
                 .as_ref()
                 .map(|password| bytes::Bytes::copy_from_slice(password.as_bytes())),
         };
-        conn.send(&Packet::Connect(Box::new(connect))).await?;
-        match conn.read_packet().await? {
-            Packet::ConnAck(connack) if !connack.reason_code.is_error() => {
-                if let Some(maximum) = connack.properties.receive_maximum {
-                    conn.receive_maximum = maximum;
-                }
-                Ok(conn)
-            }
-            Packet::ConnAck(connack) => bail!("connection refused: {}", connack.reason_code),
-            other => bail!("expected CONNACK, got {:?}", other.packet_type()),
-        }
+        // The handshake is tern-client's; the loops after it drive the stream themselves.
+        let connack = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tern_client::handshake(&mut stream, connect, MAX_PACKET, &mut rbuf, None),
+        )
+        .await
+        .context("no answer from the broker")??;
+        Ok(Conn {
+            stream,
+            rbuf,
+            wbuf: BytesMut::with_capacity(64),
+            version,
+            receive_maximum: connack.properties.receive_maximum.unwrap_or(u16::MAX),
+        })
     }
 
     async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -13,8 +13,8 @@ use crate::error::ApiError;
 use crate::handlers;
 use crate::{AdminBackend, AdminOptions, dashboard, openapi};
 
-/// Every route as (method, path), for the OpenAPI test and the docs. Paths in OpenAPI's
-/// notation, as in axum's.
+/// Every route as (method, path), for the OpenAPI test and the docs: the API, `/metrics`,
+/// the dashboard's page and its two assets. Paths in OpenAPI's notation, as in axum's.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/ready"),
@@ -35,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/api/openapi.json"),
     ("GET", "/"),
+    ("GET", "/dashboard/app.js"),
+    ("GET", "/dashboard/style.css"),
 ];
 
 /// What every handler reaches: the backend, and the options.
@@ -88,12 +90,15 @@ pub fn router(backend: Arc<dyn AdminBackend>, options: AdminOptions) -> Router {
     let protected = protected
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::map_response(no_store));
+    let body_limit = state.options.max_body_bytes;
     Router::new()
         .route("/api/v1/health", get(handlers::health))
         .merge(dashboard::routes())
         .merge(metrics)
         .merge(protected)
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 

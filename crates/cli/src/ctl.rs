@@ -3,6 +3,7 @@
 //! the API returned. Listings are walked page by page to the end.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -21,10 +22,12 @@ pub struct CtlArgs {
     /// The admin API's base URL (http only).
     #[arg(long, default_value = "http://127.0.0.1:9883", global = true)]
     pub url: String,
-    /// The bearer token (default: read from --token-file).
+    /// The bearer token. Visible to other local users in `ps` and kept in the shell's
+    /// history: prefer --token-file or the environment variable TERN_ADMIN_TOKEN.
     #[arg(long, global = true, conflicts_with = "token_file")]
     pub token: Option<String>,
-    /// The file holding the token; default: admin.token in --data-dir.
+    /// The file holding the token. Without --token and --token-file: TERN_ADMIN_TOKEN, else
+    /// admin.token in --data-dir.
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// The broker's data directory, where it generated the token.
@@ -33,10 +36,17 @@ pub struct CtlArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Give up (exit 1) when the API has not answered within this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
 
+/// Table and `key: value` output escape control characters (a client id or a payload is
+/// chosen by whoever connects); `--json` is JSON. A client id or topic that starts with `-`
+/// goes after `--` (`tern ctl kick -- -odd-id`).
 #[derive(clap::Subcommand, Debug)]
 pub enum CtlCommand {
     /// Connected clients.
@@ -59,7 +69,7 @@ pub enum CtlCommand {
     },
     /// Retained messages whose topic matches FILTER (default #).
     Retained { filter: Option<String> },
-    /// One retained message whole.
+    /// One retained message whole (the payload's control characters escaped).
     RetainedGet { topic: String },
     /// Clear a retained message.
     RetainedDelete { topic: String },
@@ -247,6 +257,9 @@ struct Api {
     /// The URL's path prefix, without a trailing slash.
     prefix: String,
     token: String,
+    /// Where the token came from, for the message when the API refuses it.
+    token_source: String,
+    timeout: Duration,
 }
 
 impl Api {
@@ -270,28 +283,26 @@ impl Api {
         } else {
             format!("{authority}:80")
         };
-        let token = match (&args.token, &args.token_file) {
-            (Some(token), _) => token.trim().to_owned(),
-            (None, file) => {
-                let path = file
-                    .clone()
-                    .unwrap_or_else(|| args.data_dir.join("admin.token"));
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!(
-                            "cannot read the admin token from {} (give --token or --token-file)",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned()
-            }
+        let (token, token_source) = match (&args.token, &args.token_file) {
+            (Some(token), _) => (token.trim().to_owned(), "--token".to_owned()),
+            (None, Some(file)) => (read_token(file)?, file.display().to_string()),
+            (None, None) => match std::env::var("TERN_ADMIN_TOKEN") {
+                Ok(token) if !token.trim().is_empty() => {
+                    (token.trim().to_owned(), "TERN_ADMIN_TOKEN".to_owned())
+                }
+                _ => {
+                    let path = args.data_dir.join("admin.token");
+                    (read_token(&path)?, path.display().to_string())
+                }
+            },
         };
         Ok(Api {
             host,
             authority,
             prefix: prefix.to_owned(),
             token,
+            token_source,
+            timeout: Duration::from_secs(args.timeout),
         })
     }
 
@@ -323,8 +334,25 @@ impl Api {
         bail!("{path}: more than {MAX_PAGES} pages")
     }
 
-    /// One request; the JSON answer (`null` for 204), or the API's error as an error.
+    /// One request, bounded by `--timeout` (connect, request and answer): the JSON answer
+    /// (`null` for 204), or the API's error as an error.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        match tokio::time::timeout(self.timeout, self.call_once(method, path, body)).await {
+            Ok(result) => result,
+            Err(_) => bail!(
+                "the admin API at {} did not answer within {} s",
+                self.authority,
+                self.timeout.as_secs()
+            ),
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("cannot connect to the admin API at {}", self.authority))?;
@@ -358,6 +386,12 @@ impl Api {
         }
         let value: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "the admin API refused the token (from {}) (401)",
+                self.token_source
+            );
+        }
         if !status.is_success() {
             let message = value["error"]
                 .as_str()
@@ -367,6 +401,14 @@ impl Api {
         }
         Ok(value)
     }
+}
+
+/// The token in `path`, checked as the broker checks it (long enough, printable).
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = tern_admin::Token::read(path).with_context(
+        || "no usable admin token (give --token-file FILE, TERN_ADMIN_TOKEN or --data-dir DIR)",
+    )?;
+    Ok(token.as_str().to_owned())
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -382,13 +424,41 @@ fn encode(text: &str) -> String {
     out
 }
 
-/// A JSON value as a table cell: strings bare, null as `-`.
+/// A JSON value as a table cell: strings bare, null as `-`; control characters escaped.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+        Value::String(text) => escape(text),
+        other => escape(&other.to_string()),
     }
+}
+
+/// `text` safe for a terminal: control characters (C0, DEL, C1) and the bidirectional
+/// overrides escaped (`\n`, `\e`, `\x7f`, `\u{202e}`), and the backslash doubled, so what an
+/// MQTT client chose as its id or payload cannot move the cursor, retitle the terminal or
+/// forge a row.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{1b}' => out.push_str("\\e"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An array of objects as aligned columns, headed by the keys.
@@ -432,7 +502,7 @@ fn fields(value: &Value) -> String {
     match value.as_object() {
         Some(object) => object
             .iter()
-            .map(|(key, value)| format!("{key}: {}", cell(value)))
+            .map(|(key, value)| format!("{}: {}", escape(key), cell(value)))
             .collect::<Vec<_>>()
             .join("\n"),
         None => cell(value),
@@ -447,6 +517,16 @@ mod tests {
     fn encodes_reserved_characters() {
         assert_eq!(encode("a b/c#+"), "a%20b%2Fc%23%2B");
         assert_eq!(encode("x\u{0}y"), "x%00y");
+    }
+
+    /// Review 13 #7: nothing a client chose reaches the terminal as a control character.
+    #[test]
+    fn escapes_control_characters() {
+        assert_eq!(
+            escape("evil\u{1b}[2J\nrow\t\u{7}\u{9b}\u{202e}\\"),
+            "evil\\e[2J\\nrow\\t\\x07\\u{9b}\\u{202e}\\\\"
+        );
+        assert_eq!(escape("plain/topic é"), "plain/topic é");
     }
 
     #[test]

@@ -251,3 +251,22 @@ fn the_dist_unit_is_hardened() {
         );
     }
 }
+
+/// Review 13 #6: an admin listener off loopback is accepted, with a warning on stderr that it
+/// speaks plain HTTP (and, without `metrics_auth`, that /metrics is open).
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about() {
+    let path = file(
+        "admin-open.toml",
+        "listen = [\"127.0.0.1:1883\"]\n[admin]\nbind = \"0.0.0.0:9883\"\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "warning: the admin listener on 0.0.0.0:9883 is not on loopback and speaks plain HTTP"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("metrics_auth = true"), "{text}");
+}

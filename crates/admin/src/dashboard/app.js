@@ -218,11 +218,13 @@ function renderClients(clients, more, connections) {
   $("clients-empty").hidden = clients.length !== 0;
 }
 
-// The id is shown as a JSON string: quoted, with newlines and other controls escaped, so a
-// client id cannot make the dialog say something else. (Ids "." and ".." cannot be kicked
+// The id is shown as a JSON string: quoted, with newlines, other controls and the
+// bidirectional overrides escaped, so a client id cannot make the dialog say something else. (Ids "." and ".." cannot be kicked
 // from here, fetch normalises them as path segments: use `tern ctl kick`.)
 async function kickClient(id, button) {
-  if (!window.confirm("Disconnect the client " + JSON.stringify(id) + "?")) return;
+  const shown = JSON.stringify(id).replace(/[\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+  if (!window.confirm("Disconnect the client " + shown + "?")) return;
   button.disabled = true;
   try {
     await api("/api/v1/clients/" + encodeURIComponent(id), { method: "DELETE" });

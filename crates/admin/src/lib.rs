@@ -52,6 +52,11 @@ pub struct AdminOptions {
     /// The largest request body taken (413 above it); `POST /api/v1/publish` carries a
     /// payload, base64 inflating it by 4/3.
     pub max_body_bytes: usize,
+    /// `/metrics` without the token answers only requests whose `Host` is an IP address or
+    /// `localhost` (403 otherwise): a web page whose name an attacker rebinds to 127.0.0.1
+    /// (DNS rebinding) cannot read it from the operator's browser. [`serve`] turns it on for a
+    /// loopback listener; the routes that need the token do not need it (the page has none).
+    pub local_hosts_only: bool,
 }
 
 impl AdminOptions {
@@ -75,6 +80,7 @@ impl AdminOptions {
             idle_timeout: AdminOptions::DEFAULT_IDLE_TIMEOUT,
             request_timeout: AdminOptions::DEFAULT_REQUEST_TIMEOUT,
             max_body_bytes: AdminOptions::DEFAULT_MAX_BODY_BYTES,
+            local_hosts_only: false,
         }
     }
 }
@@ -87,8 +93,10 @@ pub async fn serve(
     options: AdminOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let mut options = options;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, metrics_auth = options.metrics_auth, "admin API, /metrics and the dashboard");
+        options.local_hosts_only |= addr.ip().is_loopback();
     }
     let listener = bounded::BoundedListener::new(
         listener,

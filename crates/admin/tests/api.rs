@@ -973,3 +973,47 @@ async fn trickling_request_closed_at_the_deadline() {
     .expect("the next connection is served");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// Review 13 #21: on a loopback listener, `/metrics` without a token answers only a `Host`
+/// that is an IP address or localhost, so a DNS-rebinding page cannot read it.
+#[tokio::test]
+async fn metrics_without_token_refuses_foreign_host_names() {
+    let app = tern_admin::router(
+        Arc::new(FakeBackend::sample()),
+        AdminOptions {
+            local_hosts_only: true,
+            ..AdminOptions::new(Token::new(TOKEN).unwrap())
+        },
+    );
+    let with_host = |host: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::get("/metrics")
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        }
+    };
+    for host in [
+        "127.0.0.1:9883",
+        "localhost:9883",
+        "LOCALHOST",
+        "[::1]:9883",
+        "10.0.0.5",
+    ] {
+        assert_eq!(with_host(host).await, StatusCode::OK, "{host}");
+    }
+    for host in ["attacker.example:9883", "127.0.0.1.nip.io", "[evil]:1", ""] {
+        assert_eq!(with_host(host).await, StatusCode::FORBIDDEN, "{host}");
+    }
+    // The health route is unaffected.
+    let health = Request::get("/api/v1/health")
+        .header(header::HOST, "attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(health).await.unwrap().status(),
+        StatusCode::OK
+    );
+}

@@ -19,20 +19,26 @@ const MAX_PAGES: usize = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
-    /// The admin API's base URL (http only).
-    #[arg(long, default_value = "http://127.0.0.1:9883", global = true)]
-    pub url: String,
+    /// The admin API's base URL (http only). Default: from --config's `[admin] bind`, else
+    /// http://127.0.0.1:9883.
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// The broker's configuration file: the URL from its `[admin] bind`, the token from its
+    /// `[admin] token_file` (or its data directory).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     /// The bearer token. Visible to other local users in `ps` and kept in the shell's
     /// history: prefer --token-file or the environment variable TERN_ADMIN_TOKEN.
     #[arg(long, global = true, conflicts_with = "token_file")]
     pub token: Option<String>,
     /// The file holding the token. Without --token and --token-file: TERN_ADMIN_TOKEN, else
-    /// admin.token in --data-dir.
+    /// the token file of --config, else admin.token in --data-dir.
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// The broker's data directory, where it generated the token.
-    #[arg(long, value_name = "DIR", default_value = "tern-data", global = true)]
-    pub data_dir: PathBuf,
+    /// The broker's data directory, where it generated the token (default: --config's, else
+    /// tern-data).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -76,11 +82,22 @@ pub enum CtlCommand {
     /// Publish a message as the broker.
     Publish {
         topic: String,
-        message: String,
+        /// The payload (UTF-8); or --file.
+        #[arg(required_unless_present = "file")]
+        message: Option<String>,
+        /// The payload from a file, as it is (binary sent in base64).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "message")]
+        file: Option<PathBuf>,
         #[arg(short, long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
         qos: u8,
         #[arg(short, long)]
         retain: bool,
+        /// MQTT 5 Message Expiry Interval, seconds.
+        #[arg(long, value_name = "SECONDS")]
+        expiry: Option<u32>,
+        /// MQTT 5 Content Type.
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
     },
     /// The broker in figures.
     Stats,
@@ -218,10 +235,36 @@ pub async fn run(args: &CtlArgs) -> anyhow::Result<String> {
         CtlCommand::Publish {
             topic,
             message,
+            file,
             qos,
             retain,
+            expiry,
+            content_type,
         } => {
-            let body = json!({ "topic": topic, "payload": message, "qos": qos, "retain": retain });
+            let mut body = json!({ "topic": topic, "qos": qos, "retain": retain });
+            match (message, file) {
+                (Some(message), _) => body["payload"] = json!(message),
+                (None, Some(file)) => {
+                    let bytes = std::fs::read(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    match String::from_utf8(bytes) {
+                        Ok(text) => body["payload"] = json!(text),
+                        Err(binary) => {
+                            body["payload_base64"] =
+                                json!(<base64ct::Base64 as base64ct::Encoding>::encode_string(
+                                    binary.as_bytes()
+                                ))
+                        }
+                    }
+                }
+                (None, None) => {}
+            }
+            if let Some(expiry) = expiry {
+                body["message_expiry_s"] = json!(expiry);
+            }
+            if let Some(content_type) = content_type {
+                body["content_type"] = json!(content_type);
+            }
             api.call(Method::POST, "/api/v1/publish", Some(body))
                 .await?;
             done(args, format!("published to {topic}"))
@@ -264,15 +307,27 @@ struct Api {
 
 impl Api {
     fn new(args: &CtlArgs) -> anyhow::Result<Api> {
-        let Some(rest) = args.url.strip_prefix("http://") else {
-            bail!("--url must be http://HOST:PORT (got {:?})", args.url);
+        let config = match &args.config {
+            Some(path) => Some(
+                tern_server::ServerConfig::from_file(path)
+                    .with_context(|| format!("cannot read the configuration {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let url = match (&args.url, config.as_ref().and_then(|c| c.admin.bind)) {
+            (Some(url), _) => url.clone(),
+            (None, Some(bind)) => format!("http://{}", reachable(bind)),
+            (None, None) => "http://127.0.0.1:9883".to_owned(),
+        };
+        let Some(rest) = url.strip_prefix("http://") else {
+            bail!("--url must be http://HOST:PORT (got {url:?})");
         };
         let (authority, prefix) = match rest.find('/') {
             Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
             None => (rest, ""),
         };
         if authority.is_empty() {
-            bail!("--url has no host: {:?}", args.url);
+            bail!("--url has no host: {url:?}");
         }
         let host = authority.to_owned();
         let authority = if authority
@@ -291,7 +346,11 @@ impl Api {
                     (token.trim().to_owned(), "TERN_ADMIN_TOKEN".to_owned())
                 }
                 _ => {
-                    let path = args.data_dir.join("admin.token");
+                    let path = match (&args.data_dir, &config) {
+                        (Some(dir), _) => dir.join("admin.token"),
+                        (None, Some(config)) => config.admin.token_path(&config.data_dir),
+                        (None, None) => PathBuf::from("tern-data").join("admin.token"),
+                    };
                     (read_token(&path)?, path.display().to_string())
                 }
             },
@@ -401,6 +460,17 @@ impl Api {
         }
         Ok(value)
     }
+}
+
+/// Where to reach a listener bound to `bind`: an unspecified address (0.0.0.0, ::) by its
+/// loopback.
+fn reachable(bind: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match bind.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, bind.port())
 }
 
 /// The token in `path`, checked as the broker checks it (long enough, printable).

@@ -360,3 +360,81 @@ fn gives_up_at_the_timeout() {
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
     drop(silent);
 }
+
+/// Review 13 #23: `publish --file` (text as it is, binary in base64), `--expiry`,
+/// `--content-type`.
+#[test]
+fn publish_from_a_file_with_properties() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let dir = std::env::temp_dir().join(format!("tern-ctl-pub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("text");
+    std::fs::write(&text, "line one\nline two\n").unwrap();
+    let binary = dir.join("binary");
+    std::fs::write(&binary, [0xffu8, 0x00, 0x01]).unwrap();
+    ok(
+        addr,
+        &[
+            "publish",
+            "a/text",
+            "-f",
+            text.to_str().unwrap(),
+            "--expiry",
+            "60",
+            "--content-type",
+            "text/plain",
+        ],
+    );
+    ok(
+        addr,
+        &["publish", "a/bin", "--file", binary.to_str().unwrap()],
+    );
+    let (success, _, stderr) = ctl(addr, &["publish", "a/none"]);
+    assert!(!success, "a publish without a message or a file is refused");
+    assert!(stderr.contains("<MESSAGE>"), "{stderr}");
+    let state = fake.lock();
+    let first = &state.published[0];
+    assert_eq!(first.payload.as_deref(), Some("line one\nline two\n"));
+    assert_eq!(first.message_expiry_s, Some(60));
+    assert_eq!(first.content_type.as_deref(), Some("text/plain"));
+    let second = &state.published[1];
+    assert_eq!(second.payload, None);
+    assert_eq!(second.payload_base64.as_deref(), Some("/wAB"));
+    drop(state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Review 13 #23: `--config FILE` takes the URL from `[admin] bind` and the token from the
+/// configuration's token file (relative to the file).
+#[test]
+fn url_and_token_from_the_broker_configuration() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let dir = std::env::temp_dir().join(format!("tern-ctl-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret.token"), format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("tern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:1883\"]\n[admin]\nbind = \"{addr}\"\ntoken_file = \"secret.token\"\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env_remove("TERN_ADMIN_TOKEN")
+        .args(["ctl", "--config"])
+        .arg(&config)
+        .args(["--json", "stats"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats["connections"], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,13 +64,20 @@ pub struct ClientSummary {
     pub connected_at: u64,
     pub keep_alive_s: u16,
     pub clean_start: bool,
+    /// How many subscriptions the client has. In a [`ClientDetail`] the key `subscriptions`
+    /// is the list itself (sent once), and this count is its length.
+    #[serde(default)]
     pub subscriptions: usize,
     pub queued: usize,
     pub inflight: usize,
 }
 
-/// One client in detail (`GET /api/v1/clients/{client_id}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One client in detail (`GET /api/v1/clients/{client_id}`). In JSON the summary's fields
+/// come first-level, and the key `subscriptions` is sent once, as the list (the summary's count
+/// is its length): serialization and deserialization are written by hand for that (see
+/// `ClientDetailWire`), so the JSON object never has a key twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "ClientDetailWire")]
 pub struct ClientDetail {
     #[serde(flatten)]
     pub summary: ClientSummary,
@@ -81,6 +88,58 @@ pub struct ClientDetail {
     pub dropped: u64,
     /// Whether per-client debug tracing is on.
     pub tracing: bool,
+}
+
+/// [`ClientDetail`] as it is read: the summary's count is absent (the key `subscriptions` is
+/// the list) and set from the list's length.
+#[derive(Deserialize)]
+struct ClientDetailWire {
+    #[serde(flatten)]
+    summary: ClientSummary,
+    subscriptions: Vec<SubscriptionInfo>,
+    session_expiry_s: Option<u64>,
+    dropped: u64,
+    tracing: bool,
+}
+
+impl From<ClientDetailWire> for ClientDetail {
+    fn from(wire: ClientDetailWire) -> ClientDetail {
+        let mut summary = wire.summary;
+        summary.subscriptions = wire.subscriptions.len();
+        ClientDetail {
+            summary,
+            subscriptions: wire.subscriptions,
+            session_expiry_s: wire.session_expiry_s,
+            dropped: wire.dropped,
+            tracing: wire.tracing,
+        }
+    }
+}
+
+impl Serialize for ClientDetail {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The summary flattened, then this struct's own fields: building a JSON map keeps the
+        // last `subscriptions` (the list), so the object has each key once.
+        let value = serde_json::to_value(ClientDetailRef {
+            summary: &self.summary,
+            subscriptions: &self.subscriptions,
+            session_expiry_s: self.session_expiry_s,
+            dropped: self.dropped,
+            tracing: self.tracing,
+        })
+        .map_err(serde::ser::Error::custom)?;
+        value.serialize(serializer)
+    }
+}
+
+#[derive(Serialize)]
+struct ClientDetailRef<'a> {
+    #[serde(flatten)]
+    summary: &'a ClientSummary,
+    subscriptions: &'a [SubscriptionInfo],
+    session_expiry_s: Option<u64>,
+    dropped: u64,
+    tracing: bool,
 }
 
 /// A session, connected or not (`GET /api/v1/sessions`).
@@ -192,9 +251,12 @@ pub enum AdminError {
 /// A boxed future, for the backend's one asynchronous call.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What the admin API asks of the broker. The calls are quick (in-memory walks, bounded by
-/// the page) and may be made from any thread; the HTTP layer runs them off its event loop
-/// when a page is large.
+/// What the admin API asks of the broker. The calls may be made from any thread, and may
+/// block for as long as the work takes (walking every session for `stats`, fanning out a
+/// `publish`, telling the store): the HTTP layer runs every call on a blocking thread (tokio's
+/// `spawn_blocking`), never on the runtime it serves on, which in `tern serve` also drives the
+/// broker's timers, signals and shutdown. `reload` is driven there too, with the runtime's
+/// handle. A call should still be bounded: the listener serves `max_connections` at once.
 pub trait AdminBackend: Send + Sync + 'static {
     fn stats(&self) -> Stats;
     fn readiness(&self) -> Readiness;

@@ -22,7 +22,7 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// The page forbids every origin but its own (no CDN, no inline script).
-const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
+const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 async fn index() -> impl IntoResponse {
     (
@@ -37,16 +37,26 @@ async fn index() -> impl IntoResponse {
     )
 }
 
+/// The assets are revalidated on every load (`no-cache`), so after an upgrade the page never
+/// runs an old script.
 async fn app_js() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         APP_JS,
     )
 }
 
 async fn style_css() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         STYLE_CSS,
     )
 }

@@ -72,9 +72,16 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// A body the API cannot take is 400 (no JSON content type, JSON that does not parse or has
+/// the wrong shape), or 413 when it is larger than the limit.
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
-        ApiError::new(rejection.status(), rejection.body_text())
+        let status = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, rejection.body_text())
     }
 }
 

@@ -1,10 +1,12 @@
 //! One handler per route: read the request, ask the backend, answer in JSON.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -92,7 +94,10 @@ impl PageParams {
     }
 }
 
-/// Runs a backend call that walks a listing on a blocking thread, off the event loop.
+/// Runs a backend call on a blocking thread, off the event loop: every call goes through
+/// here, because the listener shares its runtime with the broker's timers, signals and
+/// shutdown, and a call may walk every session or touch the store (its cost is the
+/// backend's, `spawn_blocking`'s is negligible at admin rates).
 async fn off_loop<T: Send + 'static>(
     backend: &Arc<dyn AdminBackend>,
     call: impl FnOnce(&dyn AdminBackend) -> T + Send + 'static,
@@ -114,19 +119,26 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method",
+    )
+}
+
 /// 200 when ready, 503 when not (the body says why either way), as load balancers expect.
-pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    let readiness = state.backend.readiness();
+pub(crate) async fn ready(State(state): State<AppState>) -> ApiResult<Response> {
+    let readiness = off_loop(&state.backend, |b| b.readiness()).await?;
     let status = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(readiness)).into_response()
+    Ok((status, Json(readiness)).into_response())
 }
 
-pub(crate) async fn stats(State(state): State<AppState>) -> Response {
-    Json(state.backend.stats()).into_response()
+pub(crate) async fn stats(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(off_loop(&state.backend, |b| b.stats()).await?).into_response())
 }
 
 pub(crate) async fn clients(
@@ -144,7 +156,8 @@ pub(crate) async fn client(
     client_id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let client_id = client_id?.0;
-    match state.backend.client(&client_id) {
+    let asked = client_id.clone();
+    match off_loop(&state.backend, move |b| b.client(&asked)).await? {
         Some(detail) => Ok(Json(detail).into_response()),
         None => Err(ApiError::not_found(format!(
             "no client connected as {client_id:?}"
@@ -155,11 +168,13 @@ pub(crate) async fn client(
 /// `DELETE /api/v1/clients/{id}`: kick. 204, or 404 when the client is not connected.
 pub(crate) async fn kick(
     State(state): State<AppState>,
+    peer: Peer,
     client_id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let client_id = client_id?.0;
-    if state.backend.kick(&client_id) {
-        tracing::info!(client_id = %client_id, "admin API: client kicked");
+    let asked = client_id.clone();
+    if off_loop(&state.backend, move |b| b.kick(&asked)).await? {
+        audit("kick", &client_id, peer);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -175,7 +190,8 @@ pub(crate) async fn set_tracing(
 ) -> ApiResult<Json<serde_json::Value>> {
     let client_id = client_id?.0;
     let on = body?.0.on;
-    if state.backend.set_client_tracing(&client_id, on) {
+    let asked = client_id.clone();
+    if off_loop(&state.backend, move |b| b.set_client_tracing(&asked, on)).await? {
         Ok(Json(
             serde_json::json!({ "client_id": client_id, "tracing": on }),
         ))
@@ -198,11 +214,13 @@ pub(crate) async fn sessions(
 
 pub(crate) async fn delete_session(
     State(state): State<AppState>,
+    peer: Peer,
     client_id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let client_id = client_id?.0;
-    if state.backend.delete_session(&client_id) {
-        tracing::info!(client_id = %client_id, "admin API: session deleted");
+    let asked = client_id.clone();
+    if off_loop(&state.backend, move |b| b.delete_session(&asked)).await? {
+        audit("delete_session", &client_id, peer);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no session for {client_id:?}")))
@@ -271,7 +289,8 @@ pub(crate) async fn retained_message(
     params: Result<Query<TopicParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let topic = params?.0.topic;
-    match state.backend.retained_message(&topic) {
+    let asked = topic.clone();
+    match off_loop(&state.backend, move |b| b.retained_message(&asked)).await? {
         Some(message) => Ok(Json(message).into_response()),
         None => Err(ApiError::not_found(format!(
             "no retained message on {topic:?}"
@@ -281,10 +300,13 @@ pub(crate) async fn retained_message(
 
 pub(crate) async fn delete_retained(
     State(state): State<AppState>,
+    peer: Peer,
     params: Result<Query<TopicParams>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let topic = params?.0.topic;
-    if state.backend.delete_retained(&topic)? {
+    let asked = topic.clone();
+    if off_loop(&state.backend, move |b| b.delete_retained(&asked)).await?? {
+        audit("delete_retained", &topic, peer);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -293,12 +315,38 @@ pub(crate) async fn delete_retained(
     }
 }
 
-/// `POST /api/v1/publish`: 204 once the broker has taken the message.
+/// The keys `POST /api/v1/publish` takes: any other is refused, so a typo (`"retained"`)
+/// is an error rather than a message published without the flag.
+const PUBLISH_KEYS: &[&str] = &[
+    "topic",
+    "payload",
+    "payload_base64",
+    "qos",
+    "retain",
+    "message_expiry_s",
+    "content_type",
+];
+
+/// `POST /api/v1/publish`: 204 once the broker has taken the message. Neither `payload` nor
+/// `payload_base64` publishes an empty payload (with `retain`, that clears the retained
+/// message, as in MQTT).
 pub(crate) async fn publish(
     State(state): State<AppState>,
-    body: Result<Json<PublishRequest>, JsonRejection>,
+    peer: Peer,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
-    let request = body?.0;
+    let value = body?.0;
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|k| !PUBLISH_KEYS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "unknown key {unknown:?} (known: {})",
+            PUBLISH_KEYS.join(", ")
+        )));
+    }
+    let request: PublishRequest = serde_json::from_value(value)
+        .map_err(|error| ApiError::invalid(format!("invalid publish request: {error}")))?;
     if request.qos > 2 {
         return Err(ApiError::invalid("qos must be 0, 1 or 2"));
     }
@@ -307,23 +355,43 @@ pub(crate) async fn publish(
             "give payload or payload_base64, not both",
         ));
     }
-    state.backend.publish(request)?;
+    let topic = request.topic.clone();
+    off_loop(&state.backend, move |b| b.publish(request)).await??;
+    audit("publish", &topic, peer);
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) async fn config(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.backend.config())
+pub(crate) async fn config(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(off_loop(&state.backend, |b| b.config()).await?))
 }
 
-pub(crate) async fn reload(State(state): State<AppState>) -> Response {
-    let report = state.backend.reload().await;
+/// The reload is the backend's one asynchronous call: driven to its end on a blocking thread
+/// (with the runtime's handle, so its I/O and timers still work), like every other call.
+pub(crate) async fn reload(State(state): State<AppState>, peer: Peer) -> ApiResult<Response> {
+    let handle = tokio::runtime::Handle::current();
+    let report = off_loop(&state.backend, move |b| handle.block_on(b.reload())).await?;
+    audit("reload", "", peer);
     tracing::info!(
         applied = ?report.applied,
         needs_restart = ?report.needs_restart,
         errors = ?report.errors,
         "admin API: configuration reloaded"
     );
-    Json(report).into_response()
+    Ok(Json(report).into_response())
+}
+
+/// One line per action taken through the API, with a stable shape: `event="admin_action"`,
+/// `action` (kick, delete_session, delete_retained, publish, reload), `target` (the client id
+/// or topic, quoted and escaped by `?`, so no value can forge a line) and the caller's `peer`.
+fn audit(action: &str, target: &str, peer: Peer) {
+    let peer = peer.0.map(|addr| addr.to_string());
+    tracing::info!(
+        event = "admin_action",
+        action,
+        target = ?target,
+        peer = peer.as_deref().unwrap_or("-"),
+        "admin API action"
+    );
 }
 
 /// Prometheus text exposition, format 0.0.4.
@@ -337,4 +405,37 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult<Response
         text,
     )
         .into_response())
+}
+
+/// The address of the peer of an admin connection (the listener's connect info).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::bounded::BoundedListener>,
+    > for PeerAddr
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, crate::bounded::BoundedListener>,
+    ) -> PeerAddr {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The caller's address for the audit line; absent when the router runs without a listener
+/// (tests that call it directly).
+pub(crate) struct Peer(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .map(|ConnectInfo(PeerAddr(addr))| *addr),
+        ))
+    }
 }

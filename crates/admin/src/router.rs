@@ -3,18 +3,18 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::handlers;
 use crate::{AdminBackend, AdminOptions, dashboard, openapi};
 
-/// Every route as (method, path), for the OpenAPI test and the docs. Paths in OpenAPI's
-/// notation, as in axum's.
+/// Every route as (method, path), for the OpenAPI test and the docs: the API, `/metrics`,
+/// the dashboard's page and its two assets. Paths in OpenAPI's notation, as in axum's.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/ready"),
@@ -35,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/api/openapi.json"),
     ("GET", "/"),
+    ("GET", "/dashboard/app.js"),
+    ("GET", "/dashboard/style.css"),
 ];
 
 /// What every handler reaches: the backend, and the options.
@@ -79,7 +81,10 @@ pub fn router(backend: Arc<dyn AdminBackend>, options: AdminOptions) -> Router {
         .route("/api/v1/config", get(handlers::config))
         .route("/api/v1/reload", post(handlers::reload))
         .route("/api/openapi.json", get(openapi::serve));
-    let metrics = Router::new().route("/metrics", get(handlers::metrics));
+    let mut metrics = Router::new().route("/metrics", get(handlers::metrics));
+    if !state.options.metrics_auth && state.options.local_hosts_only {
+        metrics = metrics.route_layer(middleware::from_fn(local_host_only));
+    }
     let (protected, metrics) = if state.options.metrics_auth {
         (protected.merge(metrics), Router::new())
     } else {
@@ -88,12 +93,15 @@ pub fn router(backend: Arc<dyn AdminBackend>, options: AdminOptions) -> Router {
     let protected = protected
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::map_response(no_store));
+    let body_limit = state.options.max_body_bytes;
     Router::new()
         .route("/api/v1/health", get(handlers::health))
         .merge(dashboard::routes())
         .merge(metrics)
         .merge(protected)
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
@@ -125,4 +133,34 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     scheme
         .eq_ignore_ascii_case(b"bearer ")
         .then(|| rest.trim_ascii())
+}
+
+/// Lets a request through when its `Host` is an IP address or `localhost` (with or without a
+/// port): what a DNS-rebinding page cannot send, since its requests carry its own name.
+async fn local_host_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if is_local_host(host) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "/metrics without a token answers a Host that is an IP address or localhost only",
+        )
+        .into_response()
+    }
+}
+
+/// `host[:port]`: an IPv4 address, `[IPv6]`, or `localhost`.
+fn is_local_host(host: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }

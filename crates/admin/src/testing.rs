@@ -24,6 +24,12 @@ pub struct FakeState {
     /// Messages counted in and out at each `stats` call (a broker with traffic, for the
     /// dashboard's rates).
     pub traffic_per_poll: (u64, u64),
+    /// How many times `stats` was called, and how many times it had been at the last kick
+    /// (the dashboard's test: polling goes on after a kick).
+    pub stats_calls: usize,
+    pub stats_calls_at_kick: usize,
+    /// `stats` sleeps this long first (a slow backend: the listener's runtime must not stall).
+    pub stats_delay: std::time::Duration,
 }
 
 /// The fake backend: a [`FakeState`] behind a mutex.
@@ -188,6 +194,14 @@ fn matches(filter: &str, topic: &str) -> bool {
 
 impl AdminBackend for FakeBackend {
     fn stats(&self) -> Stats {
+        let delay = {
+            let mut state = self.lock();
+            state.stats_calls += 1;
+            state.stats_delay
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut state = self.lock();
         let (received, sent) = state.traffic_per_poll;
         state.stats.messages_received += received;
@@ -224,6 +238,7 @@ impl AdminBackend for FakeBackend {
         let kicked = state.clients.remove(client_id).is_some();
         if kicked {
             state.kicked.push(client_id.into());
+            state.stats_calls_at_kick = state.stats_calls;
         }
         kicked
     }

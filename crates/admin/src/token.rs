@@ -35,7 +35,7 @@ pub enum TokenError {
         source: std::io::Error,
     },
     #[error(
-        "the admin token in {path} is too short ({len} characters, at least {MIN_TOKEN_LEN}) or not printable ASCII"
+        "the admin token in {path} is too short ({len} characters, at least {MIN_TOKEN_LEN}) or not printable ASCII (write a good one, or delete it and the broker generates a new one at start)"
     )]
     Weak { path: PathBuf, len: usize },
     #[error("no random source for the admin token: {0}")]
@@ -109,19 +109,55 @@ impl Token {
     }
 }
 
-/// Creates `path` (not there before) with mode 0600 and writes the token in it.
+/// Creates `path` (not there before) with mode 0600 holding the token, whole or not at all:
+/// the token goes to a temporary file beside it (0600, `create_new`), synced, then is linked
+/// to `path` (which fails if `path` appeared meanwhile, and never follows a symlink there),
+/// and the directory synced. A crash at any point leaves no `path` or a complete one, never an
+/// empty token file that would refuse every later start.
 fn write_private(path: &Path, token: &Token) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let temporary = parent.join(name);
+    let result = write_temporary(&temporary, token).and_then(|()| {
+        std::fs::hard_link(&temporary, path)?;
+        sync_dir(parent)
+    });
+    let _ = std::fs::remove_file(&temporary);
+    result
+}
+
+fn write_temporary(temporary: &Path, token: &Token) -> std::io::Result<()> {
+    let open = || {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(temporary)
+    };
+    let mut file = match open() {
+        // Left by a crash of a process that had our pid: ours to replace.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(temporary)?;
+            open()?
+        }
+        other => other?,
+    };
     file.write_all(token.as_str().as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -159,6 +195,16 @@ mod tests {
         let second = Token::load_or_generate(&path).unwrap();
         assert_eq!(first, second);
         assert_eq!(Token::read(&path).unwrap(), first);
+        // Review 13 #20: written through a temporary file, none left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("admin.token")]);
+        // An empty token file (from before this fix) says how to get a new one.
+        std::fs::write(&path, "").unwrap();
+        let error = Token::load_or_generate(&path).unwrap_err().to_string();
+        assert!(error.contains("delete it"), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

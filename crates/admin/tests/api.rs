@@ -103,7 +103,13 @@ async fn health_and_readiness() {
 async fn unauthorised_calls_refused_on_every_route() {
     let fake = FakeBackend::sample();
     let app = app(&fake, false);
-    let public = ["/api/v1/health", "/", "/metrics"];
+    let public = [
+        "/api/v1/health",
+        "/",
+        "/dashboard/app.js",
+        "/dashboard/style.css",
+        "/metrics",
+    ];
     for &(method, path) in ROUTES {
         let uri = path.replace("{client_id}", "alpha");
         let uri = if uri.ends_with("/retained/message") {
@@ -565,10 +571,22 @@ async fn dashboard_served() {
             .unwrap()
             .starts_with("text/html")
     );
+    let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("base-uri 'none'") && csp.contains("form-action 'none'"),
+        "{csp}"
+    );
+    // Review 13 #17: the assets are revalidated (no old app.js after an upgrade), not sniffed.
     for asset in ["/dashboard/app.js", "/dashboard/style.css"] {
+        let answer = call(&app, Method::GET, asset, None, None).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers[header::CACHE_CONTROL], "no-cache", "{asset}");
         assert_eq!(
-            call(&app, Method::GET, asset, None, None).await.status,
-            StatusCode::OK
+            answer.headers[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{asset}"
         );
     }
 }
@@ -649,4 +667,353 @@ async fn idle_connections_closed_and_connections_bounded() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+}
+
+/// Review 13 #1: `GET /api/v1/clients/{id}` sends the key `subscriptions` once (the list; the
+/// count is its length), and our own type reads the answer back.
+#[tokio::test]
+async fn client_detail_has_each_key_once_and_reads_back() {
+    let fake = FakeBackend::sample();
+    let app = app(&fake, false);
+    let answer = get(&app, "/api/v1/clients/alpha").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let text = String::from_utf8(answer.body.clone()).unwrap();
+    assert_eq!(text.matches("\"subscriptions\"").count(), 1, "{text}");
+    let detail: tern_admin::ClientDetail = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(detail, fake.lock().clients["alpha"]);
+    assert_eq!(detail.summary.subscriptions, 1);
+}
+
+/// The names of the properties of `schema` (a `$ref` into the description).
+fn schema_keys(doc: &Value, schema: &Value) -> std::collections::BTreeSet<String> {
+    let schema = match schema["$ref"].as_str() {
+        Some(reference) => doc.pointer(&reference[1..]).unwrap().clone(),
+        None => schema.clone(),
+    };
+    schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no properties: {schema}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn object_keys(value: &Value) -> std::collections::BTreeSet<String> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Review 13 #13: for each JSON route, the keys the API actually sends are the properties of
+/// the route's OpenAPI schema (a listing's items those of its item schema).
+#[tokio::test]
+async fn openapi_schemas_match_what_is_served() {
+    let app = app(&FakeBackend::sample(), false);
+    let doc = get(&app, "/api/openapi.json").await.json();
+    for uri in [
+        "/api/v1/ready",
+        "/api/v1/stats",
+        "/api/v1/clients",
+        "/api/v1/clients/alpha",
+        "/api/v1/sessions",
+        "/api/v1/subscriptions",
+        "/api/v1/retained",
+        "/api/v1/retained/message?topic=sensors/temp",
+    ] {
+        let answer = get(&app, uri).await;
+        assert_eq!(answer.status, StatusCode::OK, "{uri}");
+        let body = answer.json();
+        let path = uri
+            .split('?')
+            .next()
+            .unwrap()
+            .replace("alpha", "{client_id}");
+        let schema = &doc["paths"][&path]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert!(!schema.is_null(), "{path}: no 200 schema");
+        let (sent, described) = if body.get("items").is_some() {
+            let listing = match schema["$ref"].as_str() {
+                Some(r) => doc.pointer(&r[1..]).unwrap().clone(),
+                None => schema.clone(),
+            };
+            assert_eq!(
+                object_keys(&body),
+                schema_keys(&doc, &listing),
+                "{path}: listing keys"
+            );
+            let items = &listing["properties"]["items"]["items"];
+            (object_keys(&body["items"][0]), schema_keys(&doc, items))
+        } else {
+            (object_keys(&body), schema_keys(&doc, schema))
+        };
+        assert_eq!(sent, described, "{path}: sent keys vs the OpenAPI schema");
+    }
+}
+
+/// The statuses of `method path` in the OpenAPI description.
+fn documented(doc: &Value, method: &str, path: &str) -> Vec<String> {
+    doc["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Review 13 #12: a body without the JSON content type, JSON of the wrong shape, unknown keys
+/// are 400; a body over the limit 413; a method a route does not take 405; all as JSON errors,
+/// and documented.
+#[tokio::test]
+async fn error_statuses_json_and_documented() {
+    let fake = FakeBackend::sample();
+    let app = tern_admin::router(
+        Arc::new(fake.clone()),
+        AdminOptions {
+            max_body_bytes: 1024,
+            ..AdminOptions::new(Token::new(TOKEN).unwrap())
+        },
+    );
+    let doc = get(&app, "/api/openapi.json").await.json();
+    let raw = |content_type: Option<&'static str>, body: String| {
+        let app = app.clone();
+        async move {
+            let mut request = Request::post("/api/v1/publish")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+            if let Some(content_type) = content_type {
+                request = request.header(header::CONTENT_TYPE, content_type);
+            }
+            let response = app
+                .oneshot(request.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let json: Value = serde_json::from_slice(&body).unwrap();
+            assert!(json["error"].is_string(), "{json}");
+            status
+        }
+    };
+    let publish_statuses = documented(&doc, "post", "/api/v1/publish");
+    // No content type (curl -d), JSON of the wrong type, not JSON, an unknown key.
+    for (content_type, body) in [
+        (None, r#"{"topic":"a"}"#.to_owned()),
+        (
+            Some("application/json"),
+            r#"{"topic":"a","qos":"one"}"#.to_owned(),
+        ),
+        (Some("application/json"), "{not json".to_owned()),
+        (
+            Some("application/json"),
+            r#"{"topic":"a","retained":true}"#.to_owned(),
+        ),
+        (Some("application/json"), "[1]".to_owned()),
+    ] {
+        assert_eq!(
+            raw(content_type, body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
+    }
+    assert!(publish_statuses.contains(&"400".to_owned()));
+    let big = format!(r#"{{"topic":"a","payload":"{}"}}"#, "x".repeat(4096));
+    assert_eq!(
+        raw(Some("application/json"), big).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert!(
+        publish_statuses.contains(&"413".to_owned()),
+        "{publish_statuses:?}"
+    );
+    assert!(fake.lock().published.is_empty());
+    // 405, as JSON, and said in the description.
+    let put = call(&app, Method::PUT, "/api/v1/stats", Some(TOKEN), None).await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(put.json()["error"].is_string());
+    assert!(doc["info"]["description"].as_str().unwrap().contains("405"));
+    // Documented per route (review 13 #13).
+    assert!(documented(&doc, "get", "/api/v1/retained").contains(&"503".to_owned()));
+    let missing = get(&app, "/api/v1/retained/message").await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(documented(&doc, "get", "/api/v1/retained/message").contains(&"400".to_owned()));
+    assert!(doc["components"]["parameters"]["limit"]["schema"]["maximum"].is_null());
+}
+
+/// Review 13 #13: a publish with neither payload field publishes an empty payload.
+#[tokio::test]
+async fn publish_without_payload_is_empty() {
+    let fake = FakeBackend::sample();
+    let app = app(&fake, false);
+    let answer = call(
+        &app,
+        Method::POST,
+        "/api/v1/publish",
+        Some(TOKEN),
+        Some(json!({"topic": "a/b", "retain": true})),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    let published = &fake.lock().published[0];
+    assert_eq!(published.payload, None);
+    assert_eq!(published.payload_base64, None);
+    assert!(published.retain);
+}
+
+/// Sends a raw HTTP/1.1 request on a new connection; the whole answer.
+async fn http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// Review 13 #5: backend calls run off the listener's runtime (which, in `tern serve`, is the
+/// current-thread runtime of the broker's timers and signals): on a current-thread runtime,
+/// health answers at once while a slow `stats` call is under way.
+#[test]
+fn slow_backend_calls_do_not_stall_the_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fake = FakeBackend::sample();
+        fake.lock().stats_delay = std::time::Duration::from_millis(500);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tern_admin::serve(
+            listener,
+            Arc::new(fake.clone()),
+            AdminOptions::new(Token::new(TOKEN).unwrap()),
+            std::future::pending(),
+        ));
+        let request = format!(
+            "GET /api/v1/stats HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\n\r\n"
+        );
+        let stats = tokio::spawn(async move { http(addr, &request).await });
+        // Wait until the stats call is under way (no sleep: poll the fake's state).
+        while fake.lock().stats_calls == 0 && !stats.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let health = http(
+            addr,
+            "GET /api/v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(!stats.is_finished(), "stats answered before health");
+        assert!(took < std::time::Duration::from_millis(100), "health took {took:?}");
+        assert!(stats.await.unwrap().starts_with("HTTP/1.1 200"));
+    });
+}
+
+/// Review 13 #4: a peer that trickles a request one byte at a time (each byte well within the
+/// idle timeout) is closed at the request deadline, and the slot goes to the next connection.
+#[tokio::test]
+async fn trickling_request_closed_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = AdminOptions {
+        max_connections: 1,
+        idle_timeout: std::time::Duration::from_millis(300),
+        request_timeout: std::time::Duration::from_secs(1),
+        ..AdminOptions::new(Token::new(TOKEN).unwrap())
+    };
+    tokio::spawn(tern_admin::serve(
+        listener,
+        Arc::new(FakeBackend::sample()),
+        options,
+        std::future::pending(),
+    ));
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let trickle = async {
+        // Bounded: at most 100 bytes (10 s); the connection must close long before.
+        for byte in b"GET /api/v1/health HTTP/1.1\r\nx-padding: "
+            .iter()
+            .chain([b'a'; 60].iter())
+        {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), trickle)
+        .await
+        .expect("the trickling connection was not closed");
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(2), slow.read(&mut buf))
+        .await
+        .expect("closed");
+    assert!(
+        !matches!(closed, Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200")),
+        "{closed:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http(
+            addr,
+            "GET /api/v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("the next connection is served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Review 13 #21: on a loopback listener, `/metrics` without a token answers only a `Host`
+/// that is an IP address or localhost, so a DNS-rebinding page cannot read it.
+#[tokio::test]
+async fn metrics_without_token_refuses_foreign_host_names() {
+    let app = tern_admin::router(
+        Arc::new(FakeBackend::sample()),
+        AdminOptions {
+            local_hosts_only: true,
+            ..AdminOptions::new(Token::new(TOKEN).unwrap())
+        },
+    );
+    let with_host = |host: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::get("/metrics")
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        }
+    };
+    for host in [
+        "127.0.0.1:9883",
+        "localhost:9883",
+        "LOCALHOST",
+        "[::1]:9883",
+        "10.0.0.5",
+    ] {
+        assert_eq!(with_host(host).await, StatusCode::OK, "{host}");
+    }
+    for host in ["attacker.example:9883", "127.0.0.1.nip.io", "[evil]:1", ""] {
+        assert_eq!(with_host(host).await, StatusCode::FORBIDDEN, "{host}");
+    }
+    // The health route is unaffected.
+    let health = Request::get("/api/v1/health")
+        .header(header::HOST, "attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(health).await.unwrap().status(),
+        StatusCode::OK
+    );
 }

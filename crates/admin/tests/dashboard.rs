@@ -141,7 +141,12 @@ fn dashboard_shows_clients_retained_and_store_in_chromium() {
         !dom.contains("id=\"stat-rate-out\">0.0<"),
         "no message rate:\n{dom}"
     );
-    // The token left the URL (not in the history, not in a screenshot's address bar).
+    // The token left the URL (not in the history, not in a screenshot's address bar): the
+    // page marks it once `replaceState` has removed the fragment.
+    assert!(
+        dom.contains("data-fragment-cleared=\"true\""),
+        "the fragment was not removed:\n{dom}"
+    );
     assert!(!dom.contains(TOKEN), "the token is in the DOM");
 
     let shot = artifacts().join("dashboard.png");
@@ -181,4 +186,109 @@ fn dashboard_asks_for_the_token_when_refused() {
     assert!(dom.contains("The token was refused."), "{dom}");
     assert!(dom.contains("<main id=\"main\" hidden=\"\">"), "{dom}");
     assert!(!dom.contains("data-client-id"), "{dom}");
+}
+
+/// What the kick test adds to the page: confirms every dialog, clicks the first Kick button
+/// once the page has loaded, and marks that it did.
+const KICK_SCRIPT: &str = r##"
+window.confirm = () => true;
+const kicker = setInterval(() => {
+  if (document.body.dataset.loaded !== "true") return;
+  const button = document.querySelector("#clients button.danger");
+  if (!button) return;
+  clearInterval(kicker);
+  button.click();
+  document.body.dataset.kickClicked = "true";
+}, 100);
+"##;
+
+/// The admin router plus a test page: the dashboard's own page with [`KICK_SCRIPT`] loaded
+/// after app.js (same origin, so the page's CSP allows it).
+fn serve_with_kick_page(fake: &FakeBackend) -> SocketAddr {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = Arc::new(fake.clone());
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let router = tern_admin::router(backend, AdminOptions::new(Token::new(TOKEN).unwrap()));
+            let index = {
+                use tower::ServiceExt;
+                let response = router
+                    .clone()
+                    .oneshot(
+                        axum::http::Request::get("/")
+                            .body(axum::body::Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+                String::from_utf8(body.to_bytes().to_vec()).unwrap()
+            };
+            let page = index.replace(
+                "</head>",
+                "<script src=\"/test/kick.js\" defer></script></head>",
+            );
+            assert_ne!(page, index, "the page has no </head>");
+            let router = router
+                .route(
+                    "/test/kick.html",
+                    axum::routing::get(move || async move { axum::response::Html(page) }),
+                )
+                .route(
+                    "/test/kick.js",
+                    axum::routing::get(|| async {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/javascript")],
+                            KICK_SCRIPT,
+                        )
+                    }),
+                );
+            let _ = axum::serve(listener, router).await;
+        });
+    });
+    addr
+}
+
+/// Review 13 #3: after a kick from the dashboard the page keeps polling (the charts and the
+/// list do not freeze): the fake saw the kick, and `stats` calls went on after it.
+#[test]
+fn dashboard_keeps_polling_after_a_kick() {
+    let Some(browser) = chromium() else {
+        eprintln!("skipped: chromium is not installed");
+        return;
+    };
+    let fake = FakeBackend::sample();
+    let addr = serve_with_kick_page(&fake);
+    let dom = browse(
+        &browser,
+        "kick",
+        &format!("http://{addr}/test/kick.html#token={TOKEN}"),
+        &["--dump-dom"],
+    );
+    assert!(
+        dom.contains("data-kick-clicked=\"true\""),
+        "no kick clicked:\n{dom}"
+    );
+    let state = fake.lock();
+    assert_eq!(state.kicked, vec!["alpha".to_owned()], "{dom}");
+    assert!(
+        state.stats_calls >= state.stats_calls_at_kick + 2,
+        "polling stopped after the kick: {} stats calls, {} at the kick",
+        state.stats_calls,
+        state.stats_calls_at_kick
+    );
+    assert!(
+        !dom.contains("data-client-id=\"alpha\""),
+        "alpha still listed:\n{dom}"
+    );
 }

@@ -3,6 +3,7 @@
 //! the API returned. Listings are walked page by page to the end.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -18,25 +19,40 @@ const MAX_PAGES: usize = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
-    /// The admin API's base URL (http only).
-    #[arg(long, default_value = "http://127.0.0.1:9883", global = true)]
-    pub url: String,
-    /// The bearer token (default: read from --token-file).
+    /// The admin API's base URL (http only). Default: from --config's `[admin] bind`, else
+    /// http://127.0.0.1:9883.
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// The broker's configuration file: the URL from its `[admin] bind`, the token from its
+    /// `[admin] token_file` (or its data directory).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The bearer token. Visible to other local users in `ps` and kept in the shell's
+    /// history: prefer --token-file or the environment variable TERN_ADMIN_TOKEN.
     #[arg(long, global = true, conflicts_with = "token_file")]
     pub token: Option<String>,
-    /// The file holding the token; default: admin.token in --data-dir.
+    /// The file holding the token. Without --token and --token-file: TERN_ADMIN_TOKEN, else
+    /// the token file of --config, else admin.token in --data-dir.
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// The broker's data directory, where it generated the token.
-    #[arg(long, value_name = "DIR", default_value = "tern-data", global = true)]
-    pub data_dir: PathBuf,
+    /// The broker's data directory, where it generated the token (default: --config's, else
+    /// tern-data).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Give up (exit 1) when the API has not answered within this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
 
+/// Table and `key: value` output escape control characters (a client id or a payload is
+/// chosen by whoever connects); `--json` is JSON. A client id or topic that starts with `-`
+/// goes after `--` (`tern ctl kick -- -odd-id`).
 #[derive(clap::Subcommand, Debug)]
 pub enum CtlCommand {
     /// Connected clients.
@@ -59,18 +75,29 @@ pub enum CtlCommand {
     },
     /// Retained messages whose topic matches FILTER (default #).
     Retained { filter: Option<String> },
-    /// One retained message whole.
+    /// One retained message whole (the payload's control characters escaped).
     RetainedGet { topic: String },
     /// Clear a retained message.
     RetainedDelete { topic: String },
     /// Publish a message as the broker.
     Publish {
         topic: String,
-        message: String,
+        /// The payload (UTF-8); or --file.
+        #[arg(required_unless_present = "file")]
+        message: Option<String>,
+        /// The payload from a file, as it is (binary sent in base64).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "message")]
+        file: Option<PathBuf>,
         #[arg(short, long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
         qos: u8,
         #[arg(short, long)]
         retain: bool,
+        /// MQTT 5 Message Expiry Interval, seconds.
+        #[arg(long, value_name = "SECONDS")]
+        expiry: Option<u32>,
+        /// MQTT 5 Content Type.
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
     },
     /// The broker in figures.
     Stats,
@@ -208,10 +235,36 @@ pub async fn run(args: &CtlArgs) -> anyhow::Result<String> {
         CtlCommand::Publish {
             topic,
             message,
+            file,
             qos,
             retain,
+            expiry,
+            content_type,
         } => {
-            let body = json!({ "topic": topic, "payload": message, "qos": qos, "retain": retain });
+            let mut body = json!({ "topic": topic, "qos": qos, "retain": retain });
+            match (message, file) {
+                (Some(message), _) => body["payload"] = json!(message),
+                (None, Some(file)) => {
+                    let bytes = std::fs::read(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    match String::from_utf8(bytes) {
+                        Ok(text) => body["payload"] = json!(text),
+                        Err(binary) => {
+                            body["payload_base64"] =
+                                json!(<base64ct::Base64 as base64ct::Encoding>::encode_string(
+                                    binary.as_bytes()
+                                ))
+                        }
+                    }
+                }
+                (None, None) => {}
+            }
+            if let Some(expiry) = expiry {
+                body["message_expiry_s"] = json!(expiry);
+            }
+            if let Some(content_type) = content_type {
+                body["content_type"] = json!(content_type);
+            }
             api.call(Method::POST, "/api/v1/publish", Some(body))
                 .await?;
             done(args, format!("published to {topic}"))
@@ -247,19 +300,34 @@ struct Api {
     /// The URL's path prefix, without a trailing slash.
     prefix: String,
     token: String,
+    /// Where the token came from, for the message when the API refuses it.
+    token_source: String,
+    timeout: Duration,
 }
 
 impl Api {
     fn new(args: &CtlArgs) -> anyhow::Result<Api> {
-        let Some(rest) = args.url.strip_prefix("http://") else {
-            bail!("--url must be http://HOST:PORT (got {:?})", args.url);
+        let config = match &args.config {
+            Some(path) => Some(
+                tern_server::ServerConfig::from_file(path)
+                    .with_context(|| format!("cannot read the configuration {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let url = match (&args.url, config.as_ref().and_then(|c| c.admin.bind)) {
+            (Some(url), _) => url.clone(),
+            (None, Some(bind)) => format!("http://{}", reachable(bind)),
+            (None, None) => "http://127.0.0.1:9883".to_owned(),
+        };
+        let Some(rest) = url.strip_prefix("http://") else {
+            bail!("--url must be http://HOST:PORT (got {url:?})");
         };
         let (authority, prefix) = match rest.find('/') {
             Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
             None => (rest, ""),
         };
         if authority.is_empty() {
-            bail!("--url has no host: {:?}", args.url);
+            bail!("--url has no host: {url:?}");
         }
         let host = authority.to_owned();
         let authority = if authority
@@ -270,28 +338,30 @@ impl Api {
         } else {
             format!("{authority}:80")
         };
-        let token = match (&args.token, &args.token_file) {
-            (Some(token), _) => token.trim().to_owned(),
-            (None, file) => {
-                let path = file
-                    .clone()
-                    .unwrap_or_else(|| args.data_dir.join("admin.token"));
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!(
-                            "cannot read the admin token from {} (give --token or --token-file)",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned()
-            }
+        let (token, token_source) = match (&args.token, &args.token_file) {
+            (Some(token), _) => (token.trim().to_owned(), "--token".to_owned()),
+            (None, Some(file)) => (read_token(file)?, file.display().to_string()),
+            (None, None) => match std::env::var("TERN_ADMIN_TOKEN") {
+                Ok(token) if !token.trim().is_empty() => {
+                    (token.trim().to_owned(), "TERN_ADMIN_TOKEN".to_owned())
+                }
+                _ => {
+                    let path = match (&args.data_dir, &config) {
+                        (Some(dir), _) => dir.join("admin.token"),
+                        (None, Some(config)) => config.admin.token_path(&config.data_dir),
+                        (None, None) => PathBuf::from("tern-data").join("admin.token"),
+                    };
+                    (read_token(&path)?, path.display().to_string())
+                }
+            },
         };
         Ok(Api {
             host,
             authority,
             prefix: prefix.to_owned(),
             token,
+            token_source,
+            timeout: Duration::from_secs(args.timeout),
         })
     }
 
@@ -323,8 +393,25 @@ impl Api {
         bail!("{path}: more than {MAX_PAGES} pages")
     }
 
-    /// One request; the JSON answer (`null` for 204), or the API's error as an error.
+    /// One request, bounded by `--timeout` (connect, request and answer): the JSON answer
+    /// (`null` for 204), or the API's error as an error.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        match tokio::time::timeout(self.timeout, self.call_once(method, path, body)).await {
+            Ok(result) => result,
+            Err(_) => bail!(
+                "the admin API at {} did not answer within {} s",
+                self.authority,
+                self.timeout.as_secs()
+            ),
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("cannot connect to the admin API at {}", self.authority))?;
@@ -358,6 +445,12 @@ impl Api {
         }
         let value: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "the admin API refused the token (from {}) (401)",
+                self.token_source
+            );
+        }
         if !status.is_success() {
             let message = value["error"]
                 .as_str()
@@ -367,6 +460,25 @@ impl Api {
         }
         Ok(value)
     }
+}
+
+/// Where to reach a listener bound to `bind`: an unspecified address (0.0.0.0, ::) by its
+/// loopback.
+fn reachable(bind: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match bind.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, bind.port())
+}
+
+/// The token in `path`, checked as the broker checks it (long enough, printable).
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = tern_admin::Token::read(path).with_context(
+        || "no usable admin token (give --token-file FILE, TERN_ADMIN_TOKEN or --data-dir DIR)",
+    )?;
+    Ok(token.as_str().to_owned())
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -382,13 +494,41 @@ fn encode(text: &str) -> String {
     out
 }
 
-/// A JSON value as a table cell: strings bare, null as `-`.
+/// A JSON value as a table cell: strings bare, null as `-`; control characters escaped.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+        Value::String(text) => escape(text),
+        other => escape(&other.to_string()),
     }
+}
+
+/// `text` safe for a terminal: control characters (C0, DEL, C1) and the bidirectional
+/// overrides escaped (`\n`, `\e`, `\x7f`, `\u{202e}`), and the backslash doubled, so what an
+/// MQTT client chose as its id or payload cannot move the cursor, retitle the terminal or
+/// forge a row.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{1b}' => out.push_str("\\e"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An array of objects as aligned columns, headed by the keys.
@@ -432,7 +572,7 @@ fn fields(value: &Value) -> String {
     match value.as_object() {
         Some(object) => object
             .iter()
-            .map(|(key, value)| format!("{key}: {}", cell(value)))
+            .map(|(key, value)| format!("{}: {}", escape(key), cell(value)))
             .collect::<Vec<_>>()
             .join("\n"),
         None => cell(value),
@@ -447,6 +587,16 @@ mod tests {
     fn encodes_reserved_characters() {
         assert_eq!(encode("a b/c#+"), "a%20b%2Fc%23%2B");
         assert_eq!(encode("x\u{0}y"), "x%00y");
+    }
+
+    /// Review 13 #7: nothing a client chose reaches the terminal as a control character.
+    #[test]
+    fn escapes_control_characters() {
+        assert_eq!(
+            escape("evil\u{1b}[2J\nrow\t\u{7}\u{9b}\u{202e}\\"),
+            "evil\\e[2J\\nrow\\t\\x07\\u{9b}\\u{202e}\\\\"
+        );
+        assert_eq!(escape("plain/topic é"), "plain/topic é");
     }
 
     #[test]

@@ -98,6 +98,9 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = ServerConfig::from_file(file)?;
     tern_server::check_config(&config)
         .with_context(|| format!("{} cannot be used", file.display()))?;
+    for warning in config.admin.warnings() {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: ok ({} listener{})",
         file.display(),

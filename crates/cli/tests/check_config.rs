@@ -251,3 +251,59 @@ fn the_dist_unit_is_hardened() {
         );
     }
 }
+
+/// Review 13 #22: systemd itself accepts the unit (`systemd-analyze verify`, with the binary
+/// path pointed at the one built here); skipped, with a message, without systemd-analyze.
+#[test]
+fn the_dist_unit_verifies_with_systemd() {
+    let Some(analyze) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("systemd-analyze"))
+            .find(|candidate| candidate.is_file())
+    }) else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dist/tern.service"),
+    )
+    .unwrap()
+    .replace("/usr/local/bin/tern", env!("CARGO_BIN_EXE_tern"));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tern.service");
+    std::fs::write(&path, unit).unwrap();
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "systemd-analyze verify: {text}");
+    assert!(
+        !text.contains("tern.service:"),
+        "systemd-analyze verify: {text}"
+    );
+}
+
+/// Review 13 #6: an admin listener off loopback is accepted, with a warning on stderr that it
+/// speaks plain HTTP (and, without `metrics_auth`, that /metrics is open).
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about() {
+    let path = file(
+        "admin-open.toml",
+        "listen = [\"127.0.0.1:1883\"]\n[admin]\nbind = \"0.0.0.0:9883\"\n",
+    );
+    let (ok, text) = check(&path);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "warning: the admin listener on 0.0.0.0:9883 is not on loopback and speaks plain HTTP"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("metrics_auth = true"), "{text}");
+}

@@ -197,9 +197,10 @@ fn stats_config_reload_trace() {
     assert!(!fake.lock().clients["beta"].tracing);
 }
 
-/// The token from `--token-file`; a wrong token refused (401) with exit 1.
+/// The token from the data directory's admin.token (`--data-dir`); a wrong token refused
+/// (401) with exit 1 and a message that says the token was refused, and where it came from.
 #[test]
-fn token_file_and_wrong_token() {
+fn data_dir_token_and_wrong_token() {
     let fake = FakeBackend::sample();
     let addr = serve(&fake);
     let dir = std::env::temp_dir().join(format!("tern-ctl-{}", std::process::id()));
@@ -228,6 +229,212 @@ fn token_file_and_wrong_token() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("(401)"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the admin API refused the token (from --token) (401)"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `tern ctl --url http://ADDR ARGS` with `env` set and TERN_ADMIN_TOKEN otherwise unset.
+fn ctl_with(addr: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
+    command
+        .env_remove("TERN_ADMIN_TOKEN")
+        .args(["ctl", "--url", &format!("http://{addr}")])
+        .args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+/// Review 13 #9: the token from `--token-file` (read and checked as the broker does: an empty
+/// file is an error that says so, not a 401), and from TERN_ADMIN_TOKEN.
+#[test]
+fn token_file_and_environment() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let dir = std::env::temp_dir().join(format!("tern-ctl-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("my.token");
+    std::fs::write(&file, format!("  {TOKEN}\n")).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let output = ctl_with(addr, &[], &["--token-file", file_arg, "stats"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("connections: 2"));
+    // A wrong token in the file: the message names the file.
+    std::fs::write(&file, "wrong-token-wrong-token-wrong\n").unwrap();
+    let output = ctl_with(addr, &[], &["--token-file", file_arg, "stats"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refused the token (from ") && stderr.contains("my.token"),
+        "{stderr}"
+    );
+    // An empty file: said so, no request sent.
+    std::fs::write(&file, "").unwrap();
+    let output = ctl_with(addr, &[], &["--token-file", file_arg, "stats"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("too short (0 characters"), "{stderr}");
+    // The environment variable.
+    let output = ctl_with(addr, &[("TERN_ADMIN_TOKEN", TOKEN)], &["--json", "stats"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats["connections"], 2);
+    let output = ctl_with(
+        addr,
+        &[("TERN_ADMIN_TOKEN", "wrong-token-wrong-token-wrong")],
+        &["stats"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("(from TERN_ADMIN_TOKEN) (401)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Review 13 #7: a client id with an escape sequence and a newline reaches the table escaped:
+/// no ESC byte on the terminal, and one data row for it.
+#[test]
+fn control_characters_escaped_in_tables() {
+    let fake = FakeBackend::sample();
+    let evil = "evil\u{1b}[2J\nrow";
+    fake.lock().add_client(evil, &["a/b"]);
+    fake.lock()
+        .set_retained("t/evil", "x\u{1b}]0;owned\u{7}".as_bytes());
+    let addr = serve(&fake);
+    let table = ok(addr, &["clients"]);
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("evil")).count(),
+        1,
+        "{table}"
+    );
+    assert!(table.contains("evil\\e[2J\\nrow"), "{table}");
+    let detail = ok(addr, &["client", evil]);
+    assert!(!detail.contains('\u{1b}'), "{detail:?}");
+    let message = ok(addr, &["retained-get", "t/evil"]);
+    assert!(
+        !message.contains('\u{1b}') && !message.contains('\u{7}'),
+        "{message:?}"
+    );
+    assert!(message.contains("x\\e]0;owned\\x07"), "{message}");
+    // JSON stays exact.
+    let list = json(addr, &["clients"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_id"] == evil)
+    );
+}
+
+/// Review 13 #8: an API that accepts the connection but never answers (a full backlog, a
+/// stopped broker) makes `tern ctl` give up at --timeout with exit 1, not hang.
+#[test]
+fn gives_up_at_the_timeout() {
+    // Bound but never accepted: the kernel completes the handshake, nobody answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let started = std::time::Instant::now();
+    let output = ctl_with(addr, &[], &["--token", TOKEN, "--timeout", "1", "stats"]);
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the admin API at {addr} did not answer within 1 s"
+        )),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    drop(silent);
+}
+
+/// Review 13 #23: `publish --file` (text as it is, binary in base64), `--expiry`,
+/// `--content-type`.
+#[test]
+fn publish_from_a_file_with_properties() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let dir = std::env::temp_dir().join(format!("tern-ctl-pub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("text");
+    std::fs::write(&text, "line one\nline two\n").unwrap();
+    let binary = dir.join("binary");
+    std::fs::write(&binary, [0xffu8, 0x00, 0x01]).unwrap();
+    ok(
+        addr,
+        &[
+            "publish",
+            "a/text",
+            "-f",
+            text.to_str().unwrap(),
+            "--expiry",
+            "60",
+            "--content-type",
+            "text/plain",
+        ],
+    );
+    ok(
+        addr,
+        &["publish", "a/bin", "--file", binary.to_str().unwrap()],
+    );
+    let (success, _, stderr) = ctl(addr, &["publish", "a/none"]);
+    assert!(!success, "a publish without a message or a file is refused");
+    assert!(stderr.contains("<MESSAGE>"), "{stderr}");
+    let state = fake.lock();
+    let first = &state.published[0];
+    assert_eq!(first.payload.as_deref(), Some("line one\nline two\n"));
+    assert_eq!(first.message_expiry_s, Some(60));
+    assert_eq!(first.content_type.as_deref(), Some("text/plain"));
+    let second = &state.published[1];
+    assert_eq!(second.payload, None);
+    assert_eq!(second.payload_base64.as_deref(), Some("/wAB"));
+    drop(state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Review 13 #23: `--config FILE` takes the URL from `[admin] bind` and the token from the
+/// configuration's token file (relative to the file).
+#[test]
+fn url_and_token_from_the_broker_configuration() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let dir = std::env::temp_dir().join(format!("tern-ctl-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret.token"), format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("tern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:1883\"]\n[admin]\nbind = \"{addr}\"\ntoken_file = \"secret.token\"\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env_remove("TERN_ADMIN_TOKEN")
+        .args(["ctl", "--config"])
+        .arg(&config)
+        .args(["--json", "stats"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats["connections"], 2);
     let _ = std::fs::remove_dir_all(&dir);
 }

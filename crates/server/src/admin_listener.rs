@@ -34,11 +34,8 @@ impl AdminListener {
             return Ok(None);
         };
         let token = Token::load_or_generate(&config.admin.token_path(&config.data_dir))?;
-        if !addr.ip().is_loopback() && !config.admin.metrics_auth {
-            tracing::warn!(
-                %addr,
-                "the admin listener is not on loopback and /metrics needs no token: set [admin] metrics_auth = true unless the network is trusted"
-            );
+        for warning in config.admin.warnings() {
+            tracing::warn!("{warning}");
         }
         let failed = |source| ServerError::Bind {
             listener: "admin".to_owned(),
@@ -51,6 +48,9 @@ impl AdminListener {
             socket,
             options: AdminOptions {
                 metrics_auth: config.admin.metrics_auth,
+                max_body_bytes: AdminOptions::body_limit_for_packet_size(
+                    config.limits.max_packet_size,
+                ),
                 ..AdminOptions::new(token)
             },
         }))

@@ -154,10 +154,19 @@ async fn pending_backend_until_one_is_set() {
         },
         Duration::from_secs(2),
     ));
-    let client = tokio::net::TcpStream::connect(mqtt).await.unwrap();
+    // An MQTT 3.1.1 CONNECT (client id "c"), answered by a CONNACK: the connection is open.
+    let mut client = tokio::net::TcpStream::connect(mqtt).await.unwrap();
+    client
+        .write_all(b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01c")
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    client.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
     let (status, body) = http(addr, "GET", "/api/v1/stats", Some(&token)).await;
     assert_eq!(status, 200);
     assert!(body.contains("\"version\""), "{body}");
+    assert!(body.contains("\"connections\":1,"), "{body}");
     let (status, body) = http(addr, "GET", "/api/v1/clients", Some(&token)).await;
     assert_eq!(
         (status, body.as_str()),

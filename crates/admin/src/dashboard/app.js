@@ -11,6 +11,7 @@ const $ = (id) => document.getElementById(id);
 const points = { t: [], connections: [], rateIn: [], rateOut: [] };
 let previous = null; // the last stats, for rates
 let timer = null;
+let generation = 0; // bumped by every poll: only the latest schedules the next one
 
 function token() { return sessionStorage.getItem(KEY); }
 
@@ -20,6 +21,7 @@ function takeTokenFromFragment() {
   if (given) {
     sessionStorage.setItem(KEY, given);
     window.history.replaceState(null, "", location.pathname + location.search);
+    if (!location.hash) document.body.dataset.fragmentCleared = "true";
   }
 }
 
@@ -187,7 +189,7 @@ function niceCeiling(value) {
   return 10 * power;
 }
 
-function renderClients(clients) {
+function renderClients(clients, more, connections) {
   const body = $("clients").tBodies[0];
   body.replaceChildren();
   for (const c of clients) {
@@ -210,17 +212,28 @@ function renderClients(clients) {
     action.appendChild(kick);
     body.appendChild(row);
   }
-  text($("clients-count"), "(" + clients.length + ")");
+  text($("clients-count"), more
+    ? "(the first " + clients.length + " of " + connections + ")"
+    : "(" + clients.length + ")");
   $("clients-empty").hidden = clients.length !== 0;
 }
 
+// The id is shown as a JSON string: quoted, with newlines, other controls and the
+// bidirectional overrides escaped, so a client id cannot make the dialog say something else. (Ids "." and ".." cannot be kicked
+// from here, fetch normalises them as path segments: use `tern ctl kick`.)
 async function kickClient(id, button) {
-  if (!window.confirm("Disconnect " + id + "?")) return;
+  const shown = JSON.stringify(id).replace(/[\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+  if (!window.confirm("Disconnect the client " + shown + "?")) return;
   button.disabled = true;
   try {
     await api("/api/v1/clients/" + encodeURIComponent(id), { method: "DELETE" });
-    await poll(false);
-  } catch (error) { failed(error); }
+  } catch (error) {
+    button.disabled = false;
+    failed(error);
+    return;
+  }
+  await poll();
 }
 
 async function loadRetained() {
@@ -262,25 +275,30 @@ function failed(error) {
   text($("error"), String(error.message || error));
 }
 
-async function poll(again = true) {
+// Every poll schedules the next, unless a newer one started meanwhile (a kick polls at
+// once): one poll loop, never none, never two.
+async function poll() {
   clearTimeout(timer);
+  const mine = ++generation;
   try {
     const [stats, clients, ready] = await Promise.all([
       api("/api/v1/stats"),
       api("/api/v1/clients?limit=1000"),
       api("/api/v1/ready"),
     ]);
+    if (mine !== generation) return; // a newer poll is drawing
     renderStats(stats, Date.now());
-    renderClients(clients.items);
+    renderClients(clients.items, clients.next_after !== null && clients.next_after !== undefined, stats.connections);
     $("status").textContent = ready.ready ? "ready" : "not ready: " + ready.reasons.join(", ");
     $("status").className = "pill " + (ready.ready ? "ok" : "bad");
     text($("error"), "");
     document.body.dataset.loaded = "true";
   } catch (error) {
+    if (mine !== generation) return;
     failed(error);
     if (error instanceof Unauthorized) return;
   }
-  if (again) timer = setTimeout(poll, POLL_MS);
+  if (mine === generation) timer = setTimeout(poll, POLL_MS);
 }
 
 async function start() {

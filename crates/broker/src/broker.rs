@@ -169,7 +169,7 @@ pub struct Broker {
     config: BrokerConfig,
     sessions: Mutex<Registry>,
     subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
-    retained: RwLock<RetainedIndex>,
+    pub(crate) retained: RwLock<RetainedIndex>,
     /// Deadlines of offline sessions and delayed wills, earliest first. An entry goes when it
     /// fires, when the session resumes, or when the session ends (see [`TimerKey`]). Locked
     /// alone or last: no other lock is taken while it is held.
@@ -213,17 +213,17 @@ struct DeferredAuthSlot {
     result: Option<Result<Principal, ReasonCode>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -555,6 +555,15 @@ impl Broker {
         }
     }
 
+    /// Every session, online and offline, in no order (the registry is locked only to copy
+    /// the pointers out).
+    pub(crate) fn all_sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions)
+            .iter()
+            .map(|registered| registered.0.clone())
+            .collect()
+    }
+
     /// Number of sessions, online and offline.
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
@@ -735,12 +744,15 @@ impl Broker {
             }
             seq = seq.max(pushed.seq);
             match pushed.outcome {
-                Enqueued::Queued => Metrics::bump(&self.metrics.messages_queued),
+                Enqueued::Queued => self.metrics.bump(crate::metrics::Counter::MessagesQueued),
                 Enqueued::QueuedDroppingOldest => {
-                    Metrics::bump(&self.metrics.messages_queued);
-                    Metrics::bump(&self.metrics.messages_dropped_queue_full);
+                    self.metrics.bump(crate::metrics::Counter::MessagesQueued);
+                    self.metrics
+                        .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
                 }
-                Enqueued::Discarded => Metrics::bump(&self.metrics.messages_dropped_offline_qos0),
+                Enqueued::Discarded => self
+                    .metrics
+                    .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),
             }
         }
         // The body's router reference goes once every delivery is placed.
@@ -1393,7 +1405,7 @@ impl Broker {
             && !self.authorizer().may_publish(&principal, &message.topic)
         {
             tracing::debug!(client_id = %principal.client_id, "will not published: not authorized");
-            Metrics::bump(&self.metrics.messages_refused);
+            self.metrics.bump(crate::metrics::Counter::MessagesRefused);
             return;
         }
         self.publish_will(message, now);
@@ -1401,7 +1413,7 @@ impl Broker {
 
     /// Publishes a will (authorisation checked by the caller).
     pub(crate) fn publish_will(&self, will: Arc<Message>, now: Instant) {
-        Metrics::bump(&self.metrics.wills_published);
+        self.metrics.bump(crate::metrics::Counter::WillsPublished);
         let message = Arc::unwrap_or_clone(will);
         self.publish(message, now);
     }
@@ -1449,7 +1461,7 @@ impl Broker {
                         !state.ended && state.owner.is_none() && state.expires_at == Some(at)
                     };
                     if due {
-                        Metrics::bump(&self.metrics.sessions_expired);
+                        self.metrics.bump(crate::metrics::Counter::SessionsExpired);
                         self.end_session(&session, now);
                     }
                 }

@@ -16,7 +16,6 @@ use crate::hooks::{
     Principal,
 };
 use crate::message::Message;
-use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::types::{Seq, SessionExpiry};
 
@@ -403,6 +402,13 @@ impl Connection {
         let judge_below = {
             let mut state = attached.session.lock();
             state.principal = Some(client.clone());
+            state.kicked = false;
+            state.connection = Some(Box::new(crate::admin::ConnectionFacts {
+                protocol: version,
+                connected_at: now,
+                keep_alive,
+                clean_start: connect.clean_start,
+            }));
             // What waits was routed for the session's last client (or, restored from the
             // store, for a client nobody has authenticated since): this one gets only what it
             // may read.
@@ -460,7 +466,9 @@ impl Connection {
             properties,
         };
         self.send(Packet::ConnAck(connack), barrier);
-        Metrics::bump(&broker.metrics().connections_accepted);
+        broker
+            .metrics()
+            .bump(crate::metrics::Counter::ConnectionsAccepted);
 
         let props = &connect.properties;
         let receive_maximum = props.receive_maximum.unwrap_or(u16::MAX);

@@ -323,10 +323,15 @@ impl Broker {
         crate::broker::read(&self.retained).get(topic).cloned()
     }
 
-    /// The number of retained messages and the bytes of their payloads.
+    /// The number of retained messages and the bytes of their payloads, the broker's own
+    /// (`$SYS`) left out.
     pub fn retained_totals(&self) -> (usize, usize) {
         let retained = crate::broker::read(&self.retained);
-        (retained.len(), retained.payload_bytes())
+        let (count, bytes) = *crate::broker::lock(&self.system_retained);
+        (
+            retained.len().saturating_sub(count),
+            retained.payload_bytes().saturating_sub(bytes),
+        )
     }
 
     /// Clears the retained message of `topic` (and from the store). False when there was none.
@@ -348,11 +353,18 @@ impl Broker {
         message.publisher = None;
         if message.retain {
             let mut retained = write(&self.retained);
-            if message.payload.is_empty() {
-                retained.remove(&message.topic);
+            let (old, new) = if message.payload.is_empty() {
+                (retained.remove(&message.topic), None)
             } else {
-                retained.insert(Arc::new(message.compacted()));
-            }
+                let new = Arc::new(message.compacted());
+                (retained.insert(new.clone()), Some(new))
+            };
+            let mut system = crate::broker::lock(&self.system_retained);
+            let size =
+                |m: &Option<Arc<Message>>| m.as_ref().map_or((0, 0), |m| (1, m.payload.len()));
+            let ((old_count, old_bytes), (new_count, new_bytes)) = (size(&old), size(&new));
+            system.0 = (system.0 + new_count).saturating_sub(old_count);
+            system.1 = (system.1 + new_bytes).saturating_sub(old_bytes);
         }
         // QoS 0: no body to store, no acknowledgement to hold.
         message.qos = tern_codec::QoS::AtMostOnce;

@@ -170,6 +170,9 @@ pub struct Broker {
     sessions: Mutex<Registry>,
     subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
     pub(crate) retained: RwLock<RetainedIndex>,
+    /// How many of the retained messages are the broker's own (`$SYS`), and their payload
+    /// bytes: changed under the retained lock; left out of the limits and the figures.
+    pub(crate) system_retained: Mutex<(usize, usize)>,
     /// Deadlines of offline sessions and delayed wills, earliest first. An entry goes when it
     /// fires, when the session resumes, or when the session ends (see [`TimerKey`]). Locked
     /// alone or last: no other lock is taken while it is held.
@@ -253,6 +256,7 @@ impl Broker {
             sessions: Mutex::new(Registry::with_capacity(INITIAL_CLIENTS)),
             subscriptions: RwLock::new(SubscriptionIndex::default()),
             retained: RwLock::new(RetainedIndex::default()),
+            system_retained: Mutex::new((0, 0)),
             timers: Mutex::new(BTreeMap::new()),
             hooks,
             persistence,
@@ -807,11 +811,14 @@ impl Broker {
             return true;
         }
         let retained = read(&self.retained);
+        let (system_count, system_bytes) = *lock(&self.system_retained);
         let existing = retained.get(topic);
-        let count_ok = count_limit == 0 || retained.len() < count_limit || existing.is_some();
+        let count = retained.len().saturating_sub(system_count);
+        let count_ok = count_limit == 0 || count < count_limit || existing.is_some();
         let replaced = existing.map_or(0, |message| message.payload.len());
+        let bytes = retained.payload_bytes().saturating_sub(system_bytes);
         let bytes_ok =
-            bytes_limit == 0 || retained.payload_bytes() - replaced + payload_len <= bytes_limit;
+            bytes_limit == 0 || bytes.saturating_sub(replaced) + payload_len <= bytes_limit;
         count_ok && bytes_ok
     }
 

@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG` directive).
     pub log_level: String,
+    /// How log lines are written: `text` (human) or `json` (one object a line).
+    pub log_format: LogFormat,
+    /// Seconds between two publications of the `$SYS/broker/...` topics; 0 turns them off.
+    pub sys_interval: u64,
     /// Directory of the store (persistent sessions, queued and in-flight messages, retained
     /// messages). Unused with `durability = "memory"`.
     pub data_dir: PathBuf,
@@ -51,6 +55,18 @@ pub struct ServerConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub store_tuning: StoreTuning,
+    /// The file this configuration was read from (`from_file`), read again by a reload.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// The shape of log lines (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The store's bound on changes waiting for a commit, and a delay before each commit (a slow
@@ -162,6 +178,8 @@ impl Default for ServerConfig {
             listeners: Vec::new(),
             workers: 0,
             log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            sys_interval: 10,
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::default(),
             min_free_disk: DiskReserve::DEFAULT,
@@ -170,6 +188,7 @@ impl Default for ServerConfig {
             mqtt: MqttOptions::default(),
             auth: AuthConfig::default(),
             store_tuning: StoreTuning::default(),
+            config_file: None,
         }
     }
 }
@@ -302,6 +321,7 @@ impl ServerConfig {
             },
             other => other,
         })?;
+        config.config_file = Some(path.to_path_buf());
         Ok(config)
     }
 

@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tern_broker::{Broker, Connection, TransportIdentity, Wakeup};
-use tern_codec::Packet;
+use tern_broker::{Broker, CloseReason, Connection, Counter, TransportIdentity, Wakeup};
+use tern_codec::{Packet, ReasonCode};
 use tokio::time::Instant;
 
 use crate::transport::Transport;
@@ -161,6 +161,7 @@ fn run_connection<T: Transport + 'static>(
             if !announced && conn.is_connected() {
                 announced = true;
                 tracing::info!(
+                    event = "connect",
                     client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
                     peer = %OptionalPeer(conn.peer()),
                     protocol = %conn.protocol_version(),
@@ -222,7 +223,12 @@ fn run_connection<T: Transport + 'static>(
             })
             .await;
             match event {
-                Event::Written(Ok(n)) if n > 0 => wbuf.advance(n),
+                Event::Written(Ok(n)) if n > 0 => {
+                    wbuf.advance(n);
+                    conn.broker()
+                        .metrics()
+                        .add(Counter::NetworkBytesSent, n as u64);
+                }
                 Event::Written(_) => {
                     conn.handle_transport_closed(Instant::now().into_std());
                     break;
@@ -231,7 +237,12 @@ fn run_connection<T: Transport + 'static>(
                     let now = Instant::now().into_std();
                     match read {
                         Ok(0) | Err(_) => conn.handle_transport_closed(now),
-                        Ok(_) => decode_all(&mut conn, &mut rbuf, now),
+                        Ok(n) => {
+                            conn.broker()
+                                .metrics()
+                                .add(Counter::NetworkBytesReceived, n as u64);
+                            decode_all(&mut conn, &mut rbuf, now)
+                        }
                     }
                 }
                 Event::Woken => {}
@@ -260,10 +271,24 @@ fn log_close(conn: &Connection, announced: bool) {
         .map_or_else(|| "connection lost".to_owned(), ToString::to_string);
     if announced {
         tracing::info!(
+            event = "disconnect",
             client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
             peer = %peer,
             %reason,
             "client disconnected"
+        );
+    } else if let Some(CloseReason::ConnectRefused(
+        code @ (ReasonCode::BadUserNameOrPassword
+        | ReasonCode::NotAuthorized
+        | ReasonCode::BadAuthenticationMethod),
+    )) = conn.close_reason()
+    {
+        tracing::warn!(
+            event = "auth_failure",
+            peer = %peer,
+            code = code.as_u8(),
+            %reason,
+            "authentication failed"
         );
     } else {
         tracing::debug!(peer = %peer, %reason, "connection closed before CONNECT was accepted");

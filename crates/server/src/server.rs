@@ -149,6 +149,8 @@ pub struct Server {
     count: Arc<ConnectionCount>,
     /// The password and ACL files of `[auth]` and the listeners' `auth`, if any.
     auth: Option<FileAuth>,
+    /// The admin backend, made at the first ask (see [`Server::admin_backend`]).
+    admin: std::sync::OnceLock<Arc<crate::admin_backend::ServerBackend>>,
 }
 
 impl Server {
@@ -237,6 +239,7 @@ impl Server {
             store,
             count: Arc::new(ConnectionCount::new(authenticator)),
             auth: None,
+            admin: std::sync::OnceLock::new(),
         })
     }
 
@@ -292,6 +295,50 @@ impl Server {
         self.tls_reloader().reload()
     }
 
+    /// The admin API's backend over this server (hand it to the admin listener): queries,
+    /// kick, retained messages, publish, metrics, configuration and reload. One per server:
+    /// every call returns the same, which the `$SYS` task and SIGHUP's reload share.
+    pub fn admin_backend(&self) -> Arc<dyn tern_admin::AdminBackend> {
+        self.backend()
+    }
+
+    /// Reads the configuration file and the files it names again (as `POST /api/v1/reload`),
+    /// logs and returns the report; SIGHUP calls it.
+    pub fn config_reloader(&self) -> ConfigReloader {
+        ConfigReloader(self.backend())
+    }
+
+    fn backend(&self) -> Arc<crate::admin_backend::ServerBackend> {
+        self.admin
+            .get_or_init(|| {
+                let certificates = self
+                    .config
+                    .listeners
+                    .iter()
+                    .filter_map(|l| Some((l.name.clone(), l.tls.as_ref()?.cert.clone())))
+                    .collect();
+                let file_values = self
+                    .config
+                    .config_file
+                    .as_deref()
+                    .map_or(serde_json::Value::Null, crate::admin_backend::file_values);
+                Arc::new(crate::admin_backend::ServerBackend {
+                    source: crate::metrics::MetricsSource {
+                        broker: self.broker.clone(),
+                        store: self.store.clone(),
+                        open: self.open_connections(),
+                        started: std::time::Instant::now(),
+                        certificates,
+                    },
+                    tls: self.tls_reloader(),
+                    auth: self.auth_reloader(),
+                    running: std::sync::Mutex::new(self.config.clone()),
+                    file_values: std::sync::Mutex::new(file_values),
+                })
+            })
+            .clone()
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
@@ -321,6 +368,10 @@ impl Server {
         // Certificates are read again when their files change (every 2 s).
         let reloader = self.tls_reloader();
         let auth_reloader = self.auth_reloader();
+        let sys = (self.config.sys_interval > 0).then(|| {
+            let interval = Duration::from_secs(self.config.sys_interval);
+            (self.backend().source.clone(), interval)
+        });
         let mut threads = Vec::with_capacity(self.listeners.len());
         for (index, listeners) in self.listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -338,6 +389,9 @@ impl Server {
             threads.push(thread);
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
+        if let Some((source, interval)) = sys {
+            tokio::spawn(crate::sys_topics::run(source, interval, stop_rx.clone()));
+        }
         tokio::spawn(crate::tls::watch_files(reloader, stop_rx.clone()));
         tokio::spawn(watch_auth_files(auth_reloader, stop_rx.clone()));
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
@@ -366,6 +420,17 @@ impl Server {
             tracing::error!(%error, "the store did not close cleanly");
         }
         Ok(())
+    }
+}
+
+/// Reloads the configuration file and what it names (see [`Server::config_reloader`]).
+#[derive(Clone)]
+pub struct ConfigReloader(Arc<crate::admin_backend::ServerBackend>);
+
+impl ConfigReloader {
+    pub async fn reload(&self) -> tern_admin::ReloadReport {
+        use tern_admin::AdminBackend;
+        self.0.reload().await
     }
 }
 

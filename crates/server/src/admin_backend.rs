@@ -423,6 +423,8 @@ pub(crate) struct Reload {
     pub(crate) running: ServerConfig,
     pub(crate) tls: TlsReloader,
     pub(crate) auth: AuthReloader,
+    /// Whether any listener has a certificate to read again.
+    pub(crate) has_tls: bool,
 }
 
 impl ServerBackend {
@@ -433,6 +435,7 @@ impl ServerBackend {
             running,
             tls: self.tls.clone(),
             auth: self.auth.clone(),
+            has_tls: !self.source.certificates.is_empty(),
         }
     }
 }
@@ -463,7 +466,8 @@ impl Reload {
             ));
         }
         match self.tls.reload() {
-            Ok(()) => report.applied.push("certificates".to_owned()),
+            Ok(()) if self.has_tls => report.applied.push("certificates".to_owned()),
+            Ok(()) => {}
             Err(error) => report.errors.push(error.to_string()),
         }
         let Some(mut new) = new else {

@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tern_broker::{Broker, CloseReason, Connection, Counter, TransportIdentity, Wakeup};
-use tern_codec::{Packet, ReasonCode};
+use tern_broker::{Broker, Connection, Counter, TransportIdentity, Wakeup};
+use tern_codec::Packet;
 use tokio::time::Instant;
 
 use crate::transport::Transport;
@@ -276,19 +276,6 @@ fn log_close(conn: &Connection, announced: bool) {
             peer = %peer,
             %reason,
             "client disconnected"
-        );
-    } else if let Some(CloseReason::ConnectRefused(
-        code @ (ReasonCode::BadUserNameOrPassword
-        | ReasonCode::NotAuthorized
-        | ReasonCode::BadAuthenticationMethod),
-    )) = conn.close_reason()
-    {
-        tracing::warn!(
-            event = "auth_failure",
-            peer = %peer,
-            code = code.as_u8(),
-            %reason,
-            "authentication failed"
         );
     } else {
         tracing::debug!(peer = %peer, %reason, "connection closed before CONNECT was accepted");

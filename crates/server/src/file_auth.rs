@@ -603,6 +603,7 @@ impl Inner {
 
 fn log_failure(credentials: &Credentials<'_>, reason: &str) {
     tracing::info!(
+        event = "auth_failure",
         client_id = credentials.client_id,
         username = credentials.username.unwrap_or(""),
         peer = %credentials.peer.map_or_else(String::new, |peer| peer.to_string()),

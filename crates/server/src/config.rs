@@ -498,6 +498,22 @@ mod tests {
         assert!(ServerConfig::from_toml("min_free_disk = 5").is_err());
     }
 
+    /// Issue 13: `log_format = "text" | "json"` and `sys_interval` (default 10, 0 = off).
+    #[test]
+    fn log_format_and_sys_interval_are_read() {
+        let defaults = ServerConfig::default();
+        assert_eq!(
+            (defaults.log_format, defaults.sys_interval),
+            (LogFormat::Text, 10)
+        );
+        let config = ServerConfig::from_toml("log_format = \"json\"\nsys_interval = 0").unwrap();
+        assert_eq!(
+            (config.log_format, config.sys_interval),
+            (LogFormat::Json, 0)
+        );
+        assert!(ServerConfig::from_toml("log_format = \"xml\"").is_err());
+    }
+
     #[test]
     fn an_invalid_value_is_reported_with_its_line() {
         let text = "workers = 1\nunstored_grace_ms = 5000\n";

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tern_codec::{MqttStr, ProtocolVersion};
@@ -114,7 +115,81 @@ fn report(session: &Session) -> Option<SessionReport> {
     })
 }
 
+/// The limits a reload may change while the broker runs: policies of the broker's own that
+/// no client was told of (the others are announced at CONNACK, or sized at start, and need a
+/// restart). 0 means no limit, as in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeLimits {
+    pub max_queued_messages: usize,
+    pub max_subscriptions_per_session: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+}
+
+/// [`RuntimeLimits`] as the broker reads them (relaxed loads: a reload reaches each
+/// connection at its next use, in no particular order, which no limit depends on).
+#[derive(Debug)]
+pub(crate) struct LiveLimits {
+    max_queued_messages: AtomicUsize,
+    max_subscriptions_per_session: AtomicUsize,
+    max_retained_messages: AtomicUsize,
+    max_retained_bytes: AtomicUsize,
+}
+
+impl LiveLimits {
+    pub(crate) fn new(config: &crate::BrokerConfig) -> LiveLimits {
+        LiveLimits {
+            max_queued_messages: AtomicUsize::new(config.max_queued_messages),
+            max_subscriptions_per_session: AtomicUsize::new(config.max_subscriptions_per_session),
+            max_retained_messages: AtomicUsize::new(config.max_retained_messages),
+            max_retained_bytes: AtomicUsize::new(config.max_retained_bytes),
+        }
+    }
+
+    pub(crate) fn max_queued_messages(&self) -> usize {
+        self.max_queued_messages.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn max_subscriptions_per_session(&self) -> usize {
+        self.max_subscriptions_per_session.load(Ordering::Relaxed)
+    }
+
+    /// The limits on retained messages: count and payload bytes.
+    pub(crate) fn retained(&self) -> (usize, usize) {
+        (
+            self.max_retained_messages.load(Ordering::Relaxed),
+            self.max_retained_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 impl Broker {
+    /// The limits in force that a reload may change.
+    pub fn runtime_limits(&self) -> RuntimeLimits {
+        let live = &self.live_limits;
+        let (max_retained_messages, max_retained_bytes) = live.retained();
+        RuntimeLimits {
+            max_queued_messages: live.max_queued_messages(),
+            max_subscriptions_per_session: live.max_subscriptions_per_session(),
+            max_retained_messages,
+            max_retained_bytes,
+        }
+    }
+
+    /// Changes the limits of [`RuntimeLimits`] (a reload): what is already queued, subscribed
+    /// or retained stays; the new limits apply from the next message or subscription on.
+    pub fn set_runtime_limits(&self, limits: RuntimeLimits) {
+        let live = &self.live_limits;
+        let store = |cell: &AtomicUsize, value| cell.store(value, Ordering::Relaxed);
+        store(&live.max_queued_messages, limits.max_queued_messages);
+        store(
+            &live.max_subscriptions_per_session,
+            limits.max_subscriptions_per_session,
+        );
+        store(&live.max_retained_messages, limits.max_retained_messages);
+        store(&live.max_retained_bytes, limits.max_retained_bytes);
+    }
+
     /// Sessions whose client id sorts after `after`, by client id, at most `limit`; only the
     /// connected ones with `connected_only`. Costs a walk of the registry's pointers (no
     /// order is kept for this rare query), and the lock of each session selected.

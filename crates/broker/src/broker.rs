@@ -173,6 +173,9 @@ pub struct Broker {
     /// How many of the retained messages are the broker's own (`$SYS`), and their payload
     /// bytes: changed under the retained lock; left out of the limits and the figures.
     pub(crate) system_retained: Mutex<(usize, usize)>,
+    /// The limits a reload changes while the broker runs (see [`crate::RuntimeLimits`]); they
+    /// start as `config`'s and are read from here, not from `config`.
+    pub(crate) live_limits: crate::admin::LiveLimits,
     /// Deadlines of offline sessions and delayed wills, earliest first. An entry goes when it
     /// fires, when the session resumes, or when the session ends (see [`TimerKey`]). Locked
     /// alone or last: no other lock is taken while it is held.
@@ -248,6 +251,7 @@ impl Broker {
         persistence: Option<Arc<dyn Persistence>>,
     ) -> Arc<Broker> {
         let authorizer = RwLock::new(hooks.authorizer.clone());
+        let live_limits = crate::admin::LiveLimits::new(&config);
         Arc::new(Broker {
             sweeper: Sweeper::new(config.unstored_grace),
             config,
@@ -257,6 +261,7 @@ impl Broker {
             subscriptions: RwLock::new(SubscriptionIndex::default()),
             retained: RwLock::new(RetainedIndex::default()),
             system_retained: Mutex::new((0, 0)),
+            live_limits,
             timers: Mutex::new(BTreeMap::new()),
             hooks,
             persistence,
@@ -737,7 +742,7 @@ impl Broker {
             reached += 1;
             let pushed = first.session.enqueue(
                 delivery,
-                self.config.max_queued_messages,
+                self.live_limits.max_queued_messages(),
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body,
@@ -803,10 +808,7 @@ impl Broker {
     /// number of retained topics (a topic that already has one always does) and on the bytes
     /// of all retained payloads (counting the replaced one out).
     pub(crate) fn retained_quota_allows(&self, topic: &str, payload_len: usize) -> bool {
-        let (count_limit, bytes_limit) = (
-            self.config.max_retained_messages,
-            self.config.max_retained_bytes,
-        );
+        let (count_limit, bytes_limit) = self.live_limits.retained();
         if count_limit == 0 && bytes_limit == 0 {
             return true;
         }
@@ -825,7 +827,7 @@ impl Broker {
     /// Whether `session` may add a subscription to `filter` within its limit (replacing one
     /// always may).
     pub(crate) fn subscription_quota_allows(&self, session: &Session, filter: &str) -> bool {
-        let limit = self.config.max_subscriptions_per_session;
+        let limit = self.live_limits.max_subscriptions_per_session();
         if limit == 0 {
             return true;
         }
@@ -926,7 +928,7 @@ impl Broker {
             };
             target.session.enqueue(
                 handed,
-                self.config.max_queued_messages,
+                self.live_limits.max_queued_messages(),
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body,

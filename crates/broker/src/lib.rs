@@ -31,7 +31,9 @@ pub mod subscriptions;
 mod types;
 mod unstored;
 
-pub use admin::{ClientConnection, QUEUE_DEPTH_BUCKETS, SessionReport, SessionTotals};
+pub use admin::{
+    ClientConnection, QUEUE_DEPTH_BUCKETS, RuntimeLimits, SessionReport, SessionTotals,
+};
 pub use broker::{Broker, RecheckSummary};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};

@@ -444,6 +444,7 @@ pub(crate) struct Reload {
     pub(crate) auth: AuthReloader,
     /// Whether any listener has a certificate to read again.
     pub(crate) has_tls: bool,
+    pub(crate) broker: Arc<tern_broker::Broker>,
 }
 
 impl ServerBackend {
@@ -455,6 +456,7 @@ impl ServerBackend {
             tls: self.tls.clone(),
             auth: self.auth.clone(),
             has_tls: !self.source.certificates.is_empty(),
+            broker: self.source.broker.clone(),
         }
     }
 }
@@ -505,15 +507,46 @@ impl Reload {
                 None => report.needs_restart.push("log_level".to_owned()),
             }
         }
+        let mut running = old.clone();
+        self.apply_limits(old, &new, &mut running, &mut report);
         report.needs_restart.extend(restart_keys(old, &new));
         // What needs a restart stays as it runs.
-        let mut running = old.clone();
         running.log_level = new.log_level;
         (report, Some(running), values)
     }
 }
 
-/// The keys whose change only a restart applies.
+impl Reload {
+    /// Applies the limits the broker can change while it runs (see `RuntimeLimits`).
+    fn apply_limits(
+        &self,
+        old: &ServerConfig,
+        new: &ServerConfig,
+        running: &mut ServerConfig,
+        report: &mut ReloadReport,
+    ) {
+        let mut limits = self.broker.runtime_limits();
+        macro_rules! apply {
+            ($($field:ident),*) => {
+                $(if old.limits.$field != new.limits.$field {
+                    limits.$field = new.limits.$field;
+                    running.limits.$field = new.limits.$field;
+                    report.applied.push(concat!("limits.", stringify!($field)).to_owned());
+                })*
+            };
+        }
+        apply!(
+            max_queued_messages,
+            max_subscriptions_per_session,
+            max_retained_messages,
+            max_retained_bytes
+        );
+        self.broker.set_runtime_limits(limits);
+    }
+}
+
+/// The keys whose change only a restart applies (`max_connections`: the descriptor table is
+/// sized for it at start; the others are announced to clients at CONNACK or read at start).
 fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     let mut keys = Vec::new();
     macro_rules! compare {
@@ -548,16 +581,12 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
             max_connections,
             max_packet_size,
             max_inflight,
-            max_queued_messages,
             max_topic_length,
             max_topic_levels,
             connect_timeout,
             receive_maximum,
             topic_alias_maximum,
-            max_keep_alive,
-            max_subscriptions_per_session,
-            max_retained_messages,
-            max_retained_bytes
+            max_keep_alive
         ]
     );
     // The files `[auth]` names are read again; which files, and the other auth settings,

@@ -371,11 +371,43 @@ async fn reload_reports_what_needs_a_restart() {
     );
     std::fs::write(
         &path,
-        "listen = [\"127.0.0.1:0\"]\ndurability = \"memory\"\n[limits]\nmax_inflight = 20\n",
+        "listen = [\"127.0.0.1:0\"]\ndurability = \"memory\"\n[limits]\nmax_inflight = 20\nmax_retained_messages = 1\n",
     )
     .unwrap();
     let report = broker.backend.reload().await;
     assert_eq!(report.needs_restart, ["limits.max_inflight"], "{report:?}");
+    assert!(
+        report
+            .applied
+            .contains(&"limits.max_retained_messages".to_owned()),
+        "{report:?}"
+    );
+    // The new retained limit is in force: a second retained topic is refused.
+    let publisher = Client::simple(broker.addr, "limited").await;
+    publisher
+        .publish("r/1", rumqttc::QoS::AtMostOnce, true, b"a".to_vec())
+        .await;
+    publisher
+        .publish("r/2", rumqttc::QoS::AtMostOnce, true, b"b".to_vec())
+        .await;
+    wait_until("the first retained message is kept", || {
+        broker.backend.retained_message("r/1").is_some()
+    })
+    .await;
+    publisher
+        .publish("r/1", rumqttc::QoS::AtMostOnce, true, b"c".to_vec())
+        .await;
+    wait_until("r/1 replaced", || {
+        broker
+            .backend
+            .retained_message("r/1")
+            .is_some_and(|m| m.payload.as_deref() == Some("c"))
+    })
+    .await;
+    assert!(
+        broker.backend.retained_message("r/2").is_none(),
+        "over the reloaded limit"
+    );
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(
         broker.backend.config()["values"]["limits"]["max_inflight"],

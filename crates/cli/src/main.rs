@@ -161,7 +161,9 @@ async fn reload_on_sighup(
         return;
     };
     while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the configuration");
+        tracing::info!(
+            "SIGHUP: reloading TLS certificates, password and ACL files, and the configuration"
+        );
         reloader.reload().await;
     }
 }

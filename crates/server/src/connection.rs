@@ -160,11 +160,13 @@ fn run_connection<T: Transport + 'static>(
             }
             if !announced && conn.is_connected() {
                 announced = true;
+                // The fields' order is part of the line's shape (tests and log parsers match
+                // `client connected client_id=...`): new fields go last.
                 tracing::info!(
-                    event = "connect",
                     client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
                     peer = %OptionalPeer(conn.peer()),
                     protocol = %conn.protocol_version(),
+                    event = "connect",
                     "client connected"
                 );
             }
@@ -271,10 +273,10 @@ fn log_close(conn: &Connection, announced: bool) {
         .map_or_else(|| "connection lost".to_owned(), ToString::to_string);
     if announced {
         tracing::info!(
-            event = "disconnect",
             client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
             peer = %peer,
             %reason,
+            event = "disconnect",
             "client disconnected"
         );
     } else {

@@ -603,7 +603,6 @@ impl Inner {
 
 fn log_failure(credentials: &Credentials<'_>, reason: &str) {
     tracing::info!(
-        event = "auth_failure",
         client_id = credentials.client_id,
         username = credentials.username.unwrap_or(""),
         peer = %credentials.peer.map_or_else(String::new, |peer| peer.to_string()),
@@ -612,6 +611,7 @@ fn log_failure(credentials: &Credentials<'_>, reason: &str) {
             .and_then(|t| t.listener.as_deref())
             .unwrap_or(""),
         reason,
+        event = "auth_failure",
         "auth failed"
     );
 }

@@ -89,8 +89,7 @@ def test_ctl_against_a_running_broker(broker, paho, unique):
     listed = ctl(url, broker, "--json", "clients")
     assert listed.returncode == 0, listed.stderr
     ids = {c["client_id"] for c in json.loads(listed.stdout)}
-    # With the broker's backend (issue 13, Part OBSERVE) the clients are listed by id.
-    assert ids in (set(), {f"{unique}-a", f"{unique}-b"})
+    assert ids == {f"{unique}-a", f"{unique}-b"}
     refused = subprocess.run(
         [str(tern_bin()), "ctl", "--url", url, "--token", "x" * 32, "stats"],
         capture_output=True, text=True, timeout=10,
@@ -130,9 +129,9 @@ def test_dashboard_shows_the_clients(broker, paho, unique, tmp_path):
     assert "<dd id=\"store-state\">accepting</dd>" in dom, dom
     status, _, body = http(url + "/api/v1/clients", token=token)
     listed = {c["client_id"] for c in json.loads(body)["items"]}
-    if listed:  # the broker's backend (Part OBSERVE): every connected client is on the page
-        for client_id in ids:
-            assert f'data-client-id="{client_id}"' in dom, client_id
+    assert listed == set(ids), listed
+    for client_id in ids:
+        assert f'data-client-id="{client_id}"' in dom, client_id
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)

@@ -167,7 +167,8 @@ def test_dollar_topics_not_matched_by_wildcards__MQTT_4_7_2_1(broker, paho, prot
     """[MQTT-4.7.2-1] filters starting with a wildcard do not match topics starting with `$`;
     and a client's PUBLISH to `$SYS/...` (reserved for the server) is not forwarded to anyone,
     not even to a `$SYS/#` subscriber, while the publisher's connection stays usable.
-    Tern publishes no `$SYS` topics itself, so the `$` messages here are the clients' ones."""
+    Tern's own `$SYS/broker/...` topics (issue 13) reach the `$SYS/#` subscriber; the clients'
+    `$` messages reach no one."""
     everything = paho(f"{unique}-a", protocol)
     everything.connect()
     assert everything.subscribe([("#", 1), ("+/x", 1), ("+/+/#", 1)]) == [1, 1, 1]
@@ -181,7 +182,9 @@ def test_dollar_topics_not_matched_by_wildcards__MQTT_4_7_2_1(broker, paho, prot
     pub.publish("$x/x", b"dollar", qos=2)
     pub.publish("m/x", b"end", qos=2)  # the publisher is still connected and forwarded
     assert everything.wait_marker("m/x", b"end") == []
-    assert sys_sub.wait_marker("m/x", b"end") == []
+    clients = [b"sys", b"sys2", b"dollar"]
+    got = sys_sub.wait_marker("m/x", b"end")
+    assert [m for m in got if m.payload in clients or not m.topic.startswith("$SYS/broker/")] == []
 
 
 # --- retained messages ----------------------------------------------------------------------

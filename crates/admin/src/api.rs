@@ -156,6 +156,9 @@ pub struct SessionSummary {
 }
 
 /// Which subscriptions to list: every one, a client's, or those whose filter is `filter`.
+/// Listed by client id, then filter; a page's `after` is the last entry's client id and filter
+/// joined by a NUL (`"client\0filter"`: neither may contain one, [MQTT-1.5.4-2]), in both
+/// modes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionQuery {
     pub client_id: Option<String>,
@@ -279,7 +282,7 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn publish(&self, request: PublishRequest) -> Result<(), AdminError>;
     /// Turns per-client debug tracing on or off; false when the client is not connected.
     fn set_client_tracing(&self, client_id: &str, on: bool) -> bool;
-    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    /// Every metric in the OpenMetrics 1.0 text format (what Prometheus scrapes).
     fn metrics_text(&self) -> String;
     /// The running configuration, secrets (passwords, keys, tokens) replaced by "<redacted>".
     fn config(&self) -> serde_json::Value;

@@ -394,13 +394,13 @@ fn audit(action: &str, target: &str, peer: Peer) {
     );
 }
 
-/// Prometheus text exposition, format 0.0.4.
+/// The metrics in the OpenMetrics 1.0 text format (which Prometheus scrapes).
 pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let text = off_loop(&state.backend, |b| b.metrics_text()).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )

@@ -165,7 +165,7 @@ async fn bearer_scheme_case_insensitive() {
 }
 
 /// Issue 13 `[admin] metrics_auth`: /metrics is public by default, needs the token when true;
-/// its content type is Prometheus text 0.0.4.
+/// its content type is OpenMetrics 1.0 text.
 #[tokio::test]
 async fn metrics_with_and_without_auth() {
     let fake = FakeBackend::sample();
@@ -174,7 +174,7 @@ async fn metrics_with_and_without_auth() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(
         answer.headers[header::CONTENT_TYPE],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     assert!(
         String::from_utf8(answer.body)

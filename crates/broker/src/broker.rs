@@ -169,7 +169,13 @@ pub struct Broker {
     config: BrokerConfig,
     sessions: Mutex<Registry>,
     subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
-    retained: RwLock<RetainedIndex>,
+    pub(crate) retained: RwLock<RetainedIndex>,
+    /// How many of the retained messages are the broker's own (`$SYS`), and their payload
+    /// bytes: changed under the retained lock; left out of the limits and the figures.
+    pub(crate) system_retained: Mutex<(usize, usize)>,
+    /// The limits a reload changes while the broker runs (see [`crate::RuntimeLimits`]); they
+    /// start as `config`'s and are read from here, not from `config`.
+    pub(crate) live_limits: crate::admin::LiveLimits,
     /// Deadlines of offline sessions and delayed wills, earliest first. An entry goes when it
     /// fires, when the session resumes, or when the session ends (see [`TimerKey`]). Locked
     /// alone or last: no other lock is taken while it is held.
@@ -215,17 +221,17 @@ struct DeferredAuthSlot {
     result: Option<Result<Principal, ReasonCode>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -247,6 +253,7 @@ impl Broker {
         persistence: Option<Arc<dyn Persistence>>,
     ) -> Arc<Broker> {
         let authorizer = RwLock::new(hooks.authorizer.clone());
+        let live_limits = crate::admin::LiveLimits::new(&config);
         Arc::new(Broker {
             sweeper: Sweeper::new(config.unstored_grace),
             config,
@@ -255,6 +262,8 @@ impl Broker {
             sessions: Mutex::new(Registry::with_capacity(INITIAL_CLIENTS)),
             subscriptions: RwLock::new(SubscriptionIndex::default()),
             retained: RwLock::new(RetainedIndex::default()),
+            system_retained: Mutex::new((0, 0)),
+            live_limits,
             timers: Mutex::new(BTreeMap::new()),
             hooks,
             persistence,
@@ -573,6 +582,15 @@ impl Broker {
         }
     }
 
+    /// Every session, online and offline, in no order (the registry is locked only to copy
+    /// the pointers out).
+    pub(crate) fn all_sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions)
+            .iter()
+            .map(|registered| registered.0.clone())
+            .collect()
+    }
+
     /// Number of sessions, online and offline.
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
@@ -742,7 +760,7 @@ impl Broker {
             reached += 1;
             let pushed = first.session.enqueue(
                 delivery,
-                self.config.max_queued_messages,
+                self.live_limits.max_queued_messages(),
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body,
@@ -753,12 +771,15 @@ impl Broker {
             }
             seq = seq.max(pushed.seq);
             match pushed.outcome {
-                Enqueued::Queued => Metrics::bump(&self.metrics.messages_queued),
+                Enqueued::Queued => self.metrics.bump(crate::metrics::Counter::MessagesQueued),
                 Enqueued::QueuedDroppingOldest => {
-                    Metrics::bump(&self.metrics.messages_queued);
-                    Metrics::bump(&self.metrics.messages_dropped_queue_full);
+                    self.metrics.bump(crate::metrics::Counter::MessagesQueued);
+                    self.metrics
+                        .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
                 }
-                Enqueued::Discarded => Metrics::bump(&self.metrics.messages_dropped_offline_qos0),
+                Enqueued::Discarded => self
+                    .metrics
+                    .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),
             }
         }
         // The body's router reference goes once every delivery is placed.
@@ -805,26 +826,26 @@ impl Broker {
     /// number of retained topics (a topic that already has one always does) and on the bytes
     /// of all retained payloads (counting the replaced one out).
     pub(crate) fn retained_quota_allows(&self, topic: &str, payload_len: usize) -> bool {
-        let (count_limit, bytes_limit) = (
-            self.config.max_retained_messages,
-            self.config.max_retained_bytes,
-        );
+        let (count_limit, bytes_limit) = self.live_limits.retained();
         if count_limit == 0 && bytes_limit == 0 {
             return true;
         }
         let retained = read(&self.retained);
+        let (system_count, system_bytes) = *lock(&self.system_retained);
         let existing = retained.get(topic);
-        let count_ok = count_limit == 0 || retained.len() < count_limit || existing.is_some();
+        let count = retained.len().saturating_sub(system_count);
+        let count_ok = count_limit == 0 || count < count_limit || existing.is_some();
         let replaced = existing.map_or(0, |message| message.payload.len());
+        let bytes = retained.payload_bytes().saturating_sub(system_bytes);
         let bytes_ok =
-            bytes_limit == 0 || retained.payload_bytes() - replaced + payload_len <= bytes_limit;
+            bytes_limit == 0 || bytes.saturating_sub(replaced) + payload_len <= bytes_limit;
         count_ok && bytes_ok
     }
 
     /// Whether `session` may add a subscription to `filter` within its limit (replacing one
     /// always may).
     pub(crate) fn subscription_quota_allows(&self, session: &Session, filter: &str) -> bool {
-        let limit = self.config.max_subscriptions_per_session;
+        let limit = self.live_limits.max_subscriptions_per_session();
         if limit == 0 {
             return true;
         }
@@ -925,7 +946,7 @@ impl Broker {
             };
             target.session.enqueue(
                 handed,
-                self.config.max_queued_messages,
+                self.live_limits.max_queued_messages(),
                 self.config.queue_qos0_offline,
                 self.persistence(),
                 &mut body,
@@ -1414,7 +1435,7 @@ impl Broker {
             && !self.authorizer().may_publish(&principal, &message.topic)
         {
             tracing::debug!(client_id = %principal.client_id, "will not published: not authorized");
-            Metrics::bump(&self.metrics.messages_refused);
+            self.metrics.bump(crate::metrics::Counter::MessagesRefused);
             return;
         }
         self.publish_will(message, now);
@@ -1422,7 +1443,7 @@ impl Broker {
 
     /// Publishes a will (authorisation checked by the caller).
     pub(crate) fn publish_will(&self, will: Arc<Message>, now: Instant) {
-        Metrics::bump(&self.metrics.wills_published);
+        self.metrics.bump(crate::metrics::Counter::WillsPublished);
         let message = Arc::unwrap_or_clone(will);
         self.publish(message, now);
     }
@@ -1470,7 +1491,7 @@ impl Broker {
                         !state.ended && state.owner.is_none() && state.expires_at == Some(at)
                     };
                     if due {
-                        Metrics::bump(&self.metrics.sessions_expired);
+                        self.metrics.bump(crate::metrics::Counter::SessionsExpired);
                         self.end_session(&session, now);
                     }
                 }

@@ -16,7 +16,6 @@ use crate::hooks::{
     Principal,
 };
 use crate::message::Message;
-use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::types::{Seq, SessionExpiry};
 
@@ -400,7 +399,17 @@ impl Connection {
         // and re-checks after a reload); a resumed session's subscriptions are judged again
         // for this principal, which may not be the last one's.
         let client = Arc::new(client);
-        attached.session.lock().principal = Some(client.clone());
+        {
+            let mut state = attached.session.lock();
+            state.principal = Some(client.clone());
+            state.kicked = false;
+            state.connection = Some(Box::new(crate::admin::ConnectionFacts {
+                protocol: version,
+                connected_at: now,
+                keep_alive,
+                clean_start: connect.clean_start,
+            }));
+        }
         if attached.present {
             broker.recheck_session(&attached.session);
         }
@@ -462,7 +471,9 @@ impl Connection {
             properties,
         };
         self.send(Packet::ConnAck(connack), barrier);
-        Metrics::bump(&broker.metrics().connections_accepted);
+        broker
+            .metrics()
+            .bump(crate::metrics::Counter::ConnectionsAccepted);
 
         let props = &connect.properties;
         let receive_maximum = props.receive_maximum.unwrap_or(u16::MAX);

@@ -52,6 +52,9 @@ pub enum CloseReason {
     SessionTakenOver,
     /// The server is shutting down.
     ServerShutdown,
+    /// An operator closed the connection (the admin API's kick, or the end of its session):
+    /// MQTT 5 clients get DISCONNECT 0x98 Administrative action; the will is published.
+    AdministrativeAction,
     /// A 3.x client sent a PUBLISH the store could not take (its disk is full, or failing):
     /// 3.x has no negative acknowledgement, so the message was not acknowledged and the
     /// connection is closed after [`STORAGE_REFUSAL_CLOSE`], for the client to send it again
@@ -97,6 +100,7 @@ impl std::fmt::Display for CloseReason {
             }
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
+            CloseReason::AdministrativeAction => f.write_str("administrative action"),
             CloseReason::StorageUnavailable => f.write_str(
                 "a message could not be stored (the broker's disk is full or failing); closed so that the client sends it again",
             ),
@@ -496,6 +500,30 @@ impl Connection {
         }
     }
 
+    /// The connection lost its session (taken over, or ended or kicked by an operator):
+    /// closes with the matching reason. Called on the rare path only.
+    pub(crate) fn close_displaced(&mut self, kicked: bool, now: Instant) {
+        let (reason, code) = if kicked {
+            (
+                CloseReason::AdministrativeAction,
+                ReasonCode::AdministrativeAction,
+            )
+        } else {
+            (CloseReason::SessionTakenOver, ReasonCode::SessionTakenOver)
+        };
+        self.close(reason, Some(code), now);
+    }
+
+    /// Whether per-client debug tracing is on for this connection's client.
+    pub fn traced(&self) -> bool {
+        matches!(&self.phase, Phase::Active(active) if active.session.traced())
+    }
+
+    /// The broker this connection belongs to.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// The server is shutting down: MQTT 5 clients get DISCONNECT 0x8B.
     pub fn shutdown(&mut self, now: Instant) {
         if !self.is_closed() {
@@ -590,7 +618,9 @@ impl Connection {
                     .may_publish(&client, &will.message.topic)
         }) {
             tracing::debug!(client_id = %client.client_id, "will not published: not authorized");
-            crate::metrics::Metrics::bump(&self.broker.metrics().messages_refused);
+            self.broker
+                .metrics()
+                .bump(crate::metrics::Counter::MessagesRefused);
             will = None;
         }
         let owner = session.lock().owned_by(self.id);
@@ -666,7 +696,16 @@ impl Connection {
         };
         self.outbox
             .push_back((Packet::ConnAck(connack), Barrier::Durable(Seq::NONE)));
-        crate::metrics::Metrics::bump(&self.broker.metrics().connections_refused);
+        let metrics = self.broker.metrics();
+        metrics.bump(crate::metrics::Counter::ConnectionsRefused);
+        if matches!(
+            code,
+            ReasonCode::BadUserNameOrPassword
+                | ReasonCode::NotAuthorized
+                | ReasonCode::BadAuthenticationMethod
+        ) {
+            metrics.bump(crate::metrics::Counter::AuthFailures);
+        }
         self.close(reason, None, now);
     }
 }

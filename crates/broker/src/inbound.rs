@@ -12,7 +12,6 @@ use tern_codec::{
 use crate::connection::{Active, CloseReason, Connection, Phase, STORAGE_REFUSAL_CLOSE};
 use crate::hooks::FilterAccess;
 use crate::message::Message;
-use crate::metrics::Metrics;
 use crate::persist::Change;
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::AckHold;
@@ -20,6 +19,9 @@ use crate::unstored::AckHold;
 impl Connection {
     /// Handles one decoded packet from the client, received at `now`.
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
+        if self.traced() {
+            crate::admin::trace_packet(self.client_id.as_ref(), "in", &packet);
+        }
         match &mut self.phase {
             Phase::Closed => {}
             // [MQTT-3.1.4-5]: held until the CONNECT is authenticated (a driver that asks
@@ -54,11 +56,8 @@ impl Connection {
             Phase::Active(active) => {
                 active.last_received = now;
                 if !active.session.is_owned_by(self.id) {
-                    return self.close(
-                        CloseReason::SessionTakenOver,
-                        Some(ReasonCode::SessionTakenOver),
-                        now,
-                    );
+                    let kicked = active.session.lock().kicked;
+                    return self.close_displaced(kicked, now);
                 }
                 self.handle_active_packet(packet, now);
             }
@@ -184,7 +183,9 @@ impl Connection {
         let version = active.version;
         let broker = self.broker.clone();
         let config = broker.config();
-        Metrics::bump(&broker.metrics().messages_received);
+        broker
+            .metrics()
+            .received(publish.qos, publish.payload.len());
 
         if publish.qos > config.max_qos {
             return self.protocol_error(
@@ -220,7 +221,9 @@ impl Connection {
         let packet_id = publish.packet_id;
 
         if let Some(refusal) = self.publish_refusal(&publish) {
-            Metrics::bump(&broker.metrics().messages_refused);
+            broker
+                .metrics()
+                .bump(crate::metrics::Counter::MessagesRefused);
             tracing::debug!(client_id = ?self.client_id, topic = %publish.topic, %refusal, "publish refused");
             if refusal == ReasonCode::PayloadFormatInvalid && ack_packet.is_none() {
                 // QoS 0 has no acknowledgement to carry the refusal.
@@ -260,7 +263,9 @@ impl Connection {
                 // does not replace the retained one (which would be lost with the next start).
                 None if sets_retained => {
                     store_retained = false;
-                    Metrics::bump(&broker.metrics().retained_dropped_storage_full);
+                    broker
+                        .metrics()
+                        .bump(crate::metrics::Counter::RetainedDroppedStorageFull);
                 }
                 None => {}
                 Some(ack) => {
@@ -370,7 +375,9 @@ impl Connection {
     /// stored") and its connection is closed after [`STORAGE_REFUSAL_CLOSE`], so that it
     /// reconnects and sends the message again. Nothing is forwarded.
     fn refuse_for_storage(&mut self, ack: PacketType, packet_id: u16, now: Instant) {
-        Metrics::bump(&self.broker.metrics().messages_refused_storage_full);
+        self.broker
+            .metrics()
+            .bump(crate::metrics::Counter::MessagesRefusedStorageFull);
         tracing::debug!(client_id = ?self.client_id, "publish refused: the store takes no new messages");
         if self.version.is_v5() {
             let mut packet = self.ack_packet(ack, packet_id, ReasonCode::QuotaExceeded);
@@ -579,7 +586,9 @@ impl Connection {
             } else if !broker.subscription_quota_allows(&session, &filter) {
                 Some(ReasonCode::QuotaExceeded)
             } else if refuses_new && !session.lock().subscriptions.contains_key(&filter) {
-                Metrics::bump(&broker.metrics().subscriptions_refused_storage_full);
+                broker
+                    .metrics()
+                    .bump(crate::metrics::Counter::SubscriptionsRefusedStorageFull);
                 Some(ReasonCode::QuotaExceeded)
             } else {
                 None

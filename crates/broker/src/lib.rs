@@ -13,6 +13,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 #![forbid(unsafe_code)]
 
+mod admin;
 mod broker;
 mod config;
 mod connect;
@@ -30,6 +31,9 @@ pub mod subscriptions;
 mod types;
 mod unstored;
 
+pub use admin::{
+    ClientConnection, QUEUE_DEPTH_BUCKETS, RuntimeLimits, SessionReport, SessionTotals,
+};
 pub use broker::{Broker, RecheckSummary};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
@@ -40,7 +44,7 @@ pub use hooks::{
     TransportIdentity,
 };
 pub use message::{Delivery, Message, SubscriptionIds};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Counter, Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;
 pub use session::Session;
 pub use types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};

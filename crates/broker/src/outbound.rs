@@ -5,12 +5,11 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tern_codec::{Ack, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
+use tern_codec::{Ack, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS};
 
 use crate::broker::Broker;
-use crate::connection::{Active, CloseReason, Connection, Phase};
+use crate::connection::{Active, Connection, Phase};
 use crate::message::Delivery;
-use crate::metrics::Metrics;
 use crate::persist::{Change, RoutedBody};
 use crate::session::{Inflight, QueuedDelivery, SessionState, belongs_in_store};
 use crate::types::{InflightState, Seq};
@@ -104,13 +103,10 @@ impl Connection {
         };
         let session = active.session.clone();
         let mut state = session.lock();
-        if !state.owned_by(self.id) {
+        if !state.owned_by(self.id) || state.kicked {
+            let kicked = state.kicked;
             drop(state);
-            self.close(
-                CloseReason::SessionTakenOver,
-                Some(ReasonCode::SessionTakenOver),
-                now,
-            );
+            self.close_displaced(kicked, now);
             // The DISCONNECT, and what was ready before it; an acknowledgement whose message is
             // not yet durable (or delivered) is not earned, and the client resends that PUBLISH
             // on the connection that took over [MQTT-4.4.0-1].
@@ -160,6 +156,9 @@ impl Connection {
     /// string and user properties; if it is still too large it is dropped [MQTT-3.1.2-24].
     fn encode_control(&self, mut packet: Packet, buf: &mut BytesMut) {
         if let Phase::Active(active) = &self.phase {
+            if active.session.traced() {
+                crate::admin::trace_packet(self.client_id.as_ref(), "out", &packet);
+            }
             let max = active.client_max_packet_size;
             if too_large(&packet, self.version, max) {
                 strip_problem_information(&mut packet);
@@ -241,7 +240,9 @@ impl Transmit<'_> {
                     let id = entry.packet_id;
                     if self.active.judge_below != 0 && !self.may_read(&entry.delivery) {
                         // Sent to the session's last client; not for this one.
-                        Metrics::bump(&self.broker.metrics().messages_dropped_denied);
+                        self.broker
+                            .metrics()
+                            .bump(crate::metrics::Counter::MessagesDroppedDenied);
                         dropped.push(id);
                         continue;
                     }
@@ -318,12 +319,12 @@ impl Transmit<'_> {
             };
             if delivery.message.is_expired(self.now) {
                 // An expired message is not delivered [MQTT-3.3.2-5].
-                Metrics::bump(&metrics.messages_dropped_expired);
+                metrics.bump(crate::metrics::Counter::MessagesDroppedExpired);
                 unqueued(position);
                 continue;
             }
             if judged && !self.may_read(&delivery) {
-                Metrics::bump(&metrics.messages_dropped_denied);
+                metrics.bump(crate::metrics::Counter::MessagesDroppedDenied);
                 unqueued(position);
                 continue;
             }
@@ -337,7 +338,7 @@ impl Transmit<'_> {
                     publish_packet(&delivery, 1, false, self.active.version, None, self.now);
                 if too_large(&probe, self.active.version, max) {
                     // Dropped as if it had been sent [MQTT-3.1.2-25].
-                    Metrics::bump(&metrics.messages_dropped_too_large);
+                    metrics.bump(crate::metrics::Counter::MessagesDroppedTooLarge);
                     unqueued(position);
                     continue;
                 }
@@ -470,8 +471,11 @@ impl Transmit<'_> {
         let topic = &delivery.message.topic;
         let alias = active.outbound_aliases.alias_for(topic);
         let packet = publish_packet(delivery, packet_id, dup, active.version, alias, self.now);
+        if active.session.traced() {
+            crate::admin::trace_packet(Some(active.session.client_id()), "out", &packet);
+        }
         if too_large(&packet, active.version, active.client_max_packet_size) {
-            Metrics::bump(&metrics.messages_dropped_too_large);
+            metrics.bump(crate::metrics::Counter::MessagesDroppedTooLarge);
             return false;
         }
         match packet.encode(active.version, self.buf) {
@@ -479,7 +483,7 @@ impl Transmit<'_> {
                 if let Some((alias, false)) = alias {
                     active.outbound_aliases.confirm(topic, alias);
                 }
-                Metrics::bump(&metrics.messages_sent);
+                metrics.sent(delivery.qos, delivery.message.payload.len());
                 true
             }
             Err(error) => {

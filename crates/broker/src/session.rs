@@ -8,7 +8,7 @@
 //! taken over can do no harm.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -101,6 +101,12 @@ pub struct SessionState {
     /// subscriptions are checked against it, and a re-check after a reload uses it. `None`
     /// for a session restored from the store whose client has not connected since.
     pub(crate) principal: Option<Arc<Principal>>,
+    /// What the admin API shows of the connection attached (set at CONNECT, cleared when it
+    /// goes; boxed: an offline session pays a pointer).
+    pub(crate) connection: Option<Box<crate::admin::ConnectionFacts>>,
+    /// Set by an administrative kick: the owning connection closes with DISCONNECT 0x98 at
+    /// its next turn. Cleared when a connection attaches or detaches.
+    pub(crate) kicked: bool,
 }
 
 /// A session, shared by the registry, the subscription index and its connection.
@@ -109,6 +115,9 @@ pub struct Session {
     client_id: MqttStr,
     /// Mirror of `SessionState::owner` (0 for none), readable without the lock.
     owner_hint: AtomicU64,
+    /// Per-client debug tracing (the admin API's `set_client_tracing`), read lock-free by its
+    /// connection for every packet.
+    traced: AtomicBool,
     state: Mutex<SessionState>,
 }
 
@@ -138,6 +147,7 @@ impl Session {
         Session {
             client_id,
             owner_hint: AtomicU64::new(0),
+            traced: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 owner: None,
                 wakeup: None,
@@ -158,6 +168,8 @@ impl Session {
                 listed: false,
                 retained: None,
                 principal: None,
+                connection: None,
+                kicked: false,
             }),
         }
     }
@@ -169,6 +181,15 @@ impl Session {
     /// Whether a connection is attached (a hint: it may change right after).
     pub fn is_online(&self) -> bool {
         self.owner_hint.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether per-client debug tracing is on for this session's client.
+    pub fn traced(&self) -> bool {
+        self.traced.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_traced(&self, on: bool) {
+        self.traced.store(on, Ordering::Relaxed);
     }
 
     /// Whether `connection` is (as far as a lock-free read can tell) the session's owner.
@@ -352,6 +373,8 @@ impl SessionState {
     pub(crate) fn detach(&mut self) {
         self.owner = None;
         self.wakeup = None;
+        self.connection = None;
+        self.kicked = false;
         self.mark_all_for_resend();
     }
 

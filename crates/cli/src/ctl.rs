@@ -386,6 +386,9 @@ impl Api {
                 items.extend(entries.iter().cloned());
             }
             match page["next_after"].as_str() {
+                Some(next) if after.as_deref() == Some(next) => {
+                    bail!("{path}: the listing's cursor did not move ({next:?})")
+                }
                 Some(next) => after = Some(next.to_owned()),
                 None => return Ok(Value::Array(items)),
             }

@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tern::{bench, ctl, passwd, pubsub};
 use tern_server::{Server, ServerConfig};
-use tracing_subscriber::EnvFilter;
+
+mod logging;
 
 /// Time the broker gives its connections to close at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
@@ -134,7 +135,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.allow_anonymous {
         config.auth.allow_anonymous = Some(true);
     }
-    init_logging(&config.log_level)?;
+    logging::init(&config.log_level, config.log_format)?;
 
     // The connections are served by the server's worker threads, each with its own event
     // loop; this one runs the signals, the broker's timers and the shutdown.
@@ -149,29 +150,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let hangup = hangup_signal();
         let server = Server::bind(config).await?;
         #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(
-            hangup,
-            server.tls_reloader(),
-            server.auth_reloader(),
-        ));
+        tokio::spawn(reload_on_sighup(hangup, server.config_reloader()));
         server.run(shutdown_signal(), SHUTDOWN_GRACE).await?;
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(Duration::from_millis(500));
-    Ok(())
-}
-
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
-        _ => EnvFilter::try_new(level),
-    }
-    .context("invalid log level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     Ok(())
 }
 
@@ -188,24 +171,22 @@ fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-/// Reloads the TLS listeners' certificates, keys, CAs and CRLs, and the password and ACL
-/// files, on each SIGHUP (on tokio's blocking pool: the files are read and parsed off the
-/// runtime that runs the timers).
+/// Reloads the configuration file and what it names (log level, TLS certificates, password
+/// and ACL files) on each SIGHUP, as the admin API's reload does; the report (what was
+/// applied, what needs a restart) is logged.
 #[cfg(unix)]
 async fn reload_on_sighup(
     hangup: Option<tokio::signal::unix::Signal>,
-    reloader: tern_server::TlsReloader,
-    auth: tern_server::AuthReloader,
+    reloader: tern_server::ConfigReloader,
 ) {
     let Some(mut hangup) = hangup else {
         return;
     };
     while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading TLS certificates, password and ACL files");
-        // A failure is logged by the listener, which keeps its previous material.
-        let _ = reloader.reload_in_background().await;
-        // Likewise: a file that cannot be used is kept as it was, with a warning.
-        auth.reload_in_background(true).await;
+        tracing::info!(
+            "SIGHUP: reloading TLS certificates, password and ACL files, and the configuration"
+        );
+        reloader.reload().await;
     }
 }
 

@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG` directive).
     pub log_level: String,
+    /// How log lines are written: `text` (human) or `json` (one object a line).
+    pub log_format: LogFormat,
+    /// Seconds between two publications of the `$SYS/broker/...` topics; 0 turns them off.
+    pub sys_interval: u64,
     /// Directory of the store (persistent sessions, queued and in-flight messages, retained
     /// messages). Unused with `durability = "memory"`.
     pub data_dir: PathBuf,
@@ -54,6 +58,18 @@ pub struct ServerConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub store_tuning: StoreTuning,
+    /// The file this configuration was read from (`from_file`), read again by a reload.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// The shape of log lines (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The store's bound on changes waiting for a commit, and a delay before each commit (a slow
@@ -165,6 +181,8 @@ impl Default for ServerConfig {
             listeners: Vec::new(),
             workers: 0,
             log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            sys_interval: 10,
             data_dir: PathBuf::from("tern-data"),
             durability: Durability::default(),
             min_free_disk: DiskReserve::DEFAULT,
@@ -174,6 +192,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
             store_tuning: StoreTuning::default(),
+            config_file: None,
         }
     }
 }
@@ -307,6 +326,7 @@ impl ServerConfig {
             },
             other => other,
         })?;
+        config.config_file = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -481,6 +501,22 @@ mod tests {
         let error = ServerConfig::from_toml("min_free_disk = \"lots\"").unwrap_err();
         assert!(error.to_string().contains("min_free_disk"), "{error}");
         assert!(ServerConfig::from_toml("min_free_disk = 5").is_err());
+    }
+
+    /// Issue 13: `log_format = "text" | "json"` and `sys_interval` (default 10, 0 = off).
+    #[test]
+    fn log_format_and_sys_interval_are_read() {
+        let defaults = ServerConfig::default();
+        assert_eq!(
+            (defaults.log_format, defaults.sys_interval),
+            (LogFormat::Text, 10)
+        );
+        let config = ServerConfig::from_toml("log_format = \"json\"\nsys_interval = 0").unwrap();
+        assert_eq!(
+            (config.log_format, config.sys_interval),
+            (LogFormat::Json, 0)
+        );
+        assert!(ServerConfig::from_toml("log_format = \"xml\"").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tern_broker::{Broker, Connection, TransportIdentity, Wakeup};
+use tern_broker::{Broker, Connection, Counter, TransportIdentity, Wakeup};
 use tern_codec::Packet;
 use tokio::time::Instant;
 
@@ -162,10 +162,13 @@ fn run_connection<T: Transport + 'static>(
             }
             if !announced && conn.is_connected() {
                 announced = true;
+                // The fields' order is part of the line's shape (tests and log parsers match
+                // `client connected client_id=...`): new fields go last.
                 tracing::info!(
                     client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
                     peer = %OptionalPeer(conn.peer()),
                     protocol = %conn.protocol_version(),
+                    event = "connect",
                     "client connected"
                 );
             }
@@ -229,7 +232,12 @@ fn run_connection<T: Transport + 'static>(
             })
             .await;
             match event {
-                Event::Written(Ok(n)) if n > 0 => wbuf.advance(n),
+                Event::Written(Ok(n)) if n > 0 => {
+                    wbuf.advance(n);
+                    conn.broker()
+                        .metrics()
+                        .add(Counter::NetworkBytesSent, n as u64);
+                }
                 Event::Written(_) => {
                     conn.handle_transport_closed(Instant::now().into_std());
                     break;
@@ -238,7 +246,12 @@ fn run_connection<T: Transport + 'static>(
                     let now = Instant::now().into_std();
                     match read {
                         Ok(0) | Err(_) => conn.handle_transport_closed(now),
-                        Ok(_) => decode_all(&mut conn, &mut rbuf, now),
+                        Ok(n) => {
+                            conn.broker()
+                                .metrics()
+                                .add(Counter::NetworkBytesReceived, n as u64);
+                            decode_all(&mut conn, &mut rbuf, now)
+                        }
                     }
                 }
                 Event::Woken => {}
@@ -270,6 +283,7 @@ fn log_close(conn: &Connection, announced: bool) {
             client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
             peer = %peer,
             %reason,
+            event = "disconnect",
             "client disconnected"
         );
     } else {

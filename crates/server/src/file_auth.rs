@@ -705,6 +705,7 @@ fn log_failure(credentials: &Credentials<'_>, reason: &str) {
             .and_then(|t| t.listener.as_deref())
             .unwrap_or(""),
         reason,
+        event = "auth_failure",
         "auth failed"
     );
 }

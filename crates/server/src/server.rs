@@ -153,9 +153,13 @@ pub struct Server {
     count: Arc<ConnectionCount>,
     /// The password and ACL files of `[auth]` and the listeners' `auth`, if any.
     auth: Option<FileAuth>,
-    /// `[admin]`: the admin listener, bound, and the backend it will serve.
+    /// `[admin]`: the admin listener, bound.
     admin: Option<AdminListener>,
+    /// The backend it serves, if set from outside ([`Server::set_admin_backend`]); else the
+    /// server's own.
     admin_backend: Option<Arc<dyn tern_admin::AdminBackend>>,
+    /// The server's own admin backend, made at the first ask (see [`Server::admin_backend`]).
+    backend: std::sync::OnceLock<Arc<crate::admin_backend::ServerBackend>>,
 }
 
 impl Server {
@@ -251,6 +255,7 @@ impl Server {
             auth: None,
             admin: AdminListener::prepare(&config)?,
             admin_backend: None,
+            backend: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -302,8 +307,8 @@ impl Server {
         self.admin.as_ref().and_then(AdminListener::local_addr)
     }
 
-    /// The backend the admin listener serves (the broker's queries and commands); without
-    /// one, [`crate::PendingBackend`].
+    /// Replaces the backend the admin listener serves (by default the server's own,
+    /// [`Server::admin_backend`]).
     pub fn set_admin_backend(&mut self, backend: Arc<dyn tern_admin::AdminBackend>) {
         self.admin_backend = Some(backend);
     }
@@ -316,6 +321,50 @@ impl Server {
     /// Reloads the TLS listeners' material now (see [`Server::tls_reloader`]).
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         self.tls_reloader().reload()
+    }
+
+    /// The admin API's backend over this server (hand it to the admin listener): queries,
+    /// kick, retained messages, publish, metrics, configuration and reload. One per server:
+    /// every call returns the same, which the `$SYS` task and SIGHUP's reload share.
+    pub fn admin_backend(&self) -> Arc<dyn tern_admin::AdminBackend> {
+        self.backend()
+    }
+
+    /// Reads the configuration file and the files it names again (as `POST /api/v1/reload`),
+    /// logs and returns the report; SIGHUP calls it.
+    pub fn config_reloader(&self) -> ConfigReloader {
+        ConfigReloader(self.backend())
+    }
+
+    fn backend(&self) -> Arc<crate::admin_backend::ServerBackend> {
+        self.backend
+            .get_or_init(|| {
+                let certificates = self
+                    .config
+                    .listeners
+                    .iter()
+                    .filter_map(|l| Some((l.name.clone(), l.tls.as_ref()?.cert.clone())))
+                    .collect();
+                let file_values = self
+                    .config
+                    .config_file
+                    .as_deref()
+                    .map_or(serde_json::Value::Null, crate::admin_backend::file_values);
+                Arc::new(crate::admin_backend::ServerBackend {
+                    source: crate::metrics::MetricsSource {
+                        broker: self.broker.clone(),
+                        store: self.store.clone(),
+                        open: self.open_connections(),
+                        started: std::time::Instant::now(),
+                        certificates,
+                    },
+                    tls: self.tls_reloader(),
+                    auth: self.auth_reloader(),
+                    running: std::sync::Mutex::new(self.config.clone()),
+                    file_values: std::sync::Mutex::new(file_values),
+                })
+            })
+            .clone()
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -347,6 +396,14 @@ impl Server {
         // Certificates are read again when their files change (every 2 s).
         let reloader = self.tls_reloader();
         let auth_reloader = self.auth_reloader();
+        let sys = (self.config.sys_interval > 0).then(|| {
+            let interval = Duration::from_secs(self.config.sys_interval);
+            (self.backend().source.clone(), interval)
+        });
+        let admin_backend = match &self.admin_backend {
+            Some(backend) => backend.clone(),
+            None => self.backend(),
+        };
         let mut threads = Vec::with_capacity(self.listeners.len());
         for (index, listeners) in self.listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -364,13 +421,13 @@ impl Server {
             threads.push(thread);
         }
         tokio::spawn(run_timers(self.broker.clone(), stop_rx.clone()));
+        if let Some((source, interval)) = sys {
+            tokio::spawn(crate::sys_topics::run(source, interval, stop_rx.clone()));
+        }
         tokio::spawn(crate::tls::watch_files(reloader, stop_rx.clone()));
         tokio::spawn(watch_auth_files(auth_reloader, stop_rx.clone()));
         if let Some(admin) = self.admin {
-            let backend = self.admin_backend.unwrap_or_else(|| {
-                Arc::new(crate::PendingBackend::new(OpenConnections(count.clone())))
-            });
-            admin.spawn(backend, stop_rx.clone());
+            admin.spawn(admin_backend, stop_rx.clone());
         }
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
@@ -398,6 +455,17 @@ impl Server {
             tracing::error!(%error, "the store did not close cleanly");
         }
         Ok(())
+    }
+}
+
+/// Reloads the configuration file and what it names (see [`Server::config_reloader`]).
+#[derive(Clone)]
+pub struct ConfigReloader(Arc<crate::admin_backend::ServerBackend>);
+
+impl ConfigReloader {
+    pub async fn reload(&self) -> tern_admin::ReloadReport {
+        use tern_admin::AdminBackend;
+        self.0.reload().await
     }
 }
 

@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) space: SpaceState,
     /// The data directory, for logs.
     dir: PathBuf,
+    /// Commits, their latency and bytes, for the metrics endpoint.
+    pub(crate) stats: crate::stats::CommitStats,
 }
 
 struct Queue {
@@ -127,6 +129,7 @@ impl Shared {
             max_pending_bytes: u64::try_from(max_pending_bytes).unwrap_or(u64::MAX),
             space: SpaceState::new(watermark),
             dir,
+            stats: Default::default(),
         }
     }
 
@@ -422,10 +425,12 @@ pub(crate) fn run(mut committer: Committer, first: Batch, lock: DirLock) {
         committer
             .watch
             .maybe_check(&shared.space, last_seq.is_none());
+        let started = std::time::Instant::now();
         if !committer.commit_until_done(&mut thread, &batch) {
             stopped = true;
             continue;
         }
+        shared.stats.record(started.elapsed(), bytes);
         committer.watch.wrote(bytes);
         // Subtracted before `publish` wakes who waits: a connection woken by it sees the
         // congestion its changes caused gone.

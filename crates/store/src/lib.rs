@@ -93,6 +93,7 @@ mod maintenance;
 mod options;
 mod recover;
 mod space;
+mod stats;
 mod store;
 
 pub use durability::{Durability, DurabilityLevel, ParseDurabilityError};
@@ -100,4 +101,5 @@ pub use error::StoreError;
 pub use format::STORE_FORMAT_VERSION;
 pub use options::{DiskReserve, ParseDiskReserveError, StoreOptions};
 pub use recover::LoadReport;
+pub use stats::{COMMIT_SECONDS_BUCKETS, CommitFigures};
 pub use store::{CLOSE_TIMEOUT, Store, StoreStatus};

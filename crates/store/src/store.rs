@@ -197,6 +197,11 @@ impl Store {
         }
     }
 
+    /// Commits so far: how many, how long they took, the bytes of their changes.
+    pub fn commit_figures(&self) -> crate::stats::CommitFigures {
+        self.shared.stats.figures()
+    }
+
     /// What the last start read back and deleted.
     pub fn load_report(&self) -> LoadReport {
         self.report

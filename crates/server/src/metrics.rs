@@ -1,0 +1,464 @@
+//! The metrics endpoint's text: every figure of the broker, the store and the process, in the
+//! Prometheus/OpenMetrics text exposition (the `prometheus-client` crate encodes it). Counters
+//! come from the core's sharded counters (summed at the scrape); gauges are read at the scrape
+//! (a walk of the sessions, the store's status, /proc), so nothing is kept up to date on the
+//! message path for them. No client id or topic is ever a label: a label's values are
+//! listeners, protocol versions, QoS levels and reasons, all bounded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tern_broker::{Broker, QUEUE_DEPTH_BUCKETS};
+use tern_store::Store;
+
+use crate::server::OpenConnections;
+
+/// What the metrics are read from; shared by the admin backend and the `$SYS` task.
+#[derive(Clone)]
+pub(crate) struct MetricsSource {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) store: Option<Arc<Store>>,
+    pub(crate) open: OpenConnections,
+    pub(crate) started: Instant,
+    /// Each TLS listener's name and certificate file, for the expiry gauge.
+    pub(crate) certificates: Vec<(String, PathBuf)>,
+}
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSource").finish_non_exhaustive()
+    }
+}
+
+impl MetricsSource {
+    /// The text exposition of every metric (OpenMetrics 1.0 text, which Prometheus reads;
+    /// serve it as `application/openmetrics-text; version=1.0.0; charset=utf-8`).
+    pub(crate) fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut text = String::with_capacity(8 * 1024);
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+            tracing::warn!(%error, "cannot encode the metrics");
+        }
+        text
+    }
+}
+
+/// Writes one family: a descriptor, then one sample per label set.
+struct Out<'a, 'b> {
+    encoder: &'a mut DescriptorEncoder<'b>,
+}
+
+impl Out<'_, '_> {
+    fn counter(&mut self, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        metric.encode_counter::<NoLabelSet, u64, u64>(&value, None)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl Into<f64>) -> std::fmt::Result {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        metric.encode_gauge(&value.into())
+    }
+
+    fn counters<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, u64)],
+    ) -> std::fmt::Result {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in samples {
+            metric
+                .encode_family(labels)?
+                .encode_counter::<NoLabelSet, u64, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn gauges<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) -> std::fmt::Result {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in samples {
+            metric.encode_family(labels)?.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram from cumulative bucket counts (`(bound, count <= bound)`) and the total.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        sum: f64,
+        count: u64,
+        cumulative: &[(f64, u64)],
+    ) -> std::fmt::Result {
+        let mut buckets = Vec::with_capacity(cumulative.len() + 1);
+        let mut before = 0;
+        for &(bound, total) in cumulative {
+            buckets.push((bound, total.saturating_sub(before)));
+            before = total;
+        }
+        buckets.push((f64::MAX, count.saturating_sub(before)));
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+type Labels = [(&'static str, String); 1];
+
+fn qos_labels(values: [u64; 3]) -> Vec<(Labels, u64)> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(qos, &value)| ([("qos", qos.to_string())], value))
+        .collect()
+}
+
+impl Collector for MetricsSource {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.broker.metrics().snapshot();
+        let totals = self.broker.session_totals();
+        let (retained, retained_bytes) = self.broker.retained_totals();
+        let mut out = Out {
+            encoder: &mut encoder,
+        };
+        let info = |v: &str| [("version", v.to_owned())];
+        out.gauges(
+            "tern_build_info",
+            "The running version of Tern.",
+            &[(info(env!("CARGO_PKG_VERSION")), 1.0)],
+        )?;
+        out.gauge(
+            "tern_uptime_seconds",
+            "Seconds since the broker started.",
+            self.started.elapsed().as_secs_f64(),
+        )?;
+        // Connections and sessions.
+        let connections: Vec<([(&str, String); 2], f64)> = totals
+            .connections
+            .iter()
+            .map(|(listener, protocol, n)| {
+                (
+                    [
+                        ("listener", listener.as_deref().unwrap_or("").to_owned()),
+                        ("protocol", protocol.to_string()),
+                    ],
+                    *n as f64,
+                )
+            })
+            .collect();
+        out.gauges(
+            "tern_connections",
+            "MQTT connections past CONNACK, by listener name (empty: a `listen` address) and protocol version.",
+            &connections,
+        )?;
+        out.gauge(
+            "tern_open_sockets",
+            "Accepted sockets, those still before CONNECT included (what max_connections counts).",
+            self.open.get() as f64,
+        )?;
+        out.gauges(
+            "tern_sessions",
+            "Sessions by state.",
+            &[
+                ([("state", "connected".to_owned())], totals.connected as f64),
+                ([("state", "offline".to_owned())], totals.offline as f64),
+            ],
+        )?;
+        out.gauge(
+            "tern_subscriptions",
+            "Subscriptions in the index.",
+            self.broker.subscription_count() as f64,
+        )?;
+        out.gauge(
+            "tern_retained_messages",
+            "Retained messages.",
+            retained as f64,
+        )?;
+        out.gauge(
+            "tern_retained_bytes",
+            "Bytes of the retained messages' payloads.",
+            retained_bytes as f64,
+        )?;
+        out.gauge(
+            "tern_queued_messages",
+            "Messages waiting in session queues.",
+            totals.queued as f64,
+        )?;
+        out.gauge(
+            "tern_inflight_messages",
+            "Outbound QoS 1/2 messages awaiting acknowledgement.",
+            totals.inflight as f64,
+        )?;
+        let depth_buckets: Vec<(f64, u64)> = QUEUE_DEPTH_BUCKETS
+            .iter()
+            .zip(totals.queue_depths)
+            .map(|(&bound, n)| (bound as f64, n))
+            .collect();
+        let sessions = totals.queue_depths[QUEUE_DEPTH_BUCKETS.len()];
+        out.histogram(
+            "tern_session_queue_depth",
+            "Sessions by the number of messages in their queue.",
+            totals.queued as f64,
+            sessions,
+            &depth_buckets,
+        )?;
+        // Counters of the core.
+        out.counter(
+            "tern_connections_accepted",
+            "CONNECTs accepted.",
+            m.connections_accepted,
+        )?;
+        out.counter(
+            "tern_connections_refused",
+            "CONNECTs refused with a CONNACK error.",
+            m.connections_refused,
+        )?;
+        out.counter(
+            "tern_auth_failures",
+            "CONNECTs refused for bad credentials or not authorized.",
+            m.auth_failures,
+        )?;
+        out.counter(
+            "tern_connections_kicked",
+            "Connections closed by an operator (kick, session deleted).",
+            m.connections_kicked,
+        )?;
+        out.counters(
+            "tern_messages_received",
+            "PUBLISH packets received from clients, by QoS.",
+            &qos_labels([m.received_qos0, m.received_qos1, m.received_qos2]),
+        )?;
+        out.counters(
+            "tern_messages_sent",
+            "PUBLISH packets sent to clients, by QoS.",
+            &qos_labels([m.sent_qos0, m.sent_qos1, m.sent_qos2]),
+        )?;
+        out.counters(
+            "tern_payload_received_bytes",
+            "Payload bytes of the PUBLISH packets received, by QoS.",
+            &qos_labels([
+                m.received_bytes_qos0,
+                m.received_bytes_qos1,
+                m.received_bytes_qos2,
+            ]),
+        )?;
+        out.counters(
+            "tern_payload_sent_bytes",
+            "Payload bytes of the PUBLISH packets sent, by QoS.",
+            &qos_labels([m.sent_bytes_qos0, m.sent_bytes_qos1, m.sent_bytes_qos2]),
+        )?;
+        out.counter(
+            "tern_network_received_bytes",
+            "Bytes of MQTT read from clients.",
+            m.network_bytes_received,
+        )?;
+        out.counter(
+            "tern_network_sent_bytes",
+            "Bytes of MQTT written to clients.",
+            m.network_bytes_sent,
+        )?;
+        out.counter(
+            "tern_messages_queued",
+            "Deliveries pushed into session queues.",
+            m.messages_queued,
+        )?;
+        let reason = |r: &str, v: u64| ([("reason", r.to_owned())], v);
+        out.counters(
+            "tern_messages_dropped",
+            "Messages dropped, by reason.",
+            &[
+                reason("queue_full", m.messages_dropped_queue_full),
+                reason("expired", m.messages_dropped_expired),
+                reason("too_large", m.messages_dropped_too_large),
+                reason("denied", m.messages_dropped_denied),
+                reason("offline_qos0", m.messages_dropped_offline_qos0),
+                reason("retained_storage_full", m.retained_dropped_storage_full),
+            ],
+        )?;
+        out.counters(
+            "tern_messages_refused",
+            "PUBLISH packets refused, by reason.",
+            &[
+                reason("denied", m.messages_refused),
+                reason("storage_full", m.messages_refused_storage_full),
+            ],
+        )?;
+        out.counter(
+            "tern_subscriptions_refused_storage_full",
+            "Subscriptions of stored sessions refused while the store took no new work.",
+            m.subscriptions_refused_storage_full,
+        )?;
+        out.counter(
+            "tern_wills_published",
+            "Wills published.",
+            m.wills_published,
+        )?;
+        out.counter(
+            "tern_sessions_expired",
+            "Sessions ended by their expiry.",
+            m.sessions_expired,
+        )?;
+        out.gauge(
+            "tern_storage_alarm",
+            "1 while the store refuses new durable work (disk full or failing).",
+            m.storage_alarm as f64,
+        )?;
+        if let Some(store) = &self.store {
+            let status = store.status();
+            let commits = store.commit_figures();
+            out.histogram(
+                "tern_store_commit_seconds",
+                "Duration of the store's group commits.",
+                commits.seconds_sum,
+                commits.commits,
+                &commits.buckets,
+            )?;
+            out.counter(
+                "tern_store_committed_bytes",
+                "Estimated bytes of the changes committed.",
+                commits.bytes,
+            )?;
+            out.gauge(
+                "tern_store_pending_bytes",
+                "Estimated bytes of changes waiting for a commit.",
+                status.pending_bytes as f64,
+            )?;
+            if let Some(free) = status.free_bytes {
+                out.gauge(
+                    "tern_store_free_disk_bytes",
+                    "Free bytes on the data directory's file system.",
+                    free as f64,
+                )?;
+            }
+        }
+        let expiries: Vec<(Labels, f64)> = self
+            .certificates
+            .iter()
+            .filter_map(|(listener, path)| {
+                let left = certificate_seconds_left(path)?;
+                Some(([("listener", listener.clone())], left))
+            })
+            .collect();
+        if !expiries.is_empty() {
+            out.gauges(
+                "tern_certificate_expiry_seconds",
+                "Seconds until the listener's certificate expires (negative: expired).",
+                &expiries,
+            )?;
+        }
+        if let Some(process) = process::read() {
+            out.counter_f64(
+                "process_cpu_seconds",
+                "User and system CPU time of the process.",
+                process.cpu_seconds,
+            )?;
+            out.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory of the process.",
+                process.resident_bytes as f64,
+            )?;
+            out.gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory of the process.",
+                process.virtual_bytes as f64,
+            )?;
+            out.gauge(
+                "process_open_fds",
+                "Open file descriptors.",
+                process.open_fds as f64,
+            )?;
+            if let Some(max) = process.max_fds {
+                out.gauge("process_max_fds", "The file descriptor limit.", max as f64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Out<'_, '_> {
+    fn counter_f64(&mut self, name: &str, help: &str, value: f64) -> std::fmt::Result {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        metric.encode_counter::<NoLabelSet, f64, f64>(&value, None)
+    }
+}
+
+/// Seconds until the first certificate of the PEM file at `path` expires.
+fn certificate_seconds_left(path: &std::path::Path) -> Option<f64> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).ok()?;
+    let der = CertificateDer::pem_slice_iter(&bytes).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(not_after as f64 - now as f64)
+}
+
+/// The process's CPU time, memory and descriptors, from /proc (Linux; `None` elsewhere).
+pub(crate) mod process {
+    pub(crate) struct Process {
+        pub(crate) cpu_seconds: f64,
+        pub(crate) resident_bytes: u64,
+        pub(crate) virtual_bytes: u64,
+        pub(crate) open_fds: u64,
+        pub(crate) max_fds: Option<u64>,
+    }
+
+    /// Clock ticks per second of /proc/self/stat's times (USER_HZ: 100 on every Linux
+    /// architecture Tern builds for).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    /// The page size /proc/self/stat's RSS counts in (4 KiB on x86-64 and most arm64).
+    const PAGE: u64 = 4096;
+
+    pub(crate) fn read() -> Option<Process> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Field 14 (utime) is the 12th after the name (field 3 is the first).
+        let number = |index: usize| fields.get(index)?.parse::<u64>().ok();
+        let cpu = (number(11)? + number(12)?) as f64 / TICKS_PER_SECOND;
+        let virtual_bytes = number(20)?;
+        let resident_bytes = number(21)? * PAGE;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|limits| {
+                let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+                line.split_whitespace().nth(3)?.parse().ok()
+            });
+        Some(Process {
+            cpu_seconds: cpu,
+            resident_bytes,
+            virtual_bytes,
+            open_fds,
+            max_fds,
+        })
+    }
+}

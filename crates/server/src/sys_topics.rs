@@ -1,0 +1,186 @@
+//! The `$SYS/broker/...` topics, with Mosquitto's names for what Tern has, published every
+//! `sys_interval` seconds by a task of the timer runtime: retained in memory (a client that
+//! subscribes later gets the last values at once), never written to the store.
+//!
+//! The load figures are Mosquitto's: an exponentially weighted moving average, per minute,
+//! of the count over the last 1, 5 and 15 minutes, updated at each interval.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_broker::Message;
+use tern_codec::{MqttStr, QoS};
+use tokio::sync::watch;
+
+use crate::metrics::MetricsSource;
+
+/// The moving averages of one count (`load/<name>/{1min,5min,15min}`).
+#[derive(Debug, Default)]
+struct Load {
+    last: Option<u64>,
+    averages: [f64; 3],
+}
+
+const WINDOWS: [(f64, &str); 3] = [(1.0, "1min"), (5.0, "5min"), (15.0, "15min")];
+
+impl Load {
+    /// Takes the count now, `interval` seconds after the last one.
+    fn update(&mut self, count: u64, interval: f64) {
+        let delta = self.last.map_or(0, |last| count.saturating_sub(last)) as f64;
+        self.last = Some(count);
+        let per_minute = delta * 60.0 / interval;
+        for (average, (minutes, _)) in self.averages.iter_mut().zip(WINDOWS) {
+            let keep = (-interval / (60.0 * minutes)).exp();
+            *average = *average * keep + per_minute * (1.0 - keep);
+        }
+    }
+}
+
+/// The loads tracked, by their name under `load/`.
+const LOADS: [&str; 7] = [
+    "messages/received",
+    "messages/sent",
+    "publish/received",
+    "publish/sent",
+    "bytes/received",
+    "bytes/sent",
+    "connections",
+];
+
+/// Publishes the `$SYS` topics every `interval` until the server stops.
+pub(crate) async fn run(
+    source: MetricsSource,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut loads: Vec<Load> = LOADS.iter().map(|_| Load::default()).collect();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => publish(&source, &mut loads, interval.as_secs_f64()),
+        }
+    }
+}
+
+/// Every topic and its value now.
+fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(String, String)> {
+    let broker = &source.broker;
+    let m = broker.metrics().snapshot();
+    let totals = broker.session_totals();
+    let (retained, _) = broker.retained_totals();
+    let mut out = vec![
+        (
+            "version".to_owned(),
+            format!("tern version {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "uptime".to_owned(),
+            format!("{} seconds", source.started.elapsed().as_secs()),
+        ),
+        ("clients/connected".to_owned(), totals.connected.to_string()),
+        ("clients/active".to_owned(), totals.connected.to_string()),
+        (
+            "clients/disconnected".to_owned(),
+            totals.offline.to_string(),
+        ),
+        ("clients/inactive".to_owned(), totals.offline.to_string()),
+        (
+            "clients/total".to_owned(),
+            (totals.connected + totals.offline).to_string(),
+        ),
+        (
+            "messages/received".to_owned(),
+            m.messages_received.to_string(),
+        ),
+        ("messages/sent".to_owned(), m.messages_sent.to_string()),
+        (
+            "publish/messages/received".to_owned(),
+            m.messages_received.to_string(),
+        ),
+        (
+            "publish/messages/sent".to_owned(),
+            m.messages_sent.to_string(),
+        ),
+        (
+            "publish/messages/dropped".to_owned(),
+            (m.messages_dropped_queue_full
+                + m.messages_dropped_expired
+                + m.messages_dropped_too_large
+                + m.messages_dropped_offline_qos0)
+                .to_string(),
+        ),
+        (
+            "bytes/received".to_owned(),
+            m.network_bytes_received.to_string(),
+        ),
+        ("bytes/sent".to_owned(), m.network_bytes_sent.to_string()),
+        (
+            "subscriptions/count".to_owned(),
+            broker.subscription_count().to_string(),
+        ),
+        ("retained messages/count".to_owned(), retained.to_string()),
+        (
+            "messages/stored".to_owned(),
+            (totals.queued + totals.inflight).to_string(),
+        ),
+    ];
+    let counts = [
+        m.messages_received,
+        m.messages_sent,
+        m.messages_received,
+        m.messages_sent,
+        m.network_bytes_received,
+        m.network_bytes_sent,
+        m.connections_accepted,
+    ];
+    for ((load, name), count) in loads.iter_mut().zip(LOADS).zip(counts) {
+        load.update(count, interval);
+        for (average, (_, window)) in load.averages.iter().zip(WINDOWS) {
+            out.push((format!("load/{name}/{window}"), format!("{average:.2}")));
+        }
+    }
+    out
+}
+
+fn publish(source: &MetricsSource, loads: &mut [Load], interval: f64) {
+    let now = std::time::Instant::now();
+    for (name, value) in values(source, loads, interval) {
+        let Ok(topic) = MqttStr::try_from(format!("$SYS/broker/{name}")) else {
+            continue;
+        };
+        source.broker.publish_system(
+            Message {
+                topic,
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                expires_at: None,
+                publisher: None,
+                id: 0,
+            },
+            now,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mosquitto's load figures: a steady rate converges to itself (per minute).
+    #[test]
+    fn load_average_converges_to_the_rate() {
+        let mut load = Load::default();
+        let mut count = 0;
+        for _ in 0..2000 {
+            load.update(count, 10.0);
+            count += 100; // 100 per 10 s: 600 a minute
+        }
+        for average in load.averages {
+            assert!((average - 600.0).abs() < 1.0, "{average}");
+        }
+    }
+}

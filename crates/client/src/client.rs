@@ -4,7 +4,7 @@
 //! alive. Every buffer it holds is bounded (see [`ClientOptions`]); when one is full the loop
 //! stops taking from the side that fills it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -358,6 +358,12 @@ impl Task {
             maximum_qos: properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
             retain_available: properties.retain_available.unwrap_or(true),
             observer: self.options.observer.clone(),
+            topic_alias_maximum: if self.options.version.is_v5() {
+                self.options.properties.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+            topic_aliases: HashMap::new(),
         };
         let receive_maximum = properties.receive_maximum.unwrap_or(u16::MAX);
         let mut out = self
@@ -373,10 +379,20 @@ impl Task {
             session_present: connack.session_present,
             properties,
         }));
-        match self.drive(stream, &mut read, &mut link).await {
+        let end = match self.drive(stream, &mut read, &mut link).await {
             Ok(end) => end,
             Err(error) => End::Lost(error),
+        };
+        // What was received before the end goes to the application before it hears of the
+        // end: QoS 1 and 2 messages among it may have been acknowledged already, and the
+        // broker will not send them again (MQTT 4.3.2, 4.3.3). This waits for the application
+        // to read them, unless it has dropped its `Events`.
+        for event in link.events.drain(..) {
+            if self.events.send(event).await.is_err() {
+                break;
+            }
         }
+        end
     }
 
     async fn drive(
@@ -394,7 +410,9 @@ impl Task {
         let max_packet_size = self.options.max_packet_size;
         let event_capacity = self.options.event_capacity.max(1);
         // Packets already in the buffer (sent right behind the CONNACK).
-        take_packets(&mut self.session, read, link, &mut out, max_packet_size)?;
+        if let Err(error) = take_packets(&mut self.session, read, link, &mut out, max_packet_size) {
+            return Err(farewell(error, &mut writer, &mut sending, link).await);
+        }
         loop {
             if sending.is_empty() {
                 std::mem::swap(&mut sending, &mut link.write);
@@ -436,7 +454,11 @@ impl Task {
                     if got? == 0 {
                         return Err(ClientError::ClosedByBroker);
                     }
-                    take_packets(&mut self.session, read, link, &mut out, max_packet_size)?;
+                    if let Err(error) =
+                        take_packets(&mut self.session, read, link, &mut out, max_packet_size)
+                    {
+                        return Err(farewell(error, &mut writer, &mut sending, link).await);
+                    }
                 }
                 command = self.commands.recv(), if command_room => {
                     match command {
@@ -463,6 +485,39 @@ impl Task {
             }
         }
     }
+}
+
+/// How long the client tries to write its DISCONNECT after a protocol error by the broker.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The connection ends on `error` found in what the broker sent. A protocol violation is
+/// answered (MQTT 5) with DISCONNECT and its reason code [MQTT-4.13.1-1]; with it go the
+/// acknowledgements already encoded, so the broker does not send those messages again.
+/// Writing is tried for a short time only: the broker may not be reading.
+async fn farewell(
+    error: ClientError,
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    sending: &mut BytesMut,
+    link: &mut Link,
+) -> ClientError {
+    if let ClientError::ProtocolViolation { reason_code, .. } = &error {
+        if link.version.is_v5() {
+            let disconnect = Disconnect {
+                reason_code: *reason_code,
+                properties: Properties::default(),
+            };
+            if link.encode(&Packet::Disconnect(disconnect)).is_ok() {
+                sending.unsplit(std::mem::take(&mut link.write));
+                let write = async {
+                    writer.write_all(sending).await?;
+                    writer.flush().await?;
+                    writer.shutdown().await
+                };
+                let _ = tokio::time::timeout(FAREWELL_TIMEOUT, write).await;
+            }
+        }
+    }
+    error
 }
 
 impl Task {

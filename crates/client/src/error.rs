@@ -42,6 +42,13 @@ pub enum ClientError {
     /// The broker sent a packet a client never receives (or AUTH, which this client does not do).
     #[error("unexpected {0:?} from the broker")]
     Unexpected(PacketType),
+    /// The broker broke a rule of the protocol (e.g. an unknown topic alias); MQTT 5: the
+    /// client sent DISCONNECT with `reason_code` before closing.
+    #[error("protocol error by the broker: {detail}")]
+    ProtocolViolation {
+        reason_code: ReasonCode,
+        detail: String,
+    },
     /// A packet the application asked for cannot be encoded.
     #[error("cannot encode: {0}")]
     Encode(#[from] EncodeError),

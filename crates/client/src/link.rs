@@ -1,11 +1,11 @@
 //! One connection's loop state and the steps of the connection task that do not need the task
 //! itself: writing, decoding and acting on packets, taking a command.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tern_codec::{Packet, ProtocolVersion, QoS};
+use tern_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
@@ -31,6 +31,11 @@ pub(crate) struct Link {
     pub(crate) maximum_qos: QoS,
     pub(crate) retain_available: bool,
     pub(crate) observer: Option<PacketObserver>,
+    /// MQTT 5: the Topic Alias Maximum this connection's CONNECT sent (0: no aliases).
+    pub(crate) topic_alias_maximum: u16,
+    /// The broker's topic aliases on this connection [MQTT-3.3.2-12]: set by a PUBLISH with a
+    /// topic and an alias, read by one with the alias alone; they end with the connection.
+    pub(crate) topic_aliases: HashMap<u16, String>,
 }
 
 impl Link {
@@ -99,7 +104,8 @@ fn on_packet(
     out: &mut Vec<Packet>,
 ) -> Result<(), ClientError> {
     match packet {
-        Packet::Publish(publish) => {
+        Packet::Publish(mut publish) => {
+            let topic = inbound_topic(link, &mut publish)?;
             let deliver = match publish.qos {
                 QoS::AtMostOnce => true,
                 QoS::AtLeastOnce => {
@@ -113,7 +119,7 @@ fn on_packet(
             };
             if deliver {
                 link.events.push_back(Event::Message(Message {
-                    topic: publish.topic.as_str().to_owned(),
+                    topic,
                     payload: publish.payload,
                     qos: publish.qos,
                     retain: publish.retain,
@@ -142,6 +148,45 @@ fn on_packet(
         other => return Err(ClientError::Unexpected(other.packet_type())),
     }
     Ok(())
+}
+
+/// The topic of a received PUBLISH, through its topic alias if it has one (MQTT 5 3.3.2.3.4).
+/// An alias above the maximum the client sent, or an empty topic with an alias the broker has
+/// not set on this connection, is a protocol error [MQTT-3.3.2-9, MQTT-3.3.2-10]. The alias
+/// stays in the message's properties (as `mosquitto_sub -F %A` shows it).
+fn inbound_topic(
+    link: &mut Link,
+    publish: &mut tern_codec::Publish,
+) -> Result<String, ClientError> {
+    let Some(alias) = publish.properties.topic_alias else {
+        if publish.topic.is_empty() {
+            return Err(ClientError::ProtocolViolation {
+                reason_code: ReasonCode::ProtocolError,
+                detail: "PUBLISH with an empty topic and no topic alias".to_owned(),
+            });
+        }
+        return Ok(publish.topic.as_str().to_owned());
+    };
+    if alias == 0 || alias > link.topic_alias_maximum {
+        return Err(ClientError::ProtocolViolation {
+            reason_code: ReasonCode::TopicAliasInvalid,
+            detail: format!(
+                "topic alias {alias} is above the maximum of {}",
+                link.topic_alias_maximum
+            ),
+        });
+    }
+    if publish.topic.is_empty() {
+        return link.topic_aliases.get(&alias).cloned().ok_or_else(|| {
+            ClientError::ProtocolViolation {
+                reason_code: ReasonCode::ProtocolError,
+                detail: format!("topic alias {alias} was never set on this connection"),
+            }
+        });
+    }
+    let topic = publish.topic.as_str().to_owned();
+    link.topic_aliases.insert(alias, topic.clone());
+    Ok(topic)
 }
 
 pub(crate) fn command_to(

@@ -499,3 +499,52 @@ async fn maximum_qos_and_retain_available_are_respected_mqtt_3_2_2_11() {
     assert!(!fine.reason_code.is_error(), "{fine:?}");
     broker.shutdown().await;
 }
+
+/// Review 13 MUST #2, MQTT 5 3.3.2.3.4 and MQTT-3.3.2-12: with Topic Alias Maximum 10 in
+/// CONNECT, Tern (default `outbound_topic_aliases = 64`) sends the topic once, then the alias
+/// alone with an empty topic; every message still comes out with its topic.
+#[tokio::test]
+async fn inbound_topic_aliases_from_tern_are_resolved_mqtt_3_3_2_12() {
+    use std::sync::{Arc, Mutex};
+    use tern_client::{Direction, Packet, PacketObserver};
+    let broker = Broker::memory().await;
+    let raw_topics = Arc::new(Mutex::new(Vec::new()));
+    let seen = raw_topics.clone();
+    let mut aliased = options(&broker, "aliased", ProtocolVersion::V5);
+    aliased.properties.topic_alias_maximum = Some(10);
+    aliased.observer = Some(PacketObserver(Arc::new(move |direction, packet| {
+        if let (Direction::Received, Packet::Publish(publish)) = (direction, packet) {
+            if let Ok(mut seen) = seen.lock() {
+                seen.push(publish.topic.as_str().to_owned());
+            }
+        }
+    })));
+    let (client, mut events, _) = Client::connect(aliased).await.expect("connect");
+    subscribe(&client, "alias/#", QoS::AtLeastOnce, Properties::default()).await;
+    for n in 0..3 {
+        client
+            .publish(Message::new(
+                "alias/some/long/topic",
+                format!("m{n}"),
+                QoS::AtLeastOnce,
+            ))
+            .await
+            .expect("queued")
+            .await
+            .expect("PUBACK");
+    }
+    for n in 0..3 {
+        let message = next_message(&mut events).await;
+        assert_eq!(message.topic, "alias/some/long/topic", "message {n}");
+        assert_eq!(&message.payload[..], format!("m{n}").as_bytes());
+        assert!(message.properties.topic_alias.is_some());
+    }
+    let raw = raw_topics.lock().map(|t| t.clone()).unwrap_or_default();
+    assert_eq!(raw.len(), 3);
+    assert!(
+        raw[1..].iter().all(String::is_empty),
+        "the broker used the alias alone: {raw:?}"
+    );
+    client.disconnect().await.expect("disconnect");
+    broker.shutdown().await;
+}

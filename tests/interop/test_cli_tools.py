@@ -371,3 +371,38 @@ def test_persistent_session_c_and_x__issue13(broker, unique, version):
                               capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
         outputs[which] = (back.returncode, back.stdout.replace(which.encode(), b"X"))
     assert outputs["tern"] == outputs["mosquitto"] == (0, f"{unique}/X/q while away\n".encode())
+
+
+@pytest.mark.parametrize("fmt", [["-v"], ["-F", "%t|%p|%q"]], ids=["v", "F"])
+def test_sub_topic_aliases_same_output_as_mosquitto_sub__issue13(broker, tools, unique, fmt):
+    """Review 13 MUST #2, MQTT 5 3.3.2.3.4 and MQTT-3.3.2-12: with `-D connect
+    topic-alias-maximum 10`, Tern (default outbound_topic_aliases = 64) sends each topic once
+    and then its alias alone with an empty topic; tern sub resolves it and prints what
+    mosquitto_sub prints for the same messages. mosquitto_sub runs without the option: the
+    libmosquitto here (2.0.11) does not resolve inbound aliases (it ends with "A network
+    protocol error occurred" on the first alias-only PUBLISH), so it gets whole topics."""
+    ready = f"{unique}/ready"
+    mosquitto_pub(broker, "-t", ready, "-m", "ready", "-r", version="mqttv5")
+    topics = [f"{unique}/data/a", f"{unique}/data/b/long/topic", f"{unique}/data/a"]
+    count = 1 + 2 * len(topics)
+    aliases = {"tern": ["-D", "connect", "topic-alias-maximum", "10"], "mosquitto": []}
+    subs = {
+        which: tools(sub_argv(which, broker, [
+            "-V", "mqttv5", *aliases[which],
+            "-t", f"{unique}/data/#", "-t", ready, "-C", str(count), "-i", f"{unique}{which[0]}",
+            *fmt,
+        ]))
+        for which in ("mosquitto", "tern")
+    }
+    for sub in subs.values():
+        sub.wait_output()
+    for round_ in range(2):
+        for n, topic in enumerate(topics):
+            mosquitto_pub(broker, "-t", topic, "-m", f"m{round_}{n}", "-q", "1", version="mqttv5")
+    results = {which: sub.finish() for which, sub in subs.items()}
+    m_code, m_out, m_err = results["mosquitto"]
+    t_code, t_out, t_err = results["tern"]
+    assert m_code == 0, m_err
+    assert m_out.count(f"{unique}/data/a".encode()) == 4, m_out
+    assert t_out == m_out, f"tern:\n{t_out!r}\nmosquitto:\n{m_out!r}\ntern stderr: {t_err!r}"
+    assert t_code == m_code

@@ -127,7 +127,7 @@ impl Client {
     /// Starts the client's task; it connects at once. The first event says how that went.
     /// Fails only when the endpoint cannot be used (TLS files).
     pub fn start(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let dialer = Dialer::new(&options.endpoint)?;
+        let dialer = Dialer::new(&options.endpoint)?.for_packets_up_to(options.max_packet_size);
         let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (event_tx, events) = mpsc::channel(options.event_capacity.max(1));
         let version = options.version;

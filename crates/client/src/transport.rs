@@ -392,6 +392,18 @@ impl<C: Connector> Ws<C> {
     }
 }
 
+impl<C: Connector> Ws<C> {
+    /// Bounds the WebSocket messages and frames read to `bytes` (tungstenite's defaults are
+    /// 64 MiB and 16 MiB, whatever the MQTT packets may be).
+    pub fn max_message_size(mut self, bytes: usize) -> Ws<C> {
+        self.config = self
+            .config
+            .max_message_size(Some(bytes))
+            .max_frame_size(Some(bytes));
+        self
+    }
+}
+
 impl<C: Connector> Connector for Ws<C> {
     type Stream = WsStream<C::Stream>;
 
@@ -538,6 +550,8 @@ pub enum Dialer {
 
 /// tungstenite's read buffer for a client connection.
 const WS_READ_BUFFER: usize = 16 * 1024;
+/// Room in a WebSocket message beyond the largest MQTT packet, for packets batched with it.
+pub const WS_BATCH_SLACK: usize = 1024 * 1024;
 
 impl Dialer {
     pub fn new(endpoint: &Endpoint) -> Result<Dialer, TransportError> {
@@ -554,6 +568,20 @@ impl Dialer {
                 WS_READ_BUFFER,
             )),
         })
+    }
+
+    /// For a client that takes MQTT packets of up to `max_packet_size` bytes: a WebSocket
+    /// message may carry several packets (a peer batches its writes), so the bound on a
+    /// message is that plus [`WS_BATCH_SLACK`].
+    pub fn for_packets_up_to(self, max_packet_size: u32) -> Dialer {
+        let bytes = usize::try_from(max_packet_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(WS_BATCH_SLACK);
+        match self {
+            Dialer::Ws(ws) => Dialer::Ws(ws.max_message_size(bytes)),
+            Dialer::Wss(ws) => Dialer::Wss(ws.max_message_size(bytes)),
+            other => other,
+        }
     }
 
     /// Resolves `host` and opens a stream to its first address.

@@ -186,3 +186,75 @@ async fn tls_insecure_accepts_any_certificate() {
         .expect("connects without a CA file");
     client.disconnect().await.expect("disconnect");
 }
+
+/// Review 13 NIT #21: over WebSockets the size of a message the client reads is bounded by its
+/// `max_packet_size` (plus room for batched packets), not by tungstenite's defaults (64 MiB
+/// message, 16 MiB frame): a peer's single 2 MiB WebSocket message to a client that takes
+/// packets of 1 KiB ends the connection at the WebSocket layer, before it is read whole.
+#[tokio::test]
+async fn websocket_messages_are_bounded_by_max_packet_size() {
+    use bytes::BytesMut;
+    use futures_util::{SinkExt, StreamExt};
+    use tern_client::{ClientError, Packet, ReasonCode};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mqtt = |_: &Request, mut response: Response| {
+            response
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+            Ok(response)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, mqtt)
+            .await
+            .expect("upgrade");
+        let _connect = ws.next().await;
+        let mut connack = BytesMut::new();
+        Packet::ConnAck(tern_client::ConnAckPacket {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties: Properties::default(),
+        })
+        .encode(ProtocolVersion::V311, &mut connack)
+        .expect("encode");
+        ws.send(WsMessage::binary(connack.freeze()))
+            .await
+            .expect("CONNACK");
+        // One 2 MiB WebSocket message (its content does not matter: it must not be read whole).
+        let _ = ws.send(WsMessage::binary(vec![0u8; 2 * 1024 * 1024])).await;
+        let _ = ws.next().await;
+    });
+    let endpoint = Endpoint {
+        transport: Transport::Ws,
+        host: "127.0.0.1".into(),
+        port,
+        ws_path: "/mqtt".into(),
+        tls: TlsOptions::default(),
+    };
+    let mut small = ClientOptions::new(endpoint, "small");
+    small.max_packet_size = 1024;
+    let (_client, mut events, _) = Client::connect(small).await.expect("connect");
+    let error = loop {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("in time")
+        {
+            Some(Event::Disconnected(error)) => break error,
+            Some(Event::Message(_)) => panic!("a 2 MiB message through a 1 KiB limit"),
+            Some(_) => {}
+            None => panic!("client ended"),
+        }
+    };
+    assert!(
+        matches!(error, ClientError::Io(_)),
+        "ended by the WebSocket limit, not by the decoder after reading it whole: {error:?}"
+    );
+    server.abort();
+}

@@ -66,7 +66,8 @@ pub enum Event {
     /// A connection is up (the first, or a reconnection).
     Connected(Connected),
     /// A message from a subscription. QoS 1 and 2 are acknowledged once queued for
-    /// the application (the queue is bounded: reading stops while it is full).
+    /// the application (the queue is bounded: reading stops while it is full); what is queued
+    /// when the connection ends still comes, before [`Event::Disconnected`].
     Message(Message),
     /// The connection failed or was lost; [`Event::Reconnecting`] follows if the client
     /// reconnects, otherwise the events end.
@@ -75,7 +76,8 @@ pub enum Event {
     Reconnecting { attempt: u32, delay: Duration },
 }
 
-/// The events of a client; `None` once the client has ended.
+/// The events of a client; `None` once the client has ended. The client waits for them to be
+/// read (also `Disconnected` and `Reconnecting`): read them, or drop this.
 pub struct Events {
     events: mpsc::Receiver<Event>,
 }
@@ -299,11 +301,20 @@ async fn run(
             Err(error) => error,
         };
         tracing::debug!(%error, "MQTT connection ended");
+        let sent_away = sent_away(&error);
         let _ = task.events.send(Event::Disconnected(error)).await;
         let Some(backoff) = task.options.reconnect else {
             break;
         };
-        let delay = backoff.delay(attempt);
+        // Sent away on purpose (another connection took the session, an operator kicked the
+        // client, the server asked for another server): coming straight back would undo it, or
+        // make two clients with one id take the session from each other in a loop. The
+        // longest delay then.
+        let delay = if sent_away {
+            backoff.delay(u32::MAX)
+        } else {
+            backoff.delay(attempt)
+        };
         attempt = attempt.saturating_add(1);
         let _ = task
             .events
@@ -319,6 +330,23 @@ async fn run(
     while let Ok(command) = task.commands.try_recv() {
         fail(command);
     }
+}
+
+/// A DISCONNECT that asks the client not to come straight back: 0x8E Session taken over,
+/// 0x98 Administrative action, 0x9C Use another server, 0x9D Server moved, 0x9F Connection
+/// rate exceeded.
+fn sent_away(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Disconnected {
+            reason_code: ReasonCode::SessionTakenOver
+                | ReasonCode::AdministrativeAction
+                | ReasonCode::UseAnotherServer
+                | ReasonCode::ServerMoved
+                | ReasonCode::ConnectionRateExceeded,
+            ..
+        }
+    )
 }
 
 fn fail(command: Command) {

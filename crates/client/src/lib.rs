@@ -21,6 +21,28 @@
 //! client.disconnect().await
 //! # }
 //! ```
+//!
+//! ## Delivery guarantees and their limits
+//!
+//! - A received QoS 1 or 2 message is acknowledged (PUBACK, PUBREC) once it is queued for the
+//!   application. Messages queued when the connection ends are still handed out, before
+//!   [`Event::Disconnected`]: the broker will not send them again.
+//! - The client tells the application everything in order and waits for it to read: an
+//!   application that keeps [`Events`] but stops reading holds up reconnection (and, once the
+//!   queue is full, reading from the broker). Drop `Events` to ignore events.
+//! - Inbound topic aliases (MQTT 5) are resolved: set `properties.topic_alias_maximum` in
+//!   the options and every [`Message`] still carries its topic (the alias stays in its
+//!   properties). An alias above that maximum, or one never set on the connection, ends the
+//!   connection with DISCONNECT 0x94 / 0x82.
+//! - With a resumed session (clean start 0, session present 1), unacknowledged publishes go
+//!   again with DUP and the same packet id, and PUBREL again. All of them go at once, even
+//!   when the broker's new Receive Maximum is lower than their number.
+//! - Without the session (session present 0, e.g. it expired), publishes not yet acknowledged
+//!   are sent again as new messages: a QoS 2 message whose PUBREC was lost may then arrive
+//!   twice, so exactly-once holds only while the broker keeps the session.
+//! - After DISCONNECT 0x8E (session taken over), 0x98 (administrative action), 0x9C, 0x9D or
+//!   0x9F the client waits the longest delay of its [`Backoff`] before reconnecting.
+//! - Over WebSockets, a message larger than `max_packet_size` + 1 MiB ends the connection.
 
 // Data from the network must never panic the client: no unwrap or expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]

@@ -332,3 +332,51 @@ async fn inbound_topic_aliases_resolve_and_bad_ones_end_the_connection() {
         }
     }
 }
+
+/// Review 13 NIT #22: after DISCONNECT 0x8E (Session taken over) or 0x98 (Administrative
+/// action) the client waits the longest delay of its backoff before coming back, so two
+/// clients with one id do not take the session from each other in a loop, and a kicked
+/// client is not back at once; after an ordinary loss it starts at the initial delay.
+#[tokio::test]
+async fn sent_away_backs_off_to_the_longest_delay() {
+    let backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_secs(20),
+        factor: 2.0,
+        jitter: 0.25,
+    };
+    for (reason, far) in [
+        (Some(ReasonCode::SessionTakenOver), true),
+        (Some(ReasonCode::AdministrativeAction), true),
+        (Some(ReasonCode::ServerShuttingDown), false),
+        (None, false),
+    ] {
+        let fake = Fake::bind(ProtocolVersion::V5).await;
+        let mut options = fake.options("twin");
+        options.reconnect = Some(backoff);
+        let (client, mut events) = Client::start(options).expect("start");
+        let (mut conn, _) = fake.accept(false).await;
+        assert!(matches!(next(&mut events).await, Event::Connected(_)));
+        match reason {
+            Some(reason_code) => {
+                conn.send(&[Packet::Disconnect(Disconnect {
+                    reason_code,
+                    properties: Properties::default(),
+                })])
+                .await
+            }
+            None => drop(conn),
+        }
+        assert!(matches!(next(&mut events).await, Event::Disconnected(_)));
+        match next(&mut events).await {
+            Event::Reconnecting { delay, .. } if far => {
+                assert!(delay >= Duration::from_secs(15), "{reason:?}: {delay:?}")
+            }
+            Event::Reconnecting { delay, .. } => {
+                assert!(delay <= Duration::from_millis(10), "{reason:?}: {delay:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        client.disconnect().await.expect("disconnect");
+    }
+}

@@ -35,8 +35,8 @@
 //!   properties). An alias above that maximum, or one never set on the connection, ends the
 //!   connection with DISCONNECT 0x94 / 0x82.
 //! - With a resumed session (clean start 0, session present 1), unacknowledged publishes go
-//!   again with DUP and the same packet id, and PUBREL again. All of them go at once, even
-//!   when the broker's new Receive Maximum is lower than their number.
+//!   again with DUP and the same packet id, and PUBREL again; publishes beyond the broker's
+//!   new Receive Maximum wait for room, ahead of new ones.
 //! - Without the session (session present 0, e.g. it expired), publishes not yet acknowledged
 //!   are sent again as new messages: a QoS 2 message whose PUBREC was lost may then arrive
 //!   twice, so exactly-once holds only while the broker keeps the session.

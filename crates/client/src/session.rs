@@ -59,6 +59,9 @@ pub(crate) struct Session {
     waiting: VecDeque<Waiting>,
     requests: HashMap<u16, Request>,
     inbound_qos2: HashSet<u16>,
+    /// Resumed publishes in flight (in `inflight`) not sent again yet: the broker's new Receive
+    /// Maximum had no room for them [MQTT-3.3.4-7]. They go first as room frees, in order.
+    held: VecDeque<u16>,
     /// The most publishes in flight: ours, capped by the broker's Receive Maximum.
     window: usize,
     max_inflight: usize,
@@ -74,6 +77,7 @@ impl Session {
             waiting: VecDeque::new(),
             requests: HashMap::new(),
             inbound_qos2: HashSet::new(),
+            held: VecDeque::new(),
             window: max_inflight,
             max_inflight,
         }
@@ -107,6 +111,13 @@ impl Session {
         if !session_present {
             self.inbound_qos2.clear();
         }
+        self.held.clear();
+        // Releases count in the window too (no PUBCOMP yet), and go again whatever it is.
+        let mut sent = self
+            .inflight
+            .values()
+            .filter(|f| matches!(f.stage, Stage::Released))
+            .count();
         let mut order: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
         order.sort_unstable();
         let mut out = Vec::new();
@@ -118,7 +129,12 @@ impl Session {
             match (&mut flight.stage, session_present) {
                 (Stage::Published(publish), true) => {
                     publish.dup = true;
-                    out.push(Packet::Publish((**publish).clone()));
+                    if sent < self.window {
+                        sent += 1;
+                        out.push(Packet::Publish((**publish).clone()));
+                    } else {
+                        self.held.push_back(id);
+                    }
                 }
                 (Stage::Released, true) => out.push(Packet::PubRel(Ack::new(id))),
                 (Stage::Published(_), false) => renew.push(id),
@@ -171,7 +187,17 @@ impl Session {
 
     /// The queued publishes the window has room for, given their packet ids.
     pub(crate) fn next_to_send(&mut self, out: &mut Vec<Packet>) {
-        while self.inflight.len() < self.window {
+        while self.inflight.len().saturating_sub(self.held.len()) < self.window {
+            if let Some(id) = self.held.pop_front() {
+                if let Some(InFlight {
+                    stage: Stage::Published(publish),
+                    ..
+                }) = self.inflight.get(&id)
+                {
+                    out.push(Packet::Publish((**publish).clone()));
+                }
+                continue;
+            }
             let Some(Waiting { mut publish, reply }) = self.waiting.pop_front() else {
                 break;
             };
@@ -228,6 +254,12 @@ impl Session {
     /// An acknowledgement from the broker; returns what to send in answer. An id we do not
     /// know is ignored (a duplicate after a resend).
     pub(crate) fn acknowledgement(&mut self, packet: Packet, out: &mut Vec<Packet>) {
+        if !self.held.is_empty() {
+            // An answer for a message not sent again yet: it is no longer to be sent.
+            if let Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) = &packet {
+                self.held.retain(|id| *id != ack.packet_id);
+            }
+        }
         match packet {
             Packet::PubAck(ack) => {
                 if let Some(flight) = self.inflight.remove(&ack.packet_id) {
@@ -296,6 +328,7 @@ impl Session {
 
     /// The client ends: every waiting caller learns it.
     pub(crate) fn fail_all(&mut self, error: impl Fn() -> ClientError) {
+        self.held.clear();
         for (_, flight) in self.inflight.drain() {
             answer(flight.reply, Err(error()));
         }
@@ -397,6 +430,49 @@ mod tests {
         let again = session.resume(true, 10);
         assert!(matches!(&again[0], Packet::PubRel(a) if a.packet_id == ids[0]));
         assert!(matches!(&again[1], Packet::Publish(p) if p.dup && p.packet_id == ids[1]));
+    }
+
+    /// MQTT-3.3.4-7 with MQTT-4.4.0-1: a resumed session whose broker now takes fewer
+    /// publishes at once (Receive Maximum 1) gets the unacknowledged ones again one at a time,
+    /// each with DUP and its id, in order, the next when the previous is acknowledged.
+    #[test]
+    fn resume_resends_within_the_new_receive_maximum_mqtt_3_3_4_7() {
+        let mut session = Session::new(10);
+        session.resume(false, 10);
+        for _ in 0..3 {
+            session.publish(publish(QoS::AtLeastOnce), None);
+        }
+        let mut out = Vec::new();
+        session.next_to_send(&mut out);
+        let ids: Vec<u16> = out
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.packet_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 3);
+        // One more waiting behind them.
+        session.publish(publish(QoS::AtLeastOnce), None);
+        let again = session.resume(true, 1);
+        assert!(
+            matches!(again.as_slice(), [Packet::Publish(p)] if p.dup && p.packet_id == ids[0]),
+            "{again:?}"
+        );
+        for (n, id) in ids.iter().enumerate() {
+            let mut next = Vec::new();
+            session.acknowledgement(Packet::PubAck(Ack::new(*id)), &mut next);
+            match ids.get(n + 1) {
+                Some(following) => assert!(
+                    matches!(next.as_slice(), [Packet::Publish(p)] if p.dup && p.packet_id == *following),
+                    "{next:?}"
+                ),
+                None => assert!(
+                    matches!(next.as_slice(), [Packet::Publish(p)] if !p.dup),
+                    "then the waiting one: {next:?}"
+                ),
+            }
+        }
     }
 
     /// MQTT 5 3.2.2.1.1 (session present 0): the broker forgot the session, so publishes

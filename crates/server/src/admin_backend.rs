@@ -500,6 +500,8 @@ impl Reload {
             return (report, None, values);
         };
         let old = &self.running;
+        // The command line's keys stay as `tern serve` set them at start.
+        old.overrides.apply(&mut new);
         if new.log_level != old.log_level {
             match LOG_LEVEL_RELOADER.get() {
                 Some(apply) => match apply(&new.log_level) {
@@ -578,6 +580,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         admin,
         store_tuning,
         config_file: _, // where the file is, not a key of it
+        overrides: _,   // the command line's, applied to `new` as to `old`
     } = new;
     compare("listen", *listen != old.listen);
     compare("listeners", *listeners != old.listeners);

@@ -61,6 +61,66 @@ pub struct ServerConfig {
     /// The file this configuration was read from (`from_file`), read again by a reload.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// What the command line set over the file (`tern serve --listen ...`): applied again to
+    /// the file at every reload, so a reload neither undoes a flag nor reports it as a
+    /// change that needs a restart.
+    #[serde(skip)]
+    pub overrides: Overrides,
+}
+
+/// Keys the command line of `tern serve` sets over the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub log_level: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// `--in-memory`: `durability = "memory"`.
+    pub in_memory: bool,
+    /// `--allow-anonymous`: `auth.allow_anonymous = true`.
+    pub allow_anonymous: bool,
+}
+
+impl Overrides {
+    /// Sets the overridden keys of `config`, and keeps `self` in it for the next reload.
+    pub fn apply(&self, config: &mut ServerConfig) {
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(level) = &self.log_level {
+            config.log_level = level.clone();
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if self.in_memory {
+            config.durability = Durability::Memory;
+        }
+        if self.allow_anonymous {
+            config.auth.allow_anonymous = Some(true);
+        }
+        config.overrides = self.clone();
+    }
+
+    /// The keys overridden, as the configuration names them (for the log at start).
+    pub fn keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen.is_some() {
+            keys.push("listen");
+        }
+        if self.log_level.is_some() {
+            keys.push("log_level");
+        }
+        if self.data_dir.is_some() {
+            keys.push("data_dir");
+        }
+        if self.in_memory {
+            keys.push("durability");
+        }
+        if self.allow_anonymous {
+            keys.push("auth.allow_anonymous");
+        }
+        keys
+    }
 }
 
 /// The shape of log lines (`log_format`).
@@ -193,6 +253,7 @@ impl Default for ServerConfig {
             admin: AdminConfig::default(),
             store_tuning: StoreTuning::default(),
             config_file: None,
+            overrides: Overrides::default(),
         }
     }
 }

@@ -466,3 +466,46 @@ async fn subscriptions_walked_one_a_page_come_back_once() {
         client.disconnect().await;
     }
 }
+
+/// Review 13 #3, issue 13 "what is applied vs what is reported": a reload applies the file
+/// with the command line's overrides, as `tern serve` did at start. An unchanged file
+/// reloads to no change at all (nothing applied, nothing needing a restart) and the
+/// overridden log level stays.
+#[tokio::test]
+async fn reload_keeps_the_command_line_overrides() {
+    let dir = std::env::temp_dir().join(format!("tern-reload-over-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tern.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:1\"]\nlog_level = \"info\"\ndurability = \"fsync\"\n\
+         data_dir = \"/nonexistent/tern\"\n",
+    )
+    .unwrap();
+    let mut config = ServerConfig::from_file(&path).unwrap();
+    let overrides = tern_server::Overrides {
+        listen: Some(vec!["127.0.0.1:0".parse().unwrap()]),
+        log_level: Some("debug".to_owned()),
+        data_dir: Some(dir.join("data")),
+        in_memory: true,
+        allow_anonymous: true,
+    };
+    overrides.apply(&mut config);
+    let broker = start(config).await;
+    let report = broker.backend.reload().await;
+    assert!(report.applied.is_empty(), "{report:?}");
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(broker.backend.config()["log_level"], "debug");
+    // A key the file changes is still reported, with the overrides kept.
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:1\"]\nlog_level = \"info\"\ndurability = \"fsync\"\n\
+         data_dir = \"/nonexistent/tern\"\nsys_interval = 3\n",
+    )
+    .unwrap();
+    let report = broker.backend.reload().await;
+    assert_eq!(report.needs_restart, ["sys_interval"], "{report:?}");
+    assert_eq!(broker.backend.config()["log_level"], "debug");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -192,33 +192,42 @@ impl Broker {
 
     /// Sessions whose client id sorts after `after`, by client id, at most `limit`; only the
     /// connected ones with `connected_only`. Costs a walk of the registry's pointers (no
-    /// order is kept for this rare query), and the lock of each session selected.
+    /// order is kept for this rare query), and the lock of each session reported. A session
+    /// that ends (or, with `connected_only`, disconnects) between the walk and its report is
+    /// skipped and the next one in order taken in its place, so a page is short only when
+    /// there is nothing after it.
     pub fn sessions_after(
         &self,
         after: Option<&str>,
         limit: usize,
         connected_only: bool,
     ) -> Vec<SessionReport> {
-        let mut sessions: Vec<Arc<Session>> = self
-            .all_sessions()
-            .into_iter()
-            .filter(|s| after.is_none_or(|after| s.client_id().as_str() > after))
-            .filter(|s| !connected_only || s.is_online())
-            .collect();
+        let mut rest: Vec<Arc<Session>> = self.sessions_where(|s| {
+            after.is_none_or(|after| s.client_id().as_str() > after)
+                && (!connected_only || s.is_online())
+        });
         let by_id = |a: &Arc<Session>, b: &Arc<Session>| a.client_id().cmp(b.client_id());
-        if sessions.len() > limit {
-            if limit == 0 {
-                return Vec::new();
-            }
-            sessions.select_nth_unstable_by(limit - 1, by_id);
-            sessions.truncate(limit);
+        let mut out = Vec::with_capacity(limit.min(rest.len()));
+        // Each round takes the smallest ids left, as many as the page still lacks: every
+        // id of a round sorts before every id left for the next.
+        while out.len() < limit && !rest.is_empty() {
+            let wanted = limit - out.len();
+            let mut round = if rest.len() > wanted {
+                rest.select_nth_unstable_by(wanted - 1, by_id);
+                let later = rest.split_off(wanted);
+                std::mem::replace(&mut rest, later)
+            } else {
+                std::mem::take(&mut rest)
+            };
+            round.sort_unstable_by(by_id);
+            out.extend(
+                round
+                    .iter()
+                    .filter_map(|session| report(session))
+                    .filter(|report| !connected_only || report.connection.is_some()),
+            );
         }
-        sessions.sort_unstable_by(by_id);
-        sessions
-            .iter()
-            .filter_map(|session| report(session))
-            .filter(|report| !connected_only || report.connection.is_some())
-            .collect()
+        out
     }
 
     /// The session of `client_id` in figures.
@@ -252,11 +261,8 @@ impl Broker {
         filter: Option<&str>,
         limit: usize,
     ) -> Vec<(MqttStr, MqttStr, SubscriptionRecord)> {
-        let mut sessions: Vec<Arc<Session>> = self
-            .all_sessions()
-            .into_iter()
-            .filter(|s| after.is_none_or(|(id, _)| s.client_id().as_str() >= id))
-            .collect();
+        let mut sessions: Vec<Arc<Session>> =
+            self.sessions_where(|s| after.is_none_or(|(id, _)| s.client_id().as_str() >= id));
         sessions.sort_unstable_by(|a, b| a.client_id().cmp(b.client_id()));
         let mut out = Vec::new();
         for session in sessions {
@@ -474,4 +480,40 @@ pub(crate) fn trace_packet(
         packet = ?packet,
         "client trace"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> MqttStr {
+        MqttStr::try_from(text).expect("a valid client id")
+    }
+
+    /// Review 13 #4 (the contract's paging: a page shorter than `limit` is the last one): a
+    /// session that ends between the registry's walk and its report is replaced by the
+    /// next one in order, and no session after it is lost.
+    #[test]
+    fn a_session_ended_mid_listing_leaves_no_hole_in_the_page() {
+        let broker = Broker::new(crate::BrokerConfig::default());
+        for name in ["a", "b", "c", "d", "e"] {
+            broker.register_for_test(Arc::new(Session::new(id(name), SessionExpiry::Never)));
+        }
+        // Ended, but still in the registry: the state a listing meets when the session
+        // ends between the walk and the report.
+        broker.session("b").expect("registered").lock().ended = true;
+        let ids = |page: &[SessionReport]| -> Vec<String> {
+            page.iter().map(|r| r.client_id.as_str().to_owned()).collect()
+        };
+        let first = broker.sessions_after(None, 2, false);
+        assert_eq!(ids(&first), ["a", "c"]);
+        let second = broker.sessions_after(Some("c"), 2, false);
+        assert_eq!(ids(&second), ["d", "e"]);
+        assert!(broker.sessions_after(Some("e"), 2, false).is_empty());
+        broker.session("c").expect("registered").lock().ended = true;
+        broker.session("d").expect("registered").lock().ended = true;
+        assert_eq!(ids(&broker.sessions_after(None, 2, false)), ["a", "e"]);
+        assert_eq!(ids(&broker.sessions_after(None, 10, false)), ["a", "e"]);
+        assert!(broker.sessions_after(None, 0, false).is_empty());
+    }
 }

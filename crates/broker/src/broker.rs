@@ -591,6 +591,22 @@ impl Broker {
             .collect()
     }
 
+    /// The sessions `keep` selects, in no order: the registry is locked for the walk, and
+    /// only the selected pointers are copied out.
+    pub(crate) fn sessions_where(&self, keep: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|registered| keep(&registered.0))
+            .map(|registered| registered.0.clone())
+            .collect()
+    }
+
+    /// Adds a session to the registry as it is (tests of the queries).
+    #[cfg(test)]
+    pub(crate) fn register_for_test(&self, session: Arc<Session>) {
+        lock(&self.sessions).insert(Registered(session));
+    }
+
     /// Number of sessions, online and offline.
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()

@@ -336,7 +336,8 @@ impl Broker {
 
     /// Closes the connection of `client_id` at its next turn: MQTT 5 clients get DISCONNECT
     /// 0x98 Administrative action, and the will is published as for any other close (after
-    /// its delay). The session stays. False when the client is not connected.
+    /// its delay). The session stays as after any close: offline when its expiry is above
+    /// zero, ended when it is zero. False when the client is not connected.
     pub fn kick(&self, client_id: &str) -> bool {
         let Some(session) = self.session(client_id) else {
             return false;
@@ -452,13 +453,14 @@ impl Broker {
         self.publish_tracked(message, now, None, false).0
     }
 
-    /// Turns per-client debug tracing on or off for `client_id`'s connection. False when the
-    /// client is not connected.
+    /// Turns per-client debug tracing on or off for `client_id`'s session. On: false when the
+    /// client is not connected. Off: false only when there is no session (an offline
+    /// session's flag can be cleared, so its next connection is not traced).
     pub fn set_client_tracing(&self, client_id: &str, on: bool) -> bool {
         let Some(session) = self.session(client_id) else {
             return false;
         };
-        if !session.is_online() {
+        if on && !session.is_online() {
             return false;
         }
         session.set_traced(on);

@@ -126,6 +126,18 @@ fn directory_bytes(dir: &std::path::Path, depth: usize) -> u64 {
         .sum()
 }
 
+/// Topics starting with `$` are the broker's own (`$SYS`, MQTT 4.7.2): written only by its
+/// `$SYS` task, which keeps their accounting (left out of the retained totals and quotas,
+/// never stored). The admin API, like a client, may not publish or clear them.
+fn refuse_system_topic(topic: &str) -> Result<(), AdminError> {
+    if topic.starts_with('$') {
+        return Err(AdminError::Invalid(format!(
+            "topic {topic:?}: topics starting with '$' are the broker's own"
+        )));
+    }
+    Ok(())
+}
+
 /// Standard base64 (RFC 4648, with padding).
 fn base64(bytes: &[u8]) -> String {
     use base64ct::Encoding;
@@ -317,6 +329,7 @@ impl AdminBackend for ServerBackend {
     fn delete_retained(&self, topic: &str) -> Result<bool, AdminError> {
         tern_codec::topic::validate_topic_name(topic)
             .map_err(|error| AdminError::Invalid(format!("topic {topic:?}: {error}")))?;
+        refuse_system_topic(topic)?;
         Ok(self.source.broker.clear_retained(topic))
     }
 
@@ -327,6 +340,7 @@ impl AdminBackend for ServerBackend {
         }
         tern_codec::topic::validate_topic_name(&request.topic)
             .map_err(|error| AdminError::Invalid(format!("topic: {error}")))?;
+        refuse_system_topic(&request.topic)?;
         let topic = MqttStr::try_from(request.topic.as_str())
             .map_err(|error| AdminError::Invalid(format!("topic: {error}")))?;
         let payload =

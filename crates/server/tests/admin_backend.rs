@@ -509,3 +509,44 @@ async fn reload_keeps_the_command_line_overrides() {
     assert_eq!(broker.backend.config()["log_level"], "debug");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Review 13 #6 (issue 13 `$SYS`: the broker's own topics, kept out of the retained figures):
+/// the admin API may neither clear nor publish a `$` topic, so the count of the broker's own
+/// retained messages cannot drift and the retained totals stay the users'.
+#[tokio::test]
+async fn system_topics_are_refused_by_publish_and_retained_delete() {
+    let config = ServerConfig {
+        sys_interval: 1,
+        ..common::config()
+    };
+    let broker = start(config).await;
+    wait_until("$SYS/broker/uptime retained", || {
+        broker.backend.retained_message("$SYS/broker/uptime").is_some()
+    })
+    .await;
+    let refused = broker.backend.delete_retained("$SYS/broker/uptime");
+    assert!(
+        matches!(refused, Err(tern_admin::AdminError::Invalid(_))),
+        "{refused:?}"
+    );
+    let request = |topic: &str| PublishRequest {
+        topic: topic.to_owned(),
+        payload: Some("v".to_owned()),
+        payload_base64: None,
+        qos: 0,
+        retain: true,
+        content_type: None,
+        message_expiry_s: None,
+    };
+    let refused = broker.backend.publish(request("$SYS/broker/uptime"));
+    assert!(
+        matches!(refused, Err(tern_admin::AdminError::Invalid(_))),
+        "{refused:?}"
+    );
+    broker.backend.publish(request("user/r")).unwrap();
+    wait_until("the user's retained message counted", || {
+        broker.backend.stats().retained_messages == 1
+    })
+    .await;
+    assert!(broker.backend.retained_message("$SYS/broker/uptime").is_some());
+}

@@ -666,16 +666,56 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     keys
 }
 
-/// Keys whose values are secrets: shown as "<redacted>".
+/// Keys whose values are secrets: shown as "<redacted>". Generous on purpose: a key named
+/// like a secret is hidden unless it names a file or a directory.
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     if key.ends_with("_file") || key.ends_with("_path") || key.ends_with("_dir") {
         return false;
     }
-    ["password", "secret", "token", "psk", "credential"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "psk",
+        "credential",
+        "apikey",
+        "api_key",
+        "hmac",
+        "authorization",
+        "private",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
         || key == "key"
+        || key.ends_with("_key")
+}
+
+/// A URL's userinfo and query (where credentials travel: `https://user:pass@host/?api_key=`)
+/// replaced by "<redacted>"; other text as it is.
+fn redact_url(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((before, _)) => format!("{before}?<redacted>"),
+        None => match path.split_once('#') {
+            Some((before, _)) => before.to_owned(),
+            None => path.to_owned(),
+        },
+    };
+    let redacted = format!("{scheme}://{host}{path}");
+    (redacted != text).then_some(redacted)
 }
 
 fn redact(value: &mut serde_json::Value) {
@@ -690,6 +730,11 @@ fn redact(value: &mut serde_json::Value) {
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        serde_json::Value::String(text) => {
+            if let Some(redacted) = redact_url(text) {
+                *text = redacted;
+            }
+        }
         _ => {}
     }
 }
@@ -726,5 +771,29 @@ mod tests {
         assert_eq!(value["listeners"][0]["tls"]["key"], "<redacted>");
         assert_eq!(value["listeners"][0]["tls"]["cert"], "c.pem");
         assert_eq!(value["jwt"]["secret"], "<redacted>");
+    }
+
+    /// Review 13 #10: secrets inside values (a URL's userinfo and query) and keys named like
+    /// secrets beyond the first list are hidden too; files and plain URLs stay readable.
+    #[test]
+    fn secrets_inside_values_are_redacted() {
+        let mut value = serde_json::json!({
+            "auth": {"http": {"url": "https://user:pass@auth.example:8443/check?api_key=k#frag"}},
+            "plain": "http://auth.example/check",
+            "api_key": "a", "hmac": "h", "shared_key": "s", "authorization": "Bearer x",
+            "jwt_keys": ["k1.pem"], "key_file": "k.pem", "max_keep_alive": 60,
+        });
+        redact(&mut value);
+        assert_eq!(
+            value["auth"]["http"]["url"],
+            "https://<redacted>@auth.example:8443/check?<redacted>"
+        );
+        assert_eq!(value["plain"], "http://auth.example/check");
+        for key in ["api_key", "hmac", "shared_key", "authorization"] {
+            assert_eq!(value[key], "<redacted>", "{key}");
+        }
+        assert_eq!(value["jwt_keys"][0], "k1.pem");
+        assert_eq!(value["key_file"], "k.pem");
+        assert_eq!(value["max_keep_alive"], 60);
     }
 }

@@ -491,13 +491,17 @@ impl Reload {
             Some(path) => match ServerConfig::from_file(path) {
                 Ok(config) => (Some(config), file_values(path)),
                 Err(error) => {
-                    report.errors.push(error.to_string());
+                    report.errors.push(format!(
+                        "{error} (the file's keys stay as they run; the auth files and \
+                         certificates it names are read again all the same)"
+                    ));
                     (None, serde_json::Value::Null)
                 }
             },
             None => (None, serde_json::Value::Null),
         };
-        // The files the configuration names are read again whatever the file says.
+        // The files the running configuration names are read again even when the file
+        // does not parse: a certificate rotation does not wait for a typo's fix.
         let auth = self.auth.reload(true);
         if auth.password_files + auth.acl_files + auth.jwt_keys > 0 {
             report.applied.push(format!(

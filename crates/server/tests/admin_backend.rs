@@ -550,3 +550,40 @@ async fn system_topics_are_refused_by_publish_and_retained_delete() {
     .await;
     assert!(broker.backend.retained_message("$SYS/broker/uptime").is_some());
 }
+
+/// Review 13 #11 (configuration.md, Reload): a file that does not parse changes none of its
+/// keys, and the files the running configuration names (here an ACL file) are read again
+/// all the same; the report says both.
+#[tokio::test]
+async fn a_broken_file_still_reloads_the_files_it_names() {
+    let dir = std::env::temp_dir().join(format!("tern-reload-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite #\n").unwrap();
+    let path = dir.join("tern.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = [\"127.0.0.1:0\"]\ndurability = \"memory\"\n[auth]\nallow_anonymous = true\n\
+             acl_file = {:?}\n[limits]\nmax_queued_messages = 7\n",
+            acl.display().to_string()
+        ),
+    )
+    .unwrap();
+    let broker = start(ServerConfig::from_file(&path).unwrap()).await;
+    std::fs::write(&path, "[limits]\nmax_queued_messages = \"many\"\n").unwrap();
+    let report = broker.backend.reload().await;
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(report.errors[0].contains("keys stay"), "{report:?}");
+    assert_eq!(
+        report.applied,
+        ["auth files (0 password, 1 ACL, 0 JWT key)"],
+        "{report:?}"
+    );
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert_eq!(
+        broker.backend.config()["values"]["limits"]["max_queued_messages"],
+        7
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,8 @@ pub(crate) struct ServerBackend {
     pub(crate) running: Mutex<ServerConfig>,
     /// The file's keys as last read, for `config()`.
     pub(crate) file_values: Mutex<serde_json::Value>,
+    /// The keys the last reload found changed that only a restart applies.
+    pub(crate) pending_restart: Mutex<Vec<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -412,13 +414,21 @@ impl AdminBackend for ServerBackend {
         self.source.render()
     }
 
+    /// `running`: the keys in force (the file's, with the command line's overrides and what
+    /// reloads applied; not what waits for a restart); `values`: the file as last read;
+    /// `pending_restart`: the keys whose file value differs from the running one until a
+    /// restart; `overridden`: the keys the command line sets.
     fn config(&self) -> serde_json::Value {
         let values = lock(&self.file_values).clone();
+        let pending = lock(&self.pending_restart).clone();
         let running = lock(&self.running);
         serde_json::json!({
             "file": running.config_file.as_ref().map(|p| p.display().to_string()),
             "values": values,
             "log_level": running.log_level,
+            "running": running_values(&running),
+            "pending_restart": pending,
+            "overridden": running.overrides.keys(),
         })
     }
 
@@ -437,11 +447,34 @@ impl AdminBackend for ServerBackend {
             if let Some(config) = &report.1 {
                 *lock(&self.running) = config.clone();
                 *lock(&self.file_values) = report.2.clone();
+                *lock(&self.pending_restart) = report.0.needs_restart.clone();
             }
             log_report(&report.0);
             report.0
         })
     }
+}
+
+/// The running configuration's keys that a reload or the command line can make differ from
+/// the file (the top-level keys, `[limits]`, `[mqtt]`, `auth.allow_anonymous`); secrets are
+/// not among them. `[[listeners]]`, `[admin]` and the rest of `[auth]` change only at a
+/// restart: the file's values of them run unless `pending_restart` names them.
+fn running_values(running: &ServerConfig) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "listen": running.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "workers": running.workers,
+        "log_level": running.log_level,
+        "log_format": running.log_format,
+        "sys_interval": running.sys_interval,
+        "data_dir": running.data_dir.display().to_string(),
+        "durability": running.durability,
+        "unstored_grace_ms": running.unstored_grace_ms,
+        "limits": running.limits,
+        "mqtt": running.mqtt,
+        "auth": {"allow_anonymous": running.auth.allow_anonymous},
+    });
+    redact(&mut value);
+    value
 }
 
 /// Logs what a reload did (the API's and SIGHUP's).

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use tern_broker::BrokerConfig;
 use tern_codec::QoS;
 use tern_store::DiskReserve;
@@ -124,7 +124,7 @@ impl Overrides {
 }
 
 /// The shape of log lines (`log_format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -162,7 +162,7 @@ where
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Open client connections; further ones are closed at once.
@@ -194,7 +194,7 @@ pub struct Limits {
 }
 
 /// Protocol switches.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttOptions {
     /// Highest QoS granted and accepted: 0, 1 or 2.
@@ -212,7 +212,7 @@ pub struct MqttOptions {
 }
 
 /// The durability level of the broker's state; see [`ServerConfig::durability`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// No store: everything is lost when the broker stops.

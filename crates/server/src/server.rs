@@ -362,6 +362,7 @@ impl Server {
                     auth: self.auth_reloader(),
                     running: std::sync::Mutex::new(self.config.clone()),
                     file_values: std::sync::Mutex::new(file_values),
+                    pending_restart: std::sync::Mutex::new(Vec::new()),
                 })
             })
             .clone()

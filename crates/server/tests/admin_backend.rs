@@ -409,10 +409,12 @@ async fn reload_reports_what_needs_a_restart() {
         "over the reloaded limit"
     );
     assert!(report.errors.is_empty(), "{report:?}");
-    assert_eq!(
-        broker.backend.config()["values"]["limits"]["max_inflight"],
-        20
-    );
+    let config = broker.backend.config();
+    assert_eq!(config["values"]["limits"]["max_inflight"], 20, "the file");
+    // Review 13 #9: the running configuration is what is in force; the change waits.
+    assert_eq!(config["running"]["limits"]["max_inflight"], 10, "{config}");
+    assert_eq!(config["running"]["limits"]["max_retained_messages"], 1);
+    assert_eq!(config["pending_restart"], serde_json::json!(["limits.max_inflight"]));
     std::fs::write(&path, "limits = 3").unwrap();
     let report = broker.backend.reload().await;
     assert_eq!(report.errors.len(), 1, "{report:?}");
@@ -496,7 +498,16 @@ async fn reload_keeps_the_command_line_overrides() {
     assert!(report.applied.is_empty(), "{report:?}");
     assert!(report.needs_restart.is_empty(), "{report:?}");
     assert!(report.errors.is_empty(), "{report:?}");
-    assert_eq!(broker.backend.config()["log_level"], "debug");
+    let config = broker.backend.config();
+    assert_eq!(config["log_level"], "debug");
+    assert_eq!(config["running"]["log_level"], "debug", "{config}");
+    assert_eq!(config["running"]["durability"], "memory");
+    assert_eq!(config["running"]["auth"]["allow_anonymous"], true);
+    assert_eq!(config["values"]["durability"], "fsync", "the file");
+    assert_eq!(
+        config["overridden"],
+        serde_json::json!(["listen", "log_level", "data_dir", "durability", "auth.allow_anonymous"])
+    );
     // A key the file changes is still reported, with the overrides kept.
     std::fs::write(
         &path,

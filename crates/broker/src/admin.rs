@@ -505,7 +505,9 @@ mod tests {
         // ends between the walk and the report.
         broker.session("b").expect("registered").lock().ended = true;
         let ids = |page: &[SessionReport]| -> Vec<String> {
-            page.iter().map(|r| r.client_id.as_str().to_owned()).collect()
+            page.iter()
+                .map(|r| r.client_id.as_str().to_owned())
+                .collect()
         };
         let first = broker.sessions_after(None, 2, false);
         assert_eq!(ids(&first), ["a", "c"]);

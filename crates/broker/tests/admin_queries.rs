@@ -116,7 +116,10 @@ fn kick_sends_disconnect_0x98_and_publishes_the_will() {
     );
     let will = watcher.publish_received();
     assert_eq!(will.topic, "wills/kicked");
-    let report = net.broker.session_report("kicked").expect("the session stays");
+    let report = net
+        .broker
+        .session_report("kicked")
+        .expect("the session stays");
     assert!(report.connection.is_none(), "offline after the kick");
     assert_eq!(report.subscriptions, 1, "its subscriptions kept");
     assert!(!net.broker.kick("kicked"), "not connected any more");
@@ -233,9 +236,19 @@ fn tracing_is_switched_off_for_an_offline_session() {
     let mut client = net.accepted(persistent(V5, "traced"));
     assert!(net.broker.set_client_tracing("traced", true));
     client.disconnect();
-    assert!(net.broker.session_report("traced").is_some_and(|r| r.connection.is_none()));
-    assert!(!net.broker.set_client_tracing("traced", true), "on: not connected");
-    assert!(net.broker.set_client_tracing("traced", false), "off: the session exists");
+    assert!(
+        net.broker
+            .session_report("traced")
+            .is_some_and(|r| r.connection.is_none())
+    );
+    assert!(
+        !net.broker.set_client_tracing("traced", true),
+        "on: not connected"
+    );
+    assert!(
+        net.broker.set_client_tracing("traced", false),
+        "off: the session exists"
+    );
     let _again = net.accepted(persistent(V5, "traced"));
     assert!(!net.broker.session_report("traced").expect("resumed").traced);
     assert!(!net.broker.set_client_tracing("nobody", false));

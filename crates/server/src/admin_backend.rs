@@ -734,7 +734,10 @@ fn is_secret(key: &str) -> bool {
 /// replaced by "<redacted>"; other text as it is.
 fn redact_url(text: &str) -> Option<String> {
     let (scheme, rest) = text.split_once("://")?;
-    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
     {
         return None;
     }

@@ -414,7 +414,10 @@ async fn reload_reports_what_needs_a_restart() {
     // Review 13 #9: the running configuration is what is in force; the change waits.
     assert_eq!(config["running"]["limits"]["max_inflight"], 10, "{config}");
     assert_eq!(config["running"]["limits"]["max_retained_messages"], 1);
-    assert_eq!(config["pending_restart"], serde_json::json!(["limits.max_inflight"]));
+    assert_eq!(
+        config["pending_restart"],
+        serde_json::json!(["limits.max_inflight"])
+    );
     std::fs::write(&path, "limits = 3").unwrap();
     let report = broker.backend.reload().await;
     assert_eq!(report.errors.len(), 1, "{report:?}");
@@ -506,7 +509,13 @@ async fn reload_keeps_the_command_line_overrides() {
     assert_eq!(config["values"]["durability"], "fsync", "the file");
     assert_eq!(
         config["overridden"],
-        serde_json::json!(["listen", "log_level", "data_dir", "durability", "auth.allow_anonymous"])
+        serde_json::json!([
+            "listen",
+            "log_level",
+            "data_dir",
+            "durability",
+            "auth.allow_anonymous"
+        ])
     );
     // A key the file changes is still reported, with the overrides kept.
     std::fs::write(
@@ -532,7 +541,10 @@ async fn system_topics_are_refused_by_publish_and_retained_delete() {
     };
     let broker = start(config).await;
     wait_until("$SYS/broker/uptime retained", || {
-        broker.backend.retained_message("$SYS/broker/uptime").is_some()
+        broker
+            .backend
+            .retained_message("$SYS/broker/uptime")
+            .is_some()
     })
     .await;
     let refused = broker.backend.delete_retained("$SYS/broker/uptime");
@@ -559,7 +571,12 @@ async fn system_topics_are_refused_by_publish_and_retained_delete() {
         broker.backend.stats().retained_messages == 1
     })
     .await;
-    assert!(broker.backend.retained_message("$SYS/broker/uptime").is_some());
+    assert!(
+        broker
+            .backend
+            .retained_message("$SYS/broker/uptime")
+            .is_some()
+    );
 }
 
 /// Review 13 #11 (configuration.md, Reload): a file that does not parse changes none of its

@@ -53,7 +53,8 @@ async fn a_client_id_with_a_line_break_writes_one_line() {
         };
         let _ = server.run(stopped, Duration::from_secs(2)).await;
     });
-    let forged = "a\n1999-01-01T00:00:00Z  INFO tern_server::connection: client connected client_id=admin";
+    let forged =
+        "a\n1999-01-01T00:00:00Z  INFO tern_server::connection: client connected client_id=admin";
     let client = Client::simple(addr, forged).await;
     wait_until("the connect logged", || {
         captured.text().contains("client connected")
@@ -65,7 +66,10 @@ async fn a_client_id_with_a_line_break_writes_one_line() {
     drop(client);
     let text = captured.text();
     let escaped = r#"client_id="a\n1999-01-01T00:00:00Z  INFO tern_server::connection: client connected client_id=admin""#;
-    let connects: Vec<&str> = text.lines().filter(|l| l.contains("event=\"connect\"")).collect();
+    let connects: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("event=\"connect\""))
+        .collect();
     assert_eq!(connects.len(), 1, "{text}");
     assert!(connects[0].contains(escaped), "{text}");
     let disconnects: Vec<&str> = text

@@ -433,19 +433,32 @@ pub(crate) mod process {
     /// Clock ticks per second of /proc/self/stat's times (USER_HZ: 100 on every Linux
     /// architecture Tern builds for).
     const TICKS_PER_SECOND: f64 = 100.0;
-    /// The page size /proc/self/stat's RSS counts in (4 KiB on x86-64 and most arm64).
-    const PAGE: u64 = 4096;
+    /// The fields of /proc/self/stat after the command name (which is in parentheses and
+    /// may hold spaces and parentheses of its own): the first is field 3, the state.
+    pub(super) fn stat_fields(stat: &str) -> Vec<&str> {
+        let after_name = stat.rfind(')').and_then(|end| stat.get(end + 1..));
+        after_name.map_or_else(Vec::new, |rest| rest.split_whitespace().collect())
+    }
+
+    /// `VmRSS` of /proc/self/status, in bytes (the kernel gives kB whatever the page size,
+    /// where /proc/self/stat counts pages: 4 KiB or 64 KiB depending on the kernel).
+    pub(super) fn status_rss_bytes(status: &str) -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
 
     pub(crate) fn read() -> Option<Process> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = stat_fields(&stat);
         // Field 14 (utime) is the 12th after the name (field 3 is the first).
         let number = |index: usize| fields.get(index)?.parse::<u64>().ok();
         let cpu = (number(11)? + number(12)?) as f64 / TICKS_PER_SECOND;
         let virtual_bytes = number(20)?;
-        let resident_bytes = number(21)? * PAGE;
+        let resident_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| status_rss_bytes(&status))
+            .unwrap_or(0);
         let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
         let max_fds = std::fs::read_to_string("/proc/self/limits")
             .ok()
@@ -460,5 +473,26 @@ pub(crate) mod process {
             open_fds,
             max_fds,
         })
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::process::{stat_fields, status_rss_bytes};
+
+    /// Review 13 NIT 15: /proc/self/stat read without a panic whatever the command name
+    /// (a `)` at the very end, or none), and the RSS read in bytes from `VmRSS` (kB), not
+    /// counted in pages of an assumed size.
+    #[test]
+    fn proc_files_are_read_without_assumptions() {
+        assert_eq!(stat_fields("12 (a) b) S 1 2")[..2], ["S", "1"]);
+        assert!(stat_fields("12 (tern)").is_empty());
+        assert!(stat_fields("12 (tern").is_empty());
+        assert!(stat_fields("").is_empty());
+        let status = "Name:\ttern\nVmPeak:\t 9000 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(status_rss_bytes(status), Some(2048 * 1024));
+        assert_eq!(status_rss_bytes("Name: x\n"), None);
+        let live = super::process::read().expect("/proc on Linux");
+        assert!(live.resident_bytes > 0);
     }
 }

@@ -468,20 +468,39 @@ impl Broker {
     }
 }
 
+/// The payload bytes a trace line shows of a PUBLISH; `payload_bytes` gives the length.
+pub(crate) const TRACE_PAYLOAD_BYTES: usize = 256;
+
 /// Logs a packet of a client whose tracing is on (`set_client_tracing`): at INFO under the
 /// target `tern::client_trace`, so it shows whatever the log level, for that client only.
+/// A PUBLISH shows the first [`TRACE_PAYLOAD_BYTES`] of its payload, and its length.
 pub(crate) fn trace_packet(
     client_id: Option<&MqttStr>,
     direction: &'static str,
     packet: &tern_codec::Packet,
 ) {
-    tracing::info!(
-        target: "tern::client_trace",
-        client_id = client_id.map_or("", MqttStr::as_str),
-        direction,
-        packet = ?packet,
-        "client trace"
-    );
+    let client_id = client_id.map_or("", MqttStr::as_str);
+    match packet {
+        tern_codec::Packet::Publish(publish) if publish.payload.len() > TRACE_PAYLOAD_BYTES => {
+            let mut shown = publish.clone();
+            shown.payload = publish.payload.slice(..TRACE_PAYLOAD_BYTES);
+            tracing::info!(
+                target: "tern::client_trace",
+                client_id,
+                direction,
+                packet = ?tern_codec::Packet::Publish(shown),
+                payload_bytes = publish.payload.len(),
+                "client trace (payload cut)"
+            );
+        }
+        _ => tracing::info!(
+            target: "tern::client_trace",
+            client_id,
+            direction,
+            packet = ?packet,
+            "client trace"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -310,6 +310,11 @@ fn traced_client_packets_are_logged() {
         traced.subscribe("t/#", QoS::AtMostOnce);
         other.publish("t/1", QoS::AtMostOnce, b"hello");
         traced.publish_received();
+        // Review 13 NIT 25: a large payload is cut in the trace, its length given.
+        let mut big = vec![b'a'; 300];
+        big.extend_from_slice(b"TAIL");
+        other.publish("t/2", QoS::AtMostOnce, &big);
+        traced.publish_received();
         assert!(net.broker.set_client_tracing("traced-one", false));
         traced.subscribe("u/#", QoS::AtMostOnce);
     });
@@ -337,6 +342,8 @@ fn traced_client_packets_are_logged() {
         "{text}"
     );
     assert!(lines.iter().any(|l| l.contains("Subscribe")), "{text}");
+    assert!(!text.contains("TAIL"), "the payload is cut: {text}");
+    assert!(text.contains("payload_bytes=304"), "{text}");
     assert!(
         !text.contains("u/#"),
         "nothing after tracing went off: {text}"

@@ -62,7 +62,9 @@ fn unix_seconds(at: Instant) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn protocol_name(version: ProtocolVersion) -> &'static str {
+/// The protocol version as the admin API, the metrics' `protocol` label and the log lines
+/// all name it ("3.1", "3.1.1", "5": the API's contract).
+pub(crate) fn protocol_name(version: ProtocolVersion) -> &'static str {
     match version {
         ProtocolVersion::V31 => "3.1",
         ProtocolVersion::V311 => "3.1.1",

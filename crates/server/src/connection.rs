@@ -169,7 +169,7 @@ fn run_connection<T: Transport + 'static>(
                 tracing::info!(
                     client_id = conn.client_id().map_or("", |id| id.as_str()),
                     peer = %OptionalPeer(conn.peer()),
-                    protocol = %conn.protocol_version(),
+                    protocol = %crate::admin_backend::protocol_name(conn.protocol_version()),
                     event = "connect",
                     "client connected"
                 );

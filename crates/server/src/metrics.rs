@@ -161,7 +161,10 @@ impl Collector for MetricsSource {
                 (
                     [
                         ("listener", listener.as_deref().unwrap_or("").to_owned()),
-                        ("protocol", protocol.to_string()),
+                        (
+                            "protocol",
+                            crate::admin_backend::protocol_name(*protocol).to_owned(),
+                        ),
                     ],
                     *n as f64,
                 )

@@ -615,3 +615,19 @@ async fn a_broken_file_still_reloads_the_files_it_names() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Review 13 NIT 16: one name for the protocol version. An MQTT 5 client is "5" in the API's
+/// client list (the contract) and in the `protocol` label of `tern_connections`.
+#[tokio::test]
+async fn the_protocol_version_has_one_name() {
+    let broker = start(common::config()).await;
+    let _client = v5::Client5::simple(broker.addr, "five").await;
+    let clients = broker.backend.clients(&page(10, None));
+    assert_eq!(clients[0].protocol, "5");
+    let text = broker.backend.metrics_text();
+    assert_eq!(
+        sample(&text, "tern_connections{listener=\"\",protocol=\"5\"}"),
+        1.0,
+        "{text}"
+    );
+}

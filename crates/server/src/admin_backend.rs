@@ -167,11 +167,7 @@ impl AdminBackend for ServerBackend {
             messages_sent: m.messages_sent,
             bytes_received: m.network_bytes_received,
             bytes_sent: m.network_bytes_sent,
-            messages_dropped: m.messages_dropped_queue_full
-                + m.messages_dropped_expired
-                + m.messages_dropped_too_large
-                + m.messages_dropped_denied
-                + m.messages_dropped_offline_qos0,
+            messages_dropped: crate::metrics::messages_dropped(&m),
             auth_failures: m.auth_failures,
             queued_messages: totals.queued,
             inflight_messages: totals.inflight,

@@ -127,11 +127,7 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
         ),
         (
             "publish/messages/dropped".to_owned(),
-            (m.messages_dropped_queue_full
-                + m.messages_dropped_expired
-                + m.messages_dropped_too_large
-                + m.messages_dropped_offline_qos0)
-                .to_string(),
+            crate::metrics::messages_dropped(&m).to_string(),
         ),
         (
             "bytes/received".to_owned(),

@@ -540,3 +540,42 @@ mod tests {
         assert!(broker.sessions_after(None, 0, false).is_empty());
     }
 }
+
+#[cfg(test)]
+mod walk_cost {
+    use super::*;
+
+    /// Review 13 #5, measured (not a pass/fail test): what the walks of every session cost
+    /// at 100 000 offline sessions. `cargo test -p tern-broker --lib walk_cost -- --ignored
+    /// --nocapture` (add `--release` for figures that mean something).
+    #[test]
+    #[ignore = "a measurement"]
+    fn walks_at_100k_sessions() {
+        let broker = Broker::new(crate::BrokerConfig::default());
+        for i in 0..100_000 {
+            let id = MqttStr::try_from(format!("client-{i:06}")).expect("an id");
+            broker.register_for_test(Arc::new(Session::new(id, SessionExpiry::Never)));
+        }
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            let start = Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            eprintln!("{name}: {:?} each", start.elapsed() / 10);
+        };
+        time("registry copy (the registry lock's hold)", &mut || {
+            assert_eq!(broker.all_sessions().len(), 100_000);
+        });
+        time("session_totals", &mut || {
+            assert_eq!(broker.session_totals().offline, 100_000);
+        });
+        time("sessions_after, a page of 100", &mut || {
+            assert_eq!(
+                broker
+                    .sessions_after(Some("client-050000"), 100, false)
+                    .len(),
+                100
+            );
+        });
+    }
+}

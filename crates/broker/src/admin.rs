@@ -347,7 +347,7 @@ impl Broker {
             if state.ended || state.owner.is_none() {
                 return false;
             }
-            state.kicked = true;
+            session.set_kicked(&mut state, true);
             state.wakeup.clone()
         };
         self.metrics().bump(Counter::ConnectionsKicked);
@@ -370,7 +370,7 @@ impl Broker {
                 return false;
             }
             let connected = state.owner.is_some();
-            state.kicked = connected;
+            session.set_kicked(&mut state, connected);
             connected
         };
         if connected {

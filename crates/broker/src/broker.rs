@@ -1299,6 +1299,7 @@ impl Broker {
         let persistence = self.persistence().filter(|_| state.is_persistent());
         state.store_unstored(session.client_id(), persistence, None);
         state.detach();
+        session.set_kicked(&mut state, false);
         session.publish_owner(None);
         match state.expiry {
             SessionExpiry::AtDisconnect => {

@@ -127,6 +127,20 @@ fn kick_sends_disconnect_0x98_and_publishes_the_will() {
     assert_eq!(net.broker.metrics().snapshot().connections_kicked, 1);
 }
 
+/// Review 13 NIT 20: a PUBLISH a kicked connection reads before its next turn is not routed:
+/// the connection closes (0x98) on it instead.
+#[test]
+fn a_kicked_connection_routes_nothing_more() {
+    let net = Net::new();
+    let mut watcher = net.connected(V5, "watcher");
+    watcher.subscribe("k/#", QoS::AtMostOnce);
+    let mut client = net.connected(V5, "kicked");
+    assert!(net.broker.kick("kicked"));
+    client.publish("k/1", QoS::AtMostOnce, b"after the kick");
+    assert_eq!(client.disconnect_reason(), ReasonCode::AdministrativeAction);
+    watcher.nothing();
+}
+
 /// A kicked 3.1.1 client is closed without a packet (3.x has no DISCONNECT from the server).
 #[test]
 fn kick_closes_a_3_1_1_client_silently() {

@@ -505,7 +505,7 @@ impl ServerBackend {
             running,
             tls: self.tls.clone(),
             auth: self.auth.clone(),
-            has_tls: !self.source.certificates.is_empty(),
+            has_tls: !self.source.tls.is_empty(),
             broker: self.source.broker.clone(),
         }
     }

@@ -5,7 +5,6 @@
 //! message path for them. No client id or topic is ever a label: a label's values are
 //! listeners, protocol versions, QoS levels and reasons, all bounded.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,8 +35,8 @@ pub(crate) struct MetricsSource {
     pub(crate) store: Option<Arc<Store>>,
     pub(crate) open: OpenConnections,
     pub(crate) started: Instant,
-    /// Each TLS listener's name and certificate file, for the expiry gauge.
-    pub(crate) certificates: Vec<(String, PathBuf)>,
+    /// The TLS listeners, for the expiry gauge (of the certificates they serve).
+    pub(crate) tls: crate::tls::TlsReloader,
 }
 
 impl std::fmt::Debug for MetricsSource {
@@ -366,13 +365,14 @@ impl Collector for MetricsSource {
                 )?;
             }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()) as f64;
         let expiries: Vec<(Labels, f64)> = self
-            .certificates
-            .iter()
-            .filter_map(|(listener, path)| {
-                let left = certificate_seconds_left(path)?;
-                Some(([("listener", listener.clone())], left))
-            })
+            .tls
+            .expiries()
+            .into_iter()
+            .map(|(listener, not_after)| ([("listener", listener)], not_after as f64 - now))
             .collect();
         if !expiries.is_empty() {
             out.gauges(
@@ -417,21 +417,6 @@ impl Out<'_, '_> {
             .encode_descriptor(name, help, None, MetricType::Counter)?;
         metric.encode_counter::<NoLabelSet, f64, f64>(&value, None)
     }
-}
-
-/// Seconds until the first certificate of the PEM file at `path` expires.
-fn certificate_seconds_left(path: &std::path::Path) -> Option<f64> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let bytes = std::fs::read(path).ok()?;
-    let der = CertificateDer::pem_slice_iter(&bytes).next()?.ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let not_after = cert.validity().not_after.timestamp();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    Some(not_after as f64 - now as f64)
 }
 
 /// The process's CPU time, memory and descriptors, from /proc (Linux; `None` elsewhere).

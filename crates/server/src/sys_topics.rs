@@ -140,8 +140,17 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
         ),
         ("retained messages/count".to_owned(), retained.to_string()),
         (
+            // Mosquitto's: retained messages included.
             "messages/stored".to_owned(),
-            (totals.queued + totals.inflight).to_string(),
+            (totals.queued + totals.inflight + retained as u64).to_string(),
+        ),
+        (
+            "publish/bytes/received".to_owned(),
+            (m.received_bytes_qos0 + m.received_bytes_qos1 + m.received_bytes_qos2).to_string(),
+        ),
+        (
+            "publish/bytes/sent".to_owned(),
+            (m.sent_bytes_qos0 + m.sent_bytes_qos1 + m.sent_bytes_qos2).to_string(),
         ),
     ];
     let counts = [

@@ -107,7 +107,7 @@ class Broker(tuple):
         "client disconnected" after the will, if any, has been published). This is a
         synchronisation point for negative checks; callers still pass if the log line never
         comes, they have then merely waited `timeout`."""
-        pattern = r"client disconnected client_id=" + re.escape(client_id) + r" "
+        pattern = r"client disconnected client_id=\"" + re.escape(client_id) + r"\" "
         return self.wait_for_log(pattern, count, timeout)
 
 

@@ -104,7 +104,7 @@ def test_haproxy_send_proxy_carries_the_client_address(proxied_tern, tmp_path, u
         via = (HOST, front)
         sub = MosquittoSub(via, [f"{unique}/t"], qos=1, count=1, client_id=f"{unique}-s",
                            extra=["-A", CLIENT_ADDR])
-        pattern = (r"client connected client_id=" + re.escape(f"{unique}-s")
+        pattern = (r"client connected client_id=\"" + re.escape(f"{unique}-s") + "\""
                    + r" peer=127\.0\.0\.2:\d+")
         assert broker.wait_for_log(pattern), "the subscriber's carried address is not logged"
         # The subscription is in place once the broker has logged the connection and handled
@@ -114,11 +114,11 @@ def test_haproxy_send_proxy_carries_the_client_address(proxied_tern, tmp_path, u
         lines = sub.wait_data(1)
         assert lines[0].payload == b"through haproxy"
         assert sub.wait_exit() == 0
-        pub_pattern = (r"client connected client_id=" + re.escape(f"{unique}-p")
+        pub_pattern = (r"client connected client_id=\"" + re.escape(f"{unique}-p") + "\""
                        + r" peer=127\.0\.0\.2:\d+")
         assert broker.wait_for_log(pub_pattern)
-        assert broker.count_log(r"client connected client_id=" + re.escape(unique)
-                                + r"-[sp] peer=127\.0\.0\.1:") == 0
+        assert broker.count_log(r"client connected client_id=\"?" + re.escape(unique)
+                                + r"-[sp]\"? peer=127\.0\.0\.1:") == 0
     finally:
         if sub is not None:
             sub.close()
@@ -141,5 +141,5 @@ def test_client_without_proxy_header_is_closed(proxied_tern, unique):
         capture_output=True, timeout=10, stdin=subprocess.DEVNULL,
     )
     assert direct.returncode != 0
-    assert broker.count_log(r"client connected client_id=" + re.escape(f"{unique}-d")) == 0
+    assert broker.count_log(r"client connected client_id=\"?" + re.escape(f"{unique}-d")) == 0
     mosquitto_pub(broker, "-t", f"{unique}/t", "-m", "plain", "-i", f"{unique}-ok")

@@ -57,7 +57,7 @@ def test_shutdown_with_busy_clients_exits_0_within_5s(broker, paho, mosquitto_su
     log = broker.log()
     for client_id in (idle.client_id, stalled.client_id, f"{unique}-ms", pub.client_id):
         assert re.search(
-            rf"client disconnected client_id={re.escape(client_id)} .*reason=server shutting down",
+            rf"client disconnected client_id=\"{re.escape(client_id)}\" .*reason=server shutting down",
             log), f"{client_id} not closed at shutdown"
     silent.settimeout(2)
     try:

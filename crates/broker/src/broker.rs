@@ -591,6 +591,22 @@ impl Broker {
             .collect()
     }
 
+    /// The sessions `keep` selects, in no order: the registry is locked for the walk, and
+    /// only the selected pointers are copied out.
+    pub(crate) fn sessions_where(&self, keep: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|registered| keep(&registered.0))
+            .map(|registered| registered.0.clone())
+            .collect()
+    }
+
+    /// Adds a session to the registry as it is (tests of the queries).
+    #[cfg(test)]
+    pub(crate) fn register_for_test(&self, session: Arc<Session>) {
+        lock(&self.sessions).insert(Registered(session));
+    }
+
     /// Number of sessions, online and offline.
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
@@ -1283,6 +1299,7 @@ impl Broker {
         let persistence = self.persistence().filter(|_| state.is_persistent());
         state.store_unstored(session.client_id(), persistence, None);
         state.detach();
+        session.set_kicked(&mut state, false);
         session.publish_owner(None);
         match state.expiry {
             SessionExpiry::AtDisconnect => {

@@ -402,7 +402,7 @@ impl Connection {
         {
             let mut state = attached.session.lock();
             state.principal = Some(client.clone());
-            state.kicked = false;
+            attached.session.set_kicked(&mut state, false);
             state.connection = Some(Box::new(crate::admin::ConnectionFacts {
                 protocol: version,
                 connected_at: now,

@@ -55,7 +55,8 @@ impl Connection {
             },
             Phase::Active(active) => {
                 active.last_received = now;
-                if !active.session.is_owned_by(self.id) {
+                // A relaxed load of the session's cache line each, as the tracing check.
+                if !active.session.is_owned_by(self.id) || active.session.kicked_hint() {
                     let kicked = active.session.lock().kicked;
                     return self.close_displaced(kicked, now);
                 }

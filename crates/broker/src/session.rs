@@ -118,6 +118,9 @@ pub struct Session {
     /// Per-client debug tracing (the admin API's `set_client_tracing`), read lock-free by its
     /// connection for every packet.
     traced: AtomicBool,
+    /// Mirror of `SessionState::kicked`, read lock-free by the connection for every packet
+    /// it receives: a kicked connection handles nothing more (review 13 NIT 20).
+    kicked_hint: AtomicBool,
     state: Mutex<SessionState>,
 }
 
@@ -148,6 +151,7 @@ impl Session {
             client_id,
             owner_hint: AtomicU64::new(0),
             traced: AtomicBool::new(false),
+            kicked_hint: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 owner: None,
                 wakeup: None,
@@ -203,6 +207,17 @@ impl Session {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether an operator kicked the connection that owns the session (lock-free mirror).
+    pub(crate) fn kicked_hint(&self) -> bool {
+        self.kicked_hint.load(Ordering::Relaxed)
+    }
+
+    /// Sets `kicked` and its lock-free mirror; call with the state locked (`state`).
+    pub(crate) fn set_kicked(&self, state: &mut SessionState, kicked: bool) {
+        state.kicked = kicked;
+        self.kicked_hint.store(kicked, Ordering::Relaxed);
     }
 
     /// Records the owner in the lock-free mirror; call with the state locked.

@@ -97,13 +97,17 @@ fn sessions_are_listed_by_client_id_with_their_figures() {
 }
 
 /// Issue 13 "kick a connection with a reason (MQTT 5 DISCONNECT 0x98 Administrative action,
-/// will published as for a close)"; the session stays.
+/// will published as for a close)"; a session with an expiry stays, offline, with its
+/// subscriptions (review 13 #12).
 #[test]
 fn kick_sends_disconnect_0x98_and_publishes_the_will() {
     let net = Net::new();
     let mut watcher = net.connected(V5, "watcher");
     watcher.subscribe("wills/#", QoS::AtMostOnce);
-    let mut client = net.accepted(with_will(V5, "kicked"));
+    let mut connect = persistent(V5, "kicked");
+    connect.will = with_will(V5, "kicked").will;
+    let mut client = net.accepted(connect);
+    client.subscribe("kept/#", QoS::AtLeastOnce);
     assert!(net.broker.kick("kicked"));
     assert_eq!(client.disconnect_reason(), ReasonCode::AdministrativeAction);
     assert_eq!(
@@ -112,9 +116,29 @@ fn kick_sends_disconnect_0x98_and_publishes_the_will() {
     );
     let will = watcher.publish_received();
     assert_eq!(will.topic, "wills/kicked");
+    let report = net
+        .broker
+        .session_report("kicked")
+        .expect("the session stays");
+    assert!(report.connection.is_none(), "offline after the kick");
+    assert_eq!(report.subscriptions, 1, "its subscriptions kept");
     assert!(!net.broker.kick("kicked"), "not connected any more");
     assert!(!net.broker.kick("nobody"));
     assert_eq!(net.broker.metrics().snapshot().connections_kicked, 1);
+}
+
+/// Review 13 NIT 20: a PUBLISH a kicked connection reads before its next turn is not routed:
+/// the connection closes (0x98) on it instead.
+#[test]
+fn a_kicked_connection_routes_nothing_more() {
+    let net = Net::new();
+    let mut watcher = net.connected(V5, "watcher");
+    watcher.subscribe("k/#", QoS::AtMostOnce);
+    let mut client = net.connected(V5, "kicked");
+    assert!(net.broker.kick("kicked"));
+    client.publish("k/1", QoS::AtMostOnce, b"after the kick");
+    assert_eq!(client.disconnect_reason(), ReasonCode::AdministrativeAction);
+    watcher.nothing();
 }
 
 /// A kicked 3.1.1 client is closed without a packet (3.x has no DISCONNECT from the server).
@@ -216,6 +240,34 @@ fn tracing_is_switched_per_connected_client() {
     drop(client);
 }
 
+/// Review 13 #7 (configuration.md: tracing lasts "until it is switched off or the session
+/// ends"): switched on, then the client goes offline; switching it off still works (not
+/// "unknown client"), and the client's next connection is not traced. On stays refused for
+/// a client that is not connected.
+#[test]
+fn tracing_is_switched_off_for_an_offline_session() {
+    let net = Net::new();
+    let mut client = net.accepted(persistent(V5, "traced"));
+    assert!(net.broker.set_client_tracing("traced", true));
+    client.disconnect();
+    assert!(
+        net.broker
+            .session_report("traced")
+            .is_some_and(|r| r.connection.is_none())
+    );
+    assert!(
+        !net.broker.set_client_tracing("traced", true),
+        "on: not connected"
+    );
+    assert!(
+        net.broker.set_client_tracing("traced", false),
+        "off: the session exists"
+    );
+    let _again = net.accepted(persistent(V5, "traced"));
+    assert!(!net.broker.session_report("traced").expect("resumed").traced);
+    assert!(!net.broker.set_client_tracing("nobody", false));
+}
+
 /// Issue 13 metrics: messages and payload bytes counted by QoS, in and out.
 #[test]
 fn messages_are_counted_by_qos() {
@@ -272,6 +324,11 @@ fn traced_client_packets_are_logged() {
         traced.subscribe("t/#", QoS::AtMostOnce);
         other.publish("t/1", QoS::AtMostOnce, b"hello");
         traced.publish_received();
+        // Review 13 NIT 25: a large payload is cut in the trace, its length given.
+        let mut big = vec![b'a'; 300];
+        big.extend_from_slice(b"TAIL");
+        other.publish("t/2", QoS::AtMostOnce, &big);
+        traced.publish_received();
         assert!(net.broker.set_client_tracing("traced-one", false));
         traced.subscribe("u/#", QoS::AtMostOnce);
     });
@@ -299,6 +356,8 @@ fn traced_client_packets_are_logged() {
         "{text}"
     );
     assert!(lines.iter().any(|l| l.contains("Subscribe")), "{text}");
+    assert!(!text.contains("TAIL"), "the payload is cut: {text}");
+    assert!(text.contains("payload_bytes=304"), "{text}");
     assert!(
         !text.contains("u/#"),
         "nothing after tracing went off: {text}"

@@ -42,6 +42,12 @@ pub(crate) fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
             let filter = EnvFilter::try_new(level).map_err(|error| error.to_string())?;
             handle.reload(filter).map_err(|error| error.to_string())
         }));
+    } else {
+        // Neither a reload nor a restart would apply the file's level: say so, rather than
+        // "needs a restart".
+        tern_server::set_log_level_reloader(Box::new(|_: &str| {
+            Err("overridden by RUST_LOG, which stays in force (unset it and restart)".to_owned())
+        }));
     }
     Ok(())
 }

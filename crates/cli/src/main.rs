@@ -120,22 +120,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ServerConfig::from_file(path)?,
         None => ServerConfig::default(),
     };
-    if !args.listen.is_empty() {
-        config.listen = args.listen.clone();
-    }
-    if let Some(level) = &args.log_level {
-        config.log_level = level.clone();
-    }
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = dir.clone();
-    }
-    if args.in_memory {
-        config.durability = tern_server::Durability::Memory;
-    }
-    if args.allow_anonymous {
-        config.auth.allow_anonymous = Some(true);
-    }
+    let overrides = tern_server::Overrides {
+        listen: (!args.listen.is_empty()).then(|| args.listen.clone()),
+        log_level: args.log_level.clone(),
+        data_dir: args.data_dir.clone(),
+        in_memory: args.in_memory,
+        allow_anonymous: args.allow_anonymous,
+    };
+    overrides.apply(&mut config);
     logging::init(&config.log_level, config.log_format)?;
+    let overridden = overrides.keys();
+    if !overridden.is_empty() {
+        tracing::info!(
+            keys = ?overridden,
+            "the command line overrides these keys of the configuration (a reload keeps them)"
+        );
+    }
 
     // The connections are served by the server's worker threads, each with its own event
     // loop; this one runs the signals, the broker's timers and the shutdown.

@@ -43,6 +43,8 @@ pub(crate) struct ServerBackend {
     pub(crate) running: Mutex<ServerConfig>,
     /// The file's keys as last read, for `config()`.
     pub(crate) file_values: Mutex<serde_json::Value>,
+    /// The keys the last reload found changed that only a restart applies.
+    pub(crate) pending_restart: Mutex<Vec<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,7 +62,9 @@ fn unix_seconds(at: Instant) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn protocol_name(version: ProtocolVersion) -> &'static str {
+/// The protocol version as the admin API, the metrics' `protocol` label and the log lines
+/// all name it ("3.1", "3.1.1", "5": the API's contract).
+pub(crate) fn protocol_name(version: ProtocolVersion) -> &'static str {
     match version {
         ProtocolVersion::V31 => "3.1",
         ProtocolVersion::V311 => "3.1.1",
@@ -126,6 +130,18 @@ fn directory_bytes(dir: &std::path::Path, depth: usize) -> u64 {
         .sum()
 }
 
+/// Topics starting with `$` are the broker's own (`$SYS`, MQTT 4.7.2): written only by its
+/// `$SYS` task, which keeps their accounting (left out of the retained totals and quotas,
+/// never stored). The admin API, like a client, may not publish or clear them.
+fn refuse_system_topic(topic: &str) -> Result<(), AdminError> {
+    if topic.starts_with('$') {
+        return Err(AdminError::Invalid(format!(
+            "topic {topic:?}: topics starting with '$' are the broker's own"
+        )));
+    }
+    Ok(())
+}
+
 /// Standard base64 (RFC 4648, with padding).
 fn base64(bytes: &[u8]) -> String {
     use base64ct::Encoding;
@@ -151,11 +167,7 @@ impl AdminBackend for ServerBackend {
             messages_sent: m.messages_sent,
             bytes_received: m.network_bytes_received,
             bytes_sent: m.network_bytes_sent,
-            messages_dropped: m.messages_dropped_queue_full
-                + m.messages_dropped_expired
-                + m.messages_dropped_too_large
-                + m.messages_dropped_denied
-                + m.messages_dropped_offline_qos0,
+            messages_dropped: crate::metrics::messages_dropped(&m),
             auth_failures: m.auth_failures,
             queued_messages: totals.queued,
             inflight_messages: totals.inflight,
@@ -317,6 +329,7 @@ impl AdminBackend for ServerBackend {
     fn delete_retained(&self, topic: &str) -> Result<bool, AdminError> {
         tern_codec::topic::validate_topic_name(topic)
             .map_err(|error| AdminError::Invalid(format!("topic {topic:?}: {error}")))?;
+        refuse_system_topic(topic)?;
         Ok(self.source.broker.clear_retained(topic))
     }
 
@@ -327,6 +340,7 @@ impl AdminBackend for ServerBackend {
         }
         tern_codec::topic::validate_topic_name(&request.topic)
             .map_err(|error| AdminError::Invalid(format!("topic: {error}")))?;
+        refuse_system_topic(&request.topic)?;
         let topic = MqttStr::try_from(request.topic.as_str())
             .map_err(|error| AdminError::Invalid(format!("topic: {error}")))?;
         let payload =
@@ -398,13 +412,21 @@ impl AdminBackend for ServerBackend {
         self.source.render()
     }
 
+    /// `running`: the keys in force (the file's, with the command line's overrides and what
+    /// reloads applied; not what waits for a restart); `values`: the file as last read;
+    /// `pending_restart`: the keys whose file value differs from the running one until a
+    /// restart; `overridden`: the keys the command line sets.
     fn config(&self) -> serde_json::Value {
         let values = lock(&self.file_values).clone();
+        let pending = lock(&self.pending_restart).clone();
         let running = lock(&self.running);
         serde_json::json!({
             "file": running.config_file.as_ref().map(|p| p.display().to_string()),
             "values": values,
             "log_level": running.log_level,
+            "running": running_values(&running),
+            "pending_restart": pending,
+            "overridden": running.overrides.keys(),
         })
     }
 
@@ -423,11 +445,34 @@ impl AdminBackend for ServerBackend {
             if let Some(config) = &report.1 {
                 *lock(&self.running) = config.clone();
                 *lock(&self.file_values) = report.2.clone();
+                *lock(&self.pending_restart) = report.0.needs_restart.clone();
             }
             log_report(&report.0);
             report.0
         })
     }
+}
+
+/// The running configuration's keys that a reload or the command line can make differ from
+/// the file (the top-level keys, `[limits]`, `[mqtt]`, `auth.allow_anonymous`); secrets are
+/// not among them. `[[listeners]]`, `[admin]` and the rest of `[auth]` change only at a
+/// restart: the file's values of them run unless `pending_restart` names them.
+fn running_values(running: &ServerConfig) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "listen": running.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "workers": running.workers,
+        "log_level": running.log_level,
+        "log_format": running.log_format,
+        "sys_interval": running.sys_interval,
+        "data_dir": running.data_dir.display().to_string(),
+        "durability": running.durability,
+        "unstored_grace_ms": running.unstored_grace_ms,
+        "limits": running.limits,
+        "mqtt": running.mqtt,
+        "auth": {"allow_anonymous": running.auth.allow_anonymous},
+    });
+    redact(&mut value);
+    value
 }
 
 /// Logs what a reload did (the API's and SIGHUP's).
@@ -460,7 +505,7 @@ impl ServerBackend {
             running,
             tls: self.tls.clone(),
             auth: self.auth.clone(),
-            has_tls: !self.source.certificates.is_empty(),
+            has_tls: !self.source.tls.is_empty(),
             broker: self.source.broker.clone(),
         }
     }
@@ -477,13 +522,17 @@ impl Reload {
             Some(path) => match ServerConfig::from_file(path) {
                 Ok(config) => (Some(config), file_values(path)),
                 Err(error) => {
-                    report.errors.push(error.to_string());
+                    report.errors.push(format!(
+                        "{error} (the file's keys stay as they run; the auth files and \
+                         certificates it names are read again all the same)"
+                    ));
                     (None, serde_json::Value::Null)
                 }
             },
             None => (None, serde_json::Value::Null),
         };
-        // The files the configuration names are read again whatever the file says.
+        // The files the running configuration names are read again even when the file
+        // does not parse: a certificate rotation does not wait for a typo's fix.
         let auth = self.auth.reload(true);
         if auth.password_files + auth.acl_files + auth.jwt_keys > 0 {
             report.applied.push(format!(
@@ -500,6 +549,8 @@ impl Reload {
             return (report, None, values);
         };
         let old = &self.running;
+        // The command line's keys stay as `tern serve` set them at start.
+        old.overrides.apply(&mut new);
         if new.log_level != old.log_level {
             match LOG_LEVEL_RELOADER.get() {
                 Some(apply) => match apply(&new.log_level) {
@@ -578,6 +629,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         admin,
         store_tuning,
         config_file: _, // where the file is, not a key of it
+        overrides: _,   // the command line's, applied to `new` as to `old`
     } = new;
     compare("listen", *listen != old.listen);
     compare("listeners", *listeners != old.listeners);
@@ -649,16 +701,59 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     keys
 }
 
-/// Keys whose values are secrets: shown as "<redacted>".
+/// Keys whose values are secrets: shown as "<redacted>". Generous on purpose: a key named
+/// like a secret is hidden unless it names a file or a directory.
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     if key.ends_with("_file") || key.ends_with("_path") || key.ends_with("_dir") {
         return false;
     }
-    ["password", "secret", "token", "psk", "credential"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "psk",
+        "credential",
+        "apikey",
+        "api_key",
+        "hmac",
+        "authorization",
+        "private",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
         || key == "key"
+        || key.ends_with("_key")
+}
+
+/// A URL's userinfo and query (where credentials travel: `https://user:pass@host/?api_key=`)
+/// replaced by "<redacted>"; other text as it is.
+fn redact_url(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((before, _)) => format!("{before}?<redacted>"),
+        None => match path.split_once('#') {
+            Some((before, _)) => before.to_owned(),
+            None => path.to_owned(),
+        },
+    };
+    let redacted = format!("{scheme}://{host}{path}");
+    (redacted != text).then_some(redacted)
 }
 
 fn redact(value: &mut serde_json::Value) {
@@ -673,6 +768,11 @@ fn redact(value: &mut serde_json::Value) {
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        serde_json::Value::String(text) => {
+            if let Some(redacted) = redact_url(text) {
+                *text = redacted;
+            }
+        }
         _ => {}
     }
 }
@@ -709,5 +809,29 @@ mod tests {
         assert_eq!(value["listeners"][0]["tls"]["key"], "<redacted>");
         assert_eq!(value["listeners"][0]["tls"]["cert"], "c.pem");
         assert_eq!(value["jwt"]["secret"], "<redacted>");
+    }
+
+    /// Review 13 #10: secrets inside values (a URL's userinfo and query) and keys named like
+    /// secrets beyond the first list are hidden too; files and plain URLs stay readable.
+    #[test]
+    fn secrets_inside_values_are_redacted() {
+        let mut value = serde_json::json!({
+            "auth": {"http": {"url": "https://user:pass@auth.example:8443/check?api_key=k#frag"}},
+            "plain": "http://auth.example/check",
+            "api_key": "a", "hmac": "h", "shared_key": "s", "authorization": "Bearer x",
+            "jwt_keys": ["k1.pem"], "key_file": "k.pem", "max_keep_alive": 60,
+        });
+        redact(&mut value);
+        assert_eq!(
+            value["auth"]["http"]["url"],
+            "https://<redacted>@auth.example:8443/check?<redacted>"
+        );
+        assert_eq!(value["plain"], "http://auth.example/check");
+        for key in ["api_key", "hmac", "shared_key", "authorization"] {
+            assert_eq!(value[key], "<redacted>", "{key}");
+        }
+        assert_eq!(value["jwt_keys"][0], "k1.pem");
+        assert_eq!(value["key_file"], "k.pem");
+        assert_eq!(value["max_keep_alive"], 60);
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use tern_broker::BrokerConfig;
 use tern_codec::QoS;
 use tern_store::DiskReserve;
@@ -61,10 +61,70 @@ pub struct ServerConfig {
     /// The file this configuration was read from (`from_file`), read again by a reload.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// What the command line set over the file (`tern serve --listen ...`): applied again to
+    /// the file at every reload, so a reload neither undoes a flag nor reports it as a
+    /// change that needs a restart.
+    #[serde(skip)]
+    pub overrides: Overrides,
+}
+
+/// Keys the command line of `tern serve` sets over the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub log_level: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// `--in-memory`: `durability = "memory"`.
+    pub in_memory: bool,
+    /// `--allow-anonymous`: `auth.allow_anonymous = true`.
+    pub allow_anonymous: bool,
+}
+
+impl Overrides {
+    /// Sets the overridden keys of `config`, and keeps `self` in it for the next reload.
+    pub fn apply(&self, config: &mut ServerConfig) {
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(level) = &self.log_level {
+            config.log_level = level.clone();
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if self.in_memory {
+            config.durability = Durability::Memory;
+        }
+        if self.allow_anonymous {
+            config.auth.allow_anonymous = Some(true);
+        }
+        config.overrides = self.clone();
+    }
+
+    /// The keys overridden, as the configuration names them (for the log at start).
+    pub fn keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen.is_some() {
+            keys.push("listen");
+        }
+        if self.log_level.is_some() {
+            keys.push("log_level");
+        }
+        if self.data_dir.is_some() {
+            keys.push("data_dir");
+        }
+        if self.in_memory {
+            keys.push("durability");
+        }
+        if self.allow_anonymous {
+            keys.push("auth.allow_anonymous");
+        }
+        keys
+    }
 }
 
 /// The shape of log lines (`log_format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -102,7 +162,7 @@ where
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Open client connections; further ones are closed at once.
@@ -134,7 +194,7 @@ pub struct Limits {
 }
 
 /// Protocol switches.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttOptions {
     /// Highest QoS granted and accepted: 0, 1 or 2.
@@ -152,7 +212,7 @@ pub struct MqttOptions {
 }
 
 /// The durability level of the broker's state; see [`ServerConfig::durability`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// No store: everything is lost when the broker stops.
@@ -193,6 +253,7 @@ impl Default for ServerConfig {
             admin: AdminConfig::default(),
             store_tuning: StoreTuning::default(),
             config_file: None,
+            overrides: Overrides::default(),
         }
     }
 }

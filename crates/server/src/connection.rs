@@ -163,11 +163,13 @@ fn run_connection<T: Transport + 'static>(
             if !announced && conn.is_connected() {
                 announced = true;
                 // The fields' order is part of the line's shape (tests and log parsers match
-                // `client connected client_id=...`): new fields go last.
+                // `client connected client_id="..."`): new fields go last. The id is a `&str`
+                // field, quoted and escaped in text: a client id with a line break cannot
+                // write a line of its own.
                 tracing::info!(
-                    client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
+                    client_id = conn.client_id().map_or("", |id| id.as_str()),
                     peer = %OptionalPeer(conn.peer()),
-                    protocol = %conn.protocol_version(),
+                    protocol = %crate::admin_backend::protocol_name(conn.protocol_version()),
                     event = "connect",
                     "client connected"
                 );
@@ -280,7 +282,7 @@ fn log_close(conn: &Connection, announced: bool) {
         .map_or_else(|| "connection lost".to_owned(), ToString::to_string);
     if announced {
         tracing::info!(
-            client_id = %conn.client_id().map(|id| id.as_str()).unwrap_or(""),
+            client_id = conn.client_id().map_or("", |id| id.as_str()),
             peer = %peer,
             %reason,
             event = "disconnect",

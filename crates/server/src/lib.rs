@@ -36,7 +36,7 @@ pub use auth::{AsyncAuthenticator, AuthFuture, DenyDeferred};
 pub use auth_config::{AuthConfig, DenyPublish};
 pub use auth_failures::FailureLimit;
 pub use config::{
-    ConfigError, Durability, Limits, LogFormat, MqttOptions, ServerConfig, StoreTuning,
+    ConfigError, Durability, Limits, LogFormat, MqttOptions, Overrides, ServerConfig, StoreTuning,
 };
 pub use file_auth::{AuthError, AuthReload, FileAuth};
 pub use http_auth::HttpConfig;

@@ -5,7 +5,6 @@
 //! message path for them. No client id or topic is ever a label: a label's values are
 //! listeners, protocol versions, QoS levels and reasons, all bounded.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +17,17 @@ use tern_store::Store;
 
 use crate::server::OpenConnections;
 
+/// Messages dropped on their way to a subscriber (queue full, expired, too large for the
+/// client, not readable by the client that took the session up, QoS 0 for an offline
+/// session): one figure for the API's stats and `$SYS/broker/publish/messages/dropped`.
+pub(crate) fn messages_dropped(m: &tern_broker::MetricsSnapshot) -> u64 {
+    m.messages_dropped_queue_full
+        + m.messages_dropped_expired
+        + m.messages_dropped_too_large
+        + m.messages_dropped_denied
+        + m.messages_dropped_offline_qos0
+}
+
 /// What the metrics are read from; shared by the admin backend and the `$SYS` task.
 #[derive(Clone)]
 pub(crate) struct MetricsSource {
@@ -25,8 +35,8 @@ pub(crate) struct MetricsSource {
     pub(crate) store: Option<Arc<Store>>,
     pub(crate) open: OpenConnections,
     pub(crate) started: Instant,
-    /// Each TLS listener's name and certificate file, for the expiry gauge.
-    pub(crate) certificates: Vec<(String, PathBuf)>,
+    /// The TLS listeners, for the expiry gauge (of the certificates they serve).
+    pub(crate) tls: crate::tls::TlsReloader,
 }
 
 impl std::fmt::Debug for MetricsSource {
@@ -161,7 +171,10 @@ impl Collector for MetricsSource {
                 (
                     [
                         ("listener", listener.as_deref().unwrap_or("").to_owned()),
-                        ("protocol", protocol.to_string()),
+                        (
+                            "protocol",
+                            crate::admin_backend::protocol_name(*protocol).to_owned(),
+                        ),
                     ],
                     *n as f64,
                 )
@@ -352,13 +365,14 @@ impl Collector for MetricsSource {
                 )?;
             }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()) as f64;
         let expiries: Vec<(Labels, f64)> = self
-            .certificates
-            .iter()
-            .filter_map(|(listener, path)| {
-                let left = certificate_seconds_left(path)?;
-                Some(([("listener", listener.clone())], left))
-            })
+            .tls
+            .expiries()
+            .into_iter()
+            .map(|(listener, not_after)| ([("listener", listener)], not_after as f64 - now))
             .collect();
         if !expiries.is_empty() {
             out.gauges(
@@ -405,21 +419,6 @@ impl Out<'_, '_> {
     }
 }
 
-/// Seconds until the first certificate of the PEM file at `path` expires.
-fn certificate_seconds_left(path: &std::path::Path) -> Option<f64> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let bytes = std::fs::read(path).ok()?;
-    let der = CertificateDer::pem_slice_iter(&bytes).next()?.ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let not_after = cert.validity().not_after.timestamp();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    Some(not_after as f64 - now as f64)
-}
-
 /// The process's CPU time, memory and descriptors, from /proc (Linux; `None` elsewhere).
 pub(crate) mod process {
     pub(crate) struct Process {
@@ -433,19 +432,32 @@ pub(crate) mod process {
     /// Clock ticks per second of /proc/self/stat's times (USER_HZ: 100 on every Linux
     /// architecture Tern builds for).
     const TICKS_PER_SECOND: f64 = 100.0;
-    /// The page size /proc/self/stat's RSS counts in (4 KiB on x86-64 and most arm64).
-    const PAGE: u64 = 4096;
+    /// The fields of /proc/self/stat after the command name (which is in parentheses and
+    /// may hold spaces and parentheses of its own): the first is field 3, the state.
+    pub(super) fn stat_fields(stat: &str) -> Vec<&str> {
+        let after_name = stat.rfind(')').and_then(|end| stat.get(end + 1..));
+        after_name.map_or_else(Vec::new, |rest| rest.split_whitespace().collect())
+    }
+
+    /// `VmRSS` of /proc/self/status, in bytes (the kernel gives kB whatever the page size,
+    /// where /proc/self/stat counts pages: 4 KiB or 64 KiB depending on the kernel).
+    pub(super) fn status_rss_bytes(status: &str) -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
 
     pub(crate) fn read() -> Option<Process> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = stat_fields(&stat);
         // Field 14 (utime) is the 12th after the name (field 3 is the first).
         let number = |index: usize| fields.get(index)?.parse::<u64>().ok();
         let cpu = (number(11)? + number(12)?) as f64 / TICKS_PER_SECOND;
         let virtual_bytes = number(20)?;
-        let resident_bytes = number(21)? * PAGE;
+        let resident_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| status_rss_bytes(&status))
+            .unwrap_or(0);
         let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
         let max_fds = std::fs::read_to_string("/proc/self/limits")
             .ok()
@@ -460,5 +472,46 @@ pub(crate) mod process {
             open_fds,
             max_fds,
         })
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::process::{stat_fields, status_rss_bytes};
+
+    /// Review 13 NIT 15: /proc/self/stat read without a panic whatever the command name
+    /// (a `)` at the very end, or none), and the RSS read in bytes from `VmRSS` (kB), not
+    /// counted in pages of an assumed size.
+    #[test]
+    fn proc_files_are_read_without_assumptions() {
+        assert_eq!(stat_fields("12 (a) b) S 1 2")[..2], ["S", "1"]);
+        assert!(stat_fields("12 (tern)").is_empty());
+        assert!(stat_fields("12 (tern").is_empty());
+        assert!(stat_fields("").is_empty());
+        let status = "Name:\ttern\nVmPeak:\t 9000 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(status_rss_bytes(status), Some(2048 * 1024));
+        assert_eq!(status_rss_bytes("Name: x\n"), None);
+        let live = super::process::read().expect("/proc on Linux");
+        assert!(live.resident_bytes > 0);
+    }
+}
+
+#[cfg(test)]
+mod dropped_tests {
+    /// Review 13 NIT 17: the stats' `messages_dropped` and `$SYS publish/messages/dropped`
+    /// are one figure: every delivery drop, the ones denied at take-over included; a
+    /// retained message not kept (storage full) is not a dropped delivery.
+    #[test]
+    fn one_figure_of_dropped_messages() {
+        let m = tern_broker::MetricsSnapshot {
+            messages_dropped_queue_full: 1,
+            messages_dropped_expired: 2,
+            messages_dropped_too_large: 4,
+            messages_dropped_denied: 8,
+            messages_dropped_offline_qos0: 16,
+            retained_dropped_storage_full: 32,
+            ..Default::default()
+        };
+        assert_eq!(super::messages_dropped(&m), 31);
     }
 }

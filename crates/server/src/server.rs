@@ -339,12 +339,6 @@ impl Server {
     fn backend(&self) -> Arc<crate::admin_backend::ServerBackend> {
         self.backend
             .get_or_init(|| {
-                let certificates = self
-                    .config
-                    .listeners
-                    .iter()
-                    .filter_map(|l| Some((l.name.clone(), l.tls.as_ref()?.cert.clone())))
-                    .collect();
                 let file_values = self
                     .config
                     .config_file
@@ -356,12 +350,13 @@ impl Server {
                         store: self.store.clone(),
                         open: self.open_connections(),
                         started: std::time::Instant::now(),
-                        certificates,
+                        tls: self.tls_reloader(),
                     },
                     tls: self.tls_reloader(),
                     auth: self.auth_reloader(),
                     running: std::sync::Mutex::new(self.config.clone()),
                     file_values: std::sync::Mutex::new(file_values),
+                    pending_restart: std::sync::Mutex::new(Vec::new()),
                 })
             })
             .clone()

@@ -1,5 +1,6 @@
 //! The `$SYS/broker/...` topics, with Mosquitto's names for what Tern has, published every
-//! `sys_interval` seconds by a task of the timer runtime: retained in memory (a client that
+//! `sys_interval` seconds by a task of the timer runtime, which walks the sessions on tokio's
+//! blocking pool: retained in memory (a client that
 //! subscribes later gets the last values at once), never written to the store.
 //!
 //! The load figures are Mosquitto's: an exponentially weighted moving average, per minute,
@@ -53,13 +54,34 @@ pub(crate) async fn run(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let source = std::sync::Arc::new(source);
     let mut loads: Vec<Load> = LOADS.iter().map(|_| Load::default()).collect();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tick.tick() => publish(&source, &mut loads, interval.as_secs_f64()),
+            _ = tick.tick() => {}
+        }
+        // The rates over the time that actually passed (a late tick is not a faster rate).
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(last).as_secs_f64().max(0.001);
+        last = now;
+        // The walk of every session runs on tokio's blocking pool, not on this runtime,
+        // which also drives the broker's timers (keep-alive, will delay, expiry).
+        let walker = source.clone();
+        match tokio::task::spawn_blocking(move || {
+            publish(&walker, &mut loads, elapsed);
+            loads
+        })
+        .await
+        {
+            Ok(back) => loads = back,
+            Err(error) => {
+                tracing::warn!(%error, "the $SYS round failed; $SYS stops");
+                return;
+            }
         }
     }
 }
@@ -105,11 +127,7 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
         ),
         (
             "publish/messages/dropped".to_owned(),
-            (m.messages_dropped_queue_full
-                + m.messages_dropped_expired
-                + m.messages_dropped_too_large
-                + m.messages_dropped_offline_qos0)
-                .to_string(),
+            crate::metrics::messages_dropped(&m).to_string(),
         ),
         (
             "bytes/received".to_owned(),
@@ -122,8 +140,17 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
         ),
         ("retained messages/count".to_owned(), retained.to_string()),
         (
+            // Mosquitto's: retained messages included.
             "messages/stored".to_owned(),
-            (totals.queued + totals.inflight).to_string(),
+            (totals.queued + totals.inflight + retained as u64).to_string(),
+        ),
+        (
+            "publish/bytes/received".to_owned(),
+            (m.received_bytes_qos0 + m.received_bytes_qos1 + m.received_bytes_qos2).to_string(),
+        ),
+        (
+            "publish/bytes/sent".to_owned(),
+            (m.sent_bytes_qos0 + m.sent_bytes_qos1 + m.sent_bytes_qos2).to_string(),
         ),
     ];
     let counts = [

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -113,6 +114,9 @@ pub(crate) struct TlsListener {
     /// The stamps of the files as they were last read (loaded or not), so a change is acted on
     /// once, and a file being replaced in several steps is read again after the last step.
     seen: Mutex<Vec<FileStamp>>,
+    /// notAfter (Unix seconds) of the certificate in use (`cert`'s first), `i64::MIN` while
+    /// unknown: the expiry gauge shows what is served, not what the file holds now.
+    not_after: AtomicI64,
 }
 
 impl TlsListener {
@@ -127,6 +131,7 @@ impl TlsListener {
             },
             current: RwLock::new(None),
             seen: Mutex::new(Vec::new()),
+            not_after: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -134,8 +139,9 @@ impl TlsListener {
     pub(crate) fn load(&self) -> Result<(), TlsError> {
         let stamps = self.stamps();
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
-        let config = self.build()?;
+        let (config, not_after) = self.build()?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        self.not_after.store(not_after, Ordering::Relaxed);
         Ok(())
     }
 
@@ -145,8 +151,9 @@ impl TlsListener {
         let stamps = self.stamps();
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
         match self.build() {
-            Ok(config) => {
+            Ok((config, not_after)) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(config);
+                self.not_after.store(not_after, Ordering::Relaxed);
                 tracing::info!(listener = %self.name, "TLS certificates reloaded");
                 Ok(())
             }
@@ -164,6 +171,12 @@ impl TlsListener {
         if changed {
             let _ = self.reload();
         }
+    }
+
+    /// The listener's name and notAfter (Unix seconds) of the certificate in use, if known.
+    pub(crate) fn expiry(&self) -> (&str, Option<i64>) {
+        let not_after = self.not_after.load(Ordering::Relaxed);
+        (&self.name, (not_after != i64::MIN).then_some(not_after))
     }
 
     /// The configuration for a new handshake.
@@ -198,11 +211,17 @@ impl TlsListener {
         }
     }
 
-    /// Reads every file and builds the configuration.
-    fn build(&self) -> Result<Arc<ServerConfig>, TlsError> {
+    /// Reads every file and builds the configuration; with the notAfter of `cert`
+    /// (`i64::MIN` if it cannot be read).
+    fn build(&self) -> Result<(Arc<ServerConfig>, i64), TlsError> {
         let tls = &self.settings;
         let provider = Arc::new(ring_provider());
         let default = self.certified_key(&tls.cert, &tls.key, &provider)?;
+        let not_after = default
+            .end_entity_cert()
+            .ok()
+            .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+            .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp());
         let mut by_name = HashMap::new();
         for sni in &tls.sni {
             let key = self.certified_key(&sni.cert, &sni.key, &provider)?;
@@ -252,7 +271,7 @@ impl TlsListener {
         };
         let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = vec![self.alpn.to_vec()];
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), not_after))
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -517,6 +536,20 @@ impl TlsReloader {
             // Cancelled: the runtime is shutting down, nothing more to load.
             Err(_) => Ok(()),
         }
+    }
+
+    /// Each TLS listener's name and the notAfter (Unix seconds) of the certificate it serves,
+    /// once per name.
+    pub(crate) fn expiries(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for listener in &self.listeners {
+            if let Some((name, Some(not_after))) = listener.tls.as_ref().map(TlsListener::expiry)
+                && !out.iter().any(|(seen, _)| seen == name)
+            {
+                out.push((name.to_owned(), not_after));
+            }
+        }
+        out
     }
 
     /// Reloads the listeners whose files changed since they were last read.

@@ -337,6 +337,7 @@ async fn sys_topics_after_known_traffic() {
         "$SYS/broker/subscriptions/count",
         "$SYS/broker/retained messages/count",
         "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/messages/stored",
     ] {
         while !seen.contains_key(topic) {
             let publish = sub.recv().await;
@@ -349,6 +350,18 @@ async fn sys_topics_after_known_traffic() {
     assert!(seen["$SYS/broker/version"].starts_with("tern version "));
     assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
     assert_eq!(seen["$SYS/broker/clients/total"], "2");
+    // Review 13 NIT 14: Mosquitto's payload bytes ("x": 1 byte), from a round after the
+    // publish was counted (those read from now on).
+    let topic = "$SYS/broker/publish/bytes/received";
+    seen.remove(topic);
+    while !seen.contains_key(topic) {
+        let publish = sub.recv().await;
+        seen.insert(
+            publish.topic.clone(),
+            String::from_utf8_lossy(&publish.payload).into_owned(),
+        );
+    }
+    assert_eq!(seen[topic], "1");
 }
 
 /// Issue 13 reload: the file read again; the log level applied (or reported), a changed
@@ -409,9 +422,14 @@ async fn reload_reports_what_needs_a_restart() {
         "over the reloaded limit"
     );
     assert!(report.errors.is_empty(), "{report:?}");
+    let config = broker.backend.config();
+    assert_eq!(config["values"]["limits"]["max_inflight"], 20, "the file");
+    // Review 13 #9: the running configuration is what is in force; the change waits.
+    assert_eq!(config["running"]["limits"]["max_inflight"], 10, "{config}");
+    assert_eq!(config["running"]["limits"]["max_retained_messages"], 1);
     assert_eq!(
-        broker.backend.config()["values"]["limits"]["max_inflight"],
-        20
+        config["pending_restart"],
+        serde_json::json!(["limits.max_inflight"])
     );
     std::fs::write(&path, "limits = 3").unwrap();
     let report = broker.backend.reload().await;
@@ -465,4 +483,164 @@ async fn subscriptions_walked_one_a_page_come_back_once() {
     for client in clients {
         client.disconnect().await;
     }
+}
+
+/// Review 13 #3, issue 13 "what is applied vs what is reported": a reload applies the file
+/// with the command line's overrides, as `tern serve` did at start. An unchanged file
+/// reloads to no change at all (nothing applied, nothing needing a restart) and the
+/// overridden log level stays.
+#[tokio::test]
+async fn reload_keeps_the_command_line_overrides() {
+    let dir = std::env::temp_dir().join(format!("tern-reload-over-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tern.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:1\"]\nlog_level = \"info\"\ndurability = \"fsync\"\n\
+         data_dir = \"/nonexistent/tern\"\n",
+    )
+    .unwrap();
+    let mut config = ServerConfig::from_file(&path).unwrap();
+    let overrides = tern_server::Overrides {
+        listen: Some(vec!["127.0.0.1:0".parse().unwrap()]),
+        log_level: Some("debug".to_owned()),
+        data_dir: Some(dir.join("data")),
+        in_memory: true,
+        allow_anonymous: true,
+    };
+    overrides.apply(&mut config);
+    let broker = start(config).await;
+    let report = broker.backend.reload().await;
+    assert!(report.applied.is_empty(), "{report:?}");
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    let config = broker.backend.config();
+    assert_eq!(config["log_level"], "debug");
+    assert_eq!(config["running"]["log_level"], "debug", "{config}");
+    assert_eq!(config["running"]["durability"], "memory");
+    assert_eq!(config["running"]["auth"]["allow_anonymous"], true);
+    assert_eq!(config["values"]["durability"], "fsync", "the file");
+    assert_eq!(
+        config["overridden"],
+        serde_json::json!([
+            "listen",
+            "log_level",
+            "data_dir",
+            "durability",
+            "auth.allow_anonymous"
+        ])
+    );
+    // A key the file changes is still reported, with the overrides kept.
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:1\"]\nlog_level = \"info\"\ndurability = \"fsync\"\n\
+         data_dir = \"/nonexistent/tern\"\nsys_interval = 3\n",
+    )
+    .unwrap();
+    let report = broker.backend.reload().await;
+    assert_eq!(report.needs_restart, ["sys_interval"], "{report:?}");
+    assert_eq!(broker.backend.config()["log_level"], "debug");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Review 13 #6 (issue 13 `$SYS`: the broker's own topics, kept out of the retained figures):
+/// the admin API may neither clear nor publish a `$` topic, so the count of the broker's own
+/// retained messages cannot drift and the retained totals stay the users'.
+#[tokio::test]
+async fn system_topics_are_refused_by_publish_and_retained_delete() {
+    let config = ServerConfig {
+        sys_interval: 1,
+        ..common::config()
+    };
+    let broker = start(config).await;
+    wait_until("$SYS/broker/uptime retained", || {
+        broker
+            .backend
+            .retained_message("$SYS/broker/uptime")
+            .is_some()
+    })
+    .await;
+    let refused = broker.backend.delete_retained("$SYS/broker/uptime");
+    assert!(
+        matches!(refused, Err(tern_admin::AdminError::Invalid(_))),
+        "{refused:?}"
+    );
+    let request = |topic: &str| PublishRequest {
+        topic: topic.to_owned(),
+        payload: Some("v".to_owned()),
+        payload_base64: None,
+        qos: 0,
+        retain: true,
+        content_type: None,
+        message_expiry_s: None,
+    };
+    let refused = broker.backend.publish(request("$SYS/broker/uptime"));
+    assert!(
+        matches!(refused, Err(tern_admin::AdminError::Invalid(_))),
+        "{refused:?}"
+    );
+    broker.backend.publish(request("user/r")).unwrap();
+    wait_until("the user's retained message counted", || {
+        broker.backend.stats().retained_messages == 1
+    })
+    .await;
+    assert!(
+        broker
+            .backend
+            .retained_message("$SYS/broker/uptime")
+            .is_some()
+    );
+}
+
+/// Review 13 #11 (configuration.md, Reload): a file that does not parse changes none of its
+/// keys, and the files the running configuration names (here an ACL file) are read again
+/// all the same; the report says both.
+#[tokio::test]
+async fn a_broken_file_still_reloads_the_files_it_names() {
+    let dir = std::env::temp_dir().join(format!("tern-reload-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite #\n").unwrap();
+    let path = dir.join("tern.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = [\"127.0.0.1:0\"]\ndurability = \"memory\"\n[auth]\nallow_anonymous = true\n\
+             acl_file = {:?}\n[limits]\nmax_queued_messages = 7\n",
+            acl.display().to_string()
+        ),
+    )
+    .unwrap();
+    let broker = start(ServerConfig::from_file(&path).unwrap()).await;
+    std::fs::write(&path, "[limits]\nmax_queued_messages = \"many\"\n").unwrap();
+    let report = broker.backend.reload().await;
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(report.errors[0].contains("keys stay"), "{report:?}");
+    assert_eq!(
+        report.applied,
+        ["auth files (0 password, 1 ACL, 0 JWT key)"],
+        "{report:?}"
+    );
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert_eq!(
+        broker.backend.config()["values"]["limits"]["max_queued_messages"],
+        7
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Review 13 NIT 16: one name for the protocol version. An MQTT 5 client is "5" in the API's
+/// client list (the contract) and in the `protocol` label of `tern_connections`.
+#[tokio::test]
+async fn the_protocol_version_has_one_name() {
+    let broker = start(common::config()).await;
+    let _client = v5::Client5::simple(broker.addr, "five").await;
+    let clients = broker.backend.clients(&page(10, None));
+    assert_eq!(clients[0].protocol, "5");
+    let text = broker.backend.metrics_text();
+    assert_eq!(
+        sample(&text, "tern_connections{listener=\"\",protocol=\"5\"}"),
+        1.0,
+        "{text}"
+    );
 }

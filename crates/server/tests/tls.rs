@@ -1299,3 +1299,60 @@ async fn a_certificate_username_needs_no_password_and_meets_the_acl() {
     }
     drop(stop);
 }
+
+/// The value of the sample `name` (with its labels) in a metrics text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Review 13 NIT 18 (issue 13 "certificate expiry (seconds left per listener)"): the gauge
+/// gives the expiry of the certificate the listener serves. A new certificate file that
+/// fails to load (its key does not match) leaves the gauge at the one still in use; after a
+/// reload that succeeds, the gauge follows the new certificate.
+#[tokio::test]
+async fn certificate_expiry_gauge_follows_the_certificate_served() {
+    const EXPIRED_NOT_AFTER: f64 = 1_009_843_200.0; // 2002-01-01T00:00:00Z
+    let dir = dir("expiry-gauge");
+    let ca = Ca::new("ca");
+    let expired = ca.issue("old", &["localhost"], 7, false, true);
+    let (cert, key) = write_pair(&dir, "server", &expired);
+    let running = bind(
+        server_config(vec![tls_listener("secure", tls_settings(cert, key))]),
+        Hooks::default(),
+    )
+    .await;
+    let backend = running.server.admin_backend();
+    let reloader = running.server.tls_reloader();
+    let gauge = || {
+        metric(
+            &backend.metrics_text(),
+            "tern_certificate_expiry_seconds{listener=\"secure\"}",
+        )
+    };
+    let left = gauge();
+    assert!(
+        (left - (EXPIRED_NOT_AFTER - unix_now())).abs() < 60.0,
+        "{left}"
+    );
+    // The new certificate without its key: the reload fails, the old one is still served.
+    let fresh = ca.server();
+    write(&dir, "server.pem", &fresh.cert);
+    assert!(reloader.reload().is_err());
+    let left = gauge();
+    assert!(
+        (left - (EXPIRED_NOT_AFTER - unix_now())).abs() < 60.0,
+        "{left}"
+    );
+    write(&dir, "server.key", &fresh.key);
+    reloader.reload().expect("the new pair loads");
+    assert!(gauge() > 0.0, "the new certificate has not expired");
+}

@@ -16,6 +16,7 @@ mod config;
 mod connection;
 mod descriptors;
 mod file_auth;
+mod file_watch;
 mod http_auth;
 mod jwt;
 mod listener;

@@ -503,32 +503,19 @@ impl AuthReloader {
     }
 }
 
-/// How often the password and ACL files are looked at for changes.
-const AUTH_WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Reloads the password and ACL files when they change, until the server stops.
-async fn watch_auth_files(reloader: AuthReloader, mut stop: watch::Receiver<bool>) {
+/// Reloads the password and ACL files when they change, until the server stops (the interval:
+/// `TERN_AUTH_WATCH_INTERVAL_MS`, tuning, not configuration).
+async fn watch_auth_files(reloader: AuthReloader, stop: watch::Receiver<bool>) {
     if reloader.auth.is_none() {
         return;
     }
-    let interval = match std::env::var("TERN_AUTH_WATCH_INTERVAL_MS") {
-        Ok(text) => match text.trim().parse::<u64>() {
-            Ok(0) => return,
-            Ok(ms) => Duration::from_millis(ms),
-            Err(_) => AUTH_WATCH_INTERVAL,
-        },
-        Err(_) => AUTH_WATCH_INTERVAL,
+    let Some(interval) = crate::file_watch::watch_interval("TERN_AUTH_WATCH_INTERVAL_MS") else {
+        return;
     };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {
-                reloader.reload_in_background(false).await;
-            }
-        }
-    }
+    crate::file_watch::every(interval, stop, || async {
+        reloader.reload_in_background(false).await;
+    })
+    .await;
 }
 
 /// The broker, with its state read back from the store unless the durability is `memory`.

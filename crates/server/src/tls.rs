@@ -566,54 +566,30 @@ impl TlsReloader {
     }
 }
 
-/// How often the files of the TLS listeners are checked for changes.
-pub(crate) const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Tuning (not part of the configuration): the interval of the file poll in milliseconds, 0 to
 /// turn it off (reloads then come only from SIGHUP); the tests that prove SIGHUP does the
 /// reload set it to 0.
 const WATCH_INTERVAL_ENV: &str = "TERN_TLS_WATCH_INTERVAL_MS";
 
-fn watch_interval() -> Option<std::time::Duration> {
-    match std::env::var(WATCH_INTERVAL_ENV) {
-        Ok(text) => match text.trim().parse::<u64>() {
-            Ok(0) => None,
-            Ok(ms) => Some(std::time::Duration::from_millis(ms)),
-            Err(_) => {
-                tracing::warn!(value = %text, "{WATCH_INTERVAL_ENV} is not a number of milliseconds: ignored");
-                Some(WATCH_INTERVAL)
-            }
-        },
-        Err(_) => Some(WATCH_INTERVAL),
-    }
-}
-
 /// Reloads a TLS listener's material when its files change, until the server stops. The files
 /// are read and parsed on the blocking pool, not on the runtime that runs the timers.
-pub(crate) async fn watch_files(
-    reloader: TlsReloader,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub(crate) async fn watch_files(reloader: TlsReloader, stop: tokio::sync::watch::Receiver<bool>) {
     if reloader.is_empty() {
         return;
     }
-    let Some(interval) = watch_interval() else {
+    let Some(interval) = crate::file_watch::watch_interval(WATCH_INTERVAL_ENV) else {
         tracing::info!(
             "{WATCH_INTERVAL_ENV}=0: TLS files are not watched, reloads come from SIGHUP only"
         );
         return;
     };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {
-                let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload_changed()).await;
-            }
+    crate::file_watch::every(interval, stop, || {
+        let reloader = reloader.clone();
+        async move {
+            let _ = tokio::task::spawn_blocking(move || reloader.reload_changed()).await;
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tern_codec::{MqttStr, QoS, ReasonCode};
 
 use crate::config::BrokerConfig;
 use crate::hooks::{AuthRequestId, Authenticator, Authorizer, FilterAccess, Hooks, Principal};
-use crate::message::{Delivery, Message, SubscriptionIds};
+use crate::message::{Delivery, Message, MessageRef, SubscriptionIds};
 use crate::metrics::Metrics;
 use crate::persist::{
     Change, Group, MessageId, Persistence, Recovered, RecoveredDelivery, RecoveredSession,
@@ -30,6 +30,7 @@ use crate::session::{
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
 use crate::unstored::{AckHold, Durability, Sweeper};
+use crate::worker_post::{MAX_POSTED_WORKERS, Scope};
 
 /// A subscription a message is routed to, with the shared subscription it came through.
 type Target<'a> = (&'a Subscriber, Option<&'a MqttStr>);
@@ -202,6 +203,8 @@ pub struct Broker {
     next_auth_request: AtomicU64,
     /// Bumped when the access rules change (`set_authorizer`, `recheck_access`).
     access_epoch: AtomicU64,
+    /// The inboxes of the server's workers, by worker number (see `worker_post`).
+    pub(crate) worker_inboxes: std::sync::OnceLock<Vec<Arc<dyn crate::WorkerInbox>>>,
 }
 
 /// What [`Broker::recheck_access`] did.
@@ -277,6 +280,7 @@ impl Broker {
             authorizer,
             next_auth_request: AtomicU64::new(1),
             access_epoch: AtomicU64::new(0),
+            worker_inboxes: std::sync::OnceLock::new(),
         })
     }
 
@@ -506,7 +510,7 @@ impl Broker {
         } = recovered;
         let session = Arc::new(Session::new(client_id.clone(), expiry));
         let delivery = |d: RecoveredDelivery| Delivery {
-            message: Arc::unwrap_or_clone(d.message),
+            message: d.message.into(),
             qos: d.qos,
             retain: d.retain,
             subscription_ids: d.subscription_ids,
@@ -528,7 +532,7 @@ impl Broker {
             }
             for (packet_id, flow, sent) in inflight {
                 // Everything in flight goes out again when the client returns [MQTT-4.4.0-1].
-                state.inflight.push_back(Inflight {
+                state.push_inflight(Inflight {
                     packet_id,
                     delivery: delivery(sent),
                     state: flow,
@@ -652,7 +656,8 @@ impl Broker {
         if message.retain && retain {
             seq = self.retain(&message);
         }
-        let (reached, route_seq) = self.route(&message, now, hold);
+        let scope = self.publish_scope(&message);
+        let (reached, route_seq) = self.route(MessageRef::Own(message), scope, now, hold);
         (reached, seq.max(route_seq))
     }
 
@@ -716,9 +721,13 @@ impl Broker {
     /// several matching subscriptions gets one copy at the highest granted QoS, with the
     /// identifiers of all of them [MQTT-3.3.4-2, MQTT-3.3.4-3]; a shared group gives one copy to
     /// one member.
-    fn route(
+    ///
+    /// `scope` says which sessions: all, or (see `worker_post`) those of one worker, the
+    /// others getting the message through their workers' inboxes.
+    pub(crate) fn route(
         &self,
-        message: &Message,
+        message: MessageRef,
+        scope: Scope,
         now: Instant,
         mut hold: Option<&mut AckHold<'_>>,
     ) -> (usize, Seq) {
@@ -726,16 +735,47 @@ impl Broker {
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
         let mut targets: Vec<Target<'_>> = reuse(TARGETS.take());
+        // Workers (a bit each) whose sessions get the message through their inboxes.
+        let mut posted: u128 = 0;
+        let mut reached = 0;
         index.for_each_match(&message.topic, |matched| match matched {
             Matched::Subscriber(subscriber) => {
                 let own = subscriber.record.options.no_local
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
                 // No Local: not to the publisher's own connection [MQTT-3.8.3-3].
-                if !own && subscriber.may_read(self, &message.topic) {
+                if own {
+                    return;
+                }
+                let session = &subscriber.session;
+                match scope {
+                    Scope::Posted(worker) => {
+                        if !session.is_online() || session.worker() != Some(worker) {
+                            return;
+                        }
+                    }
+                    Scope::Publish { me, post: true } => {
+                        if let Some(worker) = session.worker()
+                            && Some(worker) != me
+                            && worker < MAX_POSTED_WORKERS
+                            && session.is_online()
+                        {
+                            // That worker checks access and merges subscriptions itself.
+                            posted |= 1 << worker;
+                            reached += 1;
+                            return;
+                        }
+                    }
+                    Scope::Publish { post: false, .. } => {}
+                }
+                if subscriber.may_read(self, &message.topic) {
                     targets.push((subscriber, None));
                 }
             }
             Matched::Group(group) => {
+                // The member was picked by the publisher's thread, among all workers'.
+                if let Scope::Posted(_) = scope {
+                    return;
+                }
                 if let Some(member) = group.pick(|member| {
                     member.session.is_online() && member.may_read(self, &message.topic)
                 }) {
@@ -743,15 +783,35 @@ impl Broker {
                 }
             }
         });
+        if posted != 0 {
+            let refused = self.post_to_workers(&message, posted);
+            for _ in 0..refused {
+                self.metrics
+                    .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
+            }
+        }
         if targets.len() > 1 {
             targets.sort_unstable_by_key(|(subscriber, shared)| {
                 (Arc::as_ptr(&subscriber.session) as usize, *shared)
             });
         }
-        let mut reached = 0;
         let mut seq = Seq::NONE;
         let mut body = RoutedBody::new(self.persistence());
-        let mut compacted: Option<Message> = None;
+        // The message goes as it is to one online subscriber. Deliveries to several share one
+        // copy: each takes one count on it, not one on each of its buffers (the read buffer's
+        // counter, which every message read with it shares, and which the subscribers' threads
+        // would give back while the publisher's thread takes). A message for an offline session,
+        // where it may wait long, is compacted, so it does not pin the read buffer.
+        let online = targets.iter().all(|(target, _)| target.session.is_online());
+        let mut own = None;
+        let mut copy = None;
+        match (message, targets.as_slice()) {
+            (_, []) => {}
+            (MessageRef::Shared(shared), _) if online => copy = Some(shared),
+            (MessageRef::Own(message), [_]) if online => own = Some(message),
+            (MessageRef::Own(message), _) if online => copy = Some(Arc::new(message)),
+            (message, _) => copy = Some(Arc::new(message.compacted())),
+        }
         let mut start = 0;
         while start < targets.len() {
             let (first, shared) = targets[start];
@@ -766,12 +826,12 @@ impl Broker {
                     end += 1;
                 }
             }
-            let delivery = self.delivery_for(
-                message,
-                &targets[start..end],
-                &mut compacted,
-                &first.session,
-            );
+            let message = match (own.take(), &copy) {
+                (Some(message), _) => MessageRef::Own(message),
+                (None, Some(copy)) => MessageRef::Shared(copy.clone()),
+                (None, None) => break,
+            };
+            let delivery = Self::delivery_for(message, &targets[start..end]);
             start = end;
             reached += 1;
             let pushed = first.session.enqueue(
@@ -804,15 +864,8 @@ impl Broker {
         (reached, seq)
     }
 
-    /// The delivery of `message` for the subscriptions `group` of one session. Messages that will
-    /// wait (offline session) get a compacted copy, made once per publish.
-    fn delivery_for(
-        &self,
-        message: &Message,
-        group: &[(&Subscriber, Option<&MqttStr>)],
-        compacted: &mut Option<Message>,
-        session: &Session,
-    ) -> Delivery {
+    /// The delivery of `message` for the subscriptions `group` of one session.
+    fn delivery_for(message: MessageRef, group: &[(&Subscriber, Option<&MqttStr>)]) -> Delivery {
         let mut granted = QoS::AtMostOnce;
         let mut retain_as_published = false;
         let mut ids = SubscriptionIds::None;
@@ -823,16 +876,11 @@ impl Broker {
                 ids.push(id);
             }
         }
-        let shared = if session.is_online() {
-            message.clone()
-        } else {
-            compacted.get_or_insert_with(|| message.compacted()).clone()
-        };
         Delivery {
             qos: message.qos.min(granted),
             // RETAIN is cleared on forwarded messages unless Retain As Published [MQTT-3.3.1-12].
             retain: message.retain && retain_as_published,
-            message: shared,
+            message,
             subscription_ids: ids,
             shared_filter: group.first().and_then(|(_, filter)| filter.cloned()),
         }
@@ -1149,7 +1197,7 @@ impl Broker {
                     previous.wake();
                 }
                 state.owner = Some(owner);
-                session.publish_owner(state.owner);
+                session.publish_owner(state.owner, wakeup.worker());
                 state.wakeup = Some(wakeup);
                 state.expiry = expiry;
                 // Back in time: the session does not expire, and a will whose delay has not run
@@ -1180,7 +1228,7 @@ impl Broker {
         let seq = {
             let mut state = session.lock();
             state.owner = Some(owner);
-            session.publish_owner(state.owner);
+            session.publish_owner(state.owner, wakeup.worker());
             state.wakeup = Some(wakeup);
             self.store_session(&session, &mut state, true).max(ended)
         };
@@ -1300,7 +1348,7 @@ impl Broker {
         state.store_unstored(session.client_id(), persistence, None);
         state.detach();
         session.set_kicked(&mut state, false);
-        session.publish_owner(None);
+        session.publish_owner(None, None);
         match state.expiry {
             SessionExpiry::AtDisconnect => {
                 drop(state);
@@ -1426,7 +1474,7 @@ impl Broker {
             previous.wake();
         }
         state.owner = None;
-        session.publish_owner(None);
+        session.publish_owner(None, None);
         drop(state);
         let probe = Subscriber {
             session: session.clone(),

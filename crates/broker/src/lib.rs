@@ -30,6 +30,7 @@ mod session;
 pub mod subscriptions;
 mod types;
 mod unstored;
+mod worker_post;
 
 pub use admin::{
     ClientConnection, QUEUE_DEPTH_BUCKETS, RuntimeLimits, SessionReport, SessionTotals,
@@ -43,8 +44,9 @@ pub use hooks::{
     DefaultAccess, EnhancedAuthenticator, FilterAccess, Hooks, Principal, PrincipalAccess,
     TransportIdentity,
 };
-pub use message::{Delivery, Message, SubscriptionIds};
+pub use message::{Delivery, Message, MessageRef, SubscriptionIds};
 pub use metrics::{Counter, Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;
 pub use session::Session;
 pub use types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
+pub use worker_post::{WorkerInbox, current_worker, set_current_worker};

@@ -1,14 +1,13 @@
 //! An application message as the broker holds it, and the per-subscriber handle that refers to it.
 //!
 //! A publish is turned into one `Message` and matched once; every subscriber gets a [`Delivery`]
-//! (the message, whose topic, payload and properties are shared buffers, plus its own QoS, retain
-//! flag and subscription identifiers), so neither the payload nor anything else is copied or
-//! allocated per subscriber.
+//! (a share of the message, plus its own QoS, retain flag and subscription identifiers), so
+//! neither the payload nor anything else is copied or allocated per subscriber.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tern_codec::{MqttStr, Properties, Publish, QoS};
 
 /// An application message inside the broker.
@@ -71,14 +70,33 @@ impl Message {
         })
     }
 
-    /// A copy whose topic and payload own their memory, for messages kept long (retained,
-    /// queued for offline sessions), so they do not pin the read buffer they arrived in.
+    /// A copy whose topic, payload and publisher own their memory, in one allocation, for
+    /// messages kept long (retained, queued for offline sessions), so they do not pin the read
+    /// buffer they arrived in.
     pub fn compacted(&self) -> Message {
-        let topic = MqttStr::from_bytes(Bytes::copy_from_slice(self.topic.as_bytes()))
-            .unwrap_or_else(|_| self.topic.clone());
+        let topic = self.topic.as_bytes();
+        let publisher = self.publisher.as_ref().map(MqttStr::as_bytes);
+        let mut all = BytesMut::with_capacity(
+            topic.len() + self.payload.len() + publisher.map_or(0, |p| p.len()),
+        );
+        all.extend_from_slice(topic);
+        all.extend_from_slice(&self.payload);
+        if let Some(publisher) = publisher {
+            all.extend_from_slice(publisher);
+        }
+        let all = all.freeze();
+        let topic_end = topic.len();
+        let payload_end = topic_end + self.payload.len();
+        // The copies hold the same bytes, which were valid strings: the checks cannot fail.
+        let topic =
+            MqttStr::from_bytes(all.slice(..topic_end)).unwrap_or_else(|_| self.topic.clone());
+        let publisher = self.publisher.as_ref().map(|publisher| {
+            MqttStr::from_bytes(all.slice(payload_end..)).unwrap_or_else(|_| publisher.clone())
+        });
         Message {
             topic,
-            payload: Bytes::copy_from_slice(&self.payload),
+            payload: all.slice(topic_end..payload_end),
+            publisher,
             ..self.clone()
         }
     }
@@ -133,11 +151,53 @@ impl SubscriptionIds {
     }
 }
 
-/// One message on its way to one session. The message is held by value: its topic, payload
-/// and properties are shared buffers, so a delivery per subscriber costs no allocation.
+/// A delivery's message: the message itself when it goes to one subscriber, a share of one
+/// copy when it goes to several (see `Broker::route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageRef {
+    Own(Message),
+    Shared(Arc<Message>),
+}
+
+impl MessageRef {
+    /// The message, to change (a shared one is copied first if others hold it).
+    pub fn to_mut(&mut self) -> &mut Message {
+        match self {
+            MessageRef::Own(message) => message,
+            MessageRef::Shared(shared) => Arc::make_mut(shared),
+        }
+    }
+}
+
+impl std::ops::Deref for MessageRef {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        match self {
+            MessageRef::Own(message) => message,
+            MessageRef::Shared(shared) => shared,
+        }
+    }
+}
+
+impl From<Message> for MessageRef {
+    fn from(message: Message) -> MessageRef {
+        MessageRef::Own(message)
+    }
+}
+
+impl From<Arc<Message>> for MessageRef {
+    fn from(message: Arc<Message>) -> MessageRef {
+        MessageRef::Shared(message)
+    }
+}
+
+/// One message on its way to one session. Each delivery of one publish shares the message: a
+/// delivery per subscriber costs one count on it, and neither the payload nor anything else is
+/// copied or allocated per subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub message: Message,
+    pub message: MessageRef,
     /// min(published QoS, granted QoS).
     pub qos: QoS,
     /// The RETAIN flag to send.

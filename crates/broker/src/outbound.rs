@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tern_codec::{Ack, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS};
+use tern_codec::{Ack, MqttStr, Packet, PlainPublish, Properties, ProtocolVersion, Publish, QoS};
 
 use crate::broker::Broker;
 use crate::connection::{Active, Connection, Phase};
@@ -365,7 +365,7 @@ impl Transmit<'_> {
             if durability.is_unstored() {
                 state.unstored += 1;
             }
-            state.inflight.push_back(Inflight {
+            state.push_inflight(Inflight {
                 packet_id,
                 delivery,
                 state: waiting,
@@ -414,7 +414,7 @@ impl Transmit<'_> {
             let mut delivery = state.retained.as_mut()?.take(self.broker)?;
             if delivery.qos != QoS::AtMostOnce && delivery.message.id == 0 {
                 // Stored in flight under its body, if the session is stored.
-                delivery.message.id = self.broker.new_message_id();
+                delivery.message.to_mut().id = self.broker.new_message_id();
             }
             let durability = if state.stores() && belongs_in_store(&delivery) {
                 Durability::Stored
@@ -470,6 +470,11 @@ impl Transmit<'_> {
         let metrics = self.broker.metrics();
         let topic = &delivery.message.topic;
         let alias = active.outbound_aliases.alias_for(topic);
+        if alias.is_none() && !active.session.traced() {
+            if let Some(plain) = plain_publish(delivery, packet_id, dup, active.version) {
+                return self.send_plain(plain, delivery);
+            }
+        }
         let packet = publish_packet(delivery, packet_id, dup, active.version, alias, self.now);
         if active.session.traced() {
             crate::admin::trace_packet(Some(active.session.client_id()), "out", &packet);
@@ -492,6 +497,67 @@ impl Transmit<'_> {
             }
         }
     }
+}
+
+impl Transmit<'_> {
+    /// [`Transmit::send_publish`] for a PUBLISH without properties, encoded from the
+    /// delivery's buffers in place.
+    fn send_plain(&mut self, plain: PlainPublish<'_>, delivery: &Delivery) -> bool {
+        let active = &*self.active;
+        let metrics = self.broker.metrics();
+        let max = active.client_max_packet_size;
+        if max != u32::MAX
+            && plain
+                .encoded_len(active.version)
+                .is_ok_and(|len| len > max as usize)
+        {
+            metrics.bump(crate::metrics::Counter::MessagesDroppedTooLarge);
+            return false;
+        }
+        match plain.encode(active.version, self.buf) {
+            Ok(()) => {
+                metrics.sent(delivery.qos, delivery.message.payload.len());
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot encode PUBLISH");
+                false
+            }
+        }
+    }
+}
+
+/// The PUBLISH of `delivery` as a [`PlainPublish`], when it has no properties to carry: in
+/// 3.x always, in 5.0 when the message has no properties and no expiry and no subscription
+/// identifier applies (the caller has checked that no topic alias is used). Encoding it takes
+/// no share of the message's buffers: a fan-out's deliveries are encoded on other threads at the
+/// same time, and every share taken and given back is a write to one counter they all use.
+fn plain_publish(
+    delivery: &Delivery,
+    packet_id: u16,
+    dup: bool,
+    version: ProtocolVersion,
+) -> Option<PlainPublish<'_>> {
+    let message = &delivery.message;
+    if version.is_v5()
+        && (message.properties.is_some()
+            || message.expires_at.is_some()
+            || !delivery.subscription_ids.as_slice().is_empty())
+    {
+        return None;
+    }
+    Some(PlainPublish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: message.topic.as_str(),
+        packet_id: if delivery.qos == QoS::AtMostOnce {
+            0
+        } else {
+            packet_id
+        },
+        payload: &message.payload,
+    })
 }
 
 /// Removes the reason string and user properties of an acknowledgement or DISCONNECT.

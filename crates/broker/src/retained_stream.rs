@@ -150,7 +150,7 @@ impl RetainedStreams {
         Some(Delivery {
             qos,
             retain: true,
-            message: Arc::unwrap_or_clone(message),
+            message: message.into(),
             subscription_ids: stream
                 .identifier
                 .map_or(SubscriptionIds::None, SubscriptionIds::One),

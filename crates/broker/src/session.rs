@@ -8,7 +8,7 @@
 //! taken over can do no harm.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -73,7 +73,12 @@ pub struct SessionState {
     pub(crate) subscriptions: HashMap<MqttStr, SubscriptionRecord>,
     pub(crate) queue: VecDeque<QueuedDelivery>,
     pub(crate) next_position: u64,
+    /// In sending order. Changed only through `push_inflight`, `remove_inflight` and `clear`,
+    /// which keep `inflight_ids` in step.
     pub(crate) inflight: VecDeque<Inflight>,
+    /// The packet identifiers of `inflight` as a set, made once the window is large (below,
+    /// a pass over the window finds a free identifier as fast) and dropped when it empties.
+    inflight_ids: Option<Box<PacketIdSet>>,
     /// How many entries of `inflight` have `pending` set.
     pub(crate) pending: usize,
     /// Inbound QoS 2 packet identifiers whose PUBLISH was routed and whose PUBREL is awaited.
@@ -115,6 +120,9 @@ pub struct Session {
     client_id: MqttStr,
     /// Mirror of `SessionState::owner` (0 for none), readable without the lock.
     owner_hint: AtomicU64,
+    /// The worker of the owner's connection (`u16::MAX`: none or unknown), readable without
+    /// the lock (see `worker_post`).
+    worker_hint: AtomicU16,
     /// Per-client debug tracing (the admin API's `set_client_tracing`), read lock-free by its
     /// connection for every packet.
     traced: AtomicBool,
@@ -150,6 +158,7 @@ impl Session {
         Session {
             client_id,
             owner_hint: AtomicU64::new(0),
+            worker_hint: AtomicU16::new(u16::MAX),
             traced: AtomicBool::new(false),
             kicked_hint: AtomicBool::new(false),
             state: Mutex::new(SessionState {
@@ -159,6 +168,7 @@ impl Session {
                 queue: VecDeque::new(),
                 next_position: 1,
                 inflight: VecDeque::new(),
+                inflight_ids: None,
                 pending: 0,
                 inbound_qos2: Vec::new(),
                 next_packet_id: 1,
@@ -220,10 +230,21 @@ impl Session {
         self.kicked_hint.store(kicked, Ordering::Relaxed);
     }
 
-    /// Records the owner in the lock-free mirror; call with the state locked.
-    pub(crate) fn publish_owner(&self, owner: Option<ConnectionId>) {
+    /// Records the owner in the lock-free mirror, and the worker its connection is on; call
+    /// with the state locked.
+    pub(crate) fn publish_owner(&self, owner: Option<ConnectionId>, worker: Option<u16>) {
+        self.worker_hint
+            .store(worker.unwrap_or(u16::MAX), Ordering::Relaxed);
         self.owner_hint
             .store(owner.map_or(0, ConnectionId::get), Ordering::Relaxed);
+    }
+
+    /// The worker of the owner's connection, if known (a hint: it may change right after).
+    pub(crate) fn worker(&self) -> Option<u16> {
+        match self.worker_hint.load(Ordering::Relaxed) {
+            u16::MAX => None,
+            worker => Some(worker),
+        }
     }
 
     /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue
@@ -364,17 +385,70 @@ impl Session {
     }
 }
 
+/// From this many messages in flight on, a session keeps their packet identifiers in a
+/// [`PacketIdSet`].
+const LARGE_WINDOW: usize = 32;
+
+/// A set of packet identifiers: a bit each (8 KiB).
+struct PacketIdSet([u64; 1024]);
+
+impl Default for PacketIdSet {
+    fn default() -> PacketIdSet {
+        PacketIdSet([0; 1024])
+    }
+}
+
+impl PacketIdSet {
+    fn insert(&mut self, id: u16) {
+        self.0[usize::from(id / 64)] |= 1 << (id % 64);
+    }
+
+    fn remove(&mut self, id: u16) {
+        self.0[usize::from(id / 64)] &= !(1 << (id % 64));
+    }
+
+    fn contains(&self, id: u16) -> bool {
+        self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0
+    }
+}
+
+impl std::fmt::Debug for PacketIdSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count: u32 = self.0.iter().map(|word| word.count_ones()).sum();
+        write!(f, "PacketIdSet({count} ids)")
+    }
+}
+
 impl SessionState {
     /// A packet identifier not used by any outbound message in flight [MQTT-2.2.1-2].
     /// The caller keeps the in-flight count below 65 535, so one is always free.
     pub(crate) fn allocate_packet_id(&mut self) -> u16 {
+        if self.inflight_ids.is_none() && self.inflight.len() >= LARGE_WINDOW {
+            let mut set = Box::new(PacketIdSet::default());
+            for entry in &self.inflight {
+                set.insert(entry.packet_id);
+            }
+            self.inflight_ids = Some(set);
+        }
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|entry| entry.packet_id == id) {
+            let used = match &self.inflight_ids {
+                Some(set) => set.contains(id),
+                None => self.inflight.iter().any(|entry| entry.packet_id == id),
+            };
+            if !used {
                 return id;
             }
         }
+    }
+
+    /// Adds an entry at the end of the in-flight window.
+    pub(crate) fn push_inflight(&mut self, entry: Inflight) {
+        if let Some(set) = &mut self.inflight_ids {
+            set.insert(entry.packet_id);
+        }
+        self.inflight.push_back(entry);
     }
 
     pub(crate) fn inflight_position(&self, packet_id: u16) -> Option<usize> {
@@ -420,6 +494,11 @@ impl SessionState {
     /// Removes the in-flight entry at `index`.
     pub(crate) fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
         let entry = self.inflight.remove(index)?;
+        if self.inflight.is_empty() {
+            self.inflight_ids = None;
+        } else if let Some(set) = &mut self.inflight_ids {
+            set.remove(entry.packet_id);
+        }
         if entry.pending {
             self.pending -= 1;
         }
@@ -434,6 +513,7 @@ impl SessionState {
         self.subscriptions.clear();
         self.queue.clear();
         self.inflight.clear();
+        self.inflight_ids = None;
         self.pending = 0;
         self.unstored = 0;
         self.inbound_qos2.clear();
@@ -473,5 +553,80 @@ impl SessionState {
                 self.retained = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, SubscriptionIds};
+
+    fn entry(packet_id: u16) -> Inflight {
+        let message = Message {
+            topic: MqttStr::from_static("t"),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+            id: 0,
+        };
+        Inflight {
+            packet_id,
+            delivery: Delivery {
+                message: message.into(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: SubscriptionIds::None,
+                shared_filter: None,
+            },
+            state: InflightState::AwaitingPubAck,
+            pending: false,
+            dup: false,
+            send_after: Seq::NONE,
+            durability: Durability::Volatile,
+        }
+    }
+
+    /// [MQTT-2.2.1-2]: a new PUBLISH never reuses a packet identifier still in flight, with a
+    /// small window (searched) and a large one (kept in a set), across the wrap-around and
+    /// after entries left out of order.
+    #[test]
+    fn allocated_packet_ids_are_never_in_flight() {
+        let session = Session::new(MqttStr::from_static("c"), SessionExpiry::AtDisconnect);
+        let mut state = session.lock();
+        for round in 0..3 {
+            for _ in 0..200 {
+                let id = state.allocate_packet_id();
+                assert!(
+                    state.inflight_position(id).is_none(),
+                    "round {round}: {id} is in flight"
+                );
+                state.push_inflight(entry(id));
+            }
+            // Acknowledged out of order: every third entry leaves.
+            let mut index = 0;
+            while index < state.inflight.len() {
+                if index % 3 == 0 {
+                    state.remove_inflight(index);
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        // Around the wrap: the ids still in flight are skipped.
+        state.next_packet_id = u16::MAX - 5;
+        let held: Vec<u16> = state.inflight.iter().map(|e| e.packet_id).collect();
+        for _ in 0..100 {
+            let id = state.allocate_packet_id();
+            assert_ne!(id, 0);
+            assert!(!held.contains(&id) && state.inflight_position(id).is_none());
+            state.push_inflight(entry(id));
+        }
+        while !state.inflight.is_empty() {
+            state.remove_inflight(0);
+        }
+        assert!(state.inflight_ids.is_none(), "the set goes with the window");
     }
 }

@@ -47,6 +47,12 @@ impl ConnectionId {
 /// take-over). The server implements it over its runtime's notification primitive.
 pub trait Wakeup: Send + Sync {
     fn wake(&self);
+
+    /// The worker (event-loop thread) the connection runs on, when the server has several
+    /// and takes QoS 0 messages for each in its inbox (see `Broker::set_worker_inboxes`).
+    fn worker(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// How long a session outlives its connection.

@@ -1,7 +1,9 @@
-//! The QoS 0 forwarding path allocates nothing per message: decoding a PUBLISH from the read
-//! buffer, matching it, queueing it for each subscriber and encoding it into the subscribers'
-//! write buffers reuses what is already there. Proven with a counting allocator, on the broker
-//! core alone (the server adds reads and writes around it, not allocations per message).
+//! The QoS 0 forwarding path allocates once per message, whatever the number of subscribers:
+//! decoding a PUBLISH from the read buffer, matching it, queueing it for each subscriber and
+//! encoding it into the subscribers' write buffers reuses what is already there, but for the
+//! one shared copy of the message that all its deliveries count on (see `Broker::route`).
+//! Proven with a counting allocator, on the broker core alone (the server adds reads and writes
+//! around it, not allocations per message).
 
 mod common;
 
@@ -52,7 +54,7 @@ fn allocations() -> u64 {
 }
 
 #[test]
-fn qos0_forwarding_allocates_nothing_per_message() {
+fn qos0_forwarding_allocates_once_per_message_not_per_subscriber() {
     const SUBSCRIBERS: usize = 10;
     const MESSAGES: usize = 2_000;
     let broker = Broker::new(BrokerConfig::default());
@@ -119,7 +121,7 @@ fn qos0_forwarding_allocates_nothing_per_message() {
     forward(MESSAGES, &mut outs);
     let per_message = (allocations() - before) as f64 / MESSAGES as f64;
     assert!(
-        per_message < 0.01,
+        per_message < 1.01,
         "{per_message} allocations per message forwarded to {SUBSCRIBERS} subscribers"
     );
 }

@@ -34,7 +34,7 @@ pub use packet::{FixedHeader, Packet, PacketType};
 pub use properties::{
     Properties, PropertyPlace, id as property_id, is_defined as property_defined, property_allowed,
 };
-pub use publish::{Ack, Publish};
+pub use publish::{Ack, PlainPublish, Publish};
 pub use qos::{ProtocolVersion, QoS};
 pub use reason::ReasonCode;
 pub use string::{InvalidMqttStr, MAX_STRING_LEN, MqttStr};

@@ -7,8 +7,9 @@ use crate::packet::{Packet, PacketType};
 use crate::properties::{Properties, PropertyPlace};
 use crate::qos::{ProtocolVersion, QoS};
 use crate::reason::ReasonCode;
-use crate::string::MqttStr;
+use crate::string::{MAX_STRING_LEN, MqttStr};
 use crate::topic::validate_topic_name;
+use crate::varint::{MAX_VARINT, put_varint, varint_len};
 use crate::wire::{Reader, put_string, string_len};
 
 /// PUBLISH: an application message on its way.
@@ -117,6 +118,72 @@ impl Publish {
             self.properties.encode(buf);
         }
         buf.put_slice(&self.payload);
+    }
+}
+
+/// A PUBLISH without properties, borrowing its topic and payload: what a broker forwards to
+/// most subscribers, encoded without building a [`Publish`] (and so without taking a share of
+/// the message's buffers, which other threads are sharing at the same time).
+#[derive(Debug, Clone, Copy)]
+pub struct PlainPublish<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Not empty (no topic alias stands for it here).
+    pub topic: &'a str,
+    /// 0 at QoS 0, non-zero otherwise.
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+}
+
+impl PlainPublish<'_> {
+    fn remaining_len(&self, version: ProtocolVersion) -> usize {
+        let mut len = 2 + self.topic.len() + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            len += 2;
+        }
+        if version.is_v5() {
+            // Property Length 0.
+            len += 1;
+        }
+        len
+    }
+
+    /// Bytes the packet takes on the wire in `version`.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let remaining = self.checked_remaining_len(version)?;
+        Ok(1 + varint_len(remaining as u32) + remaining)
+    }
+
+    fn checked_remaining_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        if self.qos != QoS::AtMostOnce && self.packet_id == 0 {
+            return Err(EncodeError::ZeroPacketId(PacketType::Publish));
+        }
+        let remaining = self.remaining_len(version);
+        if remaining > MAX_VARINT as usize || self.topic.len() > MAX_STRING_LEN {
+            return Err(EncodeError::PacketTooLarge(PacketType::Publish));
+        }
+        Ok(remaining)
+    }
+
+    /// Appends the packet to `buf`: the same bytes as [`Packet::encode`] of the equivalent
+    /// [`Publish`] with empty properties.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let remaining = self.checked_remaining_len(version)?;
+        buf.reserve(1 + varint_len(remaining as u32) + remaining);
+        let flags = (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain);
+        buf.put_u8(((PacketType::Publish as u8) << 4) | flags);
+        put_varint(buf, remaining as u32);
+        buf.put_u16(self.topic.len() as u16);
+        buf.put_slice(self.topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            buf.put_u16(self.packet_id);
+        }
+        if version.is_v5() {
+            buf.put_u8(0);
+        }
+        buf.put_slice(self.payload);
+        Ok(())
     }
 }
 

@@ -147,3 +147,31 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `PlainPublish` writes the same bytes as the `Publish` it stands for (no properties), and
+    /// says how many.
+    #[test]
+    fn plain_publish_encodes_as_publish(
+        v in version(),
+        p in common::publish(ProtocolVersion::V311),
+    ) {
+        let Packet::Publish(publish) = p else { unreachable!() };
+        let plain = tern_codec::PlainPublish {
+            dup: publish.dup,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic: publish.topic.as_str(),
+            packet_id: publish.packet_id,
+            payload: &publish.payload,
+        };
+        let expected = encode(&Packet::Publish(publish.clone()), v);
+        let mut buf = BytesMut::from(&b"xyz"[..]);
+        plain.encode(v, &mut buf).unwrap();
+        prop_assert_eq!(&buf[..3], b"xyz");
+        prop_assert_eq!(&buf[3..], &expected[..]);
+        prop_assert_eq!(plain.encoded_len(v).unwrap(), expected.len());
+    }
+}

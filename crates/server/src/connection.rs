@@ -37,15 +37,28 @@ const CLOSE_DRAIN_BYTES: usize = 64 * 1024;
 
 /// Wakes the connection task: a flag and the task's waker. A wake-up before the task waits is
 /// kept in the flag. Smaller than a `Notify` waiter, which matters with many idle connections.
-#[derive(Default)]
 pub(crate) struct TaskWakeup {
     woken: AtomicBool,
+    /// The worker the task runs on (`u16::MAX`: not a worker's).
+    worker: u16,
     waker: Mutex<Option<Waker>>,
+}
+
+impl Default for TaskWakeup {
+    fn default() -> TaskWakeup {
+        TaskWakeup::on_worker(None)
+    }
 }
 
 impl Wakeup for TaskWakeup {
     fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
+        // Whoever sets the flag takes the waker: a wake while the flag is still set (the task
+        // has not looked since) has nothing to add. A fan-out wakes each subscriber for every
+        // message; this keeps all but the first off the waker's lock, which the subscriber's
+        // own thread takes too.
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let waker = self
             .waker
             .lock()
@@ -55,11 +68,24 @@ impl Wakeup for TaskWakeup {
             waker.wake();
         }
     }
+
+    fn worker(&self) -> Option<u16> {
+        (self.worker != u16::MAX).then_some(self.worker)
+    }
 }
 
 impl TaskWakeup {
+    /// The wakeup of a task on worker `worker`.
+    pub(crate) fn on_worker(worker: Option<u16>) -> TaskWakeup {
+        TaskWakeup {
+            woken: AtomicBool::new(false),
+            worker: worker.unwrap_or(u16::MAX),
+            waker: Mutex::new(None),
+        }
+    }
+
     /// Ready once `wake` has been called since the last time this was ready.
-    fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.woken.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }
@@ -107,7 +133,7 @@ pub(crate) fn serve_connection<T: Transport + 'static>(
     guard: crate::server::ConnectionGuard,
     accepted: Instant,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let wakeup = Arc::new(TaskWakeup::default());
+    let wakeup = Arc::new(TaskWakeup::on_worker(tern_broker::current_worker()));
     let conn = Connection::with_transport(
         broker,
         wakeup.clone(),

@@ -29,6 +29,7 @@ mod sys_topics;
 mod tls;
 mod tls_transport;
 mod transport;
+mod worker_inbox;
 mod ws;
 
 pub use admin_backend::{LogLevelReloader, set_log_level_reloader};

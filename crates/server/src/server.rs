@@ -400,8 +400,23 @@ impl Server {
             None => self.backend(),
         };
         let mut threads = Vec::with_capacity(self.listeners.len());
-        for (index, listeners) in self.listeners.into_iter().enumerate() {
+        // QoS 0 messages for another worker's sessions go through its inbox (see
+        // `worker_inbox`); with one worker there is no other.
+        let inboxes: Vec<Arc<crate::worker_inbox::Inbox>> = (0..self.listeners.len())
+            .map(|_| Arc::new(crate::worker_inbox::Inbox::default()))
+            .collect();
+        if inboxes.len() > 1 {
+            self.broker.set_worker_inboxes(
+                inboxes
+                    .iter()
+                    .map(|inbox| inbox.clone() as Arc<dyn tern_broker::WorkerInbox>)
+                    .collect(),
+            );
+        }
+        for (index, (listeners, inbox)) in self.listeners.into_iter().zip(inboxes).enumerate() {
             let worker = Worker {
+                index: u16::try_from(index).unwrap_or(u16::MAX),
+                inbox,
                 listeners,
                 broker: self.broker.clone(),
                 stop: stop_rx.clone(),
@@ -583,6 +598,9 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// sockets and runs the tasks of the connections it accepted, so a connection never moves
 /// between threads and an idle thread is not woken for another's work (thread per core).
 struct Worker {
+    /// The worker's number (`u16::MAX` past the 65 535th).
+    index: u16,
+    inbox: Arc<crate::worker_inbox::Inbox>,
     listeners: Vec<(std::net::TcpListener, Arc<Listener>)>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
@@ -604,6 +622,8 @@ impl Worker {
             }
         };
         let Worker {
+            index,
+            inbox,
             listeners,
             broker,
             mut stop,
@@ -611,7 +631,11 @@ impl Worker {
             max_connections,
             grace,
         } = self;
+        if index != u16::MAX {
+            tern_broker::set_current_worker(index);
+        }
         runtime.block_on(async move {
+            tokio::spawn(crate::worker_inbox::run(inbox, broker.clone(), index));
             let context = AcceptContext {
                 broker,
                 stop: stop.clone(),

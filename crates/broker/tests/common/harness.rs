@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tern_broker::persist::Persistence;
 use tern_broker::{
-    Broker, BrokerConfig, CloseReason, Connection, Hooks, Session, TransportIdentity,
+    Broker, BrokerConfig, CloseReason, Connection, Hooks, Session, TransportIdentity, Wakeup,
 };
 use tern_codec::{
     Ack, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
@@ -115,9 +115,29 @@ impl Net {
         version: ProtocolVersion,
         identity: Option<TransportIdentity>,
     ) -> Client {
+        self.open_with(version, identity, Arc::new(Quiet))
+    }
+
+    /// A client connected with `connect_packet(version, id)` whose connection runs on worker
+    /// `worker` (see the core's `worker_post`).
+    pub fn connected_on_worker(&self, version: ProtocolVersion, id: &str, worker: u16) -> Client {
+        let mut client = self.open_with(version, None, Arc::new(OnWorker(worker)));
+        client.send(Packet::Connect(Box::new(connect_packet(version, id))));
+        match client.next() {
+            Some(Packet::ConnAck(connack)) if connack.reason_code == ReasonCode::Success => client,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn open_with(
+        &self,
+        version: ProtocolVersion,
+        identity: Option<TransportIdentity>,
+        wakeup: Arc<dyn Wakeup>,
+    ) -> Client {
         let connection = Connection::with_transport(
             self.broker.clone(),
-            Arc::new(Quiet),
+            wakeup,
             None,
             identity.map(Arc::new),
             self.now(),
@@ -159,6 +179,17 @@ impl Net {
 
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
         self.broker.session(client_id)
+    }
+}
+
+/// The wakeup of a connection on a worker of the server: it says which.
+struct OnWorker(u16);
+
+impl Wakeup for OnWorker {
+    fn wake(&self) {}
+
+    fn worker(&self) -> Option<u16> {
+        Some(self.0)
     }
 }
 

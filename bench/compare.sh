@@ -22,7 +22,11 @@
 # openssl at run time, in $OUT/certs), BROKERS (space-separated subset of tern mosquitto
 # rumqttd; default all that are installed), BENCH_THREADS (the bench's runtime threads, default
 # 1; a full TLS handshake costs the bench about what it costs the broker, so the TLS connect
-# rate may need 2 where cores are to spare).
+# rate may need 2 where cores are to spare), PLACEMENTS (space-separated: free same split;
+# default free; "same" pins the broker and the bench to CPU 0, "split" the broker to CPU 1 and
+# the bench to CPU 0, with taskset: every scenario runs in each, rows marked ~same, ~split).
+# TERN_WORKERS sets Tern's `workers` (default 0: one per core).
+# The table gives Tern / Mosquitto and Tern / best peer (the best other broker of the row).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +39,8 @@ OUT=${OUT:-$(mktemp -d /tmp/tern-compare.XXXXXX)}
 ONLY=${SCENARIOS:-}
 INFLIGHT=${INFLIGHT:-0}
 TRANSPORTS=${TRANSPORTS:-tcp}
+PLACEMENTS=${PLACEMENTS:-free}
+TERN_WORKERS=${TERN_WORKERS:-0}
 ONLY_BROKERS=${BROKERS:-}
 unset BROKERS
 KEY_TYPE=${KEY_TYPE:-ec}
@@ -42,6 +48,10 @@ BENCH_THREADS=${BENCH_THREADS:-1}
 case $BENCH_THREADS in ''|*[!0-9]*|0) echo "compare.sh: BENCH_THREADS must be a positive number" >&2; exit 1 ;; esac
 for transport in $TRANSPORTS; do
   case $transport in tcp|tls|ws|wss) ;; *) echo "compare.sh: TRANSPORTS: unknown transport $transport (tcp tls ws wss)" >&2; exit 1 ;; esac
+done
+for placement in $PLACEMENTS; do
+  case $placement in free) ;; same|split) command -v taskset >/dev/null || { echo "compare.sh: PLACEMENTS=$placement needs taskset (util-linux)" >&2; exit 1; } ;;
+    *) echo "compare.sh: PLACEMENTS: unknown placement $placement (free same split)" >&2; exit 1 ;; esac
 done
 case $KEY_TYPE in ec|rsa) ;; *) echo "compare.sh: KEY_TYPE must be ec or rsa" >&2; exit 1 ;; esac
 case $INFLIGHT in ''|*[!0-9]*) echo "compare.sh: INFLIGHT must be a number" >&2; exit 1 ;; esac
@@ -160,6 +170,20 @@ mosquitto_listener() {
   esac
 }
 
+# Where the broker and the bench run (PLACEMENTS): "free" leaves it to the scheduler, "same"
+# pins both to CPU 0 (every hand-over between them stays on one core), "split" pins the broker
+# to CPU 1 and the bench to CPU 0 (every hand-over wakes the other core).
+BROKER_PIN=()
+BENCH_PIN=()
+set_placement() {
+  case $1 in
+    free) BROKER_PIN=(); BENCH_PIN=() ;;
+    same) BROKER_PIN=(taskset -c 0); BENCH_PIN=(taskset -c 0) ;;
+    split) BROKER_PIN=(taskset -c 1); BENCH_PIN=(taskset -c 0) ;;
+    *) die "PLACEMENTS: unknown placement $1 (free, same, split)" ;;
+  esac
+}
+
 # start_broker NAME PORT LOG TRANSPORT: starts a fresh broker with a listener of TRANSPORT on
 # PORT, sets BROKER_PID, waits for the port.
 start_broker() {
@@ -171,6 +195,7 @@ start_broker() {
       # outstanding); Mosquitto gets the same below.
       cat > "$conf" <<TOML
 log_level = "warn"
+workers = $TERN_WORKERS
 [limits]
 max_connections = 1000000
 max_inflight = $TERN_INFLIGHT
@@ -193,7 +218,7 @@ TOML
         case $transport in ws|wss) echo 'path = "/mqtt"' >> "$conf" ;; esac
       fi
       # Started in $OUT: a Tern that keeps a data directory by default keeps it there.
-      (cd "$OUT" && exec "$TERN" serve "${listen[@]}" --config "$conf" "${TERN_SERVE_EXTRA[@]}") >>"$log" 2>&1 &
+      (cd "$OUT" && exec "${BROKER_PIN[@]}" "$TERN" serve "${listen[@]}" --config "$conf" "${TERN_SERVE_EXTRA[@]}") >>"$log" 2>&1 &
       ;;
     mosquitto)
       conf=$OUT/mosquitto-$port.conf
@@ -219,7 +244,7 @@ CONF
         # any listening sockets"): give it a unix socket nobody uses as well.
         echo "listener 0 $OUT/mosquitto-$port.sock" >> "$conf"
       fi
-      "$MOSQUITTO" -c "$conf" >>"$log" 2>&1 &
+      "${BROKER_PIN[@]}" "$MOSQUITTO" -c "$conf" >>"$log" 2>&1 &
       ;;
     rumqttd)
       conf=$OUT/rumqttd-$port.toml
@@ -249,7 +274,7 @@ TOML
         tls|wss) printf '%s\n' "[$section.tls]" "certpath = \"$CERTS/server.pem\"" \
           "keypath = \"$CERTS/server.key\"" >> "$conf" ;;
       esac
-      "$RUMQTTD" -c "$conf" >>"$log" 2>&1 &
+      "${BROKER_PIN[@]}" "$RUMQTTD" -c "$conf" >>"$log" 2>&1 &
       ;;
   esac
   BROKER_PID=$!
@@ -285,12 +310,16 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 0 ]; then
     order=(); for ((i=${#BROKERS[@]}-1; i>=0; i--)); do order+=("${BROKERS[$i]}"); done
   fi
+  for placement in $PLACEMENTS; do
+  set_placement "$placement"
   for transport in $TRANSPORTS; do
   for entry in "${RUN[@]}"; do
     name=${entry%%|*}
-    # Results over tcp keep the plain scenario name; other transports add @transport.
+    # Results over tcp keep the plain scenario name; other transports add @transport, pinned
+    # placements ~placement.
     label=$name
     [ "$transport" = tcp ] || label=$name@$transport
+    [ "$placement" = free ] || label=$label~$placement
     read -r -a args <<<"${entry#*|}"
     for broker in "${order[@]}"; do
       port=$((port + 1))
@@ -304,7 +333,7 @@ for round in $(seq 1 "$ROUNDS"); do
       extra+=(--transport "$transport" --threads "$BENCH_THREADS")
       case $transport in tls|wss) extra+=(--cafile "$CERTS/ca.pem") ;; esac
       set +e
-      "$TERN" bench "${args[@]}" "${extra[@]}" --port "$port" --pid "$BROKER_PID" --json --quiet \
+      "${BENCH_PIN[@]}" "$TERN" bench "${args[@]}" "${extra[@]}" --port "$port" --pid "$BROKER_PID" --json --quiet \
         >"$base.json" 2>"$base.log"
       status=$?
       set -e
@@ -313,6 +342,7 @@ for round in $(seq 1 "$ROUNDS"); do
       printf 'round %s  %-17s %-10s %s (exit %s)\n' "$round" "$label" "$broker" "$verdict" "$status" >&2
       [ "$verdict" = ERROR ] && rm -f "$base.json" && tail -n 3 "$base.log" >&2
     done
+  done
   done
   done
 done
@@ -378,31 +408,43 @@ def cell(scenario, broker, getter):
     return median, fmt(median) + mark
 
 names = {"tern": "Tern", "mosquitto": "Mosquitto", "rumqttd": "rumqttd"}
-header = ["scenario", "metric"] + [names[b] for b in brokers] + ["Tern / Mosquitto"]
+peers = [b for b in brokers if b != "tern"]
+header = ["scenario", "metric"] + [names[b] for b in brokers] + ["Tern / Mosquitto", "Tern / best peer"]
 print("| " + " | ".join(header) + " |")
 print("|" + "|".join("---" for _ in header) + "|")
 # Rows: each scenario over tcp, then over the other transports ("fanin-q1@tls").
 transports = ["tcp", "tls", "ws", "wss"]
+placements = ["free", "same", "split"]
+def parts(s):
+    rest, _, placement = s.partition("~")
+    base, _, transport = rest.partition("@")
+    return base, transport or "tcp", placement or "free"
 def key(s):
-    base, _, transport = s.partition("@")
-    return (transports.index(transport or "tcp") if (transport or "tcp") in transports else 9,
+    base, transport, placement = parts(s)
+    return (placements.index(placement) if placement in placements else 9,
+            transports.index(transport) if transport in transports else 9,
             list(METRICS).index(base) if base in METRICS else 99)
-scenarios = sorted({s for (s, b) in runs if s.partition("@")[0] in METRICS}, key=key)
+scenarios = sorted({s for (s, b) in runs if parts(s)[0] in METRICS}, key=key)
+def ratio_text(t, other, higher):
+    if t is None or not other:
+        return "-"
+    ratio = t / other
+    better = (ratio > 1) == higher if ratio != 1 else False
+    return f"{ratio:.2f}" + (" (better)" if better else "")
 for scenario in scenarios:
-    base = scenario.partition("@")[0]
+    base = parts(scenario)[0]
     for label, getter, higher in [METRICS[base]] + EXTRA.get(base, []):
         row = [scenario, label]
         medians = {}
         for b in brokers:
             medians[b], text = cell(scenario, b, getter)
             row.append(text)
-        t, m = medians.get("tern"), medians.get("mosquitto")
-        if t is not None and m:
-            ratio = t / m
-            better = (ratio > 1) == higher if ratio != 1 else False
-            row.append(f"{ratio:.2f}" + (" (better)" if better else ""))
-        else:
-            row.append("-")
+        t = medians.get("tern")
+        row.append(ratio_text(t, medians.get("mosquitto"), higher))
+        # The best of the other brokers on this row: the highest rate, the lowest latency.
+        known = [medians[b] for b in peers if medians.get(b) is not None]
+        best = (max(known) if higher else min(known)) if known else None
+        row.append(ratio_text(t, best, higher))
         print("| " + " | ".join(row) + " |")
 
 print()
@@ -415,7 +457,7 @@ bcpu = {}
 for (s, b), ds in runs.items():
     for d in ds:
         c = g(d, "broker", "cpu_pct")
-        if c is not None and s.partition("@")[0] in ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "pairs-q1"):
+        if c is not None and parts(s)[0] in ("fanin-q0", "fanin-q1", "fanin-q2", "fanout-q0", "pairs-q1"):
             bcpu.setdefault(b, []).append(c)
 print("broker CPU in throughput runs (median, % of one core): " +
       ", ".join(f"{names[b]} {statistics.median(v):.0f}%" for b, v in bcpu.items()))

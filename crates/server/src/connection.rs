@@ -50,6 +50,33 @@ impl Default for TaskWakeup {
     }
 }
 
+/// Reads of at most this many bytes count as a lone message (see the read in
+/// `run_connection`).
+const LONE_READ: usize = 256;
+
+thread_local! {
+    /// Wakes of a connection task on the waking thread's own worker, counted.
+    static LOCAL_WAKES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Gives the other tasks of the worker that are ready a turn, then goes on: ready again at
+/// once, behind them in the run queue (and without the I/O driver's poll that
+/// `tokio::task::yield_now` waits for).
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 impl Wakeup for TaskWakeup {
     fn wake(&self) {
         // Whoever sets the flag takes the waker: a wake while the flag is still set (the task
@@ -58,6 +85,9 @@ impl Wakeup for TaskWakeup {
         // own thread takes too.
         if self.woken.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if self.worker != u16::MAX && tern_broker::current_worker() == Some(self.worker) {
+            LOCAL_WAKES.set(LOCAL_WAKES.get().wrapping_add(1));
         }
         let waker = self
             .waker
@@ -278,7 +308,16 @@ fn run_connection<T: Transport + 'static>(
                             conn.broker()
                                 .metrics()
                                 .add(Counter::NetworkBytesReceived, n as u64);
-                            decode_all(&mut conn, &mut rbuf, now)
+                            let woken = LOCAL_WAKES.get();
+                            decode_all(&mut conn, &mut rbuf, now);
+                            if n <= LONE_READ && LOCAL_WAKES.get() != woken {
+                                // A lone message woke connections of this worker (its
+                                // subscribers): they write it before this connection writes
+                                // its answer (PUBACK), so the message is not held behind the
+                                // publisher's turn. Not for larger reads (a busy publisher),
+                                // where the extra turn would cost more than it saves.
+                                YieldOnce(false).await;
+                            }
                         }
                     }
                 }

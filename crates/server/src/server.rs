@@ -254,6 +254,7 @@ impl Server {
                 worker.push((socket, listener.clone()));
             }
         }
+        let bridges = crate::bridge::Bridges::new(&config.bridges, &broker);
         Ok(Server {
             broker,
             listeners,
@@ -263,7 +264,7 @@ impl Server {
             admin: AdminListener::prepare(&config)?,
             admin_backend: None,
             backend: std::sync::OnceLock::new(),
-            bridges: crate::bridge::Bridges::new(&config.bridges),
+            bridges,
             config,
         })
     }

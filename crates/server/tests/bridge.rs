@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 /// A running server with its bridges; stops when dropped.
 struct Tern {
     addr: SocketAddr,
+    broker: std::sync::Arc<tern_server::broker::Broker>,
     bridges: Bridges,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -27,6 +28,7 @@ impl Tern {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
         let bridges = server.bridges();
+        let broker = server.broker().clone();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let stopped = async {
@@ -39,6 +41,7 @@ impl Tern {
         });
         Tern {
             addr,
+            broker,
             bridges,
             stop: Some(stop),
             task: Some(task),
@@ -354,4 +357,120 @@ async fn network_client_cannot_take_the_bridge_client_id() {
         "{error:?}"
     );
     server.shutdown().await;
+}
+
+/// Publishes `count` QoS 1 messages `{topic}/{i}` with payload `i` and waits for every PUBACK.
+async fn publish_acknowledged(publisher: &mut Client, topic: &str, count: usize) {
+    for i in 0..count {
+        publisher
+            .publish(
+                &format!("{topic}/{i}"),
+                R::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await;
+    }
+    for _ in 0..count {
+        publisher
+            .next_matching(|event| {
+                matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
+            })
+            .await
+            .expect("PUBACK");
+    }
+}
+
+/// Receives `count` messages (probes skipped) and checks they are `0..count` in order.
+async fn expect_in_order(subscriber: &mut Client, count: usize) {
+    for i in 0..count {
+        let got = recv_skipping_probes(subscriber).await;
+        assert_eq!(
+            std::str::from_utf8(&got.payload).expect("text"),
+            i.to_string(),
+            "message {i} of {count} (topic {})",
+            got.topic
+        );
+    }
+}
+
+fn persistent_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
+    let mut options = options(addr, id);
+    options.set_clean_session(false);
+    options
+}
+
+/// Issue 15: with the remote broker down, messages published here are acknowledged to their
+/// publisher (stored for the bridge) and, once the remote is back, all arrive there in order.
+#[tokio::test]
+async fn remote_down_then_up_delivers_everything_in_order() {
+    let remote_dir = TempDir::new("remote-down");
+    let remote = Tern::start(config("127.0.0.1:0", Some(remote_dir.path()), "")).await;
+    let remote_addr = remote.addr;
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &bridge_to(
+            remote_addr,
+            "{ pattern = \"s/#\", direction = \"out\", qos = 1 }",
+        ),
+    ))
+    .await;
+    let mut publisher = Client::simple(local.addr, "pub").await;
+    let (mut subscriber, _) = Client::connect(persistent_options(remote_addr, "rsub")).await;
+    subscriber.subscribe("s/#", R::AtLeastOnce).await;
+    wait_flowing(&publisher, &mut subscriber, "s/probe").await;
+    subscriber.disconnect().await;
+    remote.shutdown().await;
+    common::wait_until("the bridge sees the remote gone", || {
+        !local.bridge().connected
+    })
+    .await;
+
+    publish_acknowledged(&mut publisher, "s/m", 40).await;
+
+    let remote = Tern::start(config(
+        &remote_addr.to_string(),
+        Some(remote_dir.path()),
+        "",
+    ))
+    .await;
+    let (mut subscriber, connack) = Client::connect(persistent_options(remote_addr, "rsub")).await;
+    assert!(connack.session_present);
+    expect_in_order(&mut subscriber, 40).await;
+    let state = local.bridge();
+    assert!(state.reconnects >= 1, "{state:?}");
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15: the bridge's queue is its stored local session: messages acknowledged to their
+/// publisher while the remote is unreachable survive a restart of this broker on its data
+/// directory, and are sent in order once the remote is reachable.
+#[tokio::test]
+async fn stored_queue_survives_a_local_restart() {
+    let local_dir = TempDir::new("local-restart");
+    let remote_addr = free_port();
+    let bridge = bridge_to(
+        remote_addr,
+        "{ pattern = \"q/#\", direction = \"out\", qos = 1 }",
+    );
+    let local = Tern::start(config("127.0.0.1:0", Some(local_dir.path()), &bridge)).await;
+    let mut publisher = Client::simple(local.addr, "pub").await;
+    publish_acknowledged(&mut publisher, "q/m", 25).await;
+    common::wait_until("the bridge holds the messages", || {
+        local.bridge().queue_depth >= 25
+    })
+    .await;
+    publisher.disconnect().await;
+    local.shutdown().await;
+
+    let remote = Tern::start(config(&remote_addr.to_string(), None, "")).await;
+    let mut subscriber = Client::simple(remote_addr, "rsub").await;
+    subscriber.subscribe("q/#", R::AtLeastOnce).await;
+    let local = Tern::start(config("127.0.0.1:0", Some(local_dir.path()), &bridge)).await;
+    expect_in_order(&mut subscriber, 25).await;
+    common::wait_until("the queue is empty", || local.bridge().queue_depth == 0).await;
+    local.shutdown().await;
+    remote.shutdown().await;
 }

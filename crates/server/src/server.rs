@@ -360,6 +360,7 @@ impl Server {
                         open: self.open_connections(),
                         started: std::time::Instant::now(),
                         tls: self.tls_reloader(),
+                        bridges: self.bridges.clone(),
                     },
                     tls: self.tls_reloader(),
                     auth: self.auth_reloader(),

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 /// A running server with its bridges; stops when dropped.
 struct Tern {
     addr: SocketAddr,
-    broker: std::sync::Arc<tern_server::broker::Broker>,
+    admin: std::sync::Arc<dyn tern_admin::AdminBackend>,
     bridges: Bridges,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -28,7 +28,7 @@ impl Tern {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
         let bridges = server.bridges();
-        let broker = server.broker().clone();
+        let admin = server.admin_backend();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let stopped = async {
@@ -41,7 +41,7 @@ impl Tern {
         });
         Tern {
             addr,
-            broker,
+            admin,
             bridges,
             stop: Some(stop),
             task: Some(task),
@@ -237,6 +237,27 @@ async fn out_and_in_at_each_qos_with_prefixes() {
         state.messages_out >= 4 && state.messages_in >= 3,
         "{state:?}"
     );
+    // The admin API and the metrics show it.
+    let listed = local.admin.bridges();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "b");
+    assert!(listed[0].connected);
+    assert_eq!(listed[0].addresses, [remote.addr.to_string()]);
+    assert!(
+        listed[0].messages_out >= 4 && listed[0].bytes_out >= 20,
+        "{listed:?}"
+    );
+    let metrics = local.admin.metrics_text();
+    for line in [
+        "tern_bridge_connected{bridge=\"b\"} 1",
+        "tern_bridge_messages_total{bridge=\"b\",direction=\"out\"}",
+        "tern_bridge_messages_total{bridge=\"b\",direction=\"in\"}",
+        "tern_bridge_bytes_total{bridge=\"b\",direction=\"in\"}",
+        "tern_bridge_queue_depth{bridge=\"b\"} ",
+        "tern_bridge_reconnects_total{bridge=\"b\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     local.shutdown().await;
     remote.shutdown().await;
 }

@@ -495,3 +495,80 @@ async fn stored_queue_survives_a_local_restart() {
     local.shutdown().await;
     remote.shutdown().await;
 }
+
+/// Issue 15: access rules apply to bridged traffic: the bridge acts here as its
+/// `local_username`, so what that user may not read is not carried out, and what it may not
+/// publish is refused here (and acknowledged to the remote, counted as refused).
+#[tokio::test]
+async fn access_rules_of_local_username_apply() {
+    let dir = TempDir::new("acl");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let acl = dir.path().join("tern.acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite #\n\nuser bridgeuser\ntopic readwrite allowed/#\n",
+    )
+    .expect("acl file");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let mut bridge = bridge_to(
+        remote.addr,
+        "{ pattern = \"#\", direction = \"both\", qos = 1 }",
+    );
+    bridge.push_str("local_username = \"bridgeuser\"\n");
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &format!(
+            "{bridge}[auth]\nallow_anonymous = true\nacl_file = {:?}\n",
+            acl.display()
+        ),
+    ))
+    .await;
+    let local_pub = Client::simple(local.addr, "local-pub").await;
+    let mut local_sub = Client::simple(local.addr, "local-sub").await;
+    local_sub.subscribe("#", R::AtLeastOnce).await;
+    let remote_pub = Client::simple(remote.addr, "remote-pub").await;
+    let mut remote_sub = Client::simple(remote.addr, "remote-sub").await;
+    remote_sub.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&local_pub, &mut remote_sub, "allowed/probe").await;
+    wait_flowing(&remote_pub, &mut local_sub, "allowed/probe-in").await;
+
+    local_pub
+        .publish("denied/out", R::AtLeastOnce, false, "x")
+        .await;
+    local_pub
+        .publish("allowed/out", R::AtLeastOnce, false, "y")
+        .await;
+    loop {
+        let got = recv_skipping_probes(&mut remote_sub).await;
+        if got.topic == "allowed/out" {
+            break;
+        }
+        assert_ne!(
+            got.topic, "denied/out",
+            "carried a topic the bridge may not read"
+        );
+    }
+    remote_pub
+        .publish("denied/in", R::AtLeastOnce, false, "x")
+        .await;
+    remote_pub
+        .publish("allowed/in", R::AtLeastOnce, false, "y")
+        .await;
+    loop {
+        let got = recv_skipping_probes(&mut local_sub).await;
+        if got.topic == "allowed/in" {
+            break;
+        }
+        assert_ne!(
+            got.topic, "denied/in",
+            "published a topic the bridge may not write"
+        );
+    }
+    common::wait_until("the refusal is counted", || {
+        local.bridge().messages_refused >= 1
+    })
+    .await;
+    local.shutdown().await;
+    remote.shutdown().await;
+}

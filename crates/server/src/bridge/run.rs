@@ -353,6 +353,7 @@ impl Bridge {
         options.max_inflight = config.max_inflight;
         options.max_queued = usize::from(config.max_inflight).max(1024);
         options.manual_ack = true;
+        options.try_private = config.try_private;
         let (client, events) = Client::start(options)?;
         Ok(Remote {
             client,

@@ -142,7 +142,7 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     for bridge in &config.bridges {
         bridge
             .check_files()
-            .map_err(|message| crate::config::ConfigError::Invalid(message))?;
+            .map_err(crate::config::ConfigError::Invalid)?;
     }
     Ok(())
 }

@@ -31,8 +31,10 @@ use super::local::LocalSession;
 use super::mapping::Mapper;
 use super::status::BridgeStatus;
 
-/// The packet id of the bridge's local SUBSCRIBE; local PUBLISH ids are taken above it.
+/// The packet ids of the bridge's local SUBSCRIBE and UNSUBSCRIBE; local PUBLISH ids are
+/// taken above them.
 const SUBSCRIBE_ID: u16 = 1;
+const UNSUBSCRIBE_ID: u16 = 2;
 /// How long a stopping bridge waits for the local acknowledgements of messages from the
 /// remote already handed to the core, so that the remote does not send them again.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -68,17 +70,17 @@ impl Inbound {
         Inbound {
             pending: HashMap::new(),
             released: HashSet::new(),
-            next_id: SUBSCRIBE_ID,
+            next_id: UNSUBSCRIBE_ID,
             next_order: 0,
         }
     }
 
-    /// A packet id free in the local session (never [`SUBSCRIBE_ID`]).
+    /// A packet id free in the local session (never [`SUBSCRIBE_ID`] or [`UNSUBSCRIBE_ID`]).
     fn allocate(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.next_id = match self.next_id.checked_add(1) {
                 Some(id) => id,
-                None => SUBSCRIBE_ID + 1,
+                None => UNSUBSCRIBE_ID + 1,
             };
             let id = self.next_id;
             if !self.pending.contains_key(&id) && !self.released.contains(&id) {
@@ -314,6 +316,25 @@ impl Bridge {
                 })
             })
             .collect();
+        // Filters of an earlier configuration (the bridge changed; its session stayed) go.
+        let stale: Vec<MqttStr> = self
+            .broker
+            .subscriptions_of(&local_client_id(self.name()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(filter, _)| filter)
+            .filter(|filter| !subscriptions.iter().any(|s| s.filter == *filter))
+            .collect();
+        if !stale.is_empty() {
+            local.handle(
+                Packet::Unsubscribe(tern_codec::Unsubscribe {
+                    packet_id: UNSUBSCRIBE_ID,
+                    properties: Properties::default(),
+                    filters: stale,
+                }),
+                now,
+            );
+        }
         if subscriptions.is_empty() {
             return;
         }
@@ -507,7 +528,11 @@ impl Bridge {
                     session_present = connected.session_present,
                     "bridge connected"
                 );
-                self.subscribe_remote(remote).await;
+                // A resumed session keeps its subscriptions: subscribing again would bring
+                // the retained messages again from a 3.1.1 remote (it has no retain handling).
+                if !connected.session_present {
+                    self.subscribe_remote(remote).await;
+                }
             }
             Event::Disconnected(error) => {
                 self.status.set_error(error.to_string());
@@ -537,9 +562,9 @@ impl Bridge {
         }
     }
 
-    /// The remote subscriptions of the `in` rules (MQTT 5: no local, retain as published;
-    /// 3.1.1 has neither). Made at every connection: a second SUBSCRIBE of the same filter
-    /// replaces the first, and retained messages come again only if the subscription is new.
+    /// The remote subscriptions of the `in` rules (MQTT 5: no local, retain as published,
+    /// retained messages only for a new subscription; 3.1.1 has none of these). Made at every
+    /// connection that did not resume a session.
     async fn subscribe_remote(&self, remote: &Remote) {
         let filters: Vec<(String, SubscriptionOptions)> = self
             .mapper

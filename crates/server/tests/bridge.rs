@@ -351,6 +351,17 @@ fn bridge_config_errors_are_reported() {
         error.contains("direction") || error.contains("unknown"),
         "{error}"
     );
+    // From a file, the error names the bridge's table's line (as check-config prints it).
+    let dir = TempDir::new("check");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let file = dir.path().join("tern.toml");
+    std::fs::write(
+        &file,
+        "listen = [\"127.0.0.1:0\"]\n\n[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntopics = []\n",
+    )
+    .expect("write");
+    let error = ServerConfig::from_file(&file).unwrap_err().to_string();
+    assert!(error.contains("tern.toml:3: bridge \"x\""), "{error}");
     // The TLS files are read by check-config.
     let config = ServerConfig::from_toml(
         "[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntls = { ca = \"/nonexistent/ca.pem\" }\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",

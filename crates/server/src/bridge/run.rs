@@ -213,7 +213,8 @@ impl Bridge {
                 () = std::future::ready(()), if again => {}
             }
         }
-        self.finish(local, remote, &mut inbound).await;
+        self.finish(local, remote, &mut inbound, &mut outbound)
+            .await;
     }
 
     /// Connects the local session (again), subscribes the `out` rules, and hands the core
@@ -648,14 +649,23 @@ impl Bridge {
         tracing::debug!(bridge = self.name(), topic = %message.topic, %code, "a message from the remote was refused here");
     }
 
-    /// The bridge stops: the messages from the remote already in the core are given a moment
-    /// to be acknowledged (so that the remote does not send them again), then both sides are
-    /// disconnected normally. The local session stays, with its queue.
-    async fn finish(&self, mut local: LocalSession, remote: Remote, inbound: &mut Inbound) {
+    /// The bridge stops: the messages in flight either way are given a moment to be
+    /// acknowledged (so that neither side gets them again after the next start), then both
+    /// sides are disconnected normally. The local session stays, with its queue. New messages
+    /// from the local session are not taken meanwhile (they stay in it).
+    async fn finish(
+        &self,
+        mut local: LocalSession,
+        remote: Remote,
+        inbound: &mut Inbound,
+        outbound: &mut Outbound,
+    ) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut packets = Vec::new();
-        let mut outbound = Outbound::default();
-        while inbound.in_flight() > 0 && Instant::now() < deadline && local.close_reason().is_none()
+        let mut ignored = Outbound::default();
+        while (inbound.in_flight() > 0 || !outbound.done.is_empty())
+            && Instant::now() < deadline
+            && local.close_reason().is_none()
         {
             if local.poll(std::time::Instant::now(), &mut packets).is_err() {
                 break;
@@ -663,13 +673,20 @@ impl Bridge {
             let handled = !packets.is_empty();
             for packet in packets.drain(..) {
                 if !matches!(packet, Packet::Publish(_)) {
-                    self.on_local(packet, &mut local, &remote, &mut outbound, inbound)
+                    self.on_local(packet, &mut local, &remote, &mut ignored, inbound)
                         .await;
                 }
             }
-            if !handled {
-                let wakeup = local.wakeup();
-                let _ = tokio::time::timeout_at(deadline, wakeup.0.notified()).await;
+            if handled {
+                continue;
+            }
+            let wakeup = local.wakeup();
+            tokio::select! {
+                () = wakeup.0.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(id, qos, result, &mut local, outbound);
+                }
             }
         }
         local.disconnect(std::time::Instant::now());

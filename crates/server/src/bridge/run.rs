@@ -63,6 +63,8 @@ struct Inbound {
     released: HashSet<u16>,
     next_id: u16,
     next_order: u64,
+    /// The most in flight at once: `max_inflight`, or the core's Receive Maximum if smaller.
+    window: usize,
 }
 
 impl Inbound {
@@ -72,6 +74,7 @@ impl Inbound {
             released: HashSet::new(),
             next_id: UNSUBSCRIBE_ID,
             next_order: 0,
+            window: 1,
         }
     }
 
@@ -186,8 +189,7 @@ impl Bridge {
                 }
                 continue;
             }
-            let taking_in =
-                inbound.in_flight() < usize::from(self.config.max_inflight) && local.wants_input();
+            let taking_in = inbound.in_flight() < inbound.window && local.wants_input();
             let deadline = local.deadline().map(Instant::from_std);
             let wakeup = local.wakeup();
             tokio::select! {
@@ -227,7 +229,8 @@ impl Bridge {
         let mut attempt = 0u32;
         loop {
             match self.connect_local().await {
-                Ok(mut local) => {
+                Ok((mut local, window)) => {
+                    inbound.window = usize::from(window.min(self.config.max_inflight).max(1));
                     let now = std::time::Instant::now();
                     self.subscribe_local(&mut local, now);
                     let mut order: Vec<_> = inbound.pending.values().collect();
@@ -262,7 +265,7 @@ impl Bridge {
 
     /// One attempt at the local CONNECT, waiting for its CONNACK (an authentication may be
     /// deferred; the core's connect timeout bounds it).
-    async fn connect_local(&self) -> Result<LocalSession, String> {
+    async fn connect_local(&self) -> Result<(LocalSession, u16), String> {
         let client_id = local_client_id(self.name());
         let mut local = LocalSession::connect(
             self.broker.clone(),
@@ -287,7 +290,9 @@ impl Bridge {
                     // What came behind the CONNACK (a resumed session's messages) is the
                     // run loop's.
                     local.give_back(packets);
-                    return Ok(local);
+                    // The core's Receive Maximum bounds what the bridge publishes into it.
+                    let window = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+                    return Ok((local, window));
                 }
             }
             drop(packets);

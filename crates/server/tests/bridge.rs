@@ -60,6 +60,22 @@ impl Tern {
         }
     }
 
+    /// The filters the bridge's session here subscribes.
+    fn bridge_filters(&self) -> Vec<String> {
+        self.admin
+            .subscriptions(&tern_admin::SubscriptionQuery {
+                client_id: Some("$bridge/b".into()),
+                filter: None,
+                page: tern_admin::Page {
+                    limit: 100,
+                    after: None,
+                },
+            })
+            .into_iter()
+            .map(|s| s.filter)
+            .collect()
+    }
+
     fn bridge(&self) -> tern_server::bridge::BridgeSnapshot {
         self.bridges.snapshots().remove(0)
     }
@@ -101,7 +117,11 @@ impl Drop for TempDir {
 /// unless `data_dir` is given.
 fn config(listen: &str, data_dir: Option<&Path>, extra: &str) -> ServerConfig {
     let durability = match data_dir {
-        Some(dir) => format!("durability = \"process\"\ndata_dir = {:?}\n", dir.display()),
+        // The machine's free space is not what these tests are about.
+        Some(dir) => format!(
+            "durability = \"process\"\ndata_dir = {:?}\nmin_free_disk = \"0\"\n",
+            dir.display()
+        ),
         None => "durability = \"memory\"\n".to_owned(),
     };
     let text = format!("listen = [\"{listen}\"]\nsys_interval = 0\n{durability}{extra}");
@@ -488,6 +508,11 @@ async fn stored_queue_survives_a_local_restart() {
         "{ pattern = \"q/#\", direction = \"out\", qos = 1 }",
     );
     let local = Tern::start(config("127.0.0.1:0", Some(local_dir.path()), &bridge)).await;
+    // The bridge's session has subscribed (from then on messages are kept for it).
+    common::wait_until("the bridge subscribed", || {
+        !local.bridge_filters().is_empty()
+    })
+    .await;
     let mut publisher = Client::simple(local.addr, "pub").await;
     publish_acknowledged(&mut publisher, "q/m", 25).await;
     common::wait_until("the bridge holds the messages", || {
@@ -645,16 +670,7 @@ async fn reload_restarts_a_changed_bridge_and_stops_a_removed_one() {
     }
 
     // The old rule's subscription is gone from the bridge's session.
-    let subscriptions = local.admin.subscriptions(&tern_admin::SubscriptionQuery {
-        client_id: Some("$bridge/b".into()),
-        filter: None,
-        page: tern_admin::Page {
-            limit: 100,
-            after: None,
-        },
-    });
-    let filters: Vec<_> = subscriptions.iter().map(|s| s.filter.as_str()).collect();
-    assert_eq!(filters, ["y/#"]);
+    assert_eq!(local.bridge_filters(), ["y/#"]);
 
     write(None);
     let report = local.admin.reload().await;

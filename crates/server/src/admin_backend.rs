@@ -430,10 +430,31 @@ impl AdminBackend for ServerBackend {
         })
     }
 
+    fn bridges(&self) -> Vec<tern_admin::BridgeInfo> {
+        self.source
+            .bridges
+            .snapshots()
+            .into_iter()
+            .map(|b| tern_admin::BridgeInfo {
+                name: b.name,
+                addresses: b.addresses,
+                connected: b.connected,
+                messages_out: b.messages_out,
+                bytes_out: b.bytes_out,
+                messages_in: b.messages_in,
+                bytes_in: b.bytes_in,
+                messages_refused: b.messages_refused,
+                reconnects: b.reconnects,
+                queue_depth: b.queue_depth,
+                last_error: b.last_error,
+            })
+            .collect()
+    }
+
     fn reload(&self) -> BoxFuture<'_, ReloadReport> {
         Box::pin(async move {
             let this = self.reload_parts();
-            let report = tokio::task::spawn_blocking(move || this.run())
+            let mut report = tokio::task::spawn_blocking(move || this.run())
                 .await
                 .unwrap_or_else(|error| {
                     let report = ReloadReport {
@@ -443,6 +464,13 @@ impl AdminBackend for ServerBackend {
                     (report, None, serde_json::Value::Null)
                 });
             if let Some(config) = &report.1 {
+                let changed = self.source.bridges.apply(&config.bridges).await;
+                if !changed.is_empty() {
+                    report
+                        .0
+                        .applied
+                        .push(format!("bridges ({})", changed.join(", ")));
+                }
                 *lock(&self.running) = config.clone();
                 *lock(&self.file_values) = report.2.clone();
                 *lock(&self.pending_restart) = report.0.needs_restart.clone();
@@ -564,6 +592,8 @@ impl Reload {
             }
         }
         let mut running = old.clone();
+        // Applied by the caller (the bridges' tasks are async): see `Bridges::apply`.
+        running.bridges = new.bridges.clone();
         self.apply_limits(old, &new, &mut running, &mut report);
         report.needs_restart.extend(restart_keys(old, &new));
         // What needs a restart stays as it runs.
@@ -627,6 +657,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         mqtt,
         auth,
         admin,
+        bridges,
         store_tuning,
         config_file: _, // where the file is, not a key of it
         overrides: _,   // the command line's, applied to `new` as to `old`
@@ -645,6 +676,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     );
     compare("mqtt", *mqtt != old.mqtt);
     compare("admin", *admin != old.admin);
+    let _ = bridges; // applied: changed bridges are restarted (`Bridges::apply`)
     compare("store_tuning", *store_tuning != old.store_tuning);
     // The files `[auth]` names are read again; which files, and the other auth settings,
     // are fixed at start.

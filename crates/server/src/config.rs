@@ -13,6 +13,7 @@ use tern_store::DiskReserve;
 
 use crate::admin_config::AdminConfig;
 use crate::auth_config::{AuthConfig, DenyPublish};
+use crate::bridge::BridgeConfig;
 use crate::listener_config::{ListenerConfig, validate_all};
 
 /// Everything `tern serve` can be told.
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// The admin listener (`[admin]`): HTTP API, `/metrics`, dashboard.
     pub admin: AdminConfig,
+    /// Bridges to other brokers (`[[bridges]]`).
+    pub bridges: Vec<BridgeConfig>,
     /// Settings of the store that tests change; not in the configuration file.
     #[doc(hidden)]
     #[serde(skip)]
@@ -251,6 +254,7 @@ impl Default for ServerConfig {
             mqtt: MqttOptions::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            bridges: Vec::new(),
             store_tuning: StoreTuning::default(),
             config_file: None,
             overrides: Overrides::default(),
@@ -323,16 +327,23 @@ pub enum ConfigError {
     },
 }
 
-/// The line (1-based) of `text` that an `Invalid` message is about: the `[[listeners]]` header
-/// of the listener it names, or the line that sets the key it starts with.
+/// The line (1-based) of `text` that an `Invalid` message is about: the `[[listeners]]` or
+/// `[[bridges]]` header of the listener or bridge it names, or the line that sets the key it
+/// starts with.
 fn locate(text: &str, message: &str) -> Option<usize> {
-    if let Some(rest) = message.strip_prefix("listener \"")
+    let table = [
+        ("listener \"", "[[listeners]]"),
+        ("bridge \"", "[[bridges]]"),
+    ]
+    .into_iter()
+    .find_map(|(prefix, header)| Some((message.strip_prefix(prefix)?, header)));
+    if let Some((rest, table_header)) = table
         && let Some(name) = rest.split('"').next()
     {
         let mut header = None;
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
-            if line.starts_with("[[listeners]]") {
+            if line.starts_with(table_header) {
                 header = Some(index + 1);
             } else if let Some(value) = line.strip_prefix("name")
                 && let Some(value) = value.trim_start().strip_prefix('=')
@@ -376,6 +387,9 @@ impl ServerConfig {
         }
         config.auth.resolve_paths(base);
         config.admin.resolve_paths(base);
+        for bridge in &mut config.bridges {
+            bridge.resolve_paths(base);
+        }
         config.validate().map_err(|error| match error {
             ConfigError::Invalid(message) => match locate(&text, &message) {
                 Some(line) => ConfigError::InvalidAt {
@@ -421,6 +435,7 @@ impl ServerConfig {
         }
         validate_all(&self.listen, &self.listeners).map_err(ConfigError::Invalid)?;
         self.validate_auth().map_err(ConfigError::Invalid)?;
+        crate::bridge::validate_all(&self.bridges).map_err(ConfigError::Invalid)?;
         if QoS::from_u8(self.mqtt.max_qos).is_none() {
             return invalid("mqtt.max_qos must be 0, 1 or 2");
         }

@@ -139,6 +139,11 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     // The password and ACL files parse (an error names the file and the line).
     FileAuth::from_config(config)?;
     AdminListener::check(config)?;
+    for bridge in &config.bridges {
+        bridge
+            .check_files()
+            .map_err(crate::config::ConfigError::Invalid)?;
+    }
     Ok(())
 }
 
@@ -160,6 +165,8 @@ pub struct Server {
     admin_backend: Option<Arc<dyn tern_admin::AdminBackend>>,
     /// The server's own admin backend, made at the first ask (see [`Server::admin_backend`]).
     backend: std::sync::OnceLock<Arc<crate::admin_backend::ServerBackend>>,
+    /// `[[bridges]]`: their state from the start, their tasks once the server runs.
+    bridges: crate::bridge::Bridges,
 }
 
 impl Server {
@@ -247,6 +254,7 @@ impl Server {
                 worker.push((socket, listener.clone()));
             }
         }
+        let bridges = crate::bridge::Bridges::new(&config.bridges, &broker);
         Ok(Server {
             broker,
             listeners,
@@ -256,6 +264,7 @@ impl Server {
             admin: AdminListener::prepare(&config)?,
             admin_backend: None,
             backend: std::sync::OnceLock::new(),
+            bridges,
             config,
         })
     }
@@ -351,6 +360,7 @@ impl Server {
                         open: self.open_connections(),
                         started: std::time::Instant::now(),
                         tls: self.tls_reloader(),
+                        bridges: self.bridges.clone(),
                     },
                     tls: self.tls_reloader(),
                     auth: self.auth_reloader(),
@@ -364,6 +374,11 @@ impl Server {
 
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
+    }
+
+    /// The bridges' live state (`[[bridges]]`).
+    pub fn bridges(&self) -> crate::bridge::Bridges {
+        self.bridges.clone()
     }
 
     /// The store, unless the durability is `memory`.
@@ -439,11 +454,16 @@ impl Server {
         if let Some(admin) = self.admin {
             admin.spawn(admin_backend, stop_rx.clone());
         }
+        // The broker is up: the bridges connect.
+        let bridges = self.bridges.clone();
+        bridges.start();
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.
         shutdown.await;
         tracing::info!("shutting down");
+        // Bridges first: they close their local sessions normally while the broker serves.
+        bridges.stop(grace).await;
         let _ = stop_tx.send(true);
         self.broker.begin_shutdown();
         if !count.wait_closed(Instant::now() + grace).await {

@@ -128,4 +128,21 @@ mod tests {
         assert!(parse_source_addrs("").is_err());
         assert!(parse_source_addrs("localhost").is_err());
     }
+
+    /// Issue 14 (a million connections): each connection binds the next source address in
+    /// turn, so the broker sees them spread over the list.
+    #[tokio::test]
+    async fn connections_come_from_the_source_addresses_in_turn() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sources = parse_source_addrs("127.0.0.2-127.0.0.3").unwrap();
+        let connector = SourceTcp::new(sources.clone());
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let _stream = connector.connect(addr).await.unwrap();
+            let (_, peer) = listener.accept().await.unwrap();
+            seen.push(peer.ip());
+        }
+        assert_eq!(seen, [sources[0], sources[1], sources[0], sources[1]]);
+    }
 }

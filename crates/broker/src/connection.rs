@@ -745,6 +745,7 @@ mod size_probe {
             ("Active", size_of::<super::Active>()),
             ("ClientInfo", size_of::<crate::hooks::ClientInfo>()),
             ("SessionState", size_of::<crate::session::SessionState>()),
+            ("Session", size_of::<crate::session::Session>()),
             ("Subscriber", size_of::<crate::broker::Subscriber>()),
         ];
         for (name, size) in sizes {

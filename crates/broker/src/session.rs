@@ -107,8 +107,9 @@ pub struct SessionState {
     /// for a session restored from the store whose client has not connected since.
     pub(crate) principal: Option<Arc<Principal>>,
     /// What the admin API shows of the connection attached (set at CONNECT, cleared when it
-    /// goes; boxed: an offline session pays a pointer).
-    pub(crate) connection: Option<Box<crate::admin::ConnectionFacts>>,
+    /// goes). Inline, not boxed: 16 bytes more for an offline session, one allocation (32
+    /// bytes with malloc's header) less for every connected one (issue 14).
+    pub(crate) connection: Option<crate::admin::ConnectionFacts>,
     /// Set by an administrative kick: the owning connection closes with DISCONNECT 0x98 at
     /// its next turn. Cleared when a connection attaches or detaches.
     pub(crate) kicked: bool,

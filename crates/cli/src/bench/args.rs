@@ -160,6 +160,11 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// TCP: bind each connection's local address in turn from this list (commas) or IPv4
+    /// range (`127.0.0.2-127.0.0.33`), each with an ephemeral port: one address has only one
+    /// port range, so more than about 28 000-60 000 connections need several
+    #[arg(long)]
+    pub source_addrs: Option<String>,
 }
 
 fn parse_version(text: &str) -> Result<ProtocolVersion, String> {
@@ -206,6 +211,8 @@ pub struct BenchConfig {
     pub threads: usize,
     pub progress: bool,
     pub json: bool,
+    /// Local addresses the TCP connections bind in turn (empty: the system chooses).
+    pub source_addrs: Vec<std::net::IpAddr>,
 }
 
 impl BenchConfig {
@@ -244,6 +251,7 @@ impl BenchConfig {
             threads: 1,
             progress: true,
             json: false,
+            source_addrs: Vec::new(),
         }
     }
 
@@ -291,6 +299,9 @@ impl BenchConfig {
         config.threads = args.threads;
         config.progress = !args.quiet;
         config.json = args.json;
+        if let Some(addrs) = &args.source_addrs {
+            config.source_addrs = super::transport::parse_source_addrs(addrs)?;
+        }
         config.check()?;
         Ok(config)
     }
@@ -314,6 +325,9 @@ impl BenchConfig {
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
+        }
+        if !self.source_addrs.is_empty() && self.transport != Transport::Tcp {
+            bail!("--source-addrs is for --transport tcp only");
         }
         if self.concurrency == 0 {
             bail!("--concurrency must be at least 1");

@@ -21,7 +21,7 @@ use super::client::{
 use super::report::{BrokerFigures, ConnFigures, MessageFigures, Report, fmt_count};
 use super::stats::Histogram;
 use super::sys;
-use super::transport::{Connector, Tcp, Tls, Transport, Ws};
+use super::transport::{Connector, SourceTcp, Tcp, Tls, Transport, Ws};
 
 /// Errors kept in words in the report; the rest are only counted.
 const ERRORS_KEPT: usize = 10;
@@ -48,6 +48,10 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Report> {
     let (host, port, path) = (config.host.as_str(), config.port, config.ws_path.as_str());
     // One compiled copy of the client loops per transport: TCP's has no trace of the others.
     match config.transport {
+        Transport::Tcp if !config.source_addrs.is_empty() => {
+            let connector = SourceTcp::new(config.source_addrs.clone());
+            run_over(config, addr, connector).await
+        }
         Transport::Tcp => run_over(config, addr, Tcp).await,
         Transport::Tls => run_over(config, addr, Tls::new(&config.tls, host)?).await,
         Transport::Ws => run_over(config, addr, Ws::new(Tcp, host, port, path, ws_read)).await,

@@ -59,24 +59,6 @@ thread_local! {
     static LOCAL_WAKES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Gives the other tasks of the worker that are ready a turn, then goes on: ready again at
-/// once, behind them in the run queue (and without the I/O driver's poll that
-/// `tokio::task::yield_now` waits for).
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
 impl Wakeup for TaskWakeup {
     fn wake(&self) {
         // Whoever sets the flag takes the waker: a wake while the flag is still set (the task
@@ -200,6 +182,10 @@ fn run_connection<T: Transport + 'static>(
         tokio::pin!(timer);
         let mut armed = false;
 
+        // Set by a read whose lone message woke other tasks of this worker (see below).
+
+        let mut lone = false;
+
         loop {
             let now = Instant::now();
             // Whole packets left in the read buffer when the connection stopped taking input (a
@@ -285,6 +271,12 @@ fn run_connection<T: Transport + 'static>(
             // held behind reading); no per-branch futures live in the task.
             let closed = conn.is_closed();
             let event = poll_fn(|cx| {
+                if std::mem::take(&mut lone) {
+                    // Behind the tasks woken by the last read: ready again at once (a wait of
+                    // its own would make every connection's future larger).
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 if !wbuf.is_empty() {
                     if let Poll::Ready(written) = transport.poll_write(cx, &wbuf) {
                         return Poll::Ready(Event::Written(written));
@@ -326,14 +318,12 @@ fn run_connection<T: Transport + 'static>(
                                 .add(Counter::NetworkBytesReceived, n as u64);
                             let woken = LOCAL_WAKES.get();
                             decode_all(&mut conn, &mut rbuf, now);
-                            if n <= LONE_READ && LOCAL_WAKES.get() != woken {
-                                // A lone message woke connections of this worker (its
-                                // subscribers): they write it before this connection writes
-                                // its answer (PUBACK), so the message is not held behind the
-                                // publisher's turn. Not for larger reads (a busy publisher),
-                                // where the extra turn would cost more than it saves.
-                                YieldOnce(false).await;
-                            }
+                            // A lone message that woke connections of this worker (its
+                            // subscribers): they write it before this connection writes its
+                            // answer (PUBACK), so the message is not held behind the
+                            // publisher's turn. Not for larger reads (a busy publisher), where
+                            // the extra turn would cost more than it saves.
+                            lone = n <= LONE_READ && LOCAL_WAKES.get() != woken;
                         }
                     }
                 }

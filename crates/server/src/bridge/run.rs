@@ -17,7 +17,9 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_broker::Broker;
 use tern_client::{Backoff, ClientError, Message, PublishOutcome};
-use tern_codec::{Ack, MqttStr, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+use tern_codec::{
+    Ack, MqttStr, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, Subscription,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -36,7 +38,72 @@ const UNSUBSCRIBE_ID: u16 = 2;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 type RemoteDone =
-    Pin<Box<dyn Future<Output = (u16, QoS, Result<PublishOutcome, ClientError>)> + Send>>;
+    Pin<Box<dyn Future<Output = (OutMessage, Result<PublishOutcome, ClientError>)> + Send>>;
+
+/// A message of the local session on its way to the remote: its local packet id and QoS (of
+/// the local acknowledgement it is owed), the message as published to the remote.
+struct OutMessage {
+    id: u16,
+    qos: QoS,
+    message: Message,
+}
+
+/// Whether a refusal only says "not now" (the receiver's storage is full, or it failed):
+/// 0x97 Quota exceeded, 0x80 Unspecified error, 0x83 Implementation specific error. Such a
+/// message is kept and tried again later; any other refusal is final (0x87 Not authorized,
+/// 0x90 Topic Name invalid, 0x99 Payload format invalid, ...).
+fn not_taken(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::QuotaExceeded
+            | ReasonCode::UnspecifiedError
+            | ReasonCode::ImplementationSpecificError
+    )
+}
+
+/// Messages tried again after a delay (the bridge's backoff, longer at each refusal in a row).
+struct Retry<T> {
+    waiting: Vec<T>,
+    at: Option<Instant>,
+    attempt: u32,
+}
+
+impl<T> Default for Retry<T> {
+    fn default() -> Retry<T> {
+        Retry {
+            waiting: Vec::new(),
+            at: None,
+            attempt: 0,
+        }
+    }
+}
+
+impl<T> Retry<T> {
+    fn push(&mut self, item: T, backoff: &Backoff) {
+        self.waiting.push(item);
+        if self.at.is_none() {
+            self.at = Some(Instant::now() + backoff.delay(self.attempt));
+            self.attempt = self.attempt.saturating_add(1);
+        }
+    }
+
+    /// What is due, if the delay has passed.
+    fn due(&mut self) -> Vec<T> {
+        if self.at.is_some_and(|at| at <= Instant::now()) {
+            self.at = None;
+            std::mem::take(&mut self.waiting)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A message was taken: the next refusal waits the shortest delay again.
+    fn taken(&mut self) {
+        if self.waiting.is_empty() {
+            self.attempt = 0;
+        }
+    }
+}
 
 /// Messages from the local session on their way to the remote.
 #[derive(Default)]
@@ -46,6 +113,8 @@ struct Outbound {
     pending: HashSet<u16>,
     /// The remote's acknowledgements to come.
     done: FuturesUnordered<RemoteDone>,
+    /// Not taken by the remote now (see [`not_taken`]): published again.
+    retry: Retry<OutMessage>,
 }
 
 /// Messages from the remote on their way into the local session.
@@ -59,6 +128,9 @@ pub(super) struct Inbound {
     pub(super) next_order: u64,
     /// The most in flight at once: `max_inflight`, or the core's Receive Maximum if smaller.
     window: usize,
+    /// Local packet ids of `pending` the core did not take now (see [`not_taken`]): published
+    /// into it again.
+    retry: Retry<u16>,
 }
 
 impl Inbound {
@@ -69,6 +141,7 @@ impl Inbound {
             next_id: UNSUBSCRIBE_ID,
             next_order: 0,
             window: 1,
+            retry: Retry::default(),
         }
     }
 
@@ -173,8 +246,23 @@ impl Bridge {
                 }
                 continue;
             }
+            for id in inbound.retry.due() {
+                if let Some((publish, _, _)) = inbound.pending.get(&id) {
+                    local.handle(Packet::Publish(publish.clone()), now.into_std());
+                }
+            }
+            for out in outbound.retry.due() {
+                self.send_out(out, &mut local, &remote, &mut outbound).await;
+            }
             let taking_in = inbound.in_flight() < inbound.window && local.wants_input();
-            let deadline = local.deadline().map(Instant::from_std);
+            let deadline = [
+                local.deadline().map(Instant::from_std),
+                inbound.retry.at,
+                outbound.retry.at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wakeup = local.wakeup();
             tokio::select! {
                 changed = stop.changed() => {
@@ -184,8 +272,8 @@ impl Bridge {
                 }
                 () = wakeup.0.notified() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {}
-                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
-                    self.remote_acknowledged(id, qos, result, &mut local, &mut outbound);
+                Some((out, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(out, result, &mut local, &remote, &mut outbound).await;
                 }
                 event = remote.events.recv(), if taking_in => match event {
                     Some(event) => {
@@ -217,6 +305,9 @@ impl Bridge {
                     inbound.window = usize::from(window.min(self.config.max_inflight).max(1));
                     let now = std::time::Instant::now();
                     self.subscribe_local(&mut local, now);
+                    // Everything pending is sent again here, also what waited to be retried.
+                    inbound.retry.waiting.clear();
+                    inbound.retry.at = None;
                     let mut order: Vec<_> = inbound.pending.values().collect();
                     order.sort_by_key(|(_, _, order)| *order);
                     for (publish, _, _) in order {
@@ -352,8 +443,17 @@ impl Bridge {
         match packet {
             Packet::Publish(publish) => self.forward_out(publish, local, remote, outbound).await,
             Packet::PubRel(ack) => local.handle(Packet::PubComp(Ack::new(ack.packet_id)), now),
+            Packet::PubAck(ack) | Packet::PubRec(ack) if not_taken(ack.reason_code) => {
+                // Not stored here (a full disk): the remote is not told either; the message
+                // is published here again later.
+                if let Some((_, message, _)) = inbound.pending.get(&ack.packet_id) {
+                    self.refused_here(message, ack.reason_code);
+                    inbound.retry.push(ack.packet_id, &self.backoff());
+                }
+            }
             Packet::PubAck(ack) => {
                 if let Some((_, message, _)) = inbound.pending.remove(&ack.packet_id) {
+                    inbound.retry.taken();
                     if ack.reason_code.is_error() {
                         self.refused_here(&message, ack.reason_code);
                     }
@@ -362,6 +462,7 @@ impl Bridge {
             }
             Packet::PubRec(ack) => {
                 if let Some((_, message, _)) = inbound.pending.remove(&ack.packet_id) {
+                    inbound.retry.taken();
                     if ack.reason_code.is_error() {
                         self.refused_here(&message, ack.reason_code);
                     } else {
@@ -410,7 +511,6 @@ impl Bridge {
             local_ack(local, id, qos);
             return;
         };
-        let bytes = publish.payload.len();
         let message = Message {
             topic,
             payload: publish.payload,
@@ -419,49 +519,87 @@ impl Bridge {
             properties: forwarded(publish.properties),
             ..Message::default()
         };
-        match remote.client.publish(message).await {
+        self.send_out(OutMessage { id, qos, message }, local, remote, outbound)
+            .await;
+    }
+
+    /// Publishes a message of the local session's to the remote (again).
+    async fn send_out(
+        &self,
+        out: OutMessage,
+        local: &mut LocalSession,
+        remote: &Remote,
+        outbound: &mut Outbound,
+    ) {
+        let bytes = out.message.payload.len();
+        match remote.client.publish(out.message.clone()).await {
             Ok(pending) => {
-                self.status.carried_out(bytes);
-                if qos != QoS::AtMostOnce {
-                    outbound.pending.insert(id);
+                if out.qos == QoS::AtMostOnce {
+                    self.status.carried_out(bytes);
+                } else {
+                    outbound.pending.insert(out.id);
                     outbound
                         .done
-                        .push(Box::pin(async move { (id, qos, pending.await) }));
+                        .push(Box::pin(async move { (out, pending.await) }));
                 }
             }
+            // The client ended (the bridge stops): the message stays in the stored session,
+            // to go after the next start.
+            Err(ClientError::Closed) => {}
             Err(error) => {
                 tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
                 self.status.refused();
-                local_ack(local, id, qos);
+                outbound.pending.remove(&out.id);
+                local_ack(local, out.id, out.qos);
             }
         }
     }
 
-    /// The remote answered a message of the local session's: the core may forget it.
-    fn remote_acknowledged(
+    /// The remote answered a message of the local session's: the core may forget it, unless
+    /// the remote did not take it now (then it is published again later).
+    async fn remote_acknowledged(
         &self,
-        id: u16,
-        qos: QoS,
+        mut out: OutMessage,
         result: Result<PublishOutcome, ClientError>,
         local: &mut LocalSession,
+        remote: &Remote,
         outbound: &mut Outbound,
     ) {
         match result {
             // The client ended (the bridge stops): the message stays in the stored session,
             // to go after the next start.
             Err(ClientError::Closed) => return,
+            // What the remote does not support is downgraded, as the remote would do for a
+            // subscriber: QoS to its Maximum QoS, retain cleared.
+            Err(ClientError::QosNotSupported(maximum)) if out.message.qos > maximum => {
+                out.message.qos = maximum;
+                return self.send_out(out, local, remote, outbound).await;
+            }
+            Err(ClientError::RetainNotSupported) if out.message.retain => {
+                out.message.retain = false;
+                return self.send_out(out, local, remote, outbound).await;
+            }
             Err(error) => {
                 tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
                 self.status.refused();
+            }
+            Ok(outcome) if not_taken(outcome.reason_code) => {
+                tracing::debug!(bridge = self.name(), code = %outcome.reason_code, "the remote did not take a message now; it is sent again");
+                self.status.refused();
+                outbound.retry.push(out, &self.backoff());
+                return;
             }
             Ok(outcome) if outcome.reason_code.is_error() => {
                 tracing::debug!(bridge = self.name(), code = %outcome.reason_code, "the remote refused a message");
                 self.status.refused();
             }
-            Ok(_) => {}
+            Ok(_) => {
+                outbound.retry.taken();
+                self.status.carried_out(out.message.payload.len());
+            }
         }
-        outbound.pending.remove(&id);
-        local_ack(local, id, qos);
+        outbound.pending.remove(&out.id);
+        local_ack(local, out.id, out.qos);
     }
 
     fn refused_here(&self, message: &Message, code: tern_codec::ReasonCode) {
@@ -504,8 +642,8 @@ impl Bridge {
             tokio::select! {
                 () = wakeup.0.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {}
-                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
-                    self.remote_acknowledged(id, qos, result, &mut local, outbound);
+                Some((out, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(out, result, &mut local, &remote, outbound).await;
                 }
             }
         }

@@ -916,3 +916,36 @@ async fn message_the_remote_cannot_store_is_published_again() {
         .await;
     local.shutdown().await;
 }
+
+/// Issue 15 (reload applies `[[bridges]]`; review 15 MUST 3): an `in` rule changed by a reload
+/// is subscribed at the remote although the remote resumes the bridge's session there
+/// (clean_start = false).
+#[tokio::test]
+async fn reload_subscribes_a_changed_in_rule_at_a_resumed_remote_session() {
+    let dir = TempDir::new("reload-in");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let file = dir.path().join("tern.toml");
+    let base = "listen = [\"127.0.0.1:0\"]\nsys_interval = 0\ndurability = \"memory\"\n";
+    let write = |pattern: &str| {
+        let rule = format!("{{ pattern = \"{pattern}\", direction = \"in\", qos = 1 }}");
+        std::fs::write(&file, format!("{base}{}", bridge_to(remote.addr, &rule)))
+            .expect("write the file");
+    };
+    write("a/#");
+    let local = Tern::start(ServerConfig::from_file(&file).expect("file")).await;
+    let remote_pub = Client::simple(remote.addr, "pub").await;
+    let mut subscriber = Client::simple(local.addr, "sub").await;
+    subscriber.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&remote_pub, &mut subscriber, "a/probe").await;
+
+    write("b/#");
+    let report = local.admin.reload().await;
+    assert!(
+        report.applied.iter().any(|a| a == "bridges (b)"),
+        "{report:?}"
+    );
+    wait_flowing(&remote_pub, &mut subscriber, "b/probe").await;
+    local.shutdown().await;
+    remote.shutdown().await;
+}

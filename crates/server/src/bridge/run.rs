@@ -131,6 +131,8 @@ pub(super) struct Inbound {
     /// Local packet ids of `pending` the core did not take now (see [`not_taken`]): published
     /// into it again.
     retry: Retry<u16>,
+    /// The local session was not opened yet in this run.
+    fresh: bool,
 }
 
 impl Inbound {
@@ -142,6 +144,7 @@ impl Inbound {
             next_order: 0,
             window: 1,
             retry: Retry::default(),
+            fresh: true,
         }
     }
 
@@ -305,6 +308,15 @@ impl Bridge {
                     inbound.window = usize::from(window.min(self.config.max_inflight).max(1));
                     let now = std::time::Instant::now();
                     self.subscribe_local(&mut local, now);
+                    if std::mem::take(&mut inbound.fresh) {
+                        // QoS 2 ids the session kept from an earlier run that ended before
+                        // their PUBREL (a crash, a stop that did not drain): released now, or
+                        // a new message given one of them would be taken for a resend (and
+                        // lost), and they would count against the Receive Maximum.
+                        inbound
+                            .released
+                            .extend(self.broker.inbound_qos2_of(&local_client_id(self.name())));
+                    }
                     // Everything pending is sent again here, also what waited to be retried.
                     inbound.retry.waiting.clear();
                     inbound.retry.at = None;
@@ -668,5 +680,89 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_broker::BrokerConfig;
+
+    fn qos2(topic: &str, id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: MqttStr::try_from(topic).expect("topic"),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: "x".into(),
+        })
+    }
+
+    /// Polls `local` until a packet `wanted` picks comes.
+    async fn until<T>(local: &mut LocalSession, mut wanted: impl FnMut(&Packet) -> Option<T>) -> T {
+        let mut packets = Vec::new();
+        for _ in 0..100 {
+            local
+                .poll(std::time::Instant::now(), &mut packets)
+                .expect("poll");
+            if let Some(found) = packets.iter().find_map(&mut wanted) {
+                return found;
+            }
+            packets.clear();
+            tokio::task::yield_now().await;
+        }
+        panic!("the packet never came");
+    }
+
+    /// Issue 15 with MQTT-4.3.3-9 (review 15 MUST 2): QoS 2 ids the bridge's session kept
+    /// from a run that ended before their PUBREL (a crash) are released when the bridge
+    /// starts again, so a new message given one of them is a new message, not a resend.
+    #[tokio::test]
+    async fn stale_qos2_ids_of_an_earlier_run_are_released() {
+        let broker = Broker::new(BrokerConfig::default());
+        let client_id = local_client_id("b");
+        let now = std::time::Instant::now();
+        let mut earlier =
+            LocalSession::connect(broker.clone(), "b", &client_id, None, 8, now).expect("connect");
+        earlier.handle(qos2("t/stale", 3), now);
+        until(&mut earlier, |p| {
+            matches!(p, Packet::PubRec(_)).then_some(())
+        })
+        .await;
+        earlier.disconnect(now);
+        assert_eq!(broker.inbound_qos2_of(&client_id), [3]);
+
+        let config: BridgeConfig = toml::from_str(
+            "name = \"b\"\naddress = \"127.0.0.1:1\"\ntopics = [{ pattern = \"t/#\", direction = \"in\" }]",
+        )
+        .expect("configuration");
+        let status = Arc::new(BridgeStatus::new(
+            "b",
+            config.address_list(),
+            broker.clone(),
+        ));
+        let bridge = Bridge::new(config, broker.clone(), status);
+        let (_stop, mut stopped) = watch::channel(false);
+        let mut inbound = Inbound::new();
+        let mut local = bridge
+            .open_local(&mut inbound, &mut stopped)
+            .await
+            .expect("opened");
+        until(&mut local, |p| match p {
+            Packet::PubComp(ack) if ack.packet_id == 3 => Some(()),
+            _ => None,
+        })
+        .await;
+        assert!(broker.inbound_qos2_of(&client_id).is_empty());
+        // A new message with id 3 is routed (no subscriber: 0x10), not taken for a resend.
+        local.handle(qos2("t/new", 3), std::time::Instant::now());
+        let code = until(&mut local, |p| match p {
+            Packet::PubRec(ack) if ack.packet_id == 3 => Some(ack.reason_code),
+            _ => None,
+        })
+        .await;
+        assert_eq!(code, ReasonCode::NoMatchingSubscribers);
     }
 }

@@ -358,6 +358,16 @@ fn bridge_config_errors_are_reported() {
             "[[listeners]]\nname = \"bridge:x\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\n",
             "bridges' own",
         ),
+        // Review 15: all the local packet ids in flight would leave none to allocate.
+        (
+            "[[bridges]]\nname = \"x\"\naddress = \"h:1\"\nmax_inflight = 65535\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
+            "max_inflight must be between 1 and 65000",
+        ),
+        // Review 15: an anonymous bridge where [auth] refuses anonymous clients.
+        (
+            "[auth]\npassword_file = \"/etc/tern/passwords\"\n\n[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
+            "needs local_username",
+        ),
     ];
     for (text, expected) in cases {
         let error = ServerConfig::from_toml(text).unwrap_err().to_string();
@@ -946,6 +956,42 @@ async fn reload_subscribes_a_changed_in_rule_at_a_resumed_remote_session() {
         "{report:?}"
     );
     wait_flowing(&remote_pub, &mut subscriber, "b/probe").await;
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15 (reload; review 15 SHOULD): a reload whose bridge names TLS files that cannot be
+/// used is reported as an error and leaves the running bridge as it is (it would not start).
+#[tokio::test]
+async fn reload_with_unusable_bridge_tls_files_keeps_the_bridge() {
+    let dir = TempDir::new("reload-tls");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let file = dir.path().join("tern.toml");
+    let base = "listen = [\"127.0.0.1:0\"]\nsys_interval = 0\ndurability = \"memory\"\n";
+    let rule = "{ pattern = \"x/#\", direction = \"out\", qos = 1 }";
+    std::fs::write(&file, format!("{base}{}", bridge_to(remote.addr, rule))).expect("write");
+    let local = Tern::start(ServerConfig::from_file(&file).expect("file")).await;
+    let publisher = Client::simple(local.addr, "pub").await;
+    let mut subscriber = Client::simple(remote.addr, "sub").await;
+    subscriber.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&publisher, &mut subscriber, "x/probe").await;
+
+    let broken = format!(
+        "{base}{}tls = {{ ca = \"/nonexistent/ca.pem\" }}\n",
+        bridge_to(remote.addr, rule)
+    );
+    std::fs::write(&file, broken).expect("write");
+    let report = local.admin.reload().await;
+    assert!(
+        report.errors.iter().any(|e| e.contains("bridge \"b\"")),
+        "{report:?}"
+    );
+    assert!(
+        !report.applied.iter().any(|a| a.starts_with("bridges")),
+        "{report:?}"
+    );
+    wait_flowing(&publisher, &mut subscriber, "x/probe").await;
     local.shutdown().await;
     remote.shutdown().await;
 }

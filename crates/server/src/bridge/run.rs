@@ -115,6 +115,11 @@ struct Outbound {
     done: FuturesUnordered<RemoteDone>,
     /// Not taken by the remote now (see [`not_taken`]): published again.
     retry: Retry<OutMessage>,
+    /// Local acknowledgements owed to a local connection that had ended when the remote's
+    /// came (a kick, a takeover): sent once it is opened again.
+    owed: Vec<(u16, QoS)>,
+    /// Ids acknowledged that way: the copy the core resent (DUP) at the reopening is done.
+    settled: HashSet<u16>,
 }
 
 /// Messages from the remote on their way into the local session.
@@ -246,6 +251,11 @@ impl Bridge {
                 match self.open_local(&mut inbound, &mut stop).await {
                     Some(reopened) => local = reopened,
                     None => break,
+                }
+                for (id, qos) in std::mem::take(&mut outbound.owed) {
+                    local_ack(&mut local, id, qos);
+                    outbound.pending.remove(&id);
+                    outbound.settled.insert(id);
                 }
                 continue;
             }
@@ -399,16 +409,7 @@ impl Bridge {
     /// the `in` traffic, never goes back out), retain as published, retained messages once
     /// per new subscription.
     fn subscribe_local(&self, local: &mut LocalSession, now: std::time::Instant) {
-        let subscriptions: Vec<Subscription> = self
-            .mapper
-            .local_filters()
-            .filter_map(|(filter, qos)| {
-                Some(Subscription {
-                    filter: MqttStr::try_from(filter).ok()?,
-                    options: bridge_options(qos),
-                })
-            })
-            .collect();
+        let subscriptions = self.local_subscriptions();
         // Filters of an earlier configuration (the bridge changed; its session stayed) go.
         let stale: Vec<MqttStr> = self
             .broker
@@ -439,6 +440,19 @@ impl Bridge {
             }),
             now,
         );
+    }
+
+    /// The SUBSCRIBE's subscriptions, in order (the SUBACK's codes follow it).
+    fn local_subscriptions(&self) -> Vec<Subscription> {
+        self.mapper
+            .local_filters()
+            .filter_map(|(filter, qos)| {
+                Some(Subscription {
+                    filter: MqttStr::try_from(filter).ok()?,
+                    options: bridge_options(qos),
+                })
+            })
+            .collect()
     }
 
     /// A packet the core sent to the bridge.
@@ -488,12 +502,12 @@ impl Bridge {
                 inbound.released.remove(&ack.packet_id);
             }
             Packet::SubAck(suback) => {
-                let filters: Vec<&str> = self.mapper.local_filters().map(|(f, _)| f).collect();
-                for (filter, code) in filters.iter().zip(&suback.reason_codes) {
+                let subscriptions = self.local_subscriptions();
+                for (subscription, code) in subscriptions.iter().zip(&suback.reason_codes) {
                     if code.is_error() {
                         tracing::warn!(
                             bridge = self.name(),
-                            filter,
+                            filter = subscription.filter.as_str(),
                             code = %code,
                             "bridge's local subscription refused (access rules of local_username?)"
                         );
@@ -514,6 +528,10 @@ impl Bridge {
     ) {
         let id = publish.packet_id;
         let qos = publish.qos;
+        if qos != QoS::AtMostOnce && outbound.settled.remove(&id) && publish.dup {
+            // Resent before the reopened connection got its acknowledgement: done with it.
+            return;
+        }
         if qos != QoS::AtMostOnce && outbound.pending.contains(&id) {
             // Sent again by the core (the local session resumed): already on its way.
             return;
@@ -561,8 +579,7 @@ impl Bridge {
             Err(error) => {
                 tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
                 self.status.refused();
-                outbound.pending.remove(&out.id);
-                local_ack(local, out.id, out.qos);
+                settle(local, outbound, out.id, out.qos);
             }
         }
     }
@@ -610,8 +627,7 @@ impl Bridge {
                 self.status.carried_out(out.message.payload.len());
             }
         }
-        outbound.pending.remove(&out.id);
-        local_ack(local, out.id, out.qos);
+        settle(local, outbound, out.id, out.qos);
     }
 
     fn refused_here(&self, message: &Message, code: tern_codec::ReasonCode) {
@@ -663,6 +679,21 @@ impl Bridge {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, remote.client.disconnect()).await;
         self.status.set_connected(false);
         tracing::info!(bridge = self.name(), "bridge stopped");
+    }
+}
+
+/// The bridge is done with a message of the local session's: acknowledged now, or once the
+/// local connection is open again if it has ended (an acknowledgement to a closed connection
+/// would be lost, and the core would send the message again).
+fn settle(local: &mut LocalSession, outbound: &mut Outbound, id: u16, qos: QoS) {
+    if qos == QoS::AtMostOnce {
+        return;
+    }
+    if local.close_reason().is_some() {
+        outbound.owed.push((id, qos));
+    } else {
+        outbound.pending.remove(&id);
+        local_ack(local, id, qos);
     }
 }
 

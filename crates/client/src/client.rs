@@ -37,6 +37,10 @@ pub struct Message {
     pub dup: bool,
     /// Received only: the packet identifier it came with (0 for QoS 0).
     pub packet_id: u16,
+    /// Received only: which of the client's sessions at the broker it came with (a
+    /// reconnection that finds the session gone starts a new one); [`Client::ack`] of a
+    /// message from an earlier one is ignored, its packet id may name a newer message.
+    pub epoch: u64,
     /// MQTT 5: message expiry, content type, response topic, correlation data, user
     /// properties; on receipt also the subscription identifiers.
     pub properties: Properties,
@@ -107,8 +111,8 @@ pub(crate) enum Command {
     Publish(Publish, Reply<PublishOutcome>),
     Subscribe(Subscribe, Reply<SubAck>),
     Unsubscribe(Unsubscribe, Reply<UnsubAck>),
-    /// Manual acknowledgement of an inbound QoS 1 or 2 publish.
-    Ack(u16),
+    /// Manual acknowledgement of an inbound QoS 1 or 2 publish: packet id, session epoch.
+    Ack(u16, u64),
     Disconnect(Disconnect, oneshot::Sender<()>),
 }
 
@@ -248,7 +252,8 @@ impl Client {
         if message.qos == QoS::AtMostOnce {
             return Ok(());
         }
-        self.send(Command::Ack(message.packet_id)).await
+        self.send(Command::Ack(message.packet_id, message.epoch))
+            .await
     }
 
     /// Sends DISCONNECT (MQTT 5: with `reason_code`, e.g. 0x04 to have the will published) and
@@ -399,7 +404,7 @@ fn fail(command: Command) {
         Command::Publish(_, reply) => drop(reply.send(Err(ClientError::Closed))),
         Command::Subscribe(_, reply) => drop(reply.send(Err(ClientError::Closed))),
         Command::Unsubscribe(_, reply) => drop(reply.send(Err(ClientError::Closed))),
-        Command::Ack(_) => {}
+        Command::Ack(..) => {}
         Command::Disconnect(_, done) => drop(done.send(())),
     }
 }
@@ -668,8 +673,8 @@ fn offline_command(session: &mut Session, command: Option<Command>) -> bool {
             true
         }
         // Not sent (see `Client::ack`), but the session's state moves on.
-        Some(Command::Ack(packet_id)) => {
-            drop(session.app_ack(packet_id));
+        Some(Command::Ack(packet_id, epoch)) => {
+            drop(session.app_ack(packet_id, epoch));
             true
         }
     }

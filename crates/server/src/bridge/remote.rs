@@ -184,8 +184,9 @@ impl Bridge {
             properties: forwarded(message.properties.clone()),
             payload: message.payload.clone(),
         };
-        self.status.carried_in(publish.payload.len());
         if qos == QoS::AtMostOnce {
+            // QoS 1 and 2 count once the core took them (see `on_local`).
+            self.status.carried_in(publish.payload.len());
             local.handle(Packet::Publish(publish), now);
             let _ = remote.client.ack(&message).await;
             return;

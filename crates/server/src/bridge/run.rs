@@ -482,6 +482,8 @@ impl Bridge {
                     inbound.retry.taken();
                     if ack.reason_code.is_error() {
                         self.refused_here(&message, ack.reason_code);
+                    } else {
+                        self.status.carried_in(message.payload.len());
                     }
                     let _ = remote.client.ack(&message).await;
                 }
@@ -492,6 +494,7 @@ impl Bridge {
                     if ack.reason_code.is_error() {
                         self.refused_here(&message, ack.reason_code);
                     } else {
+                        self.status.carried_in(message.payload.len());
                         inbound.released.insert(ack.packet_id);
                         local.handle(Packet::PubRel(Ack::new(ack.packet_id)), now);
                     }

@@ -78,6 +78,7 @@ impl Bridge {
                 remote.connected = true;
                 remote.failures = 0;
                 self.status.set_connected(true);
+                self.status.clear_error();
                 tracing::info!(
                     bridge = self.name(),
                     session_present = connected.session_present,

@@ -564,17 +564,15 @@ impl Bridge {
         remote: &Remote,
         outbound: &mut Outbound,
     ) {
-        let bytes = out.message.payload.len();
         match remote.client.publish(out.message.clone()).await {
             Ok(pending) => {
-                if out.qos == QoS::AtMostOnce {
-                    self.status.carried_out(bytes);
-                } else {
+                // QoS 0 too: it counts as carried once written (not while the remote is away).
+                if out.qos != QoS::AtMostOnce {
                     outbound.pending.insert(out.id);
-                    outbound
-                        .done
-                        .push(Box::pin(async move { (out, pending.await) }));
                 }
+                outbound
+                    .done
+                    .push(Box::pin(async move { (out, pending.await) }));
             }
             // The client ended (the bridge stops): the message stays in the stored session,
             // to go after the next start.
@@ -610,6 +608,10 @@ impl Bridge {
             Err(ClientError::RetainNotSupported) if out.message.retain => {
                 out.message.retain = false;
                 return self.send_out(out, local, remote, outbound).await;
+            }
+            Err(error) if out.qos == QoS::AtMostOnce => {
+                tracing::debug!(bridge = self.name(), %error, "QoS 0 message not carried to the remote");
+                self.status.refused();
             }
             Err(error) => {
                 tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");

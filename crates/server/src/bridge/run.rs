@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_broker::Broker;
-use tern_client::{Backoff, ClientError, Message, PublishOutcome};
+use tern_client::{Backoff, ClientError, Event, Message, PublishOutcome};
 use tern_codec::{
     Ack, MqttStr, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, Subscription,
 };
@@ -231,6 +231,8 @@ impl Bridge {
         );
         let mut outbound = Outbound::default();
         let mut packets = Vec::new();
+        // A remote message read while the window was full (see below).
+        let mut held: Option<Message> = None;
         loop {
             let now = Instant::now();
             if let Err(error) = local.poll(now.into_std(), &mut packets) {
@@ -268,6 +270,16 @@ impl Bridge {
                 self.send_out(out, &mut local, &remote, &mut outbound).await;
             }
             let taking_in = inbound.in_flight() < inbound.window && local.wants_input();
+            if taking_in && let Some(message) = held.take() {
+                self.on_remote(
+                    Event::Message(message),
+                    &mut local,
+                    &mut remote,
+                    &mut inbound,
+                )
+                .await;
+                continue;
+            }
             let deadline = [
                 local.deadline().map(Instant::from_std),
                 inbound.retry.at,
@@ -288,7 +300,10 @@ impl Bridge {
                 Some((out, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
                     self.remote_acknowledged(out, result, &mut local, &remote, &mut outbound).await;
                 }
-                event = remote.events.recv(), if taking_in => match event {
+                // While no message is taken, one is read and held, so that the connection's
+                // other events (connected, lost) are not held up behind it.
+                event = remote.events.recv(), if taking_in || held.is_none() => match event {
+                    Some(Event::Message(message)) if !taking_in => held = Some(message),
                     Some(event) => {
                         self.on_remote(event, &mut local, &mut remote, &mut inbound).await;
                     }

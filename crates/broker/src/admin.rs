@@ -235,6 +235,14 @@ impl Broker {
         report(&*self.session(client_id)?)
     }
 
+    /// The packet ids of QoS 2 messages `client_id` published and has not released (PUBREL)
+    /// yet; empty without a session. A bridge restarted after a crash releases them.
+    pub fn inbound_qos2_of(&self, client_id: &str) -> Vec<u16> {
+        self.session(client_id)
+            .map(|session| session.lock().inbound_qos2.clone())
+            .unwrap_or_default()
+    }
+
     /// The subscriptions of `client_id`'s session, by filter; `None` without a session.
     pub fn subscriptions_of(&self, client_id: &str) -> Option<Vec<(MqttStr, SubscriptionRecord)>> {
         let session = self.session(client_id)?;

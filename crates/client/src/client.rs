@@ -37,6 +37,10 @@ pub struct Message {
     pub dup: bool,
     /// Received only: the packet identifier it came with (0 for QoS 0).
     pub packet_id: u16,
+    /// Received only: which of the client's sessions at the broker it came with (a
+    /// reconnection that finds the session gone starts a new one); [`Client::ack`] of a
+    /// message from an earlier one is ignored, its packet id may name a newer message.
+    pub epoch: u64,
     /// MQTT 5: message expiry, content type, response topic, correlation data, user
     /// properties; on receipt also the subscription identifiers.
     pub properties: Properties,
@@ -107,8 +111,8 @@ pub(crate) enum Command {
     Publish(Publish, Reply<PublishOutcome>),
     Subscribe(Subscribe, Reply<SubAck>),
     Unsubscribe(Unsubscribe, Reply<UnsubAck>),
-    /// Manual acknowledgement of an inbound QoS 1 or 2 publish.
-    Ack(u16),
+    /// Manual acknowledgement of an inbound QoS 1 or 2 publish: packet id, session epoch.
+    Ack(u16, u64),
     Disconnect(Disconnect, oneshot::Sender<()>),
 }
 
@@ -248,7 +252,8 @@ impl Client {
         if message.qos == QoS::AtMostOnce {
             return Ok(());
         }
-        self.send(Command::Ack(message.packet_id)).await
+        self.send(Command::Ack(message.packet_id, message.epoch))
+            .await
     }
 
     /// Sends DISCONNECT (MQTT 5: with `reason_code`, e.g. 0x04 to have the will published) and
@@ -312,7 +317,26 @@ async fn run(
     // connection is tried again where it was.
     let mut current = 0usize;
     while let Some((endpoint, dialer)) = task.dialers.get(current % task.dialers.len().max(1)) {
-        let error = match establish(&task.options, endpoint, dialer).await {
+        // Commands are taken while the connection is made (up to the connect timeout).
+        let established = {
+            let attempt = establish(&task.options, endpoint, dialer);
+            tokio::pin!(attempt);
+            loop {
+                let room = task.session.queued() < task.options.max_queued;
+                tokio::select! {
+                    result = &mut attempt => break Some(result),
+                    command = task.commands.recv(), if room => {
+                        if !offline_command(&mut task.session, command) {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(established) = established else {
+            break;
+        };
+        let error = match established {
             Ok((stream, read, connack)) => {
                 attempt = 0;
                 match task.connected(stream, read, connack).await {
@@ -327,7 +351,9 @@ async fn run(
         };
         tracing::debug!(%error, "MQTT connection ended");
         let sent_away = sent_away(&error);
-        let _ = task.events.send(Event::Disconnected(error)).await;
+        if !task.deliver(Event::Disconnected(error)).await {
+            break;
+        }
         let Some(backoff) = task.options.reconnect else {
             break;
         };
@@ -341,10 +367,9 @@ async fn run(
             backoff.delay(attempt)
         };
         attempt = attempt.saturating_add(1);
-        let _ = task
-            .events
-            .send(Event::Reconnecting { attempt, delay })
-            .await;
+        if !task.deliver(Event::Reconnecting { attempt, delay }).await {
+            break;
+        }
         if !task.wait_offline(delay).await {
             break;
         }
@@ -379,7 +404,7 @@ fn fail(command: Command) {
         Command::Publish(_, reply) => drop(reply.send(Err(ClientError::Closed))),
         Command::Subscribe(_, reply) => drop(reply.send(Err(ClientError::Closed))),
         Command::Unsubscribe(_, reply) => drop(reply.send(Err(ClientError::Closed))),
-        Command::Ack(_) => {}
+        Command::Ack(..) => {}
         Command::Disconnect(_, done) => drop(done.send(())),
     }
 }
@@ -442,9 +467,10 @@ impl Task {
         // end: QoS 1 and 2 messages among it may have been acknowledged already, and the
         // broker will not send them again (MQTT 4.3.2, 4.3.3). This waits for the application
         // to read them, unless it has dropped its `Events`.
+        // Commands are taken meanwhile (see `Task::deliver`).
         for event in link.events.drain(..) {
-            if self.events.send(event).await.is_err() {
-                break;
+            if !self.deliver(event).await {
+                return End::Shutdown;
             }
         }
         end
@@ -586,29 +612,70 @@ impl Task {
             let room = self.session.queued() < self.options.max_queued;
             tokio::select! {
                 () = &mut sleep => return true,
-                command = self.commands.recv(), if room => match command {
-                    None => return false,
-                    Some(Command::Disconnect(_, done)) => {
-                        let _ = done.send(());
+                command = self.commands.recv(), if room => {
+                    if !offline_command(&mut self.session, command) {
                         return false;
                     }
-                    Some(Command::Publish(publish, reply)) if publish.qos == QoS::AtMostOnce => {
-                        let _ = reply.send(Err(ClientError::NotConnected));
-                    }
-                    Some(Command::Publish(publish, reply)) => {
-                        self.session.publish(publish, Some(reply));
-                    }
-                    // Sent when the connection is back (the session resends open requests).
-                    Some(Command::Subscribe(subscribe, reply)) => {
-                        self.session.subscribe(subscribe, reply);
-                    }
-                    Some(Command::Unsubscribe(unsubscribe, reply)) => {
-                        self.session.unsubscribe(unsubscribe, reply);
-                    }
-                    // Not sent (see `Client::ack`), but the session's state moves on.
-                    Some(Command::Ack(packet_id)) => drop(self.session.app_ack(packet_id)),
-                },
+                }
             }
+        }
+    }
+
+    /// Hands `event` to the application while no connection is up, taking commands while it
+    /// waits for room (an application that publishes before it reads its events must not
+    /// wait on a client that waits on it). `false` when the application disconnects; an
+    /// application that dropped its `Events` loses the event.
+    async fn deliver(&mut self, event: Event) -> bool {
+        loop {
+            let room = self.session.queued() < self.options.max_queued;
+            tokio::select! {
+                permit = self.events.reserve() => {
+                    if let Ok(permit) = permit {
+                        permit.send(event);
+                    }
+                    return true;
+                }
+                command = self.commands.recv(), if room => {
+                    if !offline_command(&mut self.session, command) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A command while no connection is up: QoS 1 and 2 publishes and requests wait for the
+/// connection; a QoS 0 publish fails (at most once). `false` when the application disconnects
+/// (or dropped every handle).
+fn offline_command(session: &mut Session, command: Option<Command>) -> bool {
+    match command {
+        None => false,
+        Some(Command::Disconnect(_, done)) => {
+            let _ = done.send(());
+            false
+        }
+        Some(Command::Publish(publish, reply)) if publish.qos == QoS::AtMostOnce => {
+            let _ = reply.send(Err(ClientError::NotConnected));
+            true
+        }
+        Some(Command::Publish(publish, reply)) => {
+            session.publish(publish, Some(reply));
+            true
+        }
+        // Sent when the connection is back (the session resends open requests).
+        Some(Command::Subscribe(subscribe, reply)) => {
+            session.subscribe(subscribe, reply);
+            true
+        }
+        Some(Command::Unsubscribe(unsubscribe, reply)) => {
+            session.unsubscribe(unsubscribe, reply);
+            true
+        }
+        // Not sent (see `Client::ack`), but the session's state moves on.
+        Some(Command::Ack(packet_id, epoch)) => {
+            drop(session.app_ack(packet_id, epoch));
+            true
         }
     }
 }

@@ -128,6 +128,7 @@ fn on_packet(
                     retain: publish.retain,
                     dup: publish.dup,
                     packet_id: publish.packet_id,
+                    epoch: session.epoch(),
                     properties: publish.properties,
                 }));
             }
@@ -243,7 +244,7 @@ pub(crate) fn command_to(
         Command::Unsubscribe(unsubscribe, reply) => {
             out.extend(session.unsubscribe(unsubscribe, reply));
         }
-        Command::Ack(packet_id) => out.extend(session.app_ack(packet_id)),
+        Command::Ack(packet_id, epoch) => out.extend(session.app_ack(packet_id, epoch)),
         Command::Disconnect(_, done) => drop(done.send(())),
     }
     for packet in out.drain(..) {

@@ -64,6 +64,9 @@ pub(crate) struct Session {
     /// entry leaves when the application acknowledges it, or when a reconnection finds the
     /// session gone (session present 0).
     awaiting_ack: HashMap<u16, QoS>,
+    /// Counts the broker-side sessions: a reconnection that finds the session gone starts a
+    /// new one, whose packet ids have nothing to do with the old one's (see `app_ack`).
+    epoch: u64,
     /// Resumed publishes in flight (in `inflight`) not sent again yet: the broker's new Receive
     /// Maximum had no room for them [MQTT-3.3.4-7]. They go first as room frees, in order.
     held: VecDeque<u16>,
@@ -83,10 +86,16 @@ impl Session {
             requests: HashMap::new(),
             inbound_qos2: HashSet::new(),
             awaiting_ack: HashMap::new(),
+            epoch: 0,
             held: VecDeque::new(),
             window: max_inflight,
             max_inflight,
         }
+    }
+
+    /// See [`Message::epoch`](crate::Message::epoch).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -117,6 +126,7 @@ impl Session {
         if !session_present {
             self.inbound_qos2.clear();
             self.awaiting_ack.clear();
+            self.epoch += 1;
         }
         self.held.clear();
         // Releases count in the window too (no PUBCOMP yet), and go again whatever it is.
@@ -340,7 +350,12 @@ impl Session {
     /// PUBACK or PUBREC to send (none for an id not awaiting, e.g. from before a reconnection
     /// that lost the session). Offline the packet is dropped: the broker sends the PUBLISH
     /// again, and a QoS 2 one then gets its PUBREC at once.
-    pub(crate) fn app_ack(&mut self, packet_id: u16) -> Option<Packet> {
+    /// `epoch` is the one of the message's receipt: the acknowledgement of a message from a
+    /// session lost since is ignored (its id may name a new message, not durable yet).
+    pub(crate) fn app_ack(&mut self, packet_id: u16, epoch: u64) -> Option<Packet> {
+        if epoch != self.epoch {
+            return None;
+        }
         match self.awaiting_ack.remove(&packet_id)? {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce => Some(Packet::PubAck(Ack::new(packet_id))),
@@ -563,10 +578,27 @@ mod tests {
         assert!(!session.inbound_manual(&inbound(QoS::AtLeastOnce, 3, true), &mut out));
         assert!(!session.inbound_manual(&inbound(QoS::ExactlyOnce, 4, true), &mut out));
         assert!(out.is_empty());
-        assert!(matches!(session.app_ack(3), Some(Packet::PubAck(a)) if a.packet_id == 3));
-        assert!(matches!(session.app_ack(4), Some(Packet::PubRec(a)) if a.packet_id == 4));
-        assert!(session.app_ack(3).is_none(), "acknowledged once");
+        assert!(matches!(session.app_ack(3, 0), Some(Packet::PubAck(a)) if a.packet_id == 3));
+        assert!(matches!(session.app_ack(4, 0), Some(Packet::PubRec(a)) if a.packet_id == 4));
+        assert!(session.app_ack(3, 0).is_none(), "acknowledged once");
         assert!(session.inbound_manual(&inbound(QoS::AtMostOnce, 0, false), &mut out));
+    }
+
+    /// Issue 15 (review 15 SHOULD): after a reconnection that lost the session, the late
+    /// acknowledgement of a message from the old one does not acknowledge a new message that
+    /// reuses its packet id (the bridge acknowledges only what is durable).
+    #[test]
+    fn a_late_ack_from_a_lost_session_is_ignored() {
+        let mut session = Session::new(10);
+        let mut out = Vec::new();
+        session.resume(false, 10);
+        let old = session.epoch();
+        assert!(session.inbound_manual(&inbound(QoS::AtLeastOnce, 3, false), &mut out));
+        session.resume(false, 10);
+        assert!(session.inbound_manual(&inbound(QoS::AtLeastOnce, 3, false), &mut out));
+        assert!(session.app_ack(3, old).is_none(), "the old message's ack");
+        let new = session.epoch();
+        assert!(matches!(session.app_ack(3, new), Some(Packet::PubAck(a)) if a.packet_id == 3));
     }
 
     /// Issue 15 with MQTT-4.3.3-9: a QoS 2 message the application acknowledged (PUBREC),
@@ -578,7 +610,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(session.inbound_manual(&inbound(QoS::ExactlyOnce, 9, false), &mut out));
         // Acknowledged while the connection was down: the packet is dropped.
-        assert!(session.app_ack(9).is_some());
+        assert!(session.app_ack(9, 0).is_some());
         session.resume(true, 10);
         assert!(!session.inbound_manual(&inbound(QoS::ExactlyOnce, 9, true), &mut out));
         assert!(matches!(out.as_slice(), [Packet::PubRec(a)] if a.packet_id == 9));
@@ -589,7 +621,7 @@ mod tests {
         out.clear();
         assert!(session.inbound_manual(&inbound(QoS::AtLeastOnce, 5, false), &mut out));
         session.resume(false, 10);
-        assert!(session.app_ack(5).is_none());
+        assert!(session.app_ack(5, 0).is_none());
     }
 
     /// MQTT-4.3.3-9: a QoS 2 message sent again before PUBREL is not delivered twice.

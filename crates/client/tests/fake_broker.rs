@@ -380,3 +380,54 @@ async fn sent_away_backs_off_to_the_longest_delay() {
         client.disconnect().await.expect("disconnect");
     }
 }
+
+/// Issue 15 (review 15 MUST 4): while the client hands out what was left of a lost connection
+/// (the application has not read its events), it keeps taking commands: an application that
+/// publishes more than the command channel holds before it reads events does not wait forever,
+/// and the messages go out on the next connection.
+#[tokio::test]
+async fn commands_are_taken_while_events_wait_after_a_lost_connection() {
+    let fake = Fake::bind(ProtocolVersion::V5).await;
+    let mut options = fake.options("busy");
+    options.event_capacity = 1;
+    options.reconnect = quick_reconnect();
+    let (client, mut events) = Client::start(options).expect("start");
+    let (mut conn, _) = fake.accept(false).await;
+    let packets: Vec<Packet> = (1..=4)
+        .map(|id| Packet::Publish(publish("k/t", 0, QoS::AtMostOnce, &format!("m{id}"))))
+        .collect();
+    conn.send(&packets).await;
+    drop(conn);
+    // Events not read: Connected and the messages fill the channel and the link's queue.
+    let count = 100;
+    let mut pending = Vec::new();
+    for i in 0..count {
+        let publishing = client.publish(Message::new("o/t", format!("p{i}"), QoS::AtLeastOnce));
+        let queued = tokio::time::timeout(WAIT, publishing)
+            .await
+            .unwrap_or_else(|_| panic!("publish {i} waits forever"))
+            .expect("queued");
+        pending.push(queued);
+    }
+    // Reading the events lets the client reconnect; the messages go out then.
+    let reader = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let (mut conn, _) = fake.accept(false).await;
+    let mut got = 0;
+    while got < count {
+        match conn.recv().await.expect("the client stays") {
+            Packet::Publish(p) => {
+                got += 1;
+                conn.send(&[Packet::PubAck(Ack::new(p.packet_id))]).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for queued in pending {
+        tokio::time::timeout(WAIT, queued)
+            .await
+            .expect("acknowledged in time")
+            .expect("acknowledged");
+    }
+    drop(client);
+    reader.abort();
+}

@@ -592,8 +592,14 @@ impl Reload {
             }
         }
         let mut running = old.clone();
-        // Applied by the caller (the bridges' tasks are async): see `Bridges::apply`.
-        running.bridges = new.bridges.clone();
+        // Applied by the caller (the bridges' tasks are async): see `Bridges::apply`; not when
+        // a bridge's TLS files cannot be used (it could not start), then they run as they are.
+        match new.bridges.iter().try_for_each(|b| b.check_files()) {
+            Ok(()) => running.bridges = new.bridges.clone(),
+            Err(error) => report
+                .errors
+                .push(format!("{error} (the bridges run as they are)")),
+        }
         self.apply_limits(old, &new, &mut running, &mut report);
         report.needs_restart.extend(restart_keys(old, &new));
         // What needs a restart stays as it runs.

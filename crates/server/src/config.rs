@@ -436,6 +436,7 @@ impl ServerConfig {
         validate_all(&self.listen, &self.listeners).map_err(ConfigError::Invalid)?;
         self.validate_auth().map_err(ConfigError::Invalid)?;
         crate::bridge::validate_all(&self.bridges).map_err(ConfigError::Invalid)?;
+        self.validate_bridge_users().map_err(ConfigError::Invalid)?;
         if QoS::from_u8(self.mqtt.max_qos).is_none() {
             return invalid("mqtt.max_qos must be 0, 1 or 2");
         }
@@ -458,6 +459,29 @@ impl ServerConfig {
     }
 
     /// Checks each listener's authentication settings (its own `auth`, or `[auth]`).
+    /// A bridge without `local_username` connects here as an anonymous client of the
+    /// top-level `[auth]`: refused at start when that table does not let anonymous clients in
+    /// (the bridge would only log "local connection refused" forever).
+    fn validate_bridge_users(&self) -> Result<(), String> {
+        // The address whose policy the top-level table gives (see `FileAuth::from_config`).
+        let addr = self
+            .listen
+            .iter()
+            .map(|addr| addr.ip())
+            .find(|ip| !crate::auth_config::is_loopback(*ip))
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        if self.auth.anonymous_allowed(addr, false) {
+            return Ok(());
+        }
+        match self.bridges.iter().find(|b| b.local_username.is_none()) {
+            Some(bridge) => Err(format!(
+                "bridge {:?}: needs local_username: [auth] does not let anonymous clients in",
+                bridge.name
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn validate_auth(&self) -> Result<(), String> {
         if let Some(limit) = &self.auth.failure_limit {
             limit.check()?;

@@ -358,6 +358,16 @@ fn bridge_config_errors_are_reported() {
             "[[listeners]]\nname = \"bridge:x\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\n",
             "bridges' own",
         ),
+        // Review 15: all the local packet ids in flight would leave none to allocate.
+        (
+            "[[bridges]]\nname = \"x\"\naddress = \"h:1\"\nmax_inflight = 65535\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
+            "max_inflight must be between 1 and 65000",
+        ),
+        // Review 15: an anonymous bridge where [auth] refuses anonymous clients.
+        (
+            "[auth]\npassword_file = \"/etc/tern/passwords\"\n\n[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
+            "needs local_username",
+        ),
     ];
     for (text, expected) in cases {
         let error = ServerConfig::from_toml(text).unwrap_err().to_string();
@@ -807,4 +817,181 @@ async fn qos2_resent_by_the_remote_is_not_published_twice() {
         "f/x was published here twice"
     );
     local.shutdown().await;
+}
+
+/// A server whose store takes nothing new (the disk reserve is the whole file system): a
+/// QoS 1 or 2 message that needs storing (a retained one) is refused with 0x97.
+fn refusing_store(dir: &Path, extra: &str) -> ServerConfig {
+    let mut config = config("127.0.0.1:0", Some(dir), extra);
+    config.min_free_disk = "100%".parse().expect("a size");
+    config
+}
+
+/// SUBSCRIBE from the bridge, answered with success.
+async fn grant_subscription(remote: &mut FakeRemote) -> tern_codec::Subscribe {
+    let tern_codec::Packet::Subscribe(subscribe) = remote.recv().await else {
+        panic!("SUBSCRIBE expected")
+    };
+    remote
+        .send(tern_codec::Packet::SubAck(tern_codec::SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Default::default(),
+            reason_codes: vec![tern_codec::ReasonCode::GrantedQos2; subscribe.subscriptions.len()],
+        }))
+        .await;
+    subscribe
+}
+
+/// Issue 15 ("acknowledged to the remote only once durable here"; review 15 MUST 1): a
+/// message from the remote that the store here refuses (PUBACK 0x97: the disk is full) is not
+/// acknowledged to the remote, which keeps it.
+#[tokio::test]
+async fn message_refused_by_the_local_store_is_not_acknowledged_to_the_remote() {
+    let dir = TempDir::new("refuse-in");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let remote_addr = listener.local_addr().expect("address");
+    let local = Tern::start(refusing_store(
+        dir.path(),
+        &bridge_to(
+            remote_addr,
+            "{ pattern = \"f/#\", direction = \"in\", qos = 1 }",
+        ),
+    ))
+    .await;
+    let mut remote = FakeRemote::accept(&listener).await;
+    remote.handshake(false).await;
+    grant_subscription(&mut remote).await;
+    let mut publish = qos2_publish("f/kept", 5, false);
+    if let tern_codec::Packet::Publish(p) = &mut publish {
+        p.qos = tern_codec::QoS::AtLeastOnce;
+        p.retain = true;
+    }
+    remote.send(publish).await;
+    let answer = tokio::time::timeout(Duration::from_millis(1500), remote.recv()).await;
+    assert!(
+        answer.is_err(),
+        "the bridge answered a message not stored here: {answer:?}"
+    );
+    assert!(
+        local.bridge().messages_refused > 0,
+        "the refusal is counted"
+    );
+    local.shutdown().await;
+}
+
+/// Issue 15 (the stored queue; review 15 MUST 1): a message the remote does not take now
+/// (PUBACK 0x97 Quota exceeded) stays in the bridge's queue and is published again.
+#[tokio::test]
+async fn message_the_remote_cannot_store_is_published_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let remote_addr = listener.local_addr().expect("address");
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &bridge_to(
+            remote_addr,
+            "{ pattern = \"o/#\", direction = \"out\", qos = 1 }",
+        ),
+    ))
+    .await;
+    let mut remote = FakeRemote::accept(&listener).await;
+    remote.handshake(false).await;
+    let mut publisher = Client::simple(local.addr, "pub").await;
+    publish_acknowledged(&mut publisher, "o/x", 1).await;
+    let tern_codec::Packet::Publish(first) = remote.recv().await else {
+        panic!("PUBLISH expected")
+    };
+    remote
+        .send(tern_codec::Packet::PubAck(tern_codec::Ack {
+            reason_code: tern_codec::ReasonCode::QuotaExceeded,
+            ..tern_codec::Ack::new(first.packet_id)
+        }))
+        .await;
+    let again = tokio::time::timeout(WAIT, remote.recv())
+        .await
+        .expect("the message is published again");
+    let tern_codec::Packet::Publish(again) = again else {
+        panic!("PUBLISH expected, got {again:?}")
+    };
+    assert_eq!(again.topic, first.topic);
+    assert_eq!(again.payload, first.payload);
+    remote
+        .send(tern_codec::Packet::PubAck(tern_codec::Ack::new(
+            again.packet_id,
+        )))
+        .await;
+    local.shutdown().await;
+}
+
+/// Issue 15 (reload applies `[[bridges]]`; review 15 MUST 3): an `in` rule changed by a reload
+/// is subscribed at the remote although the remote resumes the bridge's session there
+/// (clean_start = false).
+#[tokio::test]
+async fn reload_subscribes_a_changed_in_rule_at_a_resumed_remote_session() {
+    let dir = TempDir::new("reload-in");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let file = dir.path().join("tern.toml");
+    let base = "listen = [\"127.0.0.1:0\"]\nsys_interval = 0\ndurability = \"memory\"\n";
+    let write = |pattern: &str| {
+        let rule = format!("{{ pattern = \"{pattern}\", direction = \"in\", qos = 1 }}");
+        std::fs::write(&file, format!("{base}{}", bridge_to(remote.addr, &rule)))
+            .expect("write the file");
+    };
+    write("a/#");
+    let local = Tern::start(ServerConfig::from_file(&file).expect("file")).await;
+    let remote_pub = Client::simple(remote.addr, "pub").await;
+    let mut subscriber = Client::simple(local.addr, "sub").await;
+    subscriber.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&remote_pub, &mut subscriber, "a/probe").await;
+
+    write("b/#");
+    let report = local.admin.reload().await;
+    assert!(
+        report.applied.iter().any(|a| a == "bridges (b)"),
+        "{report:?}"
+    );
+    wait_flowing(&remote_pub, &mut subscriber, "b/probe").await;
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15 (reload; review 15 SHOULD): a reload whose bridge names TLS files that cannot be
+/// used is reported as an error and leaves the running bridge as it is (it would not start).
+#[tokio::test]
+async fn reload_with_unusable_bridge_tls_files_keeps_the_bridge() {
+    let dir = TempDir::new("reload-tls");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let file = dir.path().join("tern.toml");
+    let base = "listen = [\"127.0.0.1:0\"]\nsys_interval = 0\ndurability = \"memory\"\n";
+    let rule = "{ pattern = \"x/#\", direction = \"out\", qos = 1 }";
+    std::fs::write(&file, format!("{base}{}", bridge_to(remote.addr, rule))).expect("write");
+    let local = Tern::start(ServerConfig::from_file(&file).expect("file")).await;
+    let publisher = Client::simple(local.addr, "pub").await;
+    let mut subscriber = Client::simple(remote.addr, "sub").await;
+    subscriber.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&publisher, &mut subscriber, "x/probe").await;
+
+    let broken = format!(
+        "{base}{}tls = {{ ca = \"/nonexistent/ca.pem\" }}\n",
+        bridge_to(remote.addr, rule)
+    );
+    std::fs::write(&file, broken).expect("write");
+    let report = local.admin.reload().await;
+    assert!(
+        report.errors.iter().any(|e| e.contains("bridge \"b\"")),
+        "{report:?}"
+    );
+    assert!(
+        !report.applied.iter().any(|a| a.starts_with("bridges")),
+        "{report:?}"
+    );
+    wait_flowing(&publisher, &mut subscriber, "x/probe").await;
+    local.shutdown().await;
+    remote.shutdown().await;
 }

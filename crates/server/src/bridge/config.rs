@@ -64,6 +64,10 @@ pub struct BridgeConfig {
     pub reconnect_max_ms: u64,
 }
 
+/// The largest `max_inflight`: the bridge's local packet ids (65533 of them beside its
+/// SUBSCRIBE and UNSUBSCRIBE) must never all be taken.
+pub const MAX_INFLIGHT: u16 = 65_000;
+
 fn default_keep_alive() -> u16 {
     60
 }
@@ -236,8 +240,11 @@ impl BridgeConfig {
         if self.try_private && self.protocol == BridgeProtocol::V5 {
             return fail("try_private is for protocol \"3.1.1\" (MQTT 5 has No Local)".into());
         }
-        if self.max_inflight == 0 {
-            return fail("max_inflight must be at least 1".into());
+        if self.max_inflight == 0 || self.max_inflight > MAX_INFLIGHT {
+            return fail(format!(
+                "max_inflight must be between 1 and {MAX_INFLIGHT} (the local packet ids of \
+                 what is in flight either way must stay free)"
+            ));
         }
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
             return fail("reconnect_min_ms must be at least 1 and at most reconnect_max_ms".into());

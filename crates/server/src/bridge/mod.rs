@@ -58,10 +58,17 @@ struct Running {
 }
 
 impl Running {
-    /// Stops the task and waits for it, at most `wait`.
+    /// Stops the task and waits for it, at most `wait`; a task not stopped by then is aborted
+    /// (and waited for), so that it never runs beside its successor. `false` if it was.
     async fn stop(self, wait: Duration) -> bool {
         let _ = self.stop.send(true);
-        tokio::time::timeout(wait, self.task).await.is_ok()
+        let mut task = self.task;
+        if tokio::time::timeout(wait, &mut task).await.is_ok() {
+            return true;
+        }
+        task.abort();
+        let _ = task.await;
+        false
     }
 }
 
@@ -140,7 +147,7 @@ impl Bridges {
         };
         let all = futures_util::future::join_all(running.into_iter().map(|r| r.stop(grace)));
         if all.await.contains(&false) {
-            tracing::warn!("bridges still stopping at the end of the grace period");
+            tracing::warn!("bridges still running at the end of the grace period were aborted");
         }
     }
 
@@ -175,7 +182,9 @@ impl Bridges {
         let stopped =
             futures_util::future::join_all(stopping.into_iter().map(|r| r.stop(RESTART_WAIT)));
         if stopped.await.contains(&false) {
-            tracing::warn!("a bridge did not stop in time; its successor starts all the same");
+            tracing::warn!(
+                "a bridge did not stop in time; it was aborted before its successor starts"
+            );
         }
         let mut set = self.lock();
         if set.running {

@@ -21,6 +21,8 @@ pub(super) struct Remote {
     pub(super) events: Events,
     /// A connection is up.
     connected: bool,
+    /// The `in` rules were subscribed at a connection of this run of the bridge.
+    subscribed: bool,
     /// Failed attempts since the last connection (for the log's rate bound).
     failures: u32,
 }
@@ -58,6 +60,7 @@ impl Bridge {
             client,
             events,
             connected: false,
+            subscribed: false,
             failures: 0,
         })
     }
@@ -75,15 +78,19 @@ impl Bridge {
                 remote.connected = true;
                 remote.failures = 0;
                 self.status.set_connected(true);
+                self.status.clear_error();
                 tracing::info!(
                     bridge = self.name(),
                     session_present = connected.session_present,
                     "bridge connected"
                 );
-                // A resumed session keeps its subscriptions: subscribing again would bring
-                // the retained messages again from a 3.1.1 remote (it has no retain handling).
-                if !connected.session_present {
+                // A session resumed within this run keeps its subscriptions: subscribing again
+                // would bring the retained messages again from a 3.1.1 remote (it has no
+                // retain handling). The first connection of a run subscribes whatever the
+                // remote kept: the rules may have changed since (a reload, a restart).
+                if !connected.session_present || !remote.subscribed {
                     self.subscribe_remote(remote).await;
+                    remote.subscribed = true;
                 }
             }
             Event::Disconnected(error) => {
@@ -115,8 +122,9 @@ impl Bridge {
     }
 
     /// The remote subscriptions of the `in` rules (MQTT 5: no local, retain as published,
-    /// retained messages only for a new subscription; 3.1.1 has none of these). Made at every
-    /// connection that did not resume a session.
+    /// retained messages only for a new subscription; 3.1.1 has none of these). Made at the
+    /// first connection of each run of the bridge and at every one that did not resume a
+    /// session.
     async fn subscribe_remote(&self, remote: &Remote) {
         let filters: Vec<(String, SubscriptionOptions)> = self
             .mapper
@@ -177,8 +185,9 @@ impl Bridge {
             properties: forwarded(message.properties.clone()),
             payload: message.payload.clone(),
         };
-        self.status.carried_in(publish.payload.len());
         if qos == QoS::AtMostOnce {
+            // QoS 1 and 2 count once the core took them (see `on_local`).
+            self.status.carried_in(publish.payload.len());
             local.handle(Packet::Publish(publish), now);
             let _ = remote.client.ack(&message).await;
             return;

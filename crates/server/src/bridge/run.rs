@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_broker::Broker;
-use tern_client::{Backoff, ClientError, Message, PublishOutcome};
-use tern_codec::{Ack, MqttStr, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+use tern_client::{Backoff, ClientError, Event, Message, PublishOutcome};
+use tern_codec::{
+    Ack, MqttStr, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, Subscription,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -36,7 +38,72 @@ const UNSUBSCRIBE_ID: u16 = 2;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 type RemoteDone =
-    Pin<Box<dyn Future<Output = (u16, QoS, Result<PublishOutcome, ClientError>)> + Send>>;
+    Pin<Box<dyn Future<Output = (OutMessage, Result<PublishOutcome, ClientError>)> + Send>>;
+
+/// A message of the local session on its way to the remote: its local packet id and QoS (of
+/// the local acknowledgement it is owed), the message as published to the remote.
+struct OutMessage {
+    id: u16,
+    qos: QoS,
+    message: Message,
+}
+
+/// Whether a refusal only says "not now" (the receiver's storage is full, or it failed):
+/// 0x97 Quota exceeded, 0x80 Unspecified error, 0x83 Implementation specific error. Such a
+/// message is kept and tried again later; any other refusal is final (0x87 Not authorized,
+/// 0x90 Topic Name invalid, 0x99 Payload format invalid, ...).
+fn not_taken(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::QuotaExceeded
+            | ReasonCode::UnspecifiedError
+            | ReasonCode::ImplementationSpecificError
+    )
+}
+
+/// Messages tried again after a delay (the bridge's backoff, longer at each refusal in a row).
+struct Retry<T> {
+    waiting: Vec<T>,
+    at: Option<Instant>,
+    attempt: u32,
+}
+
+impl<T> Default for Retry<T> {
+    fn default() -> Retry<T> {
+        Retry {
+            waiting: Vec::new(),
+            at: None,
+            attempt: 0,
+        }
+    }
+}
+
+impl<T> Retry<T> {
+    fn push(&mut self, item: T, backoff: &Backoff) {
+        self.waiting.push(item);
+        if self.at.is_none() {
+            self.at = Some(Instant::now() + backoff.delay(self.attempt));
+            self.attempt = self.attempt.saturating_add(1);
+        }
+    }
+
+    /// What is due, if the delay has passed.
+    fn due(&mut self) -> Vec<T> {
+        if self.at.is_some_and(|at| at <= Instant::now()) {
+            self.at = None;
+            std::mem::take(&mut self.waiting)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A message was taken: the next refusal waits the shortest delay again.
+    fn taken(&mut self) {
+        if self.waiting.is_empty() {
+            self.attempt = 0;
+        }
+    }
+}
 
 /// Messages from the local session on their way to the remote.
 #[derive(Default)]
@@ -46,6 +113,13 @@ struct Outbound {
     pending: HashSet<u16>,
     /// The remote's acknowledgements to come.
     done: FuturesUnordered<RemoteDone>,
+    /// Not taken by the remote now (see [`not_taken`]): published again.
+    retry: Retry<OutMessage>,
+    /// Local acknowledgements owed to a local connection that had ended when the remote's
+    /// came (a kick, a takeover): sent once it is opened again.
+    owed: Vec<(u16, QoS)>,
+    /// Ids acknowledged that way: the copy the core resent (DUP) at the reopening is done.
+    settled: HashSet<u16>,
 }
 
 /// Messages from the remote on their way into the local session.
@@ -59,6 +133,11 @@ pub(super) struct Inbound {
     pub(super) next_order: u64,
     /// The most in flight at once: `max_inflight`, or the core's Receive Maximum if smaller.
     window: usize,
+    /// Local packet ids of `pending` the core did not take now (see [`not_taken`]): published
+    /// into it again.
+    retry: Retry<u16>,
+    /// The local session was not opened yet in this run.
+    fresh: bool,
 }
 
 impl Inbound {
@@ -69,6 +148,8 @@ impl Inbound {
             next_id: UNSUBSCRIBE_ID,
             next_order: 0,
             window: 1,
+            retry: Retry::default(),
+            fresh: true,
         }
     }
 
@@ -150,6 +231,8 @@ impl Bridge {
         );
         let mut outbound = Outbound::default();
         let mut packets = Vec::new();
+        // A remote message read while the window was full (see below).
+        let mut held: Option<Message> = None;
         loop {
             let now = Instant::now();
             if let Err(error) = local.poll(now.into_std(), &mut packets) {
@@ -171,10 +254,40 @@ impl Bridge {
                     Some(reopened) => local = reopened,
                     None => break,
                 }
+                for (id, qos) in std::mem::take(&mut outbound.owed) {
+                    local_ack(&mut local, id, qos);
+                    outbound.pending.remove(&id);
+                    outbound.settled.insert(id);
+                }
                 continue;
             }
+            for id in inbound.retry.due() {
+                if let Some((publish, _, _)) = inbound.pending.get(&id) {
+                    local.handle(Packet::Publish(publish.clone()), now.into_std());
+                }
+            }
+            for out in outbound.retry.due() {
+                self.send_out(out, &mut local, &remote, &mut outbound).await;
+            }
             let taking_in = inbound.in_flight() < inbound.window && local.wants_input();
-            let deadline = local.deadline().map(Instant::from_std);
+            if taking_in && let Some(message) = held.take() {
+                self.on_remote(
+                    Event::Message(message),
+                    &mut local,
+                    &mut remote,
+                    &mut inbound,
+                )
+                .await;
+                continue;
+            }
+            let deadline = [
+                local.deadline().map(Instant::from_std),
+                inbound.retry.at,
+                outbound.retry.at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wakeup = local.wakeup();
             tokio::select! {
                 changed = stop.changed() => {
@@ -184,10 +297,13 @@ impl Bridge {
                 }
                 () = wakeup.0.notified() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {}
-                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
-                    self.remote_acknowledged(id, qos, result, &mut local, &mut outbound);
+                Some((out, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(out, result, &mut local, &remote, &mut outbound).await;
                 }
-                event = remote.events.recv(), if taking_in => match event {
+                // While no message is taken, one is read and held, so that the connection's
+                // other events (connected, lost) are not held up behind it.
+                event = remote.events.recv(), if taking_in || held.is_none() => match event {
+                    Some(Event::Message(message)) if !taking_in => held = Some(message),
                     Some(event) => {
                         self.on_remote(event, &mut local, &mut remote, &mut inbound).await;
                     }
@@ -217,6 +333,18 @@ impl Bridge {
                     inbound.window = usize::from(window.min(self.config.max_inflight).max(1));
                     let now = std::time::Instant::now();
                     self.subscribe_local(&mut local, now);
+                    if std::mem::take(&mut inbound.fresh) {
+                        // QoS 2 ids the session kept from an earlier run that ended before
+                        // their PUBREL (a crash, a stop that did not drain): released now, or
+                        // a new message given one of them would be taken for a resend (and
+                        // lost), and they would count against the Receive Maximum.
+                        inbound
+                            .released
+                            .extend(self.broker.inbound_qos2_of(&local_client_id(self.name())));
+                    }
+                    // Everything pending is sent again here, also what waited to be retried.
+                    inbound.retry.waiting.clear();
+                    inbound.retry.at = None;
                     let mut order: Vec<_> = inbound.pending.values().collect();
                     order.sort_by_key(|(_, _, order)| *order);
                     for (publish, _, _) in order {
@@ -296,16 +424,7 @@ impl Bridge {
     /// the `in` traffic, never goes back out), retain as published, retained messages once
     /// per new subscription.
     fn subscribe_local(&self, local: &mut LocalSession, now: std::time::Instant) {
-        let subscriptions: Vec<Subscription> = self
-            .mapper
-            .local_filters()
-            .filter_map(|(filter, qos)| {
-                Some(Subscription {
-                    filter: MqttStr::try_from(filter).ok()?,
-                    options: bridge_options(qos),
-                })
-            })
-            .collect();
+        let subscriptions = self.local_subscriptions();
         // Filters of an earlier configuration (the bridge changed; its session stayed) go.
         let stale: Vec<MqttStr> = self
             .broker
@@ -338,6 +457,19 @@ impl Bridge {
         );
     }
 
+    /// The SUBSCRIBE's subscriptions, in order (the SUBACK's codes follow it).
+    fn local_subscriptions(&self) -> Vec<Subscription> {
+        self.mapper
+            .local_filters()
+            .filter_map(|(filter, qos)| {
+                Some(Subscription {
+                    filter: MqttStr::try_from(filter).ok()?,
+                    options: bridge_options(qos),
+                })
+            })
+            .collect()
+    }
+
     /// A packet the core sent to the bridge.
     async fn on_local(
         &self,
@@ -352,19 +484,32 @@ impl Bridge {
         match packet {
             Packet::Publish(publish) => self.forward_out(publish, local, remote, outbound).await,
             Packet::PubRel(ack) => local.handle(Packet::PubComp(Ack::new(ack.packet_id)), now),
+            Packet::PubAck(ack) | Packet::PubRec(ack) if not_taken(ack.reason_code) => {
+                // Not stored here (a full disk): the remote is not told either; the message
+                // is published here again later.
+                if let Some((_, message, _)) = inbound.pending.get(&ack.packet_id) {
+                    self.refused_here(message, ack.reason_code);
+                    inbound.retry.push(ack.packet_id, &self.backoff());
+                }
+            }
             Packet::PubAck(ack) => {
                 if let Some((_, message, _)) = inbound.pending.remove(&ack.packet_id) {
+                    inbound.retry.taken();
                     if ack.reason_code.is_error() {
                         self.refused_here(&message, ack.reason_code);
+                    } else {
+                        self.status.carried_in(message.payload.len());
                     }
                     let _ = remote.client.ack(&message).await;
                 }
             }
             Packet::PubRec(ack) => {
                 if let Some((_, message, _)) = inbound.pending.remove(&ack.packet_id) {
+                    inbound.retry.taken();
                     if ack.reason_code.is_error() {
                         self.refused_here(&message, ack.reason_code);
                     } else {
+                        self.status.carried_in(message.payload.len());
                         inbound.released.insert(ack.packet_id);
                         local.handle(Packet::PubRel(Ack::new(ack.packet_id)), now);
                     }
@@ -375,12 +520,12 @@ impl Bridge {
                 inbound.released.remove(&ack.packet_id);
             }
             Packet::SubAck(suback) => {
-                let filters: Vec<&str> = self.mapper.local_filters().map(|(f, _)| f).collect();
-                for (filter, code) in filters.iter().zip(&suback.reason_codes) {
+                let subscriptions = self.local_subscriptions();
+                for (subscription, code) in subscriptions.iter().zip(&suback.reason_codes) {
                     if code.is_error() {
                         tracing::warn!(
                             bridge = self.name(),
-                            filter,
+                            filter = subscription.filter.as_str(),
                             code = %code,
                             "bridge's local subscription refused (access rules of local_username?)"
                         );
@@ -401,6 +546,10 @@ impl Bridge {
     ) {
         let id = publish.packet_id;
         let qos = publish.qos;
+        if qos != QoS::AtMostOnce && outbound.settled.remove(&id) && publish.dup {
+            // Resent before the reopened connection got its acknowledgement: done with it.
+            return;
+        }
         if qos != QoS::AtMostOnce && outbound.pending.contains(&id) {
             // Sent again by the core (the local session resumed): already on its way.
             return;
@@ -410,7 +559,6 @@ impl Bridge {
             local_ack(local, id, qos);
             return;
         };
-        let bytes = publish.payload.len();
         let message = Message {
             topic,
             payload: publish.payload,
@@ -419,49 +567,87 @@ impl Bridge {
             properties: forwarded(publish.properties),
             ..Message::default()
         };
-        match remote.client.publish(message).await {
+        self.send_out(OutMessage { id, qos, message }, local, remote, outbound)
+            .await;
+    }
+
+    /// Publishes a message of the local session's to the remote (again).
+    async fn send_out(
+        &self,
+        out: OutMessage,
+        local: &mut LocalSession,
+        remote: &Remote,
+        outbound: &mut Outbound,
+    ) {
+        match remote.client.publish(out.message.clone()).await {
             Ok(pending) => {
-                self.status.carried_out(bytes);
-                if qos != QoS::AtMostOnce {
-                    outbound.pending.insert(id);
-                    outbound
-                        .done
-                        .push(Box::pin(async move { (id, qos, pending.await) }));
+                // QoS 0 too: it counts as carried once written (not while the remote is away).
+                if out.qos != QoS::AtMostOnce {
+                    outbound.pending.insert(out.id);
                 }
+                outbound
+                    .done
+                    .push(Box::pin(async move { (out, pending.await) }));
             }
+            // The client ended (the bridge stops): the message stays in the stored session,
+            // to go after the next start.
+            Err(ClientError::Closed) => {}
             Err(error) => {
                 tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
                 self.status.refused();
-                local_ack(local, id, qos);
+                settle(local, outbound, out.id, out.qos);
             }
         }
     }
 
-    /// The remote answered a message of the local session's: the core may forget it.
-    fn remote_acknowledged(
+    /// The remote answered a message of the local session's: the core may forget it, unless
+    /// the remote did not take it now (then it is published again later).
+    async fn remote_acknowledged(
         &self,
-        id: u16,
-        qos: QoS,
+        mut out: OutMessage,
         result: Result<PublishOutcome, ClientError>,
         local: &mut LocalSession,
+        remote: &Remote,
         outbound: &mut Outbound,
     ) {
         match result {
             // The client ended (the bridge stops): the message stays in the stored session,
             // to go after the next start.
             Err(ClientError::Closed) => return,
+            // What the remote does not support is downgraded, as the remote would do for a
+            // subscriber: QoS to its Maximum QoS, retain cleared.
+            Err(ClientError::QosNotSupported(maximum)) if out.message.qos > maximum => {
+                out.message.qos = maximum;
+                return self.send_out(out, local, remote, outbound).await;
+            }
+            Err(ClientError::RetainNotSupported) if out.message.retain => {
+                out.message.retain = false;
+                return self.send_out(out, local, remote, outbound).await;
+            }
+            Err(error) if out.qos == QoS::AtMostOnce => {
+                tracing::debug!(bridge = self.name(), %error, "QoS 0 message not carried to the remote");
+                self.status.refused();
+            }
             Err(error) => {
                 tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
                 self.status.refused();
+            }
+            Ok(outcome) if not_taken(outcome.reason_code) => {
+                tracing::debug!(bridge = self.name(), code = %outcome.reason_code, "the remote did not take a message now; it is sent again");
+                self.status.refused();
+                outbound.retry.push(out, &self.backoff());
+                return;
             }
             Ok(outcome) if outcome.reason_code.is_error() => {
                 tracing::debug!(bridge = self.name(), code = %outcome.reason_code, "the remote refused a message");
                 self.status.refused();
             }
-            Ok(_) => {}
+            Ok(_) => {
+                outbound.retry.taken();
+                self.status.carried_out(out.message.payload.len());
+            }
         }
-        outbound.pending.remove(&id);
-        local_ack(local, id, qos);
+        settle(local, outbound, out.id, out.qos);
     }
 
     fn refused_here(&self, message: &Message, code: tern_codec::ReasonCode) {
@@ -504,8 +690,8 @@ impl Bridge {
             tokio::select! {
                 () = wakeup.0.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {}
-                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
-                    self.remote_acknowledged(id, qos, result, &mut local, outbound);
+                Some((out, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(out, result, &mut local, &remote, outbound).await;
                 }
             }
         }
@@ -513,6 +699,21 @@ impl Bridge {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, remote.client.disconnect()).await;
         self.status.set_connected(false);
         tracing::info!(bridge = self.name(), "bridge stopped");
+    }
+}
+
+/// The bridge is done with a message of the local session's: acknowledged now, or once the
+/// local connection is open again if it has ended (an acknowledgement to a closed connection
+/// would be lost, and the core would send the message again).
+fn settle(local: &mut LocalSession, outbound: &mut Outbound, id: u16, qos: QoS) {
+    if qos == QoS::AtMostOnce {
+        return;
+    }
+    if local.close_reason().is_some() {
+        outbound.owed.push((id, qos));
+    } else {
+        outbound.pending.remove(&id);
+        local_ack(local, id, qos);
     }
 }
 
@@ -530,5 +731,89 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_broker::BrokerConfig;
+
+    fn qos2(topic: &str, id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: MqttStr::try_from(topic).expect("topic"),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: "x".into(),
+        })
+    }
+
+    /// Polls `local` until a packet `wanted` picks comes.
+    async fn until<T>(local: &mut LocalSession, mut wanted: impl FnMut(&Packet) -> Option<T>) -> T {
+        let mut packets = Vec::new();
+        for _ in 0..100 {
+            local
+                .poll(std::time::Instant::now(), &mut packets)
+                .expect("poll");
+            if let Some(found) = packets.iter().find_map(&mut wanted) {
+                return found;
+            }
+            packets.clear();
+            tokio::task::yield_now().await;
+        }
+        panic!("the packet never came");
+    }
+
+    /// Issue 15 with MQTT-4.3.3-9 (review 15 MUST 2): QoS 2 ids the bridge's session kept
+    /// from a run that ended before their PUBREL (a crash) are released when the bridge
+    /// starts again, so a new message given one of them is a new message, not a resend.
+    #[tokio::test]
+    async fn stale_qos2_ids_of_an_earlier_run_are_released() {
+        let broker = Broker::new(BrokerConfig::default());
+        let client_id = local_client_id("b");
+        let now = std::time::Instant::now();
+        let mut earlier =
+            LocalSession::connect(broker.clone(), "b", &client_id, None, 8, now).expect("connect");
+        earlier.handle(qos2("t/stale", 3), now);
+        until(&mut earlier, |p| {
+            matches!(p, Packet::PubRec(_)).then_some(())
+        })
+        .await;
+        earlier.disconnect(now);
+        assert_eq!(broker.inbound_qos2_of(&client_id), [3]);
+
+        let config: BridgeConfig = toml::from_str(
+            "name = \"b\"\naddress = \"127.0.0.1:1\"\ntopics = [{ pattern = \"t/#\", direction = \"in\" }]",
+        )
+        .expect("configuration");
+        let status = Arc::new(BridgeStatus::new(
+            "b",
+            config.address_list(),
+            broker.clone(),
+        ));
+        let bridge = Bridge::new(config, broker.clone(), status);
+        let (_stop, mut stopped) = watch::channel(false);
+        let mut inbound = Inbound::new();
+        let mut local = bridge
+            .open_local(&mut inbound, &mut stopped)
+            .await
+            .expect("opened");
+        until(&mut local, |p| match p {
+            Packet::PubComp(ack) if ack.packet_id == 3 => Some(()),
+            _ => None,
+        })
+        .await;
+        assert!(broker.inbound_qos2_of(&client_id).is_empty());
+        // A new message with id 3 is routed (no subscriber: 0x10), not taken for a resend.
+        local.handle(qos2("t/new", 3), std::time::Instant::now());
+        let code = until(&mut local, |p| match p {
+            Packet::PubRec(ack) if ack.packet_id == 3 => Some(ack.reason_code),
+            _ => None,
+        })
+        .await;
+        assert_eq!(code, ReasonCode::NoMatchingSubscribers);
     }
 }

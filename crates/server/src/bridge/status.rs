@@ -37,6 +37,8 @@ pub struct BridgeSnapshot {
     pub reconnects: u64,
     /// Messages for the remote in the bridge's local session: queued plus in flight.
     pub queue_depth: u64,
+    /// Why the last connection attempt failed or the connection was lost; `None` while the
+    /// connection made since is up.
     pub last_error: Option<String>,
 }
 
@@ -90,6 +92,14 @@ impl BridgeStatus {
 
     pub(crate) fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The bridge connected: the last error is over.
+    pub(crate) fn clear_error(&self) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
     pub(crate) fn set_error(&self, error: String) {

@@ -39,6 +39,10 @@ const CLOSE_DRAIN_BYTES: usize = 64 * 1024;
 /// kept in the flag. Smaller than a `Notify` waiter, which matters with many idle connections.
 pub(crate) struct TaskWakeup {
     woken: AtomicBool,
+    /// Set by a read whose lone message woke other tasks of this worker: the task lets them
+    /// run before it writes (see `run_connection`). Here rather than in the task's future,
+    /// which every idle connection pays for byte by byte.
+    give_turn: AtomicBool,
     /// The worker the task runs on (`u16::MAX`: not a worker's).
     worker: u16,
     waker: Mutex<Option<Waker>>,
@@ -91,6 +95,7 @@ impl TaskWakeup {
     pub(crate) fn on_worker(worker: Option<u16>) -> TaskWakeup {
         TaskWakeup {
             woken: AtomicBool::new(false),
+            give_turn: AtomicBool::new(false),
             worker: worker.unwrap_or(u16::MAX),
             waker: Mutex::new(None),
         }
@@ -182,10 +187,6 @@ fn run_connection<T: Transport + 'static>(
         tokio::pin!(timer);
         let mut armed = false;
 
-        // Set by a read whose lone message woke other tasks of this worker (see below).
-
-        let mut lone = false;
-
         loop {
             let now = Instant::now();
             // Whole packets left in the read buffer when the connection stopped taking input (a
@@ -271,7 +272,7 @@ fn run_connection<T: Transport + 'static>(
             // held behind reading); no per-branch futures live in the task.
             let closed = conn.is_closed();
             let event = poll_fn(|cx| {
-                if std::mem::take(&mut lone) {
+                if wakeup.give_turn.swap(false, Ordering::Relaxed) {
                     // Behind the tasks woken by the last read: ready again at once (a wait of
                     // its own would make every connection's future larger).
                     cx.waker().wake_by_ref();
@@ -323,7 +324,9 @@ fn run_connection<T: Transport + 'static>(
                             // answer (PUBACK), so the message is not held behind the
                             // publisher's turn. Not for larger reads (a busy publisher), where
                             // the extra turn would cost more than it saves.
-                            lone = n <= LONE_READ && LOCAL_WAKES.get() != woken;
+                            if n <= LONE_READ && LOCAL_WAKES.get() != woken {
+                                wakeup.give_turn.store(true, Ordering::Relaxed);
+                            }
                         }
                     }
                 }

@@ -236,6 +236,21 @@ impl Connection {
             // with return code 2.
             return Err(ReasonCode::ClientIdentifierNotValid);
         }
+        if let Some(bridge) = connect
+            .client_id
+            .strip_prefix(crate::hooks::BRIDGE_CLIENT_ID_PREFIX)
+        {
+            // Reserved for the bridge of that name, which the server connects in-process.
+            let vouched = self
+                .transport
+                .as_ref()
+                .and_then(|identity| identity.listener.as_deref())
+                .and_then(|listener| listener.strip_prefix(crate::hooks::BRIDGE_LISTENER_PREFIX))
+                == Some(bridge);
+            if !vouched {
+                return Err(ReasonCode::ClientIdentifierNotValid);
+            }
+        }
         if !connect.client_id.is_empty() {
             return Ok((owned(&connect.client_id), false));
         }

@@ -24,6 +24,16 @@ pub struct TransportIdentity {
     pub username: Option<MqttStr>,
 }
 
+/// The start of the client identifiers reserved for the server's bridges (`$bridge/<name>`):
+/// only a connection whose transport is that bridge's (listener
+/// [`BRIDGE_LISTENER_PREFIX`]`<name>`) may use one; a network client is refused (CONNACK 0x85,
+/// 3.1.1: 2), so it can neither take a bridge's session over nor read its queue.
+pub const BRIDGE_CLIENT_ID_PREFIX: &str = "$bridge/";
+
+/// The start of the transport's listener name of a bridge's in-process connection
+/// (`bridge:<name>`); no configured listener may be named so.
+pub const BRIDGE_LISTENER_PREFIX: &str = "bridge:";
+
 /// The identity of a verified client certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertificateIdentity {

@@ -39,9 +39,9 @@ pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{
     AllowAll, AuthCompletion, AuthDecision, AuthExchange, AuthRequest, AuthRequestId, AuthStep,
-    Authenticator, Authorizer, CertificateIdentity, ClientAccess, ClientInfo, Credentials,
-    DefaultAccess, EnhancedAuthenticator, FilterAccess, Hooks, Principal, PrincipalAccess,
-    TransportIdentity,
+    Authenticator, Authorizer, BRIDGE_CLIENT_ID_PREFIX, BRIDGE_LISTENER_PREFIX,
+    CertificateIdentity, ClientAccess, ClientInfo, Credentials, DefaultAccess,
+    EnhancedAuthenticator, FilterAccess, Hooks, Principal, PrincipalAccess, TransportIdentity,
 };
 pub use message::{Delivery, Message, SubscriptionIds};
 pub use metrics::{Counter, Metrics, MetricsSnapshot};

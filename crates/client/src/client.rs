@@ -24,7 +24,7 @@ use crate::handshake::establish;
 use crate::link::{Link, Progress, command_to, sleep_until, take_packets, write_or_flush};
 use crate::options::ClientOptions;
 use crate::session::{PublishOutcome, Reply, Session};
-use crate::transport::{AnyStream, Dialer};
+use crate::transport::{AnyStream, Dialer, Endpoint};
 
 /// A message, to publish or as received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,6 +107,8 @@ pub(crate) enum Command {
     Publish(Publish, Reply<PublishOutcome>),
     Subscribe(Subscribe, Reply<SubAck>),
     Unsubscribe(Unsubscribe, Reply<UnsubAck>),
+    /// Manual acknowledgement of an inbound QoS 1 or 2 publish.
+    Ack(u16),
     Disconnect(Disconnect, oneshot::Sender<()>),
 }
 
@@ -129,11 +131,15 @@ impl Client {
     /// Starts the client's task; it connects at once. The first event says how that went.
     /// Fails only when the endpoint cannot be used (TLS files).
     pub fn start(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let dialer = Dialer::new(&options.endpoint)?.for_packets_up_to(options.max_packet_size);
+        let mut dialers = Vec::new();
+        for endpoint in std::iter::once(&options.endpoint).chain(&options.fallback_endpoints) {
+            let dialer = Dialer::new(endpoint)?.for_packets_up_to(options.max_packet_size);
+            dialers.push((endpoint.clone(), dialer));
+        }
         let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (event_tx, events) = mpsc::channel(options.event_capacity.max(1));
         let version = options.version;
-        tokio::spawn(run(options, dialer, command_rx, event_tx));
+        tokio::spawn(run(options, dialers, command_rx, event_tx));
         Ok((Client { commands, version }, Events { events }))
     }
 
@@ -233,6 +239,18 @@ impl Client {
         Ok(Pending { reply: answer })
     }
 
+    /// With [`ClientOptions::manual_ack`]: acknowledges a received QoS 1 or 2 message
+    /// (PUBACK, PUBREC), which the client holds back until this is called. Nothing for QoS 0.
+    /// While the connection is down the acknowledgement cannot be sent: the broker sends the
+    /// message again after the reconnection (QoS 1: it is handed out again; QoS 2: it is
+    /// acknowledged at once, not handed out again).
+    pub async fn ack(&self, message: &Message) -> Result<(), ClientError> {
+        if message.qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        self.send(Command::Ack(message.packet_id)).await
+    }
+
     /// Sends DISCONNECT (MQTT 5: with `reason_code`, e.g. 0x04 to have the will published) and
     /// closes the stream once what was queued before it is written. Unacknowledged messages
     /// are given up (their callers get [`ClientError::Closed`]).
@@ -268,7 +286,8 @@ enum End {
 
 struct Task {
     options: ClientOptions,
-    dialer: Dialer,
+    /// `endpoint`, then `fallback_endpoints`, each with its connector.
+    dialers: Vec<(Endpoint, Dialer)>,
     session: Session,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
@@ -276,21 +295,27 @@ struct Task {
 
 async fn run(
     options: ClientOptions,
-    dialer: Dialer,
+    dialers: Vec<(Endpoint, Dialer)>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) {
     let session = Session::new(options.max_inflight);
     let mut task = Task {
         options,
-        dialer,
+        dialers,
         session,
         commands,
         events,
     };
     let mut attempt = 0u32;
+    // The endpoint tried next: a failed attempt moves on to the next one, in turn; a lost
+    // connection is tried again where it was.
+    let mut current = 0usize;
     loop {
-        let error = match establish(&task.options, &task.dialer).await {
+        let Some((endpoint, dialer)) = task.dialers.get(current % task.dialers.len().max(1)) else {
+            break;
+        };
+        let error = match establish(&task.options, endpoint, dialer).await {
             Ok((stream, read, connack)) => {
                 attempt = 0;
                 match task.connected(stream, read, connack).await {
@@ -298,7 +323,10 @@ async fn run(
                     End::Lost(error) => error,
                 }
             }
-            Err(error) => error,
+            Err(error) => {
+                current = (current + 1) % task.dialers.len().max(1);
+                error
+            }
         };
         tracing::debug!(%error, "MQTT connection ended");
         let sent_away = sent_away(&error);
@@ -354,6 +382,7 @@ fn fail(command: Command) {
         Command::Publish(_, reply) => drop(reply.send(Err(ClientError::Closed))),
         Command::Subscribe(_, reply) => drop(reply.send(Err(ClientError::Closed))),
         Command::Unsubscribe(_, reply) => drop(reply.send(Err(ClientError::Closed))),
+        Command::Ack(_) => {}
         Command::Disconnect(_, done) => drop(done.send(())),
     }
 }
@@ -392,6 +421,7 @@ impl Task {
                 0
             },
             topic_aliases: HashMap::new(),
+            manual_ack: self.options.manual_ack,
         };
         let receive_maximum = properties.receive_maximum.unwrap_or(u16::MAX);
         let mut out = self
@@ -578,6 +608,8 @@ impl Task {
                     Some(Command::Unsubscribe(unsubscribe, reply)) => {
                         self.session.unsubscribe(unsubscribe, reply);
                     }
+                    // Not sent (see `Client::ack`), but the session's state moves on.
+                    Some(Command::Ack(packet_id)) => drop(self.session.app_ack(packet_id)),
                 },
             }
         }

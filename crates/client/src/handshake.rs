@@ -14,10 +14,10 @@ use crate::transport::{AnyStream, Dialer};
 /// Opens the stream, sends CONNECT and waits for a successful CONNACK.
 pub(crate) async fn establish(
     options: &ClientOptions,
+    endpoint: &crate::transport::Endpoint,
     dialer: &Dialer,
 ) -> Result<(Box<dyn AnyStream>, BytesMut, tern_codec::ConnAck), ClientError> {
     let attempt = async {
-        let endpoint = &options.endpoint;
         let mut stream = dialer.dial(&endpoint.host, endpoint.port).await?;
         let mut read = BytesMut::with_capacity(READ_CHUNK);
         let connack = handshake(

@@ -36,6 +36,8 @@ pub(crate) struct Link {
     /// The broker's topic aliases on this connection [MQTT-3.3.2-12]: set by a PUBLISH with a
     /// topic and an alias, read by one with the alias alone; they end with the connection.
     pub(crate) topic_aliases: HashMap<u16, String>,
+    /// QoS 1 and 2 are acknowledged when the application says so ([`crate::Client::ack`]).
+    pub(crate) manual_ack: bool,
 }
 
 impl Link {
@@ -107,6 +109,7 @@ fn on_packet(
         Packet::Publish(mut publish) => {
             let topic = inbound_topic(link, &mut publish)?;
             let deliver = match publish.qos {
+                _ if link.manual_ack => session.inbound_manual(&publish, out),
                 QoS::AtMostOnce => true,
                 QoS::AtLeastOnce => {
                     out.push(Packet::PubAck(tern_codec::Ack::new(publish.packet_id)));
@@ -240,6 +243,7 @@ pub(crate) fn command_to(
         Command::Unsubscribe(unsubscribe, reply) => {
             out.extend(session.unsubscribe(unsubscribe, reply));
         }
+        Command::Ack(packet_id) => out.extend(session.app_ack(packet_id)),
         Command::Disconnect(_, done) => drop(done.send(())),
     }
     for packet in out.drain(..) {

@@ -124,6 +124,14 @@ pub struct ClientOptions {
     /// Time for the connection and the CONNACK.
     pub connect_timeout: Duration,
     pub observer: Option<PacketObserver>,
+    /// Inbound QoS 1 and 2 are acknowledged only when the application calls
+    /// [`Client::ack`](crate::Client::ack) (a bridge: once the message is durable where it
+    /// goes), instead of once queued for it. A message not acknowledged is not handed out
+    /// again when the broker sends it again.
+    pub manual_ack: bool,
+    /// Endpoints tried after `endpoint`, in turn: a connection attempt that fails moves to the
+    /// next (after the backoff delay), and the last wraps round to `endpoint`.
+    pub fallback_endpoints: Vec<Endpoint>,
 }
 
 impl ClientOptions {
@@ -147,6 +155,8 @@ impl ClientOptions {
             max_packet_size: 256 * 1024 * 1024 - 1,
             connect_timeout: Duration::from_secs(15),
             observer: None,
+            manual_ack: false,
+            fallback_endpoints: Vec::new(),
         }
     }
 }

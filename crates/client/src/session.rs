@@ -59,6 +59,11 @@ pub(crate) struct Session {
     waiting: VecDeque<Waiting>,
     requests: HashMap<u16, Request>,
     inbound_qos2: HashSet<u16>,
+    /// Manual acknowledgement ([`crate::ClientOptions::manual_ack`]): inbound QoS 1 and 2
+    /// publishes handed to the application and not acknowledged by it yet, by packet id. An
+    /// entry leaves when the application acknowledges it, or when a reconnection finds the
+    /// session gone (session present 0).
+    awaiting_ack: HashMap<u16, QoS>,
     /// Resumed publishes in flight (in `inflight`) not sent again yet: the broker's new Receive
     /// Maximum had no room for them [MQTT-3.3.4-7]. They go first as room frees, in order.
     held: VecDeque<u16>,
@@ -77,6 +82,7 @@ impl Session {
             waiting: VecDeque::new(),
             requests: HashMap::new(),
             inbound_qos2: HashSet::new(),
+            awaiting_ack: HashMap::new(),
             held: VecDeque::new(),
             window: max_inflight,
             max_inflight,
@@ -110,6 +116,7 @@ impl Session {
         self.window = self.max_inflight.min(usize::from(receive_maximum.max(1)));
         if !session_present {
             self.inbound_qos2.clear();
+            self.awaiting_ack.clear();
         }
         self.held.clear();
         // Releases count in the window too (no PUBCOMP yet), and go again whatever it is.
@@ -313,6 +320,37 @@ impl Session {
         self.inbound_qos2.insert(packet_id)
     }
 
+    /// Manual acknowledgement: an inbound PUBLISH; `true` when it is to be handed to the
+    /// application. Nothing is acknowledged here: [`Session::app_ack`] does it. A copy sent
+    /// again (after a reconnection) of one the application holds is not handed out twice; of
+    /// a QoS 2 one already acknowledged (PUBREC sent), it gets PUBREC again [MQTT-4.3.3-9].
+    pub(crate) fn inbound_manual(&mut self, publish: &Publish, out: &mut Vec<Packet>) -> bool {
+        let id = publish.packet_id;
+        match publish.qos {
+            QoS::AtMostOnce => true,
+            QoS::ExactlyOnce if self.inbound_qos2.contains(&id) => {
+                out.push(Packet::PubRec(Ack::new(id)));
+                false
+            }
+            qos => self.awaiting_ack.insert(id, qos).is_none(),
+        }
+    }
+
+    /// Manual acknowledgement: the application is done with inbound `packet_id`; returns the
+    /// PUBACK or PUBREC to send (none for an id not awaiting, e.g. from before a reconnection
+    /// that lost the session). Offline the packet is dropped: the broker sends the PUBLISH
+    /// again, and a QoS 2 one then gets its PUBREC at once.
+    pub(crate) fn app_ack(&mut self, packet_id: u16) -> Option<Packet> {
+        match self.awaiting_ack.remove(&packet_id)? {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(Ack::new(packet_id))),
+            QoS::ExactlyOnce => {
+                self.inbound_qos2.insert(packet_id);
+                Some(Packet::PubRec(Ack::new(packet_id)))
+            }
+        }
+    }
+
     /// PUBREL: the id may be used for a new message from here on.
     pub(crate) fn release(&mut self, packet_id: u16) -> Packet {
         let known = self.inbound_qos2.remove(&packet_id);
@@ -500,6 +538,58 @@ mod tests {
         assert!(
             matches!(renewed.as_slice(), [Packet::Publish(p)] if !p.dup && p.qos == QoS::AtLeastOnce)
         );
+    }
+
+    fn inbound(qos: QoS, id: u16, dup: bool) -> Publish {
+        Publish {
+            packet_id: id,
+            dup,
+            ..publish(qos)
+        }
+    }
+
+    /// Issue 15 (manual acknowledgement): QoS 1 and 2 are acknowledged only when the
+    /// application says so; a resend of one it holds is not handed out twice.
+    #[test]
+    fn manual_ack_waits_for_the_application() {
+        let mut session = Session::new(10);
+        let mut out = Vec::new();
+        assert!(session.inbound_manual(&inbound(QoS::AtLeastOnce, 3, false), &mut out));
+        assert!(session.inbound_manual(&inbound(QoS::ExactlyOnce, 4, false), &mut out));
+        assert!(
+            out.is_empty(),
+            "nothing acknowledged before the application"
+        );
+        assert!(!session.inbound_manual(&inbound(QoS::AtLeastOnce, 3, true), &mut out));
+        assert!(!session.inbound_manual(&inbound(QoS::ExactlyOnce, 4, true), &mut out));
+        assert!(out.is_empty());
+        assert!(matches!(session.app_ack(3), Some(Packet::PubAck(a)) if a.packet_id == 3));
+        assert!(matches!(session.app_ack(4), Some(Packet::PubRec(a)) if a.packet_id == 4));
+        assert!(session.app_ack(3).is_none(), "acknowledged once");
+        assert!(session.inbound_manual(&inbound(QoS::AtMostOnce, 0, false), &mut out));
+    }
+
+    /// Issue 15 with MQTT-4.3.3-9: a QoS 2 message the application acknowledged (PUBREC),
+    /// sent again after a reconnection with the session, gets PUBREC again and is not handed
+    /// out again, also when the acknowledgement was given while offline; PUBREL ends it.
+    #[test]
+    fn manual_ack_qos2_resend_is_answered_not_redelivered() {
+        let mut session = Session::new(10);
+        let mut out = Vec::new();
+        assert!(session.inbound_manual(&inbound(QoS::ExactlyOnce, 9, false), &mut out));
+        // Acknowledged while the connection was down: the packet is dropped.
+        assert!(session.app_ack(9).is_some());
+        session.resume(true, 10);
+        assert!(!session.inbound_manual(&inbound(QoS::ExactlyOnce, 9, true), &mut out));
+        assert!(matches!(out.as_slice(), [Packet::PubRec(a)] if a.packet_id == 9));
+        assert!(
+            matches!(session.release(9), Packet::PubComp(a) if a.reason_code == ReasonCode::Success)
+        );
+        // Without the session the application's late acknowledgement sends nothing.
+        out.clear();
+        assert!(session.inbound_manual(&inbound(QoS::AtLeastOnce, 5, false), &mut out));
+        session.resume(false, 10);
+        assert!(session.app_ack(5).is_none());
     }
 
     /// MQTT-4.3.3-9: a QoS 2 message sent again before PUBREL is not delivered twice.

@@ -627,6 +627,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         mqtt,
         auth,
         admin,
+        bridges,
         store_tuning,
         config_file: _, // where the file is, not a key of it
         overrides: _,   // the command line's, applied to `new` as to `old`
@@ -645,6 +646,8 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     );
     compare("mqtt", *mqtt != old.mqtt);
     compare("admin", *admin != old.admin);
+    // Bridges are started with the server; a change takes a restart.
+    compare("bridges", *bridges != old.bridges);
     compare("store_tuning", *store_tuning != old.store_tuning);
     // The files `[auth]` names are read again; which files, and the other auth settings,
     // are fixed at start.

@@ -13,6 +13,7 @@ use tern_store::DiskReserve;
 
 use crate::admin_config::AdminConfig;
 use crate::auth_config::{AuthConfig, DenyPublish};
+use crate::bridge::BridgeConfig;
 use crate::listener_config::{ListenerConfig, validate_all};
 
 /// Everything `tern serve` can be told.
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// The admin listener (`[admin]`): HTTP API, `/metrics`, dashboard.
     pub admin: AdminConfig,
+    /// Bridges to other brokers (`[[bridges]]`).
+    pub bridges: Vec<BridgeConfig>,
     /// Settings of the store that tests change; not in the configuration file.
     #[doc(hidden)]
     #[serde(skip)]
@@ -251,6 +254,7 @@ impl Default for ServerConfig {
             mqtt: MqttOptions::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            bridges: Vec::new(),
             store_tuning: StoreTuning::default(),
             config_file: None,
             overrides: Overrides::default(),
@@ -376,6 +380,9 @@ impl ServerConfig {
         }
         config.auth.resolve_paths(base);
         config.admin.resolve_paths(base);
+        for bridge in &mut config.bridges {
+            bridge.resolve_paths(base);
+        }
         config.validate().map_err(|error| match error {
             ConfigError::Invalid(message) => match locate(&text, &message) {
                 Some(line) => ConfigError::InvalidAt {
@@ -421,6 +428,7 @@ impl ServerConfig {
         }
         validate_all(&self.listen, &self.listeners).map_err(ConfigError::Invalid)?;
         self.validate_auth().map_err(ConfigError::Invalid)?;
+        crate::bridge::validate_all(&self.bridges).map_err(ConfigError::Invalid)?;
         if QoS::from_u8(self.mqtt.max_qos).is_none() {
             return invalid("mqtt.max_qos must be 0, 1 or 2");
         }

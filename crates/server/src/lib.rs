@@ -12,6 +12,7 @@ mod admin_listener;
 mod auth;
 mod auth_config;
 mod auth_failures;
+pub mod bridge;
 mod config;
 mod connection;
 mod descriptors;

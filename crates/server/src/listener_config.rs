@@ -244,6 +244,9 @@ impl ListenerConfig {
         if name.is_empty() {
             return Err("a listener needs a name".to_owned());
         }
+        if name.starts_with(tern_broker::BRIDGE_LISTENER_PREFIX) {
+            return fail("names starting with \"bridge:\" are the bridges' own".to_owned());
+        }
         match (&self.tls, self.kind.uses_tls()) {
             (None, true) => return fail("needs tls = { cert = ..., key = ... }".to_owned()),
             (Some(_), false) => {

@@ -139,6 +139,11 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     // The password and ACL files parse (an error names the file and the line).
     FileAuth::from_config(config)?;
     AdminListener::check(config)?;
+    for bridge in &config.bridges {
+        bridge
+            .check_files()
+            .map_err(|message| crate::config::ConfigError::Invalid(message))?;
+    }
     Ok(())
 }
 

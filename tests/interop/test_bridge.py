@@ -1,0 +1,748 @@
+"""Issue 15 (bridges), proven against a broker we did not write: Tern's `[[bridges]]` to a real
+Mosquitto (the Debian package, started here with its configuration in the test's directory) and
+between two Tern processes, with paho-mqtt clients on both sides.
+
+What is checked (each test names its requirement):
+- both directions, QoS 0/1/2, local and remote prefixes, the rule's QoS as a maximum, MQTT 5
+  and 3.1.1 towards the remote;
+- Mosquitto stopped (SIGTERM, SIGKILL) and restarted in the middle of a QoS 1 stream, both
+  ways: every message a publisher had acknowledged arrives, first copies in publishing order;
+- Tern killed with SIGKILL in the middle of a QoS 1 stream and restarted on the same data
+  directory, both ways: the same;
+- two Terns bridged both ways on `#` by one `both` bridge: no loop, none doubled at QoS 2;
+- a 3.1.1 bridge with a `both` rule and `try_private` (Mosquitto's bridge handshake).
+
+Streams are QoS 1 at a fixed pace of one message per 2 ms from a paho thread (the pace is the
+stream's rate, not a wait for an event); every wait has a deadline. Duplicates are allowed at
+QoS 1 (a resend after a reconnection); "order kept" means the first copy of each message
+arrives in publishing order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import HOST, _start_broker, _stop_broker, free_port, tern_bin
+from mqtt_clients import MQTTV5, PROTOCOLS, PahoClient
+
+V311 = PROTOCOLS["v311"]
+
+MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+HAVE_MOSQUITTO = os.path.isfile(MOSQUITTO_BIN) and os.access(MOSQUITTO_BIN, os.X_OK)
+needs_mosquitto = pytest.mark.skipif(
+    not HAVE_MOSQUITTO,
+    reason="the mosquitto broker is not installed (Debian package `mosquitto`; "
+    "tests/interop/install-clients.sh installs it)",
+)
+
+#: Bridges in these tests reconnect quickly (the defaults back off up to 30 s).
+FAST_RECONNECT = {"reconnect_min_ms": 100, "reconnect_max_ms": 1000}
+#: Messages of a stream, and the pace of its publisher.
+STREAM = 1500
+PACE = 0.002
+#: How long the last messages of a stream may take to arrive after a restart.
+ARRIVAL_TIMEOUT = 20.0
+#: Stream tests: a session queue far above a stream's length, so what is tested is the
+#: bridge's resend, not the queue limit (default 1000) meeting an outage's backlog.
+BIG_QUEUE = "[limits]\nmax_queued_messages = 100000\n"
+
+
+# --- Mosquitto -----------------------------------------------------------------------------
+
+
+class Mosquitto:
+    """A mosquitto broker on a loopback port (kept across restarts), its configuration,
+    persistence file and log in `workdir`. Unpacks as (host, port) like the Tern fixture."""
+
+    START_TIMEOUT = 10.0
+
+    def __init__(self, workdir: Path, *, persistence: bool = True,
+                 autosave_interval: int | None = None):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.persistence = persistence
+        self.autosave_interval = autosave_interval
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.logs: list[Path] = []
+
+    def __iter__(self):
+        return iter((HOST, self.port))
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        assert self.port is not None
+        return (HOST, self.port)
+
+    def _config(self, port: int) -> str:
+        lines = [
+            f"listener {port} {HOST}",
+            "allow_anonymous true",
+            # Every message it acknowledges is written to its subscriber's socket at once (no
+            # in-flight cap holding it back in memory), and queues are not capped.
+            "max_inflight_messages 0",
+            "max_queued_messages 0",
+            "log_dest stderr",
+        ]
+        # One type a line: mosquitto reads only the first word of a log_type line.
+        lines += [f"log_type {t}" for t in
+                  ("error", "warning", "notice", "information", "subscribe", "unsubscribe")]
+        if os.geteuid() == 0:
+            lines.append("user root")  # otherwise it drops to `mosquitto`, who cannot write here
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.dir}/"]
+            if self.autosave_interval is not None:
+                lines.append(f"autosave_interval {self.autosave_interval}")
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> None:
+        """Starts it (on the same port as before, if it ran before) and waits until it accepts
+        connections."""
+        failures = []
+        for attempt in range(5):
+            port = self.port if self.port is not None else free_port()
+            conf = self.dir / "mosquitto.conf"
+            conf.write_text(self._config(port))
+            log_path = self.dir / f"mosquitto-{len(self.logs)}.log"
+            self.logs.append(log_path)
+            with open(log_path, "wb") as log_file:
+                proc = subprocess.Popen(
+                    [MOSQUITTO_BIN, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                    stdout=log_file, stderr=log_file, cwd=self.dir)
+            deadline = time.monotonic() + self.START_TIMEOUT
+            while time.monotonic() < deadline and proc.poll() is None:
+                if " running" in log_path.read_text(errors="replace"):
+                    try:
+                        with socket.create_connection((HOST, port), timeout=0.5):
+                            self.proc, self.port = proc, port
+                            return
+                    except OSError:
+                        pass
+                time.sleep(0.01)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+                pytest.fail(f"mosquitto did not start on port {port}:\n{self.log()}",
+                            pytrace=False)
+            text = log_path.read_text(errors="replace")
+            failures.append(f"attempt {attempt} (port {port}): exit {proc.returncode}: {text}")
+            if "Address already in use" not in text:
+                break
+        pytest.fail("mosquitto failed to start:\n" + "\n".join(failures), pytrace=False)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Sends `sig` and waits (5 s) for the exit; returns the exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=5)
+
+    def log(self) -> str:
+        return "".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')}" for path in self.logs
+            if path.exists())
+
+    def wait_for_log(self, pattern: str, count: int = 1, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, self.log())) < count:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"mosquitto log: no {count} x {pattern!r} in {timeout} s:\n"
+                                   + self.log()[-4000:])
+            time.sleep(0.01)
+
+    def wait_saved_after(self, pattern: str, timeout: float = 5.0) -> None:
+        """Waits until mosquitto has saved its database (autosave) after the log line
+        `pattern`: what that line reports is then on disk and survives a SIGKILL."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()
+            match = re.search(pattern, text)
+            if match and "Saving in-memory database" in text[match.end():]:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"mosquitto did not save after {pattern!r}:\n{text[-4000:]}")
+            time.sleep(0.01)
+
+
+# --- Tern ----------------------------------------------------------------------------------
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for what these tests write
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def bridge_toml(**keys) -> str:
+    """One `[[bridges]]` table of the issue's contract (keys as given, in order)."""
+    return "[[bridges]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
+
+
+def rule(pattern: str, direction: str, qos: int, local_prefix: str = "",
+         remote_prefix: str = "") -> dict:
+    found = {"pattern": pattern, "direction": direction, "qos": qos}
+    if local_prefix:
+        found["local_prefix"] = local_prefix
+    if remote_prefix:
+        found["remote_prefix"] = remote_prefix
+    return found
+
+
+class Logs:
+    """Every broker's log of a test in one text: the suite's report hook attaches
+    `_tern_broker.log()` of a failing test."""
+
+    def __init__(self):
+        self.sources: list = []
+
+    def log(self) -> str:
+        return "\n".join(f"===== {name}\n{source.log()}" for name, source in self.sources)
+
+
+@pytest.fixture
+def logs(request) -> Logs:
+    bundle = Logs()
+    request.node._tern_broker = bundle
+    return bundle
+
+
+@pytest.fixture
+def terns(tmp_path, logs):
+    """Factory: `start(name, config_text)` starts `tern serve` in tmp_path/<name>/run<n> with
+    the configuration given (its data_dir is tmp_path/<name>/data, kept across restarts of the
+    same name). At teardown each one still running gets SIGTERM and must exit 0 within 5 s
+    (the shutdown rule holds with bridges running)."""
+    started = []
+    runs: dict[str, int] = {}
+
+    def start(name: str, config: str):
+        home = tmp_path / name
+        run = runs.get(name, 0)
+        runs[name] = run + 1
+        rundir = home / f"run{run}"
+        rundir.mkdir(parents=True)
+        text = f"data_dir = {toml_value(str(home / 'data'))}\n" + config
+        broker = _start_broker(rundir, text)
+        started.append(broker)
+        logs.sources.append((f"tern {name} run {run}", broker))
+        return broker
+
+    yield start
+    for broker in started:
+        _stop_broker(broker)
+
+
+@pytest.fixture
+def mosquitto(tmp_path, logs):
+    """Factory of Mosquitto brokers (started); all are stopped at teardown."""
+    made: list[Mosquitto] = []
+
+    def make(**kwargs) -> Mosquitto:
+        broker = Mosquitto(tmp_path / f"mosquitto{len(made)}", **kwargs)
+        made.append(broker)
+        logs.sources.append((f"mosquitto {len(made) - 1}", broker))
+        broker.start()
+        return broker
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def clients():
+    """Factory of paho clients against any broker (host, port); closed at teardown."""
+    made: list[PahoClient] = []
+
+    def make(broker, client_id: str, protocol=MQTTV5, **kwargs) -> PahoClient:
+        client = PahoClient(tuple(broker), client_id, protocol, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def check_config(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "check.toml"
+    path.write_text(text)
+    return subprocess.run([str(tern_bin()), "check-config", str(path)], capture_output=True,
+                          text=True, timeout=30)
+
+
+# --- waiting and checking ------------------------------------------------------------------
+
+
+def until_bridged(publisher: PahoClient, topic: str, subscriber: PahoClient, seen_topic: str,
+                  timeout: float = 15.0) -> None:
+    """Publishes QoS 0 probes on `topic` every 0.1 s until `subscriber` has one on
+    `seen_topic`: the bridge is then connected and subscribed on both sides. Clears the
+    subscriber's messages."""
+    deadline = time.monotonic() + timeout
+    while True:
+        publisher.publish(topic, b"probe", qos=0)
+        try:
+            subscriber.wait_messages(1, timeout=0.1, topic=seen_topic)
+            break
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no probe from {topic} arrived on {seen_topic} "
+                                   f"within {timeout} s: the bridge does not carry it")
+    # Probes still on their way are told apart by topic; the test's messages use others.
+    subscriber.clear()
+
+
+class Stream:
+    """Publishes payloads b"%06d" % seq for seq in [first, first + count) on `topic` at QoS 1
+    from a thread, one every PACE seconds, until done, stopped, or the connection fails.
+    MQTT 3.1.1 publishers: a PUBACK is the broker taking the message (3.x has no refusing
+    PUBACK), so `acked()` is what the broker promised to deliver."""
+
+    def __init__(self, client: PahoClient, topic: str, first: int, count: int, qos: int = 1):
+        assert not client.v5
+        self.client, self.topic, self.first, self.count, self.qos = (
+            client, topic, first, count, qos)
+        self.sent: list[tuple[int, mqtt.MQTTMessageInfo]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for seq in range(self.first, self.first + self.count):
+            if self._stop.is_set():
+                return
+            info = self.client.client.publish(self.topic, b"%06d" % seq, qos=self.qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # connection gone: the stream ends here
+            with self._lock:
+                self.sent.append((seq, info))
+            time.sleep(PACE)
+
+    def acked(self) -> list[int]:
+        with self._lock:
+            return [seq for seq, info in self.sent if info.is_published()]
+
+    def next_seq(self) -> int:
+        with self._lock:
+            return self.sent[-1][0] + 1 if self.sent else self.first
+
+    def wait_acked(self, count: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked()) < count:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.topic}: {len(self.acked())} of {count} "
+                                   f"acknowledged after {timeout} s")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+
+    def join(self, timeout: float = 30.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "stream publisher still running"
+
+
+def seqs(messages, topic: str) -> list[int]:
+    return [int(m.payload) for m in messages if m.topic == topic]
+
+
+def wait_all_arrived(receivers: list[PahoClient], topic: str, acked: set[int],
+                     timeout: float = ARRIVAL_TIMEOUT) -> list[int]:
+    """Waits until every acknowledged sequence number arrived at one of `receivers` (in the
+    order given: an earlier subscriber connection, then the later one); returns all received
+    sequence numbers in arrival order."""
+    deadline = time.monotonic() + timeout
+    while True:
+        received = [s for r in receivers for s in seqs(list(r.messages), topic)]
+        if acked <= set(received) or time.monotonic() >= deadline:
+            return received
+        time.sleep(0.02)
+
+
+def assert_stream(received: list[int], acked: set[int], published: set[int]) -> None:
+    """At least once, in order: every acknowledged message arrived; nothing arrived that was
+    never published; the first copy of each message arrived in publishing order."""
+    missing = sorted(acked - set(received))
+    assert not missing, (
+        f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:30]}")
+    unknown = sorted(set(received) - published)
+    assert not unknown, f"messages nobody published: {unknown[:30]}"
+    firsts, seen = [], set()
+    for seq in received:
+        if seq not in seen:
+            seen.add(seq)
+            firsts.append(seq)
+    disorder = [(a, b) for a, b in zip(firsts, firsts[1:]) if b < a]
+    assert not disorder, f"order broken at {disorder[:10]} (first copies)"
+
+
+# --- both directions, QoS, prefixes --------------------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_both_directions_qos_and_prefixes_with_mosquitto(
+        protocol, mosquitto, terns, clients, unique):
+    """Issue 15, "what it must do" / "how it is proven" (real Mosquitto, both directions,
+    QoS 0/1/2, prefixes): `out` maps local `site/up/...` to remote `cloud/s7/up/...` and `in`
+    maps remote `cloud/s7/down/...` to local `site/down/...`, each message once, at the QoS it
+    was published with; a rule's QoS caps it (QoS 2 published, QoS 1 rule: QoS 1 on the far
+    side); topics outside the rules, or without the prefix, are not carried."""
+    remote = mosquitto()
+    bridge_id = f"{unique}-br"
+    tern = terns("a", bridge_toml(
+        name="m", address=f"{HOST}:{remote.port}", protocol=protocol, client_id=bridge_id,
+        clean_start=False, keep_alive=30, **FAST_RECONNECT,
+        topics=[
+            rule("up/#", "out", 2, "site/", "cloud/s7/"),
+            rule("down/#", "in", 2, "site/", "cloud/s7/"),
+            rule("cap/#", "out", 1),
+            rule("capin/#", "in", 1),
+        ]))
+    # The remote subscriptions of the `in` rules, as Mosquitto logs them.
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 2 cloud/s7/down/#")
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 1 capin/#")
+
+    far = clients(remote, f"{unique}-far")  # on Mosquitto
+    far.connect()
+    far.subscribe([("cloud/#", 2), ("cap/#", 2), ("site/#", 2), ("up/#", 2)])
+    near = clients(tern, f"{unique}-near")  # on Tern
+    near.connect()
+    near.subscribe([("site/#", 2), ("capin/#", 2), ("cloud/#", 2), ("down/#", 2)])
+    until_bridged(near, "site/up/probe", far, "cloud/s7/up/probe")
+    until_bridged(near, "cap/probe", far, "cap/probe")
+    until_bridged(far, "cloud/s7/down/probe", near, "site/down/probe")
+    near.clear()  # the local subscriber saw its own probes
+
+    for qos in (0, 1, 2):
+        near.publish(f"site/up/q{qos}", b"out%d" % qos, qos=qos)
+        far.publish(f"cloud/s7/down/q{qos}", b"in%d" % qos, qos=qos)
+    near.publish("cap/x", b"capped-out", qos=2)
+    far.publish("capin/x", b"capped-in", qos=2)
+    # Not carried: outside every rule, or the pattern without its prefix.
+    near.publish("other/x", b"no", qos=1)
+    near.publish("up/x", b"no", qos=1)
+    far.publish("down/x", b"no", qos=1)
+    far.publish("cloud/s7/other", b"no", qos=1)
+    # Markers last, through the QoS 2 rules: whatever was coming before them has come.
+    near.publish("site/up/end", b"end", qos=2)
+    far.publish("cloud/s7/down/end", b"end", qos=2)
+    far.wait_marker("cloud/s7/up/end", b"end", timeout=10)
+    near.wait_marker("site/down/end", b"end", timeout=10)
+    far.wait_messages(1, topic="cap/x", timeout=10)
+    near.wait_messages(1, topic="capin/x", timeout=10)
+
+    def summary(client, local_only: set[str]):
+        return sorted((m.topic, m.payload, m.qos) for m in client.messages
+                      if m.topic not in local_only and not m.topic.endswith("/probe"))
+
+    # What Mosquitto's subscriber got: the `out` traffic (and its own `in` publishes, which
+    # Mosquitto delivers to it locally as to any subscriber).
+    assert summary(far, {f"cloud/s7/down/q{q}" for q in (0, 1, 2)}
+                   | {"cloud/s7/down/end", "cloud/s7/other", "down/x"}) == sorted([
+        ("cloud/s7/up/end", b"end", 2),
+        ("cloud/s7/up/q0", b"out0", 0),
+        ("cloud/s7/up/q1", b"out1", 1),
+        ("cloud/s7/up/q2", b"out2", 2),
+        ("cap/x", b"capped-out", 1),
+    ])
+    assert summary(near, {f"site/up/q{q}" for q in (0, 1, 2)}
+                   | {"site/up/end", "other/x", "up/x", "cap/x"}) == sorted([
+        ("site/down/end", b"end", 2),
+        ("site/down/q0", b"in0", 0),
+        ("site/down/q1", b"in1", 1),
+        ("site/down/q2", b"in2", 2),
+        ("capin/x", b"capped-in", 1),
+    ])
+
+
+# --- Mosquitto stopped and restarted mid-stream --------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.test_timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_out_stream_survives_mosquitto_restart(sig, mosquitto, terns, clients, unique):
+    """Issue 15: "Mosquitto stopped and restarted in the middle of a stream of QoS 1 messages:
+    none of the acknowledged ones lost, order kept" (publisher on Tern, subscriber on
+    Mosquitto with a persistent session). Tern keeps acknowledging its publisher while the
+    remote is down (the bridge's stored queue), and sends the queue in order when Mosquitto is
+    back. SIGKILL: Mosquitto autosaves every second, and the test waits for a save after the
+    subscription, so the subscriber's session survives; what Mosquitto acknowledged it had
+    written to its (connected) subscriber at once (max_inflight_messages 0)."""
+    remote = mosquitto(autosave_interval=1 if sig == signal.SIGKILL else None)
+    tern = terns("a", BIG_QUEUE + bridge_toml(
+        name="m", address=f"{HOST}:{remote.port}", protocol="5", client_id=f"{unique}-br",
+        clean_start=False, **FAST_RECONNECT, topics=[rule("s/#", "out", 1)]))
+
+    sub_id = f"{unique}-sub"
+    sub = clients(remote, sub_id, V311, clean_session=False)
+    sub.connect()
+    sub.subscribe("s/#", 1)
+    if sig == signal.SIGKILL:
+        remote.wait_saved_after(rf"{re.escape(sub_id)} 1 s/#")
+    pub = clients(tern, f"{unique}-pub", V311)
+    pub.connect()
+    until_bridged(pub, "s/probe", sub, "s/probe")
+
+    stream = Stream(pub, "s/seq", 0, STREAM)
+    stream.wait_acked(300)
+    remote.stop(sig)
+    # Acknowledged while the remote is down: stored for the bridge.
+    acked_at_stop = len(stream.acked())
+    stream.wait_acked(acked_at_stop + 200)
+    remote.start()
+    sub2 = clients(remote, sub_id, V311, clean_session=False)
+    assert sub2.connect().session_present, "Mosquitto lost the subscriber's session"
+    stream.join()
+    acked = set(stream.acked())
+    assert len(acked) == STREAM, "Tern stopped acknowledging its publisher"
+    received = wait_all_arrived([sub, sub2], "s/seq", acked)
+    assert_stream(received, acked, set(range(STREAM)))
+
+
+@needs_mosquitto
+@pytest.mark.test_timeout(90)
+def test_in_stream_survives_mosquitto_restart(mosquitto, terns, clients, unique):
+    """Issue 15: the same in the other direction (publisher on Mosquitto, subscriber on Tern),
+    Mosquitto with persistence, stopped with SIGTERM (it saves its database, with the bridge's
+    session and the messages queued for it) and restarted mid-stream: every message Mosquitto
+    acknowledged to its publisher arrives at Tern's subscriber, first copies in order. (A
+    SIGKILL of Mosquitto loses what it acknowledged since its last autosave: Mosquitto's
+    promise, not the bridge's, so it is not tested in this direction.)"""
+    remote = mosquitto()
+    bridge_id = f"{unique}-br"
+    tern = terns("a", BIG_QUEUE + bridge_toml(
+        name="m", address=f"{HOST}:{remote.port}", protocol="5", client_id=bridge_id,
+        clean_start=False, **FAST_RECONNECT, topics=[rule("d/#", "in", 1)]))
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 1 d/#")
+    sub = clients(tern, f"{unique}-sub", V311)
+    sub.connect()
+    sub.subscribe("d/#", 1)
+    pub_id = f"{unique}-pub"
+    pub = clients(remote, pub_id, V311, clean_session=False)
+    pub.connect()
+    until_bridged(pub, "d/probe", sub, "d/probe")
+
+    stream = Stream(pub, "d/seq", 0, STREAM // 2)
+    stream.wait_acked(300)
+    remote.stop(signal.SIGTERM)
+    stream.join()  # its connection is gone: it stops
+    first_acked = set(stream.acked())
+    first_sent = {seq for seq, _ in stream.sent}
+    remote.start()
+    pub2 = clients(remote, pub_id, V311, clean_session=False)
+    pub2.connect()
+    rest = Stream(pub2, "d/seq", stream.next_seq(), STREAM // 2)
+    rest.join()
+    acked = first_acked | set(rest.acked())
+    published = first_sent | {seq for seq, _ in rest.sent}
+    assert len(rest.acked()) == STREAM // 2
+    received = wait_all_arrived([sub], "d/seq", acked)
+    assert_stream(received, acked, published)
+
+
+# --- Tern killed and restarted mid-stream --------------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.test_timeout(90)
+def test_out_stream_survives_tern_sigkill(mosquitto, terns, clients, unique):
+    """Issue 15: "Tern killed with SIGKILL mid-stream and restarted: the same" (publisher on
+    Tern, subscriber on Mosquitto): every message Tern acknowledged to its publisher before the
+    kill (stored for the bridge, durability `process`) is sent after the restart on the same
+    data directory, before what its publisher sends then, first copies in order."""
+    remote = mosquitto(persistence=False)
+    config = BIG_QUEUE + bridge_toml(
+        name="m", address=f"{HOST}:{remote.port}", protocol="5", client_id=f"{unique}-br",
+        clean_start=False, **FAST_RECONNECT, topics=[rule("s/#", "out", 1)])
+    tern = terns("a", config)
+    sub = clients(remote, f"{unique}-sub", V311)
+    sub.connect()
+    sub.subscribe("s/#", 1)
+    pub = clients(tern, f"{unique}-pub", V311)
+    pub.connect()
+    until_bridged(pub, "s/probe", sub, "s/probe")
+
+    stream = Stream(pub, "s/seq", 0, STREAM // 2)
+    stream.wait_acked(300)
+    tern.stop(signal.SIGKILL)
+    stream.join()
+    first_acked = set(stream.acked())
+    first_sent = {seq for seq, _ in stream.sent}
+
+    tern2 = terns("a", config)
+    pub2 = clients(tern2, f"{unique}-pub", V311)
+    pub2.connect()
+    rest = Stream(pub2, "s/seq", stream.next_seq(), STREAM // 2)
+    rest.join()
+    assert len(rest.acked()) == STREAM // 2
+    acked = first_acked | set(rest.acked())
+    published = first_sent | {seq for seq, _ in rest.sent}
+    received = wait_all_arrived([sub], "s/seq", acked)
+    assert_stream(received, acked, published)
+
+
+@needs_mosquitto
+@pytest.mark.test_timeout(90)
+def test_in_stream_survives_tern_sigkill(mosquitto, terns, clients, unique):
+    """Issue 15: the same in the other direction (publisher on Mosquitto, subscriber on Tern
+    with a persistent session), Tern killed with SIGKILL mid-stream and restarted on its data
+    directory: "inbound messages are acknowledged to the remote only once they are durable
+    here", so Mosquitto keeps (and resends) what Tern had not stored, and every message
+    Mosquitto acknowledged to its publisher reaches Tern's subscriber, first copies in order."""
+    remote = mosquitto(persistence=False)
+    bridge_id = f"{unique}-br"
+    config = BIG_QUEUE + bridge_toml(
+        name="m", address=f"{HOST}:{remote.port}", protocol="5", client_id=bridge_id,
+        clean_start=False, **FAST_RECONNECT, topics=[rule("d/#", "in", 1)])
+    tern = terns("a", config)
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 1 d/#")
+    sub_id = f"{unique}-sub"
+    sub = clients(tern, sub_id, V311, clean_session=False)
+    sub.connect()
+    sub.subscribe("d/#", 1)
+    pub = clients(remote, f"{unique}-pub", V311)
+    pub.connect()
+    until_bridged(pub, "d/probe", sub, "d/probe")
+
+    stream = Stream(pub, "d/seq", 0, STREAM)
+    sub.wait_messages(300, topic="d/seq", timeout=15)
+    tern.stop(signal.SIGKILL)
+    tern2 = terns("a", config)
+    sub2 = clients(tern2, sub_id, V311, clean_session=False)
+    assert sub2.connect().session_present, "Tern lost the subscriber's session"
+    stream.join()
+    acked = set(stream.acked())
+    assert len(acked) == STREAM, "Mosquitto stopped acknowledging its publisher"
+    received = wait_all_arrived([sub, sub2], "d/seq", acked)
+    assert_stream(received, acked, set(range(STREAM)))
+
+
+# --- two Terns, one `both` bridge on # -----------------------------------------------------
+
+
+@pytest.mark.test_timeout(60)
+def test_two_terns_bridged_both_ways_on_hash_no_loop_no_qos2_double(terns, clients, unique):
+    """Issue 15: "No loops: a message that came in through a bridge does not go out through it
+    (MQTT 5 no-local on the remote subscription, and a mark on the message locally), tested
+    with two Tern brokers bridged both ways on `#`" and "none doubled at QoS 2": Tern A has one
+    `both` bridge on `#` at QoS 2 to Tern B; QoS 2 messages published on each side arrive on
+    both sides exactly once, at QoS 2, and nothing comes back."""
+    b = terns("b", "")
+    a = terns("a", bridge_toml(
+        name="peer", address=f"{HOST}:{b.port}", protocol="5", client_id=f"{unique}-ab",
+        clean_start=False, **FAST_RECONNECT, topics=[rule("#", "both", 2)]))
+    sub_a = clients(a, f"{unique}-sa")
+    sub_a.connect()
+    sub_a.subscribe("#", 2)
+    sub_b = clients(b, f"{unique}-sb")
+    sub_b.connect()
+    sub_b.subscribe("#", 2)
+    pub_a = clients(a, f"{unique}-pa")
+    pub_a.connect()
+    pub_b = clients(b, f"{unique}-pb")
+    pub_b.connect()
+    until_bridged(pub_a, "probe/a", sub_b, "probe/a")
+    until_bridged(pub_b, "probe/b", sub_a, "probe/b")
+    sub_a.clear()
+    sub_b.clear()
+
+    n = 200
+    for i in range(n):
+        pub_a.publish(f"x/a/{i}", b"a%d" % i, qos=2, wait=False)
+        pub_b.publish(f"x/b/{i}", b"b%d" % i, qos=2, wait=False)
+    for round_ in (1, 2):  # a second round of markers catches copies late behind the first
+        pub_a.publish("end/a", b"%d" % round_, qos=2)
+        pub_b.publish("end/b", b"%d" % round_, qos=2)
+        for sub in (sub_a, sub_b):
+            sub.wait_marker("end/a", b"%d" % round_, timeout=15)
+            sub.wait_marker("end/b", b"%d" % round_, timeout=15)
+
+    expected = sorted([f"x/a/{i}" for i in range(n)] + [f"x/b/{i}" for i in range(n)]
+                      + ["end/a", "end/a", "end/b", "end/b"])
+    for name, sub in (("A", sub_a), ("B", sub_b)):
+        got = [m for m in sub.messages if not m.topic.startswith("probe/")]
+        topics = sorted(m.topic for m in got)
+        doubled = sorted({t for t in topics if topics.count(t) > (2 if t.startswith("end/") else 1)})
+        assert not doubled, f"on {name}, more than once (a loop or a QoS 2 double): {doubled[:20]}"
+        assert topics == expected, f"on {name}: missing {sorted(set(expected) - set(topics))[:20]}"
+        assert {m.qos for m in got} == {2}
+
+
+# --- MQTT 3.1.1 towards Mosquitto: `both` with try_private ---------------------------------
+
+
+@needs_mosquitto
+def test_311_both_rule_with_try_private_does_not_echo(mosquitto, terns, clients, unique,
+                                                      tmp_path):
+    """Issue 15 split: "MQTT 3.1.1 remotes have no no-local: for `both` rules against Mosquitto
+    offer `try_private` (protocol level | 0x80, which Mosquitto takes as a bridge and does not
+    echo the bridge's own messages back)": checked against the real Mosquitto 2.0.11 here. A
+    3.1.1 `both` bridge with try_private: Mosquitto logs a bridge (not a client); a message
+    published on either side arrives once on each side."""
+    remote = mosquitto(persistence=False)
+    bridge_id = f"{unique}-br"
+    config = bridge_toml(
+        name="m", address=f"{HOST}:{remote.port}", protocol="3.1.1", client_id=bridge_id,
+        clean_start=False, try_private=True, **FAST_RECONNECT,
+        topics=[rule("loop/#", "both", 1)])
+    checked = check_config(config, tmp_path)
+    if checked.returncode != 0 and "try_private" in checked.stdout + checked.stderr:
+        pytest.skip(f"this Tern has no try_private: {checked.stderr.strip()[:200]}")
+    tern = terns("a", config)
+    remote.wait_for_log(rf"New bridge connected from \S+ as {re.escape(bridge_id)} ")
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 1 loop/#")
+    far = clients(remote, f"{unique}-far", V311)
+    far.connect()
+    far.subscribe("loop/#", 1)
+    near = clients(tern, f"{unique}-near", V311)
+    near.connect()
+    near.subscribe("loop/#", 1)
+    until_bridged(near, "loop/probe/n", far, "loop/probe/n")
+    until_bridged(far, "loop/probe/f", near, "loop/probe/f")
+    near.clear()
+    far.clear()
+
+    for i in range(20):
+        near.publish(f"loop/n/{i}", b"n", qos=1)
+        far.publish(f"loop/f/{i}", b"f", qos=1)
+    for round_ in (1, 2):
+        near.publish("loop/end/n", b"%d" % round_, qos=1)
+        far.publish("loop/end/f", b"%d" % round_, qos=1)
+        for sub in (near, far):
+            sub.wait_marker("loop/end/n", b"%d" % round_, timeout=10)
+            sub.wait_marker("loop/end/f", b"%d" % round_, timeout=10)
+    expected = sorted([f"loop/n/{i}" for i in range(20)] + [f"loop/f/{i}" for i in range(20)]
+                      + ["loop/end/n", "loop/end/f"] * 2)
+    for name, sub in (("Tern", near), ("Mosquitto", far)):
+        topics = sorted(m.topic for m in sub.messages if "/probe/" not in m.topic)
+        assert topics == expected, f"on {name}: {topics}"

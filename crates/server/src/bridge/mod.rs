@@ -6,6 +6,7 @@
 
 mod config;
 mod local;
+mod mapping;
 
 pub use config::{
     BridgeConfig, BridgeDirection, BridgeProtocol, BridgeTls, TopicRule, local_client_id,

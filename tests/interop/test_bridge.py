@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import HOST, _start_broker, _stop_broker, free_port, tern_bin
-from mqtt_clients import MQTTV5, PROTOCOLS, PahoClient
+from mqtt_clients import MOSQUITTO_PUB, MQTTV5, PROTOCOLS, PahoClient
 
 V311 = PROTOCOLS["v311"]
 
@@ -746,3 +746,82 @@ def test_311_both_rule_with_try_private_does_not_echo(mosquitto, terns, clients,
     for name, sub in (("Tern", near), ("Mosquitto", far)):
         topics = sorted(m.topic for m in sub.messages if "/probe/" not in m.topic)
         assert topics == expected, f"on {name}: {topics}"
+
+
+# --- the bridge's identity, its address list, its configuration ---------------------------
+
+
+@pytest.mark.parametrize("protocol", ["v5", "v311"])
+def test_bridge_client_id_is_reserved(protocol, terns, clients, unique):
+    """Issue 15 split: the bridge's local session is `$bridge/<name>`, and "a network client
+    must not be able to take that id over: refuse it with 0x85 / 0x02 unless the transport is
+    the bridge's". A paho client asking for the id of the running bridge `m` is refused
+    (MQTT 5: CONNACK 0x85 Client Identifier not valid; 3.1.1: return code 2, identifier
+    rejected), and the bridge keeps its session (a second attempt is refused the same way)."""
+    tern = terns("a", bridge_toml(
+        name="m", address=f"{HOST}:{free_port()}", protocol="5", **FAST_RECONNECT,
+        topics=[rule("x/#", "out", 1)]))
+    for attempt in range(2):
+        if protocol == "v5":
+            client = clients(tern, "$bridge/m", MQTTV5)
+            result = client.connect()
+            assert result.reason_code == 0x85, result
+        else:
+            client = clients(tern, "$bridge/m", V311)
+            result = client.connect()
+            # paho 2 reports a 3.1.1 return code as its MQTT 5 equivalent: 2 -> 0x85.
+            assert result.reason_code == 0x85, result
+        client.wait_disconnected()
+    if protocol == "v311":  # the return code on the wire, as libmosquitto reads it
+        refused = subprocess.run(
+            [MOSQUITTO_PUB, "-h", HOST, "-p", str(tern.port), "-V", "mqttv311", "-i",
+             "$bridge/m", "-t", "x/y", "-m", "z"], capture_output=True, text=True, timeout=10)
+        assert refused.returncode != 0
+        assert "identifier rejected" in refused.stderr + refused.stdout, refused
+
+
+@needs_mosquitto
+def test_addresses_are_tried_in_turn(mosquitto, terns, clients, unique):
+    """Issue 15: "the remote's address may be a list tried in turn": the first address has no
+    broker (connection refused), the second is Mosquitto; the bridge connects to the second
+    and carries messages."""
+    remote = mosquitto(persistence=False)
+    bridge_id = f"{unique}-br"
+    tern = terns("a", bridge_toml(
+        name="m", addresses=[f"{HOST}:{free_port()}", f"{HOST}:{remote.port}"],
+        protocol="5", client_id=bridge_id, **FAST_RECONNECT,
+        topics=[rule("t/#", "out", 1)]))
+    remote.wait_for_log(rf"New client connected from \S+ as {re.escape(bridge_id)} ")
+    far = clients(remote, f"{unique}-far", V311)
+    far.connect()
+    far.subscribe("t/#", 1)
+    near = clients(tern, f"{unique}-near", V311)
+    near.connect()
+    until_bridged(near, "t/probe", far, "t/probe")
+    near.publish("t/x", b"via the second address", qos=1)
+    assert far.wait_messages(1, topic="t/x")[0].payload == b"via the second address"
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"address": None}, "address"),
+    ({"topics": [{"pattern": "a/#", "direction": "sideways", "qos": 1}]}, "direction"),
+    ({"topics": [{"pattern": "a/#", "direction": "out", "qos": 3}]}, "qos"),
+    ({"topics": [{"pattern": "a/#", "direction": "out", "qos": 1, "local_prefix": "x/+/"}]},
+     "local_prefix"),
+    ({"protocol": "4"}, "protocol"),
+], ids=["no-address", "direction", "qos", "wildcard-prefix", "protocol"])
+def test_check_config_refuses_broken_bridges(bad, says, tmp_path):
+    """Issue 15 split: "config errors in check-config": `tern check-config` exits non-zero on a
+    `[[bridges]]` table that cannot work, and its message names what is wrong."""
+    keys = {"name": "cloud", "address": "127.0.0.1:1883", "protocol": "5",
+            "topics": [{"pattern": "a/#", "direction": "out", "qos": 1}]}
+    keys.update(bad)
+    keys = {k: v for k, v in keys.items() if v is not None}
+    result = check_config(bridge_toml(**keys), tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert says in output, output
+    good = {"name": "cloud", "address": "127.0.0.1:1883", "protocol": "5",
+            "topics": [{"pattern": "a/#", "direction": "out", "qos": 1}]}
+    ok = check_config(bridge_toml(**good), tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -165,6 +165,8 @@ pub struct Server {
     admin_backend: Option<Arc<dyn tern_admin::AdminBackend>>,
     /// The server's own admin backend, made at the first ask (see [`Server::admin_backend`]).
     backend: std::sync::OnceLock<Arc<crate::admin_backend::ServerBackend>>,
+    /// `[[bridges]]`: their state from the start, their tasks once the server runs.
+    bridges: crate::bridge::Bridges,
 }
 
 impl Server {
@@ -261,6 +263,7 @@ impl Server {
             admin: AdminListener::prepare(&config)?,
             admin_backend: None,
             backend: std::sync::OnceLock::new(),
+            bridges: crate::bridge::Bridges::new(&config.bridges),
             config,
         })
     }
@@ -371,6 +374,11 @@ impl Server {
         &self.broker
     }
 
+    /// The bridges' live state (`[[bridges]]`).
+    pub fn bridges(&self) -> crate::bridge::Bridges {
+        self.bridges.clone()
+    }
+
     /// The store, unless the durability is `memory`.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
@@ -429,11 +437,15 @@ impl Server {
         if let Some(admin) = self.admin {
             admin.spawn(admin_backend, stop_rx.clone());
         }
+        // The broker is up: the bridges connect.
+        let bridges = self.bridges.start(&self.config.bridges, &self.broker);
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.
         shutdown.await;
         tracing::info!("shutting down");
+        // Bridges first: they close their local sessions normally while the broker serves.
+        bridges.stop(grace).await;
         let _ = stop_tx.send(true);
         self.broker.begin_shutdown();
         if !count.wait_closed(Instant::now() + grace).await {

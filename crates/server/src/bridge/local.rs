@@ -34,8 +34,6 @@ impl Wakeup for NotifyWakeup {
 /// Why the local connection ended or could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("the local broker refused the bridge's connection: {0}")]
-    Refused(tern_codec::ReasonCode),
     #[error("the local connection ended: {0}")]
     Closed(String),
     #[error("the local connection sent what could not be decoded: {0}")]
@@ -145,11 +143,12 @@ impl LocalSession {
         self.conn.poll_timeout()
     }
 
-    /// Resolves when the core has something for the bridge.
-    pub(crate) async fn woken(&self) {
-        self.wakeup.0.notified().await;
+    /// What the core calls when it has something for the bridge.
+    pub(crate) fn wakeup(&self) -> Arc<NotifyWakeup> {
+        self.wakeup.clone()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_connected(&self) -> bool {
         self.conn.is_connected()
     }

@@ -1,0 +1,690 @@
+//! The task of one bridge: the local in-process session ([`LocalSession`]) on one side, the
+//! remote broker through tern-client on the other, and the acknowledgements tied across:
+//!
+//! - out: a message the local session delivers is published to the remote; the local PUBACK
+//!   (QoS 1) or PUBREC (QoS 2) goes back only once the remote acknowledged it, so it leaves
+//!   the bridge's stored session only then;
+//! - in: a message from the remote is published into the local session; the remote gets its
+//!   PUBACK / PUBREC (manual acknowledgement) only once the local core acknowledged it, which
+//!   it does once the message is durable here.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tern_broker::Broker;
+use tern_client::{
+    Backoff, Client, ClientError, ClientOptions, Event, Events, Message, PublishOutcome,
+};
+use tern_codec::{
+    Ack, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, RetainHandling, Subscribe,
+    Subscription, SubscriptionOptions,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::config::{BridgeConfig, BridgeProtocol, local_client_id};
+use super::local::LocalSession;
+use super::mapping::Mapper;
+use super::status::BridgeStatus;
+
+/// The packet id of the bridge's local SUBSCRIBE; local PUBLISH ids are taken above it.
+const SUBSCRIBE_ID: u16 = 1;
+/// How long a stopping bridge waits for the local acknowledgements of messages from the
+/// remote already handed to the core, so that the remote does not send them again.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the queue depth of the bridge's session is read for the metrics.
+const DEPTH_INTERVAL: Duration = Duration::from_millis(250);
+/// Failed connection attempts logged at `warn` in a row before they go to `debug`.
+const LOGGED_FAILURES: u32 = 3;
+
+type RemoteDone =
+    Pin<Box<dyn Future<Output = (u16, QoS, Result<PublishOutcome, ClientError>)> + Send>>;
+
+/// Messages from the local session on their way to the remote.
+#[derive(Default)]
+struct Outbound {
+    /// Local packet ids the remote has not acknowledged yet: a copy the core sends again (DUP,
+    /// after the local session was resumed) is not published twice.
+    pending: HashSet<u16>,
+    /// The remote's acknowledgements to come.
+    done: FuturesUnordered<RemoteDone>,
+}
+
+/// Messages from the remote on their way into the local session.
+struct Inbound {
+    /// Published here, not acknowledged here yet, by local packet id: the publish (sent again
+    /// if the local connection is resumed), the remote message (to acknowledge), its order.
+    pending: HashMap<u16, (Publish, Message, u64)>,
+    /// QoS 2: PUBREL sent to the core, PUBCOMP awaited.
+    released: HashSet<u16>,
+    next_id: u16,
+    next_order: u64,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            pending: HashMap::new(),
+            released: HashSet::new(),
+            next_id: SUBSCRIBE_ID,
+            next_order: 0,
+        }
+    }
+
+    /// A packet id free in the local session (never [`SUBSCRIBE_ID`]).
+    fn allocate(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_id = match self.next_id.checked_add(1) {
+                Some(id) => id,
+                None => SUBSCRIBE_ID + 1,
+            };
+            let id = self.next_id;
+            if !self.pending.contains_key(&id) && !self.released.contains(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.released.len()
+    }
+}
+
+/// One configured bridge, ready to run.
+pub(crate) struct Bridge {
+    pub(crate) config: BridgeConfig,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) status: Arc<BridgeStatus>,
+    mapper: Mapper,
+}
+
+/// The connection to the remote broker.
+struct Remote {
+    client: Client,
+    events: Events,
+    /// A connection is up.
+    connected: bool,
+    /// Failed attempts since the last connection (for the log's rate bound).
+    failures: u32,
+}
+
+impl Bridge {
+    pub(crate) fn new(
+        config: BridgeConfig,
+        broker: Arc<Broker>,
+        status: Arc<BridgeStatus>,
+    ) -> Bridge {
+        let mapper = Mapper::new(&config.topics);
+        Bridge {
+            config,
+            broker,
+            status,
+            mapper,
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.config.reconnect_min(),
+            max: self.config.reconnect_max(),
+            factor: 2.0,
+            jitter: 0.25,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Runs the bridge until `stop` turns true (or its sender goes away).
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut inbound = Inbound::new();
+        let Some(mut local) = self.open_local(&mut inbound, &mut stop).await else {
+            return;
+        };
+        let mut remote = match self.start_remote() {
+            Ok(remote) => remote,
+            Err(error) => {
+                tracing::error!(bridge = self.name(), %error, "bridge cannot start");
+                self.status.set_error(error.to_string());
+                local.disconnect(std::time::Instant::now());
+                return;
+            }
+        };
+        tracing::info!(
+            bridge = self.name(),
+            address = %self.config.address_list().join(","),
+            "bridge connecting"
+        );
+        let mut outbound = Outbound::default();
+        let mut packets = Vec::new();
+        let mut depth_at = Instant::now();
+        loop {
+            let now = Instant::now();
+            if let Err(error) = local.poll(now.into_std(), &mut packets) {
+                tracing::warn!(bridge = self.name(), %error, "bridge's local connection failed");
+                local.disconnect(now.into_std());
+            }
+            let again = !packets.is_empty();
+            for packet in packets.drain(..) {
+                self.on_local(packet, &mut local, &remote, &mut outbound, &mut inbound)
+                    .await;
+            }
+            if local.close_reason().is_some() {
+                tracing::warn!(
+                    bridge = self.name(),
+                    reason = %local.close_reason().map(ToString::to_string).unwrap_or_default(),
+                    "bridge's local connection ended; reconnecting it"
+                );
+                match self.open_local(&mut inbound, &mut stop).await {
+                    Some(reopened) => local = reopened,
+                    None => break,
+                }
+                continue;
+            }
+            if now >= depth_at {
+                self.status.set_queue_depth(local.queue_depth());
+                depth_at = now + DEPTH_INTERVAL;
+            }
+            let taking_in =
+                inbound.in_flight() < usize::from(self.config.max_inflight) && local.wants_input();
+            let deadline = local.deadline().map(Instant::from_std);
+            let wakeup = local.wakeup();
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+                () = wakeup.0.notified() => {}
+                () = sleep_until(deadline), if deadline.is_some() => {}
+                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(id, qos, result, &mut local, &mut outbound);
+                }
+                event = remote.events.recv(), if taking_in => match event {
+                    Some(event) => {
+                        self.on_remote(event, &mut local, &mut remote, &mut inbound).await;
+                    }
+                    None => {
+                        tracing::error!(bridge = self.name(), "bridge's client ended");
+                        break;
+                    }
+                },
+                () = std::future::ready(()), if again => {}
+            }
+        }
+        self.finish(local, remote, &mut inbound).await;
+    }
+
+    /// Connects the local session (again), subscribes the `out` rules, and hands the core
+    /// again what it had not acknowledged. `None` when the bridge is stopped meanwhile.
+    async fn open_local(
+        &self,
+        inbound: &mut Inbound,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<LocalSession> {
+        let mut attempt = 0u32;
+        loop {
+            match self.connect_local().await {
+                Ok(mut local) => {
+                    let now = std::time::Instant::now();
+                    self.subscribe_local(&mut local, now);
+                    let mut order: Vec<_> = inbound.pending.values().collect();
+                    order.sort_by_key(|(_, _, order)| *order);
+                    for (publish, _, _) in order {
+                        let mut publish = publish.clone();
+                        publish.dup = true;
+                        local.handle(Packet::Publish(publish), now);
+                    }
+                    for id in &inbound.released {
+                        local.handle(Packet::PubRel(Ack::new(*id)), now);
+                    }
+                    return Some(local);
+                }
+                Err(error) => {
+                    tracing::error!(bridge = self.name(), %error, "bridge's local connection refused");
+                    self.status.set_error(error);
+                }
+            }
+            let delay = self.backoff().delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return None;
+                    }
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One attempt at the local CONNECT, waiting for its CONNACK (an authentication may be
+    /// deferred; the core's connect timeout bounds it).
+    async fn connect_local(&self) -> Result<LocalSession, String> {
+        let client_id = local_client_id(self.name());
+        let mut local = LocalSession::connect(
+            self.broker.clone(),
+            self.name(),
+            &client_id,
+            self.config.local_username.as_deref(),
+            self.config.max_inflight,
+            std::time::Instant::now(),
+        )
+        .map_err(|error| error.to_string())?;
+        let mut packets = Vec::new();
+        loop {
+            local
+                .poll(std::time::Instant::now(), &mut packets)
+                .map_err(|error| error.to_string())?;
+            for packet in packets.drain(..) {
+                if let Packet::ConnAck(connack) = packet {
+                    if connack.reason_code.is_error() {
+                        return Err(format!("CONNACK {}", connack.reason_code));
+                    }
+                    return Ok(local);
+                }
+            }
+            if let Some(reason) = local.close_reason() {
+                return Err(reason.to_string());
+            }
+            let deadline = local.deadline().map(Instant::from_std);
+            let wakeup = local.wakeup();
+            tokio::select! {
+                () = wakeup.0.notified() => {}
+                () = sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// The local subscriptions of the `out` rules: no local (what the bridge publishes here,
+    /// the `in` traffic, never goes back out), retain as published, retained messages once
+    /// per new subscription.
+    fn subscribe_local(&self, local: &mut LocalSession, now: std::time::Instant) {
+        let subscriptions: Vec<Subscription> = self
+            .mapper
+            .local_filters()
+            .filter_map(|(filter, qos)| {
+                Some(Subscription {
+                    filter: MqttStr::try_from(filter).ok()?,
+                    options: bridge_options(qos),
+                })
+            })
+            .collect();
+        if subscriptions.is_empty() {
+            return;
+        }
+        local.handle(
+            Packet::Subscribe(Subscribe {
+                packet_id: SUBSCRIBE_ID,
+                properties: Properties::default(),
+                subscriptions,
+            }),
+            now,
+        );
+    }
+
+    fn start_remote(&self) -> Result<Remote, ClientError> {
+        let config = &self.config;
+        let mut endpoints = config.endpoints().into_iter();
+        let Some(endpoint) = endpoints.next() else {
+            return Err(ClientError::Closed);
+        };
+        let mut options = ClientOptions::new(endpoint, config.remote_client_id());
+        options.fallback_endpoints = endpoints.collect();
+        options.version = match config.protocol {
+            BridgeProtocol::V311 => ProtocolVersion::V311,
+            BridgeProtocol::V5 => ProtocolVersion::V5,
+        };
+        options.clean_start = config.clean_start;
+        options.keep_alive = config.keep_alive;
+        options.username = config.username.clone();
+        options.password = config.password.clone().map(bytes::Bytes::from);
+        if options.version.is_v5() {
+            // The remote keeps the session (and what it queued for the bridge) while the
+            // bridge is away, unless a clean start was asked for.
+            options.properties.session_expiry_interval = (!config.clean_start).then_some(u32::MAX);
+            options.properties.receive_maximum = Some(config.max_inflight);
+        }
+        options.reconnect = Some(self.backoff());
+        options.max_inflight = config.max_inflight;
+        options.max_queued = usize::from(config.max_inflight).max(1024);
+        options.manual_ack = true;
+        let (client, events) = Client::start(options)?;
+        Ok(Remote {
+            client,
+            events,
+            connected: false,
+            failures: 0,
+        })
+    }
+
+    /// A packet the core sent to the bridge.
+    async fn on_local(
+        &self,
+        packet: Packet,
+        local: &mut LocalSession,
+        remote: &Remote,
+        outbound: &mut Outbound,
+        inbound: &mut Inbound,
+    ) {
+        let now = std::time::Instant::now();
+        match packet {
+            Packet::Publish(publish) => self.forward_out(publish, local, remote, outbound).await,
+            Packet::PubRel(ack) => local.handle(Packet::PubComp(Ack::new(ack.packet_id)), now),
+            Packet::PubAck(ack) => {
+                if let Some((_, message, _)) = inbound.pending.remove(&ack.packet_id) {
+                    if ack.reason_code.is_error() {
+                        self.refused_here(&message, ack.reason_code);
+                    }
+                    let _ = remote.client.ack(&message).await;
+                }
+            }
+            Packet::PubRec(ack) => {
+                if let Some((_, message, _)) = inbound.pending.remove(&ack.packet_id) {
+                    if ack.reason_code.is_error() {
+                        self.refused_here(&message, ack.reason_code);
+                    } else {
+                        inbound.released.insert(ack.packet_id);
+                        local.handle(Packet::PubRel(Ack::new(ack.packet_id)), now);
+                    }
+                    let _ = remote.client.ack(&message).await;
+                }
+            }
+            Packet::PubComp(ack) => {
+                inbound.released.remove(&ack.packet_id);
+            }
+            Packet::SubAck(suback) => {
+                let filters: Vec<&str> = self.mapper.local_filters().map(|(f, _)| f).collect();
+                for (filter, code) in filters.iter().zip(&suback.reason_codes) {
+                    if code.is_error() {
+                        tracing::warn!(
+                            bridge = self.name(),
+                            filter,
+                            code = %code,
+                            "bridge's local subscription refused (access rules of local_username?)"
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from the local session for the remote broker.
+    async fn forward_out(
+        &self,
+        publish: Publish,
+        local: &mut LocalSession,
+        remote: &Remote,
+        outbound: &mut Outbound,
+    ) {
+        let id = publish.packet_id;
+        let qos = publish.qos;
+        if qos != QoS::AtMostOnce && outbound.pending.contains(&id) {
+            // Sent again by the core (the local session resumed): already on its way.
+            return;
+        }
+        let Some((topic, _)) = self.mapper.to_remote(&publish.topic) else {
+            // No rule names it any more: done with it.
+            local_ack(local, id, qos);
+            return;
+        };
+        let bytes = publish.payload.len();
+        let message = Message {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+            properties: forwarded(publish.properties),
+            ..Message::default()
+        };
+        match remote.client.publish(message).await {
+            Ok(pending) => {
+                self.status.carried_out(bytes);
+                if qos != QoS::AtMostOnce {
+                    outbound.pending.insert(id);
+                    outbound
+                        .done
+                        .push(Box::pin(async move { (id, qos, pending.await) }));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
+                self.status.refused();
+                local_ack(local, id, qos);
+            }
+        }
+    }
+
+    /// The remote answered a message of the local session's: the core may forget it.
+    fn remote_acknowledged(
+        &self,
+        id: u16,
+        qos: QoS,
+        result: Result<PublishOutcome, ClientError>,
+        local: &mut LocalSession,
+        outbound: &mut Outbound,
+    ) {
+        match result {
+            // The client ended (the bridge stops): the message stays in the stored session,
+            // to go after the next start.
+            Err(ClientError::Closed) => return,
+            Err(error) => {
+                tracing::warn!(bridge = self.name(), %error, "message not carried to the remote");
+                self.status.refused();
+            }
+            Ok(outcome) if outcome.reason_code.is_error() => {
+                tracing::debug!(bridge = self.name(), code = %outcome.reason_code, "the remote refused a message");
+                self.status.refused();
+            }
+            Ok(_) => {}
+        }
+        outbound.pending.remove(&id);
+        local_ack(local, id, qos);
+    }
+
+    /// An event of the remote connection.
+    async fn on_remote(
+        &self,
+        event: Event,
+        local: &mut LocalSession,
+        remote: &mut Remote,
+        inbound: &mut Inbound,
+    ) {
+        match event {
+            Event::Connected(connected) => {
+                remote.connected = true;
+                remote.failures = 0;
+                self.status.set_connected(true);
+                tracing::info!(
+                    bridge = self.name(),
+                    session_present = connected.session_present,
+                    "bridge connected"
+                );
+                self.subscribe_remote(remote).await;
+            }
+            Event::Disconnected(error) => {
+                self.status.set_error(error.to_string());
+                if remote.connected {
+                    remote.connected = false;
+                    self.status.set_connected(false);
+                    tracing::warn!(bridge = self.name(), %error, "bridge lost");
+                } else {
+                    remote.failures = remote.failures.saturating_add(1);
+                    if remote.failures <= LOGGED_FAILURES {
+                        tracing::warn!(bridge = self.name(), %error, "bridge cannot connect");
+                    } else {
+                        tracing::debug!(bridge = self.name(), %error, "bridge cannot connect");
+                    }
+                }
+            }
+            Event::Reconnecting { attempt, delay } => {
+                self.status.reconnected();
+                tracing::debug!(
+                    bridge = self.name(),
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    "bridge connecting"
+                );
+            }
+            Event::Message(message) => self.forward_in(message, local, remote, inbound).await,
+        }
+    }
+
+    /// The remote subscriptions of the `in` rules (MQTT 5: no local, retain as published;
+    /// 3.1.1 has neither). Made at every connection: a second SUBSCRIBE of the same filter
+    /// replaces the first, and retained messages come again only if the subscription is new.
+    async fn subscribe_remote(&self, remote: &Remote) {
+        let filters: Vec<(String, SubscriptionOptions)> = self
+            .mapper
+            .remote_filters()
+            .map(|(filter, qos)| (filter.to_owned(), bridge_options(qos)))
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        let name = self.name().to_owned();
+        match remote
+            .client
+            .subscribe(filters, Properties::default())
+            .await
+        {
+            Ok(pending) => {
+                tokio::spawn(async move {
+                    match pending.await {
+                        Ok(suback) => {
+                            for code in suback.reason_codes.iter().filter(|c| c.is_error()) {
+                                tracing::warn!(bridge = %name, code = %code, "the remote refused a subscription of the bridge");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(bridge = %name, %error, "the remote subscription is sent again at the next connection");
+                        }
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(bridge = self.name(), %error, "bridge cannot subscribe"),
+        }
+    }
+
+    /// A message from the remote broker for the local session.
+    async fn forward_in(
+        &self,
+        message: Message,
+        local: &mut LocalSession,
+        remote: &Remote,
+        inbound: &mut Inbound,
+    ) {
+        let now = std::time::Instant::now();
+        let mapped = self
+            .mapper
+            .to_local(&message.topic)
+            .and_then(|(topic, qos)| Some((MqttStr::try_from(topic).ok()?, qos)));
+        let Some((topic, rule_qos)) = mapped else {
+            let _ = remote.client.ack(&message).await;
+            return;
+        };
+        let qos = rule_qos.min(message.qos);
+        let mut publish = Publish {
+            dup: false,
+            qos,
+            retain: message.retain,
+            topic,
+            packet_id: 0,
+            properties: forwarded(message.properties.clone()),
+            payload: message.payload.clone(),
+        };
+        self.status.carried_in(publish.payload.len());
+        if qos == QoS::AtMostOnce {
+            local.handle(Packet::Publish(publish), now);
+            let _ = remote.client.ack(&message).await;
+            return;
+        }
+        let Some(id) = inbound.allocate() else {
+            // Cannot happen: `in_flight` stays below the window.
+            return;
+        };
+        publish.packet_id = id;
+        local.handle(Packet::Publish(publish.clone()), now);
+        inbound.next_order += 1;
+        inbound
+            .pending
+            .insert(id, (publish, message, inbound.next_order));
+    }
+
+    fn refused_here(&self, message: &Message, code: tern_codec::ReasonCode) {
+        self.status.refused();
+        tracing::debug!(bridge = self.name(), topic = %message.topic, %code, "a message from the remote was refused here");
+    }
+
+    /// The bridge stops: the messages from the remote already in the core are given a moment
+    /// to be acknowledged (so that the remote does not send them again), then both sides are
+    /// disconnected normally. The local session stays, with its queue.
+    async fn finish(&self, mut local: LocalSession, remote: Remote, inbound: &mut Inbound) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut packets = Vec::new();
+        let mut outbound = Outbound::default();
+        while inbound.in_flight() > 0 && Instant::now() < deadline && local.close_reason().is_none()
+        {
+            if local.poll(std::time::Instant::now(), &mut packets).is_err() {
+                break;
+            }
+            let handled = !packets.is_empty();
+            for packet in packets.drain(..) {
+                if !matches!(packet, Packet::Publish(_)) {
+                    self.on_local(packet, &mut local, &remote, &mut outbound, inbound)
+                        .await;
+                }
+            }
+            if !handled {
+                let wakeup = local.wakeup();
+                let _ = tokio::time::timeout_at(deadline, wakeup.0.notified()).await;
+            }
+        }
+        local.disconnect(std::time::Instant::now());
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, remote.client.disconnect()).await;
+        self.status.set_connected(false);
+        tracing::info!(bridge = self.name(), "bridge stopped");
+    }
+}
+
+/// The subscription options of a bridge's subscriptions, on either side.
+fn bridge_options(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: RetainHandling::SendAtSubscribeIfNew,
+    }
+}
+
+/// The properties of a message carried over: those of its publisher (expiry, content type,
+/// response topic, correlation data, user properties), not those of the hop.
+fn forwarded(mut properties: Properties) -> Properties {
+    properties.subscription_identifiers.clear();
+    properties.topic_alias = None;
+    properties
+}
+
+/// Tells the core the bridge is done with one of its messages (QoS 1 PUBACK, QoS 2 PUBREC).
+fn local_ack(local: &mut LocalSession, id: u16, qos: QoS) {
+    let now = std::time::Instant::now();
+    match qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => local.handle(Packet::PubAck(Ack::new(id)), now),
+        QoS::ExactlyOnce => local.handle(Packet::PubRec(Ack::new(id)), now),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,357 @@
+//! Bridges (issue 15) through real sockets: two in-process Tern servers, one bridged to the
+//! other, with rumqttc clients on each side.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Client, WAIT, options};
+use rumqttc::QoS as R;
+use tern_server::bridge::Bridges;
+use tern_server::{Durability, Server, ServerConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server with its bridges; stops when dropped.
+struct Tern {
+    addr: SocketAddr,
+    bridges: Bridges,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Tern {
+    async fn start(config: ServerConfig) -> Tern {
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let bridges = server.bridges();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            server
+                .run(stopped, Duration::from_secs(3))
+                .await
+                .expect("server runs");
+        });
+        Tern {
+            addr,
+            bridges,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(8), task)
+                .await
+                .expect("server stops within its grace period")
+                .expect("server task");
+        }
+    }
+
+    fn bridge(&self) -> tern_server::bridge::BridgeSnapshot {
+        self.bridges.snapshots().remove(0)
+    }
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        TempDir(
+            std::env::temp_dir().join(format!("tern-bridge-{name}-{}-{nanos}", std::process::id())),
+        )
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server on `listen` (port 0: any) with `extra` TOML (bridges, auth), state in memory
+/// unless `data_dir` is given.
+fn config(listen: &str, data_dir: Option<&Path>, extra: &str) -> ServerConfig {
+    let durability = match data_dir {
+        Some(dir) => format!("durability = \"process\"\ndata_dir = {:?}\n", dir.display()),
+        None => "durability = \"memory\"\n".to_owned(),
+    };
+    let text = format!("listen = [\"{listen}\"]\nsys_interval = 0\n{durability}{extra}");
+    let mut config = ServerConfig::from_toml(&text).expect("test configuration");
+    config.durability = if data_dir.is_some() {
+        Durability::Process
+    } else {
+        Durability::Memory
+    };
+    config
+}
+
+/// One bridge named `b` to `remote` with these topic rules, reconnecting quickly.
+fn bridge_to(remote: SocketAddr, topics: &str) -> String {
+    format!(
+        "[[bridges]]\nname = \"b\"\naddress = \"{remote}\"\nclient_id = \"edge-1\"\n\
+         reconnect_min_ms = 50\nreconnect_max_ms = 200\ntopics = [{topics}]\n"
+    )
+}
+
+/// A port free now (bound and let go), for a server started later.
+fn free_port() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("address")
+}
+
+fn qos(level: u8) -> R {
+    match level {
+        0 => R::AtMostOnce,
+        1 => R::AtLeastOnce,
+        _ => R::ExactlyOnce,
+    }
+}
+
+/// Publishes QoS 0 probes on `topic` through `publisher` until `subscriber` receives one: the
+/// bridge is then connected and subscribed on both sides. Probes still on their way are
+/// skipped by [`recv_skipping_probes`].
+async fn wait_flowing(publisher: &Client, subscriber: &mut Client, topic: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge never carried {topic}"
+        );
+        publisher
+            .publish(topic, R::AtMostOnce, false, "probe")
+            .await;
+        let got = subscriber
+            .next_matching_within(Duration::from_millis(100), |event| match event {
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .await;
+        if got.is_ok() {
+            return;
+        }
+    }
+}
+
+/// The next PUBLISH that is not a probe.
+async fn recv_skipping_probes(client: &mut Client) -> rumqttc::Publish {
+    loop {
+        let publish = client.recv().await;
+        if &publish.payload[..] != b"probe" {
+            return publish;
+        }
+    }
+}
+
+/// Issue 15: `out` and `in` rules carry messages at QoS 0, 1 and 2, with the prefixes of
+/// each side swapped, and the QoS of each message kept (at most the rule's).
+#[tokio::test]
+async fn out_and_in_at_each_qos_with_prefixes() {
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &bridge_to(
+            remote.addr,
+            "{ pattern = \"sensors/#\", direction = \"out\", qos = 2, local_prefix = \"site/\", remote_prefix = \"cloud/site/\" },\
+             { pattern = \"cmd/#\", direction = \"in\", qos = 2, local_prefix = \"local/\", remote_prefix = \"remote/\" }",
+        ),
+    ))
+    .await;
+    let local_pub = Client::simple(local.addr, "local-pub").await;
+    let mut local_sub = Client::simple(local.addr, "local-sub").await;
+    local_sub.subscribe("local/cmd/#", R::ExactlyOnce).await;
+    let remote_pub = Client::simple(remote.addr, "remote-pub").await;
+    let mut remote_sub = Client::simple(remote.addr, "remote-sub").await;
+    remote_sub
+        .subscribe("cloud/site/sensors/#", R::ExactlyOnce)
+        .await;
+    wait_flowing(&local_pub, &mut remote_sub, "site/sensors/probe").await;
+    wait_flowing(&remote_pub, &mut local_sub, "remote/cmd/probe").await;
+    for level in 0..=2u8 {
+        local_pub
+            .publish(
+                &format!("site/sensors/q{level}"),
+                qos(level),
+                false,
+                format!("out {level}"),
+            )
+            .await;
+        let got = recv_skipping_probes(&mut remote_sub).await;
+        assert_eq!(got.topic, format!("cloud/site/sensors/q{level}"));
+        assert_eq!(&got.payload[..], format!("out {level}").as_bytes());
+        assert_eq!(got.qos, qos(level));
+        remote_pub
+            .publish(
+                &format!("remote/cmd/q{level}"),
+                qos(level),
+                false,
+                format!("in {level}"),
+            )
+            .await;
+        let got = recv_skipping_probes(&mut local_sub).await;
+        assert_eq!(got.topic, format!("local/cmd/q{level}"));
+        assert_eq!(&got.payload[..], format!("in {level}").as_bytes());
+        assert_eq!(got.qos, qos(level));
+    }
+    // Topics outside the rules stay where they are.
+    local_pub
+        .publish("other/x", R::AtLeastOnce, false, "no")
+        .await;
+    local_pub
+        .publish("site/sensors/last", R::AtLeastOnce, false, "last")
+        .await;
+    let got = recv_skipping_probes(&mut remote_sub).await;
+    assert_eq!(got.topic, "cloud/site/sensors/last");
+    let state = local.bridge();
+    assert!(state.connected);
+    assert!(
+        state.messages_out >= 4 && state.messages_in >= 3,
+        "{state:?}"
+    );
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15 (no loops): two Terns bridged both ways on `#` by one `both` bridge: a message
+/// published on either side arrives once on each side (no local on both subscriptions),
+/// QoS 2 included.
+#[tokio::test]
+async fn both_on_hash_between_two_terns_does_not_loop() {
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &bridge_to(
+            remote.addr,
+            "{ pattern = \"#\", direction = \"both\", qos = 2 }",
+        ),
+    ))
+    .await;
+    let local_pub = Client::simple(local.addr, "a-pub").await;
+    let remote_pub = Client::simple(remote.addr, "b-pub").await;
+    let mut local_sub = Client::simple(local.addr, "a-sub").await;
+    local_sub.subscribe("t/#", R::ExactlyOnce).await;
+    let mut remote_sub = Client::simple(remote.addr, "b-sub").await;
+    remote_sub.subscribe("t/#", R::ExactlyOnce).await;
+    wait_flowing(&local_pub, &mut remote_sub, "t/probe-a").await;
+    wait_flowing(&remote_pub, &mut local_sub, "t/probe-b").await;
+    // Probes that were still on their way.
+    for client in [&mut local_sub, &mut remote_sub] {
+        while client
+            .next_matching_within(Duration::from_millis(300), |event| {
+                matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))).then_some(())
+            })
+            .await
+            .is_ok()
+        {}
+    }
+    local_pub
+        .publish("t/from-a", R::ExactlyOnce, false, "a")
+        .await;
+    remote_pub
+        .publish("t/from-b", R::ExactlyOnce, false, "b")
+        .await;
+    for (side, client) in [("a", &mut local_sub), ("b", &mut remote_sub)] {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(client.recv().await.topic);
+        }
+        seen.sort();
+        assert_eq!(seen, ["t/from-a", "t/from-b"], "side {side}");
+        // Nothing more: a loop would bring them round again (bounded wait for an absence).
+        let more = client
+            .next_matching_within(Duration::from_millis(500), |event| match event {
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(more.is_err(), "side {side} got {more:?} again");
+    }
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15: configuration errors of `[[bridges]]` are reported (as `tern check-config`
+/// prints them), naming the bridge.
+#[test]
+fn bridge_config_errors_are_reported() {
+    let cases = [
+        (
+            "[[bridges]]\nname = \"x\"\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
+            "needs address",
+        ),
+        (
+            "[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntopics = [{ pattern = \"a/#/b\", direction = \"in\" }]\n",
+            "not a valid topic filter",
+        ),
+        (
+            "[[listeners]]\nname = \"bridge:x\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\n",
+            "bridges' own",
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = ServerConfig::from_toml(text).unwrap_err().to_string();
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+    let error =
+        ServerConfig::from_toml("[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ndirection = 1\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        error.contains("direction") || error.contains("unknown"),
+        "{error}"
+    );
+    // The TLS files are read by check-config.
+    let config = ServerConfig::from_toml(
+        "[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntls = { ca = \"/nonexistent/ca.pem\" }\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
+    )
+    .expect("parses");
+    let error = tern_server::check_config(&config).unwrap_err().to_string();
+    assert!(error.contains("bridge \"x\""), "{error}");
+}
+
+/// Issue 15: `$bridge/<name>` is reserved for the bridge: a network client asking for it is
+/// refused (3.1.1: return code 2, identifier rejected).
+#[tokio::test]
+async fn network_client_cannot_take_the_bridge_client_id() {
+    let server = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options(server.addr, "$bridge/b"), 10);
+    let error = tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .expect("answered in time")
+        .expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::BadClientId)
+        ),
+        "{error:?}"
+    );
+    server.shutdown().await;
+}

@@ -237,6 +237,36 @@ pub struct Readiness {
     pub reasons: Vec<String>,
 }
 
+/// One bridge to another broker (`GET /api/v1/bridges`, `[[bridges]]` of the configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeInfo {
+    pub name: String,
+    /// The remote addresses, in the order they are tried.
+    pub addresses: Vec<String>,
+    /// Whether the connection to the remote broker is up.
+    pub connected: bool,
+    /// Messages carried from this broker to the remote, and their payload bytes.
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    /// Messages carried from the remote broker to this one, and their payload bytes.
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    /// Messages a broker refused (an error acknowledgement, the access rules here).
+    pub messages_refused: u64,
+    /// Connection attempts to the remote after the first.
+    pub reconnects: u64,
+    /// Messages for the remote waiting in the bridge's session here (queued and in flight).
+    pub queue_depth: u64,
+    /// The last connection error, if any.
+    pub last_error: Option<String>,
+}
+
+/// `GET /api/v1/bridges`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeList {
+    pub items: Vec<BridgeInfo>,
+}
+
 /// Why a request to the backend failed; the HTTP layer maps each to a status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
@@ -289,4 +319,9 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// Reads the configuration file and the files it names again, applies what can change at
     /// run time, reports the rest.
     fn reload(&self) -> BoxFuture<'_, ReloadReport>;
+    /// The bridges to other brokers and their state, in the configuration's order (none by
+    /// default: a backend without bridges).
+    fn bridges(&self) -> Vec<BridgeInfo> {
+        Vec::new()
+    }
 }

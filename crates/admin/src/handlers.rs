@@ -137,6 +137,13 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ApiResult<Response> 
     Ok((status, Json(readiness)).into_response())
 }
 
+pub(crate) async fn bridges(
+    State(state): State<AppState>,
+) -> ApiResult<Json<crate::api::BridgeList>> {
+    let items = off_loop(&state.backend, |b| b.bridges()).await?;
+    Ok(Json(crate::api::BridgeList { items }))
+}
+
 pub(crate) async fn stats(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(Json(off_loop(&state.backend, |b| b.stats()).await?).into_response())
 }

@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/publish"),
     ("GET", "/api/v1/config"),
     ("POST", "/api/v1/reload"),
+    ("GET", "/api/v1/bridges"),
     ("GET", "/metrics"),
     ("GET", "/api/openapi.json"),
     ("GET", "/"),
@@ -80,6 +81,7 @@ pub fn router(backend: Arc<dyn AdminBackend>, options: AdminOptions) -> Router {
         .route("/api/v1/publish", post(handlers::publish))
         .route("/api/v1/config", get(handlers::config))
         .route("/api/v1/reload", post(handlers::reload))
+        .route("/api/v1/bridges", get(handlers::bridges))
         .route("/api/openapi.json", get(openapi::serve));
     let mut metrics = Router::new().route("/metrics", get(handlers::metrics));
     if !state.options.metrics_auth && state.options.local_hosts_only {

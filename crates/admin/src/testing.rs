@@ -30,6 +30,7 @@ pub struct FakeState {
     pub stats_calls_at_kick: usize,
     /// `stats` sleeps this long first (a slow backend: the listener's runtime must not stall).
     pub stats_delay: std::time::Duration,
+    pub bridges: Vec<BridgeInfo>,
 }
 
 /// The fake backend: a [`FakeState`] behind a mutex.
@@ -50,6 +51,19 @@ impl FakeBackend {
         {
             let mut state = fake.lock();
             state.ready = true;
+            state.bridges = vec![BridgeInfo {
+                name: "cloud".into(),
+                addresses: vec!["broker.example.net:8883".into()],
+                connected: true,
+                messages_out: 12,
+                bytes_out: 340,
+                messages_in: 3,
+                bytes_in: 45,
+                messages_refused: 0,
+                reconnects: 1,
+                queue_depth: 0,
+                last_error: None,
+            }];
             state.stats = Stats {
                 version: "0.1.0".into(),
                 uptime_s: 42,
@@ -355,6 +369,10 @@ impl AdminBackend for FakeBackend {
 
     fn config(&self) -> serde_json::Value {
         self.lock().config.clone()
+    }
+
+    fn bridges(&self) -> Vec<BridgeInfo> {
+        self.lock().bridges.clone()
     }
 
     fn reload(&self) -> BoxFuture<'_, ReloadReport> {

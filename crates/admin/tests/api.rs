@@ -722,6 +722,7 @@ async fn openapi_schemas_match_what_is_served() {
         "/api/v1/subscriptions",
         "/api/v1/retained",
         "/api/v1/retained/message?topic=sensors/temp",
+        "/api/v1/bridges",
     ] {
         let answer = get(&app, uri).await;
         assert_eq!(answer.status, StatusCode::OK, "{uri}");

@@ -132,6 +132,10 @@ pub struct ClientOptions {
     /// Endpoints tried after `endpoint`, in turn: a connection attempt that fails moves to the
     /// next (after the backoff delay), and the last wraps round to `endpoint`.
     pub fallback_endpoints: Vec<Endpoint>,
+    /// Sets the top bit of CONNECT's protocol level (Mosquitto's `try_private`): a Mosquitto
+    /// broker then takes the client for a bridge and does not send it back what it published
+    /// (MQTT 3.1.1 has no No Local). Brokers that do not know it refuse the connection.
+    pub try_private: bool,
 }
 
 impl ClientOptions {
@@ -157,6 +161,7 @@ impl ClientOptions {
             observer: None,
             manual_ack: false,
             fallback_endpoints: Vec::new(),
+            try_private: false,
         }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct MetricsSource {
     pub(crate) started: Instant,
     /// The TLS listeners, for the expiry gauge (of the certificates they serve).
     pub(crate) tls: crate::tls::TlsReloader,
+    /// `[[bridges]]`, for their gauges and counters.
+    pub(crate) bridges: crate::bridge::Bridges,
 }
 
 impl std::fmt::Debug for MetricsSource {
@@ -56,6 +58,80 @@ impl MetricsSource {
             tracing::warn!(%error, "cannot encode the metrics");
         }
         text
+    }
+}
+
+impl MetricsSource {
+    /// Per bridge (label `bridge`): connected, messages and bytes each way (label
+    /// `direction`: `in` from the remote, `out` to it), refused messages, queue depth,
+    /// reconnections. Nothing without bridges.
+    fn encode_bridges(&self, out: &mut Out<'_, '_>) -> std::fmt::Result {
+        let bridges = self.bridges.snapshots();
+        if bridges.is_empty() {
+            return Ok(());
+        }
+        let one = |b: &crate::bridge::BridgeSnapshot| [("bridge", b.name.clone())];
+        let both = |b: &crate::bridge::BridgeSnapshot, inbound: u64, outbound: u64| {
+            [
+                (
+                    [("bridge", b.name.clone()), ("direction", "in".to_owned())],
+                    inbound,
+                ),
+                (
+                    [("bridge", b.name.clone()), ("direction", "out".to_owned())],
+                    outbound,
+                ),
+            ]
+        };
+        let gauge = |value: fn(&crate::bridge::BridgeSnapshot) -> f64| {
+            bridges
+                .iter()
+                .map(|b| (one(b), value(b)))
+                .collect::<Vec<_>>()
+        };
+        out.gauges(
+            "tern_bridge_connected",
+            "Whether the bridge's connection to the remote broker is up (1) or not (0).",
+            &gauge(|b| if b.connected { 1.0 } else { 0.0 }),
+        )?;
+        let messages: Vec<_> = bridges
+            .iter()
+            .flat_map(|b| both(b, b.messages_in, b.messages_out))
+            .collect();
+        out.counters(
+            "tern_bridge_messages",
+            "Messages carried by the bridge: in from the remote broker, out to it.",
+            &messages,
+        )?;
+        let bytes: Vec<_> = bridges
+            .iter()
+            .flat_map(|b| both(b, b.bytes_in, b.bytes_out))
+            .collect();
+        out.counters(
+            "tern_bridge_bytes",
+            "Payload bytes carried by the bridge: in from the remote broker, out to it.",
+            &bytes,
+        )?;
+        let refused: Vec<_> = bridges
+            .iter()
+            .map(|b| (one(b), b.messages_refused))
+            .collect();
+        out.counters(
+            "tern_bridge_messages_refused",
+            "Messages of the bridge a broker refused (an error acknowledgement, access rules).",
+            &refused,
+        )?;
+        out.gauges(
+            "tern_bridge_queue_depth",
+            "Messages for the remote waiting in the bridge's session here (queued and in flight).",
+            &gauge(|b| b.queue_depth as f64),
+        )?;
+        let reconnects: Vec<_> = bridges.iter().map(|b| (one(b), b.reconnects)).collect();
+        out.counters(
+            "tern_bridge_reconnects",
+            "Connection attempts of the bridge to the remote broker after the first.",
+            &reconnects,
+        )
     }
 }
 
@@ -381,6 +457,7 @@ impl Collector for MetricsSource {
                 &expiries,
             )?;
         }
+        self.encode_bridges(&mut out)?;
         if let Some(process) = process::read() {
             out.counter_f64(
                 "process_cpu_seconds",

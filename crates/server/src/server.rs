@@ -254,6 +254,7 @@ impl Server {
                 worker.push((socket, listener.clone()));
             }
         }
+        let bridges = crate::bridge::Bridges::new(&config.bridges, &broker);
         Ok(Server {
             broker,
             listeners,
@@ -263,7 +264,7 @@ impl Server {
             admin: AdminListener::prepare(&config)?,
             admin_backend: None,
             backend: std::sync::OnceLock::new(),
-            bridges: crate::bridge::Bridges::new(&config.bridges),
+            bridges,
             config,
         })
     }
@@ -359,6 +360,7 @@ impl Server {
                         open: self.open_connections(),
                         started: std::time::Instant::now(),
                         tls: self.tls_reloader(),
+                        bridges: self.bridges.clone(),
                     },
                     tls: self.tls_reloader(),
                     auth: self.auth_reloader(),

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 /// A running server with its bridges; stops when dropped.
 struct Tern {
     addr: SocketAddr,
+    admin: std::sync::Arc<dyn tern_admin::AdminBackend>,
     bridges: Bridges,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -27,6 +28,7 @@ impl Tern {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
         let bridges = server.bridges();
+        let admin = server.admin_backend();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let stopped = async {
@@ -39,6 +41,7 @@ impl Tern {
         });
         Tern {
             addr,
+            admin,
             bridges,
             stop: Some(stop),
             task: Some(task),
@@ -234,6 +237,27 @@ async fn out_and_in_at_each_qos_with_prefixes() {
         state.messages_out >= 4 && state.messages_in >= 3,
         "{state:?}"
     );
+    // The admin API and the metrics show it.
+    let listed = local.admin.bridges();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "b");
+    assert!(listed[0].connected);
+    assert_eq!(listed[0].addresses, [remote.addr.to_string()]);
+    assert!(
+        listed[0].messages_out >= 4 && listed[0].bytes_out >= 20,
+        "{listed:?}"
+    );
+    let metrics = local.admin.metrics_text();
+    for line in [
+        "tern_bridge_connected{bridge=\"b\"} 1",
+        "tern_bridge_messages_total{bridge=\"b\",direction=\"out\"}",
+        "tern_bridge_messages_total{bridge=\"b\",direction=\"in\"}",
+        "tern_bridge_bytes_total{bridge=\"b\",direction=\"in\"}",
+        "tern_bridge_queue_depth{bridge=\"b\"} ",
+        "tern_bridge_reconnects_total{bridge=\"b\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     local.shutdown().await;
     remote.shutdown().await;
 }
@@ -354,4 +378,197 @@ async fn network_client_cannot_take_the_bridge_client_id() {
         "{error:?}"
     );
     server.shutdown().await;
+}
+
+/// Publishes `count` QoS 1 messages `{topic}/{i}` with payload `i` and waits for every PUBACK.
+async fn publish_acknowledged(publisher: &mut Client, topic: &str, count: usize) {
+    for i in 0..count {
+        publisher
+            .publish(
+                &format!("{topic}/{i}"),
+                R::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await;
+    }
+    for _ in 0..count {
+        publisher
+            .next_matching(|event| {
+                matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
+            })
+            .await
+            .expect("PUBACK");
+    }
+}
+
+/// Receives `count` messages (probes skipped) and checks they are `0..count` in order.
+async fn expect_in_order(subscriber: &mut Client, count: usize) {
+    for i in 0..count {
+        let got = recv_skipping_probes(subscriber).await;
+        assert_eq!(
+            std::str::from_utf8(&got.payload).expect("text"),
+            i.to_string(),
+            "message {i} of {count} (topic {})",
+            got.topic
+        );
+    }
+}
+
+fn persistent_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
+    let mut options = options(addr, id);
+    options.set_clean_session(false);
+    options
+}
+
+/// Issue 15: with the remote broker down, messages published here are acknowledged to their
+/// publisher (stored for the bridge) and, once the remote is back, all arrive there in order.
+#[tokio::test]
+async fn remote_down_then_up_delivers_everything_in_order() {
+    let remote_dir = TempDir::new("remote-down");
+    let remote = Tern::start(config("127.0.0.1:0", Some(remote_dir.path()), "")).await;
+    let remote_addr = remote.addr;
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &bridge_to(
+            remote_addr,
+            "{ pattern = \"s/#\", direction = \"out\", qos = 1 }",
+        ),
+    ))
+    .await;
+    let mut publisher = Client::simple(local.addr, "pub").await;
+    let (mut subscriber, _) = Client::connect(persistent_options(remote_addr, "rsub")).await;
+    subscriber.subscribe("s/#", R::AtLeastOnce).await;
+    wait_flowing(&publisher, &mut subscriber, "s/probe").await;
+    subscriber.disconnect().await;
+    remote.shutdown().await;
+    common::wait_until("the bridge sees the remote gone", || {
+        !local.bridge().connected
+    })
+    .await;
+
+    publish_acknowledged(&mut publisher, "s/m", 40).await;
+
+    let remote = Tern::start(config(
+        &remote_addr.to_string(),
+        Some(remote_dir.path()),
+        "",
+    ))
+    .await;
+    let (mut subscriber, connack) = Client::connect(persistent_options(remote_addr, "rsub")).await;
+    assert!(connack.session_present);
+    expect_in_order(&mut subscriber, 40).await;
+    let state = local.bridge();
+    assert!(state.reconnects >= 1, "{state:?}");
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15: the bridge's queue is its stored local session: messages acknowledged to their
+/// publisher while the remote is unreachable survive a restart of this broker on its data
+/// directory, and are sent in order once the remote is reachable.
+#[tokio::test]
+async fn stored_queue_survives_a_local_restart() {
+    let local_dir = TempDir::new("local-restart");
+    let remote_addr = free_port();
+    let bridge = bridge_to(
+        remote_addr,
+        "{ pattern = \"q/#\", direction = \"out\", qos = 1 }",
+    );
+    let local = Tern::start(config("127.0.0.1:0", Some(local_dir.path()), &bridge)).await;
+    let mut publisher = Client::simple(local.addr, "pub").await;
+    publish_acknowledged(&mut publisher, "q/m", 25).await;
+    common::wait_until("the bridge holds the messages", || {
+        local.bridge().queue_depth >= 25
+    })
+    .await;
+    publisher.disconnect().await;
+    local.shutdown().await;
+
+    let remote = Tern::start(config(&remote_addr.to_string(), None, "")).await;
+    let mut subscriber = Client::simple(remote_addr, "rsub").await;
+    subscriber.subscribe("q/#", R::AtLeastOnce).await;
+    let local = Tern::start(config("127.0.0.1:0", Some(local_dir.path()), &bridge)).await;
+    expect_in_order(&mut subscriber, 25).await;
+    common::wait_until("the queue is empty", || local.bridge().queue_depth == 0).await;
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15: access rules apply to bridged traffic: the bridge acts here as its
+/// `local_username`, so what that user may not read is not carried out, and what it may not
+/// publish is refused here (and acknowledged to the remote, counted as refused).
+#[tokio::test]
+async fn access_rules_of_local_username_apply() {
+    let dir = TempDir::new("acl");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let acl = dir.path().join("tern.acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite #\n\nuser bridgeuser\ntopic readwrite allowed/#\n",
+    )
+    .expect("acl file");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let mut bridge = bridge_to(
+        remote.addr,
+        "{ pattern = \"#\", direction = \"both\", qos = 1 }",
+    );
+    bridge.push_str("local_username = \"bridgeuser\"\n");
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &format!(
+            "{bridge}[auth]\nallow_anonymous = true\nacl_file = {:?}\n",
+            acl.display()
+        ),
+    ))
+    .await;
+    let local_pub = Client::simple(local.addr, "local-pub").await;
+    let mut local_sub = Client::simple(local.addr, "local-sub").await;
+    local_sub.subscribe("#", R::AtLeastOnce).await;
+    let remote_pub = Client::simple(remote.addr, "remote-pub").await;
+    let mut remote_sub = Client::simple(remote.addr, "remote-sub").await;
+    remote_sub.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&local_pub, &mut remote_sub, "allowed/probe").await;
+    wait_flowing(&remote_pub, &mut local_sub, "allowed/probe-in").await;
+
+    local_pub
+        .publish("denied/out", R::AtLeastOnce, false, "x")
+        .await;
+    local_pub
+        .publish("allowed/out", R::AtLeastOnce, false, "y")
+        .await;
+    loop {
+        let got = recv_skipping_probes(&mut remote_sub).await;
+        if got.topic == "allowed/out" {
+            break;
+        }
+        assert_ne!(
+            got.topic, "denied/out",
+            "carried a topic the bridge may not read"
+        );
+    }
+    remote_pub
+        .publish("denied/in", R::AtLeastOnce, false, "x")
+        .await;
+    remote_pub
+        .publish("allowed/in", R::AtLeastOnce, false, "y")
+        .await;
+    loop {
+        let got = recv_skipping_probes(&mut local_sub).await;
+        if got.topic == "allowed/in" {
+            break;
+        }
+        assert_ne!(
+            got.topic, "denied/in",
+            "published a topic the bridge may not write"
+        );
+    }
+    common::wait_until("the refusal is counted", || {
+        local.bridge().messages_refused >= 1
+    })
+    .await;
+    local.shutdown().await;
+    remote.shutdown().await;
 }

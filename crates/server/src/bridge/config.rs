@@ -48,6 +48,11 @@ pub struct BridgeConfig {
     /// as an anonymous client.
     #[serde(default)]
     pub local_username: Option<String>,
+    /// MQTT 3.1.1 only: the protocol level's top bit, which Mosquitto takes for a bridge (it
+    /// then does not send the bridge back what the bridge published there: the loop guard
+    /// that MQTT 5's No Local gives). Only for Mosquitto remotes; others refuse the CONNECT.
+    #[serde(default)]
+    pub try_private: bool,
     /// Messages in flight to the remote at once (and the local session's Receive Maximum).
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
@@ -227,6 +232,9 @@ impl BridgeConfig {
         }
         if self.password.is_some() && self.username.is_none() {
             return fail("a password needs a username".into());
+        }
+        if self.try_private && self.protocol == BridgeProtocol::V5 {
+            return fail("try_private is for protocol \"3.1.1\" (MQTT 5 has No Local)".into());
         }
         if self.max_inflight == 0 {
             return fail("max_inflight must be at least 1".into());

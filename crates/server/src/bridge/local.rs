@@ -46,6 +46,9 @@ pub(crate) struct LocalSession {
     wakeup: Arc<NotifyWakeup>,
     /// What the core encoded and the bridge has not decoded yet.
     transmit: BytesMut,
+    /// Packets decoded but given back (see [`LocalSession::give_back`]): the next `poll`
+    /// returns them first.
+    held: Vec<Packet>,
 }
 
 impl LocalSession {
@@ -93,6 +96,7 @@ impl LocalSession {
             conn,
             wakeup,
             transmit: BytesMut::new(),
+            held: Vec::new(),
         })
     }
 
@@ -113,6 +117,7 @@ impl LocalSession {
         now: Instant,
         packets: &mut Vec<Packet>,
     ) -> Result<(), LocalError> {
+        packets.append(&mut self.held);
         if self.conn.poll_timeout().is_some_and(|at| at <= now) {
             self.conn.handle_timeout(now);
         }
@@ -136,6 +141,13 @@ impl LocalSession {
             self.conn.release_idle_memory();
         }
         Ok(())
+    }
+
+    /// Packets taken from `poll` and not handled: the next `poll` returns them first.
+    pub(crate) fn give_back(&mut self, packets: impl IntoIterator<Item = Packet>) {
+        let mut packets: Vec<Packet> = packets.into_iter().collect();
+        packets.append(&mut self.held);
+        self.held = packets;
     }
 
     /// When [`LocalSession::poll`] must run again at the latest.
@@ -164,14 +176,6 @@ impl LocalSession {
             self.conn
                 .handle_packet(Packet::Disconnect(Default::default()), now);
         }
-    }
-
-    /// The queue of the bridge's session: messages waiting plus in flight.
-    pub(crate) fn queue_depth(&self) -> usize {
-        self.conn
-            .client_id()
-            .and_then(|id| self.conn.broker().session(id.as_str()))
-            .map_or(0, |session| session.queued_len() + session.inflight_len())
     }
 }
 

@@ -25,7 +25,7 @@ pub use status::{BridgeSnapshot, BridgeStatus};
 
 /// The bridges of a server: their live state from the start (metrics and the admin API read
 /// it), their tasks once running.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Bridges {
     statuses: Arc<[Arc<BridgeStatus>]>,
 }
@@ -37,11 +37,17 @@ pub(crate) struct RunningBridges {
 }
 
 impl Bridges {
-    pub(crate) fn new(configs: &[BridgeConfig]) -> Bridges {
+    pub(crate) fn new(configs: &[BridgeConfig], broker: &Arc<Broker>) -> Bridges {
         Bridges {
             statuses: configs
                 .iter()
-                .map(|config| Arc::new(BridgeStatus::new(&config.name, config.address_list())))
+                .map(|config| {
+                    Arc::new(BridgeStatus::new(
+                        &config.name,
+                        config.address_list(),
+                        broker.clone(),
+                    ))
+                })
                 .collect(),
         }
     }

@@ -36,8 +36,6 @@ const SUBSCRIBE_ID: u16 = 1;
 /// How long a stopping bridge waits for the local acknowledgements of messages from the
 /// remote already handed to the core, so that the remote does not send them again.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the queue depth of the bridge's session is read for the metrics.
-const DEPTH_INTERVAL: Duration = Duration::from_millis(250);
 /// Failed connection attempts logged at `warn` in a row before they go to `debug`.
 const LOGGED_FAILURES: u32 = 3;
 
@@ -163,7 +161,6 @@ impl Bridge {
         );
         let mut outbound = Outbound::default();
         let mut packets = Vec::new();
-        let mut depth_at = Instant::now();
         loop {
             let now = Instant::now();
             if let Err(error) = local.poll(now.into_std(), &mut packets) {
@@ -186,10 +183,6 @@ impl Bridge {
                     None => break,
                 }
                 continue;
-            }
-            if now >= depth_at {
-                self.status.set_queue_depth(local.queue_depth());
-                depth_at = now + DEPTH_INTERVAL;
             }
             let taking_in =
                 inbound.in_flight() < usize::from(self.config.max_inflight) && local.wants_input();
@@ -282,14 +275,19 @@ impl Bridge {
             local
                 .poll(std::time::Instant::now(), &mut packets)
                 .map_err(|error| error.to_string())?;
-            for packet in packets.drain(..) {
+            let mut packets = packets.drain(..);
+            while let Some(packet) = packets.next() {
                 if let Packet::ConnAck(connack) = packet {
                     if connack.reason_code.is_error() {
                         return Err(format!("CONNACK {}", connack.reason_code));
                     }
+                    // What came behind the CONNACK (a resumed session's messages) is the
+                    // run loop's.
+                    local.give_back(packets);
                     return Ok(local);
                 }
             }
+            drop(packets);
             if let Some(reason) = local.close_reason() {
                 return Err(reason.to_string());
             }
@@ -355,6 +353,7 @@ impl Bridge {
         options.max_inflight = config.max_inflight;
         options.max_queued = usize::from(config.max_inflight).max(1024);
         options.manual_ack = true;
+        options.try_private = config.try_private;
         let (client, events) = Client::start(options)?;
         Ok(Remote {
             client,
@@ -374,6 +373,7 @@ impl Bridge {
         inbound: &mut Inbound,
     ) {
         let now = std::time::Instant::now();
+        tracing::trace!(bridge = self.name(), ?packet, "from the local session");
         match packet {
             Packet::Publish(publish) => self.forward_out(publish, local, remote, outbound).await,
             Packet::PubRel(ack) => local.handle(Packet::PubComp(Ack::new(ack.packet_id)), now),

@@ -2,13 +2,14 @@
 //! messages and bytes carried each way, reconnections, the queue depth and the last error.
 //! The metrics exposition and the admin API read it; only the bridge's task writes it.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The live state of one bridge.
-#[derive(Debug, Default)]
 pub struct BridgeStatus {
     pub name: String,
+    /// The broker, whose session of the bridge holds its queue.
+    broker: Arc<tern_broker::Broker>,
     /// The remote addresses, in the order they are tried.
     pub addresses: Vec<String>,
     connected: AtomicBool,
@@ -19,7 +20,6 @@ pub struct BridgeStatus {
     /// Messages a broker refused (an error PUBACK/PUBREC, or access rules here).
     messages_refused: AtomicU64,
     reconnects: AtomicU64,
-    queue_depth: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -41,12 +41,33 @@ pub struct BridgeSnapshot {
 }
 
 impl BridgeStatus {
-    pub(crate) fn new(name: &str, addresses: Vec<String>) -> BridgeStatus {
+    pub(crate) fn new(
+        name: &str,
+        addresses: Vec<String>,
+        broker: Arc<tern_broker::Broker>,
+    ) -> BridgeStatus {
         BridgeStatus {
             name: name.to_owned(),
+            broker,
             addresses,
-            ..BridgeStatus::default()
+            connected: AtomicBool::new(false),
+            messages_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            messages_refused: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         }
+    }
+
+    /// Messages for the remote in the bridge's local session: queued plus in flight.
+    pub fn queue_depth(&self) -> u64 {
+        self.broker
+            .session(&super::local_client_id(&self.name))
+            .map_or(0, |session| {
+                (session.queued_len() + session.inflight_len()) as u64
+            })
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
@@ -71,10 +92,6 @@ impl BridgeStatus {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_queue_depth(&self, depth: usize) {
-        self.queue_depth.store(depth as u64, Ordering::Relaxed);
-    }
-
     pub(crate) fn set_error(&self, error: String) {
         *self
             .last_error
@@ -93,7 +110,7 @@ impl BridgeStatus {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             messages_refused: self.messages_refused.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
-            queue_depth: self.queue_depth.load(Ordering::Relaxed),
+            queue_depth: self.queue_depth(),
             last_error: self
                 .last_error
                 .lock()

@@ -69,7 +69,9 @@ class Mosquitto:
     START_TIMEOUT = 10.0
 
     def __init__(self, workdir: Path, *, persistence: bool = True,
-                 autosave_interval: int | None = None):
+                 autosave_interval: int | None = None, debug: bool = False):
+        """`debug`: log every packet (`log_type debug`; also with $MOSQUITTO_DEBUG set)."""
+        self.debug = debug or bool(os.environ.get("MOSQUITTO_DEBUG"))
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
@@ -98,7 +100,8 @@ class Mosquitto:
         ]
         # One type a line: mosquitto reads only the first word of a log_type line.
         lines += [f"log_type {t}" for t in
-                  ("error", "warning", "notice", "information", "subscribe", "unsubscribe") + ((os.environ.get("MOSQ_DEBUG") and ("debug",)) or ())]
+                  ("error", "warning", "notice", "information", "subscribe", "unsubscribe")
+                  + (("debug",) if self.debug else ())]
         if os.geteuid() == 0:
             lines.append("user root")  # otherwise it drops to `mosquitto`, who cannot write here
         if self.persistence:
@@ -166,6 +169,25 @@ class Mosquitto:
                 raise TimeoutError(f"mosquitto log: no {count} x {pattern!r} in {timeout} s:\n"
                                    + self.log()[-4000:])
             time.sleep(0.01)
+
+    def publish_resent_after_pubrel(self, client_id: str) -> set[int]:
+        """Packet identifiers of QoS 2 messages to `client_id` whose PUBREL this Mosquitto had
+        sent before a restart (no PUBCOMP yet), and which it sent again after the restart as a
+        PUBLISH (DUP) instead of the PUBREL that [MQTT-4.4.0-1] asks for: a receiver that had
+        completed them cannot tell such a resend from a new message. Needs `debug`."""
+        assert self.debug
+        found: set[int] = set()
+        cid = re.escape(client_id)
+        texts = [p.read_text(errors="replace") for p in self.logs if p.exists()]
+        for before, after in zip(texts, texts[1:]):
+            pending = {int(m) for m in
+                       re.findall(rf"Sending PUBREL to {cid} \(m(\d+)\)", before)}
+            pending -= {int(m) for m in
+                        re.findall(rf"Received PUBCOMP from {cid} \(Mid: (\d+)", before)}
+            resent = {int(m) for m in
+                      re.findall(rf"Sending PUBLISH to {cid} \(d1, q2, r\d, m(\d+),", after)}
+            found |= pending & resent
+        return found
 
     def wait_saved_after(self, pattern: str, timeout: float = 5.0) -> None:
         """Waits until mosquitto has saved its database (autosave) after the log line
@@ -564,8 +586,12 @@ def test_in_stream_survives_mosquitto_restart(qos, mosquitto, terns, clients, un
     promise, not the bridge's, so it is not tested in this direction.)
     QoS 2: Mosquitto resends what the bridge had not completed (DUP, the same packet
     identifier) after the restart; the bridge keeps the remote packet identifiers in flight,
-    so nothing reaches Tern's subscriber twice (exactly once within Tern's process lifetime)."""
-    remote = mosquitto()
+    so nothing reaches Tern's subscriber twice (exactly once within Tern's process lifetime).
+    Except what Mosquitto 2.0.11 itself resends wrongly: a message whose PUBREL it had sent
+    before the stop comes again after the restart as a PUBLISH (DUP) — a new message to any
+    receiver that had completed it (paho does the same). Mosquitto's packet log tells those
+    apart (`publish_resent_after_pubrel`); they are the only copies allowed twice."""
+    remote = mosquitto(debug=qos == 2)
     bridge_id = f"{unique}-br"
     tern = terns("a", BIG_QUEUE + bridge_toml(
         name="m", address=f"{HOST}:{remote.port}", protocol="5", client_id=bridge_id,
@@ -594,7 +620,16 @@ def test_in_stream_survives_mosquitto_restart(qos, mosquitto, terns, clients, un
     acked = first_acked | set(rest.acked())
     published = first_sent | {seq for seq, _ in rest.sent}
     received = wait_all_arrived([sub], "d/seq", acked)
-    assert_stream(received, acked, published, exactly_once=received if qos == 2 else None)
+    once = None
+    if qos == 2:
+        # Each of Mosquitto's wrong resends may bring one message twice; not more.
+        wrong = remote.publish_resent_after_pubrel(bridge_id)
+        doubled = [seq for seq in set(received) if received.count(seq) > 1]
+        assert len(doubled) <= len(wrong), (
+            f"doubled {sorted(doubled)}, of which Mosquitto's resends after PUBREL explain "
+            f"{len(wrong)} (packet ids {sorted(wrong)})")
+        once = [seq for seq in received if seq not in doubled]
+    assert_stream(received, acked, published, exactly_once=once)
 
 
 # --- Tern killed and restarted mid-stream --------------------------------------------------
@@ -719,7 +754,8 @@ def test_two_terns_bridged_both_ways_on_hash_no_loop_no_qos2_double(terns, clien
     for name, sub in (("A", sub_a), ("B", sub_b)):
         got = [m for m in sub.messages if not m.topic.startswith("probe/")]
         topics = sorted(m.topic for m in got)
-        doubled = sorted({t for t in topics if topics.count(t) > (2 if t.startswith("end/") else 1)})
+        allowed = {t: 2 if t.startswith("end/") else 1 for t in topics}
+        doubled = sorted({t for t in topics if topics.count(t) > allowed[t]})
         assert not doubled, f"on {name}, more than once (a loop or a QoS 2 double): {doubled[:20]}"
         assert topics == expected, f"on {name}: missing {sorted(set(expected) - set(topics))[:20]}"
         assert {m.qos for m in got} == {2}

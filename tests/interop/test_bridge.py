@@ -29,6 +29,8 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -903,3 +905,109 @@ def test_check_config_refuses_broken_bridges(bad, says, tmp_path):
             "topics": [{"pattern": "a/#", "direction": "out", "qos": 1}]}
     ok = check_config(bridge_toml(**good), tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+# --- operating it: admin API, metrics, logs ------------------------------------------------
+
+
+def admin_get(port: int, route: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://{HOST}:{port}{route}")
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@needs_mosquitto
+@pytest.mark.test_timeout(60)
+def test_bridge_state_in_admin_api_metrics_and_log(mosquitto, terns, clients, unique, tmp_path):
+    """Issue 15: "per-bridge metrics (connected, messages and bytes each way, queue depth,
+    reconnects) and its state in the admin API" and the split's log lines (connecting,
+    connected, lost with the error), observed on a running Tern bridged to Mosquitto:
+    `GET /api/v1/bridges` and `/metrics` show the bridge connected and counting what it
+    carried; with Mosquitto stopped they show it disconnected, with the last error, and the
+    messages published meanwhile as queue depth; with Mosquitto back, connected again, the
+    queue drained and a reconnection counted."""
+    remote = mosquitto(persistence=False)
+    admin_port = free_port()
+    token = "t" * 40
+    (tmp_path / "admin.token").write_text(token)
+    tern = terns("a", f'[admin]\nbind = "{HOST}:{admin_port}"\n'
+                 f'token_file = {toml_value(str(tmp_path / "admin.token"))}\n'
+                 + bridge_toml(name="m", address=f"{HOST}:{remote.port}", protocol="5",
+                               client_id=f"{unique}-br", clean_start=False, **FAST_RECONNECT,
+                               topics=[rule("o/#", "out", 1), rule("i/#", "in", 1)]))
+
+    def state() -> dict:
+        status, body = admin_get(admin_port, "/api/v1/bridges", token)
+        assert status == 200, body
+        items = json.loads(body)["items"]
+        assert [item["name"] for item in items] == ["m"]
+        return items[0]
+
+    def metric(name: str, **labels) -> float | None:
+        status, body = admin_get(admin_port, "/metrics")
+        assert status == 200, body
+        want = ",".join(f'{k}="{v}"' for k, v in {"bridge": "m", **labels}.items())
+        match = re.search(rf"^{name}\{{{want}\}} (\S+)$", body, re.M)
+        return float(match.group(1)) if match else None
+
+    def until(predicate, what: str, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what} within {timeout} s; bridge: {state()}")
+            time.sleep(0.05)
+
+    assert admin_get(admin_port, "/api/v1/bridges")[0] == 401  # the token is needed
+    far = clients(remote, f"{unique}-far", V311)
+    far.connect()
+    far.subscribe("o/#", 1)
+    near = clients(tern, f"{unique}-near", V311)
+    near.connect()
+    near.subscribe("i/#", 1)
+    until_bridged(near, "o/probe", far, "o/probe")
+    until_bridged(far, "i/probe", near, "i/probe")
+    until(lambda: state()["connected"], "connected")
+    assert state()["addresses"] == [f"{HOST}:{remote.port}"]
+    assert metric("tern_bridge_connected") == 1
+    before = state()
+    for i in range(10):
+        near.publish(f"o/{i}", b"x" * 100, qos=1)
+    far.wait_messages(10)
+    for i in range(4):
+        far.publish(f"i/{i}", b"y" * 50, qos=1)
+    near.wait_messages(4)
+    until(lambda: state()["messages_out"] >= before["messages_out"] + 10
+          and state()["messages_in"] >= before["messages_in"] + 4, "counted")
+    after = state()
+    assert after["bytes_out"] >= before["bytes_out"] + 1000
+    assert after["bytes_in"] >= before["bytes_in"] + 200
+    assert metric("tern_bridge_messages_total", direction="out") == after["messages_out"]
+    assert metric("tern_bridge_messages_total", direction="in") == after["messages_in"]
+
+    remote.stop(signal.SIGTERM)
+    until(lambda: not state()["connected"], "disconnected")
+    assert metric("tern_bridge_connected") == 0
+    for i in range(7):
+        near.publish(f"o/queued/{i}", b"q", qos=1)  # acknowledged: stored for the bridge
+    until(lambda: state()["queue_depth"] >= 7, "queue depth 7")
+    assert metric("tern_bridge_queue_depth") >= 7
+    assert state()["last_error"], "the last connection error is shown"
+
+    far.wait_disconnected()
+    remote.start()
+    far2 = clients(remote, f"{unique}-far", V311)
+    far2.connect()
+    far2.subscribe("o/#", 1)
+    until(lambda: state()["connected"], "reconnected")
+    # The 7 queued may have gone out before far2 subscribed: what counts here is the state.
+    until(lambda: state()["queue_depth"] == 0, "the queue drained")
+    assert state()["reconnects"] >= 1
+    assert metric("tern_bridge_reconnects_total") >= 1
+    log = tern.log()
+    for line in ("bridge connecting", "bridge connected", "bridge lost"):
+        assert line in log, f"no {line!r} in the log"

@@ -65,6 +65,8 @@ pub enum CtlCommand {
     Sessions,
     /// End a session (and close its connection, if any).
     DeleteSession { client_id: String },
+    /// Bridges to other brokers and their state.
+    Bridges,
     /// Subscriptions, every one or a client's.
     Subscriptions {
         #[arg(long = "client", value_name = "ID")]
@@ -178,6 +180,23 @@ pub async fn run(args: &CtlArgs) -> anyhow::Result<String> {
                 ],
             )
         }),
+        CtlCommand::Bridges => {
+            let answer = api.get("/api/v1/bridges").await?;
+            out(answer["items"].clone(), |v| {
+                table(
+                    v,
+                    &[
+                        "name",
+                        "connected",
+                        "messages_out",
+                        "messages_in",
+                        "queue_depth",
+                        "reconnects",
+                        "last_error",
+                    ],
+                )
+            })
+        }
         CtlCommand::DeleteSession { client_id } => {
             api.call(
                 Method::DELETE,

@@ -311,10 +311,7 @@ async fn run(
     // The endpoint tried next: a failed attempt moves on to the next one, in turn; a lost
     // connection is tried again where it was.
     let mut current = 0usize;
-    loop {
-        let Some((endpoint, dialer)) = task.dialers.get(current % task.dialers.len().max(1)) else {
-            break;
-        };
+    while let Some((endpoint, dialer)) = task.dialers.get(current % task.dialers.len().max(1)) {
         let error = match establish(&task.options, endpoint, dialer).await {
             Ok((stream, read, connack)) => {
                 attempt = 0;

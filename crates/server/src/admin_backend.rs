@@ -454,7 +454,7 @@ impl AdminBackend for ServerBackend {
     fn reload(&self) -> BoxFuture<'_, ReloadReport> {
         Box::pin(async move {
             let this = self.reload_parts();
-            let report = tokio::task::spawn_blocking(move || this.run())
+            let mut report = tokio::task::spawn_blocking(move || this.run())
                 .await
                 .unwrap_or_else(|error| {
                     let report = ReloadReport {
@@ -464,6 +464,13 @@ impl AdminBackend for ServerBackend {
                     (report, None, serde_json::Value::Null)
                 });
             if let Some(config) = &report.1 {
+                let changed = self.source.bridges.apply(&config.bridges).await;
+                if !changed.is_empty() {
+                    report
+                        .0
+                        .applied
+                        .push(format!("bridges ({})", changed.join(", ")));
+                }
                 *lock(&self.running) = config.clone();
                 *lock(&self.file_values) = report.2.clone();
                 *lock(&self.pending_restart) = report.0.needs_restart.clone();
@@ -585,6 +592,8 @@ impl Reload {
             }
         }
         let mut running = old.clone();
+        // Applied by the caller (the bridges' tasks are async): see `Bridges::apply`.
+        running.bridges = new.bridges.clone();
         self.apply_limits(old, &new, &mut running, &mut report);
         report.needs_restart.extend(restart_keys(old, &new));
         // What needs a restart stays as it runs.
@@ -667,8 +676,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     );
     compare("mqtt", *mqtt != old.mqtt);
     compare("admin", *admin != old.admin);
-    // Bridges are started with the server; a change takes a restart.
-    compare("bridges", *bridges != old.bridges);
+    let _ = bridges; // applied: changed bridges are restarted (`Bridges::apply`)
     compare("store_tuning", *store_tuning != old.store_tuning);
     // The files `[auth]` names are read again; which files, and the other auth settings,
     // are fixed at start.

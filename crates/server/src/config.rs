@@ -327,16 +327,23 @@ pub enum ConfigError {
     },
 }
 
-/// The line (1-based) of `text` that an `Invalid` message is about: the `[[listeners]]` header
-/// of the listener it names, or the line that sets the key it starts with.
+/// The line (1-based) of `text` that an `Invalid` message is about: the `[[listeners]]` or
+/// `[[bridges]]` header of the listener or bridge it names, or the line that sets the key it
+/// starts with.
 fn locate(text: &str, message: &str) -> Option<usize> {
-    if let Some(rest) = message.strip_prefix("listener \"")
+    let table = [
+        ("listener \"", "[[listeners]]"),
+        ("bridge \"", "[[bridges]]"),
+    ]
+    .into_iter()
+    .find_map(|(prefix, header)| Some((message.strip_prefix(prefix)?, header)));
+    if let Some((rest, table_header)) = table
         && let Some(name) = rest.split('"').next()
     {
         let mut header = None;
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
-            if line.starts_with("[[listeners]]") {
+            if line.starts_with(table_header) {
                 header = Some(index + 1);
             } else if let Some(value) = line.strip_prefix("name")
                 && let Some(value) = value.trim_start().strip_prefix('=')

@@ -142,7 +142,7 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     for bridge in &config.bridges {
         bridge
             .check_files()
-            .map_err(|message| crate::config::ConfigError::Invalid(message))?;
+            .map_err(crate::config::ConfigError::Invalid)?;
     }
     Ok(())
 }
@@ -440,7 +440,8 @@ impl Server {
             admin.spawn(admin_backend, stop_rx.clone());
         }
         // The broker is up: the bridges connect.
-        let bridges = self.bridges.start(&self.config.bridges, &self.broker);
+        let bridges = self.bridges.clone();
+        bridges.start();
         // A store that fails (a full disk, an I/O error) does not stop the server: it refuses
         // new durable work, recovers by itself when it can, and says so in the log; the
         // broker serves whatever needs no disk meanwhile.

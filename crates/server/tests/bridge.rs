@@ -351,6 +351,17 @@ fn bridge_config_errors_are_reported() {
         error.contains("direction") || error.contains("unknown"),
         "{error}"
     );
+    // From a file, the error names the bridge's table's line (as check-config prints it).
+    let dir = TempDir::new("check");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let file = dir.path().join("tern.toml");
+    std::fs::write(
+        &file,
+        "listen = [\"127.0.0.1:0\"]\n\n[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntopics = []\n",
+    )
+    .expect("write");
+    let error = ServerConfig::from_file(&file).unwrap_err().to_string();
+    assert!(error.contains("tern.toml:3: bridge \"x\""), "{error}");
     // The TLS files are read by check-config.
     let config = ServerConfig::from_toml(
         "[[bridges]]\nname = \"x\"\naddress = \"h:1\"\ntls = { ca = \"/nonexistent/ca.pem\" }\ntopics = [{ pattern = \"a\", direction = \"in\" }]\n",
@@ -569,6 +580,89 @@ async fn access_rules_of_local_username_apply() {
         local.bridge().messages_refused >= 1
     })
     .await;
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15: the remote's address may be a list tried in turn: a first address where nobody
+/// listens is passed over for the next.
+#[tokio::test]
+async fn addresses_are_tried_in_turn() {
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let dead = free_port();
+    let bridge = format!(
+        "[[bridges]]\nname = \"b\"\naddresses = [\"{dead}\", \"{}\"]\nreconnect_min_ms = 20\n\
+         reconnect_max_ms = 50\ntopics = [{{ pattern = \"s/#\", direction = \"out\", qos = 1 }}]\n",
+        remote.addr
+    );
+    let local = Tern::start(config("127.0.0.1:0", None, &bridge)).await;
+    let publisher = Client::simple(local.addr, "pub").await;
+    let mut subscriber = Client::simple(remote.addr, "sub").await;
+    subscriber.subscribe("s/#", R::AtLeastOnce).await;
+    wait_flowing(&publisher, &mut subscriber, "s/probe").await;
+    let state = local.bridge();
+    assert!(state.connected && state.reconnects >= 1, "{state:?}");
+    local.shutdown().await;
+    remote.shutdown().await;
+}
+
+/// Issue 15 (reload): a bridge whose configuration changed is restarted with the new one, a
+/// removed one is stopped.
+#[tokio::test]
+async fn reload_restarts_a_changed_bridge_and_stops_a_removed_one() {
+    let dir = TempDir::new("reload");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let remote = Tern::start(config("127.0.0.1:0", None, "")).await;
+    let file = dir.path().join("tern.toml");
+    let base = "listen = [\"127.0.0.1:0\"]\nsys_interval = 0\ndurability = \"memory\"\n";
+    let write = |topics: Option<&str>| {
+        let bridges = topics.map_or(String::new(), |t| bridge_to(remote.addr, t));
+        std::fs::write(&file, format!("{base}{bridges}")).expect("write the file");
+    };
+    write(Some("{ pattern = \"x/#\", direction = \"out\", qos = 1 }"));
+    let local = Tern::start(ServerConfig::from_file(&file).expect("file")).await;
+    let publisher = Client::simple(local.addr, "pub").await;
+    let mut subscriber = Client::simple(remote.addr, "sub").await;
+    subscriber.subscribe("#", R::AtLeastOnce).await;
+    wait_flowing(&publisher, &mut subscriber, "x/probe").await;
+
+    write(Some("{ pattern = \"y/#\", direction = \"out\", qos = 1 }"));
+    let report = local.admin.reload().await;
+    assert!(
+        report.applied.iter().any(|a| a == "bridges (b)"),
+        "{report:?}"
+    );
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    wait_flowing(&publisher, &mut subscriber, "y/probe").await;
+    publisher.publish("x/old", R::AtLeastOnce, false, "x").await;
+    publisher.publish("y/new", R::AtLeastOnce, false, "y").await;
+    loop {
+        let got = recv_skipping_probes(&mut subscriber).await;
+        assert_ne!(got.topic, "x/old", "the old rule still carries");
+        if got.topic == "y/new" {
+            break;
+        }
+    }
+
+    // The old rule's subscription is gone from the bridge's session.
+    let subscriptions = local.admin.subscriptions(&tern_admin::SubscriptionQuery {
+        client_id: Some("$bridge/b".into()),
+        filter: None,
+        page: tern_admin::Page {
+            limit: 100,
+            after: None,
+        },
+    });
+    let filters: Vec<_> = subscriptions.iter().map(|s| s.filter.as_str()).collect();
+    assert_eq!(filters, ["y/#"]);
+
+    write(None);
+    let report = local.admin.reload().await;
+    assert!(
+        report.applied.iter().any(|a| a == "bridges (b)"),
+        "{report:?}"
+    );
+    assert!(local.bridges.snapshots().is_empty());
     local.shutdown().await;
     remote.shutdown().await;
 }

@@ -242,10 +242,15 @@ impl BridgeConfig {
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
             return fail("reconnect_min_ms must be at least 1 and at most reconnect_max_ms".into());
         }
-        if let Some(tls) = &self.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
-            return fail("tls: cert and key go together".into());
+        if let Some(tls) = &self.tls {
+            if tls.ca.is_none() {
+                return fail(
+                    "tls needs ca, the CA certificates of the remote's certificate".into(),
+                );
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return fail("tls: cert and key go together".into());
+            }
         }
         if self.topics.is_empty() {
             return fail("needs at least one entry in topics".into());

@@ -31,8 +31,10 @@ use super::local::LocalSession;
 use super::mapping::Mapper;
 use super::status::BridgeStatus;
 
-/// The packet id of the bridge's local SUBSCRIBE; local PUBLISH ids are taken above it.
+/// The packet ids of the bridge's local SUBSCRIBE and UNSUBSCRIBE; local PUBLISH ids are
+/// taken above them.
 const SUBSCRIBE_ID: u16 = 1;
+const UNSUBSCRIBE_ID: u16 = 2;
 /// How long a stopping bridge waits for the local acknowledgements of messages from the
 /// remote already handed to the core, so that the remote does not send them again.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,6 +63,8 @@ struct Inbound {
     released: HashSet<u16>,
     next_id: u16,
     next_order: u64,
+    /// The most in flight at once: `max_inflight`, or the core's Receive Maximum if smaller.
+    window: usize,
 }
 
 impl Inbound {
@@ -68,17 +72,18 @@ impl Inbound {
         Inbound {
             pending: HashMap::new(),
             released: HashSet::new(),
-            next_id: SUBSCRIBE_ID,
+            next_id: UNSUBSCRIBE_ID,
             next_order: 0,
+            window: 1,
         }
     }
 
-    /// A packet id free in the local session (never [`SUBSCRIBE_ID`]).
+    /// A packet id free in the local session (never [`SUBSCRIBE_ID`] or [`UNSUBSCRIBE_ID`]).
     fn allocate(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.next_id = match self.next_id.checked_add(1) {
                 Some(id) => id,
-                None => SUBSCRIBE_ID + 1,
+                None => UNSUBSCRIBE_ID + 1,
             };
             let id = self.next_id;
             if !self.pending.contains_key(&id) && !self.released.contains(&id) {
@@ -184,8 +189,7 @@ impl Bridge {
                 }
                 continue;
             }
-            let taking_in =
-                inbound.in_flight() < usize::from(self.config.max_inflight) && local.wants_input();
+            let taking_in = inbound.in_flight() < inbound.window && local.wants_input();
             let deadline = local.deadline().map(Instant::from_std);
             let wakeup = local.wakeup();
             tokio::select! {
@@ -211,7 +215,8 @@ impl Bridge {
                 () = std::future::ready(()), if again => {}
             }
         }
-        self.finish(local, remote, &mut inbound).await;
+        self.finish(local, remote, &mut inbound, &mut outbound)
+            .await;
     }
 
     /// Connects the local session (again), subscribes the `out` rules, and hands the core
@@ -224,7 +229,8 @@ impl Bridge {
         let mut attempt = 0u32;
         loop {
             match self.connect_local().await {
-                Ok(mut local) => {
+                Ok((mut local, window)) => {
+                    inbound.window = usize::from(window.min(self.config.max_inflight).max(1));
                     let now = std::time::Instant::now();
                     self.subscribe_local(&mut local, now);
                     let mut order: Vec<_> = inbound.pending.values().collect();
@@ -259,7 +265,7 @@ impl Bridge {
 
     /// One attempt at the local CONNECT, waiting for its CONNACK (an authentication may be
     /// deferred; the core's connect timeout bounds it).
-    async fn connect_local(&self) -> Result<LocalSession, String> {
+    async fn connect_local(&self) -> Result<(LocalSession, u16), String> {
         let client_id = local_client_id(self.name());
         let mut local = LocalSession::connect(
             self.broker.clone(),
@@ -284,7 +290,9 @@ impl Bridge {
                     // What came behind the CONNACK (a resumed session's messages) is the
                     // run loop's.
                     local.give_back(packets);
-                    return Ok(local);
+                    // The core's Receive Maximum bounds what the bridge publishes into it.
+                    let window = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+                    return Ok((local, window));
                 }
             }
             drop(packets);
@@ -314,6 +322,25 @@ impl Bridge {
                 })
             })
             .collect();
+        // Filters of an earlier configuration (the bridge changed; its session stayed) go.
+        let stale: Vec<MqttStr> = self
+            .broker
+            .subscriptions_of(&local_client_id(self.name()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(filter, _)| filter)
+            .filter(|filter| !subscriptions.iter().any(|s| s.filter == *filter))
+            .collect();
+        if !stale.is_empty() {
+            local.handle(
+                Packet::Unsubscribe(tern_codec::Unsubscribe {
+                    packet_id: UNSUBSCRIBE_ID,
+                    properties: Properties::default(),
+                    filters: stale,
+                }),
+                now,
+            );
+        }
         if subscriptions.is_empty() {
             return;
         }
@@ -507,7 +534,11 @@ impl Bridge {
                     session_present = connected.session_present,
                     "bridge connected"
                 );
-                self.subscribe_remote(remote).await;
+                // A resumed session keeps its subscriptions: subscribing again would bring
+                // the retained messages again from a 3.1.1 remote (it has no retain handling).
+                if !connected.session_present {
+                    self.subscribe_remote(remote).await;
+                }
             }
             Event::Disconnected(error) => {
                 self.status.set_error(error.to_string());
@@ -537,9 +568,9 @@ impl Bridge {
         }
     }
 
-    /// The remote subscriptions of the `in` rules (MQTT 5: no local, retain as published;
-    /// 3.1.1 has neither). Made at every connection: a second SUBSCRIBE of the same filter
-    /// replaces the first, and retained messages come again only if the subscription is new.
+    /// The remote subscriptions of the `in` rules (MQTT 5: no local, retain as published,
+    /// retained messages only for a new subscription; 3.1.1 has none of these). Made at every
+    /// connection that did not resume a session.
     async fn subscribe_remote(&self, remote: &Remote) {
         let filters: Vec<(String, SubscriptionOptions)> = self
             .mapper
@@ -623,14 +654,23 @@ impl Bridge {
         tracing::debug!(bridge = self.name(), topic = %message.topic, %code, "a message from the remote was refused here");
     }
 
-    /// The bridge stops: the messages from the remote already in the core are given a moment
-    /// to be acknowledged (so that the remote does not send them again), then both sides are
-    /// disconnected normally. The local session stays, with its queue.
-    async fn finish(&self, mut local: LocalSession, remote: Remote, inbound: &mut Inbound) {
+    /// The bridge stops: the messages in flight either way are given a moment to be
+    /// acknowledged (so that neither side gets them again after the next start), then both
+    /// sides are disconnected normally. The local session stays, with its queue. New messages
+    /// from the local session are not taken meanwhile (they stay in it).
+    async fn finish(
+        &self,
+        mut local: LocalSession,
+        remote: Remote,
+        inbound: &mut Inbound,
+        outbound: &mut Outbound,
+    ) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut packets = Vec::new();
-        let mut outbound = Outbound::default();
-        while inbound.in_flight() > 0 && Instant::now() < deadline && local.close_reason().is_none()
+        let mut ignored = Outbound::default();
+        while (inbound.in_flight() > 0 || !outbound.done.is_empty())
+            && Instant::now() < deadline
+            && local.close_reason().is_none()
         {
             if local.poll(std::time::Instant::now(), &mut packets).is_err() {
                 break;
@@ -638,13 +678,20 @@ impl Bridge {
             let handled = !packets.is_empty();
             for packet in packets.drain(..) {
                 if !matches!(packet, Packet::Publish(_)) {
-                    self.on_local(packet, &mut local, &remote, &mut outbound, inbound)
+                    self.on_local(packet, &mut local, &remote, &mut ignored, inbound)
                         .await;
                 }
             }
-            if !handled {
-                let wakeup = local.wakeup();
-                let _ = tokio::time::timeout_at(deadline, wakeup.0.notified()).await;
+            if handled {
+                continue;
+            }
+            let wakeup = local.wakeup();
+            tokio::select! {
+                () = wakeup.0.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                Some((id, qos, result)) = outbound.done.next(), if !outbound.done.is_empty() => {
+                    self.remote_acknowledged(id, qos, result, &mut local, outbound);
+                }
             }
         }
         local.disconnect(std::time::Instant::now());

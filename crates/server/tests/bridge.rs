@@ -60,6 +60,22 @@ impl Tern {
         }
     }
 
+    /// The filters the bridge's session here subscribes.
+    fn bridge_filters(&self) -> Vec<String> {
+        self.admin
+            .subscriptions(&tern_admin::SubscriptionQuery {
+                client_id: Some("$bridge/b".into()),
+                filter: None,
+                page: tern_admin::Page {
+                    limit: 100,
+                    after: None,
+                },
+            })
+            .into_iter()
+            .map(|s| s.filter)
+            .collect()
+    }
+
     fn bridge(&self) -> tern_server::bridge::BridgeSnapshot {
         self.bridges.snapshots().remove(0)
     }
@@ -101,7 +117,11 @@ impl Drop for TempDir {
 /// unless `data_dir` is given.
 fn config(listen: &str, data_dir: Option<&Path>, extra: &str) -> ServerConfig {
     let durability = match data_dir {
-        Some(dir) => format!("durability = \"process\"\ndata_dir = {:?}\n", dir.display()),
+        // The machine's free space is not what these tests are about.
+        Some(dir) => format!(
+            "durability = \"process\"\ndata_dir = {:?}\nmin_free_disk = \"0\"\n",
+            dir.display()
+        ),
         None => "durability = \"memory\"\n".to_owned(),
     };
     let text = format!("listen = [\"{listen}\"]\nsys_interval = 0\n{durability}{extra}");
@@ -488,6 +508,11 @@ async fn stored_queue_survives_a_local_restart() {
         "{ pattern = \"q/#\", direction = \"out\", qos = 1 }",
     );
     let local = Tern::start(config("127.0.0.1:0", Some(local_dir.path()), &bridge)).await;
+    // The bridge's session has subscribed (from then on messages are kept for it).
+    common::wait_until("the bridge subscribed", || {
+        !local.bridge_filters().is_empty()
+    })
+    .await;
     let mut publisher = Client::simple(local.addr, "pub").await;
     publish_acknowledged(&mut publisher, "q/m", 25).await;
     common::wait_until("the bridge holds the messages", || {
@@ -645,16 +670,7 @@ async fn reload_restarts_a_changed_bridge_and_stops_a_removed_one() {
     }
 
     // The old rule's subscription is gone from the bridge's session.
-    let subscriptions = local.admin.subscriptions(&tern_admin::SubscriptionQuery {
-        client_id: Some("$bridge/b".into()),
-        filter: None,
-        page: tern_admin::Page {
-            limit: 100,
-            after: None,
-        },
-    });
-    let filters: Vec<_> = subscriptions.iter().map(|s| s.filter.as_str()).collect();
-    assert_eq!(filters, ["y/#"]);
+    assert_eq!(local.bridge_filters(), ["y/#"]);
 
     write(None);
     let report = local.admin.reload().await;
@@ -665,4 +681,130 @@ async fn reload_restarts_a_changed_bridge_and_stops_a_removed_one() {
     assert!(local.bridges.snapshots().is_empty());
     local.shutdown().await;
     remote.shutdown().await;
+}
+
+/// The remote broker's side of one connection, played by the test (to resend a QoS 2
+/// PUBLISH as a broker does after a lost PUBREC).
+struct FakeRemote {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl FakeRemote {
+    async fn accept(listener: &tokio::net::TcpListener) -> FakeRemote {
+        let (stream, _) = tokio::time::timeout(WAIT * 2, listener.accept())
+            .await
+            .expect("the bridge connects in time")
+            .expect("accept");
+        FakeRemote {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    async fn recv(&mut self) -> tern_codec::Packet {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(packet) =
+                tern_codec::Packet::decode(&mut self.buf, tern_codec::ProtocolVersion::V5, u32::MAX)
+                    .expect("the bridge sends valid packets")
+            {
+                return packet;
+            }
+            self.buf.reserve(4096);
+            let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("a packet in time")
+                .expect("read");
+            assert!(read > 0, "the bridge closed the connection");
+        }
+    }
+
+    async fn send(&mut self, packet: tern_codec::Packet) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        packet
+            .encode(tern_codec::ProtocolVersion::V5, &mut out)
+            .expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// CONNECT, then CONNACK with `session_present`.
+    async fn handshake(&mut self, session_present: bool) {
+        assert!(matches!(self.recv().await, tern_codec::Packet::Connect(_)));
+        self.send(tern_codec::Packet::ConnAck(tern_codec::ConnAck {
+            session_present,
+            reason_code: tern_codec::ReasonCode::Success,
+            properties: Default::default(),
+        }))
+        .await;
+    }
+}
+
+fn qos2_publish(topic: &str, id: u16, dup: bool) -> tern_codec::Packet {
+    tern_codec::Packet::Publish(tern_codec::Publish {
+        dup,
+        qos: tern_codec::QoS::ExactlyOnce,
+        retain: false,
+        topic: tern_codec::MqttStr::try_from(topic).expect("topic"),
+        packet_id: id,
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(b"once"),
+    })
+}
+
+/// Issue 15 with MQTT-4.3.3-9: a QoS 2 message from the remote is acknowledged (PUBREC) once
+/// it is durable here; when the remote sends it again (DUP, same packet id: its PUBREC was
+/// lost with the connection), the bridge answers PUBREC again and does not publish it twice.
+#[tokio::test]
+async fn qos2_resent_by_the_remote_is_not_published_twice() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let remote_addr = listener.local_addr().expect("address");
+    let local = Tern::start(config(
+        "127.0.0.1:0",
+        None,
+        &bridge_to(
+            remote_addr,
+            "{ pattern = \"f/#\", direction = \"in\", qos = 2 }",
+        ),
+    ))
+    .await;
+    let mut subscriber = Client::simple(local.addr, "sub").await;
+    subscriber.subscribe("f/#", R::ExactlyOnce).await;
+
+    let mut first = FakeRemote::accept(&listener).await;
+    first.handshake(false).await;
+    let tern_codec::Packet::Subscribe(subscribe) = first.recv().await else {
+        panic!("SUBSCRIBE expected")
+    };
+    assert!(subscribe.subscriptions[0].options.no_local);
+    first
+        .send(tern_codec::Packet::SubAck(tern_codec::SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Default::default(),
+            reason_codes: vec![tern_codec::ReasonCode::GrantedQos2],
+        }))
+        .await;
+    first.send(qos2_publish("f/x", 7, false)).await;
+    assert!(matches!(first.recv().await, tern_codec::Packet::PubRec(ack) if ack.packet_id == 7));
+    assert_eq!(subscriber.recv().await.topic, "f/x");
+    drop(first);
+
+    let mut second = FakeRemote::accept(&listener).await;
+    second.handshake(true).await;
+    second.send(qos2_publish("f/x", 7, true)).await;
+    assert!(matches!(second.recv().await, tern_codec::Packet::PubRec(ack) if ack.packet_id == 7));
+    second
+        .send(tern_codec::Packet::PubRel(tern_codec::Ack::new(7)))
+        .await;
+    assert!(matches!(second.recv().await, tern_codec::Packet::PubComp(ack) if ack.packet_id == 7));
+    second.send(qos2_publish("f/end", 8, false)).await;
+    assert_eq!(
+        subscriber.recv().await.topic,
+        "f/end",
+        "f/x was published here twice"
+    );
+    local.shutdown().await;
 }

@@ -73,9 +73,14 @@ class Mosquitto:
     START_TIMEOUT = 10.0
 
     def __init__(self, workdir: Path, *, persistence: bool = True,
-                 autosave_interval: int | None = None, debug: bool = False):
-        """`debug`: log every packet (`log_type debug`; also with $MOSQUITTO_DEBUG set)."""
+                 autosave_interval: int | None = None, debug: bool = False,
+                 tls: dict | None = None):
+        """`debug`: log every packet (`log_type debug`; also with $MOSQUITTO_DEBUG set).
+        `tls`: a second listener, MQTT over TLS on `tls_port`, with these mosquitto.conf
+        options (cafile, certfile, keyfile, require_certificate ...)."""
         self.debug = debug or bool(os.environ.get("MOSQUITTO_DEBUG"))
+        self.tls = tls
+        self.tls_port: int | None = None
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
@@ -112,6 +117,11 @@ class Mosquitto:
             lines += ["persistence true", f"persistence_location {self.dir}/"]
             if self.autosave_interval is not None:
                 lines.append(f"autosave_interval {self.autosave_interval}")
+        if self.tls is not None:
+            if self.tls_port is None:
+                self.tls_port = free_port()
+            lines.append(f"listener {self.tls_port} {HOST}")
+            lines += [f"{key} {value}" for key, value in self.tls.items()]
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
@@ -1044,3 +1054,80 @@ def test_bridge_state_in_admin_api_metrics_and_log(mosquitto, terns, clients, un
     log = tern.log()
     for line in ("bridge connecting", "bridge connected", "bridge lost"):
         assert line in log, f"no {line!r} in the log"
+
+
+# --- TLS towards the remote ----------------------------------------------------------------
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+
+
+def make_pki(dir: Path) -> Path:
+    """ca1.pem (the CA), server.pem/.key (localhost, 127.0.0.1) and client.pem/.key (CN
+    site-7), all signed by ca1; ca2.pem, a CA that signed none of them."""
+    dir.mkdir(parents=True, exist_ok=True)
+    for ca in ("ca1", "ca2"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "30",
+                "-subj", f"/CN={ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=dir)
+    for name, cn, ext in (
+            ("server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+             "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+            ("client", "site-7", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")):
+        (dir / f"{name}.ext").write_text(ext)
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=dir)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca1.pem", "-CAkey", "ca1.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "30",
+                "-extfile", f"{name}.ext", cwd=dir)
+    return dir
+
+
+@needs_mosquitto
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the certificates")
+def test_tls_with_client_certificate_to_mosquitto(mosquitto, terns, clients, unique, tmp_path):
+    """Issue 15 contract: `tls = { ca, cert, key }` towards the remote. Mosquitto's TLS
+    listener requires a client certificate (require_certificate, its CN as the username): the
+    bridge verifies Mosquitto's certificate against `ca`, presents `cert`/`key`, connects as
+    `site-7` and carries messages both ways. With another CA as `ca` it does not connect (the
+    log says why) and nothing is carried."""
+    pki = make_pki(tmp_path / "pki")
+    remote = mosquitto(persistence=False, tls={
+        "cafile": pki / "ca1.pem", "certfile": pki / "server.pem",
+        "keyfile": pki / "server.key", "require_certificate": "true",
+        "use_identity_as_username": "true"})
+    bridge_id = f"{unique}-br"
+
+    def config(ca: str) -> str:
+        return bridge_toml(
+            name="m", address=f"127.0.0.1:{remote.tls_port}", protocol="5",
+            client_id=bridge_id, **FAST_RECONNECT,
+            tls={"ca": str(pki / ca), "cert": str(pki / "client.pem"),
+                 "key": str(pki / "client.key")},
+            topics=[rule("o/#", "out", 1), rule("i/#", "in", 1)])
+
+    tern = terns("good", config("ca1.pem"))
+    remote.wait_for_log(rf"New client connected from \S+ as {re.escape(bridge_id)} "
+                        r"\(p5, c\d, k\d+, u'site-7'\)")
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 1 i/#")
+    far = clients(remote, f"{unique}-far", V311)  # on the plain listener
+    far.connect()
+    far.subscribe("o/#", 1)
+    near = clients(tern, f"{unique}-near", V311)
+    near.connect()
+    near.subscribe("i/#", 1)
+    until_bridged(near, "o/probe", far, "o/probe")
+    until_bridged(far, "i/probe", near, "i/probe")
+    near.publish("o/x", b"over tls", qos=1)
+    far.publish("i/y", b"back over tls", qos=1)
+    assert far.wait_messages(1, topic="o/x")[0].payload == b"over tls"
+    assert near.wait_messages(1, topic="i/y")[0].payload == b"back over tls"
+
+    wrong = terns("wrong", config("ca2.pem"))
+    assert wrong.wait_for_log(r"bridge cannot connect bridge=\"m\"", timeout=10), \
+        "no log line of the failed TLS connection"
+    connected = len(re.findall(rf"as {re.escape(bridge_id)} ", remote.log()))
+    assert connected == 1, "the bridge with the wrong CA connected"

@@ -1087,7 +1087,7 @@ def make_pki(dir: Path) -> Path:
 
 
 @needs_mosquitto
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the certificates")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the certificates")
 def test_tls_with_client_certificate_to_mosquitto(mosquitto, terns, clients, unique, tmp_path):
     """Issue 15 contract: `tls = { ca, cert, key }` towards the remote. Mosquitto's TLS
     listener requires a client certificate (require_certificate, its CN as the username): the

@@ -41,7 +41,9 @@ from mqtt_clients import MOSQUITTO_PUB, MQTTV5, PROTOCOLS, ConnectResult, PahoCl
 
 V311 = PROTOCOLS["v311"]
 
-MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+#: The broker binary: $MOSQUITTO, or mosquitto on PATH, or Debian's /usr/sbin/mosquitto.
+MOSQUITTO_BIN = (os.environ.get("MOSQUITTO") or shutil.which("mosquitto")
+                 or "/usr/sbin/mosquitto")
 HAVE_MOSQUITTO = os.path.isfile(MOSQUITTO_BIN) and os.access(MOSQUITTO_BIN, os.X_OK)
 needs_mosquitto = pytest.mark.skipif(
     not HAVE_MOSQUITTO,

@@ -448,8 +448,14 @@ def assert_stream(received: list[int], acked: set[int], published: set[int],
     never published; the first copy of each message arrived in publishing order. With
     `exactly_once` (QoS 2: the copies to count, all or `fresh_copies`): none arrived twice."""
     missing = sorted(acked - set(received))
+    if missing:
+        # Where the gap is: what arrived around the first missing message, in arrival order.
+        after = [i for i, seq in enumerate(received) if seq > missing[0]]
+        at = after[0] if after else len(received)
+        context = received[max(0, at - 5):at + 5]
     assert not missing, (
-        f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:30]}")
+        f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:30]}; "
+        f"arrived around the first: {context} (arrival #{at} of {len(received)})")
     unknown = sorted(set(received) - published)
     assert not unknown, f"messages nobody published: {unknown[:30]}"
     firsts, seen = [], set()

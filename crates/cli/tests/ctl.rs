@@ -129,6 +129,22 @@ fn sessions_and_delete_session() {
     assert!(!fake.lock().offline_sessions.contains_key("gamma"));
 }
 
+/// Issue 15: `tern ctl bridges` lists the bridges and their state.
+#[test]
+fn bridges_are_listed() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let table = ok(addr, &["bridges"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("cloud") && l.contains("true") && l.contains("12")),
+        "{table}"
+    );
+    let listed = json(addr, &["bridges"]);
+    assert_eq!(listed[0]["addresses"][0], "broker.example.net:8883");
+}
+
 #[test]
 fn subscriptions_all_and_by_client() {
     let fake = FakeBackend::sample();

@@ -81,6 +81,14 @@ impl Mapper {
     }
 }
 
+/// The properties of a message carried over: those of its publisher (expiry, content type,
+/// response topic, correlation data, user properties), not those of the hop.
+pub(crate) fn forwarded(mut properties: tern_codec::Properties) -> tern_codec::Properties {
+    properties.subscription_identifiers.clear();
+    properties.topic_alias = None;
+    properties
+}
+
 /// Whether `topic` matches `filter` (MQTT 4.7): `+` one level, `#` this level and all below
 /// (and the parent), and no wildcard at the first level matches a `$` topic [MQTT-4.7.2-1].
 pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {

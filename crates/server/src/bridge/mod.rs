@@ -7,6 +7,7 @@
 mod config;
 mod local;
 mod mapping;
+mod remote;
 mod run;
 mod status;
 

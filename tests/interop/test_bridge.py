@@ -1154,3 +1154,59 @@ def test_tls_with_client_certificate_to_mosquitto(mosquitto, terns, clients, uni
         "no log line of the failed TLS connection"
     connected = len(re.findall(rf"as {re.escape(bridge_id)} ", remote.log()))
     assert connected == 1, "the bridge with the wrong CA connected"
+
+
+# --- changed rules: restart and reload -----------------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.test_timeout(60)
+@pytest.mark.parametrize("how", ["restart", "reload"])
+@pytest.mark.xfail(reason="known bug (review of issue 15, MUST 3): the bridge subscribes its "
+                   "`in` rules at the remote only when the remote session was not resumed",
+                   strict=False)
+def test_in_rule_added_later_is_subscribed_at_the_remote(how, mosquitto, terns, clients,
+                                                         unique):
+    """Issue 15 split: "Reload (SIGHUP/file watch): a bridge whose config changed is
+    restarted"; the docs: a changed bridge is "started again with the new settings". With
+    clean_start = false Mosquitto keeps the bridge's session (and its subscriptions) across
+    the bridge's reconnections: an `in` rule added to the file, then applied by a restart of
+    Tern or by SIGHUP, must be subscribed at the remote and carry messages, and a rule
+    removed must no longer carry any."""
+    remote = mosquitto(persistence=False)
+    bridge_id = f"{unique}-br"
+
+    def config(in_patterns: list[str]) -> str:
+        return bridge_toml(
+            name="m", address=f"{HOST}:{remote.port}", protocol="5", client_id=bridge_id,
+            clean_start=False, **FAST_RECONNECT,
+            topics=[rule(p, "in", 1) for p in in_patterns])
+
+    tern = terns("a", config(["old/#"]))
+    remote.wait_for_log(rf"{re.escape(bridge_id)} 1 old/#")
+    if how == "restart":
+        code, _ = tern.stop(signal.SIGTERM)
+        assert code == 0
+        tern = terns("a", config(["new/#"]))
+    else:
+        (tern.log_path.parent / "tern.toml").write_text(
+            f"data_dir = {toml_value(str(tern.log_path.parent.parent / 'data'))}\n"
+            + config(["new/#"]))
+        tern.proc.send_signal(signal.SIGHUP)
+        assert tern.wait_for_log(r"bridge connected bridge=\"m\"", count=2, timeout=10), \
+            "the changed bridge did not connect again"
+    near = clients(tern, f"{unique}-near", V311)
+    near.connect()
+    near.subscribe([("new/#", 1), ("old/#", 1)])
+    far = clients(remote, f"{unique}-far", V311)
+    far.connect()
+    try:
+        until_bridged(far, "new/probe", near, "new/probe", timeout=10)
+    except TimeoutError:
+        subscribed = re.findall(rf"{re.escape(bridge_id)} \d (\S+)", remote.log())
+        pytest.fail(f"after a {how}, the added `in` rule new/# carries nothing (what "
+                    f"Mosquitto saw {bridge_id} subscribe: {subscribed})")
+    far.publish("old/x", b"removed rule", qos=1)
+    far.publish("new/end", b"end", qos=1)
+    before = near.wait_marker("new/end", b"end")
+    assert not [m for m in before if m.topic.startswith("old/")], "a removed rule still carries"

@@ -182,18 +182,21 @@ for path in glob.glob(os.path.join(out, "r*-*-q*", "bench.json")):
     rate = d.get("received_per_s") or 0
     cpu = (d.get("broker") or {}).get("cpu_pct")
     runs.setdefault((m.group(2), int(m.group(3))), []).append((rate, cpu, ok))
-print(f"remote: {remote}; medians of the rounds; local broker CPU in % of one core")
-print("| local broker | QoS | messages/s | local CPU % | rounds (messages/s) | checks |")
-print("|---|---|---|---|---|---|")
+print(f"remote: {remote}; medians of the rounds; local broker CPU in % of one core and in "
+      "microseconds of CPU per message carried")
+print("| local broker | QoS | messages/s | local CPU % | local CPU µs/msg | rounds (messages/s) "
+      "| checks |")
+print("|---|---|---|---|---|---|---|")
 for (name, qos) in sorted(runs, key=lambda k: (k[1], k[0])):
     values = runs[(name, qos)]
     rates = [v[0] for v in values]
     cpus = [v[1] for v in values if v[1] is not None]
+    per_msg = [v[1] / 100 / v[0] * 1e6 for v in values if v[1] is not None and v[0]]
     checks = "all passed" if all(v[2] for v in values) else "FAILED: " + ",".join(
         str(i + 1) for i, v in enumerate(values) if not v[2])
-    print(f"| {name} | {qos} | {statistics.median(rates):,.0f} | "
-          f"{statistics.median(cpus):.0f} | {', '.join(f'{r:,.0f}' for r in rates)} | {checks} |"
-          if cpus else f"| {name} | {qos} | {statistics.median(rates):,.0f} | - | "
+    cpu = f"{statistics.median(cpus):.0f}" if cpus else "-"
+    us = f"{statistics.median(per_msg):.1f}" if per_msg else "-"
+    print(f"| {name} | {qos} | {statistics.median(rates):,.0f} | {cpu} | {us} | "
           f"{', '.join(f'{r:,.0f}' for r in rates)} | {checks} |")
 print(f"(runs in {out})")
 PY

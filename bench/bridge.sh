@@ -181,14 +181,14 @@ for path in glob.glob(os.path.join(out, "r*-*-q*", "bench.json")):
     ok = d.get("check") in (True, "PASS", "pass") or (d.get("verdict") or {}).get("pass")
     rate = d.get("received_per_s") or 0
     cpu = (d.get("broker") or {}).get("cpu_pct")
-    runs.setdefault((m.group(2), int(m.group(3))), []).append((rate, cpu, ok))
+    runs.setdefault((m.group(2), int(m.group(3))), []).append((int(m.group(1)), rate, cpu, ok))
 print(f"remote: {remote}; medians of the rounds; local broker CPU in % of one core and in "
       "microseconds of CPU per message carried")
 print("| local broker | QoS | messages/s | local CPU % | local CPU µs/msg | rounds (messages/s) "
       "| checks |")
 print("|---|---|---|---|---|---|---|")
 for (name, qos) in sorted(runs, key=lambda k: (k[1], k[0])):
-    values = runs[(name, qos)]
+    values = [v[1:] for v in sorted(runs[(name, qos)])]  # in round order
     rates = [v[0] for v in values]
     cpus = [v[1] for v in values if v[1] is not None]
     per_msg = [v[1] / 100 / v[0] * 1e6 for v in values if v[1] is not None and v[0]]

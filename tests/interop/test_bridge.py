@@ -1163,7 +1163,8 @@ def test_tls_with_client_certificate_to_mosquitto(mosquitto, terns, clients, uni
 @pytest.mark.test_timeout(60)
 @pytest.mark.parametrize("how", ["restart", "reload"])
 @pytest.mark.xfail(reason="known bug (review of issue 15, MUST 3): the bridge subscribes its "
-                   "`in` rules at the remote only when the remote session was not resumed",
+                   "`in` rules at the remote only when the remote session was not resumed "
+                   "(passes with branch bridgefix at 0af77df: drop this mark once merged)",
                    strict=False)
 def test_in_rule_added_later_is_subscribed_at_the_remote(how, mosquitto, terns, clients,
                                                          unique):

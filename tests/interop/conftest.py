@@ -41,6 +41,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "tern_config(toml): TOML configuration file contents for the broker of this test",
     )
+    config.addinivalue_line(
+        "markers",
+        "test_timeout(seconds): a longer bound than TEST_TIMEOUT for this test (the watchdog)",
+    )
 
 
 def tern_bin() -> Path:
@@ -262,18 +266,21 @@ class _TestTimeout(Exception):
 
 
 @pytest.fixture(autouse=True)
-def _watchdog():
-    """Fails a test that runs longer than TEST_TIMEOUT seconds (every wait in the suite is
-    bounded already; this is the last line of defence). SIGALRM, main thread only."""
+def _watchdog(request):
+    """Fails a test that runs longer than TEST_TIMEOUT seconds, or its `test_timeout` marker's
+    (every wait in the suite is bounded already; this is the last line of defence). SIGALRM,
+    main thread only."""
+    marker = request.node.get_closest_marker("test_timeout")
+    limit = marker.args[0] if marker else TEST_TIMEOUT
     if not hasattr(signal, "setitimer"):
         yield
         return
 
     def expired(signum, frame):
-        raise _TestTimeout(f"test exceeded {TEST_TIMEOUT} s")
+        raise _TestTimeout(f"test exceeded {limit} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT)
+    signal.setitimer(signal.ITIMER_REAL, limit)
     try:
         yield
     finally:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party MQTT clients the interop suite (tests/interop) drives, when missing:
 #   - mosquitto_pub / mosquitto_sub  (Debian package mosquitto-clients, via apt-get)
-#   - mosquitto_passwd                (Debian package mosquitto, via apt-get; password files)
+#   - mosquitto_passwd, mosquitto     (Debian package mosquitto, via apt-get; password files, and
+#                                     the remote broker of test_bridge.py)
 #   - haproxy                         (Debian package haproxy, via apt-get; the PROXY protocol tests)
 #   - chromium                        (Debian package chromium, via apt-get; the dashboard test)
 #   - paho-mqtt 2.x and pytest        (PyPI, via python3 -m pip)
@@ -36,7 +37,7 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
   fi
 fi
 
-# --- mosquitto (mosquitto_passwd makes the password files of test_auth.py) -------------------
+# --- mosquitto (mosquitto_passwd: password files of test_auth.py; the broker: test_bridge.py) -
 if ! command -v mosquitto_passwd >/dev/null 2>&1; then
   log "installing mosquitto (for mosquitto_passwd)"
   if ! apt_install mosquitto >/dev/null 2>&1; then

@@ -73,6 +73,13 @@ pub struct BenchArgs {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers connect to this host instead of --host (TCP only): with --sub-port, the
+    /// publishers on one broker and the subscribers on another, e.g. through a bridge.
+    #[arg(long)]
+    pub sub_host: Option<String>,
+    /// Subscribers connect to this port instead of --port (TCP only; see --sub-host).
+    #[arg(long)]
+    pub sub_port: Option<u16>,
     /// What carries MQTT: tcp, tls, ws (WebSockets) or wss (WebSockets over TLS).
     #[arg(long, default_value = "tcp", value_parser = |v: &str| v.parse::<Transport>())]
     pub transport: Transport,
@@ -183,6 +190,9 @@ pub struct BenchConfig {
     pub scenario: Scenario,
     pub host: String,
     pub port: u16,
+    /// Where subscribers connect, when not to host:port (TCP only; not for conn).
+    pub sub_host: Option<String>,
+    pub sub_port: Option<u16>,
     pub transport: Transport,
     /// For tls and wss.
     pub tls: TlsOptions,
@@ -229,6 +239,8 @@ impl BenchConfig {
             scenario,
             host: "127.0.0.1".to_owned(),
             port: 1883,
+            sub_host: None,
+            sub_port: None,
             transport: Transport::Tcp,
             tls: TlsOptions::default(),
             ws_path: "/mqtt".to_owned(),
@@ -259,6 +271,8 @@ impl BenchConfig {
         let mut config = BenchConfig::new(args.scenario);
         config.host = args.host.clone();
         config.port = args.port;
+        config.sub_host = args.sub_host.clone();
+        config.sub_port = args.sub_port;
         config.transport = args.transport;
         config.tls = TlsOptions {
             cafile: args.cafile.clone(),
@@ -357,6 +371,14 @@ impl BenchConfig {
                 "--transport {} needs --cafile (the CA of the broker's certificate) or --insecure",
                 self.transport.name()
             );
+        }
+        if self.sub_host.is_some() || self.sub_port.is_some() {
+            if self.transport != Transport::Tcp {
+                bail!("--sub-host and --sub-port are for --transport tcp");
+            }
+            if self.scenario == Scenario::Conn {
+                bail!("--sub-host and --sub-port are for the message scenarios, not conn");
+            }
         }
         if self.ws_path != "/mqtt" && !self.transport.uses_websockets() {
             bail!("--ws-path is for --transport ws or wss");
@@ -459,6 +481,18 @@ mod tests {
         assert_eq!(wss.tls.server_name.as_deref(), Some("broker.test"));
         let ws = parse(&["pairs", "--transport", "ws"]).unwrap();
         assert_eq!(ws.ws_path, "/mqtt");
+    }
+
+    /// Issue 15 (bridge benchmark): publishers on one broker, subscribers on another.
+    #[test]
+    fn subscriber_address() {
+        let split = parse(&["fanin", "--port", "1883", "--sub-port", "1884"]).unwrap();
+        assert_eq!((split.port, split.sub_port), (1883, Some(1884)));
+        assert_eq!(split.sub_host, None);
+        let host = parse(&["pairs", "--sub-host", "10.0.0.2"]).unwrap();
+        assert_eq!(host.sub_host.as_deref(), Some("10.0.0.2"));
+        assert!(parse(&["conn", "--sub-port", "1884"]).is_err());
+        assert!(parse(&["pairs", "--transport", "ws", "--sub-port", "1884"]).is_err());
     }
 
     #[test]

@@ -38,6 +38,20 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Report> {
         .with_context(|| format!("cannot resolve {}", config.host))?
         .next()
         .with_context(|| format!("{} has no address", config.host))?;
+    // Subscribers on another broker (--sub-host / --sub-port), e.g. the far end of a bridge.
+    let sub_host = config.sub_host.as_deref().unwrap_or(config.host.as_str());
+    let sub_addr = match (&config.sub_host, config.sub_port) {
+        (None, None) => addr,
+        (_, sub_port) => tokio::net::lookup_host((sub_host, sub_port.unwrap_or(config.port)))
+            .await
+            .with_context(|| format!("cannot resolve {sub_host}"))?
+            .next()
+            .with_context(|| format!("{sub_host} has no address"))?,
+    };
+    let addrs = Addrs {
+        publish: addr,
+        subscribe: sub_addr,
+    };
     check_fd_limit(config)?;
     // tungstenite allocates its read buffer per connection: small when connections idle.
     let ws_read = if config.scenario == Scenario::Conn {
@@ -50,26 +64,33 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Report> {
     match config.transport {
         Transport::Tcp if !config.source_addrs.is_empty() => {
             let connector = SourceTcp::new(config.source_addrs.clone());
-            run_over(config, addr, connector).await
+            run_over(config, addrs, connector).await
         }
-        Transport::Tcp => run_over(config, addr, Tcp).await,
-        Transport::Tls => run_over(config, addr, Tls::new(&config.tls, host)?).await,
-        Transport::Ws => run_over(config, addr, Ws::new(Tcp, host, port, path, ws_read)).await,
+        Transport::Tcp => run_over(config, addrs, Tcp).await,
+        Transport::Tls => run_over(config, addrs, Tls::new(&config.tls, host)?).await,
+        Transport::Ws => run_over(config, addrs, Ws::new(Tcp, host, port, path, ws_read)).await,
         Transport::Wss => {
             let tls = Tls::new(&config.tls, host)?;
-            run_over(config, addr, Ws::new(tls, host, port, path, ws_read)).await
+            run_over(config, addrs, Ws::new(tls, host, port, path, ws_read)).await
         }
     }
 }
 
+/// Where publishers and subscribers connect (the same broker unless --sub-host / --sub-port).
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    publish: SocketAddr,
+    subscribe: SocketAddr,
+}
+
 async fn run_over<C: Connector>(
     config: &BenchConfig,
-    addr: SocketAddr,
+    addrs: Addrs,
     connector: C,
 ) -> anyhow::Result<Report> {
     match config.scenario {
-        Scenario::Conn => run_conn(config, addr, connector).await,
-        _ => run_messages(config, addr, connector).await,
+        Scenario::Conn => run_conn(config, addrs.publish, connector).await,
+        _ => run_messages(config, addrs, connector).await,
     }
 }
 
@@ -250,9 +271,11 @@ fn broker_figures(
 
 async fn run_messages<C: Connector>(
     config: &BenchConfig,
-    addr: SocketAddr,
+    addrs: Addrs,
     connector: C,
 ) -> anyhow::Result<Report> {
+    let addr = addrs.publish;
+    let sub_addr = addrs.subscribe;
     let Plan {
         topics,
         subscribers,
@@ -309,7 +332,7 @@ async fn run_messages<C: Connector>(
             let opened = async {
                 let _permit = handshakes.acquire().await?;
                 let mut conn = Conn::open_session(
-                    &connector, addr, &client_id, version, keep_alive, persistent, &login,
+                    &connector, sub_addr, &client_id, version, keep_alive, persistent, &login,
                 )
                 .await?;
                 conn.subscribe(&sub_plan.filter, qos).await?;
@@ -495,7 +518,11 @@ async fn run_messages<C: Connector>(
     }
     Ok(Report {
         scenario: config.scenario,
-        target: addr.to_string(),
+        target: if sub_addr == addr {
+            addr.to_string()
+        } else {
+            format!("{addr} (subscribers: {sub_addr})")
+        },
         transport: config.transport,
         version: config.version,
         qos: config.qos,

@@ -442,6 +442,11 @@ impl Broker {
     }
 
     /// A new connection: its id, and the slot of its wakeup (registered for a shutdown).
+    /// The first connection id not given out yet.
+    pub(crate) fn connections_issued(&self) -> u64 {
+        self.next_connection.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn register_connection(&self, wakeup: Arc<dyn Wakeup>) -> (ConnectionId, u32) {
         // Starts at 1 and would need 2^64 connections to wrap.
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -748,8 +753,11 @@ impl Broker {
                 }
                 let session = &subscriber.session;
                 match scope {
-                    Scope::Posted(worker) => {
-                        if !session.is_online() || session.worker() != Some(worker) {
+                    Scope::Posted(worker, connections_before) => {
+                        if !session.is_online()
+                            || session.worker() != Some(worker)
+                            || !session.attached_before(connections_before)
+                        {
                             return;
                         }
                     }
@@ -773,7 +781,7 @@ impl Broker {
             }
             Matched::Group(group) => {
                 // The member was picked by the publisher's thread, among all workers'.
-                if let Scope::Posted(_) = scope {
+                if let Scope::Posted(..) = scope {
                     return;
                 }
                 if let Some(member) = group.pick(|member| {

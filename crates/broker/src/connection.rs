@@ -216,9 +216,12 @@ impl OutboundAliases {
 
     /// Records that `alias` went to the client together with `topic`.
     pub(crate) fn confirm(&mut self, topic: &MqttStr, alias: u16) {
+        // A copy of its own: the topic may share its buffer with a payload (a compacted
+        // message, the read buffer it arrived in), which the map would keep alive.
+        let owned = MqttStr::try_from(topic.as_str()).unwrap_or_else(|_| topic.clone());
         self.by_topic
             .get_or_insert_with(Box::default)
-            .insert(topic.clone(), alias);
+            .insert(owned, alias);
     }
 }
 

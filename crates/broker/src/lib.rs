@@ -49,4 +49,4 @@ pub use metrics::{Counter, Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;
 pub use session::Session;
 pub use types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
-pub use worker_post::{WorkerInbox, current_worker, set_current_worker};
+pub use worker_post::{Posted, WorkerInbox, current_worker, set_current_worker};

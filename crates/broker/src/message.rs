@@ -70,7 +70,7 @@ impl Message {
         })
     }
 
-    /// A copy whose topic, payload and publisher own their memory, in one allocation, for
+    /// A copy whose topic, payload and publisher own their memory, in one buffer, for
     /// messages kept long (retained, queued for offline sessions), so they do not pin the read
     /// buffer they arrived in.
     pub fn compacted(&self) -> Message {
@@ -152,8 +152,8 @@ impl SubscriptionIds {
 }
 
 /// A delivery's message: the message itself when it goes to one subscriber, a share of one
-/// copy when it goes to several (see `Broker::route`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// copy when it goes to several (see `Broker::route`). Two are equal when their messages are.
+#[derive(Debug, Clone)]
 pub enum MessageRef {
     Own(Message),
     Shared(Arc<Message>),
@@ -168,6 +168,14 @@ impl MessageRef {
         }
     }
 }
+
+impl PartialEq for MessageRef {
+    fn eq(&self, other: &MessageRef) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for MessageRef {}
 
 impl std::ops::Deref for MessageRef {
     type Target = Message;

@@ -240,6 +240,12 @@ impl Session {
             .store(owner.map_or(0, ConnectionId::get), Ordering::Relaxed);
     }
 
+    /// Whether the owner's connection (if any) got its id before `connections_before` was
+    /// the next one (a hint, as the owner).
+    pub(crate) fn attached_before(&self, connections_before: u64) -> bool {
+        self.owner_hint.load(Ordering::Relaxed) < connections_before
+    }
+
     /// The worker of the owner's connection, if known (a hint: it may change right after).
     pub(crate) fn worker(&self) -> Option<u16> {
         match self.worker_hint.load(Ordering::Relaxed) {
@@ -461,6 +467,8 @@ impl SessionState {
     /// Called when the owner's connection goes away: everything in flight is sent again, in
     /// order, when a connection resumes the session [MQTT-4.4.0-1].
     pub(crate) fn detach(&mut self) {
+        // 8 KiB an offline session does not need; rebuilt when its window is large again.
+        self.inflight_ids = None;
         self.owner = None;
         self.wakeup = None;
         self.connection = None;

@@ -41,12 +41,23 @@ pub fn current_worker() -> Option<u16> {
     CURRENT.get()
 }
 
+/// A QoS 0 message posted to a worker, with what its routing there needs to know.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub message: Arc<Message>,
+    /// The first connection id not yet given out when the message was posted: a session that
+    /// a later connection attached meanwhile (a reconnection, which may have found QoS 0
+    /// messages queued after this one while it was offline) is not served the posted copy,
+    /// so it cannot get it after those.
+    pub(crate) connections_before: u64,
+}
+
 /// A worker's inbox: QoS 0 messages that have subscribers on its connections.
 pub trait WorkerInbox: Send + Sync {
-    /// Takes `message`, to be given to [`Broker::deliver_posted`] on the worker's thread soon.
+    /// Takes `posted`, to be given to [`Broker::deliver_posted`] on the worker's thread soon.
     /// Returns false when the inbox is full: the message is then not delivered to that
     /// worker's sessions (QoS 0, at most once, as when a session's queue is full).
-    fn post(&self, message: Arc<Message>) -> bool;
+    fn post(&self, posted: Posted) -> bool;
 }
 
 /// Where `route` delivers: every matching session, or those of one worker.
@@ -55,9 +66,10 @@ pub(crate) enum Scope {
     /// A new publish on the thread of worker `me` (if it is one); with `post`, the sessions
     /// of other workers get the message through their inboxes.
     Publish { me: Option<u16>, post: bool },
-    /// A message posted to worker `.0`: only its own online sessions, no shared
-    /// subscriptions (the publisher's thread picked their members).
-    Posted(u16),
+    /// A message posted to worker `.0`: only its own online sessions attached by a connection
+    /// older than `.1` (see [`Posted`]), no shared subscriptions (the publisher's thread
+    /// picked their members).
+    Posted(u16, u64),
 }
 
 impl Broker {
@@ -68,14 +80,10 @@ impl Broker {
     }
 
     /// Routes a message posted to worker `worker` (see [`WorkerInbox`]) to the online sessions
-    /// of that worker. Called on the worker's thread.
-    pub fn deliver_posted(&self, message: Arc<Message>, worker: u16, now: Instant) {
-        self.route(
-            MessageRef::Shared(message),
-            Scope::Posted(worker),
-            now,
-            None,
-        );
+    /// of that worker attached before it was posted. Called on the worker's thread.
+    pub fn deliver_posted(&self, posted: Posted, worker: u16, now: Instant) {
+        let scope = Scope::Posted(worker, posted.connections_before);
+        self.route(MessageRef::Shared(posted.message), scope, now, None);
     }
 
     /// The scope of a new publish of `message` on the calling thread.
@@ -97,13 +105,18 @@ impl Broker {
             return 0;
         };
         let mut refused = 0;
+        let connections_before = self.connections_issued();
         let mut rest = workers;
         while rest != 0 {
             let worker = rest.trailing_zeros() as usize;
             rest &= rest - 1;
             if let Some(inbox) = inboxes.get(worker) {
                 // Each worker's own copy: its deliveries count on it, not on another core's.
-                if !inbox.post(Arc::new(message.clone())) {
+                let posted = Posted {
+                    message: Arc::new(message.clone()),
+                    connections_before,
+                };
+                if !inbox.post(posted) {
                     refused += 1;
                 }
             }

@@ -8,28 +8,28 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{Net, V5, V311};
-use tern_broker::{Message, WorkerInbox};
+use tern_broker::{Posted, WorkerInbox};
 use tern_codec::{QoS, SubscriptionOptions};
 
 /// An inbox that keeps what is posted, or refuses it.
 #[derive(Default)]
 struct Kept {
-    messages: Mutex<Vec<Arc<Message>>>,
+    messages: Mutex<Vec<Posted>>,
     refuse: bool,
 }
 
 impl WorkerInbox for Kept {
-    fn post(&self, message: Arc<Message>) -> bool {
+    fn post(&self, posted: Posted) -> bool {
         if self.refuse {
             return false;
         }
-        self.messages.lock().unwrap().push(message);
+        self.messages.lock().unwrap().push(posted);
         true
     }
 }
 
 impl Kept {
-    fn take(&self) -> Vec<Arc<Message>> {
+    fn take(&self) -> Vec<Posted> {
         std::mem::take(&mut *self.messages.lock().unwrap())
     }
 }
@@ -172,4 +172,66 @@ fn a_full_inbox_drops_the_message_for_that_worker_and_counts_it() {
         net.broker.metrics().snapshot().messages_dropped_queue_full,
         before + 1
     );
+}
+
+/// [MQTT-4.6.0-6] A subscriber that reconnects between a post and its routing (and may have
+/// found later messages queued meanwhile) is not served the posted copy: QoS 0 may be lost
+/// there, never delivered out of order.
+#[test]
+fn a_session_attached_after_the_post_is_not_served_the_posted_copy() {
+    let (net, _zero, one) = two_workers(false);
+    let mut publisher = net.connected_on_worker(V311, "pub", 0);
+    let mut far = net.connected_on_worker(V311, "far", 1);
+    far.subscribe("t", QoS::AtMostOnce);
+    publisher.publish("t", QoS::AtMostOnce, b"before");
+    let posted = one.take();
+    assert_eq!(posted.len(), 1);
+    // The subscriber's connection goes; a new one takes the session over, on the same worker.
+    drop(far);
+    let mut again = net.connected_on_worker(V311, "far", 1);
+    again.subscribe("t", QoS::AtMostOnce);
+    for message in posted {
+        net.broker.deliver_posted(message, 1, net.now());
+    }
+    again.nothing();
+    publisher.publish("t", QoS::AtMostOnce, b"after");
+    for message in one.take() {
+        net.broker.deliver_posted(message, 1, net.now());
+    }
+    assert_eq!(again.payloads(), vec![&b"after"[..]]);
+}
+
+/// [MQTT-3.3.1-12, MQTT-3.3.4-3] On the posted path the receiving worker works out what
+/// each of its subscriptions asks for: the RETAIN flag kept with Retain As Published, the
+/// subscription identifiers of every matching subscription.
+#[test]
+fn posted_deliveries_keep_retain_as_published_and_subscription_ids() {
+    let (net, _zero, one) = two_workers(false);
+    let mut publisher = net.connected_on_worker(V5, "pub", 0);
+    let mut far = net.connected_on_worker(V5, "far", 1);
+    let with_id = |id: u32| tern_codec::Properties {
+        subscription_identifiers: vec![id],
+        ..Default::default()
+    };
+    far.subscribe_with(
+        "t/#",
+        SubscriptionOptions {
+            retain_as_published: true,
+            ..SubscriptionOptions::default()
+        },
+        with_id(7),
+    );
+    far.subscribe_with("t/+", SubscriptionOptions::default(), with_id(9));
+    let mut retained = common::publish_packet("t/a", QoS::AtMostOnce, b"r");
+    retained.retain = true;
+    publisher.publish_with(retained);
+    for message in one.take() {
+        net.broker.deliver_posted(message, 1, net.now());
+    }
+    let got = far.publish_received();
+    assert!(got.retain, "Retain As Published keeps RETAIN");
+    let mut ids = got.properties.subscription_identifiers.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![7, 9]);
+    assert_eq!(got.payload.as_ref(), b"r");
 }

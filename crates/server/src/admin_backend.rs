@@ -431,24 +431,7 @@ impl AdminBackend for ServerBackend {
     }
 
     fn bridges(&self) -> Vec<tern_admin::BridgeInfo> {
-        self.source
-            .bridges
-            .snapshots()
-            .into_iter()
-            .map(|b| tern_admin::BridgeInfo {
-                name: b.name,
-                addresses: b.addresses,
-                connected: b.connected,
-                messages_out: b.messages_out,
-                bytes_out: b.bytes_out,
-                messages_in: b.messages_in,
-                bytes_in: b.bytes_in,
-                messages_refused: b.messages_refused,
-                reconnects: b.reconnects,
-                queue_depth: b.queue_depth,
-                last_error: b.last_error,
-            })
-            .collect()
+        self.source.bridges.snapshots()
     }
 
     fn reload(&self) -> BoxFuture<'_, ReloadReport> {

@@ -6,7 +6,7 @@
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tern_broker::{Broker, Message, Wakeup, WorkerInbox};
+use tern_broker::{Broker, Posted, Wakeup, WorkerInbox};
 
 use crate::connection::TaskWakeup;
 
@@ -19,9 +19,11 @@ const MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Messages routed per turn of the inbox task before it lets the worker's connections run.
 const TURN: usize = 256;
 
+/// What waits; the bounds count it alone, not the batch the task is routing (so a worker
+/// holds at most twice them).
 #[derive(Default)]
 struct Waiting {
-    messages: Vec<Arc<Message>>,
+    messages: Vec<Posted>,
     bytes: usize,
 }
 
@@ -41,14 +43,18 @@ impl Inbox {
 }
 
 impl WorkerInbox for Inbox {
-    fn post(&self, message: Arc<Message>) -> bool {
+    fn post(&self, posted: Posted) -> bool {
         let mut waiting = self.lock();
-        let size = message.payload.len();
-        if waiting.messages.len() >= MAX_MESSAGES || waiting.bytes + size > MAX_BYTES {
+        let size = posted.message.payload.len();
+        let was_empty = waiting.messages.is_empty();
+        // An empty inbox takes any message (the largest packet allowed may be larger than the
+        // byte bound): where a subscriber is must not decide whether it gets it.
+        if !was_empty
+            && (waiting.messages.len() >= MAX_MESSAGES || waiting.bytes + size > MAX_BYTES)
+        {
             return false;
         }
-        let was_empty = waiting.messages.is_empty();
-        waiting.messages.push(message);
+        waiting.messages.push(posted);
         waiting.bytes += size;
         drop(waiting);
         if was_empty {
@@ -60,7 +66,7 @@ impl WorkerInbox for Inbox {
 
 /// The inbox task of worker `worker`: runs on that worker's event loop for as long as it runs.
 pub(crate) async fn run(inbox: Arc<Inbox>, broker: Arc<Broker>, worker: u16) {
-    let mut batch: Vec<Arc<Message>> = Vec::new();
+    let mut batch: Vec<Posted> = Vec::new();
     loop {
         poll_fn(|cx| inbox.wakeup.poll_woken(cx)).await;
         {
@@ -70,8 +76,8 @@ pub(crate) async fn run(inbox: Arc<Inbox>, broker: Arc<Broker>, worker: u16) {
         }
         let mut routed = 0;
         let now = std::time::Instant::now();
-        for message in batch.drain(..) {
-            broker.deliver_posted(message, worker, now);
+        for posted in batch.drain(..) {
+            broker.deliver_posted(posted, worker, now);
             routed += 1;
             if routed % TURN == 0 {
                 tokio::task::yield_now().await;

@@ -23,24 +23,8 @@ pub struct BridgeStatus {
     last_error: Mutex<Option<String>>,
 }
 
-/// A copy of a bridge's state at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BridgeSnapshot {
-    pub name: String,
-    pub addresses: Vec<String>,
-    pub connected: bool,
-    pub messages_out: u64,
-    pub bytes_out: u64,
-    pub messages_in: u64,
-    pub bytes_in: u64,
-    pub messages_refused: u64,
-    pub reconnects: u64,
-    /// Messages for the remote in the bridge's local session: queued plus in flight.
-    pub queue_depth: u64,
-    /// Why the last connection attempt failed or the connection was lost; `None` while the
-    /// connection made since is up.
-    pub last_error: Option<String>,
-}
+/// A copy of a bridge's state at one moment: what the admin API shows of it.
+pub type BridgeSnapshot = tern_admin::BridgeInfo;
 
 impl BridgeStatus {
     pub(crate) fn new(

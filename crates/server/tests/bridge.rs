@@ -191,6 +191,17 @@ async fn recv_skipping_probes(client: &mut Client) -> rumqttc::Publish {
     }
 }
 
+/// Receives (probes aside) until a message on `wanted`; none before it may be on `forbidden`.
+async fn wait_for_topic(client: &mut Client, wanted: &str, forbidden: &str, why: &str) {
+    loop {
+        let got = recv_skipping_probes(client).await;
+        if got.topic == wanted {
+            return;
+        }
+        assert_ne!(got.topic, forbidden, "{why}");
+    }
+}
+
 /// Issue 15: `out` and `in` rules carry messages at QoS 0, 1 and 2, with the prefixes of
 /// each side swapped, and the QoS of each message kept (at most the rule's).
 #[tokio::test]
@@ -585,32 +596,26 @@ async fn access_rules_of_local_username_apply() {
     local_pub
         .publish("allowed/out", R::AtLeastOnce, false, "y")
         .await;
-    loop {
-        let got = recv_skipping_probes(&mut remote_sub).await;
-        if got.topic == "allowed/out" {
-            break;
-        }
-        assert_ne!(
-            got.topic, "denied/out",
-            "carried a topic the bridge may not read"
-        );
-    }
+    wait_for_topic(
+        &mut remote_sub,
+        "allowed/out",
+        "denied/out",
+        "carried a topic the bridge may not read",
+    )
+    .await;
     remote_pub
         .publish("denied/in", R::AtLeastOnce, false, "x")
         .await;
     remote_pub
         .publish("allowed/in", R::AtLeastOnce, false, "y")
         .await;
-    loop {
-        let got = recv_skipping_probes(&mut local_sub).await;
-        if got.topic == "allowed/in" {
-            break;
-        }
-        assert_ne!(
-            got.topic, "denied/in",
-            "published a topic the bridge may not write"
-        );
-    }
+    wait_for_topic(
+        &mut local_sub,
+        "allowed/in",
+        "denied/in",
+        "published a topic the bridge may not write",
+    )
+    .await;
     common::wait_until("the refusal is counted", || {
         local.bridge().messages_refused >= 1
     })

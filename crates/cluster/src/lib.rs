@@ -1,0 +1,21 @@
+//! # tern-cluster
+//!
+//! What makes several Tern nodes one broker: the replicated metadata and the links between
+//! nodes. It knows nothing of the MQTT core or of connections; the server wires it to them.
+//!
+//! - [`command`]: what is proposed to the cluster ([`Command`], batched in a [`Request`]) and
+//!   what applying it answered ([`Outcome`]).
+//! - [`state`]: the state machine ([`ClusterState`]): nodes, the session registry with its
+//!   fencing epochs, durable subscriptions, routes, shared-subscription groups and retained
+//!   messages. `apply` is deterministic and does no I/O.
+//! - [`types`]: the openraft type configuration ([`TypeConfig`]).
+//!
+//! The design and its reasons are in the project's `docs/architecture.md` ("A cluster").
+
+pub mod command;
+pub mod state;
+pub mod types;
+
+pub use command::{Command, Outcome, Request, Response};
+pub use state::ClusterState;
+pub use types::{NodeId, TypeConfig};

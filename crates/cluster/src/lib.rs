@@ -19,3 +19,12 @@ pub mod types;
 pub use command::{Command, Outcome, Request, Response};
 pub use state::ClusterState;
 pub use types::{NodeId, TypeConfig};
+pub mod link;
+pub mod network;
+pub mod node;
+pub mod peer;
+pub mod rpc;
+pub mod serve;
+pub mod wire;
+
+pub use node::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};

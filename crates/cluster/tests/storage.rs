@@ -60,8 +60,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, TempDir> for Builder {
 /// purge, truncate, append, membership, applied state, snapshot build and transfer) against
 /// `LogStore` and `StateStore` on a fresh directory each.
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite: {e}");
+    }
 }
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {

@@ -57,15 +57,22 @@ pub enum Command {
     /// A node left the cluster for good: its routes and shared-group memberships go; the
     /// sessions it owned stay registered without a live owner until claimed elsewhere.
     RemoveNode { node: NodeId },
-    /// `node` takes `client_id` over (a CONNECT there). Always succeeds: the claim's epoch is
-    /// the previous one plus one (1 for a new client id), and the outcome names the previous
-    /// owner so it can close its connection and hand the session over.
+    /// `node` takes `client_id` over (a CONNECT there). Always succeeds for a registered node:
+    /// the claim's epoch is the previous one plus one (for a client id not registered: one
+    /// more than the highest epoch any released session held, 1 in a new cluster, so an epoch
+    /// is never given twice to one client id), and the outcome names the previous live owner
+    /// so it can close its connection and hand the session over.
     Claim {
         client_id: String,
         node: NodeId,
         /// Whether the session outlives its connection (it then keeps its durable
-        /// subscriptions in the registry).
+        /// subscriptions in the registry). A non-persistent claim drops any it had.
         persistent: bool,
+        /// The CONNECT asked for a new session (MQTT Clean Start = 1): the durable
+        /// subscriptions of the previous session go [MQTT-3.1.2-4]. Absent in older
+        /// serializations: false.
+        #[serde(default)]
+        clean_start: bool,
     },
     /// The session of `client_id` ended (a clean disconnect of a non-persistent session, an
     /// expiry): the claim and its durable subscriptions go, if `epoch` is still the current

@@ -101,7 +101,7 @@ impl Client {
         &self,
         request: RpcRequest,
         option: &RPCOption,
-        action: openraft::error::RPCTypes,
+        action: openraft::RPCTypes,
     ) -> Result<RpcResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
         let ttl = option.hard_ttl();
         self.peer
@@ -114,7 +114,7 @@ impl Client {
         &self,
         error: PeerError,
         ttl: Duration,
-        action: openraft::error::RPCTypes,
+        action: openraft::RPCTypes,
     ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         match error {
             PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
@@ -156,7 +156,7 @@ impl RaftNetwork<TypeConfig> for Client {
             .exchange(
                 RpcRequest::AppendEntries(rpc),
                 &option,
-                openraft::error::RPCTypes::AppendEntries,
+                openraft::RPCTypes::AppendEntries,
             )
             .await?
         {
@@ -174,7 +174,7 @@ impl RaftNetwork<TypeConfig> for Client {
             .exchange(
                 RpcRequest::InstallSnapshot(rpc),
                 &option,
-                openraft::error::RPCTypes::InstallSnapshot,
+                openraft::RPCTypes::InstallSnapshot,
             )
             .await?
         {
@@ -192,7 +192,7 @@ impl RaftNetwork<TypeConfig> for Client {
             .exchange(
                 RpcRequest::Vote(rpc),
                 &option,
-                openraft::error::RPCTypes::Vote,
+                openraft::RPCTypes::Vote,
             )
             .await?
         {

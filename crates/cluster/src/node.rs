@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLockReadGuard};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -127,7 +127,7 @@ struct Inner {
     config: NodeConfig,
     raft: Raft<TypeConfig>,
     peers: Arc<Peers>,
-    state: Arc<RwLock<ClusterState>>,
+    state: crate::StateHandle,
     proposals: mpsc::Sender<Proposal>,
     data: Arc<OnceLock<Arc<dyn DataHandler>>>,
     stop: watch::Sender<bool>,
@@ -235,10 +235,7 @@ impl ClusterNode {
 
     /// The replicated state as this node applied it.
     pub fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.inner
-            .state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.read()
     }
 
     /// The raft instance (tests, metrics).
@@ -324,8 +321,8 @@ impl ClusterNode {
             );
         }
         for (id, info) in state.nodes() {
-            let entry = nodes.entry(*id).or_insert_with(|| NodeStatus {
-                id: *id,
+            let entry = nodes.entry(id).or_insert_with(|| NodeStatus {
+                id,
                 cluster_addr: info.cluster_addr.clone(),
                 mqtt_addrs: Vec::new(),
                 voter: false,

@@ -647,6 +647,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
         auth,
         admin,
         bridges,
+        cluster,
         store_tuning,
         config_file: _, // where the file is, not a key of it
         overrides: _,   // the command line's, applied to `new` as to `old`
@@ -666,6 +667,7 @@ fn restart_keys(old: &ServerConfig, new: &ServerConfig) -> Vec<String> {
     compare("mqtt", *mqtt != old.mqtt);
     compare("admin", *admin != old.admin);
     let _ = bridges; // applied: changed bridges are restarted (`Bridges::apply`)
+    compare("cluster", *cluster != old.cluster);
     compare("store_tuning", *store_tuning != old.store_tuning);
     // The files `[auth]` names are read again; which files, and the other auth settings,
     // are fixed at start.

@@ -13,6 +13,7 @@ mod auth;
 mod auth_config;
 mod auth_failures;
 pub mod bridge;
+pub mod cluster;
 mod config;
 mod connection;
 mod descriptors;

@@ -42,6 +42,8 @@ pub enum ServerError {
     Auth(#[from] crate::file_auth::AuthError),
     #[error(transparent)]
     AdminToken(#[from] tern_admin::TokenError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] tern_cluster::NodeError),
 }
 
 /// Open connections, and a signal when the last one ends; and what every connection task
@@ -167,6 +169,10 @@ pub struct Server {
     backend: std::sync::OnceLock<Arc<crate::admin_backend::ServerBackend>>,
     /// `[[bridges]]`: their state from the start, their tasks once the server runs.
     bridges: crate::bridge::Bridges,
+    /// `[cluster]`: this node's cluster part, started at bind (claims and routes work from
+    /// the first connection), stopped after the connections closed.
+    cluster: Option<crate::cluster::Cluster>,
+    cluster_stop: watch::Sender<bool>,
 }
 
 impl Server {
@@ -255,6 +261,34 @@ impl Server {
             }
         }
         let bridges = crate::bridge::Bridges::new(&config.bridges, &broker);
+        let (cluster_stop, cluster_stopped) = watch::channel(false);
+        let cluster = match &config.cluster {
+            Some(cluster_config) => {
+                let mqtt_addrs = listeners
+                    .first()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, listener)| listener.config.is_none())
+                    .filter_map(|(socket, _)| socket.local_addr().ok())
+                    .map(|addr| addr.to_string())
+                    .collect();
+                let persistence = store
+                    .clone()
+                    .map(|store| store as Arc<dyn tern_broker::persist::Persistence>);
+                Some(
+                    crate::cluster::Cluster::start(
+                        cluster_config,
+                        &config.data_dir,
+                        mqtt_addrs,
+                        broker.clone(),
+                        persistence,
+                        cluster_stopped,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
         Ok(Server {
             broker,
             listeners,
@@ -265,8 +299,15 @@ impl Server {
             admin_backend: None,
             backend: std::sync::OnceLock::new(),
             bridges,
+            cluster,
+            cluster_stop,
             config,
         })
+    }
+
+    /// This node's cluster part, when `[cluster]` is configured.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The addresses actually bound (port 0 resolved), `listen` first, then `[[listeners]]`
@@ -479,6 +520,8 @@ impl Server {
             }
         })
         .await;
+        // The cluster part last: the connections' last changes (routes gone) were proposed.
+        let _ = self.cluster_stop.send(true);
         if let Some(store) = self.store
             && let Err(error) = store.close()
         {

@@ -33,7 +33,33 @@ pub struct ClusterConfig {
     /// cluster before the client is told the server is unavailable, in milliseconds.
     #[serde(default = "default_proposal_timeout_ms")]
     pub proposal_timeout_ms: u64,
+    /// Tests only (not in the file): maps the address of a node to the one this node dials,
+    /// so that a fault-injecting relay can sit on every link.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub relay: Option<RelayMap>,
 }
+
+/// A function from (node, advertised address) to the address to dial.
+#[derive(Clone)]
+#[doc(hidden)]
+pub struct RelayMap(pub tern_cluster::peer::AddrMap);
+
+impl std::fmt::Debug for RelayMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayMap")
+    }
+}
+
+/// Relays are not part of the configuration's value: two configurations differing only in
+/// their relay are equal.
+impl PartialEq for RelayMap {
+    fn eq(&self, _: &RelayMap) -> bool {
+        true
+    }
+}
+
+impl Eq for RelayMap {}
 
 fn default_heartbeat_ms() -> u64 {
     200

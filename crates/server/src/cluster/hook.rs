@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use tern_broker::cluster_hook::{ClusterHook, ClusterPlan, RemoteCopy};
+use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy};
 use tern_broker::{Message, Seq};
 use tern_cluster::link::DataPlane;
 use tern_cluster::NodeId;

@@ -25,11 +25,10 @@ use std::time::Duration;
 use tern_broker::persist::Persistence;
 use tern_broker::Broker;
 use tern_cluster::link::{DataPlane, OutboxLimits};
-use tern_cluster::peer::AddrMap;
 use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
 use tokio::sync::watch;
 
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, RelayMap};
 
 /// A running cluster membership.
 #[derive(Clone)]
@@ -47,7 +46,6 @@ impl Cluster {
         mqtt_addrs: Vec<String>,
         broker: Arc<Broker>,
         persistence: Option<Arc<dyn Persistence>>,
-        addr_map: Option<AddrMap>,
         stop: watch::Receiver<bool>,
     ) -> Result<Cluster, NodeError> {
         let timing = Timing {
@@ -80,7 +78,7 @@ impl Cluster {
             dir: data_dir.join("cluster"),
             mqtt_addrs,
             timing,
-            addr_map,
+            addr_map: config.relay.as_ref().map(|relay| relay.0.clone()),
         })
         .await?;
         let glue = Arc::new(hook::Glue::new(config.node_id));

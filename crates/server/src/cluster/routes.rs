@@ -124,10 +124,6 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
 }
 
 fn full_filter(group: Option<&str>, filter: &str) -> String {

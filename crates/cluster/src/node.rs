@@ -91,6 +91,17 @@ pub trait DataHandler: Send + Sync + 'static {
     fn answer(&self, from: NodeId, frame: Frame);
 }
 
+/// Where the server hands a session over to the node that claimed its client id.
+pub trait HandOverHandler: Send + Sync + 'static {
+    /// `client_id` was claimed by another node with `epoch` (applied here): close its
+    /// connection and return the session, encoded (none: no session here).
+    fn hand_over(
+        &self,
+        client_id: String,
+        epoch: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, Refusal>> + Send>>;
+}
+
 /// A node's view of the cluster, for `tern ctl cluster status`, metrics and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterStatus {
@@ -130,6 +141,7 @@ struct Inner {
     state: crate::StateHandle,
     proposals: mpsc::Sender<Proposal>,
     data: Arc<OnceLock<Arc<dyn DataHandler>>>,
+    hand_over: OnceLock<Arc<dyn HandOverHandler>>,
     stop: watch::Sender<bool>,
 }
 
@@ -209,6 +221,7 @@ impl ClusterNode {
                 state,
                 proposals,
                 data,
+                hand_over: OnceLock::new(),
                 stop,
             }),
         };
@@ -231,6 +244,40 @@ impl ClusterNode {
     /// Sets where data frames go (once).
     pub fn set_data_handler(&self, handler: Arc<dyn DataHandler>) {
         let _ = self.inner.data.set(handler);
+    }
+
+    /// Sets who hands sessions over (once).
+    pub fn set_hand_over_handler(&self, handler: Arc<dyn HandOverHandler>) {
+        let _ = self.inner.hand_over.set(handler);
+    }
+
+    /// Asks `node`, the previous owner of `client_id`, to close its connection and hand its
+    /// session over, now that this node claimed it with `epoch`.
+    pub async fn request_hand_over(
+        &self,
+        node: NodeId,
+        client_id: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some(addr) = self.node_addr(node) else {
+            return Err(Refusal::Unavailable(format!("node {node} unknown")));
+        };
+        let request = RpcRequest::HandOver {
+            client_id: client_id.to_owned(),
+            epoch,
+        };
+        match self
+            .inner
+            .peers
+            .get(node, &addr)
+            .call(&request, timeout)
+            .await
+            .map_err(|error| Refusal::Unavailable(error.to_string()))?
+        {
+            RpcResponse::HandedOver(result) => result,
+            _ => Err(Refusal::Unavailable("unexpected answer".into())),
+        }
     }
 
     /// The replicated state as this node applied it.
@@ -702,6 +749,44 @@ impl ClusterNode {
                 mqtt_addrs,
             } => RpcResponse::Joined(self.admit(from, node, cluster_addr, mqtt_addrs).await),
             RpcRequest::Leave { node } => RpcResponse::Left(self.dismiss(node).await),
+            RpcRequest::HandOver { client_id, epoch } => {
+                RpcResponse::HandedOver(self.hand_over(from, client_id, epoch).await)
+            }
+        }
+    }
+
+    /// The previous owner's side of a take-over: once this node has applied the claim (it
+    /// may lag the claimer a little), the server closes the connection and exports the
+    /// session. A claim this node cannot see applied in time is refused (the claimer asks
+    /// again or goes on without the session).
+    async fn hand_over(
+        &self,
+        from: NodeId,
+        client_id: String,
+        epoch: u64,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.timing.proposal_timeout;
+        loop {
+            let current = self.state().owner(&client_id);
+            match current {
+                Some((owner, current_epoch)) if current_epoch >= epoch => {
+                    if owner != Some(from) || current_epoch != epoch {
+                        return Err(Refusal::Refused(
+                            "stale: the client id was claimed again since".into(),
+                        ));
+                    }
+                    break;
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Refusal::Unavailable("the claim is not applied here yet".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match self.inner.hand_over.get() {
+            Some(handler) => handler.hand_over(client_id, epoch).await,
+            None => Ok(None),
         }
     }
 

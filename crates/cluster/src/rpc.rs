@@ -29,6 +29,9 @@ pub enum RpcRequest {
     },
     /// Remove a node from the cluster (it leaves): handled by the leader.
     Leave { node: NodeId },
+    /// The sender claimed `client_id` with `epoch` (committed): the receiver, its previous
+    /// owner, closes the client's connection and hands the session over.
+    HandOver { client_id: String, epoch: u64 },
 }
 
 /// What a node answers.
@@ -41,6 +44,8 @@ pub enum RpcResponse {
     Probe(ProbeAnswer),
     Joined(Result<(), Refusal>),
     Left(Result<(), Refusal>),
+    /// The session, encoded by the server (none: the client had no session there).
+    HandedOver(Result<Option<Vec<u8>>, Refusal>),
 }
 
 /// What a probed node says of itself.

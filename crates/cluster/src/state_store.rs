@@ -16,7 +16,7 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fjall::{Database, Keyspace, PersistMode};
 use openraft::storage::RaftStateMachine;
@@ -94,12 +94,39 @@ struct SnapshotDataRef<'a> {
 struct SnapshotSpace {
     db: Database,
     space: Keyspace,
+    /// Held from reading the stored snapshot's position to writing a new one: openraft builds
+    /// snapshots in a task of their own, which may end after a newer snapshot was installed.
+    saving: Arc<Mutex<()>>,
 }
 
 impl SnapshotSpace {
-    /// Replaces the current snapshot, fsynced.
+    fn new(db: Database, space: Keyspace) -> SnapshotSpace {
+        SnapshotSpace {
+            db,
+            space,
+            saving: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Replaces the current snapshot, fsynced, unless the stored one is further in the log
+    /// (a build that finished after an install of a newer snapshot): the current snapshot
+    /// never goes back, since the log before it may be purged already.
     fn save(&self, meta: &Meta, data: &[u8]) -> Result<()> {
         let signature = Some(meta.signature());
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let stored = self
+            .space
+            .get(SNAPSHOT_META_KEY)
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        if let Some(stored) = stored {
+            // An unreadable stored meta is replaced: the new snapshot is whole.
+            if let Ok(stored) = serde_json::from_slice::<Meta>(&stored)
+                && stored.last_log_id > meta.last_log_id
+            {
+                tracing::info!(built = ?meta.last_log_id, stored = ?stored.last_log_id, "cluster snapshot not stored: a newer one is");
+                return Ok(());
+            }
+        }
         let meta_bytes = serde_json::to_vec(meta)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
@@ -171,7 +198,7 @@ impl StateStore {
         space: Keyspace,
         events: UnboundedSender<Applied>,
     ) -> std::result::Result<StateStore, ClusterError> {
-        let snapshots = SnapshotSpace { db, space };
+        let snapshots = SnapshotSpace::new(db, space);
         let corrupt = |reason: String| ClusterError::Corrupt {
             path: path.clone(),
             what: "snapshot",

@@ -268,6 +268,42 @@ async fn installed_snapshot_replaces_state_and_is_announced() {
     assert_eq!(follower.last_applied(), Some(log_id(2, 5)));
 }
 
+/// The current snapshot never goes back in the log: openraft builds snapshots in a task of
+/// their own, and a build that ends after a newer snapshot was installed must not replace it
+/// (the log before the newer one may be purged already).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_build_does_not_replace_a_newer_installed_snapshot() {
+    let leader_dir = TempDir::new("late-leader");
+    let follower_dir = TempDir::new("late-follower");
+    let (_l, mut leader, _le) = open(leader_dir.path());
+    leader.apply(some_entries()).await.expect("apply");
+    let newer = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+
+    let (_f, mut follower, _fe) = open(follower_dir.path());
+    follower
+        .apply(some_entries()[..2].to_vec())
+        .await
+        .expect("apply");
+    let mut late_builder = follower.get_snapshot_builder().await;
+    follower
+        .install_snapshot(&newer.meta, newer.snapshot.clone())
+        .await
+        .expect("install");
+    let late = late_builder.build_snapshot().await.expect("late build");
+    assert_eq!(late.meta.last_log_id, Some(log_id(1, 2)));
+    let current = follower
+        .get_current_snapshot()
+        .await
+        .expect("current")
+        .expect("a snapshot");
+    assert_eq!(current.meta, newer.meta);
+}
+
 /// A corrupt log entry is a storage error, not a panic (common rules: no unwrap on data from
 /// disk); a foreign keyspace or an unknown format version refuses to open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

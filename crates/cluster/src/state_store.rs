@@ -246,24 +246,27 @@ impl StateStore {
     }
 }
 
-/// Builds a snapshot from a serialization of the state taken when openraft asked for the
-/// builder (so later applies do not change it).
+/// Builds a snapshot from a copy of the state taken when openraft asked for the builder (so
+/// later applies do not change it). Serializing and writing happen on the blocking pool: the
+/// state machine's task only pays for the copy (measured in `docs/architecture.md`).
 pub struct SnapshotBuilder {
     meta: Meta,
-    data: std::result::Result<Vec<u8>, String>,
+    state: Arc<ClusterState>,
     snapshots: SnapshotSpace,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let signature = Some(self.meta.signature());
-        let data = self
-            .data
-            .clone()
-            .map_err(|e| StorageIOError::write_snapshot(signature, AnyError::error(e)))?;
         let snapshots = self.snapshots.clone();
         let meta = self.meta.clone();
+        let state = Arc::clone(&self.state);
         let data = blocking(StorageIOError::write_state_machine, move || {
+            let data = serde_json::to_vec(&SnapshotDataRef {
+                last_applied: &meta.last_log_id,
+                last_membership: &meta.last_membership,
+                state: &state,
+            })
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             // Durable before openraft learns of it: it purges the log the snapshot covers.
             snapshots.save(&meta, &data)?;
             Ok(data)
@@ -320,17 +323,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Serialized now, under the read lock, so the snapshot is exactly this state; the
-        // write to disk happens in the builder, off the state machine's task.
-        let data = {
-            let state = self.state.read();
-            serde_json::to_vec(&SnapshotDataRef {
-                last_applied: &self.last_applied,
-                last_membership: &self.membership,
-                state: &state,
-            })
-            .map_err(|e| e.to_string())
-        };
+        let state = Arc::new(self.state.read().clone());
         let snapshot_id = match &self.last_applied {
             Some(log_id) => log_id.to_string(),
             None => "none".to_owned(),
@@ -341,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 last_membership: self.membership.clone(),
                 snapshot_id,
             },
-            data,
+            state,
             snapshots: self.snapshots.clone(),
         }
     }

@@ -463,15 +463,13 @@ async fn measure_durable_append_and_apply() {
         started.elapsed() / 100_000
     );
     let started = Instant::now();
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
+    let mut builder = sm.get_snapshot_builder().await;
+    let copied = started.elapsed();
+    let snapshot = builder.build_snapshot().await.expect("snapshot");
     println!(
-        "snapshot of 25 000 sessions with a subscription each: {} bytes in {:?}",
+        "snapshot of 25 000 sessions with a subscription each: {} bytes; the state machine's \
+         task copies the state in {copied:?}, the build (JSON, fsync) takes {:?} more",
         snapshot.snapshot.get_ref().len(),
-        started.elapsed()
+        started.elapsed() - copied
     );
 }

@@ -208,6 +208,28 @@ async fn snapshot_survives_reopen() {
         };
         assert_eq!(log_index, 2);
         assert_eq!(response.outcomes, vec![Outcome::Done, Outcome::Done]);
+        let Some(Applied::Commands {
+            log_index,
+            request,
+            response,
+        }) = events.recv().await
+        else {
+            panic!("no event for entry 3");
+        };
+        assert_eq!(log_index, 3);
+        assert_eq!(request.commands.len(), 2);
+        assert_eq!(
+            response.outcomes,
+            vec![
+                Outcome::Claimed {
+                    epoch: 1,
+                    previous: None
+                },
+                Outcome::Done
+            ]
+        );
+        // The membership entry (1) sent nothing.
+        assert!(events.try_recv().is_err());
         let state = sm.state().read().clone();
         (state, snapshot.meta)
     };

@@ -355,7 +355,7 @@ impl Broker {
             if state.ended || state.owner.is_none() {
                 return false;
             }
-            session.set_kicked(&mut state, true);
+            session.set_kicked(&mut state, Some(crate::session::Kick::Operator));
             state.wakeup.clone()
         };
         self.metrics().bump(Counter::ConnectionsKicked);
@@ -378,7 +378,7 @@ impl Broker {
                 return false;
             }
             let connected = state.owner.is_some();
-            session.set_kicked(&mut state, connected);
+            session.set_kicked(&mut state, connected.then_some(crate::session::Kick::Operator));
             connected
         };
         if connected {
@@ -430,6 +430,10 @@ impl Broker {
         let Some(removed) = retained.remove(topic) else {
             return false;
         };
+        // A cluster clears it on every node.
+        if let Some(cluster) = self.cluster() {
+            cluster.retained_changed(topic, None);
+        }
         self.persist(|| Change::RetainedCleared {
             topic: removed.topic.clone(),
         });
@@ -458,7 +462,15 @@ impl Broker {
         }
         // QoS 0: no body to store, no acknowledgement to hold.
         message.qos = tern_codec::QoS::AtMostOnce;
-        self.publish_tracked(message, now, None, false).0
+        // Never planned with a cluster: each node has its own.
+        self.publish_with(
+            message,
+            now,
+            None,
+            false,
+            crate::cluster_hook::Origin::System,
+        )
+        .0
     }
 
     /// Turns per-client debug tracing on or off for `client_id`'s session. On: false when the

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tern_codec::{MqttStr, QoS, ReasonCode};
 
+use crate::cluster_hook::{ClusterHook, Groups, Origin, Selection};
 use crate::config::BrokerConfig;
 use crate::hooks::{AuthRequestId, Authenticator, Authorizer, FilterAccess, Hooks, Principal};
 use crate::message::{Delivery, Message, MessageRef, SubscriptionIds};
@@ -169,7 +170,7 @@ pub(crate) struct Attached {
 pub struct Broker {
     config: BrokerConfig,
     sessions: Mutex<Registry>,
-    subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
+    pub(crate) subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
     pub(crate) retained: RwLock<RetainedIndex>,
     /// How many of the retained messages are the broker's own (`$SYS`), and their payload
     /// bytes: changed under the retained lock; left out of the limits and the figures.
@@ -205,6 +206,9 @@ pub struct Broker {
     access_epoch: AtomicU64,
     /// The inboxes of the server's workers, by worker number (see `worker_post`).
     pub(crate) worker_inboxes: std::sync::OnceLock<Vec<Arc<dyn crate::WorkerInbox>>>,
+    /// The cluster this node belongs to, if any (see `cluster_hook`): one load per publish
+    /// when there is none.
+    pub(crate) cluster: std::sync::OnceLock<Arc<dyn ClusterHook>>,
 }
 
 /// What [`Broker::recheck_access`] did.
@@ -281,6 +285,7 @@ impl Broker {
             next_auth_request: AtomicU64::new(1),
             access_epoch: AtomicU64::new(0),
             worker_inboxes: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -572,7 +577,8 @@ impl Broker {
         {
             let mut index = write(&self.subscriptions);
             for (filter, record) in subscriptions {
-                index.insert(
+                self.index_insert(
+                    &mut index,
                     &filter,
                     Subscriber {
                         session: session.clone(),
@@ -649,35 +655,80 @@ impl Broker {
     /// message.
     pub(crate) fn publish_tracked(
         &self,
-        mut message: Message,
+        message: Message,
         now: Instant,
         hold: Option<&mut AckHold<'_>>,
         retain: bool,
     ) -> (usize, Seq) {
+        self.publish_with(message, now, hold, retain, Origin::Local)
+    }
+
+    /// [`Broker::publish_tracked`] for a message from `origin`: a local one is planned with
+    /// the cluster, if there is one (see `cluster_hook`), routed here, then forwarded.
+    pub(crate) fn publish_with(
+        &self,
+        mut message: Message,
+        now: Instant,
+        hold: Option<&mut AckHold<'_>>,
+        retain: bool,
+        origin: Origin<'_>,
+    ) -> (usize, Seq) {
         if message.qos != QoS::AtMostOnce && message.id == 0 {
             message.id = self.new_message_id();
         }
+        // Cluster: the one check a single node pays.
+        let hook = match origin {
+            Origin::Local => self.cluster(),
+            Origin::System | Origin::Cluster(_) => None,
+        };
         let mut seq = Seq::NONE;
         if message.retain && retain {
-            seq = self.retain(&message);
+            seq = self.retain(&message, hook);
         }
         let scope = self.publish_scope(&message);
-        let (reached, route_seq) = self.route(MessageRef::Own(message), scope, now, hold);
-        (reached, seq.max(route_seq))
+        let plan = hook.and_then(|hook| Some((hook, hook.plan(&message)?)));
+        let Some((hook, plan)) = plan else {
+            let selection = match origin {
+                Origin::Cluster(selection) => selection,
+                Origin::Local | Origin::System => Selection::ALL,
+            };
+            let (reached, route_seq) =
+                self.route(MessageRef::Own(message), scope, now, hold, selection);
+            return (reached, seq.max(route_seq));
+        };
+        // Cluster: routed here but for the groups another node serves, then handed to the
+        // cluster (shared, so the remote copies cost no copy of the message).
+        let message = Arc::new(message);
+        let selection = Selection {
+            regular: true,
+            groups: Groups::Except(&plan.skip_groups),
+        };
+        let (reached, route_seq) =
+            self.route(MessageRef::Shared(message.clone()), scope, now, hold, selection);
+        let remote = plan.remote.len();
+        let forward_seq = hook.forward(&message, plan);
+        (reached + remote, seq.max(route_seq).max(forward_seq))
     }
 
     /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
     /// The change is submitted under the retained lock, so the store sees them in order.
-    fn retain(&self, message: &Message) -> Seq {
+    /// A cluster is told (under the same lock, so it sees the changes in order).
+    fn retain(&self, message: &Message, cluster: Option<&Arc<dyn ClusterHook>>) -> Seq {
         let mut retained = write(&self.retained);
         if message.payload.is_empty() {
             retained.remove(&message.topic);
+            if let Some(cluster) = cluster {
+                cluster.retained_changed(&message.topic, None);
+            }
             self.persist(|| Change::RetainedCleared {
                 topic: message.topic.clone(),
             })
         } else {
             let kept = Arc::new(message.compacted());
             retained.insert(kept.clone());
+            if let Some(cluster) = cluster {
+                cluster.retained_changed(&message.topic, Some(&kept));
+            }
             self.persist(|| Change::Retained(kept))
         }
     }
@@ -728,13 +779,16 @@ impl Broker {
     /// one member.
     ///
     /// `scope` says which sessions: all, or (see `worker_post`) those of one worker, the
-    /// others getting the message through their workers' inboxes.
+    /// others getting the message through their workers' inboxes. `selection` says which
+    /// subscriptions: all on a single node; in a cluster, not the shared groups another node
+    /// serves, or (a message from another node) only what that node sent it for.
     pub(crate) fn route(
         &self,
         message: MessageRef,
         scope: Scope,
         now: Instant,
         mut hold: Option<&mut AckHold<'_>>,
+        selection: Selection<'_>,
     ) -> (usize, Seq) {
         let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any. The vector is the
@@ -747,8 +801,9 @@ impl Broker {
             Matched::Subscriber(subscriber) => {
                 let own = subscriber.record.options.no_local
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
-                // No Local: not to the publisher's own connection [MQTT-3.8.3-3].
-                if own {
+                // No Local: not to the publisher's own connection [MQTT-3.8.3-3]. Cluster:
+                // not at all when another node sent the message for shared groups only.
+                if own || !selection.regular {
                     return;
                 }
                 let session = &subscriber.session;
@@ -782,6 +837,10 @@ impl Broker {
             Matched::Group(group) => {
                 // The member was picked by the publisher's thread, among all workers'.
                 if let Scope::Posted(..) = scope {
+                    return;
+                }
+                // Cluster: a group another node serves for this message.
+                if !selection.takes(group) {
                     return;
                 }
                 if let Some(member) = group.pick(|member| {
@@ -1062,7 +1121,8 @@ impl Broker {
             Seq::NONE
         };
         drop(state);
-        index.insert(
+        self.index_insert(
+            &mut index,
             filter,
             Subscriber {
                 session: session.clone(),
@@ -1137,7 +1197,8 @@ impl Broker {
                 continue;
             }
             drop(state);
-            index.insert(
+            self.index_insert(
+                &mut index,
                 &filter,
                 Subscriber {
                     session: session.clone(),
@@ -1176,7 +1237,7 @@ impl Broker {
                 },
                 partial: false,
             };
-            index.remove(filter, &probe);
+            self.index_remove(&mut index, filter, &probe);
         }
         (existed, seq)
     }
@@ -1355,7 +1416,7 @@ impl Broker {
         let persistence = self.persistence().filter(|_| state.is_persistent());
         state.store_unstored(session.client_id(), persistence, None);
         state.detach();
-        session.set_kicked(&mut state, false);
+        session.set_kicked(&mut state, None);
         session.publish_owner(None, None);
         match state.expiry {
             SessionExpiry::AtDisconnect => {
@@ -1493,7 +1554,7 @@ impl Broker {
             partial: false,
         };
         for filter in &filters {
-            index.remove(filter, &probe);
+            self.index_remove(&mut index, filter, &probe);
         }
         will.map(|will| (will, group))
     }

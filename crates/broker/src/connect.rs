@@ -454,7 +454,7 @@ impl Connection {
         {
             let mut state = attached.session.lock();
             state.principal = Some(client.clone());
-            attached.session.set_kicked(&mut state, false);
+            attached.session.set_kicked(&mut state, None);
             state.connection = Some(crate::admin::ConnectionFacts {
                 protocol: version,
                 connected_at: now,

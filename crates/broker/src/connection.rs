@@ -18,7 +18,7 @@ use crate::hooks::{
     AuthExchange, AuthRequest, AuthRequestId, ClientInfo, Principal, TransportIdentity,
 };
 use crate::message::Message;
-use crate::session::Session;
+use crate::session::{Kick, Session};
 use crate::types::{ConnectionId, Seq, Wakeup};
 use crate::unstored::{AckGate, Barrier};
 
@@ -503,16 +503,18 @@ impl Connection {
         }
     }
 
-    /// The connection lost its session (taken over, or ended or kicked by an operator):
-    /// closes with the matching reason. Called on the rare path only.
-    pub(crate) fn close_displaced(&mut self, kicked: bool, now: Instant) {
-        let (reason, code) = if kicked {
-            (
+    /// The connection lost its session (taken over here or on another node of a cluster, or
+    /// ended or kicked by an operator): closes with the matching reason. Called on the rare
+    /// path only.
+    pub(crate) fn close_displaced(&mut self, kicked: Option<Kick>, now: Instant) {
+        let (reason, code) = match kicked {
+            Some(Kick::Operator) => (
                 CloseReason::AdministrativeAction,
                 ReasonCode::AdministrativeAction,
-            )
-        } else {
-            (CloseReason::SessionTakenOver, ReasonCode::SessionTakenOver)
+            ),
+            Some(Kick::ClaimedElsewhere) | None => {
+                (CloseReason::SessionTakenOver, ReasonCode::SessionTakenOver)
+            }
         };
         self.close(reason, Some(code), now);
     }

@@ -15,6 +15,7 @@
 
 mod admin;
 mod broker;
+mod cluster_hook;
 mod config;
 mod connect;
 mod connection;
@@ -36,6 +37,7 @@ pub use admin::{
     ClientConnection, QUEUE_DEPTH_BUCKETS, RuntimeLimits, SessionReport, SessionTotals,
 };
 pub use broker::{Broker, RecheckSummary};
+pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{

@@ -103,7 +103,7 @@ impl Connection {
         };
         let session = active.session.clone();
         let mut state = session.lock();
-        if !state.owned_by(self.id) || state.kicked {
+        if !state.owned_by(self.id) || state.kicked.is_some() {
             let kicked = state.kicked;
             drop(state);
             self.close_displaced(kicked, now);

@@ -110,9 +110,21 @@ pub struct SessionState {
     /// goes). Inline, not boxed: 16 bytes more for an offline session, one allocation (32
     /// bytes with malloc's header) less for every connected one (issue 14).
     pub(crate) connection: Option<crate::admin::ConnectionFacts>,
-    /// Set by an administrative kick: the owning connection closes with DISCONNECT 0x98 at
-    /// its next turn. Cleared when a connection attaches or detaches.
-    pub(crate) kicked: bool,
+    /// Set by an administrative kick (the owning connection closes with DISCONNECT 0x98 at
+    /// its next turn) or a cluster's claim of the client id on another node (0x8E). Cleared
+    /// when a connection attaches or detaches.
+    pub(crate) kicked: Option<Kick>,
+}
+
+/// Why the owning connection of a session must close although it still owns the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// An operator kicked it (DISCONNECT 0x98 Administrative action).
+    Operator,
+    /// Another node of a cluster claimed the client id (DISCONNECT 0x8E Session taken over):
+    /// the connection closes as a take-over, but the session stays here, offline, as after
+    /// any close, with its will scheduled per its delay (see `Broker::take_over`).
+    ClaimedElsewhere,
 }
 
 /// A session, shared by the registry, the subscription index and its connection.
@@ -184,7 +196,7 @@ impl Session {
                 retained: None,
                 principal: None,
                 connection: None,
-                kicked: false,
+                kicked: None,
             }),
         }
     }
@@ -226,9 +238,9 @@ impl Session {
     }
 
     /// Sets `kicked` and its lock-free mirror; call with the state locked (`state`).
-    pub(crate) fn set_kicked(&self, state: &mut SessionState, kicked: bool) {
+    pub(crate) fn set_kicked(&self, state: &mut SessionState, kicked: Option<Kick>) {
         state.kicked = kicked;
-        self.kicked_hint.store(kicked, Ordering::Relaxed);
+        self.kicked_hint.store(kicked.is_some(), Ordering::Relaxed);
     }
 
     /// Records the owner in the lock-free mirror, and the worker its connection is on; call
@@ -472,7 +484,7 @@ impl SessionState {
         self.owner = None;
         self.wakeup = None;
         self.connection = None;
-        self.kicked = false;
+        self.kicked = None;
         self.mark_all_for_resend();
     }
 

@@ -177,15 +177,24 @@ impl<V> Default for Slot<V> {
     }
 }
 
-impl<V: IndexEntry> Slot<V> {
-    fn is_empty(&self) -> bool {
+impl<V> Slot<V> {
+    fn is_empty_of_routes(&self) -> bool {
         self.subscribers.is_empty() && self.groups.is_empty()
     }
+}
 
-    /// Inserts or replaces; true when it replaced.
-    fn insert(&mut self, group: Option<&str>, filter: &str, entry: V) -> bool {
+impl<V: IndexEntry> Slot<V> {
+    fn is_empty(&self) -> bool {
+        self.is_empty_of_routes()
+    }
+
+    /// Inserts or replaces; says whether it replaced, and whether the entry is the first of
+    /// its route (the slot's first plain subscriber, or a new group's first member).
+    fn insert(&mut self, group: Option<&str>, filter: &str, entry: V) -> Inserted {
         let Some(name) = group else {
-            return self.positions.insert(&mut self.subscribers, entry);
+            let first = self.subscribers.is_empty();
+            let replaced = self.positions.insert(&mut self.subscribers, entry);
+            return Inserted { replaced, first };
         };
         let at = match self.groups.iter().position(|g| &*g.name == name) {
             Some(at) => at,
@@ -201,20 +210,29 @@ impl<V: IndexEntry> Slot<V> {
             }
         };
         let group = &mut self.groups[at];
-        group.positions.insert(&mut group.members, entry)
+        let first = group.members.is_empty();
+        let replaced = group.positions.insert(&mut group.members, entry);
+        Inserted { replaced, first }
     }
 
-    fn remove(&mut self, group: Option<&str>, probe: &V) -> Option<V> {
+    /// Removes the entry of `probe`'s subscriber; also says whether it was the last of its
+    /// route.
+    fn remove(&mut self, group: Option<&str>, probe: &V) -> (Option<V>, bool) {
         let Some(name) = group else {
-            return self.positions.remove(&mut self.subscribers, probe.key());
+            let removed = self.positions.remove(&mut self.subscribers, probe.key());
+            let last = removed.is_some() && self.subscribers.is_empty();
+            return (removed, last);
         };
-        let at = self.groups.iter().position(|g| &*g.name == name)?;
+        let Some(at) = self.groups.iter().position(|g| &*g.name == name) else {
+            return (None, false);
+        };
         let group = &mut self.groups[at];
         let removed = group.positions.remove(&mut group.members, probe.key());
-        if group.members.is_empty() {
+        let last = group.members.is_empty();
+        if last {
             self.groups.swap_remove(at);
         }
-        removed
+        (removed, last)
     }
 
     fn visit<'a>(&'a self, visit: &mut impl FnMut(Matched<'a, V>)) {
@@ -261,6 +279,16 @@ pub(crate) fn split_level(topic: &str) -> (&str, Option<&str>) {
         Some(at) => (&topic[..at], Some(&topic[at + 1..])),
         None => (topic, None),
     }
+}
+
+/// What [`SubscriptionIndex::insert_route`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// The subscriber had an entry under the filter already, now replaced.
+    pub replaced: bool,
+    /// The entry is the first of its route: the filter's first plain subscriber, or the first
+    /// member of its shared group (what a cluster announces to other nodes).
+    pub first: bool,
 }
 
 /// The index of all subscriptions of all sessions.
@@ -316,6 +344,11 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
     /// Adds `entry` under `filter` (a valid filter, possibly `$share/...`), replacing the entry of
     /// the same subscriber. Returns true when it replaced one.
     pub fn insert(&mut self, filter: &str, entry: V) -> bool {
+        self.insert_route(filter, entry).replaced
+    }
+
+    /// [`SubscriptionIndex::insert`], also saying whether the entry is the first of its route.
+    pub fn insert_route(&mut self, filter: &str, entry: V) -> Inserted {
         let path = parse_filter(filter);
         let mut node = &mut self.root;
         for level in &path.levels {
@@ -330,21 +363,39 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
         } else {
             &mut node.exact
         };
-        let replaced = slot.insert(path.group, filter, entry);
-        if !replaced {
+        let inserted = slot.insert(path.group, filter, entry);
+        if !inserted.replaced {
             self.len += 1;
         }
-        replaced
+        inserted
     }
 
     /// Removes the entry of `probe`'s subscriber under `filter`; returns it if there was one.
     pub fn remove(&mut self, filter: &str, probe: &V) -> Option<V> {
+        self.remove_route(filter, probe).0
+    }
+
+    /// [`SubscriptionIndex::remove`], also saying whether the entry was the last of its route
+    /// (the filter's last plain subscriber, or its shared group's last member).
+    pub fn remove_route(&mut self, filter: &str, probe: &V) -> (Option<V>, bool) {
         let path = parse_filter(filter);
-        let removed = remove_at(&mut self.root, &path, 0, probe);
+        let (removed, last) = remove_at(&mut self.root, &path, 0, probe);
         if removed.is_some() {
             self.len -= 1;
         }
-        removed
+        let last = last && removed.is_some();
+        (removed, last)
+    }
+
+    /// Every route of the index: the distinct plain filters with at least one subscriber, and
+    /// the shared groups with at least one member as `(group, filter)`, in no order. A walk of
+    /// the whole trie, for a cluster that starts (or re-syncs) its routes.
+    pub fn routes(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let mut plain = Vec::new();
+        let mut shared = Vec::new();
+        let mut levels = Vec::new();
+        collect_routes(&self.root, &mut levels, &mut plain, &mut shared);
+        (plain, shared)
     }
 
     /// The shared group of a `$share/{group}/{filter}` filter, if it has members.
@@ -375,7 +426,7 @@ fn remove_at<V: IndexEntry>(
     path: &FilterPath<'_>,
     depth: usize,
     probe: &V,
-) -> Option<V> {
+) -> (Option<V>, bool) {
     let Some(level) = path.levels.get(depth) else {
         let slot = if path.multi {
             &mut node.multi
@@ -385,19 +436,61 @@ fn remove_at<V: IndexEntry>(
         return slot.remove(path.group, probe);
     };
     if *level == "+" {
-        let child = node.single.as_mut()?;
+        let Some(child) = node.single.as_mut() else {
+            return (None, false);
+        };
         let removed = remove_at(child, path, depth + 1, probe);
         if child.is_empty() {
             node.single = None;
         }
         removed
     } else {
-        let child = node.children.get_mut(*level)?;
+        let Some(child) = node.children.get_mut(*level) else {
+            return (None, false);
+        };
         let removed = remove_at(child, path, depth + 1, probe);
         if child.is_empty() {
             node.children.remove(*level);
         }
         removed
+    }
+}
+
+/// Adds the routes of `node` and below to `plain` and `shared`; `levels` is the path to
+/// `node` (restored on return).
+fn collect_routes<'a, V>(
+    node: &'a Node<V>,
+    levels: &mut Vec<&'a str>,
+    plain: &mut Vec<String>,
+    shared: &mut Vec<(String, String)>,
+) {
+    for (slot, multi) in [(&node.exact, false), (&node.multi, true)] {
+        if slot.is_empty_of_routes() {
+            continue;
+        }
+        let mut filter = levels.join("/");
+        if multi {
+            if !levels.is_empty() {
+                filter.push('/');
+            }
+            filter.push('#');
+        }
+        for group in &slot.groups {
+            shared.push((group.name.to_string(), filter.clone()));
+        }
+        if !slot.subscribers.is_empty() {
+            plain.push(filter);
+        }
+    }
+    for (name, child) in &node.children {
+        levels.push(name);
+        collect_routes(child, levels, plain, shared);
+        levels.pop();
+    }
+    if let Some(single) = &node.single {
+        levels.push("+");
+        collect_routes(single, levels, plain, shared);
+        levels.pop();
     }
 }
 

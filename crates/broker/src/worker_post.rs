@@ -83,7 +83,13 @@ impl Broker {
     /// of that worker attached before it was posted. Called on the worker's thread.
     pub fn deliver_posted(&self, posted: Posted, worker: u16, now: Instant) {
         let scope = Scope::Posted(worker, posted.connections_before);
-        self.route(MessageRef::Shared(posted.message), scope, now, None);
+        self.route(
+            MessageRef::Shared(posted.message),
+            scope,
+            now,
+            None,
+            crate::cluster_hook::Selection::ALL,
+        );
     }
 
     /// The scope of a new publish of `message` on the calling thread.

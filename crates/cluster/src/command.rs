@@ -42,6 +42,9 @@ pub struct RetainedMessage {
     /// Expiry Interval), if ever. Nodes compare it with their clock when they read it; the
     /// state machine keeps it as it is (no clock in `apply`).
     pub expires_at_ms: Option<u64>,
+    /// The node whose client set it (that node has it already and does not apply it again).
+    #[serde(default)]
+    pub origin: NodeId,
 }
 
 /// A change to the cluster's metadata.
@@ -122,7 +125,12 @@ pub enum Command {
     /// The retained message of a topic was set (replacing any).
     Retain { message: RetainedMessage },
     /// The retained message of a topic was cleared.
-    ClearRetained { topic: String },
+    ClearRetained {
+        topic: String,
+        /// The node whose client cleared it.
+        #[serde(default)]
+        origin: NodeId,
+    },
 }
 
 /// What applying one [`Command`] answered.

@@ -31,3 +31,12 @@ pub use state::ClusterState;
 pub use state_store::{Applied, StateHandle, StateStore};
 pub use storage::open_storage;
 pub use types::{NodeId, TypeConfig};
+pub mod link;
+pub mod network;
+pub mod node;
+pub mod peer;
+pub mod rpc;
+pub mod serve;
+pub mod wire;
+
+pub use node::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};

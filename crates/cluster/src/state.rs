@@ -192,7 +192,7 @@ impl ClusterState {
                 self.retained.insert(message.topic.clone(), message.clone());
                 Outcome::Done
             }
-            Command::ClearRetained { topic } => {
+            Command::ClearRetained { topic, .. } => {
                 self.retained.remove(topic);
                 Outcome::Done
             }

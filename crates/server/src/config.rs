@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     /// Bridges to other brokers (`[[bridges]]`).
     pub bridges: Vec<BridgeConfig>,
+    /// This node's place in a cluster (`[cluster]`); none: a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Settings of the store that tests change; not in the configuration file.
     #[doc(hidden)]
     #[serde(skip)]
@@ -255,6 +257,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
             bridges: Vec::new(),
+            cluster: None,
             store_tuning: StoreTuning::default(),
             config_file: None,
             overrides: Overrides::default(),
@@ -437,6 +440,9 @@ impl ServerConfig {
         self.validate_auth().map_err(ConfigError::Invalid)?;
         crate::bridge::validate_all(&self.bridges).map_err(ConfigError::Invalid)?;
         self.validate_bridge_users().map_err(ConfigError::Invalid)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
         if QoS::from_u8(self.mqtt.max_qos).is_none() {
             return invalid("mqtt.max_qos must be 0, 1 or 2");
         }

@@ -1,0 +1,260 @@
+//! The core's seams for a cluster: what the core tells a cluster ([`ClusterHook`]: routes won
+//! and lost, a plan for each local publish, retained changes) and what a cluster asks of the
+//! core (the entry points on [`Broker`] below: a message forwarded by another node, a
+//! replicated retained message, a claim of a client id made on another node). The core knows
+//! nothing of raft, links or a runtime; without a hook (a single node) a publish pays one
+//! `OnceLock` load and one branch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_codec::topic::split_shared;
+
+use crate::broker::{Broker, Subscriber, read, write};
+use crate::message::Message;
+use crate::persist::Change;
+use crate::session::Kick;
+use crate::subscriptions::{SharedGroup, SubscriptionIndex};
+use crate::types::Seq;
+
+/// What the core tells the cluster, and asks of it. Set once: [`Broker::set_cluster`].
+///
+/// Called on the publishing or subscribing connection's thread, sometimes under the core's
+/// locks (the route calls under the subscription index's write lock, so they come in the
+/// order the index changed; `retained_changed` under the retained index's): implementations
+/// must be quick, must not call back into the broker, and must never block (push into a
+/// queue).
+pub trait ClusterHook: Send + Sync {
+    /// The local subscription index gained its first subscription to `filter`: a plain one
+    /// (`group` None) or a shared one `$share/{group}/{filter}` (`Some(group)`), from any path
+    /// (SUBSCRIBE, a session restored from the store or imported from another node).
+    fn route_added(&self, filter: &str, group: Option<&str>);
+    /// The local subscription index lost its last subscription to `filter` (of `group`):
+    /// UNSUBSCRIBE, a session's end or expiry, a clean start, an access re-check, a session
+    /// exported to another node.
+    fn route_removed(&self, filter: &str, group: Option<&str>);
+    /// Before a message published on this node (by a client, a will, the admin API, a
+    /// bridge; not one forwarded by another node, not the broker's own `$SYS` messages) is
+    /// routed locally: which shared groups this node must skip (another node was picked for
+    /// them) and what goes to other nodes. `None`: nothing remote and no group skipped.
+    fn plan(&self, message: &Message) -> Option<ClusterPlan>;
+    /// After local routing: forwards the message per `plan`. Returns the store sequence
+    /// number the publisher's acknowledgement must wait for ([`Seq::NONE`]: none), so that a
+    /// QoS 1/2 message's copy for another node is made durable in the same group commit.
+    fn forward(&self, message: &Arc<Message>, plan: ClusterPlan) -> Seq;
+    /// A local publish (or the admin API) set (`Some`) or cleared (`None`) the retained
+    /// message of `topic`.
+    fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
+}
+
+/// A shared subscription's group name and its (plain) filter: `$share/{0}/{1}`.
+pub type GroupRoute = (String, String);
+
+/// What a cluster decided for one local publish (see [`ClusterHook::plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterPlan {
+    /// Shared groups matched here that get no local delivery: another node's member was
+    /// picked.
+    pub skip_groups: Vec<GroupRoute>,
+    /// One copy per remote node that gets the message.
+    pub remote: Vec<RemoteCopy>,
+}
+
+/// The copy of a message for one remote node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteCopy {
+    pub node: u64,
+    /// Routed there to its plain (non-shared) subscriptions.
+    pub regular: bool,
+    /// Delivered there to one member of each of these shared groups.
+    pub groups: Vec<GroupRoute>,
+}
+
+/// Which subscriptions of the index a routing reaches: plain ones or not, and which shared
+/// groups. [`Selection::ALL`] is a single node's routing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Selection<'a> {
+    pub(crate) regular: bool,
+    pub(crate) groups: Groups<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Groups<'a> {
+    All,
+    /// Every group but these (a local publish whose plan picked another node for them).
+    Except(&'a [GroupRoute]),
+    /// Only these (a message forwarded by another node for them).
+    Only(&'a [GroupRoute]),
+}
+
+impl Selection<'_> {
+    pub(crate) const ALL: Selection<'static> = Selection {
+        regular: true,
+        groups: Groups::All,
+    };
+
+    /// Whether `group` is routed to.
+    pub(crate) fn takes<V>(&self, group: &SharedGroup<V>) -> bool {
+        let listed = |list: &[GroupRoute]| {
+            let plain = split_shared(&group.filter).map_or("", |(_, filter)| filter);
+            list.iter()
+                .any(|(name, filter)| **name == *group.name && filter == plain)
+        };
+        match self.groups {
+            Groups::All => true,
+            Groups::Except(list) => !listed(list),
+            Groups::Only(list) => listed(list),
+        }
+    }
+}
+
+/// Where a message comes from, for [`Broker::publish_with`]: a local one is planned with the
+/// cluster, the others never reach the hook.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin<'a> {
+    /// A client, a will, the admin API, a bridge.
+    Local,
+    /// The broker's own `$SYS` messages: each node has its own.
+    System,
+    /// Forwarded by another node, for these subscriptions.
+    Cluster(Selection<'a>),
+}
+
+/// The route of a subscription filter: `(filter, group)`.
+fn route_of(filter: &str) -> (&str, Option<&str>) {
+    match split_shared(filter) {
+        Some((group, plain)) => (plain, Some(group)),
+        None => (filter, None),
+    }
+}
+
+impl Broker {
+    /// Plugs a cluster in. Set once: a second call is refused (false). Every route the index
+    /// already holds is reported to `hook` (`route_added`) before any later change, under the
+    /// index's lock, so the cluster misses none and sees none twice.
+    pub fn set_cluster(&self, hook: Arc<dyn ClusterHook>) -> bool {
+        let index = write(&self.subscriptions);
+        if self.cluster.set(hook.clone()).is_err() {
+            return false;
+        }
+        let (plain, shared) = index.routes();
+        for filter in &plain {
+            hook.route_added(filter, None);
+        }
+        for (group, filter) in &shared {
+            hook.route_added(filter, Some(group));
+        }
+        true
+    }
+
+    /// The cluster plugged in, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<dyn ClusterHook>> {
+        self.cluster.get()
+    }
+
+    /// The routes of this node: the distinct plain filters subscribed to, and the shared
+    /// groups as `(group, filter)` pairs (for a cluster that re-syncs its routes).
+    pub fn local_routes(&self) -> (Vec<String>, Vec<GroupRoute>) {
+        read(&self.subscriptions).routes()
+    }
+
+    /// Adds a subscription to the index (the caller holds its write lock), reporting a new
+    /// route to the cluster.
+    pub(crate) fn index_insert(
+        &self,
+        index: &mut SubscriptionIndex<Subscriber>,
+        filter: &str,
+        subscriber: Subscriber,
+    ) {
+        let inserted = index.insert_route(filter, subscriber);
+        if inserted.first
+            && let Some(hook) = self.cluster()
+        {
+            let (filter, group) = route_of(filter);
+            hook.route_added(filter, group);
+        }
+    }
+
+    /// Removes a subscription from the index (the caller holds its write lock), reporting a
+    /// route gone to the cluster.
+    pub(crate) fn index_remove(
+        &self,
+        index: &mut SubscriptionIndex<Subscriber>,
+        filter: &str,
+        probe: &Subscriber,
+    ) {
+        let (_, last) = index.remove_route(filter, probe);
+        if last && let Some(hook) = self.cluster() {
+            let (filter, group) = route_of(filter);
+            hook.route_removed(filter, group);
+        }
+    }
+
+    /// A message forwarded by another node: routed to this node's plain subscriptions when
+    /// `regular`, and for each of `groups` to one local member. Never kept as retained (the
+    /// retained message travels through [`Broker::apply_cluster_retained`]) and never
+    /// planned again (no loops). Returns the number of sessions reached and the store
+    /// sequence number the acknowledgement to the other node must wait for (deliveries to
+    /// stored sessions made durable).
+    pub fn publish_from_cluster(
+        &self,
+        message: Message,
+        regular: bool,
+        groups: &[GroupRoute],
+        now: Instant,
+    ) -> (usize, Seq) {
+        let selection = Selection {
+            regular,
+            groups: Groups::Only(groups),
+        };
+        self.publish_with(message, now, None, false, Origin::Cluster(selection))
+    }
+
+    /// The cluster's replicated retained message of `topic` changed on another node: set
+    /// (`Some`, a non-empty payload) or cleared (`None`, or an empty payload). Updates the
+    /// retained index and the store (so it survives a restart), without telling the hook and
+    /// without the retained limits (every node must hold the same set). Returns the store
+    /// sequence number of the change.
+    pub fn apply_cluster_retained(&self, topic: &str, message: Option<Message>) -> Seq {
+        let mut retained = write(&self.retained);
+        match message.filter(|message| !message.payload.is_empty()) {
+            Some(message) => {
+                let kept = Arc::new(message.compacted());
+                retained.insert(kept.clone());
+                self.persist(|| Change::Retained(kept))
+            }
+            None => {
+                let Some(removed) = retained.remove(topic) else {
+                    return Seq::NONE;
+                };
+                self.persist(|| Change::RetainedCleared {
+                    topic: removed.topic.clone(),
+                })
+            }
+        }
+    }
+
+    /// Another node claimed `client_id`: its connection here closes as a take-over does
+    /// (MQTT 5: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]; 3.x: closed), its will is
+    /// published or scheduled per its delay as for any close, and the session stays here,
+    /// offline, for a later hand-over ([`Broker::export_session`]) or its expiry. False when
+    /// the client has no connection here.
+    pub fn take_over(&self, client_id: &str) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        let wakeup = {
+            let mut state = session.lock();
+            if state.ended || state.owner.is_none() {
+                return false;
+            }
+            session.set_kicked(&mut state, Some(Kick::ClaimedElsewhere));
+            state.wakeup.clone()
+        };
+        tracing::info!(client_id, event = "take_over", "client claimed by another node");
+        if let Some(wakeup) = wakeup {
+            wakeup.wake();
+        }
+        true
+    }
+}

@@ -1,0 +1,351 @@
+//! The data plane: messages from this node to others, at least once and in order per link.
+//!
+//! Each message to a peer gets the next sequence number of this node's run (`run` is random
+//! per start, so a restarted node's numbers are not mistaken for old ones) and waits in the
+//! peer's outbox until the peer acknowledges it. A link that fails is dialled again and
+//! everything not acknowledged is sent again, in order. The receiver hands each message to
+//! the server once (a number it has already taken is acknowledged, not delivered again) and
+//! acknowledges, cumulatively, once the server says the message is safe (durable where it
+//! must be).
+//!
+//! Frame bodies: [`Kind::Data`]: run (u64), sequence (u64), the server's payload;
+//! [`Kind::DataAck`]: run (u64), the highest sequence taken (u64).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::node::{ClusterNode, DataHandler};
+use crate::peer::lock;
+use crate::types::NodeId;
+use crate::wire::{Frame, Kind};
+
+/// A future the receiver awaits before it acknowledges a message (its durable write).
+pub type Settled = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where received messages go (the server's broker).
+pub trait DataSink: Send + Sync + 'static {
+    /// Takes a message another node sent; the returned future resolves once it is safe to
+    /// acknowledge (immediately for what needs no durable write).
+    fn deliver(&self, from: NodeId, payload: Bytes) -> Settled;
+}
+
+/// Limits of one peer's outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> OutboxLimits {
+        OutboxLimits {
+            max_messages: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Counters of the data plane (for metrics).
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    pub sent: AtomicU64,
+    pub resent: AtomicU64,
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Messages not taken because a peer's outbox was full.
+    pub dropped: AtomicU64,
+}
+
+struct Outbox {
+    /// Messages not acknowledged yet, oldest first, with their sequence numbers.
+    unacked: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    next_seq: u64,
+    /// How many of `unacked` were handed to the link since it was last (re)connected.
+    sent: usize,
+}
+
+struct PeerOut {
+    outbox: Mutex<Outbox>,
+    ready: Notify,
+}
+
+/// The data plane of one node.
+pub struct DataPlane {
+    node: ClusterNode,
+    run: u64,
+    limits: OutboxLimits,
+    peers: Mutex<HashMap<NodeId, Arc<PeerOut>>>,
+    /// Per origin node: its run and the highest sequence delivered.
+    inbound: Mutex<HashMap<NodeId, Inbound>>,
+    sink: Arc<dyn DataSink>,
+    pub counters: LinkCounters,
+    stop: watch::Receiver<bool>,
+}
+
+struct Inbound {
+    run: u64,
+    delivered: u64,
+    /// Ordered hand-off to the task that waits for each message to settle and acknowledges.
+    acks: mpsc::UnboundedSender<(Settled, u64, mpsc::Sender<Frame>)>,
+}
+
+impl DataPlane {
+    /// The data plane of `node`, delivering to `sink`; sets itself as the node's data
+    /// handler.
+    pub fn start(
+        node: ClusterNode,
+        sink: Arc<dyn DataSink>,
+        limits: OutboxLimits,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<DataPlane> {
+        let run = random_run();
+        let plane = Arc::new(DataPlane {
+            node: node.clone(),
+            run,
+            limits,
+            peers: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
+            sink,
+            counters: LinkCounters::default(),
+            stop,
+        });
+        node.set_data_handler(Arc::new(Handler(Arc::downgrade(&plane))));
+        plane
+    }
+
+    /// Queues `payload` for `peer`; `false` if its outbox is full (the message is not sent).
+    pub fn send(self: &Arc<Self>, peer: NodeId, payload: Bytes) -> bool {
+        let out = self.peer(peer);
+        {
+            let mut outbox = lock(&out.outbox);
+            if outbox.unacked.len() >= self.limits.max_messages
+                || outbox.bytes + payload.len() > self.limits.max_bytes
+            {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let seq = outbox.next_seq;
+            outbox.next_seq += 1;
+            outbox.bytes += payload.len();
+            outbox.unacked.push_back((seq, payload));
+        }
+        out.ready.notify_one();
+        true
+    }
+
+    /// Messages waiting for `peer`'s acknowledgement.
+    pub fn pending(&self, peer: NodeId) -> usize {
+        lock(&self.peers)
+            .get(&peer)
+            .map_or(0, |out| lock(&out.outbox).unacked.len())
+    }
+
+    fn peer(self: &Arc<Self>, peer: NodeId) -> Arc<PeerOut> {
+        let mut peers = lock(&self.peers);
+        if let Some(out) = peers.get(&peer) {
+            return out.clone();
+        }
+        let out = Arc::new(PeerOut {
+            outbox: Mutex::new(Outbox {
+                unacked: VecDeque::new(),
+                bytes: 0,
+                next_seq: 1,
+                sent: 0,
+            }),
+            ready: Notify::new(),
+        });
+        peers.insert(peer, out.clone());
+        tokio::spawn(self.clone().pump(peer, out.clone()));
+        out
+    }
+
+    /// Sends a peer's outbox, in order, as the link takes it; after a failure, again from
+    /// the oldest message not acknowledged.
+    async fn pump(self: Arc<Self>, peer: NodeId, out: Arc<PeerOut>) {
+        let mut stop = self.stop.clone();
+        let mut current = 0u64;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let has_work = {
+                let outbox = lock(&out.outbox);
+                outbox.sent < outbox.unacked.len()
+            };
+            if !has_work {
+                tokio::select! {
+                    _ = out.ready.notified() => {}
+                    // Acknowledgements lost with a link: sent again after a while.
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+                if !self.node.linked(peer) {
+                    // Sent, not acknowledged, and the link went down: send it again on the
+                    // next connection.
+                    let mut outbox = lock(&out.outbox);
+                    if outbox.sent > 0 {
+                        self.counters
+                            .resent
+                            .fetch_add(outbox.sent as u64, Ordering::Relaxed);
+                        outbox.sent = 0;
+                    }
+                    current = 0;
+                }
+                continue;
+            }
+            let Some(generation) = self.node.link_generation(peer).await else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            };
+            if generation != current {
+                // A new connection: whatever went on the old one may be lost; send again
+                // everything not acknowledged, from the oldest.
+                let mut outbox = lock(&out.outbox);
+                self.counters
+                    .resent
+                    .fetch_add(outbox.sent as u64, Ordering::Relaxed);
+                outbox.sent = 0;
+                current = generation;
+            }
+            let next = {
+                let outbox = lock(&out.outbox);
+                outbox.unacked.get(outbox.sent).cloned()
+            };
+            let Some((seq, payload)) = next else {
+                continue;
+            };
+            let mut body = BytesMut::with_capacity(16 + payload.len());
+            body.put_u64(self.run);
+            body.put_u64(seq);
+            body.put_slice(&payload);
+            if self
+                .node
+                .send_data(peer, generation, Frame::new(Kind::Data, body.freeze()))
+                .await
+            {
+                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                let mut outbox = lock(&out.outbox);
+                // An acknowledgement may have removed it meanwhile.
+                if outbox.unacked.get(outbox.sent).is_some_and(|(s, _)| *s == seq) {
+                    outbox.sent += 1;
+                }
+            } else {
+                // The connection's queue is full or it just failed: wait a little.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// A peer acknowledged everything up to `seq` of run `run`.
+    fn acknowledged(&self, peer: NodeId, run: u64, seq: u64) {
+        if run != self.run {
+            return;
+        }
+        let Some(out) = lock(&self.peers).get(&peer).cloned() else {
+            return;
+        };
+        let mut outbox = lock(&out.outbox);
+        while outbox.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, payload)) = outbox.unacked.pop_front() {
+                outbox.bytes -= payload.len();
+                outbox.sent = outbox.sent.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A message from `from`.
+    fn received(&self, from: NodeId, frame: Frame, reply: &mpsc::Sender<Frame>) {
+        let mut body = frame.body;
+        if body.len() < 16 {
+            return;
+        }
+        let run = body.get_u64();
+        let seq = body.get_u64();
+        let mut inbound = lock(&self.inbound);
+        let entry = inbound.entry(from).or_insert_with(|| new_inbound(run));
+        if entry.run != run {
+            // The origin restarted: its numbering starts again.
+            *entry = new_inbound(run);
+        }
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let settled: Settled = if seq <= entry.delivered {
+            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async {})
+        } else {
+            entry.delivered = seq;
+            self.sink.deliver(from, body)
+        };
+        // The run goes with the acknowledgement, so a restarted origin ignores old ones.
+        let _ = entry.acks.send((settled, seq, reply.clone()));
+    }
+}
+
+fn new_inbound(run: u64) -> Inbound {
+    let (acks, mut queue) = mpsc::unbounded_channel::<(Settled, u64, mpsc::Sender<Frame>)>();
+    tokio::spawn(async move {
+        while let Some((settled, seq, reply)) = queue.recv().await {
+            settled.await;
+            let mut body = BytesMut::with_capacity(16);
+            body.put_u64(run);
+            body.put_u64(seq);
+            // Cumulative: a lost acknowledgement is covered by the next one.
+            let _ = reply.try_send(Frame::new(Kind::DataAck, body.freeze()));
+        }
+    });
+    Inbound {
+        run,
+        delivered: 0,
+        acks,
+    }
+}
+
+struct Handler(std::sync::Weak<DataPlane>);
+
+impl DataHandler for Handler {
+    fn data(&self, from: NodeId, frame: Frame, reply: &mpsc::Sender<Frame>) {
+        if let Some(plane) = self.0.upgrade()
+            && frame.kind == Kind::Data
+        {
+            plane.received(from, frame, reply);
+        }
+    }
+
+    fn answer(&self, from: NodeId, frame: Frame) {
+        let Some(plane) = self.0.upgrade() else {
+            return;
+        };
+        if frame.kind != Kind::DataAck || frame.body.len() < 16 {
+            return;
+        }
+        let mut body = frame.body;
+        let run = body.get_u64();
+        let seq = body.get_u64();
+        plane.acknowledged(from, run, seq);
+    }
+}
+
+/// A number that differs between runs of a node.
+fn random_run() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.finish()
+}

@@ -1,0 +1,68 @@
+//! The requests nodes send each other over a link, and their answers (JSON in
+//! [`crate::wire::Kind::Request`]/[`crate::wire::Kind::Response`] frames).
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Request, Response};
+use crate::types::{NodeId, TypeConfig};
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Commands for the leader to propose (sent by a follower to the leader it knows).
+    Propose(Request),
+    /// Who are you, and are you part of a cluster? (Forming and joining.)
+    Probe,
+    /// A node asks to join: the receiver adds it if it leads, or names the leader.
+    Join {
+        node: NodeId,
+        cluster_addr: String,
+        mqtt_addrs: Vec<String>,
+    },
+    /// Remove a node from the cluster (it leaves): handled by the leader.
+    Leave { node: NodeId },
+}
+
+/// What a node answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Proposed(Result<Response, Refusal>),
+    Probe(ProbeAnswer),
+    Joined(Result<(), Refusal>),
+    Left(Result<(), Refusal>),
+}
+
+/// What a probed node says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeAnswer {
+    pub node: NodeId,
+    /// Whether it is a member of an initialized cluster.
+    pub initialized: bool,
+    /// The leader it knows, with its cluster address.
+    pub leader: Option<(NodeId, String)>,
+}
+
+/// Why a request that needs the leader was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// This node does not lead; the leader it knows, if any (id, cluster address).
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<(NodeId, String)>),
+    /// The cluster could not commit it (no quorum, shutting down): retry later.
+    #[error("not committed: {0}")]
+    Unavailable(String),
+    /// Refused for good (e.g. leaving would leave no voter).
+    #[error("refused: {0}")]
+    Refused(String),
+}

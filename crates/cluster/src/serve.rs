@@ -1,0 +1,129 @@
+//! The side of the links other nodes dial: accepts them on `[cluster] bind`, answers their
+//! requests and hands their data frames on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::rpc::{RpcRequest, RpcResponse};
+use crate::types::NodeId;
+use crate::wire::{self, Frame, Kind};
+
+/// How long a dialling node has to say hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A boxed answer to a request.
+pub type Answer = Pin<Box<dyn Future<Output = RpcResponse> + Send>>;
+
+/// Who handles what arrives on an accepted link.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers a request from node `from`.
+    fn rpc(&self, from: NodeId, request: RpcRequest) -> Answer;
+    /// Takes a data frame from node `from`; `reply` sends frames back on the same link (its
+    /// acknowledgements).
+    fn data(&self, from: NodeId, frame: Frame, reply: &mpsc::Sender<Frame>);
+}
+
+/// Accepts links until `stop` turns true.
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let handler = handler.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = link(stream, handler, stop).await {
+                        tracing::debug!(%peer, %error, "cluster link ended");
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cluster listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn link(
+    stream: TcpStream,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), wire::WireError> {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame(&mut reader)).await {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Err(wire::WireError::Malformed("no hello in time")),
+    };
+    let from = wire::parse_hello(&hello)?;
+    let (tx, mut rx) = mpsc::channel::<Frame>(1024);
+    let writing = tokio::spawn(async move {
+        let mut out = BytesMut::new();
+        while let Some(frame) = rx.recv().await {
+            frame.encode(&mut out);
+            while out.len() < 256 << 10 {
+                match rx.try_recv() {
+                    Ok(frame) => frame.encode(&mut out),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        let _ = writer.shutdown().await;
+    });
+    let result = loop {
+        let frame = tokio::select! {
+            frame = wire::read_frame(&mut reader) => frame,
+            _ = stop.changed() => break Ok(()),
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        };
+        match frame.kind {
+            Kind::Request => {
+                let (id, body) = match frame.split_id() {
+                    Ok(split) => split,
+                    Err(error) => break Err(error),
+                };
+                let request: RpcRequest = match serde_json::from_slice(&body) {
+                    Ok(request) => request,
+                    Err(_) => break Err(wire::WireError::Malformed("request")),
+                };
+                let answer = handler.rpc(from, request);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let response = answer.await;
+                    match serde_json::to_vec(&response) {
+                        Ok(body) => {
+                            let _ = tx.send(Frame::with_id(Kind::Response, id, &body)).await;
+                        }
+                        Err(error) => tracing::warn!(%error, "cluster answer not serializable"),
+                    }
+                });
+            }
+            Kind::Data | Kind::DataAck => handler.data(from, frame, &tx),
+            Kind::Hello | Kind::Response => break Err(wire::WireError::Malformed("unexpected frame")),
+        }
+    };
+    // The writer ends once the answers still being worked out are sent (they hold `tx`).
+    drop(tx);
+    drop(writing);
+    result
+}

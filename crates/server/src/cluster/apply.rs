@@ -1,0 +1,118 @@
+//! Follows what the cluster applied, in log order: the route table, retained messages set on
+//! other nodes, and claims that take a client id away from this node.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_broker::Broker;
+use tern_cluster::{Applied, ClusterNode, Command, Outcome};
+use tokio::sync::mpsc;
+
+use super::hook::Glue;
+use super::retained;
+
+/// Brings the route table and the retained messages up to the state this node has applied
+/// (at start, and after a snapshot replaced the state).
+pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker) {
+    let now = Instant::now();
+    let state = node.state();
+    glue.table
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .sync(&state);
+    for message in state.retained() {
+        if let Some(local) = retained::from_replicated(message, now) {
+            broker.apply_cluster_retained(&message.topic, Some(local));
+        }
+    }
+}
+
+pub async fn run(
+    glue: Arc<Glue>,
+    node: ClusterNode,
+    broker: Arc<Broker>,
+    mut events: mpsc::UnboundedReceiver<Applied>,
+) {
+    rebuild(&glue, &node, &broker);
+    while let Some(event) = events.recv().await {
+        match event {
+            Applied::Snapshot => rebuild(&glue, &node, &broker),
+            Applied::Commands {
+                request, response, ..
+            } => {
+                for (command, outcome) in request.commands.iter().zip(&response.outcomes) {
+                    apply_one(&glue, &node, &broker, command, outcome);
+                }
+            }
+        }
+    }
+}
+
+fn apply_one(glue: &Glue, node: &ClusterNode, broker: &Broker, command: &Command, outcome: &Outcome) {
+    let me = glue.node_id;
+    let table = || {
+        glue.table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    match (command, outcome) {
+        (Command::AddRoute { filter, node: n }, Outcome::Done) => table().add(None, filter, *n),
+        (Command::RemoveRoute { filter, node: n }, Outcome::Done) => {
+            table().remove(None, filter, *n)
+        }
+        (
+            Command::AddShared {
+                group,
+                filter,
+                node: n,
+            },
+            Outcome::Done,
+        ) => table().add(Some(group), filter, *n),
+        (
+            Command::RemoveShared {
+                group,
+                filter,
+                node: n,
+            },
+            Outcome::Done,
+        ) => table().remove(Some(group), filter, *n),
+        (Command::SyncRoutes { node: n, .. }, _) | (Command::RemoveNode { node: n }, _) => {
+            let state = node.state();
+            table().sync_node(&state, *n);
+        }
+        (Command::Retain { message }, Outcome::Done) if message.origin != me => {
+            let now = Instant::now();
+            // Only if it is still the topic's retained message (a later change may be
+            // applied already; the state holds the last one).
+            let current = node.state().retained_message(&message.topic).cloned();
+            if current.as_ref() == Some(message)
+                && let Some(local) = retained::from_replicated(message, now)
+            {
+                broker.apply_cluster_retained(&message.topic, Some(local));
+            }
+        }
+        (Command::ClearRetained { topic, origin }, Outcome::Done) if *origin != me => {
+            if node.state().retained_message(topic).is_none() {
+                broker.apply_cluster_retained(topic, None);
+            }
+        }
+        (
+            Command::Claim {
+                client_id,
+                node: claimer,
+                ..
+            },
+            Outcome::Claimed {
+                previous: Some((previous, _)),
+                ..
+            },
+        ) if *previous == me && *claimer != me => {
+            // Another node took the client id: close its connection here (MQTT 5: DISCONNECT
+            // 0x8E Session taken over).
+            if broker.take_over(client_id) {
+                tracing::info!(client_id, node = claimer, "session taken over by another node");
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,85 @@
+//! The `[cluster]` table: this node's identity and where it meets the others (the shape is a
+//! contract, see docs/configuration.md).
+
+use serde::Deserialize;
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's identifier: unique in the cluster, never reused, not 0.
+    pub node_id: u64,
+    /// Where node-to-node links are accepted, `ADDR:PORT`.
+    pub bind: String,
+    /// The address other nodes dial (default: `bind`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Cluster addresses of other nodes: formed with when none is in a cluster yet, joined
+    /// through otherwise.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// The MQTT addresses clients should use to reach this node (reported by `tern ctl
+    /// cluster status` and the admin API; default: the plain listeners' addresses).
+    #[serde(default)]
+    pub mqtt_addrs: Vec<String>,
+    /// The Raft leader's heartbeat, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// How long a follower waits for the leader before it stands for election (the lower
+    /// bound; the upper is twice it), in milliseconds.
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    /// How long a cluster-wide decision (a client id's claim, a route) may wait for the
+    /// cluster before the client is told the server is unavailable, in milliseconds.
+    #[serde(default = "default_proposal_timeout_ms")]
+    pub proposal_timeout_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+
+fn default_election_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_proposal_timeout_ms() -> u64 {
+    5_000
+}
+
+impl ClusterConfig {
+    /// The advertised address.
+    pub fn advertise(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.bind)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("cluster.node_id must be at least 1".into());
+        }
+        if self.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "cluster.bind must be ADDR:PORT (an IP address), not {:?}",
+                self.bind
+            ));
+        }
+        if self.advertise().ends_with(":0") && self.advertise.is_some() {
+            return Err("cluster.advertise must name a port other nodes can dial".into());
+        }
+        for seed in &self.seeds {
+            if !seed.contains(':') {
+                return Err(format!("cluster.seeds: {seed:?} must be HOST:PORT"));
+            }
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms * 2 {
+            return Err(
+                "cluster.election_timeout_ms must be more than twice cluster.heartbeat_ms".into(),
+            );
+        }
+        if self.proposal_timeout_ms < 100 {
+            return Err("cluster.proposal_timeout_ms must be at least 100".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! The core's [`ClusterHook`]: routes won and lost become proposals, a local publish is
+//! planned against the route table and forwarded, a retained change is replicated.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use tern_broker::cluster_hook::{ClusterHook, ClusterPlan, RemoteCopy};
+use tern_broker::{Message, Seq};
+use tern_cluster::link::DataPlane;
+use tern_cluster::NodeId;
+use tokio::sync::Notify;
+
+use super::payload;
+use super::routes::RouteTable;
+
+/// A route of this node: a plain filter (`None`) or a shared group's.
+pub type LocalRoute = (Option<String>, String);
+
+/// Changes waiting to be proposed (coalesced: only the latest wish per key counts).
+#[derive(Default)]
+pub struct Pending {
+    /// Routes to add (true) or remove (false).
+    pub routes: BTreeMap<LocalRoute, bool>,
+    /// Retained messages to set (Some) or clear (None), by topic.
+    pub retained: BTreeMap<String, Option<Arc<Message>>>,
+    /// Send the node's whole route set first (at start, after rejoining).
+    pub resync: bool,
+}
+
+/// What the hook shares with the tasks that propose and apply.
+pub struct Glue {
+    pub node_id: NodeId,
+    /// The routes of every node, as the replicated state has them.
+    pub table: RwLock<RouteTable>,
+    /// This node's routes as its core has them now.
+    pub local: Mutex<BTreeSet<LocalRoute>>,
+    pub pending: Mutex<Pending>,
+    /// Wakes the proposing task.
+    pub wake: Notify,
+    pub plane: OnceLock<Arc<DataPlane>>,
+    /// Messages not forwarded because a peer's outbox was full or they could not be encoded.
+    pub not_forwarded: std::sync::atomic::AtomicU64,
+}
+
+impl Glue {
+    pub fn new(node_id: NodeId) -> Glue {
+        Glue {
+            node_id,
+            table: RwLock::new(RouteTable::default()),
+            local: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(Pending {
+                resync: true,
+                ..Pending::default()
+            }),
+            wake: Notify::new(),
+            plane: OnceLock::new(),
+            not_forwarded: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn route_changed(&self, filter: &str, group: Option<&str>, present: bool) {
+        let key = (group.map(str::to_owned), filter.to_owned());
+        {
+            let mut local = lock(&self.local);
+            if present {
+                local.insert(key.clone());
+            } else {
+                local.remove(&key);
+            }
+        }
+        lock(&self.pending).routes.insert(key, present);
+        self.wake.notify_one();
+    }
+}
+
+impl ClusterHook for Glue {
+    fn route_added(&self, filter: &str, group: Option<&str>) {
+        self.route_changed(filter, group, true);
+    }
+
+    fn route_removed(&self, filter: &str, group: Option<&str>) {
+        self.route_changed(filter, group, false);
+    }
+
+    fn plan(&self, message: &Message) -> Option<ClusterPlan> {
+        let table = self.table.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if table.is_empty() {
+            return None;
+        }
+        let found = table.matching(&message.topic);
+        drop(table);
+        let mut copies: BTreeMap<NodeId, RemoteCopy> = BTreeMap::new();
+        for node in found.nodes {
+            if node != self.node_id {
+                copies
+                    .entry(node)
+                    .or_insert_with(|| RemoteCopy {
+                        node,
+                        ..RemoteCopy::default()
+                    })
+                    .regular = true;
+            }
+        }
+        let mut skip_groups = Vec::new();
+        for (group, node) in found.groups {
+            if node == self.node_id {
+                continue;
+            }
+            skip_groups.push(group.clone());
+            copies
+                .entry(node)
+                .or_insert_with(|| RemoteCopy {
+                    node,
+                    ..RemoteCopy::default()
+                })
+                .groups
+                .push(group);
+        }
+        if copies.is_empty() && skip_groups.is_empty() {
+            return None;
+        }
+        Some(ClusterPlan {
+            skip_groups,
+            remote: copies.into_values().collect(),
+        })
+    }
+
+    fn forward(&self, message: &Arc<Message>, plan: ClusterPlan) -> Seq {
+        let Some(plane) = self.plane.get() else {
+            return Seq::NONE;
+        };
+        let now = Instant::now();
+        for copy in plan.remote {
+            let sent = payload::encode(message, copy.regular, &copy.groups, now)
+                .map(|bytes| plane.send(copy.node, bytes));
+            if !matches!(sent, Ok(true)) {
+                self.not_forwarded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(node = copy.node, topic = %message.topic, "message not forwarded");
+            }
+        }
+        Seq::NONE
+    }
+
+    fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
+        lock(&self.pending)
+            .retained
+            .insert(topic.to_owned(), message.cloned());
+        self.wake.notify_one();
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

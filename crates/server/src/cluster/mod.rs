@@ -1,0 +1,134 @@
+//! This node's place in a cluster (`[cluster]`): the [`tern_cluster`] node, wired to the
+//! core through its cluster hook. See docs/architecture.md ("A cluster").
+//!
+//! - `config`: the `[cluster]` table.
+//! - `hook`: the core's hook (routes, plans, forwarding, retained changes).
+//! - `routes`: every node's routes in a subscription index.
+//! - `sync`: the task proposing this node's changes.
+//! - `apply`: the task following what the cluster applied.
+//! - `payload`, `retained`: how messages cross between nodes and into the replicated state.
+//! - `sink`: messages from other nodes into the core, acknowledged once durable.
+
+mod apply;
+mod config;
+mod hook;
+mod payload;
+mod retained;
+mod routes;
+mod sink;
+mod sync;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_broker::persist::Persistence;
+use tern_broker::Broker;
+use tern_cluster::link::{DataPlane, OutboxLimits};
+use tern_cluster::peer::AddrMap;
+use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
+use tokio::sync::watch;
+
+pub use config::ClusterConfig;
+
+/// A running cluster membership.
+#[derive(Clone)]
+pub struct Cluster {
+    node: ClusterNode,
+    glue: Arc<hook::Glue>,
+    plane: Arc<DataPlane>,
+}
+
+impl Cluster {
+    /// Starts this node's cluster part and plugs it into `broker`.
+    pub(crate) async fn start(
+        config: &ClusterConfig,
+        data_dir: &Path,
+        mqtt_addrs: Vec<String>,
+        broker: Arc<Broker>,
+        persistence: Option<Arc<dyn Persistence>>,
+        addr_map: Option<AddrMap>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Cluster, NodeError> {
+        let timing = Timing {
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            election_min: Duration::from_millis(config.election_timeout_ms),
+            election_max: Duration::from_millis(config.election_timeout_ms * 2),
+            proposal_timeout: Duration::from_millis(config.proposal_timeout_ms),
+            ..Timing::default()
+        };
+        let bind = config
+            .bind
+            .parse()
+            .map_err(|_| NodeError::Raft(format!("cluster.bind {:?} is not ADDR:PORT", config.bind)))?;
+        let advertise = match &config.advertise {
+            Some(advertise) => advertise.clone(),
+            // A port 0 is resolved by the node when it binds.
+            None if config.bind.ends_with(":0") => String::new(),
+            None => config.bind.clone(),
+        };
+        let mqtt_addrs = if config.mqtt_addrs.is_empty() {
+            mqtt_addrs
+        } else {
+            config.mqtt_addrs.clone()
+        };
+        let (node, events) = ClusterNode::start(NodeConfig {
+            node_id: config.node_id,
+            bind,
+            advertise,
+            seeds: config.seeds.clone(),
+            dir: data_dir.join("cluster"),
+            mqtt_addrs,
+            timing,
+            addr_map,
+        })
+        .await?;
+        let glue = Arc::new(hook::Glue::new(config.node_id));
+        let sink = Arc::new(sink::BrokerSink::new(broker.clone(), persistence));
+        let plane = DataPlane::start(node.clone(), sink, OutboxLimits::default(), stop.clone());
+        let _ = glue.plane.set(plane.clone());
+        tokio::spawn(apply::run(glue.clone(), node.clone(), broker.clone(), events));
+        tokio::spawn(sync::run(glue.clone(), node.clone(), stop.clone()));
+        // Reports the routes the core already holds (restored sessions) to the hook.
+        broker.set_cluster(glue.clone());
+        let stopping = node.clone();
+        let mut stop = stop;
+        tokio::spawn(async move {
+            let _ = stop.changed().await;
+            stopping.shutdown().await;
+        });
+        tracing::info!(node_id = config.node_id, advertise = node.advertise(), "cluster node started");
+        Ok(Cluster { node, glue, plane })
+    }
+
+    pub fn node(&self) -> &ClusterNode {
+        &self.node
+    }
+
+    /// The node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        self.node.status()
+    }
+
+    /// Messages waiting for another node's acknowledgement, over all links.
+    pub fn forward_pending(&self) -> usize {
+        self.node
+            .status()
+            .nodes
+            .iter()
+            .map(|node| self.plane.pending(node.id))
+            .sum()
+    }
+
+    /// Messages not forwarded (a full outbox, a message that could not be encoded).
+    pub fn not_forwarded(&self) -> u64 {
+        self.glue
+            .not_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + self
+                .plane
+                .counters
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,167 @@
+//! A message as it travels from one node to another: which subscriptions it is for, who
+//! published it, and the message itself as an MQTT 5 PUBLISH (the codec's encoding, so
+//! every property the message carries crosses unchanged; the expiry travels as what is left
+//! of it).
+//!
+//! Layout: flags (u8: bit 0 plain subscriptions), the number of shared groups (u16) and each
+//! group's name and filter (u16 length, UTF-8), the publisher's client id (u16 length;
+//! 0xFFFF: none), then the PUBLISH packet.
+
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tern_broker::Message;
+use tern_codec::{MqttStr, Packet, ProtocolVersion, Publish, QoS};
+
+/// A forwarded message, decoded.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub regular: bool,
+    pub groups: Vec<(String, String)>,
+    pub message: Message,
+}
+
+/// Why a payload could not be read (a peer of another version, damage): dropped and logged.
+#[derive(Debug, thiserror::Error)]
+#[error("bad forwarded message: {0}")]
+pub struct PayloadError(&'static str);
+
+const NO_PUBLISHER: u16 = u16::MAX;
+
+/// Encodes a message for another node.
+pub fn encode(
+    message: &Message,
+    regular: bool,
+    groups: &[(String, String)],
+    now: Instant,
+) -> Result<Bytes, PayloadError> {
+    let mut out = BytesMut::with_capacity(64 + message.topic.len() + message.payload.len());
+    out.put_u8(u8::from(regular));
+    out.put_u16(u16::try_from(groups.len()).map_err(|_| PayloadError("too many groups"))?);
+    for (name, filter) in groups {
+        put_str(&mut out, name)?;
+        put_str(&mut out, filter)?;
+    }
+    match &message.publisher {
+        Some(publisher) => put_str(&mut out, publisher.as_str())?,
+        None => out.put_u16(NO_PUBLISHER),
+    }
+    let mut properties = message
+        .properties
+        .as_deref()
+        .cloned()
+        .unwrap_or_default();
+    properties.message_expiry_interval = message.remaining_expiry(now);
+    let publish = Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        packet_id: u16::from(message.qos != QoS::AtMostOnce),
+        properties,
+        payload: message.payload.clone(),
+    };
+    Packet::Publish(publish)
+        .encode(ProtocolVersion::V5, &mut out)
+        .map_err(|_| PayloadError("message cannot be encoded"))?;
+    Ok(out.freeze())
+}
+
+/// Decodes what [`encode`] wrote.
+pub fn decode(payload: Bytes, now: Instant) -> Result<Forwarded, PayloadError> {
+    let mut body = payload;
+    if body.remaining() < 3 {
+        return Err(PayloadError("short"));
+    }
+    let regular = body.get_u8() & 1 == 1;
+    let count = body.get_u16();
+    let mut groups = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        let name = get_str(&mut body)?.ok_or(PayloadError("group name"))?;
+        let filter = get_str(&mut body)?.ok_or(PayloadError("group filter"))?;
+        groups.push((name, filter));
+    }
+    let publisher = get_str(&mut body)?
+        .map(|id| MqttStr::try_from(id.as_str()).map_err(|_| PayloadError("publisher")))
+        .transpose()?;
+    let mut packet = BytesMut::from(body);
+    let publish = match Packet::decode(&mut packet, ProtocolVersion::V5, u32::MAX) {
+        Ok(Some(Packet::Publish(publish))) => publish,
+        _ => return Err(PayloadError("not a PUBLISH")),
+    };
+    Ok(Forwarded {
+        regular,
+        groups,
+        message: Message::from_publish(publish, publisher, now),
+    })
+}
+
+fn put_str(out: &mut BytesMut, text: &str) -> Result<(), PayloadError> {
+    let len = u16::try_from(text.len())
+        .ok()
+        .filter(|len| *len != NO_PUBLISHER)
+        .ok_or(PayloadError("string too long"))?;
+    out.put_u16(len);
+    out.put_slice(text.as_bytes());
+    Ok(())
+}
+
+fn get_str(body: &mut Bytes) -> Result<Option<String>, PayloadError> {
+    if body.remaining() < 2 {
+        return Err(PayloadError("short string"));
+    }
+    let len = body.get_u16();
+    if len == NO_PUBLISHER {
+        return Ok(None);
+    }
+    let len = usize::from(len);
+    if body.remaining() < len {
+        return Err(PayloadError("short string"));
+    }
+    let text = body.split_to(len);
+    String::from_utf8(text.to_vec())
+        .map(Some)
+        .map_err(|_| PayloadError("string not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_crosses_unchanged() {
+        let now = Instant::now();
+        let mut properties = tern_codec::Properties::default();
+        properties.content_type = Some(MqttStr::try_from("text/plain").unwrap());
+        properties
+            .user_properties
+            .push((MqttStr::try_from("k").unwrap(), MqttStr::try_from("v").unwrap()));
+        let message = Message {
+            topic: MqttStr::try_from("a/b").unwrap(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Some(std::sync::Arc::new(properties)),
+            expires_at: Some(now + std::time::Duration::from_secs(30)),
+            publisher: Some(MqttStr::try_from("pub-1").unwrap()),
+            id: 0,
+        };
+        let groups = vec![("g".to_owned(), "a/+".to_owned())];
+        let bytes = encode(&message, true, &groups, now).unwrap();
+        let back = decode(bytes, now).unwrap();
+        assert!(back.regular);
+        assert_eq!(back.groups, groups);
+        assert_eq!(back.message.topic, message.topic);
+        assert_eq!(back.message.payload, message.payload);
+        assert_eq!(back.message.qos, message.qos);
+        assert!(back.message.retain);
+        assert_eq!(back.message.publisher, message.publisher);
+        assert_eq!(back.message.properties, message.properties);
+        assert_eq!(back.message.expires_at, message.expires_at);
+        // Damage is an error, never a panic.
+        for cut in 0..20 {
+            let bytes = encode(&message, false, &groups, now).unwrap();
+            let _ = decode(bytes.slice(..cut.min(bytes.len())), now);
+        }
+    }
+}

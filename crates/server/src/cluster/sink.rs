@@ -1,0 +1,73 @@
+//! Messages from other nodes into the core: routed to this node's subscribers and
+//! acknowledged to the sender once their deliveries to stored sessions are durable.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tern_broker::persist::Persistence;
+use tern_broker::{Broker, Seq, Wakeup};
+use tern_cluster::link::{DataSink, Settled};
+use tern_cluster::NodeId;
+use tokio::sync::oneshot;
+
+use super::payload;
+
+pub struct BrokerSink {
+    broker: Arc<Broker>,
+    persistence: Option<Arc<dyn Persistence>>,
+}
+
+impl BrokerSink {
+    pub fn new(broker: Arc<Broker>, persistence: Option<Arc<dyn Persistence>>) -> BrokerSink {
+        BrokerSink {
+            broker,
+            persistence,
+        }
+    }
+}
+
+/// Wakes the waiting acknowledgement once the store made the sequence number durable.
+struct Durable(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+
+impl Wakeup for Durable {
+    fn wake(&self) {
+        if let Some(tx) = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl DataSink for BrokerSink {
+    fn deliver(&self, from: NodeId, payload: Bytes) -> Settled {
+        let now = Instant::now();
+        let forwarded = match payload::decode(payload, now) {
+            Ok(forwarded) => forwarded,
+            Err(error) => {
+                tracing::warn!(from, %error, "cluster: a forwarded message was dropped");
+                return Box::pin(async {});
+            }
+        };
+        let (_, seq) = self.broker.publish_from_cluster(
+            forwarded.message,
+            forwarded.regular,
+            &forwarded.groups,
+            now,
+        );
+        match &self.persistence {
+            Some(persistence) if seq != Seq::NONE => {
+                let (tx, rx) = oneshot::channel();
+                persistence.wake_when_durable(seq, Arc::new(Durable(std::sync::Mutex::new(Some(tx)))));
+                Box::pin(async move {
+                    let _ = rx.await;
+                })
+            }
+            _ => Box::pin(async {}),
+        }
+    }
+}

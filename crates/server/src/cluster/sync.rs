@@ -1,0 +1,130 @@
+//! The task that proposes this node's changes to the cluster: its routes (coalesced: only
+//! the latest wish per filter is proposed) and the retained messages its clients set. A
+//! proposal the cluster could not commit (no quorum) is kept and proposed again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tern_cluster::{ClusterNode, Command, Outcome};
+use tokio::sync::watch;
+
+use super::hook::{Glue, lock};
+use super::retained;
+
+/// How long after a failed proposal the next try waits.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = glue.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if !node.is_member() {
+            continue;
+        }
+        let (routes, retained_changes, resync) = {
+            let mut pending = lock(&glue.pending);
+            (
+                std::mem::take(&mut pending.routes),
+                std::mem::take(&mut pending.retained),
+                std::mem::take(&mut pending.resync),
+            )
+        };
+        if routes.is_empty() && retained_changes.is_empty() && !resync {
+            continue;
+        }
+        let mut commands = Vec::new();
+        if resync {
+            // The whole set: replaces whatever the state held for this node (a crash between
+            // a local change and its proposal leaves nothing stale).
+            let local = lock(&glue.local).clone();
+            let mut filters = Vec::new();
+            let mut shared = Vec::new();
+            for (group, filter) in local {
+                match group {
+                    Some(group) => shared.push((group, filter)),
+                    None => filters.push(filter),
+                }
+            }
+            commands.push(Command::SyncRoutes {
+                node: glue.node_id,
+                filters,
+                shared,
+            });
+        } else {
+            for ((group, filter), present) in &routes {
+                commands.push(match (group, present) {
+                    (None, true) => Command::AddRoute {
+                        filter: filter.clone(),
+                        node: glue.node_id,
+                    },
+                    (None, false) => Command::RemoveRoute {
+                        filter: filter.clone(),
+                        node: glue.node_id,
+                    },
+                    (Some(group), true) => Command::AddShared {
+                        group: group.clone(),
+                        filter: filter.clone(),
+                        node: glue.node_id,
+                    },
+                    (Some(group), false) => Command::RemoveShared {
+                        group: group.clone(),
+                        filter: filter.clone(),
+                        node: glue.node_id,
+                    },
+                });
+            }
+        }
+        let route_commands = commands.len();
+        let now = Instant::now();
+        for (topic, message) in &retained_changes {
+            let command = match message {
+                Some(message) => match retained::to_replicated(message, glue.node_id, now) {
+                    Some(message) => Command::Retain { message },
+                    None => continue,
+                },
+                None => Command::ClearRetained {
+                    topic: topic.clone(),
+                    origin: glue.node_id,
+                },
+            };
+            commands.push(command);
+        }
+        let outcomes = join_all(commands.into_iter().map(|command| node.propose(command))).await;
+        let routes_failed = outcomes[..route_commands]
+            .iter()
+            .any(|outcome| !matches!(outcome, Ok(Outcome::Done)));
+        let retained_failed = outcomes[route_commands..].iter().any(Result::is_err);
+        if !routes_failed && !retained_failed {
+            continue;
+        }
+        {
+            let mut pending = lock(&glue.pending);
+            if routes_failed {
+                if resync {
+                    pending.resync = true;
+                }
+                for (key, present) in routes {
+                    pending.routes.entry(key).or_insert(present);
+                }
+            }
+            if retained_failed {
+                for (topic, message) in retained_changes {
+                    pending.retained.entry(topic).or_insert(message);
+                }
+            }
+        }
+        tracing::debug!("cluster: changes not committed, proposed again later");
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.changed() => return,
+        }
+        glue.wake.notify_one();
+    }
+}

@@ -91,15 +91,15 @@ pub trait DataHandler: Send + Sync + 'static {
     fn answer(&self, from: NodeId, frame: Frame);
 }
 
+/// The answer of a hand-over: the session, encoded (none: no session there).
+pub type HandOverFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, Refusal>> + Send>>;
+
 /// Where the server hands a session over to the node that claimed its client id.
 pub trait HandOverHandler: Send + Sync + 'static {
     /// `client_id` was claimed by another node with `epoch` (applied here): close its
     /// connection and return the session, encoded (none: no session here).
-    fn hand_over(
-        &self,
-        client_id: String,
-        epoch: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, Refusal>> + Send>>;
+    fn hand_over(&self, client_id: String, epoch: u64) -> HandOverFuture;
 }
 
 /// A node's view of the cluster, for `tern ctl cluster status`, metrics and the admin API.
@@ -337,7 +337,9 @@ impl ClusterNode {
         if let Some(member) = metrics.membership_config.membership().get_node(&node) {
             return Some(member.addr.clone());
         }
-        self.state().node(node).map(|info| info.cluster_addr.clone())
+        self.state()
+            .node(node)
+            .map(|info| info.cluster_addr.clone())
     }
 
     /// The node's view of the cluster.
@@ -492,7 +494,11 @@ impl ClusterNode {
 
     /// Takes proposals from the queue and commits them in batches: whatever waits while one
     /// batch is in flight goes in the next.
-    async fn propose_loop(self, mut queue: mpsc::Receiver<Proposal>, mut stop: watch::Receiver<bool>) {
+    async fn propose_loop(
+        self,
+        mut queue: mpsc::Receiver<Proposal>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             let first = tokio::select! {
                 first = queue.recv() => first,
@@ -608,7 +614,12 @@ impl ClusterNode {
             // Alone: a cluster of one, which others join later.
             return self.initialize(BTreeMap::new()).await;
         }
-        let timeout = self.inner.config.timing.probe_interval.max(Duration::from_millis(500));
+        let timeout = self
+            .inner
+            .config
+            .timing
+            .probe_interval
+            .max(Duration::from_millis(500));
         let mut answers = Vec::new();
         for seed in &seeds {
             let link = self.inner.peers.probe_link(seed);
@@ -636,7 +647,9 @@ impl ClusterNode {
             )));
         }
         if answers.iter().any(|(_, answer)| answer.node < self.id()) {
-            return Err(Refusal::Unavailable("waiting for the lowest node id to form the cluster".into()));
+            return Err(Refusal::Unavailable(
+                "waiting for the lowest node id to form the cluster".into(),
+            ));
         }
         let members = answers
             .into_iter()
@@ -721,7 +734,9 @@ impl ClusterNode {
     async fn answer(&self, from: NodeId, request: RpcRequest) -> RpcResponse {
         let raft = &self.inner.raft;
         match request {
-            RpcRequest::AppendEntries(rpc) => RpcResponse::AppendEntries(raft.append_entries(rpc).await),
+            RpcRequest::AppendEntries(rpc) => {
+                RpcResponse::AppendEntries(raft.append_entries(rpc).await)
+            }
             RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
             RpcRequest::InstallSnapshot(rpc) => {
                 RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
@@ -730,9 +745,11 @@ impl ClusterNode {
                 let result = match raft.client_write(request).await {
                     Ok(written) => Ok(written.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                        Err(Refusal::NotLeader(forward.leader_id.zip(
-                            forward.leader_node.map(|node| node.addr),
-                        )))
+                        Err(Refusal::NotLeader(
+                            forward
+                                .leader_id
+                                .zip(forward.leader_node.map(|node| node.addr)),
+                        ))
                     }
                     Err(error) => Err(Refusal::Unavailable(error.to_string())),
                 };
@@ -780,7 +797,9 @@ impl ClusterNode {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Refusal::Unavailable("the claim is not applied here yet".into()));
+                return Err(Refusal::Unavailable(
+                    "the claim is not applied here yet".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -809,7 +828,13 @@ impl ClusterNode {
         tracing::info!(node, %cluster_addr, "cluster: admitting a node");
         self.inner
             .raft
-            .add_learner(node, BasicNode { addr: cluster_addr.clone() }, true)
+            .add_learner(
+                node,
+                BasicNode {
+                    addr: cluster_addr.clone(),
+                },
+                true,
+            )
             .await
             .map_err(|error| Refusal::Unavailable(error.to_string()))?;
         self.propose(Command::RegisterNode {
@@ -882,7 +907,7 @@ impl ClusterNode {
 /// make either node's failure stop the cluster), 3 from three, 5 from five.
 pub fn voter_target(nodes: usize) -> usize {
     match nodes {
-        0..=2 => 1.min(nodes).max(1),
+        0..=2 => 1,
         3 | 4 => 3,
         _ => 5,
     }

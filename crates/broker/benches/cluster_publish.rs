@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
-use tern_broker::{Broker, BrokerConfig, ClusterHook, ClusterPlan, Connection, Message, Seq, Wakeup};
+use tern_broker::{
+    Broker, BrokerConfig, ClusterHook, ClusterPlan, Connection, Message, Seq, Wakeup,
+};
 use tern_codec::{
     Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, Subscribe, Subscription,
     SubscriptionOptions,
@@ -82,7 +84,10 @@ fn bench_publish(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     let cases: [(&str, Option<Arc<dyn ClusterHook>>); 2] = [
         ("single node (no hook)", None),
-        ("cluster node, local-only traffic", Some(Arc::new(LocalOnly))),
+        (
+            "cluster node, local-only traffic",
+            Some(Arc::new(LocalOnly)),
+        ),
     ];
     for (name, hook) in cases {
         let (broker, mut subscriber, now) = broker(hook);

@@ -40,7 +40,9 @@ pub trait ClusterHook: Send + Sync {
     fn plan(&self, message: &Message) -> Option<ClusterPlan>;
     /// After local routing: forwards the message per `plan`. Returns the store sequence
     /// number the publisher's acknowledgement must wait for ([`Seq::NONE`]: none), so that a
-    /// QoS 1/2 message's copy for another node is made durable in the same group commit.
+    /// QoS 1/2 message's copy for another node is made durable in the same group commit: a
+    /// number of the broker's own [`crate::persist::Persistence`], which the cluster writes
+    /// its outboxes through.
     fn forward(&self, message: &Arc<Message>, plan: ClusterPlan) -> Seq;
     /// A local publish (or the admin API) set (`Some`) or cleared (`None`) the retained
     /// message of `topic`.

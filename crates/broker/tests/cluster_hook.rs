@@ -531,3 +531,20 @@ fn a_hand_over_moves_the_routes_issue_16() {
     won.sort_by_key(|call| format!("{call:?}"));
     assert_eq!(won, vec![added("mv/#", None), added("mv/+", Some("g"))]);
 }
+
+/// Issue 16 / [MQTT-3.1.3-9]: a client claimed elsewhere that starts clean there ends its
+/// session here (`delete_session`), and a will still waiting for its delay goes out then.
+#[test]
+fn a_clean_start_elsewhere_ends_the_session_and_sends_the_will_mqtt_3_1_3_9() {
+    let net = Net::new();
+    let _cluster = clustered(&net);
+    let mut watcher = net.connected(V5, "watcher");
+    watcher.subscribe("wills/#", QoS::AtMostOnce);
+    let mut client = net.accepted(with_delayed_will("restarted", 60));
+    assert!(net.broker.take_over("restarted"));
+    assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    watcher.nothing();
+    assert!(net.broker.delete_session("restarted", net.now()));
+    assert_eq!(&watcher.publish_received().payload[..], b"gone");
+    assert!(net.session("restarted").is_none());
+}

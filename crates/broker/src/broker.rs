@@ -1420,6 +1420,9 @@ impl Broker {
         // that ends with its connection keeps nothing, so nothing is stored for it.
         let persistence = self.persistence().filter(|_| state.is_persistent());
         state.store_unstored(session.client_id(), persistence, None);
+        // Cluster: the connection of a client claimed on another node has let go of its
+        // session; the cluster is told below, with no lock held, so it may export it.
+        let claimed = state.kicked == Some(crate::session::Kick::ClaimedElsewhere);
         state.detach();
         session.set_kicked(&mut state, None);
         session.publish_owner(None, None);
@@ -1440,7 +1443,11 @@ impl Broker {
             }
             SessionExpiry::Never => {
                 self.store_session(session, &mut state, false);
+                drop(state);
             }
+        }
+        if claimed && let Some(cluster) = self.cluster() {
+            cluster.claimed_session_released(session.client_id());
         }
     }
 

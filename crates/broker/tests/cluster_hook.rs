@@ -20,6 +20,7 @@ enum Call {
     Plan(String),
     Forward(String, ClusterPlan),
     Retained(String, Option<Bytes>),
+    Released(String),
 }
 
 /// Records every call; plans per topic prefix what the test set.
@@ -79,6 +80,11 @@ impl ClusterHook for FakeCluster {
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
         let call = Call::Retained(topic.to_owned(), message.map(|m| m.payload.clone()));
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn claimed_session_released(&self, client_id: &str) {
+        let call = Call::Released(client_id.to_owned());
         self.calls.lock().unwrap().push(call);
     }
 }
@@ -426,13 +432,16 @@ fn with_delayed_will(id: &str, delay: u32) -> Connect {
 #[test]
 fn take_over_closes_with_0x8e_and_publishes_the_will_per_its_delay_mqtt_3_1_4_3() {
     let net = Net::new();
-    let _cluster = clustered(&net);
+    let cluster = clustered(&net);
     let mut watcher = net.connected(V5, "watcher");
     watcher.subscribe("wills/#", QoS::AtMostOnce);
     let mut client = net.accepted(with_delayed_will("claimed", 5));
     client.subscribe("mine", QoS::AtLeastOnce);
+    cluster.take();
     assert!(net.broker.take_over("claimed"));
+    assert_eq!(cluster.take(), vec![], "not before the connection lets go");
     assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    assert_eq!(cluster.take(), vec![Call::Released("claimed".into())]);
     let session = net.session("claimed").expect("kept for a hand-over");
     assert!(!session.is_online());
     assert!(!net.broker.take_over("claimed"), "no connection left here");

@@ -31,7 +31,10 @@ const FILTERS: [&str; 8] = [
     "a/b/c",
 ];
 
-fn route(filter: &str) -> (String, Option<String>) {
+/// A route: `(filter, group)`.
+type Route = (String, Option<String>);
+
+fn route(filter: &str) -> Route {
     match filter.strip_prefix("$share/") {
         Some(rest) => {
             let (group, plain) = rest.split_once('/').unwrap();
@@ -51,8 +54,8 @@ proptest! {
     ) {
         let mut index = SubscriptionIndex::default();
         // Subscribers per route in a plain model, and the routes announced so far.
-        let mut model: BTreeMap<(String, Option<String>), BTreeSet<(usize, u32)>> = BTreeMap::new();
-        let mut announced: BTreeSet<(String, Option<String>)> = BTreeSet::new();
+        let mut model: BTreeMap<Route, BTreeSet<(usize, u32)>> = BTreeMap::new();
+        let mut announced: BTreeSet<Route> = BTreeSet::new();
         for (subscribe, filter, key) in ops {
             let name = FILTERS[filter];
             let route = route(name);
@@ -73,14 +76,14 @@ proptest! {
                     prop_assert!(announced.remove(&route), "lost before won: {:?}", route);
                 }
             }
-            let held: BTreeSet<(String, Option<String>)> = model
+            let held: BTreeSet<Route> = model
                 .iter()
                 .filter(|(_, members)| !members.is_empty())
                 .map(|(route, _)| route.clone())
                 .collect();
             prop_assert_eq!(&announced, &held);
             let (plain, shared) = index.routes();
-            let listed: BTreeSet<(String, Option<String>)> = plain
+            let listed: BTreeSet<Route> = plain
                 .into_iter()
                 .map(|filter| (filter, None))
                 .chain(shared.into_iter().map(|(group, filter)| (filter, Some(group))))

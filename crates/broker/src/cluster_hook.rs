@@ -40,11 +40,21 @@ pub trait ClusterHook: Send + Sync {
     fn plan(&self, message: &Message) -> Option<ClusterPlan>;
     /// After local routing: forwards the message per `plan`. Returns the store sequence
     /// number the publisher's acknowledgement must wait for ([`Seq::NONE`]: none), so that a
-    /// QoS 1/2 message's copy for another node is made durable in the same group commit.
+    /// QoS 1/2 message's copy for another node is made durable in the same group commit: a
+    /// number of the broker's own [`crate::persist::Persistence`], which the cluster writes
+    /// its outboxes through.
     fn forward(&self, message: &Arc<Message>, plan: ClusterPlan) -> Seq;
     /// A local publish (or the admin API) set (`Some`) or cleared (`None`) the retained
     /// message of `topic`.
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
+    /// The connection of a client that [`Broker::take_over`] closed has let go of its session
+    /// (its will handled): the session is offline here now, and [`Broker::export_session`]
+    /// takes it (or, for a session that ended with its connection, finds nothing). Called
+    /// with no lock of the core held, on the closing connection's thread; like the others,
+    /// it should only queue the work.
+    fn claimed_session_released(&self, client_id: &str) {
+        let _ = client_id;
+    }
 }
 
 /// A shared subscription's group name and its (plain) filter: `$share/{0}/{1}`.

@@ -16,6 +16,7 @@
 mod admin;
 mod broker;
 mod cluster_hook;
+mod cluster_transfer;
 mod config;
 mod connect;
 mod connection;
@@ -38,6 +39,9 @@ pub use admin::{
 };
 pub use broker::{Broker, RecheckSummary};
 pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy};
+pub use cluster_transfer::{
+    SessionTransfer, TransferError, TransferredDelivery, TransferredInflight,
+};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{

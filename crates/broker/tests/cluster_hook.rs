@@ -20,6 +20,7 @@ enum Call {
     Plan(String),
     Forward(String, ClusterPlan),
     Retained(String, Option<Bytes>),
+    Released(String),
 }
 
 /// Records every call; plans per topic prefix what the test set.
@@ -79,6 +80,11 @@ impl ClusterHook for FakeCluster {
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
         let call = Call::Retained(topic.to_owned(), message.map(|m| m.payload.clone()));
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn claimed_session_released(&self, client_id: &str) {
+        let call = Call::Released(client_id.to_owned());
         self.calls.lock().unwrap().push(call);
     }
 }
@@ -426,13 +432,16 @@ fn with_delayed_will(id: &str, delay: u32) -> Connect {
 #[test]
 fn take_over_closes_with_0x8e_and_publishes_the_will_per_its_delay_mqtt_3_1_4_3() {
     let net = Net::new();
-    let _cluster = clustered(&net);
+    let cluster = clustered(&net);
     let mut watcher = net.connected(V5, "watcher");
     watcher.subscribe("wills/#", QoS::AtMostOnce);
     let mut client = net.accepted(with_delayed_will("claimed", 5));
     client.subscribe("mine", QoS::AtLeastOnce);
+    cluster.take();
     assert!(net.broker.take_over("claimed"));
+    assert_eq!(cluster.take(), vec![], "not before the connection lets go");
     assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    assert_eq!(cluster.take(), vec![Call::Released("claimed".into())]);
     let session = net.session("claimed").expect("kept for a hand-over");
     assert!(!session.is_online());
     assert!(!net.broker.take_over("claimed"), "no connection left here");
@@ -505,4 +514,46 @@ fn without_a_hook_nothing_changes_issue_16() {
     publisher.publish("solo/1", QoS::AtMostOnce, b"s");
     assert_eq!(&sub.publish_received().payload[..], b"s");
     let _: &Broker = &net.broker;
+}
+
+/// Issue 16: a session handed over takes its routes along: the old node reports them gone,
+/// the new one reports them won.
+#[test]
+fn a_hand_over_moves_the_routes_issue_16() {
+    let a = Net::new();
+    let b = Net::new();
+    let (cluster_a, cluster_b) = (clustered(&a), clustered(&b));
+    let mut client = a.accepted(persistent(V5, "mover"));
+    client.subscribe("mv/#", QoS::AtLeastOnce);
+    client.subscribe("$share/g/mv/+", QoS::AtLeastOnce);
+    drop(client);
+    assert_eq!(cluster_a.routes().len(), 2);
+    let transfer = a.broker.export_session("mover", a.now()).unwrap();
+    let mut gone = cluster_a.routes();
+    gone.sort_by_key(|call| format!("{call:?}"));
+    assert_eq!(
+        gone,
+        vec![removed("mv/#", None), removed("mv/+", Some("g"))]
+    );
+    b.broker.import_session(transfer, b.now()).unwrap();
+    let mut won = cluster_b.routes();
+    won.sort_by_key(|call| format!("{call:?}"));
+    assert_eq!(won, vec![added("mv/#", None), added("mv/+", Some("g"))]);
+}
+
+/// Issue 16 / [MQTT-3.1.3-9]: a client claimed elsewhere that starts clean there ends its
+/// session here (`delete_session`), and a will still waiting for its delay goes out then.
+#[test]
+fn a_clean_start_elsewhere_ends_the_session_and_sends_the_will_mqtt_3_1_3_9() {
+    let net = Net::new();
+    let _cluster = clustered(&net);
+    let mut watcher = net.connected(V5, "watcher");
+    watcher.subscribe("wills/#", QoS::AtMostOnce);
+    let mut client = net.accepted(with_delayed_will("restarted", 60));
+    assert!(net.broker.take_over("restarted"));
+    assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    watcher.nothing();
+    assert!(net.broker.delete_session("restarted", net.now()));
+    assert_eq!(&watcher.publish_received().payload[..], b"gone");
+    assert!(net.session("restarted").is_none());
 }

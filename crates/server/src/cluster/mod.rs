@@ -17,6 +17,7 @@ mod retained;
 mod routes;
 mod sink;
 mod sync;
+mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -125,7 +126,12 @@ impl Cluster {
             broker.clone(),
             events,
         ));
-        tokio::spawn(sync::run(glue.clone(), node.clone(), stop.clone()));
+        tokio::spawn(sync::run(
+            glue.clone(),
+            node.clone(),
+            timing.proposal_timeout,
+            stop.clone(),
+        ));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());
         let stopping = node.clone();

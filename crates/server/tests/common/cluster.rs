@@ -137,4 +137,3 @@ pub async fn route_known(nodes: &[Node], filter: &str, node: u64) {
     })
     .await;
 }
-

@@ -338,6 +338,37 @@ impl Broker {
         }
     }
 
+    /// The node lost its cluster's quorum for longer than its lease: every client connection
+    /// closes (MQTT 5: DISCONNECT 0x9C Use another server; 3.x: closed), its will handled as
+    /// for any close, its session kept here offline. This node can no longer prove it is the
+    /// only owner of those client ids: the majority may have granted them elsewhere. Returns
+    /// how many connections were closed.
+    pub fn release_for_lost_lease(&self) -> usize {
+        let online = self.sessions_where(|session| session.is_online());
+        let mut closed = 0;
+        for session in online {
+            let wakeup = {
+                let mut state = session.lock();
+                if state.ended || state.owner.is_none() {
+                    continue;
+                }
+                session.set_kicked(&mut state, Some(Kick::LeaseLost));
+                state.wakeup.clone()
+            };
+            closed += 1;
+            if let Some(wakeup) = wakeup {
+                wakeup.wake();
+            }
+        }
+        if closed > 0 {
+            tracing::warn!(
+                connections = closed,
+                "cluster quorum lost past the lease: client connections closed (0x9C)"
+            );
+        }
+        closed
+    }
+
     /// Another node claimed `client_id`: its connection here closes as a take-over does
     /// (MQTT 5: DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3]; 3.x: closed), its will is
     /// published or scheduled per its delay as for any close, and the session stays here,

@@ -12,6 +12,7 @@
 mod apply;
 mod config;
 mod hook;
+mod lease;
 mod payload;
 mod retained;
 mod routes;
@@ -130,6 +131,12 @@ impl Cluster {
             glue.clone(),
             node.clone(),
             timing.proposal_timeout,
+            stop.clone(),
+        ));
+        tokio::spawn(lease::run(
+            node.clone(),
+            broker.clone(),
+            Duration::from_millis(config.lease_ms),
             stop.clone(),
         ));
         // Reports the routes the core already holds (restored sessions) to the hook.

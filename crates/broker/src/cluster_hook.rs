@@ -16,7 +16,7 @@ use crate::message::Message;
 use crate::persist::Change;
 use crate::session::Kick;
 use crate::subscriptions::{SharedGroup, SubscriptionIndex};
-use crate::types::Seq;
+use crate::types::{Seq, SubscriptionRecord};
 
 /// What the core tells the cluster, and asks of it. Set once: [`Broker::set_cluster`].
 ///
@@ -74,6 +74,22 @@ pub trait ClusterHook: Send + Sync {
     fn route_pending(&self, filter: &str, group: Option<&str>) -> Option<Arc<RouteTicket>> {
         let _ = (filter, group);
         None
+    }
+    /// A persistent session added or replaced a subscription (the cluster keeps durable
+    /// subscriptions in its registry, so they outlive this node). Called under the core's
+    /// locks: queue only. The default does nothing.
+    fn session_subscribed(&self, client_id: &str, filter: &str, record: &SubscriptionRecord) {
+        let _ = (client_id, filter, record);
+    }
+    /// A persistent session removed a subscription. Queue only.
+    fn session_unsubscribed(&self, client_id: &str, filter: &str) {
+        let _ = (client_id, filter);
+    }
+    /// The session of `client_id` ended here (with its connection, by expiry, a clean start,
+    /// an operator, or handed over to another node): the cluster may release the client id
+    /// if no session of it is here any more. Called under the core's locks: queue only.
+    fn session_ended(&self, client_id: &str) {
+        let _ = client_id;
     }
 }
 

@@ -130,6 +130,7 @@ impl Cluster {
         tokio::spawn(sync::run(
             glue.clone(),
             node.clone(),
+            broker.clone(),
             timing.proposal_timeout,
             stop.clone(),
         ));

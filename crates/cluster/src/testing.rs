@@ -22,6 +22,10 @@
 //! - `Delay(d)`: every chunk is forwarded `d` after it was read, order kept.
 //! - `OneWay(direction)`: bytes in that direction pass, the other way they are held (as in
 //!   `Blackhole`).
+//!
+//! Besides the mode, [`Relay::forget_connections`] makes the live connections silently dead
+//! for good while new ones pass: a stateful middlebox that forgot its flows (a NAT or a
+//! firewall restarted). Only a sender that notices the silence and dials again gets through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -89,11 +93,29 @@ pub struct RelayStats {
     pub backward_bytes: AtomicU64,
 }
 
+/// What every connection of a relay follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Control {
+    mode: Mode,
+    /// Connections numbered up to this one are forgotten: nothing they carry goes on.
+    forgotten: u64,
+}
+
+impl Control {
+    fn passes(&self, connection: u64, direction: Direction) -> bool {
+        connection > self.forgotten && self.mode.passes(direction)
+    }
+
+    fn dropped(&self) -> bool {
+        self.mode == Mode::Drop
+    }
+}
+
 /// One directed link's relay; stops (and closes its connections) when dropped.
 pub struct Relay {
     addr: SocketAddr,
     target: SocketAddr,
-    mode: watch::Sender<Mode>,
+    control: watch::Sender<Control>,
     stats: Arc<RelayStats>,
     accept: tokio::task::AbortHandle,
 }
@@ -103,14 +125,17 @@ impl Relay {
     pub async fn start(target: SocketAddr) -> io::Result<Relay> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (mode, watching) = watch::channel(Mode::Pass);
+        let (control, watching) = watch::channel(Control {
+            mode: Mode::Pass,
+            forgotten: 0,
+        });
         let stats = Arc::new(RelayStats::default());
         let accept =
             tokio::spawn(accept_loop(listener, target, watching, stats.clone())).abort_handle();
         Ok(Relay {
             addr,
             target,
-            mode,
+            control,
             stats,
             accept,
         })
@@ -128,11 +153,19 @@ impl Relay {
 
     /// Changes the mode; live connections follow at once.
     pub fn set(&self, mode: Mode) {
-        self.mode.send_replace(mode);
+        self.control.send_modify(|control| control.mode = mode);
     }
 
     pub fn mode(&self) -> Mode {
-        *self.mode.borrow()
+        self.control.borrow().mode
+    }
+
+    /// The connections open now go silent for good (nothing they carry is forwarded, they
+    /// are not closed); connections made later are carried as the mode says.
+    pub fn forget_connections(&self) {
+        let newest = self.accepted();
+        self.control
+            .send_modify(|control| control.forgotten = control.forgotten.max(newest));
     }
 
     pub fn stats(&self) -> &RelayStats {
@@ -149,14 +182,14 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.accept.abort();
         // Its connections close, as in `Drop` (and as they would with the sender gone).
-        self.mode.send_replace(Mode::Drop);
+        self.set(Mode::Drop);
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
-    mode: watch::Receiver<Mode>,
+    control: watch::Receiver<Control>,
     stats: Arc<RelayStats>,
 ) {
     loop {
@@ -168,18 +201,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        if *mode.borrow() == Mode::Drop {
+        let connection = stats.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        if control.borrow().dropped() {
             drop(client);
             continue;
         }
-        let mode = mode.clone();
+        let control = control.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            let mut dropped = mode.clone();
+            let mut dropped = control.clone();
             tokio::select! {
-                _ = relay_connection(client, target, mode, stats) => {}
-                _ = dropped.wait_for(|mode| *mode == Mode::Drop) => {}
+                _ = relay_connection(client, target, connection, control, stats) => {}
+                _ = dropped.wait_for(Control::dropped) => {}
             }
         });
     }
@@ -190,12 +223,13 @@ async fn accept_loop(
 async fn relay_connection(
     client: TcpStream,
     target: SocketAddr,
-    mut mode: watch::Receiver<Mode>,
+    connection: u64,
+    mut control: watch::Receiver<Control>,
     stats: Arc<RelayStats>,
 ) {
     // A connection accepted in a black hole has not reached its target yet.
-    if mode
-        .wait_for(|mode| *mode != Mode::Blackhole)
+    if control
+        .wait_for(|now| now.mode != Mode::Blackhole && connection > now.forgotten)
         .await
         .is_err()
     {
@@ -209,17 +243,15 @@ async fn relay_connection(
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
     let forward = pipe(
-        client_read,
-        upstream_write,
-        Direction::Forward,
-        mode.clone(),
+        (client_read, upstream_write),
+        (connection, Direction::Forward),
+        control.clone(),
         stats.clone(),
     );
     let backward = pipe(
-        upstream_read,
-        client_write,
-        Direction::Backward,
-        mode,
+        (upstream_read, client_write),
+        (connection, Direction::Backward),
+        control,
         stats,
     );
     // Either way ending ends the connection: the links never half-close on purpose.
@@ -233,20 +265,19 @@ async fn relay_connection(
 /// it then, once the mode lets this direction through. The bounded queue between them holds
 /// what a black hole keeps; when it is full the reader stops reading (TCP pushes back).
 async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    direction: Direction,
-    mut mode: watch::Receiver<Mode>,
+    (mut from, mut to): (OwnedReadHalf, OwnedWriteHalf),
+    (connection, direction): (u64, Direction),
+    mut control: watch::Receiver<Control>,
     stats: Arc<RelayStats>,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Option<Bytes>)>(16);
-    let reading_mode = mode.clone();
+    let reading_control = control.clone();
     let reading = async move {
         let mut buf = BytesMut::with_capacity(64 << 10);
         loop {
             buf.reserve(64 << 10);
             let read = from.read_buf(&mut buf).await;
-            let due = Instant::now() + reading_mode.borrow().delay();
+            let due = Instant::now() + reading_control.borrow().mode.delay();
             let chunk = match read {
                 Ok(0) | Err(_) => None,
                 Ok(_) => Some(buf.split().freeze()),
@@ -260,10 +291,10 @@ async fn pipe(
     let writing = async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
-            let open = mode
-                .wait_for(|mode| mode.passes(direction) || *mode == Mode::Drop)
+            let open = control
+                .wait_for(|now| now.passes(connection, direction) || now.dropped())
                 .await
-                .is_ok_and(|mode| *mode != Mode::Drop);
+                .is_ok_and(|now| !now.dropped());
             if !open {
                 return;
             }

@@ -187,3 +187,31 @@ async fn one_way_passes_one_direction_only() {
         Some(&b"lost"[..])
     );
 }
+
+/// A forgotten connection goes silent for good (not closed); a new one passes.
+#[tokio::test]
+async fn forgotten_connections_go_silent_and_new_ones_pass() {
+    let relay = Relay::start(echo().await).await.unwrap();
+    let mut old = TcpStream::connect(relay.addr()).await.unwrap();
+    old.write_all(b"a").await.unwrap();
+    assert_eq!(
+        read_exact(&mut old, 1, WAIT).await.as_deref(),
+        Some(&b"a"[..])
+    );
+    relay.forget_connections();
+    old.write_all(b"b").await.unwrap();
+    assert_eq!(
+        read_exact(&mut old, 1, Duration::from_millis(300)).await,
+        None
+    );
+    let mut new = TcpStream::connect(relay.addr()).await.unwrap();
+    new.write_all(b"c").await.unwrap();
+    assert_eq!(
+        read_exact(&mut new, 1, WAIT).await.as_deref(),
+        Some(&b"c"[..])
+    );
+    assert_eq!(
+        read_exact(&mut old, 1, Duration::from_millis(100)).await,
+        None
+    );
+}

@@ -105,10 +105,11 @@ fn command() -> impl Strategy<Value = Command> {
                     qos,
                     properties: vec![],
                     expires_at_ms: None,
+                    origin: 1,
                 },
             }
         ),
-        1 => topic().prop_map(|topic| Command::ClearRetained { topic }),
+        1 => topic().prop_map(|topic| Command::ClearRetained { topic, origin: 1 }),
     ]
 }
 
@@ -537,6 +538,7 @@ fn retained_last_writer_wins() {
             qos: 0,
             properties: vec![],
             expires_at_ms: None,
+            origin: 1,
         },
     };
     state.apply(&retain(b"1"));
@@ -546,6 +548,9 @@ fn retained_last_writer_wins() {
         Some(b"2".to_vec())
     );
     assert_eq!(state.retained_count(), 1);
-    state.apply(&Command::ClearRetained { topic: "t".into() });
+    state.apply(&Command::ClearRetained {
+        topic: "t".into(),
+        origin: 1,
+    });
     assert_eq!(state.retained_count(), 0);
 }

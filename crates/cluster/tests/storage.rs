@@ -125,6 +125,7 @@ fn some_entries() -> Vec<Entry<TypeConfig>> {
                     qos: 1,
                     properties: vec![],
                     expires_at_ms: Some(42),
+                    origin: 1,
                 },
             }],
         ),

@@ -196,7 +196,7 @@ async fn receive_all(subscriber: &mut Client, count: usize) -> Vec<u32> {
 /// Subscribe on A at QoS 1, publish on C; the link C dials to A fails in `mode` for a while,
 /// then heals. Publishers are not held up; every acknowledged message reaches A once, in
 /// order; C's outbox empties.
-async fn messages_cross_a_failing_link(name: &str, mode: Mode) {
+async fn messages_cross_a_failing_link(name: &str, mode: Mode, fault: Duration) {
     let dir = temp_dir(name);
     let (net, nodes) = three_nodes(&dir).await;
     let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
@@ -209,7 +209,7 @@ async fn messages_cross_a_failing_link(name: &str, mode: Mode) {
     let accepted_before = relay.accepted();
     net.set(3, 1, mode);
     let during = publish_acknowledged(&mut publisher, "data/x", 20..40).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(fault).await;
     let pending = nodes[2].cluster.forward_pending();
     let accepted_during = relay.accepted() - accepted_before;
     net.set(3, 1, Mode::Pass);
@@ -244,19 +244,84 @@ async fn messages_cross_a_failing_link(name: &str, mode: Mode) {
 /// acknowledged QoS 1 message lost [MQTT-4.3.2], order per publisher [MQTT-4.6.0-5]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_messages_cross_a_dropped_link_once_and_in_order() {
-    messages_cross_a_failing_link("drop", Mode::Drop).await;
+    messages_cross_a_failing_link("drop", Mode::Drop, Duration::from_millis(1500)).await;
 }
 
-/// The same with the link in a black hole for 1.5 s: connections hang, nothing is forwarded,
-/// then the held bytes flow and any connection dialled meanwhile carries the messages again;
-/// A delivers each once, in order.
+/// The same with the link in a black hole for 3 s: connections hang, nothing is forwarded.
+/// With no acknowledgement for `ACK_TIMEOUT` (2 s) C drops the connection and dials again
+/// (held too); after healing the held bytes of every connection flow, so A gets copies and
+/// delivers each message once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_messages_cross_a_black_holed_link_once_and_in_order() {
-    messages_cross_a_failing_link("blackhole", Mode::Blackhole).await;
+    messages_cross_a_failing_link("blackhole", Mode::Blackhole, Duration::from_secs(3)).await;
 }
 
 /// The same with the link slow (40 ms each way, past the Raft heartbeat of 50 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_messages_cross_a_slow_link_once_and_in_order() {
-    messages_cross_a_failing_link("delay", Mode::Delay(Duration::from_millis(40))).await;
+    messages_cross_a_failing_link(
+        "delay",
+        Mode::Delay(Duration::from_millis(40)),
+        Duration::from_millis(1500),
+    )
+    .await;
+}
+
+/// Publisher and subscriber on the two followers (which send each other no Raft traffic);
+/// the live connection between them goes silent for good (a middlebox forgot it) while new
+/// connections would pass. The origin must notice that nothing is acknowledged, dial again
+/// and send again: every acknowledged message arrives, once, in order (issue 16: no
+/// acknowledged QoS 1 message lost for sessions whose owner stayed up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_get_past_a_connection_gone_silent() {
+    let dir = temp_dir("silent");
+    let (net, nodes) = three_nodes(&dir).await;
+    let mut leader = None;
+    until("a leader every node knows", || {
+        let leaders: std::collections::BTreeSet<Option<u64>> = nodes
+            .iter()
+            .map(|node| node.cluster.status().leader)
+            .collect();
+        leader = leaders.into_iter().next().flatten();
+        leader.is_some()
+            && nodes
+                .iter()
+                .all(|node| node.cluster.status().leader == leader)
+    })
+    .await;
+    let followers: Vec<u64> = [1u64, 2, 3]
+        .into_iter()
+        .filter(|id| Some(*id) != leader)
+        .collect();
+    let (to, from) = (followers[0], followers[1]);
+    let node = |id: u64| &nodes[id as usize - 1];
+    let mut subscriber = Client::simple(node(to).addr, "sub").await;
+    subscriber.subscribe("data/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "data/#", to).await;
+    let mut publisher = Client::simple(node(from).addr, "pub").await;
+
+    publish_acknowledged(&mut publisher, "data/x", 0..10).await;
+    assert_eq!(
+        receive_all(&mut subscriber, 10).await,
+        (0..10).collect::<Vec<u32>>()
+    );
+    let relay = net.relay(from, to);
+    let dials = relay.accepted();
+    relay.forget_connections();
+    publish_acknowledged(&mut publisher, "data/x", 10..30).await;
+    let started = Instant::now();
+    let received = receive_all(&mut subscriber, 20).await;
+    assert_eq!(
+        received,
+        (10..30).collect::<Vec<u32>>(),
+        "all, in order, once"
+    );
+    eprintln!(
+        "silent connection: delivered {:?} after the last PUBACK; dials since: {}",
+        started.elapsed(),
+        relay.accepted() - dials
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
 }

@@ -138,6 +138,8 @@ impl Client {
         RPCError::Network(NetworkError::new(&error))
     }
 
+    // openraft's error type, as its network trait returns it.
+    #[allow(clippy::result_large_err)]
     fn remote<T, E: std::error::Error>(
         &self,
         answer: Result<T, RaftError<NodeId, E>>,

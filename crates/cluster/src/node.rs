@@ -805,7 +805,7 @@ impl ClusterNode {
 /// make either node's failure stop the cluster), 3 from three, 5 from five.
 pub fn voter_target(nodes: usize) -> usize {
     match nodes {
-        0..=2 => 1.min(nodes).max(1),
+        0..=2 => 1,
         3 | 4 => 3,
         _ => 5,
     }

@@ -479,7 +479,15 @@ async fn an_isolated_follower_cannot_commit_and_catches_up_after_heal() {
         );
     }
 
+    let term = cluster.node(leader).status().term;
     let summary = heal_and_check(&cluster, workload).await;
+    // Without pre-vote, the follower's elections while alone raised its term: on its return
+    // the leader may step down for one election.
+    let after = cluster.node(leader).status();
+    eprintln!(
+        "isolated follower: leader {leader} in term {term} before; leader {:?} in term {} after",
+        after.leader, after.term
+    );
     for id in [leader, other] {
         let owner = cluster
             .node(follower)
@@ -516,6 +524,11 @@ async fn an_isolated_leader_commits_nothing_and_the_majority_elects_another() {
     assert!(matches!(outcome, Outcome::Claimed { .. }));
     let (result, elapsed) = timed_claim(cluster.node(old), "lonely").await;
     assert_refused_in_time("a second claim on the old leader", &result, elapsed);
+    let view = cluster.node(old).status();
+    eprintln!(
+        "isolated leader: it sees itself as {} (leader {:?}, term {}) while {new} leads the others",
+        view.role, view.leader, view.term
+    );
 
     heal_and_check(&cluster, workload).await;
     for node in &cluster.nodes {

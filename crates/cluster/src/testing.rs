@@ -330,17 +330,34 @@ async fn pipe(
 pub struct Network {
     addrs: Vec<SocketAddr>,
     relays: BTreeMap<(NodeId, NodeId), Relay>,
+    /// The nodes' ports, held until [`Network::release`] so that nothing else (a relay, a
+    /// socket of a test running alongside) takes them meanwhile.
+    reserved: std::sync::Mutex<HashMap<NodeId, std::net::TcpListener>>,
 }
 
 impl Network {
-    /// Reserves a loopback cluster address for each of `nodes` nodes (bound and released: the
-    /// node binds it again) and starts the relays between them.
+    /// Reserves a loopback cluster address for each of `nodes` nodes (held until
+    /// [`Network::release`]: call it just before the node binds its address) and starts the
+    /// relays between them.
     pub async fn start(nodes: usize) -> io::Result<Network> {
         let mut addrs = Vec::with_capacity(nodes);
-        for _ in 0..nodes {
-            addrs.push(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?);
+        let mut reserved = HashMap::new();
+        for id in 1..=nodes as NodeId {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            addrs.push(listener.local_addr()?);
+            reserved.insert(id, listener);
         }
-        Network::between(addrs).await
+        let network = Network::between(addrs).await?;
+        *network.reserved.lock().unwrap_or_else(|e| e.into_inner()) = reserved;
+        Ok(network)
+    }
+
+    /// Frees node `node`'s reserved address for the node to bind.
+    pub fn release(&self, node: NodeId) {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&node);
     }
 
     /// The relays between nodes whose cluster addresses are `addrs` (node `i + 1` at
@@ -355,7 +372,11 @@ impl Network {
                 }
             }
         }
-        Ok(Network { addrs, relays })
+        Ok(Network {
+            addrs,
+            relays,
+            reserved: std::sync::Mutex::default(),
+        })
     }
 
     /// The node ids, `1..=n`.

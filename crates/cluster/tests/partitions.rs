@@ -74,6 +74,7 @@ impl TestCluster {
         let mut nodes = Vec::new();
         let mut logs = Vec::new();
         for id in net.ids() {
+            net.release(id);
             let (node, mut events) = ClusterNode::start(NodeConfig {
                 node_id: id,
                 bind: net.addr(id),

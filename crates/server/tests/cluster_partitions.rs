@@ -75,6 +75,7 @@ async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
         proposal_timeout_ms: 3_000,
         relay: Some(RelayMap(net.addr_map(id))),
     });
+    net.release(id);
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addrs()[0];
     let cluster = server.cluster().expect("cluster part").clone();

@@ -134,6 +134,18 @@ async fn route_known(nodes: &[Node], filter: &str, node: u64) {
     .await;
 }
 
+/// Waits until every node holds the same replicated state (routes, retained messages,
+/// sessions): issue 16, "equal route and retained tables everywhere" after healing.
+async fn states_equal(nodes: &[Node]) {
+    until("every node's cluster state equal", || {
+        let first = nodes[0].cluster.node().state().clone();
+        nodes
+            .iter()
+            .all(|node| *node.cluster.node().state() == first)
+    })
+    .await;
+}
+
 /// Publishes `range` at QoS 1 on `topic`, each once its predecessor's PUBACK came (so each
 /// counted message was acknowledged to its publisher); returns the longest wait for a PUBACK.
 async fn publish_acknowledged(
@@ -234,6 +246,7 @@ async fn messages_cross_a_failing_link(name: &str, mode: Mode, fault: Duration) 
         nodes[2].cluster.not_forwarded()
     );
     assert_eq!(nodes[2].cluster.not_forwarded(), 0);
+    states_equal(&nodes).await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -322,6 +335,79 @@ async fn qos1_messages_get_past_a_connection_gone_silent() {
         started.elapsed(),
         relay.accepted() - dials
     );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A node cut off from both others (every link reset) for 2 s while C publishes to
+/// subscribers on A (cut off) and B: B gets every message at once; A gets them all after
+/// healing, once and in order; A's own clients keep working meanwhile (issue 16: "existing
+/// sessions keep working along known routes"); afterwards every node holds the same routes
+/// and retained messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_gets_its_messages_after_healing_and_serves_its_clients_meanwhile() {
+    let dir = temp_dir("isolated");
+    let (net, nodes) = three_nodes(&dir).await;
+    let mut far = Client::simple(nodes[0].addr, "sub-a").await;
+    far.subscribe("data/#", QoS::AtLeastOnce).await;
+    let mut near = Client::simple(nodes[1].addr, "sub-b").await;
+    near.subscribe("data/#", QoS::AtLeastOnce).await;
+    let mut local = Client::simple(nodes[0].addr, "local-a").await;
+    local.subscribe("local/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "data/#", 1).await;
+    route_known(&nodes, "data/#", 2).await;
+    let mut publisher = Client::simple(nodes[2].addr, "pub-c").await;
+    let mut local_publisher = Client::simple(nodes[0].addr, "pub-a").await;
+
+    publish_acknowledged(&mut publisher, "data/x", 0..10).await;
+    net.isolate(1);
+    publish_acknowledged(&mut publisher, "data/x", 10..30).await;
+    assert_eq!(
+        receive_all(&mut near, 30).await,
+        (0..30).collect::<Vec<u32>>(),
+        "the connected side gets everything at once"
+    );
+    // On the cut-off node, a client's traffic to a local subscriber goes on.
+    publish_acknowledged(&mut local_publisher, "local/y", 0..5).await;
+    assert_eq!(
+        receive_all(&mut local, 5).await,
+        (0..5).collect::<Vec<u32>>()
+    );
+    // A new subscription there needs a new route, which the cut-off node cannot commit.
+    // (Another client: waiting for a SUBACK passes over the PUBLISHes before it.)
+    let mut fresh = Client::simple(nodes[0].addr, "fresh-a").await;
+    let started = Instant::now();
+    let suback = fresh.subscribe("fresh/#", QoS::AtLeastOnce).await;
+    eprintln!(
+        "isolated node: SUBACK for a new filter after {:?}: {:?}; its route committed: {}",
+        started.elapsed(),
+        suback.return_codes,
+        nodes[0].cluster.node().state().route("fresh/#").is_some()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    net.heal();
+    publish_acknowledged(&mut publisher, "data/x", 30..40).await;
+
+    let received = receive_all(&mut far, 40).await;
+    assert_eq!(
+        received,
+        (0..40).collect::<Vec<u32>>(),
+        "all, in order, once"
+    );
+    assert_eq!(
+        receive_all(&mut near, 10).await,
+        (30..40).collect::<Vec<u32>>()
+    );
+    // The route of the subscription made while cut off is committed after healing.
+    route_known(&nodes, "fresh/#", 1).await;
+    publish_acknowledged(&mut publisher, "fresh/z", 0..1).await;
+    assert_eq!(receive_all(&mut fresh, 1).await, vec![0]);
+    until("C's outbox empty", || {
+        nodes[2].cluster.forward_pending() == 0
+    })
+    .await;
+    states_equal(&nodes).await;
     for node in nodes {
         node.shutdown().await;
     }

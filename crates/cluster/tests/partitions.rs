@@ -247,7 +247,7 @@ struct Record {
     result: Result<Outcome, Refusal>,
 }
 
-/// Random clients claiming client ids on random nodes, until `stop` (at most 150 proposals a
+/// Random clients claiming client ids on random nodes, until `stop` (at most 300 proposals a
 /// worker).
 struct Workload {
     stop: watch::Sender<bool>,
@@ -270,7 +270,7 @@ impl Workload {
                 let mut rng = seed.wrapping_mul(worker as u64 * 2 + 1) | 1;
                 tokio::spawn(async move {
                     let mut records = Vec::new();
-                    while !*stopped.borrow() && records.len() < 150 {
+                    while !*stopped.borrow() && records.len() < 300 {
                         let client = format!("client-{}", xorshift(&mut rng) % clients as u64);
                         let node = &nodes[(xorshift(&mut rng) % nodes.len() as u64) as usize];
                         let (result, elapsed) = timed_claim(node, &client).await;
@@ -697,5 +697,60 @@ async fn delayed_links_slow_commits_but_keep_them_safe() {
                 .is_some()
         );
     }
+    cluster.stop().await;
+}
+
+/// Faults one after another, drawn at random (a seed printed for the record): a node
+/// isolated, a minority of one in a black hole, one-way links, single links reset, slow
+/// links, sometimes two at once; 10 steps of 600 ms with the workload running, then healing
+/// and the history's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_faults_keep_the_history_consistent() {
+    let cluster = TestCluster::start("random").await;
+    let workload = Workload::start(&cluster.nodes, 3, 5);
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("fault seed {rng}");
+    let net = &cluster.net;
+    for _ in 0..10 {
+        net.heal();
+        let faults = 1 + xorshift(&mut rng) % 2;
+        let mut applied = Vec::new();
+        for _ in 0..faults {
+            let a = 1 + xorshift(&mut rng) % 3;
+            let b = 1 + (a + xorshift(&mut rng) % 2) % 3;
+            let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != a).collect();
+            let fault = match xorshift(&mut rng) % 6 {
+                0 => {
+                    net.isolate(a);
+                    format!("isolate {a}")
+                }
+                1 => {
+                    net.partition_with(&[a], &others, Mode::Blackhole);
+                    format!("black hole around {a}")
+                }
+                2 => {
+                    net.one_way(a, b);
+                    format!("one way {a} -> {b}")
+                }
+                3 => {
+                    net.set(a, b, Mode::Drop);
+                    format!("reset {a} -> {b}")
+                }
+                4 => {
+                    net.set_all(Mode::Delay(Duration::from_millis(10)));
+                    "delay 10 ms".to_owned()
+                }
+                _ => "none".to_owned(),
+            };
+            applied.push(fault);
+        }
+        eprintln!("faults: {applied:?}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    heal_and_check(&cluster, workload).await;
     cluster.stop().await;
 }

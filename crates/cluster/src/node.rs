@@ -327,6 +327,14 @@ impl ClusterNode {
         }
     }
 
+    /// Drops this node's connection `generation` to `node` (it went silent); the next use of
+    /// the link dials again.
+    pub async fn drop_link(&self, node: NodeId, generation: u64) {
+        if let Some(peer) = self.inner.peers.existing(node) {
+            peer.disconnect_generation(generation).await;
+        }
+    }
+
     /// Whether this node's link to `node` is up.
     pub fn linked(&self, node: NodeId) -> bool {
         self.inner

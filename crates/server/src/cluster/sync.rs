@@ -250,7 +250,11 @@ async fn propose_sessions(
     }
     if failed {
         for client_id in ended {
-            if !pending.subscriptions.keys().any(|(client, _)| *client == client_id) {
+            if !pending
+                .subscriptions
+                .keys()
+                .any(|(client, _)| *client == client_id)
+            {
                 pending.ended.insert(client_id);
             }
         }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -12,9 +13,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
-use crate::peer::{lock, AddrMap, FrameHandler, Peer, PeerError};
+use crate::peer::{AddrMap, FrameHandler, Peer, PeerError, lock};
 use crate::rpc::{RpcRequest, RpcResponse};
 use crate::types::{NodeId, TypeConfig};
 
@@ -130,7 +130,9 @@ impl Client {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    fn unexpected<E: std::error::Error>(
+        &self,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         let error = PeerError::Protocol {
             node: self.target,
             error: "answer of another kind".into(),
@@ -189,11 +191,7 @@ impl RaftNetwork<TypeConfig> for Client {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         match self
-            .exchange(
-                RpcRequest::Vote(rpc),
-                &option,
-                openraft::RPCTypes::Vote,
-            )
+            .exchange(RpcRequest::Vote(rpc), &option, openraft::RPCTypes::Vote)
             .await?
         {
             RpcResponse::Vote(answer) => self.remote(answer),

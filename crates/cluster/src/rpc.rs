@@ -28,7 +28,9 @@ pub enum RpcRequest {
         mqtt_addrs: Vec<String>,
     },
     /// Remove a node from the cluster (it leaves): handled by the leader.
-    Leave { node: NodeId },
+    Leave {
+        node: NodeId,
+    },
 }
 
 /// What a node answers.
@@ -36,7 +38,9 @@ pub enum RpcRequest {
 pub enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
     Proposed(Result<Response, Refusal>),
     Probe(ProbeAnswer),
     Joined(Result<(), Refusal>),

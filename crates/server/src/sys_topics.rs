@@ -153,6 +153,9 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
             (m.sent_bytes_qos0 + m.sent_bytes_qos1 + m.sent_bytes_qos2).to_string(),
         ),
     ];
+    if let Some(cluster) = &source.cluster {
+        out.extend(cluster_values(&crate::cluster_admin::info(cluster)));
+    }
     let counts = [
         m.messages_received,
         m.messages_sent,
@@ -169,6 +172,31 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
         }
     }
     out
+}
+
+/// `$SYS/broker/cluster/...`: this node's id and role, the leader it knows (empty: none),
+/// the term, the members, and the messages waiting for other nodes.
+fn cluster_values(info: &tern_admin::ClusterInfo) -> Vec<(String, String)> {
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    vec![
+        ("cluster/node_id".to_owned(), info.node_id.to_string()),
+        ("cluster/role".to_owned(), info.role.clone()),
+        (
+            "cluster/leader".to_owned(),
+            info.leader.map(|id| id.to_string()).unwrap_or_default(),
+        ),
+        ("cluster/term".to_owned(), info.term.to_string()),
+        ("cluster/voters".to_owned(), ids(&info.voters)),
+        ("cluster/learners".to_owned(), ids(&info.learners)),
+        (
+            "cluster/nodes/count".to_owned(),
+            info.nodes.len().to_string(),
+        ),
+        (
+            "cluster/messages/pending".to_owned(),
+            info.forwarding.pending.to_string(),
+        ),
+    ]
 }
 
 fn publish(source: &MetricsSource, loads: &mut [Load], interval: f64) {

@@ -225,6 +225,38 @@ fn publish(source: &MetricsSource, loads: &mut [Load], interval: f64) {
 mod tests {
     use super::*;
 
+    /// Issue 16, "the cluster's state in ... `$SYS`": the topics under `cluster/`.
+    #[test]
+    fn cluster_topics() {
+        let info = tern_admin::ClusterInfo {
+            node_id: 2,
+            role: "follower".into(),
+            leader: Some(1),
+            term: 4,
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            nodes: vec![tern_admin::ClusterNodeInfo::default(); 4],
+            forwarding: tern_admin::ClusterForwarding {
+                pending: 7,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let values: std::collections::BTreeMap<String, String> =
+            cluster_values(&info).into_iter().collect();
+        assert_eq!(values["cluster/role"], "follower");
+        assert_eq!(values["cluster/leader"], "1");
+        assert_eq!(values["cluster/voters"], "1,2,3");
+        assert_eq!(values["cluster/learners"], "4");
+        assert_eq!(values["cluster/nodes/count"], "4");
+        assert_eq!(values["cluster/messages/pending"], "7");
+        let alone = tern_admin::ClusterInfo::default();
+        assert_eq!(
+            cluster_values(&alone)[2],
+            ("cluster/leader".to_owned(), String::new())
+        );
+    }
+
     /// Mosquitto's load figures: a steady rate converges to itself (per minute).
     #[test]
     fn load_average_converges_to_the_rate() {

@@ -450,8 +450,75 @@ async fn a_node_joins_and_leaves_through_the_admin_api() {
         )
         .await;
     assert_eq!(code, 409, "{answer}");
+    // ... and, its only voter, it cannot leave its own.
+    let (code, answer) = alone.api("POST", "/api/v1/cluster/leave", None).await;
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("only voter"),
+        "{answer}"
+    );
     drop(silent);
     for node in nodes.into_iter().chain([fourth, alone]) {
+        node.shutdown().await;
+    }
+}
+
+/// Issue 16, `tern ctl cluster leave NODE` from any node: a fourth node joins by itself
+/// through its seeds (a learner: three voters are the target for four nodes); a follower
+/// voter removed through another follower's admin API is replaced by the learner, so the
+/// cluster keeps three voters, and every remaining node stops listing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_removed_from_another_node_is_replaced_by_a_learner() {
+    let dir = temp_dir("replace");
+    let nodes = three_nodes(&dir).await;
+    let seeds = nodes.iter().map(|n| n.cluster_addr.to_string()).collect();
+    let fourth = start_node(4, free_addr(), seeds, &dir).await;
+    for node in nodes.iter().chain([&fourth]) {
+        until_status(node, "node 4 a learner", |s| s["learners"] == json!([4])).await;
+    }
+    let leader = nodes[0].status().await["leader"].as_u64().unwrap();
+    let mut followers = nodes.iter().filter(|n| n.id != leader);
+    let (removed, asked) = (followers.next().unwrap().id, followers.next().unwrap());
+    let (code, answer) = asked
+        .api(
+            "POST",
+            "/api/v1/cluster/leave",
+            Some(json!({ "node": removed })),
+        )
+        .await;
+    assert_eq!((code, answer), (200, json!({ "node": removed })));
+    let voters: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|id| *id != removed)
+        .collect();
+    let mut remaining = Vec::new();
+    let mut gone = None;
+    for node in nodes.into_iter().chain([fourth]) {
+        if node.id == removed {
+            gone = Some(node);
+        } else {
+            remaining.push(node);
+        }
+    }
+    // The operator stops the node that left.
+    gone.unwrap().shutdown().await;
+    for node in &remaining {
+        until_status(node, "the learner promoted, the node gone", |s| {
+            s["voters"] == json!(voters)
+                && s["learners"] == json!([])
+                && s["nodes"]
+                    .as_array()
+                    .is_some_and(|listed| listed.iter().all(|n| n["id"] != removed))
+        })
+        .await;
+        let metrics = node.metrics().await;
+        assert_eq!(
+            sample(&metrics, "tern_cluster_voters"),
+            Some(3.0),
+            "{metrics}"
+        );
+    }
+    for node in remaining {
         node.shutdown().await;
     }
 }

@@ -95,6 +95,11 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// A cluster address whose port the node picks (no race with other tests for a free port).
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
 /// One HTTP/1.1 request with an optional JSON body; the status and the body (chunked
 /// answers are not expected: axum sends a length for JSON).
 async fn http(
@@ -161,6 +166,11 @@ async fn start_server(
     };
     config.cluster = cluster;
     let server = Server::bind(config).await.expect("bind");
+    // Port 0 resolved: the address the node advertises.
+    let cluster_addr = server
+        .cluster()
+        .and_then(|c| c.node().advertise().parse().ok())
+        .unwrap_or(cluster_addr);
     let mqtt = server.local_addrs()[0];
     let admin = server.admin_addr().expect("admin listener");
     let token = std::fs::read_to_string(data_dir.join("admin.token"))
@@ -341,7 +351,7 @@ async fn every_node_reports_the_same_cluster_in_the_api_and_metrics() {
     assert_eq!(leaders, 1, "one leader among the nodes");
 
     // Without [cluster]: 404, and no cluster lines in the metrics.
-    let single = start_server(9, free_addr(), None, &dir).await;
+    let single = start_server(9, any_port(), None, &dir).await;
     let (status, body) = single.api("GET", "/api/v1/cluster", None).await;
     assert_eq!(status, 404, "{body}");
     assert!(
@@ -372,7 +382,7 @@ async fn a_node_joins_and_leaves_through_the_admin_api() {
     // A seed that takes connections and never answers: the node waits for it, outside.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
-    let fourth = start_node(4, free_addr(), vec![silent_addr], &dir).await;
+    let fourth = start_node(4, any_port(), vec![silent_addr], &dir).await;
     let (code, status) = fourth.api("GET", "/api/v1/cluster", None).await;
     assert_eq!(code, 200);
     assert_eq!(status["leader"], Value::Null, "not a member yet: {status}");
@@ -440,7 +450,7 @@ async fn a_node_joins_and_leaves_through_the_admin_api() {
     }
 
     // A node started without seeds is a cluster of one: it cannot join another.
-    let alone = start_node(5, free_addr(), Vec::new(), &dir).await;
+    let alone = start_node(5, any_port(), Vec::new(), &dir).await;
     until_status(&alone, "a cluster of one", |s| s["leader"] == json!(5)).await;
     let (code, answer) = alone
         .api(
@@ -465,20 +475,29 @@ async fn a_node_joins_and_leaves_through_the_admin_api() {
 
 /// Issue 16, `tern ctl cluster leave NODE` from any node: a fourth node joins by itself
 /// through its seeds (a learner: three voters are the target for four nodes); a follower
-/// voter removed through another follower's admin API is replaced by the learner, so the
-/// cluster keeps three voters, and every remaining node stops listing it.
+/// voter that died (stopped first, as an operator replaces a lost machine) and is removed
+/// through another follower's admin API is replaced by the learner, so the cluster keeps
+/// three voters, and every remaining node stops listing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_removed_from_another_node_is_replaced_by_a_learner() {
     let dir = temp_dir("replace");
     let nodes = three_nodes(&dir).await;
     let seeds = nodes.iter().map(|n| n.cluster_addr.to_string()).collect();
-    let fourth = start_node(4, free_addr(), seeds, &dir).await;
+    let fourth = start_node(4, any_port(), seeds, &dir).await;
     for node in nodes.iter().chain([&fourth]) {
         until_status(node, "node 4 a learner", |s| s["learners"] == json!([4])).await;
     }
     let leader = nodes[0].status().await["leader"].as_u64().unwrap();
-    let mut followers = nodes.iter().filter(|n| n.id != leader);
-    let (removed, asked) = (followers.next().unwrap().id, followers.next().unwrap());
+    let removed = nodes.iter().find(|n| n.id != leader).unwrap().id;
+    let mut remaining = Vec::new();
+    for node in nodes.into_iter().chain([fourth]) {
+        if node.id == removed {
+            node.shutdown().await;
+        } else {
+            remaining.push(node);
+        }
+    }
+    let asked = remaining.iter().find(|n| n.id != leader).unwrap();
     let (code, answer) = asked
         .api(
             "POST",
@@ -491,17 +510,6 @@ async fn a_voter_removed_from_another_node_is_replaced_by_a_learner() {
         .into_iter()
         .filter(|id| *id != removed)
         .collect();
-    let mut remaining = Vec::new();
-    let mut gone = None;
-    for node in nodes.into_iter().chain([fourth]) {
-        if node.id == removed {
-            gone = Some(node);
-        } else {
-            remaining.push(node);
-        }
-    }
-    // The operator stops the node that left.
-    gone.unwrap().shutdown().await;
     for node in &remaining {
         until_status(node, "the learner promoted, the node gone", |s| {
             s["voters"] == json!(voters)

@@ -703,13 +703,8 @@ impl Broker {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
         };
-        let (reached, route_seq) = self.route(
-            MessageRef::Shared(message.clone()),
-            scope,
-            now,
-            hold,
-            selection,
-        );
+        let (reached, route_seq) =
+            self.route(MessageRef::Shared(message.clone()), scope, now, hold, selection);
         let remote = plan.remote.len();
         let forward_seq = hook.forward(&message, plan);
         (reached + remote, seq.max(route_seq).max(forward_seq))

@@ -251,11 +251,7 @@ impl Broker {
             session.set_kicked(&mut state, Some(Kick::ClaimedElsewhere));
             state.wakeup.clone()
         };
-        tracing::info!(
-            client_id,
-            event = "take_over",
-            "client claimed by another node"
-        );
+        tracing::info!(client_id, event = "take_over", "client claimed by another node");
         if let Some(wakeup) = wakeup {
             wakeup.wake();
         }

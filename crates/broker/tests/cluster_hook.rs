@@ -167,10 +167,7 @@ fn shared_groups_are_routes_of_their_own_issue_16() {
     drop(b); // a clean session ends with its connection
     let mut routes = cluster.routes();
     routes.sort_by_key(|call| format!("{call:?}"));
-    assert_eq!(
-        routes,
-        vec![removed("s/#", None), removed("s/#", Some("g"))]
-    );
+    assert_eq!(routes, vec![removed("s/#", None), removed("s/#", Some("g"))]);
 }
 
 /// Issue 16: a session's end removes its routes: at its expiry [MQTT-3.1.2-23] and at a clean
@@ -212,11 +209,7 @@ fn a_late_hook_is_told_the_existing_routes_issue_16() {
     routes.sort_by_key(|call| format!("{call:?}"));
     assert_eq!(
         routes,
-        vec![
-            added("#", None),
-            added("x/+", Some("w")),
-            added("x/y", None)
-        ]
+        vec![added("#", None), added("x/+", Some("w")), added("x/y", None)]
     );
     assert!(!net.broker.set_cluster(Arc::new(FakeCluster::default())));
 }
@@ -280,10 +273,8 @@ fn plan_and_forward_for_local_messages_only_issue_16() {
     );
     assert_eq!(reached, 1);
     assert_eq!(&local.publish_received().payload[..], b"2");
-    net.broker.publish_system(
-        remote_message("$SYS/broker/x", QoS::AtMostOnce, b"3"),
-        net.now(),
-    );
+    net.broker
+        .publish_system(remote_message("$SYS/broker/x", QoS::AtMostOnce, b"3"), net.now());
     assert_eq!(cluster.take(), vec![], "neither is planned");
 }
 
@@ -370,8 +361,7 @@ fn cluster_retained_messages_are_kept_and_not_reannounced_issue_16() {
     let cluster = clustered(&net);
     let mut message = remote_message("ret/a", QoS::AtLeastOnce, b"kept");
     message.retain = true;
-    net.broker
-        .apply_cluster_retained("ret/a", Some(message.clone()));
+    net.broker.apply_cluster_retained("ret/a", Some(message.clone()));
     net.broker
         .publish_from_cluster(message.clone(), true, &[], net.now());
     assert_eq!(net.broker.retained_count(), 1);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::node::{ClusterNode, DataHandler};
 use crate::peer::lock;
@@ -237,11 +237,7 @@ impl DataPlane {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 let mut outbox = lock(&out.outbox);
                 // An acknowledgement may have removed it meanwhile.
-                if outbox
-                    .unacked
-                    .get(outbox.sent)
-                    .is_some_and(|(s, _)| *s == seq)
-                {
+                if outbox.unacked.get(outbox.sent).is_some_and(|(s, _)| *s == seq) {
                     outbox.sent += 1;
                 }
             } else {

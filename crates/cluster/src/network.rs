@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -13,8 +12,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::BasicNode;
 
-use crate::peer::{AddrMap, FrameHandler, Peer, PeerError, lock};
+use crate::peer::{lock, AddrMap, FrameHandler, Peer, PeerError};
 use crate::rpc::{RpcRequest, RpcResponse};
 use crate::types::{NodeId, TypeConfig};
 
@@ -130,9 +130,7 @@ impl Client {
         }
     }
 
-    fn unexpected<E: std::error::Error>(
-        &self,
-    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         let error = PeerError::Protocol {
             node: self.target,
             error: "answer of another kind".into(),
@@ -191,7 +189,11 @@ impl RaftNetwork<TypeConfig> for Client {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         match self
-            .exchange(RpcRequest::Vote(rpc), &option, openraft::RPCTypes::Vote)
+            .exchange(
+                RpcRequest::Vote(rpc),
+                &option,
+                openraft::RPCTypes::Vote,
+            )
             .await?
         {
             RpcResponse::Vote(answer) => self.remote(answer),

@@ -290,9 +290,7 @@ impl ClusterNode {
         if let Some(member) = metrics.membership_config.membership().get_node(&node) {
             return Some(member.addr.clone());
         }
-        self.state()
-            .node(node)
-            .map(|info| info.cluster_addr.clone())
+        self.state().node(node).map(|info| info.cluster_addr.clone())
     }
 
     /// The node's view of the cluster.
@@ -447,11 +445,7 @@ impl ClusterNode {
 
     /// Takes proposals from the queue and commits them in batches: whatever waits while one
     /// batch is in flight goes in the next.
-    async fn propose_loop(
-        self,
-        mut queue: mpsc::Receiver<Proposal>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn propose_loop(self, mut queue: mpsc::Receiver<Proposal>, mut stop: watch::Receiver<bool>) {
         loop {
             let first = tokio::select! {
                 first = queue.recv() => first,
@@ -567,12 +561,7 @@ impl ClusterNode {
             // Alone: a cluster of one, which others join later.
             return self.initialize(BTreeMap::new()).await;
         }
-        let timeout = self
-            .inner
-            .config
-            .timing
-            .probe_interval
-            .max(Duration::from_millis(500));
+        let timeout = self.inner.config.timing.probe_interval.max(Duration::from_millis(500));
         let mut answers = Vec::new();
         for seed in &seeds {
             let link = self.inner.peers.probe_link(seed);
@@ -600,9 +589,7 @@ impl ClusterNode {
             )));
         }
         if answers.iter().any(|(_, answer)| answer.node < self.id()) {
-            return Err(Refusal::Unavailable(
-                "waiting for the lowest node id to form the cluster".into(),
-            ));
+            return Err(Refusal::Unavailable("waiting for the lowest node id to form the cluster".into()));
         }
         let members = answers
             .into_iter()
@@ -687,9 +674,7 @@ impl ClusterNode {
     async fn answer(&self, from: NodeId, request: RpcRequest) -> RpcResponse {
         let raft = &self.inner.raft;
         match request {
-            RpcRequest::AppendEntries(rpc) => {
-                RpcResponse::AppendEntries(raft.append_entries(rpc).await)
-            }
+            RpcRequest::AppendEntries(rpc) => RpcResponse::AppendEntries(raft.append_entries(rpc).await),
             RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
             RpcRequest::InstallSnapshot(rpc) => {
                 RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
@@ -698,11 +683,9 @@ impl ClusterNode {
                 let result = match raft.client_write(request).await {
                     Ok(written) => Ok(written.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                        Err(Refusal::NotLeader(
-                            forward
-                                .leader_id
-                                .zip(forward.leader_node.map(|node| node.addr)),
-                        ))
+                        Err(Refusal::NotLeader(forward.leader_id.zip(
+                            forward.leader_node.map(|node| node.addr),
+                        )))
                     }
                     Err(error) => Err(Refusal::Unavailable(error.to_string())),
                 };
@@ -741,13 +724,7 @@ impl ClusterNode {
         tracing::info!(node, %cluster_addr, "cluster: admitting a node");
         self.inner
             .raft
-            .add_learner(
-                node,
-                BasicNode {
-                    addr: cluster_addr.clone(),
-                },
-                true,
-            )
+            .add_learner(node, BasicNode { addr: cluster_addr.clone() }, true)
             .await
             .map_err(|error| Refusal::Unavailable(error.to_string()))?;
         self.propose(Command::RegisterNode {

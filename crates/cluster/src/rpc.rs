@@ -28,9 +28,7 @@ pub enum RpcRequest {
         mqtt_addrs: Vec<String>,
     },
     /// Remove a node from the cluster (it leaves): handled by the leader.
-    Leave {
-        node: NodeId,
-    },
+    Leave { node: NodeId },
 }
 
 /// What a node answers.
@@ -38,9 +36,7 @@ pub enum RpcRequest {
 pub enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Proposed(Result<Response, Refusal>),
     Probe(ProbeAnswer),
     Joined(Result<(), Refusal>),

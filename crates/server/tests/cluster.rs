@@ -149,9 +149,7 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_others() {
     let dir = temp_dir("route");
     let nodes = three_nodes(&dir).await;
     let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
-    subscriber
-        .subscribe("sensors/+/temp", QoS::AtLeastOnce)
-        .await;
+    subscriber.subscribe("sensors/+/temp", QoS::AtLeastOnce).await;
     route_known(&nodes, "sensors/+/temp", 1).await;
 
     let publisher = Client::simple(nodes[2].addr, "pub-c").await;
@@ -171,24 +169,13 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_others() {
     for _ in 0..20 {
         let message = subscriber.recv().await;
         assert_eq!(message.topic, "sensors/kitchen/temp");
-        let n: u32 = std::str::from_utf8(&message.payload)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let n: u32 = std::str::from_utf8(&message.payload).unwrap().parse().unwrap();
         received.push(n);
     }
     let even: Vec<u32> = received.iter().copied().filter(|n| n % 2 == 0).collect();
     let odd: Vec<u32> = received.iter().copied().filter(|n| n % 2 == 1).collect();
-    assert_eq!(
-        even,
-        (0..20).step_by(2).collect::<Vec<u32>>(),
-        "QoS 0 in order"
-    );
-    assert_eq!(
-        odd,
-        (1..20).step_by(2).collect::<Vec<u32>>(),
-        "QoS 1 in order"
-    );
+    assert_eq!(even, (0..20).step_by(2).collect::<Vec<u32>>(), "QoS 0 in order");
+    assert_eq!(odd, (1..20).step_by(2).collect::<Vec<u32>>(), "QoS 1 in order");
     // A subscriber on the publisher's own node gets it as well, once.
     let mut local = Client::simple(nodes[2].addr, "sub-c").await;
     local.subscribe("sensors/#", QoS::AtMostOnce).await;
@@ -254,10 +241,7 @@ async fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
             _ => None,
         })
         .await;
-    assert!(
-        nothing.is_err(),
-        "no retained message after the clear: {nothing:?}"
-    );
+    assert!(nothing.is_err(), "no retained message after the clear: {nothing:?}");
     for node in nodes {
         node.shutdown().await;
     }
@@ -300,11 +284,9 @@ async fn a_shared_subscription_picks_among_members_on_all_nodes() {
             message = b.recv() => { got_b += 1; assert!(seen.insert(message.payload.to_vec()), "one member per message"); }
         }
     }
-    assert!(
-        got_a > 0 && got_b > 0,
-        "both members got some: {got_a} / {got_b}"
-    );
+    assert!(got_a > 0 && got_b > 0, "both members got some: {got_a} / {got_b}");
     for node in nodes {
         node.shutdown().await;
     }
 }
+

@@ -48,13 +48,7 @@ pub async fn run(
     }
 }
 
-fn apply_one(
-    glue: &Glue,
-    node: &ClusterNode,
-    broker: &Broker,
-    command: &Command,
-    outcome: &Outcome,
-) {
+fn apply_one(glue: &Glue, node: &ClusterNode, broker: &Broker, command: &Command, outcome: &Outcome) {
     let me = glue.node_id;
     let table = || {
         glue.table
@@ -116,11 +110,7 @@ fn apply_one(
             // Another node took the client id: close its connection here (MQTT 5: DISCONNECT
             // 0x8E Session taken over).
             if broker.take_over(client_id) {
-                tracing::info!(
-                    client_id,
-                    node = claimer,
-                    "session taken over by another node"
-                );
+                tracing::info!(client_id, node = claimer, "session taken over by another node");
             }
         }
         _ => {}

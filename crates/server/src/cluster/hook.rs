@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy};
 use tern_broker::{Message, Seq};
-use tern_cluster::NodeId;
 use tern_cluster::link::DataPlane;
+use tern_cluster::NodeId;
 use tokio::sync::Notify;
 
 use super::payload;
@@ -84,10 +84,7 @@ impl ClusterHook for Glue {
     }
 
     fn plan(&self, message: &Message) -> Option<ClusterPlan> {
-        let table = self
-            .table
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let table = self.table.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         if table.is_empty() {
             return None;
         }

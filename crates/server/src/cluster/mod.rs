@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_broker::Broker;
 use tern_broker::persist::Persistence;
+use tern_broker::Broker;
 use tern_cluster::link::{DataPlane, OutboxLimits};
 use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
 use tokio::sync::watch;
@@ -55,9 +55,10 @@ impl Cluster {
             proposal_timeout: Duration::from_millis(config.proposal_timeout_ms),
             ..Timing::default()
         };
-        let bind = config.bind.parse().map_err(|_| {
-            NodeError::Raft(format!("cluster.bind {:?} is not ADDR:PORT", config.bind))
-        })?;
+        let bind = config
+            .bind
+            .parse()
+            .map_err(|_| NodeError::Raft(format!("cluster.bind {:?} is not ADDR:PORT", config.bind)))?;
         let advertise = match &config.advertise {
             Some(advertise) => advertise.clone(),
             // A port 0 is resolved by the node when it binds.
@@ -84,12 +85,7 @@ impl Cluster {
         let sink = Arc::new(sink::BrokerSink::new(broker.clone(), persistence));
         let plane = DataPlane::start(node.clone(), sink, OutboxLimits::default(), stop.clone());
         let _ = glue.plane.set(plane.clone());
-        tokio::spawn(apply::run(
-            glue.clone(),
-            node.clone(),
-            broker.clone(),
-            events,
-        ));
+        tokio::spawn(apply::run(glue.clone(), node.clone(), broker.clone(), events));
         tokio::spawn(sync::run(glue.clone(), node.clone(), stop.clone()));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());
@@ -99,11 +95,7 @@ impl Cluster {
             let _ = stop.changed().await;
             stopping.shutdown().await;
         });
-        tracing::info!(
-            node_id = config.node_id,
-            advertise = node.advertise(),
-            "cluster node started"
-        );
+        tracing::info!(node_id = config.node_id, advertise = node.advertise(), "cluster node started");
         Ok(Cluster { node, glue, plane })
     }
 

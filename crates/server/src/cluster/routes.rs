@@ -67,8 +67,7 @@ impl RouteTable {
     pub fn add(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
         if self.entries.insert(key) {
-            self.index
-                .insert(&full_filter(group, filter), NodeEntry(node));
+            self.index.insert(&full_filter(group, filter), NodeEntry(node));
         }
     }
 
@@ -76,8 +75,7 @@ impl RouteTable {
     pub fn remove(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
         if self.entries.remove(&key) {
-            self.index
-                .remove(&full_filter(group, filter), &NodeEntry(node));
+            self.index.remove(&full_filter(group, filter), &NodeEntry(node));
         }
     }
 

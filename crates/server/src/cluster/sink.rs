@@ -7,8 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tern_broker::persist::Persistence;
 use tern_broker::{Broker, Seq, Wakeup};
-use tern_cluster::NodeId;
 use tern_cluster::link::{DataSink, Settled};
+use tern_cluster::NodeId;
 use tokio::sync::oneshot;
 
 use super::payload;
@@ -62,8 +62,7 @@ impl DataSink for BrokerSink {
         match &self.persistence {
             Some(persistence) if seq != Seq::NONE => {
                 let (tx, rx) = oneshot::channel();
-                persistence
-                    .wake_when_durable(seq, Arc::new(Durable(std::sync::Mutex::new(Some(tx)))));
+                persistence.wake_when_durable(seq, Arc::new(Durable(std::sync::Mutex::new(Some(tx)))));
                 Box::pin(async move {
                     let _ = rx.await;
                 })

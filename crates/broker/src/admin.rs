@@ -378,7 +378,10 @@ impl Broker {
                 return false;
             }
             let connected = state.owner.is_some();
-            session.set_kicked(&mut state, connected.then_some(crate::session::Kick::Operator));
+            session.set_kicked(
+                &mut state,
+                connected.then_some(crate::session::Kick::Operator),
+            );
             connected
         };
         if connected {

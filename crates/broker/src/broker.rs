@@ -209,6 +209,8 @@ pub struct Broker {
     /// The cluster this node belongs to, if any (see `cluster_hook`): one load per publish
     /// when there is none.
     pub(crate) cluster: std::sync::OnceLock<Arc<dyn ClusterHook>>,
+    /// Claims of client ids waiting for the cluster's answer (see `cluster_claim`).
+    pub(crate) claims: crate::cluster_claim::Claims,
 }
 
 /// What [`Broker::recheck_access`] did.
@@ -286,6 +288,7 @@ impl Broker {
             access_epoch: AtomicU64::new(0),
             worker_inboxes: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            claims: crate::cluster_claim::Claims::default(),
         })
     }
 
@@ -703,8 +706,13 @@ impl Broker {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
         };
-        let (reached, route_seq) =
-            self.route(MessageRef::Shared(message.clone()), scope, now, hold, selection);
+        let (reached, route_seq) = self.route(
+            MessageRef::Shared(message.clone()),
+            scope,
+            now,
+            hold,
+            selection,
+        );
         let remote = plan.remote.len();
         let forward_seq = hook.forward(&message, plan);
         (reached + remote, seq.max(route_seq).max(forward_seq))
@@ -1283,7 +1291,7 @@ impl Broker {
             }
         }
         let old_stored = existing.as_ref().is_some_and(|old| old.lock().stores());
-        let will = existing.and_then(|old| self.end_session_in(&mut sessions, &old));
+        let will = existing.and_then(|old| self.end_session_in(&mut sessions, &old, |_| {}));
         // The CONNACK says a stored old session is gone [MQTT-3.1.2-4]: it waits until that end
         // is durable, or a crash would bring the old session back to a client told otherwise.
         // (What was submitted up to now includes the end; a little more costs nothing but the
@@ -1415,6 +1423,9 @@ impl Broker {
         // that ends with its connection keeps nothing, so nothing is stored for it.
         let persistence = self.persistence().filter(|_| state.is_persistent());
         state.store_unstored(session.client_id(), persistence, None);
+        // Cluster: the connection of a client claimed on another node has let go of its
+        // session; the cluster is told below, with no lock held, so it may export it.
+        let claimed = state.kicked == Some(crate::session::Kick::ClaimedElsewhere);
         state.detach();
         session.set_kicked(&mut state, None);
         session.publish_owner(None, None);
@@ -1435,7 +1446,11 @@ impl Broker {
             }
             SessionExpiry::Never => {
                 self.store_session(session, &mut state, false);
+                drop(state);
             }
+        }
+        if claimed && let Some(cluster) = self.cluster() {
+            cluster.claimed_session_released(session.client_id());
         }
     }
 
@@ -1489,7 +1504,7 @@ impl Broker {
     pub(crate) fn end_session(&self, session: &Arc<Session>, now: Instant) {
         let will = {
             let mut sessions = lock(&self.sessions);
-            self.end_session_in(&mut sessions, session)
+            self.end_session_in(&mut sessions, session, |_| {})
         };
         if let Some((will, _group)) = will {
             self.publish_pending_will(*will, now);
@@ -1502,10 +1517,14 @@ impl Broker {
     /// for them comes with the will, to be dropped once it is published.
     // The registry hashes a session by its client identifier, which never changes.
     #[allow(clippy::mutable_key_type)]
+    ///
+    /// `take` sees the session's state under its lock just before it is emptied (a session
+    /// handed over to another node of a cluster is taken out so, with nothing lost between).
     fn end_session_in(
         &self,
         sessions: &mut Registry,
         session: &Arc<Session>,
+        take: impl FnOnce(&mut SessionState),
     ) -> Option<(Box<PendingWill>, Option<Group<'_>>)> {
         if sessions
             .get(session.client_id().as_str())
@@ -1537,6 +1556,7 @@ impl Broker {
             });
         }
         let filters: Vec<MqttStr> = state.subscriptions.keys().cloned().collect();
+        take(&mut state);
         state.clear();
         let will = state.pending_will.take();
         if let Some(previous) = state.wakeup.take() {
@@ -1557,6 +1577,80 @@ impl Broker {
             self.index_remove(&mut index, filter, &probe);
         }
         will.map(|will| (will, group))
+    }
+
+    /// Cluster hand-over: ends the offline session of `client_id` here without its will (its
+    /// client resumed it on another node [MQTT-3.1.3-9]), handing its state to `take` under
+    /// its lock first. False (and `take` not called) when there is no such session or a
+    /// connection is attached to it. The registry stays locked, so no CONNECT slips in.
+    pub(crate) fn end_offline_session(
+        &self,
+        client_id: &str,
+        take: impl FnOnce(&mut SessionState),
+    ) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let Some(session) = sessions.get(client_id).map(|entry| entry.0.clone()) else {
+            return false;
+        };
+        {
+            let state = session.lock();
+            if state.ended || state.owner.is_some() {
+                return false;
+            }
+        }
+        // The will and its atomic group are dropped unpublished.
+        drop(self.end_session_in(&mut sessions, &session, take));
+        true
+    }
+
+    /// Cluster hand-over: installs `session` (offline, its state filled, not yet shared) in
+    /// place of an offline session of the same client id (ended without its will), writes it
+    /// to the store whole, indexes its subscriptions and starts its expiry. Returns the store
+    /// sequence number of its last change, or `None` (nothing done) when a connection is
+    /// attached to a session of that client id here.
+    pub(crate) fn install_session(&self, session: Arc<Session>, now: Instant) -> Option<Seq> {
+        let mut sessions = lock(&self.sessions);
+        if let Some(old) = sessions
+            .get(session.client_id().as_str())
+            .map(|entry| entry.0.clone())
+        {
+            if old.is_online() || old.lock().owner.is_some() {
+                return None;
+            }
+            drop(self.end_session_in(&mut sessions, &old, |_| {}));
+        }
+        let mut index = write(&self.subscriptions);
+        let mut state = session.lock();
+        let expires_at = match state.expiry {
+            SessionExpiry::After(duration) => Some(now + duration),
+            SessionExpiry::Never | SessionExpiry::AtDisconnect => None,
+        };
+        state.expires_at = expires_at;
+        let seq = self.store_session(&session, &mut state, false);
+        let subscriptions: Vec<(MqttStr, SubscriptionRecord)> = state
+            .subscriptions
+            .iter()
+            .map(|(filter, record)| (filter.clone(), *record))
+            .collect();
+        drop(state);
+        for (filter, record) in subscriptions {
+            self.index_insert(
+                &mut index,
+                &filter,
+                Subscriber {
+                    session: session.clone(),
+                    record,
+                    partial: false,
+                },
+            );
+        }
+        drop(index);
+        sessions.insert(Registered(session.clone()));
+        drop(sessions);
+        if let Some(at) = expires_at {
+            self.add_timer(at, TimerKind::SessionExpiry, &session);
+        }
+        Some(seq)
     }
 
     /// Publishes a will whose delay ran out (or whose session ended first), if the client

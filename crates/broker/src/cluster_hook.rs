@@ -11,6 +11,7 @@ use std::time::Instant;
 use tern_codec::topic::split_shared;
 
 use crate::broker::{Broker, Subscriber, read, write};
+use crate::cluster_claim::{ClaimDecision, ClaimRequest};
 use crate::message::Message;
 use crate::persist::Change;
 use crate::session::Kick;
@@ -40,11 +41,31 @@ pub trait ClusterHook: Send + Sync {
     fn plan(&self, message: &Message) -> Option<ClusterPlan>;
     /// After local routing: forwards the message per `plan`. Returns the store sequence
     /// number the publisher's acknowledgement must wait for ([`Seq::NONE`]: none), so that a
-    /// QoS 1/2 message's copy for another node is made durable in the same group commit.
+    /// QoS 1/2 message's copy for another node is made durable in the same group commit: a
+    /// number of the broker's own [`crate::persist::Persistence`], which the cluster writes
+    /// its outboxes through.
     fn forward(&self, message: &Arc<Message>, plan: ClusterPlan) -> Seq;
     /// A local publish (or the admin API) set (`Some`) or cleared (`None`) the retained
     /// message of `topic`.
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
+    /// The connection of a client that [`Broker::take_over`] closed has let go of its session
+    /// (its will handled): the session is offline here now, and [`Broker::export_session`]
+    /// takes it (or, for a session that ended with its connection, finds nothing). Called
+    /// with no lock of the core held, on the closing connection's thread; like the others,
+    /// it should only queue the work.
+    fn claimed_session_released(&self, client_id: &str) {
+        let _ = client_id;
+    }
+    /// An authenticated CONNECT (after any enhanced authentication) asks whether this node
+    /// may own `request.client_id`, before its session is attached. `Pending` keeps the
+    /// connection waiting (no input handled, bounded by the connect timeout: then CONNACK
+    /// 0x88) until `request.completion` is completed, from any thread. Called on the
+    /// connection's thread with no lock of the core held; it must not block. The default
+    /// grants every claim.
+    fn claim(&self, request: ClaimRequest) -> ClaimDecision {
+        let _ = request;
+        ClaimDecision::Granted
+    }
 }
 
 /// A shared subscription's group name and its (plain) filter: `$share/{0}/{1}`.
@@ -251,7 +272,11 @@ impl Broker {
             session.set_kicked(&mut state, Some(Kick::ClaimedElsewhere));
             state.wakeup.clone()
         };
-        tracing::info!(client_id, event = "take_over", "client claimed by another node");
+        tracing::info!(
+            client_id,
+            event = "take_over",
+            "client claimed by another node"
+        );
         if let Some(wakeup) = wakeup {
             wakeup.wake();
         }

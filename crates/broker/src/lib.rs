@@ -15,7 +15,9 @@
 
 mod admin;
 mod broker;
+mod cluster_claim;
 mod cluster_hook;
+mod cluster_transfer;
 mod config;
 mod connect;
 mod connection;
@@ -37,7 +39,11 @@ pub use admin::{
     ClientConnection, QUEUE_DEPTH_BUCKETS, RuntimeLimits, SessionReport, SessionTotals,
 };
 pub use broker::{Broker, RecheckSummary};
+pub use cluster_claim::{ClaimCompletion, ClaimDecision, ClaimGrant, ClaimId, ClaimRequest};
 pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy};
+pub use cluster_transfer::{
+    SessionTransfer, TransferError, TransferredDelivery, TransferredInflight,
+};
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};
 pub use hooks::{

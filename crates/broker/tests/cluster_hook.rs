@@ -20,6 +20,7 @@ enum Call {
     Plan(String),
     Forward(String, ClusterPlan),
     Retained(String, Option<Bytes>),
+    Released(String),
 }
 
 /// Records every call; plans per topic prefix what the test set.
@@ -79,6 +80,11 @@ impl ClusterHook for FakeCluster {
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
         let call = Call::Retained(topic.to_owned(), message.map(|m| m.payload.clone()));
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn claimed_session_released(&self, client_id: &str) {
+        let call = Call::Released(client_id.to_owned());
         self.calls.lock().unwrap().push(call);
     }
 }
@@ -167,7 +173,10 @@ fn shared_groups_are_routes_of_their_own_issue_16() {
     drop(b); // a clean session ends with its connection
     let mut routes = cluster.routes();
     routes.sort_by_key(|call| format!("{call:?}"));
-    assert_eq!(routes, vec![removed("s/#", None), removed("s/#", Some("g"))]);
+    assert_eq!(
+        routes,
+        vec![removed("s/#", None), removed("s/#", Some("g"))]
+    );
 }
 
 /// Issue 16: a session's end removes its routes: at its expiry [MQTT-3.1.2-23] and at a clean
@@ -209,7 +218,11 @@ fn a_late_hook_is_told_the_existing_routes_issue_16() {
     routes.sort_by_key(|call| format!("{call:?}"));
     assert_eq!(
         routes,
-        vec![added("#", None), added("x/+", Some("w")), added("x/y", None)]
+        vec![
+            added("#", None),
+            added("x/+", Some("w")),
+            added("x/y", None)
+        ]
     );
     assert!(!net.broker.set_cluster(Arc::new(FakeCluster::default())));
 }
@@ -273,8 +286,10 @@ fn plan_and_forward_for_local_messages_only_issue_16() {
     );
     assert_eq!(reached, 1);
     assert_eq!(&local.publish_received().payload[..], b"2");
-    net.broker
-        .publish_system(remote_message("$SYS/broker/x", QoS::AtMostOnce, b"3"), net.now());
+    net.broker.publish_system(
+        remote_message("$SYS/broker/x", QoS::AtMostOnce, b"3"),
+        net.now(),
+    );
     assert_eq!(cluster.take(), vec![], "neither is planned");
 }
 
@@ -361,7 +376,8 @@ fn cluster_retained_messages_are_kept_and_not_reannounced_issue_16() {
     let cluster = clustered(&net);
     let mut message = remote_message("ret/a", QoS::AtLeastOnce, b"kept");
     message.retain = true;
-    net.broker.apply_cluster_retained("ret/a", Some(message.clone()));
+    net.broker
+        .apply_cluster_retained("ret/a", Some(message.clone()));
     net.broker
         .publish_from_cluster(message.clone(), true, &[], net.now());
     assert_eq!(net.broker.retained_count(), 1);
@@ -416,13 +432,16 @@ fn with_delayed_will(id: &str, delay: u32) -> Connect {
 #[test]
 fn take_over_closes_with_0x8e_and_publishes_the_will_per_its_delay_mqtt_3_1_4_3() {
     let net = Net::new();
-    let _cluster = clustered(&net);
+    let cluster = clustered(&net);
     let mut watcher = net.connected(V5, "watcher");
     watcher.subscribe("wills/#", QoS::AtMostOnce);
     let mut client = net.accepted(with_delayed_will("claimed", 5));
     client.subscribe("mine", QoS::AtLeastOnce);
+    cluster.take();
     assert!(net.broker.take_over("claimed"));
+    assert_eq!(cluster.take(), vec![], "not before the connection lets go");
     assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    assert_eq!(cluster.take(), vec![Call::Released("claimed".into())]);
     let session = net.session("claimed").expect("kept for a hand-over");
     assert!(!session.is_online());
     assert!(!net.broker.take_over("claimed"), "no connection left here");
@@ -495,4 +514,46 @@ fn without_a_hook_nothing_changes_issue_16() {
     publisher.publish("solo/1", QoS::AtMostOnce, b"s");
     assert_eq!(&sub.publish_received().payload[..], b"s");
     let _: &Broker = &net.broker;
+}
+
+/// Issue 16: a session handed over takes its routes along: the old node reports them gone,
+/// the new one reports them won.
+#[test]
+fn a_hand_over_moves_the_routes_issue_16() {
+    let a = Net::new();
+    let b = Net::new();
+    let (cluster_a, cluster_b) = (clustered(&a), clustered(&b));
+    let mut client = a.accepted(persistent(V5, "mover"));
+    client.subscribe("mv/#", QoS::AtLeastOnce);
+    client.subscribe("$share/g/mv/+", QoS::AtLeastOnce);
+    drop(client);
+    assert_eq!(cluster_a.routes().len(), 2);
+    let transfer = a.broker.export_session("mover", a.now()).unwrap();
+    let mut gone = cluster_a.routes();
+    gone.sort_by_key(|call| format!("{call:?}"));
+    assert_eq!(
+        gone,
+        vec![removed("mv/#", None), removed("mv/+", Some("g"))]
+    );
+    b.broker.import_session(transfer, b.now()).unwrap();
+    let mut won = cluster_b.routes();
+    won.sort_by_key(|call| format!("{call:?}"));
+    assert_eq!(won, vec![added("mv/#", None), added("mv/+", Some("g"))]);
+}
+
+/// Issue 16 / [MQTT-3.1.3-9]: a client claimed elsewhere that starts clean there ends its
+/// session here (`delete_session`), and a will still waiting for its delay goes out then.
+#[test]
+fn a_clean_start_elsewhere_ends_the_session_and_sends_the_will_mqtt_3_1_3_9() {
+    let net = Net::new();
+    let _cluster = clustered(&net);
+    let mut watcher = net.connected(V5, "watcher");
+    watcher.subscribe("wills/#", QoS::AtMostOnce);
+    let mut client = net.accepted(with_delayed_will("restarted", 60));
+    assert!(net.broker.take_over("restarted"));
+    assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    watcher.nothing();
+    assert!(net.broker.delete_session("restarted", net.now()));
+    assert_eq!(&watcher.publish_received().payload[..], b"gone");
+    assert!(net.session("restarted").is_none());
 }

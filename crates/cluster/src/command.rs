@@ -58,7 +58,8 @@ pub enum Command {
         mqtt_addrs: Vec<String>,
     },
     /// A node left the cluster for good: its routes and shared-group memberships go; the
-    /// sessions it owned stay registered without a live owner until claimed elsewhere.
+    /// sessions it owned stay registered without a live owner (same epoch) until claimed
+    /// elsewhere. `UnknownNode` if it is not registered.
     RemoveNode { node: NodeId },
     /// `node` takes `client_id` over (a CONNECT there). Always succeeds for a registered node:
     /// the claim's epoch is the previous one plus one (for a client id not registered: one
@@ -81,7 +82,8 @@ pub enum Command {
     /// expiry): the claim and its durable subscriptions go, if `epoch` is still the current
     /// one (otherwise refused as stale).
     Release { client_id: String, epoch: u64 },
-    /// A persistent session's subscription was added or replaced (fenced by `epoch`).
+    /// A persistent session's subscription was added or replaced (fenced by `epoch`). For a
+    /// non-persistent session: `Done`, nothing stored.
     Subscribe {
         client_id: String,
         epoch: u64,
@@ -94,11 +96,13 @@ pub enum Command {
         epoch: u64,
         filter: String,
     },
-    /// `node` has a local subscriber for `filter` (its first one). Idempotent.
+    /// `node` has a local subscriber for `filter` (its first one). Idempotent; `UnknownNode`
+    /// if `node` is not registered.
     AddRoute { filter: String, node: NodeId },
     /// `node` has no local subscriber for `filter` anymore (its last one went). Idempotent.
     RemoveRoute { filter: String, node: NodeId },
-    /// `node` has a member of the shared subscription `$share/{group}/{filter}`. Idempotent.
+    /// `node` has a member of the shared subscription `$share/{group}/{filter}`. Idempotent;
+    /// `UnknownNode` if `node` is not registered.
     AddShared {
         group: String,
         filter: String,
@@ -112,7 +116,7 @@ pub enum Command {
     },
     /// `node`'s complete set of routes and shared-group memberships, replacing what the
     /// registry held for it (sent when a node starts or rejoins, so a crash between a local
-    /// change and its proposal leaves nothing stale).
+    /// change and its proposal leaves nothing stale). `UnknownNode` if it is not registered.
     SyncRoutes {
         node: NodeId,
         filters: Vec<String>,

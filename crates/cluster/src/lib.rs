@@ -39,4 +39,4 @@ pub mod rpc;
 pub mod serve;
 pub mod wire;
 
-pub use node::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
+pub use node::{ClusterNode, ClusterStatus, HandOverHandler, NodeConfig, NodeError, Timing};

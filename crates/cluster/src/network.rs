@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -12,9 +13,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
-use crate::peer::{lock, AddrMap, FrameHandler, Peer, PeerError};
+use crate::peer::{AddrMap, FrameHandler, Peer, PeerError, lock};
 use crate::rpc::{RpcRequest, RpcResponse};
 use crate::types::{NodeId, TypeConfig};
 
@@ -130,7 +130,9 @@ impl Client {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    fn unexpected<E: std::error::Error>(
+        &self,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         let error = PeerError::Protocol {
             node: self.target,
             error: "answer of another kind".into(),
@@ -138,6 +140,8 @@ impl Client {
         RPCError::Network(NetworkError::new(&error))
     }
 
+    // openraft's own error type, as its trait wants it returned.
+    #[allow(clippy::result_large_err)]
     fn remote<T, E: std::error::Error>(
         &self,
         answer: Result<T, RaftError<NodeId, E>>,
@@ -189,11 +193,7 @@ impl RaftNetwork<TypeConfig> for Client {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         match self
-            .exchange(
-                RpcRequest::Vote(rpc),
-                &option,
-                openraft::RPCTypes::Vote,
-            )
+            .exchange(RpcRequest::Vote(rpc), &option, openraft::RPCTypes::Vote)
             .await?
         {
             RpcResponse::Vote(answer) => self.remote(answer),

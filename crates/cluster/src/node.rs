@@ -91,6 +91,17 @@ pub trait DataHandler: Send + Sync + 'static {
     fn answer(&self, from: NodeId, frame: Frame);
 }
 
+/// The answer of a hand-over: the session, encoded (none: no session there).
+pub type HandOverFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, Refusal>> + Send>>;
+
+/// Where the server hands a session over to the node that claimed its client id.
+pub trait HandOverHandler: Send + Sync + 'static {
+    /// `client_id` was claimed by another node with `epoch` (applied here): close its
+    /// connection and return the session, encoded (none: no session here).
+    fn hand_over(&self, client_id: String, epoch: u64) -> HandOverFuture;
+}
+
 /// A node's view of the cluster, for `tern ctl cluster status`, metrics and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterStatus {
@@ -130,6 +141,7 @@ struct Inner {
     state: crate::StateHandle,
     proposals: mpsc::Sender<Proposal>,
     data: Arc<OnceLock<Arc<dyn DataHandler>>>,
+    hand_over: OnceLock<Arc<dyn HandOverHandler>>,
     stop: watch::Sender<bool>,
 }
 
@@ -209,6 +221,7 @@ impl ClusterNode {
                 state,
                 proposals,
                 data,
+                hand_over: OnceLock::new(),
                 stop,
             }),
         };
@@ -231,6 +244,40 @@ impl ClusterNode {
     /// Sets where data frames go (once).
     pub fn set_data_handler(&self, handler: Arc<dyn DataHandler>) {
         let _ = self.inner.data.set(handler);
+    }
+
+    /// Sets who hands sessions over (once).
+    pub fn set_hand_over_handler(&self, handler: Arc<dyn HandOverHandler>) {
+        let _ = self.inner.hand_over.set(handler);
+    }
+
+    /// Asks `node`, the previous owner of `client_id`, to close its connection and hand its
+    /// session over, now that this node claimed it with `epoch`.
+    pub async fn request_hand_over(
+        &self,
+        node: NodeId,
+        client_id: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some(addr) = self.node_addr(node) else {
+            return Err(Refusal::Unavailable(format!("node {node} unknown")));
+        };
+        let request = RpcRequest::HandOver {
+            client_id: client_id.to_owned(),
+            epoch,
+        };
+        match self
+            .inner
+            .peers
+            .get(node, &addr)
+            .call(&request, timeout)
+            .await
+            .map_err(|error| Refusal::Unavailable(error.to_string()))?
+        {
+            RpcResponse::HandedOver(result) => result,
+            _ => Err(Refusal::Unavailable("unexpected answer".into())),
+        }
     }
 
     /// The replicated state as this node applied it.
@@ -290,7 +337,9 @@ impl ClusterNode {
         if let Some(member) = metrics.membership_config.membership().get_node(&node) {
             return Some(member.addr.clone());
         }
-        self.state().node(node).map(|info| info.cluster_addr.clone())
+        self.state()
+            .node(node)
+            .map(|info| info.cluster_addr.clone())
     }
 
     /// The node's view of the cluster.
@@ -445,7 +494,11 @@ impl ClusterNode {
 
     /// Takes proposals from the queue and commits them in batches: whatever waits while one
     /// batch is in flight goes in the next.
-    async fn propose_loop(self, mut queue: mpsc::Receiver<Proposal>, mut stop: watch::Receiver<bool>) {
+    async fn propose_loop(
+        self,
+        mut queue: mpsc::Receiver<Proposal>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             let first = tokio::select! {
                 first = queue.recv() => first,
@@ -561,7 +614,12 @@ impl ClusterNode {
             // Alone: a cluster of one, which others join later.
             return self.initialize(BTreeMap::new()).await;
         }
-        let timeout = self.inner.config.timing.probe_interval.max(Duration::from_millis(500));
+        let timeout = self
+            .inner
+            .config
+            .timing
+            .probe_interval
+            .max(Duration::from_millis(500));
         let mut answers = Vec::new();
         for seed in &seeds {
             let link = self.inner.peers.probe_link(seed);
@@ -589,7 +647,9 @@ impl ClusterNode {
             )));
         }
         if answers.iter().any(|(_, answer)| answer.node < self.id()) {
-            return Err(Refusal::Unavailable("waiting for the lowest node id to form the cluster".into()));
+            return Err(Refusal::Unavailable(
+                "waiting for the lowest node id to form the cluster".into(),
+            ));
         }
         let members = answers
             .into_iter()
@@ -674,7 +734,9 @@ impl ClusterNode {
     async fn answer(&self, from: NodeId, request: RpcRequest) -> RpcResponse {
         let raft = &self.inner.raft;
         match request {
-            RpcRequest::AppendEntries(rpc) => RpcResponse::AppendEntries(raft.append_entries(rpc).await),
+            RpcRequest::AppendEntries(rpc) => {
+                RpcResponse::AppendEntries(raft.append_entries(rpc).await)
+            }
             RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
             RpcRequest::InstallSnapshot(rpc) => {
                 RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
@@ -683,9 +745,11 @@ impl ClusterNode {
                 let result = match raft.client_write(request).await {
                     Ok(written) => Ok(written.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                        Err(Refusal::NotLeader(forward.leader_id.zip(
-                            forward.leader_node.map(|node| node.addr),
-                        )))
+                        Err(Refusal::NotLeader(
+                            forward
+                                .leader_id
+                                .zip(forward.leader_node.map(|node| node.addr)),
+                        ))
                     }
                     Err(error) => Err(Refusal::Unavailable(error.to_string())),
                 };
@@ -702,6 +766,46 @@ impl ClusterNode {
                 mqtt_addrs,
             } => RpcResponse::Joined(self.admit(from, node, cluster_addr, mqtt_addrs).await),
             RpcRequest::Leave { node } => RpcResponse::Left(self.dismiss(node).await),
+            RpcRequest::HandOver { client_id, epoch } => {
+                RpcResponse::HandedOver(self.hand_over(from, client_id, epoch).await)
+            }
+        }
+    }
+
+    /// The previous owner's side of a take-over: once this node has applied the claim (it
+    /// may lag the claimer a little), the server closes the connection and exports the
+    /// session. A claim this node cannot see applied in time is refused (the claimer asks
+    /// again or goes on without the session).
+    async fn hand_over(
+        &self,
+        from: NodeId,
+        client_id: String,
+        epoch: u64,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.timing.proposal_timeout;
+        loop {
+            let current = self.state().owner(&client_id);
+            match current {
+                Some((owner, current_epoch)) if current_epoch >= epoch => {
+                    if owner != Some(from) || current_epoch != epoch {
+                        return Err(Refusal::Refused(
+                            "stale: the client id was claimed again since".into(),
+                        ));
+                    }
+                    break;
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Refusal::Unavailable(
+                    "the claim is not applied here yet".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match self.inner.hand_over.get() {
+            Some(handler) => handler.hand_over(client_id, epoch).await,
+            None => Ok(None),
         }
     }
 
@@ -724,7 +828,13 @@ impl ClusterNode {
         tracing::info!(node, %cluster_addr, "cluster: admitting a node");
         self.inner
             .raft
-            .add_learner(node, BasicNode { addr: cluster_addr.clone() }, true)
+            .add_learner(
+                node,
+                BasicNode {
+                    addr: cluster_addr.clone(),
+                },
+                true,
+            )
             .await
             .map_err(|error| Refusal::Unavailable(error.to_string()))?;
         self.propose(Command::RegisterNode {
@@ -797,7 +907,7 @@ impl ClusterNode {
 /// make either node's failure stop the cluster), 3 from three, 5 from five.
 pub fn voter_target(nodes: usize) -> usize {
     match nodes {
-        0..=2 => 1.min(nodes).max(1),
+        0..=2 => 1,
         3 | 4 => 3,
         _ => 5,
     }

@@ -106,7 +106,9 @@ impl Peer {
     /// Whether a connection is up now.
     pub fn is_connected(&self) -> bool {
         match self.conn.try_lock() {
-            Ok(conn) => conn.as_ref().is_some_and(|c| c.alive.load(Ordering::Acquire)),
+            Ok(conn) => conn
+                .as_ref()
+                .is_some_and(|c| c.alive.load(Ordering::Acquire)),
             Err(_) => true,
         }
     }
@@ -184,8 +186,13 @@ impl Peer {
     /// The live connection's queue, dialling if there is none.
     async fn connection(
         &self,
-    ) -> Result<(mpsc::Sender<Frame>, Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>), PeerError>
-    {
+    ) -> Result<
+        (
+            mpsc::Sender<Frame>,
+            Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>,
+        ),
+        PeerError,
+    > {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref()
             && conn.alive.load(Ordering::Acquire)

@@ -28,7 +28,15 @@ pub enum RpcRequest {
         mqtt_addrs: Vec<String>,
     },
     /// Remove a node from the cluster (it leaves): handled by the leader.
-    Leave { node: NodeId },
+    Leave {
+        node: NodeId,
+    },
+    /// The sender claimed `client_id` with `epoch` (committed): the receiver, its previous
+    /// owner, closes the client's connection and hands the session over.
+    HandOver {
+        client_id: String,
+        epoch: u64,
+    },
 }
 
 /// What a node answers.
@@ -36,11 +44,15 @@ pub enum RpcRequest {
 pub enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
     Proposed(Result<Response, Refusal>),
     Probe(ProbeAnswer),
     Joined(Result<(), Refusal>),
     Left(Result<(), Refusal>),
+    /// The session, encoded by the server (none: the client had no session there).
+    HandedOver(Result<Option<Vec<u8>>, Refusal>),
 }
 
 /// What a probed node says of itself.

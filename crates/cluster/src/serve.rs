@@ -30,7 +30,11 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts links until `stop` turns true.
-pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -119,7 +123,9 @@ async fn link(
                 });
             }
             Kind::Data | Kind::DataAck => handler.data(from, frame, &tx),
-            Kind::Hello | Kind::Response => break Err(wire::WireError::Malformed("unexpected frame")),
+            Kind::Hello | Kind::Response => {
+                break Err(wire::WireError::Malformed("unexpected frame"));
+            }
         }
     };
     // The writer ends once the answers still being worked out are sent (they hold `tx`).

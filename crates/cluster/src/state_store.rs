@@ -16,7 +16,7 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fjall::{Database, Keyspace, PersistMode};
 use openraft::storage::RaftStateMachine;
@@ -94,12 +94,39 @@ struct SnapshotDataRef<'a> {
 struct SnapshotSpace {
     db: Database,
     space: Keyspace,
+    /// Held from reading the stored snapshot's position to writing a new one: openraft builds
+    /// snapshots in a task of their own, which may end after a newer snapshot was installed.
+    saving: Arc<Mutex<()>>,
 }
 
 impl SnapshotSpace {
-    /// Replaces the current snapshot, fsynced.
+    fn new(db: Database, space: Keyspace) -> SnapshotSpace {
+        SnapshotSpace {
+            db,
+            space,
+            saving: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Replaces the current snapshot, fsynced, unless the stored one is further in the log
+    /// (a build that finished after an install of a newer snapshot): the current snapshot
+    /// never goes back, since the log before it may be purged already.
     fn save(&self, meta: &Meta, data: &[u8]) -> Result<()> {
         let signature = Some(meta.signature());
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let stored = self
+            .space
+            .get(SNAPSHOT_META_KEY)
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        if let Some(stored) = stored {
+            // An unreadable stored meta is replaced: the new snapshot is whole.
+            if let Ok(stored) = serde_json::from_slice::<Meta>(&stored)
+                && stored.last_log_id > meta.last_log_id
+            {
+                tracing::info!(built = ?meta.last_log_id, stored = ?stored.last_log_id, "cluster snapshot not stored: a newer one is");
+                return Ok(());
+            }
+        }
         let meta_bytes = serde_json::to_vec(meta)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
@@ -171,7 +198,7 @@ impl StateStore {
         space: Keyspace,
         events: UnboundedSender<Applied>,
     ) -> std::result::Result<StateStore, ClusterError> {
-        let snapshots = SnapshotSpace { db, space };
+        let snapshots = SnapshotSpace::new(db, space);
         let corrupt = |reason: String| ClusterError::Corrupt {
             path: path.clone(),
             what: "snapshot",
@@ -219,24 +246,27 @@ impl StateStore {
     }
 }
 
-/// Builds a snapshot from a serialization of the state taken when openraft asked for the
-/// builder (so later applies do not change it).
+/// Builds a snapshot from a copy of the state taken when openraft asked for the builder (so
+/// later applies do not change it). Serializing and writing happen on the blocking pool: the
+/// state machine's task only pays for the copy (measured in `docs/architecture.md`).
 pub struct SnapshotBuilder {
     meta: Meta,
-    data: std::result::Result<Vec<u8>, String>,
+    state: Arc<ClusterState>,
     snapshots: SnapshotSpace,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let signature = Some(self.meta.signature());
-        let data = self
-            .data
-            .clone()
-            .map_err(|e| StorageIOError::write_snapshot(signature, AnyError::error(e)))?;
         let snapshots = self.snapshots.clone();
         let meta = self.meta.clone();
+        let state = Arc::clone(&self.state);
         let data = blocking(StorageIOError::write_state_machine, move || {
+            let data = serde_json::to_vec(&SnapshotDataRef {
+                last_applied: &meta.last_log_id,
+                last_membership: &meta.last_membership,
+                state: &state,
+            })
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             // Durable before openraft learns of it: it purges the log the snapshot covers.
             snapshots.save(&meta, &data)?;
             Ok(data)
@@ -293,17 +323,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Serialized now, under the read lock, so the snapshot is exactly this state; the
-        // write to disk happens in the builder, off the state machine's task.
-        let data = {
-            let state = self.state.read();
-            serde_json::to_vec(&SnapshotDataRef {
-                last_applied: &self.last_applied,
-                last_membership: &self.membership,
-                state: &state,
-            })
-            .map_err(|e| e.to_string())
-        };
+        let state = Arc::new(self.state.read().clone());
         let snapshot_id = match &self.last_applied {
             Some(log_id) => log_id.to_string(),
             None => "none".to_owned(),
@@ -314,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 last_membership: self.membership.clone(),
                 snapshot_id,
             },
-            data,
+            state,
             snapshots: self.snapshots.clone(),
         }
     }

@@ -128,7 +128,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
     // Grown as the bytes arrive, not allocated from the announced length: a peer that
     // announces a large frame must send it to make this node hold it.
     let mut body = Vec::with_capacity(len.min(64 << 10));
-    let read = (&mut *reader).take(len as u64).read_to_end(&mut body).await?;
+    let read = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
     if read < len {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
     }

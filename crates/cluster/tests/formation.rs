@@ -38,7 +38,12 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-async fn start(id: u64, addr: SocketAddr, seeds: &[SocketAddr], dir: &std::path::Path) -> ClusterNode {
+async fn start(
+    id: u64,
+    addr: SocketAddr,
+    seeds: &[SocketAddr],
+    dir: &std::path::Path,
+) -> ClusterNode {
     let (node, _events) = ClusterNode::start(NodeConfig {
         node_id: id,
         bind: addr,
@@ -58,7 +63,10 @@ async fn start(id: u64, addr: SocketAddr, seeds: &[SocketAddr], dir: &std::path:
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -80,7 +88,10 @@ async fn claim_eventually(node: &ClusterNode, client: &str) -> Outcome {
         match claim(node, client).await {
             Ok(outcome) => return outcome,
             Err(refusal) => {
-                assert!(tokio::time::Instant::now() < deadline, "no commit: {refusal}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no commit: {refusal}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -102,7 +113,9 @@ async fn three_seeds_form_a_cluster_a_fourth_joins_and_the_leader_can_go() {
         nodes.push(start(id, addrs[id as usize - 1], &others, &dir).await);
     }
     until("three voters", || {
-        nodes.iter().all(|node| node.status().voters == vec![1, 2, 3])
+        nodes
+            .iter()
+            .all(|node| node.status().voters == vec![1, 2, 3])
     })
     .await;
 
@@ -143,7 +156,11 @@ async fn three_seeds_form_a_cluster_a_fourth_joins_and_the_leader_can_go() {
         fourth.state().owner("client-a") == Some((Some(1), 2))
     })
     .await;
-    assert_eq!(fourth.status().voters, vec![1, 2, 3], "four nodes keep three voters");
+    assert_eq!(
+        fourth.status().voters,
+        vec![1, 2, 3],
+        "four nodes keep three voters"
+    );
     nodes.push(fourth);
 
     // The leader goes: the others elect another and commit on.

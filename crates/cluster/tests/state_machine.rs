@@ -97,18 +97,19 @@ fn command() -> impl Strategy<Value = Command> {
                 filters,
                 shared,
             }),
-        2 => (topic(), prop::collection::vec(any::<u8>(), 0..4), 0..=2u8).prop_map(
-            |(topic, payload, qos)| Command::Retain {
+        2 => (topic(), prop::collection::vec(any::<u8>(), 0..4), 0..=2u8, node()).prop_map(
+            |(topic, payload, qos, origin)| Command::Retain {
                 message: RetainedMessage {
                     topic,
                     payload,
                     qos,
                     properties: vec![],
                     expires_at_ms: None,
+                    origin,
                 },
             }
         ),
-        1 => topic().prop_map(|topic| Command::ClearRetained { topic }),
+        1 => (topic(), node()).prop_map(|(topic, origin)| Command::ClearRetained { topic, origin }),
     ]
 }
 
@@ -537,6 +538,7 @@ fn retained_last_writer_wins() {
             qos: 0,
             properties: vec![],
             expires_at_ms: None,
+            origin: 1,
         },
     };
     state.apply(&retain(b"1"));
@@ -546,6 +548,9 @@ fn retained_last_writer_wins() {
         Some(b"2".to_vec())
     );
     assert_eq!(state.retained_count(), 1);
-    state.apply(&Command::ClearRetained { topic: "t".into() });
+    state.apply(&Command::ClearRetained {
+        topic: "t".into(),
+        origin: 2,
+    });
     assert_eq!(state.retained_count(), 0);
 }

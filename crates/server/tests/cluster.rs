@@ -5,143 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Client;
+use common::cluster::{route_known, temp_dir, three_nodes, until};
 use rumqttc::QoS;
-use tern_server::cluster::{Cluster, ClusterConfig};
-use tern_server::{Durability, Server, ServerConfig};
-use tokio::sync::oneshot;
-
-/// How long the cluster may take to agree on something (a route, a retained message).
-const AGREE: Duration = Duration::from_secs(15);
-
-struct Node {
-    addr: SocketAddr,
-    cluster: Cluster,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Node {
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(8), self.task).await;
-    }
-}
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!(
-        "tern-cluster-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    Dir(dir)
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn start_node(id: u64, cluster_addrs: &[SocketAddr], dir: &Dir) -> Node {
-    let me = cluster_addrs[id as usize - 1];
-    let mut config = ServerConfig {
-        listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-        durability: Durability::Process,
-        data_dir: dir.0.join(format!("node{id}")),
-        ..ServerConfig::default()
-    };
-    config.cluster = Some(ClusterConfig {
-        node_id: id,
-        bind: me.to_string(),
-        advertise: None,
-        seeds: cluster_addrs
-            .iter()
-            .filter(|addr| **addr != me)
-            .map(ToString::to_string)
-            .collect(),
-        mqtt_addrs: Vec::new(),
-        heartbeat_ms: 50,
-        election_timeout_ms: 300,
-        proposal_timeout_ms: 3_000,
-        relay: None,
-    });
-    let server = Server::bind(config).await.expect("bind");
-    let addr = server.local_addrs()[0];
-    let cluster = server.cluster().expect("cluster part").clone();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        let _ = server.run(stopped, Duration::from_secs(4)).await;
-    });
-    Node {
-        addr,
-        cluster,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn three_nodes(dir: &Dir) -> Vec<Node> {
-    let cluster_addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start_node(id, &cluster_addrs, dir).await);
-    }
-    until("three registered nodes on every node", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
-    nodes
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + AGREE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until every node's route table has `filter` for `node`.
-async fn route_known(nodes: &[Node], filter: &str, node: u64) {
-    until(&format!("route {filter} of node {node} everywhere"), || {
-        nodes.iter().all(|n| {
-            n.cluster
-                .node()
-                .state()
-                .route(filter)
-                .is_some_and(|holders| holders.contains(&node))
-        })
-    })
-    .await;
-}
 
 /// Subscribe on A, publish on C: delivered at QoS 0 and 1, in order (issue 16).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +17,9 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_others() {
     let dir = temp_dir("route");
     let nodes = three_nodes(&dir).await;
     let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
-    subscriber.subscribe("sensors/+/temp", QoS::AtLeastOnce).await;
+    subscriber
+        .subscribe("sensors/+/temp", QoS::AtLeastOnce)
+        .await;
     route_known(&nodes, "sensors/+/temp", 1).await;
 
     let publisher = Client::simple(nodes[2].addr, "pub-c").await;
@@ -169,13 +39,24 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_others() {
     for _ in 0..20 {
         let message = subscriber.recv().await;
         assert_eq!(message.topic, "sensors/kitchen/temp");
-        let n: u32 = std::str::from_utf8(&message.payload).unwrap().parse().unwrap();
+        let n: u32 = std::str::from_utf8(&message.payload)
+            .unwrap()
+            .parse()
+            .unwrap();
         received.push(n);
     }
     let even: Vec<u32> = received.iter().copied().filter(|n| n % 2 == 0).collect();
     let odd: Vec<u32> = received.iter().copied().filter(|n| n % 2 == 1).collect();
-    assert_eq!(even, (0..20).step_by(2).collect::<Vec<u32>>(), "QoS 0 in order");
-    assert_eq!(odd, (1..20).step_by(2).collect::<Vec<u32>>(), "QoS 1 in order");
+    assert_eq!(
+        even,
+        (0..20).step_by(2).collect::<Vec<u32>>(),
+        "QoS 0 in order"
+    );
+    assert_eq!(
+        odd,
+        (1..20).step_by(2).collect::<Vec<u32>>(),
+        "QoS 1 in order"
+    );
     // A subscriber on the publisher's own node gets it as well, once.
     let mut local = Client::simple(nodes[2].addr, "sub-c").await;
     local.subscribe("sensors/#", QoS::AtMostOnce).await;
@@ -241,7 +122,10 @@ async fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
             _ => None,
         })
         .await;
-    assert!(nothing.is_err(), "no retained message after the clear: {nothing:?}");
+    assert!(
+        nothing.is_err(),
+        "no retained message after the clear: {nothing:?}"
+    );
     for node in nodes {
         node.shutdown().await;
     }
@@ -284,9 +168,11 @@ async fn a_shared_subscription_picks_among_members_on_all_nodes() {
             message = b.recv() => { got_b += 1; assert!(seen.insert(message.payload.to_vec()), "one member per message"); }
         }
     }
-    assert!(got_a > 0 && got_b > 0, "both members got some: {got_a} / {got_b}");
+    assert!(
+        got_a > 0 && got_b > 0,
+        "both members got some: {got_a} / {got_b}"
+    );
     for node in nodes {
         node.shutdown().await;
     }
 }
-

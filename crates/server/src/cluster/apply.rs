@@ -48,7 +48,13 @@ pub async fn run(
     }
 }
 
-fn apply_one(glue: &Glue, node: &ClusterNode, broker: &Broker, command: &Command, outcome: &Outcome) {
+fn apply_one(
+    glue: &Glue,
+    node: &ClusterNode,
+    broker: &Broker,
+    command: &Command,
+    outcome: &Outcome,
+) {
     let me = glue.node_id;
     let table = || {
         glue.table
@@ -91,10 +97,10 @@ fn apply_one(glue: &Glue, node: &ClusterNode, broker: &Broker, command: &Command
                 broker.apply_cluster_retained(&message.topic, Some(local));
             }
         }
-        (Command::ClearRetained { topic, origin }, Outcome::Done) if *origin != me => {
-            if node.state().retained_message(topic).is_none() {
-                broker.apply_cluster_retained(topic, None);
-            }
+        (Command::ClearRetained { topic, origin }, Outcome::Done)
+            if *origin != me && node.state().retained_message(topic).is_none() =>
+        {
+            broker.apply_cluster_retained(topic, None);
         }
         (
             Command::Claim {
@@ -106,12 +112,14 @@ fn apply_one(glue: &Glue, node: &ClusterNode, broker: &Broker, command: &Command
                 previous: Some((previous, _)),
                 ..
             },
-        ) if *previous == me && *claimer != me => {
-            // Another node took the client id: close its connection here (MQTT 5: DISCONNECT
-            // 0x8E Session taken over).
-            if broker.take_over(client_id) {
-                tracing::info!(client_id, node = claimer, "session taken over by another node");
-            }
+        ) if *previous == me && *claimer != me && broker.take_over(client_id) => {
+            // Another node took the client id: its connection here closes (MQTT 5:
+            // DISCONNECT 0x8E Session taken over).
+            tracing::info!(
+                client_id,
+                node = claimer,
+                "session taken over by another node"
+            );
         }
         _ => {}
     }

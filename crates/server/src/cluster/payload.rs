@@ -46,11 +46,7 @@ pub fn encode(
         Some(publisher) => put_str(&mut out, publisher.as_str())?,
         None => out.put_u16(NO_PUBLISHER),
     }
-    let mut properties = message
-        .properties
-        .as_deref()
-        .cloned()
-        .unwrap_or_default();
+    let mut properties = message.properties.as_deref().cloned().unwrap_or_default();
     properties.message_expiry_interval = message.remaining_expiry(now);
     let publish = Publish {
         dup: false,
@@ -131,11 +127,14 @@ mod tests {
     #[test]
     fn a_message_crosses_unchanged() {
         let now = Instant::now();
-        let mut properties = tern_codec::Properties::default();
-        properties.content_type = Some(MqttStr::try_from("text/plain").unwrap());
-        properties
-            .user_properties
-            .push((MqttStr::try_from("k").unwrap(), MqttStr::try_from("v").unwrap()));
+        let properties = tern_codec::Properties {
+            content_type: Some(MqttStr::try_from("text/plain").unwrap()),
+            user_properties: vec![(
+                MqttStr::try_from("k").unwrap(),
+                MqttStr::try_from("v").unwrap(),
+            )],
+            ..Default::default()
+        };
         let message = Message {
             topic: MqttStr::try_from("a/b").unwrap(),
             payload: Bytes::from_static(b"hello"),

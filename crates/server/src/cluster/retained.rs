@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use tern_broker::Message;
-use tern_cluster::command::RetainedMessage;
 use tern_cluster::NodeId;
+use tern_cluster::command::RetainedMessage;
 use tern_codec::{Packet, ProtocolVersion, Publish, QoS};
 
 /// The replicated form of a retained message set on this node.

@@ -67,7 +67,8 @@ impl RouteTable {
     pub fn add(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
         if self.entries.insert(key) {
-            self.index.insert(&full_filter(group, filter), NodeEntry(node));
+            self.index
+                .insert(&full_filter(group, filter), NodeEntry(node));
         }
     }
 
@@ -75,7 +76,8 @@ impl RouteTable {
     pub fn remove(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
         if self.entries.remove(&key) {
-            self.index.remove(&full_filter(group, filter), &NodeEntry(node));
+            self.index
+                .remove(&full_filter(group, filter), &NodeEntry(node));
         }
     }
 

@@ -1,0 +1,557 @@
+//! A session handed from one node of a cluster to another: taken out of this broker
+//! ([`Broker::export_session`]), carried as bytes ([`SessionTransfer::encode`] and
+//! [`SessionTransfer::decode`]), installed on the node its client reconnected to
+//! ([`Broker::import_session`]) as an offline, stored session that the next CONNECT resumes
+//! with session present, its in-flight messages sent again with DUP [MQTT-4.4.0-1].
+//!
+//! The format is the codec's: each message is an MQTT 5 PUBLISH packet; the rest are
+//! big-endian integers and length-prefixed MQTT strings behind a format byte. Decoding checks
+//! every length and tag and never panics.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use tern_codec::{
+    DecodeError, EncodeError, MqttStr, Packet, ProtocolVersion, Publish, QoS, RetainHandling,
+    SubscriptionOptions,
+};
+
+use crate::broker::Broker;
+use crate::message::{Delivery, Message, MessageRef, SubscriptionIds};
+use crate::session::{Inflight, QueuedDelivery, Session, SessionState};
+use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
+use crate::unstored::Durability;
+
+/// The first byte of an encoded transfer: its layout.
+const FORMAT: u8 = 1;
+
+/// A persistent session on its way to another node: what it remembers of its client.
+/// Its will is not carried: its client came back (on the other node) within the session, so
+/// a pending will is not sent [MQTT-3.1.3-9].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTransfer {
+    pub client_id: MqttStr,
+    pub expiry: SessionExpiry,
+    pub subscriptions: Vec<(MqttStr, SubscriptionRecord)>,
+    /// Messages waiting to be sent, in order.
+    pub queue: Vec<TransferredDelivery>,
+    /// Messages sent and not acknowledged (or QoS 2 awaiting PUBCOMP), in sending order.
+    pub inflight: Vec<TransferredInflight>,
+    /// Inbound QoS 2 packet identifiers whose PUBREL is awaited [MQTT-4.3.3-10].
+    pub inbound_qos2: Vec<u16>,
+}
+
+/// A message on its way to the session's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferredDelivery {
+    /// The message, with no expiry instant (see `expires_in`) and no store id.
+    pub message: Message,
+    /// What was left of its Message Expiry Interval when it was exported.
+    pub expires_in: Option<Duration>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: SubscriptionIds,
+    pub shared_filter: Option<MqttStr>,
+}
+
+/// An outbound message in flight, with its packet identifier and where its flow stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferredInflight {
+    pub packet_id: u16,
+    pub state: InflightState,
+    pub delivery: TransferredDelivery,
+}
+
+/// Why a transfer could not be encoded, decoded or imported.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransferError {
+    #[error("unknown session transfer format {0}")]
+    Format(u8),
+    #[error("truncated session transfer: {0}")]
+    Truncated(&'static str),
+    #[error("invalid session transfer: {0}")]
+    Invalid(&'static str),
+    #[error("session transfer: a message: {0}")]
+    Message(#[from] DecodeError),
+    #[error("session transfer: a message cannot be encoded: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("session transfer: {0} bytes after the end")]
+    Trailing(usize),
+    #[error("a session that ends with its connection is not transferred")]
+    NotPersistent,
+    #[error("the client is connected to this node")]
+    Connected,
+}
+
+impl TransferredDelivery {
+    fn from_delivery(delivery: &Delivery, now: Instant) -> TransferredDelivery {
+        let mut message = Message::clone(&delivery.message);
+        let expires_in = message
+            .expires_at
+            .take()
+            .map(|at| at.saturating_duration_since(now));
+        message.id = 0;
+        TransferredDelivery {
+            message,
+            expires_in,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+            shared_filter: delivery.shared_filter.clone(),
+        }
+    }
+
+    /// The delivery on this node: its expiry counted from `now`, its body under a new store
+    /// id (0 for QoS 0, which is never stored).
+    fn into_delivery(self, broker: &Broker, now: Instant) -> Delivery {
+        let mut message = self.message;
+        message.expires_at = self.expires_in.map(|left| now + left);
+        if message.qos != QoS::AtMostOnce {
+            message.id = broker.new_message_id();
+        }
+        Delivery {
+            message: MessageRef::Shared(Arc::new(message.compacted())),
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+            shared_filter: self.shared_filter,
+        }
+    }
+}
+
+impl SessionTransfer {
+    /// Takes the transfer out of a session's state (the session is ending).
+    fn from_state(client_id: &MqttStr, state: &SessionState, now: Instant) -> SessionTransfer {
+        let mut subscriptions: Vec<(MqttStr, SubscriptionRecord)> = state
+            .subscriptions
+            .iter()
+            .map(|(filter, record)| (filter.clone(), *record))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        SessionTransfer {
+            client_id: client_id.clone(),
+            expiry: state.expiry,
+            subscriptions,
+            queue: state
+                .queue
+                .iter()
+                .map(|queued| TransferredDelivery::from_delivery(&queued.delivery, now))
+                .collect(),
+            inflight: state
+                .inflight
+                .iter()
+                .map(|entry| TransferredInflight {
+                    packet_id: entry.packet_id,
+                    state: entry.state,
+                    delivery: TransferredDelivery::from_delivery(&entry.delivery, now),
+                })
+                .collect(),
+            inbound_qos2: state.inbound_qos2.clone(),
+        }
+    }
+
+    /// The transfer as bytes (see the module comment).
+    pub fn encode(&self) -> Result<Vec<u8>, TransferError> {
+        let mut w = BytesMut::with_capacity(256);
+        w.put_u8(FORMAT);
+        put_str(&mut w, &self.client_id);
+        match self.expiry {
+            SessionExpiry::AtDisconnect => w.put_u8(0),
+            SessionExpiry::After(after) => {
+                w.put_u8(1);
+                put_duration(&mut w, after);
+            }
+            SessionExpiry::Never => w.put_u8(2),
+        }
+        put_len(&mut w, self.subscriptions.len());
+        for (filter, record) in &self.subscriptions {
+            put_str(&mut w, filter);
+            let options = record.options;
+            w.put_u8(
+                options.qos.as_u8()
+                    | (u8::from(options.no_local) << 2)
+                    | (u8::from(options.retain_as_published) << 3)
+                    | ((options.retain_handling as u8) << 4),
+            );
+            put_option_u32(&mut w, record.identifier);
+        }
+        put_len(&mut w, self.queue.len());
+        for delivery in &self.queue {
+            put_delivery(&mut w, delivery)?;
+        }
+        put_len(&mut w, self.inflight.len());
+        for entry in &self.inflight {
+            w.put_u16(entry.packet_id);
+            w.put_u8(match entry.state {
+                InflightState::AwaitingPubAck => 0,
+                InflightState::AwaitingPubRec => 1,
+                InflightState::AwaitingPubComp => 2,
+            });
+            put_delivery(&mut w, &entry.delivery)?;
+        }
+        put_len(&mut w, self.inbound_qos2.len());
+        for &packet_id in &self.inbound_qos2 {
+            w.put_u16(packet_id);
+        }
+        Ok(w.to_vec())
+    }
+
+    /// Reads a transfer [`SessionTransfer::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<SessionTransfer, TransferError> {
+        let mut r = Reader(bytes);
+        let format = r.u8("format")?;
+        if format != FORMAT {
+            return Err(TransferError::Format(format));
+        }
+        let client_id = r.string("client id")?;
+        let expiry = match r.u8("session expiry")? {
+            0 => SessionExpiry::AtDisconnect,
+            1 => SessionExpiry::After(r.duration()?),
+            2 => SessionExpiry::Never,
+            _ => return Err(TransferError::Invalid("session expiry kind")),
+        };
+        // Each count is checked against the bytes left (an entry takes at least one) before
+        // anything is allocated for it.
+        let count = r.count(3)?;
+        let mut subscriptions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let filter = r.string("filter")?;
+            let byte = r.u8("subscription options")?;
+            let qos = QoS::from_u8(byte & 0b11).ok_or(TransferError::Invalid("granted QoS"))?;
+            let retain_handling = match (byte >> 4) & 0b11 {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendAtSubscribeIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => return Err(TransferError::Invalid("retain handling")),
+            };
+            if byte & 0b1100_0000 != 0 {
+                return Err(TransferError::Invalid("subscription options"));
+            }
+            let identifier = r.option_u32("subscription identifier")?;
+            let options = SubscriptionOptions {
+                qos,
+                no_local: byte & 0b0100 != 0,
+                retain_as_published: byte & 0b1000 != 0,
+                retain_handling,
+            };
+            subscriptions.push((
+                filter,
+                SubscriptionRecord {
+                    options,
+                    identifier,
+                },
+            ));
+        }
+        let count = r.count(8)?;
+        let mut queue = Vec::with_capacity(count);
+        for _ in 0..count {
+            queue.push(r.delivery()?);
+        }
+        let count = r.count(11)?;
+        let mut inflight = Vec::with_capacity(count);
+        for _ in 0..count {
+            let packet_id = r.u16("packet identifier")?;
+            let state = match r.u8("in-flight state")? {
+                0 => InflightState::AwaitingPubAck,
+                1 => InflightState::AwaitingPubRec,
+                2 => InflightState::AwaitingPubComp,
+                _ => return Err(TransferError::Invalid("in-flight state")),
+            };
+            if packet_id == 0 {
+                return Err(TransferError::Invalid("packet identifier 0"));
+            }
+            let delivery = r.delivery()?;
+            inflight.push(TransferredInflight {
+                packet_id,
+                state,
+                delivery,
+            });
+        }
+        let count = r.count(2)?;
+        let mut inbound_qos2 = Vec::with_capacity(count);
+        for _ in 0..count {
+            inbound_qos2.push(r.u16("inbound packet identifier")?);
+        }
+        if !r.0.is_empty() {
+            return Err(TransferError::Trailing(r.0.len()));
+        }
+        Ok(SessionTransfer {
+            client_id,
+            expiry,
+            subscriptions,
+            queue,
+            inflight,
+            inbound_qos2,
+        })
+    }
+}
+
+fn put_len(w: &mut BytesMut, len: usize) {
+    // Counts of one session: far below 4 G (a queue and a window are bounded).
+    w.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+}
+
+fn put_str(w: &mut BytesMut, value: &MqttStr) {
+    // An MqttStr is at most 65 535 bytes long.
+    w.put_u16(u16::try_from(value.len()).unwrap_or(u16::MAX));
+    w.put_slice(value.as_bytes());
+}
+
+fn put_option_str(w: &mut BytesMut, value: Option<&MqttStr>) {
+    match value {
+        None => w.put_u8(0),
+        Some(value) => {
+            w.put_u8(1);
+            put_str(w, value);
+        }
+    }
+}
+
+fn put_option_u32(w: &mut BytesMut, value: Option<u32>) {
+    match value {
+        None => w.put_u8(0),
+        Some(value) => {
+            w.put_u8(1);
+            w.put_u32(value);
+        }
+    }
+}
+
+fn put_duration(w: &mut BytesMut, value: Duration) {
+    w.put_u64(value.as_secs());
+    w.put_u32(value.subsec_nanos());
+}
+
+/// A delivery: its own fields, then the message as an MQTT 5 PUBLISH.
+fn put_delivery(w: &mut BytesMut, delivery: &TransferredDelivery) -> Result<(), TransferError> {
+    w.put_u8(delivery.qos.as_u8() | (u8::from(delivery.retain) << 2));
+    let ids = delivery.subscription_ids.as_slice();
+    put_len(w, ids.len());
+    for &id in ids {
+        w.put_u32(id);
+    }
+    put_option_str(w, delivery.shared_filter.as_ref());
+    put_option_str(w, delivery.message.publisher.as_ref());
+    match delivery.expires_in {
+        None => w.put_u8(0),
+        Some(left) => {
+            w.put_u8(1);
+            put_duration(w, left);
+        }
+    }
+    let message = &delivery.message;
+    let publish = Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        // Any non-zero identifier: the packet is only a container here.
+        packet_id: u16::from(message.qos != QoS::AtMostOnce),
+        properties: message.properties.as_deref().cloned().unwrap_or_default(),
+        payload: message.payload.clone(),
+    };
+    let packet = Packet::Publish(publish);
+    let len = packet.encoded_len(ProtocolVersion::V5)?;
+    put_len(w, len);
+    packet.encode(ProtocolVersion::V5, w)?;
+    Ok(())
+}
+
+/// Reads the fields [`SessionTransfer::encode`] wrote, checking each length.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], TransferError> {
+        if self.0.len() < len {
+            return Err(TransferError::Truncated(what));
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], TransferError> {
+        self.take(N, what)?
+            .try_into()
+            .map_err(|_| TransferError::Truncated(what))
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, TransferError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, TransferError> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, TransferError> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    /// A count of entries of at least `min_size` bytes each, checked against what is left.
+    fn count(&mut self, min_size: usize) -> Result<usize, TransferError> {
+        let count = usize::try_from(self.u32("count")?).unwrap_or(usize::MAX);
+        if count > self.0.len() / min_size {
+            return Err(TransferError::Truncated("more entries than bytes"));
+        }
+        Ok(count)
+    }
+
+    fn flag(&mut self, what: &'static str) -> Result<bool, TransferError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(TransferError::Invalid(what)),
+        }
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<MqttStr, TransferError> {
+        let len = usize::from(self.u16(what)?);
+        let bytes = bytes::Bytes::copy_from_slice(self.take(len, what)?);
+        MqttStr::from_bytes(bytes).map_err(|_| TransferError::Invalid(what))
+    }
+
+    fn option_string(&mut self, what: &'static str) -> Result<Option<MqttStr>, TransferError> {
+        Ok(match self.flag(what)? {
+            false => None,
+            true => Some(self.string(what)?),
+        })
+    }
+
+    fn option_u32(&mut self, what: &'static str) -> Result<Option<u32>, TransferError> {
+        Ok(match self.flag(what)? {
+            false => None,
+            true => Some(self.u32(what)?),
+        })
+    }
+
+    fn duration(&mut self) -> Result<Duration, TransferError> {
+        let seconds = u64::from_be_bytes(self.array("duration")?);
+        let nanos = self.u32("duration")?;
+        if nanos >= 1_000_000_000 {
+            return Err(TransferError::Invalid("duration"));
+        }
+        Ok(Duration::new(seconds, nanos))
+    }
+
+    fn delivery(&mut self) -> Result<TransferredDelivery, TransferError> {
+        let flags = self.u8("delivery flags")?;
+        if flags & !0b111 != 0 {
+            return Err(TransferError::Invalid("delivery flags"));
+        }
+        let qos = QoS::from_u8(flags & 0b11).ok_or(TransferError::Invalid("delivery QoS"))?;
+        let retain = flags & 0b100 != 0;
+        let count = self.count(4)?;
+        let mut subscription_ids = SubscriptionIds::None;
+        for _ in 0..count {
+            subscription_ids.push(self.u32("subscription identifier")?);
+        }
+        let shared_filter = self.option_string("shared filter")?;
+        let publisher = self.option_string("publisher")?;
+        let expires_in = match self.flag("expiry flag")? {
+            false => None,
+            true => Some(self.duration()?),
+        };
+        let len = usize::try_from(self.u32("message length")?).unwrap_or(usize::MAX);
+        let mut packet = BytesMut::from(self.take(len, "message")?);
+        let publish = match Packet::decode(&mut packet, ProtocolVersion::V5, u32::MAX)? {
+            Some(Packet::Publish(publish)) if packet.is_empty() => publish,
+            _ => return Err(TransferError::Invalid("message")),
+        };
+        let properties = (!publish.properties.is_empty()).then(|| Arc::new(publish.properties));
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at: None,
+            publisher,
+            id: 0,
+        };
+        Ok(TransferredDelivery {
+            message,
+            expires_in,
+            qos,
+            retain,
+            subscription_ids,
+            shared_filter,
+        })
+    }
+}
+
+impl Broker {
+    /// Takes the offline session of `client_id` out of this broker for another node of a
+    /// cluster: its subscriptions (their routes reported gone), queued messages, messages in
+    /// flight with their packet identifiers and states, inbound QoS 2 identifiers and expiry.
+    /// The session ends here (the store forgets it) and its pending will is dropped, as for a
+    /// client that resumed its session [MQTT-3.1.3-9]. `None` when there is no such session
+    /// or a connection is still attached (after [`Broker::take_over`], once it has closed).
+    pub fn export_session(&self, client_id: &str, now: Instant) -> Option<SessionTransfer> {
+        let mut transfer = None;
+        let client = MqttStr::try_from(client_id).ok()?;
+        self.end_offline_session(client_id, |state| {
+            transfer = Some(SessionTransfer::from_state(&client, state, now));
+        });
+        transfer
+    }
+
+    /// Installs a session handed over by another node: offline, stored (so it survives a
+    /// restart), its subscriptions indexed (their routes reported), its expiry counted from
+    /// `now`. The next CONNECT of its client without clean start resumes it with session
+    /// present, and its messages in flight go out again, PUBLISH with DUP [MQTT-4.4.0-1].
+    /// An offline session of the same client id here is replaced (without its will). Returns
+    /// the store sequence number the hand-over's acknowledgement must wait for.
+    pub fn import_session(
+        &self,
+        transfer: SessionTransfer,
+        now: Instant,
+    ) -> Result<Seq, TransferError> {
+        if transfer.expiry == SessionExpiry::AtDisconnect {
+            return Err(TransferError::NotPersistent);
+        }
+        let mut ids = std::collections::HashSet::with_capacity(transfer.inflight.len());
+        if !transfer
+            .inflight
+            .iter()
+            .all(|entry| ids.insert(entry.packet_id))
+        {
+            return Err(TransferError::Invalid(
+                "a packet identifier in flight twice",
+            ));
+        }
+        let session = Arc::new(Session::new(transfer.client_id, transfer.expiry));
+        {
+            let mut state = session.lock();
+            state.subscriptions = transfer.subscriptions.into_iter().collect();
+            let mut queue = VecDeque::with_capacity(transfer.queue.len());
+            for delivery in transfer.queue {
+                queue.push_back(QueuedDelivery {
+                    position: state.next_position,
+                    delivery: delivery.into_delivery(self, now),
+                    durability: Durability::Volatile,
+                });
+                state.next_position += 1;
+            }
+            state.queue = queue;
+            for entry in transfer.inflight {
+                state.push_inflight(Inflight {
+                    packet_id: entry.packet_id,
+                    delivery: entry.delivery.into_delivery(self, now),
+                    state: entry.state,
+                    // Sent again when the client resumes [MQTT-4.4.0-1].
+                    pending: true,
+                    dup: true,
+                    send_after: Seq::NONE,
+                    durability: Durability::Volatile,
+                });
+            }
+            state.pending = state.inflight.len();
+            state.inbound_qos2 = transfer.inbound_qos2;
+        }
+        self.install_session(session, now)
+            .ok_or(TransferError::Connected)
+    }
+}

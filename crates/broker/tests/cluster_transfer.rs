@@ -1,0 +1,354 @@
+//! A session handed over between two nodes of a cluster (issue 16): taken out of one broker
+//! (`export_session`), carried as bytes, installed in another (`import_session`), where the
+//! client resumes it with session present and its in-flight messages re-sent with DUP
+//! [MQTT-4.4.0-1]. The encoding round-trips any transfer and refuses damaged bytes without
+//! panicking.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use proptest::prelude::*;
+use tern_broker::{
+    InflightState, Message, SessionExpiry, SessionTransfer, SubscriptionIds, SubscriptionRecord,
+    TransferError, TransferredDelivery, TransferredInflight,
+};
+use tern_codec::{MqttStr, Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+
+/// Issue 16 / [MQTT-4.4.0-1]: a client claimed on node B while connected to node A finds on
+/// B its session (session present), its subscriptions, its unacknowledged messages re-sent
+/// with DUP under their packet identifiers, then what was queued for it meanwhile; node A
+/// keeps nothing of it.
+#[test]
+fn a_session_handed_over_resumes_on_the_other_node_mqtt_4_4_0_1() {
+    let a = Net::new();
+    let b = Net::new();
+    let mut client = a.accepted(persistent(V5, "roamer"));
+    client.subscribe("h/#", QoS::ExactlyOnce);
+    let mut publisher = a.connected(V5, "pub-a");
+    publisher.publish("h/1", QoS::AtLeastOnce, b"one");
+    publisher.publish("h/2", QoS::ExactlyOnce, b"two");
+    let sent = client.publishes();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|publish| !publish.dup));
+
+    assert!(a.broker.take_over("roamer"));
+    assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    drop(client);
+    publisher.publish("h/3", QoS::AtLeastOnce, b"three"); // queued for the offline session
+
+    let transfer = a.broker.export_session("roamer", a.now()).expect("offline");
+    assert!(a.session("roamer").is_none(), "taken out of node A");
+    assert_eq!(a.broker.subscription_count(), 0);
+    assert_eq!(transfer.inflight.len(), 2);
+    assert_eq!(transfer.queue.len(), 1);
+    let bytes = transfer.encode().unwrap();
+    let transfer = SessionTransfer::decode(&bytes).unwrap();
+    b.broker.import_session(transfer, b.now()).unwrap();
+    assert_eq!(b.broker.subscription_count(), 1);
+
+    let (mut client, connack) = b.connect(persistent(V5, "roamer"));
+    assert!(connack.session_present, "[MQTT-3.2.2-3]");
+    let resent = client.publishes();
+    let seen: Vec<(u16, bool, &[u8])> = resent
+        .iter()
+        .map(|publish| (publish.packet_id, publish.dup, &publish.payload[..]))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (sent[0].packet_id, true, &b"one"[..]),
+            (sent[1].packet_id, true, &b"two"[..]),
+            (resent[2].packet_id, false, &b"three"[..]),
+        ]
+    );
+    assert_eq!(resent[1].qos, QoS::ExactlyOnce);
+    // The subscription came along: node B routes to it.
+    let mut local = b.connected(V5, "pub-b");
+    local.publish("h/4", QoS::AtMostOnce, b"four");
+    assert_eq!(&client.publish_received().payload[..], b"four");
+}
+
+/// Issue 16: a session is exported only once its connection here has closed, and a
+/// clean-session client (nothing outlives its connection) has nothing to hand over.
+#[test]
+fn only_offline_sessions_are_exported_issue_16() {
+    let net = Net::new();
+    let _online = net.accepted(persistent(V5, "still-here"));
+    assert!(net.broker.export_session("still-here", net.now()).is_none());
+    assert!(net.broker.export_session("nobody", net.now()).is_none());
+    assert!(net.session("still-here").is_some());
+}
+
+/// Issue 16: an import does not displace a client connected here, and a session that ends
+/// with its connection is never imported.
+#[test]
+fn an_import_never_displaces_a_connected_client_issue_16() {
+    let net = Net::new();
+    let _online = net.accepted(persistent(V5, "here"));
+    let transfer = SessionTransfer {
+        client_id: text("here"),
+        expiry: SessionExpiry::Never,
+        subscriptions: vec![],
+        queue: vec![],
+        inflight: vec![],
+        inbound_qos2: vec![],
+    };
+    assert_eq!(
+        net.broker.import_session(transfer.clone(), net.now()),
+        Err(TransferError::Connected)
+    );
+    let ending = SessionTransfer {
+        expiry: SessionExpiry::AtDisconnect,
+        client_id: text("other"),
+        ..transfer
+    };
+    assert_eq!(
+        net.broker.import_session(ending, net.now()),
+        Err(TransferError::NotPersistent)
+    );
+}
+
+/// Issue 16: an imported session expires after its interval, counted from the import.
+#[test]
+fn an_imported_session_expires_after_its_interval_issue_16() {
+    let net = Net::new();
+    let transfer = SessionTransfer {
+        client_id: text("short"),
+        expiry: SessionExpiry::After(Duration::from_secs(5)),
+        subscriptions: vec![(text("s/+"), record(QoS::AtLeastOnce, Some(3)))],
+        queue: vec![],
+        inflight: vec![],
+        inbound_qos2: vec![7],
+    };
+    net.broker.import_session(transfer, net.now()).unwrap();
+    net.advance(4_999);
+    assert!(net.session("short").is_some());
+    net.advance(1);
+    assert!(net.session("short").is_none());
+    assert_eq!(net.broker.subscription_count(), 0);
+}
+
+fn record(qos: QoS, identifier: Option<u32>) -> SubscriptionRecord {
+    SubscriptionRecord {
+        options: SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        },
+        identifier,
+    }
+}
+
+fn mqtt_str() -> impl Strategy<Value = MqttStr> {
+    "[a-z0-9/+#$]{0,12}".prop_map(|text| MqttStr::try_from(text).unwrap())
+}
+
+fn qos() -> impl Strategy<Value = QoS> {
+    (0u8..3).prop_map(|value| QoS::from_u8(value).unwrap())
+}
+
+fn subscription_record() -> impl Strategy<Value = SubscriptionRecord> {
+    (
+        qos(),
+        any::<bool>(),
+        any::<bool>(),
+        0u8..3,
+        any::<Option<u32>>(),
+    )
+        .prop_map(
+            |(qos, no_local, retain_as_published, handling, identifier)| SubscriptionRecord {
+                options: SubscriptionOptions {
+                    qos,
+                    no_local,
+                    retain_as_published,
+                    retain_handling: match handling {
+                        0 => RetainHandling::SendAtSubscribe,
+                        1 => RetainHandling::SendAtSubscribeIfNew,
+                        _ => RetainHandling::DoNotSend,
+                    },
+                },
+                identifier,
+            },
+        )
+}
+
+fn properties() -> impl Strategy<Value = Option<Arc<Properties>>> {
+    (
+        any::<Option<bool>>(),
+        proptest::option::of(mqtt_str()),
+        proptest::collection::vec((mqtt_str(), mqtt_str()), 0..3),
+    )
+        .prop_map(|(format, content_type, user_properties)| {
+            let properties = Properties {
+                payload_format_indicator: format,
+                content_type,
+                user_properties,
+                ..Properties::default()
+            };
+            (!properties.is_empty()).then(|| Arc::new(properties))
+        })
+}
+
+fn delivery() -> impl Strategy<Value = TransferredDelivery> {
+    let message = (
+        "[a-z0-9/]{1,12}",
+        proptest::collection::vec(any::<u8>(), 0..40),
+        qos(),
+        any::<bool>(),
+        properties(),
+        proptest::option::of(mqtt_str()),
+    )
+        .prop_map(
+            |(topic, payload, qos, retain, properties, publisher)| Message {
+                topic: MqttStr::try_from(topic).unwrap(),
+                payload: Bytes::from(payload),
+                qos,
+                retain,
+                properties,
+                expires_at: None,
+                publisher,
+                id: 0,
+            },
+        );
+    (
+        message,
+        proptest::option::of((any::<u32>(), 0u32..1_000_000_000)),
+        qos(),
+        any::<bool>(),
+        proptest::collection::vec(1u32..268_435_455, 0..4),
+        proptest::option::of(mqtt_str()),
+    )
+        .prop_map(|(message, expires_in, qos, retain, ids, shared_filter)| {
+            TransferredDelivery {
+                message,
+                expires_in: expires_in
+                    .map(|(seconds, nanos)| Duration::new(u64::from(seconds), nanos)),
+                qos,
+                retain,
+                subscription_ids: ids.into_iter().fold(SubscriptionIds::None, |mut all, id| {
+                    all.push(id);
+                    all
+                }),
+                shared_filter,
+            }
+        })
+}
+
+fn transfer() -> impl Strategy<Value = SessionTransfer> {
+    let expiry = prop_oneof![
+        Just(SessionExpiry::AtDisconnect),
+        Just(SessionExpiry::Never),
+        any::<u32>().prop_map(|seconds| SessionExpiry::After(Duration::from_secs(seconds.into()))),
+    ];
+    let inflight =
+        (1u16.., 0u8..3, delivery()).prop_map(|(packet_id, state, delivery)| TransferredInflight {
+            packet_id,
+            state: match state {
+                0 => InflightState::AwaitingPubAck,
+                1 => InflightState::AwaitingPubRec,
+                _ => InflightState::AwaitingPubComp,
+            },
+            delivery,
+        });
+    (
+        mqtt_str(),
+        expiry,
+        proptest::collection::vec((mqtt_str(), subscription_record()), 0..4),
+        proptest::collection::vec(delivery(), 0..4),
+        proptest::collection::vec(inflight, 0..4),
+        proptest::collection::vec(any::<u16>(), 0..4),
+    )
+        .prop_map(
+            |(client_id, expiry, subscriptions, queue, inflight, inbound_qos2)| SessionTransfer {
+                client_id,
+                expiry,
+                subscriptions,
+                queue,
+                inflight,
+                inbound_qos2,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Issue 16: whatever a session holds survives its encoding.
+    #[test]
+    fn a_transfer_round_trips_through_its_encoding(transfer in transfer()) {
+        let bytes = transfer.encode().unwrap();
+        prop_assert_eq!(SessionTransfer::decode(&bytes), Ok(transfer));
+    }
+
+    /// Issue 16: a transfer cut short or damaged is refused, never a panic.
+    #[test]
+    fn damaged_transfers_are_refused_without_panicking(
+        transfer in transfer(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<(prop::sample::Index, u8)>(),
+    ) {
+        let bytes = transfer.encode().unwrap();
+        let cut = cut.index(bytes.len());
+        prop_assert!(SessionTransfer::decode(&bytes[..cut]).is_err());
+        let mut damaged = bytes.clone();
+        let at = flip.0.index(damaged.len());
+        damaged[at] ^= flip.1.max(1);
+        let _ = SessionTransfer::decode(&damaged);
+    }
+}
+
+/// Issue 16: the imported session is written to the store whole (it survives a restart of
+/// its new node), and the exported one is removed from the old node's store.
+#[test]
+fn hand_over_is_stored_on_both_sides_issue_16() {
+    let recorder = Arc::new(Recorder::default());
+    let a = Net::with_persistence(
+        Default::default(),
+        Default::default(),
+        Some(recorder.clone()),
+    );
+    let mut client = a.accepted(persistent(V5, "stored"));
+    client.subscribe("st/#", QoS::AtLeastOnce);
+    let mut publisher = a.connected(V5, "pub");
+    publisher.publish("st/1", QoS::AtLeastOnce, b"1");
+    assert_eq!(client.publishes().len(), 1);
+    drop(client);
+    recorder.take();
+    let transfer = a.broker.export_session("stored", a.now()).unwrap();
+    assert!(submitted(&recorder).contains(&"SessionEnded"));
+    let b_recorder = Arc::new(Recorder::default());
+    let b = Net::with_persistence(
+        Default::default(),
+        Default::default(),
+        Some(b_recorder.clone()),
+    );
+    b.broker.import_session(transfer, b.now()).unwrap();
+    let kinds = submitted(&b_recorder);
+    for kind in ["Session", "Subscribed", "Message", "Inflight"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let (_client, connack) = b.connect(persistent(V5, "stored"));
+    assert!(connack.session_present);
+}
+
+/// The kinds of the changes submitted since the last look.
+fn submitted(recorder: &Recorder) -> Vec<&'static str> {
+    recorder
+        .take()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::Submit(_, kind) => Some(kind),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Damaged bytes: an empty buffer and an unknown format are refused.
+#[test]
+fn garbage_is_refused() {
+    assert!(SessionTransfer::decode(&[]).is_err());
+    assert_eq!(SessionTransfer::decode(&[9]), Err(TransferError::Format(9)));
+}

@@ -7,10 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Client;
+use common::cluster::{Dir, free_addr, temp_dir};
 use rumqttc::QoS;
 use serde_json::{Value, json};
 use tern_server::cluster::ClusterConfig;
@@ -65,34 +65,6 @@ impl Node {
         assert_eq!(status, 200);
         text
     }
-}
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!(
-        "tern-cluster-ops-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    Dir(dir)
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// A cluster address whose port the node picks (no race with other tests for a free port).

@@ -693,7 +693,8 @@ fn cluster_status(status: &Value) -> String {
                             let addrs: Vec<&str> = addrs.iter().filter_map(Value::as_str).collect();
                             addrs.join(",")
                         })
-                        .unwrap_or_default();
+                        .filter(|addrs| !addrs.is_empty())
+                        .unwrap_or_else(|| "-".to_owned());
                     json!({
                         "node": node["id"],
                         "role": role,

@@ -160,6 +160,11 @@ impl Cluster {
         &self.node
     }
 
+    /// The data plane (its counters and outboxes: metrics, the admin API).
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
+    }
+
     /// The node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         self.node.status()

@@ -131,6 +131,10 @@ impl Cluster {
             glue.clone(),
             node.clone(),
             broker.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(sync::expire_tickets(
+            glue.clone(),
             timing.proposal_timeout,
             stop.clone(),
         ));

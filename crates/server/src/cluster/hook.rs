@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy};
+use tern_broker::{ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy};
 use tern_broker::{Message, Seq};
 use tern_cluster::NodeId;
 use tern_cluster::link::DataPlane;
 use tokio::sync::Notify;
 
+use super::claim::{Claimer, Released};
 use super::payload;
 use super::routes::RouteTable;
 
@@ -41,6 +42,10 @@ pub struct Glue {
     pub plane: OnceLock<Arc<DataPlane>>,
     /// Messages not forwarded because a peer's outbox was full or they could not be encoded.
     pub not_forwarded: std::sync::atomic::AtomicU64,
+    /// Proposes the claims of CONNECTs (set before the hook is plugged in).
+    pub claimer: OnceLock<Claimer>,
+    /// Hand-overs waiting for a taken-over connection to let go of its session.
+    pub released: Arc<Released>,
 }
 
 impl Glue {
@@ -56,6 +61,8 @@ impl Glue {
             wake: Notify::new(),
             plane: OnceLock::new(),
             not_forwarded: std::sync::atomic::AtomicU64::new(0),
+            claimer: OnceLock::new(),
+            released: Arc::new(Released::default()),
         }
     }
 
@@ -151,6 +158,18 @@ impl ClusterHook for Glue {
             .retained
             .insert(topic.to_owned(), message.cloned());
         self.wake.notify_one();
+    }
+
+    fn claimed_session_released(&self, client_id: &str) {
+        self.released.released(client_id);
+    }
+
+    fn claim(&self, request: ClaimRequest) -> ClaimDecision {
+        match self.claimer.get() {
+            Some(claimer) => claimer.claim(request),
+            // Not started yet: the cluster cannot decide.
+            None => ClaimDecision::Refused(tern_codec::ReasonCode::ServerUnavailable),
+        }
     }
 }
 

@@ -6,10 +6,12 @@
 //! - `routes`: every node's routes in a subscription index.
 //! - `sync`: the task proposing this node's changes.
 //! - `apply`: the task following what the cluster applied.
+//! - `claim`: the claim of a client id at CONNECT, and the hand-over of its session.
 //! - `payload`, `retained`: how messages cross between nodes and into the replicated state.
 //! - `sink`: messages from other nodes into the core, acknowledged once durable.
 
 mod apply;
+mod claim;
 mod config;
 mod hook;
 mod payload;
@@ -91,6 +93,17 @@ impl Cluster {
             events,
         ));
         tokio::spawn(sync::run(glue.clone(), node.clone(), stop.clone()));
+        let _ = glue.claimer.set(claim::Claimer {
+            node: node.clone(),
+            me: config.node_id,
+            timeout: Duration::from_millis(config.proposal_timeout_ms),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        node.set_hand_over_handler(Arc::new(claim::HandOver {
+            broker: broker.clone(),
+            released: glue.released.clone(),
+            timeout: Duration::from_millis(config.proposal_timeout_ms),
+        }));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());
         let stopping = node.clone();

@@ -1,0 +1,206 @@
+//! The claim of a client id at CONNECT (issue 16, "Take-over across nodes"): the claimer's
+//! side ([`Claimer`], asked by the core through the hook's `claim`) and the previous owner's
+//! side ([`HandOver`], asked by the claimer's node once the claim is applied here). See
+//! docs/architecture.md ("A cluster: claiming a client id").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_broker::{Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionTransfer};
+use tern_cluster::rpc::Refusal;
+use tern_cluster::{ClusterNode, Command, HandOverHandler, NodeId, Outcome};
+use tern_codec::ReasonCode;
+use tokio::sync::oneshot;
+
+use super::hook::lock;
+
+/// Proposes claims for the core's CONNECTs and fetches the previous owner's session.
+pub struct Claimer {
+    pub node: ClusterNode,
+    pub me: NodeId,
+    /// Bounds the proposal and, separately, the hand-over.
+    pub timeout: Duration,
+    /// The runtime the claims run on (the core asks on a connection's thread).
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Claimer {
+    /// The core's question: granted at once when the replicated registry says this node owns
+    /// the client id already (a reconnection here needs no consensus; a claim made meanwhile
+    /// elsewhere is ordered by the log and takes it from here through `apply`), otherwise
+    /// pending while a task proposes the claim and fetches the session.
+    pub fn claim(&self, request: ClaimRequest) -> ClaimDecision {
+        let owner = self.node.state().owner(&request.client_id);
+        if matches!(owner, Some((Some(owner), _)) if owner == self.me) {
+            return ClaimDecision::Granted;
+        }
+        let node = self.node.clone();
+        let (me, timeout) = (self.me, self.timeout);
+        self.runtime.spawn(async move {
+            let ClaimRequest {
+                client_id,
+                clean_start,
+                persistent,
+                completion,
+            } = request;
+            if !completion.is_wanted() {
+                return;
+            }
+            let result = claim(&node, me, timeout, client_id, clean_start, persistent).await;
+            completion.complete(result);
+        });
+        ClaimDecision::Pending
+    }
+}
+
+/// Proposes the claim; on success asks the previous owner (another node) for the session.
+async fn claim(
+    node: &ClusterNode,
+    me: NodeId,
+    timeout: Duration,
+    client_id: String,
+    clean_start: bool,
+    persistent: bool,
+) -> Result<ClaimGrant, ReasonCode> {
+    let command = Command::Claim {
+        client_id: client_id.clone(),
+        node: me,
+        persistent,
+        clean_start,
+    };
+    // The node bounds a proposal by the proposal timeout already; this bounds it here too.
+    let outcome = match tokio::time::timeout(timeout, node.propose(command)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(refusal)) => {
+            tracing::info!(client_id, %refusal, "claim not committed: CONNACK 0x88");
+            return Err(ReasonCode::ServerUnavailable);
+        }
+        Err(_) => {
+            tracing::info!(client_id, "claim not committed in time: CONNACK 0x88");
+            return Err(ReasonCode::ServerUnavailable);
+        }
+    };
+    let (epoch, previous) = match outcome {
+        Outcome::Claimed { epoch, previous } => (epoch, previous),
+        other => {
+            tracing::warn!(client_id, ?other, "claim refused by the cluster");
+            return Err(ReasonCode::ServerUnavailable);
+        }
+    };
+    let Some((previous, _)) = previous.filter(|(previous, _)| *previous != me) else {
+        return Ok(ClaimGrant::default());
+    };
+    if clean_start {
+        // The old session is discarded anyway [MQTT-3.1.2-4]; the previous owner closed the
+        // connection when it applied the claim (apply.rs) and its session ends there.
+        return Ok(ClaimGrant::default());
+    }
+    let transfer = match node
+        .request_hand_over(previous, &client_id, epoch, timeout)
+        .await
+    {
+        Ok(Some(bytes)) => match SessionTransfer::decode(&bytes) {
+            Ok(transfer) => Some(transfer),
+            Err(error) => {
+                tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: connecting without it");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(refusal) => {
+            // The previous owner is down or slow: the client connects here without the
+            // session (see docs/architecture.md for what it then gets).
+            tracing::warn!(client_id, node = previous, %refusal, "no hand-over: connecting without the session");
+            None
+        }
+    };
+    Ok(ClaimGrant { transfer })
+}
+
+/// Connections closed by a take-over whose sessions a hand-over waits for, by client id:
+/// completed by the hook's `claimed_session_released`.
+#[derive(Default)]
+pub struct Released {
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+impl Released {
+    fn wait(&self, client_id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters)
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// The connection of `client_id` closed by a take-over has let go of its session.
+    pub fn released(&self, client_id: &str) {
+        if let Some(waiters) = lock(&self.waiters).remove(client_id) {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn forget(&self, client_id: &str) {
+        let mut waiters = lock(&self.waiters);
+        if let Some(list) = waiters.get_mut(client_id) {
+            list.retain(|waiter| !waiter.is_closed());
+            if list.is_empty() {
+                waiters.remove(client_id);
+            }
+        }
+    }
+}
+
+/// The previous owner's side: closes the client's connection here (MQTT 5: DISCONNECT 0x8E),
+/// waits (bounded) until it has let go of the session, then exports the session, encoded.
+pub struct HandOver {
+    pub broker: Arc<Broker>,
+    pub released: Arc<Released>,
+    pub timeout: Duration,
+}
+
+impl HandOverHandler for HandOver {
+    fn hand_over(&self, client_id: String, epoch: u64) -> tern_cluster::node::HandOverFuture {
+        let broker = self.broker.clone();
+        let released = self.released.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            // Registered before the take-over, so the release cannot come unseen in between.
+            let waiter = released.wait(&client_id);
+            if broker.take_over(&client_id) && tokio::time::timeout(timeout, waiter).await.is_err()
+            {
+                released.forget(&client_id);
+                tracing::warn!(
+                    client_id,
+                    epoch,
+                    "the taken-over connection did not let go in time"
+                );
+                return Err(Refusal::Unavailable(
+                    "the connection here did not close in time".into(),
+                ));
+            }
+            released.forget(&client_id);
+            let Some(transfer) = broker.export_session(&client_id, Instant::now()) else {
+                return Ok(None);
+            };
+            match transfer.encode() {
+                Ok(bytes) => {
+                    tracing::info!(client_id, epoch, bytes = bytes.len(), "session handed over");
+                    Ok(Some(bytes))
+                }
+                Err(error) => {
+                    // Kept here rather than lost: the claimer connects without it.
+                    tracing::warn!(client_id, %error, "session could not be encoded: kept here");
+                    let _ = broker.import_session(transfer, Instant::now());
+                    Err(Refusal::Unavailable(format!(
+                        "session could not be encoded: {error}"
+                    )))
+                }
+            }
+        })
+    }
+}

@@ -15,6 +15,9 @@ use tokio::sync::oneshot;
 
 use super::hook::lock;
 
+/// How long a claim waits before proposing again after a refusal that may pass.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
+
 /// Proposes claims for the core's CONNECTs and fetches the previous owner's session.
 pub struct Claimer {
     pub node: ClusterNode,
@@ -69,16 +72,31 @@ async fn claim(
         persistent,
         clean_start,
     };
-    // The node bounds a proposal by the proposal timeout already; this bounds it here too.
-    let outcome = match tokio::time::timeout(timeout, node.propose(command)).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(refusal)) => {
-            tracing::info!(client_id, %refusal, "claim not committed: CONNACK 0x88");
-            return Err(ReasonCode::ServerUnavailable);
-        }
-        Err(_) => {
-            tracing::info!(client_id, "claim not committed in time: CONNACK 0x88");
-            return Err(ReasonCode::ServerUnavailable);
+    // Bounded by the proposal timeout as a whole. A refusal that may pass (no leader known
+    // during an election, the leader unreachable for a moment) is tried again until then: a
+    // client connecting while the cluster elects a leader waits a little instead of being
+    // refused. A claim committed twice this way is harmless: the second names this node as
+    // the previous owner, and nothing is handed over.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = loop {
+        match tokio::time::timeout_at(deadline, node.propose(command.clone())).await {
+            Ok(Ok(outcome)) => break outcome,
+            Ok(Err(Refusal::Refused(reason))) => {
+                tracing::info!(client_id, reason, "claim refused: CONNACK 0x88");
+                return Err(ReasonCode::ServerUnavailable);
+            }
+            Ok(Err(refusal)) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
+                tracing::debug!(client_id, %refusal, "claim not committed: trying again");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Ok(Err(refusal)) => {
+                tracing::info!(client_id, %refusal, "claim not committed: CONNACK 0x88");
+                return Err(ReasonCode::ServerUnavailable);
+            }
+            Err(_) => {
+                tracing::info!(client_id, "claim not committed in time: CONNACK 0x88");
+                return Err(ReasonCode::ServerUnavailable);
+            }
         }
     };
     let (epoch, previous) = match outcome {

@@ -109,11 +109,10 @@ async fn claim(
     let Some((previous, _)) = previous.filter(|(previous, _)| *previous != me) else {
         return Ok(ClaimGrant::default());
     };
-    if clean_start {
-        // The old session is discarded anyway [MQTT-3.1.2-4]; the previous owner closed the
-        // connection when it applied the claim (apply.rs) and its session ends there.
-        return Ok(ClaimGrant::default());
-    }
+    // Asked even for a clean start, whose CONNECT discards what comes [MQTT-3.1.2-4]: the
+    // answer comes once the previous owner's connection has closed (never two live
+    // connections), and the old session leaves that node instead of lingering there offline
+    // with its routes.
     let transfer = match node
         .request_hand_over(previous, &client_id, epoch, timeout)
         .await

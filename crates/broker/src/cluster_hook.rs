@@ -66,6 +66,89 @@ pub trait ClusterHook: Send + Sync {
         let _ = request;
         ClaimDecision::Granted
     }
+    /// After a SUBSCRIBE granted `filter` (of `group`): the cluster's decision on the route it
+    /// needs, if one is still to come (this node's first subscriber of the filter, its route
+    /// not committed yet). The SUBACK waits for it; a route the cluster could not commit
+    /// (no quorum) makes that filter's SUBACK a failure (0x80, retryable) and the
+    /// subscription is removed. `None` (the default): nothing to wait for.
+    fn route_pending(&self, filter: &str, group: Option<&str>) -> Option<Arc<RouteTicket>> {
+        let _ = (filter, group);
+        None
+    }
+}
+
+/// The cluster's decision on a route a SUBACK waits for (see [`ClusterHook::route_pending`]).
+#[derive(Default)]
+pub struct RouteTicket {
+    /// 0 pending, 1 committed, 2 refused.
+    state: std::sync::atomic::AtomicU8,
+    waiting: std::sync::Mutex<Vec<Arc<dyn crate::Wakeup>>>,
+}
+
+impl std::fmt::Debug for RouteTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTicket")
+            .field(
+                "state",
+                &self.state.load(std::sync::atomic::Ordering::Acquire),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteTicket {
+    pub fn new() -> Arc<RouteTicket> {
+        Arc::new(RouteTicket::default())
+    }
+
+    /// The cluster decided: `committed` or not. Wakes the connections whose SUBACK waits;
+    /// a second answer is ignored.
+    pub fn complete(&self, committed: bool) {
+        let state = if committed { 1 } else { 2 };
+        if self
+            .state
+            .compare_exchange(
+                0,
+                state,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let waiting = std::mem::take(
+            &mut *self
+                .waiting
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for wakeup in waiting {
+            wakeup.wake();
+        }
+    }
+
+    /// `None` while pending, then whether the route was committed.
+    pub fn decided(&self) -> Option<bool> {
+        match self.state.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            state => Some(state == 1),
+        }
+    }
+
+    /// Wakes `wakeup` once decided (at once if it is).
+    pub(crate) fn watch(&self, wakeup: Arc<dyn crate::Wakeup>) {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.decided().is_some() {
+            drop(waiting);
+            wakeup.wake();
+        } else {
+            waiting.push(wakeup);
+        }
+    }
 }
 
 /// A shared subscription's group name and its (plain) filter: `$share/{0}/{1}`.

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use tern_broker::persist::{Change, Persistence};
-use tern_broker::{ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy};
+use tern_broker::{
+    ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy, RouteTicket,
+};
 use tern_broker::{Message, Seq};
 use tern_cluster::NodeId;
 use tern_cluster::link::DataPlane;
@@ -50,6 +52,8 @@ pub struct Glue {
     pub released: Arc<Released>,
     /// Where forwarded QoS 1/2 messages are kept until acknowledged (none: in memory only).
     persistence: Option<Arc<dyn Persistence>>,
+    /// SUBACKs waiting for this node's new routes.
+    pub tickets: super::tickets::RouteTickets,
 }
 
 impl Glue {
@@ -68,6 +72,7 @@ impl Glue {
             claimer: OnceLock::new(),
             released: Arc::new(Released::default()),
             persistence,
+            tickets: super::tickets::RouteTickets::default(),
         }
     }
 
@@ -77,8 +82,10 @@ impl Glue {
             let mut local = lock(&self.local);
             if present {
                 local.insert(key.clone());
+                self.tickets.open(&key);
             } else {
                 local.remove(&key);
+                self.tickets.drop_route(&key);
             }
         }
         lock(&self.pending).routes.insert(key, present);
@@ -174,6 +181,11 @@ impl ClusterHook for Glue {
             }
         }
         wait
+    }
+
+    fn route_pending(&self, filter: &str, group: Option<&str>) -> Option<Arc<RouteTicket>> {
+        self.tickets
+            .get(&(group.map(str::to_owned), filter.to_owned()))
     }
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {

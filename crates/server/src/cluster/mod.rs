@@ -19,6 +19,7 @@ mod retained;
 mod routes;
 mod sink;
 mod sync;
+mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -127,17 +128,22 @@ impl Cluster {
             broker.clone(),
             events,
         ));
-        tokio::spawn(sync::run(glue.clone(), node.clone(), stop.clone()));
+        tokio::spawn(sync::run(
+            glue.clone(),
+            node.clone(),
+            timing.proposal_timeout,
+            stop.clone(),
+        ));
         let _ = glue.claimer.set(claim::Claimer {
             node: node.clone(),
             me: config.node_id,
-            timeout: Duration::from_millis(config.proposal_timeout_ms),
+            timeout: timing.proposal_timeout,
             runtime: tokio::runtime::Handle::current(),
         });
         node.set_hand_over_handler(Arc::new(claim::HandOver {
             broker: broker.clone(),
             released: glue.released.clone(),
-            timeout: Duration::from_millis(config.proposal_timeout_ms),
+            timeout: timing.proposal_timeout,
         }));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());

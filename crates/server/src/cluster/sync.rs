@@ -15,8 +15,16 @@ use super::retained;
 /// How long after a failed proposal the next try waits.
 const RETRY: Duration = Duration::from_millis(500);
 
-pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    glue: Arc<Glue>,
+    node: ClusterNode,
+    proposal_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        // A SUBACK waits for its route at most the proposal timeout (not a member yet, no
+        // quorum): then its filter is refused, retryable.
+        glue.tickets.expire(proposal_timeout);
         tokio::select! {
             _ = glue.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -100,6 +108,21 @@ pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<b
         let routes_failed = outcomes[..route_commands]
             .iter()
             .any(|outcome| !matches!(outcome, Ok(Outcome::Done)));
+        // The SUBACKs waiting for these routes: answered now, committed or not (a failed one
+        // is proposed again below, for the subscribers that stay).
+        if resync {
+            let committed = !routes_failed;
+            for route in lock(&glue.local).iter() {
+                glue.tickets.decide(route, committed);
+            }
+        } else {
+            for ((route, present), outcome) in routes.iter().zip(&outcomes[..route_commands]) {
+                if *present {
+                    glue.tickets
+                        .decide(route, matches!(outcome, Ok(Outcome::Done)));
+                }
+            }
+        }
         let retained_failed = outcomes[route_commands..].iter().any(Result::is_err);
         if !routes_failed && !retained_failed {
             continue;

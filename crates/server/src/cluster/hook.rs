@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use tern_broker::persist::{Change, Persistence};
-use tern_broker::{
-    ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy, RouteTicket,
-};
+use tern_broker::{ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy, RouteTicket};
 use tern_broker::{Message, Seq};
 use tern_cluster::NodeId;
 use tern_cluster::link::DataPlane;

@@ -415,3 +415,35 @@ async fn a_client_whose_owner_is_down_connects_elsewhere_without_its_session() {
         node.shutdown().await;
     }
 }
+
+/// Measures the time to CONNACK of a CONNECT that needs a claim (a client id new to the
+/// cluster, proposed through Raft) and of one that does not (a reconnection to the node that
+/// owns it): `cargo test -j2 -p tern-server --test cluster -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_claim_latency() {
+    let dir = temp_dir("claim-measure");
+    let nodes = three_nodes(&dir).await;
+    let rounds = 100;
+    let mut connect_all = async |what: &str| {
+        let mut times = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let started = std::time::Instant::now();
+            let client = Client::simple(nodes[1].addr, &format!("measure-{i}")).await;
+            times.push(started.elapsed());
+            client.disconnect().await;
+        }
+        times.sort();
+        eprintln!(
+            "{what}: median {:?}, p90 {:?}, max {:?} ({rounds} connects)",
+            times[rounds / 2],
+            times[rounds * 9 / 10],
+            times[rounds - 1]
+        );
+    };
+    connect_all("a claim through Raft").await;
+    connect_all("a reconnection to the owning node").await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -319,6 +319,29 @@ async fn a_client_reconnecting_to_another_node_takes_its_session_over() {
     }
 }
 
+/// Issue 16 ("Never two live connections for one client id") / [MQTT-3.1.4-3]: a 3.1.1
+/// client with a clean session on A connects again with the same id to B: by B's CONNACK the
+/// connection on A is closed, and only B has the client online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_session_client_reconnecting_elsewhere_closes_the_first_connection() {
+    let dir = temp_dir("claim-clean");
+    let nodes = three_nodes(&dir).await;
+    let mut first = Client::simple(nodes[0].addr, "clean-twice").await;
+    assert_eq!(online_on(&nodes, "clean-twice"), vec![0]);
+    let (_second, connack) = Client::connect(common::options(nodes[1].addr, "clean-twice")).await;
+    assert!(!connack.session_present);
+    assert_eq!(
+        online_on(&nodes, "clean-twice"),
+        vec![1],
+        "one live connection"
+    );
+    let closed = first.closed().await;
+    assert!(closed.contains("connection error"), "closed on A: {closed}");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 /// Connects a 3.1.1 client with rumqttc and returns the CONNACK's return code (a refusal is
 /// the event loop's `ConnectionRefused`).
 async fn connect_code(addr: SocketAddr, id: &str) -> (rumqttc::ConnectReturnCode, Duration) {
@@ -425,7 +448,7 @@ async fn measure_claim_latency() {
     let dir = temp_dir("claim-measure");
     let nodes = three_nodes(&dir).await;
     let rounds = 100;
-    let mut connect_all = async |what: &str| {
+    let connect_all = async |what: &str| {
         let mut times = Vec::with_capacity(rounds);
         for i in 0..rounds {
             let started = std::time::Instant::now();

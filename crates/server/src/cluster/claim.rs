@@ -4,7 +4,7 @@
 //! docs/architecture.md ("A cluster: claiming a client id").
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tern_broker::{Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionTransfer};
@@ -21,6 +21,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// Proposes claims for the core's CONNECTs and fetches the previous owner's session.
 pub struct Claimer {
     pub node: ClusterNode,
+    /// Where a granted session nobody took is kept (weak: the broker holds the hook).
+    pub broker: Weak<Broker>,
     pub me: NodeId,
     /// Bounds the proposal and, separately, the hand-over.
     pub timeout: Duration,
@@ -39,6 +41,7 @@ impl Claimer {
             return ClaimDecision::Granted;
         }
         let node = self.node.clone();
+        let broker = self.broker.clone();
         let (me, timeout) = (self.me, self.timeout);
         self.runtime.spawn(async move {
             let ClaimRequest {
@@ -51,7 +54,14 @@ impl Claimer {
                 return;
             }
             let result = claim(&node, me, timeout, client_id, clean_start, persistent).await;
-            completion.complete(result);
+            // The connection went away meanwhile: the session handed over stays here (this
+            // node owns the client id now), offline, for its next connection.
+            if let Some(transfer) = completion.complete(result)
+                && let Some(broker) = broker.upgrade()
+                && let Err(error) = broker.import_session(transfer, Instant::now())
+            {
+                tracing::warn!(%error, "handed-over session not kept");
+            }
         });
         ClaimDecision::Pending
     }
@@ -175,7 +185,8 @@ impl Released {
 /// The previous owner's side: closes the client's connection here (MQTT 5: DISCONNECT 0x8E),
 /// waits (bounded) until it has let go of the session, then exports the session, encoded.
 pub struct HandOver {
-    pub broker: Arc<Broker>,
+    /// Weak: the broker holds the hook, which holds the node, which holds this.
+    pub broker: Weak<Broker>,
     pub released: Arc<Released>,
     pub timeout: Duration,
 }
@@ -186,6 +197,9 @@ impl HandOverHandler for HandOver {
         let released = self.released.clone();
         let timeout = self.timeout;
         Box::pin(async move {
+            let Some(broker) = broker.upgrade() else {
+                return Err(Refusal::Unavailable("the broker is stopping".into()));
+            };
             // Registered before the take-over, so the release cannot come unseen in between.
             let waiter = released.wait(&client_id);
             if broker.take_over(&client_id) && tokio::time::timeout(timeout, waiter).await.is_err()

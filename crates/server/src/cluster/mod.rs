@@ -136,12 +136,13 @@ impl Cluster {
         ));
         let _ = glue.claimer.set(claim::Claimer {
             node: node.clone(),
+            broker: Arc::downgrade(&broker),
             me: config.node_id,
             timeout: timing.proposal_timeout,
             runtime: tokio::runtime::Handle::current(),
         });
         node.set_hand_over_handler(Arc::new(claim::HandOver {
-            broker: broker.clone(),
+            broker: Arc::downgrade(&broker),
             released: glue.released.clone(),
             timeout: timing.proposal_timeout,
         }));

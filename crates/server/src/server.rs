@@ -403,6 +403,7 @@ impl Server {
                         started: std::time::Instant::now(),
                         tls: self.tls_reloader(),
                         bridges: self.bridges.clone(),
+                        cluster: self.cluster.clone(),
                     },
                     tls: self.tls_reloader(),
                     auth: self.auth_reloader(),

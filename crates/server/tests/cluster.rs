@@ -403,13 +403,13 @@ async fn a_claim_without_a_quorum_is_refused_and_a_later_retry_succeeds() {
     }
 }
 
-/// Issue 16 ("If N1 is down"), the promise as it stands: a persistent session's owner is down
-/// when its client connects to another node. The claim still succeeds (two of three nodes
-/// agree) once the hand-over request has failed, within the proposal timeout: CONNACK
-/// accepted with session present 0 (a new session here: the durable subscriptions are not
-/// in the replicated registry yet, and the queued messages stay in the old node's store).
+/// Issue 16 ("If N1 is down ... subscriptions survive (they are replicated)"): a persistent
+/// session's owner is down when its client connects to another node. The claim still succeeds
+/// (two of three nodes agree) once the hand-over request has failed, within the proposal
+/// timeout: CONNACK session present, the durable subscription rebuilt from the registry (a
+/// message published on C arrives), the queued messages left in the old node's store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_whose_owner_is_down_connects_elsewhere_without_its_session() {
+async fn a_client_whose_owner_is_down_connects_elsewhere_with_its_subscriptions() {
     let dir = temp_dir("claim-owner-down");
     let mut nodes = three_nodes(&dir).await;
     let mut options = common::options(nodes[0].addr, "orphan");
@@ -417,6 +417,19 @@ async fn a_client_whose_owner_is_down_connects_elsewhere_without_its_session() {
     let (mut client, _) = Client::connect(options).await;
     client.subscribe("orphan/#", QoS::AtLeastOnce).await;
     route_known(&nodes, "orphan/#", 1).await;
+    until(
+        "the durable subscription in the registry everywhere",
+        || {
+            nodes.iter().all(|node| {
+                node.cluster
+                    .node()
+                    .state()
+                    .session("orphan")
+                    .is_some_and(|entry| entry.subscriptions.contains_key("orphan/#"))
+            })
+        },
+    )
+    .await;
     client.disconnect().await;
     let owner = nodes.remove(0);
     owner.shutdown().await;
@@ -424,16 +437,22 @@ async fn a_client_whose_owner_is_down_connects_elsewhere_without_its_session() {
     let started = std::time::Instant::now();
     let mut options = common::options(nodes[0].addr, "orphan");
     options.set_clean_session(false);
-    let (_client, connack) = Client::connect(options).await;
+    let (mut client, connack) = Client::connect(options).await;
     let took = started.elapsed();
     eprintln!("claim with the previous owner down: CONNACK in {took:?}");
     assert_eq!(connack.code, rumqttc::ConnectReturnCode::Success);
     assert!(
-        !connack.session_present,
-        "the session stayed on the node that is down"
+        connack.session_present,
+        "its subscriptions, from the registry"
     );
     assert!(took < Duration::from_secs(8), "CONNACK in {took:?}");
     assert_eq!(online_on(&nodes, "orphan"), vec![0]);
+    route_known(&nodes, "orphan/#", 2).await;
+    let publisher = Client::simple(nodes[1].addr, "pub-c").await;
+    publisher
+        .publish("orphan/ping", QoS::AtLeastOnce, false, "still subscribed")
+        .await;
+    assert_eq!(client.recv().await.payload, &b"still subscribed"[..]);
     for node in nodes {
         node.shutdown().await;
     }

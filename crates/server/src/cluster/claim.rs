@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tern_broker::{Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionTransfer};
+use tern_broker::{
+    Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionExpiry, SessionTransfer,
+    SubscriptionRecord,
+};
 use tern_cluster::rpc::Refusal;
 use tern_cluster::{ClusterNode, Command, HandOverHandler, NodeId, Outcome};
-use tern_codec::ReasonCode;
+use tern_codec::{MqttStr, ReasonCode};
 use tokio::sync::oneshot;
 
-use super::hook::lock;
+use super::hook::{lock, options_from_byte};
 
 /// How long a claim waits before proposing again after a refusal that may pass.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
@@ -117,7 +120,14 @@ async fn claim(
         }
     };
     let Some((previous, _)) = previous.filter(|(previous, _)| *previous != me) else {
-        return Ok(ClaimGrant::default());
+        // No previous owner to ask: a new client id, or a session whose node was removed
+        // from the cluster (its durable subscriptions wait in the registry).
+        let transfer = if previous.is_none() && !clean_start {
+            from_registry(node, &client_id)
+        } else {
+            None
+        };
+        return Ok(ClaimGrant { transfer });
     };
     // Asked even for a clean start, whose CONNECT discards what comes [MQTT-3.1.2-4]: the
     // answer comes once the previous owner's connection has closed (never two live
@@ -130,19 +140,51 @@ async fn claim(
         Ok(Some(bytes)) => match SessionTransfer::decode(&bytes) {
             Ok(transfer) => Some(transfer),
             Err(error) => {
-                tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: connecting without it");
-                None
+                tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: its subscriptions from the registry");
+                from_registry(node, &client_id)
             }
         },
         Ok(None) => None,
         Err(refusal) => {
-            // The previous owner is down or slow: the client connects here without the
-            // session (see docs/architecture.md for what it then gets).
-            tracing::warn!(client_id, node = previous, %refusal, "no hand-over: connecting without the session");
-            None
+            // The previous owner is down or slow: the client connects here with the
+            // session's durable subscriptions from the registry; its queued and in-flight
+            // messages stay on that node (see docs/architecture.md).
+            tracing::warn!(client_id, node = previous, %refusal, "no hand-over: the session's subscriptions from the registry");
+            from_registry(node, &client_id)
         }
     };
     Ok(ClaimGrant { transfer })
+}
+
+/// A session rebuilt from the replicated registry: the durable subscriptions of a persistent
+/// session (with their options and identifiers), nothing queued or in flight. `None` when
+/// the registry has none. The expiry is the CONNECT's once the client attaches.
+fn from_registry(node: &ClusterNode, client_id: &str) -> Option<SessionTransfer> {
+    let state = node.state();
+    let entry = state.session(client_id)?;
+    if !entry.persistent || entry.subscriptions.is_empty() {
+        return None;
+    }
+    let subscriptions = entry
+        .subscriptions
+        .iter()
+        .filter_map(|(filter, options)| {
+            let filter = MqttStr::try_from(filter.as_str()).ok()?;
+            let record = SubscriptionRecord {
+                options: options_from_byte(options.options)?,
+                identifier: options.identifier,
+            };
+            Some((filter, record))
+        })
+        .collect();
+    Some(SessionTransfer {
+        client_id: MqttStr::try_from(client_id).ok()?,
+        expiry: SessionExpiry::Never,
+        subscriptions,
+        queue: Vec::new(),
+        inflight: Vec::new(),
+        inbound_qos2: Vec::new(),
+    })
 }
 
 /// Connections closed by a take-over whose sessions a hand-over waits for, by client id:

@@ -14,6 +14,7 @@ mod apply;
 mod claim;
 mod config;
 mod hook;
+mod lease;
 mod payload;
 mod retained;
 mod routes;
@@ -131,7 +132,14 @@ impl Cluster {
         tokio::spawn(sync::run(
             glue.clone(),
             node.clone(),
+            broker.clone(),
             timing.proposal_timeout,
+            stop.clone(),
+        ));
+        tokio::spawn(lease::run(
+            node.clone(),
+            broker.clone(),
+            Duration::from_millis(config.lease_ms),
             stop.clone(),
         ));
         let _ = glue.claimer.set(claim::Claimer {
@@ -164,6 +172,11 @@ impl Cluster {
 
     pub fn node(&self) -> &ClusterNode {
         &self.node
+    }
+
+    /// The data plane (its counters and outboxes: metrics, the admin API).
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
     }
 
     /// The node's view of the cluster.

@@ -31,21 +31,73 @@ pub struct Claimer {
     pub timeout: Duration,
     /// The runtime the claims run on (the core asks on a connection's thread).
     pub runtime: tokio::runtime::Handle,
+    /// How long a node keeps its clients without its quorum (`cluster.lease_ms`): a claim
+    /// whose previous owner did not answer waits this long before it is granted.
+    pub lease: Duration,
+    /// Client ids granted here only once a silent previous owner's lease has run out.
+    pub fences: Arc<Fences>,
+}
+
+/// Client ids whose previous owner did not answer a hand-over: not granted here (not even on
+/// the fast path of a reconnection) before that owner's lease has surely run out.
+#[derive(Default)]
+pub struct Fences {
+    until: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+impl Fences {
+    /// Whether `client_id` waits for a lease to run out.
+    fn fenced(&self, client_id: &str) -> bool {
+        let mut until = lock(&self.until);
+        match until.get(client_id) {
+            Some(at) if *at > tokio::time::Instant::now() => true,
+            Some(_) => {
+                until.remove(client_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until `client_id` may be granted, from `now + lease` at the latest.
+    async fn wait_out(&self, client_id: &str, lease: Option<Duration>) {
+        let at = {
+            let mut until = lock(&self.until);
+            if let Some(lease) = lease {
+                let at = tokio::time::Instant::now() + lease;
+                let entry = until.entry(client_id.to_owned()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+            until.get(client_id).copied()
+        };
+        if let Some(at) = at {
+            tokio::time::sleep_until(at).await;
+            let mut until = lock(&self.until);
+            if until.get(client_id).is_some_and(|current| *current <= at) {
+                until.remove(client_id);
+            }
+        }
+    }
 }
 
 impl Claimer {
     /// The core's question: granted at once when the replicated registry says this node owns
-    /// the client id already (a reconnection here needs no consensus; a claim made meanwhile
-    /// elsewhere is ordered by the log and takes it from here through `apply`), otherwise
-    /// pending while a task proposes the claim and fetches the session.
+    /// the client id already and this node holds its lease (a reconnection here needs no
+    /// consensus; a claim made meanwhile elsewhere is ordered by the log and takes it from
+    /// here through `apply`; a node without its lease may have lost the id unknowingly),
+    /// otherwise pending while a task proposes the claim and fetches the session.
     pub fn claim(&self, request: ClaimRequest) -> ClaimDecision {
         let owner = self.node.state().owner(&request.client_id);
-        if matches!(owner, Some((Some(owner), _)) if owner == self.me) {
+        if matches!(owner, Some((Some(owner), _)) if owner == self.me)
+            && self.node.holds_lease(self.lease)
+            && !self.fences.fenced(&request.client_id)
+        {
             return ClaimDecision::Granted;
         }
         let node = self.node.clone();
         let broker = self.broker.clone();
-        let (me, timeout) = (self.me, self.timeout);
+        let fences = self.fences.clone();
+        let (me, timeout, lease) = (self.me, self.timeout, self.lease);
         self.runtime.spawn(async move {
             let ClaimRequest {
                 client_id,
@@ -56,7 +108,13 @@ impl Claimer {
             if !completion.is_wanted() {
                 return;
             }
-            let result = claim(&node, me, timeout, client_id, clean_start, persistent).await;
+            let (result, silent) =
+                claim(&node, me, timeout, &client_id, clean_start, persistent).await;
+            if result.is_ok() {
+                // "Never two live connections": a previous owner that did not answer may
+                // still hold connections until its lease runs out (it closes them then).
+                fences.wait_out(&client_id, silent.then_some(lease)).await;
+            }
             // The connection went away meanwhile: the session handed over stays here (this
             // node owns the client id now), offline, for its next connection.
             if let Some(transfer) = completion.complete(result)
@@ -71,16 +129,18 @@ impl Claimer {
 }
 
 /// Proposes the claim; on success asks the previous owner (another node) for the session.
+/// Also says whether that owner failed to answer (it may still hold the client's connection
+/// until its lease runs out).
 async fn claim(
     node: &ClusterNode,
     me: NodeId,
     timeout: Duration,
-    client_id: String,
+    client_id: &str,
     clean_start: bool,
     persistent: bool,
-) -> Result<ClaimGrant, ReasonCode> {
+) -> (Result<ClaimGrant, ReasonCode>, bool) {
     let command = Command::Claim {
-        client_id: client_id.clone(),
+        client_id: client_id.to_owned(),
         node: me,
         persistent,
         clean_start,
@@ -96,7 +156,7 @@ async fn claim(
             Ok(Ok(outcome)) => break outcome,
             Ok(Err(Refusal::Refused(reason))) => {
                 tracing::info!(client_id, reason, "claim refused: CONNACK 0x88");
-                return Err(ReasonCode::ServerUnavailable);
+                return (Err(ReasonCode::ServerUnavailable), false);
             }
             Ok(Err(refusal)) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
                 tracing::debug!(client_id, %refusal, "claim not committed: trying again");
@@ -104,11 +164,11 @@ async fn claim(
             }
             Ok(Err(refusal)) => {
                 tracing::info!(client_id, %refusal, "claim not committed: CONNACK 0x88");
-                return Err(ReasonCode::ServerUnavailable);
+                return (Err(ReasonCode::ServerUnavailable), false);
             }
             Err(_) => {
                 tracing::info!(client_id, "claim not committed in time: CONNACK 0x88");
-                return Err(ReasonCode::ServerUnavailable);
+                return (Err(ReasonCode::ServerUnavailable), false);
             }
         }
     };
@@ -116,32 +176,33 @@ async fn claim(
         Outcome::Claimed { epoch, previous } => (epoch, previous),
         other => {
             tracing::warn!(client_id, ?other, "claim refused by the cluster");
-            return Err(ReasonCode::ServerUnavailable);
+            return (Err(ReasonCode::ServerUnavailable), false);
         }
     };
     let Some((previous, _)) = previous.filter(|(previous, _)| *previous != me) else {
         // No previous owner to ask: a new client id, or a session whose node was removed
         // from the cluster (its durable subscriptions wait in the registry).
         let transfer = if previous.is_none() && !clean_start {
-            from_registry(node, &client_id)
+            from_registry(node, client_id)
         } else {
             None
         };
-        return Ok(ClaimGrant { transfer });
+        return (Ok(ClaimGrant { transfer }), false);
     };
     // Asked even for a clean start, whose CONNECT discards what comes [MQTT-3.1.2-4]: the
     // answer comes once the previous owner's connection has closed (never two live
     // connections), and the old session leaves that node instead of lingering there offline
     // with its routes.
+    let mut silent = false;
     let transfer = match node
-        .request_hand_over(previous, &client_id, epoch, timeout)
+        .request_hand_over(previous, client_id, epoch, timeout)
         .await
     {
         Ok(Some(bytes)) => match SessionTransfer::decode(&bytes) {
             Ok(transfer) => Some(transfer),
             Err(error) => {
                 tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: its subscriptions from the registry");
-                from_registry(node, &client_id)
+                from_registry(node, client_id)
             }
         },
         Ok(None) => None,
@@ -149,11 +210,12 @@ async fn claim(
             // The previous owner is down or slow: the client connects here with the
             // session's durable subscriptions from the registry; its queued and in-flight
             // messages stay on that node (see docs/architecture.md).
-            tracing::warn!(client_id, node = previous, %refusal, "no hand-over: the session's subscriptions from the registry");
-            from_registry(node, &client_id)
+            tracing::warn!(client_id, node = previous, %refusal, "no hand-over: the session's subscriptions from the registry, after the owner's lease");
+            silent = true;
+            from_registry(node, client_id)
         }
     };
-    Ok(ClaimGrant { transfer })
+    (Ok(ClaimGrant { transfer }), silent)
 }
 
 /// A session rebuilt from the replicated registry: the durable subscriptions of a persistent

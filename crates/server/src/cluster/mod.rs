@@ -148,6 +148,8 @@ impl Cluster {
             me: config.node_id,
             timeout: timing.proposal_timeout,
             runtime: tokio::runtime::Handle::current(),
+            lease: Duration::from_millis(config.lease_ms),
+            fences: Arc::default(),
         });
         node.set_hand_over_handler(Arc::new(claim::HandOver {
             broker: Arc::downgrade(&broker),

@@ -474,8 +474,8 @@ async fn a_client_whose_owner_is_down_connects_elsewhere_with_its_subscriptions(
 }
 
 /// Measures the time to CONNACK of a CONNECT that needs a claim (a client id new to the
-/// cluster, proposed through Raft) and of one that does not (a reconnection to the node that
-/// owns it): `cargo test -j2 -p tern-server --test cluster -- --ignored --nocapture measure`.
+/// cluster, proposed through Raft) and of one that does not (a persistent session's
+/// reconnection to the node that owns it, which holds its lease): `cargo test -j2 -p tern-server --test cluster -- --ignored --nocapture measure`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_claim_latency() {
@@ -486,7 +486,11 @@ async fn measure_claim_latency() {
         let mut times = Vec::with_capacity(rounds);
         for i in 0..rounds {
             let started = std::time::Instant::now();
-            let client = Client::simple(nodes[1].addr, &format!("measure-{i}")).await;
+            // Persistent: a clean session's end releases its id in the registry, and its
+            // next CONNECT is a new claim.
+            let mut options = common::options(nodes[1].addr, &format!("measure-{i}"));
+            options.set_clean_session(false);
+            let (client, _) = Client::connect(options).await;
             times.push(started.elapsed());
             client.disconnect().await;
         }
@@ -498,6 +502,10 @@ async fn measure_claim_latency() {
             times[rounds - 1]
         );
     };
+    until("node 2 holds its lease", || {
+        nodes[1].cluster.node().holds_lease(Duration::from_secs(5))
+    })
+    .await;
     connect_all("a claim through Raft").await;
     connect_all("a reconnection to the owning node").await;
     for node in nodes {

@@ -244,6 +244,26 @@ impl MetricsSource {
             "Messages not forwarded: a peer's outbox was full, or the message could not be encoded.",
             forwarding.dropped,
         )?;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            use tern_cluster::wire::{BYTES_IN, BYTES_OUT};
+            let kinds = |bytes: &tern_cluster::wire::LinkBytes| {
+                vec![
+                    ([("kind", "control".to_owned())], bytes.control.load(Relaxed) as f64),
+                    ([("kind", "data".to_owned())], bytes.data.load(Relaxed) as f64),
+                ]
+            };
+            out.gauges(
+                "tern_cluster_link_sent_bytes",
+                "Bytes this process wrote to node-to-node links: control (Raft, proposals, hand-overs) and data (forwarded messages).",
+                &kinds(&BYTES_OUT),
+            )?;
+            out.gauges(
+                "tern_cluster_link_received_bytes",
+                "Bytes this process read from node-to-node links, by the same kinds.",
+                &kinds(&BYTES_IN),
+            )?;
+        }
         out.gauge(
             "tern_cluster_sessions",
             "Client ids claimed in the replicated session registry.",

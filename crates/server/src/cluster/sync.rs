@@ -254,13 +254,10 @@ async fn propose_sessions(
             continue;
         }
         failed = true;
-        match key {
-            Some(key) => {
-                if let Some(options) = subscriptions.get(&key) {
-                    pending.subscriptions.entry(key).or_insert(*options);
-                }
-            }
-            None => {}
+        if let Some(key) = key
+            && let Some(options) = subscriptions.get(&key)
+        {
+            pending.subscriptions.entry(key).or_insert(*options);
         }
     }
     if failed {

@@ -7,7 +7,9 @@
 #   local-fanin / local-fanout  every client on node 1 (traffic that never leaves a node),
 #                               next to the same load on a single `tern serve` (no [cluster]):
 #                               the cost of being a cluster node for local traffic;
-#   cross-fanin                 publishers on node 2, the subscriber on node 1 (--sub-port);
+#   cross-fanin                 publishers on node 2, the subscriber on node 1 (--sub-port), at
+#                               QoS 1 (each copy stored on node 2 before the PUBACK, and its
+#                               receipt on node 1 before the acknowledgement) and at QoS 0;
 #   cross-fanout                the publisher on node 1, subscribers on node 2;
 #   connect                     CONNECTS clients at once, a third on each node (three bench
 #                               processes at RATE connections/s each): the time until all are
@@ -150,7 +152,9 @@ for round in $(seq "$ROUNDS"); do
         case $s in
           local-fanin) bench cluster-fanin "$dir" "$n1" fanin --qos 1 --clients "$PUBLISHERS" --port "$(mqtt_port 1)" ;;
           local-fanout) bench cluster-fanout "$dir" "$n1" fanout --qos 0 --clients "$SUBSCRIBERS" --port "$(mqtt_port 1)" ;;
-          cross-fanin) bench cross-fanin "$dir" "$n1" fanin --qos 1 --clients "$PUBLISHERS" --port "$(mqtt_port 2)" --sub-port "$(mqtt_port 1)" ;;
+          cross-fanin)
+            bench cross-fanin "$dir" "$n1" fanin --qos 1 --clients "$PUBLISHERS" --port "$(mqtt_port 2)" --sub-port "$(mqtt_port 1)"
+            bench cross-fanin-q0 "$dir" "$n1" fanin --qos 0 --clients "$PUBLISHERS" --port "$(mqtt_port 2)" --sub-port "$(mqtt_port 1)" ;;
           cross-fanout) bench cross-fanout "$dir" "$n1" fanout --qos 0 --clients "$SUBSCRIBERS" --port "$(mqtt_port 1)" --sub-port "$(mqtt_port 2)" ;;
           connect)
             before=$(link_bytes)
@@ -206,7 +210,7 @@ for load in ("fanin", "fanout"):
     rs = med([r.get("received_per_s") or 0 for r in s]); rc = med([r.get("received_per_s") or 0 for r in c])
     ok = all((r.get("verdict") or {}).get("pass", r.get("check")) for r in s + c)
     print(f"| local {load} | {rs:,.0f} | {rc:,.0f} | {rc / rs:.2f} | {'passed' if ok else 'FAILED'} |")
-for load in ("cross-fanin", "cross-fanout"):
+for load in ("cross-fanin", "cross-fanin-q0", "cross-fanout"):
     c = runs(load)
     if c:
         rc = med([r.get("received_per_s") or 0 for r in c])

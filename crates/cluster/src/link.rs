@@ -38,6 +38,9 @@ use crate::wire::{Frame, Kind};
 /// drops them).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How many messages the sender takes from an outbox at a time.
+const SEND_BATCH: usize = 256;
+
 /// A future the receiver awaits before it acknowledges a message (its durable write).
 pub type Settled = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -300,22 +303,35 @@ impl DataPlane {
                 lock(&out.outbox).send_again(&self.counters);
                 current = generation;
             }
-            let next = {
+            // What is not sent yet, a batch at a time (one look at the outbox, then the
+            // frames one after the other on the same connection).
+            let batch: Vec<(u64, u64, Bytes)> = {
                 let outbox = lock(&out.outbox);
-                outbox.unacked.get(outbox.sent).cloned()
+                outbox
+                    .unacked
+                    .iter()
+                    .skip(outbox.sent)
+                    .take(SEND_BATCH)
+                    .cloned()
+                    .collect()
             };
-            let Some((run, seq, payload)) = next else {
-                continue;
-            };
-            let mut body = BytesMut::with_capacity(16 + payload.len());
-            body.put_u64(run);
-            body.put_u64(seq);
-            body.put_slice(&payload);
-            if self
-                .node
-                .send_data(peer, generation, Frame::new(Kind::Data, body.freeze()))
-                .await
-            {
+            for (run, seq, payload) in batch {
+                let mut body = BytesMut::with_capacity(16 + payload.len());
+                body.put_u64(run);
+                body.put_u64(seq);
+                body.put_slice(&payload);
+                if !self
+                    .node
+                    .send_data(peer, generation, Frame::new(Kind::Data, body.freeze()))
+                    .await
+                {
+                    // The connection's queue is full or it just failed: wait a little.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    break;
+                }
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 let mut outbox = lock(&out.outbox);
                 // An acknowledgement may have removed it meanwhile.
@@ -326,12 +342,8 @@ impl DataPlane {
                 {
                     outbox.sent += 1;
                     outbox.waiting_since.get_or_insert_with(Instant::now);
-                }
-            } else {
-                // The connection's queue is full or it just failed: wait a little.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                    _ = stop.changed() => return,
+                } else {
+                    break;
                 }
             }
         }
@@ -396,8 +408,14 @@ impl DataPlane {
 fn new_inbound(run: u64) -> Inbound {
     let (acks, mut queue) = mpsc::unbounded_channel::<(Settled, u64, u64, mpsc::Sender<Frame>)>();
     tokio::spawn(async move {
-        while let Some((settled, run, seq, reply)) = queue.recv().await {
+        while let Some((settled, mut run, mut seq, mut reply)) = queue.recv().await {
             settled.await;
+            // Cumulative: what settled meanwhile goes in the same acknowledgement (one per
+            // burst rather than one per message).
+            while let Ok((next, next_run, next_seq, next_reply)) = queue.try_recv() {
+                next.await;
+                (run, seq, reply) = (next_run, next_seq, next_reply);
+            }
             let mut body = BytesMut::with_capacity(16);
             body.put_u64(run);
             body.put_u64(seq);

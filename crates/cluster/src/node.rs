@@ -314,6 +314,10 @@ impl ClusterNode {
     /// The generation of this node's link to `node`, dialling it if needed (see
     /// [`crate::peer::Peer::generation`]); `None` if it cannot be reached.
     pub async fn link_generation(&self, node: NodeId) -> Option<u64> {
+        // The link made before, without looking the address up again (once per message).
+        if let Some(peer) = self.inner.peers.existing(node) {
+            return peer.generation().await;
+        }
         let addr = self.node_addr(node)?;
         self.inner.peers.get(node, &addr).generation().await
     }

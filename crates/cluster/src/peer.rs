@@ -228,7 +228,9 @@ impl Peer {
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|error| unreachable(error.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
+        // Buffered: a frame's header and body in one read, many frames per read under load.
+        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
         wire::write_frame(&mut writer, &wire::hello(self.local))
             .await
             .map_err(|error| unreachable(error.to_string()))?;

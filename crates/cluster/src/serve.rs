@@ -64,7 +64,9 @@ async fn link(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), wire::WireError> {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered: a frame's header and body in one read, many frames per read under load.
+    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame(&mut reader)).await {
         Ok(Ok(Some(frame))) => frame,
         Ok(Ok(None)) => return Ok(()),

@@ -153,6 +153,17 @@ async fn claim(
     let deadline = tokio::time::Instant::now() + timeout;
     let outcome = loop {
         match tokio::time::timeout_at(deadline, node.propose(command.clone())).await {
+            // This node is not registered yet (it has just started or joined): its
+            // registration is on its way, try again.
+            Ok(Ok(Outcome::UnknownNode))
+                if tokio::time::Instant::now() + RETRY_AFTER < deadline =>
+            {
+                tracing::debug!(
+                    client_id,
+                    "claim before this node's registration: trying again"
+                );
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
             Ok(Ok(outcome)) => break outcome,
             Ok(Err(Refusal::Refused(reason))) => {
                 tracing::info!(client_id, reason, "claim refused: CONNACK 0x88");

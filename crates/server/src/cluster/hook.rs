@@ -115,25 +115,23 @@ impl ClusterHook for Glue {
         if table.is_empty() {
             return None;
         }
-        let found = table.matching(&message.topic);
+        let found = table.matching(&message.topic, self.node_id);
         drop(table);
+        if found.is_empty() {
+            return None;
+        }
         let mut copies: BTreeMap<NodeId, RemoteCopy> = BTreeMap::new();
         for node in found.nodes {
-            if node != self.node_id {
-                copies
-                    .entry(node)
-                    .or_insert_with(|| RemoteCopy {
-                        node,
-                        ..RemoteCopy::default()
-                    })
-                    .regular = true;
-            }
+            copies
+                .entry(node)
+                .or_insert_with(|| RemoteCopy {
+                    node,
+                    ..RemoteCopy::default()
+                })
+                .regular = true;
         }
         let mut skip_groups = Vec::new();
         for (group, node) in found.groups {
-            if node == self.node_id {
-                continue;
-            }
             skip_groups.push(group.clone());
             copies
                 .entry(node)

@@ -17,13 +17,20 @@ impl IndexEntry for NodeEntry {
     }
 }
 
-/// What a topic matches in the route table.
+/// What a topic matches in the route table, on other nodes than the asking one.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RouteMatch {
-    /// Nodes with a plain subscription matching the topic.
-    pub nodes: BTreeSet<NodeId>,
-    /// Shared groups matching the topic, with the node picked for each (round robin).
+    /// Other nodes with a plain subscription matching the topic, each once.
+    pub nodes: Vec<NodeId>,
+    /// Shared groups matching the topic whose turn (round robin among the nodes with
+    /// members) is another node's, with that node.
     pub groups: Vec<((String, String), NodeId)>,
+}
+
+impl RouteMatch {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.groups.is_empty()
+    }
 }
 
 /// The route index.
@@ -102,15 +109,20 @@ impl RouteTable {
         }
     }
 
-    /// The nodes and groups `topic` matches.
-    pub fn matching(&self, topic: &str) -> RouteMatch {
+    /// What `topic` matches on nodes other than `me`, and which groups' turn is elsewhere.
+    /// Allocates nothing when everything matched is `me`'s (local traffic).
+    pub fn matching(&self, topic: &str, me: NodeId) -> RouteMatch {
         let mut found = RouteMatch::default();
         self.index.for_each_match(topic, |matched| match matched {
             Matched::Subscriber(NodeEntry(node)) => {
-                found.nodes.insert(*node);
+                if *node != me && !found.nodes.contains(node) {
+                    found.nodes.push(*node);
+                }
             }
             Matched::Group(group) => {
-                if let Some(NodeEntry(node)) = group.pick(|_| true) {
+                if let Some(NodeEntry(node)) = group.pick(|_| true)
+                    && *node != me
+                {
                     let plain = tern_codec::topic::split_shared(&group.filter)
                         .map_or("", |(_, filter)| filter);
                     found

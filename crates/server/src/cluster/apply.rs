@@ -36,7 +36,10 @@ pub async fn run(
     rebuild(&glue, &node, &broker);
     while let Some(event) = events.recv().await {
         match event {
-            Applied::Snapshot => rebuild(&glue, &node, &broker),
+            Applied::Snapshot => {
+                rebuild(&glue, &node, &broker);
+                forget_cleared_retained(&glue, &node, &broker);
+            }
             Applied::Commands {
                 request, response, ..
             } => {
@@ -122,5 +125,36 @@ fn apply_one(
             );
         }
         _ => {}
+    }
+}
+
+/// After a snapshot replaced the state (this node missed entries, among them clears of
+/// retained messages): the local retained messages the state no longer has go too, so every
+/// node ends with the same retained table. (`#` does not match `$` topics: the broker's own
+/// `$SYS` messages stay.)
+fn forget_cleared_retained(glue: &Glue, node: &ClusterNode, broker: &Broker) {
+    let mut after: Option<String> = None;
+    loop {
+        let page = broker.retained_after("#", after.as_deref(), 1_000);
+        let Some(last) = page.last() else {
+            return;
+        };
+        after = Some(last.topic.to_string());
+        let gone: Vec<String> = {
+            let state = node.state();
+            page.iter()
+                .filter(|message| state.retained_message(&message.topic).is_none())
+                // Not one set here whose proposal is still on its way.
+                .filter(|message| {
+                    !super::hook::lock(&glue.pending)
+                        .retained
+                        .contains_key(message.topic.as_str())
+                })
+                .map(|message| message.topic.to_string())
+                .collect()
+        };
+        for topic in gone {
+            broker.apply_cluster_retained(&topic, None);
+        }
     }
 }

@@ -36,6 +36,9 @@ pub struct Claimer {
     pub lease: Duration,
     /// Client ids granted here only once a silent previous owner's lease has run out.
     pub fences: Arc<Fences>,
+    /// Whether a release of the client id is queued or under way here (the registry's entry
+    /// is about to go: a reconnection takes the slow path and claims again).
+    pub releasing: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 /// Client ids whose previous owner did not answer a hand-over: not granted here (not even on
@@ -43,9 +46,45 @@ pub struct Claimer {
 #[derive(Default)]
 pub struct Fences {
     until: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Client ids with a claim running here.
+    claiming: Mutex<std::collections::HashSet<String>>,
+    claimed: tokio::sync::Notify,
+}
+
+/// A claim of a client id under way on this node (see [`Fences::begin_claim`]).
+pub struct Claiming {
+    fences: Arc<Fences>,
+    client_id: String,
+}
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        lock(&self.fences.claiming).remove(&self.client_id);
+        self.fences.claimed.notify_waiters();
+    }
 }
 
 impl Fences {
+    /// Whether a claim of `client_id` runs on this node now.
+    fn claiming(&self, client_id: &str) -> bool {
+        lock(&self.claiming).contains(client_id)
+    }
+
+    /// Waits until no other claim of `client_id` runs here, then marks this one as running
+    /// until the returned guard is dropped.
+    async fn begin_claim(self: &Arc<Self>, client_id: &str) -> Claiming {
+        loop {
+            let notified = self.claimed.notified();
+            if lock(&self.claiming).insert(client_id.to_owned()) {
+                return Claiming {
+                    fences: self.clone(),
+                    client_id: client_id.to_owned(),
+                };
+            }
+            notified.await;
+        }
+    }
+
     /// Whether `client_id` waits for a lease to run out.
     fn fenced(&self, client_id: &str) -> bool {
         let mut until = lock(&self.until);
@@ -91,6 +130,8 @@ impl Claimer {
         if matches!(owner, Some((Some(owner), _)) if owner == self.me)
             && self.node.holds_lease(self.lease)
             && !self.fences.fenced(&request.client_id)
+            && !self.fences.claiming(&request.client_id)
+            && !(self.releasing)(&request.client_id)
         {
             return ClaimDecision::Granted;
         }
@@ -108,12 +149,24 @@ impl Claimer {
             if !completion.is_wanted() {
                 return;
             }
-            let (result, silent) =
+            // One claim of a client id at a time on this node: a reconnection while this
+            // one runs waits for it (and then finds the session it brings).
+            let _claiming = fences.begin_claim(&client_id).await;
+            let (mut result, silent) =
                 claim(&node, me, timeout, &client_id, clean_start, persistent).await;
             if result.is_ok() {
                 // "Never two live connections": a previous owner that did not answer may
-                // still hold connections until its lease runs out (it closes them then).
-                fences.wait_out(&client_id, silent.then_some(lease)).await;
+                // still hold connections until its lease runs out. It looks at its lease at
+                // most `lease / 2` (the confirmation in flight) plus a second after the
+                // lease ends, and closes them then: wait that long.
+                let wait = lease * 2 + Duration::from_secs(1);
+                fences.wait_out(&client_id, silent.then_some(wait)).await;
+                // Still this claim's? A later claim (elsewhere) took the id meanwhile.
+                let current = node.state().owner(&client_id);
+                if !matches!(current, Some((Some(owner), _)) if owner == me) {
+                    tracing::info!(client_id, "claimed again elsewhere meanwhile: CONNACK 0x88");
+                    result = Err(ReasonCode::ServerUnavailable);
+                }
             }
             // The connection went away meanwhile: the session handed over stays here (this
             // node owns the client id now), offline, for its next connection.
@@ -217,6 +270,13 @@ async fn claim(
             }
         },
         Ok(None) => None,
+        // The previous owner answered that this claim is stale (the id was claimed again
+        // since) or that it could not let go: it is alive and may hold the connection, so
+        // this claim does not connect (0x88, the client retries).
+        Err(Refusal::Refused(reason)) => {
+            tracing::info!(client_id, node = previous, reason, "hand-over refused: CONNACK 0x88");
+            return (Err(ReasonCode::ServerUnavailable), false);
+        }
         Err(refusal) => {
             // The previous owner is down or slow: the client connects here with the
             // session's durable subscriptions from the registry; its queued and in-flight

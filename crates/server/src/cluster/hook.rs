@@ -59,6 +59,8 @@ pub struct Glue {
     persistence: Option<Arc<dyn Persistence>>,
     /// SUBACKs waiting for this node's new routes.
     pub tickets: super::tickets::RouteTickets,
+    /// Client ids whose release is being proposed (see `sync`).
+    pub releasing: Mutex<BTreeSet<String>>,
 }
 
 impl Glue {
@@ -78,7 +80,13 @@ impl Glue {
             released: Arc::new(Released::default()),
             persistence,
             tickets: super::tickets::RouteTickets::default(),
+            releasing: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Whether the release of `client_id`'s registry entry is queued or being proposed.
+    pub fn is_releasing(&self, client_id: &str) -> bool {
+        lock(&self.pending).ended.contains(client_id) || lock(&self.releasing).contains(client_id)
     }
 
     fn route_changed(&self, filter: &str, group: Option<&str>, present: bool) {

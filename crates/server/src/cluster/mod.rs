@@ -82,7 +82,9 @@ impl Cluster {
             bind,
             advertise,
             seeds: config.seeds.clone(),
-            dir: data_dir.join(tern_store::CLUSTER_DIR),
+            // The Raft log and snapshots (a fjall database of their own); the data plane's
+            // run file beside it.
+            dir: data_dir.join(tern_store::CLUSTER_DIR).join("raft"),
             mqtt_addrs,
             timing,
             addr_map: config.relay.as_ref().map(|relay| relay.0.clone()),
@@ -90,11 +92,15 @@ impl Cluster {
         .await?;
         let glue = Arc::new(hook::Glue::new(config.node_id, persistence.clone()));
         let sink = Arc::new(sink::BrokerSink::new(broker.clone(), persistence.clone()));
+        // Runs only grow: above the last one this node used (kept in a file beside the
+        // Raft log), whatever the clock says after a restart.
+        let cluster_dir = data_dir.join(tern_store::CLUSTER_DIR);
         let last_run = forwards
             .iter()
             .map(|forward| forward.run)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(read_run(&cluster_dir));
         let plane = DataPlane::start(
             node.clone(),
             sink,
@@ -102,6 +108,12 @@ impl Cluster {
             stop.clone(),
             last_run,
         );
+        if let Err(error) = write_run(&cluster_dir, plane.run()) {
+            return Err(NodeError::Storage(format!(
+                "cannot keep the data plane's run in {}: {error}",
+                cluster_dir.display()
+            )));
+        }
         // What this node forwarded before a restart and was not acknowledged goes first; what
         // it delivered from others is not delivered again.
         if !forwards.is_empty() {
@@ -154,6 +166,13 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             lease: Duration::from_millis(config.lease_ms),
             fences: Arc::default(),
+            releasing: {
+                let glue = Arc::downgrade(&glue);
+                Arc::new(move |client_id: &str| {
+                    glue.upgrade()
+                        .is_some_and(|glue| glue.is_releasing(client_id))
+                })
+            },
         });
         node.set_hand_over_handler(Arc::new(claim::HandOver {
             broker: Arc::downgrade(&broker),
@@ -211,4 +230,28 @@ impl Cluster {
                 .dropped
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// The file that keeps the data plane's last run (see `tern_cluster::link`).
+const RUN_FILE: &str = "data-plane-run";
+
+/// The last run this node's data plane used (0: none).
+fn read_run(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(RUN_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Keeps `run` durably (written aside, synced, renamed into place) before any message of it
+/// is sent: a restart after a clock step back still numbers above it.
+fn write_run(dir: &Path, run: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let temporary = dir.join(format!("{RUN_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    writeln!(file, "{run}")?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, dir.join(RUN_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -236,6 +236,7 @@ async fn propose_sessions(
                 continue;
             };
             if owner == me {
+                lock(&glue.releasing).insert(client_id.clone());
                 commands.push(Command::Release {
                     client_id: client_id.clone(),
                     epoch,
@@ -247,6 +248,8 @@ async fn propose_sessions(
     let outcomes = join_all(commands.into_iter().map(|command| node.propose(command))).await;
     let mut failed = false;
     let mut pending = lock(&glue.pending);
+    // Released (or not: then queued again below, under the same lock).
+    lock(&glue.releasing).clear();
     for (key, outcome) in keys.into_iter().zip(outcomes) {
         // Refused as stale: the client id was claimed again; nothing to do. Not committed:
         // proposed again, unless a later change replaced it.

@@ -160,9 +160,11 @@ def netns_cluster(request, tmp_path):
 
 
 @pytest.mark.test_timeout(75)
-def test_partitioned_follower_majority_goes_on_minority_refuses_then_converges(
-        netns_cluster, unique):
-    """Issue 16 "Partitions": one follower cut off from the others. The majority goes on (a new
+@pytest.mark.parametrize("cut", ["follower", "leader"])
+def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
+        netns_cluster, unique, cut):
+    """Issue 16 "Partitions": one node (a follower, or the leader: the other two then elect a
+    new one) cut off from the others. The majority goes on (a new
     client connects, a new route spreads, messages flow between its nodes); on the minority
     side existing sessions keep working along known routes (a local publish reaches a local
     subscriber), a CONNECT that needs a new claim gets CONNACK 0x88 Server unavailable and a
@@ -178,7 +180,10 @@ def test_partitioned_follower_majority_goes_on_minority_refuses_then_converges(
     pending: list[str] = []  # checks of parts being merged in parallel (xfail at the end)
     try:
         leader, term, _ = cluster.wait_leader()
-        minority = max(node.node_id for node in cluster.nodes if node.node_id != leader)
+        if cut == "leader":
+            minority = leader
+        else:
+            minority = max(node.node_id for node in cluster.nodes if node.node_id != leader)
         lone = cluster.node(minority)
         majority = [node for node in cluster.nodes if node.node_id != minority]
         # A session on the minority node, subscribed before the partition.
@@ -188,13 +193,17 @@ def test_partitioned_follower_majority_goes_on_minority_refuses_then_converges(
         await_route(old, f"{unique}/probe", majority[0])
 
         network.partition(minority)
-        cut = time.monotonic()
+        cut_at = time.monotonic()
+        elected = 0.0
+        if cut == "leader":
+            _, _, _ = cluster.wait_leader(newer_than=term, among=majority, timeout=15)
+            elected = time.monotonic() - cut_at
         # The majority goes on: a new client, a new route between its nodes.
         fresh = client(majority[0], "maj", keepalive=60)
         assert fresh.connect(timeout=10).reason_code == 0
         fresh.subscribe(f"{unique}-maj/#", 1)
         await_route(fresh, f"{unique}-maj/probe", majority[1], timeout=15)
-        majority_route = time.monotonic() - cut
+        majority_route = time.monotonic() - cut_at
         # The minority's known routes and local traffic keep working.
         local = client(lone, "loc")
         local.connect(timeout=10)
@@ -213,8 +222,8 @@ def test_partitioned_follower_majority_goes_on_minority_refuses_then_converges(
         if accepted:
             pending.append(f"minority SUBACK of a new route: {codes}, not a failure")
         # Long enough for the minority to miss several heartbeats and stand for election.
-        time.sleep(max(0.0, 3.0 - (time.monotonic() - cut)))
-        partitioned_for = time.monotonic() - cut
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - cut_at)))
+        partitioned_for = time.monotonic() - cut_at
 
         network.heal(minority)
         healed = time.monotonic()
@@ -247,7 +256,8 @@ def test_partitioned_follower_majority_goes_on_minority_refuses_then_converges(
             for node in cluster.nodes:
                 got = sub.wait_messages(5, topic=f"{unique}-all/from{node.node_id}", timeout=10)
                 assert [m.payload for m in got][:5] == [b"%d" % i for i in range(5)]
-        print("CLUSTER-TIMING netns-partition", f"minority={minority}",
+        print("CLUSTER-TIMING netns-partition", f"cut={cut}", f"minority={minority}",
+              f"majority_elected_s={elected:.3f}",
               f"majority_route_s={majority_route:.3f}", f"partitioned_s={partitioned_for:.3f}",
               f"leader_agreed_after_heal_s={agreed:.3f}", f"converged_s={converged:.3f}",
               f"term={term}->{new_term}", f"leader={leader}->{new_leader}", flush=True)

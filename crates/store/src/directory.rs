@@ -2,8 +2,7 @@
 //! the lock file that keeps a second broker out while one has it open.
 //!
 //! Layout: `<dir>/tern.lock` (the lock; it names the holder's process id) and `<dir>/engine/`
-//! (the fjall database), and on a cluster node `<dir>/cluster/` (the node's Raft database, which
-//! `tern-cluster` opens and checks itself). Nothing else may be there.
+//! (the fjall database). Nothing else may be there.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -13,8 +12,6 @@ use crate::error::StoreError;
 
 pub(crate) const LOCK_FILE: &str = "tern.lock";
 pub(crate) const ENGINE_DIR: &str = "engine";
-/// A cluster node's Raft log and state machine (issue 16): beside the store, not in it.
-const CLUSTER_DIR: &str = "cluster";
 
 /// What a file system may put into a fresh mount point; not taken for foreign data.
 const FILE_SYSTEM_ENTRIES: &[&str] = &["lost+found"];
@@ -60,7 +57,6 @@ pub(crate) fn prepare(dir: &Path) -> Result<Prepared, StoreError> {
         let name = entry.map_err(io("list the directory"))?.file_name();
         let ours = name == LOCK_FILE
             || name == ENGINE_DIR
-            || name == CLUSTER_DIR
             || FILE_SYSTEM_ENTRIES.iter().any(|allowed| name == *allowed);
         if !ours {
             return Err(StoreError::Foreign {

@@ -76,18 +76,6 @@ fn a_directory_with_foreign_files_is_refused_and_left_alone() {
     assert_eq!(entries.len(), 1, "nothing was written");
 }
 
-/// Issue 16: a cluster node keeps its Raft database in `<data_dir>/cluster`, beside the store;
-/// the node must open its store again after a restart (found by tests/interop/test_cluster.py).
-#[test]
-fn a_cluster_nodes_raft_directory_beside_the_store_is_accepted() {
-    let scratch = Scratch::new("cluster-dir");
-    store_with_sessions(scratch.path(), 2);
-    fs::create_dir_all(scratch.path().join("cluster").join("keyspaces")).unwrap();
-    let (store, _) = open(scratch.path());
-    store.close().unwrap();
-    assert!(scratch.path().join("cluster").join("keyspaces").is_dir());
-}
-
 #[test]
 fn another_programs_engine_database_is_refused() {
     let scratch = Scratch::new("other-db");

@@ -209,6 +209,8 @@ pub struct Broker {
     /// The cluster this node belongs to, if any (see `cluster_hook`): one load per publish
     /// when there is none.
     pub(crate) cluster: std::sync::OnceLock<Arc<dyn ClusterHook>>,
+    /// Claims of client ids waiting for the cluster's answer (see `cluster_claim`).
+    pub(crate) claims: crate::cluster_claim::Claims,
 }
 
 /// What [`Broker::recheck_access`] did.
@@ -286,6 +288,7 @@ impl Broker {
             access_epoch: AtomicU64::new(0),
             worker_inboxes: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            claims: crate::cluster_claim::Claims::default(),
         })
     }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use tern_codec::topic::split_shared;
 
 use crate::broker::{Broker, Subscriber, read, write};
+use crate::cluster_claim::{ClaimDecision, ClaimRequest};
 use crate::message::Message;
 use crate::persist::Change;
 use crate::session::Kick;
@@ -54,6 +55,16 @@ pub trait ClusterHook: Send + Sync {
     /// it should only queue the work.
     fn claimed_session_released(&self, client_id: &str) {
         let _ = client_id;
+    }
+    /// An authenticated CONNECT (after any enhanced authentication) asks whether this node
+    /// may own `request.client_id`, before its session is attached. `Pending` keeps the
+    /// connection waiting (no input handled, bounded by the connect timeout: then CONNACK
+    /// 0x88) until `request.completion` is completed, from any thread. Called on the
+    /// connection's thread with no lock of the core held; it must not block. The default
+    /// grants every claim.
+    fn claim(&self, request: ClaimRequest) -> ClaimDecision {
+        let _ = request;
+        ClaimDecision::Granted
     }
 }
 

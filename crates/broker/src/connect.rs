@@ -10,7 +10,12 @@ use tern_codec::{
     Auth, ConnAck, Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
 };
 
-use crate::connection::{Active, Connection, Deciding, PendingAuth, Phase, PreparedWill};
+use crate::cluster_claim::{ClaimCompletion, ClaimDecision, ClaimGrant, ClaimId, ClaimRequest};
+use crate::cluster_hook::ClusterHook;
+use crate::cluster_transfer::SessionTransfer;
+use crate::connection::{
+    Active, Admitted, Claiming, Connection, Deciding, PendingAuth, Phase, PreparedWill,
+};
 use crate::hooks::{
     AuthCompletion, AuthDecision, AuthExchange, AuthRequest, AuthRequestId, AuthStep, Credentials,
     Principal,
@@ -85,6 +90,16 @@ fn connack_refusal(code: ReasonCode) -> ReasonCode {
         code
     } else {
         ReasonCode::NotAuthorized
+    }
+}
+
+/// A claim refusal CONNACK can carry: a code it cannot becomes 0x88 Server unavailable (the
+/// cluster, not the client, is at fault: retryable).
+fn claim_refusal(code: ReasonCode) -> ReasonCode {
+    if code.is_error() && code.allowed_in(tern_codec::PacketType::ConnAck) {
+        code
+    } else {
+        ReasonCode::ServerUnavailable
     }
 }
 
@@ -166,9 +181,10 @@ impl Connection {
         }
     }
 
-    /// Whether a deferred authentication is waiting for its answer.
+    /// Whether a deferred decision is waiting for its answer: an authentication, or (in a
+    /// cluster) the claim of the client id. The connection takes no input meanwhile.
     pub fn is_deciding(&self) -> bool {
-        matches!(self.phase, Phase::Deciding(_))
+        matches!(self.phase, Phase::Deciding(_) | Phase::Claiming(_))
     }
 
     /// Takes an answer the server gave through an [`AuthCompletion`], if one came.
@@ -358,32 +374,146 @@ impl Connection {
         self.connect_auth_step(pending, step, now);
     }
 
-    /// Completes an accepted CONNECT: will, session, CONNACK.
+    /// Goes on with an authenticated CONNECT: checks its will and whether its session can be
+    /// stored, then (in a cluster) claims the client id, then attaches the session.
     fn accept(
         &mut self,
-        connect: Connect,
+        mut connect: Connect,
         client: Principal,
         assigned: bool,
         auth: Option<(MqttStr, Option<Bytes>)>,
         now: Instant,
     ) {
-        let version = connect.protocol;
-        let broker = self.broker.clone();
-        let config = broker.config();
-        let client_id = client.client_id.clone();
-        let will = match connect.will {
+        let will = match self.prepare_will(connect.will.take(), &client, now) {
+            Ok(will) => will,
+            Err(code) => return self.refuse(code, now),
+        };
+        let config = self.broker.config();
+        let expiry = if connect.protocol.is_v5() {
+            SessionExpiry::from_interval(connect.properties.session_expiry_interval.unwrap_or(0))
+        } else if connect.clean_start {
+            SessionExpiry::AtDisconnect
+        } else {
+            config
+                .persistent_session_expiry
+                .map_or(SessionExpiry::Never, SessionExpiry::After)
+        };
+        // While the store's commits fail, the CONNACK of a persistent session would wait for
+        // the session's write with no bound: refused instead (0x88, 3.x: 0x03 Server
+        // unavailable), so the client retries later; clean sessions need no write.
+        if expiry != SessionExpiry::AtDisconnect && self.broker.commits_failing() {
+            return self.refuse(ReasonCode::ServerUnavailable, now);
+        }
+        let admitted = Admitted {
+            connect,
+            client,
+            assigned,
+            auth,
+            will,
+            expiry,
+        };
+        match self.broker.cluster().cloned() {
+            None => self.admit(admitted, None, now),
+            Some(hook) => self.claim(&*hook, admitted, now),
+        }
+    }
+
+    /// Asks the cluster whether this node may own the client id (issue 16): granted now,
+    /// refused, or pending until [`Connection::handle_claim_result`].
+    fn claim(&mut self, hook: &dyn ClusterHook, admitted: Admitted, now: Instant) {
+        let id = self.broker.defer_claim(self.wakeup.clone());
+        let request = ClaimRequest {
+            client_id: admitted.client.client_id.to_string(),
+            clean_start: admitted.connect.clean_start,
+            persistent: admitted.expiry != SessionExpiry::AtDisconnect,
+            completion: ClaimCompletion {
+                broker: Arc::downgrade(&self.broker),
+                id,
+            },
+        };
+        match hook.claim(request) {
+            ClaimDecision::Granted => {
+                self.broker.forget_claim(id);
+                self.admit(admitted, None, now);
+            }
+            ClaimDecision::Refused(code) => {
+                self.broker.forget_claim(id);
+                self.refuse(claim_refusal(code), now);
+            }
+            ClaimDecision::Pending => {
+                let deadline = self.connect_deadline(now);
+                self.phase = Phase::Claiming(Box::new(Claiming {
+                    admitted,
+                    id,
+                    deadline,
+                    held: Vec::new(),
+                }));
+            }
+        }
+    }
+
+    /// Takes the cluster's answer to the pending claim, if it came.
+    pub(crate) fn collect_claim_result(&mut self, now: Instant) {
+        let Phase::Claiming(claiming) = &self.phase else {
+            return;
+        };
+        let id = claiming.id;
+        if let Some(result) = self.broker.take_claim_result(id) {
+            self.handle_claim_result(id, result, now);
+        }
+    }
+
+    /// The cluster's answer to claim `id`: a grant attaches the session (first importing the
+    /// one the previous owner handed over, if any) and sends CONNACK, then handles what the
+    /// client sent meanwhile; a refusal is CONNACK with its code. An answer for another claim
+    /// (stale, unknown) is ignored.
+    pub fn handle_claim_result(
+        &mut self,
+        id: ClaimId,
+        result: Result<ClaimGrant, ReasonCode>,
+        now: Instant,
+    ) {
+        match &self.phase {
+            Phase::Claiming(claiming) if claiming.id == id => {}
+            _ => return,
+        }
+        let Phase::Claiming(claiming) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return;
+        };
+        self.broker.forget_claim(id);
+        let Claiming { admitted, held, .. } = *claiming;
+        match result {
+            Ok(grant) => self.admit(admitted, grant.transfer, now),
+            Err(code) => self.refuse(claim_refusal(code), now),
+        }
+        for packet in held {
+            self.handle_packet(packet, now);
+        }
+    }
+
+    /// The will of a CONNECT, checked (access, QoS, retain) and prepared, or the CONNACK
+    /// refusal.
+    fn prepare_will(
+        &self,
+        will: Option<tern_codec::Will>,
+        client: &Principal,
+        now: Instant,
+    ) -> Result<Option<Box<PreparedWill>>, ReasonCode> {
+        let config = self.broker.config();
+        let client_id = &client.client_id;
+        Ok(match will {
             None => None,
             Some(will) => {
                 let allowed = config.topic_within_limits(&will.topic)
-                    && broker.authorizer().may_publish(&client, &will.topic);
+                    && self.broker.authorizer().may_publish(client, &will.topic);
                 if !allowed {
-                    return self.refuse(ReasonCode::NotAuthorized, now);
+                    return Err(ReasonCode::NotAuthorized);
                 }
                 if will.qos > config.max_qos {
-                    return self.refuse(ReasonCode::QosNotSupported, now);
+                    return Err(ReasonCode::QosNotSupported);
                 }
                 if will.retain && !config.retain_available {
-                    return self.refuse(ReasonCode::RetainNotSupported, now);
+                    return Err(ReasonCode::RetainNotSupported);
                 }
                 let delay = Duration::from_secs(u64::from(
                     will.properties.will_delay_interval.unwrap_or(0),
@@ -408,23 +538,40 @@ impl Connection {
                     expiry_interval,
                 }))
             }
-        };
+        })
+    }
 
+    /// Completes an admitted CONNECT: the session (after importing `transfer`, a session
+    /// handed over by the previous owner in a cluster), CONNACK.
+    fn admit(&mut self, admitted: Admitted, transfer: Option<SessionTransfer>, now: Instant) {
+        let Admitted {
+            connect,
+            client,
+            assigned,
+            auth,
+            will,
+            expiry,
+        } = admitted;
+        let version = connect.protocol;
+        let broker = self.broker.clone();
+        let config = broker.config();
+        let client_id = client.client_id.clone();
         let session_expiry_interval = connect.properties.session_expiry_interval.unwrap_or(0);
-        let expiry = if version.is_v5() {
-            SessionExpiry::from_interval(session_expiry_interval)
-        } else if connect.clean_start {
-            SessionExpiry::AtDisconnect
-        } else {
-            config
-                .persistent_session_expiry
-                .map_or(SessionExpiry::Never, SessionExpiry::After)
-        };
-        // While the store's commits fail, the CONNACK of a persistent session would wait for
-        // the session's write with no bound: refused instead (0x88, 3.x: 0x03 Server
-        // unavailable), so the client retries later; clean sessions need no write.
-        if expiry != SessionExpiry::AtDisconnect && self.broker.commits_failing() {
-            return self.refuse(ReasonCode::ServerUnavailable, now);
+        // A session handed over by the node that owned the client id: installed offline
+        // here, so the attach below resumes it (session present, in-flight messages re-sent
+        // with DUP [MQTT-4.4.0-1]). A clean start discards it anyway [MQTT-3.1.2-4].
+        let mut imported = Seq::NONE;
+        if let Some(transfer) = transfer.filter(|_| !connect.clean_start) {
+            if transfer.client_id != client_id {
+                tracing::warn!(client_id = %client_id, "handed-over session of another client id ignored");
+            } else {
+                match broker.import_session(transfer, now) {
+                    Ok(seq) => imported = seq,
+                    Err(error) => {
+                        tracing::warn!(client_id = %client_id, %error, "handed-over session not imported");
+                    }
+                }
+            }
         }
 
         // Server Keep Alive: MQTT 5 clients asking for more than the maximum (or none) get it.
@@ -491,7 +638,7 @@ impl Connection {
         }
         // The will of a persistent session is stored with it, to be published after a restart
         // as after a lost connection.
-        let mut barrier = attached.seq;
+        let mut barrier = attached.seq.max(imported);
         let mut will_stored = false;
         if let Some(will) = &will {
             let state = attached.session.lock();

@@ -41,6 +41,10 @@ pub enum CloseReason {
     /// A deferred authentication (see [`crate::AuthDecision::Defer`]) was not answered within
     /// the connect timeout; refused with CONNACK 0x88 Server unavailable (3.x: 3).
     AuthenticatorTimeout,
+    /// The cluster did not answer the claim of the client id (see
+    /// [`crate::ClusterHook::claim`]) within the connect timeout; refused with CONNACK 0x88
+    /// Server unavailable (3.x: 3).
+    ClaimTimeout,
     /// The client's credentials expired while it was connected (a token's `exp`); MQTT 5
     /// clients get DISCONNECT 0x87 Not authorized.
     CredentialsExpired,
@@ -77,6 +81,7 @@ impl CloseReason {
                 | CloseReason::ConnectRefused(_)
                 | CloseReason::AuthenticationTimeout
                 | CloseReason::AuthenticatorTimeout
+                | CloseReason::ClaimTimeout
         )
     }
 }
@@ -93,6 +98,7 @@ impl std::fmt::Display for CloseReason {
                 f.write_str("enhanced authentication not completed in time")
             }
             CloseReason::AuthenticatorTimeout => f.write_str("authentication not answered in time"),
+            CloseReason::ClaimTimeout => f.write_str("the cluster did not grant the client id in time"),
             CloseReason::CredentialsExpired => f.write_str("credentials expired"),
             CloseReason::ConnectRefused(code) => write!(f, "connect refused: {code}"),
             CloseReason::ProtocolError { code, detail } => {
@@ -254,6 +260,31 @@ pub(crate) struct Deciding {
     pub(crate) held: Vec<Packet>,
 }
 
+/// A CONNECT authenticated and checked (will, limits), ready to attach its session: what
+/// waits while the cluster decides the claim of its client id.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// The CONNECT, its will taken out (prepared in `will`).
+    pub(crate) connect: tern_codec::Connect,
+    pub(crate) client: Principal,
+    pub(crate) assigned: bool,
+    /// The enhanced authentication's method and its last data, if CONNECT used one.
+    pub(crate) auth: Option<(MqttStr, Option<bytes::Bytes>)>,
+    pub(crate) will: Option<Box<PreparedWill>>,
+    pub(crate) expiry: crate::types::SessionExpiry,
+}
+
+/// A CONNECT waiting for the cluster to grant its client id
+/// ([`Connection::handle_claim_result`]). Like [`Deciding`], it takes no input meanwhile.
+#[derive(Debug)]
+pub(crate) struct Claiming {
+    pub(crate) admitted: Admitted,
+    pub(crate) id: crate::cluster_claim::ClaimId,
+    pub(crate) deadline: Instant,
+    /// Packets handed over meanwhile: handled, in order, once the claim is granted.
+    pub(crate) held: Vec<Packet>,
+}
+
 impl std::fmt::Debug for dyn AuthExchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AuthExchange")
@@ -276,6 +307,8 @@ pub(crate) enum Phase {
     },
     /// CONNECT received, its authentication deferred: waiting for the answer.
     Deciding(Box<Deciding>),
+    /// CONNECT authenticated, the cluster's claim of its client id pending.
+    Claiming(Box<Claiming>),
     /// CONNECT received; AUTH packets go back and forth before CONNACK.
     Authenticating(Box<PendingAuth>),
     Active(Box<Active>),
@@ -400,6 +433,7 @@ impl Connection {
         match &self.phase {
             Phase::AwaitingConnect { deadline } => Some(*deadline),
             Phase::Deciding(deciding) => Some(deciding.deadline),
+            Phase::Claiming(claiming) => Some(claiming.deadline),
             Phase::Authenticating(pending) => Some(pending.deadline),
             Phase::Active(active) => {
                 let keep_alive = active.keep_alive_limit.map(|limit| {
@@ -425,8 +459,9 @@ impl Connection {
     /// the store's backlog stays bounded, while clients that wait for nothing from the store
     /// (QoS 0, clean sessions) read on.
     pub fn wants_input(&mut self) -> bool {
-        if let Phase::Deciding(_) = self.phase {
-            // [MQTT-3.1.4-5]: nothing after CONNECT is handled before it is authenticated.
+        if let Phase::Deciding(_) | Phase::Claiming(_) = self.phase {
+            // [MQTT-3.1.4-5]: nothing after CONNECT is handled before it is authenticated
+            // (and, in a cluster, before the client id is this node's).
             return false;
         }
         if self.input_barrier == Seq::NONE {
@@ -472,6 +507,13 @@ impl Connection {
             Phase::Deciding(_) => self.refuse_as(
                 ReasonCode::ServerUnavailable,
                 CloseReason::AuthenticatorTimeout,
+                now,
+            ),
+            // The cluster could not decide in time (no quorum, a slow hand-over): 0x88 too,
+            // which a client reads as "retry later".
+            Phase::Claiming(_) => self.refuse_as(
+                ReasonCode::ServerUnavailable,
+                CloseReason::ClaimTimeout,
                 now,
             ),
             Phase::Active(ref active) if active.client.expires_at.is_some_and(|at| at <= now) => {
@@ -587,8 +629,10 @@ impl Connection {
             return;
         }
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);
-        if let Phase::Deciding(deciding) = &phase {
-            self.broker.forget_auth(deciding.id);
+        match &phase {
+            Phase::Deciding(deciding) => self.broker.forget_auth(deciding.id),
+            Phase::Claiming(claiming) => self.broker.forget_claim(claiming.id),
+            _ => {}
         }
         if let Phase::Active(active) = phase {
             if let (Some(code), ProtocolVersion::V5) = (disconnect, active.version) {
@@ -717,9 +761,12 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if let Phase::Deciding(deciding) = &self.phase {
-            // Dropped while its authentication was being decided: a late answer is dropped.
-            self.broker.forget_auth(deciding.id);
+        match &self.phase {
+            // Dropped while its authentication or claim was being decided: a late answer is
+            // dropped.
+            Phase::Deciding(deciding) => self.broker.forget_auth(deciding.id),
+            Phase::Claiming(claiming) => self.broker.forget_claim(claiming.id),
+            _ => {}
         }
         self.broker.deregister_connection(self.slot);
     }

@@ -27,6 +27,7 @@ impl Connection {
             // [MQTT-3.1.4-5]: held until the CONNECT is authenticated (a driver that asks
             // `wants_input` hands nothing over meanwhile).
             Phase::Deciding(deciding) => deciding.held.push(packet),
+            Phase::Claiming(claiming) => claiming.held.push(packet),
             Phase::Authenticating(_) => {
                 let Phase::Authenticating(pending) =
                     std::mem::replace(&mut self.phase, Phase::Closed)

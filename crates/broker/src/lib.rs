@@ -15,6 +15,7 @@
 
 mod admin;
 mod broker;
+mod cluster_claim;
 mod cluster_hook;
 mod cluster_transfer;
 mod config;
@@ -38,6 +39,7 @@ pub use admin::{
     ClientConnection, QUEUE_DEPTH_BUCKETS, RuntimeLimits, SessionReport, SessionTotals,
 };
 pub use broker::{Broker, RecheckSummary};
+pub use cluster_claim::{ClaimCompletion, ClaimDecision, ClaimGrant, ClaimId, ClaimRequest};
 pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy};
 pub use cluster_transfer::{
     SessionTransfer, TransferError, TransferredDelivery, TransferredInflight,

@@ -71,9 +71,12 @@ impl Connection {
     /// Returns true when more is ready than fit: call again once `buf` has been written.
     /// Packets that wait for the store stay back (the connection is woken when they may go).
     pub fn poll_transmit(&mut self, buf: &mut BytesMut, budget: usize, now: Instant) -> bool {
-        if let Phase::Deciding(_) = self.phase {
+        match self.phase {
             // The answer to a deferred authentication, if it came while the connection waited.
-            self.collect_auth_result(now);
+            Phase::Deciding(_) => self.collect_auth_result(now),
+            // The cluster's answer to the claim of the client id.
+            Phase::Claiming(_) => self.collect_claim_result(now),
+            _ => {}
         }
         let durable = self.broker.durable();
         while let Some((packet, barrier)) = self.outbox.front() {

@@ -134,6 +134,39 @@ pub enum Change {
     WillCleared {
         client_id: MqttStr,
     },
+    /// A cluster: a message this node forwards to node `peer`, kept until `peer` acknowledges
+    /// it (`payload` is the cluster's encoding; `run` and `seq` its place in the link's
+    /// order). Submitted in the same commit as the publisher's other changes, before the
+    /// publisher's acknowledgement.
+    ForwardQueued {
+        peer: u64,
+        run: u64,
+        seq: u64,
+        payload: bytes::Bytes,
+    },
+    /// `peer` acknowledged the forwarded messages of `run` up to `upto`, and every message of
+    /// an earlier run (runs increase: a later one starts after a restart).
+    ForwardAcked {
+        peer: u64,
+        run: u64,
+        upto: u64,
+    },
+    /// A cluster: the messages node `origin` forwarded here are delivered up to `seq` of its
+    /// `run` (submitted after the deliveries, so a restart de-duplicates what it sends again).
+    ForwardReceived {
+        origin: u64,
+        run: u64,
+        seq: u64,
+    },
+}
+
+/// A forwarded message read back at start-up (see [`Change::ForwardQueued`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredForward {
+    pub peer: u64,
+    pub run: u64,
+    pub seq: u64,
+    pub payload: bytes::Bytes,
 }
 
 /// Where changes go to become durable. Implementations group many changes into one commit.
@@ -288,4 +321,8 @@ pub struct Recovered {
     pub retained: Vec<Arc<Message>>,
     /// The first message id not used by any stored message.
     pub next_message_id: MessageId,
+    /// A cluster's forwarded messages not acknowledged yet, by peer, run and sequence.
+    pub forwards: Vec<RecoveredForward>,
+    /// A cluster's highest message delivered from each origin node: (origin, run, seq).
+    pub received: Vec<(u64, u64, u64)>,
 }

@@ -31,9 +31,9 @@ pub type Settled = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where received messages go (the server's broker).
 pub trait DataSink: Send + Sync + 'static {
-    /// Takes a message another node sent; the returned future resolves once it is safe to
-    /// acknowledge (immediately for what needs no durable write).
-    fn deliver(&self, from: NodeId, payload: Bytes) -> Settled;
+    /// Takes a message another node sent (number `seq` of its `run`); the returned future
+    /// resolves once it is safe to acknowledge (immediately for what needs no durable write).
+    fn deliver(&self, from: NodeId, run: u64, seq: u64, payload: Bytes) -> Settled;
 }
 
 /// Limits of one peer's outbox.
@@ -63,9 +63,13 @@ pub struct LinkCounters {
     pub dropped: AtomicU64,
 }
 
+/// Called when a peer acknowledged messages: (peer, run, up to seq).
+pub type AckListener = Arc<dyn Fn(NodeId, u64, u64) + Send + Sync>;
+
 struct Outbox {
-    /// Messages not acknowledged yet, oldest first, with their sequence numbers.
-    unacked: VecDeque<(u64, Bytes)>,
+    /// Messages not acknowledged yet, oldest first, with their run and sequence numbers (runs
+    /// of an earlier start of this node first, read back from the store).
+    unacked: VecDeque<(u64, u64, Bytes)>,
     bytes: usize,
     next_seq: u64,
     /// How many of `unacked` were handed to the link since it was last (re)connected.
@@ -86,6 +90,7 @@ pub struct DataPlane {
     /// Per origin node: its run and the highest sequence delivered.
     inbound: Mutex<HashMap<NodeId, Inbound>>,
     sink: Arc<dyn DataSink>,
+    acked: std::sync::OnceLock<AckListener>,
     pub counters: LinkCounters,
     stop: watch::Receiver<bool>,
 }
@@ -94,19 +99,23 @@ struct Inbound {
     run: u64,
     delivered: u64,
     /// Ordered hand-off to the task that waits for each message to settle and acknowledges.
-    acks: mpsc::UnboundedSender<(Settled, u64, mpsc::Sender<Frame>)>,
+    acks: mpsc::UnboundedSender<(Settled, u64, u64, mpsc::Sender<Frame>)>,
 }
 
 impl DataPlane {
     /// The data plane of `node`, delivering to `sink`; sets itself as the node's data
     /// handler.
+    ///
+    /// `after_run`: the highest run of this node read back from the store (0: none); this
+    /// start's run is later (runs are start times in nanoseconds, kept increasing).
     pub fn start(
         node: ClusterNode,
         sink: Arc<dyn DataSink>,
         limits: OutboxLimits,
         stop: watch::Receiver<bool>,
+        after_run: u64,
     ) -> Arc<DataPlane> {
-        let run = random_run();
+        let run = start_run().max(after_run.saturating_add(1));
         let plane = Arc::new(DataPlane {
             node: node.clone(),
             run,
@@ -114,6 +123,7 @@ impl DataPlane {
             peers: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
             sink,
+            acked: std::sync::OnceLock::new(),
             counters: LinkCounters::default(),
             stop,
         });
@@ -121,8 +131,29 @@ impl DataPlane {
         plane
     }
 
+    /// This start's run.
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    /// Sets who learns of acknowledgements (the store forgets what they cover); once.
+    pub fn set_ack_listener(&self, listener: AckListener) {
+        let _ = self.acked.set(listener);
+    }
+
     /// Queues `payload` for `peer`; `false` if its outbox is full (the message is not sent).
     pub fn send(self: &Arc<Self>, peer: NodeId, payload: Bytes) -> bool {
+        self.send_with(peer, payload, |_, _| {})
+    }
+
+    /// [`DataPlane::send`], calling `queued(run, seq)` with the message's place before it can
+    /// be sent (so a durable copy is submitted before any acknowledgement can remove it).
+    pub fn send_with(
+        self: &Arc<Self>,
+        peer: NodeId,
+        payload: Bytes,
+        queued: impl FnOnce(u64, u64),
+    ) -> bool {
         let out = self.peer(peer);
         {
             let mut outbox = lock(&out.outbox);
@@ -134,11 +165,35 @@ impl DataPlane {
             }
             let seq = outbox.next_seq;
             outbox.next_seq += 1;
+            queued(self.run, seq);
             outbox.bytes += payload.len();
-            outbox.unacked.push_back((seq, payload));
+            outbox.unacked.push_back((self.run, seq, payload));
         }
         out.ready.notify_one();
         true
+    }
+
+    /// Messages of an earlier start read back from the store, in (run, seq) order per peer:
+    /// sent before anything of this run. Call before the first `send`.
+    pub fn restore_outbox(self: &Arc<Self>, forwards: Vec<(NodeId, u64, u64, Bytes)>) {
+        for (peer, run, seq, payload) in forwards {
+            let out = self.peer(peer);
+            let mut outbox = lock(&out.outbox);
+            outbox.bytes += payload.len();
+            outbox.unacked.push_back((run, seq, payload));
+            drop(outbox);
+            out.ready.notify_one();
+        }
+    }
+
+    /// What was delivered from each origin before a restart: (origin, run, seq).
+    pub fn restore_received(&self, received: Vec<(NodeId, u64, u64)>) {
+        let mut inbound = lock(&self.inbound);
+        for (origin, run, seq) in received {
+            let mut entry = new_inbound(run);
+            entry.delivered = seq;
+            inbound.insert(origin, entry);
+        }
     }
 
     /// Messages waiting for `peer`'s acknowledgement.
@@ -222,11 +277,11 @@ impl DataPlane {
                 let outbox = lock(&out.outbox);
                 outbox.unacked.get(outbox.sent).cloned()
             };
-            let Some((seq, payload)) = next else {
+            let Some((run, seq, payload)) = next else {
                 continue;
             };
             let mut body = BytesMut::with_capacity(16 + payload.len());
-            body.put_u64(self.run);
+            body.put_u64(run);
             body.put_u64(seq);
             body.put_slice(&payload);
             if self
@@ -240,7 +295,7 @@ impl DataPlane {
                 if outbox
                     .unacked
                     .get(outbox.sent)
-                    .is_some_and(|(s, _)| *s == seq)
+                    .is_some_and(|(r, s, _)| (*r, *s) == (run, seq))
                 {
                     outbox.sent += 1;
                 }
@@ -254,20 +309,27 @@ impl DataPlane {
         }
     }
 
-    /// A peer acknowledged everything up to `seq` of run `run`.
+    /// A peer acknowledged everything up to `seq` of run `run`, and every earlier run.
     fn acknowledged(&self, peer: NodeId, run: u64, seq: u64) {
-        if run != self.run {
-            return;
-        }
         let Some(out) = lock(&self.peers).get(&peer).cloned() else {
             return;
         };
         let mut outbox = lock(&out.outbox);
-        while outbox.unacked.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, payload)) = outbox.unacked.pop_front() {
+        let mut removed = false;
+        while outbox
+            .unacked
+            .front()
+            .is_some_and(|(r, s, _)| (*r, *s) <= (run, seq))
+        {
+            if let Some((_, _, payload)) = outbox.unacked.pop_front() {
                 outbox.bytes -= payload.len();
                 outbox.sent = outbox.sent.saturating_sub(1);
+                removed = true;
             }
+        }
+        // Under the outbox's lock, so the store sees it after the message was queued.
+        if removed && let Some(listener) = self.acked.get() {
+            listener(peer, run, seq);
         }
     }
 
@@ -281,27 +343,29 @@ impl DataPlane {
         let seq = body.get_u64();
         let mut inbound = lock(&self.inbound);
         let entry = inbound.entry(from).or_insert_with(|| new_inbound(run));
-        if entry.run != run {
-            // The origin restarted: its numbering starts again.
-            *entry = new_inbound(run);
+        if run > entry.run {
+            // The origin started again: its numbering starts again.
+            entry.run = run;
+            entry.delivered = 0;
         }
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let settled: Settled = if seq <= entry.delivered {
+        // A message of an earlier run, or one taken already, is sent again after a failure:
+        // acknowledged, not delivered twice.
+        let settled: Settled = if run < entry.run || seq <= entry.delivered {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             Box::pin(async {})
         } else {
             entry.delivered = seq;
-            self.sink.deliver(from, body)
+            self.sink.deliver(from, run, seq, body)
         };
-        // The run goes with the acknowledgement, so a restarted origin ignores old ones.
-        let _ = entry.acks.send((settled, seq, reply.clone()));
+        let _ = entry.acks.send((settled, run, seq, reply.clone()));
     }
 }
 
 fn new_inbound(run: u64) -> Inbound {
-    let (acks, mut queue) = mpsc::unbounded_channel::<(Settled, u64, mpsc::Sender<Frame>)>();
+    let (acks, mut queue) = mpsc::unbounded_channel::<(Settled, u64, u64, mpsc::Sender<Frame>)>();
     tokio::spawn(async move {
-        while let Some((settled, seq, reply)) = queue.recv().await {
+        while let Some((settled, run, seq, reply)) = queue.recv().await {
             settled.await;
             let mut body = BytesMut::with_capacity(16);
             body.put_u64(run);
@@ -342,14 +406,12 @@ impl DataHandler for Handler {
     }
 }
 
-/// A number that differs between runs of a node.
-fn random_run() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos()),
-    );
-    hasher.finish()
+/// This start's run: the wall clock in nanoseconds (later starts have larger runs; the
+/// caller also keeps it above the last run read back from the store).
+fn start_run() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
 }

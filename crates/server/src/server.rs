@@ -241,7 +241,7 @@ impl Server {
         for listener in &planned {
             listener.prepare()?;
         }
-        let (broker, store) = open_state(&config, hooks)?;
+        let (broker, store, cluster_recovered) = open_state(&config, hooks)?;
         let workers = config.worker_count();
         let mut listeners: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -282,6 +282,7 @@ impl Server {
                         mqtt_addrs,
                         broker.clone(),
                         persistence,
+                        cluster_recovered,
                         cluster_stopped,
                     )
                     .await?,
@@ -597,14 +598,24 @@ async fn watch_auth_files(reloader: AuthReloader, stop: watch::Receiver<bool>) {
 }
 
 /// The broker, with its state read back from the store unless the durability is `memory`.
+/// A cluster's outbox and receipts read back from the store (see `crate::cluster`).
+type ClusterRecovered = (
+    Vec<tern_broker::persist::RecoveredForward>,
+    Vec<(u64, u64, u64)>,
+);
+
 fn open_state(
     config: &ServerConfig,
     hooks: Hooks,
-) -> Result<(Arc<Broker>, Option<Arc<Store>>), ServerError> {
+) -> Result<(Arc<Broker>, Option<Arc<Store>>, ClusterRecovered), ServerError> {
     let level = match config.durability {
         Durability::Memory => {
             tracing::info!("durability memory: nothing is stored");
-            return Ok((Broker::with_hooks(config.broker_config(), hooks), None));
+            return Ok((
+                Broker::with_hooks(config.broker_config(), hooks),
+                None,
+                ClusterRecovered::default(),
+            ));
         }
         Durability::Process => tern_store::Durability::Process,
         Durability::Fsync => tern_store::Durability::Fsync,
@@ -616,7 +627,11 @@ fn open_state(
         max_pending_bytes: config.store_tuning.max_pending_bytes,
         commit_delay: config.store_tuning.commit_delay,
     };
-    let (store, recovered) = Store::open_with(&config.data_dir, options)?;
+    let (store, mut recovered) = Store::open_with(&config.data_dir, options)?;
+    let cluster_recovered = (
+        std::mem::take(&mut recovered.forwards),
+        std::mem::take(&mut recovered.received),
+    );
     let sessions = recovered.sessions.len();
     let retained = recovered.retained.len();
     let report = store.load_report();
@@ -641,7 +656,7 @@ fn open_state(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state restored"
     );
-    Ok((broker, Some(store)))
+    Ok((broker, Some(store), cluster_recovered))
 }
 
 /// A listening socket that shares its address with the other workers' (SO_REUSEPORT).

@@ -366,7 +366,12 @@ pub(crate) fn change_size(change: &Change) -> u64 {
         | Change::InboundQos2 { client_id, .. }
         | Change::InboundQos2Released { client_id, .. }
         | Change::WillCleared { client_id } => BASE + text(client_id),
-        Change::MessageRouted { .. } => BASE,
+        Change::MessageRouted { .. }
+        | Change::ForwardAcked { .. }
+        | Change::ForwardReceived { .. } => BASE,
+        Change::ForwardQueued { payload, .. } => {
+            BASE.saturating_add(u64::try_from(payload.len()).unwrap_or(u64::MAX))
+        }
     }
 }
 

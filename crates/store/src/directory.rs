@@ -12,6 +12,9 @@ use crate::error::StoreError;
 
 pub(crate) const LOCK_FILE: &str = "tern.lock";
 pub(crate) const ENGINE_DIR: &str = "engine";
+/// Where a cluster node keeps its Raft log and snapshots (its own database, see tern-cluster):
+/// part of the data directory, not foreign to it.
+pub const CLUSTER_DIR: &str = "cluster";
 
 /// What a file system may put into a fresh mount point; not taken for foreign data.
 const FILE_SYSTEM_ENTRIES: &[&str] = &["lost+found"];
@@ -57,6 +60,7 @@ pub(crate) fn prepare(dir: &Path) -> Result<Prepared, StoreError> {
         let name = entry.map_err(io("list the directory"))?.file_name();
         let ours = name == LOCK_FILE
             || name == ENGINE_DIR
+            || name == CLUSTER_DIR
             || FILE_SYSTEM_ENTRIES.iter().any(|allowed| name == *allowed);
         if !ours {
             return Err(StoreError::Foreign {

@@ -15,6 +15,9 @@ use crate::clock::Clock;
 /// and the decoder keeps reading the old ones.
 pub(crate) const VALUE_FORMAT: u8 = 1;
 
+/// The first byte of a cluster outbox or receipt value (see `keys::Space::ClusterOutbox`).
+pub(crate) const FORWARD_FORMAT: u8 = 1;
+
 /// Why a stored value cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Corrupt(pub(crate) String);

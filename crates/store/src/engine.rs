@@ -70,6 +70,8 @@ pub(crate) struct Index {
     pub(crate) missing: HashSet<MessageId>,
     /// The send order the next new in-flight entry gets.
     pub(crate) next_order: u64,
+    /// A cluster's outbox entries on disk: (peer, run, seq).
+    pub(crate) outbox: std::collections::BTreeSet<(u64, u64, u64)>,
 }
 
 /// One write of a batch.
@@ -361,6 +363,52 @@ impl Index {
                 let existed =
                     self.with_entries(&client_id, |entries| std::mem::take(&mut entries.will));
                 batch.delete(Space::Wills, key, existed);
+            }
+            Change::ForwardQueued {
+                peer,
+                run,
+                seq,
+                payload,
+            } => {
+                let mut value = Vec::with_capacity(1 + payload.len());
+                value.push(encoding::FORWARD_FORMAT);
+                value.extend_from_slice(&payload);
+                let existed = !self.outbox.insert((peer, run, seq));
+                batch.put(
+                    Space::ClusterOutbox,
+                    keys::outbox_key(peer, run, seq).to_vec(),
+                    value,
+                    existed,
+                );
+            }
+            Change::ForwardAcked { peer, run, upto } => {
+                // This run up to `upto`, and every earlier run of the peer.
+                let done: Vec<(u64, u64, u64)> = self
+                    .outbox
+                    .range((peer, 0, 0)..=(peer, run, upto))
+                    .copied()
+                    .collect();
+                for entry in done {
+                    self.outbox.remove(&entry);
+                    let (peer, run, seq) = entry;
+                    batch.delete(
+                        Space::ClusterOutbox,
+                        keys::outbox_key(peer, run, seq).to_vec(),
+                        true,
+                    );
+                }
+            }
+            Change::ForwardReceived { origin, run, seq } => {
+                let mut value = Vec::with_capacity(17);
+                value.push(encoding::FORWARD_FORMAT);
+                value.extend_from_slice(&run.to_be_bytes());
+                value.extend_from_slice(&seq.to_be_bytes());
+                batch.put(
+                    Space::ClusterReceived,
+                    origin.to_be_bytes().to_vec(),
+                    value,
+                    true,
+                );
             }
         }
     }

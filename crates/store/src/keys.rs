@@ -27,10 +27,14 @@ pub(crate) enum Space {
     Retained,
     /// client id → delay and message.
     Wills,
+    /// A cluster's outbox: peer (u64) run (u64) seq (u64) → format byte, forwarded payload.
+    ClusterOutbox,
+    /// A cluster's receipts: origin node (u64) → run (u64), seq (u64).
+    ClusterReceived,
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 9] = [
+    pub(crate) const ALL: [Space; 11] = [
         Space::Meta,
         Space::Sessions,
         Space::Subscriptions,
@@ -40,6 +44,8 @@ impl Space {
         Space::Messages,
         Space::Retained,
         Space::Wills,
+        Space::ClusterOutbox,
+        Space::ClusterReceived,
     ];
 
     /// The keyspace's name in the engine (and in error messages).
@@ -54,6 +60,8 @@ impl Space {
             Space::Messages => "messages",
             Space::Retained => "retained",
             Space::Wills => "wills",
+            Space::ClusterOutbox => "cluster_outbox",
+            Space::ClusterReceived => "cluster_received",
         }
     }
 
@@ -150,4 +158,27 @@ mod tests {
         assert!(queue_key(&client, 255) < queue_key(&client, 256));
         assert!(message_key(9) < message_key(10));
     }
+}
+
+/// The key of a forwarded message in [`Space::ClusterOutbox`]: peer, run, seq, big-endian (so
+/// one peer's entries are a contiguous range in the order they were sent).
+pub(crate) fn outbox_key(peer: u64, run: u64, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&peer.to_be_bytes());
+    key[8..16].copy_from_slice(&run.to_be_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Reads an [`outbox_key`].
+pub(crate) fn parse_outbox_key(key: &[u8]) -> Option<(u64, u64, u64)> {
+    if key.len() != 24 {
+        return None;
+    }
+    let number = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&key[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    Some((number(0), number(8), number(16)))
 }

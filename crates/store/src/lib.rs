@@ -83,6 +83,7 @@
 mod clock;
 mod commit;
 mod directory;
+pub use directory::CLUSTER_DIR;
 mod durability;
 mod encoding;
 mod engine;

@@ -102,7 +102,8 @@ fn live_entries(index: &Index, space: Space) -> u64 {
         Space::Inflight => per_client(|entries| entries.inflight.len()),
         Space::InboundQos2 => per_client(|entries| entries.inbound_qos2.len()),
         Space::Wills => per_client(|entries| usize::from(entries.will)),
-        Space::Meta | Space::Retained => 0,
+        Space::ClusterOutbox => index.outbox.len(),
+        Space::Meta | Space::Retained | Space::ClusterReceived => 0,
     };
     u64::try_from(live).unwrap_or(u64::MAX)
 }

@@ -76,6 +76,8 @@ pub(crate) fn load(spaces: &Spaces, dir: &Path, clock: &Clock) -> Result<Loaded,
         cleanup: Batch::default(),
         report: LoadReport::default(),
         retained: Vec::new(),
+        forwards: Vec::new(),
+        received: Vec::new(),
     };
     loader.sessions()?;
     loader.messages()?;
@@ -85,6 +87,7 @@ pub(crate) fn load(spaces: &Spaces, dir: &Path, clock: &Clock) -> Result<Loaded,
     loader.subscriptions()?;
     loader.wills()?;
     loader.retained()?;
+    loader.cluster()?;
     Ok(loader.finish())
 }
 
@@ -102,9 +105,46 @@ struct Loader<'a> {
     cleanup: Batch,
     report: LoadReport,
     retained: Vec<Arc<Message>>,
+    forwards: Vec<tern_broker::persist::RecoveredForward>,
+    received: Vec<(u64, u64, u64)>,
 }
 
 impl Loader<'_> {
+    /// A cluster's outbox and receipts (empty on a single node).
+    fn cluster(&mut self) -> Result<(), StoreError> {
+        self.scan(Space::ClusterOutbox, |this, key, value| {
+            let (peer, run, seq) =
+                keys::parse_outbox_key(key).ok_or_else(|| Corrupt("outbox key".into()))?;
+            let payload = match value.split_first() {
+                Some((&encoding::FORWARD_FORMAT, rest)) => Bytes::copy_from_slice(rest),
+                _ => return Err(Corrupt("outbox value of an unknown format".into())),
+            };
+            this.forwards.push(tern_broker::persist::RecoveredForward {
+                peer,
+                run,
+                seq,
+                payload,
+            });
+            Ok(())
+        })?;
+        self.scan(Space::ClusterReceived, |this, key, value| {
+            let origin = <[u8; 8]>::try_from(key)
+                .map(u64::from_be_bytes)
+                .map_err(|_| Corrupt("receipt key".into()))?;
+            let (run, seq) = match value.split_first() {
+                Some((&encoding::FORWARD_FORMAT, rest)) if rest.len() == 16 => {
+                    let mut run = [0u8; 8];
+                    let mut seq = [0u8; 8];
+                    run.copy_from_slice(&rest[..8]);
+                    seq.copy_from_slice(&rest[8..]);
+                    (u64::from_be_bytes(run), u64::from_be_bytes(seq))
+                }
+                _ => return Err(Corrupt("receipt value of an unknown format".into())),
+            };
+            this.received.push((origin, run, seq));
+            Ok(())
+        })
+    }
     /// Calls `f` with each entry of `space`, in key order.
     fn scan(
         &mut self,
@@ -374,6 +414,11 @@ impl Loader<'_> {
         let mut index = Index {
             refs: self.refs,
             next_order: self.max_order.map_or(0, |max| max.saturating_add(1)),
+            outbox: self
+                .forwards
+                .iter()
+                .map(|forward| (forward.peer, forward.run, forward.seq))
+                .collect(),
             ..Index::default()
         };
         let mut sessions = Vec::with_capacity(self.sessions.len());
@@ -398,6 +443,8 @@ impl Loader<'_> {
                 sessions,
                 retained: self.retained,
                 next_message_id: self.max_message_id.saturating_add(1).max(1),
+                forwards: self.forwards,
+                received: self.received,
             },
             cleanup: self.cleanup,
             report: self.report,

@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+use tern_broker::persist::{Change, Persistence};
 use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy};
 use tern_broker::{Message, Seq};
 use tern_cluster::NodeId;
 use tern_cluster::link::DataPlane;
+use tern_codec::QoS;
 use tokio::sync::Notify;
 
 use super::payload;
@@ -41,10 +43,12 @@ pub struct Glue {
     pub plane: OnceLock<Arc<DataPlane>>,
     /// Messages not forwarded because a peer's outbox was full or they could not be encoded.
     pub not_forwarded: std::sync::atomic::AtomicU64,
+    /// Where forwarded QoS 1/2 messages are kept until acknowledged (none: in memory only).
+    persistence: Option<Arc<dyn Persistence>>,
 }
 
 impl Glue {
-    pub fn new(node_id: NodeId) -> Glue {
+    pub fn new(node_id: NodeId, persistence: Option<Arc<dyn Persistence>>) -> Glue {
         Glue {
             node_id,
             table: RwLock::new(RouteTable::default()),
@@ -56,6 +60,7 @@ impl Glue {
             wake: Notify::new(),
             plane: OnceLock::new(),
             not_forwarded: std::sync::atomic::AtomicU64::new(0),
+            persistence,
         }
     }
 
@@ -134,16 +139,34 @@ impl ClusterHook for Glue {
             return Seq::NONE;
         };
         let now = Instant::now();
+        // A QoS 1/2 copy is kept in the store until the peer acknowledges it, in the same
+        // group commit as the publisher's other changes: its acknowledgement waits for it.
+        let store = self
+            .persistence
+            .as_ref()
+            .filter(|_| message.qos != QoS::AtMostOnce);
+        let mut wait = Seq::NONE;
         for copy in plan.remote {
-            let sent = payload::encode(message, copy.regular, &copy.groups, now)
-                .map(|bytes| plane.send(copy.node, bytes));
+            let sent = payload::encode(message, copy.regular, &copy.groups, now).map(|bytes| {
+                let kept = bytes.clone();
+                plane.send_with(copy.node, bytes, |run, seq| {
+                    if let Some(store) = store {
+                        wait = wait.max(store.submit(Change::ForwardQueued {
+                            peer: copy.node,
+                            run,
+                            seq,
+                            payload: kept,
+                        }));
+                    }
+                })
+            });
             if !matches!(sent, Ok(true)) {
                 self.not_forwarded
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(node = copy.node, topic = %message.topic, "message not forwarded");
             }
         }
-        Seq::NONE
+        wait
     }
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {

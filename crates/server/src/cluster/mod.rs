@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_broker::Broker;
-use tern_broker::persist::Persistence;
+use tern_broker::persist::{Change, Persistence};
 use tern_cluster::link::{DataPlane, OutboxLimits};
 use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
 use tokio::sync::watch;
@@ -46,6 +46,10 @@ impl Cluster {
         mqtt_addrs: Vec<String>,
         broker: Arc<Broker>,
         persistence: Option<Arc<dyn Persistence>>,
+        (forwards, received): (
+            Vec<tern_broker::persist::RecoveredForward>,
+            Vec<(u64, u64, u64)>,
+        ),
         stop: watch::Receiver<bool>,
     ) -> Result<Cluster, NodeError> {
         let timing = Timing {
@@ -74,15 +78,46 @@ impl Cluster {
             bind,
             advertise,
             seeds: config.seeds.clone(),
-            dir: data_dir.join("cluster"),
+            dir: data_dir.join(tern_store::CLUSTER_DIR),
             mqtt_addrs,
             timing,
             addr_map: config.relay.as_ref().map(|relay| relay.0.clone()),
         })
         .await?;
-        let glue = Arc::new(hook::Glue::new(config.node_id));
-        let sink = Arc::new(sink::BrokerSink::new(broker.clone(), persistence));
-        let plane = DataPlane::start(node.clone(), sink, OutboxLimits::default(), stop.clone());
+        let glue = Arc::new(hook::Glue::new(config.node_id, persistence.clone()));
+        let sink = Arc::new(sink::BrokerSink::new(broker.clone(), persistence.clone()));
+        let last_run = forwards
+            .iter()
+            .map(|forward| forward.run)
+            .max()
+            .unwrap_or(0);
+        let plane = DataPlane::start(
+            node.clone(),
+            sink,
+            OutboxLimits::default(),
+            stop.clone(),
+            last_run,
+        );
+        // What this node forwarded before a restart and was not acknowledged goes first; what
+        // it delivered from others is not delivered again.
+        if !forwards.is_empty() {
+            tracing::info!(
+                messages = forwards.len(),
+                "cluster: forwarding again what was not acknowledged before the restart"
+            );
+        }
+        plane.restore_outbox(
+            forwards
+                .into_iter()
+                .map(|forward| (forward.peer, forward.run, forward.seq, forward.payload))
+                .collect(),
+        );
+        plane.restore_received(received);
+        if let Some(persistence) = persistence {
+            plane.set_ack_listener(Arc::new(move |peer, run, upto| {
+                persistence.submit(Change::ForwardAcked { peer, run, upto });
+            }));
+        }
         let _ = glue.plane.set(plane.clone());
         tokio::spawn(apply::run(
             glue.clone(),

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tern_broker::persist::Persistence;
+use tern_broker::persist::{Change, Persistence};
 use tern_broker::{Broker, Seq, Wakeup};
 use tern_cluster::NodeId;
 use tern_cluster::link::{DataSink, Settled};
+use tern_codec::QoS;
 use tokio::sync::oneshot;
 
 use super::payload;
@@ -44,7 +45,7 @@ impl Wakeup for Durable {
 }
 
 impl DataSink for BrokerSink {
-    fn deliver(&self, from: NodeId, payload: Bytes) -> Settled {
+    fn deliver(&self, from: NodeId, run: u64, seq: u64, payload: Bytes) -> Settled {
         let now = Instant::now();
         let forwarded = match payload::decode(payload, now) {
             Ok(forwarded) => forwarded,
@@ -53,17 +54,29 @@ impl DataSink for BrokerSink {
                 return Box::pin(async {});
             }
         };
-        let (_, seq) = self.broker.publish_from_cluster(
+        let qos = forwarded.message.qos;
+        let (_, mut wait) = self.broker.publish_from_cluster(
             forwarded.message,
             forwarded.regular,
             &forwarded.groups,
             now,
         );
+        // A QoS 1/2 message's receipt goes in the same commit as its deliveries (submitted
+        // after them): after a restart, what the origin sends again is not delivered twice.
+        if qos != QoS::AtMostOnce
+            && let Some(persistence) = &self.persistence
+        {
+            wait = wait.max(persistence.submit(Change::ForwardReceived {
+                origin: from,
+                run,
+                seq,
+            }));
+        }
         match &self.persistence {
-            Some(persistence) if seq != Seq::NONE => {
+            Some(persistence) if wait != Seq::NONE => {
                 let (tx, rx) = oneshot::channel();
                 persistence
-                    .wake_when_durable(seq, Arc::new(Durable(std::sync::Mutex::new(Some(tx)))));
+                    .wake_when_durable(wait, Arc::new(Durable(std::sync::Mutex::new(Some(tx)))));
                 Box::pin(async move {
                     let _ = rx.await;
                 })

@@ -1,0 +1,140 @@
+//! In-process Tern clusters for the tests: nodes on loopback with their own data
+//! directories, formed from each other's addresses as seeds.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tern_server::cluster::{Cluster, ClusterConfig};
+use tern_server::{Durability, Server, ServerConfig};
+use tokio::sync::oneshot;
+
+/// How long the cluster may take to agree on something (a route, a retained message).
+pub const AGREE: Duration = Duration::from_secs(15);
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub cluster: Cluster,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(8), self.task).await;
+    }
+}
+
+pub struct Dir(pub PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn temp_dir(name: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!(
+        "tern-cluster-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    Dir(dir)
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub async fn start_node(id: u64, cluster_addrs: &[SocketAddr], dir: &Dir) -> Node {
+    let me = cluster_addrs[id as usize - 1];
+    let mut config = ServerConfig {
+        listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        durability: Durability::Process,
+        data_dir: dir.0.join(format!("node{id}")),
+        ..ServerConfig::default()
+    };
+    config.cluster = Some(ClusterConfig {
+        node_id: id,
+        bind: me.to_string(),
+        advertise: None,
+        seeds: cluster_addrs
+            .iter()
+            .filter(|addr| **addr != me)
+            .map(ToString::to_string)
+            .collect(),
+        mqtt_addrs: Vec::new(),
+        heartbeat_ms: 50,
+        election_timeout_ms: 300,
+        proposal_timeout_ms: 3_000,
+        relay: None,
+    });
+    let server = Server::bind(config).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    let cluster = server.cluster().expect("cluster part").clone();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let _ = server.run(stopped, Duration::from_secs(4)).await;
+    });
+    Node {
+        addr,
+        cluster,
+        stop: Some(stop),
+        task,
+    }
+}
+
+pub async fn three_nodes(dir: &Dir) -> Vec<Node> {
+    let cluster_addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_node(id, &cluster_addrs, dir).await);
+    }
+    until("three registered nodes on every node", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 3)
+    })
+    .await;
+    nodes
+}
+
+pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + AGREE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until every node's route table has `filter` for `node`.
+pub async fn route_known(nodes: &[Node], filter: &str, node: u64) {
+    until(&format!("route {filter} of node {node} everywhere"), || {
+        nodes.iter().all(|n| {
+            n.cluster
+                .node()
+                .state()
+                .route(filter)
+                .is_some_and(|holders| holders.contains(&node))
+        })
+    })
+    .await;
+}
+

@@ -265,9 +265,8 @@ class Cluster:
         """Waits until a subscriber on node 1 receives a probe published on every other node
         (routes replicated, links up), bounded."""
         first = self.nodes[0]
-        subscriber = PahoClient(first.addr, "form-sub", MQTTV5)
+        subscriber = connect_retrying(first, "form-sub", timeout=timeout)
         try:
-            subscriber.connect()
             subscriber.subscribe("tern-form/#", 0)
             for node in self.nodes[1:]:
                 await_route(subscriber, f"tern-form/{node.node_id}", node, timeout=timeout)
@@ -343,6 +342,28 @@ class Cluster:
                          for node in self.nodes)
 
 
+def connect_retrying(node: ClusterNode, client_id: str, protocol=MQTTV5,
+                     timeout: float = ROUTE_TIMEOUT, **kwargs) -> PahoClient:
+    """A connected paho client on `node`: a CONNECT a node cannot decide yet (its claim waits
+    for a cluster that is forming or electing) is refused as retryable (0x88 Server
+    unavailable, 3.x: 3): tries again every 100 ms, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = PahoClient(node.addr, client_id, protocol, **kwargs)
+        try:
+            result = client.connect(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            if result.reason_code == 0:
+                return client
+            problem = f"CONNACK {result.reason_code:#x}"
+        except (TimeoutError, OSError) as error:
+            problem = repr(error)
+        client.close()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{client_id} could not connect to {node} in {timeout} s: "
+                               f"{problem}")
+        time.sleep(0.1)
+
+
 def await_route(subscriber: PahoClient, topic: str, node: ClusterNode,
                 timeout: float = ROUTE_TIMEOUT, qos: int = 0,
                 received: Callable[[], bool] | None = None) -> int:
@@ -350,8 +371,7 @@ def await_route(subscriber: PahoClient, topic: str, node: ClusterNode,
     `subscriber` has one on that topic (or `received()` says so), bounded; returns how many were
     sent. Routes spread through the cluster's log, so a subscription on one node is known on
     another a moment later."""
-    publisher = PahoClient(node.addr, f"probe-{node.node_id}-{next(_PROBES)}", MQTTV5)
-    publisher.connect()
+    publisher = connect_retrying(node, f"probe-{node.node_id}-{next(_PROBES)}", timeout=timeout)
     try:
         deadline = time.monotonic() + timeout
         sent = 0

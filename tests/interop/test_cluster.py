@@ -385,6 +385,37 @@ def test_restart_of_the_killed_leader_with_its_data_dir_rejoins(cluster, clients
            new_leader=new_leader)
 
 
+@pytest.mark.test_timeout(55)
+def test_messages_for_a_killed_node_arrive_after_its_restart(cluster, clients, unique):
+    """Issue 16: "If N1 is down ... its queued messages return when N1 does", and the data
+    plane's promise for QoS 1 (the origin keeps a copy for the peer until the peer acknowledges
+    it after its own durable write): a paho 3.1.1 persistent session on a node that is SIGKILLed,
+    QoS 1 messages published on another node while it is down, the node restarted with its data
+    dir: the client resumes its session there (session present) and gets every message, the
+    first copies in order."""
+    leader, _, _ = cluster.wait_leader()
+    home, origin = [node for node in cluster.nodes if node.node_id != leader]
+    session = clients.paho(home, f"{unique}c", V311, clean_session=False)
+    session.connect()
+    session.subscribe(f"{unique}/#", 1)
+    await_route(session, f"{unique}/probe", origin)
+    home.kill()
+    publisher = clients.paho(origin, f"{unique}p", MQTTV5)
+    publisher.connect()
+    sent = [b"%d" % i for i in range(20)]
+    for payload in sent:
+        publisher.publish(f"{unique}/data", payload, qos=1)
+    started = time.monotonic()
+    home.restart()
+    again = clients.paho(home, f"{unique}c", V311, clean_session=False)
+    connack = again.connect(timeout=10)
+    assert connack.reason_code == 0 and connack.session_present
+    got = again.wait_messages(len(sent), topic=f"{unique}/data", timeout=20)
+    timing("queued-for-killed-node", seconds=f"{time.monotonic() - started:.3f}",
+           received=len(got))
+    assert first_copies([m.payload for m in got]) == sent
+
+
 # --- parts being merged in parallel (xfail until they are) ------------------------------------
 
 

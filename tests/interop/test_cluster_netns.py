@@ -191,6 +191,9 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
         old.connect()
         old.subscribe(f"{unique}/#", 1)
         await_route(old, f"{unique}/probe", majority[0])
+        # And a publisher there (a new connection there would need a claim, refused below).
+        local = client(lone, "loc")
+        local.connect(timeout=10)
 
         network.partition(minority)
         cut_at = time.monotonic()
@@ -205,18 +208,18 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
         await_route(fresh, f"{unique}-maj/probe", majority[1], timeout=15)
         majority_route = time.monotonic() - cut_at
         # The minority's known routes and local traffic keep working.
-        local = client(lone, "loc")
-        local.connect(timeout=10)
         local.publish(f"{unique}/local", b"still-here", qos=1, timeout=10)
         old.wait_messages(1, topic=f"{unique}/local", timeout=5)
         # New claims and new routes on the minority side fail, retryably.
         newcomer = client(lone, "new")
+        asked = time.monotonic()
         try:
             connack = newcomer.connect(timeout=10)
             if connack.reason_code != 0x88:
                 pending.append(f"minority CONNACK {connack.reason_code:#x}, not 0x88")
         except TimeoutError:
             pending.append("minority CONNECT: no CONNACK within 10 s")
+        refused_in = time.monotonic() - asked
         codes = old.subscribe(f"{unique}-min/#", 1, timeout=10)
         accepted = bool(codes) and codes[0] < 0x80
         if accepted:
@@ -260,7 +263,8 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
               f"majority_elected_s={elected:.3f}",
               f"majority_route_s={majority_route:.3f}", f"partitioned_s={partitioned_for:.3f}",
               f"leader_agreed_after_heal_s={agreed:.3f}", f"converged_s={converged:.3f}",
-              f"term={term}->{new_term}", f"leader={leader}->{new_leader}", flush=True)
+              f"term={term}->{new_term}", f"leader={leader}->{new_leader}",
+              f"minority_connect_s={refused_in:.3f}", f"pending={pending}", flush=True)
     finally:
         for made_client in made:
             made_client.close()

@@ -330,7 +330,8 @@ def test_sigstop_of_a_follower_then_sigcont_catches_up(cluster, clients, unique)
             assert time.monotonic() < deadline, "the retained message never reached the node"
             reader.disconnect()
     new_leader, new_term, _ = cluster.wait_leader()
-    timing("sigstop-follower", follower=follower.node_id, paused_s="3", messages_s=f"{caught_up:.3f}",
+    timing("sigstop-follower", follower=follower.node_id, paused_s="3",
+           messages_s=f"{caught_up:.3f}",
            term=f"{term}->{new_term}", leader=f"{leader}->{new_leader}")
     # And it serves new routes: a subscription made on it now is known on the others.
     fresh = clients.paho(follower, f"{unique}f", MQTTV5)
@@ -420,8 +421,8 @@ def test_messages_for_a_killed_node_arrive_after_its_restart(cluster, clients, u
 
 
 @pytest.mark.test_timeout(45)
-@pytest.mark.xfail(reason="needs the claim of a client id at CONNECT (issue 16, merged "
-                          "separately)", strict=False)
+@pytest.mark.xfail(reason="needs the claim of a client id at CONNECT (issue 16, branch "
+                          "c-claim; passes with it merged)", strict=False)
 def test_take_over_across_nodes_closes_the_old_connection_with_0x8e(cluster, clients, unique):
     """Issue 16 "take-over across nodes": a client connected to node 1 connects again, same
     client id, to node 2: the old connection gets DISCONNECT 0x8E Session taken over
@@ -449,8 +450,8 @@ def test_take_over_across_nodes_closes_the_old_connection_with_0x8e(cluster, cli
 
 
 @pytest.mark.test_timeout(45)
-@pytest.mark.xfail(reason="needs the claim of a client id at CONNECT (issue 16, merged "
-                          "separately)", strict=False)
+@pytest.mark.xfail(reason="needs the claim of a client id at CONNECT (issue 16, branch "
+                          "c-claim; passes with it merged)", strict=False)
 def test_offline_session_on_1_resumed_on_2_with_its_queue(cluster, clients, unique):
     """Issue 16: "persistent session on A, messages while offline, reconnect to B: session
     present, queue delivered" with paho 3.1.1 (clean session 0)."""
@@ -474,7 +475,7 @@ ADMIN_CONFIG = '[admin]\nbind = "{host}:0"\n'
 
 @pytest.mark.test_timeout(45)
 @pytest.mark.xfail(reason="needs the admin API's GET /api/v1/cluster and `tern ctl cluster "
-                          "status` (issue 16, merged separately)", strict=False)
+                          "status` (issue 16, branch c-ops; passes with it merged)", strict=False)
 def test_cluster_status_through_the_admin_api_and_ctl(tmp_path, unique):
     """Issue 16: "the cluster's state in ... the admin API" and `tern ctl cluster status`: every
     node reports three nodes and the same leader."""

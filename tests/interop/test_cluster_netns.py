@@ -269,5 +269,7 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
         for made_client in made:
             made_client.close()
     if pending:
-        pytest.xfail("needs the minority's refusals (issue 16, merged separately): "
+        # CONNACK 0x88 comes with the claim at CONNECT (branch c-claim); a refused SUBSCRIBE of
+        # a new route on the minority side was on no branch yet when this was written.
+        pytest.xfail("needs the minority's refusals (issue 16, parts not merged): "
                      + "; ".join(pending))

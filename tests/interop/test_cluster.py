@@ -50,6 +50,22 @@ def others(cluster, *exclude: int) -> list[ClusterNode]:
     return [node for node in cluster.nodes if node.node_id not in exclude]
 
 
+def await_mosquitto(sub, topic: str, node: ClusterNode, timeout: float = 15.0) -> None:
+    """mosquitto_sub says nothing once subscribed: publishes probes (mosquitto_pub, QoS 0) to
+    `topic` on `node` until `sub` has printed one, bounded."""
+    deadline = time.monotonic() + timeout
+    probes = 0
+    while not any(line.topic == topic for line in sub.lines):
+        assert time.monotonic() < deadline, f"no probe on {topic} from {node} within {timeout} s"
+        probes += 1
+        mosquitto_pub(node.addr, "-t", topic, "-m", f"probe-{probes}")
+        try:
+            sub.wait_for(lambda lines: any(line.topic == topic for line in lines), 0.2,
+                         "a probe")
+        except TimeoutError:
+            pass
+
+
 # --- the data plane under paho and mosquitto ----------------------------------------------------
 
 
@@ -86,17 +102,7 @@ def test_mosquitto_sub_on_1_mosquitto_pub_on_3(cluster, clients, unique):
     """Issue 16: subscribe on A, publish on C with mosquitto_sub / mosquitto_pub (libmosquitto),
     QoS 0, 1 and 2, each QoS's messages in order."""
     sub = clients.sub(cluster.node(1), [f"{unique}/#"], qos=2, wait_seconds=30)
-    # mosquitto_sub says nothing once subscribed: probes until one arrives.
-    deadline = time.monotonic() + 15
-    probes = 0
-    while not sub.lines:
-        assert time.monotonic() < deadline, "no probe reached mosquitto_sub on node 1"
-        probes += 1
-        mosquitto_pub(cluster.node(3).addr, "-t", f"{unique}/probe", "-m", f"probe-{probes}")
-        try:
-            sub.wait_for(lambda lines: bool(lines), 0.2, "a probe")
-        except TimeoutError:
-            pass
+    await_mosquitto(sub, f"{unique}/probe", cluster.node(3))
     count = 10
     for qos in (0, 1, 2):
         for i in range(count):
@@ -236,16 +242,19 @@ class Streamer:
 @pytest.mark.test_timeout(55)
 def test_sigkill_of_the_leader_while_qos1_streams(cluster, clients, unique):
     """Issue 16: "leader killed, traffic goes on": SIGKILL of the Raft leader while a paho
-    publisher streams QoS 1 on one surviving node to a subscriber on the other; the remaining
-    two elect a leader, the stream goes on, and nothing the publisher got a PUBACK for is lost
-    for the subscriber (on a surviving node: messages queued for the killed node's clients are
-    in its in-memory outbox and not in scope). New routes work again after the election."""
+    publisher streams QoS 1 on one surviving node to subscribers (paho and mosquitto_sub) on the
+    other; the remaining two elect a leader, the stream goes on, and nothing the publisher got a
+    PUBACK for is lost for the subscribers on the surviving node (what was queued for the killed
+    node's own clients: test_messages_for_a_killed_node_arrive_after_its_restart). New routes
+    work again after the election."""
     leader, term, _ = cluster.wait_leader()
     pub_node, sub_node = [node for node in cluster.nodes if node.node_id != leader][::-1]
     subscriber = clients.paho(sub_node, f"{unique}s", MQTTV5)
     subscriber.connect()
     subscriber.subscribe(f"{unique}/#", 1)
     await_route(subscriber, f"{unique}/probe", pub_node)
+    sub = clients.sub(sub_node, [f"{unique}/#"], qos=1, wait_seconds=40)
+    await_mosquitto(sub, f"{unique}/probe", pub_node)
     publisher = clients.paho(pub_node, f"{unique}p", MQTTV5)
     publisher.connect()
     count = 200
@@ -266,8 +275,14 @@ def test_sigkill_of_the_leader_while_qos1_streams(cluster, clients, unique):
     missing = [p for p in acked if p not in set(payloads)]
     assert not missing, f"acknowledged but lost: {missing[:10]} ({len(missing)})"
     assert first_copies(payloads) == acked, "per-publisher order"
+    lines = sub.wait_for(
+        lambda lines: len({line.payload for line in lines if line.topic == f"{unique}/data"})
+        >= len(acked), 15, f"{len(acked)} messages")
+    by_mosquitto = [line.payload for line in lines if line.topic == f"{unique}/data"]
+    assert first_copies(by_mosquitto)[:len(acked)] == acked, "mosquitto_sub: order, no gap"
     timing("leader-sigkill-delivery", acked=len(acked), received=len(payloads),
-           duplicates=len(payloads) - len(set(payloads)))
+           duplicates=len(payloads) - len(set(payloads)),
+           mosquitto_duplicates=len(by_mosquitto) - len(set(by_mosquitto)))
     # The metadata plane works again: a new subscription on the subscriber's node is routed.
     later = clients.paho(sub_node, f"{unique}n", MQTTV5)
     later.connect()
@@ -338,6 +353,57 @@ def test_sigstop_of_a_follower_then_sigcont_catches_up(cluster, clients, unique)
     fresh.connect()
     fresh.subscribe(f"{unique}-fresh/#", 1)
     await_route(fresh, f"{unique}-fresh/probe", other)
+
+
+@pytest.mark.test_timeout(55)
+def test_sigstop_of_the_leader_then_sigcont_it_follows_the_new_one(cluster, clients, unique):
+    """Issue 16: the leader frozen (SIGSTOP: it stops answering without closing a socket, as in
+    a long stall of its machine). The other two elect a leader and go on (a new route between
+    them, mosquitto_pub on one reaching mosquitto_sub on the other); after SIGCONT the old
+    leader follows the new term (all three agree on one leader) and serves again: its
+    subscriber, connected before the freeze, gets messages published elsewhere afterwards, and a
+    route made on it spreads."""
+    leader, term, _ = cluster.wait_leader()
+    frozen = cluster.node(leader)
+    first, second = others(cluster, leader)
+    held = clients.paho(frozen, f"{unique}h", MQTTV5, keepalive=60)
+    held.connect()
+    held.subscribe(f"{unique}/#", 1)
+    await_route(held, f"{unique}/probe", first)
+
+    paused_at = frozen.pause()
+    new_leader, new_term, elected_at = cluster.wait_leader(
+        newer_than=term, among=[first, second], timeout=15)
+    sub = clients.sub(second, [f"{unique}-maj/#"], qos=1, wait_seconds=30)
+    await_mosquitto(sub, f"{unique}-maj/probe", first)
+    for i in range(5):
+        mosquitto_pub(first.addr, "-t", f"{unique}-maj/data", "-m", str(i), "-q", "1")
+    lines = sub.wait_for(
+        lambda lines: sum(1 for line in lines if line.topic == f"{unique}-maj/data") >= 5, 10,
+        "5 messages")
+    assert [line.payload for line in lines if line.topic == f"{unique}-maj/data"] == [
+        str(i).encode() for i in range(5)]
+
+    frozen.resume()
+    resumed = time.monotonic()
+    agreed_leader, agreed_term, _ = cluster.wait_leader(
+        newer_than=term, among=cluster.nodes, timeout=15)
+    rejoined = time.monotonic() - resumed
+    assert agreed_leader != leader or agreed_term > new_term
+    publisher = clients.paho(first, f"{unique}p", MQTTV5)
+    publisher.connect()
+    after = [b"after-%d" % i for i in range(5)]
+    for payload in after:
+        publisher.publish(f"{unique}/after", payload, qos=1)
+    got = held.wait_messages(len(after), topic=f"{unique}/after", timeout=15)
+    assert first_copies([m.payload for m in got]) == after
+    fresh = clients.paho(frozen, f"{unique}f", MQTTV5)
+    fresh.connect()
+    fresh.subscribe(f"{unique}-fresh/#", 1)
+    await_route(fresh, f"{unique}-fresh/probe", second)
+    timing("leader-sigstop", frozen=leader, election_s=f"{elected_at - paused_at:.3f}",
+           term=f"{term}->{new_term}->{agreed_term}", leader=f"{leader}->{new_leader}->"
+           f"{agreed_leader}", agreed_after_sigcont_s=f"{rejoined:.3f}")
 
 
 @pytest.mark.test_timeout(55)

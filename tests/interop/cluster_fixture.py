@@ -214,6 +214,7 @@ class Cluster:
         self.extra_config = extra_config
         self.nodes: list[ClusterNode] = []
         self.attempt = 0
+        self._started = time.monotonic()
         #: Seconds from the first launch to the end of `wait_formed`.
         self.formed_in: float | None = None
 
@@ -399,6 +400,7 @@ def cluster(request, tmp_path):
     running.start()
     try:
         running.wait_formed()
+        print(f"CLUSTER-TIMING formed seconds={running.formed_in:.3f}", flush=True)
         yield running
     finally:
         problems = running.stop()

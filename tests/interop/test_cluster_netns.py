@@ -6,8 +6,8 @@ one node's cluster port on the switch down: its cluster links go silent (no rese
 cable), while clients still reach every node.
 
 Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and `ip` with netns support; otherwise every test
-skips, naming what is missing. Namespaces and links are removed at teardown, also after a
-failure or a timeout.
+skips, naming what is missing; TERN_INTEROP_NETNS=0 turns it off on a machine where it could
+run. Namespaces and links are removed at teardown, also after a failure or a timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _why_not() -> str | None:
     """Why this machine cannot run the suite, or None."""
+    if os.environ.get("TERN_INTEROP_NETNS") == "0":
+        return "turned off (TERN_INTEROP_NETNS=0)"
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) for network namespaces"
     if shutil.which("ip") is None:

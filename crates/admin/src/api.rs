@@ -267,6 +267,85 @@ pub struct BridgeList {
     pub items: Vec<BridgeInfo>,
 }
 
+/// `GET /api/v1/cluster`: this node's view of its cluster (`[cluster]`): its Raft role and
+/// indexes, the members, the replicated state's sizes, and the data plane's figures. A node
+/// without `[cluster]` answers 404.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub node_id: u64,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub role: String,
+    /// The leader this node knows, if any.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Every member and registered node, by id.
+    pub nodes: Vec<ClusterNodeInfo>,
+    /// Milliseconds since the leader last heard from a quorum (on the leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+    /// Sizes of the replicated state as this node applied it: client ids claimed, routes
+    /// (filter, node), retained messages.
+    pub sessions: u64,
+    pub routes: u64,
+    pub retained: u64,
+    /// Messages this node forwarded to others and took from them.
+    pub forwarding: ClusterForwarding,
+}
+
+/// One node of a cluster, as the answering node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNodeInfo {
+    pub id: u64,
+    /// The address other nodes dial for its links.
+    pub cluster_addr: String,
+    /// The MQTT addresses clients use to reach it.
+    pub mqtt_addrs: Vec<String>,
+    pub voter: bool,
+    /// Whether the answering node's link to it is up (always true for itself).
+    pub linked: bool,
+    /// Messages for it in the answering node's outbox, not acknowledged yet.
+    pub pending: u64,
+}
+
+/// The data plane's counters since the node started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterForwarding {
+    /// Messages sent to other nodes (first sendings).
+    pub sent: u64,
+    /// Messages sent again after a link failed before their acknowledgement.
+    pub resent: u64,
+    /// Messages received from other nodes, duplicates included.
+    pub received: u64,
+    /// Messages received again and not delivered again.
+    pub duplicates: u64,
+    /// Messages not forwarded: a peer's outbox was full, or the message could not be encoded.
+    pub dropped: u64,
+    /// Messages waiting for another node's acknowledgement, over all links.
+    pub pending: u64,
+}
+
+/// `POST /api/v1/cluster/join`: this node joins the cluster the node at `addr` (its cluster
+/// address, `HOST:PORT`) belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterJoinRequest {
+    pub addr: String,
+}
+
+/// `POST /api/v1/cluster/leave`: `node` leaves the cluster (default: the node asked).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLeaveRequest {
+    #[serde(default)]
+    pub node: Option<u64>,
+}
+
+/// What a backend without `[cluster]` answers to the cluster's routes (404).
+pub const NOT_CLUSTERED: &str = "this node is not part of a cluster ([cluster] is not configured)";
+
 /// Why a request to the backend failed; the HTTP layer maps each to a status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
@@ -279,6 +358,9 @@ pub enum AdminError {
     /// 503: the broker cannot do it now (shutting down, the store refuses work).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// 409: the request conflicts with the state (a node asked to join is already a member).
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// A boxed future, for the backend's one asynchronous call.
@@ -323,5 +405,22 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// default: a backend without bridges).
     fn bridges(&self) -> Vec<BridgeInfo> {
         Vec::new()
+    }
+    /// This node's view of its cluster; `None` without `[cluster]` (the default).
+    fn cluster(&self) -> Option<ClusterInfo> {
+        None
+    }
+    /// This node joins the cluster of the node at `addr` (a cluster address, `HOST:PORT`):
+    /// `Conflict` when it is a member already, `Unavailable` when no leader answered.
+    fn cluster_join(&self, addr: String) -> BoxFuture<'_, Result<(), AdminError>> {
+        let _ = addr;
+        Box::pin(async { Err(AdminError::NotFound(NOT_CLUSTERED.into())) })
+    }
+    /// Removes `node` (default: this one) from the cluster, through its leader; the id of the
+    /// node removed. `NotFound` when it is not a member, `Conflict` when it may not leave (the
+    /// only voter), `Unavailable` when no leader answered.
+    fn cluster_leave(&self, node: Option<u64>) -> BoxFuture<'_, Result<u64, AdminError>> {
+        let _ = node;
+        Box::pin(async { Err(AdminError::NotFound(NOT_CLUSTERED.into())) })
     }
 }

@@ -61,6 +61,7 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
             AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
         };
         ApiError::new(status, error.to_string())
     }

@@ -144,6 +144,78 @@ pub(crate) async fn bridges(
     Ok(Json(crate::api::BridgeList { items }))
 }
 
+/// `GET /api/v1/cluster`: 404 on a node without `[cluster]`.
+pub(crate) async fn cluster(
+    State(state): State<AppState>,
+) -> ApiResult<Json<crate::api::ClusterInfo>> {
+    match off_loop(&state.backend, |b| b.cluster()).await? {
+        Some(info) => Ok(Json(info)),
+        None => Err(ApiError::not_found(crate::api::NOT_CLUSTERED)),
+    }
+}
+
+/// `POST /api/v1/cluster/join` `{"addr": "HOST:PORT"}`: 204 once the cluster's leader took
+/// this node in (as a learner; promotion to voter follows when the cluster needs voters).
+/// 400 for a body without a usable `addr`, 409 when this node is a member already, 503
+/// when no leader answered, 404 without `[cluster]`.
+pub(crate) async fn cluster_join(
+    State(state): State<AppState>,
+    peer: Peer,
+    body: Result<Json<crate::api::ClusterJoinRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let addr = body?.0.addr.trim().to_owned();
+    let port = addr
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port != 0) {
+        return Err(ApiError::invalid(format!(
+            "addr must be a node's cluster address, HOST:PORT (got {addr:?})"
+        )));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let asked = addr.clone();
+    off_loop(&state.backend, move |b| {
+        handle.block_on(b.cluster_join(asked))
+    })
+    .await??;
+    audit("cluster_join", &addr, peer);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/cluster/leave`, body `{"node": ID}` or none (this node leaves): 200
+/// `{"node": ID}` once the leader removed it. 400 for a body that is not that, 404 for a node
+/// that is not a member (or without `[cluster]`), 409 when it may not leave (the only
+/// voter), 503 when no leader answered.
+pub(crate) async fn cluster_leave(
+    State(state): State<AppState>,
+    peer: Peer,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let request: crate::api::ClusterLeaveRequest = if body.trim_ascii().is_empty() {
+        crate::api::ClusterLeaveRequest::default()
+    } else {
+        let invalid = |error: String| {
+            ApiError::invalid(format!(
+                "the body must be {{\"node\": ID}} or empty: {error}"
+            ))
+        };
+        // An object only: serde would take `[2]` for `{"node": 2}`.
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
+        if !value.is_object() {
+            return Err(invalid("not a JSON object".into()));
+        }
+        serde_json::from_value(value).map_err(|error| invalid(error.to_string()))?
+    };
+    let handle = tokio::runtime::Handle::current();
+    let node = off_loop(&state.backend, move |b| {
+        handle.block_on(b.cluster_leave(request.node))
+    })
+    .await??;
+    audit("cluster_leave", &node.to_string(), peer);
+    Ok(Json(serde_json::json!({ "node": node })))
+}
+
 pub(crate) async fn stats(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(Json(off_loop(&state.backend, |b| b.stats()).await?).into_response())
 }
@@ -388,8 +460,9 @@ pub(crate) async fn reload(State(state): State<AppState>, peer: Peer) -> ApiResu
 }
 
 /// One line per action taken through the API, with a stable shape: `event="admin_action"`,
-/// `action` (kick, delete_session, delete_retained, publish, reload), `target` (the client id
-/// or topic, quoted and escaped by `?`, so no value can forge a line) and the caller's `peer`.
+/// `action` (kick, delete_session, delete_retained, publish, reload, cluster_join,
+/// cluster_leave), `target` (the client id, topic, cluster address or node id, quoted and
+/// escaped by `?`, so no value can forge a line) and the caller's `peer`.
 fn audit(action: &str, target: &str, peer: Peer) {
     let peer = peer.0.map(|addr| addr.to_string());
     tracing::info!(

@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{
-    AdminBackend, AdminError, BridgeInfo, BridgeList, ClientDetail, ClientSummary, Page,
-    PublishRequest, Readiness, ReloadReport, RetainedMessage, RetainedSummary, SessionSummary,
-    Stats, SubscriptionInfo, SubscriptionQuery,
+    AdminBackend, AdminError, BridgeInfo, BridgeList, ClientDetail, ClientSummary,
+    ClusterForwarding, ClusterInfo, ClusterJoinRequest, ClusterLeaveRequest, ClusterNodeInfo,
+    NOT_CLUSTERED, Page, PublishRequest, Readiness, ReloadReport, RetainedMessage, RetainedSummary,
+    SessionSummary, Stats, SubscriptionInfo, SubscriptionQuery,
 };
 pub use handlers::{Listing, TracingRequest};
 pub use openapi::OPENAPI_JSON;

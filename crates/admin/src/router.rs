@@ -33,6 +33,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/config"),
     ("POST", "/api/v1/reload"),
     ("GET", "/api/v1/bridges"),
+    ("GET", "/api/v1/cluster"),
+    ("POST", "/api/v1/cluster/join"),
+    ("POST", "/api/v1/cluster/leave"),
     ("GET", "/metrics"),
     ("GET", "/api/openapi.json"),
     ("GET", "/"),
@@ -82,6 +85,9 @@ pub fn router(backend: Arc<dyn AdminBackend>, options: AdminOptions) -> Router {
         .route("/api/v1/config", get(handlers::config))
         .route("/api/v1/reload", post(handlers::reload))
         .route("/api/v1/bridges", get(handlers::bridges))
+        .route("/api/v1/cluster", get(handlers::cluster))
+        .route("/api/v1/cluster/join", post(handlers::cluster_join))
+        .route("/api/v1/cluster/leave", post(handlers::cluster_leave))
         .route("/api/openapi.json", get(openapi::serve));
     let mut metrics = Router::new().route("/metrics", get(handlers::metrics));
     if !state.options.metrics_auth && state.options.local_hosts_only {

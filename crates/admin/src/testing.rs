@@ -31,6 +31,11 @@ pub struct FakeState {
     /// `stats` sleeps this long first (a slow backend: the listener's runtime must not stall).
     pub stats_delay: std::time::Duration,
     pub bridges: Vec<BridgeInfo>,
+    /// The cluster (`None`: a node without `[cluster]`), the addresses `cluster_join` was
+    /// given, and what it answers (`None`: it succeeds).
+    pub cluster: Option<ClusterInfo>,
+    pub cluster_joins: Vec<String>,
+    pub cluster_join_refusal: Option<AdminError>,
 }
 
 /// The fake backend: a [`FakeState`] behind a mutex.
@@ -64,6 +69,7 @@ impl FakeBackend {
                 queue_depth: 0,
                 last_error: None,
             }];
+            state.cluster = Some(sample_cluster());
             state.stats = Stats {
                 version: "0.1.0".into(),
                 uptime_s: 42,
@@ -103,6 +109,47 @@ impl FakeBackend {
 
     pub fn lock(&self) -> MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Node 1 of four: 1 leads, 2 and 3 vote, 4 learns; the link to 3 is down with 5 messages
+/// waiting for it.
+fn sample_cluster() -> ClusterInfo {
+    let node = |id: u64, voter: bool, linked: bool, pending: u64| ClusterNodeInfo {
+        id,
+        cluster_addr: format!("10.0.0.{id}:7883"),
+        mqtt_addrs: vec![format!("10.0.0.{id}:1883")],
+        voter,
+        linked,
+        pending,
+    };
+    ClusterInfo {
+        node_id: 1,
+        role: "leader".into(),
+        leader: Some(1),
+        term: 3,
+        last_log_index: Some(120),
+        last_applied: Some(120),
+        voters: vec![1, 2, 3],
+        learners: vec![4],
+        nodes: vec![
+            node(1, true, true, 0),
+            node(2, true, true, 0),
+            node(3, true, false, 5),
+            node(4, false, true, 0),
+        ],
+        millis_since_quorum_ack: Some(12),
+        sessions: 7,
+        routes: 4,
+        retained: 2,
+        forwarding: ClusterForwarding {
+            sent: 100,
+            resent: 5,
+            received: 80,
+            duplicates: 1,
+            dropped: 0,
+            pending: 5,
+        },
     }
 }
 
@@ -373,6 +420,42 @@ impl AdminBackend for FakeBackend {
 
     fn bridges(&self) -> Vec<BridgeInfo> {
         self.lock().bridges.clone()
+    }
+
+    fn cluster(&self) -> Option<ClusterInfo> {
+        self.lock().cluster.clone()
+    }
+
+    fn cluster_join(&self, addr: String) -> BoxFuture<'_, Result<(), AdminError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            if state.cluster.is_none() {
+                return Err(AdminError::NotFound(NOT_CLUSTERED.into()));
+            }
+            state.cluster_joins.push(addr);
+            match state.cluster_join_refusal.clone() {
+                Some(refusal) => Err(refusal),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Removes the node from the fake cluster's lists.
+    fn cluster_leave(&self, node: Option<u64>) -> BoxFuture<'_, Result<u64, AdminError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let Some(cluster) = state.cluster.as_mut() else {
+                return Err(AdminError::NotFound(NOT_CLUSTERED.into()));
+            };
+            let node = node.unwrap_or(cluster.node_id);
+            if !cluster.nodes.iter().any(|n| n.id == node) {
+                return Err(AdminError::NotFound(format!("node {node} is not a member")));
+            }
+            cluster.nodes.retain(|n| n.id != node);
+            cluster.voters.retain(|id| *id != node);
+            cluster.learners.retain(|id| *id != node);
+            Ok(node)
+        })
     }
 
     fn reload(&self) -> BoxFuture<'_, ReloadReport> {

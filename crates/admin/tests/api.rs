@@ -723,6 +723,7 @@ async fn openapi_schemas_match_what_is_served() {
         "/api/v1/retained",
         "/api/v1/retained/message?topic=sensors/temp",
         "/api/v1/bridges",
+        "/api/v1/cluster",
     ] {
         let answer = get(&app, uri).await;
         assert_eq!(answer.status, StatusCode::OK, "{uri}");
@@ -840,6 +841,118 @@ async fn error_statuses_json_and_documented() {
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     assert!(documented(&doc, "get", "/api/v1/retained/message").contains(&"400".to_owned()));
     assert!(doc["components"]["parameters"]["limit"]["schema"]["maximum"].is_null());
+}
+
+/// Issue 16: `GET /api/v1/cluster` (404 without `[cluster]`), `POST /api/v1/cluster/join`
+/// (204; 400 for a bad body or address; 409 from the backend) and `POST
+/// /api/v1/cluster/leave` (a node, or this one with no body; 404 for a stranger), behind
+/// the token, every status documented.
+#[tokio::test]
+async fn cluster_status_join_leave() {
+    let fake = FakeBackend::sample();
+    let app = app(&fake, false);
+    let doc = get(&app, "/api/openapi.json").await.json();
+    let post = |uri: &'static str, body: Option<Value>| {
+        let app = app.clone();
+        async move { call(&app, Method::POST, uri, Some(TOKEN), body).await }
+    };
+    let status = get(&app, "/api/v1/cluster").await;
+    assert_eq!(status.status, StatusCode::OK);
+    let status = status.json();
+    assert_eq!(status["role"], "leader");
+    assert_eq!(status["voters"], json!([1, 2, 3]));
+    assert_eq!(status["nodes"][2]["pending"], 5);
+    assert_eq!(status["forwarding"]["resent"], 5);
+    for (method, uri) in [
+        (Method::GET, "/api/v1/cluster"),
+        (Method::POST, "/api/v1/cluster/join"),
+        (Method::POST, "/api/v1/cluster/leave"),
+    ] {
+        let refused = call(&app, method, uri, None, Some(json!({"addr": "a:1"}))).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+
+    let join = "/api/v1/cluster/join";
+    let joined = post(join, Some(json!({"addr": "10.0.0.9:7883"}))).await;
+    assert_eq!(joined.status, StatusCode::NO_CONTENT);
+    assert_eq!(fake.lock().cluster_joins, ["10.0.0.9:7883"]);
+    for bad in [
+        json!({}),
+        json!({"addr": "no-port"}),
+        json!({"addr": ":7883"}),
+        json!({"addr": "h:0"}),
+        json!({"addr": "h:1", "extra": 1}),
+    ] {
+        let answer = post(join, Some(bad.clone())).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(answer.json()["error"].is_string());
+    }
+    assert_eq!(
+        fake.lock().cluster_joins.len(),
+        1,
+        "no bad body reached the backend"
+    );
+    fake.lock().cluster_join_refusal =
+        Some(tern_admin::AdminError::Conflict("already a member".into()));
+    let conflict = post(join, Some(json!({"addr": "10.0.0.9:7883"}))).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert!(
+        conflict.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("already a member")
+    );
+    fake.lock().cluster_join_refusal =
+        Some(tern_admin::AdminError::Unavailable("no leader".into()));
+    let unavailable = post(join, Some(json!({"addr": "10.0.0.9:7883"}))).await;
+    assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+    let join_statuses = documented(&doc, "post", join);
+    for status in ["204", "400", "401", "404", "409", "503"] {
+        assert!(join_statuses.contains(&status.to_owned()), "join {status}");
+    }
+
+    let leave = "/api/v1/cluster/leave";
+    let left = post(leave, Some(json!({"node": 4}))).await;
+    assert_eq!(left.status, StatusCode::OK);
+    assert_eq!(left.json(), json!({"node": 4}));
+    let myself = post(leave, None).await;
+    assert_eq!(myself.status, StatusCode::OK);
+    assert_eq!(myself.json(), json!({"node": 1}));
+    assert_eq!(
+        post(leave, Some(json!({}))).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post(leave, Some(json!({"node": 9}))).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for bad in [json!({"node": "two"}), json!({"node": -1}), json!([2])] {
+        assert_eq!(
+            post(leave, Some(bad.clone())).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    let leave_statuses = documented(&doc, "post", leave);
+    for status in ["200", "400", "401", "404", "409", "503"] {
+        assert!(
+            leave_statuses.contains(&status.to_owned()),
+            "leave {status}"
+        );
+    }
+
+    fake.lock().cluster = None;
+    let none = get(&app, "/api/v1/cluster").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert!(
+        none.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not part of a cluster")
+    );
+    assert!(documented(&doc, "get", "/api/v1/cluster").contains(&"404".to_owned()));
+    let none = post(join, Some(json!({"addr": "10.0.0.9:7883"}))).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
 }
 
 /// Review 13 #13: a publish with neither payload field publishes an empty payload.

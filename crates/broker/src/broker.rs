@@ -1120,6 +1120,9 @@ impl Broker {
         }
         let existed = state.subscriptions.insert(filter.clone(), record).is_some();
         let seq = if state.is_persistent() {
+            if let Some(hook) = self.cluster() {
+                hook.session_subscribed(session.client_id(), filter, &record);
+            }
             self.persist(|| Change::Subscribed {
                 client_id: session.client_id().clone(),
                 filter: filter.clone(),
@@ -1228,6 +1231,9 @@ impl Broker {
         // No more of its retained set either [MQTT-3.10.4-2].
         state.stop_retained(filter);
         let seq = if existed && state.is_persistent() {
+            if let Some(hook) = self.cluster() {
+                hook.session_unsubscribed(session.client_id(), filter);
+            }
             self.persist(|| Change::Unsubscribed {
                 client_id: session.client_id().clone(),
                 filter: filter.clone(),
@@ -1538,6 +1544,9 @@ impl Broker {
             return None;
         }
         state.ended = true;
+        if let Some(hook) = self.cluster() {
+            hook.session_ended(session.client_id());
+        }
         if let Some(at) = state.expires_at.take() {
             self.remove_timer(at, TimerKind::SessionExpiry, session);
         }

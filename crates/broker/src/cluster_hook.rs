@@ -16,7 +16,7 @@ use crate::message::Message;
 use crate::persist::Change;
 use crate::session::Kick;
 use crate::subscriptions::{SharedGroup, SubscriptionIndex};
-use crate::types::Seq;
+use crate::types::{Seq, SubscriptionRecord};
 
 /// What the core tells the cluster, and asks of it. Set once: [`Broker::set_cluster`].
 ///
@@ -65,6 +65,105 @@ pub trait ClusterHook: Send + Sync {
     fn claim(&self, request: ClaimRequest) -> ClaimDecision {
         let _ = request;
         ClaimDecision::Granted
+    }
+    /// After a SUBSCRIBE granted `filter` (of `group`): the cluster's decision on the route it
+    /// needs, if one is still to come (this node's first subscriber of the filter, its route
+    /// not committed yet). The SUBACK waits for it; a route the cluster could not commit
+    /// (no quorum) makes that filter's SUBACK a failure (0x80, retryable) and the
+    /// subscription is removed. `None` (the default): nothing to wait for.
+    fn route_pending(&self, filter: &str, group: Option<&str>) -> Option<Arc<RouteTicket>> {
+        let _ = (filter, group);
+        None
+    }
+    /// A persistent session added or replaced a subscription (the cluster keeps durable
+    /// subscriptions in its registry, so they outlive this node). Called under the core's
+    /// locks: queue only. The default does nothing.
+    fn session_subscribed(&self, client_id: &str, filter: &str, record: &SubscriptionRecord) {
+        let _ = (client_id, filter, record);
+    }
+    /// A persistent session removed a subscription. Queue only.
+    fn session_unsubscribed(&self, client_id: &str, filter: &str) {
+        let _ = (client_id, filter);
+    }
+    /// The session of `client_id` ended here (with its connection, by expiry, a clean start,
+    /// an operator, or handed over to another node): the cluster may release the client id
+    /// if no session of it is here any more. Called under the core's locks: queue only.
+    fn session_ended(&self, client_id: &str) {
+        let _ = client_id;
+    }
+}
+
+/// The cluster's decision on a route a SUBACK waits for (see [`ClusterHook::route_pending`]).
+#[derive(Default)]
+pub struct RouteTicket {
+    /// 0 pending, 1 committed, 2 refused.
+    state: std::sync::atomic::AtomicU8,
+    waiting: std::sync::Mutex<Vec<Arc<dyn crate::Wakeup>>>,
+}
+
+impl std::fmt::Debug for RouteTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTicket")
+            .field(
+                "state",
+                &self.state.load(std::sync::atomic::Ordering::Acquire),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteTicket {
+    pub fn new() -> Arc<RouteTicket> {
+        Arc::new(RouteTicket::default())
+    }
+
+    /// The cluster decided: `committed` or not. Wakes the connections whose SUBACK waits;
+    /// a second answer is ignored.
+    pub fn complete(&self, committed: bool) {
+        let state = if committed { 1 } else { 2 };
+        if self
+            .state
+            .compare_exchange(
+                0,
+                state,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let waiting = std::mem::take(
+            &mut *self
+                .waiting
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for wakeup in waiting {
+            wakeup.wake();
+        }
+    }
+
+    /// `None` while pending, then whether the route was committed.
+    pub fn decided(&self) -> Option<bool> {
+        match self.state.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            state => Some(state == 1),
+        }
+    }
+
+    /// Wakes `wakeup` once decided (at once if it is).
+    pub(crate) fn watch(&self, wakeup: Arc<dyn crate::Wakeup>) {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.decided().is_some() {
+            drop(waiting);
+            wakeup.wake();
+        } else {
+            waiting.push(wakeup);
+        }
     }
 }
 
@@ -253,6 +352,37 @@ impl Broker {
                 })
             }
         }
+    }
+
+    /// The node lost its cluster's quorum for longer than its lease: every client connection
+    /// closes (MQTT 5: DISCONNECT 0x9C Use another server; 3.x: closed), its will handled as
+    /// for any close, its session kept here offline. This node can no longer prove it is the
+    /// only owner of those client ids: the majority may have granted them elsewhere. Returns
+    /// how many connections were closed.
+    pub fn release_for_lost_lease(&self) -> usize {
+        let online = self.sessions_where(|session| session.is_online());
+        let mut closed = 0;
+        for session in online {
+            let wakeup = {
+                let mut state = session.lock();
+                if state.ended || state.owner.is_none() {
+                    continue;
+                }
+                session.set_kicked(&mut state, Some(Kick::LeaseLost));
+                state.wakeup.clone()
+            };
+            closed += 1;
+            if let Some(wakeup) = wakeup {
+                wakeup.wake();
+            }
+        }
+        if closed > 0 {
+            tracing::warn!(
+                connections = closed,
+                "cluster quorum lost past the lease: client connections closed (0x9C)"
+            );
+        }
+        closed
     }
 
     /// Another node claimed `client_id`: its connection here closes as a take-over does

@@ -64,6 +64,10 @@ pub enum CloseReason {
     /// connection is closed after [`STORAGE_REFUSAL_CLOSE`], for the client to send it again
     /// after it reconnects.
     StorageUnavailable,
+    /// The node lost its cluster's quorum for longer than its lease: it cannot prove it is
+    /// still the client id's only owner, so it lets go (MQTT 5 DISCONNECT 0x9C Use another
+    /// server); the client reconnects, to a node of the majority.
+    ClusterLeaseLost,
 }
 
 /// How long a 3.x connection stays open after a PUBLISH the store could not take, before it is
@@ -107,6 +111,9 @@ impl std::fmt::Display for CloseReason {
             CloseReason::SessionTakenOver => f.write_str("session taken over"),
             CloseReason::ServerShutdown => f.write_str("server shutting down"),
             CloseReason::AdministrativeAction => f.write_str("administrative action"),
+            CloseReason::ClusterLeaseLost => f.write_str(
+                "the node lost its cluster's quorum: another node may own the client id",
+            ),
             CloseReason::StorageUnavailable => f.write_str(
                 "a message could not be stored (the broker's disk is full or failing); closed so that the client sends it again",
             ),
@@ -554,6 +561,7 @@ impl Connection {
                 CloseReason::AdministrativeAction,
                 ReasonCode::AdministrativeAction,
             ),
+            Some(Kick::LeaseLost) => (CloseReason::ClusterLeaseLost, ReasonCode::UseAnotherServer),
             Some(Kick::ClaimedElsewhere) | None => {
                 (CloseReason::SessionTakenOver, ReasonCode::SessionTakenOver)
             }

@@ -561,6 +561,8 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
         let mut barrier = Seq::NONE;
+        // Filters whose cluster route is still being decided: the SUBACK waits for them.
+        let mut routes = Vec::new();
         // Rules reloaded while this SUBSCRIBE was judged (see below).
         let access_epoch = broker.access_epoch();
         for subscription in subscribe.subscriptions {
@@ -613,6 +615,16 @@ impl Connection {
                 continue;
             };
             barrier = barrier.max(seq);
+            if let Some(hook) = broker.cluster() {
+                let (plain, group) = match split_shared(&filter) {
+                    Some((group, plain)) => (plain, Some(group)),
+                    None => (&*filter, None),
+                };
+                if let Some(ticket) = hook.route_pending(plain, group) {
+                    ticket.watch(self.wakeup.clone());
+                    routes.push((reason_codes.len(), filter.clone(), ticket));
+                }
+            }
             reason_codes.push(granted_code(granted));
             // Retained messages for the new subscription [MQTT-3.3.1-6, MQTT-3.8.4-3], as Retain
             // Handling says; never for a shared subscription.
@@ -641,7 +653,14 @@ impl Connection {
             reason_codes,
         };
         self.input_barrier = self.input_barrier.max(barrier);
-        self.send(Packet::SubAck(suback), barrier);
+        if routes.is_empty() {
+            self.send(Packet::SubAck(suback), barrier);
+        } else {
+            self.outbox.push_back((
+                Packet::SubAck(suback),
+                crate::unstored::Barrier::Routes(barrier, routes),
+            ));
+        }
         // Streamed from the index as the connection can take them, not copied into the queue
         // (whose limit would cut a large set): see `retained_stream`.
         if !retained.is_empty() {

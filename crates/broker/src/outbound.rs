@@ -80,8 +80,14 @@ impl Connection {
         }
         let durable = self.broker.durable();
         while let Some((packet, barrier)) = self.outbox.front() {
-            // A gate's last delivery wakes the connection when it closes.
+            // A gate's last delivery wakes the connection when it closes; a route's decision
+            // wakes it too.
             let Some(barrier) = barrier.seq() else {
+                if matches!(barrier, crate::unstored::Barrier::Routes(..)) {
+                    // The retained messages of the new subscription follow its SUBACK: no
+                    // delivery overtakes a SUBACK waiting for the cluster.
+                    return false;
+                }
                 break;
             };
             if barrier > durable {
@@ -93,9 +99,12 @@ impl Connection {
                 }
                 break;
             }
-            let Some((packet, _)) = self.outbox.pop_front() else {
+            let Some((mut packet, barrier)) = self.outbox.pop_front() else {
                 break;
             };
+            if let crate::unstored::Barrier::Routes(_, routes) = &barrier {
+                self.refuse_unrouted(&mut packet, routes);
+            }
             self.encode_control(packet, buf);
             if buf.len() >= budget {
                 return !self.outbox.is_empty() || self.is_active();
@@ -157,6 +166,35 @@ impl Connection {
 
     /// Encodes a control packet. One over the client's maximum packet size loses its reason
     /// string and user properties; if it is still too large it is dropped [MQTT-3.1.2-24].
+    /// A SUBACK whose filters waited for the cluster: each filter whose route could not be
+    /// committed (no quorum) is answered 0x80 and its subscription removed again, so the
+    /// client retries it later instead of believing it is served cluster-wide.
+    fn refuse_unrouted(
+        &mut self,
+        packet: &mut Packet,
+        routes: &[(
+            usize,
+            tern_codec::MqttStr,
+            std::sync::Arc<crate::cluster_hook::RouteTicket>,
+        )],
+    ) {
+        let Packet::SubAck(suback) = packet else {
+            return;
+        };
+        let Phase::Active(active) = &self.phase else {
+            return;
+        };
+        let session = active.session.clone();
+        for (position, filter, ticket) in routes {
+            if ticket.decided() == Some(false) {
+                if let Some(code) = suback.reason_codes.get_mut(*position) {
+                    *code = tern_codec::ReasonCode::UnspecifiedError;
+                }
+                self.broker.unsubscribe(&session, filter);
+            }
+        }
+    }
+
     fn encode_control(&self, mut packet: Packet, buf: &mut BytesMut) {
         if let Phase::Active(active) = &self.phase {
             if active.session.traced() {

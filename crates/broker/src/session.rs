@@ -125,6 +125,9 @@ pub(crate) enum Kick {
     /// the connection closes as a take-over, but the session stays here, offline, as after
     /// any close, with its will scheduled per its delay (see `Broker::take_over`).
     ClaimedElsewhere,
+    /// The node lost its cluster's quorum past its lease (DISCONNECT 0x9C Use another
+    /// server): the session stays here, offline, as after any close.
+    LeaseLost,
 }
 
 /// A session, shared by the registry, the subscription index and its connection.

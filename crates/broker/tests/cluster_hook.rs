@@ -557,3 +557,96 @@ fn a_clean_start_elsewhere_ends_the_session_and_sends_the_will_mqtt_3_1_3_9() {
     assert_eq!(&watcher.publish_received().payload[..], b"gone");
     assert!(net.session("restarted").is_none());
 }
+
+/// A cluster whose new routes wait for a decision (see `ClusterHook::route_pending`): one
+/// ticket per route, kept for the test to decide.
+#[derive(Default)]
+struct DecidingCluster {
+    tickets: Mutex<Vec<(String, Arc<tern_broker::RouteTicket>)>>,
+}
+
+impl DecidingCluster {
+    fn ticket(&self, filter: &str) -> Arc<tern_broker::RouteTicket> {
+        let tickets = self.tickets.lock().unwrap();
+        let (_, ticket) = tickets.iter().find(|(f, _)| f == filter).expect("a ticket");
+        ticket.clone()
+    }
+}
+
+impl ClusterHook for DecidingCluster {
+    fn route_added(&self, filter: &str, _: Option<&str>) {
+        let ticket = tern_broker::RouteTicket::new();
+        self.tickets
+            .lock()
+            .unwrap()
+            .push((filter.to_owned(), ticket));
+    }
+    fn route_removed(&self, _: &str, _: Option<&str>) {}
+    fn plan(&self, _: &Message) -> Option<ClusterPlan> {
+        None
+    }
+    fn forward(&self, _: &Arc<Message>, _: ClusterPlan) -> Seq {
+        Seq::NONE
+    }
+    fn retained_changed(&self, _: &str, _: Option<&Arc<Message>>) {}
+    fn route_pending(
+        &self,
+        filter: &str,
+        _: Option<&str>,
+    ) -> Option<Arc<tern_broker::RouteTicket>> {
+        let tickets = self.tickets.lock().unwrap();
+        tickets
+            .iter()
+            .find(|(f, ticket)| f == filter && ticket.decided().is_none())
+            .map(|(_, ticket)| ticket.clone())
+    }
+}
+
+/// Issue 16: the SUBACK of a filter that needs a new cluster route waits for the cluster's
+/// decision, and nothing is delivered before it (the retained message follows the SUBACK);
+/// a route the cluster could not commit (no quorum) is SUBACK 0x80 and the subscription is
+/// gone, so the client retries later.
+#[test]
+fn a_suback_waits_for_its_route_and_a_refused_route_is_a_failure_issue_16() {
+    let net = Net::new();
+    let cluster = Arc::new(DecidingCluster::default());
+    assert!(net.broker.set_cluster(cluster.clone()));
+    let mut publisher = net.connected(V5, "route-pub");
+    publisher.publish_with(tern_codec::Publish {
+        retain: true,
+        ..publish_packet("kept/a", QoS::AtLeastOnce, b"retained")
+    });
+    let _ = publisher.received();
+
+    let mut client = net.connected(V5, "route-sub");
+    client.send(subscribe_packet(9, &[("kept/+", QoS::AtLeastOnce)]));
+    assert_eq!(
+        client.received(),
+        vec![],
+        "no SUBACK, no retained message yet"
+    );
+    cluster.ticket("kept/+").complete(true);
+    let packets = client.received();
+    assert!(
+        matches!(&packets[..], [Packet::SubAck(suback), Packet::Publish(p)]
+            if suback.reason_codes == vec![ReasonCode::GrantedQos1] && p.payload == b"retained"[..]),
+        "the SUBACK, then the retained message: {packets:?}"
+    );
+
+    client.send(subscribe_packet(10, &[("lost/+", QoS::AtLeastOnce)]));
+    assert_eq!(client.received(), vec![]);
+    cluster.ticket("lost/+").complete(false);
+    match client.next() {
+        Some(Packet::SubAck(suback)) => {
+            assert_eq!(suback.reason_codes, vec![ReasonCode::UnspecifiedError])
+        }
+        other => panic!("expected a SUBACK, got {other:?}"),
+    }
+    let kept = net.broker.subscriptions_of("route-sub").unwrap();
+    assert!(
+        kept.iter().all(|(filter, _)| &**filter != "lost/+"),
+        "the refused subscription is removed: {kept:?}"
+    );
+    publisher.publish("lost/x", QoS::AtMostOnce, b"not for you");
+    client.nothing();
+}

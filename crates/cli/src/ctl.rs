@@ -67,6 +67,9 @@ pub enum CtlCommand {
     DeleteSession { client_id: String },
     /// Bridges to other brokers and their state.
     Bridges,
+    /// The cluster this node belongs to (`[cluster]`): status, join, leave.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Subscriptions, every one or a client's.
     Subscriptions {
         #[arg(long = "client", value_name = "ID")]
@@ -113,6 +116,17 @@ pub enum CtlCommand {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+}
+
+/// `tern ctl cluster ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// This node's view: its role, the leader, the voters, each node's addresses and link.
+    Status,
+    /// This node joins the cluster of the node whose cluster address is ADDR (HOST:PORT).
+    Join { addr: String },
+    /// Remove NODE (an id) from the cluster; without NODE, this node leaves.
+    Leave { node: Option<u64> },
 }
 
 pub fn main(args: CtlArgs) -> anyhow::Result<()> {
@@ -195,6 +209,27 @@ pub async fn run(args: &CtlArgs) -> anyhow::Result<String> {
                         "last_error",
                     ],
                 )
+            })
+        }
+        CtlCommand::Cluster(ClusterCommand::Status) => {
+            out(api.get("/api/v1/cluster").await?, cluster_status)
+        }
+        CtlCommand::Cluster(ClusterCommand::Join { addr }) => {
+            api.call(
+                Method::POST,
+                "/api/v1/cluster/join",
+                Some(json!({ "addr": addr })),
+            )
+            .await?;
+            done(args, format!("joined the cluster through {addr}"))
+        }
+        CtlCommand::Cluster(ClusterCommand::Leave { node }) => {
+            let body = node.map(|node| json!({ "node": node }));
+            let answer = api
+                .call(Method::POST, "/api/v1/cluster/leave", body)
+                .await?;
+            out(answer, |v| {
+                format!("node {} left the cluster", cell(&v["node"]))
             })
         }
         CtlCommand::DeleteSession { client_id } => {
@@ -587,6 +622,103 @@ fn table(rows: &Value, columns: &[&str]) -> String {
     let mut out = vec![line(columns.iter().map(|c| c.to_uppercase()).collect())];
     out.extend(rows.into_iter().map(line));
     out.join("\n")
+}
+
+/// `GET /api/v1/cluster` for people: a summary, then one row per node (its role in the Raft
+/// group, its addresses, this node's link to it and the messages waiting for it).
+fn cluster_status(status: &Value) -> String {
+    let ids = |key: &str| {
+        status[key]
+            .as_array()
+            .map(|ids| ids.iter().map(cell).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    let forwarding = &status["forwarding"];
+    let me = &status["node_id"];
+    let leader = &status["leader"];
+    let mut lines = vec![
+        format!(
+            "node {} ({}), leader {}, term {}",
+            cell(me),
+            cell(&status["role"]),
+            cell(leader),
+            cell(&status["term"])
+        ),
+        format!("voters: {}  learners: {}", ids("voters"), ids("learners")),
+        format!(
+            "log: last index {}, last applied {}",
+            cell(&status["last_log_index"]),
+            cell(&status["last_applied"])
+        ),
+        format!(
+            "replicated: sessions {}, routes {}, retained {}",
+            cell(&status["sessions"]),
+            cell(&status["routes"]),
+            cell(&status["retained"])
+        ),
+        format!(
+            "forwarded: sent {}, resent {}, received {}, duplicates {}, dropped {}, pending {}",
+            cell(&forwarding["sent"]),
+            cell(&forwarding["resent"]),
+            cell(&forwarding["received"]),
+            cell(&forwarding["duplicates"]),
+            cell(&forwarding["dropped"]),
+            cell(&forwarding["pending"])
+        ),
+        String::new(),
+    ];
+    let rows: Vec<Value> = status["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|node| {
+                    let role = if node["id"] == *leader {
+                        "leader"
+                    } else if node["voter"] == json!(true) {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    let link = if node["id"] == *me {
+                        "self"
+                    } else if node["linked"] == json!(true) {
+                        "up"
+                    } else {
+                        "down"
+                    };
+                    let mqtt = node["mqtt_addrs"]
+                        .as_array()
+                        .map(|addrs| {
+                            let addrs: Vec<&str> = addrs.iter().filter_map(Value::as_str).collect();
+                            addrs.join(",")
+                        })
+                        .filter(|addrs| !addrs.is_empty())
+                        .unwrap_or_else(|| "-".to_owned());
+                    json!({
+                        "node": node["id"],
+                        "role": role,
+                        "cluster_addr": node["cluster_addr"],
+                        "mqtt_addrs": mqtt,
+                        "link": link,
+                        "pending": node["pending"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    lines.push(table(
+        &Value::Array(rows),
+        &[
+            "node",
+            "role",
+            "cluster_addr",
+            "mqtt_addrs",
+            "link",
+            "pending",
+        ],
+    ));
+    lines.join("\n")
 }
 
 /// An object as `key: value` lines (nested values as JSON).

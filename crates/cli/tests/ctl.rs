@@ -145,6 +145,75 @@ fn bridges_are_listed() {
     assert_eq!(listed[0]["addresses"][0], "broker.example.net:8883");
 }
 
+/// Issue 16: `tern ctl cluster status` shows the node's role, the leader, the voters and a
+/// row per node with its addresses and link; `cluster join ADDR` and `cluster leave [NODE]`
+/// call the API; a node without `[cluster]` says so.
+#[test]
+fn cluster_status_join_leave() {
+    let fake = FakeBackend::sample();
+    let addr = serve(&fake);
+    let status = ok(addr, &["cluster", "status"]);
+    assert!(
+        status.starts_with("node 1 (leader), leader 1, term 3"),
+        "{status}"
+    );
+    assert!(status.contains("voters: 1,2,3  learners: 4"), "{status}");
+    assert!(status.contains("NODE  ROLE     CLUSTER_ADDR"), "{status}");
+    let row = |id: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for node {id}: {status}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row("1"),
+        ["1", "leader", "10.0.0.1:7883", "10.0.0.1:1883", "self", "0"]
+    );
+    assert_eq!(
+        row("3")[1..],
+        ["voter", "10.0.0.3:7883", "10.0.0.3:1883", "down", "5"]
+    );
+    assert_eq!(row("4")[1], "learner");
+    let json_status = json(addr, &["cluster", "status"]);
+    assert_eq!(json_status["leader"], 1);
+    assert_eq!(json_status["nodes"][2]["linked"], false);
+
+    assert_eq!(
+        ok(addr, &["cluster", "join", "10.0.0.9:7883"]).trim(),
+        "joined the cluster through 10.0.0.9:7883"
+    );
+    assert_eq!(fake.lock().cluster_joins, ["10.0.0.9:7883"]);
+    fake.lock().cluster_join_refusal = Some(tern_admin::AdminError::Conflict(
+        "already a member of a cluster".into(),
+    ));
+    let (success, _, stderr) = ctl(addr, &["cluster", "join", "10.0.0.9:7883"]);
+    assert!(!success);
+    assert!(
+        stderr.contains("already a member of a cluster (409)"),
+        "{stderr}"
+    );
+    let (success, _, stderr) = ctl(addr, &["cluster", "join", "nowhere"]);
+    assert!(!success && stderr.contains("(400)"), "{stderr}");
+
+    assert_eq!(
+        ok(addr, &["cluster", "leave", "4"]).trim(),
+        "node 4 left the cluster"
+    );
+    assert_eq!(json(addr, &["cluster", "leave"])["node"], 1);
+    let left = fake.lock().cluster.clone().unwrap();
+    assert_eq!(left.voters, [2, 3]);
+    assert!(left.learners.is_empty());
+    let (success, _, stderr) = ctl(addr, &["cluster", "leave", "9"]);
+    assert!(!success && stderr.contains("(404)"), "{stderr}");
+
+    fake.lock().cluster = None;
+    let (success, _, stderr) = ctl(addr, &["cluster", "status"]);
+    assert!(!success);
+    assert!(stderr.contains("not part of a cluster"), "{stderr}");
+}
+
 #[test]
 fn subscriptions_all_and_by_client() {
     let fake = FakeBackend::sample();

@@ -37,6 +37,8 @@ pub mod node;
 pub mod peer;
 pub mod rpc;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 pub use node::{ClusterNode, ClusterStatus, HandOverHandler, NodeConfig, NodeError, Timing};

@@ -8,6 +8,12 @@
 //! acknowledges, cumulatively, once the server says the message is safe (durable where it
 //! must be).
 //!
+//! A connection can go silent without failing (a black hole, a middlebox that forgot the
+//! flow): TCP would only give up after many minutes, and a node that sends this peer no
+//! request of its own (a follower to another follower) has no call to time out. So the
+//! sender watches its acknowledgements: messages out on a connection and none acknowledged
+//! for [`ACK_TIMEOUT`], it drops that connection and sends again on a new one.
+//!
 //! Frame bodies: [`Kind::Data`]: run (u64), sequence (u64), the server's payload;
 //! [`Kind::DataAck`]: run (u64), the highest sequence taken (u64).
 
@@ -16,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{Notify, mpsc, watch};
@@ -25,6 +31,12 @@ use crate::node::{ClusterNode, DataHandler};
 use crate::peer::lock;
 use crate::types::NodeId;
 use crate::wire::{Frame, Kind};
+
+/// How long messages may wait on a connection without any acknowledgement before the
+/// connection is taken for dead and dialled again. Acknowledgements normally follow within a
+/// durable write (milliseconds); a false alarm only costs messages sent twice (the receiver
+/// drops them).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A future the receiver awaits before it acknowledges a message (its durable write).
 pub type Settled = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -74,6 +86,20 @@ struct Outbox {
     next_seq: u64,
     /// How many of `unacked` were handed to the link since it was last (re)connected.
     sent: usize,
+    /// Since when messages are out (`sent > 0`) with no acknowledgement (the first send, or
+    /// the last acknowledgement that left some out).
+    waiting_since: Option<Instant>,
+}
+
+impl Outbox {
+    /// The connection is gone or taken for dead: everything not acknowledged goes again.
+    fn send_again(&mut self, counters: &LinkCounters) {
+        counters
+            .resent
+            .fetch_add(self.sent as u64, Ordering::Relaxed);
+        self.sent = 0;
+        self.waiting_since = None;
+    }
 }
 
 struct PeerOut {
@@ -214,6 +240,7 @@ impl DataPlane {
                 bytes: 0,
                 next_seq: 1,
                 sent: 0,
+                waiting_since: None,
             }),
             ready: Notify::new(),
         });
@@ -231,6 +258,16 @@ impl DataPlane {
             if *stop.borrow() {
                 return;
             }
+            let silent = lock(&out.outbox)
+                .waiting_since
+                .is_some_and(|since| since.elapsed() >= ACK_TIMEOUT);
+            if silent && current != 0 {
+                tracing::debug!(peer, "cluster data link silent: dialling again");
+                self.node.drop_link(peer, current).await;
+                lock(&out.outbox).send_again(&self.counters);
+                current = 0;
+                continue;
+            }
             let has_work = {
                 let outbox = lock(&out.outbox);
                 outbox.sent < outbox.unacked.len()
@@ -245,13 +282,7 @@ impl DataPlane {
                 if !self.node.linked(peer) {
                     // Sent, not acknowledged, and the link went down: send it again on the
                     // next connection.
-                    let mut outbox = lock(&out.outbox);
-                    if outbox.sent > 0 {
-                        self.counters
-                            .resent
-                            .fetch_add(outbox.sent as u64, Ordering::Relaxed);
-                        outbox.sent = 0;
-                    }
+                    lock(&out.outbox).send_again(&self.counters);
                     current = 0;
                 }
                 continue;
@@ -266,11 +297,7 @@ impl DataPlane {
             if generation != current {
                 // A new connection: whatever went on the old one may be lost; send again
                 // everything not acknowledged, from the oldest.
-                let mut outbox = lock(&out.outbox);
-                self.counters
-                    .resent
-                    .fetch_add(outbox.sent as u64, Ordering::Relaxed);
-                outbox.sent = 0;
+                lock(&out.outbox).send_again(&self.counters);
                 current = generation;
             }
             let next = {
@@ -298,6 +325,7 @@ impl DataPlane {
                     .is_some_and(|(r, s, _)| (*r, *s) == (run, seq))
                 {
                     outbox.sent += 1;
+                    outbox.waiting_since.get_or_insert_with(Instant::now);
                 }
             } else {
                 // The connection's queue is full or it just failed: wait a little.
@@ -326,6 +354,9 @@ impl DataPlane {
                 outbox.sent = outbox.sent.saturating_sub(1);
                 removed = true;
             }
+        }
+        if removed {
+            outbox.waiting_since = (outbox.sent > 0).then(Instant::now);
         }
         // Under the outbox's lock, so the store sees it after the message was queued.
         if removed && let Some(listener) = self.acked.get() {

@@ -142,6 +142,9 @@ struct Inner {
     proposals: mpsc::Sender<Proposal>,
     data: Arc<OnceLock<Arc<dyn DataHandler>>>,
     hand_over: OnceLock<Arc<dyn HandOverHandler>>,
+    /// When a leader last confirmed, after this node asked, that it still leads a quorum
+    /// (the time of the asking; see [`ClusterNode::confirm_lease`]).
+    confirmed: std::sync::Mutex<Option<tokio::time::Instant>>,
     stop: watch::Sender<bool>,
 }
 
@@ -222,6 +225,7 @@ impl ClusterNode {
                 proposals,
                 data,
                 hand_over: OnceLock::new(),
+                confirmed: std::sync::Mutex::new(None),
                 stop,
             }),
         };
@@ -323,6 +327,14 @@ impl ClusterNode {
         }
     }
 
+    /// Drops this node's connection `generation` to `node` (it went silent); the next use of
+    /// the link dials again.
+    pub async fn drop_link(&self, node: NodeId, generation: u64) {
+        if let Some(peer) = self.inner.peers.existing(node) {
+            peer.disconnect_generation(generation).await;
+        }
+    }
+
     /// Whether this node's link to `node` is up.
     pub fn linked(&self, node: NodeId) -> bool {
         self.inner
@@ -394,6 +406,48 @@ impl ClusterNode {
             routes: state.route_count(),
             retained: state.retained_count(),
         }
+    }
+
+    /// Asks the leader (this node, or the one it knows) to confirm it still leads a quorum
+    /// (a round of heartbeats, openraft's linearizable read); on success the lease counts from
+    /// the moment of the asking. A leader cut off from its quorum cannot confirm, so neither
+    /// it nor the followers still in touch with it keep a lease.
+    pub async fn confirm_lease(&self, timeout: Duration) -> bool {
+        let asked = tokio::time::Instant::now();
+        let confirmed = tokio::time::timeout(timeout, async {
+            match self.leader() {
+                Some((leader, _)) if leader == self.id() => {
+                    self.inner.raft.ensure_linearizable().await.is_ok()
+                }
+                Some(_) => matches!(
+                    self.to_leader(RpcRequest::LeaseCheck).await,
+                    Ok(RpcResponse::LeaseConfirmed(true))
+                ),
+                None => false,
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if confirmed {
+            *self
+                .inner
+                .confirmed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(asked);
+        }
+        confirmed
+    }
+
+    /// Whether a leader confirmed its quorum (see [`ClusterNode::confirm_lease`]) less than
+    /// `lease` ago. A node without it cannot tell whether another node took its clients' ids
+    /// meanwhile.
+    pub fn holds_lease(&self, lease: Duration) -> bool {
+        let confirmed = *self
+            .inner
+            .confirmed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        confirmed.is_some_and(|at| at.elapsed() < lease)
     }
 
     /// Whether this node is a member (voter or learner) of an initialized cluster.
@@ -766,6 +820,9 @@ impl ClusterNode {
                 mqtt_addrs,
             } => RpcResponse::Joined(self.admit(from, node, cluster_addr, mqtt_addrs).await),
             RpcRequest::Leave { node } => RpcResponse::Left(self.dismiss(node).await),
+            RpcRequest::LeaseCheck => {
+                RpcResponse::LeaseConfirmed(raft.ensure_linearizable().await.is_ok())
+            }
             RpcRequest::HandOver { client_id, epoch } => {
                 RpcResponse::HandedOver(self.hand_over(from, client_id, epoch).await)
             }

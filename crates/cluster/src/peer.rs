@@ -176,6 +176,19 @@ impl Peer {
         }
     }
 
+    /// Drops the connection of `generation` if it is still the live one (a newer one, dialled
+    /// meanwhile, is kept).
+    pub async fn disconnect_generation(&self, generation: u64) {
+        let mut slot = self.conn.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|conn| conn.generation == generation)
+            && let Some(conn) = slot.take()
+        {
+            conn.alive.store(false, Ordering::Release);
+        }
+    }
+
     /// Drops the connection (the next request dials again).
     pub async fn disconnect(&self) {
         if let Some(conn) = self.conn.lock().await.take() {

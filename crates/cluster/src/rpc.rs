@@ -37,6 +37,8 @@ pub enum RpcRequest {
         client_id: String,
         epoch: u64,
     },
+    /// Does the receiver (the leader) still lead a quorum? (A follower's lease.)
+    LeaseCheck,
 }
 
 /// What a node answers.
@@ -53,6 +55,7 @@ pub enum RpcResponse {
     Left(Result<(), Refusal>),
     /// The session, encoded by the server (none: the client had no session there).
     HandedOver(Result<Option<Vec<u8>>, Refusal>),
+    LeaseConfirmed(bool),
 }
 
 /// What a probed node says of itself.

@@ -69,6 +69,10 @@ pub struct ClusterState {
     /// it, so a fencing token is never reused for a client id (a late command of a released
     /// session cannot pass for one of its successor).
     epoch_floor: u64,
+    /// Nodes removed from the cluster: their ids are never registered again (a removed node
+    /// still running would otherwise register itself back from its stale view).
+    #[serde(default)]
+    removed: BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -88,6 +92,9 @@ impl ClusterState {
                 cluster_addr,
                 mqtt_addrs,
             } => {
+                if self.removed.contains(node) {
+                    return Outcome::UnknownNode;
+                }
                 self.nodes.insert(
                     *node,
                     NodeInfo {
@@ -260,6 +267,8 @@ impl ClusterState {
         if self.nodes.remove(&node).is_none() {
             return Outcome::UnknownNode;
         }
+        // For good: its id is not registered again.
+        self.removed.insert(node);
         self.drop_routes_of(node);
         for session in self.sessions.values_mut() {
             if session.owner == Some(node) {

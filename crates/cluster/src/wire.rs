@@ -11,6 +11,38 @@ pub const MAX_FRAME: usize = 300 << 20;
 /// The version of the frames and RPCs; a node refuses a link from a peer that speaks another.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Bytes this process wrote to and read from node-to-node links (a node per process in a
+/// deployment; in-process test clusters share them). For metrics and the benchmarks' Raft
+/// traffic figure: `(raft and other requests, data plane)`.
+pub static BYTES_OUT: LinkBytes = LinkBytes::new();
+pub static BYTES_IN: LinkBytes = LinkBytes::new();
+
+/// A byte count per kind of traffic.
+#[derive(Debug)]
+pub struct LinkBytes {
+    /// Requests and answers (Raft's RPCs, proposals, joins, hand-overs).
+    pub control: std::sync::atomic::AtomicU64,
+    /// The data plane (forwarded messages and their acknowledgements).
+    pub data: std::sync::atomic::AtomicU64,
+}
+
+impl LinkBytes {
+    const fn new() -> LinkBytes {
+        LinkBytes {
+            control: std::sync::atomic::AtomicU64::new(0),
+            data: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, kind: Kind, bytes: usize) {
+        let counter = match kind {
+            Kind::Data | Kind::DataAck => &self.data,
+            Kind::Hello | Kind::Request | Kind::Response => &self.control,
+        };
+        counter.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -89,8 +121,9 @@ impl Frame {
         Ok((id, body))
     }
 
-    /// Appends the frame's bytes to `out`.
+    /// Appends the frame's bytes to `out` (and counts them as sent).
     pub fn encode(&self, out: &mut BytesMut) {
+        BYTES_OUT.count(self.kind, 5 + self.body.len());
         out.reserve(5 + self.body.len());
         out.put_u32((self.body.len() + 1) as u32);
         out.put_u8(self.kind as u8);
@@ -138,6 +171,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
     let mut body = Bytes::from(body);
     let kind_byte = body[0];
     let kind = Kind::from_byte(kind_byte).ok_or(WireError::UnknownKind(kind_byte))?;
+    BYTES_IN.count(kind, 4 + len);
     body.advance(1);
     Ok(Some(Frame { kind, body }))
 }

@@ -554,3 +554,19 @@ fn retained_last_writer_wins() {
     });
     assert_eq!(state.retained_count(), 0);
 }
+
+/// A removed node's id is not registered again: a removed node still running, with a stale
+/// view of the membership, cannot bring itself back (node ids are never reused).
+#[test]
+fn a_removed_node_cannot_register_again() {
+    let mut state = ClusterState::default();
+    let register = Command::RegisterNode {
+        node: 7,
+        cluster_addr: "10.0.0.7:7883".into(),
+        mqtt_addrs: vec![],
+    };
+    assert_eq!(state.apply(&register), Outcome::Done);
+    assert_eq!(state.apply(&Command::RemoveNode { node: 7 }), Outcome::Done);
+    assert_eq!(state.apply(&register), Outcome::UnknownNode);
+    assert!(state.node(7).is_none());
+}

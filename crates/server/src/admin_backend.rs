@@ -434,6 +434,28 @@ impl AdminBackend for ServerBackend {
         self.source.bridges.snapshots()
     }
 
+    fn cluster(&self) -> Option<tern_admin::ClusterInfo> {
+        self.source.cluster.as_ref().map(crate::cluster_admin::info)
+    }
+
+    fn cluster_join(&self, addr: String) -> BoxFuture<'_, Result<(), AdminError>> {
+        Box::pin(async move {
+            match &self.source.cluster {
+                Some(cluster) => crate::cluster_admin::join(cluster, &addr).await,
+                None => Err(AdminError::NotFound(tern_admin::NOT_CLUSTERED.into())),
+            }
+        })
+    }
+
+    fn cluster_leave(&self, node: Option<u64>) -> BoxFuture<'_, Result<u64, AdminError>> {
+        Box::pin(async move {
+            match &self.source.cluster {
+                Some(cluster) => crate::cluster_admin::leave(cluster, node).await,
+                None => Err(AdminError::NotFound(tern_admin::NOT_CLUSTERED.into())),
+            }
+        })
+    }
+
     fn reload(&self) -> BoxFuture<'_, ReloadReport> {
         Box::pin(async move {
             let this = self.reload_parts();

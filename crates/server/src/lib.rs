@@ -14,6 +14,7 @@ mod auth_config;
 mod auth_failures;
 pub mod bridge;
 pub mod cluster;
+mod cluster_admin;
 mod config;
 mod connection;
 mod descriptors;

@@ -39,6 +39,8 @@ pub(crate) struct MetricsSource {
     pub(crate) tls: crate::tls::TlsReloader,
     /// `[[bridges]]`, for their gauges and counters.
     pub(crate) bridges: crate::bridge::Bridges,
+    /// `[cluster]`: this node's cluster part, for its gauges and counters.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
 }
 
 impl std::fmt::Debug for MetricsSource {
@@ -131,6 +133,151 @@ impl MetricsSource {
             "tern_bridge_reconnects",
             "Connection attempts of the bridge to the remote broker after the first.",
             &reconnects,
+        )
+    }
+}
+
+impl MetricsSource {
+    /// `[cluster]`: this node's Raft role (label `role`, 1 for the current one), term and
+    /// indexes, the members by kind, each peer's link (label `peer`, the node id) and its
+    /// outbox, the data plane's counters, the replicated state's sizes. Nothing without
+    /// `[cluster]`. Peers are the cluster's nodes: a bounded label.
+    fn encode_cluster(&self, out: &mut Out<'_, '_>) -> std::fmt::Result {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let info = crate::cluster_admin::info(cluster);
+        let roles: Vec<(Labels, f64)> = ["leader", "follower", "candidate", "learner", "shutdown"]
+            .iter()
+            .map(|role| {
+                let on = if info.role == *role { 1.0 } else { 0.0 };
+                ([("role", (*role).to_owned())], on)
+            })
+            .collect();
+        out.gauges(
+            "tern_cluster_role",
+            "This node's Raft role: 1 for the current one.",
+            &roles,
+        )?;
+        out.gauge(
+            "tern_cluster_leader_known",
+            "Whether this node knows a leader (1) or not (0: an election, no quorum).",
+            if info.leader.is_some() { 1.0 } else { 0.0 },
+        )?;
+        out.gauge("tern_cluster_term", "The Raft term.", info.term as f64)?;
+        out.gauge(
+            "tern_cluster_last_log_index",
+            "The index of the last entry in this node's Raft log.",
+            info.last_log_index.unwrap_or(0) as f64,
+        )?;
+        out.gauge(
+            "tern_cluster_last_applied_index",
+            "The index of the last Raft entry applied to this node's state.",
+            info.last_applied.unwrap_or(0) as f64,
+        )?;
+        out.gauge(
+            "tern_cluster_voters",
+            "Voting members of the Raft group.",
+            info.voters.len() as f64,
+        )?;
+        out.gauge(
+            "tern_cluster_learners",
+            "Learners of the Raft group (full replicas that do not vote).",
+            info.learners.len() as f64,
+        )?;
+        out.gauge(
+            "tern_cluster_nodes",
+            "Members and registered nodes of the cluster, this one included.",
+            info.nodes.len() as f64,
+        )?;
+        if let Some(millis) = info.millis_since_quorum_ack {
+            out.gauge(
+                "tern_cluster_quorum_ack_age_seconds",
+                "On the leader: seconds since a quorum last acknowledged it.",
+                millis as f64 / 1000.0,
+            )?;
+        }
+        let peers: Vec<&tern_admin::ClusterNodeInfo> = info
+            .nodes
+            .iter()
+            .filter(|node| node.id != info.node_id)
+            .collect();
+        let per_peer = |value: fn(&tern_admin::ClusterNodeInfo) -> f64| {
+            peers
+                .iter()
+                .map(|node| ([("peer", node.id.to_string())], value(node)))
+                .collect::<Vec<(Labels, f64)>>()
+        };
+        out.gauges(
+            "tern_cluster_link_up",
+            "Whether this node's link to the peer is up (1) or not (0).",
+            &per_peer(|node| if node.linked { 1.0 } else { 0.0 }),
+        )?;
+        out.gauges(
+            "tern_cluster_pending_messages",
+            "Messages for the peer in this node's outbox, not acknowledged yet.",
+            &per_peer(|node| node.pending as f64),
+        )?;
+        let forwarding = &info.forwarding;
+        out.counter(
+            "tern_cluster_messages_sent",
+            "Messages forwarded to other nodes (first sendings).",
+            forwarding.sent,
+        )?;
+        out.counter(
+            "tern_cluster_messages_resent",
+            "Messages forwarded again after a link failed before their acknowledgement.",
+            forwarding.resent,
+        )?;
+        out.counter(
+            "tern_cluster_messages_received",
+            "Messages received from other nodes, duplicates included.",
+            forwarding.received,
+        )?;
+        out.counter(
+            "tern_cluster_messages_duplicate",
+            "Messages received again from another node, acknowledged and not delivered again.",
+            forwarding.duplicates,
+        )?;
+        out.counter(
+            "tern_cluster_messages_dropped",
+            "Messages not forwarded: a peer's outbox was full, or the message could not be encoded.",
+            forwarding.dropped,
+        )?;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            use tern_cluster::wire::{BYTES_IN, BYTES_OUT};
+            let kinds = |bytes: &tern_cluster::wire::LinkBytes| {
+                vec![
+                    ([("kind", "control".to_owned())], bytes.control.load(Relaxed) as f64),
+                    ([("kind", "data".to_owned())], bytes.data.load(Relaxed) as f64),
+                ]
+            };
+            out.gauges(
+                "tern_cluster_link_sent_bytes",
+                "Bytes this process wrote to node-to-node links: control (Raft, proposals, hand-overs) and data (forwarded messages).",
+                &kinds(&BYTES_OUT),
+            )?;
+            out.gauges(
+                "tern_cluster_link_received_bytes",
+                "Bytes this process read from node-to-node links, by the same kinds.",
+                &kinds(&BYTES_IN),
+            )?;
+        }
+        out.gauge(
+            "tern_cluster_sessions",
+            "Client ids claimed in the replicated session registry.",
+            info.sessions as f64,
+        )?;
+        out.gauge(
+            "tern_cluster_routes",
+            "Routes (filter, node) in the replicated state.",
+            info.routes as f64,
+        )?;
+        out.gauge(
+            "tern_cluster_retained_messages",
+            "Retained messages in the replicated state.",
+            info.retained as f64,
         )
     }
 }
@@ -458,6 +605,7 @@ impl Collector for MetricsSource {
             )?;
         }
         self.encode_bridges(&mut out)?;
+        self.encode_cluster(&mut out)?;
         if let Some(process) = process::read() {
             out.counter_f64(
                 "process_cpu_seconds",

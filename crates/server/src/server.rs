@@ -403,6 +403,7 @@ impl Server {
                         started: std::time::Instant::now(),
                         tls: self.tls_reloader(),
                         bridges: self.bridges.clone(),
+                        cluster: self.cluster.clone(),
                     },
                     tls: self.tls_reloader(),
                     auth: self.auth_reloader(),
@@ -597,17 +598,17 @@ async fn watch_auth_files(reloader: AuthReloader, stop: watch::Receiver<bool>) {
     .await;
 }
 
-/// The broker, with its state read back from the store unless the durability is `memory`.
 /// A cluster's outbox and receipts read back from the store (see `crate::cluster`).
 type ClusterRecovered = (
     Vec<tern_broker::persist::RecoveredForward>,
     Vec<(u64, u64, u64)>,
 );
 
-fn open_state(
-    config: &ServerConfig,
-    hooks: Hooks,
-) -> Result<(Arc<Broker>, Option<Arc<Store>>, ClusterRecovered), ServerError> {
+/// The broker, its store (none in memory) and the cluster's part of what the store held.
+type OpenedState = (Arc<Broker>, Option<Arc<Store>>, ClusterRecovered);
+
+/// The broker, with its state read back from the store unless the durability is `memory`.
+fn open_state(config: &ServerConfig, hooks: Hooks) -> Result<OpenedState, ServerError> {
     let level = match config.durability {
         Durability::Memory => {
             tracing::info!("durability memory: nothing is stored");

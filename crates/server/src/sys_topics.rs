@@ -153,6 +153,9 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
             (m.sent_bytes_qos0 + m.sent_bytes_qos1 + m.sent_bytes_qos2).to_string(),
         ),
     ];
+    if let Some(cluster) = &source.cluster {
+        out.extend(cluster_values(&crate::cluster_admin::info(cluster)));
+    }
     let counts = [
         m.messages_received,
         m.messages_sent,
@@ -169,6 +172,31 @@ fn values(source: &MetricsSource, loads: &mut [Load], interval: f64) -> Vec<(Str
         }
     }
     out
+}
+
+/// `$SYS/broker/cluster/...`: this node's id and role, the leader it knows (empty: none),
+/// the term, the members, and the messages waiting for other nodes.
+fn cluster_values(info: &tern_admin::ClusterInfo) -> Vec<(String, String)> {
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    vec![
+        ("cluster/node_id".to_owned(), info.node_id.to_string()),
+        ("cluster/role".to_owned(), info.role.clone()),
+        (
+            "cluster/leader".to_owned(),
+            info.leader.map(|id| id.to_string()).unwrap_or_default(),
+        ),
+        ("cluster/term".to_owned(), info.term.to_string()),
+        ("cluster/voters".to_owned(), ids(&info.voters)),
+        ("cluster/learners".to_owned(), ids(&info.learners)),
+        (
+            "cluster/nodes/count".to_owned(),
+            info.nodes.len().to_string(),
+        ),
+        (
+            "cluster/messages/pending".to_owned(),
+            info.forwarding.pending.to_string(),
+        ),
+    ]
 }
 
 fn publish(source: &MetricsSource, loads: &mut [Load], interval: f64) {
@@ -196,6 +224,38 @@ fn publish(source: &MetricsSource, loads: &mut [Load], interval: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16, "the cluster's state in ... `$SYS`": the topics under `cluster/`.
+    #[test]
+    fn cluster_topics() {
+        let info = tern_admin::ClusterInfo {
+            node_id: 2,
+            role: "follower".into(),
+            leader: Some(1),
+            term: 4,
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            nodes: vec![tern_admin::ClusterNodeInfo::default(); 4],
+            forwarding: tern_admin::ClusterForwarding {
+                pending: 7,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let values: std::collections::BTreeMap<String, String> =
+            cluster_values(&info).into_iter().collect();
+        assert_eq!(values["cluster/role"], "follower");
+        assert_eq!(values["cluster/leader"], "1");
+        assert_eq!(values["cluster/voters"], "1,2,3");
+        assert_eq!(values["cluster/learners"], "4");
+        assert_eq!(values["cluster/nodes/count"], "4");
+        assert_eq!(values["cluster/messages/pending"], "7");
+        let alone = tern_admin::ClusterInfo::default();
+        assert_eq!(
+            cluster_values(&alone)[2],
+            ("cluster/leader".to_owned(), String::new())
+        );
+    }
 
     /// Mosquitto's load figures: a steady rate converges to itself (per minute).
     #[test]

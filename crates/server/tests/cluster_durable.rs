@@ -44,7 +44,12 @@ async fn acknowledged_messages_survive_a_restart_of_both_nodes() {
     let total = 10;
     for i in 0..total {
         publisher
-            .publish(&format!("orders/{i}"), QoS::AtLeastOnce, false, format!("{i}"))
+            .publish(
+                &format!("orders/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
             .await;
     }
     let mut acked = 0;
@@ -68,7 +73,10 @@ async fn acknowledged_messages_survive_a_restart_of_both_nodes() {
     let mut resumed_options = options(node1.addr, "orders-sink");
     resumed_options.set_clean_session(false);
     let (mut subscriber, connack) = Client::connect(resumed_options).await;
-    assert!(connack.session_present, "the session survived node 1's restart");
+    assert!(
+        connack.session_present,
+        "the session survived node 1's restart"
+    );
     let mut received = Vec::new();
     while received.len() < total {
         let message = subscriber.recv().await;
@@ -85,7 +93,10 @@ async fn acknowledged_messages_survive_a_restart_of_both_nodes() {
         .await;
     assert!(extra.is_err(), "a message delivered twice: {extra:?}");
     // Node 3's outbox is empty once node 1 acknowledged everything.
-    until("node 3's outbox emptied", || node3.cluster.forward_pending() == 0).await;
+    until("node 3's outbox emptied", || {
+        node3.cluster.forward_pending() == 0
+    })
+    .await;
     for node in [node1, node3, nodes.remove(0)] {
         node.shutdown().await;
     }

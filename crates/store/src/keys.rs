@@ -125,6 +125,29 @@ pub(crate) fn parse_u16(bytes: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// The key of a forwarded message in [`Space::ClusterOutbox`]: peer, run, seq, big-endian (so
+/// one peer's entries are a contiguous range in the order they were sent).
+pub(crate) fn outbox_key(peer: u64, run: u64, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&peer.to_be_bytes());
+    key[8..16].copy_from_slice(&run.to_be_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Reads an [`outbox_key`].
+pub(crate) fn parse_outbox_key(key: &[u8]) -> Option<(u64, u64, u64)> {
+    if key.len() != 24 {
+        return None;
+    }
+    let number = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&key[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    Some((number(0), number(8), number(16)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,27 +181,14 @@ mod tests {
         assert!(queue_key(&client, 255) < queue_key(&client, 256));
         assert!(message_key(9) < message_key(10));
     }
-}
 
-/// The key of a forwarded message in [`Space::ClusterOutbox`]: peer, run, seq, big-endian (so
-/// one peer's entries are a contiguous range in the order they were sent).
-pub(crate) fn outbox_key(peer: u64, run: u64, seq: u64) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&peer.to_be_bytes());
-    key[8..16].copy_from_slice(&run.to_be_bytes());
-    key[16..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// Reads an [`outbox_key`].
-pub(crate) fn parse_outbox_key(key: &[u8]) -> Option<(u64, u64, u64)> {
-    if key.len() != 24 {
-        return None;
+    #[test]
+    fn outbox_keys_sort_by_peer_run_and_sequence() {
+        let a = outbox_key(1, 5, 300);
+        let b = outbox_key(1, 6, 2);
+        let c = outbox_key(2, 0, 0);
+        assert!(a < b && b < c);
+        assert_eq!(parse_outbox_key(&b), Some((1, 6, 2)));
+        assert_eq!(parse_outbox_key(&b[..23]), None);
     }
-    let number = |at: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&key[at..at + 8]);
-        u64::from_be_bytes(bytes)
-    };
-    Some((number(0), number(8), number(16)))
 }

@@ -134,6 +134,16 @@ pub(crate) enum Barrier {
     Durable(Seq),
     /// The gate of a PUBLISH with unstored deliveries.
     Gate(Arc<AckGate>),
+    /// A SUBACK waiting for the cluster's routes of some of its filters (the position of the
+    /// filter in the SUBACK, the filter, the ticket), then for `seq` to be durable.
+    Routes(
+        Seq,
+        Vec<(
+            usize,
+            tern_codec::MqttStr,
+            Arc<crate::cluster_hook::RouteTicket>,
+        )>,
+    ),
 }
 
 impl Barrier {
@@ -142,6 +152,10 @@ impl Barrier {
         match self {
             Barrier::Durable(seq) => Some(*seq),
             Barrier::Gate(gate) => gate.ready(),
+            Barrier::Routes(seq, tickets) => tickets
+                .iter()
+                .all(|(_, _, ticket)| ticket.decided().is_some())
+                .then_some(*seq),
         }
     }
 

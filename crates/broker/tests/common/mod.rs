@@ -103,6 +103,9 @@ pub fn kind(change: &Change) -> &'static str {
         Change::RetainedCleared { .. } => "RetainedCleared",
         Change::Will { .. } => "Will",
         Change::WillCleared { .. } => "WillCleared",
+        Change::ForwardQueued { .. } => "ForwardQueued",
+        Change::ForwardAcked { .. } => "ForwardAcked",
+        Change::ForwardReceived { .. } => "ForwardReceived",
     }
 }
 

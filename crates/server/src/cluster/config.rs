@@ -33,6 +33,13 @@ pub struct ClusterConfig {
     /// cluster before the client is told the server is unavailable, in milliseconds.
     #[serde(default = "default_proposal_timeout_ms")]
     pub proposal_timeout_ms: u64,
+    /// How long a node cut off from its cluster's quorum keeps its client connections before
+    /// it closes them (MQTT 5: DISCONNECT 0x9C Use another server), and how long the
+    /// majority waits, before it grants a client id whose owner does not answer, for that
+    /// owner's lease to run out: so there are never two live connections for one client id.
+    /// In milliseconds; more than twice the election timeout.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
     /// Tests only (not in the file): maps the address of a node to the one this node dials,
     /// so that a fault-injecting relay can sit on every link.
     #[serde(skip)]
@@ -73,6 +80,10 @@ fn default_proposal_timeout_ms() -> u64 {
     5_000
 }
 
+fn default_lease_ms() -> u64 {
+    5_000
+}
+
 impl ClusterConfig {
     /// The advertised address.
     pub fn advertise(&self) -> &str {
@@ -101,6 +112,11 @@ impl ClusterConfig {
         if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms * 2 {
             return Err(
                 "cluster.election_timeout_ms must be more than twice cluster.heartbeat_ms".into(),
+            );
+        }
+        if self.lease_ms <= self.election_timeout_ms * 2 {
+            return Err(
+                "cluster.lease_ms must be more than twice cluster.election_timeout_ms".into(),
             );
         }
         if self.proposal_timeout_ms < 100 {

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use tern_broker::persist::{Change, Persistence};
-use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy};
-use tern_broker::{Message, Seq};
+use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy, RouteTicket};
+use tern_broker::{Message, Seq, SubscriptionRecord};
 use tern_cluster::NodeId;
+use tern_cluster::command::SubscriptionOptions;
 use tern_cluster::link::DataPlane;
 use tern_codec::QoS;
 use tokio::sync::Notify;
@@ -28,6 +29,12 @@ pub struct Pending {
     pub retained: BTreeMap<String, Option<Arc<Message>>>,
     /// Send the node's whole route set first (at start, after rejoining).
     pub resync: bool,
+    /// Durable subscriptions of persistent sessions to add (Some: the options byte and
+    /// identifier) or remove (None), by (client id, filter).
+    pub subscriptions: BTreeMap<(String, String), Option<SubscriptionOptions>>,
+    /// Client ids whose session ended here: released if no session of theirs is here when
+    /// the proposal is made.
+    pub ended: BTreeSet<String>,
 }
 
 /// What the hook shares with the tasks that propose and apply.
@@ -45,6 +52,8 @@ pub struct Glue {
     pub not_forwarded: std::sync::atomic::AtomicU64,
     /// Where forwarded QoS 1/2 messages are kept until acknowledged (none: in memory only).
     persistence: Option<Arc<dyn Persistence>>,
+    /// SUBACKs waiting for this node's new routes.
+    pub tickets: super::tickets::RouteTickets,
 }
 
 impl Glue {
@@ -61,6 +70,7 @@ impl Glue {
             plane: OnceLock::new(),
             not_forwarded: std::sync::atomic::AtomicU64::new(0),
             persistence,
+            tickets: super::tickets::RouteTickets::default(),
         }
     }
 
@@ -70,8 +80,10 @@ impl Glue {
             let mut local = lock(&self.local);
             if present {
                 local.insert(key.clone());
+                self.tickets.open(&key);
             } else {
                 local.remove(&key);
+                self.tickets.drop_route(&key);
             }
         }
         lock(&self.pending).routes.insert(key, present);
@@ -169,12 +181,72 @@ impl ClusterHook for Glue {
         wait
     }
 
+    fn session_subscribed(&self, client_id: &str, filter: &str, record: &SubscriptionRecord) {
+        let options = SubscriptionOptions {
+            options: options_byte(&record.options),
+            identifier: record.identifier,
+        };
+        let mut pending = lock(&self.pending);
+        pending.ended.remove(client_id);
+        pending
+            .subscriptions
+            .insert((client_id.to_owned(), filter.to_owned()), Some(options));
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn session_unsubscribed(&self, client_id: &str, filter: &str) {
+        lock(&self.pending)
+            .subscriptions
+            .insert((client_id.to_owned(), filter.to_owned()), None);
+        self.wake.notify_one();
+    }
+
+    fn session_ended(&self, client_id: &str) {
+        let mut pending = lock(&self.pending);
+        pending
+            .subscriptions
+            .retain(|(client, _), _| client != client_id);
+        pending.ended.insert(client_id.to_owned());
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn route_pending(&self, filter: &str, group: Option<&str>) -> Option<Arc<RouteTicket>> {
+        self.tickets
+            .get(&(group.map(str::to_owned), filter.to_owned()))
+    }
+
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
         lock(&self.pending)
             .retained
             .insert(topic.to_owned(), message.cloned());
         self.wake.notify_one();
     }
+}
+
+/// A subscription's options as the MQTT 5 SUBSCRIBE options byte (what the registry keeps).
+pub fn options_byte(options: &tern_codec::SubscriptionOptions) -> u8 {
+    options.qos.as_u8()
+        | (u8::from(options.no_local) << 2)
+        | (u8::from(options.retain_as_published) << 3)
+        | ((options.retain_handling as u8) << 4)
+}
+
+/// The options an [`options_byte`] stands for (`None` for a byte no SUBSCRIBE carries).
+pub fn options_from_byte(byte: u8) -> Option<tern_codec::SubscriptionOptions> {
+    use tern_codec::RetainHandling;
+    Some(tern_codec::SubscriptionOptions {
+        qos: QoS::from_u8(byte & 0b11)?,
+        no_local: byte & 0b100 != 0,
+        retain_as_published: byte & 0b1000 != 0,
+        retain_handling: match (byte >> 4) & 0b11 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendAtSubscribeIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return None,
+        },
+    })
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

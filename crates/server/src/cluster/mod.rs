@@ -12,11 +12,13 @@
 mod apply;
 mod config;
 mod hook;
+mod lease;
 mod payload;
 mod retained;
 mod routes;
 mod sink;
 mod sync;
+mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -125,7 +127,19 @@ impl Cluster {
             broker.clone(),
             events,
         ));
-        tokio::spawn(sync::run(glue.clone(), node.clone(), stop.clone()));
+        tokio::spawn(sync::run(
+            glue.clone(),
+            node.clone(),
+            broker.clone(),
+            timing.proposal_timeout,
+            stop.clone(),
+        ));
+        tokio::spawn(lease::run(
+            node.clone(),
+            broker.clone(),
+            Duration::from_millis(config.lease_ms),
+            stop.clone(),
+        ));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());
         let stopping = node.clone();
@@ -144,6 +158,11 @@ impl Cluster {
 
     pub fn node(&self) -> &ClusterNode {
         &self.node
+    }
+
+    /// The data plane (its counters and outboxes: metrics, the admin API).
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
     }
 
     /// The node's view of the cluster.

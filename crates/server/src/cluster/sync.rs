@@ -2,8 +2,12 @@
 //! the latest wish per filter is proposed) and the retained messages its clients set. A
 //! proposal the cluster could not commit (no quorum) is kept and proposed again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tern_broker::Broker;
+use tern_cluster::command::SubscriptionOptions;
 
 use futures_util::future::join_all;
 use tern_cluster::{ClusterNode, Command, Outcome};
@@ -15,8 +19,17 @@ use super::retained;
 /// How long after a failed proposal the next try waits.
 const RETRY: Duration = Duration::from_millis(500);
 
-pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    glue: Arc<Glue>,
+    node: ClusterNode,
+    broker: Arc<Broker>,
+    proposal_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        // A SUBACK waits for its route at most the proposal timeout (not a member yet, no
+        // quorum): then its filter is refused, retryable.
+        glue.tickets.expire(proposal_timeout);
         tokio::select! {
             _ = glue.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -28,15 +41,21 @@ pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<b
         if !node.is_member() {
             continue;
         }
-        let (routes, retained_changes, resync) = {
+        let (routes, retained_changes, resync, subscriptions, ended) = {
             let mut pending = lock(&glue.pending);
             (
                 std::mem::take(&mut pending.routes),
                 std::mem::take(&mut pending.retained),
                 std::mem::take(&mut pending.resync),
+                std::mem::take(&mut pending.subscriptions),
+                std::mem::take(&mut pending.ended),
             )
         };
+        let sessions_failed = propose_sessions(&glue, &node, &broker, subscriptions, ended).await;
         if routes.is_empty() && retained_changes.is_empty() && !resync {
+            if sessions_failed {
+                retry_later(&glue, &mut stop).await;
+            }
             continue;
         }
         let mut commands = Vec::new();
@@ -100,8 +119,23 @@ pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<b
         let routes_failed = outcomes[..route_commands]
             .iter()
             .any(|outcome| !matches!(outcome, Ok(Outcome::Done)));
+        // The SUBACKs waiting for these routes: answered now, committed or not (a failed one
+        // is proposed again below, for the subscribers that stay).
+        if resync {
+            let committed = !routes_failed;
+            for route in lock(&glue.local).iter() {
+                glue.tickets.decide(route, committed);
+            }
+        } else {
+            for ((route, present), outcome) in routes.iter().zip(&outcomes[..route_commands]) {
+                if *present {
+                    glue.tickets
+                        .decide(route, matches!(outcome, Ok(Outcome::Done)));
+                }
+            }
+        }
         let retained_failed = outcomes[route_commands..].iter().any(Result::is_err);
-        if !routes_failed && !retained_failed {
+        if !routes_failed && !retained_failed && !sessions_failed {
             continue;
         }
         {
@@ -121,10 +155,109 @@ pub async fn run(glue: Arc<Glue>, node: ClusterNode, mut stop: watch::Receiver<b
             }
         }
         tracing::debug!("cluster: changes not committed, proposed again later");
-        tokio::select! {
-            _ = tokio::time::sleep(RETRY) => {}
-            _ = stop.changed() => return,
+        if retry_later(&glue, &mut stop).await {
+            return;
         }
-        glue.wake.notify_one();
     }
+}
+
+/// Waits before changes that were not committed are proposed again; true if stopping.
+async fn retry_later(glue: &Glue, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(RETRY) => {}
+        _ = stop.changed() => return true,
+    }
+    glue.wake.notify_one();
+    false
+}
+
+/// The registry's side of this node's sessions: durable subscriptions of the persistent
+/// sessions it owns (fenced by the claim's epoch: a session claimed elsewhere meanwhile is
+/// not this node's to change), and the release of client ids whose session ended here.
+/// Returns whether some were not committed (they are kept for the next round).
+async fn propose_sessions(
+    glue: &Glue,
+    node: &ClusterNode,
+    broker: &Broker,
+    subscriptions: BTreeMap<(String, String), Option<SubscriptionOptions>>,
+    ended: BTreeSet<String>,
+) -> bool {
+    if subscriptions.is_empty() && ended.is_empty() {
+        return false;
+    }
+    let me = glue.node_id;
+    let mut commands = Vec::new();
+    let mut keys = Vec::new();
+    {
+        let state = node.state();
+        for ((client_id, filter), options) in &subscriptions {
+            let Some((Some(owner), epoch)) = state.owner(client_id) else {
+                continue;
+            };
+            if owner != me {
+                continue;
+            }
+            commands.push(match options {
+                Some(options) => Command::Subscribe {
+                    client_id: client_id.clone(),
+                    epoch,
+                    filter: filter.clone(),
+                    options: *options,
+                },
+                None => Command::Unsubscribe {
+                    client_id: client_id.clone(),
+                    epoch,
+                    filter: filter.clone(),
+                },
+            });
+            keys.push(Some((client_id.clone(), filter.clone())));
+        }
+        for client_id in &ended {
+            // A new session of the client here (a reconnection) keeps the claim.
+            if broker.session(client_id).is_some() {
+                continue;
+            }
+            let Some((Some(owner), epoch)) = state.owner(client_id) else {
+                continue;
+            };
+            if owner == me {
+                commands.push(Command::Release {
+                    client_id: client_id.clone(),
+                    epoch,
+                });
+                keys.push(None);
+            }
+        }
+    }
+    let outcomes = join_all(commands.into_iter().map(|command| node.propose(command))).await;
+    let mut failed = false;
+    let mut pending = lock(&glue.pending);
+    for (key, outcome) in keys.into_iter().zip(outcomes) {
+        // Refused as stale: the client id was claimed again; nothing to do. Not committed:
+        // proposed again, unless a later change replaced it.
+        if outcome.is_ok() {
+            continue;
+        }
+        failed = true;
+        match key {
+            Some(key) => {
+                if let Some(options) = subscriptions.get(&key) {
+                    pending.subscriptions.entry(key).or_insert(*options);
+                }
+            }
+            None => {}
+        }
+    }
+    if failed {
+        for client_id in ended {
+            if !pending
+                .subscriptions
+                .keys()
+                .any(|(client, _)| *client == client_id)
+            {
+                pending.ended.insert(client_id);
+            }
+        }
+    }
+    failed
 }

@@ -58,6 +58,16 @@ pub fn free_addr() -> SocketAddr {
 }
 
 pub async fn start_node(id: u64, cluster_addrs: &[SocketAddr], dir: &Dir) -> Node {
+    start_node_with(id, cluster_addrs, dir, |_| {}).await
+}
+
+/// [`start_node`], with the configuration changed by `adjust` first.
+pub async fn start_node_with(
+    id: u64,
+    cluster_addrs: &[SocketAddr],
+    dir: &Dir,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> Node {
     let me = cluster_addrs[id as usize - 1];
     let mut config = ServerConfig {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
@@ -78,8 +88,10 @@ pub async fn start_node(id: u64, cluster_addrs: &[SocketAddr], dir: &Dir) -> Nod
         heartbeat_ms: 50,
         election_timeout_ms: 300,
         proposal_timeout_ms: 3_000,
+        lease_ms: 5_000,
         relay: None,
     });
+    adjust(&mut config);
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addrs()[0];
     let cluster = server.cluster().expect("cluster part").clone();
@@ -137,4 +149,3 @@ pub async fn route_known(nodes: &[Node], filter: &str, node: u64) {
     })
     .await;
 }
-

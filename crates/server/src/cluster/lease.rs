@@ -1,0 +1,46 @@
+//! The lease of a node on its clients: a node that has not heard from its cluster's quorum
+//! within `lease_ms` closes its client connections (MQTT 5: DISCONNECT 0x9C Use another
+//! server), because the majority may grant their client ids elsewhere once the lease has run
+//! out (see `claim`). Connections keep working through shorter losses (an election, a brief
+//! partition).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_broker::Broker;
+use tern_cluster::ClusterNode;
+use tokio::sync::watch;
+
+pub async fn run(
+    node: ClusterNode,
+    broker: Arc<Broker>,
+    lease: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (lease / 5).max(Duration::from_millis(20));
+    let mut held = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        node.confirm_lease(lease / 2).await;
+        let holds = node.holds_lease(lease);
+        if held && !holds {
+            tracing::warn!(
+                node = node.id(),
+                "cluster: quorum out of reach past the lease"
+            );
+        }
+        if !holds {
+            // Also whoever connected meanwhile on the owner's fast path (none should).
+            broker.release_for_lost_lease();
+        } else if !held {
+            tracing::info!(node = node.id(), "cluster: lease held");
+        }
+        held = holds;
+    }
+}

@@ -268,7 +268,7 @@ class Cluster:
         first = self.nodes[0]
         subscriber = connect_retrying(first, "form-sub", timeout=timeout)
         try:
-            subscriber.subscribe("tern-form/#", 0)
+            subscribe_retrying(subscriber, "tern-form/#", 0, timeout=timeout)
             for node in self.nodes[1:]:
                 await_route(subscriber, f"tern-form/{node.node_id}", node, timeout=timeout)
         finally:
@@ -362,6 +362,23 @@ def connect_retrying(node: ClusterNode, client_id: str, protocol=MQTTV5,
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{client_id} could not connect to {node} in {timeout} s: "
                                f"{problem}")
+        time.sleep(0.1)
+
+
+def subscribe_retrying(client: PahoClient, topic: str, qos: int = 1,
+                       timeout: float = ROUTE_TIMEOUT) -> list[int]:
+    """Subscribes until the SUBACK grants the filter: a SUBSCRIBE that needs a new route waits
+    for the cluster to commit it and is refused, retryably (0x80 / 0x97 or so), when it could
+    not (forming, electing, no quorum); tries again every 100 ms, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = client.subscribe(topic, qos, timeout=max(1.0, min(
+            PROPOSAL_TIMEOUT_MS / 1000 + 3, deadline - time.monotonic())))
+        if codes and all(code < 0x80 for code in codes):
+            return codes
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{client.client_id}: SUBSCRIBE {topic} refused ({codes}) for "
+                               f"{timeout} s")
         time.sleep(0.1)
 
 

@@ -24,6 +24,7 @@ from cluster_fixture import (  # noqa: F401 (fixtures)
     await_route,
     cluster,
     clients,
+    subscribe_retrying,
 )
 from conftest import tern_bin
 from mqtt_clients import MQTTV5, mosquitto_pub
@@ -155,7 +156,7 @@ def test_retained_set_on_1_seen_by_mosquitto_sub_on_2_and_cleared_everywhere(
         reader = clients.paho(cluster.node(3), f"{unique}q{int(time.monotonic() * 1000) % 10**6}",
                               MQTTV5)
         reader.connect()
-        reader.subscribe(f"{unique}/#", 1)
+        subscribe_retrying(reader, f"{unique}/#", 1)
         # The retained messages go out right after SUBACK, before anything published later.
         reader.publish(f"{unique}/end", b"end", qos=1)
         before = reader.wait_marker(f"{unique}/end", b"end")
@@ -251,7 +252,7 @@ def test_sigkill_of_the_leader_while_qos1_streams(cluster, clients, unique):
     pub_node, sub_node = [node for node in cluster.nodes if node.node_id != leader][::-1]
     subscriber = clients.paho(sub_node, f"{unique}s", MQTTV5)
     subscriber.connect()
-    subscriber.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(subscriber, f"{unique}/#", 1)
     await_route(subscriber, f"{unique}/probe", pub_node)
     sub = clients.sub(sub_node, [f"{unique}/#"], qos=1, wait_seconds=40)
     await_mosquitto(sub, f"{unique}/probe", pub_node)
@@ -286,7 +287,7 @@ def test_sigkill_of_the_leader_while_qos1_streams(cluster, clients, unique):
     # The metadata plane works again: a new subscription on the subscriber's node is routed.
     later = clients.paho(sub_node, f"{unique}n", MQTTV5)
     later.connect()
-    later.subscribe(f"{unique}-new/#", 1)
+    subscribe_retrying(later, f"{unique}-new/#", 1)
     started = time.monotonic()
     await_route(later, f"{unique}-new/probe", pub_node)
     timing("route-after-election", seconds=f"{time.monotonic() - started:.3f}")
@@ -303,7 +304,7 @@ def test_sigstop_of_a_follower_then_sigcont_catches_up(cluster, clients, unique)
     follower, other = [node for node in cluster.nodes if node.node_id != leader]
     subscriber = clients.paho(follower, f"{unique}s", MQTTV5, keepalive=60)
     subscriber.connect()
-    subscriber.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(subscriber, f"{unique}/#", 1)
     await_route(subscriber, f"{unique}/probe", other)
     publisher = clients.paho(other, f"{unique}p", MQTTV5)
     publisher.connect()
@@ -313,7 +314,7 @@ def test_sigstop_of_a_follower_then_sigcont_catches_up(cluster, clients, unique)
     follower.pause()
     paused = time.monotonic()
     # The majority goes on: a new route between the two running nodes, a retained message.
-    listener.subscribe(f"{unique}-live/#", 1)
+    subscribe_retrying(listener, f"{unique}-live/#", 1)
     leader_node = cluster.node(leader)
     await_route(listener, f"{unique}-live/probe", leader_node)
     publisher.publish(f"{unique}-ret", b"while-stopped", qos=1, retain=True)
@@ -337,7 +338,7 @@ def test_sigstop_of_a_follower_then_sigcont_catches_up(cluster, clients, unique)
     deadline = time.monotonic() + 10
     while True:
         reader.connect()
-        reader.subscribe(f"{unique}-ret", 1)
+        subscribe_retrying(reader, f"{unique}-ret", 1)
         try:
             reader.wait_messages(1, topic=f"{unique}-ret", timeout=1)
             break
@@ -351,7 +352,7 @@ def test_sigstop_of_a_follower_then_sigcont_catches_up(cluster, clients, unique)
     # And it serves new routes: a subscription made on it now is known on the others.
     fresh = clients.paho(follower, f"{unique}f", MQTTV5)
     fresh.connect()
-    fresh.subscribe(f"{unique}-fresh/#", 1)
+    subscribe_retrying(fresh, f"{unique}-fresh/#", 1)
     await_route(fresh, f"{unique}-fresh/probe", other)
 
 
@@ -368,7 +369,7 @@ def test_sigstop_of_the_leader_then_sigcont_it_follows_the_new_one(cluster, clie
     first, second = others(cluster, leader)
     held = clients.paho(frozen, f"{unique}h", MQTTV5, keepalive=60)
     held.connect()
-    held.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(held, f"{unique}/#", 1)
     await_route(held, f"{unique}/probe", first)
 
     paused_at = frozen.pause()
@@ -399,7 +400,7 @@ def test_sigstop_of_the_leader_then_sigcont_it_follows_the_new_one(cluster, clie
     assert first_copies([m.payload for m in got]) == after
     fresh = clients.paho(frozen, f"{unique}f", MQTTV5)
     fresh.connect()
-    fresh.subscribe(f"{unique}-fresh/#", 1)
+    subscribe_retrying(fresh, f"{unique}-fresh/#", 1)
     await_route(fresh, f"{unique}-fresh/probe", second)
     timing("leader-sigstop", frozen=leader, election_s=f"{elected_at - paused_at:.3f}",
            term=f"{term}->{new_term}->{agreed_term}", leader=f"{leader}->{new_leader}->"
@@ -427,13 +428,13 @@ def test_restart_of_the_killed_leader_with_its_data_dir_rejoins(cluster, clients
     # Its subscriber gets what is published on a survivor.
     subscriber = clients.paho(victim, f"{unique}s", MQTTV5)
     subscriber.connect()
-    subscriber.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(subscriber, f"{unique}/#", 1)
     await_route(subscriber, f"{unique}/probe", survivors[1], timeout=20)
     routed = time.monotonic() - started
     # A survivor's subscriber gets what is published on it.
     remote = clients.paho(survivors[0], f"{unique}o", MQTTV5)
     remote.connect()
-    remote.subscribe(f"{unique}-back/#", 1)
+    subscribe_retrying(remote, f"{unique}-back/#", 1)
     await_route(remote, f"{unique}-back/probe", victim)
     publisher = clients.paho(victim, f"{unique}p", MQTTV5)
     publisher.connect()
@@ -444,7 +445,7 @@ def test_restart_of_the_killed_leader_with_its_data_dir_rejoins(cluster, clients
     # The retained message decided while it was down is on it.
     reader = clients.paho(victim, f"{unique}q", MQTTV5)
     reader.connect()
-    reader.subscribe(f"{unique}-ret", 1)
+    subscribe_retrying(reader, f"{unique}-ret", 1)
     [kept] = reader.wait_messages(1, topic=f"{unique}-ret", timeout=10)
     assert kept.retain and kept.payload == b"while-down"
     timing("restart-leader", node=leader, election_s=f"{elected_at - killed_at:.3f}",
@@ -464,7 +465,7 @@ def test_messages_for_a_killed_node_arrive_after_its_restart(cluster, clients, u
     home, origin = [node for node in cluster.nodes if node.node_id != leader]
     session = clients.paho(home, f"{unique}c", V311, clean_session=False)
     session.connect()
-    session.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(session, f"{unique}/#", 1)
     await_route(session, f"{unique}/probe", origin)
     home.kill()
     publisher = clients.paho(origin, f"{unique}p", MQTTV5)
@@ -497,7 +498,7 @@ def test_take_over_across_nodes_closes_the_old_connection_with_0x8e(cluster, cli
     first = clients.paho(cluster.node(1), f"{unique}c", MQTTV5, clean_session=False,
                          session_expiry=300)
     first.connect()
-    first.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(first, f"{unique}/#", 1)
     await_route(first, f"{unique}/probe", cluster.node(3))
     second = clients.paho(cluster.node(2), f"{unique}c", MQTTV5, clean_session=False,
                           session_expiry=300)
@@ -523,7 +524,7 @@ def test_offline_session_on_1_resumed_on_2_with_its_queue(cluster, clients, uniq
     present, queue delivered" with paho 3.1.1 (clean session 0)."""
     first = clients.paho(cluster.node(1), f"{unique}c", V311, clean_session=False)
     first.connect()
-    first.subscribe(f"{unique}/#", 1)
+    subscribe_retrying(first, f"{unique}/#", 1)
     await_route(first, f"{unique}/probe", cluster.node(3))
     first.disconnect()
     mosquitto_pub(cluster.node(3).addr, "-t", f"{unique}/queued", "-m", "q1", "-q", "1")
@@ -540,8 +541,6 @@ ADMIN_CONFIG = '[admin]\nbind = "{host}:0"\n'
 
 
 @pytest.mark.test_timeout(45)
-@pytest.mark.xfail(reason="needs the admin API's GET /api/v1/cluster and `tern ctl cluster "
-                          "status` (issue 16, branch c-ops; passes with it merged)", strict=False)
 def test_cluster_status_through_the_admin_api_and_ctl(tmp_path, unique):
     """Issue 16: "the cluster's state in ... the admin API" and `tern ctl cluster status`: every
     node reports three nodes and the same leader."""

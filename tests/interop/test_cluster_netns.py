@@ -19,9 +19,11 @@ import time
 
 import pytest
 
-from cluster_fixture import Cluster, await_route
+from cluster_fixture import Cluster, await_route, connect_retrying, subscribe_retrying
 from mqtt_clients import MQTTV5, PahoClient
 
+#: `cluster.lease_ms`'s default, in seconds: how long the minority keeps its clients.
+LEASE_S = 5.0
 #: Port of every node's MQTT listener and cluster link (each node has its own addresses).
 MQTT_PORT = 1883
 CLUSTER_PORT = 7883
@@ -190,28 +192,23 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
         # A session on the minority node, subscribed before the partition.
         old = client(lone, "old", keepalive=60)
         old.connect()
-        old.subscribe(f"{unique}/#", 1)
+        subscribe_retrying(old, f"{unique}/#", 1)
         await_route(old, f"{unique}/probe", majority[0])
         # And a publisher there (a new connection there would need a claim, refused below).
         local = client(lone, "loc")
         local.connect(timeout=10)
 
+        held_before = lone.log().count("cluster: lease held")
         network.partition(minority)
         cut_at = time.monotonic()
-        elected = 0.0
-        if cut == "leader":
-            _, _, _ = cluster.wait_leader(newer_than=term, among=majority, timeout=15)
-            elected = time.monotonic() - cut_at
-        # The majority goes on: a new client, a new route between its nodes.
-        fresh = client(majority[0], "maj", keepalive=60)
-        assert fresh.connect(timeout=10).reason_code == 0
-        fresh.subscribe(f"{unique}-maj/#", 1)
-        await_route(fresh, f"{unique}-maj/probe", majority[1], timeout=15)
-        majority_route = time.monotonic() - cut_at
-        # The minority's known routes and local traffic keep working.
+        # The minority's known routes and local traffic keep working (within its lease).
         local.publish(f"{unique}/local", b"still-here", qos=1, timeout=10)
         old.wait_messages(1, topic=f"{unique}/local", timeout=5)
-        # New claims and new routes on the minority side fail, retryably.
+        # New routes and new claims on the minority side fail, retryably.
+        codes = old.subscribe(f"{unique}-min/#", 1, timeout=10)
+        accepted = bool(codes) and codes[0] < 0x80
+        if accepted:
+            pending.append(f"minority SUBACK of a new route: {codes}, not a failure")
         newcomer = client(lone, "new")
         asked = time.monotonic()
         try:
@@ -221,37 +218,60 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
         except TimeoutError:
             pending.append("minority CONNECT: no CONNACK within 10 s")
         refused_in = time.monotonic() - asked
-        codes = old.subscribe(f"{unique}-min/#", 1, timeout=10)
-        accepted = bool(codes) and codes[0] < 0x80
-        if accepted:
-            pending.append(f"minority SUBACK of a new route: {codes}, not a failure")
+        elected = 0.0
+        if cut == "leader":
+            _, _, _ = cluster.wait_leader(newer_than=term, among=majority, timeout=15)
+            elected = time.monotonic() - cut_at
+        # The majority goes on: a new client, a new route between its nodes.
+        fresh = connect_retrying(majority[0], f"{unique}maj", keepalive=60)
+        made.append(fresh)
+        subscribe_retrying(fresh, f"{unique}-maj/#", 1)
+        await_route(fresh, f"{unique}-maj/probe", majority[1], timeout=15)
+        majority_route = time.monotonic() - cut_at
         # Long enough for the minority to miss several heartbeats and stand for election.
         time.sleep(max(0.0, 3.0 - (time.monotonic() - cut_at)))
+        # Past its lease (cluster.lease_ms) the minority closes its clients (MQTT 5: 0x9C Use
+        # another server), so that the majority may take their client ids over.
+        closed = [event.reason_code for event in old.disconnects if event.from_server]
+        if closed:
+            assert closed[0] == 0x9C, f"minority closed its client with {closed[0]:#x}"
         partitioned_for = time.monotonic() - cut_at
 
         network.heal(minority)
         healed = time.monotonic()
+        # The minority's lease settles before clients go there again: held again if it ran
+        # out, or past the point where it would have run out.
+        deadline = time.monotonic() + 20
+        while True:
+            text = lone.log()
+            if "quorum lost past the lease" in text:
+                if text.count("cluster: lease held") > held_before:
+                    break
+            elif time.monotonic() - cut_at > LEASE_S + 1:
+                break
+            assert time.monotonic() < deadline, "the minority never held its lease again"
+            time.sleep(0.05)
         new_leader, new_term, _ = cluster.wait_leader(among=cluster.nodes, timeout=20)
         agreed = time.monotonic() - healed
         # Convergence: a subscriber on every node receives what is published on every node.
         subscribers = []
         for node in cluster.nodes:
-            sub = client(node, f"c{node.node_id}", keepalive=60)
-            assert sub.connect(timeout=10).reason_code == 0
-            sub.subscribe(f"{unique}-all/#", 1)
+            sub = connect_retrying(node, f"{unique}c{node.node_id}", keepalive=60, timeout=20)
+            made.append(sub)
+            subscribe_retrying(sub, f"{unique}-all/#", 1)
             subscribers.append(sub)
         for node in cluster.nodes:
             topic = f"{unique}-all/probe{node.node_id}"
             await_route(subscribers[0], topic, node, timeout=20, received=lambda t=topic: all(
                 any(m.topic == t for m in list(sub.messages)) for sub in subscribers))
         converged = time.monotonic() - healed
-        if accepted:
+        if accepted and not closed:
             # The route the minority accepted during the partition spread after the heal.
             await_route(old, f"{unique}-min/probe", majority[0], timeout=20)
         publishers = []
         for node in cluster.nodes:
-            publisher = client(node, f"p{node.node_id}")
-            publisher.connect(timeout=10)
+            publisher = connect_retrying(node, f"{unique}p{node.node_id}", timeout=20)
+            made.append(publisher)
             publishers.append(publisher)
         for i in range(5):
             for node, publisher in zip(cluster.nodes, publishers):
@@ -265,7 +285,8 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
               f"majority_route_s={majority_route:.3f}", f"partitioned_s={partitioned_for:.3f}",
               f"leader_agreed_after_heal_s={agreed:.3f}", f"converged_s={converged:.3f}",
               f"term={term}->{new_term}", f"leader={leader}->{new_leader}",
-              f"minority_connect_s={refused_in:.3f}", f"pending={pending}", flush=True)
+              f"minority_connect_s={refused_in:.3f}", f"minority_clients_closed={closed}",
+              f"pending={pending}", flush=True)
     finally:
         for made_client in made:
             made_client.close()

@@ -13,13 +13,20 @@ run. Namespaces and links are removed at teardown, also after a failure or a tim
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
 
 import pytest
 
-from cluster_fixture import Cluster, await_route, connect_retrying, subscribe_retrying
+from cluster_fixture import (
+    Cluster,
+    await_route,
+    connect_retrying,
+    log_time,
+    subscribe_retrying,
+)
 from mqtt_clients import MQTTV5, PahoClient
 
 #: `cluster.lease_ms`'s default, in seconds: how long the minority keeps its clients.
@@ -201,6 +208,7 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
         held_before = lone.log().count("cluster: lease held")
         network.partition(minority)
         cut_at = time.monotonic()
+        cut_wall = time.time()
         # The minority's known routes and local traffic keep working (within its lease).
         local.publish(f"{unique}/local", b"still-here", qos=1, timeout=10)
         old.wait_messages(1, topic=f"{unique}/local", timeout=5)
@@ -253,6 +261,8 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
             time.sleep(0.05)
         new_leader, new_term, _ = cluster.wait_leader(among=cluster.nodes, timeout=20)
         agreed = time.monotonic() - healed
+        lost = re.search(r"^(\S+)\s.*quorum lost past the lease", lone.log(), re.M)
+        lease_lost = f"{log_time(lost.group(1)) - cut_wall:.3f}" if lost else "never"
         # Convergence: a subscriber on every node receives what is published on every node.
         subscribers = []
         for node in cluster.nodes:
@@ -286,6 +296,7 @@ def test_partitioned_node_majority_goes_on_minority_refuses_then_converges(
               f"leader_agreed_after_heal_s={agreed:.3f}", f"converged_s={converged:.3f}",
               f"term={term}->{new_term}", f"leader={leader}->{new_leader}",
               f"minority_connect_s={refused_in:.3f}", f"minority_clients_closed={closed}",
+              f"lease_lost_after_s={lease_lost}",
               f"pending={pending}", flush=True)
     finally:
         for made_client in made:

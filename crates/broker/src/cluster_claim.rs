@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use tern_codec::ReasonCode;
 
@@ -80,9 +81,14 @@ impl ClaimCompletion {
             .is_some_and(|broker| broker.is_claim_wanted(self.id))
     }
 
-    pub fn complete(self, result: Result<ClaimGrant, ReasonCode>) {
-        if let Some(broker) = self.broker.upgrade() {
-            broker.complete_claim(self.id, result);
+    /// Gives the answer to the connection. Returns the session of a grant that no connection
+    /// will take (it closed, timed out, or was answered already): the caller installs it with
+    /// [`Broker::import_session`] rather than lose it.
+    #[must_use = "a handed-over session nobody takes must be imported, not dropped"]
+    pub fn complete(self, result: Result<ClaimGrant, ReasonCode>) -> Option<SessionTransfer> {
+        match self.broker.upgrade() {
+            Some(broker) => broker.complete_claim(self.id, result),
+            None => None,
         }
     }
 }
@@ -116,20 +122,25 @@ impl Broker {
 
     /// The answer to a pending claim, from wherever the cluster decided it: kept for its
     /// connection, which is woken. An unknown id (the connection gave up) or a second answer
-    /// is ignored.
-    pub fn complete_claim(&self, id: ClaimId, result: Result<ClaimGrant, ReasonCode>) {
+    /// is ignored; the session such an answer carried is returned (see
+    /// [`ClaimCompletion::complete`]).
+    #[must_use = "a handed-over session nobody takes must be imported, not dropped"]
+    pub fn complete_claim(
+        &self,
+        id: ClaimId,
+        result: Result<ClaimGrant, ReasonCode>,
+    ) -> Option<SessionTransfer> {
         let wakeup = {
             let mut pending = lock(&self.claims.pending);
-            let Some(slot) = pending.get_mut(&id.0) else {
-                return;
+            let slot = match pending.get_mut(&id.0) {
+                Some(slot) if slot.result.is_none() => slot,
+                _ => return result.ok().and_then(|grant| grant.transfer),
             };
-            if slot.result.is_some() {
-                return;
-            }
             slot.result = Some(result);
             slot.wakeup.clone()
         };
         wakeup.wake();
+        None
     }
 
     /// The answer for `id`, if it came (the claim is then forgotten).
@@ -140,9 +151,22 @@ impl Broker {
         Some(result)
     }
 
-    /// Forgets a claim whose connection no longer waits for it.
-    pub(crate) fn forget_claim(&self, id: ClaimId) {
-        lock(&self.claims.pending).remove(&id.0);
+    /// Forgets a claim whose connection no longer waits for it; returns the session of a
+    /// grant that came but was not taken, for the caller to install.
+    pub(crate) fn forget_claim(&self, id: ClaimId) -> Option<SessionTransfer> {
+        let slot = lock(&self.claims.pending).remove(&id.0)?;
+        slot.result?.ok()?.transfer
+    }
+
+    /// A connection closed while its claim was granted with a session it did not take: the
+    /// session is installed here offline (this node owns the client id now) rather than lost.
+    pub(crate) fn keep_unclaimed(&self, transfer: Option<SessionTransfer>, now: Instant) {
+        if let Some(transfer) = transfer {
+            let client_id = transfer.client_id.clone();
+            if let Err(error) = self.import_session(transfer, now) {
+                tracing::warn!(%client_id, %error, "handed-over session not kept");
+            }
+        }
     }
 
     /// Whether the connection of claim `id` still waits for its answer.

@@ -433,11 +433,12 @@ impl Connection {
         };
         match hook.claim(request) {
             ClaimDecision::Granted => {
-                self.broker.forget_claim(id);
-                self.admit(admitted, None, now);
+                let transfer = self.broker.forget_claim(id);
+                self.admit(admitted, transfer, now);
             }
             ClaimDecision::Refused(code) => {
-                self.broker.forget_claim(id);
+                let unclaimed = self.broker.forget_claim(id);
+                self.broker.keep_unclaimed(unclaimed, now);
                 self.refuse(claim_refusal(code), now);
             }
             ClaimDecision::Pending => {
@@ -480,7 +481,10 @@ impl Connection {
         let Phase::Claiming(claiming) = std::mem::replace(&mut self.phase, Phase::Closed) else {
             return;
         };
-        self.broker.forget_claim(id);
+        // An answer that came through the broker meanwhile is superseded by this one; its
+        // session (if any) is kept.
+        let superseded = self.broker.forget_claim(id);
+        self.broker.keep_unclaimed(superseded, now);
         let Claiming { admitted, held, .. } = *claiming;
         match result {
             Ok(grant) => self.admit(admitted, grant.transfer, now),

@@ -639,7 +639,10 @@ impl Connection {
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);
         match &phase {
             Phase::Deciding(deciding) => self.broker.forget_auth(deciding.id),
-            Phase::Claiming(claiming) => self.broker.forget_claim(claiming.id),
+            Phase::Claiming(claiming) => {
+                let unclaimed = self.broker.forget_claim(claiming.id);
+                self.broker.keep_unclaimed(unclaimed, now);
+            }
             _ => {}
         }
         if let Phase::Active(active) = phase {
@@ -773,7 +776,9 @@ impl Drop for Connection {
             // Dropped while its authentication or claim was being decided: a late answer is
             // dropped.
             Phase::Deciding(deciding) => self.broker.forget_auth(deciding.id),
-            Phase::Claiming(claiming) => self.broker.forget_claim(claiming.id),
+            // (A grant's session that came meanwhile is dropped: the server closes a
+            // connection before it drops it, and `close` keeps it.)
+            Phase::Claiming(claiming) => drop(self.broker.forget_claim(claiming.id)),
             _ => {}
         }
         self.broker.deregister_connection(self.slot);

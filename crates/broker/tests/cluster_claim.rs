@@ -18,6 +18,19 @@ use tern_codec::{Packet, QoS, ReasonCode};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Completes a claim whose answer carries no session (nothing can come back).
+trait CompleteIgnoring {
+    fn complete_ignoring(self, result: Result<ClaimGrant, ReasonCode>);
+}
+
+impl CompleteIgnoring for tern_broker::ClaimCompletion {
+    fn complete_ignoring(self, result: Result<ClaimGrant, ReasonCode>) {
+        let carried = result.as_ref().is_ok_and(|grant| grant.transfer.is_some());
+        let back = self.complete(result);
+        assert!(back.is_none() || carried);
+    }
+}
+
 /// A cluster hook that answers every claim with `decision` and keeps the requests.
 struct FakeCluster {
     decision: ClaimDecision,
@@ -111,7 +124,9 @@ fn a_pending_claim_waits_then_a_grant_connects_and_handles_held_packets_in_order
         "no session before the grant"
     );
 
-    request.completion.complete(Ok(ClaimGrant::default()));
+    request
+        .completion
+        .complete_ignoring(Ok(ClaimGrant::default()));
     let packets = client.received();
     let kinds: Vec<&str> = packets
         .iter()
@@ -147,7 +162,7 @@ fn a_refused_claim_is_connack_server_unavailable() {
         client.send(Packet::Connect(Box::new(persistent(version, "refused"))));
         hook.take()
             .completion
-            .complete(Err(ReasonCode::ServerUnavailable));
+            .complete_ignoring(Err(ReasonCode::ServerUnavailable));
         assert_eq!(
             connack(&client.received()).reason_code,
             ReasonCode::ServerUnavailable
@@ -191,7 +206,9 @@ fn an_unanswered_claim_times_out_with_server_unavailable() {
         assert_eq!(client.close_reason(), Some(CloseReason::ClaimTimeout));
         assert!(!request.completion.is_wanted());
         assert_eq!(net.broker.pending_claim_count(), 0);
-        request.completion.complete(Ok(ClaimGrant::default()));
+        request
+            .completion
+            .complete_ignoring(Ok(ClaimGrant::default()));
         assert!(client.received().is_empty());
         assert!(net.session("slow").is_none());
     }
@@ -222,7 +239,7 @@ fn a_grant_with_a_handed_over_session_resumes_it_mqtt_4_4_0_1() {
     let mut client = b.open(V5);
     client.send(Packet::Connect(Box::new(persistent(V5, "roamer"))));
     client.nothing();
-    hook.take().completion.complete(Ok(ClaimGrant {
+    hook.take().completion.complete_ignoring(Ok(ClaimGrant {
         transfer: Some(transfer),
     }));
     let packets = client.received();
@@ -239,7 +256,9 @@ fn a_grant_with_a_handed_over_session_resumes_it_mqtt_4_4_0_1() {
     assert_eq!((publishes[1].1, publishes[1].2), (false, &b"two"[..]));
     let mut local = b.open(V5);
     local.send(Packet::Connect(Box::new(connect_packet(V5, "pub-b"))));
-    hook.take().completion.complete(Ok(ClaimGrant::default()));
+    hook.take()
+        .completion
+        .complete_ignoring(Ok(ClaimGrant::default()));
     assert_eq!(connack(&local.received()).reason_code, ReasonCode::Success);
     local.publish("h/3", QoS::AtMostOnce, b"three");
     assert_eq!(&client.publish_received().payload[..], b"three");
@@ -265,7 +284,7 @@ fn a_clean_start_grant_discards_the_handed_over_session() {
     let request = hook.take();
     assert!(request.clean_start);
     assert!(!request.persistent);
-    request.completion.complete(Ok(ClaimGrant {
+    request.completion.complete_ignoring(Ok(ClaimGrant {
         transfer: Some(transfer),
     }));
     let packets = client.received();
@@ -292,8 +311,12 @@ fn a_second_answer_or_another_claims_answer_is_ignored() {
     );
 
     let again = first_request.completion.clone();
-    first_request.completion.complete(Ok(ClaimGrant::default()));
-    again.clone().complete(Err(ReasonCode::ServerUnavailable));
+    first_request
+        .completion
+        .complete_ignoring(Ok(ClaimGrant::default()));
+    again
+        .clone()
+        .complete_ignoring(Err(ReasonCode::ServerUnavailable));
     assert_eq!(
         connack(&first.received()).reason_code,
         ReasonCode::Success,
@@ -303,12 +326,12 @@ fn a_second_answer_or_another_claims_answer_is_ignored() {
     assert!(second_request.completion.is_wanted(), "still waiting");
     // Once taken, a late answer for the first finds nothing.
     let late = again.clone();
-    late.complete(Err(ReasonCode::ServerUnavailable));
+    late.complete_ignoring(Err(ReasonCode::ServerUnavailable));
     assert!(first.received().is_empty());
     assert!(!first.is_closed());
     second_request
         .completion
-        .complete(Err(ReasonCode::ServerUnavailable));
+        .complete_ignoring(Err(ReasonCode::ServerUnavailable));
     assert_eq!(
         connack(&second.received()).reason_code,
         ReasonCode::ServerUnavailable
@@ -327,7 +350,9 @@ fn a_connection_closed_while_claiming_forgets_its_claim() {
     drop(client);
     assert_eq!(net.broker.pending_claim_count(), 0);
     assert!(!request.completion.is_wanted());
-    request.completion.complete(Ok(ClaimGrant::default()));
+    request
+        .completion
+        .complete_ignoring(Ok(ClaimGrant::default()));
     assert!(net.session("gone").is_none());
     assert_eq!(net.broker.pending_claim_count(), 0);
 }
@@ -364,4 +389,67 @@ fn a_granted_claim_connects_at_once_and_the_default_grants() {
     let (_, connack) = net.connect(connect);
     assert_eq!(connack.reason_code, ReasonCode::QosNotSupported);
     assert!(hook.requests.lock().unwrap().is_empty(), "no claim asked");
+}
+
+/// A session handed over by the previous owner and exported there (a client with one message
+/// in flight and one queued).
+fn handed_over(client_id: &str) -> tern_broker::SessionTransfer {
+    let a = Net::new();
+    let mut old = a.accepted(persistent(V5, client_id));
+    old.subscribe("h/#", QoS::AtLeastOnce);
+    let mut publisher = a.connected(V5, "pub-a");
+    publisher.publish("h/1", QoS::AtLeastOnce, b"one");
+    assert_eq!(old.publishes().len(), 1);
+    drop(old);
+    publisher.publish("h/2", QoS::AtLeastOnce, b"two");
+    a.broker
+        .export_session(client_id, a.now())
+        .expect("offline")
+}
+
+/// Issue 16 (no message lost in a take-over): a session handed over for a connection that
+/// closed before taking it is kept here, offline (this node owns the client id now), and the
+/// client's next connection resumes it; one that comes for a connection already gone is given
+/// back to the caller to keep.
+#[test]
+fn a_handed_over_session_nobody_takes_is_kept_not_lost() {
+    let hook = FakeCluster::new(ClaimDecision::Pending);
+    let net = net_with(hook.clone());
+    let mut client = net.open(V5);
+    client.send(Packet::Connect(Box::new(persistent(V5, "flaky"))));
+    let request = hook.take();
+    let back = request.completion.complete(Ok(ClaimGrant {
+        transfer: Some(handed_over("flaky")),
+    }));
+    assert!(back.is_none(), "kept for the connection");
+    drop(client); // closed before it took the answer
+    let session = net.session("flaky").expect("kept here");
+    assert!(!session.is_online());
+    assert_eq!((session.inflight_len(), session.queued_len()), (1, 1));
+
+    let mut again = net.open(V5);
+    again.send(Packet::Connect(Box::new(persistent(V5, "flaky"))));
+    hook.take()
+        .completion
+        .complete_ignoring(Ok(ClaimGrant::default()));
+    let packets = again.received();
+    assert!(connack(&packets).session_present);
+    assert_eq!(
+        packets.len(),
+        3,
+        "the message in flight, then the queued one"
+    );
+
+    let mut gone = net.open(V5);
+    gone.send(Packet::Connect(Box::new(persistent(V5, "gone-early"))));
+    let request = hook.take();
+    drop(gone);
+    let back = request.completion.complete(Ok(ClaimGrant {
+        transfer: Some(handed_over("gone-early")),
+    }));
+    assert_eq!(
+        back.map(|transfer| transfer.client_id.to_string()),
+        Some("gone-early".to_owned()),
+        "given back to the caller"
+    );
 }

@@ -429,13 +429,21 @@ impl ClusterNode {
         .await
         .unwrap_or(false);
         if confirmed {
-            *self
-                .inner
-                .confirmed
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(asked);
+            self.lease_confirmed_at(asked);
         }
         confirmed
+    }
+
+    /// A leader had its quorum after `asked` (keeps the latest).
+    fn lease_confirmed_at(&self, asked: tokio::time::Instant) {
+        let mut confirmed = self
+            .inner
+            .confirmed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if confirmed.is_none_or(|at| at < asked) {
+            *confirmed = Some(asked);
+        }
     }
 
     /// Whether a leader confirmed its quorum (see [`ClusterNode::confirm_lease`]) less than
@@ -568,6 +576,7 @@ impl ClusterNode {
             }
             let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
             let request = Request { commands };
+            let asked = tokio::time::Instant::now();
             let result = tokio::time::timeout(
                 self.inner.config.timing.proposal_timeout,
                 self.commit(request),
@@ -576,6 +585,9 @@ impl ClusterNode {
             .unwrap_or_else(|_| Err(Refusal::Unavailable("not committed in time".into())));
             match result {
                 Ok(response) => {
+                    // Committed: a leader had its quorum after `asked`, as a lease
+                    // confirmation proves.
+                    self.lease_confirmed_at(asked);
                     let mut outcomes = response.outcomes.into_iter();
                     for waiter in waiters {
                         let outcome = outcomes

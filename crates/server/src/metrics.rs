@@ -249,8 +249,14 @@ impl MetricsSource {
             use tern_cluster::wire::{BYTES_IN, BYTES_OUT};
             let kinds = |bytes: &tern_cluster::wire::LinkBytes| {
                 vec![
-                    ([("kind", "control".to_owned())], bytes.control.load(Relaxed) as f64),
-                    ([("kind", "data".to_owned())], bytes.data.load(Relaxed) as f64),
+                    (
+                        [("kind", "control".to_owned())],
+                        bytes.control.load(Relaxed) as f64,
+                    ),
+                    (
+                        [("kind", "data".to_owned())],
+                        bytes.data.load(Relaxed) as f64,
+                    ),
                 ]
             };
             out.gauges(

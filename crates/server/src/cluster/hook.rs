@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use tern_broker::persist::{Change, Persistence};
-use tern_broker::{ClusterHook, ClusterPlan, RemoteCopy, RouteTicket};
+use tern_broker::{ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy, RouteTicket};
 use tern_broker::{Message, Seq, SubscriptionRecord};
 use tern_cluster::NodeId;
 use tern_cluster::command::SubscriptionOptions;
@@ -14,6 +14,7 @@ use tern_cluster::link::DataPlane;
 use tern_codec::QoS;
 use tokio::sync::Notify;
 
+use super::claim::{Claimer, Released};
 use super::payload;
 use super::routes::RouteTable;
 
@@ -50,6 +51,10 @@ pub struct Glue {
     pub plane: OnceLock<Arc<DataPlane>>,
     /// Messages not forwarded because a peer's outbox was full or they could not be encoded.
     pub not_forwarded: std::sync::atomic::AtomicU64,
+    /// Proposes the claims of CONNECTs (set before the hook is plugged in).
+    pub claimer: OnceLock<Claimer>,
+    /// Hand-overs waiting for a taken-over connection to let go of its session.
+    pub released: Arc<Released>,
     /// Where forwarded QoS 1/2 messages are kept until acknowledged (none: in memory only).
     persistence: Option<Arc<dyn Persistence>>,
     /// SUBACKs waiting for this node's new routes.
@@ -69,6 +74,8 @@ impl Glue {
             wake: Notify::new(),
             plane: OnceLock::new(),
             not_forwarded: std::sync::atomic::AtomicU64::new(0),
+            claimer: OnceLock::new(),
+            released: Arc::new(Released::default()),
             persistence,
             tickets: super::tickets::RouteTickets::default(),
         }
@@ -222,6 +229,18 @@ impl ClusterHook for Glue {
             .retained
             .insert(topic.to_owned(), message.cloned());
         self.wake.notify_one();
+    }
+
+    fn claimed_session_released(&self, client_id: &str) {
+        self.released.released(client_id);
+    }
+
+    fn claim(&self, request: ClaimRequest) -> ClaimDecision {
+        match self.claimer.get() {
+            Some(claimer) => claimer.claim(request),
+            // Not started yet: the cluster cannot decide.
+            None => ClaimDecision::Refused(tern_codec::ReasonCode::ServerUnavailable),
+        }
     }
 }
 

@@ -17,13 +17,10 @@ pub async fn run(
     lease: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let every = (lease / 5).max(Duration::from_millis(20));
+    // Asked often enough that a lost confirmation or two does not lose the lease.
+    let every = (lease / 5).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut held = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
         if *stop.borrow() {
             return;
         }
@@ -42,5 +39,9 @@ pub async fn run(
             tracing::info!(node = node.id(), "cluster: lease held");
         }
         held = holds;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
     }
 }

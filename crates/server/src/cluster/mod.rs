@@ -6,10 +6,12 @@
 //! - `routes`: every node's routes in a subscription index.
 //! - `sync`: the task proposing this node's changes.
 //! - `apply`: the task following what the cluster applied.
+//! - `claim`: the claim of a client id at CONNECT, and the hand-over of its session.
 //! - `payload`, `retained`: how messages cross between nodes and into the replicated state.
 //! - `sink`: messages from other nodes into the core, acknowledged once durable.
 
 mod apply;
+mod claim;
 mod config;
 mod hook;
 mod lease;
@@ -131,6 +133,10 @@ impl Cluster {
             glue.clone(),
             node.clone(),
             broker.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(sync::expire_tickets(
+            glue.clone(),
             timing.proposal_timeout,
             stop.clone(),
         ));
@@ -140,6 +146,20 @@ impl Cluster {
             Duration::from_millis(config.lease_ms),
             stop.clone(),
         ));
+        let _ = glue.claimer.set(claim::Claimer {
+            node: node.clone(),
+            broker: Arc::downgrade(&broker),
+            me: config.node_id,
+            timeout: timing.proposal_timeout,
+            runtime: tokio::runtime::Handle::current(),
+            lease: Duration::from_millis(config.lease_ms),
+            fences: Arc::default(),
+        });
+        node.set_hand_over_handler(Arc::new(claim::HandOver {
+            broker: Arc::downgrade(&broker),
+            released: glue.released.clone(),
+            timeout: timing.proposal_timeout,
+        }));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());
         let stopping = node.clone();

@@ -17,19 +17,33 @@ use super::hook::{Glue, lock};
 use super::retained;
 
 /// How long after a failed proposal the next try waits.
-const RETRY: Duration = Duration::from_millis(500);
+const RETRY: Duration = Duration::from_millis(200);
+
+/// A SUBACK waits for its route at most the proposal timeout (not a member yet, no quorum):
+/// then its filter is refused, retryable. Looked at apart from the proposing task, which may
+/// be waiting for a proposal of its own.
+pub async fn expire_tickets(
+    glue: Arc<Glue>,
+    proposal_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (proposal_timeout / 10).max(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        glue.tickets.expire(proposal_timeout);
+    }
+}
 
 pub async fn run(
     glue: Arc<Glue>,
     node: ClusterNode,
     broker: Arc<Broker>,
-    proposal_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        // A SUBACK waits for its route at most the proposal timeout (not a member yet, no
-        // quorum): then its filter is refused, retryable.
-        glue.tickets.expire(proposal_timeout);
         tokio::select! {
             _ = glue.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -119,18 +133,19 @@ pub async fn run(
         let routes_failed = outcomes[..route_commands]
             .iter()
             .any(|outcome| !matches!(outcome, Ok(Outcome::Done)));
-        // The SUBACKs waiting for these routes: answered now, committed or not (a failed one
-        // is proposed again below, for the subscribers that stay).
+        // The SUBACKs waiting for these routes: answered as soon as their route is
+        // committed; one not committed (not registered yet, no quorum) is proposed again
+        // below and its SUBACK waits on, until the proposal timeout fails it (`expire`).
         if resync {
-            let committed = !routes_failed;
-            for route in lock(&glue.local).iter() {
-                glue.tickets.decide(route, committed);
+            if !routes_failed {
+                for route in lock(&glue.local).iter() {
+                    glue.tickets.decide(route, true);
+                }
             }
         } else {
             for ((route, present), outcome) in routes.iter().zip(&outcomes[..route_commands]) {
-                if *present {
-                    glue.tickets
-                        .decide(route, matches!(outcome, Ok(Outcome::Done)));
+                if *present && matches!(outcome, Ok(Outcome::Done)) {
+                    glue.tickets.decide(route, true);
                 }
             }
         }
@@ -239,13 +254,10 @@ async fn propose_sessions(
             continue;
         }
         failed = true;
-        match key {
-            Some(key) => {
-                if let Some(options) = subscriptions.get(&key) {
-                    pending.subscriptions.entry(key).or_insert(*options);
-                }
-            }
-            None => {}
+        if let Some(key) = key
+            && let Some(options) = subscriptions.get(&key)
+        {
+            pending.subscriptions.entry(key).or_insert(*options);
         }
     }
     if failed {

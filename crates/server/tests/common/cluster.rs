@@ -16,6 +16,7 @@ pub const AGREE: Duration = Duration::from_secs(15);
 pub struct Node {
     pub addr: SocketAddr,
     pub cluster: Cluster,
+    pub broker: std::sync::Arc<tern_broker::Broker>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -95,6 +96,7 @@ pub async fn start_node_with(
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addrs()[0];
     let cluster = server.cluster().expect("cluster part").clone();
+    let broker = server.broker().clone();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
         let stopped = async {
@@ -105,12 +107,18 @@ pub async fn start_node_with(
     Node {
         addr,
         cluster,
+        broker,
         stop: Some(stop),
         task,
     }
 }
 
 pub async fn three_nodes(dir: &Dir) -> Vec<Node> {
+    three_nodes_at(dir).await.0
+}
+
+/// Three nodes, and their cluster addresses (to start one again).
+pub async fn three_nodes_at(dir: &Dir) -> (Vec<Node>, Vec<SocketAddr>) {
     let cluster_addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     let mut nodes = Vec::new();
     for id in 1..=3 {
@@ -122,7 +130,7 @@ pub async fn three_nodes(dir: &Dir) -> Vec<Node> {
             .all(|node| node.cluster.node().state().node_count() == 3)
     })
     .await;
-    nodes
+    (nodes, cluster_addrs)
 }
 
 pub async fn until(what: &str, mut check: impl FnMut() -> bool) {

@@ -1,0 +1,341 @@
+//! The claim of a client id at CONNECT (issue 16, "Take-over across nodes"): the claimer's
+//! side ([`Claimer`], asked by the core through the hook's `claim`) and the previous owner's
+//! side ([`HandOver`], asked by the claimer's node once the claim is applied here). See
+//! docs/architecture.md ("A cluster: claiming a client id").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tern_broker::{
+    Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionExpiry, SessionTransfer,
+    SubscriptionRecord,
+};
+use tern_cluster::rpc::Refusal;
+use tern_cluster::{ClusterNode, Command, HandOverHandler, NodeId, Outcome};
+use tern_codec::{MqttStr, ReasonCode};
+use tokio::sync::oneshot;
+
+use super::hook::{lock, options_from_byte};
+
+/// How long a claim waits before proposing again after a refusal that may pass.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// Proposes claims for the core's CONNECTs and fetches the previous owner's session.
+pub struct Claimer {
+    pub node: ClusterNode,
+    /// Where a granted session nobody took is kept (weak: the broker holds the hook).
+    pub broker: Weak<Broker>,
+    pub me: NodeId,
+    /// Bounds the proposal and, separately, the hand-over.
+    pub timeout: Duration,
+    /// The runtime the claims run on (the core asks on a connection's thread).
+    pub runtime: tokio::runtime::Handle,
+    /// How long a node keeps its clients without its quorum (`cluster.lease_ms`): a claim
+    /// whose previous owner did not answer waits this long before it is granted.
+    pub lease: Duration,
+    /// Client ids granted here only once a silent previous owner's lease has run out.
+    pub fences: Arc<Fences>,
+}
+
+/// Client ids whose previous owner did not answer a hand-over: not granted here (not even on
+/// the fast path of a reconnection) before that owner's lease has surely run out.
+#[derive(Default)]
+pub struct Fences {
+    until: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+impl Fences {
+    /// Whether `client_id` waits for a lease to run out.
+    fn fenced(&self, client_id: &str) -> bool {
+        let mut until = lock(&self.until);
+        match until.get(client_id) {
+            Some(at) if *at > tokio::time::Instant::now() => true,
+            Some(_) => {
+                until.remove(client_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until `client_id` may be granted, from `now + lease` at the latest.
+    async fn wait_out(&self, client_id: &str, lease: Option<Duration>) {
+        let at = {
+            let mut until = lock(&self.until);
+            if let Some(lease) = lease {
+                let at = tokio::time::Instant::now() + lease;
+                let entry = until.entry(client_id.to_owned()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+            until.get(client_id).copied()
+        };
+        if let Some(at) = at {
+            tokio::time::sleep_until(at).await;
+            let mut until = lock(&self.until);
+            if until.get(client_id).is_some_and(|current| *current <= at) {
+                until.remove(client_id);
+            }
+        }
+    }
+}
+
+impl Claimer {
+    /// The core's question: granted at once when the replicated registry says this node owns
+    /// the client id already and this node holds its lease (a reconnection here needs no
+    /// consensus; a claim made meanwhile elsewhere is ordered by the log and takes it from
+    /// here through `apply`; a node without its lease may have lost the id unknowingly),
+    /// otherwise pending while a task proposes the claim and fetches the session.
+    pub fn claim(&self, request: ClaimRequest) -> ClaimDecision {
+        let owner = self.node.state().owner(&request.client_id);
+        if matches!(owner, Some((Some(owner), _)) if owner == self.me)
+            && self.node.holds_lease(self.lease)
+            && !self.fences.fenced(&request.client_id)
+        {
+            return ClaimDecision::Granted;
+        }
+        let node = self.node.clone();
+        let broker = self.broker.clone();
+        let fences = self.fences.clone();
+        let (me, timeout, lease) = (self.me, self.timeout, self.lease);
+        self.runtime.spawn(async move {
+            let ClaimRequest {
+                client_id,
+                clean_start,
+                persistent,
+                completion,
+            } = request;
+            if !completion.is_wanted() {
+                return;
+            }
+            let (result, silent) =
+                claim(&node, me, timeout, &client_id, clean_start, persistent).await;
+            if result.is_ok() {
+                // "Never two live connections": a previous owner that did not answer may
+                // still hold connections until its lease runs out (it closes them then).
+                fences.wait_out(&client_id, silent.then_some(lease)).await;
+            }
+            // The connection went away meanwhile: the session handed over stays here (this
+            // node owns the client id now), offline, for its next connection.
+            if let Some(transfer) = completion.complete(result)
+                && let Some(broker) = broker.upgrade()
+                && let Err(error) = broker.import_session(transfer, Instant::now())
+            {
+                tracing::warn!(%error, "handed-over session not kept");
+            }
+        });
+        ClaimDecision::Pending
+    }
+}
+
+/// Proposes the claim; on success asks the previous owner (another node) for the session.
+/// Also says whether that owner failed to answer (it may still hold the client's connection
+/// until its lease runs out).
+async fn claim(
+    node: &ClusterNode,
+    me: NodeId,
+    timeout: Duration,
+    client_id: &str,
+    clean_start: bool,
+    persistent: bool,
+) -> (Result<ClaimGrant, ReasonCode>, bool) {
+    let command = Command::Claim {
+        client_id: client_id.to_owned(),
+        node: me,
+        persistent,
+        clean_start,
+    };
+    // Bounded by the proposal timeout as a whole. A refusal that may pass (no leader known
+    // during an election, the leader unreachable for a moment) is tried again until then: a
+    // client connecting while the cluster elects a leader waits a little instead of being
+    // refused. A claim committed twice this way is harmless: the second names this node as
+    // the previous owner, and nothing is handed over.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = loop {
+        match tokio::time::timeout_at(deadline, node.propose(command.clone())).await {
+            Ok(Ok(outcome)) => break outcome,
+            Ok(Err(Refusal::Refused(reason))) => {
+                tracing::info!(client_id, reason, "claim refused: CONNACK 0x88");
+                return (Err(ReasonCode::ServerUnavailable), false);
+            }
+            Ok(Err(refusal)) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
+                tracing::debug!(client_id, %refusal, "claim not committed: trying again");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Ok(Err(refusal)) => {
+                tracing::info!(client_id, %refusal, "claim not committed: CONNACK 0x88");
+                return (Err(ReasonCode::ServerUnavailable), false);
+            }
+            Err(_) => {
+                tracing::info!(client_id, "claim not committed in time: CONNACK 0x88");
+                return (Err(ReasonCode::ServerUnavailable), false);
+            }
+        }
+    };
+    let (epoch, previous) = match outcome {
+        Outcome::Claimed { epoch, previous } => (epoch, previous),
+        other => {
+            tracing::warn!(client_id, ?other, "claim refused by the cluster");
+            return (Err(ReasonCode::ServerUnavailable), false);
+        }
+    };
+    let Some((previous, _)) = previous.filter(|(previous, _)| *previous != me) else {
+        // No previous owner to ask: a new client id, or a session whose node was removed
+        // from the cluster (its durable subscriptions wait in the registry).
+        let transfer = if previous.is_none() && !clean_start {
+            from_registry(node, client_id)
+        } else {
+            None
+        };
+        return (Ok(ClaimGrant { transfer }), false);
+    };
+    // Asked even for a clean start, whose CONNECT discards what comes [MQTT-3.1.2-4]: the
+    // answer comes once the previous owner's connection has closed (never two live
+    // connections), and the old session leaves that node instead of lingering there offline
+    // with its routes.
+    let mut silent = false;
+    let transfer = match node
+        .request_hand_over(previous, client_id, epoch, timeout)
+        .await
+    {
+        Ok(Some(bytes)) => match SessionTransfer::decode(&bytes) {
+            Ok(transfer) => Some(transfer),
+            Err(error) => {
+                tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: its subscriptions from the registry");
+                from_registry(node, client_id)
+            }
+        },
+        Ok(None) => None,
+        Err(refusal) => {
+            // The previous owner is down or slow: the client connects here with the
+            // session's durable subscriptions from the registry; its queued and in-flight
+            // messages stay on that node (see docs/architecture.md).
+            tracing::warn!(client_id, node = previous, %refusal, "no hand-over: the session's subscriptions from the registry, after the owner's lease");
+            silent = true;
+            from_registry(node, client_id)
+        }
+    };
+    (Ok(ClaimGrant { transfer }), silent)
+}
+
+/// A session rebuilt from the replicated registry: the durable subscriptions of a persistent
+/// session (with their options and identifiers), nothing queued or in flight. `None` when
+/// the registry has none. The expiry is the CONNECT's once the client attaches.
+fn from_registry(node: &ClusterNode, client_id: &str) -> Option<SessionTransfer> {
+    let state = node.state();
+    let entry = state.session(client_id)?;
+    if !entry.persistent || entry.subscriptions.is_empty() {
+        return None;
+    }
+    let subscriptions = entry
+        .subscriptions
+        .iter()
+        .filter_map(|(filter, options)| {
+            let filter = MqttStr::try_from(filter.as_str()).ok()?;
+            let record = SubscriptionRecord {
+                options: options_from_byte(options.options)?,
+                identifier: options.identifier,
+            };
+            Some((filter, record))
+        })
+        .collect();
+    Some(SessionTransfer {
+        client_id: MqttStr::try_from(client_id).ok()?,
+        expiry: SessionExpiry::Never,
+        subscriptions,
+        queue: Vec::new(),
+        inflight: Vec::new(),
+        inbound_qos2: Vec::new(),
+    })
+}
+
+/// Connections closed by a take-over whose sessions a hand-over waits for, by client id:
+/// completed by the hook's `claimed_session_released`.
+#[derive(Default)]
+pub struct Released {
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+impl Released {
+    fn wait(&self, client_id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters)
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// The connection of `client_id` closed by a take-over has let go of its session.
+    pub fn released(&self, client_id: &str) {
+        if let Some(waiters) = lock(&self.waiters).remove(client_id) {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn forget(&self, client_id: &str) {
+        let mut waiters = lock(&self.waiters);
+        if let Some(list) = waiters.get_mut(client_id) {
+            list.retain(|waiter| !waiter.is_closed());
+            if list.is_empty() {
+                waiters.remove(client_id);
+            }
+        }
+    }
+}
+
+/// The previous owner's side: closes the client's connection here (MQTT 5: DISCONNECT 0x8E),
+/// waits (bounded) until it has let go of the session, then exports the session, encoded.
+pub struct HandOver {
+    /// Weak: the broker holds the hook, which holds the node, which holds this.
+    pub broker: Weak<Broker>,
+    pub released: Arc<Released>,
+    pub timeout: Duration,
+}
+
+impl HandOverHandler for HandOver {
+    fn hand_over(&self, client_id: String, epoch: u64) -> tern_cluster::node::HandOverFuture {
+        let broker = self.broker.clone();
+        let released = self.released.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let Some(broker) = broker.upgrade() else {
+                return Err(Refusal::Unavailable("the broker is stopping".into()));
+            };
+            // Registered before the take-over, so the release cannot come unseen in between.
+            let waiter = released.wait(&client_id);
+            if broker.take_over(&client_id) && tokio::time::timeout(timeout, waiter).await.is_err()
+            {
+                released.forget(&client_id);
+                tracing::warn!(
+                    client_id,
+                    epoch,
+                    "the taken-over connection did not let go in time"
+                );
+                return Err(Refusal::Unavailable(
+                    "the connection here did not close in time".into(),
+                ));
+            }
+            released.forget(&client_id);
+            let Some(transfer) = broker.export_session(&client_id, Instant::now()) else {
+                return Ok(None);
+            };
+            match transfer.encode() {
+                Ok(bytes) => {
+                    tracing::info!(client_id, epoch, bytes = bytes.len(), "session handed over");
+                    Ok(Some(bytes))
+                }
+                Err(error) => {
+                    // Kept here rather than lost: the claimer connects without it.
+                    tracing::warn!(client_id, %error, "session could not be encoded: kept here");
+                    let _ = broker.import_session(transfer, Instant::now());
+                    Err(Refusal::Unavailable(format!(
+                        "session could not be encoded: {error}"
+                    )))
+                }
+            }
+        })
+    }
+}

@@ -499,12 +499,10 @@ def test_messages_for_a_killed_node_arrive_after_its_restart(cluster, clients, u
     assert first_copies([m.payload for m in got]) == sent
 
 
-# --- parts being merged in parallel (xfail until they are) ------------------------------------
+# --- take-over across nodes, and the cluster's state for operators ---------------------------
 
 
 @pytest.mark.test_timeout(45)
-@pytest.mark.xfail(reason="needs the claim of a client id at CONNECT (issue 16, branch "
-                          "c-claim; passes with it merged)", strict=False)
 def test_take_over_across_nodes_closes_the_old_connection_with_0x8e(cluster, clients, unique):
     """Issue 16 "take-over across nodes": a client connected to node 1 connects again, same
     client id, to node 2: the old connection gets DISCONNECT 0x8E Session taken over
@@ -532,8 +530,6 @@ def test_take_over_across_nodes_closes_the_old_connection_with_0x8e(cluster, cli
 
 
 @pytest.mark.test_timeout(45)
-@pytest.mark.xfail(reason="needs the claim of a client id at CONNECT (issue 16, branch "
-                          "c-claim; passes with it merged)", strict=False)
 def test_offline_session_on_1_resumed_on_2_with_its_queue(cluster, clients, unique):
     """Issue 16: "persistent session on A, messages while offline, reconnect to B: session
     present, queue delivered" with paho 3.1.1 (clean session 0)."""

@@ -206,6 +206,9 @@ def pytest_runtest_makereport(item, call):
     broker = getattr(item, "_tern_broker", None)
     if broker is not None and report.failed:
         report.sections.append((f"tern log ({report.when})", broker.log() or "(empty)"))
+    cluster = getattr(item, "_tern_cluster", None)  # cluster_fixture.py
+    if cluster is not None and report.failed:
+        report.sections.append((f"tern cluster logs ({report.when})", cluster.logs()))
 
 
 @pytest.fixture

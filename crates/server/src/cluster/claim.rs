@@ -152,18 +152,19 @@ impl Claimer {
             // One claim of a client id at a time on this node: a reconnection while this
             // one runs waits for it (and then finds the session it brings).
             let _claiming = fences.begin_claim(&client_id).await;
-            let (mut result, silent) =
+            let (mut result, silent, epoch) =
                 claim(&node, me, timeout, &client_id, clean_start, persistent).await;
             if result.is_ok() {
                 // "Never two live connections": a previous owner that did not answer may
-                // still hold connections until its lease runs out. It looks at its lease at
-                // most `lease / 2` (the confirmation in flight) plus a second after the
-                // lease ends, and closes them then: wait that long.
-                let wait = lease * 2 + Duration::from_secs(1);
+                // still hold connections until its lease runs out; it looks at its lease
+                // every `lease::CHECK_EVERY` and closes them then: wait that out, and a
+                // margin.
+                let wait = lease + super::lease::CHECK_EVERY * 2 + Duration::from_millis(300);
                 fences.wait_out(&client_id, silent.then_some(wait)).await;
-                // Still this claim's? A later claim (elsewhere) took the id meanwhile.
+                // Still this claim's? A later claim (elsewhere) took the id meanwhile. (This
+                // node may not have applied its own claim yet: only a later epoch counts.)
                 let current = node.state().owner(&client_id);
-                if !matches!(current, Some((Some(owner), _)) if owner == me) {
+                if current.is_some_and(|(owner, current)| current > epoch && owner != Some(me)) {
                     tracing::info!(client_id, "claimed again elsewhere meanwhile: CONNACK 0x88");
                     result = Err(ReasonCode::ServerUnavailable);
                 }
@@ -191,7 +192,7 @@ async fn claim(
     client_id: &str,
     clean_start: bool,
     persistent: bool,
-) -> (Result<ClaimGrant, ReasonCode>, bool) {
+) -> (Result<ClaimGrant, ReasonCode>, bool, u64) {
     let command = Command::Claim {
         client_id: client_id.to_owned(),
         node: me,
@@ -220,7 +221,7 @@ async fn claim(
             Ok(Ok(outcome)) => break outcome,
             Ok(Err(Refusal::Refused(reason))) => {
                 tracing::info!(client_id, reason, "claim refused: CONNACK 0x88");
-                return (Err(ReasonCode::ServerUnavailable), false);
+                return (Err(ReasonCode::ServerUnavailable), false, 0);
             }
             Ok(Err(refusal)) if tokio::time::Instant::now() + RETRY_AFTER < deadline => {
                 tracing::debug!(client_id, %refusal, "claim not committed: trying again");
@@ -228,11 +229,11 @@ async fn claim(
             }
             Ok(Err(refusal)) => {
                 tracing::info!(client_id, %refusal, "claim not committed: CONNACK 0x88");
-                return (Err(ReasonCode::ServerUnavailable), false);
+                return (Err(ReasonCode::ServerUnavailable), false, 0);
             }
             Err(_) => {
                 tracing::info!(client_id, "claim not committed in time: CONNACK 0x88");
-                return (Err(ReasonCode::ServerUnavailable), false);
+                return (Err(ReasonCode::ServerUnavailable), false, 0);
             }
         }
     };
@@ -240,7 +241,7 @@ async fn claim(
         Outcome::Claimed { epoch, previous } => (epoch, previous),
         other => {
             tracing::warn!(client_id, ?other, "claim refused by the cluster");
-            return (Err(ReasonCode::ServerUnavailable), false);
+            return (Err(ReasonCode::ServerUnavailable), false, 0);
         }
     };
     let Some((previous, _)) = previous.filter(|(previous, _)| *previous != me) else {
@@ -251,7 +252,7 @@ async fn claim(
         } else {
             None
         };
-        return (Ok(ClaimGrant { transfer }), false);
+        return (Ok(ClaimGrant { transfer }), false, epoch);
     };
     // Asked even for a clean start, whose CONNECT discards what comes [MQTT-3.1.2-4]: the
     // answer comes once the previous owner's connection has closed (never two live
@@ -274,8 +275,13 @@ async fn claim(
         // since) or that it could not let go: it is alive and may hold the connection, so
         // this claim does not connect (0x88, the client retries).
         Err(Refusal::Refused(reason)) => {
-            tracing::info!(client_id, node = previous, reason, "hand-over refused: CONNACK 0x88");
-            return (Err(ReasonCode::ServerUnavailable), false);
+            tracing::info!(
+                client_id,
+                node = previous,
+                reason,
+                "hand-over refused: CONNACK 0x88"
+            );
+            return (Err(ReasonCode::ServerUnavailable), false, 0);
         }
         Err(refusal) => {
             // The previous owner is down or slow: the client connects here with the
@@ -286,7 +292,7 @@ async fn claim(
             from_registry(node, client_id)
         }
     };
-    (Ok(ClaimGrant { transfer }), silent)
+    (Ok(ClaimGrant { transfer }), silent, epoch)
 }
 
 /// A session rebuilt from the replicated registry: the durable subscriptions of a persistent

@@ -11,20 +11,35 @@ use tern_broker::Broker;
 use tern_cluster::ClusterNode;
 use tokio::sync::watch;
 
+/// How often a node looks at its lease (and closes its clients once it has run out).
+pub const CHECK_EVERY: Duration = Duration::from_millis(200);
+
 pub async fn run(
     node: ClusterNode,
     broker: Arc<Broker>,
     lease: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Asked often enough that a lost confirmation or two does not lose the lease.
-    let every = (lease / 5).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    // The confirmations go on apart, asked often enough that a lost one or two does not lose
+    // the lease; the lease itself is looked at every `CHECK_EVERY`, so a node closes its
+    // clients at most that long after its lease ran out (a claimer elsewhere waits for it).
+    let confirming = node.clone();
+    let mut confirm_stop = stop.clone();
+    tokio::spawn(async move {
+        let every = (lease / 5).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            confirming.confirm_lease(lease / 2).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = confirm_stop.changed() => return,
+            }
+        }
+    });
     let mut held = false;
     loop {
         if *stop.borrow() {
             return;
         }
-        node.confirm_lease(lease / 2).await;
         let holds = node.holds_lease(lease);
         if held && !holds {
             tracing::warn!(
@@ -40,7 +55,7 @@ pub async fn run(
         }
         held = holds;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = stop.changed() => return,
         }
     }

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -234,33 +233,12 @@ impl Peer {
         wire::write_frame(&mut writer, &wire::hello(self.local))
             .await
             .map_err(|error| unreachable(error.to_string()))?;
-        let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Frame>(QUEUE);
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
 
         // The writer: frames in order, as many as are queued in one write.
-        let writer_alive = alive.clone();
-        tokio::spawn(async move {
-            let mut out = BytesMut::new();
-            while let Some(frame) = rx.recv().await {
-                frame.encode(&mut out);
-                while out.len() < 256 << 10 {
-                    match rx.try_recv() {
-                        Ok(frame) => frame.encode(&mut out),
-                        Err(_) => break,
-                    }
-                }
-                if writer.write_all(&out).await.is_err() {
-                    break;
-                }
-                out.clear();
-                if !writer_alive.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            writer_alive.store(false, Ordering::Release);
-            let _ = writer.shutdown().await;
-        });
+        tokio::spawn(wire::write_loop(writer, rx, alive.clone()));
 
         // The reader: answers to their waiters, other frames to the handler.
         let reader_pending = pending.clone();

@@ -5,8 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -64,7 +62,7 @@ async fn link(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), wire::WireError> {
     let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     // Buffered: a frame's header and body in one read, many frames per read under load.
     let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame(&mut reader)).await {
@@ -74,24 +72,12 @@ async fn link(
         Err(_) => return Err(wire::WireError::Malformed("no hello in time")),
     };
     let from = wire::parse_hello(&hello)?;
-    let (tx, mut rx) = mpsc::channel::<Frame>(1024);
-    let writing = tokio::spawn(async move {
-        let mut out = BytesMut::new();
-        while let Some(frame) = rx.recv().await {
-            frame.encode(&mut out);
-            while out.len() < 256 << 10 {
-                match rx.try_recv() {
-                    Ok(frame) => frame.encode(&mut out),
-                    Err(_) => break,
-                }
-            }
-            if writer.write_all(&out).await.is_err() {
-                break;
-            }
-            out.clear();
-        }
-        let _ = writer.shutdown().await;
-    });
+    let (tx, rx) = mpsc::channel::<Frame>(1024);
+    let writing = tokio::spawn(wire::write_loop(
+        writer,
+        rx,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    ));
     let result = loop {
         let frame = tokio::select! {
             frame = wire::read_frame(&mut reader) => frame,

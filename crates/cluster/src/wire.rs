@@ -143,6 +143,36 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes the frames `rx` gives, in order, as many as are queued in one write (up to 256 KiB),
+/// until `rx` closes, a write fails or `alive` turns false; then marks `alive` false and shuts
+/// the writer down.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: tokio::sync::mpsc::Receiver<Frame>,
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut out = BytesMut::new();
+    while let Some(frame) = rx.recv().await {
+        frame.encode(&mut out);
+        while out.len() < 256 << 10 {
+            match rx.try_recv() {
+                Ok(frame) => frame.encode(&mut out),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&out).await.is_err() {
+            break;
+        }
+        out.clear();
+        if !alive.load(Ordering::Acquire) {
+            break;
+        }
+    }
+    alive.store(false, Ordering::Release);
+    let _ = writer.shutdown().await;
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of the stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, WireError> {
     let mut header = [0u8; 4];

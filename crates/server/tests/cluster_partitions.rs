@@ -7,55 +7,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::Client;
+use common::cluster::{Dir, Node, temp_dir};
 use rumqttc::{Event, Packet, QoS};
 use tern_cluster::testing::{Mode, Network};
-use tern_server::cluster::{Cluster, ClusterConfig, RelayMap};
+use tern_server::cluster::{ClusterConfig, RelayMap};
 use tern_server::{Durability, Server, ServerConfig};
-use tokio::sync::oneshot;
 
 /// How long the cluster may take to agree on something (a route).
 const AGREE: Duration = Duration::from_secs(15);
-
-struct Node {
-    addr: SocketAddr,
-    cluster: Cluster,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Node {
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(8), self.task).await;
-    }
-}
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!(
-        "tern-cluster-partitions-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    Dir(dir)
-}
 
 async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
     let mut config = ServerConfig {
@@ -77,22 +39,7 @@ async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
         relay: Some(RelayMap(net.addr_map(id))),
     });
     net.release(id);
-    let server = Server::bind(config).await.expect("bind");
-    let addr = server.local_addrs()[0];
-    let cluster = server.cluster().expect("cluster part").clone();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        let _ = server.run(stopped, Duration::from_secs(4)).await;
-    });
-    Node {
-        addr,
-        cluster,
-        stop: Some(stop),
-        task,
-    }
+    Node::run(Server::bind(config).await.expect("bind"))
 }
 
 async fn three_nodes(dir: &Dir) -> (Network, Vec<Node>) {

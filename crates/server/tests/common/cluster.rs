@@ -93,23 +93,29 @@ pub async fn start_node_with(
         relay: None,
     });
     adjust(&mut config);
-    let server = Server::bind(config).await.expect("bind");
-    let addr = server.local_addrs()[0];
-    let cluster = server.cluster().expect("cluster part").clone();
-    let broker = server.broker().clone();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        let _ = server.run(stopped, Duration::from_secs(4)).await;
-    });
-    Node {
-        addr,
-        cluster,
-        broker,
-        stop: Some(stop),
-        task,
+    Node::run(Server::bind(config).await.expect("bind"))
+}
+
+impl Node {
+    /// Runs a bound clustered server until the node is shut down.
+    pub fn run(server: Server) -> Node {
+        let addr = server.local_addrs()[0];
+        let cluster = server.cluster().expect("cluster part").clone();
+        let broker = server.broker().clone();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let _ = server.run(stopped, Duration::from_secs(4)).await;
+        });
+        Node {
+            addr,
+            cluster,
+            broker,
+            stop: Some(stop),
+            task,
+        }
     }
 }
 

@@ -46,10 +46,20 @@ _PROBES = itertools.count(1)
 _VOTE = re.compile(r"^(\S+)\s.*vote is changing from \S+ to T(\d+)-N(\d+):committed", re.M)
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free on `host` right now, never one this run handed out before (the kernel gives
+    a just-closed port out again; a node's MQTT and cluster ports must differ)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
+    raise RuntimeError(f"no port left on {host} that this run has not handed out already")
 
 
 def log_time(stamp: str) -> float:

@@ -55,12 +55,22 @@ def tern_bin() -> Path:
     return path
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now (it may be taken before we bind it: the
-    caller retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    caller retries). Never the same port twice in one run: the kernel hands a just-closed
+    ephemeral port out again, so a test asking for two ports (a listener in the configuration
+    and the broker's `--listen`) could otherwise be given one port for both."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port left that this run has not handed out already")
 
 
 class Broker(tuple):

@@ -6,7 +6,6 @@ with 0x88 (fail closed)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from paho.mqtt.client import MQTTv5, MQTTv311
 
-from conftest import HOST, _start_broker, _stop_broker
+from conftest import HOST, _start_broker, _stop_broker, free_port
 from mqtt_clients import PahoClient
 
 TIMEOUT = 10
@@ -117,9 +116,7 @@ def test_permissions_from_the_answer(http_broker):
 
 
 def test_service_down_fails_closed(request, tmp_path):
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens there: the service is down
     running = start(request, tmp_path, port)
     try:
         client = PahoClient((running.host, running.port), "down", MQTTv5)

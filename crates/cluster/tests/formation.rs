@@ -3,8 +3,9 @@
 //! must be able to join a running cluster without restarting the others"; "leader killed,
 //! traffic goes on").
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tern_cluster::{ClusterNode, Command, NodeConfig, Outcome, Timing};
@@ -30,12 +31,16 @@ fn timing() -> Timing {
     }
 }
 
-/// Reserves a loopback port for a node (bound and released: the node binds it again).
+/// A port free now for a server started later, on a loopback address of its own (127.0.0.10
+/// and up, the next one each call): the kernel may hand a just-released port out again, so a
+/// port reserved on 127.0.0.1 could be given to another reservation or to a port-0 listener of a
+/// test running beside before the server binds it.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let host = 10 + NEXT.fetch_add(1, Ordering::Relaxed) % 240;
+    std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, host), 0))
+        .and_then(|socket| socket.local_addr())
+        .expect("a free loopback port")
 }
 
 async fn start(

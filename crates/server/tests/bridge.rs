@@ -3,8 +3,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use common::{Client, WAIT, options};
@@ -142,10 +143,16 @@ fn bridge_to(remote: SocketAddr, topics: &str) -> String {
     )
 }
 
-/// A port free now (bound and let go), for a server started later.
+/// A port free now for a server started later, on a loopback address of its own (127.0.0.10
+/// and up, the next one each call): the kernel may hand a just-released port out again, so a
+/// port reserved on 127.0.0.1 could be given to another reservation or to a port-0 listener of a
+/// test running beside before the server binds it.
 fn free_port() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("address")
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let host = 10 + NEXT.fetch_add(1, Ordering::Relaxed) % 240;
+    std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, host), 0))
+        .and_then(|socket| socket.local_addr())
+        .expect("a free loopback port")
 }
 
 fn qos(level: u8) -> R {

@@ -2,8 +2,9 @@
 //! directories, formed from each other's addresses as seeds.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tern_server::cluster::{Cluster, ClusterConfig};
@@ -51,11 +52,16 @@ pub fn temp_dir(name: &str) -> Dir {
     Dir(dir)
 }
 
+/// A port free now for a server started later, on a loopback address of its own (127.0.0.10
+/// and up, the next one each call): the kernel may hand a just-released port out again, so a
+/// port reserved on 127.0.0.1 could be given to another reservation or to a port-0 listener of a
+/// test running beside before the server binds it.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let host = 10 + NEXT.fetch_add(1, Ordering::Relaxed) % 240;
+    std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, host), 0))
+        .and_then(|socket| socket.local_addr())
+        .expect("a free loopback port")
 }
 
 pub async fn start_node(id: u64, cluster_addrs: &[SocketAddr], dir: &Dir) -> Node {

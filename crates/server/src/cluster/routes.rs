@@ -109,9 +109,10 @@ impl RouteTable {
         }
     }
 
-    /// What `topic` matches on nodes other than `me`, and which groups' turn is elsewhere.
-    /// Allocates nothing when everything matched is `me`'s (local traffic).
-    pub fn matching(&self, topic: &str, me: NodeId) -> RouteMatch {
+    /// What `topic` matches on nodes other than `me`, and which groups' turn is elsewhere
+    /// (a group's turn skips the nodes `usable` rejects, unless all are). Allocates nothing
+    /// when everything matched is `me`'s (local traffic).
+    pub fn matching(&self, topic: &str, me: NodeId, usable: impl Fn(NodeId) -> bool) -> RouteMatch {
         let mut found = RouteMatch::default();
         self.index.for_each_match(topic, |matched| match matched {
             Matched::Subscriber(NodeEntry(node)) => {
@@ -120,7 +121,8 @@ impl RouteTable {
                 }
             }
             Matched::Group(group) => {
-                if let Some(NodeEntry(node)) = group.pick(|_| true)
+                if let Some(NodeEntry(node)) =
+                    group.pick(|NodeEntry(node)| *node == me || usable(*node))
                     && *node != me
                 {
                     let plain = tern_codec::topic::split_shared(&group.filter)
@@ -134,6 +136,25 @@ impl RouteTable {
         found
     }
 
+    /// Whether a message to `topic` would have to go to a node `blocked` names: one with a
+    /// plain subscription to it, or the only kind of member a matching shared group has.
+    pub fn reaches(&self, topic: &str, me: NodeId, blocked: impl Fn(NodeId) -> bool) -> bool {
+        let mut reaches = false;
+        self.index.for_each_match(topic, |matched| {
+            if reaches {
+                return;
+            }
+            reaches = match matched {
+                Matched::Subscriber(NodeEntry(node)) => *node != me && blocked(*node),
+                Matched::Group(group) => group
+                    .members
+                    .iter()
+                    .all(|NodeEntry(node)| *node != me && blocked(*node)),
+            };
+        });
+        reaches
+    }
+
     /// Whether the table holds no route at all (the fast path of a publish).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -144,5 +165,47 @@ fn full_filter(group: Option<&str>, filter: &str) -> String {
     match group {
         Some(group) => format!("$share/{group}/{filter}"),
         None => filter.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16, a congested outbox: a topic reaches a blocked node through a plain route, or
+    /// through a shared group none of whose members can take it; a group with another member
+    /// (here or on a free node) does not, and its turn skips the blocked node.
+    #[test]
+    fn reaches_and_group_turns_follow_blocked_nodes() {
+        let me = 1;
+        let blocked = |node: NodeId| node == 3;
+        let mut table = RouteTable::default();
+        table.add(None, "plain/#", 3);
+        table.add(None, "free/#", 2);
+        table.add(Some("g"), "shared/#", 3);
+        assert!(table.reaches("plain/x", me, blocked));
+        assert!(!table.reaches("free/x", me, blocked));
+        assert!(
+            table.reaches("shared/x", me, blocked),
+            "its only member is blocked"
+        );
+        assert!(!table.reaches("nothing/x", me, blocked));
+
+        table.add(Some("g"), "shared/#", 2);
+        assert!(!table.reaches("shared/x", me, blocked));
+        for _ in 0..4 {
+            let found = table.matching("shared/x", me, |node| !blocked(node));
+            assert_eq!(found.groups, vec![(("g".into(), "shared/#".into()), 2)]);
+        }
+        table.remove(Some("g"), "shared/#", 2);
+        table.add(Some("g"), "shared/#", me);
+        assert!(!table.reaches("shared/x", me, blocked), "a member here");
+        for _ in 0..4 {
+            assert!(
+                table
+                    .matching("shared/x", me, |node| !blocked(node))
+                    .is_empty()
+            );
+        }
     }
 }

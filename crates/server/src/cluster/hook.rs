@@ -68,7 +68,7 @@ impl Glue {
     pub fn new(node_id: NodeId, persistence: Option<Arc<dyn Persistence>>) -> Glue {
         Glue {
             node_id,
-            table: RwLock::new(RouteTable::default()),
+            table: RwLock::new(RouteTable::new(node_id)),
             local: Mutex::new(BTreeSet::new()),
             pending: Mutex::new(Pending {
                 resync: true,

@@ -33,15 +33,35 @@ impl RouteMatch {
     }
 }
 
-/// The route index.
+/// The route index of one node. Its own plain routes are left out of the index (a local
+/// publish finds its local subscribers in the core's index): a node whose traffic stays local
+/// finds the index empty and pays nothing for being in a cluster. Shared groups keep every
+/// node, this one included, since a group's turn goes round all of them.
 #[derive(Default)]
 pub struct RouteTable {
+    /// The node whose table it is (0: none, every route indexed).
+    me: NodeId,
     index: SubscriptionIndex<NodeEntry>,
-    /// What the index holds, to apply differences: (group, filter, node).
+    /// What the table holds, to apply differences: (group, filter, node).
     entries: BTreeSet<(Option<String>, String, NodeId)>,
+    /// How many of `entries` are in the index.
+    indexed: usize,
 }
 
 impl RouteTable {
+    /// The table of node `me`.
+    pub fn new(me: NodeId) -> RouteTable {
+        RouteTable {
+            me,
+            ..RouteTable::default()
+        }
+    }
+
+    /// Whether (group, node) is kept in the index.
+    fn indexes(&self, group: Option<&str>, node: NodeId) -> bool {
+        group.is_some() || node != self.me
+    }
+
     /// Makes the table hold exactly the state's routes (after a snapshot, at start), or only
     /// what changed.
     pub fn sync(&mut self, state: &ClusterState) {
@@ -59,32 +79,30 @@ impl RouteTable {
         let gone: Vec<_> = self.entries.difference(&wanted).cloned().collect();
         let new: Vec<_> = wanted.difference(&self.entries).cloned().collect();
         for (group, filter, node) in gone {
-            let full = full_filter(group.as_deref(), &filter);
-            self.index.remove(&full, &NodeEntry(node));
-            self.entries.remove(&(group, filter, node));
+            self.remove(group.as_deref(), &filter, node);
         }
         for (group, filter, node) in new {
-            let full = full_filter(group.as_deref(), &filter);
-            self.index.insert(&full, NodeEntry(node));
-            self.entries.insert((group, filter, node));
+            self.add(group.as_deref(), &filter, node);
         }
     }
 
     /// `node` subscribes to `filter` (of `group`).
     pub fn add(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
-        if self.entries.insert(key) {
+        if self.entries.insert(key) && self.indexes(group, node) {
             self.index
                 .insert(&full_filter(group, filter), NodeEntry(node));
+            self.indexed += 1;
         }
     }
 
     /// `node` no longer subscribes to `filter` (of `group`).
     pub fn remove(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
-        if self.entries.remove(&key) {
+        if self.entries.remove(&key) && self.indexes(group, node) {
             self.index
                 .remove(&full_filter(group, filter), &NodeEntry(node));
+            self.indexed -= 1;
         }
     }
 
@@ -155,9 +173,10 @@ impl RouteTable {
         reaches
     }
 
-    /// Whether the table holds no route at all (the fast path of a publish).
+    /// Whether no other node has a route and there is no shared group (the fast path of a
+    /// publish).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.indexed == 0
     }
 }
 
@@ -179,7 +198,7 @@ mod tests {
     fn reaches_and_group_turns_follow_blocked_nodes() {
         let me = 1;
         let blocked = |node: NodeId| node == 3;
-        let mut table = RouteTable::default();
+        let mut table = RouteTable::new(me);
         table.add(None, "plain/#", 3);
         table.add(None, "free/#", 2);
         table.add(Some("g"), "shared/#", 3);
@@ -190,6 +209,11 @@ mod tests {
             "its only member is blocked"
         );
         assert!(!table.reaches("nothing/x", me, blocked));
+        table.add(None, "plain/#", me);
+        assert!(
+            table.reaches("plain/x", me, blocked),
+            "this node's route changes nothing"
+        );
 
         table.add(Some("g"), "shared/#", 2);
         assert!(!table.reaches("shared/x", me, blocked));
@@ -207,5 +231,32 @@ mod tests {
                     .is_empty()
             );
         }
+    }
+
+    /// A node's own plain routes are not indexed: with no other node's route and no group the
+    /// table is empty (a local publish's fast path); every change is still followed.
+    #[test]
+    fn own_plain_routes_leave_the_table_empty() {
+        let mut table = RouteTable::new(1);
+        table.add(None, "a/#", 1);
+        table.add(None, "b/+", 1);
+        assert!(table.is_empty());
+        assert!(table.matching("a/x", 1, |_| true).is_empty());
+        table.add(None, "a/#", 2);
+        assert!(!table.is_empty());
+        assert_eq!(table.matching("a/x", 1, |_| true).nodes, vec![2]);
+        table.remove(None, "a/#", 2);
+        assert!(table.is_empty());
+        table.add(Some("g"), "c/#", 1);
+        assert!(!table.is_empty(), "a group goes round every node");
+        table.remove(Some("g"), "c/#", 1);
+        table.remove(None, "a/#", 1);
+        table.remove(None, "b/+", 1);
+        assert!(table.is_empty());
+        // This node's route again beside another's: counts stay right.
+        table.add(None, "a/#", 1);
+        table.add(None, "a/#", 3);
+        table.remove(None, "a/#", 3);
+        assert!(table.is_empty());
     }
 }

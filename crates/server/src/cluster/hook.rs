@@ -43,6 +43,8 @@ pub struct Glue {
     pub node_id: NodeId,
     /// The routes of every node, as the replicated state has them.
     pub table: RwLock<RouteTable>,
+    /// Whether `table` is empty, read without its lock (a local publish's fast path).
+    table_empty: Arc<std::sync::atomic::AtomicBool>,
     /// This node's routes as its core has them now.
     pub local: Mutex<BTreeSet<LocalRoute>>,
     pub pending: Mutex<Pending>,
@@ -66,9 +68,11 @@ pub struct Glue {
 
 impl Glue {
     pub fn new(node_id: NodeId, persistence: Option<Arc<dyn Persistence>>) -> Glue {
+        let table = RouteTable::new(node_id);
         Glue {
             node_id,
-            table: RwLock::new(RouteTable::new(node_id)),
+            table_empty: table.emptiness(),
+            table: RwLock::new(table),
             local: Mutex::new(BTreeSet::new()),
             pending: Mutex::new(Pending {
                 resync: true,
@@ -117,6 +121,10 @@ impl ClusterHook for Glue {
     }
 
     fn plan(&self, message: &Message) -> Option<ClusterPlan> {
+        // Nothing on other nodes and no shared group: traffic that stays here pays one load.
+        if self.table_empty.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let table = self
             .table
             .read()

@@ -3,6 +3,8 @@
 //! subscriptions), with each node as an entry.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tern_broker::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 use tern_cluster::{ClusterState, NodeId};
@@ -46,6 +48,8 @@ pub struct RouteTable {
     entries: BTreeSet<(Option<String>, String, NodeId)>,
     /// How many of `entries` are in the index.
     indexed: usize,
+    /// `indexed == 0`, readable without the table's lock (see [`RouteTable::emptiness`]).
+    empty: Arc<AtomicBool>,
 }
 
 impl RouteTable {
@@ -53,8 +57,15 @@ impl RouteTable {
     pub fn new(me: NodeId) -> RouteTable {
         RouteTable {
             me,
+            empty: Arc::new(AtomicBool::new(true)),
             ..RouteTable::default()
         }
+    }
+
+    /// A flag that follows [`RouteTable::is_empty`], for a publish to read without taking
+    /// the table's lock.
+    pub fn emptiness(&self) -> Arc<AtomicBool> {
+        self.empty.clone()
     }
 
     /// Whether (group, node) is kept in the index.
@@ -93,6 +104,7 @@ impl RouteTable {
             self.index
                 .insert(&full_filter(group, filter), NodeEntry(node));
             self.indexed += 1;
+            self.empty.store(false, Ordering::Relaxed);
         }
     }
 
@@ -103,6 +115,7 @@ impl RouteTable {
             self.index
                 .remove(&full_filter(group, filter), &NodeEntry(node));
             self.indexed -= 1;
+            self.empty.store(self.indexed == 0, Ordering::Relaxed);
         }
     }
 
@@ -240,13 +253,14 @@ mod tests {
         let mut table = RouteTable::new(1);
         table.add(None, "a/#", 1);
         table.add(None, "b/+", 1);
-        assert!(table.is_empty());
+        let emptiness = table.emptiness();
+        assert!(table.is_empty() && emptiness.load(Ordering::Relaxed));
         assert!(table.matching("a/x", 1, |_| true).is_empty());
         table.add(None, "a/#", 2);
-        assert!(!table.is_empty());
+        assert!(!table.is_empty() && !emptiness.load(Ordering::Relaxed));
         assert_eq!(table.matching("a/x", 1, |_| true).nodes, vec![2]);
         table.remove(None, "a/#", 2);
-        assert!(table.is_empty());
+        assert!(table.is_empty() && emptiness.load(Ordering::Relaxed));
         table.add(Some("g"), "c/#", 1);
         assert!(!table.is_empty(), "a group goes round every node");
         table.remove(Some("g"), "c/#", 1);

@@ -115,6 +115,7 @@ async fn start_node(id: u64, cluster_addr: SocketAddr, seeds: Vec<String>, dir: 
         proposal_timeout_ms: 3_000,
         lease_ms: 5_000,
         relay: None,
+        tls: None,
     };
     start_server(id, cluster_addr, Some(cluster), dir).await
 }

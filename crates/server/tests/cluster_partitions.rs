@@ -37,6 +37,7 @@ async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
         proposal_timeout_ms: 3_000,
         lease_ms: 20_000,
         relay: Some(RelayMap(net.addr_map(id))),
+        tls: None,
     });
     net.release(id);
     Node::run(Server::bind(config).await.expect("bind"))

@@ -21,6 +21,7 @@ mod routes;
 mod sink;
 mod sync;
 mod tickets;
+mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +33,9 @@ use tern_cluster::link::{DataPlane, OutboxLimits};
 use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
 use tokio::sync::watch;
 
-pub use config::{ClusterConfig, RelayMap};
+pub use config::{ClusterConfig, ClusterTlsConfig, RelayMap};
+pub use tls::ClusterTlsError;
+pub(crate) use tls::{load as load_tls, transport};
 
 /// A running cluster membership.
 #[derive(Clone)]
@@ -55,6 +58,7 @@ impl Cluster {
             Vec<(u64, u64, u64)>,
         ),
         stop: watch::Receiver<bool>,
+        transport: tern_cluster::Transport,
     ) -> Result<Cluster, NodeError> {
         let timing = Timing {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
@@ -88,6 +92,7 @@ impl Cluster {
             mqtt_addrs,
             timing,
             addr_map: config.relay.as_ref().map(|relay| relay.0.clone()),
+            transport,
         })
         .await?;
         let glue = Arc::new(hook::Glue::new(config.node_id, persistence.clone()));

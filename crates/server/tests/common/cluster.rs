@@ -97,6 +97,7 @@ pub async fn start_node_with(
         proposal_timeout_ms: 3_000,
         lease_ms: 5_000,
         relay: None,
+        tls: None,
     });
     adjust(&mut config);
     Node::run(Server::bind(config).await.expect("bind"))

@@ -294,7 +294,6 @@ impl Server {
                         persistence,
                         cluster_recovered,
                         cluster_stopped,
-                        crate::cluster::transport(cluster_config)?,
                     )
                     .await?,
                 )

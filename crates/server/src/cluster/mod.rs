@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 pub use config::{ClusterConfig, ClusterTlsConfig, RelayMap};
 pub use tls::ClusterTlsError;
-pub(crate) use tls::{load as load_tls, transport};
+pub(crate) use tls::load as load_tls;
 
 /// A running cluster membership.
 #[derive(Clone)]
@@ -58,8 +58,9 @@ impl Cluster {
             Vec<(u64, u64, u64)>,
         ),
         stop: watch::Receiver<bool>,
-        transport: tern_cluster::Transport,
-    ) -> Result<Cluster, NodeError> {
+    ) -> Result<Cluster, crate::server::ServerError> {
+        // The links' transport first: a bad certificate file stops the start here.
+        let transport = tls::transport(config)?;
         let timing = Timing {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             election_min: Duration::from_millis(config.election_timeout_ms),
@@ -117,7 +118,8 @@ impl Cluster {
             return Err(NodeError::Storage(format!(
                 "cannot keep the data plane's run in {}: {error}",
                 cluster_dir.display()
-            )));
+            ))
+            .into());
         }
         // What this node forwarded before a restart and was not acknowledged goes first; what
         // it delivered from others is not delivered again.

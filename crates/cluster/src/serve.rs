@@ -59,7 +59,15 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let plain = !transport.is_tls();
                     if let Err(error) = link(reader, writer, handler, stop).await {
+                        if let wire::WireError::TooLarge(announced) = error
+                            && plain
+                            && crate::transport::looks_like_tls(announced)
+                        {
+                            crate::transport::tls_on_plain_port(peer);
+                            return;
+                        }
                         tracing::debug!(%peer, %error, "cluster link ended");
                     }
                 });

@@ -169,6 +169,15 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// Logs a failed handshake: a warning the first time for `addr` and then once per
 /// [`WARN_EVERY`].
 fn handshake_failed(side: &'static str, addr: &str, error: &io::Error) {
+    if warn_now(side, addr) {
+        tracing::warn!(side, %addr, %error, "cluster link: TLS handshake failed (is [cluster] tls the same on both nodes, and the certificate signed by the cluster's CA for this address?)");
+    } else {
+        tracing::debug!(side, %addr, %error, "cluster link: TLS handshake failed");
+    }
+}
+
+/// Whether a warning about `addr` is due (the first, or [`WARN_EVERY`] after the last one).
+fn warn_now(side: &'static str, addr: &str) -> bool {
     static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
     let key = match side {
         // An accepted connection comes from a new port each time: keyed by the host.
@@ -176,25 +185,35 @@ fn handshake_failed(side: &'static str, addr: &str, error: &io::Error) {
         _ => addr,
     };
     let key = format!("{side} {key}");
-    let warn = {
-        let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let last = last.get_or_insert_with(HashMap::new);
-        let now = Instant::now();
-        match last.get(&key) {
-            Some(at) if now.duration_since(*at) < WARN_EVERY => false,
-            _ => {
-                if last.len() > 1024 {
-                    last.retain(|_, at| now.duration_since(*at) < WARN_EVERY);
-                }
-                last.insert(key, now);
-                true
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let last = last.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match last.get(&key) {
+        Some(at) if now.duration_since(*at) < WARN_EVERY => false,
+        _ => {
+            if last.len() > 1024 {
+                last.retain(|_, at| now.duration_since(*at) < WARN_EVERY);
             }
+            last.insert(key, now);
+            true
         }
-    };
-    if warn {
-        tracing::warn!(side, %addr, %error, "cluster link: TLS handshake failed (is [cluster] tls the same on both nodes, and the certificate signed by the cluster's CA for this address?)");
+    }
+}
+
+/// Whether a frame length read from a plain link is the start of a TLS record (content type
+/// 22, handshake, then version 3.x): a peer with `[cluster] tls` dialled this node without.
+pub(crate) fn looks_like_tls(announced: usize) -> bool {
+    announced >> 24 == 0x16 && (announced >> 16) & 0xff == 0x03
+}
+
+/// A peer began a TLS handshake on this node's plain cluster port: logged (a warning once
+/// per [`WARN_EVERY`] per host), since `[cluster] tls` must be the same on every node.
+pub(crate) fn tls_on_plain_port(peer: std::net::SocketAddr) {
+    let addr = peer.to_string();
+    if warn_now("plain", &addr) {
+        tracing::warn!(%addr, "cluster link refused: the peer speaks TLS and this node has no [cluster] tls (it must be the same on every node)");
     } else {
-        tracing::debug!(side, %addr, %error, "cluster link: TLS handshake failed");
+        tracing::debug!(%addr, "cluster link refused: the peer speaks TLS");
     }
 }
 
@@ -217,5 +236,15 @@ mod tests {
             ServerName::try_from("node-1.cluster.example").unwrap()
         );
         assert!(server_name("not a name:7883").is_err());
+    }
+
+    /// A TLS ClientHello read as a frame header: record type 22, version 3.1 (any length).
+    #[test]
+    fn a_tls_record_is_told_from_a_frame_length() {
+        assert!(looks_like_tls(
+            u32::from_be_bytes([0x16, 0x03, 0x01, 0x02]) as usize
+        ));
+        assert!(!looks_like_tls(10));
+        assert!(!looks_like_tls(crate::wire::MAX_FRAME));
     }
 }

@@ -2,16 +2,19 @@
 with `[cluster] tls` (certificates made here with the openssl command line: a CA, and a
 certificate per node for its IP address), under paho and mosquitto clients; and a TLS client
 that is not a node (openssl s_client without a certificate, then with one of another CA) is
-refused by a node's cluster port."""
+refused by a node's cluster port; a node without `tls` cannot join a cluster that has it (both
+sides log why)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cluster_fixture import Cluster, await_route
+from cluster_fixture import Cluster, ClusterNode, await_route, free_port
+from conftest import SHUTDOWN_TIMEOUT
 from mqtt_clients import MQTTV5, PahoClient, mosquitto_pub
 
 
@@ -113,3 +116,29 @@ def test_a_tls_client_without_a_cluster_certificate_is_refused(tls_cluster):
         assert refused.returncode != 0, (who, refused.stdout.decode(errors="replace")[-2000:])
     assert tls_cluster.node(1).wait_for_log("TLS handshake failed", timeout=5.0), \
         tls_cluster.node(1).tail()
+
+
+@pytest.mark.test_timeout(60)
+def test_a_node_without_tls_cannot_join_and_both_sides_say_why(tls_cluster, tmp_path):
+    """Mixed configuration (brief: "must fail cleanly, never fall back to plaintext"): a node
+    without `[cluster] tls` whose seed is a TLS node never becomes a member; the TLS node logs
+    the failed handshake; the plain node, dialled in TLS, logs that the peer speaks TLS; it
+    stops cleanly on SIGTERM."""
+    host = "127.0.0.5"
+    plain = ClusterNode(4, host, free_port(host), free_port(host), tmp_path / "plain",
+                        [tls_cluster.node(1).cluster_addr])
+    plain.start()
+    try:
+        assert tls_cluster.node(1).wait_for_log(
+            r"TLS handshake failed.*side=\"?accepted", timeout=10.0), tls_cluster.node(1).tail()
+        probe = s_client(plain.cluster_addr, cwd=tls_cluster.pki)
+        assert probe.returncode != 0, probe.stdout.decode(errors="replace")[-2000:]
+        assert plain.wait_for_log("the peer speaks TLS and this node has no", timeout=5.0), \
+            plain.tail()
+        assert "cluster: forming" not in plain.log(), plain.tail()
+        for node in tls_cluster.nodes:
+            assert "admitting a node" not in node.log() or "node=4" not in node.log()
+    finally:
+        plain.proc.send_signal(signal.SIGTERM)
+        code = plain.proc.wait(timeout=SHUTDOWN_TIMEOUT + 5)
+    assert code == 0, plain.tail()

@@ -328,3 +328,57 @@ async fn tls_links_through_the_relay_survive_a_cut() {
         node.shutdown().await;
     }
 }
+
+/// A measurement, not a check (`cargo test -p tern-server --test cluster_tls -- --ignored
+/// --nocapture`): QoS 1 messages published on C for a subscriber on A, the links plain TCP and
+/// then mutual TLS; the time until the last one arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_cross_node_qos1_plain_and_tls() {
+    const COUNT: usize = 3_000;
+    for with_tls in [false, true, false, true] {
+        let dir = temp_dir("tls-measure");
+        let ca = Ca::new("tern cluster CA");
+        let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let mut nodes = Vec::new();
+        for id in 1..=3u64 {
+            let tls =
+                with_tls.then(|| ca.node(&dir.0, &format!("n{id}"), addrs[id as usize - 1], &ca));
+            nodes.push(start(id, &addrs, &dir, tls).await);
+        }
+        until("three registered nodes on every node", || {
+            nodes
+                .iter()
+                .all(|node| node.cluster.node().state().node_count() == 3)
+        })
+        .await;
+        let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
+        subscriber.subscribe("m/#", QoS::AtLeastOnce).await;
+        route_known(&nodes, "m/#", 1).await;
+        let publisher = Client::simple(nodes[2].addr, "pub-c").await;
+        let started = std::time::Instant::now();
+        let publishing = async {
+            for i in 0..COUNT {
+                publisher
+                    .publish("m/x", QoS::AtLeastOnce, false, vec![i as u8; 64])
+                    .await;
+            }
+        };
+        let receiving = async {
+            for _ in 0..COUNT {
+                subscriber.recv().await;
+            }
+        };
+        tokio::join!(publishing, receiving);
+        let elapsed = started.elapsed();
+        eprintln!(
+            "CLUSTER-TLS-MEASURE links={} messages={COUNT} seconds={:.3} msg_per_s={:.0}",
+            if with_tls { "tls" } else { "plain" },
+            elapsed.as_secs_f64(),
+            COUNT as f64 / elapsed.as_secs_f64()
+        );
+        for node in nodes {
+            node.shutdown().await;
+        }
+    }
+}

@@ -74,7 +74,8 @@ class ClusterNode:
 
     def __init__(self, node_id: int, host: str, mqtt_port: int, cluster_port: int,
                  directory: Path, peers: list[str], *, command_prefix: list[str] | None = None,
-                 mqtt_host: str | None = None, extra_config: str = ""):
+                 mqtt_host: str | None = None, extra_config: str = "",
+                 cluster_config: str = ""):
         self.node_id = node_id
         self.host = mqtt_host or host
         self.port = mqtt_port
@@ -103,6 +104,7 @@ class ClusterNode:
             f"heartbeat_ms = {HEARTBEAT_MS}\n"
             f"election_timeout_ms = {ELECTION_TIMEOUT_MS}\n"
             f"proposal_timeout_ms = {PROPOSAL_TIMEOUT_MS}\n"
+            f"{cluster_config.format(node_id=node_id)}"
         )
 
     def __repr__(self) -> str:
@@ -213,15 +215,18 @@ class Cluster:
 
     def __init__(self, base: Path, size: int = 3, *, hosts: list[str] | None = None,
                  mqtt_hosts: list[str] | None = None,
-                 command_prefixes: list[list[str]] | None = None, extra_config: str = ""):
+                 command_prefixes: list[list[str]] | None = None, extra_config: str = "",
+                 cluster_config: str = ""):
         """`extra_config`: top-level keys and tables for every node's file, before
-        `[cluster]`; `{host}` in it is the node's MQTT host."""
+        `[cluster]`; `{host}` in it is the node's MQTT host. `cluster_config`: more keys of
+        `[cluster]` (`{node_id}` in it is the node's id)."""
         self.base = base
         self.size = size
         self.hosts = hosts or [f"127.0.0.{i + 2}" for i in range(size)]
         self.mqtt_hosts = mqtt_hosts or self.hosts
         self.command_prefixes = command_prefixes or [[] for _ in range(size)]
         self.extra_config = extra_config
+        self.cluster_config = cluster_config
         self.nodes: list[ClusterNode] = []
         self.attempt = 0
         self._started = time.monotonic()
@@ -243,7 +248,7 @@ class Cluster:
                 self.base / f"a{self.attempt}-node{i + 1}",
                 [addr for j, addr in enumerate(cluster_addrs) if j != i],
                 command_prefix=self.command_prefixes[i], mqtt_host=self.mqtt_hosts[i],
-                extra_config=self.extra_config,
+                extra_config=self.extra_config, cluster_config=self.cluster_config,
             )
             for i in range(self.size)
         ]

@@ -39,6 +39,8 @@ pub mod rpc;
 pub mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transport;
 pub mod wire;
 
 pub use node::{ClusterNode, ClusterStatus, HandOverHandler, NodeConfig, NodeError, Timing};
+pub use transport::{ClusterTls, Transport};

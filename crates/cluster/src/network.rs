@@ -16,6 +16,7 @@ use openraft::raft::{
 
 use crate::peer::{AddrMap, FrameHandler, Peer, PeerError, lock};
 use crate::rpc::{RpcRequest, RpcResponse};
+use crate::transport::Transport;
 use crate::types::{NodeId, TypeConfig};
 
 /// The links this node dials, one per peer, shared by openraft's replication, the proposer
@@ -25,15 +26,22 @@ pub struct Peers {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     on_frame: Option<FrameHandler>,
     addr_map: Option<AddrMap>,
+    transport: Transport,
 }
 
 impl Peers {
-    pub fn new(local: NodeId, on_frame: Option<FrameHandler>, addr_map: Option<AddrMap>) -> Peers {
+    pub fn new(
+        local: NodeId,
+        on_frame: Option<FrameHandler>,
+        addr_map: Option<AddrMap>,
+        transport: Transport,
+    ) -> Peers {
         Peers {
             local,
             peers: Mutex::new(HashMap::new()),
             on_frame,
             addr_map,
+            transport,
         }
     }
 
@@ -47,6 +55,7 @@ impl Peers {
                 addr.to_owned(),
                 self.on_frame.clone(),
                 self.addr_map.clone(),
+                self.transport.clone(),
             ))
         });
         peer.set_addr(addr);
@@ -60,7 +69,14 @@ impl Peers {
 
     /// A link to an address whose node is not known yet (a seed): not kept.
     pub fn probe_link(&self, addr: &str) -> Peer {
-        Peer::new(self.local, 0, addr.to_owned(), None, self.addr_map.clone())
+        Peer::new(
+            self.local,
+            0,
+            addr.to_owned(),
+            None,
+            self.addr_map.clone(),
+            self.transport.clone(),
+        )
     }
 
     /// Forgets a node's link (it left).

@@ -20,6 +20,7 @@ use crate::rpc::{ProbeAnswer, Refusal, RpcRequest, RpcResponse};
 use crate::serve::{self, Answer, Handler};
 use crate::state::ClusterState;
 use crate::state_store::Applied;
+use crate::transport::Transport;
 use crate::types::{NodeId, TypeConfig};
 use crate::wire::Frame;
 
@@ -43,6 +44,8 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Maps a peer's advertised address to the one dialled (tests put relays between nodes).
     pub addr_map: Option<AddrMap>,
+    /// Plain TCP or mutual TLS, for the links this node dials and those it accepts.
+    pub transport: Transport,
 }
 
 /// The Raft timers and the proposal timeout.
@@ -189,6 +192,7 @@ impl ClusterNode {
             config.node_id,
             Some(on_frame),
             config.addr_map.clone(),
+            config.transport.clone(),
         ));
         let raft_config = openraft::Config {
             cluster_name: "tern".into(),
@@ -230,7 +234,8 @@ impl ClusterNode {
             }),
         };
         let handler: Arc<dyn Handler> = Arc::new(node.clone());
-        tokio::spawn(serve::serve(listener, handler, stopped.clone()));
+        let transport = node.inner.config.transport.clone();
+        tokio::spawn(serve::serve(listener, transport, handler, stopped.clone()));
         tokio::spawn(node.clone().propose_loop(queue, stopped.clone()));
         tokio::spawn(node.clone().membership_loop(stopped));
         Ok((node, events))

@@ -5,14 +5,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::rpc::{RpcRequest, RpcResponse};
+use crate::transport::Transport;
 use crate::types::NodeId;
 use crate::wire::{self, Frame, Kind};
 
-/// How long a dialling node has to say hello.
+/// How long a dialling node has to finish its TLS handshake, and then to say hello.
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A boxed answer to a request.
@@ -30,6 +31,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Accepts links until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     handler: Arc<dyn Handler>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -42,8 +44,30 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let handler = handler.clone();
                 let stop = stop.clone();
+                let transport = transport.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = link(stream, handler, stop).await {
+                    let set_up =
+                        tokio::time::timeout(HELLO_TIMEOUT, transport.accept(stream, peer)).await;
+                    let (reader, writer) = match set_up {
+                        Ok(Ok(halves)) => halves,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "cluster link refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "cluster link: no TLS handshake in time");
+                            return;
+                        }
+                    };
+                    let plain = !transport.is_tls();
+                    if let Err(error) = link(reader, writer, handler, stop).await {
+                        if let wire::WireError::TooLarge(announced) = error
+                            && plain
+                            && crate::transport::looks_like_tls(announced)
+                        {
+                            crate::transport::tls_on_plain_port(peer);
+                            return;
+                        }
                         tracing::debug!(%peer, %error, "cluster link ended");
                     }
                 });
@@ -57,12 +81,11 @@ pub async fn serve(
 }
 
 async fn link(
-    stream: TcpStream,
+    reader: crate::transport::LinkReader,
+    writer: crate::transport::LinkWriter,
     handler: Arc<dyn Handler>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), wire::WireError> {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
     // Buffered: a frame's header and body in one read, many frames per read under load.
     let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame(&mut reader)).await {

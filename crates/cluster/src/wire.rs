@@ -144,7 +144,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// Writes the frames `rx` gives, in order, as many as are queued in one write (up to 256 KiB),
-/// until `rx` closes, a write fails or `alive` turns false; then marks `alive` false and shuts
+/// and flushed, until `rx` closes, a write fails or `alive` turns false; then marks `alive` false and shuts
 /// the writer down.
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
@@ -161,7 +161,8 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        if writer.write_all(&out).await.is_err() {
+        // Flushed: a TLS stream may keep records it could not write at once until then.
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
             break;
         }
         out.clear();

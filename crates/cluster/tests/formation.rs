@@ -58,6 +58,7 @@ async fn start(
         mqtt_addrs: vec![format!("127.0.0.1:{}", 1883 + id)],
         timing: timing(),
         addr_map: None,
+        transport: tern_cluster::Transport::plain(),
     })
     .await
     .unwrap();

@@ -84,6 +84,7 @@ impl TestCluster {
                 mqtt_addrs: vec![format!("127.0.0.1:{}", 1883 + id)],
                 timing: timing(),
                 addr_map: Some(net.addr_map(id)),
+                transport: tern_cluster::Transport::plain(),
             })
             .await
             .unwrap();

@@ -393,6 +393,9 @@ impl ServerConfig {
         for bridge in &mut config.bridges {
             bridge.resolve_paths(base);
         }
+        if let Some(cluster) = &mut config.cluster {
+            cluster.resolve_paths(base);
+        }
         config.validate().map_err(|error| match error {
             ConfigError::Invalid(message) => match locate(&text, &message) {
                 Some(line) => ConfigError::InvalidAt {

@@ -44,6 +44,8 @@ pub enum ServerError {
     AdminToken(#[from] tern_admin::TokenError),
     #[error("cluster: {0}")]
     Cluster(#[from] tern_cluster::NodeError),
+    #[error(transparent)]
+    ClusterTls(#[from] crate::cluster::ClusterTlsError),
 }
 
 /// Open connections, and a signal when the last one ends; and what every connection task
@@ -145,6 +147,14 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
         bridge
             .check_files()
             .map_err(crate::config::ConfigError::Invalid)?;
+    }
+    // The cluster's certificate, key and CA load.
+    if let Some(tls) = config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.tls.as_ref())
+    {
+        crate::cluster::load_tls(tls)?;
     }
     Ok(())
 }

@@ -286,7 +286,7 @@ impl TlsListener {
         Ok(certs)
     }
 
-    fn certified_key(
+    pub(crate) fn certified_key(
         &self,
         cert: &Path,
         key: &Path,
@@ -315,7 +315,7 @@ impl TlsListener {
         Ok(Arc::new(certified))
     }
 
-    fn client_roots(&self, path: &Path) -> Result<RootCertStore, TlsError> {
+    pub(crate) fn client_roots(&self, path: &Path) -> Result<RootCertStore, TlsError> {
         let mut roots = RootCertStore::empty();
         for cert in self.certificates(path)? {
             roots

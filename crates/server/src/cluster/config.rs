@@ -1,6 +1,8 @@
 //! The `[cluster]` table: this node's identity and where it meets the others (the shape is a
 //! contract, see docs/configuration.md).
 
+use std::path::{Path, PathBuf};
+
 use serde::Deserialize;
 
 /// `[cluster]`.
@@ -48,11 +50,29 @@ pub struct ClusterConfig {
     /// The same bound in bytes of the messages' encodings.
     #[serde(default = "default_outbox_max_bytes")]
     pub outbox_max_bytes: usize,
+    /// Mutual TLS on every node-to-node link; none: plain TCP (unauthenticated).
+    #[serde(default)]
+    pub tls: Option<ClusterTlsConfig>,
     /// Tests only (not in the file): maps the address of a node to the one this node dials,
     /// so that a fault-injecting relay can sit on every link.
     #[serde(skip)]
     #[doc(hidden)]
     pub relay: Option<RelayMap>,
+}
+
+/// `tls = { cert, key, ca }`: this node's certificate and key, and the CA every node's
+/// certificate must chain to (PEM files; relative paths from the configuration file's
+/// directory).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// This node's certificate chain, its own certificate first: shown when it accepts a link
+    /// and when it dials one.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, RSA or SEC1).
+    pub key: PathBuf,
+    /// The cluster's CA certificates: a peer's certificate must chain to one of them.
+    pub ca: PathBuf,
 }
 
 /// A function from (node, advertised address) to the address to dial.
@@ -106,6 +126,17 @@ impl ClusterConfig {
         self.advertise.as_deref().unwrap_or(&self.bind)
     }
 
+    /// TLS file paths relative to the configuration file's directory.
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        if let Some(tls) = &mut self.tls {
+            for path in [&mut tls.cert, &mut tls.key, &mut tls.ca] {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id == 0 {
@@ -144,6 +175,13 @@ impl ClusterConfig {
         }
         if self.proposal_timeout_ms < 100 {
             return Err("cluster.proposal_timeout_ms must be at least 100".into());
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
+                if path.as_os_str().is_empty() {
+                    return Err(format!("cluster.tls.{key} must name a PEM file"));
+                }
+            }
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ mod routes;
 mod sink;
 mod sync;
 mod tickets;
+mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +33,9 @@ use tern_cluster::link::{DataPlane, OutboxLimits};
 use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
 use tokio::sync::watch;
 
-pub use config::{ClusterConfig, RelayMap};
+pub use config::{ClusterConfig, ClusterTlsConfig, RelayMap};
+pub use tls::ClusterTlsError;
+pub(crate) use tls::load as load_tls;
 
 /// A running cluster membership.
 #[derive(Clone)]
@@ -55,7 +58,9 @@ impl Cluster {
             Vec<(u64, u64, u64)>,
         ),
         stop: watch::Receiver<bool>,
-    ) -> Result<Cluster, NodeError> {
+    ) -> Result<Cluster, crate::server::ServerError> {
+        // The links' transport first: a bad certificate file stops the start here.
+        let transport = tls::transport(config)?;
         let timing = Timing {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             election_min: Duration::from_millis(config.election_timeout_ms),
@@ -88,6 +93,7 @@ impl Cluster {
             mqtt_addrs,
             timing,
             addr_map: config.relay.as_ref().map(|relay| relay.0.clone()),
+            transport,
         })
         .await?;
         let glue = Arc::new(hook::Glue::new(config.node_id, persistence.clone()));
@@ -115,7 +121,8 @@ impl Cluster {
             return Err(NodeError::Storage(format!(
                 "cannot keep the data plane's run in {}: {error}",
                 cluster_dir.display()
-            )));
+            ))
+            .into());
         }
         // What this node forwarded before a restart and was not acknowledged goes first; what
         // it delivered from others is not delivered again.

@@ -88,6 +88,10 @@ pub enum Command {
         epoch: u64,
         node: NodeId,
     },
+    /// Changes nothing: `node` learns, once it has applied it, that its state holds every
+    /// entry committed before it (a node that restarted waits for this before it acts on
+    /// who owns its sessions). `nonce` tells its barriers apart.
+    Barrier { node: NodeId, nonce: u64 },
     /// The session of `client_id` ended (a clean disconnect of a non-persistent session, an
     /// expiry): the claim and its durable subscriptions go, if `epoch` is still the current
     /// one (otherwise refused as stale).

@@ -118,6 +118,7 @@ impl ClusterState {
                 persistent,
                 clean_start,
             } => self.claim(client_id, *node, *persistent, *clean_start),
+            Command::Barrier { .. } => Outcome::Done,
             Command::Returned {
                 client_id,
                 epoch,

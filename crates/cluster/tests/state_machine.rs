@@ -58,6 +58,7 @@ fn command() -> impl Strategy<Value = Command> {
             }
         ),
         2 => (client_id(), epoch()).prop_map(|(client_id, epoch)| Command::Release { client_id, epoch }),
+        1 => (node(), 0..3u64).prop_map(|(node, nonce)| Command::Barrier { node, nonce }),
         2 => (client_id(), epoch(), node()).prop_map(|(client_id, epoch, node)| Command::Returned {
             client_id,
             epoch,
@@ -227,7 +228,12 @@ fn check_pending_returns(
             }
             prop_assert_eq!(pending(after, client_id), expected);
         }
-        (Command::Returned { client_id, node, .. }, Outcome::Done) => {
+        (
+            Command::Returned {
+                client_id, node, ..
+            },
+            Outcome::Done,
+        ) => {
             let mut expected = pending(before, client_id);
             expected.remove(node);
             prop_assert_eq!(pending(after, client_id), expected);
@@ -237,7 +243,12 @@ fn check_pending_returns(
         }
         (Command::RemoveNode { node }, Outcome::Done) => {
             for (client_id, session) in after.sessions() {
-                prop_assert!(!session.pending_returns.contains(node), "{} still awaits {}", client_id, node);
+                prop_assert!(
+                    !session.pending_returns.contains(node),
+                    "{} still awaits {}",
+                    client_id,
+                    node
+                );
             }
         }
         _ => {}
@@ -283,7 +294,7 @@ proptest! {
                     prop_assert_eq!(&outcome, &Outcome::Done);
                 }
             }
-            if matches!(outcome, Outcome::UnknownNode) {
+            if matches!(outcome, Outcome::UnknownNode) || matches!(command, Command::Barrier { .. }) {
                 prop_assert_eq!(&state, &before);
             }
             check_pending_returns(&before, command, &outcome, &state)?;

@@ -39,6 +39,8 @@ pub struct Claimer {
     /// Whether a release of the client id is queued or under way here (the registry's entry
     /// is about to go: a reconnection takes the slow path and claims again).
     pub releasing: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Copies of sessions other nodes own (this node's own copy joins a session it claims).
+    pub returns: Arc<super::returns::Returns>,
 }
 
 /// Client ids whose previous owner did not answer a hand-over: not granted here (not even on
@@ -138,6 +140,7 @@ impl Claimer {
         let node = self.node.clone();
         let broker = self.broker.clone();
         let fences = self.fences.clone();
+        let returns = self.returns.clone();
         let (me, timeout, lease) = (self.me, self.timeout, self.lease);
         self.runtime.spawn(async move {
             let ClaimRequest {
@@ -152,8 +155,21 @@ impl Claimer {
             // One claim of a client id at a time on this node: a reconnection while this
             // one runs waits for it (and then finds the session it brings).
             let _claiming = fences.begin_claim(&client_id).await;
+            // Whether this node may hold a queue of the session still (it owned it and did
+            // not hand it over): that copy joins what the claim brings.
+            let listed = node
+                .state()
+                .session(&client_id)
+                .is_some_and(|entry| entry.pending_returns.contains(&me));
             let (mut result, silent, epoch) =
                 claim(&node, me, timeout, &client_id, clean_start, persistent).await;
+            if listed
+                && !clean_start
+                && let Ok(grant) = &mut result
+                && let Some(transfer) = &mut grant.transfer
+            {
+                returns.add_own_copy(transfer).await;
+            }
             if result.is_ok() {
                 // "Never two live connections": a previous owner that did not answer may
                 // still hold connections until its lease runs out; it looks at its lease

@@ -177,6 +177,7 @@ impl Cluster {
             stop.clone(),
         ));
         let _ = glue.claimer.set(claim::Claimer {
+            returns: returns.clone(),
             node: node.clone(),
             broker: Arc::downgrade(&broker),
             me: config.node_id,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tern_broker::{Broker, SessionTransfer};
+use tern_broker::{Broker, InflightState, SessionTransfer};
 use tern_cluster::{ClusterNode, Command, NodeId};
 use tokio::sync::{mpsc, watch};
 
@@ -119,6 +119,42 @@ impl Returns {
     /// Whether a return of `client_id` runs now (a hand-over waits for it).
     pub fn is_returning(&self, client_id: &str) -> bool {
         lock(&self.returning).contains(client_id)
+    }
+
+    /// This node claims `client_id` while the registry lists it among the session's pending
+    /// returns: its own copy joins `transfer`, the session the previous owner handed over
+    /// (or the registry's), instead of being replaced by it. Its messages in flight (but a
+    /// QoS 2 message whose PUBREC came) and its queue up to the cutoff go after the
+    /// transfer's queue.
+    pub async fn add_own_copy(&self, transfer: &mut SessionTransfer) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let client_id = transfer.client_id.to_string();
+        let waited = tokio::time::Instant::now() + self.timeout;
+        while self.is_returning(&client_id) && tokio::time::Instant::now() < waited {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = lock(&self.cutoffs).remove(&client_id);
+        let before = before
+            .or_else(|| broker.next_queue_position(&client_id))
+            .unwrap_or(u64::MAX);
+        let Some(own) = broker.export_returned(&client_id, before, Instant::now()) else {
+            return;
+        };
+        let messages = own.queue.len() + own.inflight.len();
+        transfer.queue.extend(
+            own.inflight
+                .into_iter()
+                .filter(|entry| entry.state != InflightState::AwaitingPubComp)
+                .map(|entry| entry.delivery)
+                .chain(own.queue),
+        );
+        tracing::info!(
+            client_id,
+            messages,
+            "cluster: this node's copy of the session joins the one it claimed"
+        );
     }
 
     /// Looks at the copy of `client_id` here.

@@ -196,3 +196,58 @@ async fn a_down_nodes_queue_is_discarded_after_a_clean_start_elsewhere() {
         node.shutdown().await;
     }
 }
+
+/// Issue 16 ("its queued messages return when N1 does"), the client back on the node that
+/// holds the copy: A's queue is not returned (B, the owner it was claimed by, is down too:
+/// a return, if tried, fails and the copy stays), and the client connects to A again. A's claim lists A among the pending returns,
+/// so A's copy joins the session it claims (from the registry, B being silent) instead of
+/// being replaced: the five messages queued on A are delivered, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_joins_the_session_when_its_client_comes_back_to_its_node() {
+    let dir = temp_dir("return-own");
+    let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
+    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
+    until("A listed among the pending returns", || {
+        nodes.iter().all(|node| {
+            node.cluster
+                .node()
+                .state()
+                .session(ID)
+                .is_some_and(|entry| entry.pending_returns.contains(&1))
+        })
+    })
+    .await;
+    // B (the owner) goes; A comes back: its return to B fails, its copy stays.
+    nodes.remove(0).shutdown().await;
+    nodes.insert(0, start_node(1, &addrs, &dir).await);
+    until("A caught up, still holding the copy", || {
+        nodes[0]
+            .cluster
+            .node()
+            .state()
+            .session(ID)
+            .is_some_and(|entry| entry.owner == Some(2))
+            && nodes[0].broker.session(ID).is_some()
+    })
+    .await;
+
+    assert!(claim_at(nodes[0].addr, false).await, "session present on A");
+    let (mut client, connack) = Client5::connect(options(nodes[0].addr, false)).await;
+    assert!(connack.session_present);
+    let mut returned = BTreeSet::new();
+    while returned.len() < 5 {
+        let message = client.recv().await;
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(payload.starts_with("before-"), "got {payload}");
+        assert!(returned.insert(payload.clone()), "{payload} twice");
+    }
+    route_known(&nodes, "wander/#", 1).await;
+    let publisher = Client::simple(nodes[1].addr, "pub-c2").await;
+    publisher
+        .publish("wander/x", QoS::AtLeastOnce, false, "end")
+        .await;
+    assert_eq!(client.recv().await.payload, &b"end"[..]);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

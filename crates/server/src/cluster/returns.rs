@@ -1,8 +1,8 @@
 //! "Return the queue" (issue 16, "Take-over across nodes": a down node's queued messages
 //! return when it does). A node holding an offline session whose registry owner is another
 //! node either returns it to that owner, when the registry lists this node among the
-//! session's pending returns, or discards it (the client started clean since, or the session
-//! ended). See docs/architecture.md ("A cluster: returning a queue").
+//! session's pending returns, or discards it (the client started clean since). A session
+//! the registry does not know is kept (released elsewhere, or older than the cluster). See docs/architecture.md ("A cluster: returning a queue").
 //!
 //! Looked at: every offline session once this node has caught up after it started (and after
 //! a snapshot replaced its state), and a session another node claimed from this one (after
@@ -190,12 +190,9 @@ impl Returns {
                 Looked::Done
             }
             (Some(_), None) => {
-                // The session ended in the cluster (released): this copy is stale.
-                tracing::info!(
-                    client_id,
-                    "cluster: a session ended elsewhere: its copy here discarded"
-                );
-                broker.export_session(client_id, Instant::now());
+                // Not registered: released elsewhere, or a session from before this node ran
+                // in a cluster (its client's next CONNECT here claims it). Not told apart:
+                // kept, as it was before returns existed; it expires here on its own.
                 forget();
                 Looked::Done
             }

@@ -45,6 +45,15 @@ pub trait ClusterHook: Send + Sync {
     /// number of the broker's own [`crate::persist::Persistence`], which the cluster writes
     /// its outboxes through.
     fn forward(&self, message: &Arc<Message>, plan: ClusterPlan) -> Seq;
+    /// Before a client's QoS 1/2 PUBLISH to `topic` is taken: whether a copy would go to a
+    /// node whose outbox is full (its link down or slow for long). The PUBLISH is then
+    /// refused like one the store cannot take (MQTT 5 0x97, 3.x unacknowledged and closed),
+    /// so that no acknowledged message loses a copy. Called for every such PUBLISH: it must
+    /// be cheap while no outbox is full. The default refuses nothing.
+    fn refuses(&self, topic: &str) -> bool {
+        let _ = topic;
+        false
+    }
     /// A local publish (or the admin API) set (`Some`) or cleared (`None`) the retained
     /// message of `topic`.
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
@@ -270,6 +279,12 @@ impl Broker {
     /// The cluster plugged in, if any.
     pub(crate) fn cluster(&self) -> Option<&Arc<dyn ClusterHook>> {
         self.cluster.get()
+    }
+
+    /// Whether the cluster would lose a copy of a QoS 1/2 message to `topic` (see
+    /// [`ClusterHook::refuses`]); false without a cluster.
+    pub(crate) fn cluster_refuses(&self, topic: &str) -> bool {
+        self.cluster().is_some_and(|hook| hook.refuses(topic))
     }
 
     /// The routes of this node: the distinct plain filters subscribed to, and the shared

@@ -59,8 +59,9 @@ pub enum CloseReason {
     /// An operator closed the connection (the admin API's kick, or the end of its session):
     /// MQTT 5 clients get DISCONNECT 0x98 Administrative action; the will is published.
     AdministrativeAction,
-    /// A 3.x client sent a PUBLISH the store could not take (its disk is full, or failing):
-    /// 3.x has no negative acknowledgement, so the message was not acknowledged and the
+    /// A 3.x client sent a PUBLISH the store could not take (its disk is full, or failing), or
+    /// one with a copy for a cluster node whose outbox is full: 3.x has no negative
+    /// acknowledgement, so the message was not acknowledged and the
     /// connection is closed after [`STORAGE_REFUSAL_CLOSE`], for the client to send it again
     /// after it reconnects.
     StorageUnavailable,

@@ -293,10 +293,22 @@ impl Connection {
                                 self.client_id.as_ref(),
                             ))
                     {
-                        return self.refuse_for_storage(ack, packet_id, now);
+                        return self.refuse_publish(ack, packet_id, Refusal::StorageFull, now);
                     }
                 }
             }
+        }
+
+        // A cluster node this message would go to takes no more: refused like a full store's
+        // (a QoS 2 PUBLISH sent again was taken already and is acknowledged below).
+        if let Some(ack) = ack_packet
+            && broker.cluster_refuses(&publish.topic)
+            && !(publish.qos == QoS::ExactlyOnce
+                && self
+                    .active()
+                    .is_some_and(|active| active.session.lock().inbound_qos2.contains(&packet_id)))
+        {
+            return self.refuse_publish(ack, packet_id, Refusal::ClusterFull, now);
         }
 
         let Some(active) = self.active() else { return };
@@ -371,23 +383,32 @@ impl Connection {
         }
     }
 
-    /// Refuses a QoS 1/2 PUBLISH that would need new durable work while the store takes none:
-    /// MQTT 5 PUBACK/PUBREC 0x97 Quota exceeded (no identifier is kept, so the flow ends
-    /// there [MQTT-4.3.3-4]); a 3.x client gets no acknowledgement (none could say "not
-    /// stored") and its connection is closed after [`STORAGE_REFUSAL_CLOSE`], so that it
-    /// reconnects and sends the message again. Nothing is forwarded.
-    fn refuse_for_storage(&mut self, ack: PacketType, packet_id: u16, now: Instant) {
-        self.broker
-            .metrics()
-            .bump(crate::metrics::Counter::MessagesRefusedStorageFull);
-        tracing::debug!(client_id = ?self.client_id, "publish refused: the store takes no new messages");
+    /// Refuses a QoS 1/2 PUBLISH that would need new durable work while the store takes none,
+    /// or whose copy a cluster node's full outbox could not take: MQTT 5 PUBACK/PUBREC 0x97
+    /// Quota exceeded (no identifier is kept, so the flow ends there [MQTT-4.3.3-4]); a 3.x
+    /// client gets no acknowledgement (none could say "not taken") and its connection is
+    /// closed after [`STORAGE_REFUSAL_CLOSE`], so that it reconnects and sends the message
+    /// again. Nothing is forwarded.
+    fn refuse_publish(&mut self, ack: PacketType, packet_id: u16, why: Refusal, now: Instant) {
+        let (counter, text) = match why {
+            Refusal::StorageFull => (
+                crate::metrics::Counter::MessagesRefusedStorageFull,
+                STORAGE_FULL_TEXT,
+            ),
+            Refusal::ClusterFull => (
+                crate::metrics::Counter::MessagesRefusedClusterFull,
+                CLUSTER_FULL_TEXT,
+            ),
+        };
+        self.broker.metrics().bump(counter);
+        tracing::debug!(client_id = ?self.client_id, reason = text, "publish refused");
         if self.version.is_v5() {
             let mut packet = self.ack_packet(ack, packet_id, ReasonCode::QuotaExceeded);
             // The reason string, where the client allows one, says which quota.
             if let Packet::PubAck(ack) | Packet::PubRec(ack) = &mut packet
                 && ack.properties.reason_string.is_some()
             {
-                ack.properties.reason_string = MqttStr::try_from(STORAGE_FULL_TEXT).ok();
+                ack.properties.reason_string = MqttStr::try_from(text).ok();
             }
             return self.send(packet, Seq::NONE);
         }
@@ -745,6 +766,17 @@ impl Connection {
 
 /// The reason string of a refusal for want of storage.
 const STORAGE_FULL_TEXT: &str = "the broker's storage is full: not stored, try again later";
+const CLUSTER_FULL_TEXT: &str =
+    "a cluster node this message goes to takes no more for now: not taken, try again later";
+
+/// Why a QoS 1/2 PUBLISH is refused with 0x97 (see `Connection::refuse_publish`).
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The store takes no new work (disk full or failing).
+    StorageFull,
+    /// A cluster node's outbox is full.
+    ClusterFull,
+}
 
 /// The reason string sent with an error code (when the client allows reason strings).
 fn reason_text(code: ReasonCode) -> &'static str {

@@ -132,6 +132,9 @@ counters! {
     /// QoS 1/2 PUBLISH packets refused because they needed new durable work while the store
     /// took none (disk full or failing): MQTT 5 PUBACK/PUBREC 0x97, 3.x not acknowledged.
     MessagesRefusedStorageFull => messages_refused_storage_full,
+    /// QoS 1/2 PUBLISH packets refused because a copy would go to a cluster node whose
+    /// outbox is full: MQTT 5 PUBACK/PUBREC 0x97, 3.x not acknowledged.
+    MessagesRefusedClusterFull => messages_refused_cluster_full,
     /// QoS 0 retained messages forwarded without replacing the retained message, because
     /// the store took no new work.
     RetainedDroppedStorageFull => retained_dropped_storage_full,

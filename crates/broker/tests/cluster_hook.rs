@@ -31,6 +31,8 @@ struct FakeCluster {
     plans: Mutex<Vec<(String, ClusterPlan)>>,
     /// What `forward` returns.
     forward_seq: Mutex<Seq>,
+    /// Topic prefixes whose QoS 1/2 messages `refuses` (a full outbox on their way).
+    refusing: Mutex<Vec<String>>,
 }
 
 impl FakeCluster {
@@ -76,6 +78,13 @@ impl ClusterHook for FakeCluster {
         let call = Call::Forward(message.topic.to_string(), plan);
         self.calls.lock().unwrap().push(call);
         *self.forward_seq.lock().unwrap()
+    }
+
+    fn refuses(&self, topic: &str) -> bool {
+        let refusing = self.refusing.lock().unwrap();
+        refusing
+            .iter()
+            .any(|prefix| topic.starts_with(prefix.as_str()))
     }
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
@@ -502,6 +511,78 @@ fn the_acknowledgement_waits_for_the_forwarded_copy_issue_16() {
     publisher.nothing();
     recorder.set_durable(Seq(1_000));
     assert_eq!(publisher.next(), Some(ack(Packet::PubAck, id)));
+}
+
+/// Issue 16: a client's QoS 1/2 message with a copy for a node whose outbox is full is
+/// refused before anything is routed, like one a full store cannot take: MQTT 5 PUBACK /
+/// PUBREC 0x97 Quota exceeded with its reason string, no identifier kept [MQTT-4.3.3-4];
+/// QoS 0 and other topics flow; a 3.1.1 publisher is not acknowledged and is closed after the
+/// bounded wait, so it sends the message again [MQTT-4.4.0-1].
+#[test]
+fn a_message_whose_copy_an_outbox_cannot_take_is_refused_issue_16() {
+    let net = Net::new();
+    let cluster = clustered(&net);
+    cluster.plan_for(
+        "full/",
+        ClusterPlan {
+            skip_groups: vec![],
+            remote: vec![RemoteCopy {
+                node: 2,
+                regular: true,
+                groups: vec![],
+            }],
+        },
+    );
+    cluster.refusing.lock().unwrap().push("full/".to_owned());
+    let mut sub = net.connected(V5, "local-sub");
+    sub.subscribe("#", QoS::AtLeastOnce);
+    cluster.take();
+    let mut publisher = net.connected(V5, "pub-5");
+
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let id = publisher.publish("full/x", qos, b"no room");
+        let ack = match publisher.received().as_slice() {
+            [Packet::PubAck(ack) | Packet::PubRec(ack)] => ack.clone(),
+            other => panic!("expected one acknowledgement, got {other:?}"),
+        };
+        assert_eq!(
+            (ack.packet_id, ack.reason_code),
+            (id, ReasonCode::QuotaExceeded)
+        );
+        let reason = ack.properties.reason_string.expect("a reason string");
+        assert!(reason.contains("cluster node"), "{reason}");
+    }
+    // Nothing routed, nothing planned or forwarded.
+    sub.nothing();
+    assert_eq!(cluster.take(), vec![]);
+    assert_eq!(
+        net.broker
+            .metrics()
+            .snapshot()
+            .messages_refused_cluster_full,
+        2
+    );
+
+    // QoS 0 is not refused (its copy may be dropped by the cluster); other topics flow.
+    publisher.publish("full/x", QoS::AtMostOnce, b"q0");
+    assert_eq!(&sub.publish_received().payload[..], b"q0");
+    let id = publisher.publish("fine/x", QoS::AtLeastOnce, b"ok");
+    assert_eq!(publisher.next(), Some(ack(Packet::PubAck, id)));
+    assert_eq!(&sub.publish_received().payload[..], b"ok");
+
+    let mut old = net.connected(V311, "pub-3");
+    old.publish("full/x", QoS::AtLeastOnce, b"3.x");
+    old.nothing();
+    let wait = u64::try_from(tern_broker::STORAGE_REFUSAL_CLOSE.as_millis()).unwrap();
+    net.advance(wait - 1);
+    assert!(!old.is_closed(), "open until the wait is over");
+    net.advance(1);
+    old.closed_silently();
+    assert_eq!(
+        old.close_reason(),
+        Some(tern_broker::CloseReason::StorageUnavailable)
+    );
+    sub.nothing();
 }
 
 /// The hook leaves a single node as it was: a broker without one routes as before.

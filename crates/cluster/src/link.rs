@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,11 @@ pub trait DataSink: Send + Sync + 'static {
     fn deliver(&self, from: NodeId, run: u64, seq: u64, payload: Bytes) -> Settled;
 }
 
-/// Limits of one peer's outbox.
+/// Limits of one peer's outbox. From 90 % of either on, the outbox is *congested*: clients'
+/// QoS 1/2 messages with a copy for that peer are refused before they are taken (see
+/// `ClusterHook::refuses`), QoS 0 copies are dropped; the last 10 % are kept for the QoS 1/2
+/// messages already past that check and for publishers that cannot be refused (wills, the
+/// admin API, bridges), so that an acknowledged message is not dropped for lack of room.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
     pub max_messages: usize,
@@ -95,6 +99,12 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Whether the outbox holds 90 % of either limit or more.
+    fn congested(&self, limits: &OutboxLimits) -> bool {
+        self.unacked.len() >= limits.max_messages - limits.max_messages / 10
+            || self.bytes >= limits.max_bytes - limits.max_bytes / 10
+    }
+
     /// The connection is gone or taken for dead: everything not acknowledged goes again.
     fn send_again(&mut self, counters: &LinkCounters) {
         counters
@@ -108,6 +118,23 @@ impl Outbox {
 struct PeerOut {
     outbox: Mutex<Outbox>,
     ready: Notify,
+    /// The outbox is congested (kept under the outbox's lock, read without it).
+    congested: AtomicBool,
+}
+
+impl PeerOut {
+    /// Records whether the outbox is congested now (under its lock), keeping the plane's count
+    /// of congested peers.
+    fn update_congestion(&self, outbox: &Outbox, limits: &OutboxLimits, count: &AtomicUsize) {
+        let now = outbox.congested(limits);
+        if self.congested.swap(now, Ordering::Relaxed) != now {
+            if now {
+                count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// The data plane of one node.
@@ -116,6 +143,9 @@ pub struct DataPlane {
     run: u64,
     limits: OutboxLimits,
     peers: Mutex<HashMap<NodeId, Arc<PeerOut>>>,
+    /// How many peers' outboxes are congested (0 in normal operation: the one check a
+    /// publish pays).
+    congested: AtomicUsize,
     /// Per origin node: its run and the highest sequence delivered.
     inbound: Mutex<HashMap<NodeId, Inbound>>,
     sink: Arc<dyn DataSink>,
@@ -150,6 +180,7 @@ impl DataPlane {
             run,
             limits,
             peers: Mutex::new(HashMap::new()),
+            congested: AtomicUsize::new(0),
             inbound: Mutex::new(HashMap::new()),
             sink,
             acked: std::sync::OnceLock::new(),
@@ -197,6 +228,7 @@ impl DataPlane {
             queued(self.run, seq);
             outbox.bytes += payload.len();
             outbox.unacked.push_back((self.run, seq, payload));
+            out.update_congestion(&outbox, &self.limits, &self.congested);
         }
         out.ready.notify_one();
         true
@@ -210,6 +242,7 @@ impl DataPlane {
             let mut outbox = lock(&out.outbox);
             outbox.bytes += payload.len();
             outbox.unacked.push_back((run, seq, payload));
+            out.update_congestion(&outbox, &self.limits, &self.congested);
             drop(outbox);
             out.ready.notify_one();
         }
@@ -223,6 +256,21 @@ impl DataPlane {
             entry.delivered = seq;
             inbound.insert(origin, entry);
         }
+    }
+
+    /// Whether `peer`'s outbox is congested (see [`OutboxLimits`]). Cheap while none is.
+    pub fn is_congested(&self, peer: NodeId) -> bool {
+        if self.congested.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        lock(&self.peers)
+            .get(&peer)
+            .is_some_and(|out| out.congested.load(Ordering::Relaxed))
+    }
+
+    /// Whether some peer's outbox is congested.
+    pub fn any_congested(&self) -> bool {
+        self.congested.load(Ordering::Relaxed) > 0
     }
 
     /// Messages waiting for `peer`'s acknowledgement.
@@ -246,6 +294,7 @@ impl DataPlane {
                 waiting_since: None,
             }),
             ready: Notify::new(),
+            congested: AtomicBool::new(false),
         });
         peers.insert(peer, out.clone());
         tokio::spawn(self.clone().pump(peer, out.clone()));
@@ -369,6 +418,7 @@ impl DataPlane {
         }
         if removed {
             outbox.waiting_since = (outbox.sent > 0).then(Instant::now);
+            out.update_congestion(&outbox, &self.limits, &self.congested);
         }
         // Under the outbox's lock, so the store sees it after the message was queued.
         if removed && let Some(listener) = self.acked.get() {

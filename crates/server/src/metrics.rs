@@ -544,6 +544,7 @@ impl Collector for MetricsSource {
             &[
                 reason("denied", m.messages_refused),
                 reason("storage_full", m.messages_refused_storage_full),
+                reason("cluster_full", m.messages_refused_cluster_full),
             ],
         )?;
         out.counter(

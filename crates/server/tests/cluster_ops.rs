@@ -114,6 +114,8 @@ async fn start_node(id: u64, cluster_addr: SocketAddr, seeds: Vec<String>, dir: 
         election_timeout_ms: 300,
         proposal_timeout_ms: 3_000,
         lease_ms: 5_000,
+        outbox_max_messages: 100_000,
+        outbox_max_bytes: 256 << 20,
         relay: None,
     };
     start_server(id, cluster_addr, Some(cluster), dir).await

@@ -36,6 +36,8 @@ async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
         election_timeout_ms: 300,
         proposal_timeout_ms: 3_000,
         lease_ms: 20_000,
+        outbox_max_messages: 100_000,
+        outbox_max_bytes: 256 << 20,
         relay: Some(RelayMap(net.addr_map(id))),
     });
     net.release(id);

@@ -40,6 +40,14 @@ pub struct ClusterConfig {
     /// In milliseconds; more than twice the election timeout.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// How many messages may wait for one other node's acknowledgement (its link down or
+    /// slow). From 90 % on, clients' QoS 1/2 messages with a copy for it are refused (MQTT 5
+    /// 0x97; 3.x unacknowledged, closed) and QoS 0 copies dropped.
+    #[serde(default = "default_outbox_max_messages")]
+    pub outbox_max_messages: usize,
+    /// The same bound in bytes of the messages' encodings.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub outbox_max_bytes: usize,
     /// Tests only (not in the file): maps the address of a node to the one this node dials,
     /// so that a fault-injecting relay can sit on every link.
     #[serde(skip)]
@@ -84,6 +92,14 @@ fn default_lease_ms() -> u64 {
     5_000
 }
 
+fn default_outbox_max_messages() -> usize {
+    100_000
+}
+
+fn default_outbox_max_bytes() -> usize {
+    256 << 20
+}
+
 impl ClusterConfig {
     /// The advertised address.
     pub fn advertise(&self) -> &str {
@@ -117,6 +133,13 @@ impl ClusterConfig {
         if self.lease_ms <= self.election_timeout_ms * 2 {
             return Err(
                 "cluster.lease_ms must be more than twice cluster.election_timeout_ms".into(),
+            );
+        }
+        if self.outbox_max_messages < 10 || self.outbox_max_bytes < 1 << 20 {
+            return Err(
+                "cluster.outbox_max_messages must be at least 10 and cluster.outbox_max_bytes \
+                 at least 1048576"
+                    .into(),
             );
         }
         if self.proposal_timeout_ms < 100 {

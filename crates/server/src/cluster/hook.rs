@@ -43,13 +43,16 @@ pub struct Glue {
     pub node_id: NodeId,
     /// The routes of every node, as the replicated state has them.
     pub table: RwLock<RouteTable>,
+    /// Whether `table` is empty, read without its lock (a local publish's fast path).
+    table_empty: Arc<std::sync::atomic::AtomicBool>,
     /// This node's routes as its core has them now.
     pub local: Mutex<BTreeSet<LocalRoute>>,
     pub pending: Mutex<Pending>,
     /// Wakes the proposing task.
     pub wake: Notify,
     pub plane: OnceLock<Arc<DataPlane>>,
-    /// Messages not forwarded because a peer's outbox was full or they could not be encoded.
+    /// Messages not forwarded because they could not be encoded, or QoS 0 copies dropped for a
+    /// congested outbox (the data plane counts the copies a full outbox refused).
     pub not_forwarded: std::sync::atomic::AtomicU64,
     /// Proposes the claims of CONNECTs (set before the hook is plugged in).
     pub claimer: OnceLock<Claimer>,
@@ -67,9 +70,11 @@ pub struct Glue {
 
 impl Glue {
     pub fn new(node_id: NodeId, persistence: Option<Arc<dyn Persistence>>) -> Glue {
+        let table = RouteTable::new(node_id);
         Glue {
             node_id,
-            table: RwLock::new(RouteTable::default()),
+            table_empty: table.emptiness(),
+            table: RwLock::new(table),
             local: Mutex::new(BTreeSet::new()),
             pending: Mutex::new(Pending {
                 resync: true,
@@ -130,6 +135,10 @@ impl ClusterHook for Glue {
     }
 
     fn plan(&self, message: &Message) -> Option<ClusterPlan> {
+        // Nothing on other nodes and no shared group: traffic that stays here pays one load.
+        if self.table_empty.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let table = self
             .table
             .read()
@@ -137,7 +146,11 @@ impl ClusterHook for Glue {
         if table.is_empty() {
             return None;
         }
-        let found = table.matching(&message.topic, self.node_id);
+        // A shared group's turn skips nodes whose outbox is full while others can serve it.
+        let plane = self.plane.get();
+        let found = table.matching(&message.topic, self.node_id, |node| {
+            plane.is_none_or(|plane| !plane.is_congested(node))
+        });
         drop(table);
         if found.is_empty() {
             return None;
@@ -186,6 +199,13 @@ impl ClusterHook for Glue {
             .filter(|_| message.qos != QoS::AtMostOnce);
         let mut wait = Seq::NONE;
         for copy in plan.remote {
+            // At most once: a QoS 0 copy gives way to QoS 1/2 ones while the outbox is
+            // congested (see `OutboxLimits`).
+            if message.qos == QoS::AtMostOnce && plane.is_congested(copy.node) {
+                self.not_forwarded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             let sent = payload::encode(message, copy.regular, &copy.groups, now).map(|bytes| {
                 let kept = bytes.clone();
                 plane.send_with(copy.node, bytes, |run, seq| {
@@ -200,12 +220,28 @@ impl ClusterHook for Glue {
                 })
             });
             if !matches!(sent, Ok(true)) {
-                self.not_forwarded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A full outbox counted its drop already.
+                if sent.is_err() {
+                    self.not_forwarded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::debug!(node = copy.node, topic = %message.topic, "message not forwarded");
             }
         }
         wait
+    }
+
+    fn refuses(&self, topic: &str) -> bool {
+        let Some(plane) = self.plane.get() else {
+            return false;
+        };
+        if !plane.any_congested() {
+            return false;
+        }
+        self.table
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .reaches(topic, self.node_id, |node| plane.is_congested(node))
     }
 
     fn session_subscribed(&self, client_id: &str, filter: &str, record: &SubscriptionRecord) {

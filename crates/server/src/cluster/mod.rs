@@ -108,7 +108,10 @@ impl Cluster {
         let plane = DataPlane::start(
             node.clone(),
             sink,
-            OutboxLimits::default(),
+            OutboxLimits {
+                max_messages: config.outbox_max_messages,
+                max_bytes: config.outbox_max_bytes,
+            },
             stop.clone(),
             last_run,
         );

@@ -96,6 +96,8 @@ pub async fn start_node_with(
         election_timeout_ms: 300,
         proposal_timeout_ms: 3_000,
         lease_ms: 5_000,
+        outbox_max_messages: 100_000,
+        outbox_max_bytes: 256 << 20,
         relay: None,
     });
     adjust(&mut config);

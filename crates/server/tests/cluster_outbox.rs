@@ -1,0 +1,136 @@
+//! Issue 16, a peer's outbox is bounded: when the copies for a node that is down fill it, a
+//! client's QoS 1 message with a copy for that node is refused (MQTT 5 PUBACK 0x97 Quota
+//! exceeded, nothing routed) instead of acknowledged and dropped; every acknowledged message
+//! reaches the node's subscriber once it is back, and publishing is accepted again once the
+//! outbox drained.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::cluster::{free_addr, route_known, start_node_with, temp_dir, until};
+use common::v5::{Client5, QoS as Q5};
+use common::{Client, options};
+use rumqttc::v5::Event as E5;
+use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+use rumqttc::{Event, Packet, QoS};
+use tern_server::ServerConfig;
+
+/// The outbox bound of the test's nodes: congested from 18 messages on.
+const OUTBOX: usize = 20;
+
+fn small_outbox(config: &mut ServerConfig) {
+    if let Some(cluster) = config.cluster.as_mut() {
+        cluster.outbox_max_messages = OUTBOX;
+    }
+}
+
+async fn publish(publisher: &mut Client5, topic: &str, payload: String) -> PubAckReason {
+    publisher
+        .client
+        .publish(topic, Q5::AtLeastOnce, false, payload)
+        .await
+        .expect("publish request");
+    publisher
+        .next_matching(|event| match event {
+            E5::Incoming(P5::PubAck(ack)) => Some(ack.reason),
+            _ => None,
+        })
+        .await
+        .expect("PUBACK")
+}
+
+/// [MQTT-4.3.2-1]: a PUBACK with a success code means the message is taken; with a full
+/// outbox the broker says 0x97 instead, and keeps every message it did take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_refuses_instead_of_losing_acknowledged_messages_issue_16() {
+    let dir = temp_dir("outbox");
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_node_with(id, &addrs, &dir, small_outbox).await);
+    }
+    until("three registered nodes", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 3)
+    })
+    .await;
+
+    // A persistent session on node 2, subscribed, then offline; node 2 goes down (its route
+    // stays: its subscriber is coming back).
+    let mut sink_options = options(nodes[1].addr, "outbox-sink");
+    sink_options.set_clean_session(false);
+    let (mut sink, _) = Client::connect(sink_options).await;
+    sink.subscribe("out/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "out/#", 2).await;
+    sink.disconnect().await;
+    let node2 = nodes.remove(1);
+    node2.shutdown().await;
+
+    // Node 1's publisher: accepted until the outbox for node 2 is congested, then refused.
+    let mut publisher = Client5::simple(nodes[0].addr, "outbox-source").await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..30 {
+        match publish(&mut publisher, &format!("out/{i}"), i.to_string()).await {
+            PubAckReason::Success => {
+                assert_eq!(
+                    refused, 0,
+                    "accepted after a refusal, with node 2 still down"
+                );
+                accepted.push(i.to_string());
+            }
+            PubAckReason::QuotaExceeded => refused += 1,
+            other => panic!("unexpected PUBACK reason {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), OUTBOX - OUTBOX / 10, "taken up to 90 %");
+    assert_eq!(refused, 30 - accepted.len());
+    let metrics = nodes[0].broker.metrics().snapshot();
+    assert_eq!(metrics.messages_refused_cluster_full, refused as u64);
+    // Topics with no copy for node 2 still flow.
+    assert_eq!(
+        publish(&mut publisher, "elsewhere/1", "x".into()).await,
+        PubAckReason::NoMatchingSubscribers
+    );
+
+    // Node 2 comes back: every accepted message reaches its subscriber, once, in order.
+    let node2 = start_node_with(2, &addrs, &dir, small_outbox).await;
+    let mut sink_options = options(node2.addr, "outbox-sink");
+    sink_options.set_clean_session(false);
+    let (mut sink, connack) = Client::connect(sink_options).await;
+    assert!(connack.session_present);
+    let mut received = Vec::new();
+    while received.len() < accepted.len() {
+        let message = sink.recv().await;
+        received.push(String::from_utf8(message.payload.to_vec()).expect("utf-8"));
+    }
+    assert_eq!(
+        received, accepted,
+        "every acknowledged message, once, in order"
+    );
+    let extra = sink
+        .next_matching_within(Duration::from_millis(500), |event| match event {
+            Event::Incoming(Packet::Publish(publish)) => Some(publish.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(extra.is_err(), "a refused or doubled message: {extra:?}");
+
+    // The outbox drained: the same publisher is accepted again.
+    until("node 1's outbox drained", || {
+        nodes[0].cluster.forward_pending() == 0
+    })
+    .await;
+    assert_eq!(
+        publish(&mut publisher, "out/again", "again".into()).await,
+        PubAckReason::Success
+    );
+    assert_eq!(&sink.recv().await.payload[..], b"again");
+
+    for node in [node2, nodes.remove(1), nodes.remove(0)] {
+        node.shutdown().await;
+    }
+}

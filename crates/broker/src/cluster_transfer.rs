@@ -20,7 +20,8 @@ use tern_codec::{
 
 use crate::broker::Broker;
 use crate::message::{Delivery, Message, MessageRef, SubscriptionIds};
-use crate::session::{Inflight, QueuedDelivery, Session, SessionState};
+use crate::persist::RoutedBody;
+use crate::session::{Enqueued, Inflight, QueuedDelivery, Session, SessionState};
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::Durability;
 
@@ -83,6 +84,8 @@ pub enum TransferError {
     NotPersistent,
     #[error("the client is connected to this node")]
     Connected,
+    #[error("no session of this client id here")]
+    NoSession,
 }
 
 impl TransferredDelivery {
@@ -553,5 +556,106 @@ impl Broker {
         }
         self.install_session(session, now)
             .ok_or(TransferError::Connected)
+    }
+
+    /// The offline sessions here and the queue position each would give its next message:
+    /// what a node that restarts (or learns that another node claimed them) remembers as the
+    /// end of what it may return (see [`Broker::export_returned`]).
+    pub fn offline_sessions(&self) -> Vec<(String, u64)> {
+        self.sessions_where(|session| !session.is_online())
+            .into_iter()
+            .filter_map(|session| {
+                let state = session.lock();
+                (!state.ended && state.owner.is_none())
+                    .then(|| (session.client_id().to_string(), state.next_position))
+            })
+            .collect()
+    }
+
+    /// The queue position the next message of `client_id`'s session here would get.
+    pub fn next_queue_position(&self, client_id: &str) -> Option<u64> {
+        self.session(client_id)
+            .map(|session| session.lock().next_position)
+    }
+
+    /// Cluster, "return the queue": takes the offline session of `client_id` out of this
+    /// broker (as [`Broker::export_session`]: it ends here, its routes go, its will is
+    /// dropped), keeping of its queue only the messages queued before position `before`
+    /// (later ones reached it while the session's owner elsewhere had its routes: that owner
+    /// has them). Its messages in flight are all kept.
+    pub fn export_returned(
+        &self,
+        client_id: &str,
+        before: u64,
+        now: Instant,
+    ) -> Option<SessionTransfer> {
+        let mut transfer = None;
+        let client = MqttStr::try_from(client_id).ok()?;
+        self.end_offline_session(client_id, |state| {
+            let mut taken = SessionTransfer::from_state(&client, state, now);
+            taken.queue = state
+                .queue
+                .iter()
+                .filter(|queued| queued.position < before)
+                .map(|queued| TransferredDelivery::from_delivery(&queued.delivery, now))
+                .collect();
+            transfer = Some(taken);
+        });
+        transfer
+    }
+
+    /// Cluster, "return the queue": appends the messages of `returned` (a copy of this
+    /// client's session that another node held) to the session of its client id here, as
+    /// any routed message is queued: after what waits already, within the queue limit
+    /// (dropping the oldest), stored for a stored session, sent at once to a connected client.
+    /// Its messages in flight come first, then its queue; they go out as new PUBLISH packets
+    /// with packet identifiers of this session. A QoS 2 message whose PUBREC came (awaiting
+    /// PUBCOMP) was received by the client and is not sent again. Its subscriptions are not
+    /// merged (the registry gave this session the durable ones). Returns the store sequence
+    /// number the return's acknowledgement must wait for; [`TransferError::NoSession`] when
+    /// there is no live session of that client id here.
+    pub fn merge_returned(
+        &self,
+        returned: SessionTransfer,
+        now: Instant,
+    ) -> Result<Seq, TransferError> {
+        let session = self
+            .session(returned.client_id.as_str())
+            .ok_or(TransferError::NoSession)?;
+        if session.lock().ended {
+            return Err(TransferError::NoSession);
+        }
+        let deliveries = returned
+            .inflight
+            .into_iter()
+            .filter(|entry| entry.state != InflightState::AwaitingPubComp)
+            .map(|entry| entry.delivery)
+            .chain(returned.queue);
+        let mut seq = Seq::NONE;
+        for delivery in deliveries {
+            let delivery = delivery.into_delivery(self, now);
+            let mut body = RoutedBody::new(self.persistence());
+            let pushed = session.enqueue(
+                delivery,
+                self.live_limits.max_queued_messages(),
+                self.config().queue_qos0_offline,
+                self.persistence(),
+                &mut body,
+                None,
+            );
+            seq = seq.max(pushed.seq);
+            match pushed.outcome {
+                Enqueued::Queued => self.metrics().bump(crate::metrics::Counter::MessagesQueued),
+                Enqueued::QueuedDroppingOldest => {
+                    self.metrics().bump(crate::metrics::Counter::MessagesQueued);
+                    self.metrics()
+                        .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
+                }
+                Enqueued::Discarded => self
+                    .metrics()
+                    .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),
+            }
+        }
+        Ok(seq)
     }
 }

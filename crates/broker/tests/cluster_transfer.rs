@@ -352,3 +352,54 @@ fn garbage_is_refused() {
     assert!(SessionTransfer::decode(&[]).is_err());
     assert_eq!(SessionTransfer::decode(&[9]), Err(TransferError::Format(9)));
 }
+
+/// Issue 16 ("its queued messages return when N1 does"): node A's copy of a session (a QoS 1
+/// message in flight, unacknowledged, and its queue) is taken out up to a cutoff
+/// (`export_returned`: what was queued after it is left out) and merged into the session
+/// its client resumed on node B (`merge_returned`): the client connected there gets the
+/// in-flight message, then the queued one, as new PUBLISH packets of its session on B.
+#[test]
+fn a_returned_copy_joins_the_live_session_issue_16() {
+    let a = Net::new();
+    let b = Net::new();
+    let mut client = a.accepted(persistent(V5, "roamer"));
+    client.subscribe("h/#", QoS::AtLeastOnce);
+    let mut publisher = a.connected(V5, "pub-a");
+    publisher.publish("h/1", QoS::AtLeastOnce, b"one");
+    assert_eq!(client.publishes().len(), 1, "in flight, not acknowledged");
+    assert!(a.broker.take_over("roamer"));
+    drop(client);
+    publisher.publish("h/2", QoS::AtLeastOnce, b"two");
+    let cutoff = a
+        .broker
+        .next_queue_position("roamer")
+        .expect("offline on A");
+    publisher.publish("h/3", QoS::AtLeastOnce, b"three"); // after the cutoff
+    let transfer = a
+        .broker
+        .export_returned("roamer", cutoff, a.now())
+        .expect("offline");
+    assert!(a.session("roamer").is_none(), "taken out of node A");
+    assert_eq!(transfer.inflight.len(), 1);
+    assert_eq!(transfer.queue.len(), 1, "h/3 came after the cutoff");
+    let transfer = SessionTransfer::decode(&transfer.encode().unwrap()).unwrap();
+
+    let returned = transfer.clone();
+    assert_eq!(
+        b.broker.merge_returned(returned, b.now()),
+        Err(TransferError::NoSession),
+        "no session on B yet"
+    );
+    let mut client = b.accepted(persistent(V5, "roamer"));
+    client.subscribe("h/#", QoS::AtLeastOnce);
+    b.broker.merge_returned(transfer, b.now()).unwrap();
+    let got: Vec<(bool, Vec<u8>)> = client
+        .publishes()
+        .iter()
+        .map(|publish| (publish.dup, publish.payload.to_vec()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(false, b"one".to_vec()), (false, b"two".to_vec())]
+    );
+}

@@ -78,6 +78,20 @@ pub enum Command {
         #[serde(default)]
         clean_start: bool,
     },
+    /// `node` no longer holds a queue for the session of `client_id` (it returned it to the
+    /// owner, handed it over, or never had one): taken off the session's pending returns, if
+    /// `epoch` is still the current claim's (otherwise refused as stale). A persistent claim
+    /// without clean start adds the previous owner to the pending returns; a non-persistent
+    /// or clean-start claim and a release clear them.
+    Returned {
+        client_id: String,
+        epoch: u64,
+        node: NodeId,
+    },
+    /// Changes nothing: `node` learns, once it has applied it, that its state holds every
+    /// entry committed before it (a node that restarted waits for this before it acts on
+    /// who owns its sessions). `nonce` tells its barriers apart.
+    Barrier { node: NodeId, nonce: u64 },
     /// The session of `client_id` ended (a clean disconnect of a non-persistent session, an
     /// expiry): the claim and its durable subscriptions go, if `epoch` is still the current
     /// one (otherwise refused as stale).

@@ -103,7 +103,24 @@ pub trait HandOverHandler: Send + Sync + 'static {
     /// `client_id` was claimed by another node with `epoch` (applied here): close its
     /// connection and return the session, encoded (none: no session here).
     fn hand_over(&self, client_id: String, epoch: u64) -> HandOverFuture;
+
+    /// Node `from` returns what it held of the session of `client_id`, which this node owns
+    /// with `epoch` (see [`RpcRequest::Return`]): merge it, make it durable, answer.
+    fn take_return(
+        &self,
+        from: NodeId,
+        client_id: String,
+        epoch: u64,
+        session: Vec<u8>,
+    ) -> ReturnFuture {
+        let _ = (from, client_id, epoch, session);
+        Box::pin(async { Err(Refusal::Refused("returns are not taken here".into())) })
+    }
 }
+
+/// The answer of a return: merged and durable, or refused (the sender keeps its copy).
+pub type ReturnFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>> + Send>>;
 
 /// A node's view of the cluster, for `tern ctl cluster status`, metrics and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -285,6 +302,37 @@ impl ClusterNode {
             .map_err(|error| Refusal::Unavailable(error.to_string()))?
         {
             RpcResponse::HandedOver(result) => result,
+            _ => Err(Refusal::Unavailable("unexpected answer".into())),
+        }
+    }
+
+    /// "Return the queue": sends `node`, the owner of `client_id` with `epoch`, what this
+    /// node held of the session, encoded.
+    pub async fn request_return(
+        &self,
+        node: NodeId,
+        client_id: &str,
+        epoch: u64,
+        session: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), Refusal> {
+        let Some(addr) = self.node_addr(node) else {
+            return Err(Refusal::Unavailable(format!("node {node} unknown")));
+        };
+        let request = RpcRequest::Return {
+            client_id: client_id.to_owned(),
+            epoch,
+            session,
+        };
+        match self
+            .inner
+            .peers
+            .get(node, &addr)
+            .call(&request, timeout)
+            .await
+            .map_err(|error| Refusal::Unavailable(error.to_string()))?
+        {
+            RpcResponse::Returned(result) => result,
             _ => Err(Refusal::Unavailable("unexpected answer".into())),
         }
     }
@@ -847,6 +895,14 @@ impl ClusterNode {
             RpcRequest::HandOver { client_id, epoch } => {
                 RpcResponse::HandedOver(self.hand_over(from, client_id, epoch).await)
             }
+            RpcRequest::Return {
+                client_id,
+                epoch,
+                session,
+            } => RpcResponse::Returned(match self.inner.hand_over.get() {
+                Some(handler) => handler.take_return(from, client_id, epoch, session).await,
+                None => Err(Refusal::Unavailable("not ready".into())),
+            }),
         }
     }
 

@@ -39,6 +39,14 @@ pub enum RpcRequest {
     },
     /// Does the receiver (the leader) still lead a quorum? (A follower's lease.)
     LeaseCheck,
+    /// "Return the queue": the sender held a copy of the session of `client_id`, which the
+    /// receiver owns with `epoch`; `session` is what it queued, encoded by the server, for
+    /// the receiver to merge into its session.
+    Return {
+        client_id: String,
+        epoch: u64,
+        session: Vec<u8>,
+    },
 }
 
 /// What a node answers.
@@ -56,6 +64,8 @@ pub enum RpcResponse {
     /// The session, encoded by the server (none: the client had no session there).
     HandedOver(Result<Option<Vec<u8>>, Refusal>),
     LeaseConfirmed(bool),
+    /// The returned messages are merged and durable (or the refusal: the sender keeps them).
+    Returned(Result<(), Refusal>),
 }
 
 /// What a probed node says of itself.

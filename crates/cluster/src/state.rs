@@ -9,7 +9,9 @@
 //! Invariants `apply` keeps (checked by the property tests in `tests/state_machine.rs`):
 //! - every node named by a route, a shared-group membership or a session's owner is registered;
 //! - no route or shared group has an empty node set (the key goes with its last node);
-//! - the epochs a client id is given only grow, even across a release (see `epoch_floor`).
+//! - the epochs a client id is given only grow, even across a release (see `epoch_floor`);
+//! - a session's pending returns name registered nodes other than its owner, and only
+//!   persistent sessions have any.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,6 +40,11 @@ pub struct SessionEntry {
     pub persistent: bool,
     /// Durable subscriptions (persistent sessions only; always empty otherwise).
     pub subscriptions: BTreeMap<String, SubscriptionOptions>,
+    /// Nodes that may still hold a queue for this session (they owned it and may not have
+    /// handed it over): each returns what it holds to the owner, then `Returned` takes it
+    /// off. Persistent sessions only; never the owner. Absent in older serializations.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub pending_returns: BTreeSet<NodeId>,
 }
 
 /// The routes and shared-group memberships one node holds: what [`Command::SyncRoutes`]
@@ -111,6 +118,18 @@ impl ClusterState {
                 persistent,
                 clean_start,
             } => self.claim(client_id, *node, *persistent, *clean_start),
+            Command::Barrier { .. } => Outcome::Done,
+            Command::Returned {
+                client_id,
+                epoch,
+                node,
+            } => match self.fenced(client_id, *epoch) {
+                Ok(session) => {
+                    session.pending_returns.remove(node);
+                    Outcome::Done
+                }
+                Err(refused) => refused,
+            },
             Command::Release { client_id, epoch } => match self.fenced(client_id, *epoch) {
                 Ok(_) => {
                     self.sessions.remove(client_id);
@@ -226,7 +245,17 @@ impl ClusterState {
                 session.owner = Some(node);
                 if !persistent || clean_start {
                     session.subscriptions.clear();
+                    // A new session: what other nodes hold of the old one is discarded.
+                    session.pending_returns.clear();
+                } else if session.persistent {
+                    // The previous owner may not hand the session over (it may be down):
+                    // until `Returned` says otherwise, it may hold a queue for the client.
+                    if let Some((previous, _)) = previous {
+                        session.pending_returns.insert(previous);
+                    }
                 }
+                // The claimer takes its own copy into account when it takes the session.
+                session.pending_returns.remove(&node);
                 session.persistent = persistent;
                 Outcome::Claimed {
                     epoch: session.epoch,
@@ -242,6 +271,7 @@ impl ClusterState {
                         epoch,
                         persistent,
                         subscriptions: BTreeMap::new(),
+                        pending_returns: BTreeSet::new(),
                     },
                 );
                 Outcome::Claimed {
@@ -275,6 +305,8 @@ impl ClusterState {
                 // The epoch stays: the next claim, wherever, bumps it.
                 session.owner = None;
             }
+            // A removed node returns nothing.
+            session.pending_returns.remove(&node);
         }
         Outcome::Done
     }

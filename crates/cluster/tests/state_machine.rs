@@ -58,6 +58,12 @@ fn command() -> impl Strategy<Value = Command> {
             }
         ),
         2 => (client_id(), epoch()).prop_map(|(client_id, epoch)| Command::Release { client_id, epoch }),
+        1 => (node(), 0..3u64).prop_map(|(node, nonce)| Command::Barrier { node, nonce }),
+        2 => (client_id(), epoch(), node()).prop_map(|(client_id, epoch, node)| Command::Returned {
+            client_id,
+            epoch,
+            node,
+        }),
         4 => (client_id(), epoch(), filter(), options()).prop_map(
             |(client_id, epoch, filter, options)| Command::Subscribe {
                 client_id,
@@ -150,6 +156,17 @@ fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
         prop_assert!(session.epoch >= 1);
         if !session.persistent {
             prop_assert!(session.subscriptions.is_empty());
+            prop_assert!(session.pending_returns.is_empty());
+        }
+        for node in &session.pending_returns {
+            prop_assert!(
+                state.node(*node).is_some(),
+                "{client_id} awaits a return from unknown node {node}"
+            );
+            prop_assert!(
+                session.owner != Some(*node),
+                "{client_id} awaits a return from its owner {node}"
+            );
         }
     }
     Ok(())
@@ -159,6 +176,9 @@ fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
 fn fenced(command: &Command) -> Option<(&str, u64)> {
     match command {
         Command::Release { client_id, epoch }
+        | Command::Returned {
+            client_id, epoch, ..
+        }
         | Command::Subscribe {
             client_id, epoch, ..
         }
@@ -167,6 +187,73 @@ fn fenced(command: &Command) -> Option<(&str, u64)> {
         } => Some((client_id, *epoch)),
         _ => None,
     }
+}
+
+/// Issue 16, "return the queue": a persistent claim without clean start keeps the pending
+/// returns and adds the previous owner when it held a persistent session; a clean-start or
+/// non-persistent claim, a release and a node's removal drop them; `Returned` takes exactly
+/// its node off; the claimer is never listed.
+fn check_pending_returns(
+    before: &ClusterState,
+    command: &Command,
+    outcome: &Outcome,
+    after: &ClusterState,
+) -> Result<(), TestCaseError> {
+    let pending = |state: &ClusterState, client_id: &str| {
+        state
+            .session(client_id)
+            .map(|session| session.pending_returns.clone())
+            .unwrap_or_default()
+    };
+    match (command, outcome) {
+        (
+            Command::Claim {
+                client_id,
+                node,
+                persistent,
+                clean_start,
+            },
+            Outcome::Claimed { previous, .. },
+        ) => {
+            let mut expected = std::collections::BTreeSet::new();
+            if *persistent && !*clean_start {
+                expected = pending(before, client_id);
+                if let (Some((previous, _)), Some(true)) = (
+                    previous,
+                    before.session(client_id).map(|session| session.persistent),
+                ) {
+                    expected.insert(*previous);
+                }
+                expected.remove(node);
+            }
+            prop_assert_eq!(pending(after, client_id), expected);
+        }
+        (
+            Command::Returned {
+                client_id, node, ..
+            },
+            Outcome::Done,
+        ) => {
+            let mut expected = pending(before, client_id);
+            expected.remove(node);
+            prop_assert_eq!(pending(after, client_id), expected);
+        }
+        (Command::Release { client_id, .. }, Outcome::Done) => {
+            prop_assert!(after.session(client_id).is_none());
+        }
+        (Command::RemoveNode { node }, Outcome::Done) => {
+            for (client_id, session) in after.sessions() {
+                prop_assert!(
+                    !session.pending_returns.contains(node),
+                    "{} still awaits {}",
+                    client_id,
+                    node
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn apply_all(commands: &[Command]) -> ClusterState {
@@ -207,9 +294,10 @@ proptest! {
                     prop_assert_eq!(&outcome, &Outcome::Done);
                 }
             }
-            if matches!(outcome, Outcome::UnknownNode) {
+            if matches!(outcome, Outcome::UnknownNode) || matches!(command, Command::Barrier { .. }) {
                 prop_assert_eq!(&state, &before);
             }
+            check_pending_returns(&before, command, &outcome, &state)?;
             if let (Command::Claim { client_id, .. }, Outcome::Claimed { epoch, .. }) = (command, &outcome) {
                 let seen = highest.get(client_id).copied().unwrap_or(0);
                 prop_assert!(*epoch > seen, "claim of {} got {} after {}", client_id, epoch, seen);
@@ -569,4 +657,47 @@ fn a_removed_node_cannot_register_again() {
     assert_eq!(state.apply(&Command::RemoveNode { node: 7 }), Outcome::Done);
     assert_eq!(state.apply(&register), Outcome::UnknownNode);
     assert!(state.node(7).is_none());
+}
+
+/// Issue 16, "If N1 is down ... its queued messages return when N1 does": a persistent
+/// claim taking the id from another node lists that node as holding a queue; later
+/// persistent claims keep it, `Returned` (fenced) takes it off, a clean start clears it.
+#[test]
+fn pending_returns_follow_claims_and_returned() {
+    let mut state = ClusterState::default();
+    for node in 1..=3 {
+        state.apply(&register(node));
+    }
+    let pending = |state: &ClusterState| {
+        state
+            .session("c")
+            .map(|session| session.pending_returns.iter().copied().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    state.apply(&claim("c", 1, true, false));
+    assert!(pending(&state).is_empty());
+    state.apply(&claim("c", 2, true, false));
+    assert_eq!(pending(&state), vec![1]);
+    state.apply(&claim("c", 3, true, false));
+    assert_eq!(pending(&state), vec![1, 2]);
+    let returned = |epoch, node| Command::Returned {
+        client_id: "c".into(),
+        epoch,
+        node,
+    };
+    // Fenced: epoch 2 is not the current claim's (3).
+    assert_eq!(
+        state.apply(&returned(2, 2)),
+        Outcome::StaleEpoch { current: 3 }
+    );
+    assert_eq!(state.apply(&returned(3, 2)), Outcome::Done);
+    assert_eq!(pending(&state), vec![1]);
+    // The claimer is never listed: node 1 takes its own copy into account.
+    state.apply(&claim("c", 1, true, false));
+    assert_eq!(pending(&state), vec![3]);
+    state.apply(&claim("c", 2, true, true));
+    assert!(pending(&state).is_empty());
+    // An old serialization (no field) reads as none pending.
+    let json = serde_json::to_string(&state).unwrap();
+    assert!(!json.contains("pending_returns"));
 }

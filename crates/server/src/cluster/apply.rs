@@ -38,6 +38,9 @@ pub async fn run(
         match event {
             Applied::Snapshot => {
                 rebuild(&glue, &node, &broker);
+                if let Some(returns) = glue.returns.get() {
+                    returns.rescan();
+                }
                 forget_cleared_retained(&glue, &node, &broker);
             }
             Applied::Commands {
@@ -89,6 +92,11 @@ fn apply_one(
             let state = node.state();
             table().sync_node(&state, *n);
         }
+        (Command::Barrier { node: n, nonce }, _) if *n == me => {
+            if let Some(returns) = glue.returns.get() {
+                returns.barrier_applied(*nonce);
+            }
+        }
         (Command::Retain { message }, Outcome::Done) if message.origin != me => {
             let now = Instant::now();
             // Only if it is still the topic's retained message (a later change may be
@@ -115,14 +123,21 @@ fn apply_one(
                 previous: Some((previous, _)),
                 ..
             },
-        ) if *previous == me && *claimer != me && broker.take_over(client_id) => {
-            // Another node took the client id: its connection here closes (MQTT 5:
-            // DISCONNECT 0x8E Session taken over).
-            tracing::info!(
-                client_id,
-                node = claimer,
-                "session taken over by another node"
-            );
+        ) if *previous == me && *claimer != me => {
+            if broker.take_over(client_id) {
+                // Another node took the client id: its connection here closes (MQTT 5:
+                // DISCONNECT 0x8E Session taken over).
+                tracing::info!(
+                    client_id,
+                    node = claimer,
+                    "session taken over by another node"
+                );
+            }
+            // What the hand-over does not take (its claimer gave up on this node) is
+            // returned or discarded later.
+            if let Some(returns) = glue.returns.get() {
+                returns.claimed_elsewhere(client_id);
+            }
         }
         _ => {}
     }

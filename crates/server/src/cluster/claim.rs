@@ -39,6 +39,8 @@ pub struct Claimer {
     /// Whether a release of the client id is queued or under way here (the registry's entry
     /// is about to go: a reconnection takes the slow path and claims again).
     pub releasing: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Copies of sessions other nodes own (this node's own copy joins a session it claims).
+    pub returns: Arc<super::returns::Returns>,
 }
 
 /// Client ids whose previous owner did not answer a hand-over: not granted here (not even on
@@ -138,6 +140,7 @@ impl Claimer {
         let node = self.node.clone();
         let broker = self.broker.clone();
         let fences = self.fences.clone();
+        let returns = self.returns.clone();
         let (me, timeout, lease) = (self.me, self.timeout, self.lease);
         self.runtime.spawn(async move {
             let ClaimRequest {
@@ -152,8 +155,21 @@ impl Claimer {
             // One claim of a client id at a time on this node: a reconnection while this
             // one runs waits for it (and then finds the session it brings).
             let _claiming = fences.begin_claim(&client_id).await;
+            // Whether this node may hold a queue of the session still (it owned it and did
+            // not hand it over): that copy joins what the claim brings.
+            let listed = node
+                .state()
+                .session(&client_id)
+                .is_some_and(|entry| entry.pending_returns.contains(&me));
             let (mut result, silent, epoch) =
                 claim(&node, me, timeout, &client_id, clean_start, persistent).await;
+            if listed
+                && !clean_start
+                && let Ok(grant) = &mut result
+                && let Some(transfer) = &mut grant.transfer
+            {
+                returns.add_own_copy(transfer).await;
+            }
             if result.is_ok() {
                 // "Never two live connections": a previous owner that did not answer may
                 // still hold connections until its lease runs out; it looks at its lease
@@ -259,10 +275,19 @@ async fn claim(
     // connections), and the old session leaves that node instead of lingering there offline
     // with its routes.
     let mut silent = false;
-    let transfer = match node
+    let answer = node
         .request_hand_over(previous, client_id, epoch, timeout)
-        .await
-    {
+        .await;
+    if answer.is_ok() {
+        // The previous owner handed its session over (or had none): it holds no queue for
+        // the client (issue 16, "return the queue").
+        node.propose_later(Command::Returned {
+            client_id: client_id.to_owned(),
+            epoch,
+            node: previous,
+        });
+    }
+    let transfer = match answer {
         Ok(Some(bytes)) => match SessionTransfer::decode(&bytes) {
             Ok(transfer) => Some(transfer),
             Err(error) => {
@@ -286,7 +311,8 @@ async fn claim(
         Err(refusal) => {
             // The previous owner is down or slow: the client connects here with the
             // session's durable subscriptions from the registry; its queued and in-flight
-            // messages stay on that node (see docs/architecture.md).
+            // messages stay on that node, listed in the registry, until it returns them
+            // (see `returns` and docs/architecture.md).
             tracing::warn!(client_id, node = previous, %refusal, "no hand-over: the session's subscriptions from the registry, after the owner's lease");
             silent = true;
             from_registry(node, client_id)
@@ -370,17 +396,28 @@ pub struct HandOver {
     pub broker: Weak<Broker>,
     pub released: Arc<Released>,
     pub timeout: Duration,
+    /// Returns of queues under way here (a hand-over waits for them to end).
+    pub returns: Arc<super::returns::Returns>,
+    /// Weak: the glue holds the claimer, which holds the node, which holds this.
+    pub glue: Weak<super::hook::Glue>,
 }
 
 impl HandOverHandler for HandOver {
     fn hand_over(&self, client_id: String, epoch: u64) -> tern_cluster::node::HandOverFuture {
         let broker = self.broker.clone();
         let released = self.released.clone();
+        let returns = self.returns.clone();
         let timeout = self.timeout;
         Box::pin(async move {
             let Some(broker) = broker.upgrade() else {
                 return Err(Refusal::Unavailable("the broker is stopping".into()));
             };
+            // A return of this client's copy to its previous owner runs: it ends (the copy
+            // returned or put back) before this hand-over takes what is here.
+            let waited = tokio::time::Instant::now() + timeout;
+            while returns.is_returning(&client_id) && tokio::time::Instant::now() < waited {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             // Registered before the take-over, so the release cannot come unseen in between.
             let waiter = released.wait(&client_id);
             if broker.take_over(&client_id) && tokio::time::timeout(timeout, waiter).await.is_err()
@@ -413,6 +450,65 @@ impl HandOverHandler for HandOver {
                     )))
                 }
             }
+        })
+    }
+
+    /// The owner's side of a return: `from` held a copy of the session of `client_id`,
+    /// which this node owns with `epoch`. Its messages join the session here, durably, and
+    /// `from` goes off the session's pending returns.
+    fn take_return(
+        &self,
+        from: NodeId,
+        client_id: String,
+        epoch: u64,
+        session: Vec<u8>,
+    ) -> tern_cluster::node::ReturnFuture {
+        let broker = self.broker.clone();
+        let glue = self.glue.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let (Some(broker), Some(glue)) = (broker.upgrade(), glue.upgrade()) else {
+                return Err(Refusal::Unavailable("the broker is stopping".into()));
+            };
+            let Some(node) = glue.claimer.get().map(|claimer| claimer.node.clone()) else {
+                return Err(Refusal::Unavailable("not ready".into()));
+            };
+            let current = node.state().owner(&client_id);
+            match current {
+                Some((Some(owner), current)) if owner == glue.node_id && current == epoch => {}
+                // This node has not applied the claim yet: the sender tries again.
+                Some((_, current)) if current < epoch => {
+                    return Err(Refusal::Unavailable(
+                        "the claim is not applied here yet".into(),
+                    ));
+                }
+                _ => return Err(Refusal::Refused("not this session's owner".into())),
+            }
+            let transfer = SessionTransfer::decode(&session)
+                .map_err(|error| Refusal::Refused(format!("unreadable session: {error}")))?;
+            let messages = transfer.queue.len() + transfer.inflight.len();
+            let seq = broker
+                .merge_returned(transfer, Instant::now())
+                .map_err(|error| Refusal::Unavailable(error.to_string()))?;
+            glue.durable(seq).await;
+            tracing::info!(
+                client_id,
+                from,
+                messages,
+                "cluster: queued messages returned here"
+            );
+            // Off the pending returns; if this is not committed, `from` (holding nothing
+            // now) proposes it when it looks again.
+            let _ = tokio::time::timeout(
+                timeout,
+                node.propose(Command::Returned {
+                    client_id,
+                    epoch,
+                    node: from,
+                }),
+            )
+            .await;
+            Ok(())
         })
     }
 }

@@ -64,6 +64,8 @@ pub struct Glue {
     pub tickets: super::tickets::RouteTickets,
     /// Client ids whose release is being proposed (see `sync`).
     pub releasing: Mutex<BTreeSet<String>>,
+    /// Copies of sessions other nodes own: returned or discarded (see `returns`).
+    pub returns: OnceLock<Arc<super::returns::Returns>>,
 }
 
 impl Glue {
@@ -86,6 +88,18 @@ impl Glue {
             persistence,
             tickets: super::tickets::RouteTickets::default(),
             releasing: Mutex::new(BTreeSet::new()),
+            returns: OnceLock::new(),
+        }
+    }
+
+    /// Waits until the store has made `seq` durable (at once without a store).
+    pub async fn durable(&self, seq: Seq) {
+        if let Some(persistence) = &self.persistence
+            && seq != Seq::NONE
+        {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            persistence.wake_when_durable(seq, Arc::new(super::sink::Durable::new(tx)));
+            let _ = rx.await;
         }
     }
 

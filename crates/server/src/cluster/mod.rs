@@ -17,6 +17,7 @@ mod hook;
 mod lease;
 mod payload;
 mod retained;
+mod returns;
 mod routes;
 mod sink;
 mod sync;
@@ -61,6 +62,9 @@ impl Cluster {
     ) -> Result<Cluster, crate::server::ServerError> {
         // The links' transport first: a bad certificate file stops the start here.
         let transport = tls::transport(config)?;
+        // The end of each restored session's queue, before any message from another node
+        // can reach it (see `returns`).
+        let restored = broker.offline_sessions();
         let timing = Timing {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             election_min: Duration::from_millis(config.election_timeout_ms),
@@ -145,6 +149,20 @@ impl Cluster {
             }));
         }
         let _ = glue.plane.set(plane.clone());
+        let (returns, returns_wake) = returns::Returns::new(
+            config.node_id,
+            &broker,
+            restored,
+            timing.proposal_timeout,
+            Duration::from_millis(config.lease_ms),
+        );
+        let _ = glue.returns.set(returns.clone());
+        tokio::spawn(returns::run(
+            returns.clone(),
+            node.clone(),
+            returns_wake,
+            stop.clone(),
+        ));
         tokio::spawn(apply::run(
             glue.clone(),
             node.clone(),
@@ -169,6 +187,7 @@ impl Cluster {
             stop.clone(),
         ));
         let _ = glue.claimer.set(claim::Claimer {
+            returns: returns.clone(),
             node: node.clone(),
             broker: Arc::downgrade(&broker),
             me: config.node_id,
@@ -188,6 +207,8 @@ impl Cluster {
             broker: Arc::downgrade(&broker),
             released: glue.released.clone(),
             timeout: timing.proposal_timeout,
+            returns,
+            glue: Arc::downgrade(&glue),
         }));
         // Reports the routes the core already holds (restored sessions) to the hook.
         broker.set_cluster(glue.clone());

@@ -29,7 +29,13 @@ impl BrokerSink {
 }
 
 /// Wakes the waiting acknowledgement once the store made the sequence number durable.
-struct Durable(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+pub struct Durable(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+
+impl Durable {
+    pub fn new(tx: oneshot::Sender<()>) -> Durable {
+        Durable(std::sync::Mutex::new(Some(tx)))
+    }
+}
 
 impl Wakeup for Durable {
     fn wake(&self) {

@@ -1,0 +1,428 @@
+//! "Return the queue" (issue 16, "Take-over across nodes": a down node's queued messages
+//! return when it does). A node holding an offline session whose registry owner is another
+//! node either returns it to that owner, when the registry lists this node among the
+//! session's pending returns, or discards it (the client started clean since). A session
+//! the registry does not know is kept (released elsewhere, or older than the cluster). See docs/architecture.md ("A cluster: returning a queue").
+//!
+//! Looked at: every offline session once this node has caught up after it started (and after
+//! a snapshot replaced its state), and a session another node claimed from this one (after
+//! the hand-over had its chance). A return that fails (the owner down, its session not there
+//! yet) is tried again later; the copy stays here meanwhile.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tern_broker::{Broker, InflightState, SessionTransfer};
+use tern_cluster::{ClusterNode, Command, NodeId};
+use tokio::sync::{mpsc, watch};
+
+use super::hook::lock;
+
+/// How long a failed return waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// This node's side of returning queues.
+pub struct Returns {
+    pub me: NodeId,
+    pub broker: Weak<Broker>,
+    /// Bounds one return's RPC, and how long a claim elsewhere leaves the hand-over before a
+    /// return is looked at.
+    pub timeout: Duration,
+    /// The cluster's lease: the state is trusted once it is held.
+    pub lease: Duration,
+    /// Client id → the queue position before which the copy here may be returned: its end
+    /// when this node started, or when it applied a claim taking the client id from it.
+    /// Messages queued after it reached the copy while the owner had the session's routes
+    /// (the owner has them): returning them would deliver them twice.
+    cutoffs: Mutex<HashMap<String, u64>>,
+    /// Client ids being returned now (a hand-over waits for it to end).
+    returning: Mutex<HashSet<String>>,
+    /// Client ids to look at, after a delay (`None`: every offline session).
+    wake: mpsc::UnboundedSender<(Option<String>, Duration)>,
+    /// The highest nonce of this node's barriers applied here.
+    barrier: watch::Sender<u64>,
+}
+
+/// Removes a client id from the returning set when the return ends.
+struct Returning<'a>(&'a Returns, String);
+
+impl Drop for Returning<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.returning).remove(&self.1);
+    }
+}
+
+/// What looking at one client id came to.
+enum Looked {
+    Done,
+    Retry,
+}
+
+impl Returns {
+    /// `restored`: each offline session's queue end, recorded when the node started, before
+    /// any message from another node could reach it.
+    pub fn new(
+        me: NodeId,
+        broker: &Arc<Broker>,
+        restored: Vec<(String, u64)>,
+        timeout: Duration,
+        lease: Duration,
+    ) -> (
+        Arc<Returns>,
+        mpsc::UnboundedReceiver<(Option<String>, Duration)>,
+    ) {
+        let (wake, rx) = mpsc::unbounded_channel();
+        let cutoffs = restored.into_iter().collect();
+        let returns = Arc::new(Returns {
+            me,
+            broker: Arc::downgrade(broker),
+            timeout,
+            lease,
+            cutoffs: Mutex::new(cutoffs),
+            returning: Mutex::new(HashSet::new()),
+            wake,
+            barrier: watch::Sender::new(0),
+        });
+        (returns, rx)
+    }
+
+    /// Another node claimed `client_id` from this one (applied here): the end of the copy's
+    /// queue is recorded now, and the copy looked at once the hand-over had its chance.
+    pub fn claimed_elsewhere(&self, client_id: &str) {
+        if let Some(broker) = self.broker.upgrade()
+            && let Some(end) = broker.next_queue_position(client_id)
+        {
+            lock(&self.cutoffs)
+                .entry(client_id.to_owned())
+                .or_insert(end);
+        }
+        let _ = self
+            .wake
+            .send((Some(client_id.to_owned()), self.timeout * 2));
+    }
+
+    /// This node's barrier `nonce` was applied here.
+    pub fn barrier_applied(&self, nonce: u64) {
+        self.barrier.send_if_modified(|applied| {
+            let newer = nonce > *applied;
+            *applied = (*applied).max(nonce);
+            newer
+        });
+    }
+
+    /// The state was replaced by a snapshot: every offline session is looked at again.
+    pub fn rescan(&self) {
+        let _ = self.wake.send((None, Duration::ZERO));
+    }
+
+    /// Whether a return of `client_id` runs now (a hand-over waits for it).
+    pub fn is_returning(&self, client_id: &str) -> bool {
+        lock(&self.returning).contains(client_id)
+    }
+
+    /// This node claims `client_id` while the registry lists it among the session's pending
+    /// returns: its own copy joins `transfer`, the session the previous owner handed over
+    /// (or the registry's), instead of being replaced by it. Its messages in flight (but a
+    /// QoS 2 message whose PUBREC came) and its queue up to the cutoff go after the
+    /// transfer's queue.
+    pub async fn add_own_copy(&self, transfer: &mut SessionTransfer) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let client_id = transfer.client_id.to_string();
+        let waited = tokio::time::Instant::now() + self.timeout;
+        while self.is_returning(&client_id) && tokio::time::Instant::now() < waited {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = lock(&self.cutoffs).remove(&client_id);
+        let before = before
+            .or_else(|| broker.next_queue_position(&client_id))
+            .unwrap_or(u64::MAX);
+        let Some(own) = broker.export_returned(&client_id, before, Instant::now()) else {
+            return;
+        };
+        let messages = own.queue.len() + own.inflight.len();
+        transfer.queue.extend(
+            own.inflight
+                .into_iter()
+                .filter(|entry| entry.state != InflightState::AwaitingPubComp)
+                .map(|entry| entry.delivery)
+                .chain(own.queue),
+        );
+        tracing::info!(
+            client_id,
+            messages,
+            "cluster: this node's copy of the session joins the one it claimed"
+        );
+    }
+
+    /// Looks at the copy of `client_id` here.
+    async fn look(&self, node: &ClusterNode, client_id: &str) -> Looked {
+        let Some(broker) = self.broker.upgrade() else {
+            return Looked::Done;
+        };
+        let entry = node.state().session(client_id).cloned();
+        let listed = entry
+            .as_ref()
+            .is_some_and(|entry| entry.pending_returns.contains(&self.me));
+        let local = broker.session(client_id);
+        tracing::debug!(
+            client_id,
+            ?entry,
+            local = local.is_some(),
+            "cluster: looking at a session's copy"
+        );
+        let forget = || {
+            lock(&self.cutoffs).remove(client_id);
+        };
+        match (local, &entry) {
+            (None, _) => {
+                forget();
+                if listed && let Some(entry) = &entry {
+                    // Nothing here (handed over, returned, expired): off the list.
+                    return self.returned(node, client_id, entry.epoch).await;
+                }
+                Looked::Done
+            }
+            (Some(session), _) if session.is_online() => {
+                forget();
+                Looked::Done
+            }
+            (Some(_), None) => {
+                // Not registered: released elsewhere, or a session from before this node ran
+                // in a cluster (its client's next CONNECT here claims it). Not told apart:
+                // kept, as it was before returns existed; it expires here on its own.
+                forget();
+                Looked::Done
+            }
+            (Some(_), Some(entry)) => match entry.owner {
+                Some(owner) if owner == self.me => {
+                    forget();
+                    Looked::Done
+                }
+                // Its node was removed: the copy waits for the next claim.
+                None => Looked::Done,
+                Some(owner) if listed => {
+                    self.give_back(node, &broker, client_id, owner, entry.epoch)
+                        .await
+                }
+                Some(owner) => {
+                    tracing::info!(
+                        client_id,
+                        owner,
+                        "cluster: a session claimed elsewhere without this copy (a clean start): discarded"
+                    );
+                    broker.export_session(client_id, Instant::now());
+                    forget();
+                    Looked::Done
+                }
+            },
+        }
+    }
+
+    /// Takes this node off the session's pending returns.
+    async fn returned(&self, node: &ClusterNode, client_id: &str, epoch: u64) -> Looked {
+        let command = Command::Returned {
+            client_id: client_id.to_owned(),
+            epoch,
+            node: self.me,
+        };
+        match tokio::time::timeout(self.timeout, node.propose(command)).await {
+            // Done, or stale (claimed again since: looked at again then if still listed).
+            Ok(Ok(_)) => Looked::Done,
+            _ => Looked::Retry,
+        }
+    }
+
+    /// Returns the copy of `client_id` to `owner`, which holds the session with `epoch`.
+    async fn give_back(
+        &self,
+        node: &ClusterNode,
+        broker: &Broker,
+        client_id: &str,
+        owner: NodeId,
+        epoch: u64,
+    ) -> Looked {
+        if !lock(&self.returning).insert(client_id.to_owned()) {
+            return Looked::Retry;
+        }
+        let _returning = Returning(self, client_id.to_owned());
+        let now = Instant::now();
+        let before = match lock(&self.cutoffs).get(client_id) {
+            Some(before) => *before,
+            None => broker.next_queue_position(client_id).unwrap_or(u64::MAX),
+        };
+        let Some(transfer) = broker.export_returned(client_id, before, now) else {
+            // Connected or gone meanwhile: looked at again.
+            return Looked::Retry;
+        };
+        let messages = transfer.queue.len() + transfer.inflight.len();
+        if messages == 0 {
+            tracing::info!(client_id, owner, "cluster: nothing to return");
+            lock(&self.cutoffs).remove(client_id);
+            return self.returned(node, client_id, epoch).await;
+        }
+        let bytes = match transfer.encode() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(client_id, %error, "cluster: a session to return cannot be encoded: kept here");
+                self.keep(broker, transfer);
+                return Looked::Done;
+            }
+        };
+        match node
+            .request_return(owner, client_id, epoch, bytes, self.timeout)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    client_id,
+                    owner,
+                    messages,
+                    "cluster: queued messages returned to the session's owner"
+                );
+                lock(&self.cutoffs).remove(client_id);
+                Looked::Done
+            }
+            Err(refusal) => {
+                tracing::info!(client_id, owner, %refusal, "cluster: return not taken: kept here, tried again later");
+                self.keep(broker, transfer);
+                Looked::Retry
+            }
+        }
+    }
+
+    /// Puts a copy that could not be returned back (all of it precedes the cutoff).
+    fn keep(&self, broker: &Broker, transfer: SessionTransfer) {
+        let client_id = transfer.client_id.to_string();
+        let now = Instant::now();
+        match broker.import_session(transfer.clone(), now) {
+            Ok(_) => {}
+            // The client connected here meanwhile (this node owns it again): into its session.
+            Err(_) => {
+                if let Err(error) = broker.merge_returned(transfer, now) {
+                    tracing::warn!(client_id, %error, "cluster: a copy not returned is lost");
+                }
+            }
+        }
+        if let Some(end) = broker.next_queue_position(&client_id) {
+            lock(&self.cutoffs).insert(client_id, end);
+        }
+    }
+}
+
+/// Waits until this node's state can be trusted (a member, its lease held, everything it
+/// received applied), then looks at every offline session, and after that at what it is
+/// told to, trying failed returns again every [`RETRY_AFTER`].
+pub async fn run(
+    returns: Arc<Returns>,
+    node: ClusterNode,
+    mut wake: mpsc::UnboundedReceiver<(Option<String>, Duration)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut applied = returns.barrier.subscribe();
+    loop {
+        if caught_up(&node, &returns, &mut applied).await {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let scan_all = |due: &mut BTreeMap<String, tokio::time::Instant>| {
+        let now = tokio::time::Instant::now();
+        if let Some(broker) = returns.broker.upgrade() {
+            for (client_id, _) in broker.offline_sessions() {
+                due.entry(client_id).or_insert(now);
+            }
+        }
+        // Listed sessions this node holds nothing of: taken off the list.
+        let state = node.state();
+        for (client_id, entry) in state.sessions() {
+            if entry.pending_returns.contains(&returns.me) {
+                due.entry(client_id.to_owned()).or_insert(now);
+            }
+        }
+    };
+    scan_all(&mut due);
+    tracing::debug!(
+        sessions = due.len(),
+        "cluster: caught up: looking at the sessions held here"
+    );
+    loop {
+        let next = due.values().min().copied();
+        tokio::select! {
+            message = wake.recv() => match message {
+                Some((Some(client_id), after)) => {
+                    // The earlier time wins: a claim replayed while this node caught up is
+                    // long past its hand-over.
+                    let at = tokio::time::Instant::now() + after;
+                    let entry = due.entry(client_id).or_insert(at);
+                    *entry = (*entry).min(at);
+                }
+                Some((None, _)) => scan_all(&mut due),
+                None => return,
+            },
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = tokio::time::Instant::now();
+                let ready: Vec<String> = due
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(client_id, _)| client_id.clone())
+                    .collect();
+                for client_id in ready {
+                    due.remove(&client_id);
+                    if !node.holds_lease(returns.lease) {
+                        due.insert(client_id, now + RETRY_AFTER);
+                        continue;
+                    }
+                    if let Looked::Retry = returns.look(&node, &client_id).await {
+                        due.insert(client_id, tokio::time::Instant::now() + RETRY_AFTER);
+                    }
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Whether this node's state can be trusted to say who owns a session: it is a registered
+/// member holding its lease, and a barrier it proposed now was committed and applied here
+/// (so was everything committed before it: the state is at least as new as this moment's).
+async fn caught_up(
+    node: &ClusterNode,
+    returns: &Returns,
+    applied: &mut watch::Receiver<u64>,
+) -> bool {
+    if !node.is_member()
+        || !node.holds_lease(returns.lease)
+        || node.state().node(returns.me).is_none()
+    {
+        return false;
+    }
+    // Above any nonce of an earlier start (a restart replays its log).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_nanos() as u64);
+    let barrier = Command::Barrier {
+        node: returns.me,
+        nonce,
+    };
+    if !matches!(
+        tokio::time::timeout(returns.timeout, node.propose(barrier)).await,
+        Ok(Ok(_))
+    ) {
+        return false;
+    }
+    tokio::time::timeout(returns.timeout, applied.wait_for(|seen| *seen >= nonce))
+        .await
+        .is_ok_and(|seen| seen.is_ok())
+}

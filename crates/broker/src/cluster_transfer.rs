@@ -604,6 +604,32 @@ impl Broker {
         transfer
     }
 
+    /// Cluster, "return the queue": what [`Broker::export_returned`] would take of the
+    /// offline session of `client_id`, leaving it here (the first of a return's two steps:
+    /// the copy ends here only once the owner has it). `None` when there is no offline
+    /// session of that client id.
+    pub fn peek_returned(
+        &self,
+        client_id: &str,
+        before: u64,
+        now: Instant,
+    ) -> Option<SessionTransfer> {
+        let client = MqttStr::try_from(client_id).ok()?;
+        let session = self.session(client_id)?;
+        let state = session.lock();
+        if state.ended || state.owner.is_some() {
+            return None;
+        }
+        let mut taken = SessionTransfer::from_state(&client, &state, now);
+        taken.queue = state
+            .queue
+            .iter()
+            .filter(|queued| queued.position < before)
+            .map(|queued| TransferredDelivery::from_delivery(&queued.delivery, now))
+            .collect();
+        Some(taken)
+    }
+
     /// Cluster, "return the queue": appends the messages of `returned` (a copy of this
     /// client's session that another node held) to the session of its client id here, as
     /// any routed message is queued: after what waits already, within the queue limit

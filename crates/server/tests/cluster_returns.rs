@@ -253,3 +253,61 @@ async fn the_copy_joins_the_session_when_its_client_comes_back_to_its_node() {
         node.shutdown().await;
     }
 }
+
+/// Issue 16 with [MQTT-3.1.2-4]: the client's session moved to B while A was down (A listed
+/// among the pending returns), then the client reconnects to B, its owner, with Clean Start:
+/// that reconnection is not granted on the fast path but claimed through the log, whose clean
+/// claim takes A off the list; when A comes back its copy is discarded and nothing of the
+/// old session reaches the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_on_the_owner_discards_a_down_nodes_copy() {
+    let dir = temp_dir("return-clean-owner");
+    let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
+    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
+    until("A listed among the pending returns", || {
+        nodes.iter().all(|node| {
+            node.cluster
+                .node()
+                .state()
+                .session(ID)
+                .is_some_and(|entry| entry.pending_returns.contains(&1))
+        })
+    })
+    .await;
+    until("the session offline on B", || {
+        nodes[0]
+            .broker
+            .session(ID)
+            .is_some_and(|session| !session.is_online())
+    })
+    .await;
+
+    // Clean Start on B, which owns the client id: the list is emptied.
+    let (mut client, connack) = Client5::connect(options(nodes[0].addr, true)).await;
+    assert!(!connack.session_present);
+    until("nothing pending for the new session", || {
+        nodes.iter().all(|node| {
+            node.cluster
+                .node()
+                .state()
+                .session(ID)
+                .is_some_and(|entry| entry.pending_returns.is_empty())
+        })
+    })
+    .await;
+    client.subscribe("wander/#", QoS5::AtLeastOnce).await;
+
+    nodes.insert(0, start_node(1, &addrs, &dir).await);
+    until("A's copy discarded", || {
+        nodes[0].broker.session(ID).is_none()
+    })
+    .await;
+    let publisher = Client::simple(nodes[2].addr, "pub-c3").await;
+    publisher
+        .publish("wander/x", QoS::AtLeastOnce, false, "fresh")
+        .await;
+    assert_eq!(client.recv().await.payload, &b"fresh"[..], "nothing from A");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

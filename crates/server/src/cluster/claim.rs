@@ -17,6 +17,7 @@ use tern_codec::{MqttStr, ReasonCode};
 use tokio::sync::oneshot;
 
 use super::hook::{lock, options_from_byte};
+use super::returns::Take;
 
 /// How long a claim waits before proposing again after a refusal that may pass.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
@@ -128,8 +129,20 @@ impl Claimer {
     /// here through `apply`; a node without its lease may have lost the id unknowingly),
     /// otherwise pending while a task proposes the claim and fetches the session.
     pub fn claim(&self, request: ClaimRequest) -> ClaimDecision {
-        let owner = self.node.state().owner(&request.client_id);
+        let (owner, listed) = {
+            let state = self.node.state();
+            let listed = state
+                .session(&request.client_id)
+                .is_some_and(|entry| !entry.pending_returns.is_empty());
+            (state.owner(&request.client_id), listed)
+        };
+        // A clean start (or a session that ends with its connection) while another node may
+        // still return a queue of the old session: the claim goes through the log, whose
+        // clean claim takes those nodes off the list, so nothing of the old session joins
+        // the new one [MQTT-3.1.2-4].
+        let discards_returns = listed && (request.clean_start || !request.persistent);
         if matches!(owner, Some((Some(owner), _)) if owner == self.me)
+            && !discards_returns
             && self.node.holds_lease(self.lease)
             && !self.fences.fenced(&request.client_id)
             && !self.fences.claiming(&request.client_id)
@@ -465,6 +478,7 @@ impl HandOverHandler for HandOver {
     ) -> tern_cluster::node::ReturnFuture {
         let broker = self.broker.clone();
         let glue = self.glue.clone();
+        let returns = self.returns.clone();
         let timeout = self.timeout;
         Box::pin(async move {
             let (Some(broker), Some(glue)) = (broker.upgrade(), glue.upgrade()) else {
@@ -473,7 +487,13 @@ impl HandOverHandler for HandOver {
             let Some(node) = glue.claimer.get().map(|claimer| claimer.node.clone()) else {
                 return Err(Refusal::Unavailable("not ready".into()));
             };
-            let current = node.state().owner(&client_id);
+            let (current, listed) = {
+                let state = node.state();
+                let listed = state
+                    .session(&client_id)
+                    .is_some_and(|entry| entry.pending_returns.contains(&from));
+                (state.owner(&client_id), listed)
+            };
             match current {
                 Some((Some(owner), current)) if owner == glue.node_id && current == epoch => {}
                 // This node has not applied the claim yet: the sender tries again.
@@ -484,30 +504,53 @@ impl HandOverHandler for HandOver {
                 }
                 _ => return Err(Refusal::Refused("not this session's owner".into())),
             }
-            let transfer = SessionTransfer::decode(&session)
-                .map_err(|error| Refusal::Refused(format!("unreadable session: {error}")))?;
-            let messages = transfer.queue.len() + transfer.inflight.len();
-            let seq = broker
-                .merge_returned(transfer, Instant::now())
-                .map_err(|error| Refusal::Unavailable(error.to_string()))?;
-            glue.durable(seq).await;
-            tracing::info!(
+            // Merged once: a return sent again (its answer lost, or late) is answered from
+            // what was done; one under way makes the sender try again later.
+            let key = (client_id.clone(), from, epoch);
+            let seq = match returns.begin_take(&key, listed) {
+                Take::Merged(seq) => seq,
+                Take::Busy => {
+                    return Err(Refusal::Unavailable("this return is being taken".into()));
+                }
+                // Off the list already: taken before (its `Returned` committed).
+                Take::NotListed => return Ok(()),
+                Take::Start => {
+                    let merged = SessionTransfer::decode(&session)
+                        .map_err(|error| Refusal::Refused(format!("unreadable session: {error}")))
+                        .and_then(|transfer| {
+                            let messages = transfer.queue.len() + transfer.inflight.len();
+                            let seq = broker
+                                .merge_returned(transfer, Instant::now())
+                                .map_err(|error| Refusal::Unavailable(error.to_string()))?;
+                            tracing::info!(
+                                client_id,
+                                from,
+                                messages,
+                                "cluster: queued messages returned here"
+                            );
+                            Ok(seq)
+                        });
+                    returns.end_take(&key, merged.as_ref().ok().copied());
+                    merged?
+                }
+            };
+            // Answered once the merge is durable (bounded: the sender's request waits
+            // `timeout`; a store that does not commit makes it try again).
+            if tokio::time::timeout(timeout / 2, glue.durable(seq))
+                .await
+                .is_err()
+            {
+                return Err(Refusal::Unavailable(
+                    "the returned messages are not durable yet".into(),
+                ));
+            }
+            // Off the pending returns, without waiting: if this is not committed, `from`
+            // (holding nothing then) proposes it when it looks again.
+            node.propose_later(Command::Returned {
                 client_id,
-                from,
-                messages,
-                "cluster: queued messages returned here"
-            );
-            // Off the pending returns; if this is not committed, `from` (holding nothing
-            // now) proposes it when it looks again.
-            let _ = tokio::time::timeout(
-                timeout,
-                node.propose(Command::Returned {
-                    client_id,
-                    epoch,
-                    node: from,
-                }),
-            )
-            .await;
+                epoch,
+                node: from,
+            });
             Ok(())
         })
     }

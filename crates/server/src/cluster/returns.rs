@@ -19,8 +19,30 @@ use tokio::sync::{mpsc, watch};
 
 use super::hook::lock;
 
-/// How long a failed return waits before it is tried again.
+/// How long a failed return waits before it is tried again (doubled per failure of the
+/// same client id, up to [`RETRY_MAX`]).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long the owner remembers a return it merged (one sent again after its answer was
+/// lost is answered without merging twice).
+const TAKEN_MEMORY: Duration = Duration::from_secs(600);
+
+/// The owner's answer to "may this return be merged?" (see [`Returns::begin_take`]).
+pub enum Take {
+    /// Merge it now (and call [`Returns::end_take`]).
+    Start,
+    /// Merged already, with this store sequence number.
+    Merged(tern_broker::Seq),
+    /// The same return is being merged now.
+    Busy,
+    /// The registry does not list the sender: nothing to merge.
+    NotListed,
+}
+
+enum Taken {
+    Merging,
+    Merged(tern_broker::Seq, Instant),
+}
 
 /// This node's side of returning queues.
 pub struct Returns {
@@ -42,6 +64,8 @@ pub struct Returns {
     wake: mpsc::UnboundedSender<(Option<String>, Duration)>,
     /// The highest nonce of this node's barriers applied here.
     barrier: watch::Sender<u64>,
+    /// The owner's side: returns merged here or being merged, by (client id, sender, epoch).
+    taken: Mutex<HashMap<(String, NodeId, u64), Taken>>,
 }
 
 /// Removes a client id from the returning set when the return ends.
@@ -83,6 +107,7 @@ impl Returns {
             returning: Mutex::new(HashSet::new()),
             wake,
             barrier: watch::Sender::new(0),
+            taken: Mutex::new(HashMap::new()),
         });
         (returns, rx)
     }
@@ -114,6 +139,41 @@ impl Returns {
     /// The state was replaced by a snapshot: every offline session is looked at again.
     pub fn rescan(&self) {
         let _ = self.wake.send((None, Duration::ZERO));
+    }
+
+    /// The owner's side: whether the return `key` (client id, sender, epoch) is to be merged
+    /// now; `listed`: whether the registry lists the sender among the session's pending
+    /// returns.
+    pub fn begin_take(&self, key: &(String, NodeId, u64), listed: bool) -> Take {
+        let mut taken = lock(&self.taken);
+        let now = Instant::now();
+        taken.retain(|_, state| match state {
+            Taken::Merging => true,
+            Taken::Merged(_, at) => now.duration_since(*at) < TAKEN_MEMORY,
+        });
+        match taken.get(key) {
+            Some(Taken::Merging) => Take::Busy,
+            Some(Taken::Merged(seq, _)) => Take::Merged(*seq),
+            None if !listed => Take::NotListed,
+            None => {
+                taken.insert(key.clone(), Taken::Merging);
+                Take::Start
+            }
+        }
+    }
+
+    /// The owner's side: the merge [`Returns::begin_take`] started ended (`Some`: merged with
+    /// this sequence number; `None`: not merged, it may be tried again).
+    pub fn end_take(&self, key: &(String, NodeId, u64), merged: Option<tern_broker::Seq>) {
+        let mut taken = lock(&self.taken);
+        match merged {
+            Some(seq) => {
+                taken.insert(key.clone(), Taken::Merged(seq, Instant::now()));
+            }
+            None => {
+                taken.remove(key);
+            }
+        }
     }
 
     /// Whether a return of `client_id` runs now (a hand-over waits for it).
@@ -253,13 +313,18 @@ impl Returns {
             Some(before) => *before,
             None => broker.next_queue_position(client_id).unwrap_or(u64::MAX),
         };
-        let Some(transfer) = broker.export_returned(client_id, before, now) else {
+        // Two steps: the copy stays here (in the store too) until the owner answered that
+        // the messages are durable there; only then does it end here. A crash in between
+        // sends it again at the next start (the owner answers a return it merged already
+        // without merging it twice, for `TAKEN_MEMORY`).
+        let Some(transfer) = broker.peek_returned(client_id, before, now) else {
             // Connected or gone meanwhile: looked at again.
             return Looked::Retry;
         };
         let messages = transfer.queue.len() + transfer.inflight.len();
         if messages == 0 {
             tracing::info!(client_id, owner, "cluster: nothing to return");
+            broker.export_returned(client_id, before, now);
             lock(&self.cutoffs).remove(client_id);
             return self.returned(node, client_id, epoch).await;
         }
@@ -267,7 +332,6 @@ impl Returns {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(client_id, %error, "cluster: a session to return cannot be encoded: kept here");
-                self.keep(broker, transfer);
                 return Looked::Done;
             }
         };
@@ -282,32 +346,14 @@ impl Returns {
                     messages,
                     "cluster: queued messages returned to the session's owner"
                 );
+                broker.export_returned(client_id, before, Instant::now());
                 lock(&self.cutoffs).remove(client_id);
                 Looked::Done
             }
             Err(refusal) => {
                 tracing::info!(client_id, owner, %refusal, "cluster: return not taken: kept here, tried again later");
-                self.keep(broker, transfer);
                 Looked::Retry
             }
-        }
-    }
-
-    /// Puts a copy that could not be returned back (all of it precedes the cutoff).
-    fn keep(&self, broker: &Broker, transfer: SessionTransfer) {
-        let client_id = transfer.client_id.to_string();
-        let now = Instant::now();
-        match broker.import_session(transfer.clone(), now) {
-            Ok(_) => {}
-            // The client connected here meanwhile (this node owns it again): into its session.
-            Err(_) => {
-                if let Err(error) = broker.merge_returned(transfer, now) {
-                    tracing::warn!(client_id, %error, "cluster: a copy not returned is lost");
-                }
-            }
-        }
-        if let Some(end) = broker.next_queue_position(&client_id) {
-            lock(&self.cutoffs).insert(client_id, end);
         }
     }
 }
@@ -332,6 +378,8 @@ pub async fn run(
         }
     }
     let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    // Failures in a row per client id (the retry waits double).
+    let mut failures: HashMap<String, u32> = HashMap::new();
     let scan_all = |due: &mut BTreeMap<String, tokio::time::Instant>| {
         let now = tokio::time::Instant::now();
         if let Some(broker) = returns.broker.upgrade() {
@@ -384,8 +432,18 @@ pub async fn run(
                         due.insert(client_id, now + RETRY_AFTER);
                         continue;
                     }
-                    if let Looked::Retry = returns.look(&node, &client_id).await {
-                        due.insert(client_id, tokio::time::Instant::now() + RETRY_AFTER);
+                    match returns.look(&node, &client_id).await {
+                        Looked::Retry => {
+                            let failed = failures.entry(client_id.clone()).or_insert(0);
+                            let wait = RETRY_AFTER
+                                .saturating_mul(1 << (*failed).min(6))
+                                .min(RETRY_MAX);
+                            *failed += 1;
+                            due.insert(client_id, tokio::time::Instant::now() + wait);
+                        }
+                        Looked::Done => {
+                            failures.remove(&client_id);
+                        }
                     }
                 }
             }

@@ -87,57 +87,83 @@ impl RouteTable {
                 wanted.insert((Some(group.to_owned()), filter.to_owned(), *node));
             }
         }
-        let gone: Vec<_> = self.entries.difference(&wanted).cloned().collect();
-        let new: Vec<_> = wanted.difference(&self.entries).cloned().collect();
-        for (group, filter, node) in gone {
-            self.remove(group.as_deref(), &filter, node);
-        }
-        for (group, filter, node) in new {
-            self.add(group.as_deref(), &filter, node);
-        }
+        let held = self.entries.clone();
+        self.apply_difference(&held, &wanted);
     }
 
     /// `node` subscribes to `filter` (of `group`).
     pub fn add(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
-        let key = (group.map(str::to_owned), filter.to_owned(), node);
-        if self.entries.insert(key) && self.indexes(group, node) {
-            self.index
-                .insert(&full_filter(group, filter), NodeEntry(node));
-            self.indexed += 1;
-            self.empty.store(false, Ordering::Relaxed);
-        }
+        self.insert_entry(group, filter, node);
+        self.publish_emptiness();
     }
 
     /// `node` no longer subscribes to `filter` (of `group`).
     pub fn remove(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
-        let key = (group.map(str::to_owned), filter.to_owned(), node);
-        if self.entries.remove(&key) && self.indexes(group, node) {
-            self.index
-                .remove(&full_filter(group, filter), &NodeEntry(node));
-            self.indexed -= 1;
-            self.empty.store(self.indexed == 0, Ordering::Relaxed);
-        }
+        self.remove_entry(group, filter, node);
+        self.publish_emptiness();
     }
 
     /// Makes the table hold exactly the state's routes of `node` (after its re-sync or its
-    /// removal).
+    /// removal), changing only what differs.
     pub fn sync_node(&mut self, state: &ClusterState, node: NodeId) {
-        let held: Vec<_> = self
+        let held: BTreeSet<_> = self
             .entries
             .iter()
             .filter(|(_, _, n)| *n == node)
             .cloned()
             .collect();
-        for (group, filter, _) in held {
-            self.remove(group.as_deref(), &filter, node);
-        }
         let routes = state.routes_of(node);
-        for filter in &routes.filters {
-            self.add(None, filter, node);
+        let wanted: BTreeSet<_> = routes
+            .filters
+            .iter()
+            .map(|filter| (None, filter.clone(), node))
+            .chain(
+                routes
+                    .shared
+                    .iter()
+                    .map(|(group, filter)| (Some(group.clone()), filter.clone(), node)),
+            )
+            .collect();
+        self.apply_difference(&held, &wanted);
+    }
+
+    /// Adds what `wanted` has and `held` lacks, then removes the reverse; the emptiness flag
+    /// is published once, at the end (a publish reading it without the lock never sees a
+    /// table emptied for a moment).
+    fn apply_difference(
+        &mut self,
+        held: &BTreeSet<(Option<String>, String, NodeId)>,
+        wanted: &BTreeSet<(Option<String>, String, NodeId)>,
+    ) {
+        for (group, filter, node) in wanted.difference(held) {
+            self.insert_entry(group.as_deref(), filter, *node);
         }
-        for (group, filter) in &routes.shared {
-            self.add(Some(group), filter, node);
+        for (group, filter, node) in held.difference(wanted) {
+            self.remove_entry(group.as_deref(), filter, *node);
         }
+        self.publish_emptiness();
+    }
+
+    fn insert_entry(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
+        let key = (group.map(str::to_owned), filter.to_owned(), node);
+        if self.entries.insert(key) && self.indexes(group, node) {
+            self.index
+                .insert(&full_filter(group, filter), NodeEntry(node));
+            self.indexed += 1;
+        }
+    }
+
+    fn remove_entry(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
+        let key = (group.map(str::to_owned), filter.to_owned(), node);
+        if self.entries.remove(&key) && self.indexes(group, node) {
+            self.index
+                .remove(&full_filter(group, filter), &NodeEntry(node));
+            self.indexed -= 1;
+        }
+    }
+
+    fn publish_emptiness(&self) {
+        self.empty.store(self.indexed == 0, Ordering::Relaxed);
     }
 
     /// What `topic` matches on nodes other than `me`, and which groups' turn is elsewhere

@@ -58,6 +58,8 @@ pub struct Transport {
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    #[error("the peer did not agree on the cluster's ALPN protocol")]
+    Alpn,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("timed out")]
@@ -110,6 +112,9 @@ impl Transport {
                         handshake_failed("dialled", addr, &error);
                         TransportError::Handshake(error)
                     })?;
+                    if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+                        return Err(TransportError::Alpn);
+                    }
                     let (reader, writer) = tokio::io::split(stream);
                     Ok((
                         Box::new(reader) as LinkReader,
@@ -141,12 +146,21 @@ impl Transport {
                     handshake_failed("accepted", &peer.to_string(), &error);
                     TransportError::Handshake(error)
                 })?;
+                // Both sides offer only the cluster's protocol; a client that offered none
+                // (another TLS client holding a certificate of the CA) is not a node.
+                if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+                    return Err(TransportError::Alpn);
+                }
                 let (reader, writer) = tokio::io::split(stream);
                 Ok((Box::new(reader), Box::new(writer)))
             }
         }
     }
 }
+
+/// The ALPN protocol of a cluster link: offered by the dialling node, required by the
+/// accepting one (which offers nothing else), checked by both after the handshake.
+pub const ALPN: &[u8] = b"tern-cluster";
 
 /// The name a dialled node's certificate must carry: the host of its `HOST:PORT` address (an
 /// IP address for an IP subject alternative name, else a DNS name).

@@ -15,10 +15,7 @@ use super::config::{ClusterConfig, ClusterTlsConfig};
 use crate::listener_config::{ClientAuth, ListenerKind, TlsConfig, TlsVersion};
 use crate::tls::{TlsError, TlsListener, TlsProblem};
 
-/// The ALPN protocol of a cluster link, offered by both sides: a client that offers another
-/// (an MQTT client whose certificate the cluster's CA signed) fails the handshake, and so does
-/// a node that dials an MQTT TLS listener by mistake.
-const ALPN: &[u8] = b"tern-cluster";
+use tern_cluster::transport::ALPN;
 
 /// Why `[cluster] tls` cannot be used: the file and the problem.
 #[derive(Debug, thiserror::Error)]

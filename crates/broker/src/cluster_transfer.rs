@@ -682,6 +682,12 @@ impl Broker {
                     .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),
             }
         }
+        // Ended meanwhile (handed over to another node): some of the messages may have gone
+        // with it, the rest were discarded; the sender tries again (duplicates rather than
+        // a loss).
+        if session.lock().ended {
+            return Err(TransferError::NoSession);
+        }
         Ok(seq)
     }
 }

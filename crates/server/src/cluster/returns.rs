@@ -62,7 +62,7 @@ pub struct Returns {
     returning: Mutex<HashSet<String>>,
     /// Client ids to look at, after a delay (`None`: every offline session).
     wake: mpsc::UnboundedSender<(Option<String>, Duration)>,
-    /// The highest nonce of this node's barriers applied here.
+    /// The nonce of the last of this node's barriers applied here.
     barrier: watch::Sender<u64>,
     /// The owner's side: returns merged here or being merged, by (client id, sender, epoch).
     taken: Mutex<HashMap<(String, NodeId, u64), Taken>>,
@@ -127,13 +127,11 @@ impl Returns {
             .send((Some(client_id.to_owned()), self.timeout * 2));
     }
 
-    /// This node's barrier `nonce` was applied here.
+    /// This node's barrier `nonce` was applied here (the last one applied is kept: a
+    /// waiter looks for its own nonce, whatever the nonces of barriers replayed from an
+    /// earlier start were).
     pub fn barrier_applied(&self, nonce: u64) {
-        self.barrier.send_if_modified(|applied| {
-            let newer = nonce > *applied;
-            *applied = (*applied).max(nonce);
-            newer
-        });
+        self.barrier.send_replace(nonce);
     }
 
     /// The state was replaced by a snapshot: every offline session is looked at again.
@@ -466,7 +464,8 @@ async fn caught_up(
     {
         return false;
     }
-    // Above any nonce of an earlier start (a restart replays its log).
+    // Unique (the wall clock's nanoseconds): this barrier's own, told apart from those of
+    // an earlier start that a restart replays from its log.
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |since| since.as_nanos() as u64);
@@ -480,7 +479,7 @@ async fn caught_up(
     ) {
         return false;
     }
-    tokio::time::timeout(returns.timeout, applied.wait_for(|seen| *seen >= nonce))
+    tokio::time::timeout(returns.timeout, applied.wait_for(|seen| *seen == nonce))
         .await
         .is_ok_and(|seen| seen.is_ok())
 }

@@ -120,6 +120,8 @@ struct PeerOut {
     ready: Notify,
     /// The outbox is congested (kept under the outbox's lock, read without it).
     congested: AtomicBool,
+    /// The peer was removed from the cluster: its pump ends.
+    gone: AtomicBool,
 }
 
 impl PeerOut {
@@ -273,6 +275,30 @@ impl DataPlane {
         self.congested.load(Ordering::Relaxed) > 0
     }
 
+    /// `peer` was removed from the cluster: its outbox is dropped (the store forgets its
+    /// copies through the acknowledgement listener) and its sender stops.
+    pub fn forget_peer(&self, peer: NodeId) {
+        let Some(out) = lock(&self.peers).remove(&peer) else {
+            return;
+        };
+        out.gone.store(true, Ordering::Relaxed);
+        let mut outbox = lock(&out.outbox);
+        let last = outbox.unacked.back().map(|(run, seq, _)| (*run, *seq));
+        outbox.unacked.clear();
+        outbox.bytes = 0;
+        outbox.sent = 0;
+        outbox.waiting_since = None;
+        out.update_congestion(&outbox, &self.limits, &self.congested);
+        if let Some((run, seq)) = last
+            && let Some(listener) = self.acked.get()
+        {
+            listener(peer, run, seq);
+        }
+        drop(outbox);
+        out.ready.notify_one();
+        tracing::info!(peer, "cluster: a removed node's outbox dropped");
+    }
+
     /// Messages waiting for `peer`'s acknowledgement.
     pub fn pending(&self, peer: NodeId) -> usize {
         lock(&self.peers)
@@ -295,6 +321,7 @@ impl DataPlane {
             }),
             ready: Notify::new(),
             congested: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         });
         peers.insert(peer, out.clone());
         tokio::spawn(self.clone().pump(peer, out.clone()));
@@ -307,7 +334,7 @@ impl DataPlane {
         let mut stop = self.stop.clone();
         let mut current = 0u64;
         loop {
-            if *stop.borrow() {
+            if *stop.borrow() || out.gone.load(Ordering::Relaxed) {
                 return;
             }
             let silent = lock(&out.outbox)

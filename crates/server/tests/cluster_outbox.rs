@@ -134,3 +134,59 @@ async fn a_full_outbox_refuses_instead_of_losing_acknowledged_messages_issue_16(
         node.shutdown().await;
     }
 }
+
+/// A node removed from the cluster while its outbox here is congested: the outbox goes with
+/// it (memory and stored copies), its subscribers' topics are no longer refused, and the
+/// congestion check is back to its one load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_nodes_outbox_goes_with_it_issue_16() {
+    let dir = temp_dir("outbox-removed");
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_node_with(id, &addrs, &dir, small_outbox).await);
+    }
+    until("three registered nodes", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 3)
+    })
+    .await;
+    let mut sink_options = options(nodes[2].addr, "removed-sink");
+    sink_options.set_clean_session(false);
+    let (mut sink, _) = Client::connect(sink_options).await;
+    sink.subscribe("gone/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "gone/#", 3).await;
+    sink.disconnect().await;
+    let node3 = nodes.remove(2);
+    node3.shutdown().await;
+
+    let mut publisher = Client5::simple(nodes[0].addr, "removed-source").await;
+    let mut i = 0;
+    while publish(&mut publisher, &format!("gone/{i}"), i.to_string()).await
+        == PubAckReason::Success
+    {
+        i += 1;
+        assert!(i <= OUTBOX, "never refused");
+    }
+    assert!(nodes[0].cluster.outbox_congested());
+
+    nodes[1]
+        .cluster
+        .node()
+        .remove_node(3)
+        .await
+        .expect("node 3 removed");
+    until("node 1's outbox for node 3 dropped", || {
+        !nodes[0].cluster.outbox_congested()
+    })
+    .await;
+    assert_eq!(
+        publish(&mut publisher, "gone/after", "x".into()).await,
+        PubAckReason::NoMatchingSubscribers,
+        "no route to a removed node, nothing refused"
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -88,9 +88,20 @@ fn apply_one(
             },
             Outcome::Done,
         ) => table().remove(Some(group), filter, *n),
-        (Command::SyncRoutes { node: n, .. }, _) | (Command::RemoveNode { node: n }, _) => {
+        (Command::SyncRoutes { node: n, .. }, _) => {
             let state = node.state();
             table().sync_node(&state, *n);
+        }
+        (Command::RemoveNode { node: n }, _) => {
+            let state = node.state();
+            table().sync_node(&state, *n);
+            // Its outbox here goes too (its subscribers are gone with it): the memory, the
+            // stored copies and its part in the congestion check.
+            if *n != me
+                && let Some(plane) = glue.plane.get()
+            {
+                plane.forget_peer(*n);
+            }
         }
         (Command::Barrier { node: n, nonce }, _) if *n == me => {
             if let Some(returns) = glue.returns.get() {

@@ -250,6 +250,12 @@ impl Cluster {
             .sum()
     }
 
+    /// Whether some other node's outbox here is congested (clients' QoS 1/2 messages with a
+    /// copy for it are refused).
+    pub fn outbox_congested(&self) -> bool {
+        self.plane.any_congested()
+    }
+
     /// Messages not forwarded (a full outbox, a message that could not be encoded).
     pub fn not_forwarded(&self) -> u64 {
         self.glue

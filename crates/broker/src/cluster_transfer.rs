@@ -592,14 +592,7 @@ impl Broker {
         let mut transfer = None;
         let client = MqttStr::try_from(client_id).ok()?;
         self.end_offline_session(client_id, |state| {
-            let mut taken = SessionTransfer::from_state(&client, state, now);
-            taken.queue = state
-                .queue
-                .iter()
-                .filter(|queued| queued.position < before)
-                .map(|queued| TransferredDelivery::from_delivery(&queued.delivery, now))
-                .collect();
-            transfer = Some(taken);
+            transfer = Some(returned_part(&client, state, before, now));
         });
         transfer
     }
@@ -620,14 +613,7 @@ impl Broker {
         if state.ended || state.owner.is_some() {
             return None;
         }
-        let mut taken = SessionTransfer::from_state(&client, &state, now);
-        taken.queue = state
-            .queue
-            .iter()
-            .filter(|queued| queued.position < before)
-            .map(|queued| TransferredDelivery::from_delivery(&queued.delivery, now))
-            .collect();
-        Some(taken)
+        Some(returned_part(&client, &state, before, now))
     }
 
     /// Cluster, "return the queue": appends the messages of `returned` (a copy of this
@@ -690,4 +676,22 @@ impl Broker {
         }
         Ok(seq)
     }
+}
+
+/// What a return takes of a session: its state, with of its queue only the messages queued
+/// before position `before`.
+fn returned_part(
+    client: &MqttStr,
+    state: &SessionState,
+    before: u64,
+    now: Instant,
+) -> SessionTransfer {
+    let mut taken = SessionTransfer::from_state(client, state, now);
+    taken.queue = state
+        .queue
+        .iter()
+        .filter(|queued| queued.position < before)
+        .map(|queued| TransferredDelivery::from_delivery(&queued.delivery, now))
+        .collect();
+    taken
 }

@@ -286,21 +286,11 @@ impl ClusterNode {
         epoch: u64,
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>, Refusal> {
-        let Some(addr) = self.node_addr(node) else {
-            return Err(Refusal::Unavailable(format!("node {node} unknown")));
-        };
         let request = RpcRequest::HandOver {
             client_id: client_id.to_owned(),
             epoch,
         };
-        match self
-            .inner
-            .peers
-            .get(node, &addr)
-            .call(&request, timeout)
-            .await
-            .map_err(|error| Refusal::Unavailable(error.to_string()))?
-        {
+        match self.call_node(node, &request, timeout).await? {
             RpcResponse::HandedOver(result) => result,
             _ => Err(Refusal::Unavailable("unexpected answer".into())),
         }
@@ -316,25 +306,33 @@ impl ClusterNode {
         session: Vec<u8>,
         timeout: Duration,
     ) -> Result<(), Refusal> {
-        let Some(addr) = self.node_addr(node) else {
-            return Err(Refusal::Unavailable(format!("node {node} unknown")));
-        };
         let request = RpcRequest::Return {
             client_id: client_id.to_owned(),
             epoch,
             session,
         };
-        match self
-            .inner
-            .peers
-            .get(node, &addr)
-            .call(&request, timeout)
-            .await
-            .map_err(|error| Refusal::Unavailable(error.to_string()))?
-        {
+        match self.call_node(node, &request, timeout).await? {
             RpcResponse::Returned(result) => result,
             _ => Err(Refusal::Unavailable("unexpected answer".into())),
         }
+    }
+
+    /// One request to registered node `node` over its link, answered within `timeout`.
+    async fn call_node(
+        &self,
+        node: NodeId,
+        request: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, Refusal> {
+        let Some(addr) = self.node_addr(node) else {
+            return Err(Refusal::Unavailable(format!("node {node} unknown")));
+        };
+        self.inner
+            .peers
+            .get(node, &addr)
+            .call(request, timeout)
+            .await
+            .map_err(|error| Refusal::Unavailable(error.to_string()))
     }
 
     /// The replicated state as this node applied it.

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::cluster::{free_addr, route_known, start_node_with, temp_dir, until};
+use common::cluster::{Dir, Node, free_addr, route_known, start_node_with, temp_dir, until};
 use common::v5::{Client5, QoS as Q5};
 use common::{Client, options};
 use rumqttc::v5::Event as E5;
@@ -24,6 +24,22 @@ fn small_outbox(config: &mut ServerConfig) {
     if let Some(cluster) = config.cluster.as_mut() {
         cluster.outbox_max_messages = OUTBOX;
     }
+}
+
+/// Three registered nodes with [`small_outbox`], and their cluster addresses.
+async fn small_outbox_nodes(dir: &Dir) -> (Vec<Node>, Vec<SocketAddr>) {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_node_with(id, &addrs, dir, small_outbox).await);
+    }
+    until("three registered nodes", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 3)
+    })
+    .await;
+    (nodes, addrs)
 }
 
 async fn publish(publisher: &mut Client5, topic: &str, payload: String) -> PubAckReason {
@@ -46,17 +62,7 @@ async fn publish(publisher: &mut Client5, topic: &str, payload: String) -> PubAc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_refuses_instead_of_losing_acknowledged_messages_issue_16() {
     let dir = temp_dir("outbox");
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start_node_with(id, &addrs, &dir, small_outbox).await);
-    }
-    until("three registered nodes", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    let (mut nodes, addrs) = small_outbox_nodes(&dir).await;
 
     // A persistent session on node 2, subscribed, then offline; node 2 goes down (its route
     // stays: its subscriber is coming back).
@@ -141,17 +147,7 @@ async fn a_full_outbox_refuses_instead_of_losing_acknowledged_messages_issue_16(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_nodes_outbox_goes_with_it_issue_16() {
     let dir = temp_dir("outbox-removed");
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start_node_with(id, &addrs, &dir, small_outbox).await);
-    }
-    until("three registered nodes", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    let (mut nodes, _) = small_outbox_nodes(&dir).await;
     let mut sink_options = options(nodes[2].addr, "removed-sink");
     sink_options.set_clean_session(false);
     let (mut sink, _) = Client::connect(sink_options).await;

@@ -48,6 +48,20 @@ async fn claim_at(addr: SocketAddr, clean_start: bool) -> bool {
     .expect("a CONNACK")
 }
 
+/// Waits until every node's registry lists A (node 1) among the session's pending returns.
+async fn a_listed(nodes: &[Node]) {
+    until("A listed among the pending returns", || {
+        nodes.iter().all(|node| {
+            node.cluster
+                .node()
+                .state()
+                .session(ID)
+                .is_some_and(|entry| entry.pending_returns.contains(&1))
+        })
+    })
+    .await;
+}
+
 /// The persistent session of [`ID`] on node A (index 0) with a QoS 1 subscription to
 /// `wander/#` known everywhere, offline, with five messages `before-{i}` published on C
 /// queued for it on A; then A is shut down. Returns the two nodes left and the cluster
@@ -209,16 +223,7 @@ async fn the_copy_joins_the_session_when_its_client_comes_back_to_its_node() {
     let dir = temp_dir("return-own");
     let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
     assert!(claim_at(nodes[0].addr, false).await, "session present on B");
-    until("A listed among the pending returns", || {
-        nodes.iter().all(|node| {
-            node.cluster
-                .node()
-                .state()
-                .session(ID)
-                .is_some_and(|entry| entry.pending_returns.contains(&1))
-        })
-    })
-    .await;
+    a_listed(&nodes).await;
     // B (the owner) goes; A comes back: its return to B fails, its copy stays.
     nodes.remove(0).shutdown().await;
     nodes.insert(0, start_node(1, &addrs, &dir).await);
@@ -264,16 +269,7 @@ async fn a_clean_start_on_the_owner_discards_a_down_nodes_copy() {
     let dir = temp_dir("return-clean-owner");
     let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
     assert!(claim_at(nodes[0].addr, false).await, "session present on B");
-    until("A listed among the pending returns", || {
-        nodes.iter().all(|node| {
-            node.cluster
-                .node()
-                .state()
-                .session(ID)
-                .is_some_and(|entry| entry.pending_returns.contains(&1))
-        })
-    })
-    .await;
+    a_listed(&nodes).await;
     until("the session offline on B", || {
         nodes[0]
             .broker

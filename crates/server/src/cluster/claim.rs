@@ -426,7 +426,7 @@ impl HandOverHandler for HandOver {
                 return Err(Refusal::Unavailable("the broker is stopping".into()));
             };
             // A return of this client's copy to its previous owner runs: it ends (the copy
-            // returned or put back) before this hand-over takes what is here.
+            // returned, or left here as it was) before this hand-over takes what is here.
             let waited = tokio::time::Instant::now() + timeout;
             while returns.is_returning(&client_id) && tokio::time::Instant::now() < waited {
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -40,7 +40,8 @@ pub struct TlsError {
     pub problem: TlsProblem,
 }
 
-fn file_prefix(path: Option<&Path>) -> String {
+/// `"{path}: "` for an error about a file, empty otherwise.
+pub(crate) fn file_prefix(path: Option<&Path>) -> String {
     path.map(|path| format!("{}: ", path.display()))
         .unwrap_or_default()
 }

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::cluster::{free_addr, route_known, start_node, temp_dir, until};
+use common::cluster::{all_registered, free_addr, route_known, start_node, temp_dir, until};
 use common::{Client, options};
 use rumqttc::{Event, Packet, QoS};
 
@@ -21,12 +21,7 @@ async fn acknowledged_messages_survive_a_restart_of_both_nodes() {
     for id in 1..=3 {
         nodes.push(start_node(id, &cluster_addrs, &dir).await);
     }
-    until("three registered nodes", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
 
     // A persistent session on node 1, subscribed, then offline.
     let mut subscriber_options = options(nodes[0].addr, "orders-sink");

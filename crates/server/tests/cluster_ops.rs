@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Client;
-use common::cluster::{Dir, free_addr, temp_dir};
+use common::cluster::{Dir, free_addr, spawn_server, temp_dir};
 use rumqttc::QoS;
 use serde_json::{Value, json};
 use tern_server::cluster::ClusterConfig;
@@ -153,13 +153,7 @@ async fn start_server(
         .expect("the generated admin token")
         .trim()
         .to_owned();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        let _ = server.run(stopped, Duration::from_secs(4)).await;
-    });
+    let (stop, task) = spawn_server(server);
     Node {
         id,
         mqtt,

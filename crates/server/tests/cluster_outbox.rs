@@ -9,7 +9,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::cluster::{Dir, Node, free_addr, route_known, start_node_with, temp_dir, until};
+use common::cluster::{
+    Dir, Node, all_registered, free_addr, route_known, start_node_with, temp_dir, until,
+};
 use common::v5::{Client5, QoS as Q5};
 use common::{Client, options};
 use rumqttc::v5::Event as E5;
@@ -33,12 +35,7 @@ async fn small_outbox_nodes(dir: &Dir) -> (Vec<Node>, Vec<SocketAddr>) {
     for id in 1..=3 {
         nodes.push(start_node_with(id, &addrs, dir, small_outbox).await);
     }
-    until("three registered nodes", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
     (nodes, addrs)
 }
 

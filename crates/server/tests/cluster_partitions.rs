@@ -10,14 +10,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Client;
-use common::cluster::{Dir, Node, temp_dir};
+use common::cluster::{AGREE, Dir, Node, all_registered, route_known, temp_dir, until};
 use rumqttc::{Event, Packet, QoS};
 use tern_cluster::testing::{Mode, Network};
 use tern_server::cluster::{ClusterConfig, RelayMap};
 use tern_server::{Durability, Server, ServerConfig};
-
-/// How long the cluster may take to agree on something (a route).
-const AGREE: Duration = Duration::from_secs(15);
 
 async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
     let mut config = ServerConfig {
@@ -51,38 +48,8 @@ async fn three_nodes(dir: &Dir) -> (Network, Vec<Node>) {
     for id in net.ids() {
         nodes.push(start_node(id, &net, dir).await);
     }
-    until("three registered nodes on every node", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
     (net, nodes)
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + AGREE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until every node's route table has `filter` for `node`.
-async fn route_known(nodes: &[Node], filter: &str, node: u64) {
-    until(&format!("route {filter} of node {node} everywhere"), || {
-        nodes.iter().all(|n| {
-            n.cluster
-                .node()
-                .state()
-                .route(filter)
-                .is_some_and(|holders| holders.contains(&node))
-        })
-    })
-    .await;
 }
 
 /// Waits until every node holds the same replicated state (routes, retained messages,

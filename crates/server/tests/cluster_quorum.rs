@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Client;
-use common::cluster::{free_addr, start_node_with, temp_dir, until};
+use common::cluster::{all_registered, free_addr, start_node_with, temp_dir};
 use rumqttc::{QoS, SubscribeReasonCode};
 use tern_server::ServerConfig;
 
@@ -31,12 +31,7 @@ async fn without_quorum_new_routes_fail_and_connections_last_the_lease() {
     for id in 1..=3 {
         nodes.push(start_node_with(id, &cluster_addrs, &dir, timers).await);
     }
-    until("three registered nodes", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
 
     // With a quorum: the SUBACK comes once the route is committed.
     let mut before = Client::simple(nodes[0].addr, "before").await;

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::Client;
-use common::cluster::{Dir, free_addr, route_known, start_node_with, temp_dir, until};
+use common::cluster::{
+    Dir, all_registered, free_addr, route_known, start_node_with, temp_dir, until,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -96,12 +98,7 @@ async fn three_nodes_over_mutual_tls_carry_messages_between_them() {
         let tls = ca.node(&dir.0, &format!("n{id}"), addrs[id as usize - 1], &ca);
         nodes.push(start(id, &addrs, &dir, Some(tls)).await);
     }
-    until("three registered nodes on every node", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
 
     let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
     subscriber.subscribe("tls/+/x", QoS::AtLeastOnce).await;
@@ -286,12 +283,7 @@ async fn tls_links_through_the_relay_survive_a_cut() {
             .await,
         );
     }
-    until("three registered nodes on every node", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
     let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
     subscriber.subscribe("cut/#", QoS::AtLeastOnce).await;
     route_known(&nodes, "cut/#", 1).await;
@@ -346,12 +338,7 @@ async fn measure_cross_node_qos1_plain_and_tls() {
                 with_tls.then(|| ca.node(&dir.0, &format!("n{id}"), addrs[id as usize - 1], &ca));
             nodes.push(start(id, &addrs, &dir, tls).await);
         }
-        until("three registered nodes on every node", || {
-            nodes
-                .iter()
-                .all(|node| node.cluster.node().state().node_count() == 3)
-        })
-        .await;
+        all_registered(&nodes).await;
         let mut subscriber = Client::simple(nodes[0].addr, "sub-a").await;
         subscriber.subscribe("m/#", QoS::AtLeastOnce).await;
         route_known(&nodes, "m/#", 1).await;

@@ -2,7 +2,7 @@
 //! listeners' loaders, see `crate::tls`) into the mutual-TLS [`Transport`] of the links between
 //! nodes. Read once at start: a changed file takes effect at the next start.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::ResolvesClientCert;
@@ -13,7 +13,7 @@ use tern_cluster::{ClusterTls, Transport};
 
 use super::config::{ClusterConfig, ClusterTlsConfig};
 use crate::listener_config::{ClientAuth, ListenerKind, TlsConfig, TlsVersion};
-use crate::tls::{TlsError, TlsListener, TlsProblem};
+use crate::tls::{TlsError, TlsListener, TlsProblem, file_prefix};
 
 use tern_cluster::transport::ALPN;
 
@@ -24,11 +24,6 @@ pub struct ClusterTlsError {
     pub path: Option<PathBuf>,
     #[source]
     pub problem: TlsProblem,
-}
-
-fn file_prefix(path: Option<&Path>) -> String {
-    path.map(|path| format!("{}: ", path.display()))
-        .unwrap_or_default()
 }
 
 impl From<TlsError> for ClusterTlsError {

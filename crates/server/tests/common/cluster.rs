@@ -111,13 +111,7 @@ impl Node {
         let addr = server.local_addrs()[0];
         let cluster = server.cluster().expect("cluster part").clone();
         let broker = server.broker().clone();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            let _ = server.run(stopped, Duration::from_secs(4)).await;
-        });
+        let (stop, task) = spawn_server(server);
         Node {
             addr,
             cluster,
@@ -126,6 +120,18 @@ impl Node {
             task,
         }
     }
+}
+
+/// Runs `server` in a task until the sender is used (or dropped), with a 4 s shutdown.
+pub fn spawn_server(server: Server) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let _ = server.run(stopped, Duration::from_secs(4)).await;
+    });
+    (stop, task)
 }
 
 pub async fn three_nodes(dir: &Dir) -> Vec<Node> {
@@ -139,12 +145,7 @@ pub async fn three_nodes_at(dir: &Dir) -> (Vec<Node>, Vec<SocketAddr>) {
     for id in 1..=3 {
         nodes.push(start_node(id, &cluster_addrs, dir).await);
     }
-    until("three registered nodes on every node", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
     (nodes, cluster_addrs)
 }
 
@@ -157,6 +158,16 @@ pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until every node of `nodes` knows all of them as registered members.
+pub async fn all_registered(nodes: &[Node]) {
+    until("every node registered on every node", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == nodes.len())
+    })
+    .await;
 }
 
 /// Waits until every node's route table has `filter` for `node`.

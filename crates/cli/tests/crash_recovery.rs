@@ -8,6 +8,7 @@
 //! acknowledged retained message is there.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -56,36 +57,70 @@ struct Broker {
     addr: SocketAddr,
 }
 
+/// How long a start may take: recovery after several kills on a loaded CI machine included.
+const START_WAIT: Duration = Duration::from_secs(60);
+
 impl Broker {
+    /// Starts `tern serve` on 127.0.0.1:0 and reads the address it bound from its log, so no
+    /// port is reserved and released for another test to take meanwhile; a broker that exits
+    /// before listening fails the test with its log.
     fn start(dir: &PathBuf) -> Broker {
-        let addr = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
         // Queues large enough that no message is dropped for overflow: the test is about crashes.
         let config = dir.with_extension("toml");
         std::fs::write(&config, "[limits]\nmax_queued_messages = 1000000\n").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .arg("--config")
             .arg(&config)
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "info"])
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        // Reads the log to its end, so the broker never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = send.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if line.contains("listening for MQTT") {
+                        if let Some(addr) = logged_addr(&line) {
+                            return Broker { child, addr };
+                        }
+                    }
+                    seen.push(line);
+                }
+                Err(error) => panic!(
+                    "broker did not start ({error}; exit: {:?}); its log:\n{}",
+                    child.try_wait(),
+                    seen.join("\n")
+                ),
+            }
         }
-        Broker { child, addr }
     }
 
     fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// The `addr=` field of a log line.
+fn logged_addr(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .and_then(|addr| addr.parse().ok())
 }
 
 impl Drop for Broker {

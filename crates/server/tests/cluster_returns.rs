@@ -307,3 +307,77 @@ async fn a_clean_start_on_the_owner_discards_a_down_nodes_copy() {
         node.shutdown().await;
     }
 }
+
+/// Issue 16 (return cutoffs kept across restarts): B, the session's new owner, is down when A
+/// comes back; three messages published on C meanwhile reach A's copy (A's route) and wait in
+/// C's outbox for B. A restarts once more before B is back. Its copy now holds eight
+/// messages, but only the five queued before its first restart are returned: the other three
+/// reach B from C. Each message is delivered exactly once. (Without the kept cutoff the
+/// three come twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_restart_before_the_return_doubles_nothing() {
+    let dir = temp_dir("return-twice");
+    let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
+    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
+    a_listed(&nodes).await;
+    nodes.remove(0).shutdown().await;
+    nodes.insert(0, start_node(1, &addrs, &dir).await);
+    until("A caught up, still holding the copy", || {
+        nodes[0]
+            .cluster
+            .node()
+            .state()
+            .session(ID)
+            .is_some_and(|entry| entry.owner == Some(2))
+            && nodes[0].broker.session(ID).is_some()
+    })
+    .await;
+    route_known(&nodes, "wander/#", 1).await;
+    let publisher = Client::simple(nodes[1].addr, "pub-c2").await;
+    for i in 0..3 {
+        publisher
+            .publish("wander/x", QoS::AtLeastOnce, false, format!("during-{i}"))
+            .await;
+    }
+    until("eight messages in A's copy", || {
+        nodes[0]
+            .broker
+            .session(ID)
+            .is_some_and(|session| session.queued_len() == 8)
+    })
+    .await;
+    drop(publisher);
+
+    // A goes again; B comes back, then A (its return to B, up by then, is not put off).
+    nodes.remove(0).shutdown().await;
+    nodes.insert(0, start_node(2, &addrs, &dir).await);
+    // B has just started: its first claim may wait for its lease or an election.
+    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
+    let (mut client, connack) = Client5::connect(options(nodes[0].addr, false)).await;
+    assert!(connack.session_present);
+    nodes.insert(0, start_node(1, &addrs, &dir).await);
+    let mut got = BTreeSet::new();
+    while got.len() < 8 {
+        let message = client.recv().await;
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(got.insert(payload.clone()), "{payload} twice");
+    }
+    let expected: BTreeSet<String> = (0..5)
+        .map(|i| format!("before-{i}"))
+        .chain((0..3).map(|i| format!("during-{i}")))
+        .collect();
+    assert_eq!(got, expected);
+    until("A holds nothing of the session", || {
+        nodes[0].broker.session(ID).is_none()
+    })
+    .await;
+    // Nothing more comes before a last message: no duplicate of either batch.
+    let publisher = Client::simple(nodes[2].addr, "pub-c3").await;
+    publisher
+        .publish("wander/x", QoS::AtLeastOnce, false, "end")
+        .await;
+    assert_eq!(client.recv().await.payload, &b"end"[..]);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

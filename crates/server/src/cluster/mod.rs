@@ -153,6 +153,7 @@ impl Cluster {
             config.node_id,
             &broker,
             restored,
+            cluster_dir.clone(),
             timing.proposal_timeout,
             Duration::from_millis(config.lease_ms),
         );
@@ -280,15 +281,21 @@ fn read_run(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Keeps `run` durably (written aside, synced, renamed into place) before any message of it
-/// is sent: a restart after a clock step back still numbers above it.
+/// Keeps `run` durably before any message of it is sent: a restart after a clock step back
+/// still numbers above it.
 fn write_run(dir: &Path, run: u64) -> std::io::Result<()> {
+    keep_file(dir, RUN_FILE, format!("{run}\n").as_bytes())
+}
+
+/// Replaces file `name` in `dir` with `contents` durably: written aside, synced, renamed into
+/// place, the directory synced (a crash leaves the old file or the new one, never a part).
+pub(crate) fn keep_file(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
-    let temporary = dir.join(format!("{RUN_FILE}.tmp"));
+    let temporary = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&temporary)?;
-    writeln!(file, "{run}")?;
+    file.write_all(contents)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(RUN_FILE))?;
+    std::fs::rename(&temporary, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
 }

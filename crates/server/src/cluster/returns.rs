@@ -10,6 +10,7 @@
 //! yet) is tried again later; the copy stays here meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long the owner remembers a return it merged (one sent again after its answer was
 /// lost is answered without merging twice).
 const TAKEN_MEMORY: Duration = Duration::from_secs(600);
+/// Where the cutoffs are kept, in the cluster's directory (JSON: client id → position).
+const CUTOFFS_FILE: &str = "return-cutoffs.json";
 
 /// The owner's answer to "may this return be merged?" (see [`Returns::begin_take`]).
 pub enum Take {
@@ -56,8 +59,11 @@ pub struct Returns {
     /// Client id → the queue position before which the copy here may be returned: its end
     /// when this node started, or when it applied a claim taking the client id from it.
     /// Messages queued after it reached the copy while the owner had the session's routes
-    /// (the owner has them): returning them would deliver them twice.
+    /// (the owner has them): returning them would deliver them twice. Kept in
+    /// [`CUTOFFS_FILE`] under `dir` at every change, so a second restart before the return
+    /// does not move a cutoff past what reached the copy since the first.
     cutoffs: Mutex<HashMap<String, u64>>,
+    dir: PathBuf,
     /// Client ids being returned now (a hand-over waits for it to end).
     returning: Mutex<HashSet<String>>,
     /// Client ids to look at, after a delay (`None`: every offline session).
@@ -85,11 +91,13 @@ enum Looked {
 
 impl Returns {
     /// `restored`: each offline session's queue end, recorded when the node started, before
-    /// any message from another node could reach it.
+    /// any message from another node could reach it; a cutoff kept from an earlier run
+    /// (in `dir`) wins when it is lower.
     pub fn new(
         me: NodeId,
         broker: &Arc<Broker>,
         restored: Vec<(String, u64)>,
+        dir: PathBuf,
         timeout: Duration,
         lease: Duration,
     ) -> (
@@ -97,13 +105,17 @@ impl Returns {
         mpsc::UnboundedReceiver<(Option<String>, Duration)>,
     ) {
         let (wake, rx) = mpsc::unbounded_channel();
-        let cutoffs = restored.into_iter().collect();
+        let cutoffs = merge_cutoffs(restored, read_cutoffs(&dir));
+        if let Err(error) = write_cutoffs(&dir, &cutoffs) {
+            tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
+        }
         let returns = Arc::new(Returns {
             me,
             broker: Arc::downgrade(broker),
             timeout,
             lease,
             cutoffs: Mutex::new(cutoffs),
+            dir,
             returning: Mutex::new(HashSet::new()),
             wake,
             barrier: watch::Sender::new(0),
@@ -118,9 +130,11 @@ impl Returns {
         if let Some(broker) = self.broker.upgrade()
             && let Some(end) = broker.next_queue_position(client_id)
         {
-            lock(&self.cutoffs)
-                .entry(client_id.to_owned())
-                .or_insert(end);
+            let mut cutoffs = lock(&self.cutoffs);
+            if !cutoffs.contains_key(client_id) {
+                cutoffs.insert(client_id.to_owned(), end);
+                self.keep(&cutoffs);
+            }
         }
         let _ = self
             .wake
@@ -174,6 +188,23 @@ impl Returns {
         }
     }
 
+    /// Removes the cutoff of `client_id` (kept durably), returning it.
+    fn forget_cutoff(&self, client_id: &str) -> Option<u64> {
+        let mut cutoffs = lock(&self.cutoffs);
+        let removed = cutoffs.remove(client_id);
+        if removed.is_some() {
+            self.keep(&cutoffs);
+        }
+        removed
+    }
+
+    /// Writes the cutoffs (under their lock: writes happen in the order of the changes).
+    fn keep(&self, cutoffs: &HashMap<String, u64>) {
+        if let Err(error) = write_cutoffs(&self.dir, cutoffs) {
+            tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
+        }
+    }
+
     /// Whether a return of `client_id` runs now (a hand-over waits for it).
     pub fn is_returning(&self, client_id: &str) -> bool {
         lock(&self.returning).contains(client_id)
@@ -193,7 +224,7 @@ impl Returns {
         while self.is_returning(&client_id) && tokio::time::Instant::now() < waited {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let before = lock(&self.cutoffs).remove(&client_id);
+        let before = self.forget_cutoff(&client_id);
         let before = before
             .or_else(|| broker.next_queue_position(&client_id))
             .unwrap_or(u64::MAX);
@@ -232,7 +263,7 @@ impl Returns {
             "cluster: looking at a session's copy"
         );
         let forget = || {
-            lock(&self.cutoffs).remove(client_id);
+            self.forget_cutoff(client_id);
         };
         match (local, &entry) {
             (None, _) => {
@@ -323,7 +354,7 @@ impl Returns {
         if messages == 0 {
             tracing::info!(client_id, owner, "cluster: nothing to return");
             broker.export_returned(client_id, before, now);
-            lock(&self.cutoffs).remove(client_id);
+            self.forget_cutoff(client_id);
             return self.returned(node, client_id, epoch).await;
         }
         let bytes = match transfer.encode() {
@@ -345,7 +376,7 @@ impl Returns {
                     "cluster: queued messages returned to the session's owner"
                 );
                 broker.export_returned(client_id, before, Instant::now());
-                lock(&self.cutoffs).remove(client_id);
+                self.forget_cutoff(client_id);
                 Looked::Done
             }
             Err(refusal) => {
@@ -482,4 +513,71 @@ async fn caught_up(
     tokio::time::timeout(returns.timeout, applied.wait_for(|seen| *seen == nonce))
         .await
         .is_ok_and(|seen| seen.is_ok())
+}
+
+/// The cutoffs kept by an earlier run (none when the file is missing or unreadable: the
+/// queue ends at this start are then the cutoffs, as before they were kept).
+fn read_cutoffs(dir: &Path) -> HashMap<String, u64> {
+    let Ok(bytes) = std::fs::read(dir.join(CUTOFFS_FILE)) else {
+        return HashMap::new();
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+        tracing::warn!(%error, "cluster: the kept return cutoffs are unreadable: ignored");
+        HashMap::new()
+    })
+}
+
+fn write_cutoffs(dir: &Path, cutoffs: &HashMap<String, u64>) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(cutoffs).map_err(std::io::Error::other)?;
+    super::keep_file(dir, CUTOFFS_FILE, &bytes)
+}
+
+/// This start's cutoffs: each offline session's queue end now, lowered to a cutoff an earlier
+/// run kept for it (messages above that reached the copy while the owner had the session's
+/// routes). A kept cutoff above the end now (the queue emptied and its positions started
+/// again) does not count; one of a session no longer here goes.
+fn merge_cutoffs(
+    restored: Vec<(String, u64)>,
+    mut kept: HashMap<String, u64>,
+) -> HashMap<String, u64> {
+    restored
+        .into_iter()
+        .map(|(client_id, end)| {
+            let cutoff = kept.remove(&client_id).map_or(end, |kept| kept.min(end));
+            (client_id, cutoff)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_cutoff_lowers_the_queue_end_and_only_that() {
+        let kept = HashMap::from([
+            ("a".to_owned(), 6),
+            ("b".to_owned(), 40),
+            ("gone".to_owned(), 3),
+        ]);
+        let merged = merge_cutoffs(
+            vec![("a".into(), 9), ("b".into(), 1), ("c".into(), 4)],
+            kept,
+        );
+        assert_eq!(
+            merged,
+            HashMap::from([("a".into(), 6), ("b".into(), 1), ("c".into(), 4)])
+        );
+    }
+
+    #[test]
+    fn cutoffs_survive_a_restart_in_their_file() {
+        let dir = std::env::temp_dir().join(format!("tern-cutoffs-{}", std::process::id()));
+        let cutoffs = HashMap::from([("a\nb\"c".to_owned(), 7), ("d".to_owned(), 1)]);
+        write_cutoffs(&dir, &cutoffs).expect("written");
+        assert_eq!(read_cutoffs(&dir), cutoffs);
+        std::fs::write(dir.join(CUTOFFS_FILE), b"{torn").expect("damaged");
+        assert!(read_cutoffs(&dir).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -158,6 +158,7 @@ impl Cluster {
             Duration::from_millis(config.lease_ms),
         );
         let _ = glue.returns.set(returns.clone());
+        tokio::spawn(returns::keep_cutoffs(returns.clone(), stop.clone()));
         tokio::spawn(returns::run(
             returns.clone(),
             node.clone(),

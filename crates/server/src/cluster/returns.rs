@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,11 +60,19 @@ pub struct Returns {
     /// Client id → the queue position before which the copy here may be returned: its end
     /// when this node started, or when it applied a claim taking the client id from it.
     /// Messages queued after it reached the copy while the owner had the session's routes
-    /// (the owner has them): returning them would deliver them twice. Kept in
-    /// [`CUTOFFS_FILE`] under `dir` at every change, so a second restart before the return
-    /// does not move a cutoff past what reached the copy since the first.
+    /// (the owner has them): returning them would deliver them twice.
     cutoffs: Mutex<HashMap<String, u64>>,
+    /// The cutoffs of copies of sessions another node claimed (learnt from the claim's apply
+    /// here, or from a return under way), kept in [`CUTOFFS_FILE`] under `dir` after each
+    /// change: a second restart before the return does not move them past what reached the
+    /// copy since the first. Only those: a node restarting with many offline sessions of its
+    /// own writes nothing for them.
+    kept: Mutex<HashMap<String, u64>>,
     dir: PathBuf,
+    /// `kept` changed since the last write; the writer ([`keep_cutoffs`]) is woken by
+    /// `changed` and writes the latest (changes made during a write go in one more).
+    dirty: AtomicBool,
+    changed: tokio::sync::Notify,
     /// Client ids being returned now (a hand-over waits for it to end).
     returning: Mutex<HashSet<String>>,
     /// Client ids to look at, after a delay (`None`: every offline session).
@@ -105,17 +114,24 @@ impl Returns {
         mpsc::UnboundedReceiver<(Option<String>, Duration)>,
     ) {
         let (wake, rx) = mpsc::unbounded_channel();
-        let cutoffs = merge_cutoffs(restored, read_cutoffs(&dir));
-        if let Err(error) = write_cutoffs(&dir, &cutoffs) {
-            tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
-        }
+        let read = read_cutoffs(&dir);
+        let cutoffs = merge_cutoffs(restored, read.clone());
+        // Those of copies still here, as merged.
+        let kept: HashMap<String, u64> = read
+            .keys()
+            .filter_map(|client_id| Some((client_id.clone(), *cutoffs.get(client_id)?)))
+            .collect();
+        let dirty = AtomicBool::new(kept != read);
         let returns = Arc::new(Returns {
             me,
             broker: Arc::downgrade(broker),
             timeout,
             lease,
             cutoffs: Mutex::new(cutoffs),
+            kept: Mutex::new(kept),
             dir,
+            dirty,
+            changed: tokio::sync::Notify::new(),
             returning: Mutex::new(HashSet::new()),
             wake,
             barrier: watch::Sender::new(0),
@@ -130,11 +146,10 @@ impl Returns {
         if let Some(broker) = self.broker.upgrade()
             && let Some(end) = broker.next_queue_position(client_id)
         {
-            let mut cutoffs = lock(&self.cutoffs);
-            if !cutoffs.contains_key(client_id) {
-                cutoffs.insert(client_id.to_owned(), end);
-                self.keep(&cutoffs);
-            }
+            let before = *lock(&self.cutoffs)
+                .entry(client_id.to_owned())
+                .or_insert(end);
+            self.keep_cutoff(client_id, before);
         }
         let _ = self
             .wake
@@ -188,20 +203,47 @@ impl Returns {
         }
     }
 
-    /// Removes the cutoff of `client_id` (kept durably), returning it.
+    /// Removes the cutoff of `client_id` (from the file too if it was kept), returning it.
     fn forget_cutoff(&self, client_id: &str) -> Option<u64> {
-        let mut cutoffs = lock(&self.cutoffs);
-        let removed = cutoffs.remove(client_id);
-        if removed.is_some() {
-            self.keep(&cutoffs);
+        let removed = lock(&self.cutoffs).remove(client_id);
+        if lock(&self.kept).remove(client_id).is_some() {
+            self.mark_changed();
         }
         removed
     }
 
-    /// Writes the cutoffs (under their lock: writes happen in the order of the changes).
-    fn keep(&self, cutoffs: &HashMap<String, u64>) {
-        if let Err(error) = write_cutoffs(&self.dir, cutoffs) {
-            tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
+    /// Keeps the cutoff `before` of `client_id`, a copy of a session another node owns, in
+    /// the file (once per copy).
+    fn keep_cutoff(&self, client_id: &str, before: u64) {
+        let mut kept = lock(&self.kept);
+        if !kept.contains_key(client_id) {
+            kept.insert(client_id.to_owned(), before);
+            drop(kept);
+            self.mark_changed();
+        }
+    }
+
+    fn mark_changed(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Writes the kept cutoffs if they changed since the last write.
+    async fn write_if_changed(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let kept = lock(&self.kept).clone();
+        let dir = self.dir.clone();
+        let written = tokio::task::spawn_blocking(move || write_cutoffs(&dir, &kept)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
+            }
         }
     }
 
@@ -357,6 +399,8 @@ impl Returns {
             self.forget_cutoff(client_id);
             return self.returned(node, client_id, epoch).await;
         }
+        // From here until the copy is returned, a restart keeps this cutoff.
+        self.keep_cutoff(client_id, before);
         let bytes = match transfer.encode() {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -382,6 +426,21 @@ impl Returns {
             Err(refusal) => {
                 tracing::info!(client_id, owner, %refusal, "cluster: return not taken: kept here, tried again later");
                 Looked::Retry
+            }
+        }
+    }
+}
+
+/// Writes the kept cutoffs after each change, coalescing the changes made during a write
+/// (a burst of claims costs a few writes, not one each), and once more at stop.
+pub async fn keep_cutoffs(returns: Arc<Returns>, mut stop: watch::Receiver<bool>) {
+    loop {
+        returns.write_if_changed().await;
+        tokio::select! {
+            _ = returns.changed.notified() => {}
+            _ = stop.changed() => {
+                returns.write_if_changed().await;
+                return;
             }
         }
     }

@@ -101,11 +101,15 @@ impl Broker {
                     }
                     seen.push(line);
                 }
-                Err(error) => panic!(
-                    "broker did not start ({error}; exit: {:?}); its log:\n{}",
-                    child.try_wait(),
-                    seen.join("\n")
-                ),
+                Err(error) => {
+                    // Killed if still running (a timeout), so its exit status is known.
+                    let _ = child.kill();
+                    panic!(
+                        "broker did not start ({error}; exit: {:?}); its log:\n{}",
+                        child.wait(),
+                        seen.join("\n")
+                    )
+                }
             }
         }
     }

@@ -299,6 +299,11 @@ impl DataPlane {
         tracing::info!(peer, "cluster: a removed node's outbox dropped");
     }
 
+    /// The peers this node has an outbox for (restored at start, or sent to since).
+    pub fn peers(&self) -> Vec<NodeId> {
+        lock(&self.peers).keys().copied().collect()
+    }
+
     /// Messages waiting for `peer`'s acknowledgement.
     pub fn pending(&self, peer: NodeId) -> usize {
         lock(&self.peers)

@@ -58,6 +58,9 @@ pub struct Timing {
     pub proposal_timeout: Duration,
     /// How often a node that is not a member yet probes its seeds.
     pub probe_interval: Duration,
+    /// A snapshot every this many log entries; a fifth of it is kept behind the snapshot for
+    /// followers that lag a little.
+    pub snapshot_every: u64,
 }
 
 impl Default for Timing {
@@ -68,6 +71,7 @@ impl Default for Timing {
             election_max: Duration::from_millis(2000),
             proposal_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_millis(500),
+            snapshot_every: 5_000,
         }
     }
 }
@@ -216,10 +220,10 @@ impl ClusterNode {
             heartbeat_interval: config.timing.heartbeat.as_millis() as u64,
             election_timeout_min: config.timing.election_min.as_millis() as u64,
             election_timeout_max: config.timing.election_max.as_millis() as u64,
-            // Keep the log short: a snapshot every 5 000 entries, 1 000 kept behind it for
-            // followers that lag a little.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            // Keep the log short: a snapshot every 5 000 entries (by default), 1 000 kept
+            // behind it for followers that lag a little.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.timing.snapshot_every),
+            max_in_snapshot_log_to_keep: config.timing.snapshot_every / 5,
             ..Default::default()
         }
         .validate()

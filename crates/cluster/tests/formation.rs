@@ -28,6 +28,7 @@ fn timing() -> Timing {
         election_max: Duration::from_millis(600),
         proposal_timeout: Duration::from_secs(3),
         probe_interval: Duration::from_millis(100),
+        ..Timing::default()
     }
 }
 

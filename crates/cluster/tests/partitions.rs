@@ -39,6 +39,7 @@ fn timing() -> Timing {
         election_max: Duration::from_millis(600),
         proposal_timeout: PROPOSAL_TIMEOUT,
         probe_interval: Duration::from_millis(100),
+        ..Timing::default()
     }
 }
 

@@ -534,6 +534,9 @@ impl Server {
         .await;
         // The cluster part last: the connections' last changes (routes gone) were proposed.
         let _ = self.cluster_stop.send(true);
+        if let Some(cluster) = self.cluster.clone() {
+            let _ = tokio::task::spawn_blocking(move || cluster.write_kept()).await;
+        }
         if let Some(store) = self.store
             && let Err(error) = store.close()
         {

@@ -117,6 +117,7 @@ async fn start_node(id: u64, cluster_addr: SocketAddr, seeds: Vec<String>, dir: 
         outbox_max_messages: 100_000,
         outbox_max_bytes: 256 << 20,
         relay: None,
+        snapshot_every: None,
         tls: None,
     };
     start_server(id, cluster_addr, Some(cluster), dir).await

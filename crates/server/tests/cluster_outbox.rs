@@ -183,3 +183,75 @@ async fn a_removed_nodes_outbox_goes_with_it_issue_16() {
         node.shutdown().await;
     }
 }
+
+/// A node removed while this one was down, its removal reaching this node inside a Raft
+/// snapshot (the log behind it purged: snapshots every 10 entries here) rather than as a
+/// command it applies: the outbox this node restored for it at start goes once it has caught
+/// up, instead of being kept, sent for ever and holding the congestion check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_for_a_node_removed_while_this_one_was_down_goes_issue_16() {
+    let dir = temp_dir("outbox-departed");
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let adjust = |config: &mut ServerConfig| {
+        small_outbox(config);
+        if let Some(cluster) = config.cluster.as_mut() {
+            cluster.snapshot_every = Some(10);
+        }
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=4 {
+        nodes.push(start_node_with(id, &addrs, &dir, adjust).await);
+    }
+    all_registered(&nodes).await;
+    let mut sink_options = options(nodes[3].addr, "departed-sink");
+    sink_options.set_clean_session(false);
+    let (mut sink, _) = Client::connect(sink_options).await;
+    sink.subscribe("gone/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "gone/#", 4).await;
+    sink.disconnect().await;
+    nodes.remove(3).shutdown().await;
+
+    // Node 1's outbox for node 4 fills (stored copies), then node 1 stops.
+    let mut publisher = Client5::simple(nodes[0].addr, "departed-source").await;
+    let mut i = 0;
+    while publish(&mut publisher, &format!("gone/{i}"), i.to_string()).await
+        == PubAckReason::Success
+    {
+        i += 1;
+        assert!(i <= OUTBOX, "never refused");
+    }
+    drop(publisher);
+    nodes.remove(0).shutdown().await;
+
+    // Node 4 is removed while node 1 is down (once nodes 2 and 3 elected a leader, if node 1
+    // was it), and the log moves on past a few snapshots.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(refusal) = nodes[0].cluster.node().remove_node(4).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 not removed: {refusal}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut churn = Client::simple(nodes[0].addr, "departed-churn").await;
+    for k in 0..40 {
+        churn
+            .subscribe(&format!("churn/{k}"), QoS::AtMostOnce)
+            .await;
+    }
+
+    let node1 = start_node_with(1, &addrs, &dir, adjust).await;
+    until("node 1 caught up without node 4", || {
+        let state = node1.cluster.node().state();
+        state.node(4).is_none() && state.route("churn/39").is_some()
+    })
+    .await;
+    until("node 1's restored outbox for node 4 dropped", || {
+        !node1.cluster.outbox_congested()
+    })
+    .await;
+    nodes.insert(0, node1);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

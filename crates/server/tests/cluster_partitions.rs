@@ -36,6 +36,7 @@ async fn start_node(id: u64, net: &Network, dir: &Dir) -> Node {
         outbox_max_messages: 100_000,
         outbox_max_bytes: 256 << 20,
         relay: Some(RelayMap(net.addr_map(id))),
+        snapshot_every: None,
         tls: None,
     });
     net.release(id);

@@ -347,6 +347,16 @@ async fn a_second_restart_before_the_return_doubles_nothing() {
     })
     .await;
     drop(publisher);
+    // A learnt of B's claim (it applied it): the copy's cutoff is in its file.
+    let kept = dir
+        .0
+        .join("node1")
+        .join(tern_store::CLUSTER_DIR)
+        .join("return-cutoffs.json");
+    until("A's cutoff for the copy kept", || {
+        std::fs::read_to_string(&kept).is_ok_and(|text| text.contains(ID))
+    })
+    .await;
 
     // A goes again; B comes back, then A (its return to B, up by then, is not put off).
     nodes.remove(0).shutdown().await;

@@ -147,7 +147,7 @@ fn apply_one(
             // What the hand-over does not take (its claimer gave up on this node) is
             // returned or discarded later.
             if let Some(returns) = glue.returns.get() {
-                returns.claimed_elsewhere(client_id);
+                returns.claimed_elsewhere(node, client_id);
             }
         }
         _ => {}

@@ -58,6 +58,11 @@ pub struct ClusterConfig {
     #[serde(skip)]
     #[doc(hidden)]
     pub relay: Option<RelayMap>,
+    /// Tests only (not in the file): a Raft snapshot every this many log entries instead of
+    /// 5 000, so that a test can make a node catch up from a snapshot.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub snapshot_every: Option<u64>,
 }
 
 /// `tls = { cert, key, ca }`: this node's certificate and key, and the CA every node's

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tern_broker::Broker;
 use tern_broker::persist::{Change, Persistence};
 use tern_cluster::link::{DataPlane, OutboxLimits};
-use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, Timing};
+use tern_cluster::{ClusterNode, ClusterStatus, NodeConfig, NodeError, NodeId, Timing};
 use tokio::sync::watch;
 
 pub use config::{ClusterConfig, ClusterTlsConfig, RelayMap};
@@ -70,6 +70,9 @@ impl Cluster {
             election_min: Duration::from_millis(config.election_timeout_ms),
             election_max: Duration::from_millis(config.election_timeout_ms * 2),
             proposal_timeout: Duration::from_millis(config.proposal_timeout_ms),
+            snapshot_every: config
+                .snapshot_every
+                .unwrap_or(Timing::default().snapshot_every),
             ..Timing::default()
         };
         let bind = config.bind.parse().map_err(|_| {
@@ -159,6 +162,11 @@ impl Cluster {
         );
         let _ = glue.returns.set(returns.clone());
         tokio::spawn(returns::keep_cutoffs(returns.clone(), stop.clone()));
+        tokio::spawn(forget_departed(
+            returns.caught_up(),
+            node.clone(),
+            plane.clone(),
+        ));
         tokio::spawn(returns::run(
             returns.clone(),
             node.clone(),
@@ -232,6 +240,13 @@ impl Cluster {
         &self.node
     }
 
+    /// At stop: writes what is left to write of the return cutoffs (see `returns`).
+    pub(crate) fn write_kept(&self) {
+        if let Some(returns) = self.glue.returns.get() {
+            let _ = returns.write_now();
+        }
+    }
+
     /// The data plane (its counters and outboxes: metrics, the admin API).
     pub fn plane(&self) -> &Arc<DataPlane> {
         &self.plane
@@ -275,6 +290,31 @@ impl Cluster {
 const RUN_FILE: &str = "data-plane-run";
 
 /// The last run this node's data plane used (0: none).
+/// Once this node has caught up after its start: the outboxes restored for nodes that are no
+/// longer members go (removed while this node was down, their removal folded into a snapshot
+/// this node installed rather than applied here as a command: see `apply`'s `RemoveNode`).
+/// Without it, their stored copies would be kept and sent for ever.
+async fn forget_departed(
+    mut caught_up: watch::Receiver<bool>,
+    node: ClusterNode,
+    plane: Arc<DataPlane>,
+) {
+    if caught_up.wait_for(|caught_up| *caught_up).await.is_err() {
+        return;
+    }
+    let departed: Vec<NodeId> = {
+        let state = node.state();
+        plane
+            .peers()
+            .into_iter()
+            .filter(|peer| *peer != node.id() && state.node(*peer).is_none())
+            .collect()
+    };
+    for peer in departed {
+        plane.forget_peer(peer);
+    }
+}
+
 fn read_run(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(RUN_FILE))
         .ok()

@@ -61,26 +61,38 @@ pub struct Returns {
     /// when this node started, or when it applied a claim taking the client id from it.
     /// Messages queued after it reached the copy while the owner had the session's routes
     /// (the owner has them): returning them would deliver them twice.
-    cutoffs: Mutex<HashMap<String, u64>>,
-    /// The cutoffs of copies of sessions another node claimed (learnt from the claim's apply
-    /// here, or from a return under way), kept in [`CUTOFFS_FILE`] under `dir` after each
-    /// change: a second restart before the return does not move them past what reached the
+    ///
+    /// Those of copies of sessions another node owns (learnt from the claim's apply here, or
+    /// from a return under way) are also kept in [`CUTOFFS_FILE`] under `dir`, written
+    /// moments after each change by [`keep_cutoffs`] (changes made during a write go in the
+    /// next): a second restart before the return does not move them past what reached the
     /// copy since the first. Only those: a node restarting with many offline sessions of its
     /// own writes nothing for them.
-    kept: Mutex<HashMap<String, u64>>,
+    cutoffs: Mutex<HashMap<String, Cutoff>>,
     dir: PathBuf,
-    /// `kept` changed since the last write; the writer ([`keep_cutoffs`]) is woken by
-    /// `changed` and writes the latest (changes made during a write go in one more).
+    /// The kept cutoffs changed since the last write (set after the change, under
+    /// `cutoffs`' lock; `changed` wakes the writer).
     dirty: AtomicBool,
     changed: tokio::sync::Notify,
+    /// Held while the file is written (the writer task and the last write at stop).
+    writing: Mutex<()>,
     /// Client ids being returned now (a hand-over waits for it to end).
     returning: Mutex<HashSet<String>>,
     /// Client ids to look at, after a delay (`None`: every offline session).
     wake: mpsc::UnboundedSender<(Option<String>, Duration)>,
     /// The nonce of the last of this node's barriers applied here.
     barrier: watch::Sender<u64>,
+    /// Whether this node's state has been trusted once since it started (see [`caught_up`]).
+    caught_up: watch::Sender<bool>,
     /// The owner's side: returns merged here or being merged, by (client id, sender, epoch).
     taken: Mutex<HashMap<(String, NodeId, u64), Taken>>,
+}
+
+/// A copy's cutoff, and whether it is kept in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cutoff {
+    before: u64,
+    kept: bool,
 }
 
 /// Removes a client id from the returning set when the return ends.
@@ -115,41 +127,41 @@ impl Returns {
     ) {
         let (wake, rx) = mpsc::unbounded_channel();
         let read = read_cutoffs(&dir);
-        let cutoffs = merge_cutoffs(restored, read.clone());
-        // Those of copies still here, as merged.
-        let kept: HashMap<String, u64> = read
-            .keys()
-            .filter_map(|client_id| Some((client_id.clone(), *cutoffs.get(client_id)?)))
-            .collect();
-        let dirty = AtomicBool::new(kept != read);
+        let cutoffs = merge_cutoffs(restored, &read);
+        // Written again if the merge lowered or dropped one.
+        let dirty = AtomicBool::new(kept_part(&cutoffs) != read);
         let returns = Arc::new(Returns {
             me,
             broker: Arc::downgrade(broker),
             timeout,
             lease,
             cutoffs: Mutex::new(cutoffs),
-            kept: Mutex::new(kept),
             dir,
             dirty,
             changed: tokio::sync::Notify::new(),
+            writing: Mutex::new(()),
             returning: Mutex::new(HashSet::new()),
             wake,
             barrier: watch::Sender::new(0),
+            caught_up: watch::Sender::new(false),
             taken: Mutex::new(HashMap::new()),
         });
         (returns, rx)
     }
 
     /// Another node claimed `client_id` from this one (applied here): the end of the copy's
-    /// queue is recorded now, and the copy looked at once the hand-over had its chance.
-    pub fn claimed_elsewhere(&self, client_id: &str) {
+    /// queue is recorded now (kept in the file unless this node owns the client id again by
+    /// now: a claim replayed from the log at start), and the copy looked at once the
+    /// hand-over had its chance.
+    pub fn claimed_elsewhere(&self, node: &ClusterNode, client_id: &str) {
         if let Some(broker) = self.broker.upgrade()
             && let Some(end) = broker.next_queue_position(client_id)
         {
-            let before = *lock(&self.cutoffs)
-                .entry(client_id.to_owned())
-                .or_insert(end);
-            self.keep_cutoff(client_id, before);
+            let owned_here = matches!(
+                node.state().owner(client_id),
+                Some((Some(owner), _)) if owner == self.me
+            );
+            self.record_cutoff(client_id, end, !owned_here);
         }
         let _ = self
             .wake
@@ -161,6 +173,12 @@ impl Returns {
     /// earlier start were).
     pub fn barrier_applied(&self, nonce: u64) {
         self.barrier.send_replace(nonce);
+    }
+
+    /// Becomes true once this node's state can be trusted after its start (a member holding
+    /// its lease, everything committed before then applied here).
+    pub fn caught_up(&self) -> watch::Receiver<bool> {
+        self.caught_up.subscribe()
     }
 
     /// The state was replaced by a snapshot: every offline session is looked at again.
@@ -205,44 +223,49 @@ impl Returns {
 
     /// Removes the cutoff of `client_id` (from the file too if it was kept), returning it.
     fn forget_cutoff(&self, client_id: &str) -> Option<u64> {
-        let removed = lock(&self.cutoffs).remove(client_id);
-        if lock(&self.kept).remove(client_id).is_some() {
+        let mut cutoffs = lock(&self.cutoffs);
+        let removed = cutoffs.remove(client_id)?;
+        if removed.kept {
             self.mark_changed();
         }
-        removed
+        Some(removed.before)
     }
 
-    /// Keeps the cutoff `before` of `client_id`, a copy of a session another node owns, in
-    /// the file (once per copy).
-    fn keep_cutoff(&self, client_id: &str, before: u64) {
-        let mut kept = lock(&self.kept);
-        if !kept.contains_key(client_id) {
-            kept.insert(client_id.to_owned(), before);
-            drop(kept);
+    /// The cutoff of `client_id`: the one recorded, or else `end` (recorded now); kept in the
+    /// file from now on if `keep`.
+    fn record_cutoff(&self, client_id: &str, end: u64, keep: bool) -> u64 {
+        let mut cutoffs = lock(&self.cutoffs);
+        let cutoff = cutoffs.entry(client_id.to_owned()).or_insert(Cutoff {
+            before: end,
+            kept: false,
+        });
+        if keep && !cutoff.kept {
+            cutoff.kept = true;
             self.mark_changed();
         }
+        cutoff.before
     }
 
+    /// Called with `cutoffs`' lock held, after a change of the kept part.
     fn mark_changed(&self) {
         self.dirty.store(true, Ordering::Release);
         self.changed.notify_one();
     }
 
-    /// Writes the kept cutoffs if they changed since the last write.
-    async fn write_if_changed(&self) {
+    /// Writes the kept cutoffs if they changed since the last write (blocking). A failed
+    /// write is tried again by the next call; returns whether it failed.
+    pub fn write_now(&self) -> bool {
+        let _writing = lock(&self.writing);
         if !self.dirty.swap(false, Ordering::AcqRel) {
-            return;
+            return false;
         }
-        let kept = lock(&self.kept).clone();
-        let dir = self.dir.clone();
-        let written = tokio::task::spawn_blocking(move || write_cutoffs(&dir, &kept)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
-            }
+        let kept = kept_part(&lock(&self.cutoffs));
+        match write_cutoffs(&self.dir, &kept) {
+            Ok(()) => false,
             Err(error) => {
+                self.dirty.store(true, Ordering::Release);
                 tracing::warn!(%error, "cluster: the return cutoffs could not be kept");
+                true
             }
         }
     }
@@ -380,10 +403,12 @@ impl Returns {
         }
         let _returning = Returning(self, client_id.to_owned());
         let now = Instant::now();
-        let before = match lock(&self.cutoffs).get(client_id) {
-            Some(before) => *before,
-            None => broker.next_queue_position(client_id).unwrap_or(u64::MAX),
+        let Some(end) = broker.next_queue_position(client_id) else {
+            // Connected or gone meanwhile: looked at again.
+            return Looked::Retry;
         };
+        // From here until the copy is returned, a restart keeps this cutoff.
+        let before = self.record_cutoff(client_id, end, true);
         // Two steps: the copy stays here (in the store too) until the owner answered that
         // the messages are durable there; only then does it end here. A crash in between
         // sends it again at the next start (the owner answers a return it merged already
@@ -399,8 +424,6 @@ impl Returns {
             self.forget_cutoff(client_id);
             return self.returned(node, client_id, epoch).await;
         }
-        // From here until the copy is returned, a restart keeps this cutoff.
-        self.keep_cutoff(client_id, before);
         let bytes = match transfer.encode() {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -432,16 +455,18 @@ impl Returns {
 }
 
 /// Writes the kept cutoffs after each change, coalescing the changes made during a write
-/// (a burst of claims costs a few writes, not one each), and once more at stop.
+/// (a burst of claims costs a few writes, not one each); a failed write is tried again a
+/// second later. [`Returns::write_now`] at stop writes what is left.
 pub async fn keep_cutoffs(returns: Arc<Returns>, mut stop: watch::Receiver<bool>) {
     loop {
-        returns.write_if_changed().await;
+        let writer = returns.clone();
+        let failed = tokio::task::spawn_blocking(move || writer.write_now())
+            .await
+            .unwrap_or(true);
         tokio::select! {
-            _ = returns.changed.notified() => {}
-            _ = stop.changed() => {
-                returns.write_if_changed().await;
-                return;
-            }
+            _ = returns.changed.notified(), if !failed => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)), if failed => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -465,6 +490,7 @@ pub async fn run(
             _ = stop.changed() => return,
         }
     }
+    returns.caught_up.send_replace(true);
     let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     // Failures in a row per client id (the retry waits double).
     let mut failures: HashMap<String, u32> = HashMap::new();
@@ -593,18 +619,36 @@ fn write_cutoffs(dir: &Path, cutoffs: &HashMap<String, u64>) -> std::io::Result<
 
 /// This start's cutoffs: each offline session's queue end now, lowered to a cutoff an earlier
 /// run kept for it (messages above that reached the copy while the owner had the session's
-/// routes). A kept cutoff above the end now (the queue emptied and its positions started
-/// again) does not count; one of a session no longer here goes.
+/// routes), and kept again. A kept cutoff above the end now (the queue emptied and its
+/// positions started again) does not count; one of a session no longer here goes.
 fn merge_cutoffs(
     restored: Vec<(String, u64)>,
-    mut kept: HashMap<String, u64>,
-) -> HashMap<String, u64> {
+    kept: &HashMap<String, u64>,
+) -> HashMap<String, Cutoff> {
     restored
         .into_iter()
         .map(|(client_id, end)| {
-            let cutoff = kept.remove(&client_id).map_or(end, |kept| kept.min(end));
+            let cutoff = match kept.get(&client_id) {
+                Some(kept) => Cutoff {
+                    before: (*kept).min(end),
+                    kept: true,
+                },
+                None => Cutoff {
+                    before: end,
+                    kept: false,
+                },
+            };
             (client_id, cutoff)
         })
+        .collect()
+}
+
+/// What the file holds of `cutoffs`.
+fn kept_part(cutoffs: &HashMap<String, Cutoff>) -> HashMap<String, u64> {
+    cutoffs
+        .iter()
+        .filter(|(_, cutoff)| cutoff.kept)
+        .map(|(client_id, cutoff)| (client_id.clone(), cutoff.before))
         .collect()
 }
 
@@ -621,11 +665,20 @@ mod tests {
         ]);
         let merged = merge_cutoffs(
             vec![("a".into(), 9), ("b".into(), 1), ("c".into(), 4)],
-            kept,
+            &kept,
         );
+        let cutoff = |before, kept| Cutoff { before, kept };
         assert_eq!(
             merged,
-            HashMap::from([("a".into(), 6), ("b".into(), 1), ("c".into(), 4)])
+            HashMap::from([
+                ("a".into(), cutoff(6, true)),
+                ("b".into(), cutoff(1, true)),
+                ("c".into(), cutoff(4, false)),
+            ])
+        );
+        assert_eq!(
+            kept_part(&merged),
+            HashMap::from([("a".into(), 6), ("b".into(), 1)])
         );
     }
 

@@ -99,6 +99,7 @@ pub async fn start_node_with(
         outbox_max_messages: 100_000,
         outbox_max_bytes: 256 << 20,
         relay: None,
+        snapshot_every: None,
         tls: None,
     });
     adjust(&mut config);

@@ -48,6 +48,17 @@ async fn claim_at(addr: SocketAddr, clean_start: bool) -> bool {
     .expect("a CONNACK")
 }
 
+/// The payloads of the next `count` messages `client` receives, none of them twice.
+async fn distinct(client: &mut Client5, count: usize) -> BTreeSet<String> {
+    let mut got = BTreeSet::new();
+    while got.len() < count {
+        let message = client.recv().await;
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(got.insert(payload.clone()), "{payload} twice");
+    }
+    got
+}
+
 /// Waits until every node's registry lists A (node 1) among the session's pending returns.
 async fn a_listed(nodes: &[Node]) {
     until("A listed among the pending returns", || {
@@ -109,6 +120,28 @@ async fn queued_on_a_then_a_down(dir: &common::cluster::Dir) -> (Vec<Node>, Vec<
     (nodes, addrs)
 }
 
+/// [`queued_on_a_then_a_down`], then the client claims its session on B (A listed among the
+/// pending returns), B (the owner) goes and A comes back: its return to B fails, its copy
+/// stays. Returns A and C, and the cluster addresses.
+async fn owner_down_copy_back(dir: &common::cluster::Dir) -> (Vec<Node>, Vec<SocketAddr>) {
+    let (mut nodes, addrs) = queued_on_a_then_a_down(dir).await;
+    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
+    a_listed(&nodes).await;
+    nodes.remove(0).shutdown().await;
+    nodes.insert(0, start_node(1, &addrs, dir).await);
+    until("A caught up, still holding the copy", || {
+        nodes[0]
+            .cluster
+            .node()
+            .state()
+            .session(ID)
+            .is_some_and(|entry| entry.owner == Some(2))
+            && nodes[0].broker.session(ID).is_some()
+    })
+    .await;
+    (nodes, addrs)
+}
+
 /// Issue 16 ("its queued messages return when N1 does"): the client reconnects to B while A
 /// is down (session present, its subscription from the registry) and gets there what is
 /// published meanwhile; once A is back, the five messages queued on A before it stopped are
@@ -136,13 +169,13 @@ async fn a_down_nodes_queue_returns_to_the_sessions_new_owner() {
     }
 
     nodes.insert(0, start_node(1, &addrs, &dir).await);
-    let mut returned = BTreeSet::new();
-    while returned.len() < 5 {
-        let message = client.recv().await;
-        let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        assert!(payload.starts_with("before-"), "got {payload}");
-        assert!(returned.insert(payload.clone()), "{payload} twice");
-    }
+    let returned = distinct(&mut client, 5).await;
+    assert!(
+        returned
+            .iter()
+            .all(|payload| payload.starts_with("before-")),
+        "{returned:?}"
+    );
     until(
         "A holds nothing of the session, and is off its pending returns",
         || {
@@ -221,33 +254,18 @@ async fn a_down_nodes_queue_is_discarded_after_a_clean_start_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_copy_joins_the_session_when_its_client_comes_back_to_its_node() {
     let dir = temp_dir("return-own");
-    let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
-    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
-    a_listed(&nodes).await;
-    // B (the owner) goes; A comes back: its return to B fails, its copy stays.
-    nodes.remove(0).shutdown().await;
-    nodes.insert(0, start_node(1, &addrs, &dir).await);
-    until("A caught up, still holding the copy", || {
-        nodes[0]
-            .cluster
-            .node()
-            .state()
-            .session(ID)
-            .is_some_and(|entry| entry.owner == Some(2))
-            && nodes[0].broker.session(ID).is_some()
-    })
-    .await;
+    let (nodes, _) = owner_down_copy_back(&dir).await;
 
     assert!(claim_at(nodes[0].addr, false).await, "session present on A");
     let (mut client, connack) = Client5::connect(options(nodes[0].addr, false)).await;
     assert!(connack.session_present);
-    let mut returned = BTreeSet::new();
-    while returned.len() < 5 {
-        let message = client.recv().await;
-        let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        assert!(payload.starts_with("before-"), "got {payload}");
-        assert!(returned.insert(payload.clone()), "{payload} twice");
-    }
+    let returned = distinct(&mut client, 5).await;
+    assert!(
+        returned
+            .iter()
+            .all(|payload| payload.starts_with("before-")),
+        "{returned:?}"
+    );
     route_known(&nodes, "wander/#", 1).await;
     let publisher = Client::simple(nodes[1].addr, "pub-c2").await;
     publisher
@@ -317,21 +335,7 @@ async fn a_clean_start_on_the_owner_discards_a_down_nodes_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_restart_before_the_return_doubles_nothing() {
     let dir = temp_dir("return-twice");
-    let (mut nodes, addrs) = queued_on_a_then_a_down(&dir).await;
-    assert!(claim_at(nodes[0].addr, false).await, "session present on B");
-    a_listed(&nodes).await;
-    nodes.remove(0).shutdown().await;
-    nodes.insert(0, start_node(1, &addrs, &dir).await);
-    until("A caught up, still holding the copy", || {
-        nodes[0]
-            .cluster
-            .node()
-            .state()
-            .session(ID)
-            .is_some_and(|entry| entry.owner == Some(2))
-            && nodes[0].broker.session(ID).is_some()
-    })
-    .await;
+    let (mut nodes, addrs) = owner_down_copy_back(&dir).await;
     route_known(&nodes, "wander/#", 1).await;
     let publisher = Client::simple(nodes[1].addr, "pub-c2").await;
     for i in 0..3 {
@@ -366,12 +370,7 @@ async fn a_second_restart_before_the_return_doubles_nothing() {
     let (mut client, connack) = Client5::connect(options(nodes[0].addr, false)).await;
     assert!(connack.session_present);
     nodes.insert(0, start_node(1, &addrs, &dir).await);
-    let mut got = BTreeSet::new();
-    while got.len() < 8 {
-        let message = client.recv().await;
-        let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        assert!(got.insert(payload.clone()), "{payload} twice");
-    }
+    let got = distinct(&mut client, 8).await;
     let expected: BTreeSet<String> = (0..5)
         .map(|i| format!("before-{i}"))
         .chain((0..3).map(|i| format!("during-{i}")))

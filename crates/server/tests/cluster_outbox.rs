@@ -54,6 +54,17 @@ async fn publish(publisher: &mut Client5, topic: &str, payload: String) -> PubAc
         .expect("PUBACK")
 }
 
+/// Publishes `gone/{i}` at QoS 1 until the broker refuses one (the outbox for the node with
+/// the `gone/#` route is congested); returns how many were accepted.
+async fn fill_outbox(publisher: &mut Client5) -> usize {
+    let mut i = 0;
+    while publish(publisher, &format!("gone/{i}"), i.to_string()).await == PubAckReason::Success {
+        i += 1;
+        assert!(i <= OUTBOX, "never refused");
+    }
+    i
+}
+
 /// [MQTT-4.3.2-1]: a PUBACK with a success code means the message is taken; with a full
 /// outbox the broker says 0x97 instead, and keeps every message it did take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,13 +166,7 @@ async fn a_removed_nodes_outbox_goes_with_it_issue_16() {
     node3.shutdown().await;
 
     let mut publisher = Client5::simple(nodes[0].addr, "removed-source").await;
-    let mut i = 0;
-    while publish(&mut publisher, &format!("gone/{i}"), i.to_string()).await
-        == PubAckReason::Success
-    {
-        i += 1;
-        assert!(i <= OUTBOX, "never refused");
-    }
+    fill_outbox(&mut publisher).await;
     assert!(nodes[0].cluster.outbox_congested());
 
     nodes[1]
@@ -213,13 +218,7 @@ async fn an_outbox_for_a_node_removed_while_this_one_was_down_goes_issue_16() {
 
     // Node 1's outbox for node 4 fills (stored copies), then node 1 stops.
     let mut publisher = Client5::simple(nodes[0].addr, "departed-source").await;
-    let mut i = 0;
-    while publish(&mut publisher, &format!("gone/{i}"), i.to_string()).await
-        == PubAckReason::Success
-    {
-        i += 1;
-        assert!(i <= OUTBOX, "never refused");
-    }
+    fill_outbox(&mut publisher).await;
     drop(publisher);
     nodes.remove(0).shutdown().await;
 

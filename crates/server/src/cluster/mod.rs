@@ -289,7 +289,6 @@ impl Cluster {
 /// The file that keeps the data plane's last run (see `tern_cluster::link`).
 const RUN_FILE: &str = "data-plane-run";
 
-/// The last run this node's data plane used (0: none).
 /// Once this node has caught up after its start: the outboxes restored for nodes that are no
 /// longer members go (removed while this node was down, their removal folded into a snapshot
 /// this node installed rather than applied here as a command: see `apply`'s `RemoveNode`).
@@ -315,6 +314,7 @@ async fn forget_departed(
     }
 }
 
+/// The last run this node's data plane used (0: none).
 fn read_run(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(RUN_FILE))
         .ok()

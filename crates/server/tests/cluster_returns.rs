@@ -59,6 +59,34 @@ async fn distinct(client: &mut Client5, count: usize) -> BTreeSet<String> {
     got
 }
 
+/// Publishes `payload` to `wander/x` on the node at `addr` and checks that it is the next
+/// message `client` gets: nothing else (a duplicate, something of A's copy) came first.
+async fn last_message(client: &mut Client5, addr: SocketAddr, payload: &str) {
+    let publisher = Client::simple(addr, "pub-last").await;
+    publisher
+        .publish("wander/x", QoS::AtLeastOnce, false, payload)
+        .await;
+    assert_eq!(
+        client.recv().await.payload,
+        payload.as_bytes(),
+        "the next message"
+    );
+}
+
+/// Waits until no node's route table has A's (node 1's) route for `wander/#`.
+async fn no_route_of_a(nodes: &[Node]) {
+    until("no route of A for the session's filter", || {
+        nodes.iter().all(|node| {
+            node.cluster
+                .node()
+                .state()
+                .route("wander/#")
+                .is_some_and(|holders| !holders.contains(&1))
+        })
+    })
+    .await;
+}
+
 /// Waits until every node's registry lists A (node 1) among the session's pending returns.
 async fn a_listed(nodes: &[Node]) {
     until("A listed among the pending returns", || {
@@ -190,21 +218,9 @@ async fn a_down_nodes_queue_returns_to_the_sessions_new_owner() {
         },
     )
     .await;
-    until("no route of A for the session's filter", || {
-        nodes.iter().all(|node| {
-            node.cluster
-                .node()
-                .state()
-                .route("wander/#")
-                .is_some_and(|holders| !holders.contains(&1))
-        })
-    })
-    .await;
+    no_route_of_a(&nodes).await;
     // Nothing more comes before a last message: no duplicate of either batch.
-    publisher
-        .publish("wander/x", QoS::AtLeastOnce, false, "end")
-        .await;
-    assert_eq!(client.recv().await.payload, &b"end"[..]);
+    last_message(&mut client, nodes[2].addr, "end").await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -226,21 +242,8 @@ async fn a_down_nodes_queue_is_discarded_after_a_clean_start_elsewhere() {
         nodes[0].broker.session(ID).is_none()
     })
     .await;
-    until("no route of A for the old session's filter", || {
-        nodes.iter().all(|node| {
-            node.cluster
-                .node()
-                .state()
-                .route("wander/#")
-                .is_some_and(|holders| !holders.contains(&1))
-        })
-    })
-    .await;
-    let publisher = Client::simple(nodes[1].addr, "pub-c2").await;
-    publisher
-        .publish("wander/x", QoS::AtLeastOnce, false, "end")
-        .await;
-    assert_eq!(client.recv().await.payload, &b"end"[..], "nothing from A");
+    no_route_of_a(&nodes).await;
+    last_message(&mut client, nodes[1].addr, "end").await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -267,11 +270,7 @@ async fn the_copy_joins_the_session_when_its_client_comes_back_to_its_node() {
         "{returned:?}"
     );
     route_known(&nodes, "wander/#", 1).await;
-    let publisher = Client::simple(nodes[1].addr, "pub-c2").await;
-    publisher
-        .publish("wander/x", QoS::AtLeastOnce, false, "end")
-        .await;
-    assert_eq!(client.recv().await.payload, &b"end"[..]);
+    last_message(&mut client, nodes[1].addr, "end").await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -316,11 +315,7 @@ async fn a_clean_start_on_the_owner_discards_a_down_nodes_copy() {
         nodes[0].broker.session(ID).is_none()
     })
     .await;
-    let publisher = Client::simple(nodes[2].addr, "pub-c3").await;
-    publisher
-        .publish("wander/x", QoS::AtLeastOnce, false, "fresh")
-        .await;
-    assert_eq!(client.recv().await.payload, &b"fresh"[..], "nothing from A");
+    last_message(&mut client, nodes[2].addr, "fresh").await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -381,11 +376,7 @@ async fn a_second_restart_before_the_return_doubles_nothing() {
     })
     .await;
     // Nothing more comes before a last message: no duplicate of either batch.
-    let publisher = Client::simple(nodes[2].addr, "pub-c3").await;
-    publisher
-        .publish("wander/x", QoS::AtLeastOnce, false, "end")
-        .await;
-    assert_eq!(client.recv().await.payload, &b"end"[..]);
+    last_message(&mut client, nodes[2].addr, "end").await;
     for node in nodes {
         node.shutdown().await;
     }

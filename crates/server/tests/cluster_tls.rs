@@ -12,39 +12,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::Client;
+use common::ca::Ca;
 use common::cluster::{
     Dir, all_registered, free_addr, route_known, start_node_with, temp_dir, until,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose};
 use rumqttc::QoS;
 use tern_cluster::testing::{Mode, Network};
 use tern_server::cluster::{ClusterTlsConfig, RelayMap};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A certificate authority made for one test.
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
 impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca { params, key, pem }
-    }
-
     /// A node's certificate for the IP address it is dialled at, good for both ends of a
     /// link (serverAuth and clientAuth), written to `dir` with the CA `trusted` trusts; the
     /// `tls` table of its configuration.
@@ -55,17 +33,15 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let key = KeyPair::generate().unwrap();
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
+        let issued = self.sign(&params);
         let write = |file: &str, text: &str| -> PathBuf {
             let path = dir.join(format!("{name}-{file}"));
             std::fs::write(&path, text).unwrap();
             path
         };
         ClusterTlsConfig {
-            cert: write("node.pem", &cert.pem()),
-            key: write("node.key", &key.serialize_pem()),
+            cert: write("node.pem", &issued.cert),
+            key: write("node.key", &issued.key),
             ca: write("ca.pem", &trusted.pem),
         }
     }

@@ -3,6 +3,7 @@
 //! Every wait is bounded, so a broken broker fails a test instead of hanging it.
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod cluster;
 pub mod v5;
 

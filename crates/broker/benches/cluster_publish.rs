@@ -98,6 +98,7 @@ fn bench_publish(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let message = Message {
+                    cluster_id: None,
                     topic: topic.clone(),
                     payload: payload.clone(),
                     qos: QoS::AtMostOnce,

@@ -209,6 +209,7 @@ fn publish_rate(
 
 fn retained(topic: String) -> Arc<Message> {
     Arc::new(Message {
+        cluster_id: None,
         topic: MqttStr::try_from(topic).unwrap(),
         payload: Bytes::from_static(b"{\"online\":true}"),
         qos: QoS::AtLeastOnce,

@@ -71,6 +71,7 @@ fn run(qos: QoS) {
     for i in 0..RETAINED {
         broker.publish(
             Message {
+                cluster_id: None,
                 topic: text(&format!("site/{}/device/{i}/state", i % 100)),
                 payload: Bytes::from_static(&[b'x'; 64]),
                 qos,

@@ -51,10 +51,10 @@ fn reuse<'a, 'b>(mut targets: Vec<Target<'a>>) -> Vec<Target<'b>> {
 
 /// The session registry: sessions by client identifier (the key is the session's own, so an
 /// entry is one pointer).
-type Registry = HashSet<Registered>;
+pub(crate) type Registry = HashSet<Registered>;
 
 /// A session in the registry, hashed and compared by its client identifier.
-struct Registered(Arc<Session>);
+pub(crate) struct Registered(pub(crate) Arc<Session>);
 
 impl PartialEq for Registered {
     fn eq(&self, other: &Self) -> bool {
@@ -169,7 +169,7 @@ pub(crate) struct Attached {
 /// The shared broker state.
 pub struct Broker {
     config: BrokerConfig,
-    sessions: Mutex<Registry>,
+    pub(crate) sessions: Mutex<Registry>,
     pub(crate) subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
     pub(crate) retained: RwLock<RetainedIndex>,
     /// How many of the retained messages are the broker's own (`$SYS`), and their payload
@@ -689,8 +689,7 @@ impl Broker {
             seq = self.retain(&message, hook);
         }
         let scope = self.publish_scope(&message);
-        let plan = hook.and_then(|hook| Some((hook, hook.plan(&message)?)));
-        let Some((hook, plan)) = plan else {
+        let Some(hook) = hook else {
             let selection = match origin {
                 Origin::Cluster(selection) => selection,
                 Origin::Local | Origin::System => Selection::ALL,
@@ -699,14 +698,31 @@ impl Broker {
                 self.route(MessageRef::Own(message), scope, now, hold, selection);
             return (reached, seq.max(route_seq));
         };
-        // Cluster: routed here but for the groups another node serves, then handed to the
-        // cluster (shared, so the remote copies cost no copy of the message).
+        // Cluster: the index stays read-locked from the plan until the copies are queued for
+        // the other nodes, so that once `publish_barrier` returns, every publish planned
+        // before has placed all its copies (closing the move window of a session).
+        let index = read(&self.subscriptions);
+        let Some(mut plan) = hook.plan(&message) else {
+            let (reached, route_seq) = self.route_in(
+                &index,
+                MessageRef::Own(message),
+                scope,
+                now,
+                hold,
+                Selection::ALL,
+            );
+            return (reached, seq.max(route_seq));
+        };
+        // Routed here but for the groups another node serves, then handed to the cluster
+        // (shared, so the remote copies cost no copy of the message).
+        message.cluster_id = plan.id.take();
         let message = Arc::new(message);
         let selection = Selection {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
         };
-        let (reached, route_seq) = self.route(
+        let (reached, route_seq) = self.route_in(
+            &index,
             MessageRef::Shared(message.clone()),
             scope,
             now,
@@ -715,7 +731,15 @@ impl Broker {
         );
         let remote = plan.remote.len();
         let forward_seq = hook.forward(&message, plan);
+        drop(index);
         (reached + remote, seq.max(route_seq).max(forward_seq))
+    }
+
+    /// Cluster: returns once every local publish that was planned before the call has
+    /// placed its copies, here and in the outboxes to other nodes (see `publish_with`): a
+    /// publish planned after it sees whatever route table was current when it was called.
+    pub fn publish_barrier(&self) {
+        drop(write(&self.subscriptions));
     }
 
     /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
@@ -795,10 +819,23 @@ impl Broker {
         message: MessageRef,
         scope: Scope,
         now: Instant,
-        mut hold: Option<&mut AckHold<'_>>,
+        hold: Option<&mut AckHold<'_>>,
         selection: Selection<'_>,
     ) -> (usize, Seq) {
         let index = read(&self.subscriptions);
+        self.route_in(&index, message, scope, now, hold, selection)
+    }
+
+    /// [`Broker::route`] with the index read-locked by the caller.
+    pub(crate) fn route_in(
+        &self,
+        index: &SubscriptionIndex<Subscriber>,
+        message: MessageRef,
+        scope: Scope,
+        now: Instant,
+        mut hold: Option<&mut AckHold<'_>>,
+        selection: Selection<'_>,
+    ) -> (usize, Seq) {
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
         let mut targets: Vec<Target<'_>> = reuse(TARGETS.take());
@@ -1532,13 +1569,25 @@ impl Broker {
         session: &Arc<Session>,
         take: impl FnOnce(&mut SessionState),
     ) -> Option<(Box<PendingWill>, Option<Group<'_>>)> {
+        let mut index = write(&self.subscriptions);
+        self.end_session_indexed(sessions, &mut index, session, take)
+    }
+
+    /// [`Broker::end_session_in`] with the subscription index locked by the caller too.
+    #[allow(clippy::mutable_key_type)]
+    pub(crate) fn end_session_indexed(
+        &self,
+        sessions: &mut Registry,
+        index: &mut SubscriptionIndex<Subscriber>,
+        session: &Arc<Session>,
+        take: impl FnOnce(&mut SessionState),
+    ) -> Option<(Box<PendingWill>, Option<Group<'_>>)> {
         if sessions
             .get(session.client_id().as_str())
             .is_some_and(|current| Arc::ptr_eq(&current.0, session))
         {
             sessions.remove(session.client_id().as_str());
         }
-        let mut index = write(&self.subscriptions);
         let mut state = session.lock();
         if state.ended {
             return None;
@@ -1583,7 +1632,7 @@ impl Broker {
             partial: false,
         };
         for filter in &filters {
-            self.index_remove(&mut index, filter, &probe);
+            self.index_remove(index, filter, &probe);
         }
         will.map(|will| (will, group))
     }
@@ -1619,32 +1668,41 @@ impl Broker {
     /// attached to a session of that client id here.
     pub(crate) fn install_session(&self, session: Arc<Session>, now: Instant) -> Option<Seq> {
         let mut sessions = lock(&self.sessions);
-        if let Some(old) = sessions
+        let old = sessions
             .get(session.client_id().as_str())
-            .map(|entry| entry.0.clone())
+            .map(|entry| entry.0.clone());
+        if old
+            .as_ref()
+            .is_some_and(|old| old.is_online() || old.lock().owner.is_some())
         {
-            if old.is_online() || old.lock().owner.is_some() {
-                return None;
-            }
-            drop(self.end_session_in(&mut sessions, &old, |_| {}));
+            return None;
         }
         let mut index = write(&self.subscriptions);
-        let mut state = session.lock();
-        let expires_at = match state.expiry {
-            SessionExpiry::After(duration) => Some(now + duration),
-            SessionExpiry::Never | SessionExpiry::AtDisconnect => None,
-        };
-        state.expires_at = expires_at;
-        let seq = self.store_session(&session, &mut state, false);
-        let subscriptions: Vec<(MqttStr, SubscriptionRecord)> = state
+        Some(self.replace_session(&mut sessions, &mut index, old.as_ref(), session, now))
+    }
+
+    /// [`Broker::install_session`] with the registry and the index locked by the caller, in
+    /// place of `old` (offline, checked by the caller). The new session's subscriptions are
+    /// indexed before the old one's go: a filter both have never has no subscriber, so no
+    /// route of it is reported gone and back, and no message routed meanwhile finds neither.
+    #[allow(clippy::mutable_key_type)]
+    pub(crate) fn replace_session(
+        &self,
+        sessions: &mut Registry,
+        index: &mut SubscriptionIndex<Subscriber>,
+        old: Option<&Arc<Session>>,
+        session: Arc<Session>,
+        now: Instant,
+    ) -> Seq {
+        let subscriptions: Vec<(MqttStr, SubscriptionRecord)> = session
+            .lock()
             .subscriptions
             .iter()
             .map(|(filter, record)| (filter.clone(), *record))
             .collect();
-        drop(state);
         for (filter, record) in subscriptions {
             self.index_insert(
-                &mut index,
+                index,
                 &filter,
                 Subscriber {
                     session: session.clone(),
@@ -1653,13 +1711,22 @@ impl Broker {
                 },
             );
         }
-        drop(index);
+        if let Some(old) = old {
+            drop(self.end_session_indexed(sessions, index, old, |_| {}));
+        }
+        let mut state = session.lock();
+        let expires_at = match state.expiry {
+            SessionExpiry::After(duration) => Some(now + duration),
+            SessionExpiry::Never | SessionExpiry::AtDisconnect => None,
+        };
+        state.expires_at = expires_at;
+        let seq = self.store_session(&session, &mut state, false);
+        drop(state);
         sessions.insert(Registered(session.clone()));
-        drop(sessions);
         if let Some(at) = expires_at {
             self.add_timer(at, TimerKind::SessionExpiry, &session);
         }
-        Some(seq)
+        seq
     }
 
     /// Publishes a will whose delay ran out (or whose session ended first), if the client

@@ -163,7 +163,7 @@ impl Broker {
     pub(crate) fn keep_unclaimed(&self, transfer: Option<SessionTransfer>, now: Instant) {
         if let Some(transfer) = transfer {
             let client_id = transfer.client_id.clone();
-            if let Err(error) = self.import_session(transfer, now) {
+            if let Err(error) = self.adopt_handed_over(transfer, now) {
                 tracing::warn!(%client_id, %error, "handed-over session not kept");
             }
         }

@@ -187,6 +187,9 @@ pub struct ClusterPlan {
     pub skip_groups: Vec<GroupRoute>,
     /// One copy per remote node that gets the message.
     pub remote: Vec<RemoteCopy>,
+    /// The message's identity across nodes (set on the message before it is routed here, so
+    /// a local session's copy carries it too); `None` when no copy leaves this node.
+    pub id: Option<crate::message::ClusterMessageId>,
 }
 
 /// The copy of a message for one remote node.

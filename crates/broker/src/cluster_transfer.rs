@@ -8,7 +8,7 @@
 //! big-endian integers and length-prefixed MQTT strings behind a format byte. Decoding checks
 //! every length and tag and never panics.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ use tern_codec::{
     SubscriptionOptions,
 };
 
-use crate::broker::Broker;
-use crate::message::{Delivery, Message, MessageRef, SubscriptionIds};
+use crate::broker::{Broker, lock, write};
+use crate::message::{ClusterMessageId, Delivery, Message, MessageRef, SubscriptionIds};
 use crate::persist::RoutedBody;
 use crate::session::{Enqueued, Inflight, QueuedDelivery, Session, SessionState};
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
@@ -329,7 +329,15 @@ fn put_duration(w: &mut BytesMut, value: Duration) {
 
 /// A delivery: its own fields, then the message as an MQTT 5 PUBLISH.
 fn put_delivery(w: &mut BytesMut, delivery: &TransferredDelivery) -> Result<(), TransferError> {
-    w.put_u8(delivery.qos.as_u8() | (u8::from(delivery.retain) << 2));
+    let id = delivery.message.cluster_id;
+    w.put_u8(
+        delivery.qos.as_u8() | (u8::from(delivery.retain) << 2) | (u8::from(id.is_some()) << 3),
+    );
+    if let Some(id) = id {
+        w.put_u64(id.node);
+        w.put_u64(id.run);
+        w.put_u64(id.number);
+    }
     let ids = delivery.subscription_ids.as_slice();
     put_len(w, ids.len());
     for &id in ids {
@@ -389,6 +397,10 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes(self.array(what)?))
     }
 
+    fn u64(&mut self, what: &'static str) -> Result<u64, TransferError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
     fn u32(&mut self, what: &'static str) -> Result<u32, TransferError> {
         Ok(u32::from_be_bytes(self.array(what)?))
     }
@@ -441,11 +453,20 @@ impl<'a> Reader<'a> {
 
     fn delivery(&mut self) -> Result<TransferredDelivery, TransferError> {
         let flags = self.u8("delivery flags")?;
-        if flags & !0b111 != 0 {
+        if flags & !0b1111 != 0 {
             return Err(TransferError::Invalid("delivery flags"));
         }
         let qos = QoS::from_u8(flags & 0b11).ok_or(TransferError::Invalid("delivery QoS"))?;
         let retain = flags & 0b100 != 0;
+        let cluster_id = if flags & 0b1000 != 0 {
+            Some(ClusterMessageId {
+                node: self.u64("message node")?,
+                run: self.u64("message run")?,
+                number: self.u64("message number")?,
+            })
+        } else {
+            None
+        };
         let count = self.count(4)?;
         let mut subscription_ids = SubscriptionIds::None;
         for _ in 0..count {
@@ -465,6 +486,7 @@ impl<'a> Reader<'a> {
         };
         let properties = (!publish.properties.is_empty()).then(|| Arc::new(publish.properties));
         let message = Message {
+            cluster_id,
             topic: publish.topic,
             payload: publish.payload,
             qos: publish.qos,
@@ -512,10 +534,74 @@ impl Broker {
         transfer: SessionTransfer,
         now: Instant,
     ) -> Result<Seq, TransferError> {
+        let session = self.session_from_transfer(transfer, now)?;
+        self.install_session(session, now)
+            .ok_or(TransferError::Connected)
+    }
+
+    /// Cluster, closing the move window: installs a session handed over by another node in
+    /// place of the *shell* this node made of it before asking for it (its subscriptions from
+    /// the registry, queuing what they brought meanwhile). The handed-over messages come
+    /// first, in flight and then queued, in their order; then the shell's queued messages
+    /// that are not among them: while the routes change, one message can reach both nodes,
+    /// and its [`Message::cluster_id`] tells. The session's subscriptions are the handed-over
+    /// ones. Done under the registry's and the index's locks, so no message routed meanwhile
+    /// finds neither session. Without an offline shell here, as [`Broker::import_session`].
+    #[allow(clippy::mutable_key_type)]
+    pub fn adopt_handed_over(
+        &self,
+        mut transfer: SessionTransfer,
+        now: Instant,
+    ) -> Result<Seq, TransferError> {
+        let mut sessions = lock(&self.sessions);
+        let Some(shell) = sessions
+            .get(transfer.client_id.as_str())
+            .map(|entry| entry.0.clone())
+        else {
+            drop(sessions);
+            return self.import_session(transfer, now);
+        };
+        if shell.is_online() || shell.lock().owner.is_some() {
+            return Err(TransferError::Connected);
+        }
+        let mut index = write(&self.subscriptions);
+        {
+            let state = shell.lock();
+            let held: HashSet<ClusterMessageId> = transfer
+                .inflight
+                .iter()
+                .map(|entry| &entry.delivery)
+                .chain(&transfer.queue)
+                .filter_map(|delivery| delivery.message.cluster_id)
+                .collect();
+            let shell_deliveries = state
+                .inflight
+                .iter()
+                .map(|entry| &entry.delivery)
+                .chain(state.queue.iter().map(|queued| &queued.delivery))
+                .filter(|delivery| {
+                    delivery
+                        .message
+                        .cluster_id
+                        .is_none_or(|id| !held.contains(&id))
+                })
+                .map(|delivery| TransferredDelivery::from_delivery(delivery, now));
+            transfer.queue.extend(shell_deliveries);
+        }
+        let session = self.session_from_transfer(transfer, now)?;
+        Ok(self.replace_session(&mut sessions, &mut index, Some(&shell), session, now))
+    }
+
+    /// A new offline session holding what `transfer` carries (not installed yet).
+    fn session_from_transfer(
+        &self,
+        transfer: SessionTransfer,
+        now: Instant,
+    ) -> Result<Arc<Session>, TransferError> {
         if transfer.expiry == SessionExpiry::AtDisconnect {
             return Err(TransferError::NotPersistent);
         }
-        let mut ids = std::collections::HashSet::with_capacity(transfer.inflight.len());
+        let mut ids = HashSet::with_capacity(transfer.inflight.len());
         if !transfer
             .inflight
             .iter()
@@ -554,8 +640,7 @@ impl Broker {
             state.pending = state.inflight.len();
             state.inbound_qos2 = transfer.inbound_qos2;
         }
-        self.install_session(session, now)
-            .ok_or(TransferError::Connected)
+        Ok(session)
     }
 
     /// The offline sessions here and the queue position each would give its next message:

@@ -562,14 +562,16 @@ impl Connection {
         let client_id = client.client_id.clone();
         let session_expiry_interval = connect.properties.session_expiry_interval.unwrap_or(0);
         // A session handed over by the node that owned the client id: installed offline
-        // here, so the attach below resumes it (session present, in-flight messages re-sent
-        // with DUP [MQTT-4.4.0-1]). A clean start discards it anyway [MQTT-3.1.2-4].
+        // here (in place of the shell the claim made, whose messages not handed over follow
+        // the handed-over ones), so the attach below resumes it (session present, in-flight
+        // messages re-sent with DUP [MQTT-4.4.0-1]). A clean start discards it anyway
+        // [MQTT-3.1.2-4].
         let mut imported = Seq::NONE;
         if let Some(transfer) = transfer.filter(|_| !connect.clean_start) {
             if transfer.client_id != client_id {
                 tracing::warn!(client_id = %client_id, "handed-over session of another client id ignored");
             } else {
-                match broker.import_session(transfer, now) {
+                match broker.adopt_handed_over(transfer, now) {
                     Ok(seq) => imported = seq,
                     Err(error) => {
                         tracing::warn!(client_id = %client_id, %error, "handed-over session not imported");

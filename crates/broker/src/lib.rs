@@ -52,7 +52,7 @@ pub use hooks::{
     CertificateIdentity, ClientAccess, ClientInfo, Credentials, DefaultAccess,
     EnhancedAuthenticator, FilterAccess, Hooks, Principal, PrincipalAccess, TransportIdentity,
 };
-pub use message::{Delivery, Message, MessageRef, SubscriptionIds};
+pub use message::{ClusterMessageId, Delivery, Message, MessageRef, SubscriptionIds};
 pub use metrics::{Counter, Metrics, MetricsSnapshot};
 pub use retained::RetainedIndex;
 pub use session::Session;

@@ -29,6 +29,20 @@ pub struct Message {
     pub publisher: Option<MqttStr>,
     /// The id under which the message body is stored; 0 when it is not stored.
     pub id: crate::types::MessageId,
+    /// Cluster: the message's identity across nodes, given by the node it was published on
+    /// when any copy of it goes to another node (`None` otherwise, and on a single node). A
+    /// session handed from one node to another drops the messages the new node holds already
+    /// (see `Broker::adopt_handed_over`). Not stored.
+    pub cluster_id: Option<ClusterMessageId>,
+}
+
+/// A message's identity in a cluster: the node it was published on, that node's run (its
+/// start) and a number counted per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClusterMessageId {
+    pub node: u64,
+    pub run: u64,
+    pub number: u64,
 }
 
 impl Message {
@@ -54,6 +68,7 @@ impl Message {
             expires_at,
             publisher,
             id: 0,
+            cluster_id: None,
         }
     }
 

@@ -409,6 +409,7 @@ mod tests {
 
     fn message(topic: &str) -> Arc<Message> {
         Arc::new(Message {
+            cluster_id: None,
             topic: MqttStr::try_from(topic).unwrap(),
             payload: Bytes::from_static(b"x"),
             qos: QoS::AtMostOnce,

@@ -587,6 +587,7 @@ mod tests {
 
     fn entry(packet_id: u16) -> Inflight {
         let message = Message {
+            cluster_id: None,
             topic: MqttStr::from_static("t"),
             payload: bytes::Bytes::new(),
             qos: QoS::AtLeastOnce,

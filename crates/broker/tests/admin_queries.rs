@@ -28,6 +28,7 @@ fn with_will(version: ProtocolVersion, id: &str) -> tern_codec::Connect {
 
 fn system_message(topic: &str, payload: &str) -> Message {
     Message {
+        cluster_id: None,
         topic: text(topic),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         qos: QoS::AtMostOnce,

@@ -128,6 +128,7 @@ fn unsubscribe(client: &mut Client, filter: &str) {
 /// A message as another node forwards it.
 fn remote_message(topic: &str, qos: QoS, payload: &'static [u8]) -> Message {
     Message {
+        cluster_id: None,
         topic: text(topic),
         payload: Bytes::from_static(payload),
         qos,
@@ -244,6 +245,7 @@ fn plan_and_forward_for_local_messages_only_issue_16() {
     let net = Net::new();
     let cluster = clustered(&net);
     let plan = ClusterPlan {
+        id: None,
         skip_groups: vec![],
         remote: vec![RemoteCopy {
             node: 2,
@@ -311,6 +313,7 @@ fn skipped_groups_get_no_local_delivery_issue_16() {
     cluster.plan_for(
         "k/",
         ClusterPlan {
+            id: None,
             skip_groups: vec![group("g", "k/t")],
             remote: vec![RemoteCopy {
                 node: 3,
@@ -496,6 +499,7 @@ fn the_acknowledgement_waits_for_the_forwarded_copy_issue_16() {
     cluster.plan_for(
         "d/",
         ClusterPlan {
+            id: None,
             skip_groups: vec![],
             remote: vec![RemoteCopy {
                 node: 2,
@@ -525,6 +529,7 @@ fn a_message_whose_copy_an_outbox_cannot_take_is_refused_issue_16() {
     cluster.plan_for(
         "full/",
         ClusterPlan {
+            id: None,
             skip_groups: vec![],
             remote: vec![RemoteCopy {
                 node: 2,

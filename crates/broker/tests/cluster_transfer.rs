@@ -13,8 +13,8 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use tern_broker::{
-    InflightState, Message, SessionExpiry, SessionTransfer, SubscriptionIds, SubscriptionRecord,
-    TransferError, TransferredDelivery, TransferredInflight,
+    ClusterMessageId, InflightState, Message, SessionExpiry, SessionTransfer, SubscriptionIds,
+    SubscriptionRecord, TransferError, TransferredDelivery, TransferredInflight,
 };
 use tern_codec::{MqttStr, Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 
@@ -132,6 +132,96 @@ fn an_imported_session_expires_after_its_interval_issue_16() {
     assert_eq!(net.broker.subscription_count(), 0);
 }
 
+/// A QoS 1 message on `topic`, with cluster id number `id` (from node 3) if any.
+fn clustered(topic: &str, payload: &'static [u8], id: Option<u64>) -> Message {
+    Message {
+        topic: text(topic),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        publisher: Some(text("pub-c")),
+        id: 0,
+        cluster_id: id.map(|number| ClusterMessageId {
+            node: 3,
+            run: 9,
+            number,
+        }),
+    }
+}
+
+fn handed(message: Message) -> TransferredDelivery {
+    TransferredDelivery {
+        expires_in: None,
+        qos: message.qos,
+        retain: false,
+        subscription_ids: SubscriptionIds::None,
+        shared_filter: None,
+        message,
+    }
+}
+
+/// Issue 16, "closing the move window": node B holds a shell of the moving session (its
+/// subscriptions from the registry), which queued what B's routes brought while the session
+/// moved; one of those messages (`x`, by its cluster id) also reached node A, whose session
+/// is handed over. The client resumes on B with A's in-flight message re-sent with DUP
+/// [MQTT-4.4.0-1], then A's queue, then the shell's messages A did not have, each once. The
+/// shell's subscription gives way to the handed-over one without the route going.
+#[test]
+fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
+    let b = Net::new();
+    let shell = SessionTransfer {
+        client_id: text("mover"),
+        expiry: SessionExpiry::Never,
+        subscriptions: vec![(text("m/#"), record(QoS::AtLeastOnce, None))],
+        queue: vec![],
+        inflight: vec![],
+        inbound_qos2: vec![],
+    };
+    b.broker.import_session(shell, b.now()).unwrap();
+    for message in [
+        clustered("m/1", b"x", Some(1)),
+        clustered("m/1", b"y", Some(2)),
+        clustered("m/1", b"z", None),
+    ] {
+        b.broker.publish_from_cluster(message, true, &[], b.now());
+    }
+    let from_a = SessionTransfer {
+        client_id: text("mover"),
+        expiry: SessionExpiry::After(Duration::from_secs(600)),
+        subscriptions: vec![(text("m/#"), record(QoS::AtLeastOnce, Some(4)))],
+        queue: vec![handed(clustered("m/1", b"x", Some(1)))],
+        inflight: vec![TransferredInflight {
+            packet_id: 5,
+            state: InflightState::AwaitingPubAck,
+            delivery: handed(clustered("m/1", b"w", Some(0))),
+        }],
+        inbound_qos2: vec![],
+    };
+    // Through the bytes, as it travels: the ids cross too.
+    let from_a = SessionTransfer::decode(&from_a.encode().unwrap()).unwrap();
+    b.broker.adopt_handed_over(from_a, b.now()).unwrap();
+    assert_eq!(
+        b.broker.subscription_count(),
+        1,
+        "one session, one subscription"
+    );
+
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present, "[MQTT-3.2.2-3]");
+    let seen: Vec<(u16, bool, Vec<u8>)> = client
+        .publishes()
+        .iter()
+        .map(|publish| (publish.packet_id, publish.dup, publish.payload.to_vec()))
+        .collect();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[0], (5, true, b"w".to_vec()));
+    let payloads: Vec<&[u8]> = seen.iter().map(|(_, _, payload)| &payload[..]).collect();
+    assert_eq!(payloads, vec![&b"w"[..], b"x", b"y", b"z"]);
+    assert!(seen[1..].iter().all(|(_, dup, _)| !dup));
+}
+
 fn record(qos: QoS, identifier: Option<u32>) -> SubscriptionRecord {
     SubscriptionRecord {
         options: SubscriptionOptions {
@@ -203,6 +293,7 @@ fn delivery() -> impl Strategy<Value = TransferredDelivery> {
     )
         .prop_map(
             |(topic, payload, qos, retain, properties, publisher)| Message {
+                cluster_id: None,
                 topic: MqttStr::try_from(topic).unwrap(),
                 payload: Bytes::from(payload),
                 qos,

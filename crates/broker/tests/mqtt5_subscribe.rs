@@ -234,6 +234,7 @@ fn a_refused_subscription_is_not_added() {
     assert_eq!(net.broker.subscription_count(), 0);
     net.broker.publish(
         tern_broker::Message {
+            cluster_id: None,
             topic: tern_codec::MqttStr::from_static("forbidden/x"),
             payload: bytes::Bytes::from_static(b"secret"),
             qos: QoS::AtMostOnce,

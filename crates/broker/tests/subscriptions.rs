@@ -42,6 +42,7 @@ fn dollar_topics_are_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
     sys.subscribe("$SYS/#", QoS::AtMostOnce);
     // Clients may not publish to `$` topics; the broker itself may.
     let message = Message {
+        cluster_id: None,
         topic: MqttStr::from_static("$SYS/info"),
         payload: Bytes::from_static(b"uptime"),
         qos: QoS::AtMostOnce,

@@ -150,6 +150,9 @@ pub struct DataPlane {
     congested: AtomicUsize,
     /// Per origin node: its run and the highest sequence delivered.
     inbound: Mutex<HashMap<NodeId, Inbound>>,
+    /// Wakes [`DataPlane::wait_delivered`] after a delivery, while any waits (`watchers`).
+    progress: Notify,
+    watchers: AtomicUsize,
     sink: Arc<dyn DataSink>,
     acked: std::sync::OnceLock<AckListener>,
     pub counters: LinkCounters,
@@ -184,6 +187,8 @@ impl DataPlane {
             peers: Mutex::new(HashMap::new()),
             congested: AtomicUsize::new(0),
             inbound: Mutex::new(HashMap::new()),
+            progress: Notify::new(),
+            watchers: AtomicUsize::new(0),
             sink,
             acked: std::sync::OnceLock::new(),
             counters: LinkCounters::default(),
@@ -302,6 +307,46 @@ impl DataPlane {
     /// The peers this node has an outbox for (restored at start, or sent to since).
     pub fn peers(&self) -> Vec<NodeId> {
         lock(&self.peers).keys().copied().collect()
+    }
+
+    /// The run and sequence number of the last message queued for `peer` and not yet
+    /// acknowledged (`None`: every message queued for it was delivered there).
+    pub fn outbox_tail(&self, peer: NodeId) -> Option<(u64, u64)> {
+        let out = lock(&self.peers).get(&peer).cloned()?;
+        lock(&out.outbox)
+            .unacked
+            .back()
+            .map(|(run, seq, _)| (*run, *seq))
+    }
+
+    /// Waits (until `deadline`) until the message `(run, seq)` of `origin` has been delivered
+    /// here (or a later run of `origin` has begun); whether it has.
+    pub async fn wait_delivered(
+        &self,
+        origin: NodeId,
+        run: u64,
+        seq: u64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let reached = || {
+            lock(&self.inbound).get(&origin).is_some_and(|entry| {
+                entry.run > run || (entry.run == run && entry.delivered >= seq)
+            })
+        };
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let done = loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if reached() {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break reached();
+            }
+        };
+        self.watchers.fetch_sub(1, Ordering::SeqCst);
+        done
     }
 
     /// Messages waiting for `peer`'s acknowledgement.
@@ -484,6 +529,10 @@ impl DataPlane {
             self.sink.deliver(from, run, seq, body)
         };
         let _ = entry.acks.send((settled, run, seq, reply.clone()));
+        drop(inbound);
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            self.progress.notify_waiters();
+        }
     }
 }
 

@@ -106,7 +106,14 @@ pub type HandOverFuture =
 pub trait HandOverHandler: Send + Sync + 'static {
     /// `client_id` was claimed by another node with `epoch` (applied here): close its
     /// connection and return the session, encoded (none: no session here).
-    fn hand_over(&self, client_id: String, epoch: u64) -> HandOverFuture;
+    /// `routes_at`: see [`RpcRequest::HandOver`].
+    fn hand_over(&self, client_id: String, epoch: u64, routes_at: Option<u64>) -> HandOverFuture;
+
+    /// Node `from` asks for a flush up to log index `index` (see [`RpcRequest::Flush`]).
+    fn flush(&self, from: NodeId, index: u64) -> FlushFuture {
+        let _ = (from, index);
+        Box::pin(async { Err(Refusal::Refused("no flush here".into())) })
+    }
 
     /// Node `from` returns what it held of the session of `client_id`, which this node owns
     /// with `epoch` (see [`RpcRequest::Return`]): merge it, make it durable, answer.
@@ -121,6 +128,11 @@ pub trait HandOverHandler: Send + Sync + 'static {
         Box::pin(async { Err(Refusal::Refused("returns are not taken here".into())) })
     }
 }
+
+/// The answer of a flush: the last message of the outbox to the asker, if any.
+pub type FlushFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<(u64, u64)>, Refusal>> + Send>,
+>;
 
 /// The answer of a return: merged and durable, or refused (the sender keeps its copy).
 pub type ReturnFuture =
@@ -288,14 +300,33 @@ impl ClusterNode {
         node: NodeId,
         client_id: &str,
         epoch: u64,
+        routes_at: Option<u64>,
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>, Refusal> {
         let request = RpcRequest::HandOver {
             client_id: client_id.to_owned(),
             epoch,
+            routes_at,
         };
         match self.call_node(node, &request, timeout).await? {
             RpcResponse::HandedOver(result) => result,
+            _ => Err(Refusal::Unavailable("unexpected answer".into())),
+        }
+    }
+
+    /// Asks `node` to flush its outbox to this node up to log index `index` (see
+    /// [`RpcRequest::Flush`]).
+    pub async fn request_flush(
+        &self,
+        node: NodeId,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<Option<(u64, u64)>, Refusal> {
+        match self
+            .call_node(node, &RpcRequest::Flush { index }, timeout)
+            .await?
+        {
+            RpcResponse::Flushed(result) => result,
             _ => Err(Refusal::Unavailable("unexpected answer".into())),
         }
     }
@@ -894,9 +925,15 @@ impl ClusterNode {
             RpcRequest::LeaseCheck => {
                 RpcResponse::LeaseConfirmed(raft.ensure_linearizable().await.is_ok())
             }
-            RpcRequest::HandOver { client_id, epoch } => {
-                RpcResponse::HandedOver(self.hand_over(from, client_id, epoch).await)
-            }
+            RpcRequest::HandOver {
+                client_id,
+                epoch,
+                routes_at,
+            } => RpcResponse::HandedOver(self.hand_over(from, client_id, epoch, routes_at).await),
+            RpcRequest::Flush { index } => RpcResponse::Flushed(match self.inner.hand_over.get() {
+                Some(handler) => handler.flush(from, index).await,
+                None => Err(Refusal::Unavailable("not ready".into())),
+            }),
             RpcRequest::Return {
                 client_id,
                 epoch,
@@ -917,6 +954,7 @@ impl ClusterNode {
         from: NodeId,
         client_id: String,
         epoch: u64,
+        routes_at: Option<u64>,
     ) -> Result<Option<Vec<u8>>, Refusal> {
         let deadline = tokio::time::Instant::now() + self.inner.config.timing.proposal_timeout;
         loop {
@@ -940,7 +978,7 @@ impl ClusterNode {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         match self.inner.hand_over.get() {
-            Some(handler) => handler.hand_over(client_id, epoch).await,
+            Some(handler) => handler.hand_over(client_id, epoch, routes_at).await,
             None => Ok(None),
         }
     }

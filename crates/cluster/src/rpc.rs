@@ -36,6 +36,18 @@ pub enum RpcRequest {
     HandOver {
         client_id: String,
         epoch: u64,
+        /// The log index from which the route table sends the session's messages to the
+        /// sender too (its shell's routes are committed): the receiver flushes what was
+        /// routed before it into the session before exporting it. `None` from a node of an
+        /// earlier version, or one with no shell.
+        #[serde(default)]
+        routes_at: Option<u64>,
+    },
+    /// Once the receiver has applied log index `index`, every message it routed with an
+    /// older route table to the sender is in its outbox: it answers with the run and
+    /// sequence number of the last message there for the sender (`None`: all acknowledged).
+    Flush {
+        index: u64,
     },
     /// Does the receiver (the leader) still lead a quorum? (A follower's lease.)
     LeaseCheck,
@@ -66,6 +78,8 @@ pub enum RpcResponse {
     LeaseConfirmed(bool),
     /// The returned messages are merged and durable (or the refusal: the sender keeps them).
     Returned(Result<(), Refusal>),
+    /// The last message in the outbox to the asker, as (run, sequence), once flushed.
+    Flushed(Result<Option<(u64, u64)>, Refusal>),
 }
 
 /// What a probed node says of itself.

@@ -52,7 +52,8 @@ pub enum Applied {
         response: Response,
     },
     /// A snapshot from the leader replaced the whole state: rebuild everything derived from it.
-    Snapshot,
+    /// `last_index`: the log index it stands at.
+    Snapshot { last_index: u64 },
 }
 
 /// A shared, read-mostly handle on the state machine's [`ClusterState`].
@@ -366,7 +367,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         tracing::info!(last_log_id = ?meta.last_log_id, "cluster snapshot installed");
-        self.send(Applied::Snapshot);
+        self.send(Applied::Snapshot {
+            last_index: meta.last_log_id.map_or(0, |id| id.index),
+        });
         Ok(())
     }
 

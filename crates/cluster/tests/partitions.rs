@@ -107,7 +107,7 @@ impl TestCluster {
                             }
                             log.insert(log_index, (request, response));
                         }
-                        Applied::Snapshot => {
+                        Applied::Snapshot { .. } => {
                             snapshots.fetch_add(1, Ordering::Relaxed);
                         }
                     }

@@ -379,6 +379,7 @@ impl AdminBackend for ServerBackend {
         }
         let now = Instant::now();
         let message = Message {
+            cluster_id: None,
             topic,
             payload,
             qos,

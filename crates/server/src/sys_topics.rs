@@ -207,6 +207,7 @@ fn publish(source: &MetricsSource, loads: &mut [Load], interval: f64) {
         };
         source.broker.publish_system(
             Message {
+                cluster_id: None,
                 topic,
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,

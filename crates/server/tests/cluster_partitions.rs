@@ -344,3 +344,115 @@ async fn an_isolated_node_gets_its_messages_after_healing_and_serves_its_clients
         node.shutdown().await;
     }
 }
+
+/// The payloads of the PUBLISHes `client` receives until its connection ends or nothing
+/// comes for `quiet`, each with its DUP flag.
+async fn collect(client: &mut Client, quiet: Duration) -> Vec<(u32, bool)> {
+    let mut got = Vec::new();
+    while let Ok((payload, dup)) = client
+        .next_matching_within(quiet, |event| match event {
+            Event::Incoming(Packet::Publish(publish)) => {
+                Some((publish.payload.clone(), publish.dup))
+            }
+            _ => None,
+        })
+        .await
+    {
+        got.push((std::str::from_utf8(&payload).unwrap().parse().unwrap(), dup));
+    }
+    got
+}
+
+/// Issue 16, "closing the move window" (docs/architecture.md): a persistent session moves
+/// from A to B while C publishes to it at QoS 1, with the link from C to A slow (250 ms each
+/// way), so that copies C routed to A before B's routes reached its table are still on their
+/// way when the client reconnects to B. B makes a shell of the session whose routes are
+/// committed before it asks A for the session; A flushes what the other nodes routed to it
+/// before then into the session before handing it over; B puts the handed-over messages
+/// first and drops those its shell holds already. Every message acknowledged to the
+/// publisher reaches the client, on its old connection or its new one [MQTT-4.3.2-2], and
+/// none comes twice on the new one but a resend with DUP [MQTT-4.4.0-1].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
+    // Below the session queue limit (1 000): what waits for the client while it moves fits.
+    const COUNT: u32 = 600;
+    let dir = temp_dir("move");
+    let (net, nodes) = three_nodes(&dir).await;
+    let mut options = common::options(nodes[0].addr, "mover");
+    options.set_clean_session(false);
+    let (mut old, _) = Client::connect(options).await;
+    old.subscribe("move/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "move/#", 1).await;
+    until("the durable subscription in B's registry", || {
+        nodes[1]
+            .cluster
+            .node()
+            .state()
+            .session("mover")
+            .is_some_and(|entry| !entry.subscriptions.is_empty())
+    })
+    .await;
+    net.set(3, 1, Mode::Delay(Duration::from_millis(250)));
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let publisher = {
+        let (addr, published) = (nodes[2].addr, published.clone());
+        tokio::spawn(async move {
+            let mut publisher = Client::simple(addr, "pub-c").await;
+            for i in 0..COUNT {
+                // Paced, so that publishing goes on through the move and after it.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                publish_acknowledged(&mut publisher, "move/x", i..i + 1).await;
+                published.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            publisher
+        })
+    };
+    let old_side = tokio::spawn(async move { collect(&mut old, AGREE).await });
+    until("a third of the messages published", || {
+        published.load(std::sync::atomic::Ordering::Relaxed) >= COUNT / 3
+    })
+    .await;
+    let mut options = common::options(nodes[1].addr, "mover");
+    options.set_clean_session(false);
+    let (mut new, connack) = Client::connect(options).await;
+    assert!(connack.session_present, "the session moved with its client");
+    let moved_at = published.load(std::sync::atomic::Ordering::Relaxed);
+    let _publisher = publisher.await.unwrap();
+    let on_old = old_side.await.unwrap();
+    let mut on_new = Vec::new();
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let mut seen: std::collections::BTreeSet<u32> =
+            on_old.iter().chain(&on_new).map(|(i, _)| *i).collect();
+        if (0..COUNT).all(|i| seen.contains(&i)) || Instant::now() > deadline {
+            let missing: Vec<u32> = (0..COUNT).filter(|i| !seen.remove(i)).collect();
+            assert!(
+                missing.is_empty(),
+                "moved after {moved_at}: {} of {COUNT} lost: {missing:?}",
+                missing.len()
+            );
+            break;
+        }
+        on_new.extend(collect(&mut new, Duration::from_millis(500)).await);
+    }
+    let mut fresh = std::collections::BTreeSet::new();
+    let doubled: Vec<u32> = on_new
+        .iter()
+        .filter(|(i, dup)| !dup && !fresh.insert(*i))
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(doubled.is_empty(), "sent twice on B: {doubled:?}");
+    let both = on_old
+        .iter()
+        .filter(|(i, _)| on_new.iter().any(|(j, _)| i == j))
+        .count();
+    eprintln!(
+        "moved after {moved_at} of {COUNT}: {} on A, {} on B, {both} on both (QoS 1 resends)",
+        on_old.len(),
+        on_new.len()
+    );
+    net.set(3, 1, Mode::Pass);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

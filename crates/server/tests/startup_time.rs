@@ -44,6 +44,7 @@ async fn startup_with_100k_sessions_and_100k_retained() {
         }
         for n in 0..RETAINED {
             store.submit(Change::Retained(Arc::new(Message {
+                cluster_id: None,
                 topic: MqttStr::try_from(format!("devices/{n}/status")).unwrap(),
                 payload: Bytes::from_static(b"{\"online\":true,\"firmware\":\"1.2.3\"}"),
                 qos: QoS::AtLeastOnce,

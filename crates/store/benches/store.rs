@@ -76,6 +76,7 @@ fn delivery(message_id: u64) -> StoredDelivery {
 
 fn message(id: u64, payload: &Bytes) -> Arc<Message> {
     Arc::new(Message {
+        cluster_id: None,
         topic: s("bench/sensor/temperature"),
         payload: payload.clone(),
         qos: QoS::AtLeastOnce,
@@ -196,6 +197,7 @@ fn populate(dir: &Path, sessions: u64, retained: u64) -> Option<Duration> {
     }
     for n in 0..retained {
         last = store.submit(Change::Retained(Arc::new(Message {
+            cluster_id: None,
             topic: s(&format!("devices/{n}/status")),
             payload: Bytes::from_static(b"{\"online\":true,\"firmware\":\"1.2.3\"}"),
             qos: QoS::AtLeastOnce,

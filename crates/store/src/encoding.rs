@@ -582,6 +582,7 @@ fn read_message(r: &mut Reader<'_>, clock: &Clock) -> Decoded<DecodedMessage> {
     let payload = r.bytes("payload")?;
     Ok(DecodedMessage {
         message: Message {
+            cluster_id: None,
             topic,
             payload,
             qos,
@@ -661,6 +662,7 @@ mod tests {
 
     fn full_message(now: Instant) -> Message {
         Message {
+            cluster_id: None,
             topic: s("plant/7/temp"),
             payload: Bytes::from_static(b"\x00\x01binary\xff"),
             qos: QoS::ExactlyOnce,
@@ -689,6 +691,7 @@ mod tests {
         assert_eq!(decoded.message, message);
 
         let bare = Message {
+            cluster_id: None,
             topic: s("t"),
             payload: Bytes::new(),
             qos: QoS::AtMostOnce,

@@ -551,6 +551,7 @@ mod tests {
 
     fn message(id: MessageId) -> Change {
         Change::Message(Message {
+            cluster_id: None,
             topic: MqttStr::from_static("t"),
             payload: Bytes::from_static(b"p"),
             qos: QoS::AtLeastOnce,

@@ -30,6 +30,7 @@ fn every_change_kind_round_trips() {
     let scratch = Scratch::new("roundtrip");
     let now = Instant::now();
     let rich = Arc::new(Message {
+        cluster_id: None,
         topic: s("plant/1/temp"),
         payload: Bytes::from_static(b"{\"t\":21.5}"),
         qos: QoS::ExactlyOnce,

@@ -36,22 +36,43 @@ pub async fn run(
     rebuild(&glue, &node, &broker);
     while let Some(event) = events.recv().await {
         match event {
-            Applied::Snapshot => {
+            Applied::Snapshot { last_index } => {
+                // Set first: a route seen in the table is at this index or before it.
+                write_table(&glue).at = last_index;
                 rebuild(&glue, &node, &broker);
+                glue.table_index
+                    .send_if_modified(|at| raise(at, last_index));
                 if let Some(returns) = glue.returns.get() {
                     returns.rescan();
                 }
                 forget_cleared_retained(&glue, &node, &broker);
             }
             Applied::Commands {
-                request, response, ..
+                log_index,
+                request,
+                response,
             } => {
+                write_table(&glue).at = log_index;
                 for (command, outcome) in request.commands.iter().zip(&response.outcomes) {
                     apply_one(&glue, &node, &broker, command, outcome);
                 }
+                glue.table_index.send_if_modified(|at| raise(at, log_index));
             }
         }
     }
+}
+
+fn write_table(glue: &Glue) -> std::sync::RwLockWriteGuard<'_, super::routes::RouteTable> {
+    glue.table
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Raises `at` to `index`; whether it moved.
+fn raise(at: &mut u64, index: u64) -> bool {
+    let moved = index > *at;
+    *at = (*at).max(index);
+    moved
 }
 
 fn apply_one(

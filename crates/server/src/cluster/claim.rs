@@ -42,6 +42,8 @@ pub struct Claimer {
     pub releasing: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// Copies of sessions other nodes own (this node's own copy joins a session it claims).
     pub returns: Arc<super::returns::Returns>,
+    /// The hook's shared state (its route table; weak: the glue holds the claimer).
+    pub glue: Weak<super::hook::Glue>,
 }
 
 /// Client ids whose previous owner did not answer a hand-over: not granted here (not even on
@@ -154,6 +156,7 @@ impl Claimer {
         let broker = self.broker.clone();
         let fences = self.fences.clone();
         let returns = self.returns.clone();
+        let glue = self.glue.clone();
         let (me, timeout, lease) = (self.me, self.timeout, self.lease);
         self.runtime.spawn(async move {
             let ClaimRequest {
@@ -174,8 +177,15 @@ impl Claimer {
                 .state()
                 .session(&client_id)
                 .is_some_and(|entry| entry.pending_returns.contains(&me));
+            let context = Context {
+                node: &node,
+                glue: &glue,
+                broker: &broker,
+                me,
+                timeout,
+            };
             let (mut result, silent, epoch) =
-                claim(&node, me, timeout, &client_id, clean_start, persistent).await;
+                claim(&context, &client_id, clean_start, persistent).await;
             if listed
                 && !clean_start
                 && let Ok(grant) = &mut result
@@ -202,7 +212,7 @@ impl Claimer {
             // node owns the client id now), offline, for its next connection.
             if let Some(transfer) = completion.complete(result)
                 && let Some(broker) = broker.upgrade()
-                && let Err(error) = broker.import_session(transfer, Instant::now())
+                && let Err(error) = broker.adopt_handed_over(transfer, Instant::now())
             {
                 tracing::warn!(%error, "handed-over session not kept");
             }
@@ -211,17 +221,27 @@ impl Claimer {
     }
 }
 
+/// What a claim works with.
+struct Context<'a> {
+    node: &'a ClusterNode,
+    glue: &'a Weak<super::hook::Glue>,
+    broker: &'a Weak<Broker>,
+    me: NodeId,
+    timeout: Duration,
+}
+
 /// Proposes the claim; on success asks the previous owner (another node) for the session.
 /// Also says whether that owner failed to answer (it may still hold the client's connection
 /// until its lease runs out).
 async fn claim(
-    node: &ClusterNode,
-    me: NodeId,
-    timeout: Duration,
+    context: &Context<'_>,
     client_id: &str,
     clean_start: bool,
     persistent: bool,
 ) -> (Result<ClaimGrant, ReasonCode>, bool, u64) {
+    let Context {
+        node, me, timeout, ..
+    } = *context;
     let command = Command::Claim {
         client_id: client_id.to_owned(),
         node: me,
@@ -288,9 +308,25 @@ async fn claim(
     // connections), and the old session leaves that node instead of lingering there offline
     // with its routes.
     let mut silent = false;
+    // Closing the move window: a shell of the session here first, whose routes bring what
+    // is published from now on; the previous owner flushes what older routes sent it.
+    let shell = if persistent && !clean_start {
+        make_shell(context, client_id).await
+    } else {
+        Shell::None
+    };
+    let routes_at = match shell {
+        Shell::Routed(index) => Some(index),
+        Shell::None | Shell::Unrouted => None,
+    };
     let answer = node
-        .request_hand_over(previous, client_id, epoch, timeout)
+        .request_hand_over(previous, client_id, epoch, routes_at, timeout)
         .await;
+    // A shell whose session the previous owner did not have, or would not give, goes: the
+    // client does not resume a session that is not there [MQTT-3.2.2-3].
+    if shell != Shell::None && matches!(answer, Ok(None) | Err(Refusal::Refused(_))) {
+        drop_shell(context, client_id);
+    }
     if answer.is_ok() {
         // The previous owner handed its session over (or had none): it holds no queue for
         // the client (issue 16, "return the queue").
@@ -332,6 +368,137 @@ async fn claim(
         }
     };
     (Ok(ClaimGrant { transfer }), silent, epoch)
+}
+
+/// What a claimer made of the session before asking for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shell {
+    /// No shell (a session of this client id is here already, or none is registered).
+    None,
+    /// A shell whose routes were not seen committed in time: no flush asked.
+    Unrouted,
+    /// A shell whose routes are in the table from this log index on.
+    Routed(u64),
+}
+
+/// How long a claimer waits for its shell's routes to be committed, as a part of the claim's
+/// timeout.
+const SHELL_SHARE: u32 = 4;
+
+/// Imports the session of `client_id` from the registry (its durable subscriptions, nothing
+/// queued) as an offline session here, and waits (bounded) until the route table holds its
+/// routes for this node: from then on, every node that publishes to them sends a copy here.
+/// The hand-over merges what the previous owner sends in front of what this shell queued
+/// (`Broker::adopt_handed_over`). See docs/architecture.md ("A cluster: closing the move
+/// window").
+async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
+    let (Some(glue), Some(broker)) = (context.glue.upgrade(), context.broker.upgrade()) else {
+        return Shell::None;
+    };
+    if broker.session(client_id).is_some() {
+        return Shell::None;
+    }
+    let Some(transfer) = from_registry(context.node, client_id) else {
+        return Shell::None;
+    };
+    let routes: Vec<(Option<String>, String)> = transfer
+        .subscriptions
+        .iter()
+        .map(|(filter, _)| route_of(filter.as_str()))
+        .collect();
+    if let Err(error) = broker.import_session(transfer, Instant::now()) {
+        tracing::debug!(client_id, %error, "no shell of the session");
+        return Shell::None;
+    }
+    let deadline = tokio::time::Instant::now() + context.timeout / SHELL_SHARE;
+    loop {
+        {
+            let table = glue
+                .table
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if table.at > 0
+                && routes
+                    .iter()
+                    .all(|(group, filter)| table.holds(group.as_deref(), filter, context.me))
+            {
+                return Shell::Routed(table.at);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::info!(
+                client_id,
+                "the shell's routes were not committed in time: handed over without a flush"
+            );
+            return Shell::Unrouted;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Ends the shell of `client_id` here (what it queued goes with it: the previous owner kept
+/// the session, or had none).
+fn drop_shell(context: &Context<'_>, client_id: &str) {
+    if let Some(broker) = context.broker.upgrade()
+        && broker.export_session(client_id, Instant::now()).is_some()
+    {
+        tracing::debug!(client_id, "the session's shell here ended");
+    }
+}
+
+/// The route of a subscription filter: a shared group's `(group, filter)` or a plain one.
+fn route_of(filter: &str) -> (Option<String>, String) {
+    match filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((group, filter)) => (Some(group.to_owned()), filter.to_owned()),
+        None => (None, filter.to_owned()),
+    }
+}
+
+/// The previous owner's flush before it exports a session (closing the move window): waits
+/// (up to `wait` in all) until this node's route table is at `index` (from which the
+/// claimer's shell gets every copy) and its local publishes planned with older tables have
+/// placed their copies, then until every other node has done the same and everything its
+/// outbox held for this node then has been delivered here. What was routed with an older
+/// table, which sent the session's messages here only, is then in the session. A node that
+/// does not answer in time is passed over (its late copies find no session here: the edge
+/// docs/architecture.md names).
+async fn flush(glue: &super::hook::Glue, broker: &Broker, index: u64, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    if !glue.table_at(index, deadline).await {
+        tracing::warn!(index, "flush: the shell's routes not applied here in time");
+    }
+    broker.publish_barrier();
+    let (Some(claimer), Some(plane)) = (glue.claimer.get(), glue.plane.get()) else {
+        return;
+    };
+    let node = &claimer.node;
+    let me = glue.node_id;
+    let peers: Vec<NodeId> = node
+        .state()
+        .nodes()
+        .map(|(id, _)| id)
+        .filter(|id| *id != me)
+        .collect();
+    let mut flushes = tokio::task::JoinSet::new();
+    for peer in peers {
+        let (node, plane) = (node.clone(), plane.clone());
+        flushes.spawn(async move {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match node.request_flush(peer, index, left).await {
+                Ok(Some((run, seq))) => {
+                    if !plane.wait_delivered(peer, run, seq, deadline).await {
+                        tracing::warn!(peer, "flush: the peer's outbox not delivered in time");
+                    }
+                }
+                Ok(None) => {}
+                Err(refusal) => tracing::warn!(peer, %refusal, "flush: no answer"),
+            }
+        });
+    }
+    while flushes.join_next().await.is_some() {}
 }
 
 /// A session rebuilt from the replicated registry: the durable subscriptions of a persistent
@@ -416,10 +583,16 @@ pub struct HandOver {
 }
 
 impl HandOverHandler for HandOver {
-    fn hand_over(&self, client_id: String, epoch: u64) -> tern_cluster::node::HandOverFuture {
+    fn hand_over(
+        &self,
+        client_id: String,
+        epoch: u64,
+        routes_at: Option<u64>,
+    ) -> tern_cluster::node::HandOverFuture {
         let broker = self.broker.clone();
         let released = self.released.clone();
         let returns = self.returns.clone();
+        let glue = self.glue.clone();
         let timeout = self.timeout;
         Box::pin(async move {
             let Some(broker) = broker.upgrade() else {
@@ -446,6 +619,11 @@ impl HandOverHandler for HandOver {
                 ));
             }
             released.forget(&client_id);
+            if let Some(index) = routes_at
+                && let Some(glue) = glue.upgrade()
+            {
+                flush(&glue, &broker, index, timeout / SHELL_SHARE).await;
+            }
             let Some(transfer) = broker.export_session(&client_id, Instant::now()) else {
                 return Ok(None);
             };
@@ -463,6 +641,30 @@ impl HandOverHandler for HandOver {
                     )))
                 }
             }
+        })
+    }
+
+    /// A peer's side of a flush (see [`flush`]): once this node's route table is at
+    /// `index`, and every local publish planned with an older one has queued its copies,
+    /// the last message in the outbox to `from`.
+    fn flush(&self, from: NodeId, index: u64) -> tern_cluster::node::FlushFuture {
+        let broker = self.broker.clone();
+        let glue = self.glue.clone();
+        let wait = self.timeout / SHELL_SHARE;
+        Box::pin(async move {
+            let (Some(broker), Some(glue)) = (broker.upgrade(), glue.upgrade()) else {
+                return Err(Refusal::Unavailable("the broker is stopping".into()));
+            };
+            if !glue
+                .table_at(index, tokio::time::Instant::now() + wait)
+                .await
+            {
+                return Err(Refusal::Unavailable(format!(
+                    "log index {index} not applied here in time"
+                )));
+            }
+            broker.publish_barrier();
+            Ok(glue.plane.get().and_then(|plane| plane.outbox_tail(from)))
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tern_broker::persist::{Change, Persistence};
 use tern_broker::{ClaimDecision, ClaimRequest, ClusterHook, ClusterPlan, RemoteCopy, RouteTicket};
-use tern_broker::{Message, Seq, SubscriptionRecord};
+use tern_broker::{ClusterMessageId, Message, Seq, SubscriptionRecord};
 use tern_cluster::NodeId;
 use tern_cluster::command::SubscriptionOptions;
 use tern_cluster::link::DataPlane;
@@ -66,6 +66,12 @@ pub struct Glue {
     pub releasing: Mutex<BTreeSet<String>>,
     /// Copies of sessions other nodes own: returned or discarded (see `returns`).
     pub returns: OnceLock<Arc<super::returns::Returns>>,
+    /// The number of the next message of this run with a copy for another node (its
+    /// cluster id's last part).
+    numbers: std::sync::atomic::AtomicU64,
+    /// The log index up to which `table` follows the applied state (see `apply`): a node
+    /// that waits for a route commit waits for this.
+    pub table_index: tokio::sync::watch::Sender<u64>,
 }
 
 impl Glue {
@@ -89,7 +95,18 @@ impl Glue {
             tickets: super::tickets::RouteTickets::default(),
             releasing: Mutex::new(BTreeSet::new()),
             returns: OnceLock::new(),
+            numbers: std::sync::atomic::AtomicU64::new(0),
+            table_index: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Waits (up to `deadline`) until `table` follows the applied state up to log index
+    /// `index`; whether it does.
+    pub async fn table_at(&self, index: u64, deadline: tokio::time::Instant) -> bool {
+        let mut at = self.table_index.subscribe();
+        tokio::time::timeout_at(deadline, at.wait_for(|applied| *applied >= index))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
     }
 
     /// Waits until the store has made `seq` durable (at once without a store).
@@ -180,9 +197,17 @@ impl ClusterHook for Glue {
         if copies.is_empty() && skip_groups.is_empty() {
             return None;
         }
+        let id = (!copies.is_empty()).then(|| ClusterMessageId {
+            node: self.node_id,
+            run: plane.map_or(0, |plane| plane.run()),
+            number: self
+                .numbers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        });
         Some(ClusterPlan {
             skip_groups,
             remote: copies.into_values().collect(),
+            id,
         })
     }
 

@@ -197,6 +197,7 @@ impl Cluster {
             stop.clone(),
         ));
         let _ = glue.claimer.set(claim::Claimer {
+            glue: Arc::downgrade(&glue),
             returns: returns.clone(),
             node: node.clone(),
             broker: Arc::downgrade(&broker),

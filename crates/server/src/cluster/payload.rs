@@ -5,12 +5,14 @@
 //!
 //! Layout: flags (u8: bit 0 plain subscriptions), the number of shared groups (u16) and each
 //! group's name and filter (u16 length, UTF-8), the publisher's client id (u16 length;
-//! 0xFFFF: none), then the PUBLISH packet.
+//! 0xFFFF: none), then the PUBLISH packet, then the message's cluster id if it has one
+//! (node, run, number: three u64; after the packet, where a node of an earlier version does
+//! not look).
 
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tern_broker::Message;
+use tern_broker::{ClusterMessageId, Message};
 use tern_codec::{MqttStr, Packet, ProtocolVersion, Publish, QoS};
 
 /// A forwarded message, decoded.
@@ -60,6 +62,11 @@ pub fn encode(
     Packet::Publish(publish)
         .encode(ProtocolVersion::V5, &mut out)
         .map_err(|_| PayloadError("message cannot be encoded"))?;
+    if let Some(id) = message.cluster_id {
+        out.put_u64(id.node);
+        out.put_u64(id.run);
+        out.put_u64(id.number);
+    }
     Ok(out.freeze())
 }
 
@@ -85,10 +92,21 @@ pub fn decode(payload: Bytes, now: Instant) -> Result<Forwarded, PayloadError> {
         Ok(Some(Packet::Publish(publish))) => publish,
         _ => return Err(PayloadError("not a PUBLISH")),
     };
+    let cluster_id = match packet.remaining() {
+        0 => None,
+        24 => Some(ClusterMessageId {
+            node: packet.get_u64(),
+            run: packet.get_u64(),
+            number: packet.get_u64(),
+        }),
+        _ => return Err(PayloadError("bytes after the message")),
+    };
+    let mut message = Message::from_publish(publish, publisher, now);
+    message.cluster_id = cluster_id;
     Ok(Forwarded {
         regular,
         groups,
-        message: Message::from_publish(publish, publisher, now),
+        message,
     })
 }
 
@@ -136,6 +154,11 @@ mod tests {
             ..Default::default()
         };
         let message = Message {
+            cluster_id: Some(ClusterMessageId {
+                node: 3,
+                run: 1_700_000_000,
+                number: 42,
+            }),
             topic: MqttStr::try_from("a/b").unwrap(),
             payload: Bytes::from_static(b"hello"),
             qos: QoS::AtLeastOnce,
@@ -157,6 +180,14 @@ mod tests {
         assert_eq!(back.message.publisher, message.publisher);
         assert_eq!(back.message.properties, message.properties);
         assert_eq!(back.message.expires_at, message.expires_at);
+        assert_eq!(back.message.cluster_id, message.cluster_id);
+        // Without an id, none comes back.
+        let plain = Message {
+            cluster_id: None,
+            ..message.clone()
+        };
+        let back = decode(encode(&plain, true, &groups, now).unwrap(), now).unwrap();
+        assert_eq!(back.message.cluster_id, None);
         // Damage is an error, never a panic.
         for cut in 0..20 {
             let bytes = encode(&message, false, &groups, now).unwrap();

@@ -49,6 +49,7 @@ pub fn s(text: &str) -> MqttStr {
 
 pub fn message(id: u64, topic: &str, payload: &[u8]) -> Arc<Message> {
     Arc::new(Message {
+        cluster_id: None,
         topic: s(topic),
         payload: Bytes::copy_from_slice(payload),
         qos: QoS::AtLeastOnce,

@@ -1317,6 +1317,7 @@ impl Broker {
                     previous.wake();
                 }
                 state.owner = Some(owner);
+                state.shell = false;
                 session.publish_owner(state.owner, wakeup.worker());
                 state.wakeup = Some(wakeup);
                 state.expiry = expiry;

@@ -539,14 +539,32 @@ impl Broker {
             .ok_or(TransferError::Connected)
     }
 
+    /// Cluster, closing the move window: a *shell* of the session of `transfer`'s client id
+    /// (its durable subscriptions from the registry, nothing queued), made by a claim before
+    /// it asks the previous owner for the session: installed like [`Broker::import_session`],
+    /// it queues what its routes bring meanwhile, and [`Broker::adopt_handed_over`] merges it
+    /// with what is handed over.
+    pub fn import_shell(
+        &self,
+        transfer: SessionTransfer,
+        now: Instant,
+    ) -> Result<Seq, TransferError> {
+        let session = self.session_from_transfer(transfer, now)?;
+        session.lock().shell = true;
+        self.install_session(session, now)
+            .ok_or(TransferError::Connected)
+    }
+
     /// Cluster, closing the move window: installs a session handed over by another node in
-    /// place of the *shell* this node made of it before asking for it (its subscriptions from
-    /// the registry, queuing what they brought meanwhile). The handed-over messages come
-    /// first, in flight and then queued, in their order; then the shell's queued messages
-    /// that are not among them: while the routes change, one message can reach both nodes,
-    /// and its [`Message::cluster_id`] tells. The session's subscriptions are the handed-over
-    /// ones. Done under the registry's and the index's locks, so no message routed meanwhile
-    /// finds neither session. Without an offline shell here, as [`Broker::import_session`].
+    /// place of the shell this node made of it before asking for it
+    /// ([`Broker::import_shell`]). The handed-over messages come first, in flight and then
+    /// queued, in their order; then the shell's queued messages that are not among them:
+    /// while the routes change, one message can reach both nodes, and its
+    /// [`Message::cluster_id`] tells (the shell's copy is dropped). Within the queue limit:
+    /// beyond it the oldest queued messages are dropped, as for any full queue. The session's
+    /// subscriptions are the handed-over ones. Done under the registry's and the index's
+    /// locks, so no message routed meanwhile finds neither session. Without a shell here, as
+    /// [`Broker::import_session`] (an offline session that is not a shell is replaced).
     #[allow(clippy::mutable_key_type)]
     pub fn adopt_handed_over(
         &self,
@@ -554,10 +572,11 @@ impl Broker {
         now: Instant,
     ) -> Result<Seq, TransferError> {
         let mut sessions = lock(&self.sessions);
-        let Some(shell) = sessions
+        let shell = sessions
             .get(transfer.client_id.as_str())
             .map(|entry| entry.0.clone())
-        else {
+            .filter(|session| session.lock().shell);
+        let Some(shell) = shell else {
             drop(sessions);
             return self.import_session(transfer, now);
         };
@@ -587,6 +606,15 @@ impl Broker {
                 })
                 .map(|delivery| TransferredDelivery::from_delivery(delivery, now));
             transfer.queue.extend(shell_deliveries);
+        }
+        let limit = self.live_limits.max_queued_messages();
+        if transfer.queue.len() > limit {
+            let over = transfer.queue.len() - limit;
+            transfer.queue.drain(..over);
+            for _ in 0..over {
+                self.metrics()
+                    .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
+            }
         }
         let session = self.session_from_transfer(transfer, now)?;
         Ok(self.replace_session(&mut sessions, &mut index, Some(&shell), session, now))

@@ -31,8 +31,8 @@ pub struct Message {
     pub id: crate::types::MessageId,
     /// Cluster: the message's identity across nodes, given by the node it was published on
     /// when any copy of it goes to another node (`None` otherwise, and on a single node). A
-    /// session handed from one node to another drops the messages the new node holds already
-    /// (see `Broker::adopt_handed_over`). Not stored.
+    /// session handed from one node to another tells by it which of the messages the new
+    /// node's shell queued it carries already (see `Broker::adopt_handed_over`). Not stored.
     pub cluster_id: Option<ClusterMessageId>,
 }
 

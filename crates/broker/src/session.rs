@@ -99,6 +99,10 @@ pub struct SessionState {
     pub(crate) unstored: usize,
     /// Whether the session is on the broker's list of sessions to sweep.
     pub(crate) listed: bool,
+    /// Cluster: a shell a claim made of the session before its hand-over (see
+    /// `Broker::import_shell`), not attached since; only a shell merges with what is handed
+    /// over.
+    pub(crate) shell: bool,
     /// Retained sets being sent for new subscriptions (boxed: rare, and an idle session
     /// should cost little).
     pub(crate) retained: Option<Box<RetainedStreams>>,
@@ -196,6 +200,7 @@ impl Session {
                 dropped: 0,
                 unstored: 0,
                 listed: false,
+                shell: false,
                 retained: None,
                 principal: None,
                 connection: None,

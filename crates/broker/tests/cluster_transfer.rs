@@ -164,24 +164,20 @@ fn handed(message: Message) -> TransferredDelivery {
 
 /// Issue 16, "closing the move window": node B holds a shell of the moving session (its
 /// subscriptions from the registry), which queued what B's routes brought while the session
-/// moved; one of those messages (`x`, by its cluster id) also reached node A, whose session
-/// is handed over. The client resumes on B with A's in-flight message re-sent with DUP
-/// [MQTT-4.4.0-1], then A's queue, then the shell's messages A did not have, each once. The
-/// shell's subscription gives way to the handed-over one without the route going.
+/// moved; two of those messages (`w` in flight on A, `x` queued on A: the same cluster ids)
+/// also reached node A, whose session is handed over. The client resumes on B with A's
+/// in-flight message re-sent with DUP [MQTT-4.4.0-1], then A's queue, then the shell's
+/// messages A did not have: A's copies kept, the shell's dropped, each message once. The
+/// shell's subscription gives way to the handed-over one (one subscription, routing on).
 #[test]
 fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
     let b = Net::new();
-    let shell = SessionTransfer {
-        client_id: text("mover"),
-        expiry: SessionExpiry::Never,
-        subscriptions: vec![(text("m/#"), record(QoS::AtLeastOnce, None))],
-        queue: vec![],
-        inflight: vec![],
-        inbound_qos2: vec![],
-    };
-    b.broker.import_session(shell, b.now()).unwrap();
+    b.broker
+        .import_shell(shell("mover", "m/#"), b.now())
+        .unwrap();
     for message in [
-        clustered("m/1", b"x", Some(1)),
+        clustered("m/1", b"w-shell", Some(0)),
+        clustered("m/1", b"x-shell", Some(1)),
         clustered("m/1", b"y", Some(2)),
         clustered("m/1", b"z", None),
     ] {
@@ -191,11 +187,11 @@ fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
         client_id: text("mover"),
         expiry: SessionExpiry::After(Duration::from_secs(600)),
         subscriptions: vec![(text("m/#"), record(QoS::AtLeastOnce, Some(4)))],
-        queue: vec![handed(clustered("m/1", b"x", Some(1)))],
+        queue: vec![handed(clustered("m/1", b"x-a", Some(1)))],
         inflight: vec![TransferredInflight {
             packet_id: 5,
             state: InflightState::AwaitingPubAck,
-            delivery: handed(clustered("m/1", b"w", Some(0))),
+            delivery: handed(clustered("m/1", b"w-a", Some(0))),
         }],
         inbound_qos2: vec![],
     };
@@ -216,10 +212,54 @@ fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
         .map(|publish| (publish.packet_id, publish.dup, publish.payload.to_vec()))
         .collect();
     assert_eq!(seen.len(), 4, "{seen:?}");
-    assert_eq!(seen[0], (5, true, b"w".to_vec()));
+    assert_eq!(seen[0], (5, true, b"w-a".to_vec()));
     let payloads: Vec<&[u8]> = seen.iter().map(|(_, _, payload)| &payload[..]).collect();
-    assert_eq!(payloads, vec![&b"w"[..], b"x", b"y", b"z"]);
+    assert_eq!(payloads, vec![&b"w-a"[..], b"x-a", b"y", b"z"]);
     assert!(seen[1..].iter().all(|(_, dup, _)| !dup));
+    // The handed-over subscription routes what comes next, once, with its identifier.
+    let mut local = b.connected(V5, "pub-b");
+    local.publish("m/2", QoS::AtLeastOnce, b"after");
+    let after = client.publish_received();
+    assert_eq!(&after.payload[..], b"after");
+    assert_eq!(after.properties.subscription_identifiers, vec![4]);
+    assert!(client.publishes().is_empty(), "once");
+}
+
+/// Issue 16: only a shell merges with a handed-over session; any other offline session of
+/// the client id here (a copy left from before a clean start elsewhere) is replaced, so
+/// nothing of it joins the session [MQTT-3.1.2-4].
+#[test]
+fn an_offline_session_that_is_not_a_shell_is_replaced_issue_16() {
+    let b = Net::new();
+    b.broker
+        .import_session(shell("mover", "old/#"), b.now())
+        .unwrap();
+    b.broker
+        .publish_from_cluster(clustered("old/1", b"stale", Some(7)), true, &[], b.now());
+    let mut from_a = shell("mover", "m/#");
+    from_a.queue = vec![handed(clustered("m/1", b"fresh", Some(8)))];
+    b.broker.adopt_handed_over(from_a, b.now()).unwrap();
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    let payloads: Vec<Vec<u8>> = client
+        .publishes()
+        .iter()
+        .map(|publish| publish.payload.to_vec())
+        .collect();
+    assert_eq!(payloads, vec![b"fresh".to_vec()]);
+    assert_eq!(b.broker.subscription_count(), 1);
+}
+
+/// A session of `client_id` with one QoS 1 subscription to `filter`, nothing queued.
+fn shell(client_id: &str, filter: &str) -> SessionTransfer {
+    SessionTransfer {
+        client_id: text(client_id),
+        expiry: SessionExpiry::Never,
+        subscriptions: vec![(text(filter), record(QoS::AtLeastOnce, None))],
+        queue: vec![],
+        inflight: vec![],
+        inbound_qos2: vec![],
+    }
 }
 
 fn record(qos: QoS, identifier: Option<u32>) -> SubscriptionRecord {

@@ -310,7 +310,7 @@ impl DataPlane {
     }
 
     /// The run and sequence number of the last message queued for `peer` and not yet
-    /// acknowledged (`None`: every message queued for it was delivered there).
+    /// acknowledged (`None`: every message queued for it was acknowledged, so delivered).
     pub fn outbox_tail(&self, peer: NodeId) -> Option<(u64, u64)> {
         let out = lock(&self.peers).get(&peer).cloned()?;
         lock(&out.outbox)
@@ -333,20 +333,26 @@ impl DataPlane {
                 entry.run > run || (entry.run == run && entry.delivered >= seq)
             })
         };
+        /// Counts a waiter for as long as it waits (dropped with the future, too).
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.watchers.fetch_add(1, Ordering::SeqCst);
-        let done = loop {
+        let _watching = Watching(&self.watchers);
+        loop {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if reached() {
-                break true;
+                return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break reached();
+                return reached();
             }
-        };
-        self.watchers.fetch_sub(1, Ordering::SeqCst);
-        done
+        }
     }
 
     /// Messages waiting for `peer`'s acknowledgement.

@@ -38,9 +38,8 @@ pub enum RpcRequest {
         epoch: u64,
         /// The log index from which the route table sends the session's messages to the
         /// sender too (its shell's routes are committed): the receiver flushes what was
-        /// routed before it into the session before exporting it. `None` from a node of an
-        /// earlier version, or one with no shell.
-        #[serde(default)]
+        /// routed before it into the session before exporting it. `None`: no shell (no
+        /// flush).
         routes_at: Option<u64>,
     },
     /// Once the receiver has applied log index `index`, every message it routed with an

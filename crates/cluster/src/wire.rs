@@ -9,7 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_FRAME: usize = 300 << 20;
 
 /// The version of the frames and RPCs; a node refuses a link from a peer that speaks another.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: the flush before a hand-over (`RpcRequest::Flush`, `HandOver::routes_at`) and message
+/// cluster ids in forwarded messages and session transfers.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes this process wrote to and read from node-to-node links (a node per process in a
 /// deployment; in-process test clusters share them). For metrics and the benchmarks' Raft

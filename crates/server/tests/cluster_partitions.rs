@@ -369,7 +369,7 @@ async fn collect(client: &mut Client, quiet: Duration) -> Vec<(u32, bool)> {
 /// way when the client reconnects to B. B makes a shell of the session whose routes are
 /// committed before it asks A for the session; A flushes what the other nodes routed to it
 /// before then into the session before handing it over; B puts the handed-over messages
-/// first and drops those its shell holds already. Every message acknowledged to the
+/// first and drops its shell's copies of them. Every message acknowledged to the
 /// publisher reaches the client, on its old connection or its new one [MQTT-4.3.2-2], and
 /// none comes twice on the new one but a resend with DUP [MQTT-4.4.0-1].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,6 +417,15 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
     let (mut new, connack) = Client::connect(options).await;
     assert!(connack.session_present, "the session moved with its client");
     let moved_at = published.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        moved_at + 100 < COUNT,
+        "the move ended after {moved_at} of {COUNT} messages: not under traffic"
+    );
+    assert_eq!(
+        nodes[0].cluster.flushed_hand_overs(),
+        (1, 0),
+        "A handed the session over after a whole flush"
+    );
     let _publisher = publisher.await.unwrap();
     let on_old = old_side.await.unwrap();
     let mut on_new = Vec::new();

@@ -37,8 +37,6 @@ pub async fn run(
     while let Some(event) = events.recv().await {
         match event {
             Applied::Snapshot { last_index } => {
-                // Set first: a route seen in the table is at this index or before it.
-                write_table(&glue).at = last_index;
                 rebuild(&glue, &node, &broker);
                 glue.table_index
                     .send_if_modified(|at| raise(at, last_index));
@@ -52,20 +50,13 @@ pub async fn run(
                 request,
                 response,
             } => {
-                write_table(&glue).at = log_index;
                 for (command, outcome) in request.commands.iter().zip(&response.outcomes) {
-                    apply_one(&glue, &node, &broker, command, outcome);
+                    apply_one(&glue, &node, &broker, command, outcome, log_index);
                 }
                 glue.table_index.send_if_modified(|at| raise(at, log_index));
             }
         }
     }
-}
-
-fn write_table(glue: &Glue) -> std::sync::RwLockWriteGuard<'_, super::routes::RouteTable> {
-    glue.table
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Raises `at` to `index`; whether it moved.
@@ -81,6 +72,7 @@ fn apply_one(
     broker: &Broker,
     command: &Command,
     outcome: &Outcome,
+    log_index: u64,
 ) {
     let me = glue.node_id;
     let table = || {
@@ -125,7 +117,9 @@ fn apply_one(
             }
         }
         (Command::Barrier { node: n, nonce }, _) if *n == me => {
-            if let Some(returns) = glue.returns.get() {
+            if !glue.barrier_applied(*nonce, log_index)
+                && let Some(returns) = glue.returns.get()
+            {
                 returns.barrier_applied(*nonce);
             }
         }

@@ -71,7 +71,7 @@ impl Drop for Claiming {
 
 impl Fences {
     /// Whether a claim of `client_id` runs on this node now.
-    fn claiming(&self, client_id: &str) -> bool {
+    pub fn claiming(&self, client_id: &str) -> bool {
         lock(&self.claiming).contains(client_id)
     }
 
@@ -183,6 +183,7 @@ impl Claimer {
                 broker: &broker,
                 me,
                 timeout,
+                listed,
             };
             let (mut result, silent, epoch) =
                 claim(&context, &client_id, clean_start, persistent).await;
@@ -228,6 +229,9 @@ struct Context<'a> {
     broker: &'a Weak<Broker>,
     me: NodeId,
     timeout: Duration,
+    /// Whether the registry lists this node as holding a copy of the session (it joins what
+    /// the claim brings; no shell is made then).
+    listed: bool,
 }
 
 /// Proposes the claim; on success asks the previous owner (another node) for the session.
@@ -319,8 +323,11 @@ async fn claim(
         Shell::Routed(index) => Some(index),
         Shell::None | Shell::Unrouted => None,
     };
+    // The previous owner may take its whole timeout for the connection to let go, then a
+    // flush (a quarter of it): waited for a little longer, so that it does not export a
+    // session this claim has given up on.
     let answer = node
-        .request_hand_over(previous, client_id, epoch, routes_at, timeout)
+        .request_hand_over(previous, client_id, epoch, routes_at, timeout * 3 / 2)
         .await;
     // A shell whose session the previous owner did not have, or would not give, goes: the
     // client does not resume a session that is not there [MQTT-3.2.2-3].
@@ -386,16 +393,18 @@ enum Shell {
 const SHELL_SHARE: u32 = 4;
 
 /// Imports the session of `client_id` from the registry (its durable subscriptions, nothing
-/// queued) as an offline session here, and waits (bounded) until the route table holds its
-/// routes for this node: from then on, every node that publishes to them sends a copy here.
-/// The hand-over merges what the previous owner sends in front of what this shell queued
-/// (`Broker::adopt_handed_over`). See docs/architecture.md ("A cluster: closing the move
-/// window").
+/// queued) as an offline shell here (`Broker::import_shell`), and waits (bounded) until its
+/// routes are committed: each is proposed again with a ticket (its add then commits after
+/// any change of it this node proposed before, a removal still on its way included), then a
+/// barrier of this node is applied here. From the barrier's log index on, every node's table
+/// sends the shell's filters' messages here. The hand-over merges what the previous owner
+/// sends in front of what this shell queued (`Broker::adopt_handed_over`). See
+/// docs/architecture.md ("A cluster: closing the move window").
 async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
     let (Some(glue), Some(broker)) = (context.glue.upgrade(), context.broker.upgrade()) else {
         return Shell::None;
     };
-    if broker.session(client_id).is_some() {
+    if context.listed || broker.session(client_id).is_some() {
         return Shell::None;
     }
     let Some(transfer) = from_registry(context.node, client_id) else {
@@ -406,33 +415,44 @@ async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
         .iter()
         .map(|(filter, _)| route_of(filter.as_str()))
         .collect();
-    if let Err(error) = broker.import_session(transfer, Instant::now()) {
+    if let Err(error) = broker.import_shell(transfer, Instant::now()) {
         tracing::debug!(client_id, %error, "no shell of the session");
         return Shell::None;
     }
     let deadline = tokio::time::Instant::now() + context.timeout / SHELL_SHARE;
-    loop {
-        {
-            let table = glue
-                .table
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if table.at > 0
-                && routes
-                    .iter()
-                    .all(|(group, filter)| table.holds(group.as_deref(), filter, context.me))
-            {
-                return Shell::Routed(table.at);
-            }
+    let tickets: Vec<_> = routes
+        .iter()
+        .filter_map(|route| {
+            glue.want_route(route);
+            glue.tickets.get(route)
+        })
+        .collect();
+    let routed = loop {
+        match tickets
+            .iter()
+            .map(|ticket| ticket.decided())
+            .try_fold(true, |all, decided| {
+                decided.map(|committed| all && committed)
+            }) {
+            Some(committed) => break committed,
+            None if tokio::time::Instant::now() >= deadline => break false,
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
         }
-        if tokio::time::Instant::now() >= deadline {
+    };
+    let index = if routed {
+        glue.barrier_index(context.node, deadline).await
+    } else {
+        None
+    };
+    match index {
+        Some(index) => Shell::Routed(index),
+        None => {
             tracing::info!(
                 client_id,
                 "the shell's routes were not committed in time: handed over without a flush"
             );
-            return Shell::Unrouted;
+            Shell::Unrouted
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -464,15 +484,16 @@ fn route_of(filter: &str) -> (Option<String>, String) {
 /// outbox held for this node then has been delivered here. What was routed with an older
 /// table, which sent the session's messages here only, is then in the session. A node that
 /// does not answer in time is passed over (its late copies find no session here: the edge
-/// docs/architecture.md names).
-async fn flush(glue: &super::hook::Glue, broker: &Broker, index: u64, wait: Duration) {
+/// docs/architecture.md names). Whether the flush was whole (every node answered in time).
+async fn flush(glue: &super::hook::Glue, broker: &Arc<Broker>, index: u64, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
-    if !glue.table_at(index, deadline).await {
+    let mut whole = glue.table_at(index, deadline).await;
+    if !whole {
         tracing::warn!(index, "flush: the shell's routes not applied here in time");
     }
-    broker.publish_barrier();
+    barrier(broker).await;
     let (Some(claimer), Some(plane)) = (glue.claimer.get(), glue.plane.get()) else {
-        return;
+        return false;
     };
     let node = &claimer.node;
     let me = glue.node_id;
@@ -489,16 +510,33 @@ async fn flush(glue: &super::hook::Glue, broker: &Broker, index: u64, wait: Dura
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match node.request_flush(peer, index, left).await {
                 Ok(Some((run, seq))) => {
-                    if !plane.wait_delivered(peer, run, seq, deadline).await {
+                    let delivered = plane.wait_delivered(peer, run, seq, deadline).await;
+                    if !delivered {
                         tracing::warn!(peer, "flush: the peer's outbox not delivered in time");
                     }
+                    delivered
                 }
-                Ok(None) => {}
-                Err(refusal) => tracing::warn!(peer, %refusal, "flush: no answer"),
+                Ok(None) => true,
+                Err(refusal) => {
+                    tracing::warn!(peer, %refusal, "flush: no answer");
+                    false
+                }
             }
         });
     }
-    while flushes.join_next().await.is_some() {}
+    while let Some(done) = flushes.join_next().await {
+        whole &= done.unwrap_or(false);
+    }
+    whole
+}
+
+/// `Broker::publish_barrier`, off the runtime's threads (it waits for the publishes under
+/// way).
+async fn barrier(broker: &Arc<Broker>) {
+    let broker = broker.clone();
+    if let Err(error) = tokio::task::spawn_blocking(move || broker.publish_barrier()).await {
+        tracing::warn!(%error, "publish barrier failed");
+    }
 }
 
 /// A session rebuilt from the replicated registry: the durable subscriptions of a persistent
@@ -600,13 +638,16 @@ impl HandOverHandler for HandOver {
             };
             // A return of this client's copy to its previous owner runs: it ends (the copy
             // returned, or left here as it was) before this hand-over takes what is here.
+            // That wait and the connection's release share one timeout (the claimer waits
+            // for this answer a half longer: then the flush's quarter).
             let waited = tokio::time::Instant::now() + timeout;
             while returns.is_returning(&client_id) && tokio::time::Instant::now() < waited {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // Registered before the take-over, so the release cannot come unseen in between.
             let waiter = released.wait(&client_id);
-            if broker.take_over(&client_id) && tokio::time::timeout(timeout, waiter).await.is_err()
+            if broker.take_over(&client_id)
+                && tokio::time::timeout_at(waited, waiter).await.is_err()
             {
                 released.forget(&client_id);
                 tracing::warn!(
@@ -622,7 +663,13 @@ impl HandOverHandler for HandOver {
             if let Some(index) = routes_at
                 && let Some(glue) = glue.upgrade()
             {
-                flush(&glue, &broker, index, timeout / SHELL_SHARE).await;
+                let whole = flush(&glue, &broker, index, timeout / SHELL_SHARE).await;
+                let counter = if whole {
+                    &glue.flushes.whole
+                } else {
+                    &glue.flushes.partial
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let Some(transfer) = broker.export_session(&client_id, Instant::now()) else {
                 return Ok(None);
@@ -663,7 +710,7 @@ impl HandOverHandler for HandOver {
                     "log index {index} not applied here in time"
                 )));
             }
-            broker.publish_barrier();
+            barrier(&broker).await;
             Ok(glue.plane.get().and_then(|plane| plane.outbox_tail(from)))
         })
     }

@@ -72,6 +72,19 @@ pub struct Glue {
     /// The log index up to which `table` follows the applied state (see `apply`): a node
     /// that waits for a route commit waits for this.
     pub table_index: tokio::sync::watch::Sender<u64>,
+    /// Barriers proposed by [`Glue::barrier_index`] waiting to be applied here, by nonce.
+    barriers: Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<u64>>>,
+    /// Sessions handed over from here after a flush (see `claim::flush`).
+    pub flushes: Flushes,
+}
+
+/// How the flushes before hand-overs from this node went.
+#[derive(Debug, Default)]
+pub struct Flushes {
+    /// Every node answered and its outbox was delivered in time.
+    pub whole: std::sync::atomic::AtomicU64,
+    /// Some node did not (or this node's table was late): handed over anyway.
+    pub partial: std::sync::atomic::AtomicU64,
 }
 
 impl Glue {
@@ -97,7 +110,61 @@ impl Glue {
             returns: OnceLock::new(),
             numbers: std::sync::atomic::AtomicU64::new(0),
             table_index: tokio::sync::watch::Sender::new(0),
+            barriers: Mutex::new(std::collections::HashMap::new()),
+            flushes: Flushes::default(),
         }
+    }
+
+    /// Proposes a barrier of this node and waits (until `deadline`) until it is applied
+    /// here: the log index it was applied at, above every entry committed before it was
+    /// proposed.
+    pub async fn barrier_index(
+        &self,
+        node: &tern_cluster::ClusterNode,
+        deadline: tokio::time::Instant,
+    ) -> Option<u64> {
+        // Unique (the wall clock's nanoseconds, and a count): not one of an earlier start
+        // replayed from the log, nor one of the returns' barriers.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.as_nanos() as u64)
+            ^ self
+                .numbers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.barriers).insert(nonce, tx);
+        let command = tern_cluster::Command::Barrier {
+            node: self.node_id,
+            nonce,
+        };
+        let index = match tokio::time::timeout_at(deadline, node.propose(command)).await {
+            Ok(Ok(_)) => tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            _ => None,
+        };
+        lock(&self.barriers).remove(&nonce);
+        index
+    }
+
+    /// A barrier of this node was applied at log index `index`: whether
+    /// [`Glue::barrier_index`] waited for it.
+    pub fn barrier_applied(&self, nonce: u64, index: u64) -> bool {
+        match lock(&self.barriers).remove(&nonce) {
+            Some(waiter) => {
+                let _ = waiter.send(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Proposes this node's route of `(group, filter)` again, as if it were new, with a
+    /// ticket to wait for (a route this node holds already: its add commits after any
+    /// change of it proposed before, the proposals of this node going one round at a time).
+    pub fn want_route(&self, route: &LocalRoute) {
+        self.route_changed(&route.1, route.0.as_deref(), true);
     }
 
     /// Waits (up to `deadline`) until `table` follows the applied state up to log index

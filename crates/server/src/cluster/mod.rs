@@ -274,6 +274,16 @@ impl Cluster {
         self.plane.any_congested()
     }
 
+    /// Sessions handed over from this node after a flush: (whole, partial) (see
+    /// docs/architecture.md, "A cluster: closing the move window").
+    pub fn flushed_hand_overs(&self) -> (u64, u64) {
+        let flushes = &self.glue.flushes;
+        (
+            flushes.whole.load(std::sync::atomic::Ordering::Relaxed),
+            flushes.partial.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Messages not forwarded (a full outbox, a message that could not be encoded).
     pub fn not_forwarded(&self) -> u64 {
         self.glue

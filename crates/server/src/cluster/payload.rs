@@ -6,8 +6,7 @@
 //! Layout: flags (u8: bit 0 plain subscriptions), the number of shared groups (u16) and each
 //! group's name and filter (u16 length, UTF-8), the publisher's client id (u16 length;
 //! 0xFFFF: none), then the PUBLISH packet, then the message's cluster id if it has one
-//! (node, run, number: three u64; after the packet, where a node of an earlier version does
-//! not look).
+//! (node, run, number: three u64).
 
 use std::time::Instant;
 

@@ -50,9 +50,6 @@ pub struct RouteTable {
     indexed: usize,
     /// `indexed == 0`, readable without the table's lock (see [`RouteTable::emptiness`]).
     empty: Arc<AtomicBool>,
-    /// The log index of the entry being applied to the table, or last applied (set before
-    /// its commands are): a route seen in the table was added at this index or before.
-    pub at: u64,
 }
 
 impl RouteTable {
@@ -92,12 +89,6 @@ impl RouteTable {
         }
         let held = self.entries.clone();
         self.apply_difference(&held, &wanted);
-    }
-
-    /// Whether the table routes `filter` (of `group`) to `node`.
-    pub fn holds(&self, group: Option<&str>, filter: &str, node: NodeId) -> bool {
-        self.entries
-            .contains(&(group.map(str::to_owned), filter.to_owned(), node))
     }
 
     /// `node` subscribes to `filter` (of `group`).

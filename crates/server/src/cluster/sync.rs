@@ -228,8 +228,15 @@ async fn propose_sessions(
             keys.push(Some((client_id.clone(), filter.clone())));
         }
         for client_id in &ended {
-            // A new session of the client here (a reconnection) keeps the claim.
-            if broker.session(client_id).is_some() {
+            // A new session of the client here (a reconnection) keeps the claim, and so
+            // does a claim of it running here (its connection attaches a session once
+            // granted; a shell the claim made and ended again must not release it first).
+            if broker.session(client_id).is_some()
+                || glue
+                    .claimer
+                    .get()
+                    .is_some_and(|claimer| claimer.fences.claiming(client_id))
+            {
                 continue;
             }
             let Some((Some(owner), epoch)) = state.owner(client_id) else {

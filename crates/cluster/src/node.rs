@@ -109,6 +109,13 @@ pub trait HandOverHandler: Send + Sync + 'static {
     /// `routes_at`: see [`RpcRequest::HandOver`].
     fn hand_over(&self, client_id: String, epoch: u64, routes_at: Option<u64>) -> HandOverFuture;
 
+    /// `client_id` was claimed by another node with `epoch` (applied here): close its
+    /// connection, keeping the session here for the hand-over (see [`RpcRequest::Close`]).
+    fn close(&self, client_id: String, epoch: u64) -> CloseFuture {
+        let _ = (client_id, epoch);
+        Box::pin(async { Err(Refusal::Refused("no close here".into())) })
+    }
+
     /// Node `from` asks for a flush up to log index `index` (see [`RpcRequest::Flush`]).
     fn flush(&self, from: NodeId, index: u64) -> FlushFuture {
         let _ = (from, index);
@@ -128,6 +135,10 @@ pub trait HandOverHandler: Send + Sync + 'static {
         Box::pin(async { Err(Refusal::Refused("returns are not taken here".into())) })
     }
 }
+
+/// The answer of a close: the connection closed (or none was attached).
+pub type CloseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>> + Send>>;
 
 /// The answer of a flush: the last message of the outbox to the asker, if any.
 pub type FlushFuture = std::pin::Pin<
@@ -310,6 +321,25 @@ impl ClusterNode {
         };
         match self.call_node(node, &request, timeout).await? {
             RpcResponse::HandedOver(result) => result,
+            _ => Err(Refusal::Unavailable("unexpected answer".into())),
+        }
+    }
+
+    /// Asks `node`, the previous owner of `client_id`, to close the client's connection now
+    /// that this node claimed it with `epoch` (see [`RpcRequest::Close`]).
+    pub async fn request_close(
+        &self,
+        node: NodeId,
+        client_id: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<(), Refusal> {
+        let request = RpcRequest::Close {
+            client_id: client_id.to_owned(),
+            epoch,
+        };
+        match self.call_node(node, &request, timeout).await? {
+            RpcResponse::Closed(result) => result,
             _ => Err(Refusal::Unavailable("unexpected answer".into())),
         }
     }
@@ -930,6 +960,9 @@ impl ClusterNode {
                 epoch,
                 routes_at,
             } => RpcResponse::HandedOver(self.hand_over(from, client_id, epoch, routes_at).await),
+            RpcRequest::Close { client_id, epoch } => {
+                RpcResponse::Closed(self.close(from, client_id, epoch).await)
+            }
             RpcRequest::Flush { index } => RpcResponse::Flushed(match self.inner.hand_over.get() {
                 Some(handler) => handler.flush(from, index).await,
                 None => Err(Refusal::Unavailable("not ready".into())),
@@ -956,9 +989,33 @@ impl ClusterNode {
         epoch: u64,
         routes_at: Option<u64>,
     ) -> Result<Option<Vec<u8>>, Refusal> {
+        self.claim_applied(from, &client_id, epoch).await?;
+        match self.inner.hand_over.get() {
+            Some(handler) => handler.hand_over(client_id, epoch, routes_at).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The previous owner's side of [`RpcRequest::Close`], once the claim is applied here.
+    async fn close(&self, from: NodeId, client_id: String, epoch: u64) -> Result<(), Refusal> {
+        self.claim_applied(from, &client_id, epoch).await?;
+        match self.inner.hand_over.get() {
+            Some(handler) => handler.close(client_id, epoch).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits (up to the proposal timeout) until this node has applied the claim of
+    /// `client_id` by `from` with `epoch`; refused if the id was claimed again since.
+    async fn claim_applied(
+        &self,
+        from: NodeId,
+        client_id: &str,
+        epoch: u64,
+    ) -> Result<(), Refusal> {
         let deadline = tokio::time::Instant::now() + self.inner.config.timing.proposal_timeout;
         loop {
-            let current = self.state().owner(&client_id);
+            let current = self.state().owner(client_id);
             match current {
                 Some((owner, current_epoch)) if current_epoch >= epoch => {
                     if owner != Some(from) || current_epoch != epoch {
@@ -977,10 +1034,7 @@ impl ClusterNode {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        match self.inner.hand_over.get() {
-            Some(handler) => handler.hand_over(client_id, epoch, routes_at).await,
-            None => Ok(None),
-        }
+        Ok(())
     }
 
     /// On the leader: adds a node as a learner (it catches up), registers it; promotion to

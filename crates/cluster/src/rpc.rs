@@ -42,6 +42,13 @@ pub enum RpcRequest {
         /// flush).
         routes_at: Option<u64>,
     },
+    /// The sender claimed `client_id` with `epoch` (committed): the receiver, its previous
+    /// owner, closes the client's connection, keeping the session offline for the
+    /// [`RpcRequest::HandOver`] that follows (the sender makes its shell in between).
+    Close {
+        client_id: String,
+        epoch: u64,
+    },
     /// Once the receiver has applied log index `index`, every message it routed with an
     /// older route table to the sender is in its outbox: it answers with the run and
     /// sequence number of the last message there for the sender (`None`: all acknowledged).
@@ -77,6 +84,8 @@ pub enum RpcResponse {
     LeaseConfirmed(bool),
     /// The returned messages are merged and durable (or the refusal: the sender keeps them).
     Returned(Result<(), Refusal>),
+    /// The connection closed (or there was none).
+    Closed(Result<(), Refusal>),
     /// The last message in the outbox to the asker, as (run, sequence), once flushed.
     Flushed(Result<Option<(u64, u64)>, Refusal>),
 }

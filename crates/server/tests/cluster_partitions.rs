@@ -366,10 +366,11 @@ async fn collect(client: &mut Client, quiet: Duration) -> Vec<(u32, bool)> {
 /// Issue 16, "closing the move window" (docs/architecture.md): a persistent session moves
 /// from A to B while C publishes to it at QoS 1, with the link from C to A slow (250 ms each
 /// way), so that copies C routed to A before B's routes reached its table are still on their
-/// way when the client reconnects to B. B makes a shell of the session whose routes are
-/// committed before it asks A for the session; A flushes what the other nodes routed to it
-/// before then into the session before handing it over; B puts the handed-over messages
-/// first and drops its shell's copies of them. Every message acknowledged to the
+/// way when the client reconnects to B. A closes the client's connection first; B then makes
+/// a shell of the session whose routes are committed before it asks A for the session; A
+/// flushes what the other nodes routed to it before then into the session before handing
+/// it over; B puts the handed-over messages first and drops its shell's copies of them.
+/// Every message acknowledged to the
 /// publisher reaches the client, on its old connection or its new one [MQTT-4.3.2-2], and
 /// none comes twice on the new one but a resend with DUP [MQTT-4.4.0-1].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +452,18 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
         .map(|(i, _)| *i)
         .collect();
     assert!(doubled.is_empty(), "sent twice on B: {doubled:?}");
+    // A's connection closed before B's shell was made: what reached the client on A comes
+    // again on B only as a resend of an unacknowledged message (DUP), never as a new one
+    // (for QoS 2 that would be a second delivery).
+    let again: Vec<u32> = on_new
+        .iter()
+        .filter(|(i, dup)| !dup && on_old.iter().any(|(j, _)| i == j))
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(
+        again.is_empty(),
+        "delivered on A, then as new on B: {again:?}"
+    );
     let both = on_old
         .iter()
         .filter(|(i, _)| on_new.iter().any(|(j, _)| i == j))

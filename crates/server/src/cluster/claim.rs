@@ -312,10 +312,22 @@ async fn claim(
     // connections), and the old session leaves that node instead of lingering there offline
     // with its routes.
     let mut silent = false;
-    // Closing the move window: a shell of the session here first, whose routes bring what
-    // is published from now on; the previous owner flushes what older routes sent it.
+    // The previous owner may take its whole timeout for the connection to let go, then a
+    // flush (a quarter of it): waited for a little longer, so that it does not export a
+    // session this claim has given up on.
+    let wait = timeout * 3 / 2;
+    // Closing the move window: the previous owner closes the client's connection first;
+    // then a shell of the session here, whose routes bring what is published from then on
+    // (so no message reaches both the old connection and the shell); the previous owner
+    // then flushes what older routes sent it into the session before handing it over.
+    let mut closed = Ok(());
     let shell = if persistent && !clean_start {
-        make_shell(context, client_id).await
+        closed = node.request_close(previous, client_id, epoch, wait).await;
+        if closed.is_ok() {
+            make_shell(context, client_id).await
+        } else {
+            Shell::None
+        }
     } else {
         Shell::None
     };
@@ -323,12 +335,14 @@ async fn claim(
         Shell::Routed(index) => Some(index),
         Shell::None | Shell::Unrouted => None,
     };
-    // The previous owner may take its whole timeout for the connection to let go, then a
-    // flush (a quarter of it): waited for a little longer, so that it does not export a
-    // session this claim has given up on.
-    let answer = node
-        .request_hand_over(previous, client_id, epoch, routes_at, timeout * 3 / 2)
-        .await;
+    let answer = match closed {
+        Ok(()) => {
+            node.request_hand_over(previous, client_id, epoch, routes_at, wait)
+                .await
+        }
+        // Refused (claimed again since) or silent: as the hand-over would have answered.
+        Err(refusal) => Err(refusal),
+    };
     // A shell whose session the previous owner did not have, or would not give, goes: the
     // client does not resume a session that is not there [MQTT-3.2.2-3].
     if shell != Shell::None && matches!(answer, Ok(None) | Err(Refusal::Refused(_))) {
@@ -620,26 +634,25 @@ pub struct HandOver {
     pub glue: Weak<super::hook::Glue>,
 }
 
-impl HandOverHandler for HandOver {
-    fn hand_over(
+impl HandOver {
+    /// The client's connection here closes (MQTT 5: DISCONNECT 0x8E) and lets go of its
+    /// session, which stays here offline: after any return of the client's copy under way
+    /// here has ended, both waits within one timeout (the claimer waits for the hand-over a
+    /// half longer: then the flush's quarter). Nothing to do when no connection is attached
+    /// (closed by an earlier request, or by the claim's apply).
+    fn let_go(
         &self,
         client_id: String,
         epoch: u64,
-        routes_at: Option<u64>,
-    ) -> tern_cluster::node::HandOverFuture {
+    ) -> impl std::future::Future<Output = Result<(), Refusal>> + Send + 'static {
         let broker = self.broker.clone();
         let released = self.released.clone();
         let returns = self.returns.clone();
-        let glue = self.glue.clone();
         let timeout = self.timeout;
-        Box::pin(async move {
+        async move {
             let Some(broker) = broker.upgrade() else {
                 return Err(Refusal::Unavailable("the broker is stopping".into()));
             };
-            // A return of this client's copy to its previous owner runs: it ends (the copy
-            // returned, or left here as it was) before this hand-over takes what is here.
-            // That wait and the connection's release share one timeout (the claimer waits
-            // for this answer a half longer: then the flush's quarter).
             let waited = tokio::time::Instant::now() + timeout;
             while returns.is_returning(&client_id) && tokio::time::Instant::now() < waited {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -660,6 +673,27 @@ impl HandOverHandler for HandOver {
                 ));
             }
             released.forget(&client_id);
+            Ok(())
+        }
+    }
+}
+
+impl HandOverHandler for HandOver {
+    fn hand_over(
+        &self,
+        client_id: String,
+        epoch: u64,
+        routes_at: Option<u64>,
+    ) -> tern_cluster::node::HandOverFuture {
+        let broker = self.broker.clone();
+        let glue = self.glue.clone();
+        let timeout = self.timeout;
+        let let_go = self.let_go(client_id.clone(), epoch);
+        Box::pin(async move {
+            let_go.await?;
+            let Some(broker) = broker.upgrade() else {
+                return Err(Refusal::Unavailable("the broker is stopping".into()));
+            };
             if let Some(index) = routes_at
                 && let Some(glue) = glue.upgrade()
             {
@@ -689,6 +723,11 @@ impl HandOverHandler for HandOver {
                 }
             }
         })
+    }
+
+    /// Closes the client's connection here ahead of the hand-over (see [`HandOver::let_go`]).
+    fn close(&self, client_id: String, epoch: u64) -> tern_cluster::node::CloseFuture {
+        Box::pin(self.let_go(client_id, epoch))
     }
 
     /// A peer's side of a flush (see [`flush`]): once this node's route table is at
@@ -733,9 +772,17 @@ impl HandOverHandler for HandOver {
             let (Some(broker), Some(glue)) = (broker.upgrade(), glue.upgrade()) else {
                 return Err(Refusal::Unavailable("the broker is stopping".into()));
             };
-            let Some(node) = glue.claimer.get().map(|claimer| claimer.node.clone()) else {
+            let Some(claimer) = glue.claimer.get() else {
                 return Err(Refusal::Unavailable("not ready".into()));
             };
+            // A claim of the client id runs here: its session (or its shell) is about to be
+            // replaced by what the previous owner hands over; the sender tries again later.
+            if claimer.fences.claiming(&client_id) {
+                return Err(Refusal::Unavailable(
+                    "a claim of this client id runs here".into(),
+                ));
+            }
+            let node = claimer.node.clone();
             let (current, listed) = {
                 let state = node.state();
                 let listed = state

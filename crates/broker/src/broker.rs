@@ -171,6 +171,9 @@ pub struct Broker {
     config: BrokerConfig,
     pub(crate) sessions: Mutex<Registry>,
     pub(crate) subscriptions: RwLock<SubscriptionIndex<Subscriber>>,
+    /// Cluster: held (read) by a clustered local publish from its plan until its copies are
+    /// queued; [`Broker::publish_barrier`] takes it (write) to wait for those under way.
+    publish_gate: RwLock<()>,
     pub(crate) retained: RwLock<RetainedIndex>,
     /// How many of the retained messages are the broker's own (`$SYS`), and their payload
     /// bytes: changed under the retained lock; left out of the limits and the figures.
@@ -270,6 +273,7 @@ impl Broker {
             // under the registry lock, which stalls every CONNECT meanwhile.
             sessions: Mutex::new(Registry::with_capacity(INITIAL_CLIENTS)),
             subscriptions: RwLock::new(SubscriptionIndex::default()),
+            publish_gate: RwLock::new(()),
             retained: RwLock::new(RetainedIndex::default()),
             system_retained: Mutex::new((0, 0)),
             live_limits,
@@ -698,31 +702,24 @@ impl Broker {
                 self.route(MessageRef::Own(message), scope, now, hold, selection);
             return (reached, seq.max(route_seq));
         };
-        // Cluster: the index stays read-locked from the plan until the copies are queued for
-        // the other nodes, so that once `publish_barrier` returns, every publish planned
-        // before has placed all its copies (closing the move window of a session).
-        let index = read(&self.subscriptions);
+        // Cluster: the publish gate stays read-locked from the plan until the copies are
+        // queued for the other nodes, so that once `publish_barrier` returns, every publish
+        // planned before has placed all its copies (closing the move window of a session).
+        let gate = read(&self.publish_gate);
         let Some(mut plan) = hook.plan(&message) else {
-            let (reached, route_seq) = self.route_in(
-                &index,
-                MessageRef::Own(message),
-                scope,
-                now,
-                hold,
-                Selection::ALL,
-            );
+            let (reached, route_seq) =
+                self.route(MessageRef::Own(message), scope, now, hold, Selection::ALL);
             return (reached, seq.max(route_seq));
         };
         // Routed here but for the groups another node serves, then handed to the cluster
         // (shared, so the remote copies cost no copy of the message).
-        message.cluster_id = plan.id.take();
+        message.cluster_id = plan.id.take().map(Box::new);
         let message = Arc::new(message);
         let selection = Selection {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
         };
-        let (reached, route_seq) = self.route_in(
-            &index,
+        let (reached, route_seq) = self.route(
             MessageRef::Shared(message.clone()),
             scope,
             now,
@@ -731,7 +728,7 @@ impl Broker {
         );
         let remote = plan.remote.len();
         let forward_seq = hook.forward(&message, plan);
-        drop(index);
+        drop(gate);
         (reached + remote, seq.max(route_seq).max(forward_seq))
     }
 
@@ -739,7 +736,7 @@ impl Broker {
     /// placed its copies, here and in the outboxes to other nodes (see `publish_with`): a
     /// publish planned after it sees whatever route table was current when it was called.
     pub fn publish_barrier(&self) {
-        drop(write(&self.subscriptions));
+        drop(write(&self.publish_gate));
     }
 
     /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
@@ -819,23 +816,10 @@ impl Broker {
         message: MessageRef,
         scope: Scope,
         now: Instant,
-        hold: Option<&mut AckHold<'_>>,
-        selection: Selection<'_>,
-    ) -> (usize, Seq) {
-        let index = read(&self.subscriptions);
-        self.route_in(&index, message, scope, now, hold, selection)
-    }
-
-    /// [`Broker::route`] with the index read-locked by the caller.
-    pub(crate) fn route_in(
-        &self,
-        index: &SubscriptionIndex<Subscriber>,
-        message: MessageRef,
-        scope: Scope,
-        now: Instant,
         mut hold: Option<&mut AckHold<'_>>,
         selection: Selection<'_>,
     ) -> (usize, Seq) {
+        let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
         let mut targets: Vec<Target<'_>> = reuse(TARGETS.take());

@@ -329,7 +329,7 @@ fn put_duration(w: &mut BytesMut, value: Duration) {
 
 /// A delivery: its own fields, then the message as an MQTT 5 PUBLISH.
 fn put_delivery(w: &mut BytesMut, delivery: &TransferredDelivery) -> Result<(), TransferError> {
-    let id = delivery.message.cluster_id;
+    let id = delivery.message.cluster_id.as_deref();
     w.put_u8(
         delivery.qos.as_u8() | (u8::from(delivery.retain) << 2) | (u8::from(id.is_some()) << 3),
     );
@@ -459,11 +459,11 @@ impl<'a> Reader<'a> {
         let qos = QoS::from_u8(flags & 0b11).ok_or(TransferError::Invalid("delivery QoS"))?;
         let retain = flags & 0b100 != 0;
         let cluster_id = if flags & 0b1000 != 0 {
-            Some(ClusterMessageId {
+            Some(Box::new(ClusterMessageId {
                 node: self.u64("message node")?,
                 run: self.u64("message run")?,
                 number: self.u64("message number")?,
-            })
+            }))
         } else {
             None
         };
@@ -591,7 +591,7 @@ impl Broker {
                 .iter()
                 .map(|entry| &entry.delivery)
                 .chain(&transfer.queue)
-                .filter_map(|delivery| delivery.message.cluster_id)
+                .filter_map(|delivery| delivery.message.cluster_id.as_deref().copied())
                 .collect();
             let shell_deliveries = state
                 .inflight
@@ -602,7 +602,8 @@ impl Broker {
                     delivery
                         .message
                         .cluster_id
-                        .is_none_or(|id| !held.contains(&id))
+                        .as_deref()
+                        .is_none_or(|id| !held.contains(id))
                 })
                 .map(|delivery| TransferredDelivery::from_delivery(delivery, now));
             transfer.queue.extend(shell_deliveries);

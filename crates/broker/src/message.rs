@@ -33,7 +33,8 @@ pub struct Message {
     /// when any copy of it goes to another node (`None` otherwise, and on a single node). A
     /// session handed from one node to another tells by it which of the messages the new
     /// node's shell queued it carries already (see `Broker::adopt_handed_over`). Not stored.
-    pub cluster_id: Option<ClusterMessageId>,
+    /// Boxed: most messages have none, and a `Message` moves often on the publish path.
+    pub cluster_id: Option<Box<ClusterMessageId>>,
 }
 
 /// A message's identity in a cluster: the node it was published on, that node's run (its

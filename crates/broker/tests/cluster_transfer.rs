@@ -143,10 +143,12 @@ fn clustered(topic: &str, payload: &'static [u8], id: Option<u64>) -> Message {
         expires_at: None,
         publisher: Some(text("pub-c")),
         id: 0,
-        cluster_id: id.map(|number| ClusterMessageId {
-            node: 3,
-            run: 9,
-            number,
+        cluster_id: id.map(|number| {
+            Box::new(ClusterMessageId {
+                node: 3,
+                run: 9,
+                number,
+            })
         }),
     }
 }

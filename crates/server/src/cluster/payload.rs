@@ -61,7 +61,7 @@ pub fn encode(
     Packet::Publish(publish)
         .encode(ProtocolVersion::V5, &mut out)
         .map_err(|_| PayloadError("message cannot be encoded"))?;
-    if let Some(id) = message.cluster_id {
+    if let Some(id) = message.cluster_id.as_deref() {
         out.put_u64(id.node);
         out.put_u64(id.run);
         out.put_u64(id.number);
@@ -93,11 +93,11 @@ pub fn decode(payload: Bytes, now: Instant) -> Result<Forwarded, PayloadError> {
     };
     let cluster_id = match packet.remaining() {
         0 => None,
-        24 => Some(ClusterMessageId {
+        24 => Some(Box::new(ClusterMessageId {
             node: packet.get_u64(),
             run: packet.get_u64(),
             number: packet.get_u64(),
-        }),
+        })),
         _ => return Err(PayloadError("bytes after the message")),
     };
     let mut message = Message::from_publish(publish, publisher, now);
@@ -153,11 +153,11 @@ mod tests {
             ..Default::default()
         };
         let message = Message {
-            cluster_id: Some(ClusterMessageId {
+            cluster_id: Some(Box::new(ClusterMessageId {
                 node: 3,
                 run: 1_700_000_000,
                 number: 42,
-            }),
+            })),
             topic: MqttStr::try_from("a/b").unwrap(),
             payload: Bytes::from_static(b"hello"),
             qos: QoS::AtLeastOnce,

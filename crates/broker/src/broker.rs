@@ -142,7 +142,7 @@ impl IndexEntry for Subscriber {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKind {
+pub(crate) enum TimerKind {
     SessionExpiry,
     WillDelay,
 }
@@ -1508,7 +1508,7 @@ impl Broker {
         lock(&self.timers).insert(timer_key(at, kind, session), session.clone());
     }
 
-    fn remove_timer(&self, at: Instant, kind: TimerKind, session: &Arc<Session>) {
+    pub(crate) fn remove_timer(&self, at: Instant, kind: TimerKind, session: &Arc<Session>) {
         lock(&self.timers).remove(&timer_key(at, kind, session));
     }
 
@@ -1548,7 +1548,7 @@ impl Broker {
     ///
     /// `take` sees the session's state under its lock just before it is emptied (a session
     /// handed over to another node of a cluster is taken out so, with nothing lost between).
-    fn end_session_in(
+    pub(crate) fn end_session_in(
         &self,
         sessions: &mut Registry,
         session: &Arc<Session>,

@@ -18,9 +18,9 @@ use tern_codec::{
     SubscriptionOptions,
 };
 
-use crate::broker::{Broker, lock, write};
+use crate::broker::{Broker, TimerKind, lock, write};
 use crate::message::{ClusterMessageId, Delivery, Message, MessageRef, SubscriptionIds};
-use crate::persist::RoutedBody;
+use crate::persist::{Change, RoutedBody};
 use crate::session::{Enqueued, Inflight, QueuedDelivery, Session, SessionState};
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::Durability;
@@ -553,6 +553,60 @@ impl Broker {
         session.lock().shell = true;
         self.install_session(session, now)
             .ok_or(TransferError::Connected)
+    }
+
+    /// Cluster: the session of `client_id`, offline here once another node's claim took its
+    /// connection, waits for its hand-over: its pending will is dropped (its client has
+    /// connected on that node [MQTT-3.1.3-9]; forgotten in the store too) and its expiry
+    /// stops (the hand-over, or a return of it to its new owner, ends it here).
+    pub fn hold_for_hand_over(&self, client_id: &str) {
+        let Some(session) = self.session(client_id) else {
+            return;
+        };
+        let mut state = session.lock();
+        if state.ended || state.owner.is_some() {
+            return;
+        }
+        if let Some(will) = state.pending_will.take() {
+            self.remove_timer(will.publish_at, TimerKind::WillDelay, &session);
+            if state.stored {
+                self.persist(|| Change::WillCleared {
+                    client_id: session.client_id().clone(),
+                });
+            }
+        }
+        if let Some(at) = state.expires_at.take() {
+            self.remove_timer(at, TimerKind::SessionExpiry, &session);
+        }
+    }
+
+    /// Cluster: whether the session of `client_id` here is a shell ([`Broker::import_shell`])
+    /// waiting for its hand-over.
+    pub fn has_shell(&self, client_id: &str) -> bool {
+        self.session(client_id).is_some_and(|session| {
+            let state = session.lock();
+            state.shell && !state.ended
+        })
+    }
+
+    /// Cluster: ends the shell of `client_id` here ([`Broker::import_shell`]), with what it
+    /// queued; false (nothing done) when the client id's session here is not a shell.
+    #[allow(clippy::mutable_key_type)]
+    pub fn end_shell(&self, client_id: &str) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let Some(shell) = sessions
+            .get(client_id)
+            .map(|entry| entry.0.clone())
+            .filter(|session| {
+                let state = session.lock();
+                state.shell && !state.ended && state.owner.is_none()
+            })
+        else {
+            return false;
+        };
+        // The registry stays locked: nothing attaches to or replaces it in between.
+        drop(self.end_session_in(&mut sessions, &shell, |_| {}));
+        true
     }
 
     /// Cluster, closing the move window: installs a session handed over by another node in

@@ -252,6 +252,40 @@ fn an_offline_session_that_is_not_a_shell_is_replaced_issue_16() {
     assert_eq!(b.broker.subscription_count(), 1);
 }
 
+/// Issue 16, the close before a hand-over: a session whose connection another node's claim
+/// took waits here for its hand-over, which now comes after the claimer made its shell.
+/// Meanwhile its will is not published (its client connected on the other node
+/// [MQTT-3.1.3-9]) and it does not expire; the hand-over then finds it whole.
+#[test]
+fn a_session_held_for_its_hand_over_sends_no_will_and_stays_mqtt_3_1_3_9() {
+    let a = Net::new();
+    let mut watcher = a.connected(V5, "watcher");
+    watcher.subscribe("gone/#", QoS::AtMostOnce);
+    let mut connect = persistent(V5, "roamer");
+    connect.properties.session_expiry_interval = Some(3);
+    let will_properties = Properties {
+        will_delay_interval: Some(1),
+        ..Properties::default()
+    };
+    connect.will = Some(tern_codec::Will {
+        topic: text("gone/roamer"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: will_properties,
+    });
+    let mut client = a.accepted(connect);
+    client.subscribe("h/#", QoS::AtLeastOnce);
+    assert!(a.broker.take_over("roamer"));
+    assert_eq!(client.disconnect_reason(), ReasonCode::SessionTakenOver);
+    drop(client);
+    a.broker.hold_for_hand_over("roamer");
+    a.advance(10_000);
+    assert!(watcher.publishes().is_empty(), "no will [MQTT-3.1.3-9]");
+    let transfer = a.broker.export_session("roamer", a.now()).expect("kept");
+    assert_eq!(transfer.subscriptions.len(), 1);
+}
+
 /// A session of `client_id` with one QoS 1 subscription to `filter`, nothing queued.
 fn shell(client_id: &str, filter: &str) -> SessionTransfer {
     SessionTransfer {

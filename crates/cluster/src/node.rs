@@ -111,9 +111,10 @@ pub trait HandOverHandler: Send + Sync + 'static {
 
     /// `client_id` was claimed by another node with `epoch` (applied here): close its
     /// connection, keeping the session here for the hand-over (see [`RpcRequest::Close`]).
+    /// The default closes nothing: the hand-over that follows does it.
     fn close(&self, client_id: String, epoch: u64) -> CloseFuture {
         let _ = (client_id, epoch);
-        Box::pin(async { Err(Refusal::Refused("no close here".into())) })
+        Box::pin(async { Ok(()) })
     }
 
     /// Node `from` asks for a flush up to log index `index` (see [`RpcRequest::Flush`]).

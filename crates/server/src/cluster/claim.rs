@@ -28,7 +28,8 @@ pub struct Claimer {
     /// Where a granted session nobody took is kept (weak: the broker holds the hook).
     pub broker: Weak<Broker>,
     pub me: NodeId,
-    /// Bounds the proposal and, separately, the hand-over.
+    /// Bounds the proposal; the close and the hand-over are waited for one and a half times
+    /// as long each, the shell's routes a quarter of it.
     pub timeout: Duration,
     /// The runtime the claims run on (the core asks on a connection's thread).
     pub runtime: tokio::runtime::Handle,
@@ -394,7 +395,9 @@ async fn claim(
 /// What a claimer made of the session before asking for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shell {
-    /// No shell (a session of this client id is here already, or none is registered).
+    /// No shell: a clean start or a session that ends with its connection, a session of
+    /// this client id here already, this node listed as holding a copy of it, no durable
+    /// subscriptions in the registry, or the previous owner did not close the connection.
     None,
     /// A shell whose routes were not seen committed in time: no flush asked.
     Unrouted,
@@ -434,13 +437,12 @@ async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
         return Shell::None;
     }
     let deadline = tokio::time::Instant::now() + context.timeout / SHELL_SHARE;
-    let tickets: Vec<_> = routes
-        .iter()
-        .filter_map(|route| {
-            glue.want_route(route);
-            glue.tickets.get(route)
-        })
-        .collect();
+    // Each route proposed again, with a ticket; a route the shell no longer holds (ended
+    // meanwhile) has none, and the shell is not routed then.
+    let tickets: Option<Vec<_>> = routes.iter().map(|route| glue.want_route(route)).collect();
+    let Some(tickets) = tickets else {
+        return Shell::Unrouted;
+    };
     let routed = loop {
         match tickets
             .iter()
@@ -474,7 +476,7 @@ async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
 /// the session, or had none).
 fn drop_shell(context: &Context<'_>, client_id: &str) {
     if let Some(broker) = context.broker.upgrade()
-        && broker.export_session(client_id, Instant::now()).is_some()
+        && broker.end_shell(client_id)
     {
         tracing::debug!(client_id, "the session's shell here ended");
     }
@@ -673,6 +675,9 @@ impl HandOver {
                 ));
             }
             released.forget(&client_id);
+            // Its client connected on the claimer's node: no will here, and no expiry while
+            // the hand-over comes (a close, then the claimer's shell, then the hand-over).
+            broker.hold_for_hand_over(&client_id);
             Ok(())
         }
     }
@@ -694,6 +699,17 @@ impl HandOverHandler for HandOver {
             let Some(broker) = broker.upgrade() else {
                 return Err(Refusal::Unavailable("the broker is stopping".into()));
             };
+            // A shell a claim of this node made (that claim lost to this later one): it
+            // holds only what this node's routes brought meanwhile, which reached the
+            // claimer's own copy too; it ends here instead of being handed over.
+            if broker.end_shell(&client_id) {
+                tracing::info!(
+                    client_id,
+                    epoch,
+                    "claimed elsewhere meanwhile: the shell here ended"
+                );
+                return Ok(None);
+            }
             if let Some(index) = routes_at
                 && let Some(glue) = glue.upgrade()
             {
@@ -775,11 +791,11 @@ impl HandOverHandler for HandOver {
             let Some(claimer) = glue.claimer.get() else {
                 return Err(Refusal::Unavailable("not ready".into()));
             };
-            // A claim of the client id runs here: its session (or its shell) is about to be
-            // replaced by what the previous owner hands over; the sender tries again later.
-            if claimer.fences.claiming(&client_id) {
+            // The session here is a claim's shell, about to be replaced by what the previous
+            // owner hands over (or ended, if it has nothing): the sender tries again later.
+            if broker.has_shell(&client_id) {
                 return Err(Refusal::Unavailable(
-                    "a claim of this client id runs here".into(),
+                    "the session here waits for its hand-over".into(),
                 ));
             }
             let node = claimer.node.clone();

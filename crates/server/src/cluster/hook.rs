@@ -78,6 +78,12 @@ pub struct Glue {
     pub flushes: Flushes,
 }
 
+/// The top bit of the nonces of [`Glue::barrier_index`]'s barriers.
+const BARRIER_TAG: u64 = 1 << 63;
+
+/// Counts [`Glue::barrier_index`]'s barriers (their nonces differ within a nanosecond).
+static BARRIERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How the flushes before hand-overs from this node went.
 #[derive(Debug, Default)]
 pub struct Flushes {
@@ -123,14 +129,14 @@ impl Glue {
         node: &tern_cluster::ClusterNode,
         deadline: tokio::time::Instant,
     ) -> Option<u64> {
-        // Unique (the wall clock's nanoseconds, and a count): not one of an earlier start
-        // replayed from the log, nor one of the returns' barriers.
-        let nonce = std::time::SystemTime::now()
+        // Unique: the wall clock's nanoseconds and a count (not one of an earlier start
+        // replayed from the log), with the top bit set (the returns' barriers, the clock's
+        // nanoseconds alone, have it clear until 2262).
+        let nonce = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |since| since.as_nanos() as u64)
-            ^ self
-                .numbers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .wrapping_add(BARRIERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+            | BARRIER_TAG;
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.barriers).insert(nonce, tx);
         let command = tern_cluster::Command::Barrier {
@@ -148,23 +154,31 @@ impl Glue {
         index
     }
 
-    /// A barrier of this node was applied at log index `index`: whether
-    /// [`Glue::barrier_index`] waited for it.
+    /// A barrier of this node was applied at log index `index`: whether it is one of
+    /// [`Glue::barrier_index`]'s (its waiter, if it still waits, told; one that gave up, or
+    /// of an earlier start, ignored).
     pub fn barrier_applied(&self, nonce: u64, index: u64) -> bool {
-        match lock(&self.barriers).remove(&nonce) {
-            Some(waiter) => {
-                let _ = waiter.send(index);
-                true
-            }
-            None => false,
+        if let Some(waiter) = lock(&self.barriers).remove(&nonce) {
+            let _ = waiter.send(index);
         }
+        nonce & BARRIER_TAG != 0
     }
 
-    /// Proposes this node's route of `(group, filter)` again, as if it were new, with a
-    /// ticket to wait for (a route this node holds already: its add commits after any
-    /// change of it proposed before, the proposals of this node going one round at a time).
-    pub fn want_route(&self, route: &LocalRoute) {
-        self.route_changed(&route.1, route.0.as_deref(), true);
+    /// Proposes this node's route of `(group, filter)` again, as if it were new: its add
+    /// commits after any change of it proposed before (the proposals of this node go one
+    /// round at a time). Its ticket, to wait for; `None` when the core no longer holds the
+    /// route (checked under the same lock as its removal, so no route outlives its last
+    /// subscriber).
+    pub fn want_route(&self, route: &LocalRoute) -> Option<Arc<RouteTicket>> {
+        let local = lock(&self.local);
+        if !local.contains(route) {
+            return None;
+        }
+        self.tickets.open(route);
+        lock(&self.pending).routes.insert(route.clone(), true);
+        drop(local);
+        self.wake.notify_one();
+        self.tickets.get(route)
     }
 
     /// Waits (up to `deadline`) until `table` follows the applied state up to log index

@@ -203,6 +203,7 @@ async fn propose_sessions(
     let me = glue.node_id;
     let mut commands = Vec::new();
     let mut keys = Vec::new();
+    let mut postponed = Vec::new();
     {
         let state = node.state();
         for ((client_id, filter), options) in &subscriptions {
@@ -231,12 +232,16 @@ async fn propose_sessions(
             // A new session of the client here (a reconnection) keeps the claim, and so
             // does a claim of it running here (its connection attaches a session once
             // granted; a shell the claim made and ended again must not release it first).
-            if broker.session(client_id).is_some()
-                || glue
-                    .claimer
-                    .get()
-                    .is_some_and(|claimer| claimer.fences.claiming(client_id))
+            if broker.session(client_id).is_some() {
+                continue;
+            }
+            if glue
+                .claimer
+                .get()
+                .is_some_and(|claimer| claimer.fences.claiming(client_id))
             {
+                // Looked at again once the claim is over (it usually attaches a session).
+                postponed.push(client_id.clone());
                 continue;
             }
             let Some((Some(owner), epoch)) = state.owner(client_id) else {
@@ -257,6 +262,7 @@ async fn propose_sessions(
     let mut pending = lock(&glue.pending);
     // Released (or not: then queued again below, under the same lock).
     lock(&glue.releasing).clear();
+    pending.ended.extend(postponed);
     for (key, outcome) in keys.into_iter().zip(outcomes) {
         // Refused as stale: the client id was claimed again; nothing to do. Not committed:
         // proposed again, unless a later change replaced it.

@@ -252,8 +252,9 @@ pub(crate) enum Origin<'a> {
     Cluster(Selection<'a>),
 }
 
-/// The route of a subscription filter: `(filter, group)`.
-fn route_of(filter: &str) -> (&str, Option<&str>) {
+/// The route of a subscription filter: `(filter, group)` (what [`ClusterHook::route_added`]
+/// reports for it).
+pub fn route_of(filter: &str) -> (&str, Option<&str>) {
     match split_shared(filter) {
         Some((group, plain)) => (plain, Some(group)),
         None => (filter, None),

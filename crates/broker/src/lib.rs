@@ -40,7 +40,7 @@ pub use admin::{
 };
 pub use broker::{Broker, RecheckSummary};
 pub use cluster_claim::{ClaimCompletion, ClaimDecision, ClaimGrant, ClaimId, ClaimRequest};
-pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy, RouteTicket};
+pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy, RouteTicket, route_of};
 pub use cluster_transfer::{
     SessionTransfer, TransferError, TransferredDelivery, TransferredInflight,
 };

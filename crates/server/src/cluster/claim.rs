@@ -430,7 +430,11 @@ async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
     let routes: Vec<(Option<String>, String)> = transfer
         .subscriptions
         .iter()
-        .map(|(filter, _)| route_of(filter.as_str()))
+        .map(|(filter, _)| {
+            // The key the hook reported the route under.
+            let (filter, group) = tern_broker::route_of(filter.as_str());
+            (group.map(str::to_owned), filter.to_owned())
+        })
         .collect();
     if let Err(error) = broker.import_shell(transfer, Instant::now()) {
         tracing::debug!(client_id, %error, "no shell of the session");
@@ -479,17 +483,6 @@ fn drop_shell(context: &Context<'_>, client_id: &str) {
         && broker.end_shell(client_id)
     {
         tracing::debug!(client_id, "the session's shell here ended");
-    }
-}
-
-/// The route of a subscription filter: a shared group's `(group, filter)` or a plain one.
-fn route_of(filter: &str) -> (Option<String>, String) {
-    match filter
-        .strip_prefix("$share/")
-        .and_then(|rest| rest.split_once('/'))
-    {
-        Some((group, filter)) => (Some(group.to_owned()), filter.to_owned()),
-        None => (None, filter.to_owned()),
     }
 }
 

@@ -325,6 +325,10 @@ pub struct ClusterForwarding {
     pub dropped: u64,
     /// Messages waiting for another node's acknowledgement, over all links.
     pub pending: u64,
+    /// Late copies: messages for a session moved from this node that reached it afterwards,
+    /// sent on to the session's new owner.
+    #[serde(default)]
+    pub late: u64,
 }
 
 /// `POST /api/v1/cluster/join`: this node joins the cluster the node at `addr` (its cluster

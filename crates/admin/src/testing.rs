@@ -149,6 +149,7 @@ fn sample_cluster() -> ClusterInfo {
             duplicates: 1,
             dropped: 0,
             pending: 5,
+            late: 0,
         },
     }
 }

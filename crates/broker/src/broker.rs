@@ -718,6 +718,7 @@ impl Broker {
         let selection = Selection {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
+            only: None,
         };
         let (reached, route_seq) = self.route(
             MessageRef::Shared(message.clone()),
@@ -832,7 +833,12 @@ impl Broker {
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
                 // No Local: not to the publisher's own connection [MQTT-3.8.3-3]. Cluster:
                 // not at all when another node sent the message for shared groups only.
-                if own || !selection.regular {
+                if own
+                    || !selection.regular
+                    || selection
+                        .only
+                        .is_some_and(|only| subscriber.session.client_id().as_str() != only)
+                {
                     return;
                 }
                 let session = &subscriber.session;

@@ -8,15 +8,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tern_codec::QoS;
 use tern_codec::topic::split_shared;
 
 use crate::broker::{Broker, Subscriber, read, write};
 use crate::cluster_claim::{ClaimDecision, ClaimRequest};
-use crate::message::Message;
+use crate::message::{ClusterMessageId, Message, MessageRef};
 use crate::persist::Change;
 use crate::session::Kick;
 use crate::subscriptions::{SharedGroup, SubscriptionIndex};
 use crate::types::{Seq, SubscriptionRecord};
+use crate::worker_post::Scope;
 
 /// What the core tells the cluster, and asks of it. Set once: [`Broker::set_cluster`].
 ///
@@ -190,6 +192,9 @@ pub struct ClusterPlan {
     /// The message's identity across nodes (set on the message before it is routed here, so
     /// a local session's copy carries it too); `None` when no copy leaves this node.
     pub id: Option<crate::message::ClusterMessageId>,
+    /// The cluster's mark of the route table the plan was made with, given back to
+    /// [`ClusterHook::forward`] (the core does not read it).
+    pub routes_at: u64,
 }
 
 /// The copy of a message for one remote node.
@@ -208,6 +213,9 @@ pub struct RemoteCopy {
 pub(crate) struct Selection<'a> {
     pub(crate) regular: bool,
     pub(crate) groups: Groups<'a>,
+    /// The plain subscriptions of this client id's session only (a late copy, see
+    /// [`Broker::publish_late`]).
+    pub(crate) only: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -223,6 +231,7 @@ impl Selection<'_> {
     pub(crate) const ALL: Selection<'static> = Selection {
         regular: true,
         groups: Groups::All,
+        only: None,
     };
 
     /// Whether `group` is routed to.
@@ -345,8 +354,57 @@ impl Broker {
         let selection = Selection {
             regular,
             groups: Groups::Only(groups),
+            only: None,
         };
         self.publish_with(message, now, None, false, Origin::Cluster(selection))
+    }
+
+    /// A late copy: a message another node received for the session of `client_id` after
+    /// handing that session over to this node, and that this node did not get (its origin
+    /// planned it before this node's routes reached it). Routed to that session's plain
+    /// subscriptions only, unless the session holds a message of the same
+    /// [`Message::cluster_id`] already (it came both ways); never kept as retained, never
+    /// planned. Returns the sessions reached (0 or 1) and the store sequence number the
+    /// acknowledgement to the other node waits for.
+    pub fn publish_late(
+        &self,
+        client_id: &str,
+        mut message: Message,
+        now: Instant,
+    ) -> (usize, Seq) {
+        if let Some(id) = message.cluster_id.as_deref()
+            && self.session_holds(client_id, id)
+        {
+            return (0, Seq::NONE);
+        }
+        if message.qos != QoS::AtMostOnce && message.id == 0 {
+            message.id = self.new_message_id();
+        }
+        let selection = Selection {
+            regular: true,
+            groups: Groups::Only(&[]),
+            only: Some(client_id),
+        };
+        // Never through other workers' inboxes: they route to every session they hold.
+        let scope = Scope::Publish {
+            me: crate::worker_post::current_worker(),
+            post: false,
+        };
+        self.route(MessageRef::Own(message), scope, now, None, selection)
+    }
+
+    /// Whether the session of `client_id` here holds (in flight or queued) the message with
+    /// cluster id `id`.
+    fn session_holds(&self, client_id: &str, id: &ClusterMessageId) -> bool {
+        self.session(client_id).is_some_and(|session| {
+            let state = session.lock();
+            state
+                .inflight
+                .iter()
+                .map(|entry| &entry.delivery)
+                .chain(state.queue.iter().map(|queued| &queued.delivery))
+                .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id))
+        })
     }
 
     /// The cluster's replicated retained message of `topic` changed on another node: set

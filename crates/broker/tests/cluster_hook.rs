@@ -246,6 +246,7 @@ fn plan_and_forward_for_local_messages_only_issue_16() {
     let cluster = clustered(&net);
     let plan = ClusterPlan {
         id: None,
+        routes_at: 0,
         skip_groups: vec![],
         remote: vec![RemoteCopy {
             node: 2,
@@ -314,6 +315,7 @@ fn skipped_groups_get_no_local_delivery_issue_16() {
         "k/",
         ClusterPlan {
             id: None,
+            routes_at: 0,
             skip_groups: vec![group("g", "k/t")],
             remote: vec![RemoteCopy {
                 node: 3,
@@ -500,6 +502,7 @@ fn the_acknowledgement_waits_for_the_forwarded_copy_issue_16() {
         "d/",
         ClusterPlan {
             id: None,
+            routes_at: 0,
             skip_groups: vec![],
             remote: vec![RemoteCopy {
                 node: 2,
@@ -530,6 +533,7 @@ fn a_message_whose_copy_an_outbox_cannot_take_is_refused_issue_16() {
         "full/",
         ClusterPlan {
             id: None,
+            routes_at: 0,
             skip_groups: vec![],
             remote: vec![RemoteCopy {
                 node: 2,

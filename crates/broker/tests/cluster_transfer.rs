@@ -227,6 +227,48 @@ fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
     assert!(client.publishes().is_empty(), "once");
 }
 
+/// Issue 16, a late copy (a message the previous owner received for a session after handing
+/// it over): it reaches that session's plain subscriptions only, at the subscription's QoS
+/// with its identifier, never another session of the same filter; the same message (its
+/// cluster id) held by the session already is not queued again [MQTT-4.3.2-2]; a client id
+/// with no session here is reached by nothing.
+#[test]
+fn a_late_copy_reaches_its_session_only_and_once_issue_16() {
+    let b = Net::new();
+    let moved = SessionTransfer {
+        client_id: text("mover"),
+        expiry: SessionExpiry::After(Duration::from_secs(600)),
+        subscriptions: vec![(text("m/#"), record(QoS::AtLeastOnce, Some(7)))],
+        queue: vec![handed(clustered("m/1", b"handed", Some(1)))],
+        inflight: vec![],
+        inbound_qos2: vec![],
+    };
+    b.broker.import_session(moved, b.now()).unwrap();
+    let mut other = b.connected(V5, "other");
+    other.subscribe("m/#", QoS::AtLeastOnce);
+    let (reached, _) =
+        b.broker
+            .publish_late("mover", clustered("m/1", b"handed-again", Some(1)), b.now());
+    assert_eq!(reached, 0, "held already");
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", clustered("m/2", b"late", Some(2)), b.now());
+    assert_eq!(reached, 1);
+    let (reached, _) = b
+        .broker
+        .publish_late("nobody", clustered("m/3", b"lost", Some(3)), b.now());
+    assert_eq!(reached, 0);
+    other.nothing();
+
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    let seen = client.publishes();
+    let payloads: Vec<&[u8]> = seen.iter().map(|publish| &publish.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"handed"[..], b"late"]);
+    assert_eq!(seen[1].qos, QoS::AtLeastOnce);
+    assert_eq!(seen[1].properties.subscription_identifiers, vec![7]);
+}
+
 /// Issue 16: only a shell merges with a handed-over session; any other offline session of
 /// the client id here (a copy left from before a clean start elsewhere) is replaced, so
 /// nothing of it joins the session [MQTT-3.1.2-4].

@@ -657,13 +657,14 @@ fn cluster_status(status: &Value) -> String {
             cell(&status["retained"])
         ),
         format!(
-            "forwarded: sent {}, resent {}, received {}, duplicates {}, dropped {}, pending {}",
+            "forwarded: sent {}, resent {}, received {}, duplicates {}, dropped {}, pending {}, late {}",
             cell(&forwarding["sent"]),
             cell(&forwarding["resent"]),
             cell(&forwarding["received"]),
             cell(&forwarding["duplicates"]),
             cell(&forwarding["dropped"]),
-            cell(&forwarding["pending"])
+            cell(&forwarding["pending"]),
+            cell(&forwarding["late"])
         ),
         String::new(),
     ];

@@ -9,9 +9,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_FRAME: usize = 300 << 20;
 
 /// The version of the frames and RPCs; a node refuses a link from a peer that speaks another.
-/// 2: the flush before a hand-over (`RpcRequest::Flush`, `HandOver::routes_at`) and message
-/// cluster ids in forwarded messages and session transfers.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 2: the close before a hand-over (`RpcRequest::Close`), the flush (`RpcRequest::Flush`,
+/// `HandOver::routes_at`) and message cluster ids in forwarded messages and session
+/// transfers. 3: forwarded messages carry the route index they were planned with, and late
+/// copies of a moved session's messages (the server's payload flags).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes this process wrote to and read from node-to-node links (a node per process in a
 /// deployment; in-process test clusters share them). For metrics and the benchmarks' Raft

@@ -33,6 +33,7 @@ pub(crate) fn info(cluster: &Cluster) -> ClusterInfo {
         duplicates: counters.duplicates.load(Ordering::Relaxed),
         dropped: cluster.not_forwarded(),
         pending: nodes.iter().map(|node| node.pending).sum(),
+        late: cluster.late_copies().0,
     };
     ClusterInfo {
         node_id: status.node_id,

@@ -244,6 +244,11 @@ impl MetricsSource {
             "Messages not forwarded: a peer's outbox was full, or the message could not be encoded.",
             forwarding.dropped,
         )?;
+        out.counter(
+            "tern_cluster_messages_late",
+            "Messages for a session moved from this node that reached it afterwards, sent on to the session's new owner.",
+            forwarding.late,
+        )?;
         {
             use std::sync::atomic::Ordering::Relaxed;
             use tern_cluster::wire::{BYTES_IN, BYTES_OUT};

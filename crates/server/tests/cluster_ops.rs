@@ -314,7 +314,7 @@ async fn every_node_reports_the_same_cluster_in_the_api_and_metrics() {
             2 => assert!(sent >= Some(1.0), "C sent: {metrics}"),
             _ => assert!(sent.is_some() && received.is_some()),
         }
-        for name in ["resent", "duplicate", "dropped"] {
+        for name in ["resent", "duplicate", "dropped", "late"] {
             let line = format!("tern_cluster_messages_{name}_total");
             assert!(sample(&metrics, &line).is_some(), "{line}");
         }

@@ -485,3 +485,94 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
         node.shutdown().await;
     }
 }
+
+/// Issue 16, closing the move window when a node does not answer the flush: the link from C
+/// to A is cut while C publishes for a persistent session on A, so C's copies wait in its
+/// outbox for A. The client moves to B: A's flush cannot hear from C, so A hands the session
+/// over keeping a forwarding address for it. When the link heals, C's old copies reach A,
+/// find no session there and go on to B as late copies (C planned them before B's route):
+/// every message acknowledged to the publisher reaches the client on B [MQTT-4.3.2-2], none
+/// twice as new [MQTT-4.4.0-1], and the address ends once C has answered a flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_copies_of_a_node_that_missed_the_flush_follow_the_session_issue_16() {
+    const WHILE_CUT: u32 = 40;
+    const AFTER: u32 = 20;
+    let dir = temp_dir("late");
+    let (net, nodes) = three_nodes(&dir).await;
+    let mut options = common::options(nodes[0].addr, "mover");
+    options.set_clean_session(false);
+    let (old, _) = Client::connect(options).await;
+    let mut old = old;
+    old.subscribe("late/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "late/#", 1).await;
+    until("the durable subscription in B's registry", || {
+        nodes[1]
+            .cluster
+            .node()
+            .state()
+            .session("mover")
+            .is_some_and(|entry| !entry.subscriptions.is_empty())
+    })
+    .await;
+    // Connected first: its claim needs the Raft leader, which may be A.
+    let mut publisher = Client::simple(nodes[2].addr, "pub-c").await;
+    net.set(3, 1, Mode::Blackhole);
+    publish_acknowledged(&mut publisher, "late/x", 0..WHILE_CUT).await;
+    let mut options = common::options(nodes[1].addr, "mover");
+    options.set_clean_session(false);
+    let (mut new, connack) = Client::connect(options).await;
+    assert!(connack.session_present, "the session moved with its client");
+    assert_eq!(
+        nodes[0].cluster.flushed_hand_overs(),
+        (0, 1),
+        "C could not answer A's flush"
+    );
+    assert_eq!(
+        nodes[0].cluster.late_copies(),
+        (0, 1),
+        "A keeps a forwarding address for the session"
+    );
+    drop(old);
+    // Published once C knows B's route: straight to B.
+    route_known(&nodes[2..], "late/#", 2).await;
+    publish_acknowledged(&mut publisher, "late/x", WHILE_CUT..WHILE_CUT + AFTER).await;
+    net.set(3, 1, Mode::Pass);
+    let count = WHILE_CUT + AFTER;
+    let mut on_new = Vec::new();
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let mut seen: std::collections::BTreeSet<u32> = on_new.iter().map(|(i, _)| *i).collect();
+        if (0..count).all(|i| seen.contains(&i)) || Instant::now() > deadline {
+            let missing: Vec<u32> = (0..count).filter(|i| !seen.remove(i)).collect();
+            assert!(
+                missing.is_empty(),
+                "{} of {count} lost on B: {missing:?} (late copies sent: {:?})",
+                missing.len(),
+                nodes[0].cluster.late_copies()
+            );
+            break;
+        }
+        on_new.extend(collect(&mut new, Duration::from_millis(500)).await);
+    }
+    let mut fresh = std::collections::BTreeSet::new();
+    let doubled: Vec<u32> = on_new
+        .iter()
+        .filter(|(i, dup)| !dup && !fresh.insert(*i))
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(doubled.is_empty(), "sent twice on B: {doubled:?}");
+    // Each of C's old copies went on to B (any published before C's table had B's route
+    // too).
+    let sent = nodes[0].cluster.late_copies().0;
+    assert!(
+        (u64::from(WHILE_CUT)..=u64::from(count)).contains(&sent),
+        "{sent} late copies"
+    );
+    until("A's forwarding address ended (C flushed)", || {
+        nodes[0].cluster.late_copies().1 == 0
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

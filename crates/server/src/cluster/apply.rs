@@ -13,13 +13,14 @@ use super::retained;
 
 /// Brings the route table and the retained messages up to the state this node has applied
 /// (at start, and after a snapshot replaced the state).
-pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker) {
+/// `index` is the snapshot's last entry (`u64::MAX` at start: not known here).
+pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker, index: u64) {
     let now = Instant::now();
     let state = node.state();
     glue.table
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .sync(&state);
+        .sync(&state, index);
     for message in state.retained() {
         if let Some(local) = retained::from_replicated(message, now) {
             broker.apply_cluster_retained(&message.topic, Some(local));
@@ -33,11 +34,11 @@ pub async fn run(
     broker: Arc<Broker>,
     mut events: mpsc::UnboundedReceiver<Applied>,
 ) {
-    rebuild(&glue, &node, &broker);
+    rebuild(&glue, &node, &broker, u64::MAX);
     while let Some(event) = events.recv().await {
         match event {
             Applied::Snapshot { last_index } => {
-                rebuild(&glue, &node, &broker);
+                rebuild(&glue, &node, &broker, last_index);
                 glue.table_index
                     .send_if_modified(|at| raise(at, last_index));
                 if let Some(returns) = glue.returns.get() {
@@ -53,6 +54,10 @@ pub async fn run(
                 for (command, outcome) in request.commands.iter().zip(&response.outcomes) {
                     apply_one(&glue, &node, &broker, command, outcome, log_index);
                 }
+                glue.table
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .applied(log_index);
                 glue.table_index.send_if_modified(|at| raise(at, log_index));
             }
         }
@@ -81,7 +86,9 @@ fn apply_one(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
     match (command, outcome) {
-        (Command::AddRoute { filter, node: n }, Outcome::Done) => table().add(None, filter, *n),
+        (Command::AddRoute { filter, node: n }, Outcome::Done) => {
+            table().add(None, filter, *n, log_index)
+        }
         (Command::RemoveRoute { filter, node: n }, Outcome::Done) => {
             table().remove(None, filter, *n)
         }
@@ -92,7 +99,7 @@ fn apply_one(
                 node: n,
             },
             Outcome::Done,
-        ) => table().add(Some(group), filter, *n),
+        ) => table().add(Some(group), filter, *n, log_index),
         (
             Command::RemoveShared {
                 group,
@@ -103,11 +110,11 @@ fn apply_one(
         ) => table().remove(Some(group), filter, *n),
         (Command::SyncRoutes { node: n, .. }, _) => {
             let state = node.state();
-            table().sync_node(&state, *n);
+            table().sync_node(&state, *n, log_index);
         }
         (Command::RemoveNode { node: n }, _) => {
             let state = node.state();
-            table().sync_node(&state, *n);
+            table().sync_node(&state, *n, log_index);
             // Its outbox here goes too (its subscribers are gone with it): the memory, the
             // stored copies and its part in the congestion check.
             if *n != me

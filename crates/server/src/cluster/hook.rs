@@ -76,6 +76,8 @@ pub struct Glue {
     barriers: Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<u64>>>,
     /// Sessions handed over from here after a flush (see `claim::flush`).
     pub flushes: Flushes,
+    /// Forwarding addresses of sessions handed over after a partial flush.
+    pub forwards: Arc<super::forwards::Forwards>,
 }
 
 /// The top bit of the nonces of [`Glue::barrier_index`]'s barriers.
@@ -118,6 +120,7 @@ impl Glue {
             table_index: tokio::sync::watch::Sender::new(0),
             barriers: Mutex::new(std::collections::HashMap::new()),
             flushes: Flushes::default(),
+            forwards: Arc::default(),
         }
     }
 
@@ -221,6 +224,53 @@ impl Glue {
         lock(&self.pending).routes.insert(key, present);
         self.wake.notify_one();
     }
+
+    /// Queues a copy of `message` for `node`. A QoS 1/2 copy is kept in the store until the
+    /// peer acknowledges it, in the same group commit as the caller's other changes: the
+    /// returned sequence number is what the caller's acknowledgement waits for.
+    pub fn send_copy(
+        &self,
+        plane: &Arc<DataPlane>,
+        message: &Message,
+        node: NodeId,
+        to: &payload::Addressed,
+        now: Instant,
+    ) -> Seq {
+        let store = self
+            .persistence
+            .as_ref()
+            .filter(|_| message.qos != QoS::AtMostOnce);
+        // At most once: a QoS 0 copy gives way to QoS 1/2 ones while the outbox is congested
+        // (see `OutboxLimits`).
+        if message.qos == QoS::AtMostOnce && plane.is_congested(node) {
+            self.not_forwarded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Seq::NONE;
+        }
+        let mut wait = Seq::NONE;
+        let sent = payload::encode(message, to, now).map(|bytes| {
+            let kept = bytes.clone();
+            plane.send_with(node, bytes, |run, seq| {
+                if let Some(store) = store {
+                    wait = store.submit(Change::ForwardQueued {
+                        peer: node,
+                        run,
+                        seq,
+                        payload: kept,
+                    });
+                }
+            })
+        });
+        if !matches!(sent, Ok(true)) {
+            // A full outbox counted its drop already.
+            if sent.is_err() {
+                self.not_forwarded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::debug!(node, topic = %message.topic, "message not forwarded");
+        }
+        wait
+    }
 }
 
 impl ClusterHook for Glue {
@@ -249,6 +299,7 @@ impl ClusterHook for Glue {
         let found = table.matching(&message.topic, self.node_id, |node| {
             plane.is_none_or(|plane| !plane.is_congested(node))
         });
+        let routes_at = table.at();
         drop(table);
         if found.is_empty() {
             return None;
@@ -289,6 +340,7 @@ impl ClusterHook for Glue {
             skip_groups,
             remote: copies.into_values().collect(),
             id,
+            routes_at,
         })
     }
 
@@ -297,42 +349,15 @@ impl ClusterHook for Glue {
             return Seq::NONE;
         };
         let now = Instant::now();
-        // A QoS 1/2 copy is kept in the store until the peer acknowledges it, in the same
-        // group commit as the publisher's other changes: its acknowledgement waits for it.
-        let store = self
-            .persistence
-            .as_ref()
-            .filter(|_| message.qos != QoS::AtMostOnce);
         let mut wait = Seq::NONE;
         for copy in plan.remote {
-            // At most once: a QoS 0 copy gives way to QoS 1/2 ones while the outbox is
-            // congested (see `OutboxLimits`).
-            if message.qos == QoS::AtMostOnce && plane.is_congested(copy.node) {
-                self.not_forwarded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
-            }
-            let sent = payload::encode(message, copy.regular, &copy.groups, now).map(|bytes| {
-                let kept = bytes.clone();
-                plane.send_with(copy.node, bytes, |run, seq| {
-                    if let Some(store) = store {
-                        wait = wait.max(store.submit(Change::ForwardQueued {
-                            peer: copy.node,
-                            run,
-                            seq,
-                            payload: kept,
-                        }));
-                    }
-                })
-            });
-            if !matches!(sent, Ok(true)) {
-                // A full outbox counted its drop already.
-                if sent.is_err() {
-                    self.not_forwarded
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                tracing::debug!(node = copy.node, topic = %message.topic, "message not forwarded");
-            }
+            let to = payload::Addressed {
+                regular: copy.regular,
+                groups: &copy.groups,
+                routes_at: plan.routes_at,
+                late_for: None,
+            };
+            wait = wait.max(self.send_copy(plane, message, copy.node, &to, now));
         }
         wait
     }

@@ -13,6 +13,7 @@
 mod apply;
 mod claim;
 mod config;
+mod forwards;
 mod hook;
 mod lease;
 mod payload;
@@ -104,7 +105,11 @@ impl Cluster {
         })
         .await?;
         let glue = Arc::new(hook::Glue::new(config.node_id, persistence.clone()));
-        let sink = Arc::new(sink::BrokerSink::new(broker.clone(), persistence.clone()));
+        let sink = Arc::new(sink::BrokerSink::new(
+            broker.clone(),
+            persistence.clone(),
+            &glue,
+        ));
         // Runs only grow: above the last one this node used (kept in a file beside the
         // Raft log), whatever the clock says after a restart.
         let cluster_dir = data_dir.join(tern_store::CLUSTER_DIR);
@@ -281,6 +286,17 @@ impl Cluster {
         (
             flushes.whole.load(std::sync::atomic::Ordering::Relaxed),
             flushes.partial.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Late copies of moved sessions' messages this node sent on to their new owners, and
+    /// the moved sessions it keeps a forwarding address for now (see docs/architecture.md,
+    /// "A cluster: closing the move window").
+    pub fn late_copies(&self) -> (u64, usize) {
+        let forwards = &self.glue.forwards;
+        (
+            forwards.sent.load(std::sync::atomic::Ordering::Relaxed),
+            forwards.len(),
         )
     }
 

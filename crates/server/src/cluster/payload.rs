@@ -3,10 +3,13 @@
 //! every property the message carries crosses unchanged; the expiry travels as what is left
 //! of it).
 //!
-//! Layout: flags (u8: bit 0 plain subscriptions), the number of shared groups (u16) and each
-//! group's name and filter (u16 length, UTF-8), the publisher's client id (u16 length;
-//! 0xFFFF: none), then the PUBLISH packet, then the message's cluster id if it has one
-//! (node, run, number: three u64).
+//! Layout: flags (u8: bit 0 plain subscriptions, bit 1 the route index follows, bit 2 a late
+//! copy), the log index of the route table the origin planned the message with (u64), for a
+//! late copy the client id it is for (u16 length, UTF-8), the number of shared groups (u16) and each group's name and
+//! filter (u16 length, UTF-8), the publisher's client id (u16 length; 0xFFFF: none), then the
+//! PUBLISH packet, then the message's cluster id if it has one (node, run, number: three
+//! u64). A copy stored by an older version (no bit 1: kept in an outbox across an upgrade)
+//! reads as planned at index 0.
 
 use std::time::Instant;
 
@@ -19,8 +22,27 @@ use tern_codec::{MqttStr, Packet, ProtocolVersion, Publish, QoS};
 pub struct Forwarded {
     pub regular: bool,
     pub groups: Vec<(String, String)>,
+    /// The log index of the route table its origin planned it with.
+    pub routes_at: u64,
+    /// A late copy: for this client id's session only (see `forwards`).
+    pub late_for: Option<String>,
     pub message: Message,
 }
+
+/// Whom a copy is for, besides the message.
+pub struct Addressed<'a> {
+    /// The plain subscriptions on the receiving node.
+    pub regular: bool,
+    /// One member of each of these shared groups there.
+    pub groups: &'a [(String, String)],
+    /// The log index of the route table the message was planned with.
+    pub routes_at: u64,
+    /// A late copy, for this client id's session there only.
+    pub late_for: Option<&'a str>,
+}
+
+const ROUTES_AT: u8 = 0b10;
+const LATE: u8 = 0b100;
 
 /// Why a payload could not be read (a peer of another version, damage): dropped and logged.
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +52,16 @@ pub struct PayloadError(&'static str);
 const NO_PUBLISHER: u16 = u16::MAX;
 
 /// Encodes a message for another node.
-pub fn encode(
-    message: &Message,
-    regular: bool,
-    groups: &[(String, String)],
-    now: Instant,
-) -> Result<Bytes, PayloadError> {
+pub fn encode(message: &Message, to: &Addressed, now: Instant) -> Result<Bytes, PayloadError> {
     let mut out = BytesMut::with_capacity(64 + message.topic.len() + message.payload.len());
-    out.put_u8(u8::from(regular));
-    out.put_u16(u16::try_from(groups.len()).map_err(|_| PayloadError("too many groups"))?);
-    for (name, filter) in groups {
+    let late = if to.late_for.is_some() { LATE } else { 0 };
+    out.put_u8(u8::from(to.regular) | ROUTES_AT | late);
+    out.put_u64(to.routes_at);
+    if let Some(client_id) = to.late_for {
+        put_str(&mut out, client_id)?;
+    }
+    out.put_u16(u16::try_from(to.groups.len()).map_err(|_| PayloadError("too many groups"))?);
+    for (name, filter) in to.groups {
         put_str(&mut out, name)?;
         put_str(&mut out, filter)?;
     }
@@ -75,7 +97,24 @@ pub fn decode(payload: Bytes, now: Instant) -> Result<Forwarded, PayloadError> {
     if body.remaining() < 3 {
         return Err(PayloadError("short"));
     }
-    let regular = body.get_u8() & 1 == 1;
+    let flags = body.get_u8();
+    let regular = flags & 1 == 1;
+    let routes_at = if flags & ROUTES_AT != 0 {
+        if body.remaining() < 8 {
+            return Err(PayloadError("short"));
+        }
+        body.get_u64()
+    } else {
+        0
+    };
+    let late_for = if flags & LATE != 0 {
+        Some(get_str(&mut body)?.ok_or(PayloadError("late copy's client id"))?)
+    } else {
+        None
+    };
+    if body.remaining() < 2 {
+        return Err(PayloadError("short"));
+    }
     let count = body.get_u16();
     let mut groups = Vec::with_capacity(usize::from(count).min(64));
     for _ in 0..count {
@@ -105,6 +144,8 @@ pub fn decode(payload: Bytes, now: Instant) -> Result<Forwarded, PayloadError> {
     Ok(Forwarded {
         regular,
         groups,
+        routes_at,
+        late_for,
         message,
     })
 }
@@ -168,10 +209,17 @@ mod tests {
             id: 0,
         };
         let groups = vec![("g".to_owned(), "a/+".to_owned())];
-        let bytes = encode(&message, true, &groups, now).unwrap();
+        let to = Addressed {
+            regular: true,
+            groups: &groups,
+            routes_at: 17,
+            late_for: None,
+        };
+        let bytes = encode(&message, &to, now).unwrap();
         let back = decode(bytes, now).unwrap();
         assert!(back.regular);
         assert_eq!(back.groups, groups);
+        assert_eq!((back.routes_at, back.late_for), (17, None));
         assert_eq!(back.message.topic, message.topic);
         assert_eq!(back.message.payload, message.payload);
         assert_eq!(back.message.qos, message.qos);
@@ -185,12 +233,23 @@ mod tests {
             cluster_id: None,
             ..message.clone()
         };
-        let back = decode(encode(&plain, true, &groups, now).unwrap(), now).unwrap();
+        let back = decode(encode(&plain, &to, now).unwrap(), now).unwrap();
         assert_eq!(back.message.cluster_id, None);
+        // A late copy names its client id.
+        let late = Addressed {
+            regular: true,
+            groups: &[],
+            routes_at: u64::MAX,
+            late_for: Some("mover"),
+        };
+        let back = decode(encode(&message, &late, now).unwrap(), now).unwrap();
+        assert_eq!(back.late_for.as_deref(), Some("mover"));
+        assert_eq!((back.routes_at, back.groups.len()), (u64::MAX, 0));
+        assert_eq!(back.message.payload, message.payload);
         // Damage is an error, never a panic.
-        for cut in 0..20 {
-            let bytes = encode(&message, false, &groups, now).unwrap();
-            let _ = decode(bytes.slice(..cut.min(bytes.len())), now);
+        for cut in 0..40 {
+            let bytes = encode(&message, &late, now).unwrap();
+            assert!(decode(bytes.slice(..cut.min(bytes.len())), now).is_err());
         }
     }
 }

@@ -1,30 +1,85 @@
 //! Messages from other nodes into the core: routed to this node's subscribers and
 //! acknowledged to the sender once their deliveries to stored sessions are durable.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tern_broker::persist::{Change, Persistence};
-use tern_broker::{Broker, Seq, Wakeup};
+use tern_broker::{Broker, Message, Seq, Wakeup};
 use tern_cluster::NodeId;
 use tern_cluster::link::{DataSink, Settled};
 use tern_codec::QoS;
 use tokio::sync::oneshot;
 
+use super::forwards::Forwards;
+use super::hook::Glue;
 use super::payload;
 
 pub struct BrokerSink {
     broker: Arc<Broker>,
     persistence: Option<Arc<dyn Persistence>>,
+    /// Weak: the glue holds the data plane, which holds this.
+    glue: Weak<Glue>,
+    /// The glue's (read first: most copies find it empty).
+    forwards: Arc<Forwards>,
 }
 
 impl BrokerSink {
-    pub fn new(broker: Arc<Broker>, persistence: Option<Arc<dyn Persistence>>) -> BrokerSink {
+    pub fn new(
+        broker: Arc<Broker>,
+        persistence: Option<Arc<dyn Persistence>>,
+        glue: &Arc<Glue>,
+    ) -> BrokerSink {
         BrokerSink {
             broker,
             persistence,
+            glue: Arc::downgrade(glue),
+            forwards: glue.forwards.clone(),
         }
+    }
+
+    /// Sends on the late copies of `message` (from `from`, planned at `routes_at`) to the
+    /// moved sessions it was for (see `forwards`); the sequence number the acknowledgement
+    /// to `from` waits for (they are stored in the outboxes first).
+    fn send_late(&self, from: NodeId, message: &Message, routes_at: u64, now: Instant) -> Seq {
+        if self.forwards.is_empty() {
+            return Seq::NONE;
+        }
+        let Some(glue) = self.glue.upgrade() else {
+            return Seq::NONE;
+        };
+        let late = {
+            let table = glue
+                .table
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            glue.forwards
+                .late_copies(from, &message.topic, routes_at, &table)
+        };
+        let Some(plane) = glue.plane.get() else {
+            return Seq::NONE;
+        };
+        let mut wait = Seq::NONE;
+        for copy in late {
+            let to = payload::Addressed {
+                regular: true,
+                groups: &[],
+                routes_at,
+                late_for: Some(&copy.client_id),
+            };
+            wait = wait.max(glue.send_copy(plane, message, copy.to, &to, now));
+            glue.forwards
+                .sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                client_id = %copy.client_id,
+                node = copy.to,
+                topic = %message.topic,
+                "late copy sent on to the session's new owner"
+            );
+        }
+        wait
     }
 }
 
@@ -61,12 +116,30 @@ impl DataSink for BrokerSink {
             }
         };
         let qos = forwarded.message.qos;
-        let (_, mut wait) = self.broker.publish_from_cluster(
-            forwarded.message,
-            forwarded.regular,
-            &forwarded.groups,
-            now,
-        );
+        let mut wait = match &forwarded.late_for {
+            // A copy another node sent on for one moved session (never sent on again).
+            Some(client_id) => {
+                self.broker
+                    .publish_late(client_id, forwarded.message, now)
+                    .1
+            }
+            None => {
+                // Copies for sessions moved from here are queued before the message is routed
+                // here (a session exported meanwhile is then reached either way).
+                let late = if forwarded.regular {
+                    self.send_late(from, &forwarded.message, forwarded.routes_at, now)
+                } else {
+                    Seq::NONE
+                };
+                let (_, routed) = self.broker.publish_from_cluster(
+                    forwarded.message,
+                    forwarded.regular,
+                    &forwarded.groups,
+                    now,
+                );
+                routed.max(late)
+            }
+        };
         // A QoS 1/2 message's receipt goes in the same commit as its deliveries (submitted
         // after them): after a restart, what the origin sends again is not delivered twice.
         if qos != QoS::AtMostOnce

@@ -360,11 +360,12 @@ impl Broker {
     }
 
     /// A late copy: a message another node received for the session of `client_id` after
-    /// handing that session over to this node, and that this node did not get (its origin
-    /// planned it before this node's routes reached it). Routed to that session's plain
-    /// subscriptions only, unless the session holds a message of the same
-    /// [`Message::cluster_id`] already (it came both ways); never kept as retained, never
-    /// planned. Returns the sessions reached (0 or 1) and the store sequence number the
+    /// handing that session over to this node, which this node may not have got (its origin
+    /// planned it before this node's routes reached every table). Routed to that session's
+    /// plain subscriptions only, unless a message of the same [`Message::cluster_id`] was
+    /// queued for the session since its shell was made (it came both ways; see
+    /// [`Broker::import_shell`], [`Broker::forget_seen`]) or is held by it; never kept as
+    /// retained, never planned. Returns the sessions reached (0 or 1) and the store sequence number the
     /// acknowledgement to the other node waits for.
     pub fn publish_late(
         &self,
@@ -393,17 +394,18 @@ impl Broker {
         self.route(MessageRef::Own(message), scope, now, None, selection)
     }
 
-    /// Whether the session of `client_id` here holds (in flight or queued) the message with
-    /// cluster id `id`.
+    /// Whether the message with cluster id `id` was queued for the session of `client_id`
+    /// since its shell was made, or is held by it (in flight or queued).
     fn session_holds(&self, client_id: &str, id: &ClusterMessageId) -> bool {
         self.session(client_id).is_some_and(|session| {
             let state = session.lock();
-            state
-                .inflight
-                .iter()
-                .map(|entry| &entry.delivery)
-                .chain(state.queue.iter().map(|queued| &queued.delivery))
-                .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id))
+            state.seen.as_deref().is_some_and(|seen| seen.contains(id))
+                || state
+                    .inflight
+                    .iter()
+                    .map(|entry| &entry.delivery)
+                    .chain(state.queue.iter().map(|queued| &queued.delivery))
+                    .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id))
         })
     }
 

@@ -550,7 +550,13 @@ impl Broker {
         now: Instant,
     ) -> Result<Seq, TransferError> {
         let session = self.session_from_transfer(transfer, now)?;
-        session.lock().shell = true;
+        {
+            let mut state = session.lock();
+            state.shell = true;
+            // Late copies may come once the session is handed over: what reaches the shell
+            // is remembered from now on (see `Broker::publish_late`).
+            state.seen = Some(Box::default());
+        }
         self.install_session(session, now)
             .ok_or(TransferError::Connected)
     }
@@ -577,6 +583,14 @@ impl Broker {
         }
         if let Some(at) = state.expires_at.take() {
             self.remove_timer(at, TimerKind::SessionExpiry, &session);
+        }
+    }
+
+    /// Cluster: the session of `client_id` here no longer remembers the cluster ids of what
+    /// was queued for it since its shell was made (no late copy can come any more).
+    pub fn forget_seen(&self, client_id: &str) {
+        if let Some(session) = self.session(client_id) {
+            session.lock().seen = None;
         }
     }
 
@@ -671,7 +685,19 @@ impl Broker {
                     .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
             }
         }
+        // What the shell was given, and what was handed over, stays known to late copies.
+        let mut seen = shell.lock().seen.take();
+        if let Some(seen) = seen.as_deref_mut() {
+            transfer
+                .inflight
+                .iter()
+                .map(|entry| &entry.delivery)
+                .chain(&transfer.queue)
+                .filter_map(|delivery| delivery.message.cluster_id.as_deref())
+                .for_each(|id| seen.record(*id));
+        }
         let session = self.session_from_transfer(transfer, now)?;
+        session.lock().seen = seen;
         Ok(self.replace_session(&mut sessions, &mut index, Some(&shell), session, now))
     }
 

@@ -7,7 +7,7 @@
 //! operation of the owner checks that it still owns the session, so a connection that has been
 //! taken over can do no harm.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use std::time::Instant;
 use tern_codec::{MqttStr, QoS};
 
 use crate::hooks::Principal;
-use crate::message::{Delivery, Message};
+use crate::message::{ClusterMessageId, Delivery, Message};
 use crate::persist::{Change, Persistence, RoutedBody};
 use crate::retained_stream::RetainedStreams;
 use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
@@ -103,6 +103,10 @@ pub struct SessionState {
     /// `Broker::import_shell`), not attached since; only a shell merges with what is handed
     /// over.
     pub(crate) shell: bool,
+    /// Cluster: the cluster ids of the messages queued for the session since a claim made
+    /// its shell, while late copies of them may still come from the previous owner (see
+    /// `Broker::publish_late`). Boxed: rare.
+    pub(crate) seen: Option<Box<SeenIds>>,
     /// Retained sets being sent for new subscriptions (boxed: rare, and an idle session
     /// should cost little).
     pub(crate) retained: Option<Box<RetainedStreams>>,
@@ -118,6 +122,35 @@ pub struct SessionState {
     /// its next turn) or a cluster's claim of the client id on another node (0x8E). Cleared
     /// when a connection attaches or detaches.
     pub(crate) kicked: Option<Kick>,
+}
+
+/// The most cluster ids a session remembers ([`SeenIds`]): beyond them the oldest is
+/// forgotten (a late copy of it would be delivered again).
+const SEEN_MAX: usize = 100_000;
+
+/// Cluster ids of messages queued for a session, the last [`SEEN_MAX`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct SeenIds {
+    ids: HashSet<ClusterMessageId>,
+    order: VecDeque<ClusterMessageId>,
+}
+
+impl SeenIds {
+    pub(crate) fn record(&mut self, id: ClusterMessageId) {
+        if !self.ids.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_MAX
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &ClusterMessageId) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 /// Why the owning connection of a session must close although it still owns the session.
@@ -201,6 +234,7 @@ impl Session {
                 unstored: 0,
                 listed: false,
                 shell: false,
+                seen: None,
                 retained: None,
                 principal: None,
                 connection: None,
@@ -353,6 +387,11 @@ impl Session {
                 Durability::Stored
             }
         };
+        if let Some(seen) = state.seen.as_deref_mut()
+            && let Some(id) = delivery.message.cluster_id.as_deref()
+        {
+            seen.record(*id);
+        }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(QueuedDelivery {
             position,

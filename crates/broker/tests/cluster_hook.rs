@@ -381,6 +381,29 @@ fn cluster_messages_reach_only_what_they_were_sent_for_issue_16() {
     h.nothing();
 }
 
+/// Issue 16, shared subscriptions across nodes: another node picked this node for a group
+/// whose only member here is offline (its session outlives the connection). The message is
+/// queued for that member, as on a single node, and reaches it when it returns
+/// [MQTT-3.1.2-5]; it is not dropped.
+#[test]
+fn a_group_message_for_an_offline_member_here_waits_for_it_issue_16() {
+    let net = Net::new();
+    let _cluster = clustered(&net);
+    let (mut member, _) = net.connect(persistent(V5, "member"));
+    member.subscribe("$share/g/w/+", QoS::AtLeastOnce);
+    member.disconnect();
+    let (reached, _) = net.broker.publish_from_cluster(
+        remote_message("w/1", QoS::AtLeastOnce, b"waits"),
+        false,
+        &[group("g", "w/+")],
+        net.now(),
+    );
+    assert_eq!(reached, 1, "queued for the offline member");
+    let (mut member, connack) = net.connect(persistent(V5, "member"));
+    assert!(connack.session_present);
+    assert_eq!(&member.publish_received().payload[..], b"waits");
+}
+
 /// Issue 16: a retained message replicated from another node is kept here (a later
 /// subscriber gets it [MQTT-3.3.1-6]) and is not announced back; a local one is announced,
 /// and a retained message forwarded as a publish is not kept.

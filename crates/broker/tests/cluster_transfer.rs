@@ -269,6 +269,40 @@ fn a_late_copy_reaches_its_session_only_and_once_issue_16() {
     assert_eq!(seen[1].properties.subscription_identifiers, vec![7]);
 }
 
+/// Issue 16, a late copy of a message that reached the moving session both ways: through
+/// this node's own routes (into the shell, then delivered and acknowledged) and through the
+/// previous owner, which sends it on after the hand-over. The session remembers what it was
+/// given since its shell was made, so the late copy is not delivered again
+/// [MQTT-4.3.3-2]; once that memory is forgotten (no late copy can come), it would be.
+#[test]
+fn a_late_copy_of_what_the_shell_was_given_is_dropped_issue_16() {
+    let b = Net::new();
+    b.broker
+        .import_shell(shell("mover", "m/#"), b.now())
+        .unwrap();
+    b.broker
+        .publish_from_cluster(clustered("m/1", b"both-ways", Some(5)), true, &[], b.now());
+    b.broker
+        .adopt_handed_over(shell("mover", "m/#"), b.now())
+        .unwrap();
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    let got = client.publish_received();
+    assert_eq!(&got.payload[..], b"both-ways");
+    client.ack(&got);
+    assert_eq!(b.broker.session("mover").unwrap().inflight_len(), 0);
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", clustered("m/1", b"again", Some(5)), b.now());
+    assert_eq!(reached, 0, "given to the session before");
+    client.nothing();
+    b.broker.forget_seen("mover");
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", clustered("m/1", b"again", Some(5)), b.now());
+    assert_eq!(reached, 1, "forgotten");
+}
+
 /// Issue 16: only a shell merges with a handed-over session; any other offline session of
 /// the client id here (a copy left from before a clean start elsewhere) is replaced, so
 /// nothing of it joins the session [MQTT-3.1.2-4].

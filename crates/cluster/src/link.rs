@@ -319,6 +319,14 @@ impl DataPlane {
             .map(|(run, seq, _)| (*run, *seq))
     }
 
+    /// Runs `f` while no message from another node is delivered here: one delivered before
+    /// has been handed to the sink whole, one after waits until `f` returns. `f` must not
+    /// wait for a delivery (the sink is called under the same lock).
+    pub fn without_deliveries<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = lock(&self.inbound);
+        f()
+    }
+
     /// Waits (until `deadline`) until the message `(run, seq)` of `origin` has been delivered
     /// here (or a later run of `origin` has begun); whether it has.
     pub async fn wait_delivered(

@@ -488,25 +488,39 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
 
 /// Issue 16, closing the move window when a node does not answer the flush: the link from C
 /// to A is cut while C publishes for a persistent session on A, so C's copies wait in its
-/// outbox for A. The client moves to B: A's flush cannot hear from C, so A hands the session
-/// over keeping a forwarding address for it. When the link heals, C's old copies reach A,
-/// find no session there and go on to B as late copies (C planned them before B's route):
-/// every message acknowledged to the publisher reaches the client on B [MQTT-4.3.2-2], none
-/// twice as new [MQTT-4.4.0-1], and the address ends once C has answered a flush.
+/// outbox for A. (Another client on B subscribes to the same topics: B routes them too, to
+/// it alone, before the session moves.) The client moves to B: A's flush cannot hear from C,
+/// so A hands the session over keeping a forwarding address for it. When the link heals,
+/// C's old copies reach A, find no session there and go on to B as late copies (C planned
+/// them before the session's routes reached every table): every message acknowledged to
+/// the publisher reaches the client on B [MQTT-4.3.2-2], none twice as new [MQTT-4.4.0-1],
+/// and the address ends once C has answered a flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_copies_of_a_node_that_missed_the_flush_follow_the_session_issue_16() {
     const WHILE_CUT: u32 = 40;
     const AFTER: u32 = 20;
     let dir = temp_dir("late");
     let (net, nodes) = three_nodes(&dir).await;
-    let mut options = common::options(nodes[0].addr, "mover");
+    // The roles: C is not the Raft leader (cut off from A, it would leave A without the log
+    // until a new election, and the move waiting for it).
+    until("a leader", || nodes[0].cluster.status().leader.is_some()).await;
+    let id = |index: usize| nodes[index].cluster.node().id();
+    let (a, b, c) = if nodes[0].cluster.status().leader == Some(id(2)) {
+        (1, 2, 0)
+    } else {
+        (0, 1, 2)
+    };
+    let mut watcher = Client::simple(nodes[b].addr, "watcher").await;
+    watcher.subscribe("late/+", QoS::AtLeastOnce).await;
+    route_known(&nodes, "late/+", id(b)).await;
+    let mut options = common::options(nodes[a].addr, "mover");
     options.set_clean_session(false);
     let (old, _) = Client::connect(options).await;
     let mut old = old;
     old.subscribe("late/#", QoS::AtLeastOnce).await;
-    route_known(&nodes, "late/#", 1).await;
+    route_known(&nodes, "late/#", id(a)).await;
     until("the durable subscription in B's registry", || {
-        nodes[1]
+        nodes[b]
             .cluster
             .node()
             .state()
@@ -515,28 +529,28 @@ async fn late_copies_of_a_node_that_missed_the_flush_follow_the_session_issue_16
     })
     .await;
     // Connected first: its claim needs the Raft leader, which may be A.
-    let mut publisher = Client::simple(nodes[2].addr, "pub-c").await;
-    net.set(3, 1, Mode::Blackhole);
+    let mut publisher = Client::simple(nodes[c].addr, "pub-c").await;
+    net.set(id(c), id(a), Mode::Blackhole);
     publish_acknowledged(&mut publisher, "late/x", 0..WHILE_CUT).await;
-    let mut options = common::options(nodes[1].addr, "mover");
+    let mut options = common::options(nodes[b].addr, "mover");
     options.set_clean_session(false);
     let (mut new, connack) = Client::connect(options).await;
     assert!(connack.session_present, "the session moved with its client");
     assert_eq!(
-        nodes[0].cluster.flushed_hand_overs(),
+        nodes[a].cluster.flushed_hand_overs(),
         (0, 1),
         "C could not answer A's flush"
     );
     assert_eq!(
-        nodes[0].cluster.late_copies(),
+        nodes[a].cluster.late_copies(),
         (0, 1),
         "A keeps a forwarding address for the session"
     );
     drop(old);
     // Published once C knows B's route: straight to B.
-    route_known(&nodes[2..], "late/#", 2).await;
+    route_known(std::slice::from_ref(&nodes[c]), "late/#", id(b)).await;
     publish_acknowledged(&mut publisher, "late/x", WHILE_CUT..WHILE_CUT + AFTER).await;
-    net.set(3, 1, Mode::Pass);
+    net.set(id(c), id(a), Mode::Pass);
     let count = WHILE_CUT + AFTER;
     let mut on_new = Vec::new();
     let deadline = Instant::now() + AGREE;
@@ -548,7 +562,7 @@ async fn late_copies_of_a_node_that_missed_the_flush_follow_the_session_issue_16
                 missing.is_empty(),
                 "{} of {count} lost on B: {missing:?} (late copies sent: {:?})",
                 missing.len(),
-                nodes[0].cluster.late_copies()
+                nodes[a].cluster.late_copies()
             );
             break;
         }
@@ -561,15 +575,26 @@ async fn late_copies_of_a_node_that_missed_the_flush_follow_the_session_issue_16
         .map(|(i, _)| *i)
         .collect();
     assert!(doubled.is_empty(), "sent twice on B: {doubled:?}");
+    let watched: std::collections::BTreeSet<u32> =
+        collect(&mut watcher, Duration::from_millis(500))
+            .await
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+    assert_eq!(
+        watched.len() as u32,
+        count,
+        "the other client on B got each too"
+    );
     // Each of C's old copies went on to B (any published before C's table had B's route
     // too).
-    let sent = nodes[0].cluster.late_copies().0;
+    let sent = nodes[a].cluster.late_copies().0;
     assert!(
         (u64::from(WHILE_CUT)..=u64::from(count)).contains(&sent),
         "{sent} late copies"
     );
     until("A's forwarding address ended (C flushed)", || {
-        nodes[0].cluster.late_copies().1 == 0
+        nodes[a].cluster.late_copies().1 == 0
     })
     .await;
     for node in nodes {

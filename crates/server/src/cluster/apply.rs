@@ -13,8 +13,8 @@ use super::retained;
 
 /// Brings the route table and the retained messages up to the state this node has applied
 /// (at start, and after a snapshot replaced the state).
-/// `index` is the snapshot's last entry (`u64::MAX` at start: not known here).
-pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker, index: u64) {
+/// `index`: the snapshot's last entry (none at start).
+pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker, index: Option<u64>) {
     let now = Instant::now();
     let state = node.state();
     glue.table
@@ -34,11 +34,11 @@ pub async fn run(
     broker: Arc<Broker>,
     mut events: mpsc::UnboundedReceiver<Applied>,
 ) {
-    rebuild(&glue, &node, &broker, u64::MAX);
+    rebuild(&glue, &node, &broker, None);
     while let Some(event) = events.recv().await {
         match event {
             Applied::Snapshot { last_index } => {
-                rebuild(&glue, &node, &broker, last_index);
+                rebuild(&glue, &node, &broker, Some(last_index));
                 glue.table_index
                     .send_if_modified(|at| raise(at, last_index));
                 if let Some(returns) = glue.returns.get() {
@@ -54,6 +54,8 @@ pub async fn run(
                 for (command, outcome) in request.commands.iter().zip(&response.outcomes) {
                     apply_one(&glue, &node, &broker, command, outcome, log_index);
                 }
+                // After all of the entry's commands: a publish planned meanwhile carries the
+                // index before (it errs towards a late copy, see `forwards`).
                 glue.table
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -86,9 +88,7 @@ fn apply_one(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
     match (command, outcome) {
-        (Command::AddRoute { filter, node: n }, Outcome::Done) => {
-            table().add(None, filter, *n, log_index)
-        }
+        (Command::AddRoute { filter, node: n }, Outcome::Done) => table().add(None, filter, *n),
         (Command::RemoveRoute { filter, node: n }, Outcome::Done) => {
             table().remove(None, filter, *n)
         }
@@ -99,7 +99,7 @@ fn apply_one(
                 node: n,
             },
             Outcome::Done,
-        ) => table().add(Some(group), filter, *n, log_index),
+        ) => table().add(Some(group), filter, *n),
         (
             Command::RemoveShared {
                 group,
@@ -110,11 +110,11 @@ fn apply_one(
         ) => table().remove(Some(group), filter, *n),
         (Command::SyncRoutes { node: n, .. }, _) => {
             let state = node.state();
-            table().sync_node(&state, *n, log_index);
+            table().sync_node(&state, *n);
         }
         (Command::RemoveNode { node: n }, _) => {
             let state = node.state();
-            table().sync_node(&state, *n, log_index);
+            table().sync_node(&state, *n);
             // Its outbox here goes too (its subscribers are gone with it): the memory, the
             // stored copies and its part in the congestion check.
             if *n != me

@@ -3,7 +3,7 @@
 //! side ([`HandOver`], asked by the claimer's node once the claim is applied here). See
 //! docs/architecture.md ("A cluster: claiming a client id").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,13 +11,12 @@ use tern_broker::{
     Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionExpiry, SessionTransfer,
     SubscriptionRecord,
 };
-use tern_cluster::link::DataPlane;
 use tern_cluster::rpc::Refusal;
 use tern_cluster::{ClusterNode, Command, HandOverHandler, NodeId, Outcome};
-use tern_codec::topic::split_shared;
 use tern_codec::{MqttStr, ReasonCode};
 use tokio::sync::oneshot;
 
+use super::flush;
 use super::hook::{lock, options_from_byte};
 use super::returns::Take;
 
@@ -351,6 +350,11 @@ async fn claim(
     if shell != Shell::None && matches!(answer, Ok(None) | Err(Refusal::Refused(_))) {
         drop_shell(context, client_id);
     }
+    if shell != Shell::None {
+        let late_copies = matches!(&answer, Ok(Some(answer))
+            if flush::read_handed_over(answer).is_some_and(|(late_copies, _)| late_copies));
+        remember_seen(context, client_id, late_copies);
+    }
     if answer.is_ok() {
         // The previous owner handed its session over (or had none): it holds no queue for
         // the client (issue 16, "return the queue").
@@ -361,7 +365,10 @@ async fn claim(
         });
     }
     let transfer = match answer {
-        Ok(Some(bytes)) => match SessionTransfer::decode(&bytes) {
+        Ok(Some(answer)) => match flush::read_handed_over(&answer)
+            .ok_or(tern_broker::TransferError::Invalid("hand-over flags"))
+            .and_then(|(_, bytes)| SessionTransfer::decode(bytes))
+        {
             Ok(transfer) => Some(transfer),
             Err(error) => {
                 tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: its subscriptions from the registry");
@@ -394,6 +401,27 @@ async fn claim(
     (Ok(ClaimGrant { transfer }), silent, epoch)
 }
 
+/// After the hand-over: the shell here (the session, once the client attached) remembers
+/// what reached it for as long as the previous owner may send late copies (see `forwards`),
+/// or not at all when it sends none.
+fn remember_seen(context: &Context<'_>, client_id: &str, late_copies: bool) {
+    let Some(broker) = context.broker.upgrade() else {
+        return;
+    };
+    if !late_copies {
+        broker.forget_seen(client_id);
+        return;
+    }
+    let broker = context.broker.clone();
+    let client_id = client_id.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(super::forwards::SEEN_FOR).await;
+        if let Some(broker) = broker.upgrade() {
+            broker.forget_seen(&client_id);
+        }
+    });
+}
+
 /// What a claimer made of the session before asking for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shell {
@@ -410,8 +438,6 @@ enum Shell {
 /// How long a claimer waits for its shell's routes to be committed, as a part of the claim's
 /// timeout.
 const SHELL_SHARE: u32 = 4;
-/// How often a node that did not answer a flush is asked again (see [`keep_forwarding`]).
-const FLUSH_AGAIN: Duration = Duration::from_secs(1);
 
 /// Imports the session of `client_id` from the registry (its durable subscriptions, nothing
 /// queued) as an offline shell here (`Broker::import_shell`), and waits (bounded) until its
@@ -487,191 +513,6 @@ fn drop_shell(context: &Context<'_>, client_id: &str) {
         && broker.end_shell(client_id)
     {
         tracing::debug!(client_id, "the session's shell here ended");
-    }
-}
-
-/// The previous owner's flush before it exports a session (closing the move window): waits
-/// (up to `wait` in all) until this node's route table is at `index` (from which the
-/// claimer's shell gets every copy) and its local publishes planned with older tables have
-/// placed their copies, then until every other node has done the same and everything its
-/// outbox held for this node then has been delivered here. What was routed with an older
-/// table, which sent the session's messages here only, is then in the session. A node that
-/// does not answer in time is passed over and named in the result (its late copies find no
-/// session here: see [`keep_forwarding`]).
-async fn flush(
-    glue: &super::hook::Glue,
-    broker: &Arc<Broker>,
-    index: u64,
-    wait: Duration,
-) -> Flushed {
-    let deadline = tokio::time::Instant::now() + wait;
-    let table_late = !glue.table_at(index, deadline).await;
-    if table_late {
-        tracing::warn!(index, "flush: the shell's routes not applied here in time");
-    }
-    barrier(broker).await;
-    let (Some(claimer), Some(plane)) = (glue.claimer.get(), glue.plane.get()) else {
-        return Flushed {
-            table_late: true,
-            unanswered: BTreeSet::new(),
-        };
-    };
-    let node = &claimer.node;
-    let me = glue.node_id;
-    let peers: Vec<NodeId> = node
-        .state()
-        .nodes()
-        .map(|(id, _)| id)
-        .filter(|id| *id != me)
-        .collect();
-    let mut flushes = tokio::task::JoinSet::new();
-    // Each node counts as not answered until its task says otherwise.
-    let mut unanswered: BTreeSet<NodeId> = peers.iter().copied().collect();
-    for peer in peers {
-        let (node, plane) = (node.clone(), plane.clone());
-        flushes.spawn(async move {
-            let flushed = flush_peer(&node, &plane, peer, index, deadline).await;
-            (peer, flushed)
-        });
-    }
-    while let Some(done) = flushes.join_next().await {
-        match done {
-            Ok((peer, true)) => {
-                unanswered.remove(&peer);
-            }
-            Ok((_, false)) => {}
-            Err(error) => tracing::warn!(%error, "flush task failed"),
-        }
-    }
-    Flushed {
-        table_late,
-        unanswered,
-    }
-}
-
-/// How a [`flush`] went.
-struct Flushed {
-    /// This node's table was not at the index in time.
-    table_late: bool,
-    /// The nodes that did not answer, or whose outbox was not delivered, in time.
-    unanswered: BTreeSet<NodeId>,
-}
-
-/// One node's part of a [`flush`]: it answers once its table is at `index` and its older
-/// publishes placed their copies, and what its outbox held for this node then is delivered
-/// here (by `deadline`).
-async fn flush_peer(
-    node: &ClusterNode,
-    plane: &DataPlane,
-    peer: NodeId,
-    index: u64,
-    deadline: tokio::time::Instant,
-) -> bool {
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    match node.request_flush(peer, index, left).await {
-        Ok(Some((run, seq))) => {
-            let delivered = plane.wait_delivered(peer, run, seq, deadline).await;
-            if !delivered {
-                tracing::warn!(peer, "flush: the peer's outbox not delivered in time");
-            }
-            delivered
-        }
-        Ok(None) => true,
-        Err(refusal) => {
-            tracing::warn!(peer, %refusal, "flush: no answer");
-            false
-        }
-    }
-}
-
-/// After a partial flush: keeps a forwarding address for the session of `client_id`, handed
-/// over to its registry owner, so that the late copies of the nodes that did not answer go
-/// on there (see `forwards`); then asks those nodes again, once a second, until each has
-/// answered (or left the cluster) and the address ends. False when no address is kept.
-fn keep_forwarding(
-    glue: &Arc<super::hook::Glue>,
-    client_id: &str,
-    epoch: u64,
-    index: u64,
-    unanswered: BTreeSet<NodeId>,
-    wait: Duration,
-) -> bool {
-    let Some(claimer) = glue.claimer.get() else {
-        return false;
-    };
-    let (to, filters) = {
-        let state = claimer.node.state();
-        let Some((Some(to), current)) = state.owner(client_id) else {
-            return false;
-        };
-        if current != epoch || to == glue.node_id {
-            return false;
-        }
-        let filters: Vec<String> = state
-            .session(client_id)
-            .map(|entry| {
-                entry
-                    .subscriptions
-                    .keys()
-                    .filter(|filter| split_shared(filter).is_none())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        (to, filters)
-    };
-    if filters.is_empty() {
-        return false;
-    }
-    if !glue.forwards.add(client_id, to, index, unanswered, filters) {
-        tracing::warn!(
-            client_id,
-            "no forwarding address kept for the moved session: too many"
-        );
-        return false;
-    }
-    let glue = Arc::downgrade(glue);
-    let client_id = client_id.to_owned();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(FLUSH_AGAIN).await;
-            let Some(glue) = glue.upgrade() else {
-                return;
-            };
-            let waiting = glue.forwards.waiting(&client_id);
-            let (Some(claimer), Some(plane)) = (glue.claimer.get(), glue.plane.get()) else {
-                return;
-            };
-            if waiting.is_empty() {
-                return;
-            }
-            let node = claimer.node.clone();
-            let plane = plane.clone();
-            for peer in waiting {
-                let member = node.state().node(peer).is_some();
-                let deadline = tokio::time::Instant::now() + wait;
-                if !member || flush_peer(&node, &plane, peer, index, deadline).await {
-                    glue.forwards.flushed(&client_id, peer);
-                }
-            }
-            if glue.forwards.waiting(&client_id).is_empty() {
-                tracing::info!(
-                    client_id,
-                    "moved session: every node flushed, address ended"
-                );
-                return;
-            }
-        }
-    });
-    true
-}
-
-/// `Broker::publish_barrier`, off the runtime's threads (it waits for the publishes under
-/// way).
-async fn barrier(broker: &Arc<Broker>) {
-    let broker = broker.clone();
-    if let Err(error) = tokio::task::spawn_blocking(move || broker.publish_barrier()).await {
-        tracing::warn!(%error, "publish barrier failed");
     }
 }
 
@@ -830,12 +671,12 @@ impl HandOverHandler for HandOver {
                 );
                 return Ok(None);
             }
-            let mut forwarding = None;
+            let mut unflushed = None;
             if let Some(index) = routes_at
                 && let Some(glue) = glue.upgrade()
             {
                 let wait = timeout / SHELL_SHARE;
-                let flushed = flush(&glue, &broker, index, wait).await;
+                let flushed = flush::flush(&glue, &broker, index, wait).await;
                 let whole = !flushed.table_late && flushed.unanswered.is_empty();
                 let counter = if whole {
                     &glue.flushes.whole
@@ -843,30 +684,29 @@ impl HandOverHandler for HandOver {
                     &glue.flushes.partial
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // Kept before the export: a late copy that finds no session here finds it.
-                if !flushed.unanswered.is_empty()
-                    && keep_forwarding(&glue, &client_id, epoch, index, flushed.unanswered, wait)
-                {
-                    forwarding = Some(glue);
+                if !flushed.unanswered.is_empty() {
+                    unflushed = Some((glue, index, flushed.unanswered, wait));
                 }
             }
-            let Some(transfer) = broker.export_session(&client_id, Instant::now()) else {
-                if let Some(glue) = forwarding {
-                    glue.forwards.remove(&client_id);
-                }
+            let (transfer, late_copies) = match unflushed {
+                Some((glue, index, unanswered, wait)) => flush::export_forwarding(
+                    &glue, &broker, &client_id, epoch, index, unanswered, wait,
+                ),
+                None => (broker.export_session(&client_id, Instant::now()), false),
+            };
+            let Some(transfer) = transfer else {
                 return Ok(None);
             };
             match transfer.encode() {
                 Ok(bytes) => {
                     tracing::info!(client_id, epoch, bytes = bytes.len(), "session handed over");
-                    Ok(Some(bytes))
+                    Ok(Some(flush::handed_over(late_copies, &bytes)))
                 }
                 Err(error) => {
-                    // Kept here rather than lost: the claimer connects without it.
+                    // Kept here rather than lost: the claimer connects without it. (Late
+                    // copies that reach its address go on to a node that has no session:
+                    // dropped there, as they would be here.)
                     tracing::warn!(client_id, %error, "session could not be encoded: kept here");
-                    if let Some(glue) = forwarding {
-                        glue.forwards.remove(&client_id);
-                    }
                     let _ = broker.import_session(transfer, Instant::now());
                     Err(Refusal::Unavailable(format!(
                         "session could not be encoded: {error}"
@@ -900,7 +740,7 @@ impl HandOverHandler for HandOver {
                     "log index {index} not applied here in time"
                 )));
             }
-            barrier(&broker).await;
+            flush::barrier(&broker).await;
             Ok(glue.plane.get().and_then(|plane| plane.outbox_tail(from)))
         })
     }

@@ -13,6 +13,7 @@
 mod apply;
 mod claim;
 mod config;
+mod flush;
 mod forwards;
 mod hook;
 mod lease;

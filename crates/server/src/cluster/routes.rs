@@ -2,7 +2,7 @@
 //! from the replicated state, in the core's subscription index (the same matching as local
 //! subscriptions), with each node as an entry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,15 +44,14 @@ pub struct RouteTable {
     /// The node whose table it is (0: none, every route indexed).
     me: NodeId,
     index: SubscriptionIndex<NodeEntry>,
-    /// What the table holds, to apply differences: (group, filter, node), with the log index
-    /// of the entry that added it (see [`RouteTable::added_at`]).
-    entries: BTreeMap<(Option<String>, String, NodeId), u64>,
-    /// The log index of the last entry applied to the table (see [`RouteTable::at`]).
-    at: u64,
+    /// What the table holds, to apply differences: (group, filter, node).
+    entries: BTreeSet<(Option<String>, String, NodeId)>,
     /// How many of `entries` are in the index.
     indexed: usize,
     /// `indexed == 0`, readable without the table's lock (see [`RouteTable::emptiness`]).
     empty: Arc<AtomicBool>,
+    /// The log index of the last entry applied to the table (see [`RouteTable::at`]).
+    at: u64,
 }
 
 impl RouteTable {
@@ -77,9 +76,11 @@ impl RouteTable {
     }
 
     /// Makes the table hold exactly the state's routes (after a snapshot, at start), or only
-    /// what changed. Every route counts as added at `index` (the snapshot's last entry; at
-    /// start, when it is not known, `u64::MAX`): no earlier addition is known for sure.
-    pub fn sync(&mut self, state: &ClusterState, index: u64) {
+    /// what changed; `index`: the snapshot's last entry (none at start).
+    pub fn sync(&mut self, state: &ClusterState, index: Option<u64>) {
+        if let Some(index) = index {
+            self.applied(index);
+        }
         let mut wanted: BTreeSet<(Option<String>, String, NodeId)> = BTreeSet::new();
         for (filter, nodes) in state.routes() {
             for node in nodes {
@@ -91,20 +92,13 @@ impl RouteTable {
                 wanted.insert((Some(group.to_owned()), filter.to_owned(), *node));
             }
         }
-        let held: BTreeSet<_> = self.entries.keys().cloned().collect();
-        self.apply_difference(&held, &wanted, index);
-        for added in self.entries.values_mut() {
-            *added = index;
-        }
-        if index != u64::MAX {
-            self.at = index;
-        }
+        let held = self.entries.clone();
+        self.apply_difference(&held, &wanted);
     }
 
-    /// `node` subscribes to `filter` (of `group`), from the log entry `index`. Adding a route
-    /// the table has keeps its index.
-    pub fn add(&mut self, group: Option<&str>, filter: &str, node: NodeId, index: u64) {
-        self.insert_entry(group, filter, node, index);
+    /// `node` subscribes to `filter` (of `group`).
+    pub fn add(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
+        self.insert_entry(group, filter, node);
         self.publish_emptiness();
     }
 
@@ -115,11 +109,11 @@ impl RouteTable {
     }
 
     /// Makes the table hold exactly the state's routes of `node` (after its re-sync or its
-    /// removal, from the log entry `index`), changing only what differs.
-    pub fn sync_node(&mut self, state: &ClusterState, node: NodeId, index: u64) {
+    /// removal), changing only what differs.
+    pub fn sync_node(&mut self, state: &ClusterState, node: NodeId) {
         let held: BTreeSet<_> = self
             .entries
-            .keys()
+            .iter()
             .filter(|(_, _, n)| *n == node)
             .cloned()
             .collect();
@@ -135,7 +129,7 @@ impl RouteTable {
                     .map(|(group, filter)| (Some(group.clone()), filter.clone(), node)),
             )
             .collect();
-        self.apply_difference(&held, &wanted, index);
+        self.apply_difference(&held, &wanted);
     }
 
     /// Adds what `wanted` has and `held` lacks, then removes the reverse; the emptiness flag
@@ -145,10 +139,9 @@ impl RouteTable {
         &mut self,
         held: &BTreeSet<(Option<String>, String, NodeId)>,
         wanted: &BTreeSet<(Option<String>, String, NodeId)>,
-        index: u64,
     ) {
         for (group, filter, node) in wanted.difference(held) {
-            self.insert_entry(group.as_deref(), filter, *node, index);
+            self.insert_entry(group.as_deref(), filter, *node);
         }
         for (group, filter, node) in held.difference(wanted) {
             self.remove_entry(group.as_deref(), filter, *node);
@@ -156,13 +149,9 @@ impl RouteTable {
         self.publish_emptiness();
     }
 
-    fn insert_entry(&mut self, group: Option<&str>, filter: &str, node: NodeId, index: u64) {
+    fn insert_entry(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
-        if let std::collections::btree_map::Entry::Vacant(vacant) = self.entries.entry(key) {
-            vacant.insert(index);
-            if !self.indexes(group, node) {
-                return;
-            }
+        if self.entries.insert(key) && self.indexes(group, node) {
             self.index
                 .insert(&full_filter(group, filter), NodeEntry(node));
             self.indexed += 1;
@@ -171,7 +160,7 @@ impl RouteTable {
 
     fn remove_entry(&mut self, group: Option<&str>, filter: &str, node: NodeId) {
         let key = (group.map(str::to_owned), filter.to_owned(), node);
-        if self.entries.remove(&key).is_some() && self.indexes(group, node) {
+        if self.entries.remove(&key) && self.indexes(group, node) {
             self.index
                 .remove(&full_filter(group, filter), &NodeEntry(node));
             self.indexed -= 1;
@@ -183,18 +172,10 @@ impl RouteTable {
         self.at = self.at.max(index);
     }
 
-    /// The log index of the last entry applied to the table. A copy planned with this table
-    /// went to every node whose route was added at this index or before (see
-    /// [`RouteTable::added_at`]).
+    /// The log index of the last entry applied to the table: a message planned with it went
+    /// to every node whose route was committed at this index or before.
     pub fn at(&self) -> u64 {
         self.at
-    }
-
-    /// The log index of the entry that added `node`'s plain route of `filter` (`None`: the
-    /// table has no such route). A message planned by a node whose table was at a lower
-    /// index did not go to `node` for it.
-    pub fn added_at(&self, filter: &str, node: NodeId) -> Option<u64> {
-        self.entries.get(&(None, filter.to_owned(), node)).copied()
     }
 
     fn publish_emptiness(&self) {
@@ -273,9 +254,9 @@ mod tests {
         let me = 1;
         let blocked = |node: NodeId| node == 3;
         let mut table = RouteTable::new(me);
-        table.add(None, "plain/#", 3, 1);
-        table.add(None, "free/#", 2, 1);
-        table.add(Some("g"), "shared/#", 3, 1);
+        table.add(None, "plain/#", 3);
+        table.add(None, "free/#", 2);
+        table.add(Some("g"), "shared/#", 3);
         assert!(table.reaches("plain/x", me, blocked));
         assert!(!table.reaches("free/x", me, blocked));
         assert!(
@@ -283,20 +264,20 @@ mod tests {
             "its only member is blocked"
         );
         assert!(!table.reaches("nothing/x", me, blocked));
-        table.add(None, "plain/#", me, 1);
+        table.add(None, "plain/#", me);
         assert!(
             table.reaches("plain/x", me, blocked),
             "this node's route changes nothing"
         );
 
-        table.add(Some("g"), "shared/#", 2, 1);
+        table.add(Some("g"), "shared/#", 2);
         assert!(!table.reaches("shared/x", me, blocked));
         for _ in 0..4 {
             let found = table.matching("shared/x", me, |node| !blocked(node));
             assert_eq!(found.groups, vec![(("g".into(), "shared/#".into()), 2)]);
         }
         table.remove(Some("g"), "shared/#", 2);
-        table.add(Some("g"), "shared/#", me, 1);
+        table.add(Some("g"), "shared/#", me);
         assert!(!table.reaches("shared/x", me, blocked), "a member here");
         for _ in 0..4 {
             assert!(
@@ -312,25 +293,25 @@ mod tests {
     #[test]
     fn own_plain_routes_leave_the_table_empty() {
         let mut table = RouteTable::new(1);
-        table.add(None, "a/#", 1, 1);
-        table.add(None, "b/+", 1, 1);
+        table.add(None, "a/#", 1);
+        table.add(None, "b/+", 1);
         let emptiness = table.emptiness();
         assert!(table.is_empty() && emptiness.load(Ordering::Relaxed));
         assert!(table.matching("a/x", 1, |_| true).is_empty());
-        table.add(None, "a/#", 2, 1);
+        table.add(None, "a/#", 2);
         assert!(!table.is_empty() && !emptiness.load(Ordering::Relaxed));
         assert_eq!(table.matching("a/x", 1, |_| true).nodes, vec![2]);
         table.remove(None, "a/#", 2);
         assert!(table.is_empty() && emptiness.load(Ordering::Relaxed));
-        table.add(Some("g"), "c/#", 1, 1);
+        table.add(Some("g"), "c/#", 1);
         assert!(!table.is_empty(), "a group goes round every node");
         table.remove(Some("g"), "c/#", 1);
         table.remove(None, "a/#", 1);
         table.remove(None, "b/+", 1);
         assert!(table.is_empty());
         // This node's route again beside another's: counts stay right.
-        table.add(None, "a/#", 1, 1);
-        table.add(None, "a/#", 3, 1);
+        table.add(None, "a/#", 1);
+        table.add(None, "a/#", 3);
         table.remove(None, "a/#", 3);
         assert!(table.is_empty());
     }

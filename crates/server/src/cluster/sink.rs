@@ -43,19 +43,12 @@ impl BrokerSink {
     /// moved sessions it was for (see `forwards`); the sequence number the acknowledgement
     /// to `from` waits for (they are stored in the outboxes first).
     fn send_late(&self, from: NodeId, message: &Message, routes_at: u64, now: Instant) -> Seq {
-        if self.forwards.is_empty() {
+        let late = self.forwards.late_copies(from, &message.topic, routes_at);
+        if late.is_empty() {
             return Seq::NONE;
         }
         let Some(glue) = self.glue.upgrade() else {
             return Seq::NONE;
-        };
-        let late = {
-            let table = glue
-                .table
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            glue.forwards
-                .late_copies(from, &message.topic, routes_at, &table)
         };
         let Some(plane) = glue.plane.get() else {
             return Seq::NONE;
@@ -69,7 +62,7 @@ impl BrokerSink {
                 late_for: Some(&copy.client_id),
             };
             wait = wait.max(glue.send_copy(plane, message, copy.to, &to, now));
-            glue.forwards
+            self.forwards
                 .sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(
@@ -124,8 +117,8 @@ impl DataSink for BrokerSink {
                     .1
             }
             None => {
-                // Copies for sessions moved from here are queued before the message is routed
-                // here (a session exported meanwhile is then reached either way).
+                // Copies for sessions moved from here (an address is kept, and the session
+                // exported, while no delivery runs: `claim::export_forwarding`).
                 let late = if forwarded.regular {
                     self.send_late(from, &forwarded.message, forwarded.routes_at, now)
                 } else {

@@ -718,7 +718,7 @@ impl Broker {
         let selection = Selection {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
-            only: None,
+            session: None,
         };
         let (reached, route_seq) = self.route(
             MessageRef::Shared(message.clone()),
@@ -835,9 +835,9 @@ impl Broker {
                 // not at all when another node sent the message for shared groups only.
                 if own
                     || !selection.regular
-                    || selection
-                        .only
-                        .is_some_and(|only| subscriber.session.client_id().as_str() != only)
+                    || selection.session.is_some_and(|client_id| {
+                        subscriber.session.client_id().as_str() != client_id
+                    })
                 {
                     return;
                 }
@@ -955,6 +955,8 @@ impl Broker {
                     self.metrics
                         .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
                 }
+                // The session had it (a moved session's message that came both ways).
+                Enqueued::Duplicate => reached -= 1,
                 Enqueued::Discarded => self
                     .metrics
                     .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),

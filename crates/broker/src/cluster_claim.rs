@@ -26,6 +26,9 @@ pub struct ClaimRequest {
     /// Whether the session outlives the connection (MQTT 5: a Session Expiry Interval above
     /// 0; 3.x: clean session 0).
     pub persistent: bool,
+    /// The session expiry the CONNECT asks for (what a session made for the claim before the
+    /// client attaches keeps, should the node stop first).
+    pub expiry: crate::types::SessionExpiry,
     /// Where a [`ClaimDecision::Pending`] answer goes.
     pub completion: ClaimCompletion,
 }

@@ -215,7 +215,7 @@ pub(crate) struct Selection<'a> {
     pub(crate) groups: Groups<'a>,
     /// The plain subscriptions of this client id's session only (a late copy, see
     /// [`Broker::publish_late`]).
-    pub(crate) only: Option<&'a str>,
+    pub(crate) session: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -231,7 +231,7 @@ impl Selection<'_> {
     pub(crate) const ALL: Selection<'static> = Selection {
         regular: true,
         groups: Groups::All,
-        only: None,
+        session: None,
     };
 
     /// Whether `group` is routed to.
@@ -354,7 +354,7 @@ impl Broker {
         let selection = Selection {
             regular,
             groups: Groups::Only(groups),
-            only: None,
+            session: None,
         };
         self.publish_with(message, now, None, false, Origin::Cluster(selection))
     }
@@ -362,20 +362,19 @@ impl Broker {
     /// A late copy: a message another node received for the session of `client_id` after
     /// handing that session over to this node, which this node may not have got (its origin
     /// planned it before this node's routes reached every table). Routed to that session's
-    /// plain subscriptions only, unless a message of the same [`Message::cluster_id`] was
-    /// queued for the session since its shell was made (it came both ways; see
-    /// [`Broker::import_shell`], [`Broker::forget_seen`]) or is held by it; never kept as
-    /// retained, never planned. Returns the sessions reached (0 or 1) and the store sequence number the
-    /// acknowledgement to the other node waits for.
+    /// plain subscriptions only, and only while the session remembers what reached it since
+    /// its shell was made ([`Broker::import_shell`], until [`Broker::forget_seen`]): the
+    /// session drops whichever copy of a message comes second (see `SeenIds`), and one it
+    /// still holds. A session without that memory (started clean since, or restarted) takes
+    /// no late copy. Never kept as retained, never planned. Returns the sessions reached (0
+    /// or 1) and the store sequence number the acknowledgement to the other node waits for.
     pub fn publish_late(
         &self,
         client_id: &str,
         mut message: Message,
         now: Instant,
     ) -> (usize, Seq) {
-        if let Some(id) = message.cluster_id.as_deref()
-            && self.session_holds(client_id, id)
-        {
+        if !self.takes_late_copy(client_id, message.cluster_id.as_deref()) {
             return (0, Seq::NONE);
         }
         if message.qos != QoS::AtMostOnce && message.id == 0 {
@@ -384,7 +383,7 @@ impl Broker {
         let selection = Selection {
             regular: true,
             groups: Groups::Only(&[]),
-            only: Some(client_id),
+            session: Some(client_id),
         };
         // Never through other workers' inboxes: they route to every session they hold.
         let scope = Scope::Publish {
@@ -394,18 +393,21 @@ impl Broker {
         self.route(MessageRef::Own(message), scope, now, None, selection)
     }
 
-    /// Whether the message with cluster id `id` was queued for the session of `client_id`
-    /// since its shell was made, or is held by it (in flight or queued).
-    fn session_holds(&self, client_id: &str, id: &ClusterMessageId) -> bool {
+    /// Whether the session of `client_id` here takes a late copy of the message `id`: it
+    /// remembers what reached it since its shell was made, and does not hold the message
+    /// (in flight or queued).
+    fn takes_late_copy(&self, client_id: &str, id: Option<&ClusterMessageId>) -> bool {
         self.session(client_id).is_some_and(|session| {
             let state = session.lock();
-            state.seen.as_deref().is_some_and(|seen| seen.contains(id))
-                || state
-                    .inflight
-                    .iter()
-                    .map(|entry| &entry.delivery)
-                    .chain(state.queue.iter().map(|queued| &queued.delivery))
-                    .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id))
+            state.seen.is_some()
+                && id.is_none_or(|id| {
+                    !state
+                        .inflight
+                        .iter()
+                        .map(|entry| &entry.delivery)
+                        .chain(state.queue.iter().map(|queued| &queued.delivery))
+                        .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id))
+                })
         })
     }
 

@@ -21,7 +21,7 @@ use tern_codec::{
 use crate::broker::{Broker, TimerKind, lock, write};
 use crate::message::{ClusterMessageId, Delivery, Message, MessageRef, SubscriptionIds};
 use crate::persist::{Change, RoutedBody};
-use crate::session::{Enqueued, Inflight, QueuedDelivery, Session, SessionState};
+use crate::session::{Enqueued, Inflight, QueuedDelivery, SeenIds, Session, SessionState};
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::Durability;
 
@@ -463,6 +463,7 @@ impl<'a> Reader<'a> {
                 node: self.u64("message node")?,
                 run: self.u64("message run")?,
                 number: self.u64("message number")?,
+                planned_at: 0,
             }))
         } else {
             None
@@ -543,10 +544,12 @@ impl Broker {
     /// (its durable subscriptions from the registry, nothing queued), made by a claim before
     /// it asks the previous owner for the session: installed like [`Broker::import_session`],
     /// it queues what its routes bring meanwhile, and [`Broker::adopt_handed_over`] merges it
-    /// with what is handed over.
+    /// with what is handed over. The claim's `epoch` names what it remembers for late copies
+    /// ([`Broker::seen_window`], [`Broker::forget_seen`]).
     pub fn import_shell(
         &self,
         transfer: SessionTransfer,
+        epoch: u64,
         now: Instant,
     ) -> Result<Seq, TransferError> {
         let session = self.session_from_transfer(transfer, now)?;
@@ -555,7 +558,7 @@ impl Broker {
             state.shell = true;
             // Late copies may come once the session is handed over: what reaches the shell
             // is remembered from now on (see `Broker::publish_late`).
-            state.seen = Some(Box::default());
+            state.seen = Some(Box::new(SeenIds::new(epoch)));
         }
         self.install_session(session, now)
             .ok_or(TransferError::Connected)
@@ -586,11 +589,27 @@ impl Broker {
         }
     }
 
-    /// Cluster: the session of `client_id` here no longer remembers the cluster ids of what
-    /// was queued for it since its shell was made (no late copy can come any more).
-    pub fn forget_seen(&self, client_id: &str) {
+    /// Cluster: the session of `client_id` here, if the claim `epoch` made its shell, no
+    /// longer remembers the cluster ids of what was queued for it since (no late copy of that
+    /// move can come any more).
+    pub fn forget_seen(&self, client_id: &str, epoch: u64) {
         if let Some(session) = self.session(client_id) {
-            session.lock().seen = None;
+            let mut state = session.lock();
+            if state.seen.as_ref().is_some_and(|seen| seen.epoch == epoch) {
+                state.seen = None;
+            }
+        }
+    }
+
+    /// Cluster: the routes of the session of `client_id` here, whose shell the claim `epoch`
+    /// made, are in every table from log index `window` on: what was planned from then on
+    /// came here only, and need not be remembered for late copies.
+    pub fn seen_window(&self, client_id: &str, epoch: u64, window: u64) {
+        if let Some(session) = self.session(client_id)
+            && let Some(seen) = session.lock().seen.as_deref_mut()
+            && seen.epoch == epoch
+        {
+            seen.window = window;
         }
     }
 
@@ -694,7 +713,9 @@ impl Broker {
                 .map(|entry| &entry.delivery)
                 .chain(&transfer.queue)
                 .filter_map(|delivery| delivery.message.cluster_id.as_deref())
-                .for_each(|id| seen.record(*id));
+                .for_each(|id| {
+                    seen.record(*id);
+                });
         }
         let session = self.session_from_transfer(transfer, now)?;
         session.lock().seen = seen;
@@ -857,6 +878,7 @@ impl Broker {
                     self.metrics()
                         .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
                 }
+                Enqueued::Duplicate => {}
                 Enqueued::Discarded => self
                     .metrics()
                     .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),

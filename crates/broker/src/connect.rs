@@ -426,6 +426,7 @@ impl Connection {
             client_id: admitted.client.client_id.to_string(),
             clean_start: admitted.connect.clean_start,
             persistent: admitted.expiry != SessionExpiry::AtDisconnect,
+            expiry: admitted.expiry,
             completion: ClaimCompletion {
                 broker: Arc::downgrade(&self.broker),
                 id,

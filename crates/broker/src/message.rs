@@ -38,12 +38,31 @@ pub struct Message {
 }
 
 /// A message's identity in a cluster: the node it was published on, that node's run (its
-/// start) and a number counted per run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// start) and a number counted per run. Two ids are equal when these three are.
+#[derive(Debug, Clone, Copy)]
 pub struct ClusterMessageId {
     pub node: u64,
     pub run: u64,
     pub number: u64,
+    /// Not part of the identity: the log index of the route table the message was planned
+    /// with on its node (0 where not known: a message handed over in a session). A session
+    /// whose hand-over may bring late copies remembers the ids of what was planned before its
+    /// routes reached every table (see `Broker::publish_late`).
+    pub planned_at: u64,
+}
+
+impl PartialEq for ClusterMessageId {
+    fn eq(&self, other: &Self) -> bool {
+        (self.node, self.run, self.number) == (other.node, other.run, other.number)
+    }
+}
+
+impl Eq for ClusterMessageId {}
+
+impl std::hash::Hash for ClusterMessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.node, self.run, self.number).hash(state);
+    }
 }
 
 impl Message {

@@ -104,8 +104,8 @@ pub struct SessionState {
     /// over.
     pub(crate) shell: bool,
     /// Cluster: the cluster ids of the messages queued for the session since a claim made
-    /// its shell, while late copies of them may still come from the previous owner (see
-    /// `Broker::publish_late`). Boxed: rare.
+    /// its shell, planned before its routes reached every table, while late copies of them
+    /// may still come from the previous owner (see `Broker::publish_late`). Boxed: rare.
     pub(crate) seen: Option<Box<SeenIds>>,
     /// Retained sets being sent for new subscriptions (boxed: rare, and an idle session
     /// should cost little).
@@ -125,20 +125,45 @@ pub struct SessionState {
 }
 
 /// The most cluster ids a session remembers ([`SeenIds`]): beyond them the oldest is
-/// forgotten (a late copy of it would be delivered again).
+/// forgotten (a late copy of it would be delivered again). What is remembered is only what
+/// was planned before the move's routes reached every table, so this bounds the messages
+/// of a move that takes long to route.
 const SEEN_MAX: usize = 100_000;
 
-/// Cluster ids of messages queued for a session, the last [`SEEN_MAX`] of them.
-#[derive(Debug, Default)]
+/// Cluster ids of messages queued for a session since the claim `epoch` made its shell,
+/// those planned below `window` (the log index from which every table routes the session
+/// here; unknown, so every one, until set), the last [`SEEN_MAX`] of them.
+#[derive(Debug)]
 pub(crate) struct SeenIds {
+    pub(crate) epoch: u64,
+    pub(crate) window: u64,
     ids: HashSet<ClusterMessageId>,
     order: VecDeque<ClusterMessageId>,
 }
 
 impl SeenIds {
-    pub(crate) fn record(&mut self, id: ClusterMessageId) {
+    pub(crate) fn new(epoch: u64) -> SeenIds {
+        SeenIds {
+            epoch,
+            window: u64::MAX,
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Remembers `id` if it was planned inside the window; false when it was remembered
+    /// already (the message came twice: by this node's routes and as a late copy).
+    pub(crate) fn admit(&mut self, id: ClusterMessageId) -> bool {
+        if id.planned_at >= self.window {
+            return true;
+        }
+        self.record(id)
+    }
+
+    /// Remembers `id` whatever its plan; false when it was remembered already.
+    pub(crate) fn record(&mut self, id: ClusterMessageId) -> bool {
         if !self.ids.insert(id) {
-            return;
+            return false;
         }
         self.order.push_back(id);
         if self.order.len() > SEEN_MAX
@@ -146,10 +171,7 @@ impl SeenIds {
         {
             self.ids.remove(&oldest);
         }
-    }
-
-    pub(crate) fn contains(&self, id: &ClusterMessageId) -> bool {
-        self.ids.contains(id)
+        true
     }
 }
 
@@ -204,6 +226,9 @@ pub enum Enqueued {
     QueuedDroppingOldest,
     /// Not queued: QoS 0 for an offline session, or the session has ended.
     Discarded,
+    /// Not queued: a moved session had the message already (it came both ways, see
+    /// `Broker::publish_late`).
+    Duplicate,
 }
 
 impl Session {
@@ -340,6 +365,19 @@ impl Session {
                 sweep: false,
             };
         }
+        // A moved session's plain subscriptions get a message once, whichever way it came
+        // (this node's routes, or a late copy from the previous owner).
+        if delivery.shared_filter.is_none()
+            && let Some(seen) = state.seen.as_deref_mut()
+            && let Some(id) = delivery.message.cluster_id.as_deref()
+            && !seen.admit(*id)
+        {
+            return Pushed {
+                outcome: Enqueued::Duplicate,
+                seq: Seq::NONE,
+                sweep: false,
+            };
+        }
         let persist = persist.filter(|_| state.stored);
         let mut seq = Seq::NONE;
         let mut outcome = Enqueued::Queued;
@@ -387,11 +425,6 @@ impl Session {
                 Durability::Stored
             }
         };
-        if let Some(seen) = state.seen.as_deref_mut()
-            && let Some(id) = delivery.message.cluster_id.as_deref()
-        {
-            seen.record(*id);
-        }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(QueuedDelivery {
             position,

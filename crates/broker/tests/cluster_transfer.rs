@@ -148,6 +148,7 @@ fn clustered(topic: &str, payload: &'static [u8], id: Option<u64>) -> Message {
                 node: 3,
                 run: 9,
                 number,
+                planned_at: 0,
             })
         }),
     }
@@ -175,7 +176,7 @@ fn handed(message: Message) -> TransferredDelivery {
 fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
     let b = Net::new();
     b.broker
-        .import_shell(shell("mover", "m/#"), b.now())
+        .import_shell(shell("mover", "m/#"), 7, b.now())
         .unwrap();
     for message in [
         clustered("m/1", b"w-shell", Some(0)),
@@ -231,7 +232,7 @@ fn a_shell_gives_way_to_the_handed_over_session_each_message_once_issue_16() {
 /// it over): it reaches that session's plain subscriptions only, at the subscription's QoS
 /// with its identifier, never another session of the same filter; the same message (its
 /// cluster id) held by the session already is not queued again [MQTT-4.3.2-2]; a client id
-/// with no session here is reached by nothing.
+/// with no session here is reached by nothing, nor is a session started clean since.
 #[test]
 fn a_late_copy_reaches_its_session_only_and_once_issue_16() {
     let b = Net::new();
@@ -243,7 +244,10 @@ fn a_late_copy_reaches_its_session_only_and_once_issue_16() {
         inflight: vec![],
         inbound_qos2: vec![],
     };
-    b.broker.import_session(moved, b.now()).unwrap();
+    b.broker
+        .import_shell(shell("mover", "m/#"), 7, b.now())
+        .unwrap();
+    b.broker.adopt_handed_over(moved, b.now()).unwrap();
     let mut other = b.connected(V5, "other");
     other.subscribe("m/#", QoS::AtLeastOnce);
     let (reached, _) =
@@ -267,18 +271,32 @@ fn a_late_copy_reaches_its_session_only_and_once_issue_16() {
     assert_eq!(payloads, vec![&b"handed"[..], b"late"]);
     assert_eq!(seen[1].qos, QoS::AtLeastOnce);
     assert_eq!(seen[1].properties.subscription_identifiers, vec![7]);
+    drop(client);
+
+    // Started clean since: the new session takes no late copy of the old one's
+    // [MQTT-3.1.2-4].
+    let mut clean = persistent(V5, "mover");
+    clean.clean_start = true;
+    let (mut client, connack) = b.connect(clean);
+    assert!(!connack.session_present);
+    client.subscribe("m/#", QoS::AtLeastOnce);
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", clustered("m/4", b"old", Some(4)), b.now());
+    assert_eq!(reached, 0);
+    client.nothing();
 }
 
 /// Issue 16, a late copy of a message that reached the moving session both ways: through
 /// this node's own routes (into the shell, then delivered and acknowledged) and through the
 /// previous owner, which sends it on after the hand-over. The session remembers what it was
 /// given since its shell was made, so the late copy is not delivered again
-/// [MQTT-4.3.3-2]; once that memory is forgotten (no late copy can come), it would be.
+/// [MQTT-4.3.3-2]; once that memory is forgotten (no late copy can come), none is taken.
 #[test]
 fn a_late_copy_of_what_the_shell_was_given_is_dropped_issue_16() {
     let b = Net::new();
     b.broker
-        .import_shell(shell("mover", "m/#"), b.now())
+        .import_shell(shell("mover", "m/#"), 7, b.now())
         .unwrap();
     b.broker
         .publish_from_cluster(clustered("m/1", b"both-ways", Some(5)), true, &[], b.now());
@@ -296,11 +314,64 @@ fn a_late_copy_of_what_the_shell_was_given_is_dropped_issue_16() {
         .publish_late("mover", clustered("m/1", b"again", Some(5)), b.now());
     assert_eq!(reached, 0, "given to the session before");
     client.nothing();
-    b.broker.forget_seen("mover");
+    // Another claim's memory is not forgotten: a new message still comes as a late copy.
+    b.broker.forget_seen("mover", 6);
     let (reached, _) = b
         .broker
-        .publish_late("mover", clustered("m/1", b"again", Some(5)), b.now());
-    assert_eq!(reached, 1, "forgotten");
+        .publish_late("mover", clustered("m/2", b"late", Some(6)), b.now());
+    assert_eq!(reached, 1);
+    assert_eq!(&client.publish_received().payload[..], b"late");
+    // Forgotten (no late copy of the move can come any more): none is taken.
+    b.broker.forget_seen("mover", 7);
+    let (reached, _) =
+        b.broker
+            .publish_late("mover", clustered("m/3", b"too-late", Some(7)), b.now());
+    assert_eq!(reached, 0);
+    client.nothing();
+}
+
+/// Issue 16, a late copy that comes before this node's own copy of the same message (the
+/// link from the previous owner was faster): the session takes the first and drops the
+/// second, whichever way it came [MQTT-4.3.3-2]; a message planned once the session's
+/// routes were in every table is not remembered.
+#[test]
+fn the_second_copy_of_a_moved_session_is_dropped_whichever_comes_first_issue_16() {
+    let b = Net::new();
+    b.broker
+        .import_shell(shell("mover", "m/#"), 7, b.now())
+        .unwrap();
+    b.broker.seen_window("mover", 7, 100);
+    b.broker
+        .adopt_handed_over(shell("mover", "m/#"), b.now())
+        .unwrap();
+    let (mut client, _) = b.connect(persistent(V5, "mover"));
+    let planned = |payload: &'static [u8], number: u64, planned_at: u64| {
+        let mut message = clustered("m/1", payload, Some(number));
+        if let Some(id) = message.cluster_id.as_deref_mut() {
+            id.planned_at = planned_at;
+        }
+        message
+    };
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", planned(b"late-first", 1, 99), b.now());
+    assert_eq!(reached, 1);
+    b.broker
+        .publish_from_cluster(planned(b"direct-second", 1, 99), true, &[], b.now());
+    let got = client.publishes();
+    let payloads: Vec<&[u8]> = got.iter().map(|publish| &publish.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"late-first"[..]], "once");
+    // Planned with the routes everywhere: came here only, so not remembered.
+    b.broker
+        .publish_from_cluster(planned(b"after", 2, 100), true, &[], b.now());
+    assert_eq!(client.publishes().len(), 1);
+    b.broker
+        .publish_from_cluster(planned(b"after-again", 2, 100), true, &[], b.now());
+    assert_eq!(
+        client.publishes().len(),
+        1,
+        "outside the window, not remembered: no late copy of it ever comes"
+    );
 }
 
 /// Issue 16: only a shell merges with a handed-over session; any other offline session of

@@ -13,7 +13,7 @@ use super::retained;
 
 /// Brings the route table and the retained messages up to the state this node has applied
 /// (at start, and after a snapshot replaced the state).
-/// `index`: the snapshot's last entry (none at start).
+/// `index`: the snapshot's last entry (at start: the last applied, if known).
 pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker, index: Option<u64>) {
     let now = Instant::now();
     let state = node.state();
@@ -34,7 +34,9 @@ pub async fn run(
     broker: Arc<Broker>,
     mut events: mpsc::UnboundedReceiver<Applied>,
 ) {
-    rebuild(&glue, &node, &broker, None);
+    // The index the loaded state is at, or below it (the figure follows the apply).
+    let loaded = node.status().last_applied;
+    rebuild(&glue, &node, &broker, loaded);
     while let Some(event) = events.recv().await {
         match event {
             Applied::Snapshot { last_index } => {

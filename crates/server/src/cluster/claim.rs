@@ -165,6 +165,7 @@ impl Claimer {
                 client_id,
                 clean_start,
                 persistent,
+                expiry,
                 completion,
             } = request;
             if !completion.is_wanted() {
@@ -186,6 +187,7 @@ impl Claimer {
                 me,
                 timeout,
                 listed,
+                expiry,
             };
             let (mut result, silent, epoch) =
                 claim(&context, &client_id, clean_start, persistent).await;
@@ -234,6 +236,8 @@ struct Context<'a> {
     /// Whether the registry lists this node as holding a copy of the session (it joins what
     /// the claim brings; no shell is made then).
     listed: bool,
+    /// The CONNECT's session expiry: the shell's (see [`make_shell`]).
+    expiry: SessionExpiry,
 }
 
 /// Proposes the claim; on success asks the previous owner (another node) for the session.
@@ -326,7 +330,7 @@ async fn claim(
     let shell = if persistent && !clean_start {
         closed = node.request_close(previous, client_id, epoch, wait).await;
         if closed.is_ok() {
-            make_shell(context, client_id).await
+            make_shell(context, client_id, epoch).await
         } else {
             Shell::None
         }
@@ -351,9 +355,20 @@ async fn claim(
         drop_shell(context, client_id);
     }
     if shell != Shell::None {
-        let late_copies = matches!(&answer, Ok(Some(answer))
-            if flush::read_handed_over(answer).is_some_and(|(late_copies, _)| late_copies));
-        remember_seen(context, client_id, late_copies);
+        // Late copies may come unless the answer says none: a previous owner that did not
+        // answer may have exported the session with a forwarding address all the same.
+        let late = match &answer {
+            Ok(Some(answer)) => flush::read_handed_over(answer)
+                .is_some_and(|handed| handed.late_copies == flush::LateCopies::Follow),
+            Ok(None) | Err(Refusal::Refused(_)) => false,
+            Err(_) => true,
+        };
+        let late = if late {
+            flush::LateCopies::Follow
+        } else {
+            flush::LateCopies::None
+        };
+        remember_seen(context, client_id, epoch, late);
     }
     if answer.is_ok() {
         // The previous owner handed its session over (or had none): it holds no queue for
@@ -366,8 +381,10 @@ async fn claim(
     }
     let transfer = match answer {
         Ok(Some(answer)) => match flush::read_handed_over(&answer)
-            .ok_or(tern_broker::TransferError::Invalid("hand-over flags"))
-            .and_then(|(_, bytes)| SessionTransfer::decode(bytes))
+            .ok_or(tern_broker::TransferError::Invalid(
+                "empty hand-over answer",
+            ))
+            .and_then(|handed| SessionTransfer::decode(handed.session))
         {
             Ok(transfer) => Some(transfer),
             Err(error) => {
@@ -401,15 +418,15 @@ async fn claim(
     (Ok(ClaimGrant { transfer }), silent, epoch)
 }
 
-/// After the hand-over: the shell here (the session, once the client attached) remembers
-/// what reached it for as long as the previous owner may send late copies (see `forwards`),
-/// or not at all when it sends none.
-fn remember_seen(context: &Context<'_>, client_id: &str, late_copies: bool) {
+/// After the hand-over: the shell of the claim `epoch` here (the session, once the client
+/// attached) remembers what reached it for as long as the previous owner may send late
+/// copies (see `forwards`), or not at all when it sends none.
+fn remember_seen(context: &Context<'_>, client_id: &str, epoch: u64, late: flush::LateCopies) {
     let Some(broker) = context.broker.upgrade() else {
         return;
     };
-    if !late_copies {
-        broker.forget_seen(client_id);
+    if late == flush::LateCopies::None {
+        broker.forget_seen(client_id, epoch);
         return;
     }
     let broker = context.broker.clone();
@@ -417,7 +434,7 @@ fn remember_seen(context: &Context<'_>, client_id: &str, late_copies: bool) {
     tokio::spawn(async move {
         tokio::time::sleep(super::forwards::SEEN_FOR).await;
         if let Some(broker) = broker.upgrade() {
-            broker.forget_seen(&client_id);
+            broker.forget_seen(&client_id, epoch);
         }
     });
 }
@@ -447,16 +464,19 @@ const SHELL_SHARE: u32 = 4;
 /// sends the shell's filters' messages here. The hand-over merges what the previous owner
 /// sends in front of what this shell queued (`Broker::adopt_handed_over`). See
 /// docs/architecture.md ("A cluster: closing the move window").
-async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
+async fn make_shell(context: &Context<'_>, client_id: &str, epoch: u64) -> Shell {
     let (Some(glue), Some(broker)) = (context.glue.upgrade(), context.broker.upgrade()) else {
         return Shell::None;
     };
     if context.listed || broker.session(client_id).is_some() {
         return Shell::None;
     }
-    let Some(transfer) = from_registry(context.node, client_id) else {
+    let Some(mut transfer) = from_registry(context.node, client_id) else {
         return Shell::None;
     };
+    // The CONNECT's: what the session keeps if this node stops before the client attaches
+    // (a restart finds it as any offline session, which expires).
+    transfer.expiry = context.expiry;
     let routes: Vec<(Option<String>, String)> = transfer
         .subscriptions
         .iter()
@@ -466,7 +486,7 @@ async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
             (group.map(str::to_owned), filter.to_owned())
         })
         .collect();
-    if let Err(error) = broker.import_shell(transfer, Instant::now()) {
+    if let Err(error) = broker.import_shell(transfer, epoch, Instant::now()) {
         tracing::debug!(client_id, %error, "no shell of the session");
         return Shell::None;
     }
@@ -495,7 +515,11 @@ async fn make_shell(context: &Context<'_>, client_id: &str) -> Shell {
         None
     };
     match index {
-        Some(index) => Shell::Routed(index),
+        Some(index) => {
+            // Planned from `index` on, a message came here only: no late copy of it.
+            broker.seen_window(client_id, epoch, index);
+            Shell::Routed(index)
+        }
         None => {
             tracing::info!(
                 client_id,
@@ -688,25 +712,35 @@ impl HandOverHandler for HandOver {
                     unflushed = Some((glue, index, flushed.unanswered, wait));
                 }
             }
-            let (transfer, late_copies) = match unflushed {
+            let exported = match unflushed {
                 Some((glue, index, unanswered, wait)) => flush::export_forwarding(
                     &glue, &broker, &client_id, epoch, index, unanswered, wait,
                 ),
-                None => (broker.export_session(&client_id, Instant::now()), false),
+                None => flush::Exported {
+                    transfer: broker.export_session(&client_id, Instant::now()),
+                    address: None,
+                },
             };
-            let Some(transfer) = transfer else {
+            let Some(transfer) = exported.transfer else {
                 return Ok(None);
+            };
+            let late = if exported.address.is_some() {
+                flush::LateCopies::Follow
+            } else {
+                flush::LateCopies::None
             };
             match transfer.encode() {
                 Ok(bytes) => {
                     tracing::info!(client_id, epoch, bytes = bytes.len(), "session handed over");
-                    Ok(Some(flush::handed_over(late_copies, &bytes)))
+                    Ok(Some(flush::handed_over(late, &bytes)))
                 }
                 Err(error) => {
-                    // Kept here rather than lost: the claimer connects without it. (Late
-                    // copies that reach its address go on to a node that has no session:
-                    // dropped there, as they would be here.)
+                    // Kept here rather than lost: the claimer connects without it, and late
+                    // copies come here again, not there.
                     tracing::warn!(client_id, %error, "session could not be encoded: kept here");
+                    if let (Some(key), Some(glue)) = (exported.address, glue.upgrade()) {
+                        glue.forwards.remove(&client_id, key);
+                    }
                     let _ = broker.import_session(transfer, Instant::now());
                     Err(Refusal::Unavailable(format!(
                         "session could not be encoded: {error}"

@@ -121,13 +121,21 @@ pub async fn barrier(broker: &Arc<Broker>) {
     }
 }
 
+/// What [`export_forwarding`] did.
+pub struct Exported {
+    /// The session, if this node had it.
+    pub transfer: Option<SessionTransfer>,
+    /// The key of the forwarding address kept for it (see `forwards`), if one was.
+    pub address: Option<usize>,
+}
+
 /// Exports the session of `client_id` (claimed with `epoch`, its routes in every table from
 /// `index` on) after a flush that `unanswered` did not answer, keeping a forwarding address
 /// for it: the late copies of those nodes go on to the new owner (see `forwards`). The
 /// export and the address are made while no message from another node is delivered here, so
 /// a copy is either in the export or finds the address. Those nodes are asked for a flush
 /// again once a second, until each has answered or left the cluster (the address ends
-/// then), for [`MOVED_FOR`] at most. The export, and whether an address is kept.
+/// then), for [`MOVED_FOR`] at most.
 pub fn export_forwarding(
     glue: &Arc<Glue>,
     broker: &Broker,
@@ -136,7 +144,7 @@ pub fn export_forwarding(
     index: u64,
     unanswered: BTreeSet<NodeId>,
     wait: Duration,
-) -> (Option<SessionTransfer>, bool) {
+) -> Exported {
     let owner = glue.claimer.get().and_then(|claimer| {
         let state = claimer.node.state();
         match state.owner(client_id) {
@@ -145,30 +153,46 @@ pub fn export_forwarding(
         }
     });
     let (Some(to), Some(plane)) = (owner, glue.plane.get()) else {
-        return (broker.export_session(client_id, Instant::now()), false);
+        return Exported {
+            transfer: broker.export_session(client_id, Instant::now()),
+            address: None,
+        };
     };
-    let (transfer, key) = plane.without_deliveries(|| {
+    let (transfer, address) = plane.without_deliveries(|| {
         let transfer = broker.export_session(client_id, Instant::now());
-        let key = transfer.as_ref().and_then(|transfer| {
+        let address = transfer.as_ref().and_then(|transfer| {
             let filters = transfer
                 .subscriptions
                 .iter()
                 .map(|(filter, _)| filter.as_str());
             glue.forwards.add(client_id, to, index, unanswered, filters)
         });
-        (transfer, key)
+        (transfer, address)
     });
-    let Some(key) = key else {
+    let Some(key) = address else {
         if transfer.is_some() {
             tracing::warn!(client_id, "moved session: no forwarding address kept");
         }
-        return (transfer, false);
+        return Exported {
+            transfer,
+            address: None,
+        };
     };
     tracing::info!(
         client_id,
         node = to,
         "moved session: a forwarding address kept"
     );
+    ask_again(glue, client_id, key, index, wait);
+    Exported {
+        transfer,
+        address: Some(key),
+    }
+}
+
+/// Asks the nodes the address `key` of `client_id` waits for to flush to `index`, once a
+/// second (each within `wait`), until the address ends; ends it after [`MOVED_FOR`].
+fn ask_again(glue: &Arc<Glue>, client_id: &str, key: usize, index: u64, wait: Duration) {
     let glue = Arc::downgrade(glue);
     let client_id = client_id.to_owned();
     tokio::spawn(async move {
@@ -210,22 +234,46 @@ pub fn export_forwarding(
             }
         }
     });
-    (transfer, true)
 }
 
-/// A hand-over's answer: a flags byte (bit 0: late copies of the session's messages may
-/// follow, see `forwards`), then the encoded session.
-pub fn handed_over(late_copies: bool, session: &[u8]) -> Vec<u8> {
+/// Whether late copies of a handed-over session's messages may follow the hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateCopies {
+    /// The flush was whole, or no address was kept: none.
+    None,
+    /// A forwarding address was kept.
+    Follow,
+}
+
+/// A hand-over's answer, read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HandedOver<'a> {
+    pub late_copies: LateCopies,
+    /// The encoded session.
+    pub session: &'a [u8],
+}
+
+/// A hand-over's answer: a flags byte (bit 0: late copies may follow; other bits: none yet,
+/// ignored), then the encoded session.
+pub fn handed_over(late_copies: LateCopies, session: &[u8]) -> Vec<u8> {
     let mut answer = Vec::with_capacity(1 + session.len());
-    answer.push(u8::from(late_copies));
+    answer.push(u8::from(late_copies == LateCopies::Follow));
     answer.extend_from_slice(session);
     answer
 }
 
-/// What [`handed_over`] wrote: whether late copies may follow, and the encoded session.
-pub fn read_handed_over(answer: &[u8]) -> Option<(bool, &[u8])> {
+/// What [`handed_over`] wrote (none: an empty answer).
+pub fn read_handed_over(answer: &[u8]) -> Option<HandedOver<'_>> {
     let (&flags, session) = answer.split_first()?;
-    (flags <= 1).then_some((flags == 1, session))
+    let late_copies = if flags & 1 != 0 {
+        LateCopies::Follow
+    } else {
+        LateCopies::None
+    };
+    Some(HandedOver {
+        late_copies,
+        session,
+    })
 }
 
 #[cfg(test)]
@@ -234,11 +282,19 @@ mod tests {
 
     #[test]
     fn a_hand_over_answer_says_whether_late_copies_follow() {
-        for late in [false, true] {
-            let answer = handed_over(late, b"session");
-            assert_eq!(read_handed_over(&answer), Some((late, &b"session"[..])));
+        for late_copies in [LateCopies::None, LateCopies::Follow] {
+            let answer = handed_over(late_copies, b"session");
+            let read = read_handed_over(&answer);
+            assert_eq!(
+                read,
+                Some(HandedOver {
+                    late_copies,
+                    session: b"session"
+                })
+            );
         }
         assert_eq!(read_handed_over(&[]), None);
-        assert_eq!(read_handed_over(&[7, 1]), None, "unknown flags");
+        let later = read_handed_over(&[0b11, 7]).map(|read| read.late_copies);
+        assert_eq!(later, Some(LateCopies::Follow), "other bits ignored");
     }
 }

@@ -27,9 +27,11 @@ const MOVED_MAX: usize = 10_000;
 /// copies of the move's time afterwards, which are then lost.
 pub const MOVED_FOR: Duration = Duration::from_secs(600);
 
-/// How long the new owner remembers what reached the moved session, for the late copies
-/// (longer than an address lives: it starts before the hand-over answer reaches it).
-pub const SEEN_FOR: Duration = Duration::from_secs(660);
+/// How long the new owner remembers what reached the moved session, for the late copies,
+/// and takes them: well beyond an address's life, for a late copy that waits in the
+/// previous owner's outbox while the link between the two is down. (What it remembers is
+/// only what was planned before the move's routes were in every table.)
+pub const SEEN_FOR: Duration = Duration::from_secs(3600);
 
 /// One filter of a moved session, as an entry of the filter index.
 #[derive(Debug, Clone)]

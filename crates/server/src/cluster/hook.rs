@@ -74,7 +74,7 @@ pub struct Glue {
     pub table_index: tokio::sync::watch::Sender<u64>,
     /// Barriers proposed by [`Glue::barrier_index`] waiting to be applied here, by nonce.
     barriers: Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<u64>>>,
-    /// Sessions handed over from here after a flush (see `claim::flush`).
+    /// Sessions handed over from here after a flush (see `flush::flush`).
     pub flushes: Flushes,
     /// Forwarding addresses of sessions handed over after a partial flush.
     pub forwards: Arc<super::forwards::Forwards>,
@@ -335,6 +335,7 @@ impl ClusterHook for Glue {
             number: self
                 .numbers
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            planned_at: routes_at,
         });
         Some(ClusterPlan {
             skip_groups,

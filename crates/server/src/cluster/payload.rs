@@ -5,11 +5,11 @@
 //!
 //! Layout: flags (u8: bit 0 plain subscriptions, bit 1 the route index follows, bit 2 a late
 //! copy), the log index of the route table the origin planned the message with (u64), for a
-//! late copy the client id it is for (u16 length, UTF-8), the number of shared groups (u16) and each group's name and
-//! filter (u16 length, UTF-8), the publisher's client id (u16 length; 0xFFFF: none), then the
-//! PUBLISH packet, then the message's cluster id if it has one (node, run, number: three
-//! u64). A copy stored by an older version (no bit 1: kept in an outbox across an upgrade)
-//! reads as planned at index 0.
+//! late copy the client id it is for (u16 length, UTF-8), the number of shared groups (u16)
+//! and each group's name and filter (u16 length, UTF-8), the publisher's client id (u16
+//! length; 0xFFFF: none), then the PUBLISH packet, then the message's cluster id if it has
+//! one (node, run, number: three u64). A copy stored by an older version (no bit 1: kept
+//! in an outbox across an upgrade) reads as planned at index 0.
 
 use std::time::Instant;
 
@@ -136,6 +136,7 @@ pub fn decode(payload: Bytes, now: Instant) -> Result<Forwarded, PayloadError> {
             node: packet.get_u64(),
             run: packet.get_u64(),
             number: packet.get_u64(),
+            planned_at: routes_at,
         })),
         _ => return Err(PayloadError("bytes after the message")),
     };
@@ -198,6 +199,7 @@ mod tests {
                 node: 3,
                 run: 1_700_000_000,
                 number: 42,
+                planned_at: 17,
             })),
             topic: MqttStr::try_from("a/b").unwrap(),
             payload: Bytes::from_static(b"hello"),
@@ -228,6 +230,8 @@ mod tests {
         assert_eq!(back.message.properties, message.properties);
         assert_eq!(back.message.expires_at, message.expires_at);
         assert_eq!(back.message.cluster_id, message.cluster_id);
+        let planned_at = back.message.cluster_id.as_deref().map(|id| id.planned_at);
+        assert_eq!(planned_at, Some(17), "the route index the copy carries");
         // Without an id, none comes back.
         let plain = Message {
             cluster_id: None,

@@ -76,7 +76,7 @@ impl RouteTable {
     }
 
     /// Makes the table hold exactly the state's routes (after a snapshot, at start), or only
-    /// what changed; `index`: the snapshot's last entry (none at start).
+    /// what changed; `index`: the log index the state is at (or below it), if known.
     pub fn sync(&mut self, state: &ClusterState, index: Option<u64>) {
         if let Some(index) = index {
             self.applied(index);

@@ -118,7 +118,7 @@ impl DataSink for BrokerSink {
             }
             None => {
                 // Copies for sessions moved from here (an address is kept, and the session
-                // exported, while no delivery runs: `claim::export_forwarding`).
+                // exported, while no delivery runs: `flush::export_forwarding`).
                 let late = if forwarded.regular {
                     self.send_late(from, &forwarded.message, forwarded.routes_at, now)
                 } else {

@@ -395,7 +395,7 @@ impl Broker {
 
     /// Whether the session of `client_id` here takes a late copy of the message `id`: it
     /// remembers what reached it since its shell was made, and does not hold the message
-    /// (in flight or queued).
+    /// (in flight or queued: what its memory forgot past its bound, it may still hold).
     fn takes_late_copy(&self, client_id: &str, id: Option<&ClusterMessageId>) -> bool {
         self.session(client_id).is_some_and(|session| {
             let state = session.lock();

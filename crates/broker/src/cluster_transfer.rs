@@ -545,7 +545,8 @@ impl Broker {
     /// it asks the previous owner for the session: installed like [`Broker::import_session`],
     /// it queues what its routes bring meanwhile, and [`Broker::adopt_handed_over`] merges it
     /// with what is handed over. The claim's `epoch` names what it remembers for late copies
-    /// ([`Broker::seen_window`], [`Broker::forget_seen`]).
+    /// ([`Broker::seen_window`], [`Broker::forget_seen`]). It has the CONNECT's expiry (what
+    /// a restart before the client attaches finds) but does not expire while it is a shell.
     pub fn import_shell(
         &self,
         transfer: SessionTransfer,
@@ -560,8 +561,16 @@ impl Broker {
             // is remembered from now on (see `Broker::publish_late`).
             state.seen = Some(Box::new(SeenIds::new(epoch)));
         }
-        self.install_session(session, now)
-            .ok_or(TransferError::Connected)
+        let seq = self
+            .install_session(session.clone(), now)
+            .ok_or(TransferError::Connected)?;
+        // No expiry while the claim runs (its client attaches, or the hand-over replaces
+        // the shell); the store keeps the CONNECT's for a restart in between.
+        let mut state = session.lock();
+        if let Some(at) = state.expires_at.take() {
+            self.remove_timer(at, TimerKind::SessionExpiry, &session);
+        }
+        Ok(seq)
     }
 
     /// Cluster: the session of `client_id`, offline here once another node's claim took its

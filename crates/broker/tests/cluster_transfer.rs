@@ -374,6 +374,31 @@ fn the_second_copy_of_a_moved_session_is_dropped_whichever_comes_first_issue_16(
     );
 }
 
+/// Issue 16: a shell keeps the CONNECT's session expiry (what a restart before the client
+/// attaches finds) but does not expire while its claim runs, however long the hand-over
+/// takes: what it queued and what it remembers for late copies stay.
+#[test]
+fn a_shell_does_not_expire_while_its_claim_runs_issue_16() {
+    let b = Net::new();
+    let mut short = shell("mover", "m/#");
+    short.expiry = SessionExpiry::After(Duration::from_secs(1));
+    b.broker.import_shell(short, 7, b.now()).unwrap();
+    b.broker
+        .publish_from_cluster(clustered("m/1", b"queued", Some(1)), true, &[], b.now());
+    b.advance(10_000);
+    assert!(b.broker.has_shell("mover"), "no expiry while a shell");
+    b.broker
+        .adopt_handed_over(shell("mover", "m/#"), b.now())
+        .unwrap();
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", clustered("m/1", b"again", Some(1)), b.now());
+    assert_eq!(reached, 0, "still remembered");
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    assert_eq!(&client.publish_received().payload[..], b"queued");
+}
+
 /// Issue 16: only a shell merges with a handed-over session; any other offline session of
 /// the client id here (a copy left from before a clean start elsewhere) is replaced, so
 /// nothing of it joins the session [MQTT-3.1.2-4].

@@ -37,6 +37,9 @@ pub async fn run(
     // The index the loaded state is at, or below it (the figure follows the apply).
     let loaded = node.status().last_applied;
     rebuild(&glue, &node, &broker, loaded);
+    if let Some(loaded) = loaded {
+        glue.table_index.send_if_modified(|at| raise(at, loaded));
+    }
     while let Some(event) = events.recv().await {
         match event {
             Applied::Snapshot { last_index } => {

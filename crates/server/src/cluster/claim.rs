@@ -357,16 +357,14 @@ async fn claim(
     if shell != Shell::None {
         // Late copies may come unless the answer says none: a previous owner that did not
         // answer may have exported the session with a forwarding address all the same.
-        let late = match &answer {
-            Ok(Some(answer)) => flush::read_handed_over(answer)
-                .is_some_and(|handed| handed.late_copies == flush::LateCopies::Follow),
-            Ok(None) | Err(Refusal::Refused(_)) => false,
-            Err(_) => true,
-        };
-        let late = if late {
-            flush::LateCopies::Follow
-        } else {
-            flush::LateCopies::None
+        let late = match (&answer, shell) {
+            (Ok(Some(answer)), _) => flush::read_handed_over(answer)
+                .map_or(flush::LateCopies::None, |handed| handed.late_copies),
+            (Ok(None) | Err(Refusal::Refused(_)), _) => flush::LateCopies::None,
+            // Unanswered: the previous owner may have flushed and kept an address all the
+            // same, if it was asked to flush.
+            (Err(_), Shell::Routed(_)) => flush::LateCopies::Follow,
+            (Err(_), _) => flush::LateCopies::None,
         };
         remember_seen(context, client_id, epoch, late);
     }

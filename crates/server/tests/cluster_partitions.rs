@@ -363,6 +363,27 @@ async fn collect(client: &mut Client, quiet: Duration) -> Vec<(u32, bool)> {
     got
 }
 
+/// Waits until `node`'s registry holds durable subscriptions of `client_id`.
+async fn durable_in_registry(node: &Node, client_id: &str) {
+    until("the durable subscription in the registry", || {
+        node.cluster
+            .node()
+            .state()
+            .session(client_id)
+            .is_some_and(|entry| !entry.subscriptions.is_empty())
+    })
+    .await;
+}
+
+/// The messages of `got` that came a second time as new (not a resend with DUP).
+fn new_twice(got: &[(u32, bool)]) -> Vec<u32> {
+    let mut fresh = std::collections::BTreeSet::new();
+    got.iter()
+        .filter(|(i, dup)| !dup && !fresh.insert(*i))
+        .map(|(i, _)| *i)
+        .collect()
+}
+
 /// Receives on `client` into `got` until every message of `0..count` came (or the time to
 /// agree ran out: then fails, naming the missing ones, with `late` for context).
 async fn receive_each(
@@ -411,15 +432,7 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
     let (mut old, _) = Client::connect(options).await;
     old.subscribe("move/#", QoS::AtLeastOnce).await;
     route_known(&nodes, "move/#", 1).await;
-    until("the durable subscription in B's registry", || {
-        nodes[1]
-            .cluster
-            .node()
-            .state()
-            .session("mover")
-            .is_some_and(|entry| !entry.subscriptions.is_empty())
-    })
-    .await;
+    durable_in_registry(&nodes[1], "mover").await;
     net.set(3, 1, Mode::Delay(Duration::from_millis(250)));
     let published = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     // Set once the client is connected to B: the publisher stops `AFTER` messages later.
@@ -477,12 +490,7 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
         }
         on_new.extend(collect(&mut new, Duration::from_millis(500)).await);
     }
-    let mut fresh = std::collections::BTreeSet::new();
-    let doubled: Vec<u32> = on_new
-        .iter()
-        .filter(|(i, dup)| !dup && !fresh.insert(*i))
-        .map(|(i, _)| *i)
-        .collect();
+    let doubled = new_twice(&on_new);
     assert!(doubled.is_empty(), "sent twice on B: {doubled:?}");
     // A's connection closed before B's shell was made: what reached the client on A comes
     // again on B only as a resend of an unacknowledged message (DUP), never as a new one
@@ -559,15 +567,7 @@ async fn late_copies(cut_to_b: bool) {
     let mut old = old;
     old.subscribe("late/#", QoS::AtLeastOnce).await;
     route_known(&nodes, "late/#", id(a)).await;
-    until("the durable subscription in B's registry", || {
-        nodes[b]
-            .cluster
-            .node()
-            .state()
-            .session("mover")
-            .is_some_and(|entry| !entry.subscriptions.is_empty())
-    })
-    .await;
+    durable_in_registry(&nodes[b], "mover").await;
     // Connected first: its claim needs the Raft leader, which may be A.
     let mut publisher = Client::simple(nodes[c].addr, "pub-c").await;
     net.set(id(c), id(a), Mode::Blackhole);
@@ -617,12 +617,7 @@ async fn late_copies(cut_to_b: bool) {
     .await;
     // A second copy would come within a quiet moment.
     on_new.extend(collect(&mut new, Duration::from_millis(500)).await);
-    let mut fresh = std::collections::BTreeSet::new();
-    let doubled: Vec<u32> = on_new
-        .iter()
-        .filter(|(i, dup)| !dup && !fresh.insert(*i))
-        .map(|(i, _)| *i)
-        .collect();
+    let doubled = new_twice(&on_new);
     assert!(doubled.is_empty(), "sent twice on B: {doubled:?}");
     let mut watched: Vec<u32> = collect(&mut watcher, Duration::from_millis(500))
         .await

@@ -13,14 +13,13 @@ use super::retained;
 
 /// Brings the route table and the retained messages up to the state this node has applied
 /// (at start, and after a snapshot replaced the state).
-/// `index`: the snapshot's last entry (at start: the last applied, if known).
-pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker, index: Option<u64>) {
+pub fn rebuild(glue: &Glue, node: &ClusterNode, broker: &Broker) {
     let now = Instant::now();
     let state = node.state();
     glue.table
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .sync(&state, index);
+        .sync(&state);
     for message in state.retained() {
         if let Some(local) = retained::from_replicated(message, now) {
             broker.apply_cluster_retained(&message.topic, Some(local));
@@ -36,14 +35,14 @@ pub async fn run(
 ) {
     // The index the loaded state is at, or below it (the figure follows the apply).
     let loaded = node.status().last_applied;
-    rebuild(&glue, &node, &broker, loaded);
+    rebuild(&glue, &node, &broker);
     if let Some(loaded) = loaded {
         glue.table_index.send_if_modified(|at| raise(at, loaded));
     }
     while let Some(event) = events.recv().await {
         match event {
             Applied::Snapshot { last_index } => {
-                rebuild(&glue, &node, &broker, Some(last_index));
+                rebuild(&glue, &node, &broker);
                 glue.table_index
                     .send_if_modified(|at| raise(at, last_index));
                 if let Some(returns) = glue.returns.get() {
@@ -59,12 +58,6 @@ pub async fn run(
                 for (command, outcome) in request.commands.iter().zip(&response.outcomes) {
                     apply_one(&glue, &node, &broker, command, outcome, log_index);
                 }
-                // After all of the entry's commands: a publish planned meanwhile carries the
-                // index before (it errs towards a late copy, see `forwards`).
-                glue.table
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .applied(log_index);
                 glue.table_index.send_if_modified(|at| raise(at, log_index));
             }
         }

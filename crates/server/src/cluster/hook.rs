@@ -299,11 +299,15 @@ impl ClusterHook for Glue {
         let found = table.matching(&message.topic, self.node_id, |node| {
             plane.is_none_or(|plane| !plane.is_congested(node))
         });
-        let routes_at = table.at();
-        drop(table);
         if found.is_empty() {
             return None;
         }
+        // Only for a message that leaves this node. Read under the table's lock, and raised
+        // only once the table holds an entry's commands: never above what the table shows
+        // (a publish planned while an entry is applied carries the one before, which errs
+        // towards a late copy, see `forwards`).
+        let routes_at = *self.table_index.borrow();
+        drop(table);
         let mut copies: BTreeMap<NodeId, RemoteCopy> = BTreeMap::new();
         for node in found.nodes {
             copies

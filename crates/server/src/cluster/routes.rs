@@ -50,8 +50,6 @@ pub struct RouteTable {
     indexed: usize,
     /// `indexed == 0`, readable without the table's lock (see [`RouteTable::emptiness`]).
     empty: Arc<AtomicBool>,
-    /// The log index of the last entry applied to the table (see [`RouteTable::at`]).
-    at: u64,
 }
 
 impl RouteTable {
@@ -76,11 +74,8 @@ impl RouteTable {
     }
 
     /// Makes the table hold exactly the state's routes (after a snapshot, at start), or only
-    /// what changed; `index`: the log index the state is at (or below it), if known.
-    pub fn sync(&mut self, state: &ClusterState, index: Option<u64>) {
-        if let Some(index) = index {
-            self.applied(index);
-        }
+    /// what changed.
+    pub fn sync(&mut self, state: &ClusterState) {
         let mut wanted: BTreeSet<(Option<String>, String, NodeId)> = BTreeSet::new();
         for (filter, nodes) in state.routes() {
             for node in nodes {
@@ -165,17 +160,6 @@ impl RouteTable {
                 .remove(&full_filter(group, filter), &NodeEntry(node));
             self.indexed -= 1;
         }
-    }
-
-    /// The log entry `index` is applied to the table (all its commands).
-    pub fn applied(&mut self, index: u64) {
-        self.at = self.at.max(index);
-    }
-
-    /// The log index of the last entry applied to the table: a message planned with it went
-    /// to every node whose route was committed at this index or before.
-    pub fn at(&self) -> u64 {
-        self.at
     }
 
     fn publish_emptiness(&self) {

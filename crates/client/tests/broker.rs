@@ -12,7 +12,7 @@ use tern_client::{
     Backoff, Client, ClientOptions, Endpoint, Event, Events, LastWill, Message, Properties,
     ProtocolVersion, QoS, ReasonCode, SubscriptionOptions,
 };
-use tern_server::{Durability, Server, ServerConfig};
+use tern_server::{Durability, OpenConnections, Server, ServerConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -20,6 +20,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Broker {
     addr: SocketAddr,
+    open: OpenConnections,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -28,6 +29,7 @@ impl Broker {
     async fn start(config: ServerConfig) -> Broker {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
+        let open = server.open_connections();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let stopped = async {
@@ -40,6 +42,7 @@ impl Broker {
         });
         Broker {
             addr,
+            open,
             stop: Some(stop),
             task,
         }
@@ -47,6 +50,20 @@ impl Broker {
 
     async fn memory() -> Broker {
         Broker::start(config(SocketAddr::from(([127, 0, 0, 1], 0)))).await
+    }
+
+    /// Waits until the server holds `count` connections: a connection's task ends after the
+    /// server has handled what it read, its DISCONNECT included.
+    async fn wait_open(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.open.get() != count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server holds {} connections, not {count}",
+                self.open.get()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn shutdown(mut self) {
@@ -247,6 +264,10 @@ async fn will_published_on_disconnect_with_will_not_on_normal_mqtt_3_1_2_8() {
     });
     let (normal, _e, _) = Client::connect(with_will.clone()).await.expect("connect");
     normal.disconnect().await.expect("disconnect");
+    // The server has handled the DISCONNECT before the same client id connects again: were
+    // the new CONNECT first, it would take the session over and publish the first will
+    // [MQTT-3.1.4-3].
+    broker.wait_open(1).await;
     let (dies, _e2, _) = Client::connect(with_will).await.expect("connect");
     dies.disconnect_with(ReasonCode::DisconnectWithWillMessage, Properties::default())
         .await

@@ -26,7 +26,8 @@ use crate::persist::{
 use crate::retained::RetainedIndex;
 use crate::retained_stream::RetainedSource;
 use crate::session::{
-    Enqueued, Inflight, PendingWill, QueuedDelivery, Session, SessionState, belongs_in_store,
+    Enqueued, Inflight, PendingWill, QueuedDelivery, Queueing, Session, SessionState,
+    belongs_in_store,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
 use crate::types::{ConnectionId, InflightState, Seq, SessionExpiry, SubscriptionRecord, Wakeup};
@@ -938,8 +939,7 @@ impl Broker {
             reached += 1;
             let pushed = first.session.enqueue(
                 delivery,
-                self.live_limits.max_queued_messages(),
-                self.config.queue_qos0_offline,
+                self.queueing(true),
                 self.persistence(),
                 &mut body,
                 hold.as_deref_mut().map(|hold| (hold, now)),
@@ -966,6 +966,16 @@ impl Broker {
         drop(body);
         TARGETS.set(reuse(targets));
         (reached, seq)
+    }
+
+    /// How a delivery is queued now (see [`Session::enqueue`]); `routed`: not one of a
+    /// returned queue's.
+    pub(crate) fn queueing(&self, routed: bool) -> Queueing {
+        Queueing {
+            max_queued: self.live_limits.max_queued_messages(),
+            qos0_offline: self.config.queue_qos0_offline,
+            routed,
+        }
     }
 
     /// The delivery of `message` for the subscriptions `group` of one session.
@@ -1114,8 +1124,7 @@ impl Broker {
             };
             target.session.enqueue(
                 handed,
-                self.live_limits.max_queued_messages(),
-                self.config.queue_qos0_offline,
+                self.queueing(true),
                 self.persistence(),
                 &mut body,
                 None,

@@ -15,7 +15,7 @@ use crate::broker::{Broker, Subscriber, read, write};
 use crate::cluster_claim::{ClaimDecision, ClaimRequest};
 use crate::message::{ClusterMessageId, Message, MessageRef};
 use crate::persist::Change;
-use crate::session::Kick;
+use crate::session::{Kick, SeenIds};
 use crate::subscriptions::{SharedGroup, SubscriptionIndex};
 use crate::types::{Seq, SubscriptionRecord};
 use crate::worker_post::Scope;
@@ -399,7 +399,7 @@ impl Broker {
     fn takes_late_copy(&self, client_id: &str, id: Option<&ClusterMessageId>) -> bool {
         self.session(client_id).is_some_and(|session| {
             let state = session.lock();
-            state.seen.is_some()
+            state.seen.as_deref().is_some_and(SeenIds::takes_late)
                 && id.is_none_or(|id| {
                     !state
                         .inflight

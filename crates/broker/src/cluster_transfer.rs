@@ -599,15 +599,77 @@ impl Broker {
     }
 
     /// Cluster: the session of `client_id` here, if the claim `epoch` made its shell, no
-    /// longer remembers the cluster ids of what was queued for it since (no late copy of that
-    /// move can come any more).
+    /// longer remembers the cluster ids of what was queued for it since, and takes no late
+    /// copy (none of that move can come any more). What it knows of the nodes that flushed
+    /// stays until [`Broker::forget_move`].
     pub fn forget_seen(&self, client_id: &str, epoch: u64) {
+        if let Some(session) = self.session(client_id) {
+            let mut state = session.lock();
+            if let Some(seen) = state.seen.as_deref_mut()
+                && seen.epoch == epoch
+            {
+                seen.no_late_copies();
+                if !seen.knows_anything() {
+                    state.seen = None;
+                }
+            }
+        }
+    }
+
+    /// Cluster: the session of `client_id` here, if the claim `epoch` made its shell,
+    /// forgets all it knew of that move (no copy planned before the move's routes reached
+    /// every table is expected any more).
+    pub fn forget_move(&self, client_id: &str, epoch: u64) {
         if let Some(session) = self.session(client_id) {
             let mut state = session.lock();
             if state.seen.as_ref().is_some_and(|seen| seen.epoch == epoch) {
                 state.seen = None;
             }
         }
+    }
+
+    /// Cluster: whether the session of `client_id` here still knows something of the move
+    /// the claim `epoch` made ([`Broker::forget_move`] forgets it).
+    pub fn knows_of_move(&self, client_id: &str, epoch: u64) -> bool {
+        self.session(client_id).is_some_and(|session| {
+            session
+                .lock()
+                .seen
+                .as_ref()
+                .is_some_and(|seen| seen.epoch == epoch)
+        })
+    }
+
+    /// Cluster: the previous owner of the session of `client_id` here, whose shell the
+    /// claim `epoch` made, handed it over after the nodes `flushed` (node id, run) answered
+    /// its flush: each of their copies planned in that run before the session's routes
+    /// reached every table reached that owner first, which delivered it on the old
+    /// connection or handed it over. A copy of one that this node's routes bring to a plain
+    /// subscription (to the shell, or to the session later) is dropped: the client may have
+    /// taken it already ([MQTT-4.3.3-2] for QoS 2). Set before the shell merges with what
+    /// was handed over ([`Broker::adopt_handed_over`]), which drops the shell's copies of
+    /// them.
+    ///
+    /// Only copies planned from `from` on: the log index from which the previous owner's
+    /// routes for the session were in every table (a copy planned before may have gone to
+    /// the owner before it, and come here only).
+    pub fn seen_flushed(&self, client_id: &str, epoch: u64, from: u64, flushed: Vec<(u64, u64)>) {
+        if let Some(session) = self.session(client_id)
+            && let Some(seen) = session.lock().seen.as_deref_mut()
+            && seen.epoch == epoch
+        {
+            seen.set_flushed(from, flushed);
+        }
+    }
+
+    /// Cluster: the log index from which every table routed the session of `client_id` to
+    /// this node, if a move brought it here recently (it still remembers that move:
+    /// `u64::MAX` when its routes were not known to be everywhere); `None` for a session that
+    /// did not (its routes were everywhere long before anything still on its way).
+    pub fn moved_in_at(&self, client_id: &str) -> Option<u64> {
+        let session = self.session(client_id)?;
+        let state = session.lock();
+        state.seen.as_deref().map(SeenIds::routed_from)
     }
 
     /// Cluster: the routes of the session of `client_id` here, whose shell the claim `epoch`
@@ -682,6 +744,7 @@ impl Broker {
         let mut index = write(&self.subscriptions);
         {
             let state = shell.lock();
+            let seen = state.seen.as_deref();
             let held: HashSet<ClusterMessageId> = transfer
                 .inflight
                 .iter()
@@ -695,11 +758,13 @@ impl Broker {
                 .map(|entry| &entry.delivery)
                 .chain(state.queue.iter().map(|queued| &queued.delivery))
                 .filter(|delivery| {
-                    delivery
-                        .message
-                        .cluster_id
-                        .as_deref()
-                        .is_none_or(|id| !held.contains(id))
+                    delivery.message.cluster_id.as_deref().is_none_or(|id| {
+                        // A group's copy went to this node only: the previous owner had
+                        // none of it.
+                        let had = delivery.shared_filter.is_none()
+                            && seen.is_some_and(|seen| seen.previous_owner_had(id));
+                        !held.contains(id) && !had
+                    })
                 })
                 .map(|delivery| TransferredDelivery::from_delivery(delivery, now));
             transfer.queue.extend(shell_deliveries);
@@ -871,10 +936,11 @@ impl Broker {
         for delivery in deliveries {
             let delivery = delivery.into_delivery(self, now);
             let mut body = RoutedBody::new(self.persistence());
+            // Not dropped as a copy the previous owner of a move had: this copy of the
+            // session held it, which that owner may not have had.
             let pushed = session.enqueue(
                 delivery,
-                self.live_limits.max_queued_messages(),
-                self.config().queue_qos0_offline,
+                self.queueing(false),
                 self.persistence(),
                 &mut body,
                 None,

@@ -103,9 +103,11 @@ pub struct SessionState {
     /// `Broker::import_shell`), not attached since; only a shell merges with what is handed
     /// over.
     pub(crate) shell: bool,
-    /// Cluster: the cluster ids of the messages queued for the session since a claim made
-    /// its shell, planned before its routes reached every table, while late copies of them
-    /// may still come from the previous owner (see `Broker::publish_late`). Boxed: rare.
+    /// Cluster: what a moved session knows of the messages planned before its routes
+    /// reached every table, while copies of them may still come: the cluster ids of those
+    /// queued for it since a claim made its shell (late copies from the previous owner may
+    /// follow, see `Broker::publish_late`), and the nodes whose copies of them all reached
+    /// the previous owner (see [`SeenIds`]). Boxed: rare.
     pub(crate) seen: Option<Box<SeenIds>>,
     /// Retained sets being sent for new subscriptions (boxed: rare, and an idle session
     /// should cost little).
@@ -130,13 +132,28 @@ pub struct SessionState {
 /// of a move that takes long to route.
 const SEEN_MAX: usize = 100_000;
 
-/// Cluster ids of messages queued for a session since the claim `epoch` made its shell,
-/// those planned below `window` (the log index from which every table routes the session
-/// here; unknown, so every one, until set), the last [`SEEN_MAX`] of them.
+/// What a session moved by the claim `epoch` knows of the messages planned below `window`
+/// (the log index from which every table routes the session here; unknown, so every one,
+/// until set), which may reach it more than once while the routes change:
+/// - the cluster ids of those queued for it since its shell was made, the last
+///   [`SEEN_MAX`] of them, while late copies may come (a late copy of one is dropped, and a
+///   routed copy of one that came late);
+/// - the nodes that answered the previous owner's flush (`flushed`), each with its run then:
+///   each of their copies planned in that run below `window`, and from `flushed_from` on
+///   (the previous owner's routes for the session were in every table then), reached the
+///   previous owner before it handed the session over, which delivered it on the old
+///   connection or handed it over, so a routed copy of one here is a second copy (dropped:
+///   the old connection may have taken it). A node that restarted since plans in another
+///   run (below `window` too, while it applies its log again): those copies the previous
+///   owner may not have had.
 #[derive(Debug)]
 pub(crate) struct SeenIds {
     pub(crate) epoch: u64,
     pub(crate) window: u64,
+    /// Whether late copies may still come (the ids are remembered while they may).
+    late: bool,
+    flushed: Vec<(u64, u64)>,
+    flushed_from: u64,
     ids: HashSet<ClusterMessageId>,
     order: VecDeque<ClusterMessageId>,
 }
@@ -146,22 +163,77 @@ impl SeenIds {
         SeenIds {
             epoch,
             window: u64::MAX,
+            late: true,
+            flushed: Vec::new(),
+            flushed_from: u64::MAX,
             ids: HashSet::new(),
             order: VecDeque::new(),
         }
     }
 
-    /// Remembers `id` if it was planned inside the window; false when it was remembered
-    /// already (the message came twice: by this node's routes and as a late copy).
-    pub(crate) fn admit(&mut self, id: ClusterMessageId) -> bool {
+    /// Whether a late copy may be taken (the ids are remembered).
+    pub(crate) fn takes_late(&self) -> bool {
+        self.late
+    }
+
+    /// No late copy can come any more: the ids are forgotten.
+    pub(crate) fn no_late_copies(&mut self) {
+        self.late = false;
+        self.ids = HashSet::new();
+        self.order = VecDeque::new();
+    }
+
+    /// Whether anything is left to know: the nodes that flushed, or the ids.
+    pub(crate) fn knows_anything(&self) -> bool {
+        self.late || !self.flushed.is_empty()
+    }
+
+    /// The nodes, with their runs, that answered the previous owner's flush, and the log
+    /// index from which its routes for the session were in every table (see [`SeenIds`]).
+    pub(crate) fn set_flushed(&mut self, from: u64, nodes: Vec<(u64, u64)>) {
+        self.flushed_from = from;
+        self.flushed = nodes;
+    }
+
+    /// Whether the previous owner had the message `id` before it handed the session over:
+    /// planned below the window, with its routes, by a node that answered its flush, in the
+    /// run it answered in.
+    pub(crate) fn previous_owner_had(&self, id: &ClusterMessageId) -> bool {
+        (self.flushed_from..self.window).contains(&id.planned_at)
+            && self.flushed.contains(&(id.node, id.run))
+    }
+
+    /// The log index from which every table routed the session here (`u64::MAX` until
+    /// known).
+    pub(crate) fn routed_from(&self) -> u64 {
+        self.window
+    }
+
+    /// Whether a copy of `id` may be queued: false for a second copy. `routed`: a copy this
+    /// node's routes brought, or a late one (not a returned queue's: what another copy of
+    /// the session held, which the previous owner may not have had). Remembers `id` if it
+    /// was planned inside the window while late copies may come.
+    pub(crate) fn admit(&mut self, id: ClusterMessageId, routed: bool) -> bool {
         if id.planned_at >= self.window {
+            return true;
+        }
+        // Not a late copy: those come from the nodes that did not answer the flush only
+        // (`flushed` holds the others).
+        if routed && self.previous_owner_had(&id) {
+            return false;
+        }
+        if !self.late {
             return true;
         }
         self.record(id)
     }
 
-    /// Remembers `id` whatever its plan; false when it was remembered already.
+    /// Remembers `id` whatever its plan, while late copies may come; false when it was
+    /// remembered already.
     pub(crate) fn record(&mut self, id: ClusterMessageId) -> bool {
+        if !self.late {
+            return true;
+        }
         if !self.ids.insert(id) {
             return false;
         }
@@ -205,6 +277,18 @@ pub struct Session {
     /// it receives: a kicked connection handles nothing more (review 13 NIT 20).
     kicked_hint: AtomicBool,
     state: Mutex<SessionState>,
+}
+
+/// How [`Session::enqueue`] queues a delivery.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queueing {
+    /// The most messages waiting: beyond it the oldest is dropped.
+    pub(crate) max_queued: usize,
+    /// Whether QoS 0 is queued for an offline session.
+    pub(crate) qos0_offline: bool,
+    /// Cluster: the delivery is a copy routed here (or a late copy), not one of a returned
+    /// queue (see [`SeenIds::admit`]).
+    pub(crate) routed: bool,
 }
 
 /// What pushing a delivery into a session did.
@@ -334,8 +418,8 @@ impl Session {
     }
 
     /// Pushes a delivery into the queue, dropping the oldest waiting message when the queue
-    /// holds `max_queued` already. QoS 0 for an offline session is discarded unless
-    /// `queue_qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
+    /// holds `queueing.max_queued` already. QoS 0 for an offline session is discarded unless
+    /// `queueing.qos0_offline`. With `persist`, a stored delivery (QoS 1/2 of a persistent session)
     /// is submitted as it is queued, after the message body that `body` holds for it.
     ///
     /// With `hold` (a QoS 1 PUBLISH whose acknowledgement can wait for its subscribers), a
@@ -344,21 +428,20 @@ impl Session {
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
-        max_queued: usize,
-        queue_qos0_offline: bool,
+        queueing: Queueing,
         persist: Option<&dyn Persistence>,
         body: &mut RoutedBody<'_>,
         hold: Option<(&mut AckHold<'_>, Instant)>,
     ) -> Pushed {
         let mut state = self.lock();
-        if state.ended || max_queued == 0 {
+        if state.ended || queueing.max_queued == 0 {
             return Pushed {
                 outcome: Enqueued::Discarded,
                 seq: Seq::NONE,
                 sweep: false,
             };
         }
-        if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queue_qos0_offline {
+        if state.owner.is_none() && delivery.qos == QoS::AtMostOnce && !queueing.qos0_offline {
             return Pushed {
                 outcome: Enqueued::Discarded,
                 seq: Seq::NONE,
@@ -366,11 +449,12 @@ impl Session {
             };
         }
         // A moved session's plain subscriptions get a message once, whichever way it came
-        // (this node's routes, or a late copy from the previous owner).
+        // (this node's routes, the previous owner's connection or hand-over, or a late copy
+        // from the previous owner).
         if delivery.shared_filter.is_none()
             && let Some(seen) = state.seen.as_deref_mut()
             && let Some(id) = delivery.message.cluster_id.as_deref()
-            && !seen.admit(*id)
+            && !seen.admit(*id, queueing.routed)
         {
             return Pushed {
                 outcome: Enqueued::Duplicate,
@@ -381,7 +465,7 @@ impl Session {
         let persist = persist.filter(|_| state.stored);
         let mut seq = Seq::NONE;
         let mut outcome = Enqueued::Queued;
-        if state.queue.len() >= max_queued
+        if state.queue.len() >= queueing.max_queued
             && let Some(dropped) = state.queue.pop_front()
         {
             state.dropped += 1;

@@ -374,6 +374,150 @@ fn the_second_copy_of_a_moved_session_is_dropped_whichever_comes_first_issue_16(
     );
 }
 
+/// A QoS 1 message on `m/1` with the cluster id (`node`, run 9, `number`), planned with the
+/// route table at log index `planned_at`.
+fn planned(payload: &'static [u8], node: u64, number: u64, planned_at: u64) -> Message {
+    let mut message = clustered("m/1", payload, Some(number));
+    if let Some(id) = message.cluster_id.as_deref_mut() {
+        id.node = node;
+        id.planned_at = planned_at;
+    }
+    message
+}
+
+/// Issue 16, a message the previous owner had before it handed the session over, which this
+/// node's routes brought too (through a route it had for another client, slower than the
+/// move): the nodes that answered the previous owner's flush (here node 3 in its run 9, not
+/// node 4) sent it every copy they planned in that run before the session's routes reached
+/// every table (log index 100), which it delivered on the old connection (the client may
+/// have taken it: delivered again here, a QoS 2 message would be received twice
+/// [MQTT-4.3.3-2]) or handed over. So such a copy is dropped: in the shell at the merge,
+/// and as it comes later. Not dropped: a copy of node 4 (but one of what was handed over:
+/// the ids), one node 3 planned in a later run (restarted since), one planned before the
+/// previous owner's routes were everywhere (index 50: it may have gone to the owner before
+/// it), one planned from index 100 on, a late copy, and one of a returned queue. Once no late copy can come, what is
+/// known of the flush stays, until the move is forgotten.
+#[test]
+fn a_copy_the_previous_owner_had_is_not_delivered_again_issue_16() {
+    let b = Net::new();
+    b.broker
+        .import_shell(shell("mover", "m/#"), 7, b.now())
+        .unwrap();
+    b.broker.seen_window("mover", 7, 100);
+    let routed = |message: Message| b.broker.publish_from_cluster(message, true, &[], b.now()).0;
+    // Into the shell before the hand-over's answer came.
+    assert_eq!(routed(planned(b"taken-on-a", 3, 1, 99)), 1);
+    assert_eq!(routed(planned(b"unflushed", 4, 1, 99)), 1);
+    b.broker.seen_flushed("mover", 6, 0, vec![(3, 9)]);
+    assert_eq!(
+        routed(planned(b"other-claim", 3, 2, 99)),
+        1,
+        "another claim's answer says nothing of this one"
+    );
+    b.broker.seen_flushed("mover", 7, 50, vec![(3, 9), (5, 9)]);
+    assert_eq!(routed(planned(b"taken-on-a-too", 3, 3, 98)), 0);
+    let mut from_a = shell("mover", "m/#");
+    from_a.queue = vec![
+        handed(planned(b"held-by-a", 3, 4, 99)),
+        handed(planned(b"held-from-4", 4, 5, 99)),
+    ];
+    b.broker.adopt_handed_over(from_a, b.now()).unwrap();
+    // After the merge.
+    assert_eq!(routed(planned(b"taken-on-a-later", 3, 5, 99)), 0);
+    assert_eq!(routed(planned(b"flushed-and-held", 3, 4, 99)), 0);
+    assert_eq!(
+        routed(planned(b"held-from-4-again", 4, 5, 99)),
+        0,
+        "the ids"
+    );
+    let mut restarted = planned(b"restarted", 3, 1, 99);
+    if let Some(id) = restarted.cluster_id.as_deref_mut() {
+        id.run = 10;
+    }
+    assert_eq!(routed(restarted), 1, "node 3's later run");
+    assert_eq!(
+        routed(planned(b"before-a-routed-it", 3, 11, 40)),
+        1,
+        "planned before the previous owner's routes were everywhere (index 50)"
+    );
+    assert_eq!(routed(planned(b"after-the-window", 3, 6, 100)), 1);
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", planned(b"late-from-4", 4, 2, 99), b.now());
+    assert_eq!(
+        reached, 1,
+        "a late copy comes from a node that did not flush"
+    );
+    let mut returned = shell("mover", "m/#");
+    returned.queue = vec![handed(planned(b"returned", 3, 7, 99))];
+    b.broker.merge_returned(returned, b.now()).unwrap();
+
+    // The shell's copies of node 3 went at the merge (`taken-on-a`, `other-claim`).
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    let got = client.publishes();
+    let payloads: Vec<&[u8]> = got.iter().map(|publish| &publish.payload[..]).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            &b"held-by-a"[..],
+            b"held-from-4",
+            b"unflushed",
+            b"restarted",
+            b"before-a-routed-it",
+            b"after-the-window",
+            b"late-from-4",
+            b"returned"
+        ]
+    );
+    for publish in &got {
+        client.ack(publish);
+    }
+    // No late copy can come: the ids go, what is known of the flush stays.
+    b.broker.forget_seen("mover", 7);
+    assert!(b.broker.knows_of_move("mover", 7));
+    assert_eq!(routed(planned(b"still-had", 3, 8, 99)), 0);
+    let (reached, _) = b
+        .broker
+        .publish_late("mover", planned(b"too-late", 4, 3, 99), b.now());
+    assert_eq!(reached, 0);
+    b.broker.forget_move("mover", 6);
+    assert_eq!(
+        routed(planned(b"still-had-2", 3, 9, 99)),
+        0,
+        "another claim's"
+    );
+    b.broker.forget_move("mover", 7);
+    assert!(!b.broker.knows_of_move("mover", 7));
+    assert_eq!(routed(planned(b"forgotten", 3, 10, 99)), 1);
+    let got = client.publishes();
+    let payloads: Vec<&[u8]> = got.iter().map(|publish| &publish.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"forgotten"[..]]);
+}
+
+/// Issue 16: a shared subscription's copy reaches one node only (the one its group's turn
+/// picked), so the previous owner did not have a group's copy that this node's routes
+/// brought to the shell (its only member, offline): the merge keeps it, although its origin
+/// answered the flush, and the client gets it on return.
+#[test]
+fn a_shells_group_copy_is_kept_at_the_merge_issue_16() {
+    let b = Net::new();
+    let mut grouped = shell("mover", "m/#");
+    grouped.subscriptions = vec![(text("$share/g/m/#"), record(QoS::AtLeastOnce, None))];
+    b.broker.import_shell(grouped.clone(), 7, b.now()).unwrap();
+    b.broker.seen_window("mover", 7, 100);
+    let groups = [("g".to_owned(), "m/#".to_owned())];
+    let (reached, _) =
+        b.broker
+            .publish_from_cluster(planned(b"for-the-group", 3, 1, 99), false, &groups, b.now());
+    assert_eq!(reached, 1, "queued for the offline member");
+    b.broker.seen_flushed("mover", 7, 0, vec![(3, 9)]);
+    b.broker.adopt_handed_over(grouped, b.now()).unwrap();
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    assert_eq!(&client.publish_received().payload[..], b"for-the-group");
+}
+
 /// Issue 16: a shell keeps the CONNECT's session expiry (what a restart before the client
 /// attaches finds) but does not expire while its claim runs, however long the hand-over
 /// takes: what it queued and what it remembers for late copies stay.

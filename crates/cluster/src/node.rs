@@ -141,9 +141,9 @@ pub trait HandOverHandler: Send + Sync + 'static {
 pub type CloseFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>> + Send>>;
 
-/// The answer of a flush: the last message of the outbox to the asker, if any.
+/// The answer of a flush: the node's run and the last message of its outbox to the asker.
 pub type FlushFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<(u64, u64)>, Refusal>> + Send>,
+    Box<dyn std::future::Future<Output = Result<crate::rpc::FlushAnswer, Refusal>> + Send>,
 >;
 
 /// The answer of a return: merged and durable, or refused (the sender keeps its copy).
@@ -352,7 +352,7 @@ impl ClusterNode {
         node: NodeId,
         index: u64,
         timeout: Duration,
-    ) -> Result<Option<(u64, u64)>, Refusal> {
+    ) -> Result<crate::rpc::FlushAnswer, Refusal> {
         match self
             .call_node(node, &RpcRequest::Flush { index }, timeout)
             .await?

@@ -86,8 +86,18 @@ pub enum RpcResponse {
     Returned(Result<(), Refusal>),
     /// The connection closed (or there was none).
     Closed(Result<(), Refusal>),
-    /// The last message in the outbox to the asker, as (run, sequence), once flushed.
-    Flushed(Result<Option<(u64, u64)>, Refusal>),
+    /// Flushed: the answering node's run and the last message in its outbox to the asker.
+    Flushed(Result<FlushAnswer, Refusal>),
+}
+
+/// A node's answer to a flush ([`RpcRequest::Flush`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushAnswer {
+    /// The answering node's data-plane run: its messages planned since it started carry it
+    /// (a later run's were not covered by this flush).
+    pub run: u64,
+    /// The last message in its outbox to the asker, as (run, sequence), if any.
+    pub last: Option<(u64, u64)>,
 }
 
 /// What a probed node says of itself.

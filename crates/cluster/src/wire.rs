@@ -12,8 +12,9 @@ pub const MAX_FRAME: usize = 300 << 20;
 /// 2: the close before a hand-over (`RpcRequest::Close`), the flush (`RpcRequest::Flush`,
 /// `HandOver::routes_at`) and message cluster ids in forwarded messages and session
 /// transfers. 3: forwarded messages carry the route index they were planned with, and late
-/// copies of a moved session's messages (the server's payload flags).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// copies of a moved session's messages (the server's payload flags). 4: a hand-over's
+/// answer names the nodes that answered the flush (the server's answer flags).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes this process wrote to and read from node-to-node links (a node per process in a
 /// deployment; in-process test clusters share them). For metrics and the benchmarks' Raft

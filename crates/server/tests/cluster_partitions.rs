@@ -363,6 +363,16 @@ async fn collect(client: &mut Client, quiet: Duration) -> Vec<(u32, bool)> {
     got
 }
 
+/// The client `mover` connects to `node`, resuming its session there (session present
+/// [MQTT-3.2.2-2]).
+async fn resume(node: &Node) -> Client {
+    let mut options = common::options(node.addr, "mover");
+    options.set_clean_session(false);
+    let (client, connack) = Client::connect(options).await;
+    assert!(connack.session_present, "the session moved with its client");
+    client
+}
+
 /// Waits until `node`'s registry holds durable subscriptions of `client_id`.
 async fn durable_in_registry(node: &Node, client_id: &str) {
     until("the durable subscription in the registry", || {
@@ -457,10 +467,7 @@ async fn a_session_moving_under_traffic_loses_nothing_issue_16() {
         published.load(std::sync::atomic::Ordering::Relaxed) >= BEFORE
     })
     .await;
-    let mut options = common::options(nodes[1].addr, "mover");
-    options.set_clean_session(false);
-    let (mut new, connack) = Client::connect(options).await;
-    assert!(connack.session_present, "the session moved with its client");
+    let mut new = resume(&nodes[1]).await;
     let moved_at = published.load(std::sync::atomic::Ordering::Relaxed);
     stop_at.store(moved_at + AFTER, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
@@ -543,14 +550,26 @@ async fn a_late_copy_and_a_direct_copy_make_one_delivery_issue_16() {
     late_copies(true).await;
 }
 
-/// The late-copy scenario; with `cut_to_b`, the link from C to B is cut as well.
-async fn late_copies(cut_to_b: bool) {
-    const WHILE_CUT: u32 = 40;
-    const AFTER: u32 = 20;
-    let dir = temp_dir("late");
+/// Three nodes and the clients of a move from A to B while C publishes, all at `qos`: a
+/// client on B subscribed to `{prefix}/+` (B routes those topics for it), the persistent
+/// session `mover` on A subscribed to `{prefix}/#` (its route everywhere, its durable
+/// subscription in the registry), and a publisher on C.
+struct MoveScene {
+    dir: Dir,
+    net: Network,
+    nodes: Vec<Node>,
+    /// The indexes of A, B and C in `nodes`.
+    roles: (usize, usize, usize),
+    watcher: Client,
+    old: Client,
+    publisher: Client,
+}
+
+async fn move_scene(prefix: &str, qos: QoS) -> MoveScene {
+    let dir = temp_dir(prefix);
     let (net, nodes) = three_nodes(&dir).await;
-    // The roles: C is not the Raft leader (cut off from A, it would leave A without the log
-    // until a new election, and the move waiting for it).
+    // The roles: C is not the Raft leader (cut off from A or B, it would leave that node
+    // without the log until a new election, and the move waiting for it).
     until("a leader", || nodes[0].cluster.status().leader.is_some()).await;
     let id = |index: usize| nodes[index].cluster.node().id();
     let (a, b, c) = if nodes[0].cluster.status().leader == Some(id(2)) {
@@ -559,26 +578,47 @@ async fn late_copies(cut_to_b: bool) {
         (0, 1, 2)
     };
     let mut watcher = Client::simple(nodes[b].addr, "watcher").await;
-    watcher.subscribe("late/+", QoS::AtLeastOnce).await;
-    route_known(&nodes, "late/+", id(b)).await;
+    watcher.subscribe(&format!("{prefix}/+"), qos).await;
+    route_known(&nodes, &format!("{prefix}/+"), id(b)).await;
     let mut options = common::options(nodes[a].addr, "mover");
     options.set_clean_session(false);
-    let (old, _) = Client::connect(options).await;
-    let mut old = old;
-    old.subscribe("late/#", QoS::AtLeastOnce).await;
-    route_known(&nodes, "late/#", id(a)).await;
+    let (mut old, _) = Client::connect(options).await;
+    old.subscribe(&format!("{prefix}/#"), qos).await;
+    route_known(&nodes, &format!("{prefix}/#"), id(a)).await;
     durable_in_registry(&nodes[b], "mover").await;
     // Connected first: its claim needs the Raft leader, which may be A.
-    let mut publisher = Client::simple(nodes[c].addr, "pub-c").await;
+    let publisher = Client::simple(nodes[c].addr, "pub-c").await;
+    MoveScene {
+        dir,
+        net,
+        nodes,
+        roles: (a, b, c),
+        watcher,
+        old,
+        publisher,
+    }
+}
+
+/// The late-copy scenario; with `cut_to_b`, the link from C to B is cut as well.
+async fn late_copies(cut_to_b: bool) {
+    const WHILE_CUT: u32 = 40;
+    const AFTER: u32 = 20;
+    let MoveScene {
+        dir: _dir,
+        net,
+        nodes,
+        roles: (a, b, c),
+        mut watcher,
+        old,
+        mut publisher,
+    } = move_scene("late", QoS::AtLeastOnce).await;
+    let id = |index: usize| nodes[index].cluster.node().id();
     net.set(id(c), id(a), Mode::Blackhole);
     if cut_to_b {
         net.set(id(c), id(b), Mode::Blackhole);
     }
     publish_acknowledged(&mut publisher, "late/x", 0..WHILE_CUT).await;
-    let mut options = common::options(nodes[b].addr, "mover");
-    options.set_clean_session(false);
-    let (mut new, connack) = Client::connect(options).await;
-    assert!(connack.session_present, "the session moved with its client");
+    let mut new = resume(&nodes[b]).await;
     assert_eq!(
         nodes[a].cluster.flushed_hand_overs(),
         (0, 1),
@@ -641,6 +681,91 @@ async fn late_copies(cut_to_b: bool) {
         nodes[a].cluster.late_copies().1 == 0
     })
     .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Issue 16, "no QoS 2 message doubled" when a session moves while a copy of its messages
+/// is slow to reach the new owner through a route that node had already (another client on
+/// B subscribes to the same topics). The link from C to B is cut while C publishes at QoS 2
+/// for a persistent session on A; the client receives and completes each on A, then moves
+/// to B; the link heals, and C's copies reach B after the session did. A's flush was whole:
+/// every copy C planned before the session's routes reached every table reached A before it
+/// handed the session over, so B drops its own copies of them: none is delivered to the
+/// client a second time [MQTT-4.3.3-2]; the other client gets each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_completed_on_the_old_node_is_not_delivered_again_on_the_new_one_issue_16() {
+    const COUNT: u32 = 30;
+    let MoveScene {
+        dir: _dir,
+        net,
+        nodes,
+        roles: (a, b, c),
+        mut watcher,
+        mut old,
+        mut publisher,
+    } = move_scene("taken", QoS::ExactlyOnce).await;
+    let id = |index: usize| nodes[index].cluster.node().id();
+    net.set(id(c), id(b), Mode::Blackhole);
+    for i in 0..COUNT {
+        publisher
+            .publish("taken/x", QoS::ExactlyOnce, false, format!("{i}"))
+            .await;
+        publisher
+            .next_matching(|event| {
+                matches!(event, Event::Incoming(Packet::PubComp(_))).then_some(())
+            })
+            .await
+            .expect("PUBCOMP");
+    }
+    // The client on A takes each message and completes its flow (PUBCOMP sent).
+    let (mut on_old, mut completed) = (Vec::new(), 0);
+    while on_old.len() < COUNT as usize || completed < COUNT {
+        let event = old
+            .next_matching(|event| match event {
+                Event::Incoming(Packet::Publish(publish)) => Some(Some(publish.clone())),
+                Event::Outgoing(rumqttc::Outgoing::PubComp(_)) => Some(None),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{error}: {} taken on A", on_old.len()));
+        match event {
+            Some(publish) => {
+                on_old.push(std::str::from_utf8(&publish.payload).unwrap().to_owned());
+            }
+            None => completed += 1,
+        }
+    }
+    let mut new = resume(&nodes[b]).await;
+    assert_eq!(
+        nodes[a].cluster.flushed_hand_overs(),
+        (1, 0),
+        "every node answered A's flush"
+    );
+    drop(old);
+    // C's copies to B are still on their way: they reach B after the session did.
+    assert!(
+        collect(&mut watcher, Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "the link from C to B let copies through"
+    );
+    net.set(id(c), id(b), Mode::Pass);
+    let mut watched = Vec::new();
+    receive_each(&mut watcher, &mut watched, COUNT, || (0, 0)).await;
+    // C's copies reached B (the other client has them all): a second copy for the session
+    // would come before a message published now.
+    publisher
+        .publish("taken/x", QoS::ExactlyOnce, false, format!("{COUNT}"))
+        .await;
+    let again = collect(&mut new, Duration::from_millis(500)).await;
+    assert_eq!(
+        again,
+        vec![(COUNT, false)],
+        "completed on A, delivered again on B (or the new message not delivered)"
+    );
+    assert_eq!(watched.len(), COUNT as usize, "once each: {watched:?}");
     for node in nodes {
         node.shutdown().await;
     }

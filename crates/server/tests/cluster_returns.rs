@@ -155,6 +155,10 @@ async fn owner_down_copy_back(dir: &common::cluster::Dir) -> (Vec<Node>, Vec<Soc
     let (mut nodes, addrs) = queued_on_a_then_a_down(dir).await;
     assert!(claim_at(nodes[0].addr, false).await, "session present on B");
     a_listed(&nodes).await;
+    // B's route for the session is in every table before B goes: what C publishes while B is
+    // down waits in C's outbox for B. (Were B to stop before its route committed, that
+    // would reach A's copy only, after the cutoff: a crash in the window.)
+    route_known(&nodes, "wander/#", 2).await;
     nodes.remove(0).shutdown().await;
     nodes.insert(0, start_node(1, &addrs, dir).await);
     until("A caught up, still holding the copy", || {

@@ -354,11 +354,41 @@ async fn claim(
     if shell != Shell::None && matches!(answer, Ok(None) | Err(Refusal::Refused(_))) {
         drop_shell(context, client_id);
     }
+    let handed = match &answer {
+        Ok(Some(bytes)) => flush::read_handed_over(bytes),
+        _ => None,
+    };
+    let decoded = match &answer {
+        Ok(Some(_)) => Some(
+            handed
+                .as_ref()
+                .ok_or(tern_broker::TransferError::Invalid(
+                    "empty hand-over answer",
+                ))
+                .and_then(|handed| SessionTransfer::decode(handed.session)),
+        ),
+        _ => None,
+    };
     if shell != Shell::None {
+        // What the previous owner had of the copies planned before the shell's routes
+        // reached every table: the shell's copies of them, and later ones, are dropped.
+        // Not when its session could not be read: the shell's copies are all there is.
+        if let (Some(Ok(_)), Some(handed), Shell::Routed(_)) = (&decoded, &handed, shell)
+            && !handed.flushed.is_empty()
+            && let Some(broker) = context.broker.upgrade()
+        {
+            broker.seen_flushed(
+                client_id,
+                epoch,
+                handed.flushed_from,
+                handed.flushed.clone(),
+            );
+        }
         // Late copies may come unless the answer says none: a previous owner that did not
         // answer may have exported the session with a forwarding address all the same.
         let late = match (&answer, shell) {
-            (Ok(Some(answer)), _) => flush::read_handed_over(answer)
+            (Ok(Some(_)), _) => handed
+                .as_ref()
                 .map_or(flush::LateCopies::None, |handed| handed.late_copies),
             (Ok(None) | Err(Refusal::Refused(_)), _) => flush::LateCopies::None,
             // Unanswered: the previous owner may have flushed and kept an address all the
@@ -378,17 +408,14 @@ async fn claim(
         });
     }
     let transfer = match answer {
-        Ok(Some(answer)) => match flush::read_handed_over(&answer)
-            .ok_or(tern_broker::TransferError::Invalid(
-                "empty hand-over answer",
-            ))
-            .and_then(|handed| SessionTransfer::decode(handed.session))
-        {
-            Ok(transfer) => Some(transfer),
-            Err(error) => {
+        Ok(Some(_)) => match decoded {
+            Some(Ok(transfer)) => Some(transfer),
+            Some(Err(error)) => {
                 tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: its subscriptions from the registry");
                 from_registry(node, client_id)
             }
+            // Not reached: `decoded` is read for every answer that holds bytes.
+            None => from_registry(node, client_id),
         },
         Ok(None) => None,
         // The previous owner answered that this claim is stale (the id was claimed again
@@ -418,13 +445,17 @@ async fn claim(
 
 /// After the hand-over: the shell of the claim `epoch` here (the session, once the client
 /// attached) remembers what reached it for as long as the previous owner may send late
-/// copies (see `forwards`), or not at all when it sends none.
+/// copies (see `forwards`), or not at all when it sends none; what it knows of the nodes
+/// that flushed (`Broker::seen_flushed`) it keeps as long (their copies routed here may be
+/// that slow too).
 fn remember_seen(context: &Context<'_>, client_id: &str, epoch: u64, late: flush::LateCopies) {
     let Some(broker) = context.broker.upgrade() else {
         return;
     };
     if late == flush::LateCopies::None {
         broker.forget_seen(client_id, epoch);
+    }
+    if !broker.knows_of_move(client_id, epoch) {
         return;
     }
     let broker = context.broker.clone();
@@ -432,7 +463,7 @@ fn remember_seen(context: &Context<'_>, client_id: &str, epoch: u64, late: flush
     tokio::spawn(async move {
         tokio::time::sleep(super::forwards::SEEN_FOR).await;
         if let Some(broker) = broker.upgrade() {
-            broker.forget_seen(&client_id, epoch);
+            broker.forget_move(&client_id, epoch);
         }
     });
 }
@@ -694,6 +725,7 @@ impl HandOverHandler for HandOver {
                 return Ok(None);
             }
             let mut unflushed = None;
+            let mut flushed_nodes = Vec::new();
             if let Some(index) = routes_at
                 && let Some(glue) = glue.upgrade()
             {
@@ -706,10 +738,14 @@ impl HandOverHandler for HandOver {
                     &glue.flushes.partial
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                flushed_nodes = flushed.flushed;
                 if !flushed.unanswered.is_empty() {
                     unflushed = Some((glue, index, flushed.unanswered, wait));
                 }
             }
+            // A session that moved here recently: copies planned before its routes were
+            // everywhere may have gone to its owner before this one (see `seen_flushed`).
+            let flushed_from = broker.moved_in_at(&client_id).unwrap_or(0);
             let exported = match unflushed {
                 Some((glue, index, unanswered, wait)) => flush::export_forwarding(
                     &glue, &broker, &client_id, epoch, index, unanswered, wait,
@@ -730,7 +766,12 @@ impl HandOverHandler for HandOver {
             match transfer.encode() {
                 Ok(bytes) => {
                     tracing::info!(client_id, epoch, bytes = bytes.len(), "session handed over");
-                    Ok(Some(flush::handed_over(late, &bytes)))
+                    Ok(Some(flush::handed_over(
+                        late,
+                        flushed_from,
+                        &flushed_nodes,
+                        &bytes,
+                    )))
                 }
                 Err(error) => {
                     // Kept here rather than lost: the claimer connects without it, and late
@@ -773,7 +814,12 @@ impl HandOverHandler for HandOver {
                 )));
             }
             flush::barrier(&broker).await;
-            Ok(glue.plane.get().and_then(|plane| plane.outbox_tail(from)))
+            // Without a data plane (yet), nothing was sent, and what was planned has run 0.
+            let plane = glue.plane.get();
+            Ok(tern_cluster::rpc::FlushAnswer {
+                run: plane.map_or(0, |plane| plane.run()),
+                last: plane.and_then(|plane| plane.outbox_tail(from)),
+            })
         })
     }
 

@@ -42,6 +42,7 @@ pub async fn flush(
         return Flushed {
             table_late: true,
             unanswered: BTreeSet::new(),
+            flushed: Vec::new(),
         };
     };
     let node = &claimer.node;
@@ -62,18 +63,26 @@ pub async fn flush(
             (peer, flushed)
         });
     }
+    // This node's own publishes planned with an older table placed their copies before
+    // the barrier, if its table was at `index` by then (later ones plan with it).
+    let mut flushed: Vec<(NodeId, u64)> = Vec::new();
+    if !table_late {
+        flushed.push((me, plane.run()));
+    }
     while let Some(done) = flushes.join_next().await {
         match done {
-            Ok((peer, true)) => {
+            Ok((peer, Some(run))) => {
                 unanswered.remove(&peer);
+                flushed.push((peer, run));
             }
-            Ok((_, false)) => {}
+            Ok((_, None)) => {}
             Err(error) => tracing::warn!(%error, "flush task failed"),
         }
     }
     Flushed {
         table_late,
         unanswered,
+        flushed,
     }
 }
 
@@ -83,31 +92,36 @@ pub struct Flushed {
     pub table_late: bool,
     /// The nodes that did not answer, or whose outbox was not delivered, in time.
     pub unanswered: BTreeSet<NodeId>,
+    /// The nodes, each with its run then, every copy of which planned in that run with a
+    /// table older than the index reached this node (into the session, or to its
+    /// connection): those that answered, and this one unless its table was late.
+    pub flushed: Vec<(NodeId, u64)>,
 }
 
 /// One node's part of a [`flush`]: it answers once its table is at `index` and its older
 /// publishes placed their copies, and what its outbox held for this node then is delivered
-/// here (by `deadline`).
+/// here (by `deadline`). The peer's run then, if so.
 async fn flush_peer(
     node: &ClusterNode,
     plane: &DataPlane,
     peer: NodeId,
     index: u64,
     deadline: tokio::time::Instant,
-) -> bool {
+) -> Option<u64> {
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     match node.request_flush(peer, index, left).await {
-        Ok(Some((run, seq))) => {
-            let delivered = plane.wait_delivered(peer, run, seq, deadline).await;
-            if !delivered {
+        Ok(answer) => {
+            if let Some((run, seq)) = answer.last
+                && !plane.wait_delivered(peer, run, seq, deadline).await
+            {
                 tracing::warn!(peer, "flush: the peer's outbox not delivered in time");
+                return None;
             }
-            delivered
+            Some(answer.run)
         }
-        Ok(None) => true,
         Err(refusal) => {
             tracing::warn!(peer, %refusal, "flush: no answer");
-            false
+            None
         }
     }
 }
@@ -221,7 +235,11 @@ fn ask_again(glue: &Arc<Glue>, client_id: &str, key: usize, index: u64, wait: Du
             for peer in waiting {
                 let member = node.state().node(peer).is_some();
                 let deadline = tokio::time::Instant::now() + wait;
-                if !member || flush_peer(&node, &plane, peer, index, deadline).await {
+                if !member
+                    || flush_peer(&node, &plane, peer, index, deadline)
+                        .await
+                        .is_some()
+                {
                     glue.forwards.flushed(&client_id, key, peer);
                 }
             }
@@ -249,30 +267,87 @@ pub enum LateCopies {
 #[derive(Debug, PartialEq, Eq)]
 pub struct HandedOver<'a> {
     pub late_copies: LateCopies,
+    /// The nodes, each with its run, whose copies planned in that run before the claimer's
+    /// routes reached every table (and from `flushed_from` on) all reached the previous
+    /// owner before it exported the session ([`Flushed::flushed`]; none without a flush).
+    pub flushed: Vec<(NodeId, u64)>,
+    /// The log index from which the previous owner's routes for the session were in every
+    /// table (0: long before anything still on its way).
+    pub flushed_from: u64,
     /// The encoded session.
     pub session: &'a [u8],
 }
 
-/// A hand-over's answer: a flags byte (bit 0: late copies may follow; other bits: none yet,
-/// ignored), then the encoded session.
-pub fn handed_over(late_copies: LateCopies, session: &[u8]) -> Vec<u8> {
-    let mut answer = Vec::with_capacity(1 + session.len());
-    answer.push(u8::from(late_copies == LateCopies::Follow));
+/// Bits of a hand-over answer's flags byte.
+const LATE_COPIES_FOLLOW: u8 = 1;
+const FLUSHED_NODES: u8 = 1 << 1;
+
+/// A hand-over's answer: a flags byte (bit 0: late copies may follow; bit 1: the nodes that
+/// flushed follow: a u64 log index from which the previous owner's routes were everywhere,
+/// a u16 count and a u64 node id and u64 run each; other bits: none yet, and refused, see
+/// [`read_handed_over`]), then the encoded session.
+pub fn handed_over(
+    late_copies: LateCopies,
+    flushed_from: u64,
+    flushed: &[(NodeId, u64)],
+    session: &[u8],
+) -> Vec<u8> {
+    // Fewer nodes only drop fewer copies.
+    let flushed = &flushed[..flushed.len().min(usize::from(u16::MAX))];
+    let mut answer = Vec::with_capacity(11 + 16 * flushed.len() + session.len());
+    let mut flags = 0;
+    if late_copies == LateCopies::Follow {
+        flags |= LATE_COPIES_FOLLOW;
+    }
+    if !flushed.is_empty() {
+        flags |= FLUSHED_NODES;
+    }
+    answer.push(flags);
+    if !flushed.is_empty() {
+        answer.extend_from_slice(&flushed_from.to_be_bytes());
+        let count = u16::try_from(flushed.len()).unwrap_or(u16::MAX);
+        answer.extend_from_slice(&count.to_be_bytes());
+        for (node, run) in flushed {
+            answer.extend_from_slice(&node.to_be_bytes());
+            answer.extend_from_slice(&run.to_be_bytes());
+        }
+    }
     answer.extend_from_slice(session);
     answer
 }
 
-/// What [`handed_over`] wrote (none: an empty answer).
+/// What [`handed_over`] wrote (none: an empty or truncated answer, or unknown flags: a
+/// later version's answer, whose session bytes may not start where this one expects; the
+/// protocol version keeps such nodes apart).
 pub fn read_handed_over(answer: &[u8]) -> Option<HandedOver<'_>> {
-    let (&flags, session) = answer.split_first()?;
-    let late_copies = if flags & 1 != 0 {
+    let (&flags, mut rest) = answer.split_first()?;
+    if flags & !(LATE_COPIES_FOLLOW | FLUSHED_NODES) != 0 {
+        return None;
+    }
+    let late_copies = if flags & LATE_COPIES_FOLLOW != 0 {
         LateCopies::Follow
     } else {
         LateCopies::None
     };
+    let mut flushed = Vec::new();
+    let mut flushed_from = u64::MAX;
+    if flags & FLUSHED_NODES != 0 {
+        let (from, after) = rest.split_first_chunk::<8>()?;
+        flushed_from = u64::from_be_bytes(*from);
+        let (count, after) = after.split_first_chunk::<2>()?;
+        rest = after;
+        for _ in 0..u16::from_be_bytes(*count) {
+            let (node, after) = rest.split_first_chunk::<8>()?;
+            let (run, after) = after.split_first_chunk::<8>()?;
+            flushed.push((NodeId::from_be_bytes(*node), u64::from_be_bytes(*run)));
+            rest = after;
+        }
+    }
     Some(HandedOver {
         late_copies,
-        session,
+        flushed,
+        flushed_from,
+        session: rest,
     })
 }
 
@@ -281,20 +356,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hand_over_answer_says_whether_late_copies_follow() {
+    fn a_hand_over_answer_says_whether_late_copies_follow_and_who_flushed() {
         for late_copies in [LateCopies::None, LateCopies::Follow] {
-            let answer = handed_over(late_copies, b"session");
-            let read = read_handed_over(&answer);
-            assert_eq!(
-                read,
-                Some(HandedOver {
-                    late_copies,
-                    session: b"session"
-                })
-            );
+            for flushed in [
+                vec![],
+                vec![(2, 5)],
+                vec![(1, 0), (3, 7), (u64::MAX, u64::MAX)],
+            ] {
+                let from = if flushed.is_empty() { u64::MAX } else { 17 };
+                let answer = handed_over(late_copies, from, &flushed, b"session");
+                let read = read_handed_over(&answer);
+                assert_eq!(
+                    read,
+                    Some(HandedOver {
+                        late_copies,
+                        flushed,
+                        flushed_from: from,
+                        session: b"session"
+                    })
+                );
+            }
         }
         assert_eq!(read_handed_over(&[]), None);
-        let later = read_handed_over(&[0b11, 7]).map(|read| read.late_copies);
-        assert_eq!(later, Some(LateCopies::Follow), "other bits ignored");
+        assert_eq!(read_handed_over(&[0b100, 7]), None, "an unknown flag");
+        let answer = handed_over(LateCopies::None, 3, &[(1, 4), (2, 4)], b"");
+        for cut in 1..answer.len() {
+            assert_eq!(read_handed_over(&answer[..cut]), None, "cut at {cut}");
+        }
     }
 }

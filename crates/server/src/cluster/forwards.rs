@@ -30,7 +30,9 @@ pub const MOVED_FOR: Duration = Duration::from_secs(600);
 /// How long the new owner remembers what reached the moved session, for the late copies,
 /// and takes them: well beyond an address's life, for a late copy that waits in the
 /// previous owner's outbox while the link between the two is down. (What it remembers is
-/// only what was planned before the move's routes were in every table.)
+/// only what was planned before the move's routes were in every table.) As long, it drops
+/// what its routes bring of the copies the previous owner had (those of the nodes that
+/// answered its flush, planned before then).
 pub const SEEN_FOR: Duration = Duration::from_secs(3600);
 
 /// One filter of a moved session, as an entry of the filter index.

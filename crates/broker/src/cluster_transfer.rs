@@ -669,7 +669,7 @@ impl Broker {
     pub fn moved_in_at(&self, client_id: &str) -> Option<u64> {
         let session = self.session(client_id)?;
         let state = session.lock();
-        state.seen.as_deref().map(SeenIds::routed_from)
+        state.seen.as_deref().map(|seen| seen.window)
     }
 
     /// Cluster: the routes of the session of `client_id` here, whose shell the claim `epoch`

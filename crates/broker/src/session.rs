@@ -203,12 +203,6 @@ impl SeenIds {
             && self.flushed.contains(&(id.node, id.run))
     }
 
-    /// The log index from which every table routed the session here (`u64::MAX` until
-    /// known).
-    pub(crate) fn routed_from(&self) -> u64 {
-        self.window
-    }
-
     /// Whether a copy of `id` may be queued: false for a second copy. `routed`: a copy this
     /// node's routes brought, or a late one (not a returned queue's: what another copy of
     /// the session held, which the previous owner may not have had). Remembers `id` if it

@@ -408,14 +408,15 @@ async fn claim(
         });
     }
     let transfer = match answer {
-        Ok(Some(_)) => match decoded {
-            Some(Ok(transfer)) => Some(transfer),
-            Some(Err(error)) => {
+        // `decoded` is read for every answer that holds bytes.
+        Ok(Some(_)) => match decoded.unwrap_or(Err(tern_broker::TransferError::Invalid(
+            "empty hand-over answer",
+        ))) {
+            Ok(transfer) => Some(transfer),
+            Err(error) => {
                 tracing::warn!(client_id, node = previous, %error, "handed-over session unreadable: its subscriptions from the registry");
                 from_registry(node, client_id)
             }
-            // Not reached: `decoded` is read for every answer that holds bytes.
-            None => from_registry(node, client_id),
         },
         Ok(None) => None,
         // The previous owner answered that this claim is stale (the id was claimed again

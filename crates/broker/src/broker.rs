@@ -26,7 +26,7 @@ use crate::persist::{
 use crate::retained::RetainedIndex;
 use crate::retained_stream::RetainedSource;
 use crate::session::{
-    Enqueued, Inflight, PendingWill, QueuedDelivery, Queueing, Session, SessionState,
+    Came, Enqueued, Inflight, PendingWill, QueuedDelivery, Queueing, Session, SessionState,
     belongs_in_store,
 };
 use crate::subscriptions::{IndexEntry, Matched, SubscriptionIndex};
@@ -821,6 +821,12 @@ impl Broker {
         mut hold: Option<&mut AckHold<'_>>,
         selection: Selection<'_>,
     ) -> (usize, Seq) {
+        // A late copy (for one session) or a copy routed here.
+        let came = if selection.session.is_some() {
+            Came::Late
+        } else {
+            Came::Routed
+        };
         let index = read(&self.subscriptions);
         // Each target with the shared subscription it came through, if any. The vector is the
         // thread's, reused from publish to publish: routing allocates nothing once warm.
@@ -939,7 +945,7 @@ impl Broker {
             reached += 1;
             let pushed = first.session.enqueue(
                 delivery,
-                self.queueing(true),
+                self.queueing(came),
                 self.persistence(),
                 &mut body,
                 hold.as_deref_mut().map(|hold| (hold, now)),
@@ -970,11 +976,11 @@ impl Broker {
 
     /// How a delivery is queued now (see [`Session::enqueue`]); `routed`: not one of a
     /// returned queue's.
-    pub(crate) fn queueing(&self, routed: bool) -> Queueing {
+    pub(crate) fn queueing(&self, came: Came) -> Queueing {
         Queueing {
             max_queued: self.live_limits.max_queued_messages(),
             qos0_offline: self.config.queue_qos0_offline,
-            routed,
+            came,
         }
     }
 
@@ -1124,7 +1130,7 @@ impl Broker {
             };
             target.session.enqueue(
                 handed,
-                self.queueing(true),
+                self.queueing(Came::Routed),
                 self.persistence(),
                 &mut body,
                 None,

@@ -21,12 +21,37 @@ use tern_codec::{
 use crate::broker::{Broker, TimerKind, lock, write};
 use crate::message::{ClusterMessageId, Delivery, Message, MessageRef, SubscriptionIds};
 use crate::persist::{Change, RoutedBody};
-use crate::session::{Enqueued, Inflight, QueuedDelivery, SeenIds, Session, SessionState};
+use crate::session::{Came, Enqueued, Inflight, QueuedDelivery, SeenIds, Session, SessionState};
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::Durability;
 
 /// The first byte of an encoded transfer: its layout.
 const FORMAT: u8 = 1;
+
+/// Cluster: what the previous owner of a moved session had, before it handed the session
+/// over, of the messages planned before the session's routes reached every table (see
+/// [`Broker::seen_previous_owner`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousOwner {
+    /// The log index from which the previous owner's routes for the session were in every
+    /// table (0: long before anything still on its way).
+    pub routes_from: u64,
+    /// The nodes that answered its flush, each with its run then: each of their copies
+    /// planned in that run reached it.
+    pub flushed: Vec<(u64, u64)>,
+    /// Nodes that did not answer, each with its run and the number of its last message that
+    /// had reached the previous owner when it exported the session: each of their copies
+    /// planned in that run up to that number reached it (or reached it after the export,
+    /// and follows as a late copy).
+    pub reached: Vec<(u64, u64, u64)>,
+}
+
+impl PreviousOwner {
+    /// Whether it says anything (no node listed: nothing is known to have reached it).
+    pub fn is_empty(&self) -> bool {
+        self.flushed.is_empty() && self.reached.is_empty()
+    }
+}
 
 /// A persistent session on its way to another node: what it remembers of its client.
 /// Its will is not carried: its client came back (on the other node) within the session, so
@@ -641,24 +666,27 @@ impl Broker {
     }
 
     /// Cluster: the previous owner of the session of `client_id` here, whose shell the
-    /// claim `epoch` made, handed it over after the nodes `flushed` (node id, run) answered
-    /// its flush: each of their copies planned in that run before the session's routes
-    /// reached every table reached that owner first, which delivered it on the old
+    /// claim `epoch` made, handed it over having had `had`: the copies of the nodes that
+    /// answered its flush (node id, run), each planned in that run before the session's
+    /// routes reached every table, and those of the nodes that did not, up to the number of
+    /// the last one that had reached it (node id, run, number). It delivered each on the old
     /// connection or handed it over. A copy of one that this node's routes bring to a plain
     /// subscription (to the shell, or to the session later) is dropped: the client may have
     /// taken it already ([MQTT-4.3.3-2] for QoS 2). Set before the shell merges with what
     /// was handed over ([`Broker::adopt_handed_over`]), which drops the shell's copies of
     /// them.
     ///
-    /// Only copies planned from `from` on: the log index from which the previous owner's
-    /// routes for the session were in every table (a copy planned before may have gone to
-    /// the owner before it, and come here only).
-    pub fn seen_flushed(&self, client_id: &str, epoch: u64, from: u64, flushed: Vec<(u64, u64)>) {
+    /// Only copies planned from `had.routes_from` on: the log index from which the previous
+    /// owner's routes for the session were in every table (a copy planned before may have
+    /// gone to the owner before it, and come here only). Never a late copy: one that reached
+    /// the previous owner after the export (sent after a later one of its node) comes as
+    /// one, and is the client's only copy then.
+    pub fn seen_previous_owner(&self, client_id: &str, epoch: u64, had: PreviousOwner) {
         if let Some(session) = self.session(client_id)
             && let Some(seen) = session.lock().seen.as_deref_mut()
             && seen.epoch == epoch
         {
-            seen.set_flushed(from, flushed);
+            seen.set_previous_owner(had);
         }
     }
 
@@ -940,7 +968,7 @@ impl Broker {
             // session held it, which that owner may not have had.
             let pushed = session.enqueue(
                 delivery,
-                self.queueing(false),
+                self.queueing(Came::Returned),
                 self.persistence(),
                 &mut body,
                 None,

@@ -42,7 +42,7 @@ pub use broker::{Broker, RecheckSummary};
 pub use cluster_claim::{ClaimCompletion, ClaimDecision, ClaimGrant, ClaimId, ClaimRequest};
 pub use cluster_hook::{ClusterHook, ClusterPlan, GroupRoute, RemoteCopy, RouteTicket, route_of};
 pub use cluster_transfer::{
-    SessionTransfer, TransferError, TransferredDelivery, TransferredInflight,
+    PreviousOwner, SessionTransfer, TransferError, TransferredDelivery, TransferredInflight,
 };
 pub use config::BrokerConfig;
 pub use connection::{CloseReason, Connection, STORAGE_REFUSAL_CLOSE};

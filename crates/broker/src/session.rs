@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tern_codec::{MqttStr, QoS};
 
+use crate::cluster_transfer::PreviousOwner;
 use crate::hooks::Principal;
 use crate::message::{ClusterMessageId, Delivery, Message};
 use crate::persist::{Change, Persistence, RoutedBody};
@@ -138,24 +139,41 @@ const SEEN_MAX: usize = 100_000;
 /// - the cluster ids of those queued for it since its shell was made, the last
 ///   [`SEEN_MAX`] of them, while late copies may come (a late copy of one is dropped, and a
 ///   routed copy of one that came late);
-/// - the nodes that answered the previous owner's flush (`flushed`), each with its run then:
-///   each of their copies planned in that run below `window`, and from `flushed_from` on
-///   (the previous owner's routes for the session were in every table then), reached the
-///   previous owner before it handed the session over, which delivered it on the old
+/// - what the previous owner had before it handed the session over ([`PreviousOwner`]): each
+///   copy planned below `window`, and from `had.routes_from` on (the previous owner's routes
+///   for the session were in every table then), by a node that answered its flush (in the
+///   run it answered in), or by one that did not, up to the number of its last message
+///   that had reached the previous owner (in that run). It delivered each on the old
 ///   connection or handed it over, so a routed copy of one here is a second copy (dropped:
 ///   the old connection may have taken it). A node that restarted since plans in another
 ///   run (below `window` too, while it applies its log again): those copies the previous
-///   owner may not have had.
+///   owner may not have had;
+/// - the late copies taken before the merge (`late_taken`): a copy one node planned before
+///   another but sent after it reaches the previous owner after the export, although its
+///   number is below the last one that reached it; it comes as a late copy, which the
+///   merge keeps.
 #[derive(Debug)]
 pub(crate) struct SeenIds {
     pub(crate) epoch: u64,
     pub(crate) window: u64,
     /// Whether late copies may still come (the ids are remembered while they may).
     late: bool,
-    flushed: Vec<(u64, u64)>,
-    flushed_from: u64,
+    had: PreviousOwner,
     ids: HashSet<ClusterMessageId>,
     order: VecDeque<ClusterMessageId>,
+    late_taken: HashSet<ClusterMessageId>,
+}
+
+/// How a delivery came to a session (see [`SeenIds::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Came {
+    /// This node's routes brought it.
+    Routed,
+    /// A late copy from the session's previous owner (`Broker::publish_late`).
+    Late,
+    /// A returned queue held it: what another copy of the session held, which the previous
+    /// owner may not have had.
+    Returned,
 }
 
 impl SeenIds {
@@ -164,10 +182,10 @@ impl SeenIds {
             epoch,
             window: u64::MAX,
             late: true,
-            flushed: Vec::new(),
-            flushed_from: u64::MAX,
+            had: PreviousOwner::default(),
             ids: HashSet::new(),
             order: VecDeque::new(),
+            late_taken: HashSet::new(),
         }
     }
 
@@ -181,45 +199,55 @@ impl SeenIds {
         self.late = false;
         self.ids = HashSet::new();
         self.order = VecDeque::new();
+        self.late_taken = HashSet::new();
     }
 
-    /// Whether anything is left to know: the nodes that flushed, or the ids.
+    /// Whether anything is left to know: what the previous owner had, or the ids.
     pub(crate) fn knows_anything(&self) -> bool {
-        self.late || !self.flushed.is_empty()
+        self.late || !self.had.is_empty()
     }
 
-    /// The nodes, with their runs, that answered the previous owner's flush, and the log
-    /// index from which its routes for the session were in every table (see [`SeenIds`]).
-    pub(crate) fn set_flushed(&mut self, from: u64, nodes: Vec<(u64, u64)>) {
-        self.flushed_from = from;
-        self.flushed = nodes;
+    /// What the previous owner had (see [`SeenIds`]).
+    pub(crate) fn set_previous_owner(&mut self, had: PreviousOwner) {
+        self.had = had;
     }
 
     /// Whether the previous owner had the message `id` before it handed the session over:
-    /// planned below the window, with its routes, by a node that answered its flush, in the
-    /// run it answered in.
+    /// planned below the window, with its routes, by a node that answered its flush (in the
+    /// run it answered in), or by one that did not, no later than its last message that had
+    /// reached the previous owner (and not taken as a late copy here).
     pub(crate) fn previous_owner_had(&self, id: &ClusterMessageId) -> bool {
-        (self.flushed_from..self.window).contains(&id.planned_at)
-            && self.flushed.contains(&(id.node, id.run))
+        if !(self.had.routes_from..self.window).contains(&id.planned_at) {
+            return false;
+        }
+        self.had.flushed.contains(&(id.node, id.run))
+            || (self
+                .had
+                .reached
+                .iter()
+                .any(|&(node, run, last)| (node, run) == (id.node, id.run) && id.number <= last)
+                && !self.late_taken.contains(id))
     }
 
-    /// Whether a copy of `id` may be queued: false for a second copy. `routed`: a copy this
-    /// node's routes brought, or a late one (not a returned queue's: what another copy of
-    /// the session held, which the previous owner may not have had). Remembers `id` if it
-    /// was planned inside the window while late copies may come.
-    pub(crate) fn admit(&mut self, id: ClusterMessageId, routed: bool) -> bool {
+    /// Whether a copy of `id` that `came` may be queued: false for a second copy. Remembers
+    /// `id` if it was planned inside the window while late copies may come.
+    pub(crate) fn admit(&mut self, id: ClusterMessageId, came: Came) -> bool {
         if id.planned_at >= self.window {
             return true;
         }
-        // Not a late copy: those come from the nodes that did not answer the flush only
-        // (`flushed` holds the others).
-        if routed && self.previous_owner_had(&id) {
+        // Not a late copy: the previous owner did not have it when it exported the session.
+        if came == Came::Routed && self.previous_owner_had(&id) {
             return false;
         }
         if !self.late {
             return true;
         }
-        self.record(id)
+        let admitted = self.record(id);
+        // Kept by the merge (see `previous_owner_had`).
+        if admitted && came == Came::Late && self.late_taken.len() < SEEN_MAX {
+            self.late_taken.insert(id);
+        }
+        admitted
     }
 
     /// Remembers `id` whatever its plan, while late copies may come; false when it was
@@ -280,9 +308,8 @@ pub(crate) struct Queueing {
     pub(crate) max_queued: usize,
     /// Whether QoS 0 is queued for an offline session.
     pub(crate) qos0_offline: bool,
-    /// Cluster: the delivery is a copy routed here (or a late copy), not one of a returned
-    /// queue (see [`SeenIds::admit`]).
-    pub(crate) routed: bool,
+    /// Cluster: how the delivery came (see [`SeenIds::admit`]).
+    pub(crate) came: Came,
 }
 
 /// What pushing a delivery into a session did.
@@ -448,7 +475,7 @@ impl Session {
         if delivery.shared_filter.is_none()
             && let Some(seen) = state.seen.as_deref_mut()
             && let Some(id) = delivery.message.cluster_id.as_deref()
-            && !seen.admit(*id, queueing.routed)
+            && !seen.admit(*id, queueing.came)
         {
             return Pushed {
                 outcome: Enqueued::Duplicate,

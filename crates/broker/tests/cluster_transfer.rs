@@ -13,8 +13,8 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use tern_broker::{
-    ClusterMessageId, InflightState, Message, SessionExpiry, SessionTransfer, SubscriptionIds,
-    SubscriptionRecord, TransferError, TransferredDelivery, TransferredInflight,
+    ClusterMessageId, InflightState, Message, PreviousOwner, SessionExpiry, SessionTransfer,
+    SubscriptionIds, SubscriptionRecord, TransferError, TransferredDelivery, TransferredInflight,
 };
 use tern_codec::{MqttStr, Properties, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 
@@ -408,13 +408,29 @@ fn a_copy_the_previous_owner_had_is_not_delivered_again_issue_16() {
     // Into the shell before the hand-over's answer came.
     assert_eq!(routed(planned(b"taken-on-a", 3, 1, 99)), 1);
     assert_eq!(routed(planned(b"unflushed", 4, 1, 99)), 1);
-    b.broker.seen_flushed("mover", 6, 0, vec![(3, 9)]);
+    b.broker.seen_previous_owner(
+        "mover",
+        6,
+        PreviousOwner {
+            routes_from: 0,
+            flushed: vec![(3, 9)],
+            reached: Vec::new(),
+        },
+    );
     assert_eq!(
         routed(planned(b"other-claim", 3, 2, 99)),
         1,
         "another claim's answer says nothing of this one"
     );
-    b.broker.seen_flushed("mover", 7, 50, vec![(3, 9), (5, 9)]);
+    b.broker.seen_previous_owner(
+        "mover",
+        7,
+        PreviousOwner {
+            routes_from: 50,
+            flushed: vec![(3, 9), (5, 9)],
+            reached: Vec::new(),
+        },
+    );
     assert_eq!(routed(planned(b"taken-on-a-too", 3, 3, 98)), 0);
     let mut from_a = shell("mover", "m/#");
     from_a.queue = vec![
@@ -495,6 +511,76 @@ fn a_copy_the_previous_owner_had_is_not_delivered_again_issue_16() {
     assert_eq!(payloads, vec![&b"forgotten"[..]]);
 }
 
+/// Issue 16, a message the previous owner had from a node that did not answer its flush (cut
+/// off, or slow): the last message of that node (4, in its run 9) that had reached it when
+/// it exported the session was number 5. That node's copies for it cross one link in order,
+/// so each of its copies planned before (with the previous owner's routes) reached it first,
+/// and was delivered on the old connection or handed over: this node's own copy of one is
+/// dropped, in the shell at the merge and as it comes later [MQTT-4.3.3-2]. Not dropped: a
+/// later number, a late copy (one planned before number 5 but sent after it reached the
+/// previous owner after the export and came on from there: the client's only copy; also
+/// kept in the shell at the merge), one planned before the previous owner's routes were
+/// everywhere, one of the node's later run, one of another node.
+#[test]
+fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_not_delivered_again_issue_16()
+ {
+    let b = Net::new();
+    b.broker
+        .import_shell(shell("mover", "m/#"), 7, b.now())
+        .unwrap();
+    b.broker.seen_window("mover", 7, 100);
+    let routed = |message: Message| b.broker.publish_from_cluster(message, true, &[], b.now()).0;
+    let late = |message: Message| b.broker.publish_late("mover", message, b.now()).0;
+    // Into the shell before the hand-over's answer came.
+    assert_eq!(routed(planned(b"reached-a", 4, 1, 99)), 1);
+    assert_eq!(late(planned(b"late-before-the-merge", 4, 3, 99)), 1);
+    b.broker.seen_previous_owner(
+        "mover",
+        7,
+        PreviousOwner {
+            routes_from: 50,
+            flushed: Vec::new(),
+            reached: vec![(4, 9, 5)],
+        },
+    );
+    assert_eq!(routed(planned(b"reached-a-too", 4, 2, 99)), 0);
+    assert_eq!(routed(planned(b"after-the-last", 4, 6, 99)), 1);
+    b.broker
+        .adopt_handed_over(shell("mover", "m/#"), b.now())
+        .unwrap();
+    // After the merge.
+    assert_eq!(routed(planned(b"reached-a-later", 4, 4, 99)), 0);
+    assert_eq!(routed(planned(b"taken-late", 4, 3, 99)), 0, "the ids");
+    assert_eq!(late(planned(b"late-after-the-merge", 4, 0, 99)), 1);
+    assert_eq!(
+        routed(planned(b"before-a-routed-it", 4, 5, 40)),
+        1,
+        "planned before the previous owner's routes were everywhere (index 50)"
+    );
+    let mut restarted = planned(b"restarted", 4, 1, 99);
+    if let Some(id) = restarted.cluster_id.as_deref_mut() {
+        id.run = 10;
+    }
+    assert_eq!(routed(restarted), 1, "node 4's later run");
+    assert_eq!(routed(planned(b"another-node", 3, 1, 99)), 1);
+
+    let (mut client, connack) = b.connect(persistent(V5, "mover"));
+    assert!(connack.session_present);
+    let got = client.publishes();
+    let payloads: Vec<&[u8]> = got.iter().map(|publish| &publish.payload[..]).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            &b"late-before-the-merge"[..],
+            b"after-the-last",
+            b"late-after-the-merge",
+            b"before-a-routed-it",
+            b"restarted",
+            b"another-node"
+        ]
+    );
+}
+
 /// Issue 16: a shared subscription's copy reaches one node only (the one its group's turn
 /// picked), so the previous owner did not have a group's copy that this node's routes
 /// brought to the shell (its only member, offline): the merge keeps it, although its origin
@@ -511,7 +597,15 @@ fn a_shells_group_copy_is_kept_at_the_merge_issue_16() {
         b.broker
             .publish_from_cluster(planned(b"for-the-group", 3, 1, 99), false, &groups, b.now());
     assert_eq!(reached, 1, "queued for the offline member");
-    b.broker.seen_flushed("mover", 7, 0, vec![(3, 9)]);
+    b.broker.seen_previous_owner(
+        "mover",
+        7,
+        PreviousOwner {
+            routes_from: 0,
+            flushed: vec![(3, 9)],
+            reached: Vec::new(),
+        },
+    );
     b.broker.adopt_handed_over(grouped, b.now()).unwrap();
     let (mut client, connack) = b.connect(persistent(V5, "mover"));
     assert!(connack.session_present);

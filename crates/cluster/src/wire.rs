@@ -13,8 +13,9 @@ pub const MAX_FRAME: usize = 300 << 20;
 /// `HandOver::routes_at`) and message cluster ids in forwarded messages and session
 /// transfers. 3: forwarded messages carry the route index they were planned with, and late
 /// copies of a moved session's messages (the server's payload flags). 4: a hand-over's
-/// answer names the nodes that answered the flush (the server's answer flags).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// answer names the nodes that answered the flush (the server's answer flags). 5: it also
+/// names the last message of each node that did not answer that reached the previous owner.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes this process wrote to and read from node-to-node links (a node per process in a
 /// deployment; in-process test clusters share them). For metrics and the benchmarks' Raft

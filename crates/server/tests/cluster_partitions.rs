@@ -696,6 +696,41 @@ async fn late_copies(cut_to_b: bool) {
 /// client a second time [MQTT-4.3.3-2]; the other client gets each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_completed_on_the_old_node_is_not_delivered_again_on_the_new_one_issue_16() {
+    completed_on_the_old_node(false).await;
+}
+
+/// [`a_message_completed_on_the_old_node_is_not_delivered_again_on_the_new_one_issue_16`]
+/// with the link from C to A cut too once the client completed the messages, and one more
+/// message published: it waits in C's outbox to A, so C cannot answer A's flush, and A
+/// hands the session over with a forwarding address, naming the last of C's messages that
+/// reached it. C's copies cross each link in order, so each one C planned before (with A's
+/// routes) reached A too: B drops its own copies of them, none is delivered twice
+/// [MQTT-4.3.3-2]. B's copy of the last message is the client's (A's late copy of it, once
+/// that link heals, is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_completed_on_the_old_node_is_not_delivered_again_when_its_origin_missed_the_flush_issue_16()
+ {
+    completed_on_the_old_node(true).await;
+}
+
+/// Publishes `numbers` to `topic` at QoS 2, each completed (PUBCOMP) before the next.
+async fn publish_completed(publisher: &mut Client, topic: &str, numbers: std::ops::Range<u32>) {
+    for i in numbers {
+        publisher
+            .publish(topic, QoS::ExactlyOnce, false, format!("{i}"))
+            .await;
+        publisher
+            .next_matching(|event| {
+                matches!(event, Event::Incoming(Packet::PubComp(_))).then_some(())
+            })
+            .await
+            .expect("PUBCOMP");
+    }
+}
+
+/// The scenario of a message completed on the old node; with `missed_flush`, C cannot
+/// answer A's flush.
+async fn completed_on_the_old_node(missed_flush: bool) {
     const COUNT: u32 = 30;
     let MoveScene {
         dir: _dir,
@@ -708,17 +743,7 @@ async fn a_message_completed_on_the_old_node_is_not_delivered_again_on_the_new_o
     } = move_scene("taken", QoS::ExactlyOnce).await;
     let id = |index: usize| nodes[index].cluster.node().id();
     net.set(id(c), id(b), Mode::Blackhole);
-    for i in 0..COUNT {
-        publisher
-            .publish("taken/x", QoS::ExactlyOnce, false, format!("{i}"))
-            .await;
-        publisher
-            .next_matching(|event| {
-                matches!(event, Event::Incoming(Packet::PubComp(_))).then_some(())
-            })
-            .await
-            .expect("PUBCOMP");
-    }
+    publish_completed(&mut publisher, "taken/x", 0..COUNT).await;
     // The client on A takes each message and completes its flow (PUBCOMP sent).
     let (mut on_old, mut completed) = (Vec::new(), 0);
     while on_old.len() < COUNT as usize || completed < COUNT {
@@ -737,12 +762,32 @@ async fn a_message_completed_on_the_old_node_is_not_delivered_again_on_the_new_o
             None => completed += 1,
         }
     }
+    // With `missed_flush`, one more message waits in C's outbox to A: A's flush cannot get
+    // it, and B's copy of it is the client's (A never had it).
+    let extra = u32::from(missed_flush);
+    if missed_flush {
+        net.set(id(c), id(a), Mode::Blackhole);
+        publish_completed(&mut publisher, "taken/x", COUNT..COUNT + 1).await;
+    }
     let mut new = resume(&nodes[b]).await;
-    assert_eq!(
-        nodes[a].cluster.flushed_hand_overs(),
-        (1, 0),
-        "every node answered A's flush"
-    );
+    if missed_flush {
+        assert_eq!(
+            nodes[a].cluster.flushed_hand_overs(),
+            (0, 1),
+            "C could not answer A's flush"
+        );
+        assert_eq!(
+            nodes[a].cluster.late_copies(),
+            (0, 1),
+            "A keeps a forwarding address for the session"
+        );
+    } else {
+        assert_eq!(
+            nodes[a].cluster.flushed_hand_overs(),
+            (1, 0),
+            "every node answered A's flush"
+        );
+    }
     drop(old);
     // C's copies to B are still on their way: they reach B after the session did.
     assert!(
@@ -753,19 +798,37 @@ async fn a_message_completed_on_the_old_node_is_not_delivered_again_on_the_new_o
     );
     net.set(id(c), id(b), Mode::Pass);
     let mut watched = Vec::new();
-    receive_each(&mut watcher, &mut watched, COUNT, || (0, 0)).await;
+    receive_each(&mut watcher, &mut watched, COUNT + extra, || (0, 0)).await;
+    if missed_flush {
+        assert_eq!(
+            collect(&mut new, Duration::from_millis(500)).await,
+            vec![(COUNT, false)],
+            "C's messages that reached A delivered again on B, or the one that did not lost"
+        );
+        // A's late copy of the extra message: the session had it.
+        net.set(id(c), id(a), Mode::Pass);
+        until("A's forwarding address ended (C flushed)", || {
+            nodes[a].cluster.late_copies().1 == 0
+        })
+        .await;
+    }
     // C's copies reached B (the other client has them all): a second copy for the session
     // would come before a message published now.
+    let last = COUNT + extra;
     publisher
-        .publish("taken/x", QoS::ExactlyOnce, false, format!("{COUNT}"))
+        .publish("taken/x", QoS::ExactlyOnce, false, format!("{last}"))
         .await;
     let again = collect(&mut new, Duration::from_millis(500)).await;
     assert_eq!(
         again,
-        vec![(COUNT, false)],
+        vec![(last, false)],
         "completed on A, delivered again on B (or the new message not delivered)"
     );
-    assert_eq!(watched.len(), COUNT as usize, "once each: {watched:?}");
+    assert_eq!(
+        watched.len(),
+        (COUNT + extra) as usize,
+        "once each: {watched:?}"
+    );
     for node in nodes {
         node.shutdown().await;
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tern_broker::{
-    Broker, ClaimDecision, ClaimGrant, ClaimRequest, SessionExpiry, SessionTransfer,
+    Broker, ClaimDecision, ClaimGrant, ClaimRequest, PreviousOwner, SessionExpiry, SessionTransfer,
     SubscriptionRecord,
 };
 use tern_cluster::rpc::Refusal;
@@ -374,15 +374,10 @@ async fn claim(
         // reached every table: the shell's copies of them, and later ones, are dropped.
         // Not when its session could not be read: the shell's copies are all there is.
         if let (Some(Ok(_)), Some(handed), Shell::Routed(_)) = (&decoded, &handed, shell)
-            && !handed.flushed.is_empty()
+            && !handed.had.is_empty()
             && let Some(broker) = context.broker.upgrade()
         {
-            broker.seen_flushed(
-                client_id,
-                epoch,
-                handed.flushed_from,
-                handed.flushed.clone(),
-            );
+            broker.seen_previous_owner(client_id, epoch, handed.had.clone());
         }
         // Late copies may come unless the answer says none: a previous owner that did not
         // answer may have exported the session with a forwarding address all the same.
@@ -446,8 +441,8 @@ async fn claim(
 
 /// After the hand-over: the shell of the claim `epoch` here (the session, once the client
 /// attached) remembers what reached it for as long as the previous owner may send late
-/// copies (see `forwards`), or not at all when it sends none; what it knows of the nodes
-/// that flushed (`Broker::seen_flushed`) it keeps as long (their copies routed here may be
+/// copies (see `forwards`), or not at all when it sends none; what it knows the previous
+/// owner had (`Broker::seen_previous_owner`) it keeps as long (copies routed here may be
 /// that slow too).
 fn remember_seen(context: &Context<'_>, client_id: &str, epoch: u64, late: flush::LateCopies) {
     let Some(broker) = context.broker.upgrade() else {
@@ -745,8 +740,9 @@ impl HandOverHandler for HandOver {
                 }
             }
             // A session that moved here recently: copies planned before its routes were
-            // everywhere may have gone to its owner before this one (see `seen_flushed`).
-            let flushed_from = broker.moved_in_at(&client_id).unwrap_or(0);
+            // everywhere may have gone to its owner before this one (see
+            // `Broker::seen_previous_owner`).
+            let routes_from = broker.moved_in_at(&client_id).unwrap_or(0);
             let exported = match unflushed {
                 Some((glue, index, unanswered, wait)) => flush::export_forwarding(
                     &glue, &broker, &client_id, epoch, index, unanswered, wait,
@@ -754,10 +750,16 @@ impl HandOverHandler for HandOver {
                 None => flush::Exported {
                     transfer: broker.export_session(&client_id, Instant::now()),
                     address: None,
+                    reached: Vec::new(),
                 },
             };
             let Some(transfer) = exported.transfer else {
                 return Ok(None);
+            };
+            let had = PreviousOwner {
+                routes_from,
+                flushed: flushed_nodes,
+                reached: exported.reached,
             };
             let late = if exported.address.is_some() {
                 flush::LateCopies::Follow
@@ -767,12 +769,7 @@ impl HandOverHandler for HandOver {
             match transfer.encode() {
                 Ok(bytes) => {
                     tracing::info!(client_id, epoch, bytes = bytes.len(), "session handed over");
-                    Ok(Some(flush::handed_over(
-                        late,
-                        flushed_from,
-                        &flushed_nodes,
-                        &bytes,
-                    )))
+                    Ok(Some(flush::handed_over(late, &had, &bytes)))
                 }
                 Err(error) => {
                     // Kept here rather than lost: the claimer connects without it, and late

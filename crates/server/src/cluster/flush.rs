@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_broker::{Broker, SessionTransfer};
+use tern_broker::{Broker, PreviousOwner, SessionTransfer};
 use tern_cluster::link::DataPlane;
 use tern_cluster::{ClusterNode, NodeId};
 
@@ -141,15 +141,21 @@ pub struct Exported {
     pub transfer: Option<SessionTransfer>,
     /// The key of the forwarding address kept for it (see `forwards`), if one was.
     pub address: Option<usize>,
+    /// With an address: each node that did not answer, with its run and the number of its
+    /// last message that had reached this node at the export (see `reached`; a node none of
+    /// whose messages had is not listed).
+    pub reached: Vec<(NodeId, u64, u64)>,
 }
 
 /// Exports the session of `client_id` (claimed with `epoch`, its routes in every table from
 /// `index` on) after a flush that `unanswered` did not answer, keeping a forwarding address
 /// for it: the late copies of those nodes go on to the new owner (see `forwards`). The
 /// export and the address are made while no message from another node is delivered here, so
-/// a copy is either in the export or finds the address. Those nodes are asked for a flush
-/// again once a second, until each has answered or left the cluster (the address ends
-/// then), for [`MOVED_FOR`] at most.
+/// a copy is either in the export or finds the address, and the last message of each of
+/// those nodes that reached this node before the export is known (see `reached`): what
+/// came before it was for the exported session, what comes later finds the address. Those
+/// nodes are asked for a flush again once a second, until each has answered or left the
+/// cluster (the address ends then), for [`MOVED_FOR`] at most.
 pub fn export_forwarding(
     glue: &Arc<Glue>,
     broker: &Broker,
@@ -170,10 +176,12 @@ pub fn export_forwarding(
         return Exported {
             transfer: broker.export_session(client_id, Instant::now()),
             address: None,
+            reached: Vec::new(),
         };
     };
-    let (transfer, address) = plane.without_deliveries(|| {
+    let (transfer, address, reached) = plane.without_deliveries(|| {
         let transfer = broker.export_session(client_id, Instant::now());
+        let reached = glue.reached.last_of(&unanswered);
         let address = transfer.as_ref().and_then(|transfer| {
             let filters = transfer
                 .subscriptions
@@ -181,15 +189,18 @@ pub fn export_forwarding(
                 .map(|(filter, _)| filter.as_str());
             glue.forwards.add(client_id, to, index, unanswered, filters)
         });
-        (transfer, address)
+        (transfer, address, reached)
     });
     let Some(key) = address else {
         if transfer.is_some() {
             tracing::warn!(client_id, "moved session: no forwarding address kept");
         }
+        // Without an address, a copy planned before the last one but sent after it reaches
+        // no one: the new owner must keep its own copy of it.
         return Exported {
             transfer,
             address: None,
+            reached: Vec::new(),
         };
     };
     tracing::info!(
@@ -201,6 +212,7 @@ pub fn export_forwarding(
     Exported {
         transfer,
         address: Some(key),
+        reached,
     }
 }
 
@@ -267,49 +279,54 @@ pub enum LateCopies {
 #[derive(Debug, PartialEq, Eq)]
 pub struct HandedOver<'a> {
     pub late_copies: LateCopies,
-    /// The nodes, each with its run, whose copies planned in that run before the claimer's
-    /// routes reached every table (and from `flushed_from` on) all reached the previous
-    /// owner before it exported the session ([`Flushed::flushed`]; none without a flush).
-    pub flushed: Vec<(NodeId, u64)>,
-    /// The log index from which the previous owner's routes for the session were in every
-    /// table (0: long before anything still on its way).
-    pub flushed_from: u64,
+    /// What the previous owner had of the copies planned before the claimer's routes
+    /// reached every table (none listed without a flush): the nodes that answered its flush
+    /// ([`Flushed::flushed`]) and, with a forwarding address, the last message of each that
+    /// did not ([`Exported::reached`]).
+    pub had: PreviousOwner,
     /// The encoded session.
     pub session: &'a [u8],
 }
 
 /// Bits of a hand-over answer's flags byte.
 const LATE_COPIES_FOLLOW: u8 = 1;
-const FLUSHED_NODES: u8 = 1 << 1;
+const PREVIOUS_OWNER_HAD: u8 = 1 << 1;
 
-/// A hand-over's answer: a flags byte (bit 0: late copies may follow; bit 1: the nodes that
-/// flushed follow: a u64 log index from which the previous owner's routes were everywhere,
-/// a u16 count and a u64 node id and u64 run each; other bits: none yet, and refused, see
-/// [`read_handed_over`]), then the encoded session.
-pub fn handed_over(
-    late_copies: LateCopies,
-    flushed_from: u64,
-    flushed: &[(NodeId, u64)],
-    session: &[u8],
-) -> Vec<u8> {
+/// A hand-over's answer: a flags byte (bit 0: late copies may follow; bit 1: what the
+/// previous owner had follows: a u64 log index from which its routes were everywhere, a u16
+/// count and a u64 node id and u64 run each of the nodes that flushed, a u16 count and a
+/// u64 node id, u64 run and u64 number each of the last messages of those that did not;
+/// other bits: none yet, and refused, see [`read_handed_over`]), then the encoded session.
+pub fn handed_over(late_copies: LateCopies, had: &PreviousOwner, session: &[u8]) -> Vec<u8> {
     // Fewer nodes only drop fewer copies.
-    let flushed = &flushed[..flushed.len().min(usize::from(u16::MAX))];
-    let mut answer = Vec::with_capacity(11 + 16 * flushed.len() + session.len());
+    let most = usize::from(u16::MAX);
+    let flushed = &had.flushed[..had.flushed.len().min(most)];
+    let reached = &had.reached[..had.reached.len().min(most)];
+    let mut answer =
+        Vec::with_capacity(13 + 16 * flushed.len() + 24 * reached.len() + session.len());
     let mut flags = 0;
     if late_copies == LateCopies::Follow {
         flags |= LATE_COPIES_FOLLOW;
     }
-    if !flushed.is_empty() {
-        flags |= FLUSHED_NODES;
+    let listed = !flushed.is_empty() || !reached.is_empty();
+    if listed {
+        flags |= PREVIOUS_OWNER_HAD;
     }
     answer.push(flags);
-    if !flushed.is_empty() {
-        answer.extend_from_slice(&flushed_from.to_be_bytes());
+    if listed {
+        answer.extend_from_slice(&had.routes_from.to_be_bytes());
         let count = u16::try_from(flushed.len()).unwrap_or(u16::MAX);
         answer.extend_from_slice(&count.to_be_bytes());
         for (node, run) in flushed {
             answer.extend_from_slice(&node.to_be_bytes());
             answer.extend_from_slice(&run.to_be_bytes());
+        }
+        let count = u16::try_from(reached.len()).unwrap_or(u16::MAX);
+        answer.extend_from_slice(&count.to_be_bytes());
+        for (node, run, number) in reached {
+            answer.extend_from_slice(&node.to_be_bytes());
+            answer.extend_from_slice(&run.to_be_bytes());
+            answer.extend_from_slice(&number.to_be_bytes());
         }
     }
     answer.extend_from_slice(session);
@@ -320,8 +337,18 @@ pub fn handed_over(
 /// later version's answer, whose session bytes may not start where this one expects; the
 /// protocol version keeps such nodes apart).
 pub fn read_handed_over(answer: &[u8]) -> Option<HandedOver<'_>> {
+    fn u64_at(rest: &mut &[u8]) -> Option<u64> {
+        let (value, after) = rest.split_first_chunk::<8>()?;
+        *rest = after;
+        Some(u64::from_be_bytes(*value))
+    }
+    fn count_at(rest: &mut &[u8]) -> Option<u16> {
+        let (value, after) = rest.split_first_chunk::<2>()?;
+        *rest = after;
+        Some(u16::from_be_bytes(*value))
+    }
     let (&flags, mut rest) = answer.split_first()?;
-    if flags & !(LATE_COPIES_FOLLOW | FLUSHED_NODES) != 0 {
+    if flags & !(LATE_COPIES_FOLLOW | PREVIOUS_OWNER_HAD) != 0 {
         return None;
     }
     let late_copies = if flags & LATE_COPIES_FOLLOW != 0 {
@@ -329,24 +356,20 @@ pub fn read_handed_over(answer: &[u8]) -> Option<HandedOver<'_>> {
     } else {
         LateCopies::None
     };
-    let mut flushed = Vec::new();
-    let mut flushed_from = u64::MAX;
-    if flags & FLUSHED_NODES != 0 {
-        let (from, after) = rest.split_first_chunk::<8>()?;
-        flushed_from = u64::from_be_bytes(*from);
-        let (count, after) = after.split_first_chunk::<2>()?;
-        rest = after;
-        for _ in 0..u16::from_be_bytes(*count) {
-            let (node, after) = rest.split_first_chunk::<8>()?;
-            let (run, after) = after.split_first_chunk::<8>()?;
-            flushed.push((NodeId::from_be_bytes(*node), u64::from_be_bytes(*run)));
-            rest = after;
+    let mut had = PreviousOwner::default();
+    if flags & PREVIOUS_OWNER_HAD != 0 {
+        had.routes_from = u64_at(&mut rest)?;
+        for _ in 0..count_at(&mut rest)? {
+            had.flushed.push((u64_at(&mut rest)?, u64_at(&mut rest)?));
+        }
+        for _ in 0..count_at(&mut rest)? {
+            had.reached
+                .push((u64_at(&mut rest)?, u64_at(&mut rest)?, u64_at(&mut rest)?));
         }
     }
     Some(HandedOver {
         late_copies,
-        flushed,
-        flushed_from,
+        had,
         session: rest,
     })
 }
@@ -356,22 +379,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hand_over_answer_says_whether_late_copies_follow_and_who_flushed() {
+    fn a_hand_over_answer_says_whether_late_copies_follow_and_what_the_owner_had() {
         for late_copies in [LateCopies::None, LateCopies::Follow] {
-            for flushed in [
-                vec![],
-                vec![(2, 5)],
-                vec![(1, 0), (3, 7), (u64::MAX, u64::MAX)],
+            for (flushed, reached) in [
+                (vec![], vec![]),
+                (vec![(2, 5)], vec![]),
+                (vec![], vec![(4, 1, 30)]),
+                (
+                    vec![(1, 0), (3, 7), (u64::MAX, u64::MAX)],
+                    vec![(4, 2, 0), (u64::MAX, u64::MAX, u64::MAX)],
+                ),
             ] {
-                let from = if flushed.is_empty() { u64::MAX } else { 17 };
-                let answer = handed_over(late_copies, from, &flushed, b"session");
+                let routes_from = if flushed.is_empty() && reached.is_empty() {
+                    0
+                } else {
+                    17
+                };
+                let had = PreviousOwner {
+                    routes_from,
+                    flushed,
+                    reached,
+                };
+                let answer = handed_over(late_copies, &had, b"session");
                 let read = read_handed_over(&answer);
                 assert_eq!(
                     read,
                     Some(HandedOver {
                         late_copies,
-                        flushed,
-                        flushed_from: from,
+                        had,
                         session: b"session"
                     })
                 );
@@ -379,7 +414,12 @@ mod tests {
         }
         assert_eq!(read_handed_over(&[]), None);
         assert_eq!(read_handed_over(&[0b100, 7]), None, "an unknown flag");
-        let answer = handed_over(LateCopies::None, 3, &[(1, 4), (2, 4)], b"");
+        let had = PreviousOwner {
+            routes_from: 3,
+            flushed: vec![(1, 4), (2, 4)],
+            reached: vec![(5, 4, 9)],
+        };
+        let answer = handed_over(LateCopies::None, &had, b"");
         for cut in 1..answer.len() {
             assert_eq!(read_handed_over(&answer[..cut]), None, "cut at {cut}");
         }

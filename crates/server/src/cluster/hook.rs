@@ -78,6 +78,8 @@ pub struct Glue {
     pub flushes: Flushes,
     /// Forwarding addresses of sessions handed over after a partial flush.
     pub forwards: Arc<super::forwards::Forwards>,
+    /// The last message of each other node that reached this node.
+    pub reached: Arc<super::reached::Reached>,
 }
 
 /// The top bit of the nonces of [`Glue::barrier_index`]'s barriers.
@@ -121,6 +123,7 @@ impl Glue {
             barriers: Mutex::new(std::collections::HashMap::new()),
             flushes: Flushes::default(),
             forwards: Arc::default(),
+            reached: Arc::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - `claim`: the claim of a client id at CONNECT, and the hand-over of its session.
 //! - `payload`, `retained`: how messages cross between nodes and into the replicated state.
 //! - `sink`: messages from other nodes into the core, acknowledged once durable.
+//! - `flush`, `forwards`, `reached`: closing the window of a session's move between nodes.
 
 mod apply;
 mod claim;
@@ -18,6 +19,7 @@ mod forwards;
 mod hook;
 mod lease;
 mod payload;
+mod reached;
 mod retained;
 mod returns;
 mod routes;

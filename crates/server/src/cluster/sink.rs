@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::forwards::Forwards;
 use super::hook::Glue;
 use super::payload;
+use super::reached::Reached;
 
 pub struct BrokerSink {
     broker: Arc<Broker>,
@@ -23,6 +24,8 @@ pub struct BrokerSink {
     glue: Weak<Glue>,
     /// The glue's (read first: most copies find it empty).
     forwards: Arc<Forwards>,
+    /// The glue's.
+    reached: Arc<Reached>,
 }
 
 impl BrokerSink {
@@ -36,6 +39,7 @@ impl BrokerSink {
             persistence,
             glue: Arc::downgrade(glue),
             forwards: glue.forwards.clone(),
+            reached: glue.reached.clone(),
         }
     }
 
@@ -117,6 +121,13 @@ impl DataSink for BrokerSink {
                     .1
             }
             None => {
+                // Noted with the delivery, which the export of a moved session does not
+                // run beside (`flush::export_forwarding`).
+                if let Some(id) = forwarded.message.cluster_id.as_deref()
+                    && id.node == from
+                {
+                    self.reached.note(id);
+                }
                 // Copies for sessions moved from here (an address is kept, and the session
                 // exported, while no delivery runs: `flush::export_forwarding`).
                 let late = if forwarded.regular {

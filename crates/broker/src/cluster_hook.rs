@@ -15,7 +15,7 @@ use crate::broker::{Broker, Subscriber, read, write};
 use crate::cluster_claim::{ClaimDecision, ClaimRequest};
 use crate::message::{ClusterMessageId, Message, MessageRef};
 use crate::persist::Change;
-use crate::session::{Kick, SeenIds};
+use crate::session::Kick;
 use crate::subscriptions::{SharedGroup, SubscriptionIndex};
 use crate::types::{Seq, SubscriptionRecord};
 use crate::worker_post::Scope;
@@ -395,19 +395,28 @@ impl Broker {
 
     /// Whether the session of `client_id` here takes a late copy of the message `id`: it
     /// remembers what reached it since its shell was made, and does not hold the message
-    /// (in flight or queued: what its memory forgot past its bound, it may still hold).
+    /// (in flight or queued: what its memory forgot past its bound, it may still hold). A
+    /// copy it holds is the client's then, which the merge keeps (see `SeenIds::late_taken`).
     fn takes_late_copy(&self, client_id: &str, id: Option<&ClusterMessageId>) -> bool {
         self.session(client_id).is_some_and(|session| {
-            let state = session.lock();
-            state.seen.as_deref().is_some_and(SeenIds::takes_late)
-                && id.is_none_or(|id| {
-                    !state
-                        .inflight
-                        .iter()
-                        .map(|entry| &entry.delivery)
-                        .chain(state.queue.iter().map(|queued| &queued.delivery))
-                        .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id))
-                })
+            let mut state = session.lock();
+            let state = &mut *state;
+            let Some(seen) = state.seen.as_deref_mut().filter(|seen| seen.takes_late()) else {
+                return false;
+            };
+            let Some(id) = id else {
+                return true;
+            };
+            let held = state
+                .inflight
+                .iter()
+                .map(|entry| &entry.delivery)
+                .chain(state.queue.iter().map(|queued| &queued.delivery))
+                .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id));
+            if held {
+                seen.taken_late(*id);
+            }
+            !held
         })
     }
 

@@ -770,6 +770,8 @@ impl Broker {
             return Err(TransferError::Connected);
         }
         let mut index = write(&self.subscriptions);
+        // The shell's copies the previous owner had.
+        let mut had = Vec::new();
         {
             let state = shell.lock();
             let seen = state.seen.as_deref();
@@ -780,21 +782,29 @@ impl Broker {
                 .chain(&transfer.queue)
                 .filter_map(|delivery| delivery.message.cluster_id.as_deref().copied())
                 .collect();
-            let shell_deliveries = state
+            let mut shell_deliveries = Vec::new();
+            for delivery in state
                 .inflight
                 .iter()
                 .map(|entry| &entry.delivery)
                 .chain(state.queue.iter().map(|queued| &queued.delivery))
-                .filter(|delivery| {
-                    delivery.message.cluster_id.as_deref().is_none_or(|id| {
-                        // A group's copy went to this node only: the previous owner had
-                        // none of it.
-                        let had = delivery.shared_filter.is_none()
-                            && seen.is_some_and(|seen| seen.previous_owner_had(id));
-                        !held.contains(id) && !had
-                    })
-                })
-                .map(|delivery| TransferredDelivery::from_delivery(delivery, now));
+            {
+                let Some(id) = delivery.message.cluster_id.as_deref() else {
+                    shell_deliveries.push(TransferredDelivery::from_delivery(delivery, now));
+                    continue;
+                };
+                if held.contains(id) {
+                    continue;
+                }
+                // A group's copy went to this node only: the previous owner had none of it.
+                if delivery.shared_filter.is_none()
+                    && seen.is_some_and(|seen| seen.previous_owner_had(id))
+                {
+                    had.push(*id);
+                    continue;
+                }
+                shell_deliveries.push(TransferredDelivery::from_delivery(delivery, now));
+            }
             transfer.queue.extend(shell_deliveries);
         }
         let limit = self.live_limits.max_queued_messages();
@@ -806,9 +816,13 @@ impl Broker {
                     .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
             }
         }
-        // What the shell was given, and what was handed over, stays known to late copies.
+        // What the shell was given, and what was handed over, stays known to late copies
+        // (but for the copies dropped as the previous owner's).
         let mut seen = shell.lock().seen.take();
         if let Some(seen) = seen.as_deref_mut() {
+            for id in &had {
+                seen.forget(id);
+            }
             transfer
                 .inflight
                 .iter()

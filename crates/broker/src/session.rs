@@ -148,10 +148,11 @@ const SEEN_MAX: usize = 100_000;
 ///   the old connection may have taken it). A node that restarted since plans in another
 ///   run (below `window` too, while it applies its log again): those copies the previous
 ///   owner may not have had;
-/// - the late copies taken before the merge (`late_taken`): a copy one node planned before
-///   another but sent after it reaches the previous owner after the export, although its
-///   number is below the last one that reached it; it comes as a late copy, which the
-///   merge keeps.
+/// - the late copies taken before the merge (`late_taken`): a copy one node numbered
+///   before another but queued after it reaches the previous owner after the export,
+///   although its number is below the last one that reached it; it comes as a late copy,
+///   which the merge keeps (or the shell's own copy of it, which the late one found
+///   there). Past [`SEEN_MAX`] of them, the merge drops the shell's copy of a later one.
 #[derive(Debug)]
 pub(crate) struct SeenIds {
     pub(crate) epoch: u64,
@@ -243,11 +244,24 @@ impl SeenIds {
             return true;
         }
         let admitted = self.record(id);
-        // Kept by the merge (see `previous_owner_had`).
-        if admitted && came == Came::Late && self.late_taken.len() < SEEN_MAX {
-            self.late_taken.insert(id);
+        if admitted && came == Came::Late {
+            self.taken_late(id);
         }
         admitted
+    }
+
+    /// A late copy of `id` reached the session (taken, or found a copy it holds): the
+    /// client's copy, which the merge keeps (see `previous_owner_had`).
+    pub(crate) fn taken_late(&mut self, id: ClusterMessageId) {
+        if self.late_taken.len() < SEEN_MAX {
+            self.late_taken.insert(id);
+        }
+    }
+
+    /// The merge dropped the shell's copy of `id` (the previous owner had it): a late copy
+    /// of it, which comes if it had it only after the export, is the client's.
+    pub(crate) fn forget(&mut self, id: &ClusterMessageId) {
+        self.ids.remove(id);
     }
 
     /// Remembers `id` whatever its plan, while late copies may come; false when it was

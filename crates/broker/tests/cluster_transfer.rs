@@ -513,14 +513,16 @@ fn a_copy_the_previous_owner_had_is_not_delivered_again_issue_16() {
 
 /// Issue 16, a message the previous owner had from a node that did not answer its flush (cut
 /// off, or slow): the last message of that node (4, in its run 9) that had reached it when
-/// it exported the session was number 5. That node's copies for it cross one link in order,
+/// it exported the session was number 9. That node's copies for it cross one link in order,
 /// so each of its copies planned before (with the previous owner's routes) reached it first,
 /// and was delivered on the old connection or handed over: this node's own copy of one is
 /// dropped, in the shell at the merge and as it comes later [MQTT-4.3.3-2]. Not dropped: a
-/// later number, a late copy (one planned before number 5 but sent after it reached the
-/// previous owner after the export and came on from there: the client's only copy; also
-/// kept in the shell at the merge), one planned before the previous owner's routes were
-/// everywhere, one of the node's later run, one of another node.
+/// later number, one planned before the previous owner's routes were everywhere, one of the
+/// node's later run, one of another node, and a late copy: one numbered before number 9 but
+/// queued after it reached the previous owner after the export and came on from there, the
+/// client's only copy. So the merge keeps a late copy the shell took, and the shell's own
+/// copy of a message when a late copy of it came (and found it there); and a late copy that
+/// comes after the merge dropped the shell's own copy is taken.
 #[test]
 fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_not_delivered_again_issue_16()
  {
@@ -534,17 +536,20 @@ fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_n
     // Into the shell before the hand-over's answer came.
     assert_eq!(routed(planned(b"reached-a", 4, 1, 99)), 1);
     assert_eq!(late(planned(b"late-before-the-merge", 4, 3, 99)), 1);
+    assert_eq!(routed(planned(b"its-late-copy-came", 4, 7, 99)), 1);
+    assert_eq!(late(planned(b"late-of-7", 4, 7, 99)), 0, "the shell has it");
+    assert_eq!(routed(planned(b"its-late-copy-comes-later", 4, 8, 99)), 1);
     b.broker.seen_previous_owner(
         "mover",
         7,
         PreviousOwner {
             routes_from: 50,
             flushed: Vec::new(),
-            reached: vec![(4, 9, 5)],
+            reached: vec![(4, 9, 9)],
         },
     );
     assert_eq!(routed(planned(b"reached-a-too", 4, 2, 99)), 0);
-    assert_eq!(routed(planned(b"after-the-last", 4, 6, 99)), 1);
+    assert_eq!(routed(planned(b"after-the-last", 4, 10, 99)), 1);
     b.broker
         .adopt_handed_over(shell("mover", "m/#"), b.now())
         .unwrap();
@@ -552,6 +557,7 @@ fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_n
     assert_eq!(routed(planned(b"reached-a-later", 4, 4, 99)), 0);
     assert_eq!(routed(planned(b"taken-late", 4, 3, 99)), 0, "the ids");
     assert_eq!(late(planned(b"late-after-the-merge", 4, 0, 99)), 1);
+    assert_eq!(late(planned(b"late-of-8", 4, 8, 99)), 1);
     assert_eq!(
         routed(planned(b"before-a-routed-it", 4, 5, 40)),
         1,
@@ -572,8 +578,10 @@ fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_n
         payloads,
         vec![
             &b"late-before-the-merge"[..],
+            b"its-late-copy-came",
             b"after-the-last",
             b"late-after-the-merge",
+            b"late-of-8",
             b"before-a-routed-it",
             b"restarted",
             b"another-node"

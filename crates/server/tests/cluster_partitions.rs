@@ -811,6 +811,11 @@ async fn completed_on_the_old_node(missed_flush: bool) {
             nodes[a].cluster.late_copies().1 == 0
         })
         .await;
+        assert_eq!(
+            nodes[a].cluster.late_copies().0,
+            1,
+            "A sent its copy of the extra message on"
+        );
     }
     // C's copies reached B (the other client has them all): a second copy for the session
     // would come before a message published now.

@@ -3,7 +3,7 @@
 //! this one cross one link, in order: one planned before the last that reached this node
 //! reached it before that one, unless it was planned first but sent after it by another of
 //! its publishers (it comes after, and follows a moved session as a late copy then), or
-//! its node dropped it (a full outbox, or a QoS 0 copy of a congested or broken link).
+//! its node dropped it (a full outbox, or a QoS 0 copy for a congested link).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;

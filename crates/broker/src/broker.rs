@@ -962,7 +962,11 @@ impl Broker {
                         .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
                 }
                 // The session had it (a moved session's message that came both ways).
-                Enqueued::Duplicate => reached -= 1,
+                Enqueued::Duplicate => {
+                    reached -= 1;
+                    self.metrics
+                        .bump(crate::metrics::Counter::SecondCopiesDropped);
+                }
                 Enqueued::Discarded => self
                     .metrics
                     .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),

@@ -415,6 +415,8 @@ impl Broker {
                 .any(|delivery| delivery.message.cluster_id.as_deref() == Some(id));
             if held {
                 seen.taken_late(*id);
+                self.metrics()
+                    .bump(crate::metrics::Counter::SecondCopiesDropped);
             }
             !held
         })

@@ -770,8 +770,9 @@ impl Broker {
             return Err(TransferError::Connected);
         }
         let mut index = write(&self.subscriptions);
-        // The shell's copies the previous owner had.
+        // The shell's copies the previous owner had, and the number of those it handed over.
         let mut had = Vec::new();
+        let mut second_copies = 0;
         {
             let state = shell.lock();
             let seen = state.seen.as_deref();
@@ -794,6 +795,7 @@ impl Broker {
                     continue;
                 };
                 if held.contains(id) {
+                    second_copies += 1;
                     continue;
                 }
                 // A group's copy went to this node only: the previous owner had none of it.
@@ -807,6 +809,10 @@ impl Broker {
             }
             transfer.queue.extend(shell_deliveries);
         }
+        self.metrics().add(
+            crate::metrics::Counter::SecondCopiesDropped,
+            second_copies + had.len() as u64,
+        );
         let limit = self.live_limits.max_queued_messages();
         if transfer.queue.len() > limit {
             let over = transfer.queue.len() - limit;
@@ -995,7 +1001,9 @@ impl Broker {
                     self.metrics()
                         .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
                 }
-                Enqueued::Duplicate => {}
+                Enqueued::Duplicate => self
+                    .metrics()
+                    .bump(crate::metrics::Counter::SecondCopiesDropped),
                 Enqueued::Discarded => self
                     .metrics()
                     .bump(crate::metrics::Counter::MessagesDroppedOfflineQos0),

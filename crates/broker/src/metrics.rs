@@ -146,6 +146,10 @@ counters! {
     SessionsExpired => sessions_expired,
     /// Connections closed by an operator (the admin API's kick or session delete).
     ConnectionsKicked => connections_kicked,
+    /// Cluster: copies of a moved session's messages its new owner dropped as second
+    /// copies (the client had the message on its old connection, or the session holds it:
+    /// a message that reached the session both ways while it moved).
+    SecondCopiesDropped => second_copies_dropped,
 }
 
 /// One thread's counters, on cache lines of their own (128 bytes: two lines, as adjacent-line

@@ -569,6 +569,11 @@ fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_n
     }
     assert_eq!(routed(restarted), 1, "node 4's later run");
     assert_eq!(routed(planned(b"another-node", 3, 1, 99)), 1);
+    assert_eq!(
+        b.broker.metrics().snapshot().second_copies_dropped,
+        6,
+        "counted: 2 at the merge, 1 late copy, 3 routed copies"
+    );
 
     let (mut client, connack) = b.connect(persistent(V5, "mover"));
     assert!(connack.session_present);

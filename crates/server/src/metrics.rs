@@ -249,6 +249,11 @@ impl MetricsSource {
             "Messages for a session moved from this node that reached it afterwards, sent on to the session's new owner.",
             forwarding.late,
         )?;
+        out.counter(
+            "tern_cluster_second_copies_dropped",
+            "Copies of a session's messages dropped on the node it moved to: the client had the message on its old connection, or the session holds it.",
+            self.broker.metrics().snapshot().second_copies_dropped,
+        )?;
         {
             use std::sync::atomic::Ordering::Relaxed;
             use tern_cluster::wire::{BYTES_IN, BYTES_OUT};

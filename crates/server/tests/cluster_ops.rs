@@ -288,6 +288,11 @@ async fn every_node_reports_the_same_cluster_in_the_api_and_metrics() {
         assert!(sample(&metrics, "tern_cluster_term").is_some_and(|t| t >= 1.0));
         assert!(sample(&metrics, "tern_cluster_last_applied_index").is_some_and(|i| i >= 1.0));
         assert!(sample(&metrics, "tern_cluster_routes").is_some_and(|r| r >= 1.0));
+        assert_eq!(
+            sample(&metrics, "tern_cluster_second_copies_dropped_total"),
+            Some(0.0),
+            "no session moved"
+        );
         for peer in nodes.iter().filter(|other| other.id != node.id) {
             let link = format!("tern_cluster_link_up{{peer=\"{}\"}}", peer.id);
             let up = sample(&metrics, &link);

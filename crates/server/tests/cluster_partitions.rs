@@ -834,6 +834,11 @@ async fn completed_on_the_old_node(missed_flush: bool) {
         (COUNT + extra) as usize,
         "once each: {watched:?}"
     );
+    assert_eq!(
+        nodes[b].broker.metrics().snapshot().second_copies_dropped,
+        u64::from(COUNT + extra),
+        "B counts the second copies it dropped"
+    );
     for node in nodes {
         node.shutdown().await;
     }

@@ -422,6 +422,46 @@ def test_sigstop_of_the_leader_then_sigcont_it_follows_the_new_one(cluster, clie
            clients_closed=closed)
 
 
+@pytest.mark.test_timeout(60)
+def test_sigstop_past_the_lease_the_old_connection_is_served_no_more(cluster, clients, unique):
+    """Issue 16, "never two live connections for one client id": a node frozen (SIGSTOP) while
+    it holds a client's connection, which then writes three QoS 1 PUBLISHes into the frozen
+    node's socket; the client connects again, same id, to another node, which takes the id
+    once the frozen node's lease has run out (CONNACK 0). After SIGCONT the frozen node serves
+    the old connection no more, whichever of its tasks wakes first: it closes it (MQTT 5:
+    DISCONNECT 0x9C Use another server, or 0x8E Session taken over once the claim applies
+    there) without acknowledging or routing what it sent (a subscriber elsewhere gets none
+    of it, checked with a later message from the frozen node, which comes after them on the
+    same link)."""
+    leader, _, _ = cluster.wait_leader()
+    frozen = others(cluster, leader)[0]
+    other = others(cluster, frozen.node_id)[0]
+    watcher = clients.paho(other, f"{unique}w", MQTTV5)
+    watcher.connect()
+    subscribe_retrying(watcher, f"{unique}/#", 1)
+    await_route(watcher, f"{unique}/probe", frozen)
+    old = clients.paho(frozen, f"{unique}x", MQTTV5, keepalive=60)
+    old.connect()
+
+    frozen.pause()
+    sent = [old.publish(f"{unique}/stale", b"stale-%d" % i, qos=1, wait=False)
+            for i in range(3)]
+    new = clients.paho(other, f"{unique}x", MQTTV5)
+    assert new.connect(timeout=20).reason_code == 0, "the id taken on the other node"
+    frozen.resume()
+
+    event = old.wait_server_disconnect(timeout=10)
+    assert event.reason_code in (0x9C, 0x8E), f"closed with {event.reason_code:#x}"
+    later = connect_retrying(frozen, f"{unique}p")
+    clients.made.append(later)
+    later.publish(f"{unique}/later", b"later", qos=1, timeout=10)
+    watcher.wait_messages(1, topic=f"{unique}/later", timeout=10)
+    stale = [m.payload for m in watcher.messages if m.topic == f"{unique}/stale"]
+    assert stale == [], f"the frozen node routed what the old connection sent: {stale}"
+    assert not any(info.is_published() for info in sent), "acknowledged on the old connection"
+    timing("sigstop-owner", frozen=frozen.node_id, closed=f"{event.reason_code:#x}")
+
+
 @pytest.mark.test_timeout(55)
 def test_restart_of_the_killed_leader_with_its_data_dir_rejoins(cluster, clients, unique):
     """Issue 16: a node SIGKILLed (the leader, so a term changes while it is away) and started

@@ -215,6 +215,8 @@ pub struct Broker {
     pub(crate) cluster: std::sync::OnceLock<Arc<dyn ClusterHook>>,
     /// Claims of client ids waiting for the cluster's answer (see `cluster_claim`).
     pub(crate) claims: crate::cluster_claim::Claims,
+    /// Cluster: until when this node serves its clients (see `cluster_lease`).
+    pub(crate) lease: crate::cluster_lease::Lease,
 }
 
 /// What [`Broker::recheck_access`] did.
@@ -294,6 +296,7 @@ impl Broker {
             worker_inboxes: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
             claims: crate::cluster_claim::Claims::default(),
+            lease: crate::cluster_lease::Lease::default(),
         })
     }
 

@@ -13,6 +13,7 @@ use crate::connection::{Active, CloseReason, Connection, Phase, STORAGE_REFUSAL_
 use crate::hooks::FilterAccess;
 use crate::message::Message;
 use crate::persist::Change;
+use crate::session::Kick;
 use crate::types::{InflightState, Seq, SessionExpiry, SubscriptionRecord};
 use crate::unstored::AckHold;
 
@@ -60,6 +61,10 @@ impl Connection {
                 if !active.session.is_owned_by(self.id) || active.session.kicked_hint() {
                     let kicked = active.session.lock().kicked;
                     return self.close_displaced(kicked, now);
+                }
+                // Cluster: past the node's lease, the client may be connected elsewhere.
+                if self.broker.lease_ran_out(now) {
+                    return self.close_displaced(Some(Kick::LeaseLost), now);
                 }
                 self.handle_active_packet(packet, now);
             }

@@ -17,6 +17,7 @@ mod admin;
 mod broker;
 mod cluster_claim;
 mod cluster_hook;
+mod cluster_lease;
 mod cluster_transfer;
 mod config;
 mod connect;

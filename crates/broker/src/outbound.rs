@@ -11,7 +11,7 @@ use crate::broker::Broker;
 use crate::connection::{Active, Connection, Phase};
 use crate::message::Delivery;
 use crate::persist::{Change, RoutedBody};
-use crate::session::{Inflight, QueuedDelivery, SessionState, belongs_in_store};
+use crate::session::{Inflight, Kick, QueuedDelivery, SessionState, belongs_in_store};
 use crate::types::{InflightState, Seq};
 use crate::unstored::Durability;
 
@@ -113,10 +113,17 @@ impl Connection {
         let Phase::Active(active) = &mut self.phase else {
             return false;
         };
+        // Cluster: past the node's lease, the client may be connected elsewhere: nothing more
+        // is sent to it here.
+        let lease_ran_out = self.broker.lease_ran_out(now);
         let session = active.session.clone();
         let mut state = session.lock();
-        if !state.owned_by(self.id) || state.kicked.is_some() {
-            let kicked = state.kicked;
+        if lease_ran_out || !state.owned_by(self.id) || state.kicked.is_some() {
+            let kicked = if lease_ran_out {
+                Some(Kick::LeaseLost)
+            } else {
+                state.kicked
+            };
             drop(state);
             self.close_displaced(kicked, now);
             // The DISCONNECT, and what was ready before it; an acknowledgement whose message is

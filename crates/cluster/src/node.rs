@@ -193,6 +193,8 @@ struct Inner {
     /// When a leader last confirmed, after this node asked, that it still leads a quorum
     /// (the time of the asking; see [`ClusterNode::confirm_lease`]).
     confirmed: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// See [`ClusterNode::set_lease_listener`].
+    lease_listener: OnceLock<Arc<dyn Fn(tokio::time::Instant) + Send + Sync>>,
     stop: watch::Sender<bool>,
 }
 
@@ -275,6 +277,7 @@ impl ClusterNode {
                 data,
                 hand_over: OnceLock::new(),
                 confirmed: std::sync::Mutex::new(None),
+                lease_listener: OnceLock::new(),
                 stop,
             }),
         };
@@ -555,28 +558,48 @@ impl ClusterNode {
         confirmed
     }
 
-    /// A leader had its quorum after `asked` (keeps the latest).
+    /// A leader had its quorum after `asked` (keeps the latest, and tells the listener).
     fn lease_confirmed_at(&self, asked: tokio::time::Instant) {
         let mut confirmed = self
             .inner
             .confirmed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if confirmed.is_none_or(|at| at < asked) {
-            *confirmed = Some(asked);
+        if confirmed.is_some_and(|at| at >= asked) {
+            return;
         }
+        *confirmed = Some(asked);
+        drop(confirmed);
+        if let Some(listener) = self.inner.lease_listener.get() {
+            listener(asked);
+        }
+    }
+
+    /// Calls `listener` with the time of the asking each time a leader confirms its quorum
+    /// to this node later than before (see [`ClusterNode::confirm_lease`]; a commit of this
+    /// node's proposals counts), before the confirmation's waiter goes on: a client
+    /// connection made on the strength of it finds the lease extended. Set once.
+    pub fn set_lease_listener(&self, listener: Arc<dyn Fn(tokio::time::Instant) + Send + Sync>) {
+        let _ = self.inner.lease_listener.set(listener);
     }
 
     /// Whether a leader confirmed its quorum (see [`ClusterNode::confirm_lease`]) less than
     /// `lease` ago. A node without it cannot tell whether another node took its clients' ids
     /// meanwhile.
     pub fn holds_lease(&self, lease: Duration) -> bool {
+        self.lease_until(lease)
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Until when this node holds its lease of length `lease` (see
+    /// [`ClusterNode::holds_lease`]): none before a leader first confirmed its quorum.
+    pub fn lease_until(&self, lease: Duration) -> Option<tokio::time::Instant> {
         let confirmed = *self
             .inner
             .confirmed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        confirmed.is_some_and(|at| at.elapsed() < lease)
+        confirmed.map(|at| at + lease)
     }
 
     /// Whether this node is a member (voter or learner) of an initialized cluster.

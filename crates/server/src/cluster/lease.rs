@@ -2,7 +2,9 @@
 //! within `lease_ms` closes its client connections (MQTT 5: DISCONNECT 0x9C Use another
 //! server), because the majority may grant their client ids elsewhere once the lease has run
 //! out (see `claim`). Connections keep working through shorter losses (an election, a brief
-//! partition).
+//! partition). The core knows until when the lease holds (`Broker::extend_lease`, told at
+//! each confirmation): each connection looks at it too, so that a process that stalled past
+//! its lease serves no client on waking, whichever of its tasks runs first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,19 @@ use tokio::sync::watch;
 
 /// How often a node looks at its lease (and closes its clients once it has run out).
 pub const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// The core serves clients only while the node holds its lease (`lease` long from each
+/// confirmation): from now on, before the node's first confirmation too.
+pub fn attach(node: &ClusterNode, broker: &Arc<Broker>, lease: Duration) {
+    broker.require_lease();
+    let broker = Arc::downgrade(broker);
+    node.set_lease_listener(Arc::new(move |asked| {
+        if let Some(broker) = broker.upgrade() {
+            let asked = asked.into_std();
+            broker.extend_lease(asked, asked + lease);
+        }
+    }));
+}
 
 pub async fn run(
     node: ClusterNode,

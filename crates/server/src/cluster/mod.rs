@@ -198,6 +198,7 @@ impl Cluster {
             timing.proposal_timeout,
             stop.clone(),
         ));
+        lease::attach(&node, &broker, Duration::from_millis(config.lease_ms));
         tokio::spawn(lease::run(
             node.clone(),
             broker.clone(),

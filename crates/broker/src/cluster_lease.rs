@@ -59,19 +59,21 @@ impl Broker {
     /// and their client ids may have been granted elsewhere meanwhile (the node may not have
     /// applied that yet), however soon the lease was confirmed again. (Without a gap, no
     /// other node granted them: a claimer waits until the previous owner's lease has run
-    /// out.)
-    pub fn extend_lease(&self, asked: Instant, until: Instant) {
+    /// out.) Returns whether there was such a gap.
+    pub fn extend_lease(&self, asked: Instant, until: Instant) -> bool {
         let _extending = lock(&self.lease.extending);
         let current = self.lease.until.load(Ordering::Relaxed);
         let until = self.lease.millis(until);
         if current == NO_LEASE || until <= current {
-            return;
+            return false;
         }
         // 0: never held (the node's first confirmation), no client was served under it.
-        if current != 0 && self.lease.millis(asked) >= current {
+        let gap = current != 0 && self.lease.millis(asked) >= current;
+        if gap {
             self.release_for_lost_lease();
         }
         self.lease.until.store(until, Ordering::Relaxed);
+        gap
     }
 
     /// Whether this node serves no client at `now`: it is in a cluster and its lease ran out.

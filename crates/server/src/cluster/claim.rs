@@ -148,6 +148,10 @@ impl Claimer {
         if matches!(owner, Some((Some(owner), _)) if owner == self.me)
             && !discards_returns
             && self.node.holds_lease(self.lease)
+            && self
+                .glue
+                .upgrade()
+                .is_some_and(|glue| !glue.catching_up.load(std::sync::atomic::Ordering::Acquire))
             && !self.fences.fenced(&request.client_id)
             && !self.fences.claiming(&request.client_id)
             && !(self.releasing)(&request.client_id)

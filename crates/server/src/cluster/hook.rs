@@ -80,6 +80,12 @@ pub struct Glue {
     pub forwards: Arc<super::forwards::Forwards>,
     /// The last message of each other node that reached this node.
     pub reached: Arc<super::reached::Reached>,
+    /// The lease was confirmed again after a gap, and this node has not applied a barrier
+    /// of its own proposed since: its registry may still name it the owner of a client id
+    /// claimed elsewhere meanwhile, so no claim is granted on the fast path (see `lease`).
+    pub catching_up: std::sync::atomic::AtomicBool,
+    /// How many times the lease was confirmed again after a gap.
+    pub lease_gaps: std::sync::atomic::AtomicU64,
 }
 
 /// The top bit of the nonces of [`Glue::barrier_index`]'s barriers.
@@ -124,6 +130,8 @@ impl Glue {
             flushes: Flushes::default(),
             forwards: Arc::default(),
             reached: Arc::default(),
+            catching_up: std::sync::atomic::AtomicBool::new(false),
+            lease_gaps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

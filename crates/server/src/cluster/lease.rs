@@ -11,22 +11,68 @@ use std::time::Duration;
 
 use tern_broker::Broker;
 use tern_cluster::ClusterNode;
+
+use super::hook::Glue;
 use tokio::sync::watch;
 
 /// How often a node looks at its lease (and closes its clients once it has run out).
 pub const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// The core serves clients only while the node holds its lease (`lease` long from each
-/// confirmation): from now on, before the node's first confirmation too.
-pub fn attach(node: &ClusterNode, broker: &Arc<Broker>, lease: Duration) {
+/// confirmation): from now on, before the node's first confirmation too. A lease confirmed
+/// again after a gap also stops the claims' fast path until the node has caught up with
+/// what was decided meanwhile (see [`catch_up`]).
+pub fn attach(node: &ClusterNode, broker: &Arc<Broker>, glue: &Arc<Glue>, lease: Duration) {
     broker.require_lease();
-    let broker = Arc::downgrade(broker);
+    // Weak: the node keeps the listener.
+    let (broker, glue) = (Arc::downgrade(broker), Arc::downgrade(glue));
     node.set_lease_listener(Arc::new(move |asked| {
-        if let Some(broker) = broker.upgrade() {
-            let asked = asked.into_std();
-            broker.extend_lease(asked, asked + lease);
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let asked = asked.into_std();
+        if broker.extend_lease(asked, asked + lease)
+            && let Some(glue) = glue.upgrade()
+            && let Some(claimer) = glue.claimer.get()
+        {
+            let node = claimer.node.clone();
+            catch_up(glue, node);
         }
     }));
+}
+
+/// After a gap in the lease: another node may have claimed one of this node's client ids
+/// meanwhile, committed in the log but not applied here yet, while the registry here still
+/// names this node the owner. The fast path would grant a reconnection of that client here
+/// although it is connected there. So claims take the slow path (through the log) until a
+/// barrier this node proposes now has been applied here: everything committed before it
+/// has been too (the claims' take-overs included).
+fn catch_up(glue: Arc<Glue>, node: ClusterNode) {
+    use std::sync::atomic::Ordering;
+    glue.lease_gaps.fetch_add(1, Ordering::Relaxed);
+    if glue.catching_up.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tracing::info!(
+        node = node.id(),
+        "cluster: lease confirmed again after a gap: claims go through the log until caught up"
+    );
+    let glue = Arc::downgrade(&glue);
+    tokio::spawn(async move {
+        loop {
+            let Some(strong) = glue.upgrade() else {
+                return;
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            if strong.barrier_index(&node, deadline).await.is_some() {
+                strong.catching_up.store(false, Ordering::Release);
+                tracing::info!(node = node.id(), "cluster: caught up after the lease's gap");
+                return;
+            }
+            drop(strong);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 }
 
 pub async fn run(

@@ -198,7 +198,12 @@ impl Cluster {
             timing.proposal_timeout,
             stop.clone(),
         ));
-        lease::attach(&node, &broker, Duration::from_millis(config.lease_ms));
+        lease::attach(
+            &node,
+            &broker,
+            &glue,
+            Duration::from_millis(config.lease_ms),
+        );
         tokio::spawn(lease::run(
             node.clone(),
             broker.clone(),
@@ -281,6 +286,17 @@ impl Cluster {
     /// copy for it are refused).
     pub fn outbox_congested(&self) -> bool {
         self.plane.any_congested()
+    }
+
+    /// How many times this node's lease was confirmed again after a gap, and whether it is
+    /// still catching up with what was decided meanwhile (claims take the slow path until
+    /// then; see `lease`).
+    pub fn lease_gaps(&self) -> (u64, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.glue.lease_gaps.load(Relaxed),
+            self.glue.catching_up.load(Relaxed),
+        )
     }
 
     /// Sessions handed over from this node after a flush: (whole, partial) (see

@@ -59,10 +59,12 @@ impl Broker {
     /// and their client ids may have been granted elsewhere meanwhile (the node may not have
     /// applied that yet), however soon the lease was confirmed again. (Without a gap, no
     /// other node granted them: a claimer waits until the previous owner's lease has run
-    /// out.) Returns whether there was such a gap.
-    pub fn extend_lease(&self, asked: Instant, until: Instant) -> bool {
+    /// out.) After such a gap, `on_gap` runs first, before anything can see the new lease
+    /// (the server stops the claims' fast path until it has caught up). Returns whether
+    /// there was a gap.
+    pub fn extend_lease(&self, asked: Instant, until: Instant, on_gap: impl FnOnce()) -> bool {
         let _extending = lock(&self.lease.extending);
-        let current = self.lease.until.load(Ordering::Relaxed);
+        let current = self.lease.until.load(Ordering::Acquire);
         let until = self.lease.millis(until);
         if current == NO_LEASE || until <= current {
             return false;
@@ -70,16 +72,23 @@ impl Broker {
         // 0: never held (the node's first confirmation), no client was served under it.
         let gap = current != 0 && self.lease.millis(asked) >= current;
         if gap {
+            on_gap();
             self.release_for_lost_lease();
         }
-        self.lease.until.store(until, Ordering::Relaxed);
+        // Release: whoever sees the new lease sees what `on_gap` did.
+        self.lease.until.store(until, Ordering::Release);
         gap
     }
 
+    /// Whether this node may serve its clients at `now`: a single node always, a clustered
+    /// one while it holds its lease.
+    pub fn holds_lease(&self, now: Instant) -> bool {
+        !self.lease_ran_out(now)
+    }
+
     /// Whether this node serves no client at `now`: it is in a cluster and its lease ran out.
-    #[inline]
     pub(crate) fn lease_ran_out(&self, now: Instant) -> bool {
-        let until = self.lease.until.load(Ordering::Relaxed);
+        let until = self.lease.until.load(Ordering::Acquire);
         until != NO_LEASE && self.lease.millis(now) >= until
     }
 }

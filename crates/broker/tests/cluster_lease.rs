@@ -38,7 +38,7 @@ fn past_its_lease_a_node_serves_no_client_issue_16() {
     net.broker.require_lease();
     let start = net.now();
     net.broker
-        .extend_lease(start, start + Duration::from_secs(10));
+        .extend_lease(start, start + Duration::from_secs(10), || {});
     let mut subscriber = net.connected(V5, "subscriber");
     subscriber.subscribe("t/#", QoS::AtLeastOnce);
     let mut watcher = net.connected(V5, "watcher");
@@ -53,14 +53,16 @@ fn past_its_lease_a_node_serves_no_client_issue_16() {
     // Stalled for 11 s: the timers fire on waking, the lease is not confirmed again.
     net.advance(11_000);
     publisher.publish("t/1", QoS::AtLeastOnce, b"after");
-    assert_eq!(publisher.disconnect_reason(), ReasonCode::UseAnotherServer);
+    match publisher.received().as_slice() {
+        [Packet::Disconnect(disconnect)] => {
+            assert_eq!(disconnect.reason_code, ReasonCode::UseAnotherServer);
+        }
+        other => panic!("expected DISCONNECT 0x9C alone (no PUBACK), got {other:?}"),
+    }
     let (reached, _) =
         net.broker
             .publish_from_cluster(forwarded("t/2", b"forwarded"), true, &[], net.now());
-    assert_eq!(
-        reached, 2,
-        "queued for both sessions (the publisher's was not routed)"
-    );
+    assert_eq!(reached, 2, "queued for both sessions");
     // Nothing but the DISCONNECT: not the forwarded message.
     for client in [&mut subscriber, &mut watcher] {
         match client.received().as_slice() {
@@ -90,26 +92,38 @@ fn a_single_node_has_no_lease() {
 /// never looked at the lease): its client id may have been granted elsewhere meanwhile, and
 /// this node may not have applied that yet. A lease confirmed again before it ran out (no
 /// gap: no other node granted its client ids) closes nothing, nor does the node's first
-/// confirmation, nor a stale one.
+/// confirmation, nor a stale one. Only the gap runs the caller's `on_gap`, before the lease
+/// is extended.
 #[test]
 fn a_lease_confirmed_again_after_a_gap_closes_what_was_connected_under_the_old_one_issue_16() {
     let net = Net::new();
     net.broker.require_lease();
     let start = net.now();
     let secs = Duration::from_secs;
-    net.broker.extend_lease(start, start + secs(10));
+    let no_gap = || panic!("not a gap");
+    assert!(!net.broker.extend_lease(start, start + secs(10), no_gap));
     let mut idle = net.connected(V5, "idle");
     // Asked at 5 s, before the lease ran out at 10 s: it holds until 15 s.
     net.advance(5_000);
     let now = net.now();
-    net.broker.extend_lease(now, now + secs(10));
-    net.broker.extend_lease(start + secs(1), start + secs(11));
+    assert!(!net.broker.extend_lease(now, now + secs(10), no_gap));
+    assert!(
+        !net.broker
+            .extend_lease(start + secs(1), start + secs(11), no_gap)
+    );
     idle.nothing();
     assert!(!idle.is_closed());
+    assert!(net.broker.holds_lease(net.now()));
     // Asked at 16 s, after it ran out at 15 s.
     net.advance(11_000);
+    assert!(!net.broker.holds_lease(net.now()));
     let now = net.now();
-    net.broker.extend_lease(now, now + secs(10));
+    let mut seen_before_the_extension = None;
+    assert!(net.broker.extend_lease(now, now + secs(10), || {
+        seen_before_the_extension = Some(net.broker.holds_lease(now));
+    }));
+    assert_eq!(seen_before_the_extension, Some(false), "on_gap runs first");
+    assert!(net.broker.holds_lease(net.now()));
     assert_eq!(idle.disconnect_reason(), ReasonCode::UseAnotherServer);
     let mut fresh = net.connected(V5, "fresh");
     fresh.subscribe("t", QoS::AtMostOnce);

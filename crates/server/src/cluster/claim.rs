@@ -148,6 +148,11 @@ impl Claimer {
         if matches!(owner, Some((Some(owner), _)) if owner == self.me)
             && !discards_returns
             && self.node.holds_lease(self.lease)
+            // The core's lease first: whoever sees it extended after a gap sees the catch-up.
+            && self
+                .broker
+                .upgrade()
+                .is_some_and(|broker| broker.holds_lease(Instant::now()))
             && self
                 .glue
                 .upgrade()

@@ -84,8 +84,9 @@ pub struct Glue {
     /// of its own proposed since: its registry may still name it the owner of a client id
     /// claimed elsewhere meanwhile, so no claim is granted on the fast path (see `lease`).
     pub catching_up: std::sync::atomic::AtomicBool,
-    /// How many times the lease was confirmed again after a gap.
-    pub lease_gaps: std::sync::atomic::AtomicU64,
+    /// How many times the lease was confirmed again after a gap: the catch-up that clears
+    /// `catching_up` is the latest gap's (changed with it, under this lock).
+    pub lease_gaps: Mutex<u64>,
 }
 
 /// The top bit of the nonces of [`Glue::barrier_index`]'s barriers.
@@ -131,7 +132,7 @@ impl Glue {
             forwards: Arc::default(),
             reached: Arc::default(),
             catching_up: std::sync::atomic::AtomicBool::new(false),
-            lease_gaps: std::sync::atomic::AtomicU64::new(0),
+            lease_gaps: Mutex::new(0),
         }
     }
 

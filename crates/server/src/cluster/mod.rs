@@ -294,7 +294,7 @@ impl Cluster {
     pub fn lease_gaps(&self) -> (u64, bool) {
         use std::sync::atomic::Ordering::Relaxed;
         (
-            self.glue.lease_gaps.load(Relaxed),
+            *hook::lock(&self.glue.lease_gaps),
             self.glue.catching_up.load(Relaxed),
         )
     }

@@ -981,8 +981,8 @@ impl Broker {
         (reached, seq)
     }
 
-    /// How a delivery is queued now (see [`Session::enqueue`]); `routed`: not one of a
-    /// returned queue's.
+    /// How a delivery is queued now (see [`Session::enqueue`]); `came`: how it came (see
+    /// `SeenIds::admit`).
     pub(crate) fn queueing(&self, came: Came) -> Queueing {
         Queueing {
             max_queued: self.live_limits.max_queued_messages(),

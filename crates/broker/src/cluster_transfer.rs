@@ -809,10 +809,6 @@ impl Broker {
             }
             transfer.queue.extend(shell_deliveries);
         }
-        self.metrics().add(
-            crate::metrics::Counter::SecondCopiesDropped,
-            second_copies + had.len() as u64,
-        );
         let limit = self.live_limits.max_queued_messages();
         if transfer.queue.len() > limit {
             let over = transfer.queue.len() - limit;
@@ -841,6 +837,10 @@ impl Broker {
         }
         let session = self.session_from_transfer(transfer, now)?;
         session.lock().seen = seen;
+        self.metrics().add(
+            crate::metrics::Counter::SecondCopiesDropped,
+            second_copies + had.len() as u64,
+        );
         Ok(self.replace_session(&mut sessions, &mut index, Some(&shell), session, now))
     }
 

@@ -57,11 +57,11 @@ impl Connection {
             },
             Phase::Active(active) => {
                 active.last_received = now;
-                // A relaxed load of the session's cache line each, as the tracing check.
                 // Cluster: past the node's lease, the client may be connected elsewhere.
                 if self.broker.lease_ran_out(now) {
                     return self.close_displaced(Some(Kick::LeaseLost), now);
                 }
+                // A relaxed load of the session's cache line each, as the tracing check.
                 if !active.session.is_owned_by(self.id) || active.session.kicked_hint() {
                     let kicked = active.session.lock().kicked;
                     return self.close_displaced(kicked, now);

@@ -385,6 +385,14 @@ fn planned(payload: &'static [u8], node: u64, number: u64, planned_at: u64) -> M
     message
 }
 
+/// `message` as its node planned it in its next run (run 10: restarted since).
+fn in_a_later_run(mut message: Message) -> Message {
+    if let Some(id) = message.cluster_id.as_deref_mut() {
+        id.run = 10;
+    }
+    message
+}
+
 /// Issue 16, a message the previous owner had before it handed the session over, which this
 /// node's routes brought too (through a route it had for another client, slower than the
 /// move): the nodes that answered the previous owner's flush (here node 3 in its run 9, not
@@ -446,11 +454,11 @@ fn a_copy_the_previous_owner_had_is_not_delivered_again_issue_16() {
         0,
         "the ids"
     );
-    let mut restarted = planned(b"restarted", 3, 1, 99);
-    if let Some(id) = restarted.cluster_id.as_deref_mut() {
-        id.run = 10;
-    }
-    assert_eq!(routed(restarted), 1, "node 3's later run");
+    assert_eq!(
+        routed(in_a_later_run(planned(b"restarted", 3, 1, 99))),
+        1,
+        "node 3's later run"
+    );
     assert_eq!(
         routed(planned(b"before-a-routed-it", 3, 11, 40)),
         1,
@@ -563,11 +571,11 @@ fn a_copy_that_reached_the_previous_owner_from_a_node_that_missed_the_flush_is_n
         1,
         "planned before the previous owner's routes were everywhere (index 50)"
     );
-    let mut restarted = planned(b"restarted", 4, 1, 99);
-    if let Some(id) = restarted.cluster_id.as_deref_mut() {
-        id.run = 10;
-    }
-    assert_eq!(routed(restarted), 1, "node 4's later run");
+    assert_eq!(
+        routed(in_a_later_run(planned(b"restarted", 4, 1, 99))),
+        1,
+        "node 4's later run"
+    );
     assert_eq!(routed(planned(b"another-node", 3, 1, 99)), 1);
     assert_eq!(
         b.broker.metrics().snapshot().second_copies_dropped,

@@ -147,8 +147,8 @@ impl Claimer {
         let discards_returns = listed && (request.clean_start || !request.persistent);
         if matches!(owner, Some((Some(owner), _)) if owner == self.me)
             && !discards_returns
-            && self.node.holds_lease(self.lease)
-            // The core's lease first: whoever sees it extended after a gap sees the catch-up.
+            // The core's lease (the node's, told at each confirmation) first: whoever sees it
+            // extended after a gap sees the catch-up.
             && self
                 .broker
                 .upgrade()

@@ -336,6 +336,12 @@ class PahoClient:
         self._wait(lambda: mid in self.subacks, timeout, f"SUBACK {mid}")
         return self.subacks[mid]
 
+    def wait_suback(self, mid: int, timeout: float = TIMEOUT) -> list[int]:
+        """Waits for the SUBACK of a SUBSCRIBE sent with paho's own `subscribe` (message id
+        `mid`, not waited for there); returns its return / reason codes."""
+        self._wait(lambda: mid in self.subacks, timeout, f"SUBACK {mid}")
+        return self.subacks[mid]
+
     def unsubscribe(self, topic: str, timeout: float = TIMEOUT) -> None:
         """Unsubscribes from one filter and waits for UNSUBACK."""
         result, mid = self.client.unsubscribe(topic)

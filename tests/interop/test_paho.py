@@ -218,6 +218,37 @@ def test_retained_stored_and_sent_to_new_subscriber__MQTT_3_3_1_5_6_8(
     assert (message.payload, message.qos, message.retain) == (b"two", 1, True)
 
 
+def test_retained_publish_crossing_a_subscribe_arrives_once__MQTT_3_3_1_6(
+    broker, paho, protocol, unique
+):
+    """[MQTT-3.3.1-6] a new subscription gets the retained message of its topic; a retained QoS 2
+    PUBLISH sent at the moment the SUBSCRIBE is reaches the new subscriber once, from its route
+    or from the retained set, never from both [MQTT-4.3.3-1]. Before the broker's retained
+    clock, 73 of 300 such crossings (a paho script, QoS 2) delivered it twice: the publish
+    stored it, the subscription was added, the publish routed it to the new subscription, and
+    the subscription's retained set sent it again."""
+    pub = paho(f"{unique}-p", protocol)
+    pub.connect()
+    for n in range(30):
+        topic = f"{unique}/cross/{n}"
+        sub = paho(f"{unique}-s{n}", protocol)
+        sub.connect()
+        # Not waited for: the SUBSCRIBE and the PUBLISH cross.
+        result, mid = sub.client.subscribe(topic, 2)
+        assert result == 0
+        crossing = pub.publish(topic, b"x", qos=2, retain=True, wait=False)
+        sub.wait_suback(mid)
+        pub.wait_published(crossing)
+        # A copy of the retained set not sent yet when the first marker is takes its turn
+        # before the second (the connection takes turns between its queue and the set).
+        pub.publish(topic, b"end", qos=2)
+        pub.publish(topic, b"end2", qos=2)
+        before = sub.wait_marker(topic, b"end2")
+        copies = [(m.payload, m.retain) for m in before if m.payload == b"x"]
+        assert len(copies) == 1, (n, [(m.payload, m.retain) for m in before])
+        sub.disconnect()
+
+
 def test_retained_replaced__MQTT_3_3_1_7(broker, paho, protocol, unique):
     """[MQTT-3.3.1-7] a new retained message replaces the one stored for its topic (here a
     QoS 0 one replacing a QoS 1 one)."""

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use tern_codec::{MqttStr, QoS, ReasonCode};
+use tern_codec::{MqttStr, QoS, ReasonCode, RetainHandling};
 
 use crate::cluster_hook::{ClusterHook, Groups, Origin, Selection};
 use crate::config::BrokerConfig;
@@ -110,6 +110,16 @@ impl ConnectionSlots {
 /// Clients the registries have room for before they first grow.
 const INITIAL_CLIENTS: usize = 4096;
 
+/// What [`Broker::subscribe`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subscribed {
+    /// The store sequence number of the change.
+    pub(crate) seq: Seq,
+    /// When the subscription streams its retained set: the tick of the retained clock it was
+    /// made at, for its stream (see `retained_clock`).
+    pub(crate) retained_from: Option<u64>,
+}
+
 /// A subscription in the index: the session and what it asked for.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriber {
@@ -119,6 +129,11 @@ pub(crate) struct Subscriber {
     /// message routed through it is checked with `may_read` against the session's principal.
     /// (In the record's padding: the index does not grow for it.)
     pub(crate) partial: bool,
+    /// The tick of the retained clock at which the subscription was made, when it streams
+    /// its retained set (0 otherwise): a message that a publish stored as retained before
+    /// that tick reaches it through the stream, not from the publish (see
+    /// [`Broker::retained_clock`]).
+    pub(crate) retained_from: u64,
 }
 
 impl Subscriber {
@@ -176,6 +191,17 @@ pub struct Broker {
     /// queued; [`Broker::publish_barrier`] takes it (write) to wait for those under way.
     publish_gate: RwLock<()>,
     pub(crate) retained: RwLock<RetainedIndex>,
+    /// The retained clock: one tick per retained message a local publish stores (taken under
+    /// the retained lock, with the store) and per subscription that streams its retained set
+    /// (taken under the index's write lock, with the insert). It makes a publish that stores a
+    /// retained message and a SUBSCRIBE whose stream reads it agree on which of them delivers
+    /// it, when they cross: the store comes before the route, the insert before the stream,
+    /// so a message stored before the subscription's tick is in the index when the stream
+    /// reads it (the publish's route passes over that subscription), and one stored after it
+    /// is routed with the subscription in place (the stream passes over it). Without it, a
+    /// publish storing its message before a SUBSCRIBE and routing it after got to the new
+    /// subscriber twice: live and retained.
+    retained_clock: AtomicU64,
     /// How many of the retained messages are the broker's own (`$SYS`), and their payload
     /// bytes: changed under the retained lock; left out of the limits and the figures.
     pub(crate) system_retained: Mutex<(usize, usize)>,
@@ -284,6 +310,7 @@ impl Broker {
             hooks,
             persistence,
             next_message_id: AtomicU64::new(1),
+            retained_clock: AtomicU64::new(1),
             metrics: Metrics::default(),
             next_connection: AtomicU64::new(1),
             client_id_seed: RandomState::new().hash_one(0x7465_726e_u64),
@@ -595,6 +622,7 @@ impl Broker {
                         session: session.clone(),
                         record,
                         partial: false,
+                        retained_from: 0,
                     },
                 );
             }
@@ -692,15 +720,18 @@ impl Broker {
             Origin::Local => self.cluster(),
             Origin::System | Origin::Cluster(_) => None,
         };
-        let mut seq = Seq::NONE;
+        let (mut seq, mut retained_at) = (Seq::NONE, u64::MAX);
         if message.retain && retain {
-            seq = self.retain(&message, hook);
+            (seq, retained_at) = self.retain(&message, hook);
         }
         let scope = self.publish_scope(&message);
         let Some(hook) = hook else {
             let selection = match origin {
                 Origin::Cluster(selection) => selection,
-                Origin::Local | Origin::System => Selection::ALL,
+                Origin::Local | Origin::System => Selection {
+                    retained_at,
+                    ..Selection::ALL
+                },
             };
             let (reached, route_seq) =
                 self.route(MessageRef::Own(message), scope, now, hold, selection);
@@ -711,8 +742,12 @@ impl Broker {
         // planned before has placed all its copies (closing the move window of a session).
         let gate = read(&self.publish_gate);
         let Some(mut plan) = hook.plan(&message) else {
+            let selection = Selection {
+                retained_at,
+                ..Selection::ALL
+            };
             let (reached, route_seq) =
-                self.route(MessageRef::Own(message), scope, now, hold, Selection::ALL);
+                self.route(MessageRef::Own(message), scope, now, hold, selection);
             return (reached, seq.max(route_seq));
         };
         // Routed here but for the groups another node serves, then handed to the cluster
@@ -723,6 +758,7 @@ impl Broker {
             regular: true,
             groups: Groups::Except(&plan.skip_groups),
             session: None,
+            retained_at,
         };
         let (reached, route_seq) = self.route(
             MessageRef::Shared(message.clone()),
@@ -746,24 +782,29 @@ impl Broker {
 
     /// Stores or clears the retained message of the message's topic [MQTT-3.3.1-5, -6, -7].
     /// The change is submitted under the retained lock, so the store sees them in order.
-    /// A cluster is told (under the same lock, so it sees the changes in order).
-    fn retain(&self, message: &Message, cluster: Option<&Arc<dyn ClusterHook>>) -> Seq {
+    /// A cluster is told (under the same lock, so it sees the changes in order). Returns the
+    /// store sequence number of the change and the tick of the retained clock at which the
+    /// message was stored (`u64::MAX` for a clear, which no stream sends).
+    fn retain(&self, message: &Message, cluster: Option<&Arc<dyn ClusterHook>>) -> (Seq, u64) {
         let mut retained = write(&self.retained);
         if message.payload.is_empty() {
             retained.remove(&message.topic);
             if let Some(cluster) = cluster {
                 cluster.retained_changed(&message.topic, None);
             }
-            self.persist(|| Change::RetainedCleared {
+            let seq = self.persist(|| Change::RetainedCleared {
                 topic: message.topic.clone(),
-            })
+            });
+            (seq, u64::MAX)
         } else {
             let kept = Arc::new(message.compacted());
-            retained.insert(kept.clone());
+            // Ticked under the lock (see `retained_clock`).
+            let at = self.retained_clock.fetch_add(1, Ordering::SeqCst);
+            retained.insert_at(kept.clone(), at);
             if let Some(cluster) = cluster {
                 cluster.retained_changed(&message.topic, Some(&kept));
             }
-            self.persist(|| Change::Retained(kept))
+            (self.persist(|| Change::Retained(kept)), at)
         }
     }
 
@@ -843,8 +884,11 @@ impl Broker {
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
                 // No Local: not to the publisher's own connection [MQTT-3.8.3-3]. Cluster:
                 // not at all when another node sent the message for shared groups only.
+                // A subscription made after this publish stored its retained message gets it
+                // from its retained stream (see `retained_clock`).
                 if own
                     || !selection.regular
+                    || subscriber.retained_from > selection.retained_at
                     || selection.session.is_some_and(|client_id| {
                         subscriber.session.client_id().as_str() != client_id
                     })
@@ -896,7 +940,7 @@ impl Broker {
             }
         });
         if posted != 0 {
-            let refused = self.post_to_workers(&message, posted);
+            let refused = self.post_to_workers(&message, posted, selection.retained_at);
             for _ in 0..refused {
                 self.metrics
                     .bump(crate::metrics::Counter::MessagesDroppedQueueFull);
@@ -1155,21 +1199,34 @@ impl Broker {
         body
     }
 
-    /// Adds or replaces a subscription of `session`. Returns whether it replaced one and the
-    /// store sequence number of the change, or `None` when the session has ended meanwhile.
+    /// Adds or replaces a subscription of `session`, or `None` when the session has ended
+    /// meanwhile.
     pub(crate) fn subscribe(
         &self,
         session: &Arc<Session>,
         filter: &MqttStr,
         record: SubscriptionRecord,
         partial: bool,
-    ) -> Option<(bool, Seq)> {
+    ) -> Option<Subscribed> {
         let mut index = write(&self.subscriptions);
         let mut state = session.lock();
         if state.ended {
             return None;
         }
         let existed = state.subscriptions.insert(filter.clone(), record).is_some();
+        // Retained messages for the new subscription [MQTT-3.3.1-6, MQTT-3.8.4-3], as Retain
+        // Handling says; never for a shared subscription. Ticked under the index's lock (see
+        // `retained_clock`).
+        let streams = match record.options.retain_handling {
+            RetainHandling::SendAtSubscribe => true,
+            RetainHandling::SendAtSubscribeIfNew => !existed,
+            RetainHandling::DoNotSend => false,
+        } && tern_codec::topic::split_shared(filter).is_none();
+        let retained_from = if streams {
+            self.retained_clock.fetch_add(1, Ordering::SeqCst)
+        } else {
+            0
+        };
         let seq = if state.is_persistent() {
             if let Some(hook) = self.cluster() {
                 hook.session_subscribed(session.client_id(), filter, &record);
@@ -1190,9 +1247,13 @@ impl Broker {
                 session: session.clone(),
                 record,
                 partial,
+                retained_from,
             },
         );
-        Some((existed, seq))
+        Some(Subscribed {
+            seq,
+            retained_from: streams.then_some(retained_from),
+        })
     }
 
     /// Re-evaluates every session's subscriptions against the authorizer in use (after
@@ -1259,13 +1320,22 @@ impl Broker {
                 continue;
             }
             drop(state);
+            let subscriber = Subscriber {
+                session: session.clone(),
+                record,
+                partial: is_partial,
+                retained_from: 0,
+            };
+            // The tick stays: its retained stream may still be under way.
+            let retained_from = index
+                .get(&filter, &subscriber)
+                .map_or(0, |kept| kept.retained_from);
             self.index_insert(
                 &mut index,
                 &filter,
                 Subscriber {
-                    session: session.clone(),
-                    record,
-                    partial: is_partial,
+                    retained_from,
+                    ..subscriber
                 },
             );
             partial += usize::from(is_partial);
@@ -1301,6 +1371,7 @@ impl Broker {
                     identifier: None,
                 },
                 partial: false,
+                retained_from: 0,
             };
             self.index_remove(&mut index, filter, &probe);
         }
@@ -1645,6 +1716,7 @@ impl Broker {
                 identifier: None,
             },
             partial: false,
+            retained_from: 0,
         };
         for filter in &filters {
             self.index_remove(index, filter, &probe);
@@ -1723,6 +1795,7 @@ impl Broker {
                     session: session.clone(),
                     record,
                     partial: false,
+                    retained_from: 0,
                 },
             );
         }
@@ -1851,8 +1924,10 @@ impl RetainedSource for Broker {
         after: Option<&MqttStr>,
         limit: usize,
         out: &mut Vec<Arc<Message>>,
+        before: u64,
     ) -> bool {
-        read(&self.retained).matching_after(filter, after.map(MqttStr::as_str), limit, out)
+        let after = after.map(MqttStr::as_str);
+        read(&self.retained).matching_stored_before(filter, after, limit, out, before)
     }
 
     fn may_read(&self, reader: &Principal, topic: &str) -> bool {

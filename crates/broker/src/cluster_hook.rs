@@ -216,6 +216,10 @@ pub(crate) struct Selection<'a> {
     /// The plain subscriptions of this client id's session only (a late copy, see
     /// [`Broker::publish_late`]).
     pub(crate) session: Option<&'a str>,
+    /// The tick of the retained clock at which this publish stored its message as retained
+    /// (`u64::MAX`: it stored none): subscriptions made after it are passed over, their
+    /// retained stream sends it (see `Broker::retained_clock`).
+    pub(crate) retained_at: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -232,6 +236,7 @@ impl Selection<'_> {
         regular: true,
         groups: Groups::All,
         session: None,
+        retained_at: u64::MAX,
     };
 
     /// Whether `group` is routed to.
@@ -355,6 +360,7 @@ impl Broker {
             regular,
             groups: Groups::Only(groups),
             session: None,
+            retained_at: u64::MAX,
         };
         self.publish_with(message, now, None, false, Origin::Cluster(selection))
     }
@@ -384,6 +390,7 @@ impl Broker {
             regular: true,
             groups: Groups::Only(&[]),
             session: Some(client_id),
+            retained_at: u64::MAX,
         };
         // Never through other workers' inboxes: they route to every session they hold.
         let scope = Scope::Publish {

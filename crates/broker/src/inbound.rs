@@ -6,7 +6,7 @@ use std::time::Instant;
 use tern_codec::topic::{has_wildcard, split_shared};
 use tern_codec::{
     Ack, Disconnect, MqttStr, Packet, PacketType, Properties, ProtocolVersion, Publish, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 use crate::connection::{Active, CloseReason, Connection, Phase, STORAGE_REFUSAL_CLOSE};
@@ -636,11 +636,11 @@ impl Connection {
                 identifier,
             };
             let partial = access == FilterAccess::Partial;
-            let Some((existed, seq)) = broker.subscribe(&session, &filter, record, partial) else {
+            let Some(subscribed) = broker.subscribe(&session, &filter, record, partial) else {
                 reason_codes.push(failure(ReasonCode::UnspecifiedError));
                 continue;
             };
-            barrier = barrier.max(seq);
+            barrier = barrier.max(subscribed.seq);
             if let Some(hook) = broker.cluster() {
                 let (plain, group) = match split_shared(&filter) {
                     Some((group, plain)) => (plain, Some(group)),
@@ -652,15 +652,9 @@ impl Connection {
                 }
             }
             reason_codes.push(granted_code(granted));
-            // Retained messages for the new subscription [MQTT-3.3.1-6, MQTT-3.8.4-3], as Retain
-            // Handling says; never for a shared subscription.
-            let send_retained = match record.options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendAtSubscribeIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
-            if send_retained && !shared {
-                retained.push((filter, granted, partial));
+            // Retained messages for the new subscription, as `subscribe` decided.
+            if let Some(subscribed_at) = subscribed.retained_from {
+                retained.push((filter, granted, partial, subscribed_at));
             }
         }
         // A re-check of the rules (a reload) that ran while these filters were judged may have
@@ -691,13 +685,13 @@ impl Connection {
         // (whose limit would cut a large set): see `retained_stream`.
         if !retained.is_empty() {
             let mut state = session.lock();
-            for (filter, granted, partial) in retained {
+            for (filter, granted, partial, subscribed_at) in retained {
                 let reader = if partial || rejudged {
                     Some(client.clone())
                 } else {
                     None
                 };
-                state.stream_retained(filter, granted, identifier, reader);
+                state.stream_retained(filter, granted, identifier, reader, subscribed_at);
             }
         }
     }

@@ -51,6 +51,9 @@ struct Node {
     /// a handful of children and no order of their own).
     order: Option<Box<ChildOrderSet>>,
     message: Option<Arc<Message>>,
+    /// When the message was stored, on the broker's retained clock (0: not stored by a local
+    /// publish, see [`RetainedIndex::insert_at`]).
+    stored_at: u64,
     /// Messages at and below the node: a walk that can take all of them (with room to spare)
     /// visits the node's children in the map's own order, as fast as a walk can be, since it
     /// cannot stop, and so cannot need to resume, inside them.
@@ -193,10 +196,12 @@ enum From<'a> {
     After(Option<&'a str>),
 }
 
-/// A walk that stops once `out` holds `limit` messages.
+/// A walk that stops once `out` holds `limit` messages, passing over those stored at or
+/// after `before` on the retained clock.
 struct Walk<'o> {
     out: &'o mut Vec<Arc<Message>>,
     limit: usize,
+    before: u64,
 }
 
 impl Walk<'_> {
@@ -204,6 +209,7 @@ impl Walk<'_> {
     fn emit(&mut self, node: &Node, from: From<'_>) -> bool {
         if matches!(from, From::Start)
             && let Some(message) = &node.message
+            && node.stored_at < self.before
         {
             if self.out.len() >= self.limit {
                 return false;
@@ -301,6 +307,14 @@ impl RetainedIndex {
     /// Stores `message` as the retained message of its topic, replacing the previous one
     /// [MQTT-3.3.1-5]. Returns the replaced message.
     pub fn insert(&mut self, message: Arc<Message>) -> Option<Arc<Message>> {
+        self.insert_at(message, 0)
+    }
+
+    /// [`RetainedIndex::insert`], noting the tick of the broker's retained clock at which a
+    /// local publish stored it (0 for any other: recovered, replicated, the broker's own). A
+    /// subscription's retained set skips the messages stored after the subscription was made
+    /// (see [`RetainedIndex::matching_stored_before`]).
+    pub fn insert_at(&mut self, message: Arc<Message>, stored_at: u64) -> Option<Arc<Message>> {
         let mut node = &mut self.root;
         let mut rest = Some(message.topic.as_str());
         while let Some(topic) = rest {
@@ -311,6 +325,7 @@ impl RetainedIndex {
         self.payload_bytes += message.payload.len();
         let topic = message.topic.clone();
         let old = node.message.replace(message);
+        node.stored_at = stored_at;
         match &old {
             Some(old) => self.payload_bytes -= old.payload.len(),
             None => {
@@ -375,12 +390,26 @@ impl RetainedIndex {
         limit: usize,
         out: &mut Vec<Arc<Message>>,
     ) -> bool {
+        self.matching_stored_before(filter, after, limit, out, u64::MAX)
+    }
+
+    /// [`RetainedIndex::matching_after`], passing over the messages stored at or after tick
+    /// `before` of the retained clock (they are not counted in `limit`; a later call resuming
+    /// after the last topic appended passes over them again).
+    pub fn matching_stored_before(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        limit: usize,
+        out: &mut Vec<Arc<Message>>,
+        before: u64,
+    ) -> bool {
         let limit = out.len().saturating_add(limit);
         let from = match after {
             Some(topic) => From::After(Some(topic)),
             None => From::Start,
         };
-        let mut walk = Walk { out, limit };
+        let mut walk = Walk { out, limit, before };
         walk.matching(&self.root, filter, true, from)
     }
 }
@@ -429,6 +458,38 @@ mod tests {
             .collect();
         found.sort();
         found
+    }
+
+    #[test]
+    fn a_walk_passes_over_what_was_stored_at_or_after_its_tick() {
+        let mut index = RetainedIndex::default();
+        index.insert(message("t/recovered"));
+        for (n, topic) in ["t/1", "t/2", "t/3", "t/4"].into_iter().enumerate() {
+            index.insert_at(message(topic), n as u64 + 1);
+        }
+        // Replaced after the tick: passed over, though its old message was stored before.
+        index.insert_at(message("t/2"), 9);
+        let before = |tick: u64, limit: usize| {
+            let (mut out, mut after, mut walks) = (Vec::new(), None::<String>, 0);
+            loop {
+                let mut batch = Vec::new();
+                let done =
+                    index.matching_stored_before("t/#", after.as_deref(), limit, &mut batch, tick);
+                after = batch.last().map(|m| m.topic.to_string()).or(after);
+                out.extend(batch.iter().map(|m| m.topic.to_string()));
+                walks += 1;
+                if done {
+                    out.sort();
+                    return (out, walks);
+                }
+            }
+        };
+        assert_eq!(before(3, usize::MAX).0, ["t/1", "t/recovered"]);
+        assert_eq!(before(u64::MAX, usize::MAX).0.len(), 5);
+        // In batches of one: what is passed over does not count, and the walk ends.
+        let (found, walks) = before(4, 1);
+        assert_eq!(found, ["t/1", "t/3", "t/recovered"]);
+        assert!(walks <= 4, "{walks}");
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! keeps flowing while a large set streams, and memory stays bounded whatever the set's size.
 //!
 //! A stream reads the index as it goes: a topic whose retained message changes while the set
-//! streams is sent with its newest message (a live copy may have come first; the RETAIN flag
-//! tells the client which is which). Streams belong to the session, so a client that loses its
-//! connection half-way gets the rest when it resumes the session; they are not stored, so a
-//! broker restart ends them. An entry goes when the walk has sent its last message, when the
-//! subscription is removed or replaced, or when the session ends.
+//! streams is sent with its newest message, unless a local publish stored that message after
+//! the subscription was made: that publish's route reached the subscription, so the stream
+//! passes over it (the retained clock, see `Broker::retained_clock`; each message comes once).
+//! Streams belong to the session, so a client that loses its connection half-way gets the rest
+//! when it resumes the session; they are not stored, so a broker restart ends them. An entry
+//! goes when the walk has sent its last message, when the subscription is removed or replaced,
+//! or when the session ends.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,13 +28,15 @@ use crate::message::{Delivery, Message, SubscriptionIds};
 /// Where a stream takes its messages from: the broker's retained index, behind its lock.
 pub(crate) trait RetainedSource {
     /// Appends up to `limit` retained messages matching `filter` whose topics come after
-    /// `after` in the index's order; true once none is left.
+    /// `after` in the index's order, passing over those stored at or after tick `before` of
+    /// the retained clock; true once none is left.
     fn retained_batch(
         &self,
         filter: &str,
         after: Option<&MqttStr>,
         limit: usize,
         out: &mut Vec<Arc<Message>>,
+        before: u64,
     ) -> bool;
 
     /// Whether `reader` may receive a message on `topic` (for a partial subscription).
@@ -58,6 +62,10 @@ struct RetainedStream {
     /// For a partial subscription (`FilterAccess::Partial`), who subscribed: each message is
     /// checked against its rules.
     reader: Option<Arc<Principal>>,
+    /// The tick of the retained clock at which the subscription was made: a message stored
+    /// after it reached the subscription from its publish, so the stream passes over it
+    /// (see `Broker::retained_clock`).
+    subscribed_at: u64,
 }
 
 impl RetainedStream {
@@ -65,8 +73,13 @@ impl RetainedStream {
     fn front(&mut self, source: &dyn RetainedSource) -> Option<&Arc<Message>> {
         while self.batch.is_empty() && !self.walked {
             let mut taken = Vec::with_capacity(BATCH);
-            self.walked =
-                source.retained_batch(&self.filter, self.after.as_ref(), BATCH, &mut taken);
+            self.walked = source.retained_batch(
+                &self.filter,
+                self.after.as_ref(),
+                BATCH,
+                &mut taken,
+                self.subscribed_at,
+            );
             if let Some(last) = taken.last() {
                 self.after = Some(last.topic.clone());
             }
@@ -88,14 +101,16 @@ pub(crate) struct RetainedStreams {
 }
 
 impl RetainedStreams {
-    /// Starts sending the retained set of a new (or replaced) subscription to `filter`; a
-    /// stream already running for the same filter starts over.
+    /// Starts sending the retained set of a new (or replaced) subscription to `filter`, made
+    /// at tick `subscribed_at` of the retained clock; a stream already running for the same
+    /// filter starts over.
     pub(crate) fn start(
         &mut self,
         filter: MqttStr,
         granted: QoS,
         identifier: Option<u32>,
         reader: Option<Arc<Principal>>,
+        subscribed_at: u64,
     ) {
         self.stop(&filter);
         self.streams.push_back(RetainedStream {
@@ -106,6 +121,7 @@ impl RetainedStreams {
             batch: VecDeque::new(),
             walked: false,
             reader,
+            subscribed_at,
         });
     }
 

@@ -759,10 +759,15 @@ impl SessionState {
         granted: QoS,
         identifier: Option<u32>,
         reader: Option<Arc<Principal>>,
+        subscribed_at: u64,
     ) {
-        self.retained
-            .get_or_insert_with(Box::default)
-            .start(filter, granted, identifier, reader);
+        self.retained.get_or_insert_with(Box::default).start(
+            filter,
+            granted,
+            identifier,
+            reader,
+            subscribed_at,
+        );
     }
 
     /// Stops sending the retained set of `filter`, if it is still being sent.

@@ -414,6 +414,30 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
         slot.groups.iter().find(|g| &*g.name == group)
     }
 
+    /// The entry of `probe`'s subscriber under `filter`, if there is one.
+    pub fn get(&self, filter: &str, probe: &V) -> Option<&V> {
+        let path = parse_filter(filter);
+        let mut node = &self.root;
+        for level in &path.levels {
+            node = if *level == "+" {
+                node.single.as_deref()?
+            } else {
+                node.children.get(*level)?
+            };
+        }
+        let slot = if path.multi { &node.multi } else { &node.exact };
+        let (entries, positions) = match path.group {
+            None => (&slot.subscribers, &slot.positions),
+            Some(name) => {
+                let group = slot.groups.iter().find(|g| &*g.name == name)?;
+                (&group.members, &group.positions)
+            }
+        };
+        positions
+            .find(entries, probe.key())
+            .and_then(|at| entries.get(at))
+    }
+
     /// Calls `visit` for every subscription and shared group whose filter matches `topic`.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Matched<'a, V>)) {
         let dollar = topic.starts_with('$');
@@ -539,6 +563,26 @@ mod tests {
         });
         found.sort();
         found
+    }
+
+    #[test]
+    fn get_finds_the_entry_of_a_subscriber_under_its_filter() {
+        let mut index = SubscriptionIndex::default();
+        index.insert("a/+/c", Sub(1, 7));
+        index.insert("a/#", Sub(1, 8));
+        index.insert("$share/g/a/#", Sub(2, 9));
+        // Past the size where a slot keeps a map of positions.
+        for n in 10..100 {
+            index.insert("many", Sub(n, 1));
+        }
+        assert_eq!(index.get("a/+/c", &Sub(1, 0)), Some(&Sub(1, 7)));
+        assert_eq!(index.get("a/#", &Sub(1, 0)), Some(&Sub(1, 8)));
+        assert_eq!(index.get("$share/g/a/#", &Sub(2, 0)), Some(&Sub(2, 9)));
+        assert_eq!(index.get("many", &Sub(57, 0)), Some(&Sub(57, 1)));
+        assert_eq!(index.get("a/#", &Sub(2, 0)), None);
+        assert_eq!(index.get("$share/h/a/#", &Sub(2, 0)), None);
+        assert_eq!(index.get("a/b/c", &Sub(1, 0)), None);
+        assert_eq!(index.get("a/+", &Sub(1, 0)), None);
     }
 
     #[test]

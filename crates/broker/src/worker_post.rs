@@ -50,6 +50,9 @@ pub struct Posted {
     /// messages queued after this one while it was offline) is not served the posted copy,
     /// so it cannot get it after those.
     pub(crate) connections_before: u64,
+    /// The tick of the retained clock at which the publish stored the message as retained
+    /// (`u64::MAX`: it did not; see `Selection::retained_at`).
+    pub(crate) retained_at: u64,
 }
 
 /// A worker's inbox: QoS 0 messages that have subscribers on its connections.
@@ -88,7 +91,10 @@ impl Broker {
             scope,
             now,
             None,
-            crate::cluster_hook::Selection::ALL,
+            crate::cluster_hook::Selection {
+                retained_at: posted.retained_at,
+                ..crate::cluster_hook::Selection::ALL
+            },
         );
     }
 
@@ -106,7 +112,12 @@ impl Broker {
     }
 
     /// Posts `message` to every worker in `workers` (a bit each); returns how many refused it.
-    pub(crate) fn post_to_workers(&self, message: &Message, workers: u128) -> usize {
+    pub(crate) fn post_to_workers(
+        &self,
+        message: &Message,
+        workers: u128,
+        retained_at: u64,
+    ) -> usize {
         let Some(inboxes) = self.worker_inboxes.get() else {
             return 0;
         };
@@ -121,6 +132,7 @@ impl Broker {
                 let posted = Posted {
                     message: Arc::new(message.clone()),
                     connections_before,
+                    retained_at,
                 };
                 if !inbox.post(posted) {
                     refused += 1;

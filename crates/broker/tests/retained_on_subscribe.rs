@@ -4,7 +4,13 @@
 
 mod common;
 
-use common::{Client, Net, V311, persistent, retained};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use common::{BETWEEN, Between, Client, Net, V5, V311, persistent, retained};
+use tern_broker::persist::Persistence;
+use tern_broker::{BrokerConfig, Hooks};
 use tern_codec::{Packet, Properties, QoS, Unsubscribe};
 
 /// What the server asks the connection for in one round of its loop.
@@ -173,7 +179,59 @@ fn a_retained_message_changed_while_streaming_is_sent_as_it_is_now() {
         .into_iter()
         .filter(|p| p.topic.as_str() == changed)
         .collect();
-    // The live copy, then the stream's: both the new value, never the old one after it.
-    assert_eq!(copies.len(), 2);
-    assert!(copies.iter().all(|p| &p.payload[..] == b"new"));
+    // The live copy only: stored after the subscription was made, the new value reached it
+    // from its publish, and the stream passes over it (before, it came twice); the old value
+    // never comes.
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(&copies[0].payload[..], b"new");
+    assert!(!copies[0].retain, "live [MQTT-3.3.1-9]");
+}
+
+#[test]
+fn a_subscription_made_between_a_publishs_store_and_its_route_gets_the_retained_message_once() {
+    // A publish stores its retained message, a SUBSCRIBE comes (on another thread in the
+    // server), then the publish routes: before, the new subscription got the message from
+    // the route and again from its retained stream, QoS 2 included. Now from the stream only
+    // [MQTT-3.3.1-6], once [MQTT-4.3.3-1].
+    for version in [V311, V5] {
+        let persistence: Arc<dyn Persistence> = Arc::new(Between::default());
+        let net =
+            Net::with_persistence(BrokerConfig::default(), Hooks::default(), Some(persistence));
+        let subscriber = Rc::new(RefCell::new(net.connected(version, "subscriber")));
+        let mut publisher = net.connected(version, "publisher");
+        let late = subscriber.clone();
+        BETWEEN.set(Some(Box::new(move || {
+            late.borrow_mut().send(common::subscribe_packet(
+                1,
+                &[("between/t", QoS::ExactlyOnce)],
+            ));
+        })));
+        publisher.publish_with(retained("between/t", QoS::ExactlyOnce, b"once"));
+        assert!(BETWEEN.take().is_none(), "the SUBSCRIBE came between");
+        let publishes: Vec<_> = subscriber
+            .borrow_mut()
+            .received()
+            .into_iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(publishes.len(), 1, "{version:?}: {publishes:?}");
+        assert_eq!(&publishes[0].payload[..], b"once");
+        assert!(publishes[0].retain, "from the retained set [MQTT-3.3.1-8]");
+        // A later publish, stored after the subscription, comes live, once.
+        publisher.publish_with(retained("between/t", QoS::ExactlyOnce, b"later"));
+        let later: Vec<_> = subscriber
+            .borrow_mut()
+            .received()
+            .into_iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(later.len(), 1, "{version:?}: {later:?}");
+        assert!(!later[0].retain, "live [MQTT-3.3.1-9]");
+    }
 }

@@ -235,3 +235,59 @@ fn posted_deliveries_keep_retain_as_published_and_subscription_ids() {
     assert_eq!(ids, vec![7, 9]);
     assert_eq!(got.payload.as_ref(), b"r");
 }
+
+/// A retained QoS 0 publish whose store comes before a SUBSCRIBE on another worker and whose
+/// route comes after: the other worker, routing the posted copy, passes over the new
+/// subscription as the publisher's thread does (its retained stream sends the message), and
+/// serves the older one. Each gets the message once [MQTT-3.3.1-6, MQTT-4.6.0-6].
+#[test]
+fn a_posted_copy_passes_over_a_subscription_made_after_its_retained_store() {
+    let persistence: Arc<dyn tern_broker::persist::Persistence> =
+        Arc::new(common::Between::default());
+    let net = Net::with_persistence(
+        tern_broker::BrokerConfig::default(),
+        tern_broker::Hooks::default(),
+        Some(persistence),
+    );
+    let one = Arc::new(Kept::default());
+    net.broker.set_worker_inboxes(vec![
+        Arc::new(Kept::default()) as Arc<dyn WorkerInbox>,
+        one.clone(),
+    ]);
+    tern_broker::set_current_worker(0);
+    let mut publisher = net.connected_on_worker(V311, "pub", 0);
+    let mut old = net.connected_on_worker(V311, "old", 1);
+    old.subscribe("r/#", QoS::AtMostOnce);
+    let late = std::rc::Rc::new(std::cell::RefCell::new(
+        net.connected_on_worker(V311, "late", 1),
+    ));
+    let subscriber = late.clone();
+    common::BETWEEN.set(Some(Box::new(move || {
+        subscriber
+            .borrow_mut()
+            .send(common::subscribe_packet(1, &[("r/#", QoS::AtMostOnce)]));
+    })));
+    let mut retained = common::publish_packet("r/a", QoS::AtMostOnce, b"r");
+    retained.retain = true;
+    publisher.publish_with(retained);
+    assert!(
+        common::BETWEEN.take().is_none(),
+        "the SUBSCRIBE came between"
+    );
+    for message in one.take() {
+        net.broker.deliver_posted(message, 1, net.now());
+    }
+    let live = old.publish_received();
+    assert!(!live.retain, "live [MQTT-3.3.1-9]");
+    let got: Vec<_> = late
+        .borrow_mut()
+        .received()
+        .into_iter()
+        .filter_map(|packet| match packet {
+            tern_codec::Packet::Publish(publish) => Some(publish),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].retain, "from the retained set [MQTT-3.3.1-8]");
+}

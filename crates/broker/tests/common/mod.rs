@@ -8,7 +8,8 @@ mod harness;
 #[allow(unused_imports)]
 pub use harness::*;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -231,4 +232,45 @@ pub fn recorded_broker(
     let publisher = connect(&broker, "publisher", clean_publisher, now);
     recorder.take();
     (recorder, broker, publisher, subscriber, now)
+}
+
+/// A persistence that, given a retained message to store, first runs the step the test put in
+/// `BETWEEN` (once): on the publisher's thread, after the publish stored the message in the
+/// retained index and before it routes it.
+#[derive(Default)]
+pub struct Between {
+    seq: AtomicU64,
+}
+
+thread_local! {
+    pub static BETWEEN: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+}
+
+impl Persistence for Between {
+    fn submit(&self, change: Change) -> Seq {
+        if matches!(change, Change::Retained(_))
+            && let Some(step) = BETWEEN.take()
+        {
+            step();
+        }
+        Seq(self.seq.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn durable(&self) -> Seq {
+        self.submitted()
+    }
+
+    fn wake_when_durable(&self, _seq: Seq, wakeup: Arc<dyn Wakeup>) {
+        wakeup.wake();
+    }
+
+    fn submitted(&self) -> Seq {
+        Seq(self.seq.load(Ordering::SeqCst))
+    }
+
+    fn begin_group(&self) -> u64 {
+        0
+    }
+
+    fn end_group(&self, _token: u64) {}
 }

@@ -8,12 +8,13 @@
 //! and a node without it never speaks TLS, so a mixed pair fails its handshake (logged, the
 //! link dialled again later) and never exchanges a frame.
 //!
-//! The certificates are built by the server (from the files `[cluster] tls` names) and do not
-//! change while the node runs.
+//! The certificates are built by the server (from the files `[cluster] tls` names), which may
+//! replace them while the node runs ([`ClusterTls::replace`]): links set up from then on use
+//! the new material, links already up keep theirs.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -26,8 +27,14 @@ pub type LinkReader = Box<dyn AsyncRead + Send + Unpin>;
 pub type LinkWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The TLS material of a node: what it accepts links with and what it dials them with.
+/// Clones share it: a [`ClusterTls::replace`] reaches every clone.
 #[derive(Clone)]
 pub struct ClusterTls {
+    sides: Arc<RwLock<Sides>>,
+}
+
+#[derive(Clone)]
+struct Sides {
     acceptor: tokio_rustls::TlsAcceptor,
     connector: tokio_rustls::TlsConnector,
 }
@@ -37,6 +44,26 @@ impl ClusterTls {
     /// `client` present this node's certificate; both check the peer against the cluster's CA.
     pub fn new(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) -> ClusterTls {
         ClusterTls {
+            sides: Arc::new(RwLock::new(Sides::new(server, client))),
+        }
+    }
+
+    /// Replaces the material (a certificate, key or CA file changed): the handshakes that
+    /// start from now on use it; links already up keep what they were set up with.
+    pub fn replace(&self, server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) {
+        let sides = Sides::new(server, client);
+        *self.sides.write().unwrap_or_else(|p| p.into_inner()) = sides;
+    }
+
+    /// The material for a handshake starting now.
+    fn sides(&self) -> Sides {
+        self.sides.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Sides {
+    fn new(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) -> Sides {
+        Sides {
             acceptor: tokio_rustls::TlsAcceptor::from(server),
             connector: tokio_rustls::TlsConnector::from(client),
         }
@@ -108,7 +135,8 @@ impl Transport {
                 }
                 Some(tls) => {
                     let name = server_name(name_addr)?;
-                    let stream = tls.connector.connect(name, stream).await.map_err(|error| {
+                    let connector = tls.sides().connector;
+                    let stream = connector.connect(name, stream).await.map_err(|error| {
                         handshake_failed("dialled", addr, &error);
                         TransportError::Handshake(error)
                     })?;
@@ -142,7 +170,8 @@ impl Transport {
                 Ok((Box::new(reader), Box::new(writer)))
             }
             Some(tls) => {
-                let stream = tls.acceptor.accept(stream).await.map_err(|error| {
+                let acceptor = tls.sides().acceptor;
+                let stream = acceptor.accept(stream).await.map_err(|error| {
                     handshake_failed("accepted", &peer.to_string(), &error);
                     TransportError::Handshake(error)
                 })?;

@@ -621,6 +621,13 @@ impl Collector for MetricsSource {
                 &expiries,
             )?;
         }
+        if let Some(not_after) = self.tls.cluster_expiry() {
+            out.gauge(
+                "tern_cluster_certificate_expiry_seconds",
+                "Seconds until the certificate of [cluster] tls in use expires (negative: expired).",
+                not_after as f64 - now,
+            )?;
+        }
         self.encode_bridges(&mut out)?;
         self.encode_cluster(&mut out)?;
         if let Some(process) = process::read() {

@@ -341,8 +341,9 @@ impl Server {
             .and_then(|(socket, _)| socket.local_addr().ok())
     }
 
-    /// A handle that reloads the certificates, keys, CAs and CRLs of the TLS listeners (the
-    /// binary calls it on SIGHUP); it stays valid while the server runs.
+    /// A handle that reloads the certificates, keys, CAs and CRLs of the TLS listeners, and
+    /// `[cluster] tls`'s files (the binary calls it on SIGHUP); it stays valid while the
+    /// server runs.
     pub fn tls_reloader(&self) -> crate::tls::TlsReloader {
         crate::tls::TlsReloader::new(
             self.listeners
@@ -351,6 +352,9 @@ impl Server {
                 .flatten()
                 .map(|(_, listener)| listener.clone())
                 .collect(),
+            self.cluster
+                .as_ref()
+                .and_then(|cluster| cluster.tls_files().cloned()),
         )
     }
 

@@ -79,7 +79,7 @@ pub enum TlsProblem {
 /// inode and status-change time, so that a replacement of the same size within the
 /// modification time's resolution (a rename over it, a copy that keeps the time) is seen too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp(Option<(Option<SystemTime>, u64, [i64; 3])>);
+pub(crate) struct FileStamp(Option<(Option<SystemTime>, u64, [i64; 3])>);
 
 impl FileStamp {
     fn of(path: &Path) -> FileStamp {
@@ -200,7 +200,8 @@ impl TlsListener {
         files
     }
 
-    fn stamps(&self) -> Vec<FileStamp> {
+    /// The stamps of the listener's files, as they are now.
+    pub(crate) fn stamps(&self) -> Vec<FileStamp> {
         self.files().into_iter().map(FileStamp::of).collect()
     }
 
@@ -218,11 +219,7 @@ impl TlsListener {
         let tls = &self.settings;
         let provider = Arc::new(ring_provider());
         let default = self.certified_key(&tls.cert, &tls.key, &provider)?;
-        let not_after = default
-            .end_entity_cert()
-            .ok()
-            .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
-            .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp());
+        let not_after = not_after(&default);
         let mut by_name = HashMap::new();
         for sni in &tls.sni {
             let key = self.certified_key(&sni.cert, &sni.key, &provider)?;
@@ -343,6 +340,16 @@ impl TlsListener {
         }
         Ok(crls)
     }
+}
+
+/// The notAfter (Unix seconds) of a certified key's own certificate; `i64::MIN` if it cannot
+/// be read.
+pub(crate) fn not_after(certified: &CertifiedKey) -> i64 {
+    certified
+        .end_entity_cert()
+        .ok()
+        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+        .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp())
 }
 
 /// The ring provider: rustls 0.23.48 deprecates it for lacking post-quantum key exchange, but
@@ -495,24 +502,30 @@ fn username_from(identity: &CertificateIdentity, field: IdentityField) -> io::Re
     MqttStr::try_from(value.ok_or_else(refused)?).map_err(|_| refused())
 }
 
-/// Reloads every TLS listener of a running server (SIGHUP, tests).
+/// Reloads every TLS listener of a running server, and `[cluster] tls` (SIGHUP, tests).
 #[derive(Clone, Debug)]
 pub struct TlsReloader {
     listeners: Vec<Arc<Listener>>,
+    cluster: Option<Arc<crate::cluster::tls::ClusterTlsFiles>>,
 }
 
 impl TlsReloader {
-    pub(crate) fn new(listeners: Vec<Arc<Listener>>) -> TlsReloader {
+    pub(crate) fn new(
+        listeners: Vec<Arc<Listener>>,
+        cluster: Option<Arc<crate::cluster::tls::ClusterTlsFiles>>,
+    ) -> TlsReloader {
         TlsReloader {
             listeners: listeners
                 .into_iter()
                 .filter(|listener| listener.tls.is_some())
                 .collect(),
+            cluster,
         }
     }
 
-    /// Reads every TLS listener's files again. A listener whose files cannot be used keeps its
-    /// previous material (logged); the first such error is returned.
+    /// Reads every TLS listener's files again, and `[cluster] tls`'s. Material whose files
+    /// cannot be used stays as it was (logged); the first such error is returned (the
+    /// cluster's under the listener name `[cluster]`).
     pub fn reload(&self) -> Result<(), TlsError> {
         let mut first = Ok(());
         for listener in &self.listeners {
@@ -523,7 +536,24 @@ impl TlsReloader {
                 first = Err(error);
             }
         }
+        if let Some(cluster) = &self.cluster
+            && let Err(error) = cluster.reload()
+            && first.is_ok()
+        {
+            first = Err(TlsError {
+                listener: "[cluster]".to_owned(),
+                path: error.path,
+                problem: error.problem,
+            });
+        }
         first
+    }
+
+    /// notAfter (Unix seconds) of `[cluster] tls`'s certificate in use, if there is one.
+    pub(crate) fn cluster_expiry(&self) -> Option<i64> {
+        self.cluster
+            .as_ref()
+            .and_then(|cluster| cluster.not_after())
     }
 
     /// [`TlsReloader::reload`] on tokio's blocking pool (file reads, PEM and CRL parsing and
@@ -553,17 +583,21 @@ impl TlsReloader {
         out
     }
 
-    /// Reloads the listeners whose files changed since they were last read.
+    /// Reloads the listeners (and `[cluster] tls`) whose files changed since they were last
+    /// read.
     pub(crate) fn reload_changed(&self) {
         for listener in &self.listeners {
             if let Some(tls) = &listener.tls {
                 tls.reload_if_changed();
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.reload_if_changed();
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
+        self.listeners.is_empty() && self.cluster.is_none()
     }
 }
 

@@ -185,6 +185,75 @@ async fn nodes_without_a_certificate_of_the_cluster_ca_never_join() {
     }
 }
 
+/// `[cluster] tls` is read again as the listeners' files are (SIGHUP, a file that changed):
+/// a node whose certificate another CA signed, kept out of the cluster, joins it once its
+/// files hold a certificate of the cluster's CA, without a restart; a reload that finds a
+/// broken file keeps the material in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_once_its_certificate_is_replaced_by_one_the_cluster_trusts() {
+    let dir = temp_dir("tls-reload");
+    let ca = Ca::new("tern cluster CA");
+    let other = Ca::new("another CA");
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=2u64 {
+        let name = format!("n{id}");
+        let tls = ca.node(&dir.0, &name, addrs[id as usize - 1], &ca);
+        nodes.push(start(id, &addrs[..2], &dir, Some(tls)).await);
+    }
+    let outsider_tls = other.node(&dir.0, "n3", addrs[2], &ca);
+    let outsider = start(3, &addrs, &dir, Some(outsider_tls.clone())).await;
+    until("the two nodes of the CA in one cluster", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 2)
+    })
+    .await;
+    assert!(!outsider.cluster.node().is_member());
+
+    // A half-written key: the reload fails, naming the file, and changes nothing.
+    std::fs::write(&outsider_tls.key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let error = outsider.tls.reload().unwrap_err();
+    assert_eq!(error.listener, "[cluster]");
+    assert_eq!(error.path.as_deref(), Some(outsider_tls.key.as_path()));
+
+    // The same files, now with a certificate of the cluster's CA.
+    let renewed = ca.node(&dir.0, "n3", addrs[2], &ca);
+    assert_eq!(renewed, outsider_tls);
+    outsider.tls.reload().unwrap();
+    // The gauge shows the certificate in use (rcgen's default: valid until 4096).
+    let text = outsider.admin.metrics_text();
+    let left: f64 = text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tern_cluster_certificate_expiry_seconds ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no cluster certificate gauge in:\n{text}"));
+    assert!(left > 1e9, "{left}");
+    nodes.push(outsider);
+    until("the third node in the cluster", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 3)
+    })
+    .await;
+    // It carries messages.
+    let mut subscriber = Client::simple(nodes[0].addr, "sub-1").await;
+    subscriber.subscribe("renewed/#", QoS::AtLeastOnce).await;
+    route_known(&nodes, "renewed/#", 1).await;
+    let publisher = Client::simple(nodes[2].addr, "pub-3").await;
+    publisher
+        .publish("renewed/cert", QoS::AtLeastOnce, false, "in")
+        .await;
+    assert_eq!(subscriber.recv().await.payload, &b"in"[..]);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 /// A peer that dials a TLS node's cluster port in plain TCP and speaks the cluster protocol (a
 /// hello, then a join request) gets no frame through: the node closes the connection after a
 /// failed handshake without answering, and registers nobody (issue 16: TLS on the links).

@@ -26,7 +26,7 @@ mod routes;
 mod sink;
 mod sync;
 mod tickets;
-mod tls;
+pub(crate) mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub struct Cluster {
     node: ClusterNode,
     glue: Arc<hook::Glue>,
     plane: Arc<DataPlane>,
+    /// `[cluster] tls`'s files, read again with the listeners' (see `tls`).
+    tls_files: Option<Arc<tls::ClusterTlsFiles>>,
 }
 
 impl Cluster {
@@ -65,7 +67,7 @@ impl Cluster {
         stop: watch::Receiver<bool>,
     ) -> Result<Cluster, crate::server::ServerError> {
         // The links' transport first: a bad certificate file stops the start here.
-        let transport = tls::transport(config)?;
+        let (transport, tls_files) = tls::transport(config)?;
         // The end of each restored session's queue, before any message from another node
         // can reach it (see `returns`).
         let restored = broker.offline_sessions();
@@ -248,7 +250,17 @@ impl Cluster {
             advertise = node.advertise(),
             "cluster node started"
         );
-        Ok(Cluster { node, glue, plane })
+        Ok(Cluster {
+            node,
+            glue,
+            plane,
+            tls_files,
+        })
+    }
+
+    /// `[cluster] tls`'s files and the material read from them, when the links use TLS.
+    pub(crate) fn tls_files(&self) -> Option<&Arc<tls::ClusterTlsFiles>> {
+        self.tls_files.as_ref()
     }
 
     pub fn node(&self) -> &ClusterNode {

@@ -1,9 +1,12 @@
 //! `[cluster] tls`: the node's certificate, its key and the cluster's CA, loaded (with the
 //! listeners' loaders, see `crate::tls`) into the mutual-TLS [`Transport`] of the links between
-//! nodes. Read once at start: a changed file takes effect at the next start.
+//! nodes. Read at start, and again as the listeners' files are: on SIGHUP (and the admin API's
+//! reload) and when one of the three files changes ([`ClusterTlsFiles`]). Links set up after a
+//! reload use the new material; links already up keep theirs.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::ResolvesClientCert;
 use rustls::server::WebPkiClientVerifier;
@@ -13,7 +16,7 @@ use tern_cluster::{ClusterTls, Transport};
 
 use super::config::{ClusterConfig, ClusterTlsConfig};
 use crate::listener_config::{ClientAuth, ListenerKind, TlsConfig, TlsVersion};
-use crate::tls::{TlsError, TlsListener, TlsProblem, file_prefix};
+use crate::tls::{FileStamp, TlsError, TlsListener, TlsProblem, file_prefix};
 
 use tern_cluster::transport::ALPN;
 
@@ -35,30 +38,107 @@ impl From<TlsError> for ClusterTlsError {
     }
 }
 
-/// The links' transport for `config`: mutual TLS with `tls`, else plain TCP (with a warning:
-/// anyone who reaches the cluster port can speak as a node).
-pub(crate) fn transport(config: &ClusterConfig) -> Result<Transport, ClusterTlsError> {
+/// The links' transport for `config`: mutual TLS with `tls` (and the files behind it, for
+/// reloads), else plain TCP (with a warning: anyone who reaches the cluster port can speak as
+/// a node).
+pub(crate) fn transport(
+    config: &ClusterConfig,
+) -> Result<(Transport, Option<Arc<ClusterTlsFiles>>), ClusterTlsError> {
     match &config.tls {
         Some(tls) => {
-            let transport = Transport::tls(load(tls)?);
+            let files = ClusterTlsFiles::load(tls)?;
+            let transport = Transport::tls(files.tls.clone());
             tracing::info!(bind = %config.bind, "cluster links use mutual TLS");
-            Ok(transport)
+            Ok((transport, Some(Arc::new(files))))
         }
         None => {
             tracing::warn!(
                 bind = %config.bind,
                 "the cluster port is unauthenticated and unencrypted (no [cluster] tls): whoever reaches it can act as a node; keep it on a private network"
             );
-            Ok(Transport::plain())
+            Ok((Transport::plain(), None))
         }
     }
 }
 
-/// Reads the files of `[cluster] tls` (`tern check-config` and the start).
+/// Reads the files of `[cluster] tls` (`tern check-config`).
 pub(crate) fn load(tls: &ClusterTlsConfig) -> Result<ClusterTls, ClusterTlsError> {
-    // The listeners' loaders, under a listener of its own (its name is not shown: the error
-    // is turned into a `ClusterTlsError`).
-    let loader = TlsListener::new(
+    let (server, client, _) = build(&loader(tls), tls)?;
+    Ok(ClusterTls::new(server, client))
+}
+
+/// The `[cluster] tls` files and the material read from them, which the links use.
+pub(crate) struct ClusterTlsFiles {
+    config: ClusterTlsConfig,
+    loader: TlsListener,
+    tls: ClusterTls,
+    /// The stamps of the three files as they were last read (loaded or not), so a change is
+    /// acted on once, and a file replaced in several steps is read again after the last.
+    seen: Mutex<Vec<FileStamp>>,
+    /// notAfter (Unix seconds) of the certificate in use, `i64::MIN` if unknown.
+    not_after: AtomicI64,
+}
+
+impl ClusterTlsFiles {
+    /// Reads the files (at start: an error stops the server).
+    fn load(config: &ClusterTlsConfig) -> Result<ClusterTlsFiles, ClusterTlsError> {
+        let loader = loader(config);
+        let seen = loader.stamps();
+        let (server, client, not_after) = build(&loader, config)?;
+        Ok(ClusterTlsFiles {
+            config: config.clone(),
+            loader,
+            tls: ClusterTls::new(server, client),
+            seen: Mutex::new(seen),
+            not_after: AtomicI64::new(not_after),
+        })
+    }
+
+    /// Reads the files again; links set up from now on use the new material. On an error
+    /// the previous material stays, and the error is logged (and returned).
+    pub(crate) fn reload(&self) -> Result<(), ClusterTlsError> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = self.loader.stamps();
+        match build(&self.loader, &self.config) {
+            Ok((server, client, not_after)) => {
+                self.tls.replace(server, client);
+                self.not_after.store(not_after, Ordering::Relaxed);
+                tracing::info!("cluster TLS certificates reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cluster TLS reload failed: the previous certificates stay in use");
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads if one of the files changed since it was last read.
+    pub(crate) fn reload_if_changed(&self) {
+        let changed = *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != self.loader.stamps();
+        if changed {
+            let _ = self.reload();
+        }
+    }
+
+    /// notAfter (Unix seconds) of the certificate in use, if known.
+    pub(crate) fn not_after(&self) -> Option<i64> {
+        let not_after = self.not_after.load(Ordering::Relaxed);
+        (not_after != i64::MIN).then_some(not_after)
+    }
+}
+
+impl std::fmt::Debug for ClusterTlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTlsFiles")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The listeners' loaders, under a listener of its own (its name is not shown: errors are
+/// turned into a `ClusterTlsError`); its files are the three of `tls`.
+fn loader(tls: &ClusterTlsConfig) -> TlsListener {
+    TlsListener::new(
         "cluster",
         TlsConfig {
             cert: tls.cert.clone(),
@@ -71,9 +151,18 @@ pub(crate) fn load(tls: &ClusterTlsConfig) -> Result<ClusterTls, ClusterTlsError
             sni: Vec::new(),
         },
         ListenerKind::Mqtts,
-    );
+    )
+}
+
+/// Reads the files of `tls`: the accepting and the dialling side's configurations, and the
+/// certificate's notAfter.
+fn build(
+    loader: &TlsListener,
+    tls: &ClusterTlsConfig,
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>, i64), ClusterTlsError> {
     let provider = Arc::new(crate::tls::ring_provider());
     let certified = loader.certified_key(&tls.cert, &tls.key, &provider)?;
+    let not_after = crate::tls::not_after(&certified);
     let roots = Arc::new(loader.client_roots(&tls.ca)?);
     let versions: &[&rustls::SupportedProtocolVersion] =
         &[&rustls::version::TLS13, &rustls::version::TLS12];
@@ -104,7 +193,7 @@ pub(crate) fn load(tls: &ClusterTlsConfig) -> Result<ClusterTls, ClusterTlsError
         .with_root_certificates(roots)
         .with_client_cert_resolver(Arc::new(Fixed(certified)));
     client.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(ClusterTls::new(Arc::new(server), Arc::new(client)))
+    Ok((Arc::new(server), Arc::new(client), not_after))
 }
 
 /// This node's certificate, whatever the peer asks (the cluster has one CA).
@@ -173,6 +262,39 @@ mod tests {
             ca: write("ca.pem", &ca_pem),
         };
         Files { dir, tls }
+    }
+
+    /// A changed file is read again (the poll's check), and its certificate's expiry is
+    /// the one shown from then on; a broken file keeps the previous material.
+    #[test]
+    fn a_changed_file_is_read_again_and_a_broken_one_keeps_the_material() {
+        let files = make_files("reload");
+        let loaded = ClusterTlsFiles::load(&files.tls).unwrap();
+        let before = loaded.not_after().unwrap();
+        loaded.reload_if_changed();
+        assert_eq!(loaded.not_after(), Some(before));
+
+        // The same CA signs a certificate that expires in 2031.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(&files.tls.cert, cert.pem()).unwrap();
+        std::fs::write(&files.tls.key, key.serialize_pem()).unwrap();
+        std::fs::write(&files.tls.ca, ca_pem).unwrap();
+        loaded.reload_if_changed();
+        let renewed = loaded.not_after().unwrap();
+        assert_ne!(renewed, before);
+        assert_eq!(renewed, 1_924_992_000 + 86_400, "2031-01-02");
+
+        std::fs::write(&files.tls.key, "not a key").unwrap();
+        assert!(loaded.reload().is_err());
+        assert_eq!(loaded.not_after(), Some(renewed));
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct Node {
     pub addr: SocketAddr,
     pub cluster: Cluster,
     pub broker: std::sync::Arc<tern_broker::Broker>,
+    /// Reloads the node's TLS files (its listeners' and `[cluster] tls`'s), as SIGHUP does.
+    pub tls: tern_server::TlsReloader,
+    /// The node's admin backend (its metrics, say).
+    pub admin: std::sync::Arc<dyn tern_admin::AdminBackend>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -112,11 +116,15 @@ impl Node {
         let addr = server.local_addrs()[0];
         let cluster = server.cluster().expect("cluster part").clone();
         let broker = server.broker().clone();
+        let tls = server.tls_reloader();
+        let admin = server.admin_backend();
         let (stop, task) = spawn_server(server);
         Node {
             addr,
             cluster,
             broker,
+            tls,
+            admin,
             stop: Some(stop),
             task,
         }

@@ -114,11 +114,15 @@ fn apply_one(
             let state = node.state();
             table().sync_node(&state, *n);
             // Its outbox here goes too (its subscribers are gone with it): the memory, the
-            // stored copies and its part in the congestion check.
+            // stored copies and its part in the congestion check; and the last of its
+            // messages that reached this node.
             if *n != me
                 && let Some(plane) = glue.plane.get()
             {
                 plane.forget_peer(*n);
+            }
+            if *n != me {
+                glue.reached.forget(*n);
             }
         }
         (Command::Barrier { node: n, nonce }, _) if *n == me => {

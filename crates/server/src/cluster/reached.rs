@@ -30,6 +30,13 @@ impl Reached {
         }
     }
 
+    /// Node `node` left the cluster: its entry goes (a hand-over no longer waits for it, and
+    /// without an entry its copies are only ever delivered, never dropped as the previous
+    /// owner's).
+    pub fn forget(&self, node: NodeId) {
+        lock(&self.0).remove(&node);
+    }
+
     /// For each of `nodes` a message of which reached this node: (node, run, last number).
     pub fn last_of(&self, nodes: &BTreeSet<NodeId>) -> Vec<(NodeId, u64, u64)> {
         let last = lock(&self.0);
@@ -71,5 +78,8 @@ mod tests {
         assert_eq!(reached.last_of(&BTreeSet::from([3])), vec![(3, 10, 0)]);
         reached.note(&id(3, 10, 1));
         assert_eq!(reached.last_of(&BTreeSet::from([3])), vec![(3, 10, 1)]);
+        // A node that left is forgotten; the others stay.
+        reached.forget(3);
+        assert_eq!(reached.last_of(&BTreeSet::from([3, 5])), vec![(5, 1, 0)]);
     }
 }

@@ -333,8 +333,7 @@ class PahoClient:
         else:
             result, mid = self.client.subscribe(list(topics), properties=properties)
         assert result == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {result}"
-        self._wait(lambda: mid in self.subacks, timeout, f"SUBACK {mid}")
-        return self.subacks[mid]
+        return self.wait_suback(mid, timeout)
 
     def wait_suback(self, mid: int, timeout: float = TIMEOUT) -> list[int]:
         """Waits for the SUBACK of a SUBSCRIBE sent with paho's own `subscribe` (message id

@@ -882,13 +882,17 @@ impl Broker {
             Matched::Subscriber(subscriber) => {
                 let own = subscriber.record.options.no_local
                     && message.publisher.as_ref() == Some(subscriber.session.client_id());
+                // A subscription made after this publish stored its retained message gets it
+                // from its retained stream (see `retained_clock`): reached all the same (a
+                // publisher is not told there was no subscriber).
+                if subscriber.retained_from > selection.retained_at {
+                    reached += 1;
+                    return;
+                }
                 // No Local: not to the publisher's own connection [MQTT-3.8.3-3]. Cluster:
                 // not at all when another node sent the message for shared groups only.
-                // A subscription made after this publish stored its retained message gets it
-                // from its retained stream (see `retained_clock`).
                 if own
                     || !selection.regular
-                    || subscriber.retained_from > selection.retained_at
                     || selection.session.is_some_and(|client_id| {
                         subscriber.session.client_id().as_str() != client_id
                     })
@@ -1224,6 +1228,18 @@ impl Broker {
         } && tern_codec::topic::split_shared(filter).is_none();
         let retained_from = if streams {
             self.retained_clock.fetch_add(1, Ordering::SeqCst)
+        } else if existed {
+            // A replacement that sends no retained set leaves the replaced one's stream
+            // running: its tick stays with the entry.
+            let probe = Subscriber {
+                session: session.clone(),
+                record,
+                partial,
+                retained_from: 0,
+            };
+            index
+                .get(filter, &probe)
+                .map_or(0, |kept| kept.retained_from)
         } else {
             0
         };

@@ -14,8 +14,9 @@
 //! passes over it (the retained clock, see `Broker::retained_clock`; each message comes once).
 //! Streams belong to the session, so a client that loses its connection half-way gets the rest
 //! when it resumes the session; they are not stored, so a broker restart ends them. An entry
-//! goes when the walk has sent its last message, when the subscription is removed or replaced,
-//! or when the session ends.
+//! goes when the walk has sent its last message, when the subscription is removed, when it is
+//! replaced by one that sends its retained set (the stream starts over; a replacement that
+//! sends none leaves it running), or when the session ends.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

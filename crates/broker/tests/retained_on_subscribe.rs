@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use common::{BETWEEN, Between, Client, Net, V5, V311, persistent, retained};
 use tern_broker::persist::Persistence;
-use tern_broker::{BrokerConfig, Hooks};
-use tern_codec::{Packet, Properties, QoS, Unsubscribe};
+use tern_broker::{Broker, BrokerConfig, Hooks};
+use tern_codec::{
+    MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    Subscribe, Subscription, SubscriptionOptions, Unsubscribe,
+};
 
 /// What the server asks the connection for in one round of its loop.
 const BUDGET: usize = 64 * 1024;
@@ -187,51 +190,94 @@ fn a_retained_message_changed_while_streaming_is_sent_as_it_is_now() {
     assert!(!copies[0].retain, "live [MQTT-3.3.1-9]");
 }
 
+/// A retained QoS 2 publish on `between/t` with `step` between its store and its route (on
+/// the publisher's thread, under the retained lock: as a SUBSCRIBE on another thread of the
+/// server would come between), then what the subscriber gets: its PUBLISHes.
+fn crossing(
+    version: ProtocolVersion,
+    step: impl FnOnce(&mut Client, &Arc<Broker>) + 'static,
+) -> (Net, Rc<RefCell<Client>>, Client, Vec<Publish>) {
+    let persistence: Arc<dyn Persistence> = Arc::new(Between::default());
+    let net = Net::with_persistence(BrokerConfig::default(), Hooks::default(), Some(persistence));
+    let subscriber = Rc::new(RefCell::new(net.connected(version, "subscriber")));
+    let mut publisher = net.connected(version, "publisher");
+    let (late, broker) = (subscriber.clone(), net.broker.clone());
+    BETWEEN.set(Some(Box::new(move || {
+        step(&mut late.borrow_mut(), &broker)
+    })));
+    publisher.publish_with(retained("between/t", QoS::ExactlyOnce, b"once"));
+    assert!(BETWEEN.take().is_none(), "the step came between");
+    let publishes = publishes_of(&mut subscriber.borrow_mut());
+    (net, subscriber, publisher, publishes)
+}
+
+fn publishes_of(client: &mut Client) -> Vec<Publish> {
+    client
+        .received()
+        .into_iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A SUBSCRIBE to `between/t` with `retain_handling`, sent (its SUBACK not read: that would
+/// read the retained index, which the publisher's thread holds).
+fn subscribe_sent(client: &mut Client, packet_id: u16, retain_handling: RetainHandling) {
+    client.send(Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        subscriptions: vec![Subscription {
+            filter: MqttStr::try_from("between/t").unwrap(),
+            options: SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                retain_handling,
+                ..SubscriptionOptions::default()
+            },
+        }],
+    }));
+}
+
 #[test]
 fn a_subscription_made_between_a_publishs_store_and_its_route_gets_the_retained_message_once() {
-    // A publish stores its retained message, a SUBSCRIBE comes (on another thread in the
-    // server), then the publish routes: before, the new subscription got the message from
-    // the route and again from its retained stream, QoS 2 included. Now from the stream only
-    // [MQTT-3.3.1-6], once [MQTT-4.3.3-1].
+    // A publish stores its retained message, a SUBSCRIBE comes, then the publish routes:
+    // before, the new subscription got the message from the route and again from its
+    // retained stream, QoS 2 included. Now from the stream only [MQTT-3.3.1-6], once
+    // [MQTT-4.3.3-1].
     for version in [V311, V5] {
-        let persistence: Arc<dyn Persistence> = Arc::new(Between::default());
-        let net =
-            Net::with_persistence(BrokerConfig::default(), Hooks::default(), Some(persistence));
-        let subscriber = Rc::new(RefCell::new(net.connected(version, "subscriber")));
-        let mut publisher = net.connected(version, "publisher");
-        let late = subscriber.clone();
-        BETWEEN.set(Some(Box::new(move || {
-            late.borrow_mut().send(common::subscribe_packet(
-                1,
-                &[("between/t", QoS::ExactlyOnce)],
-            ));
-        })));
-        publisher.publish_with(retained("between/t", QoS::ExactlyOnce, b"once"));
-        assert!(BETWEEN.take().is_none(), "the SUBSCRIBE came between");
-        let publishes: Vec<_> = subscriber
-            .borrow_mut()
-            .received()
-            .into_iter()
-            .filter_map(|packet| match packet {
-                Packet::Publish(publish) => Some(publish),
-                _ => None,
-            })
-            .collect();
+        let (_net, subscriber, mut publisher, publishes) = crossing(version, |client, _| {
+            subscribe_sent(client, 1, RetainHandling::SendAtSubscribe);
+        });
         assert_eq!(publishes.len(), 1, "{version:?}: {publishes:?}");
         assert_eq!(&publishes[0].payload[..], b"once");
         assert!(publishes[0].retain, "from the retained set [MQTT-3.3.1-8]");
-        // A later publish, stored after the subscription, comes live, once.
-        publisher.publish_with(retained("between/t", QoS::ExactlyOnce, b"later"));
-        let later: Vec<_> = subscriber
-            .borrow_mut()
+        // The subscription the route passed over counts: not "no matching subscribers".
+        let pubrec = publisher
             .received()
             .into_iter()
-            .filter_map(|packet| match packet {
-                Packet::Publish(publish) => Some(publish),
+            .find_map(|packet| match packet {
+                Packet::PubRec(ack) => Some(ack),
                 _ => None,
-            })
-            .collect();
+            });
+        assert_eq!(pubrec.map(|ack| ack.reason_code), Some(ReasonCode::Success));
+        // A later publish, stored after the subscription, comes live, once.
+        publisher.publish_with(retained("between/t", QoS::ExactlyOnce, b"later"));
+        let later = publishes_of(&mut subscriber.borrow_mut());
         assert_eq!(later.len(), 1, "{version:?}: {later:?}");
         assert!(!later[0].retain, "live [MQTT-3.3.1-9]");
     }
+    // The subscription replaced at once by one that sends no retained set (Retain Handling
+    // 2): the first one's stream goes on, and the entry keeps its tick.
+    let (.., publishes) = crossing(V5, |client, _| {
+        subscribe_sent(client, 1, RetainHandling::SendAtSubscribe);
+        subscribe_sent(client, 2, RetainHandling::DoNotSend);
+    });
+    assert_eq!(publishes.len(), 1, "{publishes:?}");
+    // The access rules re-checked meanwhile (a reload): the entry, put in again, keeps it.
+    let (.., publishes) = crossing(V311, |client, broker| {
+        subscribe_sent(client, 1, RetainHandling::SendAtSubscribe);
+        assert_eq!(broker.recheck_access().sessions, 2);
+    });
+    assert_eq!(publishes.len(), 1, "{publishes:?}");
 }

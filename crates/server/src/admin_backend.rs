@@ -526,7 +526,7 @@ pub(crate) struct Reload {
     pub(crate) running: ServerConfig,
     pub(crate) tls: TlsReloader,
     pub(crate) auth: AuthReloader,
-    /// Whether any listener has a certificate to read again.
+    /// Whether any listener, or `[cluster] tls`, has a certificate to read again.
     pub(crate) has_tls: bool,
     pub(crate) broker: Arc<tern_broker::Broker>,
 }
@@ -574,10 +574,11 @@ impl Reload {
                 auth.password_files, auth.acl_files, auth.jwt_keys
             ));
         }
-        match self.tls.reload() {
-            Ok(()) if self.has_tls => report.applied.push("certificates".to_owned()),
-            Ok(()) => {}
-            Err(error) => report.errors.push(error.to_string()),
+        let tls_errors = self.tls.reload_errors();
+        if !tls_errors.is_empty() {
+            report.errors.extend(tls_errors);
+        } else if self.has_tls {
+            report.applied.push("certificates".to_owned());
         }
         let Some(mut new) = new else {
             return (report, None, values);

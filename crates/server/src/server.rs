@@ -383,7 +383,7 @@ impl Server {
         OpenConnections(self.count.clone())
     }
 
-    /// Reloads the TLS listeners' material now (see [`Server::tls_reloader`]).
+    /// Reloads the TLS listeners' material, and `[cluster] tls`'s, now (see [`Server::tls_reloader`]).
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         self.tls_reloader().reload()
     }

@@ -525,28 +525,45 @@ impl TlsReloader {
 
     /// Reads every TLS listener's files again, and `[cluster] tls`'s. Material whose files
     /// cannot be used stays as it was (logged); the first such error is returned (the
-    /// cluster's under the listener name `[cluster]`).
+    /// cluster's under the listener name `[cluster]`; [`TlsReloader::reload_errors`] says
+    /// each in its own words).
     pub fn reload(&self) -> Result<(), TlsError> {
-        let mut first = Ok(());
-        for listener in &self.listeners {
-            if let Some(tls) = &listener.tls
-                && let Err(error) = tls.reload()
-                && first.is_ok()
-            {
-                first = Err(error);
-            }
-        }
-        if let Some(cluster) = &self.cluster
-            && let Err(error) = cluster.reload()
-            && first.is_ok()
-        {
-            first = Err(TlsError {
+        let (listeners, cluster) = self.reload_each();
+        match (listeners.into_iter().next(), cluster) {
+            (Some(first), _) => Err(first),
+            (None, Some(error)) => Err(TlsError {
                 listener: "[cluster]".to_owned(),
                 path: error.path,
                 problem: error.problem,
-            });
+            }),
+            (None, None) => Ok(()),
         }
-        first
+    }
+
+    /// [`TlsReloader::reload`], returning every error as a reload's report shows it: a
+    /// listener's as `listener "name": <file>: <problem>`, the cluster's as
+    /// `cluster.tls: <file>: <problem>` (as at start and in `tern check-config`).
+    pub(crate) fn reload_errors(&self) -> Vec<String> {
+        let (listeners, cluster) = self.reload_each();
+        listeners
+            .iter()
+            .map(ToString::to_string)
+            .chain(cluster.map(|error| error.to_string()))
+            .collect()
+    }
+
+    /// Reloads every listener and the cluster's files; their errors.
+    fn reload_each(&self) -> (Vec<TlsError>, Option<crate::cluster::ClusterTlsError>) {
+        let listeners = self
+            .listeners
+            .iter()
+            .filter_map(|listener| listener.tls.as_ref()?.reload().err())
+            .collect();
+        let cluster = self
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.reload().err());
+        (listeners, cluster)
     }
 
     /// notAfter (Unix seconds) of `[cluster] tls`'s certificate in use, if there is one.
@@ -606,8 +623,9 @@ impl TlsReloader {
 /// reload set it to 0.
 const WATCH_INTERVAL_ENV: &str = "TERN_TLS_WATCH_INTERVAL_MS";
 
-/// Reloads a TLS listener's material when its files change, until the server stops. The files
-/// are read and parsed on the blocking pool, not on the runtime that runs the timers.
+/// Reloads a TLS listener's (or `[cluster] tls`'s) material when its files change, until the
+/// server stops. The files are read and parsed on the blocking pool, not on the runtime that
+/// runs the timers.
 pub(crate) async fn watch_files(reloader: TlsReloader, stop: tokio::sync::watch::Receiver<bool>) {
     if reloader.is_empty() {
         return;

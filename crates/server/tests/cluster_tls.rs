@@ -27,7 +27,23 @@ impl Ca {
     /// link (serverAuth and clientAuth), written to `dir` with the CA `trusted` trusts; the
     /// `tls` table of its configuration.
     fn node(&self, dir: &Path, name: &str, addr: SocketAddr, trusted: &Ca) -> ClusterTlsConfig {
+        self.node_until(dir, name, addr, trusted, None)
+    }
+
+    /// [`Ca::node`], valid until the day `not_after` (year, month, day; rcgen's default
+    /// without).
+    fn node_until(
+        &self,
+        dir: &Path,
+        name: &str,
+        addr: SocketAddr,
+        trusted: &Ca,
+        not_after: Option<(i32, u8, u8)>,
+    ) -> ClusterTlsConfig {
         let mut params = CertificateParams::new(vec![addr.ip().to_string()]).unwrap();
+        if let Some((year, month, day)) = not_after {
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -185,24 +201,29 @@ async fn nodes_without_a_certificate_of_the_cluster_ca_never_join() {
     }
 }
 
-/// `[cluster] tls` is read again as the listeners' files are (SIGHUP, a file that changed):
-/// a node whose certificate another CA signed, kept out of the cluster, joins it once its
-/// files hold a certificate of the cluster's CA, without a restart; a reload that finds a
-/// broken file keeps the material in use.
+/// `[cluster] tls` is read again as the listeners' files are (SIGHUP, a file that changed),
+/// without a restart: a node whose certificate another CA signed, kept out of the cluster,
+/// joins once its files hold a certificate of the cluster's CA (and the gauge shows the new
+/// certificate); a node of a new CA joins once the others' `ca` bundles, reloaded, hold that
+/// CA too (the first step of a CA rotation); a reload that finds a broken file keeps the
+/// material in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_joins_once_its_certificate_is_replaced_by_one_the_cluster_trusts() {
+async fn nodes_take_new_certificates_and_cas_on_reload_without_a_restart() {
     let dir = temp_dir("tls-reload");
     let ca = Ca::new("tern cluster CA");
     let other = Ca::new("another CA");
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let next = Ca::new("the next cluster CA");
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
     let mut nodes = Vec::new();
+    let mut files = Vec::new();
     for id in 1..=2u64 {
         let name = format!("n{id}");
         let tls = ca.node(&dir.0, &name, addrs[id as usize - 1], &ca);
+        files.push(tls.clone());
         nodes.push(start(id, &addrs[..2], &dir, Some(tls)).await);
     }
     let outsider_tls = other.node(&dir.0, "n3", addrs[2], &ca);
-    let outsider = start(3, &addrs, &dir, Some(outsider_tls.clone())).await;
+    let outsider = start(3, &addrs[..3], &dir, Some(outsider_tls.clone())).await;
     until("the two nodes of the CA in one cluster", || {
         nodes
             .iter()
@@ -211,17 +232,30 @@ async fn a_node_joins_once_its_certificate_is_replaced_by_one_the_cluster_trusts
     .await;
     assert!(!outsider.cluster.node().is_member());
 
-    // A half-written key: the reload fails, naming the file, and changes nothing.
+    // A half-written key: the reload fails, naming the file, and changes nothing. (The
+    // reload of SIGHUP and the admin API, and the library's call.)
     std::fs::write(&outsider_tls.key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let report = outsider.admin.reload().await;
+    let named = format!("cluster.tls: {}: ", outsider_tls.key.display());
+    assert!(
+        report.errors.len() == 1 && report.errors[0].starts_with(&named),
+        "{report:?}"
+    );
     let error = outsider.tls.reload().unwrap_err();
     assert_eq!(error.listener, "[cluster]");
     assert_eq!(error.path.as_deref(), Some(outsider_tls.key.as_path()));
 
-    // The same files, now with a certificate of the cluster's CA.
-    let renewed = ca.node(&dir.0, "n3", addrs[2], &ca);
+    // The same files, now with a certificate of the cluster's CA, valid until 2031-01-02.
+    let renewed = ca.node_until(&dir.0, "n3", addrs[2], &ca, Some((2031, 1, 2)));
     assert_eq!(renewed, outsider_tls);
-    outsider.tls.reload().unwrap();
-    // The gauge shows the certificate in use (rcgen's default: valid until 4096).
+    let report = outsider.admin.reload().await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.applied.iter().any(|part| part == "certificates"),
+        "{report:?}"
+    );
+    files.push(renewed);
+    // The gauge shows the certificate in use.
     let text = outsider.admin.metrics_text();
     let left: f64 = text
         .lines()
@@ -232,7 +266,11 @@ async fn a_node_joins_once_its_certificate_is_replaced_by_one_the_cluster_trusts
                 .ok()
         })
         .unwrap_or_else(|| panic!("no cluster certificate gauge in:\n{text}"));
-    assert!(left > 1e9, "{left}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((left - (1_925_078_400.0 - now)).abs() < 60.0, "{left}");
     nodes.push(outsider);
     until("the third node in the cluster", || {
         nodes
@@ -240,11 +278,41 @@ async fn a_node_joins_once_its_certificate_is_replaced_by_one_the_cluster_trusts
             .all(|node| node.cluster.node().state().node_count() == 3)
     })
     .await;
-    // It carries messages.
-    let mut subscriber = Client::simple(nodes[0].addr, "sub-1").await;
+
+    // A node of the next CA (which trusts both) stays out until the others trust it too.
+    let mut both = ca.pem.clone();
+    both.push_str(&next.pem);
+    let newcomer_tls = next.node(&dir.0, "n4", addrs[3], &ca);
+    std::fs::write(&newcomer_tls.ca, &both).unwrap();
+    let newcomer = start(4, &addrs, &dir, Some(newcomer_tls)).await;
+    let state_of = |nodes: &[common::cluster::Node]| {
+        nodes
+            .iter()
+            .map(|node| node.cluster.node().state().node_count())
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..10 {
+        assert_eq!(state_of(&nodes), vec![3, 3, 3], "the newcomer was let in");
+        assert!(!newcomer.cluster.node().is_member());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (node, tls) in nodes.iter().zip(&files) {
+        std::fs::write(&tls.ca, &both).unwrap();
+        node.tls.reload().unwrap();
+    }
+    nodes.push(newcomer);
+    until("the fourth node in the cluster", || {
+        nodes
+            .iter()
+            .all(|node| node.cluster.node().state().node_count() == 4)
+    })
+    .await;
+
+    // The renewed node and the newcomer carry messages.
+    let mut subscriber = Client::simple(nodes[2].addr, "sub-3").await;
     subscriber.subscribe("renewed/#", QoS::AtLeastOnce).await;
-    route_known(&nodes, "renewed/#", 1).await;
-    let publisher = Client::simple(nodes[2].addr, "pub-3").await;
+    route_known(&nodes, "renewed/#", 3).await;
+    let publisher = Client::simple(nodes[3].addr, "pub-4").await;
     publisher
         .publish("renewed/cert", QoS::AtLeastOnce, false, "in")
         .await;

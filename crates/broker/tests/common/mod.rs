@@ -236,7 +236,9 @@ pub fn recorded_broker(
 
 /// A persistence that, given a retained message to store, first runs the step the test put in
 /// `BETWEEN` (once): on the publisher's thread, after the publish stored the message in the
-/// retained index and before it routes it.
+/// retained index and before it routes it. The step runs under the retained index's write
+/// lock: it may send packets, but a read of a connection's output (which may read the
+/// retained index) would hang.
 #[derive(Default)]
 pub struct Between {
     seq: AtomicU64,

@@ -402,30 +402,13 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
     pub fn find_group(&self, filter: &str) -> Option<&SharedGroup<V>> {
         let path = parse_filter(filter);
         let group = path.group?;
-        let mut node = &self.root;
-        for level in &path.levels {
-            node = if *level == "+" {
-                node.single.as_deref()?
-            } else {
-                node.children.get(*level)?
-            };
-        }
-        let slot = if path.multi { &node.multi } else { &node.exact };
-        slot.groups.iter().find(|g| &*g.name == group)
+        self.slot(&path)?.groups.iter().find(|g| &*g.name == group)
     }
 
     /// The entry of `probe`'s subscriber under `filter`, if there is one.
     pub fn get(&self, filter: &str, probe: &V) -> Option<&V> {
         let path = parse_filter(filter);
-        let mut node = &self.root;
-        for level in &path.levels {
-            node = if *level == "+" {
-                node.single.as_deref()?
-            } else {
-                node.children.get(*level)?
-            };
-        }
-        let slot = if path.multi { &node.multi } else { &node.exact };
+        let slot = self.slot(&path)?;
         let (entries, positions) = match path.group {
             None => (&slot.subscribers, &slot.positions),
             Some(name) => {
@@ -436,6 +419,19 @@ impl<V: IndexEntry> SubscriptionIndex<V> {
         positions
             .find(entries, probe.key())
             .and_then(|at| entries.get(at))
+    }
+
+    /// The slot of a parsed filter, if its node exists.
+    fn slot(&self, path: &FilterPath<'_>) -> Option<&Slot<V>> {
+        let mut node = &self.root;
+        for level in &path.levels {
+            node = if *level == "+" {
+                node.single.as_deref()?
+            } else {
+                node.children.get(*level)?
+            };
+        }
+        Some(if path.multi { &node.multi } else { &node.exact })
     }
 
     /// Calls `visit` for every subscription and shared group whose filter matches `topic`.

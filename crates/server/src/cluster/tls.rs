@@ -274,7 +274,7 @@ mod tests {
         loaded.reload_if_changed();
         assert_eq!(loaded.not_after(), Some(before));
 
-        // The same CA signs a certificate that expires in 2031.
+        // A new CA and a certificate of it that expires in 2031.
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -224,12 +224,7 @@ async fn nodes_take_new_certificates_and_cas_on_reload_without_a_restart() {
     }
     let outsider_tls = other.node(&dir.0, "n3", addrs[2], &ca);
     let outsider = start(3, &addrs[..3], &dir, Some(outsider_tls.clone())).await;
-    until("the two nodes of the CA in one cluster", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 2)
-    })
-    .await;
+    all_registered(&nodes).await;
     assert!(!outsider.cluster.node().is_member());
 
     // A half-written key: the reload fails, naming the file, and changes nothing. (The
@@ -272,12 +267,7 @@ async fn nodes_take_new_certificates_and_cas_on_reload_without_a_restart() {
         .as_secs_f64();
     assert!((left - (1_925_078_400.0 - now)).abs() < 60.0, "{left}");
     nodes.push(outsider);
-    until("the third node in the cluster", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 3)
-    })
-    .await;
+    all_registered(&nodes).await;
 
     // A node of the next CA (which trusts both) stays out until the others trust it too.
     let mut both = ca.pem.clone();
@@ -301,12 +291,7 @@ async fn nodes_take_new_certificates_and_cas_on_reload_without_a_restart() {
         node.tls.reload().unwrap();
     }
     nodes.push(newcomer);
-    until("the fourth node in the cluster", || {
-        nodes
-            .iter()
-            .all(|node| node.cluster.node().state().node_count() == 4)
-    })
-    .await;
+    all_registered(&nodes).await;
 
     // The renewed node and the newcomer carry messages.
     let mut subscriber = Client::simple(nodes[2].addr, "sub-3").await;

@@ -407,6 +407,24 @@ class PahoClient:
         with self._cond:
             return matching()
 
+    def wait_distinct(
+        self, count: int, timeout: float = TIMEOUT, topic: str | None = None
+    ) -> list[Received]:
+        """Waits until `count` different payloads (on `topic`, if given) have arrived, for a
+        test that allows second copies; returns every message (on `topic`) received."""
+
+        def matching():
+            return [m for m in self.messages if topic is None or m.topic == topic]
+
+        self._wait(
+            lambda: len({m.payload for m in matching()}) >= count,
+            timeout,
+            f"{count} different payload(s){' on ' + topic if topic else ''}"
+            f" (have {len({m.payload for m in matching()})})",
+        )
+        with self._cond:
+            return matching()
+
     def wait_disconnected(self, timeout: float = TIMEOUT) -> None:
         self._wait(self.disconnected.is_set, timeout, "the connection to end")
 

@@ -32,6 +32,8 @@ from mqtt_clients import MQTTV5, mosquitto_pub
 
 V311 = 4  # paho's MQTTv311
 PROTOCOLS = {"v311": V311, "v5": MQTTV5}
+#: `cluster.lease_ms`'s default (the fixture keeps it), in seconds.
+LEASE_S = 5.0
 
 
 def timing(what: str, **values) -> None:
@@ -272,7 +274,7 @@ def test_sigkill_of_the_leader_while_qos1_streams(cluster, clients, unique):
     assert new_leader != leader
     assert not stream.failed, f"publishes failed: {stream.failed[:3]}"
     acked = [b"%d" % i for i in stream.acked]
-    got = subscriber.wait_messages(len(acked), topic=f"{unique}/data", timeout=15)
+    got = subscriber.wait_distinct(len(acked), topic=f"{unique}/data", timeout=15)
     payloads = [m.payload for m in got]
     missing = [p for p in acked if p not in set(payloads)]
     assert not missing, f"acknowledged but lost: {missing[:10]} ({len(missing)})"
@@ -396,7 +398,9 @@ def test_sigstop_of_the_leader_then_sigcont_it_follows_the_new_one(cluster, clie
     # Frozen past its lease (cluster.lease_ms), the node closes its clients on waking (MQTT 5:
     # DISCONNECT 0x9C Use another server): the majority may have given their ids away. Its
     # subscriber then comes back.
-    time.sleep(0.3)
+    # Its lease ran from a confirmation before the freeze: once that lease and a check of it
+    # (every 200 ms) are past, the node has closed its clients if it is going to.
+    time.sleep(max(0.3, paused_mono + LEASE_S + 1.0 - time.monotonic()))
     closed = [event.reason_code for event in held.disconnects if event.from_server]
     if closed or held.disconnected.is_set():
         assert closed and closed[0] == 0x9C, f"closed with {closed}"
@@ -533,7 +537,7 @@ def test_messages_for_a_killed_node_arrive_after_its_restart(cluster, clients, u
     again = clients.paho(home, f"{unique}c", V311, clean_session=False)
     connack = again.connect(timeout=10)
     assert connack.reason_code == 0 and connack.session_present
-    got = again.wait_messages(len(sent), topic=f"{unique}/data", timeout=20)
+    got = again.wait_distinct(len(sent), topic=f"{unique}/data", timeout=20)
     timing("queued-for-killed-node", seconds=f"{time.monotonic() - started:.3f}",
            received=len(got))
     assert first_copies([m.payload for m in got]) == sent

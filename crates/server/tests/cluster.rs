@@ -95,6 +95,10 @@ async fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
         })
     })
     .await;
+    until("the retained message in node 2's core", || {
+        nodes[1].broker.retained_message("status/door").is_some()
+    })
+    .await;
     let mut reader = Client::simple(nodes[1].addr, "reader-b").await;
     reader.subscribe("status/#", QoS::AtLeastOnce).await;
     let message = reader.recv().await;
@@ -116,8 +120,11 @@ async fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
         })
     })
     .await;
-    // Give the clear a moment to reach node 2's core (applied after the state).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Node 2's core applies the clear after its cluster state does.
+    until("the clear in node 2's core", || {
+        nodes[1].broker.retained_message("status/door").is_none()
+    })
+    .await;
     let mut late = Client::simple(nodes[1].addr, "late-b").await;
     late.subscribe("status/#", QoS::AtLeastOnce).await;
     let nothing = late

@@ -395,17 +395,13 @@ class PahoClient:
         self, count: int, timeout: float = TIMEOUT, topic: str | None = None
     ) -> list[Received]:
         """Waits until `count` messages (on `topic`, if given) have arrived; returns them."""
-
-        def matching():
-            return [m for m in self.messages if topic is None or m.topic == topic]
-
         self._wait(
-            lambda: len(matching()) >= count,
+            lambda: len(self._on(topic)) >= count,
             timeout,
-            f"{count} message(s){' on ' + topic if topic else ''} (have {len(matching())})",
+            f"{count} message(s){' on ' + topic if topic else ''} (have {len(self._on(topic))})",
         )
         with self._cond:
-            return matching()
+            return self._on(topic)
 
     def wait_distinct(
         self, count: int, timeout: float = TIMEOUT, topic: str | None = None
@@ -413,17 +409,20 @@ class PahoClient:
         """Waits until `count` different payloads (on `topic`, if given) have arrived, for a
         test that allows second copies; returns every message (on `topic`) received."""
 
-        def matching():
-            return [m for m in self.messages if topic is None or m.topic == topic]
+        def distinct() -> int:
+            return len({m.payload for m in self._on(topic)})
 
         self._wait(
-            lambda: len({m.payload for m in matching()}) >= count,
+            lambda: distinct() >= count,
             timeout,
-            f"{count} different payload(s){' on ' + topic if topic else ''}"
-            f" (have {len({m.payload for m in matching()})})",
+            f"{count} different payload(s){' on ' + topic if topic else ''} (have {distinct()})",
         )
         with self._cond:
-            return matching()
+            return self._on(topic)
+
+    def _on(self, topic: str | None) -> list[Received]:
+        """The messages received (on `topic`, if given)."""
+        return [m for m in self.messages if topic is None or m.topic == topic]
 
     def wait_disconnected(self, timeout: float = TIMEOUT) -> None:
         self._wait(self.disconnected.is_set, timeout, "the connection to end")

@@ -14,11 +14,11 @@ use common::cluster::{all_registered, free_addr, start_node_with, temp_dir};
 use rumqttc::{QoS, SubscribeReasonCode};
 use tern_server::ServerConfig;
 
-/// A short proposal timeout (the SUBACK failure comes fast), a lease long enough to watch
-/// the connections go on meanwhile.
 /// The nodes' lease (`cluster.lease_ms`).
 const LEASE_MS: u64 = 6_000;
 
+/// A short proposal timeout (the SUBACK failure comes fast), a lease long enough to watch
+/// the connections go on meanwhile.
 fn timers(config: &mut ServerConfig) {
     if let Some(cluster) = config.cluster.as_mut() {
         cluster.proposal_timeout_ms = 1_000;
